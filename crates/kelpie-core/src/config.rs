@@ -1,0 +1,535 @@
+//! The server configuration.
+//!
+//! Values come in layers, later ones overriding earlier ones: built-in
+//! defaults, a TOML file, environment variables, command-line flags. Every
+//! value is kept as text with its [`Origin`] until [`ConfigLayers::resolve`]
+//! parses and cross-checks them all at once, so a bad value or an invalid
+//! combination (the postgres backend without a URL, say) is reported at
+//! start-up with the field's name and where it came from, never later at
+//! first use.
+//!
+//! Fields (TOML keys; nested tables use the part before the dot):
+//!
+//! | field | env | default |
+//! |---|---|---|
+//! | `data_dir` | `KELPIE_DATA_DIR` | `./kelpie-data` |
+//! | `bind` | `KELPIE_BIND` | `127.0.0.1:8283` |
+//! | `node_id` | `KELPIE_NODE_ID` | `node-1` |
+//! | `api_key` | `KELPIE_API_KEY` | none (no auth) |
+//! | `storage.backend` | `KELPIE_STORAGE` | `redb`, or `postgres` when a URL is given |
+//! | `storage.database_url` | `KELPIE_DATABASE_URL` | none |
+//! | `storage.pool_size` | `KELPIE_DATABASE_POOL_SIZE` | 16 |
+//! | `cluster.enabled` | `KELPIE_CLUSTER` | `false` |
+//! | `cluster.advertise` | `KELPIE_ADVERTISE` | none |
+//! | `llm.openai_base_url` | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
+//! | `llm.openai_api_key` | `OPENAI_API_KEY` | none |
+//! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
+//! | `llm.anthropic_api_key` | `ANTHROPIC_API_KEY` | none |
+//! | `llm.default_model` | `KELPIE_DEFAULT_MODEL` | none |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::id::NodeId;
+use crate::limits::CONFIG_FILE_SIZE_BYTES_MAX;
+
+/// Most connections one node keeps to PostgreSQL.
+pub const DATABASE_POOL_SIZE_COUNT_MAX: u32 = 256;
+const DATABASE_POOL_SIZE_COUNT_DEFAULT: u32 = 16;
+
+/// Every known field, with the environment variable that sets it.
+pub const FIELDS: &[(&str, &str)] = &[
+    ("data_dir", "KELPIE_DATA_DIR"),
+    ("bind", "KELPIE_BIND"),
+    ("node_id", "KELPIE_NODE_ID"),
+    ("api_key", "KELPIE_API_KEY"),
+    ("storage.backend", "KELPIE_STORAGE"),
+    ("storage.database_url", "KELPIE_DATABASE_URL"),
+    ("storage.pool_size", "KELPIE_DATABASE_POOL_SIZE"),
+    ("cluster.enabled", "KELPIE_CLUSTER"),
+    ("cluster.advertise", "KELPIE_ADVERTISE"),
+    ("llm.openai_base_url", "OPENAI_BASE_URL"),
+    ("llm.openai_api_key", "OPENAI_API_KEY"),
+    ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
+    ("llm.anthropic_api_key", "ANTHROPIC_API_KEY"),
+    ("llm.default_model", "KELPIE_DEFAULT_MODEL"),
+];
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    EnvVar(&'static str),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the default"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::EnvVar(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("config field `{field}` (from {origin}): {reason}")]
+    InvalidField { field: String, origin: Origin, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Which storage holds actor state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Nothing survives a restart. For tests and experiments.
+    Memory,
+    /// The embedded default: one redb file under the data dir.
+    Redb { path: PathBuf },
+    /// Shared PostgreSQL, required for a cluster.
+    Postgres { database_url: String, pool_size: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The address other nodes reach this node's transport on.
+    pub advertise: SocketAddr,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct LlmConfig {
+    pub openai_base_url: String,
+    pub openai_api_key: Option<String>,
+    pub anthropic_base_url: String,
+    pub anthropic_api_key: Option<String>,
+    pub default_model: Option<String>,
+}
+
+impl fmt::Debug for LlmConfig {
+    // Keys never reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("openai_base_url", &self.openai_base_url)
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
+            .field("anthropic_base_url", &self.anthropic_base_url)
+            .field("anthropic_api_key", &self.anthropic_api_key.as_ref().map(|_| "<set>"))
+            .field("default_model", &self.default_model)
+            .finish()
+    }
+}
+
+/// The validated configuration of one Kelpie server process.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KelpieConfig {
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub node_id: NodeId,
+    pub api_key: Option<String>,
+    pub storage: StorageConfig,
+    pub cluster: Option<ClusterConfig>,
+    pub llm: LlmConfig,
+}
+
+impl fmt::Debug for KelpieConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KelpieConfig")
+            .field("data_dir", &self.data_dir)
+            .field("bind", &self.bind)
+            .field("node_id", &self.node_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("storage", &self.storage)
+            .field("cluster", &self.cluster)
+            .field("llm", &self.llm)
+            .finish()
+    }
+}
+
+/// Raw values by field name, each with its origin; later layers win.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigLayers {
+    values: BTreeMap<&'static str, (String, Origin)>,
+}
+
+fn known_field(name: &str) -> Option<&'static str> {
+    FIELDS.iter().map(|(field, _)| *field).find(|field| *field == name)
+}
+
+impl ConfigLayers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `field` to `value`, overriding any earlier layer.
+    pub fn set(&mut self, field: &str, value: impl Into<String>, origin: Origin) -> Result<(), ConfigError> {
+        let Some(field) = known_field(field) else {
+            return Err(ConfigError::InvalidField {
+                field: field.to_string(),
+                origin,
+                reason: "unknown field".to_string(),
+            });
+        };
+        self.values.insert(field, (value.into(), origin));
+        Ok(())
+    }
+
+    /// Adds a TOML file's values.
+    pub fn add_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_error = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+        let size = std::fs::metadata(path).map_err(|e| file_error(e.to_string()))?.len();
+        if size > CONFIG_FILE_SIZE_BYTES_MAX {
+            return Err(file_error(format!(
+                "is {size} bytes, over the limit CONFIG_FILE_SIZE_BYTES_MAX = {CONFIG_FILE_SIZE_BYTES_MAX}"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        self.add_toml(&text, path)
+    }
+
+    /// Adds values from TOML text; `path` names it in errors.
+    pub fn add_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+        let mut flat = Vec::new();
+        flatten_toml("", &table, &mut flat);
+        for (field, value) in flat {
+            self.set(&field, value, Origin::File(path.to_path_buf()))?;
+        }
+        Ok(())
+    }
+
+    /// Adds every known variable present in `vars` (pass `std::env::vars()`).
+    pub fn add_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        for (field, var) in FIELDS {
+            if let Some(value) = vars.get(*var) {
+                self.values.insert(field, (value.clone(), Origin::EnvVar(var)));
+            }
+        }
+    }
+
+    /// Parses and cross-checks every value into a [`KelpieConfig`].
+    pub fn resolve(&self) -> Result<KelpieConfig, ConfigError> {
+        let data_dir = PathBuf::from(self.text("data_dir", "./kelpie-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(self.invalid("data_dir", "must not be empty"));
+        }
+        let bind = self.parse("bind", "127.0.0.1:8283", |v| {
+            v.parse::<SocketAddr>().map_err(|_| format!("{v:?} is not an address of the form IP:PORT"))
+        })?;
+        let node_id = self.parse("node_id", "node-1", |v| NodeId::new(v).map_err(|e| e.to_string()))?;
+        let api_key = self.optional("api_key");
+        if api_key.as_deref() == Some("") {
+            return Err(self.invalid("api_key", "must not be empty when set"));
+        }
+        let storage = self.resolve_storage(&data_dir)?;
+        let cluster = self.resolve_cluster(&storage)?;
+        let llm = self.resolve_llm()?;
+        Ok(KelpieConfig { data_dir, bind, node_id, api_key, storage, cluster, llm })
+    }
+
+    fn resolve_storage(&self, data_dir: &Path) -> Result<StorageConfig, ConfigError> {
+        let database_url = self.optional("storage.database_url");
+        let default_backend = if database_url.is_some() { "postgres" } else { "redb" };
+        let backend = self.text("storage.backend", default_backend);
+        match backend.as_str() {
+            "memory" | "redb" => {
+                if database_url.is_some() {
+                    return Err(self.invalid(
+                        "storage.database_url",
+                        &format!("is set but storage.backend is {backend:?}; use backend \"postgres\" or drop the URL"),
+                    ));
+                }
+                Ok(if backend == "memory" {
+                    StorageConfig::Memory
+                } else {
+                    StorageConfig::Redb { path: data_dir.join("kelpie.redb") }
+                })
+            }
+            "postgres" => {
+                let Some(database_url) = database_url else {
+                    return Err(self.invalid(
+                        "storage.database_url",
+                        "is required when storage.backend is \"postgres\"",
+                    ));
+                };
+                if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+                    return Err(
+                        self.invalid("storage.database_url", "must start with postgres:// or postgresql://")
+                    );
+                }
+                let pool_size = self.parse(
+                    "storage.pool_size",
+                    &DATABASE_POOL_SIZE_COUNT_DEFAULT.to_string(),
+                    |v| match v.parse::<u32>() {
+                        Ok(n) if (1..=DATABASE_POOL_SIZE_COUNT_MAX).contains(&n) => Ok(n),
+                        _ => Err(format!(
+                            "{v:?} is not a whole number from 1 to {DATABASE_POOL_SIZE_COUNT_MAX}"
+                        )),
+                    },
+                )?;
+                Ok(StorageConfig::Postgres { database_url, pool_size })
+            }
+            other => Err(self.invalid(
+                "storage.backend",
+                &format!("{other:?} is not one of \"memory\", \"redb\", \"postgres\""),
+            )),
+        }
+    }
+
+    fn resolve_cluster(&self, storage: &StorageConfig) -> Result<Option<ClusterConfig>, ConfigError> {
+        let enabled = self.parse("cluster.enabled", "false", |v| match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("{v:?} is not a boolean (true/false)")),
+        })?;
+        if !enabled {
+            return Ok(None);
+        }
+        if !matches!(storage, StorageConfig::Postgres { .. }) {
+            return Err(self.invalid(
+                "cluster.enabled",
+                "a cluster needs storage.backend \"postgres\" with storage.database_url",
+            ));
+        }
+        if self.optional("cluster.advertise").is_none() {
+            return Err(self.invalid("cluster.advertise", "is required when cluster.enabled is true"));
+        }
+        let advertise = self.parse("cluster.advertise", "", |v| {
+            v.parse::<SocketAddr>().map_err(|_| format!("{v:?} is not an address of the form IP:PORT"))
+        })?;
+        Ok(Some(ClusterConfig { advertise }))
+    }
+
+    fn resolve_llm(&self) -> Result<LlmConfig, ConfigError> {
+        let url = |field: &'static str, default: &str| {
+            self.parse(field, default, |v| {
+                if v.starts_with("http://") || v.starts_with("https://") {
+                    Ok(v.trim_end_matches('/').to_string())
+                } else {
+                    Err(format!("{v:?} must start with http:// or https://"))
+                }
+            })
+        };
+        Ok(LlmConfig {
+            openai_base_url: url("llm.openai_base_url", "https://api.openai.com/v1")?,
+            openai_api_key: self.optional("llm.openai_api_key").filter(|k| !k.is_empty()),
+            anthropic_base_url: url("llm.anthropic_base_url", "https://api.anthropic.com")?,
+            anthropic_api_key: self.optional("llm.anthropic_api_key").filter(|k| !k.is_empty()),
+            default_model: self.optional("llm.default_model").filter(|m| !m.is_empty()),
+        })
+    }
+
+    fn optional(&self, field: &'static str) -> Option<String> {
+        self.values.get(field).map(|(value, _)| value.clone())
+    }
+
+    fn text(&self, field: &'static str, default: &str) -> String {
+        self.optional(field).unwrap_or_else(|| default.to_string())
+    }
+
+    fn origin(&self, field: &'static str) -> Origin {
+        self.values.get(field).map(|(_, origin)| origin.clone()).unwrap_or(Origin::Default)
+    }
+
+    fn invalid(&self, field: &'static str, reason: &str) -> ConfigError {
+        ConfigError::InvalidField {
+            field: field.to_string(),
+            origin: self.origin(field),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        field: &'static str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = self.text(field, default);
+        parse(&value).map_err(|reason| self.invalid(field, &reason))
+    }
+}
+
+fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => flatten_toml(&name, inner, out),
+            toml::Value::String(s) => out.push((name, s.clone())),
+            toml::Value::Integer(n) => out.push((name, n.to_string())),
+            toml::Value::Boolean(b) => out.push((name, b.to_string())),
+            toml::Value::Float(f) => out.push((name, f.to_string())),
+            other => out.push((name, format!("{other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = ConfigLayers::new().resolve().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./kelpie-data"));
+        assert_eq!(config.bind, "127.0.0.1:8283".parse().unwrap());
+        assert_eq!(config.node_id.as_str(), "node-1");
+        assert_eq!(config.storage, StorageConfig::Redb { path: PathBuf::from("./kelpie-data/kelpie.redb") });
+        assert_eq!(config.cluster, None);
+        assert_eq!(config.api_key, None);
+        assert_eq!(config.llm.openai_base_url, "https://api.openai.com/v1");
+        assert_eq!(config.llm.openai_api_key, None);
+    }
+
+    #[test]
+    fn layers_override_in_order_file_env_flag() {
+        let mut layers = ConfigLayers::new();
+        layers
+            .add_toml("bind = \"127.0.0.1:9000\"\ndata_dir = \"/var/kelpie\"\n[llm]\nopenai_base_url = \"http://127.0.0.1:1/v1/\"\n", Path::new("k.toml"))
+            .unwrap();
+        layers.add_env(env(&[("KELPIE_BIND", "127.0.0.1:9001"), ("UNRELATED", "x")]));
+        layers.set("bind", "127.0.0.1:9002", Origin::Flag("--bind".into())).unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.bind, "127.0.0.1:9002".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/var/kelpie"));
+        assert_eq!(config.llm.openai_base_url, "http://127.0.0.1:1/v1", "trailing slash trimmed");
+        assert_eq!(config.storage, StorageConfig::Redb { path: PathBuf::from("/var/kelpie/kelpie.redb") });
+    }
+
+    #[test]
+    fn postgres_backend_without_url_is_rejected_naming_the_field() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[("KELPIE_STORAGE", "postgres")]));
+        let err = layers.resolve().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config field `storage.database_url` (from the default): is required when storage.backend is \"postgres\""
+        );
+    }
+
+    #[test]
+    fn database_url_alone_selects_postgres() {
+        let mut layers = ConfigLayers::new();
+        layers
+            .set(
+                "storage.database_url",
+                "postgres://u@127.0.0.1:5432/kelpie",
+                Origin::Flag("--database-url".into()),
+            )
+            .unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(
+            config.storage,
+            StorageConfig::Postgres {
+                database_url: "postgres://u@127.0.0.1:5432/kelpie".into(),
+                pool_size: 16
+            }
+        );
+    }
+
+    #[test]
+    fn url_with_embedded_backend_is_a_conflict() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[("KELPIE_STORAGE", "redb"), ("KELPIE_DATABASE_URL", "postgres://x")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(err.to_string().starts_with("config field `storage.database_url` (from environment variable KELPIE_DATABASE_URL): is set but storage.backend is \"redb\""), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_field_and_origin() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("bind", "localhost", "config field `bind` (from flag --bind): \"localhost\" is not an address of the form IP:PORT"),
+            ("storage.backend", "sqlite", "config field `storage.backend` (from flag --bind): \"sqlite\" is not one of \"memory\", \"redb\", \"postgres\""),
+            ("node_id", "bad node", "config field `node_id` (from flag --bind): invalid node id \"bad node\": node id contains ' '; allowed are ASCII letters, digits and - _ . : @"),
+            ("llm.openai_base_url", "ftp://x", "config field `llm.openai_base_url` (from flag --bind): \"ftp://x\" must start with http:// or https://"),
+            ("cluster.enabled", "maybe", "config field `cluster.enabled` (from flag --bind): \"maybe\" is not a boolean (true/false)"),
+        ];
+        for (field, value, message) in cases {
+            let mut layers = ConfigLayers::new();
+            layers.set(field, *value, Origin::Flag("--bind".into())).unwrap();
+            assert_eq!(layers.resolve().unwrap_err().to_string(), *message);
+        }
+    }
+
+    #[test]
+    fn pool_size_is_bounded() {
+        for (value, ok) in [("0", false), ("1", true), ("256", true), ("257", false), ("x", false)] {
+            let mut layers = ConfigLayers::new();
+            layers.add_env(env(&[
+                ("KELPIE_DATABASE_URL", "postgresql://h/db"),
+                ("KELPIE_DATABASE_POOL_SIZE", value),
+            ]));
+            let result = layers.resolve();
+            assert_eq!(result.is_ok(), ok, "{value}: {result:?}");
+            if let Err(err) = result {
+                assert!(err.to_string().contains("storage.pool_size"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_requires_postgres_and_advertise() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[("KELPIE_CLUSTER", "true")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(err.to_string().starts_with("config field `cluster.enabled`"), "{err}");
+
+        layers.add_env(env(&[("KELPIE_DATABASE_URL", "postgres://h/db")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(
+            err.to_string().starts_with("config field `cluster.advertise` (from the default): is required"),
+            "{err}"
+        );
+
+        layers.add_env(env(&[("KELPIE_ADVERTISE", "127.0.0.1:7001")]));
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise: "127.0.0.1:7001".parse().unwrap() }));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_toml_are_rejected() {
+        let mut layers = ConfigLayers::new();
+        let err = layers.add_toml("[storage]\nbakend = \"redb\"\n", Path::new("k.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "config field `storage.bakend` (from config file k.toml): unknown field");
+        let err = layers.add_toml("bind = ", Path::new("k.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("config file k.toml: "), "{err}");
+    }
+
+    #[test]
+    fn file_loading_reports_missing_and_reads_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = ConfigLayers::new().add_file(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+
+        let path = dir.path().join("kelpie.toml");
+        std::fs::write(&path, "[storage]\nbackend = \"memory\"\n[cluster]\nenabled = false\n").unwrap();
+        let mut layers = ConfigLayers::new();
+        layers.add_file(&path).unwrap();
+        assert_eq!(layers.resolve().unwrap().storage, StorageConfig::Memory);
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[("OPENAI_API_KEY", "sk-secret"), ("KELPIE_API_KEY", "hunter2")]));
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.llm.openai_api_key.as_deref(), Some("sk-secret"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("sk-secret") && !debug.contains("hunter2"), "{debug}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Mapping of domain errors to HTTP responses, in one place.
+//!
+//! Every error body is Letta's shape: `{"detail": "..."}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kelpie_core::Error;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError { status, detail: detail.into() }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let status = match &err {
+            Error::InvalidId { .. } | Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::TransactionConflict { .. } => StatusCode::CONFLICT,
+            Error::MailboxFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::NodeUnavailable { .. } | Error::ShuttingDown { .. } | Error::StorageIo { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::InvocationTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Fenced { .. }
+            | Error::Corruption { .. }
+            | Error::ActorFailed { .. }
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "detail": self.detail }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kelpie_core::ActorId;
+
+    #[test]
+    fn domain_errors_map_to_letta_status_codes() {
+        let actor = ActorId::new("agents", "a").unwrap();
+        let cases = [
+            (Error::NotFound { kind: "agent", id: "x".into() }, 404),
+            (Error::validation("name", "empty"), 422),
+            (Error::LimitExceeded { what: "v".into(), actual: 2, limit_name: "L", limit: 1 }, 400),
+            (Error::TransactionConflict { actor_id: actor.clone(), key: "k".into() }, 409),
+            (Error::MailboxFull { actor_id: actor.clone(), depth: 1 }, 429),
+            (Error::ShuttingDown { component: "server" }, 503),
+            (Error::InvocationTimeout { actor_id: actor, timeout_ms: 5 }, 504),
+            (Error::Internal("bug".into()), 500),
+        ];
+        for (err, status) in cases {
+            let message = err.to_string();
+            let api = ApiError::from(err);
+            assert_eq!(api.status.as_u16(), status, "{message}");
+            assert_eq!(api.detail, message);
+        }
+    }
+}

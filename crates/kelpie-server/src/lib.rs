@@ -1,0 +1,77 @@
+//! The Letta-compatible HTTP API (port 8283 by default).
+//!
+//! Handlers parse and validate, call a service, and map errors to status
+//! codes through [`error::ApiError`]; nothing else. Routers are one module per
+//! resource under [`routes`], composed in [`app`]. [`serve`] binds the
+//! listener and runs until the shutdown future completes.
+//!
+//! At this stage the server answers health checks; agents, memory, messages
+//! and tools arrive with the agent-server work and plug into [`AppState`].
+
+pub mod error;
+pub mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use kelpie_core::config::KelpieConfig;
+use thiserror::Error;
+
+/// The version reported by `GET /v1/health/`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared state of every handler: services, not data.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<KelpieConfig>,
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot create data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("server failed: {0}")]
+    Serve(String),
+}
+
+/// The full router with every resource mounted.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// A listener bound and ready, so callers (and tests) learn the real port
+/// before requests arrive.
+pub struct BoundServer {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl BoundServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.bind)
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| ServerError::Serve(e.to_string()))
+    }
+}
+
+/// Prepares the data dir and binds the configured address.
+pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| ServerError::Bind { addr: config.bind, reason: e.to_string() })?;
+    Ok(BoundServer { listener, state: AppState { config: Arc::new(config) } })
+}

@@ -1,0 +1,49 @@
+//! One router per resource, composed here, behind the optional bearer-token
+//! check and a JSON 404 for unknown routes.
+
+pub mod health;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .with_state(state)
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+/// When `KELPIE_API_KEY` is set, every request but the health check needs
+/// `Authorization: Bearer <key>`.
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.config.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    if request.uri().path().starts_with("/v1/health") {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented == Some(expected) {
+        next.run(request).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
+    }
+}
