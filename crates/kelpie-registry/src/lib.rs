@@ -1,6 +1,24 @@
-//! Placement directory: claim/renew/release of actor placements with leases
-//! and fencing epochs, plus the node table. Never depends on the runtime or
-//! server.
+//! Placement directory: which node hosts which actor, under which lease and
+//! fencing epoch.
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! - [`lease`]: the sans-IO claim/renew/release state machine. It decides;
+//!   it never reads a clock or touches storage. The model checker, the
+//!   simulator and the backends all drive this one function.
+//! - [`store`]: the [`PlacementStore`] trait, an atomic compare-and-set over
+//!   placement records, and its in-memory implementation. The durable one
+//!   lives beside actor state in `kelpie-storage`, so that a state commit can
+//!   check its fencing epoch in the same transaction as its writes.
+//! - [`registry`]: [`Registry`], which reads time from the environment's
+//!   clock, runs the state machine and applies the result with one
+//!   compare-and-set, so there is no window between "is it placed?" and
+//!   "place it".
+//!
+//! This crate never depends on the runtime or the server.
+
+pub mod lease;
+pub mod registry;
+pub mod store;
+
+pub use lease::{LeaseCommand, LeaseOutcome, PlacementRecord};
+pub use registry::Registry;
+pub use store::{MemoryPlacementStore, PlacementStore};

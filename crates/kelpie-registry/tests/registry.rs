@@ -1,0 +1,128 @@
+//! The registry over the in-memory store, with a hand-driven clock.
+
+// The concurrency test races real tokio worker threads on purpose; the
+// simulator covers the seeded interleavings.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kelpie_core::env::BoxFuture;
+use kelpie_core::{ActorId, Clock, NodeId};
+use kelpie_registry::{LeaseOutcome, MemoryPlacementStore, Registry};
+
+#[derive(Default)]
+struct ManualClock {
+    wall_ms: AtomicU64,
+}
+
+impl ManualClock {
+    fn advance(&self, ms: u64) {
+        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn monotonic_ns(&self) -> u64 {
+        self.wall_ms.load(Ordering::SeqCst) * 1_000_000
+    }
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms.load(Ordering::SeqCst)
+    }
+    fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+}
+
+fn setup(lease_ms: u64) -> (Registry, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    clock.advance(1_000);
+    let registry = Registry::with_lease(Arc::new(MemoryPlacementStore::new()), clock.clone(), lease_ms);
+    (registry, clock)
+}
+
+fn actor(id: &str) -> ActorId {
+    ActorId::new("agents", id).unwrap()
+}
+
+fn node(id: &str) -> NodeId {
+    NodeId::new(id).unwrap()
+}
+
+fn epoch_of(outcome: &LeaseOutcome) -> u64 {
+    match outcome {
+        LeaseOutcome::Claimed(r) | LeaseOutcome::Renewed(r) | LeaseOutcome::Released(r) => r.epoch,
+        other => panic!("no record granted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn claim_renew_expire_and_takeover() {
+    let (registry, clock) = setup(500);
+    let a = actor("a");
+    let first = registry.claim(&a, &node("n1")).await.unwrap();
+    assert_eq!(epoch_of(&first), 1);
+
+    let blocked = registry.claim(&a, &node("n2")).await.unwrap();
+    assert!(matches!(blocked, LeaseOutcome::HeldByOther(ref r) if r.epoch == 1), "{blocked:?}");
+
+    clock.advance(400);
+    let renewed = registry.renew(&a, &node("n1"), 1).await.unwrap();
+    assert_eq!(epoch_of(&renewed), 1);
+    clock.advance(400);
+    assert!(matches!(registry.claim(&a, &node("n2")).await.unwrap(), LeaseOutcome::HeldByOther(_)));
+
+    clock.advance(100);
+    let takeover = registry.claim(&a, &node("n2")).await.unwrap();
+    assert_eq!(epoch_of(&takeover), 2);
+
+    // The old holder's renewal now fails: it must deactivate.
+    let stale = registry.renew(&a, &node("n1"), 1).await.unwrap();
+    assert!(matches!(stale, LeaseOutcome::NotHolder { current: Some(ref r) } if r.epoch == 2), "{stale:?}");
+    let record = registry.lookup(&a).await.unwrap().unwrap();
+    assert_eq!(record.holder.unwrap().node_id, node("n2"));
+}
+
+#[tokio::test]
+async fn actors_are_independent() {
+    let (registry, _clock) = setup(500);
+    assert_eq!(epoch_of(&registry.claim(&actor("a"), &node("n1")).await.unwrap()), 1);
+    assert_eq!(epoch_of(&registry.claim(&actor("b"), &node("n2")).await.unwrap()), 1);
+    assert_eq!(registry.lookup(&actor("c")).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_grant_exactly_one_holder() {
+    let (registry, _clock) = setup(500);
+    let a = actor("contended");
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let registry = registry.clone();
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move { registry.claim(&a, &node(&format!("n{i}"))).await.unwrap() }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let LeaseOutcome::Claimed(record) = task.await.unwrap() {
+            winners.push(record);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(winners[0].epoch, 1);
+    let stored = registry.lookup(&a).await.unwrap().unwrap();
+    assert_eq!(stored, winners[0]);
+}
+
+#[tokio::test]
+async fn release_then_reclaim_gets_a_newer_epoch() {
+    let (registry, _clock) = setup(500);
+    let a = actor("a");
+    registry.claim(&a, &node("n1")).await.unwrap();
+    let wrong = registry.release(&a, &node("n2"), 1).await.unwrap();
+    assert!(matches!(wrong, LeaseOutcome::NotHolder { .. }));
+    let released = registry.release(&a, &node("n1"), 1).await.unwrap();
+    assert_eq!(epoch_of(&released), 1);
+    assert_eq!(registry.lookup(&a).await.unwrap().unwrap().holder, None);
+    assert_eq!(epoch_of(&registry.claim(&a, &node("n2")).await.unwrap()), 2);
+}
