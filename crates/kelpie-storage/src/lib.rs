@@ -1,6 +1,37 @@
-//! Transactional per-actor key-value storage (get/scan/put/delete/commit)
-//! with fenced commits, a write-ahead log, and backends: memory, redb (embedded
-//! default) and PostgreSQL. Never depends on the runtime or server.
+//! Transactional per-actor key-value storage with fenced commits and a WAL.
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! - [`Storage`] is the handle; [`Storage::begin`] opens a [`Transaction`] over
+//!   one actor's keys (get, scan, put, delete, commit, abort). Keys are
+//!   namespaced by [`kelpie_core::ActorId`] inside every backend, so one actor
+//!   can never read another's keys.
+//! - Commits are optimistic: reads record versions, and the backend validates
+//!   them and applies the writes in one atomic step ([`commit_check`] is the
+//!   shared, sans-IO validation). A commit may carry a [`FenceCondition`]
+//!   checked in that same step against the actor's [`Placement`].
+//! - Backends: [`MemoryBackend`] (tests, DST), [`RedbBackend`] (embedded,
+//!   single-node default, group commit), [`PostgresBackend`] (cluster).
+//! - [`wal`]: idempotent operations recorded before they are applied, with a
+//!   recovery coordinator that finishes pending ones at start-up.
+//!
+//! Never depends on the runtime or server.
+
+pub mod backend;
+mod commit_check;
+pub mod limits;
+mod memory;
+mod placement;
+mod postgres;
+mod redb_store;
+mod storage;
+#[cfg(feature = "test-support")]
+pub mod test_support;
+mod txn;
+pub mod types;
+pub mod wal;
+
+pub use backend::{Backend, BoxFut};
+pub use memory::MemoryBackend;
+pub use postgres::PostgresBackend;
+pub use redb_store::RedbBackend;
+pub use storage::{Storage, Transaction};
+pub use types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, Versioned};

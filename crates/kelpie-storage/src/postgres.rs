@@ -1,0 +1,361 @@
+//! The PostgreSQL backend: shared by every node of a cluster.
+//!
+//! Atomicity across processes comes from PostgreSQL itself: every mutation
+//! of an actor (commit, placement put, claim) runs in one SQL transaction
+//! that first takes a transaction-scoped advisory lock on the actor. While it
+//! holds the lock no other mutation of that actor can run, so the state it
+//! observes for validation (read versions, scanned rows, the placement for
+//! the fence) cannot change before its writes commit; READ COMMITTED is
+//! enough because each statement after the lock sees every earlier commit.
+//! Commit versions come from one sequence, so they grow across all nodes.
+//!
+//! The schema is created or migrated on connect, under a global advisory lock
+//! so nodes starting together do not race.
+
+use std::ops::Bound;
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kelpie_core::{ActorId, Error, NodeId, Result};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use crate::backend::{Backend, BoxFut};
+use crate::commit_check::{check_commit, CommitObservation};
+use crate::limits::{POSTGRES_POOL_CONNECTIONS_COUNT_MAX, SCAN_ROWS_COUNT_MAX};
+use crate::placement::{check_put, decide_claim};
+use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+
+/// The schema version this code writes and understands.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Advisory lock keys (two-int form, a key space apart from the per-actor
+/// one-bigint locks) serializing schema migrations.
+const MIGRATION_LOCK_KEYS: (i32, i32) = (0x6b_65_6c_70, 1);
+
+const SCHEMA_STATEMENTS: &str = "
+CREATE TABLE IF NOT EXISTS kelpie_schema (
+    id INT PRIMARY KEY CHECK (id = 1),
+    version INT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kelpie_kv (
+    actor_id TEXT NOT NULL,
+    key BYTEA NOT NULL,
+    value BYTEA NOT NULL,
+    version BIGINT NOT NULL CHECK (version > 0),
+    PRIMARY KEY (actor_id, key)
+);
+CREATE TABLE IF NOT EXISTS kelpie_placements (
+    actor_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    epoch BIGINT NOT NULL CHECK (epoch > 0)
+);
+CREATE SEQUENCE IF NOT EXISTS kelpie_commit_version;
+";
+
+fn pg_error(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |err| {
+        let reason = match err.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => err.to_string(),
+        };
+        Error::StorageIo { operation, reason }
+    }
+}
+
+fn to_u64(value: i64, location: &str) -> Result<u64> {
+    u64::try_from(value).ok().filter(|value| *value > 0).ok_or_else(|| Error::Corruption {
+        location: location.to_string(),
+        reason: format!("non-positive version or epoch {value}"),
+    })
+}
+
+fn to_i64(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::validation("placement.epoch", format!("{value} exceeds i64")))
+}
+
+/// The backend handle: a pool of connections to one database.
+pub struct PostgresBackend {
+    pool: Pool,
+}
+
+impl PostgresBackend {
+    /// Connects to `url` (a `postgres://` URL or key=value string) and
+    /// creates or migrates the schema.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|err| Error::validation("database_url", err.to_string()))?;
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POSTGRES_POOL_CONNECTIONS_COUNT_MAX)
+            .build()
+            .map_err(|err| Error::StorageIo { operation: "create pool", reason: err.to_string() })?;
+        let backend = PostgresBackend { pool };
+        backend.migrate().await?;
+        Ok(backend)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| Error::StorageIo { operation: "connect", reason: err.to_string() })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("migrate"))?;
+        txn.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&MIGRATION_LOCK_KEYS.0, &MIGRATION_LOCK_KEYS.1],
+        )
+        .await
+        .map_err(pg_error("migrate lock"))?;
+        txn.batch_execute(SCHEMA_STATEMENTS).await.map_err(pg_error("create schema"))?;
+        let row = txn
+            .query_opt("SELECT version FROM kelpie_schema WHERE id = 1", &[])
+            .await
+            .map_err(pg_error("read schema version"))?;
+        match row.map(|row| row.get::<_, i32>(0)) {
+            None => {
+                txn.execute("INSERT INTO kelpie_schema (id, version) VALUES (1, $1)", &[&SCHEMA_VERSION])
+                    .await
+                    .map_err(pg_error("write schema version"))?;
+            }
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(Error::StorageIo {
+                    operation: "migrate",
+                    reason: format!(
+                        "database schema version {found} is newer than this build's {SCHEMA_VERSION}"
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        txn.commit().await.map_err(pg_error("migrate commit"))
+    }
+}
+
+/// Takes the actor's mutation lock for the rest of the SQL transaction.
+async fn lock_actor(txn: &deadpool_postgres::Transaction<'_>, actor: &str) -> Result<()> {
+    txn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&actor])
+        .await
+        .map_err(pg_error("lock actor"))?;
+    Ok(())
+}
+
+async fn placement_in(
+    client: &impl deadpool_postgres::GenericClient,
+    actor: &ActorId,
+) -> Result<Option<Placement>> {
+    let row = client
+        .query_opt("SELECT node_id, epoch FROM kelpie_placements WHERE actor_id = $1", &[&actor.to_string()])
+        .await
+        .map_err(pg_error("placement read"))?;
+    let Some(row) = row else { return Ok(None) };
+    let location = format!("placement of {actor}");
+    let node_id = NodeId::new(row.get::<_, String>(0))
+        .map_err(|err| Error::Corruption { location: location.clone(), reason: err.to_string() })?;
+    Ok(Some(Placement { actor_id: actor.clone(), node_id, epoch: to_u64(row.get(1), &location)? }))
+}
+
+async fn store_placement(txn: &deadpool_postgres::Transaction<'_>, placement: &Placement) -> Result<()> {
+    txn.execute(
+        "INSERT INTO kelpie_placements (actor_id, node_id, epoch) VALUES ($1, $2, $3)
+         ON CONFLICT (actor_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch",
+        &[&placement.actor_id.to_string(), &placement.node_id.as_str(), &to_i64(placement.epoch)?],
+    )
+    .await
+    .map_err(pg_error("placement write"))?;
+    Ok(())
+}
+
+/// Rows of `range` (at most `SCAN_ROWS_COUNT_MAX + 1`), with or without values.
+async fn scan_in(
+    client: &impl deadpool_postgres::GenericClient,
+    actor: &str,
+    range: &KeyRange,
+) -> Result<StoredRows> {
+    let limit = (SCAN_ROWS_COUNT_MAX + 1) as i64;
+    let mut sql = String::from("SELECT key, value, version FROM kelpie_kv WHERE actor_id = $1");
+    let mut bounds: Vec<&[u8]> = Vec::new();
+    for (bound, included, excluded) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
+        let (op, key) = match bound {
+            Bound::Included(key) => (included, key),
+            Bound::Excluded(key) => (excluded, key),
+            Bound::Unbounded => continue,
+        };
+        bounds.push(key.as_slice());
+        sql.push_str(&format!(" AND key {op} ${}", bounds.len() + 2));
+    }
+    sql.push_str(" ORDER BY key LIMIT $2");
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&actor, &limit];
+    params.extend(bounds.iter().map(|key| key as &(dyn ToSql + Sync)));
+    let rows = client.query(sql.as_str(), &params).await.map_err(pg_error("scan"))?;
+    rows.into_iter()
+        .map(|row| {
+            let version = to_u64(row.get(2), "kelpie_kv row")?;
+            Ok((row.get(0), Versioned { value: row.get(1), version }))
+        })
+        .collect()
+}
+
+/// Observes, under the actor lock, everything `request` depends on.
+async fn observe_in(
+    txn: &deadpool_postgres::Transaction<'_>,
+    request: &CommitRequest,
+) -> Result<CommitObservation> {
+    let actor = request.actor_id.to_string();
+    let mut observation = CommitObservation::default();
+    if !request.reads.is_empty() {
+        let keys: Vec<&[u8]> = request.reads.keys().map(Vec::as_slice).collect();
+        let rows = txn
+            .query(
+                "SELECT key, version FROM kelpie_kv WHERE actor_id = $1 AND key = ANY($2)",
+                &[&actor, &keys],
+            )
+            .await
+            .map_err(pg_error("commit read"))?;
+        for key in request.reads.keys() {
+            observation.read_versions.insert(key.clone(), None);
+        }
+        for row in rows {
+            observation.read_versions.insert(row.get(0), Some(to_u64(row.get(1), "kelpie_kv row")?));
+        }
+    }
+    for scan in &request.scans {
+        let rows = scan_in(txn, &actor, &scan.range).await?;
+        observation.scan_rows.push(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect());
+    }
+    if request.fence.is_some() {
+        observation.placement = placement_in(txn, &request.actor_id).await?;
+    }
+    Ok(observation)
+}
+
+async fn apply_writes(txn: &deadpool_postgres::Transaction<'_>, request: &CommitRequest) -> Result<u64> {
+    let actor = request.actor_id.to_string();
+    let row = txn
+        .query_one("SELECT nextval('kelpie_commit_version')", &[])
+        .await
+        .map_err(pg_error("next version"))?;
+    let version: i64 = row.get(0);
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut values: Vec<&[u8]> = Vec::new();
+    let mut deleted: Vec<&[u8]> = Vec::new();
+    for (key, value) in &request.writes {
+        match value {
+            Some(value) => {
+                keys.push(key);
+                values.push(value);
+            }
+            None => deleted.push(key),
+        }
+    }
+    if !keys.is_empty() {
+        txn.execute(
+            "INSERT INTO kelpie_kv (actor_id, key, value, version)
+             SELECT $1, k, v, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
+             ON CONFLICT (actor_id, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version",
+            &[&actor, &keys, &values, &version],
+        )
+        .await
+        .map_err(pg_error("commit write"))?;
+    }
+    if !deleted.is_empty() {
+        txn.execute("DELETE FROM kelpie_kv WHERE actor_id = $1 AND key = ANY($2)", &[&actor, &deleted])
+            .await
+            .map_err(pg_error("commit delete"))?;
+    }
+    to_u64(version, "kelpie_commit_version")
+}
+
+impl PostgresBackend {
+    async fn commit_request(&self, request: CommitRequest) -> Result<CommitInfo> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("begin"))?;
+        lock_actor(&txn, &request.actor_id.to_string()).await?;
+        let observation = observe_in(&txn, &request).await?;
+        // On a failed check the SQL transaction is dropped, which rolls it back.
+        check_commit(&request, &observation)?;
+        let version = if request.is_read_only() { 0 } else { apply_writes(&txn, &request).await? };
+        txn.commit().await.map_err(pg_error("commit"))?;
+        Ok(CommitInfo { version })
+    }
+
+    async fn put_placement_inner(&self, placement: Placement) -> Result<()> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("begin"))?;
+        lock_actor(&txn, &placement.actor_id.to_string()).await?;
+        let current = placement_in(&txn, &placement.actor_id).await?;
+        check_put(current.as_ref(), &placement)?;
+        store_placement(&txn, &placement).await?;
+        txn.commit().await.map_err(pg_error("commit"))
+    }
+
+    async fn claim_inner(&self, actor: ActorId, node: NodeId, expected_epoch: u64) -> Result<ClaimOutcome> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("begin"))?;
+        lock_actor(&txn, &actor.to_string()).await?;
+        let current = placement_in(&txn, &actor).await?;
+        let outcome = decide_claim(current, actor, node, expected_epoch);
+        if let ClaimOutcome::Claimed(placement) = &outcome {
+            store_placement(&txn, placement).await?;
+        }
+        txn.commit().await.map_err(pg_error("commit"))?;
+        Ok(outcome)
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT value, version FROM kelpie_kv WHERE actor_id = $1 AND key = $2",
+                    &[&actor.to_string(), &key],
+                )
+                .await
+                .map_err(pg_error("get"))?;
+            row.map(|row| Ok(Versioned { value: row.get(0), version: to_u64(row.get(1), "kelpie_kv row")? }))
+                .transpose()
+        })
+    }
+
+    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            scan_in(&client, &actor.to_string(), range).await
+        })
+    }
+
+    fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+        Box::pin(self.commit_request(request))
+    }
+
+    fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            placement_in(&client, actor).await
+        })
+    }
+
+    fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
+        Box::pin(self.put_placement_inner(placement))
+    }
+
+    fn claim_placement(
+        &self,
+        actor: ActorId,
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> BoxFut<'_, Result<ClaimOutcome>> {
+        Box::pin(self.claim_inner(actor, node, expected_epoch))
+    }
+}

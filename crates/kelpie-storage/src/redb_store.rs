@@ -1,0 +1,470 @@
+//! The redb backend: the single-node default, one file under the data dir.
+//!
+//! Reads run on the caller's thread against redb's MVCC snapshots. Every
+//! mutation (commit, placement put, claim) goes to one group committer: a
+//! dedicated thread that takes whatever requests are queued (at most
+//! `GROUP_COMMIT_BATCH_COUNT_MAX`), validates and applies each inside one
+//! redb write transaction — so each sees the effects of the earlier ones in
+//! its batch — commits that transaction with one durable fsync, and only then
+//! acknowledges every request of the batch. A request that fails validation
+//! writes nothing and is answered with its error; an I/O failure fails the
+//! whole batch, none of which was acknowledged.
+//!
+//! Layout: table `kv` maps `actor text ‖ 0x00 ‖ key` to `version (u64 BE) ‖
+//! value`; `placements` maps actor text to `epoch (u64 BE) ‖ node id`; `meta`
+//! holds the last commit version. `0x00` cannot occur in an actor id, so one
+//! actor's keys form one contiguous range that no other actor's keys enter.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kelpie_core::limits::GROUP_COMMIT_BATCH_COUNT_MAX;
+use kelpie_core::{ActorId, Error, NodeId, Result};
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{Backend, BoxFut};
+use crate::commit_check::{check_commit, observe, CommitView};
+use crate::limits::{GROUP_COMMIT_QUEUE_DEPTH_MAX, SCAN_ROWS_COUNT_MAX};
+use crate::placement::{check_put, decide_claim};
+use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_LAST_VERSION: &str = "last_version";
+const VERSION_SIZE_BYTES: usize = 8;
+
+fn io_error(operation: &'static str) -> impl Fn(redb::Error) -> Error {
+    move |err| Error::StorageIo { operation, reason: err.to_string() }
+}
+
+/// Maps any redb error (they all convert into `redb::Error`) to `StorageIo`.
+macro_rules! io {
+    ($operation:literal, $result:expr) => {
+        $result.map_err(|err| io_error($operation)(err.into()))
+    };
+}
+
+fn actor_prefix(actor: &ActorId) -> Vec<u8> {
+    let mut prefix = actor.to_string().into_bytes();
+    prefix.push(0x00);
+    prefix
+}
+
+fn row_key(actor: &ActorId, key: &[u8]) -> Vec<u8> {
+    let mut composite = actor_prefix(actor);
+    composite.extend_from_slice(key);
+    composite
+}
+
+/// The composite-key bounds of `range` inside `actor`'s key space.
+fn row_bounds(actor: &ActorId, range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let prefix = actor_prefix(actor);
+    let start = match &range.start {
+        Bound::Included(key) => Bound::Included(row_key(actor, key)),
+        Bound::Excluded(key) => Bound::Excluded(row_key(actor, key)),
+        Bound::Unbounded => Bound::Included(prefix.clone()),
+    };
+    let end = match &range.end {
+        Bound::Included(key) => Bound::Included(row_key(actor, key)),
+        Bound::Excluded(key) => Bound::Excluded(row_key(actor, key)),
+        Bound::Unbounded => {
+            let mut after = prefix;
+            let separator = after.pop();
+            assert_eq!(separator, Some(0x00));
+            after.push(0x01);
+            Bound::Excluded(after)
+        }
+    };
+    (start, end)
+}
+
+fn encode_row(version: u64, value: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(VERSION_SIZE_BYTES + value.len());
+    row.extend_from_slice(&version.to_be_bytes());
+    row.extend_from_slice(value);
+    row
+}
+
+fn decode_row(row: &[u8]) -> Result<Versioned> {
+    let (version, value) = split_version(row, "redb kv row")?;
+    Ok(Versioned { value: value.to_vec(), version })
+}
+
+fn split_version<'a>(bytes: &'a [u8], location: &str) -> Result<(u64, &'a [u8])> {
+    let Some((version, rest)) = bytes.split_first_chunk::<VERSION_SIZE_BYTES>() else {
+        return Err(Error::Corruption {
+            location: location.to_string(),
+            reason: "shorter than its header".into(),
+        });
+    };
+    let version = u64::from_be_bytes(*version);
+    if version == 0 {
+        return Err(Error::Corruption {
+            location: location.to_string(),
+            reason: "zero version or epoch".into(),
+        });
+    }
+    Ok((version, rest))
+}
+
+fn encode_placement(placement: &Placement) -> Vec<u8> {
+    encode_row(placement.epoch, placement.node_id.as_str().as_bytes())
+}
+
+fn decode_placement(actor: &ActorId, bytes: &[u8]) -> Result<Placement> {
+    let (epoch, node) = split_version(bytes, "redb placement")?;
+    let node = String::from_utf8(node.to_vec()).map_err(|_| Error::Corruption {
+        location: format!("placement of {actor}"),
+        reason: "node id not UTF-8".into(),
+    })?;
+    let node_id = NodeId::new(node).map_err(|err| Error::Corruption {
+        location: format!("placement of {actor}"),
+        reason: err.to_string(),
+    })?;
+    Ok(Placement { actor_id: actor.clone(), node_id, epoch })
+}
+
+/// Rows of `range`, from any readable redb table of the `kv` layout.
+fn scan_table(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    actor: &ActorId,
+    range: &KeyRange,
+) -> Result<StoredRows> {
+    let (start, end) = row_bounds(actor, range);
+    if !bounds_nonempty(&start, &end) {
+        return Ok(Vec::new());
+    }
+    let prefix_len = actor_prefix(actor).len();
+    let bounds = (start.as_ref().map(Vec::as_slice), end.as_ref().map(Vec::as_slice));
+    let mut rows = Vec::new();
+    for entry in io!("scan", table.range::<&[u8]>(bounds))?.take(SCAN_ROWS_COUNT_MAX + 1) {
+        let (key, row) = io!("scan", entry)?;
+        assert!(key.value().len() >= prefix_len, "range stays inside the actor prefix");
+        rows.push((key.value()[prefix_len..].to_vec(), decode_row(row.value())?));
+    }
+    Ok(rows)
+}
+
+/// redb panics on an inverted range; such a range holds no keys.
+fn bounds_nonempty(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+    match (start, end) {
+        (Bound::Included(start), Bound::Included(end)) => start <= end,
+        (Bound::Included(start) | Bound::Excluded(start), Bound::Included(end) | Bound::Excluded(end)) => {
+            start < end
+        }
+        _ => true,
+    }
+}
+
+/// A mutation handled by the group committer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Commit(CommitRequest),
+    PutPlacement(Placement),
+    Claim { actor: ActorId, node: NodeId, expected_epoch: u64 },
+}
+
+/// What a successful [`Op`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpOutput {
+    Committed(CommitInfo),
+    PlacementStored,
+    Claim(ClaimOutcome),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<OpOutput>>,
+}
+
+/// The validation view of one actor inside an open write transaction, so it
+/// sees earlier commits of the same batch.
+struct WriteView<'a> {
+    kv: &'a redb::Table<'a, &'static [u8], &'static [u8]>,
+    placements: &'a redb::Table<'a, &'static str, &'static [u8]>,
+    actor: &'a ActorId,
+}
+
+impl CommitView for WriteView<'_> {
+    fn version_of(&self, key: &[u8]) -> Result<Option<u64>> {
+        let row = io!("commit read", self.kv.get(row_key(self.actor, key).as_slice()))?;
+        row.map(|row| decode_row(row.value()).map(|stored| stored.version)).transpose()
+    }
+
+    fn scan_versions(&self, range: &KeyRange) -> Result<Vec<(Vec<u8>, u64)>> {
+        let rows = scan_table(self.kv, self.actor, range)?;
+        Ok(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect())
+    }
+
+    fn placement(&self) -> Result<Option<Placement>> {
+        read_placement(self.placements, self.actor)
+    }
+}
+
+fn read_placement(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    actor: &ActorId,
+) -> Result<Option<Placement>> {
+    let stored = io!("placement read", table.get(actor.to_string().as_str()))?;
+    stored.map(|bytes| decode_placement(actor, bytes.value())).transpose()
+}
+
+/// An op's outcome inside a batch: `Err(Fatal)` aborts the whole batch.
+enum Applied {
+    Done(Result<OpOutput>),
+    Fatal(Error),
+}
+
+/// Applies one op inside the batch's write transaction. Validation errors
+/// (conflict, fence, epoch) end only this op, and occur before it writes;
+/// an I/O error after its first write poisons the transaction.
+fn apply_op(txn: &redb::WriteTransaction, op: Op, last_version: &mut u64) -> Result<Applied> {
+    let mut kv = io!("open kv", txn.open_table(KV))?;
+    let mut placements = io!("open placements", txn.open_table(PLACEMENTS))?;
+    match op {
+        Op::Commit(request) => {
+            let view = WriteView { kv: &kv, placements: &placements, actor: &request.actor_id };
+            if let Err(err) =
+                observe(&request, &view).and_then(|observation| check_commit(&request, &observation))
+            {
+                return Ok(Applied::Done(Err(err)));
+            }
+            if request.is_read_only() {
+                return Ok(Applied::Done(Ok(OpOutput::Committed(CommitInfo { version: 0 }))));
+            }
+            *last_version += 1;
+            for (key, value) in &request.writes {
+                let composite = row_key(&request.actor_id, key);
+                let written = match value {
+                    Some(value) => {
+                        kv.insert(composite.as_slice(), encode_row(*last_version, value).as_slice()).map(drop)
+                    }
+                    None => kv.remove(composite.as_slice()).map(drop),
+                };
+                if let Err(err) = written {
+                    return Ok(Applied::Fatal(io_error("commit write")(err.into())));
+                }
+            }
+            Ok(Applied::Done(Ok(OpOutput::Committed(CommitInfo { version: *last_version }))))
+        }
+        Op::PutPlacement(placement) => {
+            let current = read_placement(&placements, &placement.actor_id)?;
+            if let Err(err) = check_put(current.as_ref(), &placement) {
+                return Ok(Applied::Done(Err(err)));
+            }
+            let key = placement.actor_id.to_string();
+            io!("placement write", placements.insert(key.as_str(), encode_placement(&placement).as_slice()))?;
+            Ok(Applied::Done(Ok(OpOutput::PlacementStored)))
+        }
+        Op::Claim { actor, node, expected_epoch } => {
+            let current = read_placement(&placements, &actor)?;
+            let outcome = decide_claim(current, actor, node, expected_epoch);
+            if let ClaimOutcome::Claimed(placement) = &outcome {
+                let key = placement.actor_id.to_string();
+                io!(
+                    "placement write",
+                    placements.insert(key.as_str(), encode_placement(placement).as_slice())
+                )?;
+            }
+            Ok(Applied::Done(Ok(OpOutput::Claim(outcome))))
+        }
+    }
+}
+
+/// Runs one batch in one durable redb write transaction and returns each
+/// op's result, in order. Nothing is durable (or acknowledged) before the
+/// single commit at the end.
+pub(crate) fn commit_batch(db: &Database, ops: Vec<Op>) -> Vec<Result<OpOutput>> {
+    assert!(!ops.is_empty() && ops.len() <= GROUP_COMMIT_BATCH_COUNT_MAX, "batch of {} ops", ops.len());
+    let count = ops.len();
+    let fail_all = |err: Error| vec![Err(err); count];
+    let txn = match io!("begin write", db.begin_write()) {
+        Ok(txn) => txn,
+        Err(err) => return fail_all(err),
+    };
+    let mut last_version = match read_last_version(&txn) {
+        Ok(version) => version,
+        Err(err) => return fail_all(err),
+    };
+    let mut results = Vec::with_capacity(count);
+    for op in ops {
+        match apply_op(&txn, op, &mut last_version) {
+            Ok(Applied::Done(result)) => results.push(result),
+            Ok(Applied::Fatal(err)) | Err(err) => return fail_all(err),
+        }
+    }
+    let finished = write_last_version(&txn, last_version).and_then(|()| io!("commit", txn.commit()));
+    if let Err(err) = finished {
+        return fail_all(err);
+    }
+    assert_eq!(results.len(), count);
+    results
+}
+
+fn read_last_version(txn: &redb::WriteTransaction) -> Result<u64> {
+    let meta = io!("open meta", txn.open_table(META))?;
+    let last = io!("read meta", meta.get(META_LAST_VERSION))?.map_or(0, |version| version.value());
+    Ok(last)
+}
+
+fn write_last_version(txn: &redb::WriteTransaction, version: u64) -> Result<()> {
+    let mut meta = io!("open meta", txn.open_table(META))?;
+    io!("write meta", meta.insert(META_LAST_VERSION, version)).map(drop)
+}
+
+/// The committer loop: wait for one job, drain what else is queued up to the
+/// batch limit, commit them together, answer each.
+fn run_committer(db: Arc<Database>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_BATCH_COUNT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|job| (job.op, job.reply)).unzip();
+        let results = commit_batch(&db, ops);
+        assert_eq!(results.len(), replies.len());
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that stopped waiting (dropped future) needs no answer.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The redb backend handle; dropping it stops the committer and closes the file.
+pub struct RedbBackend {
+    db: Arc<Database>,
+    jobs: Option<mpsc::Sender<Job>>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl RedbBackend {
+    /// Opens or creates the database file at `path` and starts its committer.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| Error::StorageIo { operation: "create data dir", reason: err.to_string() })?;
+        }
+        let db = io!("open", Database::create(path))?;
+        Self::start(db)
+    }
+
+    /// Creates the tables and starts the committer over an opened database.
+    pub(crate) fn start(db: Database) -> Result<Self> {
+        create_tables(&db)?;
+        let db = Arc::new(db);
+        let (sender, receiver) = mpsc::channel(GROUP_COMMIT_QUEUE_DEPTH_MAX);
+        let committer_db = Arc::clone(&db);
+        // The committer is the I/O shell of this backend: it blocks in fsync,
+        // so it gets its own OS thread rather than an async task. Protocol
+        // code never sees it; it only talks to it through the channel.
+        let committer = std::thread::Builder::new()
+            .name("kelpie-redb-committer".into())
+            .spawn(move || run_committer(committer_db, receiver))
+            .map_err(|err| Error::StorageIo { operation: "start committer", reason: err.to_string() })?;
+        Ok(RedbBackend { db, jobs: Some(sender), committer: Some(committer) })
+    }
+
+    async fn submit(&self, op: Op) -> Result<OpOutput> {
+        let (reply, answer) = oneshot::channel();
+        let shutting_down = || Error::ShuttingDown { component: "redb committer" };
+        let jobs = self.jobs.as_ref().ok_or_else(shutting_down)?;
+        jobs.send(Job { op, reply }).await.map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+}
+
+pub(crate) fn create_tables(db: &Database) -> Result<()> {
+    let txn = io!("begin write", db.begin_write())?;
+    io!("create kv", txn.open_table(KV))?;
+    io!("create placements", txn.open_table(PLACEMENTS))?;
+    io!("create meta", txn.open_table(META))?;
+    io!("commit", txn.commit())
+}
+
+impl Drop for RedbBackend {
+    fn drop(&mut self) {
+        // Closing the queue ends the committer after it finishes its batch;
+        // joining it releases the database file before this returns.
+        self.jobs.take();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+fn unexpected(output: OpOutput) -> Error {
+    Error::Internal(format!("redb committer answered with the wrong kind of output: {output:?}"))
+}
+
+impl Backend for RedbBackend {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
+        let found = (|| {
+            let txn = io!("begin read", self.db.begin_read())?;
+            let table = io!("open kv", txn.open_table(KV))?;
+            let row = io!("get", table.get(row_key(actor, key).as_slice()))?;
+            row.map(|row| decode_row(row.value())).transpose()
+        })();
+        Box::pin(async move { found })
+    }
+
+    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+        let rows = (|| {
+            let txn = io!("begin read", self.db.begin_read())?;
+            let table = io!("open kv", txn.open_table(KV))?;
+            scan_table(&table, actor, range)
+        })();
+        Box::pin(async move { rows })
+    }
+
+    fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+        Box::pin(async move {
+            match self.submit(Op::Commit(request)).await? {
+                OpOutput::Committed(info) => Ok(info),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
+        let found = (|| {
+            let txn = io!("begin read", self.db.begin_read())?;
+            let table = io!("open placements", txn.open_table(PLACEMENTS))?;
+            read_placement(&table, actor)
+        })();
+        Box::pin(async move { found })
+    }
+
+    fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
+        Box::pin(async move {
+            match self.submit(Op::PutPlacement(placement)).await? {
+                OpOutput::PlacementStored => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn claim_placement(
+        &self,
+        actor: ActorId,
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> BoxFut<'_, Result<ClaimOutcome>> {
+        Box::pin(async move {
+            match self.submit(Op::Claim { actor, node, expected_epoch }).await? {
+                OpOutput::Claim(outcome) => Ok(outcome),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}

@@ -1,0 +1,495 @@
+//! One conformance suite, run unchanged against every backend: memory, redb
+//! and a real PostgreSQL started in a temp dir. Each case is an async fn over
+//! a [`Fixture`] that can open (and reopen) the store under test.
+
+// Tests sit outside the deterministic boundary: they may spawn tokio tasks.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+
+use kelpie_core::limits::{
+    STORAGE_KEY_SIZE_BYTES_MAX, STORAGE_VALUE_SIZE_BYTES_MAX, TRANSACTION_OPS_COUNT_MAX,
+    TRANSACTION_SIZE_BYTES_MAX,
+};
+use kelpie_core::{ActorId, Error, NodeId};
+use kelpie_storage::limits::SCAN_ROWS_COUNT_MAX;
+use kelpie_storage::test_support::PostgresServer;
+use kelpie_storage::wal::{Wal, WalApplier, WalOutcome, WalStatus};
+use kelpie_storage::{BoxFut, ClaimOutcome, FenceCondition, KeyRange, Placement, Storage, Transaction};
+
+/// How to open the store under test, again and again.
+enum Fixture {
+    Memory(Storage),
+    Redb(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Fixture {
+    async fn open(&self) -> Storage {
+        match self {
+            Fixture::Memory(storage) => storage.clone(),
+            Fixture::Redb(dir) => Storage::open_redb(redb_path(dir)).expect("open redb"),
+            Fixture::Postgres(url) => Storage::connect_postgres(url).await.expect("connect postgres"),
+        }
+    }
+}
+
+fn redb_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("data").join("kelpie.redb")
+}
+
+fn actor(id: &str) -> ActorId {
+    ActorId::new("agents", id).unwrap()
+}
+
+fn node(id: &str) -> NodeId {
+    NodeId::new(id).unwrap()
+}
+
+fn kv(key: &str, value: &str) -> (Vec<u8>, Vec<u8>) {
+    (key.as_bytes().to_vec(), value.as_bytes().to_vec())
+}
+
+async fn read(storage: &Storage, actor_id: &ActorId, key: &str) -> Option<Vec<u8>> {
+    storage.begin(actor_id.clone()).get(key.as_bytes()).await.unwrap()
+}
+
+async fn put_get_delete_round_trip(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("round-trip");
+    let mut txn = storage.begin(a.clone());
+    assert_eq!(txn.get(b"state").await.unwrap(), None);
+    txn.put("state", "v1").unwrap();
+    txn.put("other", vec![0u8, 255, 7]).unwrap();
+    let first = txn.commit(None).await.unwrap();
+    assert!(first.version > 0);
+    assert_eq!(read(&storage, &a, "state").await, Some(b"v1".to_vec()));
+    assert_eq!(read(&storage, &a, "other").await, Some(vec![0, 255, 7]));
+    let mut txn = storage.begin(a.clone());
+    txn.put("state", "v2").unwrap();
+    txn.delete("other").unwrap();
+    txn.delete("never-existed").unwrap();
+    let second = txn.commit(None).await.unwrap();
+    assert!(second.version > first.version, "versions grow: {second:?} after {first:?}");
+    assert_eq!(read(&storage, &a, "state").await, Some(b"v2".to_vec()));
+    assert_eq!(read(&storage, &a, "other").await, None);
+}
+
+async fn reads_see_the_transactions_own_writes(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("ryw");
+    let mut setup = storage.begin(a.clone());
+    setup.put("k1", "committed").unwrap();
+    setup.put("k2", "committed").unwrap();
+    setup.commit(None).await.unwrap();
+
+    let mut txn = storage.begin(a.clone());
+    txn.put("k1", "mine").unwrap();
+    txn.delete("k2").unwrap();
+    txn.put("k3", "new").unwrap();
+    assert_eq!(txn.get(b"k1").await.unwrap(), Some(b"mine".to_vec()));
+    assert_eq!(txn.get(b"k2").await.unwrap(), None);
+    assert_eq!(txn.get(b"k3").await.unwrap(), Some(b"new".to_vec()));
+    let rows = txn.scan(KeyRange::prefix("k")).await.unwrap();
+    assert_eq!(rows, vec![kv("k1", "mine"), kv("k3", "new")]);
+    assert_eq!(read(&storage, &a, "k1").await, Some(b"committed".to_vec()), "uncommitted writes are private");
+    txn.commit(None).await.unwrap();
+    assert_eq!(read(&storage, &a, "k2").await, None);
+}
+
+async fn scans_return_rows_in_key_order_within_bounds(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("scan");
+    let mut txn = storage.begin(a.clone());
+    for key in ["b/2", "a/1", "b/1", "b/10", "c", "b"] {
+        txn.put(key, format!("value-{key}")).unwrap();
+    }
+    txn.commit(None).await.unwrap();
+    let mut txn = storage.begin(a.clone());
+    let prefix = txn.scan(KeyRange::prefix("b/")).await.unwrap();
+    let keys: Vec<&[u8]> = prefix.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"b/1"[..], b"b/10", b"b/2"]);
+    assert_eq!(prefix[0].1, b"value-b/1".to_vec());
+    let range = txn.scan(KeyRange::between("a/1", "b/10")).await.unwrap();
+    let keys: Vec<&[u8]> = range.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"a/1"[..], b"b", b"b/1"]);
+    assert_eq!(txn.scan(KeyRange::prefix("")).await.unwrap().len(), 6);
+    assert_eq!(txn.scan(KeyRange::between("z", "a")).await.unwrap(), Vec::new(), "inverted range is empty");
+}
+
+async fn actors_never_see_each_others_keys(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    // "iso" is a text prefix of "iso1": a naive key prefix would leak.
+    let (a, b) = (actor("iso"), actor("iso1"));
+    for (who, value) in [(&a, "from-a"), (&b, "from-b")] {
+        let mut txn = storage.begin(who.clone());
+        txn.put("shared-name", value).unwrap();
+        txn.put(format!("only-{value}"), value).unwrap();
+        txn.commit(None).await.unwrap();
+    }
+    assert_eq!(read(&storage, &a, "shared-name").await, Some(b"from-a".to_vec()));
+    assert_eq!(read(&storage, &b, "shared-name").await, Some(b"from-b".to_vec()));
+    assert_eq!(read(&storage, &a, "only-from-b").await, None);
+    let rows = storage.begin(a.clone()).scan(KeyRange::prefix("")).await.unwrap();
+    assert_eq!(rows, vec![kv("only-from-a", "from-a"), kv("shared-name", "from-a")]);
+    let other_namespace = ActorId::new("tools", "iso").unwrap();
+    assert_eq!(read(&storage, &other_namespace, "shared-name").await, None);
+}
+
+async fn abort_and_drop_discard_every_write(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("abort");
+    let mut txn = storage.begin(a.clone());
+    txn.put("k", "aborted").unwrap();
+    txn.abort();
+    {
+        let mut dropped = storage.begin(a.clone());
+        dropped.put("k", "dropped").unwrap();
+    }
+    assert_eq!(read(&storage, &a, "k").await, None);
+}
+
+async fn conflicting_commits_one_wins_the_other_retries(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("conflict");
+    let mut setup = storage.begin(a.clone());
+    setup.put("counter", "0").unwrap();
+    setup.commit(None).await.unwrap();
+
+    let mut first = storage.begin(a.clone());
+    let mut second = storage.begin(a.clone());
+    assert_eq!(first.get(b"counter").await.unwrap(), Some(b"0".to_vec()));
+    assert_eq!(second.get(b"counter").await.unwrap(), Some(b"0".to_vec()));
+    first.put("counter", "1").unwrap();
+    second.put("counter", "1").unwrap();
+    second.put("side-effect", "lost").unwrap();
+    first.commit(None).await.unwrap();
+    let err = second.commit(None).await.unwrap_err();
+    assert_eq!(err, Error::TransactionConflict { actor_id: a.clone(), key: "counter".into() });
+    assert!(err.is_retriable());
+    assert_eq!(read(&storage, &a, "counter").await, Some(b"1".to_vec()));
+    assert_eq!(read(&storage, &a, "side-effect").await, None, "a conflicted commit writes nothing");
+
+    // Reading a key as absent and someone else creating it also conflicts.
+    let mut reader = storage.begin(a.clone());
+    assert_eq!(reader.get(b"created-later").await.unwrap(), None);
+    reader.put("derived", "x").unwrap();
+    let mut creator = storage.begin(a.clone());
+    creator.put("created-later", "now").unwrap();
+    creator.commit(None).await.unwrap();
+    let err = reader.commit(None).await.unwrap_err();
+    assert_eq!(err, Error::TransactionConflict { actor_id: a, key: "created-later".into() });
+}
+
+async fn phantom_rows_in_a_scanned_range_conflict(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("phantom");
+    let mut scanner = storage.begin(a.clone());
+    assert_eq!(scanner.scan(KeyRange::prefix("msg/")).await.unwrap(), Vec::new());
+    scanner.put("msg-count", "0").unwrap();
+    let mut inserter = storage.begin(a.clone());
+    inserter.put("msg/0001", "hello").unwrap();
+    inserter.commit(None).await.unwrap();
+    let err = scanner.commit(None).await.unwrap_err();
+    assert_eq!(err, Error::TransactionConflict { actor_id: a.clone(), key: "msg/0001".into() });
+    // A write outside the scanned range does not conflict.
+    let mut scanner = storage.begin(a.clone());
+    assert_eq!(scanner.scan(KeyRange::prefix("msg/")).await.unwrap().len(), 1);
+    scanner.put("msg-count", "1").unwrap();
+    let mut outside = storage.begin(a.clone());
+    outside.put("note", "unrelated").unwrap();
+    outside.commit(None).await.unwrap();
+    scanner.commit(None).await.unwrap();
+    assert_eq!(read(&storage, &a, "msg-count").await, Some(b"1".to_vec()));
+}
+
+async fn blind_writes_do_not_conflict_and_the_last_wins(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("blind");
+    let mut first = storage.begin(a.clone());
+    let mut second = storage.begin(a.clone());
+    first.put("k", "first").unwrap();
+    second.put("k", "second").unwrap();
+    first.commit(None).await.unwrap();
+    second.commit(None).await.unwrap();
+    assert_eq!(read(&storage, &a, "k").await, Some(b"second".to_vec()));
+}
+
+async fn fenced_commits_need_the_current_placement(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("fenced");
+    let fence = |node_id: &str, epoch| FenceCondition { actor_id: a.clone(), node_id: node(node_id), epoch };
+    let mut unplaced = storage.begin(a.clone());
+    unplaced.put("k", "v").unwrap();
+    assert_eq!(
+        unplaced.commit(Some(fence("n1", 1))).await.unwrap_err(),
+        Error::Fenced { actor_id: a.clone(), node_id: node("n1"), epoch: 1 }
+    );
+    let claimed = storage.claim_placement(a.clone(), node("n1"), 0).await.unwrap();
+    assert_eq!(
+        claimed,
+        ClaimOutcome::Claimed(Placement { actor_id: a.clone(), node_id: node("n1"), epoch: 1 })
+    );
+    let mut owner = storage.begin(a.clone());
+    owner.put("k", "from-n1").unwrap();
+    owner.commit(Some(fence("n1", 1))).await.unwrap();
+
+    // n2 takes over: the zombie activation on n1 (epoch 1) is cut off.
+    let mut zombie = storage.begin(a.clone());
+    zombie.put("k", "zombie").unwrap();
+    zombie.put("zombie-only", "x").unwrap();
+    let takeover = storage.claim_placement(a.clone(), node("n2"), 1).await.unwrap();
+    assert!(matches!(takeover, ClaimOutcome::Claimed(Placement { epoch: 2, .. })), "{takeover:?}");
+    let err = zombie.commit(Some(fence("n1", 1))).await.unwrap_err();
+    assert_eq!(err, Error::Fenced { actor_id: a.clone(), node_id: node("n1"), epoch: 1 });
+    assert!(!err.is_retriable());
+    assert_eq!(read(&storage, &a, "k").await, Some(b"from-n1".to_vec()));
+    assert_eq!(read(&storage, &a, "zombie-only").await, None, "a fenced commit writes nothing");
+    // The same node with a stale epoch is fenced too.
+    let mut stale = storage.begin(a.clone());
+    stale.put("k", "stale").unwrap();
+    assert!(matches!(stale.commit(Some(fence("n2", 1))).await, Err(Error::Fenced { .. })));
+    let mut current = storage.begin(a.clone());
+    current.put("k", "from-n2").unwrap();
+    current.commit(Some(fence("n2", 2))).await.unwrap();
+    assert_eq!(read(&storage, &a, "k").await, Some(b"from-n2".to_vec()));
+}
+
+async fn placements_only_move_forward(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("placement");
+    assert_eq!(storage.get_placement(&a).await.unwrap(), None);
+    let placed = Placement { actor_id: a.clone(), node_id: node("n1"), epoch: 5 };
+    storage.put_placement(placed.clone()).await.unwrap();
+    assert_eq!(storage.get_placement(&a).await.unwrap(), Some(placed.clone()));
+    let backwards = Placement { epoch: 4, ..placed.clone() };
+    assert!(matches!(storage.put_placement(backwards).await, Err(Error::Validation { .. })));
+    let stale = storage.claim_placement(a.clone(), node("n2"), 4).await.unwrap();
+    assert_eq!(stale, ClaimOutcome::Stale { current: Some(placed.clone()) });
+    let claimed = storage.claim_placement(a.clone(), node("n2"), 5).await.unwrap();
+    let expected = Placement { actor_id: a.clone(), node_id: node("n2"), epoch: 6 };
+    assert_eq!(claimed, ClaimOutcome::Claimed(expected.clone()));
+    assert_eq!(storage.get_placement(&a).await.unwrap(), Some(expected));
+    // Two racing claims from the same epoch: exactly one wins.
+    let (x, y) = tokio::join!(
+        storage.claim_placement(a.clone(), node("n3"), 6),
+        storage.claim_placement(a.clone(), node("n4"), 6)
+    );
+    let wins =
+        [x.unwrap(), y.unwrap()].iter().filter(|outcome| matches!(outcome, ClaimOutcome::Claimed(_))).count();
+    assert_eq!(wins, 1);
+    assert_eq!(storage.get_placement(&a).await.unwrap().map(|p| p.epoch), Some(7));
+}
+
+async fn limits_are_enforced_naming_the_limit(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("limits");
+    let limit_of = |err: Error| match err {
+        Error::LimitExceeded { limit_name, .. } => limit_name,
+        other => panic!("expected LimitExceeded, got {other}"),
+    };
+    let mut txn = storage.begin(a.clone());
+    txn.put(vec![b'k'; STORAGE_KEY_SIZE_BYTES_MAX], "fits").unwrap();
+    assert_eq!(
+        limit_of(txn.put(vec![b'k'; STORAGE_KEY_SIZE_BYTES_MAX + 1], "x").unwrap_err()),
+        "STORAGE_KEY_SIZE_BYTES_MAX"
+    );
+    let err = txn.put("big", vec![0u8; STORAGE_VALUE_SIZE_BYTES_MAX + 1]).unwrap_err();
+    assert!(!err.is_retriable());
+    assert_eq!(limit_of(err), "STORAGE_VALUE_SIZE_BYTES_MAX");
+    let mut many = storage.begin(a.clone());
+    for i in 0..TRANSACTION_OPS_COUNT_MAX {
+        many.put(format!("op{i}"), "").unwrap();
+    }
+    assert_eq!(limit_of(many.put("one-more", "").unwrap_err()), "TRANSACTION_OPS_COUNT_MAX");
+    let mut large = storage.begin(a.clone());
+    let chunk = STORAGE_VALUE_SIZE_BYTES_MAX / 2;
+    for i in 0..(TRANSACTION_SIZE_BYTES_MAX / chunk) {
+        large.put(format!("chunk{i}"), vec![1u8; chunk - 16]).unwrap();
+    }
+    assert_eq!(limit_of(large.put("overflow", vec![1u8; chunk]).unwrap_err()), "TRANSACTION_SIZE_BYTES_MAX");
+    let err = txn.put(vec![0xFF, b'w'], "x").unwrap_err();
+    assert!(matches!(err, Error::Validation { .. }), "reserved WAL key space: {err}");
+    txn.commit(None).await.unwrap();
+    assert_eq!(read(&storage, &a, &"k".repeat(STORAGE_KEY_SIZE_BYTES_MAX)).await, Some(b"fits".to_vec()));
+}
+
+async fn scans_past_the_row_limit_are_refused(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("wide");
+    for part in 0..2 {
+        let mut txn = storage.begin(a.clone());
+        for i in 0..=(SCAN_ROWS_COUNT_MAX / 2) {
+            txn.put(format!("row/{part}/{i:05}"), "").unwrap();
+        }
+        txn.commit(None).await.unwrap();
+    }
+    let mut txn = storage.begin(a.clone());
+    let err = txn.scan(KeyRange::prefix("row/")).await.unwrap_err();
+    assert!(matches!(err, Error::LimitExceeded { limit_name: "SCAN_ROWS_COUNT_MAX", .. }), "{err}");
+    assert_eq!(txn.scan(KeyRange::prefix("row/1/")).await.unwrap().len(), SCAN_ROWS_COUNT_MAX / 2 + 1);
+}
+
+async fn committed_state_survives_reopening_the_store(fixture: &Fixture) {
+    let a = actor("durable");
+    {
+        let storage = fixture.open().await;
+        let mut txn = storage.begin(a.clone());
+        txn.put("k", "kept").unwrap();
+        txn.commit(None).await.unwrap();
+        storage.claim_placement(a.clone(), node("n1"), 0).await.unwrap();
+    }
+    let storage = fixture.open().await;
+    assert_eq!(read(&storage, &a, "k").await, Some(b"kept".to_vec()));
+    assert_eq!(storage.get_placement(&a).await.unwrap().map(|p| p.epoch), Some(1));
+    let mut txn = storage.begin(a.clone());
+    txn.put("k", "after-reopen").unwrap();
+    let info = txn.commit(None).await.unwrap();
+    assert!(info.version > 1, "versions keep growing across reopen: {info:?}");
+}
+
+async fn concurrent_commits_from_many_actors_all_land(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let writers_count = 16;
+    let commits_per_writer = 10;
+    let mut tasks = Vec::new();
+    for w in 0..writers_count {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..commits_per_writer {
+                let mut txn = storage.begin(actor(&format!("many-{w}")));
+                txn.put(format!("k{i}"), format!("{w}-{i}")).unwrap();
+                txn.put("last", i.to_string()).unwrap();
+                txn.commit(None).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for w in 0..writers_count {
+        let rows = storage.begin(actor(&format!("many-{w}"))).scan(KeyRange::prefix("")).await.unwrap();
+        assert_eq!(rows.len(), commits_per_writer + 1);
+        assert_eq!(read(&storage, &actor(&format!("many-{w}")), "last").await, Some(b"9".to_vec()));
+    }
+}
+
+/// Adds the number in `op` to the `counter` key and returns the new total.
+struct CounterApplier;
+
+impl WalApplier for CounterApplier {
+    fn apply<'a>(
+        &'a self,
+        txn: &'a mut Transaction,
+        op: &'a [u8],
+    ) -> BoxFut<'a, kelpie_core::Result<Vec<u8>>> {
+        Box::pin(async move {
+            let delta: u64 = std::str::from_utf8(op)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| Error::validation("op", "not a number"))?;
+            let current = txn
+                .get(b"counter")
+                .await?
+                .map_or(0, |bytes| String::from_utf8_lossy(&bytes).parse().unwrap_or(0));
+            let total = current + delta;
+            txn.put("counter", total.to_string())?;
+            Ok(total.to_string().into_bytes())
+        })
+    }
+}
+
+async fn wal_operations_take_effect_once_per_idempotency_key(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let wal = Wal::new(storage.clone());
+    let a = actor("wal");
+    let first = wal.execute(&a, "req-1", b"5".to_vec(), &CounterApplier, None).await.unwrap();
+    assert_eq!(first, WalOutcome::Completed(b"5".to_vec()));
+    let repeat = wal.execute(&a, "req-1", b"5".to_vec(), &CounterApplier, None).await.unwrap();
+    assert_eq!(repeat, first, "a repeated key answers the first result");
+    assert_eq!(read(&storage, &a, "counter").await, Some(b"5".to_vec()), "and has no second effect");
+    let failed = wal.execute(&a, "req-2", b"not-a-number".to_vec(), &CounterApplier, None).await.unwrap();
+    assert!(matches!(&failed, WalOutcome::Failed(reason) if reason.contains("not a number")), "{failed:?}");
+    assert_eq!(wal.entry(&a, "req-2").await.unwrap().map(|e| e.status), Some(WalStatus::Failed));
+    assert_eq!(read(&storage, &a, "counter").await, Some(b"5".to_vec()));
+    assert_eq!(
+        storage.begin(a.clone()).scan(KeyRange::prefix("")).await.unwrap(),
+        vec![kv("counter", "5")],
+        "WAL records stay out of user scans"
+    );
+}
+
+async fn wal_replays_an_operation_appended_before_a_crash(fixture: &Fixture) {
+    let a = actor("wal-crash");
+    {
+        let storage = fixture.open().await;
+        let wal = Wal::new(storage);
+        let entry = wal.append(&a, "req-7", b"7".to_vec(), None).await.unwrap();
+        assert_eq!(entry.status, WalStatus::Pending);
+        // Crash here: appended, never applied.
+    }
+    let storage = fixture.open().await;
+    let wal = Wal::new(storage.clone());
+    assert_eq!(read(&storage, &a, "counter").await, None);
+    let report = wal.recover(&CounterApplier).await.unwrap();
+    assert_eq!(report.replayed_count, 1);
+    assert_eq!(read(&storage, &a, "counter").await, Some(b"7".to_vec()));
+    let again = wal.recover(&CounterApplier).await.unwrap();
+    assert_eq!(again.replayed_count, 0, "recovery is idempotent");
+    let repeat = wal.execute(&a, "req-7", b"7".to_vec(), &CounterApplier, None).await.unwrap();
+    assert_eq!(repeat, WalOutcome::Completed(b"7".to_vec()));
+    assert_eq!(read(&storage, &a, "counter").await, Some(b"7".to_vec()), "exactly once");
+}
+
+macro_rules! conformance_suite {
+    ($($case:ident),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Fixture::Memory(kelpie_storage::Storage::memory())).await;
+                }
+            )+
+        }
+
+        mod redb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(&super::Fixture::Redb(dir)).await;
+                }
+            )+
+        }
+
+        /// One test for all cases, so the whole suite shares one server.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres_passes_the_conformance_suite() {
+            let Some(server) = PostgresServer::start().expect("start PostgreSQL") else { return };
+            $(
+                let url = server.create_database(stringify!($case)).expect("create database");
+                $case(&Fixture::Postgres(url)).await;
+                println!("postgres: {} ok", stringify!($case));
+            )+
+        }
+    };
+}
+
+conformance_suite!(
+    put_get_delete_round_trip,
+    reads_see_the_transactions_own_writes,
+    scans_return_rows_in_key_order_within_bounds,
+    actors_never_see_each_others_keys,
+    abort_and_drop_discard_every_write,
+    conflicting_commits_one_wins_the_other_retries,
+    phantom_rows_in_a_scanned_range_conflict,
+    blind_writes_do_not_conflict_and_the_last_wins,
+    fenced_commits_need_the_current_placement,
+    placements_only_move_forward,
+    limits_are_enforced_naming_the_limit,
+    scans_past_the_row_limit_are_refused,
+    committed_state_survives_reopening_the_store,
+    concurrent_commits_from_many_actors_all_land,
+    wal_operations_take_effect_once_per_idempotency_key,
+    wal_replays_an_operation_appended_before_a_crash,
+);
