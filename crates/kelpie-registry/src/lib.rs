@@ -7,7 +7,8 @@
 //! - [`store`]: the [`PlacementStore`] trait, an atomic compare-and-set over
 //!   placement records, and its in-memory implementation. The durable one
 //!   lives beside actor state in `kelpie-storage`, so that a state commit can
-//!   check its fencing epoch in the same transaction as its writes.
+//!   check its fencing epoch in the same transaction as its writes
+//!   ([`storage_store`]).
 //! - [`registry`]: [`Registry`], which reads time from the environment's
 //!   clock, runs the state machine and applies the result with one
 //!   compare-and-set, so there is no window between "is it placed?" and
@@ -17,8 +18,10 @@
 
 pub mod lease;
 pub mod registry;
+pub mod storage_store;
 pub mod store;
 
 pub use lease::{LeaseCommand, LeaseOutcome, PlacementRecord};
 pub use registry::Registry;
-pub use store::{MemoryPlacementStore, PlacementStore};
+pub use storage_store::StoragePlacementStore;
+pub use store::{CasResult, MemoryPlacementStore, PlacementStore};

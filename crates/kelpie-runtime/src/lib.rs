@@ -1,12 +1,23 @@
-//! Virtual actor runtime: the Actor trait, ActorRef handles, the dispatcher,
-//! the activation state machine, bounded mailboxes and idle deactivation.
-//! Never depends on the server or the cluster.
+//! Virtual actor runtime: actors exist by id, are activated on demand on one
+//! node, handle one message at a time, persist transactionally and sleep
+//! when idle. Never depends on the server or the cluster.
 //!
+//! - [`actor`]: the [`Actor`] trait and [`ActorContext`].
+//! - [`runtime`]: [`Runtime`] (the dispatcher) and [`ActorRef`] handles;
+//!   bounded mailboxes, a cap on active actors with LRU eviction, invocation
+//!   timeouts, graceful shutdown.
+//! - `activation`: the task of one activation: claim, load, serve, save,
+//!   release, with every commit fenced by the activation's epoch.
 //! - [`lifecycle`]: the activation state machine (pure).
 //!
-//! The dispatcher and actor API build on `kelpie-storage` transactions and
-//! `kelpie-registry` placements and are not here yet.
+//! Time, task spawning and randomness come from the [`kelpie_core::Env`]
+//! given to [`Runtime::new`], so the same code runs in the simulator.
 
+mod activation;
+pub mod actor;
 pub mod lifecycle;
+pub mod runtime;
 
+pub use actor::{Actor, ActorContext};
 pub use lifecycle::{ActivationState, Lifecycle, LifecycleEvent};
+pub use runtime::{ActorRef, Runtime, RuntimeConfig};

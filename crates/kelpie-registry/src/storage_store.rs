@@ -1,0 +1,94 @@
+//! Placements kept where actor state lives, so fencing and placement agree.
+//!
+//! The fencing epoch and its holder are the actor's placement in
+//! `kelpie-storage`: a claim here is `Storage::claim_placement`, an atomic
+//! compare-and-set on the epoch, and every state commit checks that same
+//! placement in the same transaction as its writes. Leases are node-local on
+//! a single node: they live in this process's memory, so after a restart no
+//! lease is live and the first request claims the actor again with a newer
+//! epoch, fencing anything the previous process left in flight.
+//!
+//! The PostgreSQL registry of a cluster keeps lease expiry in the database
+//! row instead, judged by the database's clock.
+
+use std::collections::BTreeMap;
+
+use kelpie_core::env::BoxFuture;
+use kelpie_core::{ActorId, Error, Result};
+use kelpie_storage::{ClaimOutcome, Placement, Storage};
+use std::sync::Arc;
+
+use crate::lease::{Holder, PlacementRecord};
+use crate::store::{CasResult, PlacementStore};
+
+pub struct StoragePlacementStore {
+    storage: Storage,
+    /// Leases of this node's activations. The async mutex makes each
+    /// compare-and-set one critical section with its storage claim.
+    leases: Arc<tokio::sync::Mutex<BTreeMap<ActorId, Holder>>>,
+}
+
+impl StoragePlacementStore {
+    pub fn new(storage: Storage) -> Self {
+        StoragePlacementStore { storage, leases: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())) }
+    }
+}
+
+fn record(
+    placement: Option<Placement>,
+    lease: Option<&Holder>,
+    actor_id: &ActorId,
+) -> Option<PlacementRecord> {
+    let placement = placement?;
+    assert_eq!(&placement.actor_id, actor_id);
+    let holder = lease.filter(|holder| holder.node_id == placement.node_id).cloned();
+    Some(PlacementRecord { actor_id: placement.actor_id, epoch: placement.epoch, holder })
+}
+
+impl PlacementStore for StoragePlacementStore {
+    fn get(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<PlacementRecord>>> {
+        let storage = self.storage.clone();
+        let leases = self.leases.clone();
+        let actor_id = actor_id.clone();
+        Box::pin(async move {
+            let leases = leases.lock().await;
+            let placement = storage.get_placement(&actor_id).await?;
+            Ok(record(placement, leases.get(&actor_id), &actor_id))
+        })
+    }
+
+    fn compare_and_set(
+        &self,
+        expected: Option<PlacementRecord>,
+        next: PlacementRecord,
+    ) -> BoxFuture<Result<CasResult>> {
+        let storage = self.storage.clone();
+        let leases = self.leases.clone();
+        Box::pin(async move {
+            let actor_id = next.actor_id.clone();
+            let mut leases = leases.lock().await;
+            let placement = storage.get_placement(&actor_id).await?;
+            let current = record(placement, leases.get(&actor_id), &actor_id);
+            if current != expected {
+                return Ok(CasResult::Mismatch(current));
+            }
+            let expected_epoch = current.as_ref().map_or(0, |r| r.epoch);
+            if next.epoch != expected_epoch {
+                assert_eq!(next.epoch, expected_epoch + 1, "a claim raises the epoch by one");
+                let Some(holder) = &next.holder else {
+                    return Err(Error::Internal("claim without a holder".into()));
+                };
+                let claimed =
+                    storage.claim_placement(actor_id.clone(), holder.node_id.clone(), expected_epoch).await?;
+                if let ClaimOutcome::Stale { current: stored } = claimed {
+                    return Ok(CasResult::Mismatch(record(stored, leases.get(&actor_id), &actor_id)));
+                }
+            }
+            match next.holder {
+                Some(holder) => leases.insert(actor_id, holder),
+                None => leases.remove(&actor_id),
+            };
+            Ok(CasResult::Applied)
+        })
+    }
+}

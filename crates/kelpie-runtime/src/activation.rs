@@ -1,0 +1,285 @@
+//! One activation of one actor: a task that claims the placement, loads the
+//! state, handles messages one at a time in mailbox order, and finishes by
+//! running `on_deactivate`, saving and releasing the placement.
+//!
+//! Every invocation is one transaction committed under the activation's
+//! fencing epoch. If the handler fails or panics, or the commit fails, the
+//! in-memory state goes back to its value before the message, so memory and
+//! storage never disagree. A `Fenced` commit or a failed lease renewal means
+//! another activation may exist: this one stops at once, committing nothing.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kelpie_core::limits::ACTOR_STATE_SIZE_BYTES_MAX;
+use kelpie_core::{ActorId, Error, Result};
+use kelpie_registry::LeaseOutcome;
+use kelpie_storage::{FenceCondition, Transaction};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::actor::{Actor, ActorContext, STATE_KEY};
+use crate::lifecycle::{Lifecycle, LifecycleEvent};
+use crate::runtime::Shared;
+
+pub(crate) enum Command<A: Actor> {
+    Invoke { message: A::Message, reply: oneshot::Sender<Result<A::Reply>> },
+    Deactivate,
+}
+
+struct Active<S> {
+    epoch: u64,
+    state: S,
+    saved: Vec<u8>,
+    last_activity_ms: u64,
+    last_renewal_ms: u64,
+    /// Set when ownership was lost: nothing more may be committed.
+    lost: bool,
+}
+
+pub(crate) async fn run<A: Actor>(
+    shared: Arc<Shared<A>>,
+    actor_id: ActorId,
+    generation: u64,
+    mut inbox: mpsc::Receiver<Command<A>>,
+    done: watch::Sender<bool>,
+) {
+    let mut lifecycle = Lifecycle::default();
+    transition(&mut lifecycle, LifecycleEvent::Activate);
+    match activate(&shared, &actor_id).await {
+        Ok(mut active) => {
+            transition(&mut lifecycle, LifecycleEvent::Loaded);
+            serve(&shared, &actor_id, &mut active, &mut inbox).await;
+            transition(&mut lifecycle, LifecycleEvent::Deactivate);
+            inbox.close();
+            while let Ok(command) = inbox.try_recv() {
+                if let Command::Invoke { message, reply } = command {
+                    let _ = reply.send(invoke(&shared, &actor_id, &mut active, message).await);
+                }
+            }
+            deactivate(&shared, &actor_id, &mut active).await;
+            transition(&mut lifecycle, LifecycleEvent::Flushed);
+        }
+        Err(err) => {
+            transition(&mut lifecycle, LifecycleEvent::ActivationFailed);
+            inbox.close();
+            while let Ok(command) = inbox.try_recv() {
+                if let Command::Invoke { reply, .. } = command {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+    shared.remove_slot(&actor_id, generation);
+    let _ = done.send(true);
+}
+
+fn transition(lifecycle: &mut Lifecycle, event: LifecycleEvent) {
+    if let Err(illegal) = lifecycle.apply(event) {
+        panic!("activation bug: {illegal}");
+    }
+}
+
+async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Active<A::State>> {
+    let node_id = &shared.config.node_id;
+    let epoch = match shared.registry.claim(actor_id, node_id).await? {
+        LeaseOutcome::Claimed(record) => record.epoch,
+        LeaseOutcome::HeldByOther(record) => {
+            let holder = record.holder.map(|h| h.node_id.to_string()).unwrap_or_default();
+            return Err(Error::NodeUnavailable {
+                node_id: node_id.clone(),
+                reason: format!("actor {actor_id} is active on node {holder}"),
+            });
+        }
+        other => return Err(Error::Internal(format!("claim answered {other:?}"))),
+    };
+    let mut txn = shared.storage.begin(actor_id.clone());
+    let saved = txn.get(STATE_KEY).await?.unwrap_or_default();
+    let mut state: A::State = if saved.is_empty() {
+        A::State::default()
+    } else {
+        serde_json::from_slice(&saved).map_err(|e| Error::Corruption {
+            location: format!("state of actor {actor_id}"),
+            reason: e.to_string(),
+        })?
+    };
+    let now_ms = shared.env.clock.monotonic_ms();
+    let mut active = Active {
+        epoch,
+        state: A::State::default(),
+        saved,
+        last_activity_ms: now_ms,
+        last_renewal_ms: now_ms,
+        lost: false,
+    };
+    let before = state.clone();
+    let hook = {
+        let mut ctx = ActorContext::new(actor_id, &mut state, &shared.env, &mut txn);
+        AssertUnwindSafe(shared.actor.on_activate(&mut ctx)).catch_unwind().await
+    };
+    active.state = state;
+    finish_invocation(shared, actor_id, &mut active, txn, before, hook).await?;
+    Ok(active)
+}
+
+/// Handles messages until asked to deactivate, idle too long, or ownership is lost.
+async fn serve<A: Actor>(
+    shared: &Shared<A>,
+    actor_id: &ActorId,
+    active: &mut Active<A::State>,
+    inbox: &mut mpsc::Receiver<Command<A>>,
+) {
+    let idle_ms = shared.config.idle_timeout_ms;
+    let renew_ms = (shared.registry.lease_ms() / 3).max(1);
+    while !active.lost {
+        let now_ms = shared.env.clock.monotonic_ms();
+        let idle_left_ms = (active.last_activity_ms + idle_ms).saturating_sub(now_ms);
+        let renew_left_ms = (active.last_renewal_ms + renew_ms).saturating_sub(now_ms);
+        if idle_left_ms == 0 {
+            return;
+        }
+        if renew_left_ms == 0 {
+            renew(shared, actor_id, active).await;
+            continue;
+        }
+        let wake = shared.env.clock.sleep(Duration::from_millis(idle_left_ms.min(renew_left_ms)));
+        tokio::select! {
+            biased;
+            command = inbox.recv() => match command {
+                Some(Command::Invoke { message, reply }) => {
+                    let _ = reply.send(invoke(shared, actor_id, active, message).await);
+                    active.last_activity_ms = shared.env.clock.monotonic_ms();
+                }
+                Some(Command::Deactivate) | None => return,
+            },
+            () = wake => {}
+        }
+    }
+}
+
+async fn renew<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &mut Active<A::State>) {
+    let node_id = &shared.config.node_id;
+    match shared.registry.renew(actor_id, node_id, active.epoch).await {
+        Ok(LeaseOutcome::Renewed(_)) => active.last_renewal_ms = shared.env.clock.monotonic_ms(),
+        Ok(_) => active.lost = true,
+        // A storage hiccup: try again at the next interval; the lease has
+        // two more intervals before it runs out.
+        Err(_) => active.last_renewal_ms = shared.env.clock.monotonic_ms(),
+    }
+}
+
+async fn invoke<A: Actor>(
+    shared: &Shared<A>,
+    actor_id: &ActorId,
+    active: &mut Active<A::State>,
+    message: A::Message,
+) -> Result<A::Reply> {
+    if active.lost {
+        return Err(fenced(shared, actor_id, active));
+    }
+    let before = active.state.clone();
+    let mut txn = shared.storage.begin(actor_id.clone());
+    let outcome = {
+        let mut ctx = ActorContext::new(actor_id, &mut active.state, &shared.env, &mut txn);
+        AssertUnwindSafe(shared.actor.handle(&mut ctx, message)).catch_unwind().await
+    };
+    finish_invocation(shared, actor_id, active, txn, before, outcome).await
+}
+
+/// Commits a handler's work, or rolls the in-memory state back to `before`.
+async fn finish_invocation<A: Actor, R>(
+    shared: &Shared<A>,
+    actor_id: &ActorId,
+    active: &mut Active<A::State>,
+    mut txn: Transaction,
+    before: A::State,
+    outcome: std::result::Result<Result<R>, Box<dyn Any + Send>>,
+) -> Result<R> {
+    let result = match outcome {
+        Ok(Ok(reply)) => save(actor_id, active, &mut txn).map(|bytes| (reply, bytes)),
+        Ok(Err(err)) => Err(err),
+        Err(panic) => Err(Error::ActorFailed { actor_id: actor_id.clone(), reason: panic_message(&panic) }),
+    };
+    let (reply, bytes) = match result {
+        Ok(ok) => ok,
+        Err(err) => {
+            active.state = before;
+            return Err(err);
+        }
+    };
+    let fence = FenceCondition {
+        actor_id: actor_id.clone(),
+        node_id: shared.config.node_id.clone(),
+        epoch: active.epoch,
+    };
+    match txn.commit(Some(fence)).await {
+        Ok(_) => {
+            if let Some(bytes) = bytes {
+                active.saved = bytes;
+            }
+            Ok(reply)
+        }
+        Err(err) => {
+            active.lost |= matches!(err, Error::Fenced { .. });
+            active.state = before;
+            Err(err)
+        }
+    }
+}
+
+/// Buffers the state if it changed; `Some(bytes)` is what will be saved.
+fn save<S: serde::Serialize>(
+    actor_id: &ActorId,
+    active: &Active<S>,
+    txn: &mut Transaction,
+) -> Result<Option<Vec<u8>>> {
+    let bytes = serde_json::to_vec(&active.state).map_err(|e| Error::ActorFailed {
+        actor_id: actor_id.clone(),
+        reason: format!("state does not serialize: {e}"),
+    })?;
+    if bytes.len() > ACTOR_STATE_SIZE_BYTES_MAX {
+        return Err(Error::LimitExceeded {
+            what: format!("state of actor {actor_id}"),
+            actual: bytes.len() as u64,
+            limit_name: "ACTOR_STATE_SIZE_BYTES_MAX",
+            limit: ACTOR_STATE_SIZE_BYTES_MAX as u64,
+        });
+    }
+    if bytes == active.saved {
+        return Ok(None);
+    }
+    txn.put(STATE_KEY.to_vec(), bytes.clone())?;
+    Ok(Some(bytes))
+}
+
+async fn deactivate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &mut Active<A::State>) {
+    if active.lost {
+        return;
+    }
+    let before = active.state.clone();
+    let mut txn = shared.storage.begin(actor_id.clone());
+    let hook = {
+        let mut ctx = ActorContext::new(actor_id, &mut active.state, &shared.env, &mut txn);
+        AssertUnwindSafe(shared.actor.on_deactivate(&mut ctx)).catch_unwind().await
+    };
+    // A failing hook loses only its own changes; the last saved state stands.
+    let _ = finish_invocation(shared, actor_id, active, txn, before, hook).await;
+    if !active.lost {
+        let _ = shared.registry.release(actor_id, &shared.config.node_id, active.epoch).await;
+    }
+}
+
+fn fenced<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &Active<A::State>) -> Error {
+    Error::Fenced { actor_id: actor_id.clone(), node_id: shared.config.node_id.clone(), epoch: active.epoch }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown payload".to_string());
+    format!("handler panicked: {text}")
+}

@@ -1,0 +1,98 @@
+//! The [`Actor`] trait and the [`ActorContext`] a handler works through.
+//!
+//! An actor type is behaviour; its data is `State`, loaded when an activation
+//! starts and saved, with any extra keys written through the context, in one
+//! fenced transaction per invocation. A handler that returns an error or
+//! panics leaves no trace: the transaction is dropped and the in-memory state
+//! is restored to what it was before the message.
+
+use std::future::Future;
+
+use kelpie_core::{ActorId, Env, Result};
+use kelpie_storage::{KeyRange, Transaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Key of the serialized state inside the actor's key space.
+pub(crate) const STATE_KEY: &[u8] = b"s";
+/// Prefix of the keys a handler writes through [`ActorContext`], so they can
+/// never collide with the state key.
+const USER_KEY_PREFIX: &[u8] = b"u/";
+
+pub trait Actor: Send + Sync + 'static {
+    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
+    type Message: Send + 'static;
+    type Reply: Send + 'static;
+
+    /// Runs once per activation after the state is loaded; an error aborts
+    /// the activation and fails the request that caused it.
+    fn on_activate(
+        &self,
+        _ctx: &mut ActorContext<'_, Self::State>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Handles one message. Messages of one actor never run concurrently.
+    fn handle(
+        &self,
+        ctx: &mut ActorContext<'_, Self::State>,
+        message: Self::Message,
+    ) -> impl Future<Output = Result<Self::Reply>> + Send;
+
+    /// Runs before the activation ends (idle, eviction, shutdown); its state
+    /// changes are saved like a handler's.
+    fn on_deactivate(
+        &self,
+        _ctx: &mut ActorContext<'_, Self::State>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What a handler sees: its id, its state, its environment, and a
+/// transaction over its own extra keys.
+pub struct ActorContext<'a, S> {
+    pub actor_id: &'a ActorId,
+    pub state: &'a mut S,
+    pub env: &'a Env,
+    txn: &'a mut Transaction,
+}
+
+fn user_key(key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(USER_KEY_PREFIX.len() + key.len());
+    full.extend_from_slice(USER_KEY_PREFIX);
+    full.extend_from_slice(key);
+    full
+}
+
+impl<'a, S> ActorContext<'a, S> {
+    pub(crate) fn new(
+        actor_id: &'a ActorId,
+        state: &'a mut S,
+        env: &'a Env,
+        txn: &'a mut Transaction,
+    ) -> Self {
+        ActorContext { actor_id, state, env, txn }
+    }
+
+    /// Reads an extra key, seeing this invocation's own writes.
+    pub async fn kv_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.txn.get(&user_key(key)).await
+    }
+
+    /// Writes an extra key; committed with the state, or not at all.
+    pub fn kv_put(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
+        self.txn.put(user_key(key), value)
+    }
+
+    pub fn kv_delete(&mut self, key: &[u8]) -> Result<()> {
+        self.txn.delete(user_key(key))
+    }
+
+    /// Extra keys starting with `prefix`, in key order, prefix included.
+    pub async fn kv_scan_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rows = self.txn.scan(KeyRange::prefix(user_key(prefix))).await?;
+        Ok(rows.into_iter().map(|(key, value)| (key[USER_KEY_PREFIX.len()..].to_vec(), value)).collect())
+    }
+}
