@@ -37,6 +37,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_LAST_VERSION: &str = "last_version";
 const VERSION_SIZE_BYTES: usize = 8;
 
+/// Rounds of "drain the queue, yield, look again" before a batch is closed.
+const GROUP_COMMIT_GATHER_ROUNDS_COUNT_MAX: usize = 16;
+
 fn io_error(operation: &'static str) -> impl Fn(redb::Error) -> Error {
     move |err| Error::StorageIo { operation, reason: err.to_string() }
 }
@@ -219,15 +222,19 @@ enum Applied {
     Fatal(Error),
 }
 
+/// The tables of one batch's write transaction, opened once per batch.
+struct BatchTables<'t> {
+    kv: redb::Table<'t, &'static [u8], &'static [u8]>,
+    placements: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
 /// Applies one op inside the batch's write transaction. Validation errors
 /// (conflict, fence, epoch) end only this op, and occur before it writes;
 /// an I/O error after its first write poisons the transaction.
-fn apply_op(txn: &redb::WriteTransaction, op: Op, last_version: &mut u64) -> Result<Applied> {
-    let mut kv = io!("open kv", txn.open_table(KV))?;
-    let mut placements = io!("open placements", txn.open_table(PLACEMENTS))?;
+fn apply_op(tables: &mut BatchTables<'_>, op: Op, last_version: &mut u64) -> Result<Applied> {
     match op {
         Op::Commit(request) => {
-            let view = WriteView { kv: &kv, placements: &placements, actor: &request.actor_id };
+            let view = WriteView { kv: &tables.kv, placements: &tables.placements, actor: &request.actor_id };
             if let Err(err) =
                 observe(&request, &view).and_then(|observation| check_commit(&request, &observation))
             {
@@ -240,10 +247,11 @@ fn apply_op(txn: &redb::WriteTransaction, op: Op, last_version: &mut u64) -> Res
             for (key, value) in &request.writes {
                 let composite = row_key(&request.actor_id, key);
                 let written = match value {
-                    Some(value) => {
-                        kv.insert(composite.as_slice(), encode_row(*last_version, value).as_slice()).map(drop)
-                    }
-                    None => kv.remove(composite.as_slice()).map(drop),
+                    Some(value) => tables
+                        .kv
+                        .insert(composite.as_slice(), encode_row(*last_version, value).as_slice())
+                        .map(drop),
+                    None => tables.kv.remove(composite.as_slice()).map(drop),
                 };
                 if let Err(err) = written {
                     return Ok(Applied::Fatal(io_error("commit write")(err.into())));
@@ -252,27 +260,50 @@ fn apply_op(txn: &redb::WriteTransaction, op: Op, last_version: &mut u64) -> Res
             Ok(Applied::Done(Ok(OpOutput::Committed(CommitInfo { version: *last_version }))))
         }
         Op::PutPlacement(placement) => {
-            let current = read_placement(&placements, &placement.actor_id)?;
+            let current = read_placement(&tables.placements, &placement.actor_id)?;
             if let Err(err) = check_put(current.as_ref(), &placement) {
                 return Ok(Applied::Done(Err(err)));
             }
-            let key = placement.actor_id.to_string();
-            io!("placement write", placements.insert(key.as_str(), encode_placement(&placement).as_slice()))?;
+            store_placement(&mut tables.placements, &placement)?;
             Ok(Applied::Done(Ok(OpOutput::PlacementStored)))
         }
         Op::Claim { actor, node, expected_epoch } => {
-            let current = read_placement(&placements, &actor)?;
+            let current = read_placement(&tables.placements, &actor)?;
             let outcome = decide_claim(current, actor, node, expected_epoch);
             if let ClaimOutcome::Claimed(placement) = &outcome {
-                let key = placement.actor_id.to_string();
-                io!(
-                    "placement write",
-                    placements.insert(key.as_str(), encode_placement(placement).as_slice())
-                )?;
+                store_placement(&mut tables.placements, placement)?;
             }
             Ok(Applied::Done(Ok(OpOutput::Claim(outcome))))
         }
     }
+}
+
+fn store_placement(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    placement: &Placement,
+) -> Result<()> {
+    let key = placement.actor_id.to_string();
+    io!("placement write", table.insert(key.as_str(), encode_placement(placement).as_slice())).map(drop)
+}
+
+/// Applies every op in order; `Err` means the transaction must be abandoned.
+fn apply_ops(
+    txn: &redb::WriteTransaction,
+    ops: Vec<Op>,
+    last_version: &mut u64,
+) -> Result<Vec<Result<OpOutput>>> {
+    let mut tables = BatchTables {
+        kv: io!("open kv", txn.open_table(KV))?,
+        placements: io!("open placements", txn.open_table(PLACEMENTS))?,
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply_op(&mut tables, op, last_version)? {
+            Applied::Done(result) => results.push(result),
+            Applied::Fatal(err) => return Err(err),
+        }
+    }
+    Ok(results)
 }
 
 /// Runs one batch in one durable redb write transaction and returns each
@@ -281,28 +312,21 @@ fn apply_op(txn: &redb::WriteTransaction, op: Op, last_version: &mut u64) -> Res
 pub(crate) fn commit_batch(db: &Database, ops: Vec<Op>) -> Vec<Result<OpOutput>> {
     assert!(!ops.is_empty() && ops.len() <= GROUP_COMMIT_BATCH_COUNT_MAX, "batch of {} ops", ops.len());
     let count = ops.len();
-    let fail_all = |err: Error| vec![Err(err); count];
-    let txn = match io!("begin write", db.begin_write()) {
-        Ok(txn) => txn,
-        Err(err) => return fail_all(err),
-    };
-    let mut last_version = match read_last_version(&txn) {
-        Ok(version) => version,
-        Err(err) => return fail_all(err),
-    };
-    let mut results = Vec::with_capacity(count);
-    for op in ops {
-        match apply_op(&txn, op, &mut last_version) {
-            Ok(Applied::Done(result)) => results.push(result),
-            Ok(Applied::Fatal(err)) | Err(err) => return fail_all(err),
+    let outcome = (|| {
+        let txn = io!("begin write", db.begin_write())?;
+        let mut last_version = read_last_version(&txn)?;
+        let results = apply_ops(&txn, ops, &mut last_version)?;
+        write_last_version(&txn, last_version)?;
+        io!("commit", txn.commit())?;
+        Ok(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            assert_eq!(results.len(), count);
+            results
         }
+        Err(err) => vec![Err(err); count],
     }
-    let finished = write_last_version(&txn, last_version).and_then(|()| io!("commit", txn.commit()));
-    if let Err(err) = finished {
-        return fail_all(err);
-    }
-    assert_eq!(results.len(), count);
-    results
 }
 
 fn read_last_version(txn: &redb::WriteTransaction) -> Result<u64> {
@@ -316,17 +340,31 @@ fn write_last_version(txn: &redb::WriteTransaction, version: u64) -> Result<()> 
     io!("write meta", meta.insert(META_LAST_VERSION, version)).map(drop)
 }
 
-/// The committer loop: wait for one job, drain what else is queued up to the
-/// batch limit, commit them together, answer each.
-fn run_committer(db: Arc<Database>, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
+/// Adds queued jobs to `batch` up to the batch limit. While jobs keep
+/// arriving it yields the CPU and looks again, so writers woken by the last
+/// acknowledgement can join this fsync instead of waiting for the next one.
+fn gather(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    for _ in 0..GROUP_COMMIT_GATHER_ROUNDS_COUNT_MAX {
+        let before = batch.len();
         while batch.len() < GROUP_COMMIT_BATCH_COUNT_MAX {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
+        if batch.len() == before || batch.len() == GROUP_COMMIT_BATCH_COUNT_MAX {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The committer loop: wait for one job, drain what else is queued up to the
+/// batch limit, commit them together, answer each.
+fn run_committer(db: Arc<Database>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        gather(&mut jobs, &mut batch);
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|job| (job.op, job.reply)).unzip();
         let results = commit_batch(&db, ops);
         assert_eq!(results.len(), replies.len());
