@@ -114,7 +114,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let result = runtime.block_on(async move {
         let server = kelpie_server::bind(config.clone()).await?;
         eprintln!(
-            "kelpie {} listening on http://{} (storage: {:?}, data dir: {})",
+            "kelpie {} listening on http://{} (storage: {}, data dir: {})",
             env!("CARGO_PKG_VERSION"),
             server.local_addr(),
             config.storage,

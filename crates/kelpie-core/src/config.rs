@@ -98,6 +98,21 @@ pub enum StorageConfig {
     Postgres { database_url: String, pool_size: u32 },
 }
 
+impl fmt::Display for StorageConfig {
+    /// A description safe for logs: a database URL's credentials are hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageConfig::Memory => f.write_str("memory (nothing survives a restart)"),
+            StorageConfig::Redb { path } => write!(f, "redb at {}", path.display()),
+            StorageConfig::Postgres { database_url, pool_size } => {
+                let (scheme, rest) = database_url.split_once("://").unwrap_or(("postgres", database_url));
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                write!(f, "postgres at {scheme}://{host} (pool of {pool_size})")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The address other nodes reach this node's transport on.
@@ -145,7 +160,7 @@ impl fmt::Debug for KelpieConfig {
             .field("bind", &self.bind)
             .field("node_id", &self.node_id)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
-            .field("storage", &self.storage)
+            .field("storage", &self.storage.to_string())
             .field("cluster", &self.cluster)
             .field("llm", &self.llm)
             .finish()
@@ -524,12 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn storage_description_hides_database_credentials() {
+        let postgres = StorageConfig::Postgres {
+            database_url: "postgres://kelpie:pw@127.0.0.1:5432/db".into(),
+            pool_size: 4,
+        };
+        assert_eq!(postgres.to_string(), "postgres at postgres://127.0.0.1:5432/db (pool of 4)");
+        let redb = StorageConfig::Redb { path: PathBuf::from("./kelpie-data/kelpie.redb") };
+        assert_eq!(redb.to_string(), "redb at ./kelpie-data/kelpie.redb");
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let mut layers = ConfigLayers::new();
-        layers.add_env(env(&[("OPENAI_API_KEY", "sk-secret"), ("KELPIE_API_KEY", "hunter2")]));
+        layers.add_env(env(&[
+            ("OPENAI_API_KEY", "sk-secret"),
+            ("KELPIE_API_KEY", "hunter2"),
+            ("KELPIE_DATABASE_URL", "postgres://u:dbpass@127.0.0.1/k"),
+        ]));
         let config = layers.resolve().unwrap();
         assert_eq!(config.llm.openai_api_key.as_deref(), Some("sk-secret"));
         let debug = format!("{config:?}");
-        assert!(!debug.contains("sk-secret") && !debug.contains("hunter2"), "{debug}");
+        for secret in ["sk-secret", "hunter2", "dbpass"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! resource under [`routes`], composed in [`app`]. [`serve`] binds the
 //! listener and runs until the shutdown future completes.
 //!
-//! At this stage the server answers health checks; agents, memory, messages
-//! and tools arrive with the agent-server work and plug into [`AppState`].
+//! At this stage the server opens the configured store and answers health
+//! checks; agents, memory, messages and tools arrive with the agent-server
+//! work and plug into [`AppState`].
 
 pub mod error;
 pub mod routes;
@@ -16,7 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use kelpie_core::config::KelpieConfig;
+use kelpie_core::config::{KelpieConfig, StorageConfig};
+use kelpie_storage::Storage;
 use thiserror::Error;
 
 /// The version reported by `GET /v1/health/`.
@@ -26,12 +28,15 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<KelpieConfig>,
+    pub storage: Storage,
 }
 
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error("cannot create data dir {path}: {reason}")]
     DataDir { path: String, reason: String },
+    #[error("cannot open {backend} storage: {reason}")]
+    Storage { backend: &'static str, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
     #[error("server failed: {0}")]
@@ -64,14 +69,30 @@ impl BoundServer {
     }
 }
 
-/// Prepares the data dir and binds the configured address.
+/// Prepares the data dir, opens the configured storage and binds the
+/// configured address; any failure is reported before serving starts.
 pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
+    let storage = open_storage(&config.storage).await?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServerError::Bind { addr: config.bind, reason: e.to_string() })?;
-    Ok(BoundServer { listener, state: AppState { config: Arc::new(config) } })
+    Ok(BoundServer { listener, state: AppState { config: Arc::new(config), storage } })
+}
+
+async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {
+    let opened = match config {
+        StorageConfig::Memory => Ok(Storage::memory()),
+        StorageConfig::Redb { path } => Storage::open_redb(path),
+        StorageConfig::Postgres { database_url, .. } => Storage::connect_postgres(database_url).await,
+    };
+    let backend = match config {
+        StorageConfig::Memory => "memory",
+        StorageConfig::Redb { .. } => "redb",
+        StorageConfig::Postgres { .. } => "postgres",
+    };
+    opened.map_err(|e| ServerError::Storage { backend, reason: e.to_string() })
 }

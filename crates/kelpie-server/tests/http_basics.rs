@@ -82,6 +82,19 @@ async fn api_key_is_required_when_configured() {
 }
 
 #[tokio::test]
+async fn embedded_store_is_opened_and_locked_against_a_second_server() {
+    let server = start(None).await;
+    let data_dir = server._dir.path().join("data");
+    assert!(data_dir.join("kelpie.redb").is_file(), "the default redb store is created under the data dir");
+    let mut layers = ConfigLayers::new();
+    layers.set("bind", "127.0.0.1:0", Origin::Flag("test".into())).unwrap();
+    layers.set("data_dir", data_dir.to_str().unwrap(), Origin::Flag("test".into())).unwrap();
+    let err = kelpie_server::bind(layers.resolve().unwrap()).await.err().unwrap();
+    assert!(err.to_string().starts_with("cannot open redb storage: "), "{err}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bind_failure_names_the_address() {
     let first = start(None).await;
     let taken = first.base.trim_start_matches("http://").to_string();
