@@ -7,6 +7,9 @@
 //! in-memory state goes back to its value before the message, so memory and
 //! storage never disagree. A `Fenced` commit or a failed lease renewal means
 //! another activation may exist: this one stops at once, committing nothing.
+//! An invocation that changed nothing commits nothing; its reply came from
+//! this activation's memory, which a stale activation may still answer from,
+//! but never write from.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -209,6 +212,11 @@ async fn finish_invocation<A: Actor, R>(
             return Err(err);
         }
     };
+    if bytes.is_none() && !txn.has_writes() {
+        // Nothing to persist. Reads need no validation: while this
+        // activation holds the epoch it is the actor's only writer.
+        return Ok(reply);
+    }
     let fence = FenceCondition {
         actor_id: actor_id.clone(),
         node_id: shared.config.node_id.clone(),

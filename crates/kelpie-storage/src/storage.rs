@@ -94,6 +94,12 @@ impl Transaction {
         self.buffer.actor_id()
     }
 
+    /// Whether any put or delete is buffered. A transaction without writes
+    /// changes nothing when committed; it only validates what it read.
+    pub fn has_writes(&self) -> bool {
+        self.buffer.writes_count() > 0
+    }
+
     /// The value of `key`: this transaction's own write if it made one, else
     /// the committed value (whose version is validated at commit).
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {

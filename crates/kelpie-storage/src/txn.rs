@@ -80,6 +80,10 @@ impl TxnBuffer {
         }
     }
 
+    pub(crate) fn writes_count(&self) -> usize {
+        self.writes.len()
+    }
+
     pub(crate) fn actor_id(&self) -> &ActorId {
         &self.actor_id
     }
