@@ -21,6 +21,8 @@ pub mod limits;
 mod memory;
 mod placement;
 mod postgres;
+#[cfg(test)]
+mod redb_dst_tests;
 mod redb_store;
 mod storage;
 #[cfg(feature = "test-support")]

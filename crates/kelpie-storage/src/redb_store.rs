@@ -418,6 +418,13 @@ impl RedbBackend {
     }
 }
 
+/// Committed rows of `range` from a fresh read snapshot.
+pub(crate) fn read_rows(db: &Database, actor: &ActorId, range: &KeyRange) -> Result<StoredRows> {
+    let txn = io!("begin read", db.begin_read())?;
+    let table = io!("open kv", txn.open_table(KV))?;
+    scan_table(&table, actor, range)
+}
+
 pub(crate) fn create_tables(db: &Database) -> Result<()> {
     let txn = io!("begin write", db.begin_write())?;
     io!("create kv", txn.open_table(KV))?;
@@ -457,11 +464,7 @@ impl Backend for RedbBackend {
     }
 
     fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
-        let rows = (|| {
-            let txn = io!("begin read", self.db.begin_read())?;
-            let table = io!("open kv", txn.open_table(KV))?;
-            scan_table(&table, actor, range)
-        })();
+        let rows = read_rows(&self.db, actor, range);
         Box::pin(async move { rows })
     }
 
