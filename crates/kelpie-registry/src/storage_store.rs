@@ -16,22 +16,46 @@ use std::collections::BTreeMap;
 use kelpie_core::env::BoxFuture;
 use kelpie_core::{ActorId, Error, Result};
 use kelpie_storage::{ClaimOutcome, Placement, Storage};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::lease::{Holder, PlacementRecord};
 use crate::store::{CasResult, PlacementStore};
 
+/// Lock stripes: compare-and-sets of actors on different stripes run
+/// concurrently, so their storage claims can share one group commit.
+const CAS_LOCK_STRIPES_COUNT: usize = 64;
+
 pub struct StoragePlacementStore {
     storage: Storage,
-    /// Leases of this node's activations. The async mutex makes each
-    /// compare-and-set one critical section with its storage claim.
-    leases: Arc<tokio::sync::Mutex<BTreeMap<ActorId, Holder>>>,
+    /// Leases of this node's activations.
+    leases: Arc<Mutex<BTreeMap<ActorId, Holder>>>,
+    /// Held across one compare-and-set, storage claim included, so the
+    /// check and the write are one critical section per actor.
+    stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 impl StoragePlacementStore {
     pub fn new(storage: Storage) -> Self {
-        StoragePlacementStore { storage, leases: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())) }
+        let stripes = (0..CAS_LOCK_STRIPES_COUNT).map(|_| tokio::sync::Mutex::new(())).collect();
+        StoragePlacementStore {
+            storage,
+            leases: Arc::new(Mutex::new(BTreeMap::new())),
+            stripes: Arc::new(stripes),
+        }
     }
+}
+
+/// FNV-1a over the id's text: a fixed hash, the same in every process.
+fn stripe_of(actor_id: &ActorId) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in actor_id.namespace().bytes().chain([b'/']).chain(actor_id.id().bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % CAS_LOCK_STRIPES_COUNT as u64) as usize
+}
+
+fn lease_of(leases: &Mutex<BTreeMap<ActorId, Holder>>, actor_id: &ActorId) -> Option<Holder> {
+    leases.lock().unwrap_or_else(|p| p.into_inner()).get(actor_id).cloned()
 }
 
 fn record(
@@ -49,11 +73,12 @@ impl PlacementStore for StoragePlacementStore {
     fn get(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<PlacementRecord>>> {
         let storage = self.storage.clone();
         let leases = self.leases.clone();
+        let stripes = self.stripes.clone();
         let actor_id = actor_id.clone();
         Box::pin(async move {
-            let leases = leases.lock().await;
+            let _guard = stripes[stripe_of(&actor_id)].lock().await;
             let placement = storage.get_placement(&actor_id).await?;
-            Ok(record(placement, leases.get(&actor_id), &actor_id))
+            Ok(record(placement, lease_of(&leases, &actor_id).as_ref(), &actor_id))
         })
     }
 
@@ -64,11 +89,12 @@ impl PlacementStore for StoragePlacementStore {
     ) -> BoxFuture<Result<CasResult>> {
         let storage = self.storage.clone();
         let leases = self.leases.clone();
+        let stripes = self.stripes.clone();
         Box::pin(async move {
             let actor_id = next.actor_id.clone();
-            let mut leases = leases.lock().await;
+            let _guard = stripes[stripe_of(&actor_id)].lock().await;
             let placement = storage.get_placement(&actor_id).await?;
-            let current = record(placement, leases.get(&actor_id), &actor_id);
+            let current = record(placement, lease_of(&leases, &actor_id).as_ref(), &actor_id);
             if current != expected {
                 return Ok(CasResult::Mismatch(current));
             }
@@ -81,9 +107,14 @@ impl PlacementStore for StoragePlacementStore {
                 let claimed =
                     storage.claim_placement(actor_id.clone(), holder.node_id.clone(), expected_epoch).await?;
                 if let ClaimOutcome::Stale { current: stored } = claimed {
-                    return Ok(CasResult::Mismatch(record(stored, leases.get(&actor_id), &actor_id)));
+                    return Ok(CasResult::Mismatch(record(
+                        stored,
+                        lease_of(&leases, &actor_id).as_ref(),
+                        &actor_id,
+                    )));
                 }
             }
+            let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
             match next.holder {
                 Some(holder) => leases.insert(actor_id, holder),
                 None => leases.remove(&actor_id),

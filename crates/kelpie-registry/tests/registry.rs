@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use kelpie_core::env::BoxFuture;
 use kelpie_core::{ActorId, Clock, NodeId};
-use kelpie_registry::{LeaseOutcome, MemoryPlacementStore, Registry};
+use kelpie_registry::{LeaseOutcome, MemoryPlacementStore, PlacementStore, Registry, StoragePlacementStore};
+use kelpie_storage::Storage;
 
 #[derive(Default)]
 struct ManualClock {
@@ -36,9 +37,13 @@ impl Clock for ManualClock {
 }
 
 fn setup(lease_ms: u64) -> (Registry, Arc<ManualClock>) {
+    setup_on(Arc::new(MemoryPlacementStore::new()), lease_ms)
+}
+
+fn setup_on(store: Arc<dyn PlacementStore>, lease_ms: u64) -> (Registry, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     clock.advance(1_000);
-    let registry = Registry::with_lease(Arc::new(MemoryPlacementStore::new()), clock.clone(), lease_ms);
+    let registry = Registry::with_lease(store, clock.clone(), lease_ms);
     (registry, clock)
 }
 
@@ -94,7 +99,32 @@ async fn actors_are_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_grant_exactly_one_holder() {
-    let (registry, _clock) = setup(500);
+    assert_one_winner(setup(500).0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_over_storage_grant_exactly_one_holder_and_one_epoch() {
+    let storage = Storage::memory();
+    let (registry, _clock) = setup_on(Arc::new(StoragePlacementStore::new(storage.clone())), 500);
+    assert_one_winner(registry).await;
+    let placement = storage.get_placement(&actor("contended")).await.unwrap().unwrap();
+    assert_eq!(placement.epoch, 1, "the storage placement carries the one granted epoch");
+}
+
+#[tokio::test]
+async fn storage_store_lease_is_node_local_so_a_restart_reclaims_with_a_newer_epoch() {
+    let storage = Storage::memory();
+    let (first, _clock) = setup_on(Arc::new(StoragePlacementStore::new(storage.clone())), 500);
+    assert_eq!(epoch_of(&first.claim(&actor("a"), &node("n1")).await.unwrap()), 1);
+    // A new process over the same storage: no live lease, epoch continues.
+    let (second, _clock) = setup_on(Arc::new(StoragePlacementStore::new(storage.clone())), 500);
+    let record = second.lookup(&actor("a")).await.unwrap().unwrap();
+    assert_eq!((record.epoch, record.holder), (1, None));
+    assert_eq!(epoch_of(&second.claim(&actor("a"), &node("n1")).await.unwrap()), 2);
+    assert_eq!(storage.get_placement(&actor("a")).await.unwrap().unwrap().epoch, 2);
+}
+
+async fn assert_one_winner(registry: Registry) {
     let a = actor("contended");
     let mut tasks = Vec::new();
     for i in 0..32 {
