@@ -1,6 +1,18 @@
-//! Agent memory tiers: ordered core blocks with byte limits, working memory
-//! with TTL, archival passages with embeddings and search, atomic checkpoints.
-//! Never depends on the server.
+//! Agent memory tiers, as pure data and functions: no I/O, no clock, no
+//! randomness. The agent actor in the server owns these values inside its
+//! state and persists them with each step, so a memory change is committed
+//! atomically with the step that made it.
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! - [`core`]: ordered core memory blocks, each with a character limit and
+//!   the whole set with a total limit; edits over a limit are refused and
+//!   leave the old value in place (never truncated).
+//! - [`archival`]: archival passages and the local, network-free embedding
+//!   (feature-hashed bag of words) with cosine-ranked search.
+//!
+//! Never depends on the server.
+
+pub mod archival;
+pub mod core;
+
+pub use archival::{embed_local, rank_passages, Passage, LOCAL_EMBEDDING_DIMENSIONS_COUNT};
+pub use core::{Block, CoreMemory, MemoryError};
