@@ -1,5 +1,10 @@
-//! Tool registry, built-in tools, custom tools and the MCP client. Never
-//! depends on the server.
+//! Tool definitions: the built-in tools every agent has (their names, our own
+//! descriptions and JSON schemas, in the OpenAI function-calling shape).
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! Executing the built-in memory tools is the agent actor's job (they edit
+//! the agent's state inside its transaction); this crate only describes
+//! them. Never depends on the server.
+
+pub mod builtin;
+
+pub use builtin::{builtin_tool, builtin_tools, BuiltinTool, SEND_MESSAGE};
