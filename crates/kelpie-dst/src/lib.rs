@@ -12,6 +12,9 @@
 //! 64-bit [`Trace`] hash. [`SimLlmClient`], [`SimTool`] and [`SimSandbox`]
 //! stand in for an agent's LLM, tools and sandbox.
 //!
+//! [`properties`] holds the named safety properties shared by the DST
+//! scenarios and the stateright [`models`] of each protocol.
+//!
 //! Code under test receives a [`kelpie_core::Env`] from [`SimNode::env`] and
 //! runs unchanged. The crate depends only on `kelpie-core`, and itself reads
 //! no clock and spawns no thread: the one nondeterministic input is the
@@ -24,7 +27,9 @@ mod executor;
 pub mod fault;
 pub mod hash;
 pub mod invariant;
+pub mod models;
 pub mod network;
+pub mod properties;
 pub mod reference;
 pub mod rng;
 pub mod seed;
