@@ -6,6 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kelpie_core::Error;
+use kelpie_memory::MemoryError;
+
+use crate::agent::service::ServiceError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -35,6 +38,20 @@ impl From<Error> for ApiError {
             | Error::Corruption { .. }
             | Error::ActorFailed { .. }
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        let status = match &err {
+            ServiceError::AgentNotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Invalid(_) | ServiceError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Memory(MemoryError::BlockNotFound { .. }) => StatusCode::NOT_FOUND,
+            ServiceError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Llm(_) => StatusCode::BAD_GATEWAY,
+            ServiceError::Core(core) => return ApiError::from(core.clone()),
         };
         ApiError::new(status, err.to_string())
     }

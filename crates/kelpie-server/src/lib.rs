@@ -5,11 +5,17 @@
 //! resource under [`routes`], composed in [`app`]. [`serve`] binds the
 //! listener and runs until the shutdown future completes.
 //!
-//! At this stage the server opens the configured store and answers health
-//! checks; agents, memory, messages and tools arrive with the agent-server
-//! work and plug into [`AppState`].
+//! Agents live in [`agent`]: each is a virtual actor of kelpie-runtime whose
+//! state is in kelpie-storage; [`agent::service::AgentService`] is the one
+//! service the handlers call. LLM providers are in [`llm`], the model
+//! catalog in [`models`]. What is and is not served yet: `docs/server.md`.
 
+pub mod agent;
+pub mod api;
 pub mod error;
+pub mod ids;
+pub mod llm;
+pub mod models;
 pub mod routes;
 
 use std::future::Future;
@@ -18,8 +24,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use kelpie_core::config::{KelpieConfig, StorageConfig};
+use kelpie_core::Env;
+use kelpie_registry::{Registry, StoragePlacementStore};
+use kelpie_runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 use thiserror::Error;
+
+use agent::actor::AgentActor;
+use agent::directory::DirectoryActor;
+use agent::service::AgentService;
+use llm::openai::OpenAiClient;
+use models::ModelCatalog;
 
 /// The version reported by `GET /v1/health/`.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,6 +44,7 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct AppState {
     pub config: Arc<KelpieConfig>,
     pub storage: Storage,
+    pub agents: Arc<AgentService>,
 }
 
 #[derive(Debug, Error)]
@@ -41,6 +57,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, reason: String },
     #[error("server failed: {0}")]
     Serve(String),
+    #[error("cannot start the agent service: {0}")]
+    Service(String),
 }
 
 /// The full router with every resource mounted.
@@ -62,10 +80,13 @@ impl BoundServer {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        axum::serve(self.listener, app(self.state))
+        let agents = Arc::clone(&self.state.agents);
+        let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| ServerError::Serve(e.to_string()))
+            .map_err(|e| ServerError::Serve(e.to_string()));
+        agents.shutdown().await;
+        served
     }
 }
 
@@ -80,7 +101,25 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServerError::Bind { addr: config.bind, reason: e.to_string() })?;
-    Ok(BoundServer { listener, state: AppState { config: Arc::new(config), storage } })
+    let agents = Arc::new(agent_service(&config, &storage)?);
+    Ok(BoundServer { listener, state: AppState { config: Arc::new(config), storage, agents } })
+}
+
+/// The agent service over `storage`: the agent and directory runtimes, the
+/// LLM client and the model catalog from `config`.
+pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentService, ServerError> {
+    let env = Env::production();
+    let service_error = |e: kelpie_core::Error| ServerError::Service(e.to_string());
+    let registry = || Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
+    let runtime_config = RuntimeConfig::new(config.node_id.clone());
+    let agents = Runtime::new(AgentActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
+        .map_err(service_error)?;
+    let directory = Runtime::new(DirectoryActor, storage.clone(), registry(), env.clone(), runtime_config)
+        .map_err(service_error)?;
+    let llm = OpenAiClient::new(&config.llm.openai_base_url, config.llm.openai_api_key.clone())
+        .map_err(|e| ServerError::Service(e.to_string()))?;
+    let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
+    Ok(AgentService::new(agents, directory, env, llm, catalog))
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {

@@ -72,9 +72,11 @@ async fn api_key_is_required_when_configured() {
     let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
 
-    // With the right key the request passes auth (and reaches routing).
+    // With the right key the request passes auth and lists (no) agents.
     let right = client.get(&url).bearer_auth("s3cret").send().await.unwrap();
-    assert_eq!(right.status(), 404);
+    assert_eq!(right.status(), 200);
+    let body: Value = right.json().await.unwrap();
+    assert_eq!(body, serde_json::json!([]));
 
     let health = client.get(format!("{}/v1/health/", server.base)).send().await.unwrap();
     assert_eq!(health.status(), 200, "health needs no key");

@@ -1,7 +1,14 @@
 //! One router per resource, composed here, behind the optional bearer-token
 //! check and a JSON 404 for unknown routes.
 
+pub mod agents;
+pub mod archival;
+pub mod blocks;
+pub mod extract;
 pub mod health;
+pub mod messages;
+pub mod models;
+pub mod tools;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -15,6 +22,12 @@ use crate::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(agents::router())
+        .merge(blocks::router())
+        .merge(messages::router())
+        .merge(archival::router())
+        .merge(models::router())
+        .merge(tools::router())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)

@@ -1,0 +1,91 @@
+//! What an agent actor persists: the agent record (config, core memory,
+//! attached tools) in its state, and messages and passages as extra keys.
+
+use kelpie_memory::CoreMemory;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The LLM an agent talks to, resolved from a model handle at create time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmSettings {
+    /// `provider/model`, as listed by `GET /v1/models/`.
+    pub handle: String,
+    pub provider: String,
+    pub model: String,
+    pub endpoint: String,
+    pub context_window: u64,
+    pub max_tokens: u64,
+    pub temperature: f64,
+}
+
+/// The embedding of an agent's archival memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingSettings {
+    pub handle: String,
+    pub model: String,
+    pub dim: u64,
+}
+
+/// The persisted agent, minus messages and passages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub name: String,
+    pub system: String,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub tags: Vec<String>,
+    pub memory: CoreMemory,
+    pub llm: LlmSettings,
+    pub embedding: EmbeddingSettings,
+    /// Attached tools, built-in and custom, by id, in attach order.
+    pub tool_ids: Vec<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A tool call the LLM asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the LLM sent them: a JSON object in a string.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum MessageBody {
+    User { content: String },
+    Assistant { content: Option<String>, tool_calls: Vec<ToolCallRecord> },
+    Tool { tool_call_id: String, name: String, result: String, ok: bool },
+}
+
+/// One persisted message of an agent's conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: String,
+    pub seq: u64,
+    pub created_ms: u64,
+    pub run_id: Option<String>,
+    pub step_id: Option<String>,
+    pub body: MessageBody,
+}
+
+impl StoredMessage {
+    /// The text a conversation search looks at.
+    pub fn searchable_text(&self) -> String {
+        match &self.body {
+            MessageBody::User { content } => content.clone(),
+            MessageBody::Assistant { content, tool_calls } => {
+                let mut text = content.clone().unwrap_or_default();
+                for call in tool_calls {
+                    text.push(' ');
+                    text.push_str(&call.arguments);
+                }
+                text
+            }
+            MessageBody::Tool { result, .. } => result.clone(),
+        }
+    }
+}

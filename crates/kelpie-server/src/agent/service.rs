@@ -1,0 +1,414 @@
+//! The agent service: every agent operation of the API, routed to the
+//! agent's actor (and the directory actor for listing). Handlers call this
+//! and nothing else.
+//!
+//! Message turns of one agent are serialized by a per-agent lock held for
+//! the whole turn (the LLM calls happen outside the actor, between the
+//! actor invocations that persist each step); turns of different agents
+//! run in parallel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kelpie_core::{ActorId, Env, Error};
+use kelpie_memory::{Block, CoreMemory, MemoryError};
+use kelpie_runtime::{ActorRef, Runtime};
+use kelpie_tools::builtin_tools;
+use serde_json::Value;
+use thiserror::Error;
+
+use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch};
+use super::directory::{DirectoryActor, DirectoryCommand, DirectoryEntry, DirectoryReply, DIRECTORY_ACTOR};
+use super::letta::{
+    agent_json, block_json, builtin_tool_json, letta_messages, passage_json, search_result_json,
+};
+use super::model::AgentRecord;
+use super::page::{json_id, paginate, Page};
+use crate::api::{CreateAgent, CreatePassage, UpdateAgent, UpdateBlock};
+use crate::ids::new_id;
+use crate::llm::openai::OpenAiClient;
+use crate::llm::LlmError;
+use crate::models::{ModelCatalog, ModelError};
+
+/// Longest agent name, in bytes.
+pub const AGENT_NAME_BYTES_MAX: usize = 256;
+/// Most tags on one agent.
+pub const AGENT_TAGS_COUNT_MAX: usize = 64;
+/// Results an archival search returns when the client does not say.
+const ARCHIVAL_SEARCH_COUNT_DEFAULT: usize = 10;
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("Agent with ID {0} not found")]
+    AgentNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Core(Error),
+}
+
+impl From<Error> for ServiceError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::NotFound { kind: "agent", id } => ServiceError::AgentNotFound(id),
+            other => ServiceError::Core(other),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The default system prompt: our own words.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant with a persistent memory. \
+Your core memory blocks are shown below and are always in view; keep them up to date with \
+core_memory_append and core_memory_replace when you learn something worth keeping. Store \
+longer facts with archival_memory_insert and look them up with archival_memory_search; find \
+earlier parts of the conversation with conversation_search. The user only sees what you send \
+with send_message: answer every user message by calling send_message exactly once, at the end.";
+
+pub struct AgentService {
+    pub(super) agents: Runtime<AgentActor>,
+    directory: Runtime<DirectoryActor>,
+    pub(super) env: Env,
+    pub(super) llm: OpenAiClient,
+    catalog: ModelCatalog,
+    turn_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn unexpected(what: &str) -> ServiceError {
+    ServiceError::Core(Error::Internal(format!("agent actor answered {what} with the wrong reply")))
+}
+
+impl AgentService {
+    pub fn new(
+        agents: Runtime<AgentActor>,
+        directory: Runtime<DirectoryActor>,
+        env: Env,
+        llm: OpenAiClient,
+        catalog: ModelCatalog,
+    ) -> Self {
+        AgentService { agents, directory, env, llm, catalog, turn_locks: Mutex::new(HashMap::new()) }
+    }
+
+    /// The randomness ids are drawn from.
+    pub fn rng(&self) -> &dyn kelpie_core::RngSource {
+        self.env.rng.as_ref()
+    }
+
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    pub(super) fn agent_ref(&self, agent_id: &str) -> ServiceResult<ActorRef<AgentActor>> {
+        if !agent_id.starts_with("agent-") {
+            return Err(ServiceError::AgentNotFound(agent_id.to_string()));
+        }
+        let actor_id = ActorId::new("agents", agent_id)
+            .map_err(|_| ServiceError::AgentNotFound(agent_id.to_string()))?;
+        Ok(self.agents.actor_ref(actor_id))
+    }
+
+    async fn directory(&self, command: DirectoryCommand) -> ServiceResult<DirectoryReply> {
+        let actor_id = ActorId::new(DIRECTORY_ACTOR.0, DIRECTORY_ACTOR.1)?;
+        Ok(self.directory.invoke(&actor_id, command).await?)
+    }
+
+    pub(super) async fn record(&self, agent_id: &str) -> ServiceResult<AgentRecord> {
+        match self.agent_ref(agent_id)?.invoke(AgentCommand::Get).await? {
+            AgentReply::Agent(agent) => Ok(*agent),
+            _ => Err(unexpected("get")),
+        }
+    }
+
+    pub(super) fn render_agent(&self, agent: &AgentRecord) -> Value {
+        let builtins = builtin_tools();
+        let tools = agent
+            .tool_ids
+            .iter()
+            .filter_map(|id| builtins.iter().find(|tool| tool.id == id))
+            .map(builtin_tool_json)
+            .collect();
+        agent_json(agent, tools)
+    }
+
+    fn build_record(&self, request: CreateAgent) -> ServiceResult<AgentRecord> {
+        let now = self.env.clock.wall_ms();
+        let id = new_id("agent", self.env.rng.as_ref());
+        let name = request.name.unwrap_or_else(|| format!("agent-{}", &id[6..14]));
+        check_name_and_tags(&name, request.tags.as_deref().unwrap_or_default())?;
+        let mut blocks = Vec::new();
+        for spec in request.memory_blocks.unwrap_or_default() {
+            let mut block =
+                Block::new(new_id("block", self.env.rng.as_ref()), spec.label, spec.value, spec.limit)?;
+            block.description = spec.description;
+            block.read_only = spec.read_only.unwrap_or(false);
+            blocks.push(block);
+        }
+        let handle = request
+            .model
+            .or_else(|| request.llm_config.as_ref().map(|c| c.handle.clone().unwrap_or(c.model.clone())));
+        let mut llm = self.catalog.resolve_llm(handle.as_deref())?;
+        if let Some(window) =
+            request.context_window_limit.or(request.llm_config.and_then(|c| c.context_window))
+        {
+            llm.context_window = window;
+        }
+        if let Some(max_tokens) = request.max_tokens {
+            llm.max_tokens = max_tokens;
+        }
+        let tool_ids =
+            self.initial_tool_ids(request.tools.unwrap_or_default(), request.tool_ids.unwrap_or_default())?;
+        Ok(AgentRecord {
+            id,
+            name,
+            system: request.system.unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string()),
+            description: request.description,
+            metadata: request.metadata,
+            tags: request.tags.unwrap_or_default(),
+            memory: CoreMemory::new(blocks)?,
+            llm,
+            embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
+            tool_ids,
+            created_ms: now,
+            updated_ms: now,
+        })
+    }
+
+    /// Every built-in tool, plus those named in `tools` or `tool_ids`.
+    fn initial_tool_ids(&self, names: Vec<String>, ids: Vec<String>) -> ServiceResult<Vec<String>> {
+        let builtins = builtin_tools();
+        let mut tool_ids: Vec<String> = builtins.iter().map(|tool| tool.id.to_string()).collect();
+        for name in names {
+            if !builtins.iter().any(|tool| tool.name == name) {
+                return Err(ServiceError::Invalid(format!("tool {name:?} not found")));
+            }
+        }
+        for id in ids {
+            if !builtins.iter().any(|tool| tool.id == id) {
+                return Err(ServiceError::Invalid(format!("tool {id:?} not found")));
+            }
+            if !tool_ids.contains(&id) {
+                tool_ids.push(id);
+            }
+        }
+        Ok(tool_ids)
+    }
+
+    pub async fn create_agent(&self, request: CreateAgent) -> ServiceResult<Value> {
+        let record = self.build_record(request)?;
+        let entry =
+            DirectoryEntry { id: record.id.clone(), name: record.name.clone(), tags: record.tags.clone() };
+        let created = match self.agent_ref(&record.id)?.invoke(AgentCommand::Create(Box::new(record))).await?
+        {
+            AgentReply::Agent(agent) => *agent,
+            _ => return Err(unexpected("create")),
+        };
+        // The agent exists before it is listed: a crash in between leaves an
+        // agent reachable by id but not yet listed, never a listed ghost.
+        self.directory(DirectoryCommand::Register(entry)).await?;
+        Ok(self.render_agent(&created))
+    }
+
+    pub async fn get_agent(&self, agent_id: &str) -> ServiceResult<Value> {
+        Ok(self.render_agent(&self.record(agent_id).await?))
+    }
+
+    pub async fn list_agents(
+        &self,
+        name: Option<&str>,
+        tags: &[String],
+        match_all: bool,
+        page: &Page,
+    ) -> ServiceResult<Vec<Value>> {
+        let DirectoryReply::Entries(entries) = self.directory(DirectoryCommand::List).await? else {
+            return Err(unexpected("list"));
+        };
+        let matching: Vec<DirectoryEntry> = entries
+            .into_iter()
+            .filter(|entry| name.is_none_or(|name| entry.name == name))
+            .filter(|entry| {
+                tags.is_empty()
+                    || if match_all {
+                        tags.iter().all(|tag| entry.tags.contains(tag))
+                    } else {
+                        tags.iter().any(|tag| entry.tags.contains(tag))
+                    }
+            })
+            .collect();
+        let mut agents = Vec::new();
+        for entry in paginate(matching, |entry| entry.id.as_str(), page) {
+            match self.record(&entry.id).await {
+                Ok(agent) => agents.push(self.render_agent(&agent)),
+                // Deleted between the directory read and now.
+                Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(agents)
+    }
+
+    pub async fn update_agent(&self, agent_id: &str, request: UpdateAgent) -> ServiceResult<Value> {
+        let current = self.record(agent_id).await?;
+        check_name_and_tags(
+            request.name.as_deref().unwrap_or(&current.name),
+            request.tags.as_deref().unwrap_or(&current.tags),
+        )?;
+        if let Some(ids) = &request.tool_ids {
+            self.initial_tool_ids(Vec::new(), ids.clone())?;
+        }
+        let patch = AgentPatch {
+            name: request.name,
+            system: request.system,
+            description: request.description,
+            metadata: request.metadata,
+            tags: request.tags,
+            tool_ids: request.tool_ids,
+        };
+        let AgentReply::Agent(updated) =
+            self.agent_ref(agent_id)?.invoke(AgentCommand::Update(patch)).await?
+        else {
+            return Err(unexpected("update"));
+        };
+        if updated.name != current.name || updated.tags != current.tags {
+            let entry = DirectoryEntry {
+                id: updated.id.clone(),
+                name: updated.name.clone(),
+                tags: updated.tags.clone(),
+            };
+            self.directory(DirectoryCommand::Update(entry)).await?;
+        }
+        Ok(self.render_agent(&updated))
+    }
+
+    pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent = self.agent_ref(agent_id)?;
+        agent.invoke(AgentCommand::Get).await?;
+        self.directory(DirectoryCommand::Unregister { id: agent_id.to_string() }).await?;
+        agent.invoke(AgentCommand::Delete).await?;
+        Ok(serde_json::json!({"message": format!("Agent id={agent_id} successfully deleted")}))
+    }
+
+    pub async fn list_blocks(&self, agent_id: &str) -> ServiceResult<Vec<Value>> {
+        Ok(self.record(agent_id).await?.memory.blocks().iter().map(block_json).collect())
+    }
+
+    pub async fn get_block(&self, agent_id: &str, label: &str) -> ServiceResult<Value> {
+        Ok(block_json(self.record(agent_id).await?.memory.get(label)?))
+    }
+
+    pub async fn update_block(
+        &self,
+        agent_id: &str,
+        label: &str,
+        request: UpdateBlock,
+    ) -> ServiceResult<Value> {
+        let patch = BlockPatch {
+            value: request.value,
+            limit: request.limit,
+            description: request.description,
+            read_only: request.read_only,
+        };
+        let command = AgentCommand::UpdateBlock { label: label.to_string(), patch };
+        let AgentReply::Agent(agent) = self.agent_ref(agent_id)?.invoke(command).await? else {
+            return Err(unexpected("update block"));
+        };
+        Ok(block_json(agent.memory.get(label)?))
+    }
+
+    pub async fn list_messages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let AgentReply::Messages(messages) = self.agent_ref(agent_id)?.invoke(AgentCommand::Messages).await?
+        else {
+            return Err(unexpected("messages"));
+        };
+        let rendered: Vec<Value> = messages.iter().flat_map(letta_messages).collect();
+        Ok(paginate(rendered, json_id, page))
+    }
+
+    pub async fn insert_passage(&self, agent_id: &str, request: CreatePassage) -> ServiceResult<Vec<Value>> {
+        if request.text.trim().is_empty() {
+            return Err(ServiceError::Invalid("text must not be empty".into()));
+        }
+        let command =
+            AgentCommand::InsertPassage { text: request.text, tags: request.tags.unwrap_or_default() };
+        self.passages(agent_id, command, passage_json).await
+    }
+
+    pub async fn list_passages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let all = self.passages(agent_id, AgentCommand::Passages, passage_json).await?;
+        Ok(paginate(all, json_id, page))
+    }
+
+    pub async fn search_passages(
+        &self,
+        agent_id: &str,
+        query: String,
+        top_k: Option<usize>,
+    ) -> ServiceResult<Value> {
+        let command =
+            AgentCommand::SearchPassages { query, top_k: top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT) };
+        let results = self.passages(agent_id, command, |_, passage| search_result_json(passage)).await?;
+        Ok(serde_json::json!({"count": results.len(), "results": results}))
+    }
+
+    async fn passages(
+        &self,
+        agent_id: &str,
+        command: AgentCommand,
+        render: impl Fn(&AgentRecord, &kelpie_memory::Passage) -> Value,
+    ) -> ServiceResult<Vec<Value>> {
+        let AgentReply::Passages { agent, passages } = self.agent_ref(agent_id)?.invoke(command).await?
+        else {
+            return Err(unexpected("passages"));
+        };
+        Ok(passages.iter().map(|passage| render(&agent, passage)).collect())
+    }
+
+    pub async fn delete_passage(&self, agent_id: &str, passage_id: &str) -> ServiceResult<()> {
+        self.agent_ref(agent_id)?.invoke(AgentCommand::DeletePassage { id: passage_id.to_string() }).await?;
+        Ok(())
+    }
+
+    /// Attaches or detaches tool `tool_id`.
+    pub async fn set_tool(&self, agent_id: &str, tool_id: &str, attach: bool) -> ServiceResult<Value> {
+        let current = self.record(agent_id).await?;
+        self.initial_tool_ids(Vec::new(), vec![tool_id.to_string()])?;
+        let mut tool_ids: Vec<String> = current.tool_ids.into_iter().filter(|id| id != tool_id).collect();
+        if attach {
+            tool_ids.push(tool_id.to_string());
+        }
+        let request = UpdateAgent { tool_ids: Some(tool_ids), ..UpdateAgent::default() };
+        self.update_agent(agent_id, request).await
+    }
+
+    /// Finishes every activation (their state is already committed).
+    pub async fn shutdown(&self) {
+        self.agents.shutdown().await;
+        self.directory.shutdown().await;
+    }
+
+    /// The lock that serializes the turns of `agent_id`.
+    pub(super) fn turn_lock(&self, agent_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.turn_locks.lock().unwrap_or_else(|poison| poison.into_inner());
+        // Forget locks nobody holds or waits for, so the table stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(agent_id.to_string()).or_default())
+    }
+}
+
+fn check_name_and_tags(name: &str, tags: &[String]) -> ServiceResult<()> {
+    if name.trim().is_empty() || name.len() > AGENT_NAME_BYTES_MAX {
+        return Err(ServiceError::Invalid(format!(
+            "name must be 1..={AGENT_NAME_BYTES_MAX} bytes and not blank"
+        )));
+    }
+    if tags.len() > AGENT_TAGS_COUNT_MAX {
+        return Err(ServiceError::Invalid(format!("an agent has at most {AGENT_TAGS_COUNT_MAX} tags")));
+    }
+    Ok(())
+}

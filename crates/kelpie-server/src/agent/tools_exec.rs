@@ -1,0 +1,111 @@
+//! Execution of the built-in tools inside the agent actor's invocation, so
+//! their effects commit with the step that called them.
+//!
+//! A tool's own failure (bad arguments, a block over its limit) is a tool
+//! result with `ok = false` for the LLM to see; only storage failures abort
+//! the step.
+
+use kelpie_core::Result;
+use kelpie_tools::builtin::{
+    ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH, CONVERSATION_SEARCH, CORE_MEMORY_APPEND,
+    CORE_MEMORY_REPLACE,
+};
+use kelpie_tools::SEND_MESSAGE;
+use serde_json::Value;
+
+use super::actor::{agent_mut, all_messages, insert_passage, search_passages, Ctx};
+use super::model::ToolCallRecord;
+use super::TOOL_RETURN_CHARS_MAX;
+
+/// Results a search tool returns when the LLM does not say.
+const SEARCH_RESULTS_COUNT_DEFAULT: usize = 5;
+/// Most results a search tool returns.
+const SEARCH_RESULTS_COUNT_MAX: usize = 50;
+
+type ToolResult = std::result::Result<String, String>;
+
+fn arg<'a>(args: &'a Value, name: &str) -> std::result::Result<&'a str, String> {
+    args.get(name).and_then(Value::as_str).ok_or_else(|| format!("missing string argument `{name}`"))
+}
+
+fn count_arg(args: &Value, name: &str) -> usize {
+    let count = args.get(name).and_then(Value::as_u64).map_or(SEARCH_RESULTS_COUNT_DEFAULT, |n| n as usize);
+    count.clamp(1, SEARCH_RESULTS_COUNT_MAX)
+}
+
+fn clip(text: String) -> String {
+    if text.chars().count() <= TOOL_RETURN_CHARS_MAX {
+        return text;
+    }
+    text.chars().take(TOOL_RETURN_CHARS_MAX).collect()
+}
+
+/// Runs built-in tool `call`; `(result, ok)`.
+pub async fn run_builtin(ctx: &mut Ctx<'_>, call: &ToolCallRecord) -> Result<(String, bool)> {
+    let args: Value = match serde_json::from_str(&call.arguments) {
+        Ok(args @ Value::Object(_)) => args,
+        _ => return Ok((format!("arguments of {} are not a JSON object", call.name), false)),
+    };
+    let outcome = match call.name.as_str() {
+        SEND_MESSAGE => arg(&args, "message").map(|_| "Sent message successfully.".to_string()),
+        CORE_MEMORY_APPEND => core_memory_append(ctx, &args),
+        CORE_MEMORY_REPLACE => core_memory_replace(ctx, &args),
+        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args)?,
+        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args).await?,
+        CONVERSATION_SEARCH => conversation_search(ctx, &args).await?,
+        other => Err(format!("tool {other} is not available to this agent")),
+    };
+    Ok(match outcome {
+        Ok(text) => (clip(text), true),
+        Err(text) => (clip(text), false),
+    })
+}
+
+fn core_memory_append(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, content) = (arg(args, "label")?, arg(args, "content")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.memory.append(label, content).map_err(|e| e.to_string())?;
+    Ok(format!("Appended to block {label}."))
+}
+
+fn core_memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, old, new) = (arg(args, "label")?, arg(args, "old_content")?, arg(args, "new_content")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.memory.replace(label, old, new).map_err(|e| e.to_string())?;
+    Ok(format!("Replaced text in block {label}."))
+}
+
+fn archival_insert(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
+    let content = match arg(args, "content") {
+        Ok(content) => content.to_string(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let passage = insert_passage(ctx, content, Vec::new())?;
+    Ok(Ok(format!("Stored passage {}.", passage.id)))
+}
+
+async fn archival_search(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
+    let query = match arg(args, "query") {
+        Ok(query) => query.to_string(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let passages = search_passages(ctx, &query, count_arg(args, "top_k")).await?;
+    let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+    Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
+}
+
+async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
+    let query = match arg(args, "query") {
+        Ok(query) => query.to_lowercase(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let limit = count_arg(args, "limit");
+    let messages = all_messages(ctx).await?;
+    let hits: Vec<String> = messages
+        .iter()
+        .map(|message| message.searchable_text())
+        .filter(|text| text.to_lowercase().contains(&query))
+        .take(limit)
+        .collect();
+    Ok(Ok(serde_json::to_string(&hits).unwrap_or_default()))
+}

@@ -1,0 +1,199 @@
+//! The agent loop: build the prompt (system prompt, rendered core memory,
+//! recent messages within the context window), call the LLM with the
+//! agent's tool schemas, persist the step through the actor (which runs the
+//! built-in tools in the same transaction), and repeat until the agent
+//! replies or the step limit is reached.
+
+use kelpie_tools::{builtin_tools, SEND_MESSAGE};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::actor::{AgentCommand, AgentReply, StepInput};
+use super::letta::letta_messages;
+use super::model::{AgentRecord, MessageBody, StoredMessage};
+use super::service::{AgentService, ServiceError, ServiceResult};
+use super::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
+use crate::ids::new_id;
+use crate::llm::{ChatRequest, TokenUsage};
+
+/// Characters per token assumed when fitting messages into the context window.
+const CHARS_PER_TOKEN_COUNT: u64 = 4;
+/// Share of the context window (percent) the prompt may fill; the rest is
+/// left for the answer.
+const PROMPT_WINDOW_PERCENT_MAX: u64 = 75;
+
+/// What a turn produced.
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    pub messages: Vec<Value>,
+    pub stop_reason: &'static str,
+    pub usage: TokenUsage,
+    pub step_count: u32,
+}
+
+impl TurnOutcome {
+    pub fn usage_json(&self) -> Value {
+        let total = self.usage.prompt_tokens + self.usage.completion_tokens;
+        json!({
+            "message_type": "usage_statistics", "completion_tokens": self.usage.completion_tokens,
+            "prompt_tokens": self.usage.prompt_tokens, "total_tokens": total, "step_count": self.step_count,
+            "run_ids": null, "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "context_tokens": total,
+        })
+    }
+
+    pub fn stop_reason_json(&self) -> Value {
+        json!({"message_type": "stop_reason", "stop_reason": self.stop_reason})
+    }
+}
+
+fn openai_message(message: &StoredMessage) -> Value {
+    match &message.body {
+        MessageBody::User { content } => json!({"role": "user", "content": content}),
+        MessageBody::Assistant { content, tool_calls } => {
+            let mut out = json!({"role": "assistant", "content": content});
+            if !tool_calls.is_empty() {
+                out["tool_calls"] = tool_calls
+                    .iter()
+                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+            }
+            out
+        }
+        MessageBody::Tool { tool_call_id, result, .. } => {
+            json!({"role": "tool", "tool_call_id": tool_call_id, "content": result})
+        }
+    }
+}
+
+fn system_text(agent: &AgentRecord, shown: usize) -> String {
+    format!(
+        "{}\n\n<memory_blocks>\n{}</memory_blocks>\n<memory_metadata>\nRecent messages in view: {shown}\n</memory_metadata>",
+        agent.system,
+        agent.memory.render()
+    )
+}
+
+/// The newest messages that fit the window, starting at a user message so
+/// no tool result is cut from its call.
+fn fit_history<'a>(
+    agent: &AgentRecord,
+    history: &'a [StoredMessage],
+    extra_chars: u64,
+) -> &'a [StoredMessage] {
+    let budget_chars = agent.llm.context_window * CHARS_PER_TOKEN_COUNT * PROMPT_WINDOW_PERCENT_MAX / 100;
+    let mut used = extra_chars + system_text(agent, 0).len() as u64;
+    let mut start = history.len();
+    for (index, message) in history.iter().enumerate().rev().take(PROMPT_MESSAGES_COUNT_MAX) {
+        used += openai_message(message).to_string().len() as u64;
+        if used > budget_chars {
+            break;
+        }
+        start = index;
+    }
+    while start < history.len() && !matches!(history[start].body, MessageBody::User { .. }) {
+        start += 1;
+    }
+    &history[start..]
+}
+
+fn tool_schemas(agent: &AgentRecord) -> Vec<Value> {
+    let builtins = builtin_tools();
+    agent
+        .tool_ids
+        .iter()
+        .filter_map(|id| builtins.iter().find(|tool| tool.id == id))
+        .map(|tool| tool.json_schema.clone())
+        .collect()
+}
+
+fn build_request(agent: &AgentRecord, history: &[StoredMessage], pending: &[String]) -> ChatRequest {
+    let pending_chars: u64 = pending.iter().map(|text| text.len() as u64).sum();
+    let shown = fit_history(agent, history, pending_chars);
+    let mut messages = vec![json!({"role": "system", "content": system_text(agent, shown.len())})];
+    messages.extend(shown.iter().map(openai_message));
+    messages.extend(pending.iter().map(|text| json!({"role": "user", "content": text})));
+    ChatRequest {
+        model: agent.llm.model.clone(),
+        messages,
+        tools: tool_schemas(agent),
+        max_tokens: agent.llm.max_tokens,
+        temperature: agent.llm.temperature,
+    }
+}
+
+impl AgentService {
+    /// Runs one turn for `inputs` (the user's messages). Each step's Letta
+    /// messages go to `events` as soon as they are committed.
+    pub async fn run_turn(
+        &self,
+        agent_id: &str,
+        inputs: Vec<String>,
+        max_steps: Option<u32>,
+        events: Option<&UnboundedSender<Value>>,
+    ) -> ServiceResult<TurnOutcome> {
+        let max_steps = max_steps.unwrap_or(AGENT_STEPS_COUNT_DEFAULT);
+        if max_steps == 0 || max_steps > AGENT_STEPS_COUNT_MAX {
+            return Err(ServiceError::Invalid(format!(
+                "max_steps {max_steps} is outside 1..={AGENT_STEPS_COUNT_MAX}"
+            )));
+        }
+        if inputs.is_empty() || inputs.iter().any(|text| text.trim().is_empty()) {
+            return Err(ServiceError::Invalid(
+                "messages must hold at least one non-empty user message".into(),
+            ));
+        }
+        let agent_ref = self.agent_ref(agent_id)?;
+        let lock = self.turn_lock(agent_id);
+        let _turn = lock.lock().await;
+        let mut agent = self.record(agent_id).await?;
+        let AgentReply::Messages(mut history) =
+            agent_ref.invoke(AgentCommand::Recent { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
+        else {
+            return Err(ServiceError::Invalid("unexpected reply".into()));
+        };
+        let run_id = new_id("run", self.env.rng.as_ref());
+        let mut pending = inputs;
+        let mut outcome = TurnOutcome {
+            messages: Vec::new(),
+            stop_reason: "max_steps",
+            usage: TokenUsage::default(),
+            step_count: 0,
+        };
+        while outcome.step_count < max_steps {
+            let answer = self.llm.chat(&build_request(&agent, &history, &pending)).await?;
+            outcome.step_count += 1;
+            outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
+            outcome.usage.completion_tokens += answer.usage.completion_tokens;
+            let replied = answer.tool_calls.is_empty()
+                || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
+            let step = StepInput {
+                run_id: run_id.clone(),
+                step_id: new_id("step", self.env.rng.as_ref()),
+                user_messages: std::mem::take(&mut pending),
+                assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },
+                external: Vec::new(),
+            };
+            let AgentReply::Step { agent: updated, messages } =
+                agent_ref.invoke(AgentCommand::CommitStep(Box::new(step))).await?
+            else {
+                return Err(ServiceError::Invalid("unexpected reply".into()));
+            };
+            agent = *updated;
+            for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
+                for rendered in letta_messages(message) {
+                    if let Some(events) = events {
+                        let _ = events.send(rendered.clone());
+                    }
+                    outcome.messages.push(rendered);
+                }
+            }
+            history.extend(messages);
+            if replied {
+                outcome.stop_reason = "end_turn";
+                break;
+            }
+        }
+        Ok(outcome)
+    }
+}

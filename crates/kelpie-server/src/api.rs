@@ -1,0 +1,217 @@
+//! Request bodies and query strings, with Letta's field names. Serde checks
+//! their shape (a wrong type is a 422); the service checks their meaning.
+//! Unknown fields are ignored, as Letta's clients send many we do not use.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::agent::page::{Page, PAGE_LIMIT_COUNT_MAX};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateBlock {
+    pub label: String,
+    pub value: String,
+    pub limit: Option<u64>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmConfigIn {
+    pub model: String,
+    pub handle: Option<String>,
+    pub context_window: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateAgent {
+    pub name: Option<String>,
+    pub system: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub memory_blocks: Option<Vec<CreateBlock>>,
+    pub tools: Option<Vec<String>>,
+    pub tool_ids: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub model: Option<String>,
+    pub llm_config: Option<LlmConfigIn>,
+    pub embedding: Option<String>,
+    pub context_window_limit: Option<u64>,
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateAgent {
+    pub name: Option<String>,
+    pub system: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub tags: Option<Vec<String>>,
+    pub tool_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateBlock {
+    pub value: Option<String>,
+    pub limit: Option<u64>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+/// Message content: a string or a list of `{"type": "text", "text": ...}` parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    pub text: String,
+}
+
+impl Content {
+    pub fn into_text(self) -> String {
+        match self {
+            Content::Text(text) => text,
+            Content::Parts(parts) => parts.into_iter().map(|part| part.text).collect::<Vec<_>>().join(""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageCreate {
+    pub role: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SendMessages {
+    pub messages: Option<Vec<MessageCreate>>,
+    pub input: Option<Content>,
+    pub max_steps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatePassage {
+    pub text: String,
+    pub tags: Option<Vec<String>>,
+}
+
+/// `limit`, `before`, `after`, `order` of any list route.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub order: Option<String>,
+    pub ascending: Option<bool>,
+}
+
+impl PageQuery {
+    /// The page, with `default_limit` and `default_descending` when not given.
+    pub fn page(&self, default_limit: usize, default_descending: bool) -> Result<Page, String> {
+        let limit = self.limit.unwrap_or(default_limit);
+        if limit == 0 || limit > PAGE_LIMIT_COUNT_MAX {
+            return Err(format!("limit {limit} is outside 1..={PAGE_LIMIT_COUNT_MAX}"));
+        }
+        let descending = match (self.order.as_deref(), self.ascending) {
+            (Some("asc"), _) => false,
+            (Some("desc"), _) => true,
+            (Some(other), _) => return Err(format!("order {other:?} is neither \"asc\" nor \"desc\"")),
+            (None, Some(ascending)) => !ascending,
+            (None, None) => default_descending,
+        };
+        Ok(Page { before: self.before.clone(), after: self.after.clone(), limit, descending })
+    }
+}
+
+/// `GET /v1/agents/` filters besides the page. `tags` may repeat, so the
+/// handler reads them from the raw query string ([`repeated_param`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AgentListQuery {
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub order: Option<String>,
+    pub ascending: Option<bool>,
+    pub name: Option<String>,
+    pub match_all_tags: Option<bool>,
+}
+
+impl AgentListQuery {
+    pub fn page_query(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            before: self.before.clone(),
+            after: self.after.clone(),
+            order: self.order.clone(),
+            ascending: self.ascending,
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let hex = bytes.get(index + 1..index + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (byte, hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                index += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                index += 1;
+            }
+            _ => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every value of `name` in a query string (`tags=a&tags=b`).
+pub fn repeated_param(query: Option<&str>, name: &str) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| percent_decode(key) == name)
+        .map(|(_, value)| percent_decode(value))
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArchivalSearchQuery {
+    pub query: String,
+    pub top_k: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_params_are_all_read_and_decoded() {
+        let query = Some("tags=a%20b&limit=2&tags=c+d&tagsx=no");
+        assert_eq!(repeated_param(query, "tags"), ["a b", "c d"]);
+        assert_eq!(repeated_param(None, "tags"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn page_query_checks_limit_and_order() {
+        let query = PageQuery { limit: Some(0), ..PageQuery::default() };
+        assert_eq!(query.page(50, true).unwrap_err(), "limit 0 is outside 1..=1000");
+        let query = PageQuery { order: Some("up".into()), ..PageQuery::default() };
+        assert!(query.page(50, true).unwrap_err().contains("\"up\""));
+        let page = PageQuery { ascending: Some(true), ..PageQuery::default() }.page(50, true).unwrap();
+        assert_eq!((page.limit, page.descending), (50, false));
+    }
+}

@@ -1,0 +1,188 @@
+//! A fake OpenAI-compatible LLM server for tests: deterministic, on
+//! 127.0.0.1, no network beyond loopback.
+//!
+//! Its default behaviour, for a request whose last message is
+//! - from the user with text `/call <tool> <json args>`: a tool call of
+//!   `<tool>` with those arguments (and a short reasoning text);
+//! - from the user with any other text, or from a tool: a `send_message`
+//!   call whose message is `echo: <the last user text>`.
+//!
+//! Tests can also queue answers ([`FakeLlm::push_reply`]) or HTTP error
+//! statuses ([`FakeLlm::push_status`]); queued items are served first, in
+//! order. Every request body is recorded for assertions.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// The one model the fake serves.
+pub const FAKE_MODEL: &str = "fake-gpt";
+
+enum Scripted {
+    Status(u16),
+    Reply(Value),
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<Scripted>,
+    requests: Vec<Value>,
+}
+
+/// Handle to a running fake server.
+#[derive(Clone)]
+pub struct FakeLlm {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeLlm {
+    /// Binds `addr` (port 0 for any) and serves in a background task.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<FakeLlm> {
+        assert!(addr.ip().is_loopback(), "the fake LLM only listens on loopback");
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .with_state(Arc::clone(&inner));
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeLlm { addr, inner })
+    }
+
+    /// The base URL to configure as `OPENAI_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Queues one answer: `content` and tool calls `(name, arguments)`.
+    pub fn push_reply(&self, content: Option<&str>, calls: &[(&str, Value)]) {
+        self.lock().queue.push_back(Scripted::Reply(completion(content, calls)));
+    }
+
+    /// Queues one HTTP error answer.
+    pub fn push_status(&self, status: u16) {
+        self.lock().queue.push_back(Scripted::Status(status));
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.lock().requests.clone()
+    }
+}
+
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+fn completion(content: Option<&str>, calls: &[(&str, Value)]) -> Value {
+    let tool_calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(index, (name, args))| {
+            json!({"id": format!("call_{index}_{name}"), "type": "function",
+                   "function": {"name": name, "arguments": args.to_string()}})
+        })
+        .collect();
+    let completion_tokens =
+        content.map_or(0, words) + calls.iter().map(|(_, a)| words(&a.to_string())).sum::<u64>();
+    json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "model": FAKE_MODEL,
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": content, "tool_calls": tool_calls}}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": completion_tokens.max(1), "total_tokens": 0},
+    })
+}
+
+fn message_text(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|part| part["text"].as_str()).collect::<Vec<_>>().join("")
+        }
+        _ => String::new(),
+    }
+}
+
+/// The default answer to a request (see the module docs).
+fn default_answer(request: &Value) -> Value {
+    let messages = request["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(message_text).unwrap_or_default();
+    let last_is_user = messages.last().is_some_and(|m| m["role"] == "user");
+    if let Some(directive) = last_user.strip_prefix("/call ").filter(|_| last_is_user) {
+        let (tool, args) = directive.split_once(' ').unwrap_or((directive, "{}"));
+        let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+        return completion(Some(&format!("Calling {tool}.")), &[(tool, args)]);
+    }
+    completion(None, &[("send_message", json!({"message": format!("echo: {last_user}")}))])
+}
+
+async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>) -> Response {
+    let prompt_tokens: u64 =
+        request["messages"].as_array().map_or(0, |m| m.iter().map(|m| words(&message_text(m))).sum());
+    let scripted = {
+        let mut inner = inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        inner.requests.push(request.clone());
+        inner.queue.pop_front()
+    };
+    let mut answer = match scripted {
+        Some(Scripted::Status(status)) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (code, Json(json!({"error": {"message": format!("scripted failure {status}")}})))
+                .into_response();
+        }
+        Some(Scripted::Reply(answer)) => answer,
+        None => default_answer(&request),
+    };
+    let completion_tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    answer["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens});
+    Json(answer).into_response()
+}
+
+async fn models() -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": FAKE_MODEL, "object": "model", "owned_by": "kelpie-fake"}]}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_the_last_user_text_as_send_message() {
+        let request =
+            json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello"}]});
+        let answer = default_answer(&request);
+        let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "send_message");
+        assert_eq!(call["arguments"], json!({"message": "echo: hello"}).to_string());
+    }
+
+    #[test]
+    fn call_directive_scripts_a_tool_call_then_echoes_after_the_result() {
+        let user = json!({"role": "user", "content": "/call core_memory_append {\"label\":\"human\",\"content\":\"tea\"}"});
+        let answer = default_answer(&json!({"messages": [user.clone()]}));
+        let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "core_memory_append");
+        assert_eq!(call["arguments"], json!({"label": "human", "content": "tea"}).to_string());
+        let after = default_answer(&json!({"messages": [user, {"role": "tool", "content": "ok"}]}));
+        let call = &after["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "send_message");
+    }
+}

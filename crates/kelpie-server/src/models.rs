@@ -1,0 +1,140 @@
+//! The model catalog: which LLM and embedding handles this server offers,
+//! from the configuration, and the resolution of a handle given on agent
+//! create into the agent's settings.
+//!
+//! Handles are `provider/model`. With OpenAI's own base URL the provider is
+//! `openai`; with any other base URL (Ollama, vLLM, a proxy, the fake) it is
+//! `openai-proxy`, as Letta names it. Both prefixes are accepted on create.
+
+use std::time::Duration;
+
+use kelpie_core::config::LlmConfig;
+use kelpie_memory::LOCAL_EMBEDDING_DIMENSIONS_COUNT;
+use serde_json::{json, Value};
+
+use crate::agent::model::{EmbeddingSettings, LlmSettings};
+use crate::llm::openai::OpenAiClient;
+
+pub const OPENAI_BASE_URL_OFFICIAL: &str = "https://api.openai.com/v1";
+/// Context window assumed for a model the provider does not describe, in tokens.
+pub const CONTEXT_WINDOW_TOKENS_DEFAULT: u64 = 32_000;
+/// Completion budget per LLM call, in tokens.
+pub const COMPLETION_TOKENS_DEFAULT: u64 = 4_096;
+/// How long the model listing waits for the provider's `/models`.
+const MODEL_LIST_TIMEOUT_MS: u64 = 2_000;
+/// The handle of the built-in, network-free embedding.
+pub const LOCAL_EMBEDDING_HANDLE: &str = "kelpie/local-hash-256";
+const LOCAL_EMBEDDING_MODEL: &str = "local-hash-256";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model provider {provider:?} in handle {handle:?}; this server offers \"openai/...\" and \"openai-proxy/...\" (see GET /v1/models/)")]
+    UnknownProvider { handle: String, provider: String },
+    #[error("no model given and no default model configured (set KELPIE_DEFAULT_MODEL or pass model=\"provider/model\")")]
+    NoModel,
+    #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?} or omit it (see GET /v1/models/embedding)")]
+    UnknownEmbedding { handle: String },
+}
+
+#[derive(Clone)]
+pub struct ModelCatalog {
+    config: LlmConfig,
+    client: OpenAiClient,
+}
+
+impl ModelCatalog {
+    pub fn new(config: LlmConfig, client: OpenAiClient) -> Self {
+        ModelCatalog { config, client }
+    }
+
+    fn provider_name(&self) -> &'static str {
+        if self.config.openai_base_url.trim_end_matches('/') == OPENAI_BASE_URL_OFFICIAL {
+            "openai"
+        } else {
+            "openai-proxy"
+        }
+    }
+
+    /// The settings for `handle` (or the configured default model).
+    pub fn resolve_llm(&self, handle: Option<&str>) -> Result<LlmSettings, ModelError> {
+        let handle = handle.or(self.config.default_model.as_deref()).ok_or(ModelError::NoModel)?;
+        let (provider, model) = handle.split_once('/').unwrap_or(("openai", handle));
+        if provider != "openai" && provider != "openai-proxy" {
+            return Err(ModelError::UnknownProvider {
+                handle: handle.to_string(),
+                provider: provider.to_string(),
+            });
+        }
+        Ok(LlmSettings {
+            handle: format!("{}/{model}", self.provider_name()),
+            provider: "openai".to_string(),
+            model: model.to_string(),
+            endpoint: self.config.openai_base_url.clone(),
+            context_window: CONTEXT_WINDOW_TOKENS_DEFAULT,
+            max_tokens: COMPLETION_TOKENS_DEFAULT,
+            temperature: 0.7,
+        })
+    }
+
+    pub fn resolve_embedding(&self, handle: Option<&str>) -> Result<EmbeddingSettings, ModelError> {
+        match handle {
+            None | Some(LOCAL_EMBEDDING_HANDLE) => Ok(EmbeddingSettings {
+                handle: LOCAL_EMBEDDING_HANDLE.to_string(),
+                model: LOCAL_EMBEDDING_MODEL.to_string(),
+                dim: LOCAL_EMBEDDING_DIMENSIONS_COUNT as u64,
+            }),
+            Some(other) => Err(ModelError::UnknownEmbedding { handle: other.to_string() }),
+        }
+    }
+
+    /// Model names: the provider's `/models` when it can be asked (a key or
+    /// a non-official base URL is configured), plus the default model.
+    async fn model_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let askable = self.config.openai_api_key.is_some() || self.provider_name() == "openai-proxy";
+        if askable {
+            match self.client.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
+                Ok(listed) => names = listed,
+                Err(err) => tracing::warn!(error = %err, "cannot list the provider's models"),
+            }
+        }
+        if let Some(default) = &self.config.default_model {
+            let bare = default.split_once('/').map_or(default.as_str(), |(_, model)| model);
+            if !names.iter().any(|name| name == bare) {
+                names.insert(0, bare.to_string());
+            }
+        }
+        names
+    }
+
+    /// `GET /v1/models/`: Letta's `Model` objects.
+    pub async fn llm_models(&self) -> Vec<Value> {
+        let provider = self.provider_name();
+        self.model_names()
+            .await
+            .into_iter()
+            .map(|model| {
+                json!({
+                    "handle": format!("{provider}/{model}"), "name": model, "display_name": model,
+                    "provider_type": "openai", "provider_name": provider, "model_type": "llm", "model": model,
+                    "model_endpoint_type": "openai", "model_endpoint": self.config.openai_base_url,
+                    "provider_category": "base", "model_wrapper": null,
+                    "context_window": CONTEXT_WINDOW_TOKENS_DEFAULT, "max_context_window": CONTEXT_WINDOW_TOKENS_DEFAULT,
+                    "put_inner_thoughts_in_kwargs": false, "temperature": 0.7, "max_tokens": COMPLETION_TOKENS_DEFAULT,
+                    "enable_reasoner": false, "parallel_tool_calls": false, "strict": false,
+                })
+            })
+            .collect()
+    }
+
+    /// `GET /v1/models/embedding`: the local embedding.
+    pub fn embedding_models(&self) -> Vec<Value> {
+        vec![json!({
+            "handle": LOCAL_EMBEDDING_HANDLE, "name": LOCAL_EMBEDDING_MODEL, "display_name": LOCAL_EMBEDDING_MODEL,
+            "provider_type": "kelpie", "provider_name": "kelpie", "model_type": "embedding",
+            "embedding_endpoint_type": "kelpie", "embedding_endpoint": null, "embedding_model": LOCAL_EMBEDDING_MODEL,
+            "embedding_dim": LOCAL_EMBEDDING_DIMENSIONS_COUNT, "embedding_chunk_size": 300, "batch_size": 32,
+            "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
+        })]
+    }
+}

@@ -1,0 +1,41 @@
+//! `/v1/agents/{agent_id}/core-memory/blocks`: list, retrieve and modify an
+//! agent's core memory blocks (limits enforced by kelpie-memory).
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::extract::ApiJson;
+use crate::api::UpdateBlock;
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agents/{agent_id}/core-memory/blocks", get(list))
+        .route("/v1/agents/{agent_id}/core-memory/blocks/", get(list))
+        .route("/v1/agents/{agent_id}/core-memory/blocks/{label}", get(retrieve).patch(modify))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(state.agents.list_blocks(&agent_id).await?))
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Path((agent_id, label)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.get_block(&agent_id, &label).await?))
+}
+
+async fn modify(
+    State(state): State<AppState>,
+    Path((agent_id, label)): Path<(String, String)>,
+    ApiJson(request): ApiJson<UpdateBlock>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.update_block(&agent_id, &label, request).await?))
+}

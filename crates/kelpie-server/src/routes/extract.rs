@@ -1,0 +1,47 @@
+//! JSON body and query extractors whose rejections are Letta-shaped:
+//! `{"detail": ...}` with 422, as Letta answers a body of the wrong shape.
+
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.body_text())),
+        }
+    }
+}
+
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.body_text())),
+        }
+    }
+}
+
+/// A page from a query, with the problem as a 422.
+pub fn page_of(
+    query: &crate::api::PageQuery,
+    default_limit: usize,
+    default_descending: bool,
+) -> Result<crate::agent::page::Page, ApiError> {
+    query
+        .page(default_limit, default_descending)
+        .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason))
+}

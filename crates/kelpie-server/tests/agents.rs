@@ -1,0 +1,171 @@
+//! Agents and core memory blocks over HTTP.
+
+mod common;
+
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn create_retrieve_list_modify_delete_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let body = json!({"name": "ana", "model": "openai-proxy/fake-gpt", "tags": ["demo"], "metadata": {"k": 1},
+                      "memory_blocks": [{"label": "human", "value": "Name: Ana."}]});
+    let created = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("agent-") && id.len() == 42, "{id}");
+    assert_eq!(created["name"], "ana");
+    assert_eq!(created["tags"], json!(["demo"]));
+    assert_eq!(created["metadata"], json!({"k": 1}));
+    assert_eq!(created["model"], "openai-proxy/fake-gpt");
+    assert_eq!(created["llm_config"]["model"], "fake-gpt");
+    assert_eq!(created["llm_config"]["model_endpoint"], fake.base_url());
+    assert_eq!(created["embedding"], "kelpie/local-hash-256");
+    assert_eq!(created["memory"]["blocks"][0]["value"], "Name: Ana.");
+    assert_eq!(created["blocks"][0]["limit"], 100_000);
+    let tool_names: Vec<&str> =
+        created["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(
+        tool_names.contains(&"send_message") && tool_names.contains(&"archival_memory_search"),
+        "{tool_names:?}"
+    );
+
+    let fetched = server.ok("GET", &format!("/v1/agents/{id}"), None).await;
+    assert_eq!(fetched, created);
+
+    let patched =
+        server.ok("PATCH", &format!("/v1/agents/{id}"), Some(json!({"name": "ana-2", "tags": ["x"]}))).await;
+    assert_eq!((patched["name"].as_str(), patched["tags"].clone()), (Some("ana-2"), json!(["x"])));
+    let by_name = server.ok("GET", "/v1/agents/?name=ana-2", None).await;
+    assert_eq!(by_name.as_array().unwrap().len(), 1);
+    assert_eq!(server.ok("GET", "/v1/agents/?name=ana", None).await, json!([]));
+
+    let deleted = server.ok("DELETE", &format!("/v1/agents/{id}"), None).await;
+    assert_eq!(deleted["message"], format!("Agent id={id} successfully deleted"));
+    let (status, body) = server.call("GET", &format!("/v1/agents/{id}"), None).await;
+    assert_eq!(
+        (status, body["detail"].as_str().unwrap()),
+        (404, format!("Agent with ID {id} not found").as_str())
+    );
+    assert_eq!(server.ok("GET", "/v1/agents/", None).await, json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_paginates_with_after_before_and_filters_by_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd"] };
+        ids.push(server.create_agent(&format!("a{i}"), tags).await);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect()
+    };
+    let first = server.ok("GET", "/v1/agents/?limit=2", None).await;
+    assert_eq!(names(&first), ["a0", "a1"]);
+    let second = server.ok("GET", &format!("/v1/agents/?limit=2&after={}", ids[1]), None).await;
+    assert_eq!(names(&second), ["a2", "a3"]);
+    let before = server.ok("GET", &format!("/v1/agents/?before={}", ids[2]), None).await;
+    assert_eq!(names(&before), ["a0", "a1"]);
+    let desc = server.ok("GET", "/v1/agents/?limit=2&order=desc", None).await;
+    assert_eq!(names(&desc), ["a4", "a3"]);
+    let even = server.ok("GET", "/v1/agents/?tags=even", None).await;
+    assert_eq!(names(&even), ["a0", "a2", "a4"]);
+    let both = server.ok("GET", "/v1/agents/?tags=even&tags=odd&match_all_tags=true", None).await;
+    assert_eq!(names(&both), Vec::<String>::new());
+    let (status, body) = server.call("GET", "/v1/agents/?limit=0", None).await;
+    assert_eq!((status, body["detail"].as_str().unwrap()), (422, "limit 0 is outside 1..=1000"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_4xx_with_detail() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let (status, body) =
+        server.call("POST", "/v1/agents/", Some(json!({"name": 5, "memory_blocks": "nope"}))).await;
+    assert_eq!(status, 422);
+    assert!(body["detail"].as_str().unwrap().contains("invalid type"), "{body}");
+    let (status, body) =
+        server.call("POST", "/v1/agents/", Some(json!({"name": "x", "model": "letta/letta-free"}))).await;
+    assert_eq!(status, 422);
+    assert!(body["detail"].as_str().unwrap().contains("unknown model provider \"letta\""), "{body}");
+    let (status, body) = server
+        .call("POST", "/v1/agents/", Some(json!({"name": "x", "embedding": "openai/text-embedding-3-small"})))
+        .await;
+    assert_eq!(status, 422);
+    assert!(body["detail"].as_str().unwrap().contains("kelpie/local-hash-256"), "{body}");
+    let blocks = json!({"name": "x", "memory_blocks": [{"label": "h", "value": "abc", "limit": 2}]});
+    let (status, body) = server.call("POST", "/v1/agents/", Some(blocks)).await;
+    assert_eq!(status, 422);
+    assert!(body["detail"].as_str().unwrap().contains("over the block's limit of 2"), "{body}");
+    for path in [
+        "/v1/agents/agent-00000000-0000-4000-8000-000000000000",
+        "/v1/agents/nope",
+        "/v1/agents/agent-x/core-memory/blocks",
+    ] {
+        let (status, body) = server.call("GET", path, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(body["detail"].as_str().unwrap().starts_with("Agent with ID "), "{body}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn blocks_list_get_patch_and_limit_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let id = server.create_agent("blocks", &[]).await;
+    let base = format!("/v1/agents/{id}/core-memory/blocks");
+    let blocks = server.ok("GET", &base, None).await;
+    let labels: Vec<&str> = blocks.as_array().unwrap().iter().map(|b| b["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["human", "persona"]);
+    let human = server.ok("GET", &format!("{base}/human"), None).await;
+    assert_eq!((human["value"].as_str(), human["limit"].as_u64()), (Some("Name: Ana."), Some(100)));
+    let patched =
+        server.ok("PATCH", &format!("{base}/human"), Some(json!({"value": "Name: Ana. Likes chess."}))).await;
+    assert_eq!(patched["value"], "Name: Ana. Likes chess.");
+    assert_eq!(patched["id"], human["id"]);
+
+    let (status, body) =
+        server.call("PATCH", &format!("{base}/human"), Some(json!({"value": "x".repeat(101)}))).await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["detail"],
+        "invalid memory: block \"human\": value is 101 characters, over the block's limit of 100"
+    );
+    let kept = server.ok("GET", &format!("{base}/human"), None).await;
+    assert_eq!(kept["value"], "Name: Ana. Likes chess.");
+
+    let (status, body) = server.call("GET", &format!("{base}/nope"), None).await;
+    assert_eq!((status, body["detail"].as_str()), (404, Some("block with label \"nope\" not found")));
+    let (status, _) = server.call("PATCH", &format!("{base}/nope"), Some(json!({"value": "x"}))).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.call("PATCH", &format!("{base}/human"), Some(json!({"value": 7}))).await;
+    assert_eq!(status, 422);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn models_list_handles_that_work_on_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let models = server.ok("GET", "/v1/models/", None).await;
+    let handles: Vec<&str> =
+        models.as_array().unwrap().iter().map(|m| m["handle"].as_str().unwrap()).collect();
+    assert_eq!(handles, ["openai-proxy/fake-gpt"]);
+    let embeddings = server.ok("GET", "/v1/models/embedding", None).await;
+    assert_eq!(embeddings[0]["handle"], "kelpie/local-hash-256");
+    let body = json!({"name": "m", "model": handles[0], "embedding": embeddings[0]["handle"]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(agent["model"], "openai-proxy/fake-gpt");
+    let tools = server.ok("GET", "/v1/tools/", None).await;
+    assert_eq!(tools.as_array().unwrap().len(), 6);
+    server.shutdown().await;
+}

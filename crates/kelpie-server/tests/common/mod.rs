@@ -1,0 +1,78 @@
+//! A kelpie server on a real loopback socket, backed by redb in a temp dir
+//! and the fake LLM, for the integration tests.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use kelpie_core::config::{ConfigLayers, Origin};
+use kelpie_server::llm::fake::FakeLlm;
+use serde_json::{json, Value};
+
+pub struct Running {
+    pub base: String,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn fake_llm() -> FakeLlm {
+    FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap()
+}
+
+pub async fn start(data_dir: &Path, fake: &FakeLlm) -> Running {
+    let mut layers = ConfigLayers::new();
+    let flag = Origin::Flag("test".into());
+    layers.set("bind", "127.0.0.1:0", flag.clone()).unwrap();
+    layers.set("data_dir", data_dir.to_str().unwrap(), flag.clone()).unwrap();
+    layers.set("llm.openai_base_url", fake.base_url(), flag.clone()).unwrap();
+    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
+    let server = kelpie_server::bind(layers.resolve().unwrap()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server.run(async { drop(stopped.await) }).await.unwrap();
+    });
+    Running { base, http: reqwest::Client::new(), stop: Some(stop), task }
+}
+
+impl Running {
+    pub async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap();
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {value}");
+        value
+    }
+
+    pub async fn create_agent(&self, name: &str, tags: &[&str]) -> String {
+        let body = json!({
+            "name": name, "model": "openai-proxy/fake-gpt", "tags": tags,
+            "memory_blocks": [{"label": "human", "value": "Name: Ana.", "limit": 100},
+                              {"label": "persona", "value": "A patient tutor."}],
+        });
+        let agent = self.ok("POST", "/v1/agents/", Some(body)).await;
+        agent["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn say(&self, agent_id: &str, text: &str) -> Value {
+        let body = json!({"messages": [{"role": "user", "content": text}]});
+        self.ok("POST", &format!("/v1/agents/{agent_id}/messages"), Some(body)).await
+    }
+}
