@@ -1,0 +1,60 @@
+"""Starts the fake LLM and `kelpie serve` as processes for the client tests.
+
+Binaries come from KELPIE_BIN and KELPIE_FAKE_LLM_BIN (built by .ci/run).
+Everything listens on 127.0.0.1 only.
+"""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+START_TIMEOUT_S = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(base_url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kelpie serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/v1/health/", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("kelpie serve did not become healthy in time")
+
+
+@pytest.fixture(scope="session")
+def kelpie_url():
+    fake = subprocess.Popen([os.environ["KELPIE_FAKE_LLM_BIN"]], stdout=subprocess.PIPE, text=True)
+    fake_url = fake.stdout.readline().strip()
+    assert fake_url.startswith("http://127.0.0.1:"), fake_url
+    port = _free_port()
+    data_dir = tempfile.mkdtemp(prefix="kelpie-pytest-")
+    env = dict(os.environ, OPENAI_BASE_URL=fake_url, KELPIE_DEFAULT_MODEL="openai-proxy/fake-gpt")
+    env.pop("KELPIE_API_KEY", None)
+    server = subprocess.Popen(
+        [os.environ["KELPIE_BIN"], "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data_dir],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base_url, server)
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        fake.terminate()
+        fake.wait(timeout=10)

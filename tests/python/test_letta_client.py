@@ -1,0 +1,99 @@
+"""The official `letta-client` against a running `kelpie serve` and the fake LLM."""
+
+import pytest
+from letta_client import Letta, NotFoundError, APIStatusError
+
+
+@pytest.fixture()
+def client(kelpie_url):
+    return Letta(base_url=kelpie_url)
+
+
+def _agent(client, name, tags=None):
+    return client.agents.create(
+        name=name,
+        model="openai-proxy/fake-gpt",
+        memory_blocks=[
+            {"label": "human", "value": "Name: Ana.", "limit": 200},
+            {"label": "persona", "value": "A patient tutor."},
+        ],
+        tags=tags or [],
+    )
+
+
+def test_models_list_handles_usable_on_create(client):
+    handles = [model.handle for model in client.models.list()]
+    assert handles == ["openai-proxy/fake-gpt"]
+    agent = client.agents.create(name="by-handle", model=handles[0])
+    assert agent.model == "openai-proxy/fake-gpt"
+    client.agents.delete(agent.id)
+
+
+def test_agent_blocks_messages_and_stream(client):
+    agent = _agent(client, "py-chat", ["py"])
+    assert agent.id.startswith("agent-")
+    assert [block.label for block in agent.memory.blocks] == ["human", "persona"]
+    fetched = client.agents.retrieve(agent.id)
+    assert fetched.name == "py-chat" and fetched.tags == ["py"]
+
+    block = client.agents.blocks.retrieve("human", agent_id=agent.id)
+    assert block.value == "Name: Ana."
+    updated = client.agents.blocks.update("human", agent_id=agent.id, value="Name: Ana. Likes chess.")
+    assert updated.value == "Name: Ana. Likes chess."
+    with pytest.raises(APIStatusError) as refused:
+        client.agents.blocks.update("human", agent_id=agent.id, value="x" * 201)
+    assert refused.value.status_code == 422
+    assert client.agents.blocks.retrieve("human", agent_id=agent.id).value == "Name: Ana. Likes chess."
+
+    response = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hello"}])
+    assert [m.message_type for m in response.messages] == ["assistant_message"]
+    assert response.messages[0].content == "echo: hello"
+    assert response.usage.step_count == 1
+
+    events = list(client.agents.messages.stream(agent.id, messages=[{"role": "user", "content": "stream me"}]))
+    kinds = [event.message_type for event in events]
+    assert "assistant_message" in kinds and kinds[-2:] == ["stop_reason", "usage_statistics"], kinds
+    assistant = [event for event in events if event.message_type == "assistant_message"][0]
+    assert assistant.content == "echo: stream me"
+
+    listed = list(client.agents.messages.list(agent.id, order="asc"))
+    assert [m.message_type for m in listed] == ["user_message", "assistant_message"] * 2
+    assert [m.content for m in listed] == ["hello", "echo: hello", "stream me", "echo: stream me"]
+    client.agents.delete(agent.id)
+
+
+def test_memory_tool_call_is_seen_and_applied(client):
+    agent = _agent(client, "py-tools")
+    text = '/call core_memory_append {"label": "human", "content": "Drinks tea."}'
+    response = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
+    kinds = [m.message_type for m in response.messages]
+    assert kinds == ["reasoning_message", "tool_call_message", "tool_return_message", "assistant_message"]
+    assert response.messages[1].tool_call.name == "core_memory_append"
+    assert client.agents.blocks.retrieve("human", agent_id=agent.id).value == "Name: Ana.\nDrinks tea."
+    client.agents.delete(agent.id)
+
+
+def test_archival_insert_search_delete(client):
+    agent = _agent(client, "py-archival")
+    inserted = client.agents.passages.create(agent.id, text="The lighthouse key is under the blue stone.")
+    client.agents.passages.create(agent.id, text="Ana likes chess.")
+    found = client.agents.passages.search(agent.id, query="lighthouse", top_k=1)
+    assert found.count == 1
+    assert found.results[0].content == "The lighthouse key is under the blue stone."
+    client.agents.passages.delete(inserted[0].id, agent_id=agent.id)
+    remaining = client.agents.passages.list(agent.id)
+    assert [p.text for p in remaining] == ["Ana likes chess."]
+    client.agents.delete(agent.id)
+
+
+def test_list_pagination_and_delete(client):
+    ids = [_agent(client, f"page-{i}", ["paged"]).id for i in range(5)]
+    first = client.agents.list(limit=2, tags=["paged"], order="asc")
+    assert [a.id for a in first.items] == ids[:2]
+    every = [a.id for a in client.agents.list(limit=2, tags=["paged"], order="asc")]
+    assert every == ids
+    for agent_id in ids:
+        client.agents.delete(agent_id)
+    with pytest.raises(NotFoundError):
+        client.agents.retrieve(ids[0])
+    assert list(client.agents.list(tags=["paged"])) == []
