@@ -97,3 +97,46 @@ def test_list_pagination_and_delete(client):
     with pytest.raises(NotFoundError):
         client.agents.retrieve(ids[0])
     assert list(client.agents.list(tags=["paged"])) == []
+
+
+ROLL_DIE = '''def roll_die(sides: int) -> str:
+    """Roll a die.
+
+    Args:
+        sides (int): number of sides
+
+    Returns:
+        str: the result
+    """
+    return str(min(sides, 4))
+'''
+
+
+def test_custom_tool_created_attached_and_called(client):
+    tool = client.tools.create(source_code=ROLL_DIE)
+    assert tool.name == "roll_die" and tool.tool_type == "custom"
+    assert tool.json_schema["parameters"]["properties"]["sides"] == {
+        "type": "integer",
+        "description": "number of sides",
+    }
+    agent = _agent(client, "py-custom-tool")
+    attached = client.agents.tools.attach(tool.id, agent_id=agent.id)
+    assert tool.id in [t.id for t in attached.tools]
+    response = client.agents.messages.create(
+        agent.id, messages=[{"role": "user", "content": '/call roll_die {"sides": 9}'}]
+    )
+    kinds = [m.message_type for m in response.messages]
+    assert kinds == ["reasoning_message", "tool_call_message", "tool_return_message", "assistant_message"]
+    assert response.messages[1].tool_call.name == "roll_die"
+    assert response.messages[2].tool_return == "4" and response.messages[2].status == "success"
+    upserted = client.tools.upsert(source_code=ROLL_DIE.replace("min(sides, 4)", "sides"))
+    assert upserted.id == tool.id
+    modified = client.tools.update(tool.id, description="Roll any die.")
+    assert modified.description == "Roll any die."
+    with pytest.raises(APIStatusError) as refused:
+        client.tools.create(source_code="def f(x):\n    return x\n")
+    assert refused.value.status_code == 422
+    client.agents.delete(agent.id)
+    client.tools.delete(tool.id)
+    with pytest.raises(NotFoundError):
+        client.tools.retrieve(tool.id)

@@ -93,6 +93,28 @@ pub struct SendMessages {
     pub max_steps: Option<u32>,
 }
 
+/// `POST /v1/tools/` and `PUT /v1/tools/`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateTool {
+    pub source_code: String,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub json_schema: Option<Value>,
+    pub return_char_limit: Option<usize>,
+}
+
+/// `PATCH /v1/tools/{tool_id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateTool {
+    pub source_code: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub json_schema: Option<Value>,
+    pub return_char_limit: Option<usize>,
+    #[serde(rename = "metadata_")]
+    pub metadata: Option<Value>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CreatePassage {
     pub text: String,

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kelpie_core::Error;
 use kelpie_memory::MemoryError;
+use kelpie_tools::python::ToolError;
 
 use crate::agent::service::ServiceError;
 
@@ -46,7 +47,10 @@ impl From<Error> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let status = match &err {
-            ServiceError::AgentNotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::AgentNotFound(_) | ServiceError::ToolNotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::ToolNameTaken(_) => StatusCode::CONFLICT,
+            ServiceError::Tool(ToolError::Spawn { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Tool(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Invalid(_) | ServiceError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Memory(MemoryError::BlockNotFound { .. }) => StatusCode::NOT_FOUND,
             ServiceError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,

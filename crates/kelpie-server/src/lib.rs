@@ -33,6 +33,8 @@ use thiserror::Error;
 use agent::actor::AgentActor;
 use agent::directory::DirectoryActor;
 use agent::service::AgentService;
+use agent::tool_service::ToolService;
+use agent::tool_store::ToolStoreActor;
 use llm::openai::OpenAiClient;
 use models::ModelCatalog;
 
@@ -114,12 +116,16 @@ pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentSe
     let runtime_config = RuntimeConfig::new(config.node_id.clone());
     let agents = Runtime::new(AgentActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
         .map_err(service_error)?;
-    let directory = Runtime::new(DirectoryActor, storage.clone(), registry(), env.clone(), runtime_config)
+    let directory =
+        Runtime::new(DirectoryActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
+            .map_err(service_error)?;
+    let tool_store = Runtime::new(ToolStoreActor, storage.clone(), registry(), env.clone(), runtime_config)
         .map_err(service_error)?;
+    let tools = Arc::new(ToolService::new(tool_store, env.clone()));
     let llm = OpenAiClient::new(&config.llm.openai_base_url, config.llm.openai_api_key.clone())
         .map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
-    Ok(AgentService::new(agents, directory, env, llm, catalog))
+    Ok(AgentService::new(agents, directory, env, llm, catalog, tools))
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {

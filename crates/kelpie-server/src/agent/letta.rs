@@ -6,6 +6,7 @@ use kelpie_tools::{BuiltinTool, SEND_MESSAGE};
 use serde_json::{json, Value};
 
 use super::model::{AgentRecord, MessageBody, StoredMessage, ToolCallRecord};
+use super::tool_store::ToolRecord;
 use crate::ids::{rfc3339_micros, rfc3339_seconds, uuid_part};
 
 pub fn block_json(block: &Block) -> Value {
@@ -26,6 +27,17 @@ pub fn builtin_tool_json(tool: &BuiltinTool) -> Value {
         "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
         "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
         "metadata_": {}, "project_id": null,
+    })
+}
+
+pub fn custom_tool_json(tool: &ToolRecord) -> Value {
+    json!({
+        "id": tool.id, "tool_type": "custom", "description": tool.description, "source_type": "python",
+        "name": tool.name, "tags": tool.tags, "source_code": tool.source_code, "json_schema": tool.json_schema,
+        "args_json_schema": null, "return_char_limit": tool.return_char_limit,
+        "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
+        "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
+        "metadata_": tool.metadata.clone().unwrap_or_else(|| json!({})), "project_id": null,
     })
 }
 

@@ -8,6 +8,8 @@ pub mod letta;
 pub mod model;
 pub mod page;
 pub mod service;
+pub mod tool_service;
+pub mod tool_store;
 mod tools_exec;
 mod turn;
 

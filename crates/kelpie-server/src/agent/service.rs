@@ -20,10 +20,13 @@ use thiserror::Error;
 use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch};
 use super::directory::{DirectoryActor, DirectoryCommand, DirectoryEntry, DirectoryReply, DIRECTORY_ACTOR};
 use super::letta::{
-    agent_json, block_json, builtin_tool_json, letta_messages, passage_json, search_result_json,
+    agent_json, block_json, builtin_tool_json, custom_tool_json, letta_messages, passage_json,
+    search_result_json,
 };
 use super::model::AgentRecord;
 use super::page::{json_id, paginate, Page};
+use super::tool_service::ToolService;
+use super::tool_store::ToolRecord;
 use crate::api::{CreateAgent, CreatePassage, UpdateAgent, UpdateBlock};
 use crate::ids::new_id;
 use crate::llm::openai::OpenAiClient;
@@ -41,6 +44,12 @@ const ARCHIVAL_SEARCH_COUNT_DEFAULT: usize = 10;
 pub enum ServiceError {
     #[error("Agent with ID {0} not found")]
     AgentNotFound(String),
+    #[error("Tool with ID {0} not found")]
+    ToolNotFound(String),
+    #[error("a tool named {0:?} already exists")]
+    ToolNameTaken(String),
+    #[error(transparent)]
+    Tool(#[from] kelpie_tools::python::ToolError),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -57,6 +66,7 @@ impl From<Error> for ServiceError {
     fn from(err: Error) -> Self {
         match err {
             Error::NotFound { kind: "agent", id } => ServiceError::AgentNotFound(id),
+            Error::NotFound { kind: "tool", id } => ServiceError::ToolNotFound(id),
             other => ServiceError::Core(other),
         }
     }
@@ -78,6 +88,7 @@ pub struct AgentService {
     pub(super) env: Env,
     pub(super) llm: OpenAiClient,
     catalog: ModelCatalog,
+    pub tools: Arc<ToolService>,
     turn_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -92,8 +103,9 @@ impl AgentService {
         env: Env,
         llm: OpenAiClient,
         catalog: ModelCatalog,
+        tools: Arc<ToolService>,
     ) -> Self {
-        AgentService { agents, directory, env, llm, catalog, turn_locks: Mutex::new(HashMap::new()) }
+        AgentService { agents, directory, env, llm, catalog, tools, turn_locks: Mutex::new(HashMap::new()) }
     }
 
     /// The randomness ids are drawn from.
@@ -126,18 +138,26 @@ impl AgentService {
         }
     }
 
-    pub(super) fn render_agent(&self, agent: &AgentRecord) -> Value {
+    /// The agent as Letta shows it; `custom` are the server's custom tools
+    /// (an attached tool deleted since is not shown).
+    pub(super) fn render_agent(&self, agent: &AgentRecord, custom: &[ToolRecord]) -> Value {
         let builtins = builtin_tools();
         let tools = agent
             .tool_ids
             .iter()
-            .filter_map(|id| builtins.iter().find(|tool| tool.id == id))
-            .map(builtin_tool_json)
+            .filter_map(|id| match builtins.iter().find(|tool| tool.id == id) {
+                Some(builtin) => Some(builtin_tool_json(builtin)),
+                None => custom.iter().find(|tool| &tool.id == id).map(custom_tool_json),
+            })
             .collect();
         agent_json(agent, tools)
     }
 
-    fn build_record(&self, request: CreateAgent) -> ServiceResult<AgentRecord> {
+    async fn render(&self, agent: &AgentRecord) -> ServiceResult<Value> {
+        Ok(self.render_agent(agent, &self.tools.custom_tools().await?))
+    }
+
+    fn build_record(&self, request: CreateAgent, custom: &[ToolRecord]) -> ServiceResult<AgentRecord> {
         let now = self.env.clock.wall_ms();
         let id = new_id("agent", self.env.rng.as_ref());
         let name = request.name.unwrap_or_else(|| format!("agent-{}", &id[6..14]));
@@ -162,8 +182,11 @@ impl AgentService {
         if let Some(max_tokens) = request.max_tokens {
             llm.max_tokens = max_tokens;
         }
-        let tool_ids =
-            self.initial_tool_ids(request.tools.unwrap_or_default(), request.tool_ids.unwrap_or_default())?;
+        let tool_ids = initial_tool_ids(
+            request.tools.unwrap_or_default(),
+            request.tool_ids.unwrap_or_default(),
+            custom,
+        )?;
         Ok(AgentRecord {
             id,
             name,
@@ -180,28 +203,9 @@ impl AgentService {
         })
     }
 
-    /// Every built-in tool, plus those named in `tools` or `tool_ids`.
-    fn initial_tool_ids(&self, names: Vec<String>, ids: Vec<String>) -> ServiceResult<Vec<String>> {
-        let builtins = builtin_tools();
-        let mut tool_ids: Vec<String> = builtins.iter().map(|tool| tool.id.to_string()).collect();
-        for name in names {
-            if !builtins.iter().any(|tool| tool.name == name) {
-                return Err(ServiceError::Invalid(format!("tool {name:?} not found")));
-            }
-        }
-        for id in ids {
-            if !builtins.iter().any(|tool| tool.id == id) {
-                return Err(ServiceError::Invalid(format!("tool {id:?} not found")));
-            }
-            if !tool_ids.contains(&id) {
-                tool_ids.push(id);
-            }
-        }
-        Ok(tool_ids)
-    }
-
     pub async fn create_agent(&self, request: CreateAgent) -> ServiceResult<Value> {
-        let record = self.build_record(request)?;
+        let custom = self.tools.custom_tools().await?;
+        let record = self.build_record(request, &custom)?;
         let entry =
             DirectoryEntry { id: record.id.clone(), name: record.name.clone(), tags: record.tags.clone() };
         let created = match self.agent_ref(&record.id)?.invoke(AgentCommand::Create(Box::new(record))).await?
@@ -212,11 +216,11 @@ impl AgentService {
         // The agent exists before it is listed: a crash in between leaves an
         // agent reachable by id but not yet listed, never a listed ghost.
         self.directory(DirectoryCommand::Register(entry)).await?;
-        Ok(self.render_agent(&created))
+        Ok(self.render_agent(&created, &custom))
     }
 
     pub async fn get_agent(&self, agent_id: &str) -> ServiceResult<Value> {
-        Ok(self.render_agent(&self.record(agent_id).await?))
+        self.render(&self.record(agent_id).await?).await
     }
 
     pub async fn list_agents(
@@ -241,10 +245,11 @@ impl AgentService {
                     }
             })
             .collect();
+        let custom = self.tools.custom_tools().await?;
         let mut agents = Vec::new();
         for entry in paginate(matching, |entry| entry.id.as_str(), page) {
             match self.record(&entry.id).await {
-                Ok(agent) => agents.push(self.render_agent(&agent)),
+                Ok(agent) => agents.push(self.render_agent(&agent, &custom)),
                 // Deleted between the directory read and now.
                 Err(ServiceError::AgentNotFound(_)) => {}
                 Err(err) => return Err(err),
@@ -260,7 +265,7 @@ impl AgentService {
             request.tags.as_deref().unwrap_or(&current.tags),
         )?;
         if let Some(ids) = &request.tool_ids {
-            self.initial_tool_ids(Vec::new(), ids.clone())?;
+            initial_tool_ids(Vec::new(), ids.clone(), &self.tools.custom_tools().await?)?;
         }
         let patch = AgentPatch {
             name: request.name,
@@ -283,7 +288,7 @@ impl AgentService {
             };
             self.directory(DirectoryCommand::Update(entry)).await?;
         }
-        Ok(self.render_agent(&updated))
+        self.render(&updated).await
     }
 
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<Value> {
@@ -377,7 +382,7 @@ impl AgentService {
     /// Attaches or detaches tool `tool_id`.
     pub async fn set_tool(&self, agent_id: &str, tool_id: &str, attach: bool) -> ServiceResult<Value> {
         let current = self.record(agent_id).await?;
-        self.initial_tool_ids(Vec::new(), vec![tool_id.to_string()])?;
+        initial_tool_ids(Vec::new(), vec![tool_id.to_string()], &self.tools.custom_tools().await?)?;
         let mut tool_ids: Vec<String> = current.tool_ids.into_iter().filter(|id| id != tool_id).collect();
         if attach {
             tool_ids.push(tool_id.to_string());
@@ -390,6 +395,7 @@ impl AgentService {
     pub async fn shutdown(&self) {
         self.agents.shutdown().await;
         self.directory.shutdown().await;
+        self.tools.shutdown().await;
     }
 
     /// The lock that serializes the turns of `agent_id`.
@@ -411,4 +417,37 @@ fn check_name_and_tags(name: &str, tags: &[String]) -> ServiceResult<()> {
         return Err(ServiceError::Invalid(format!("an agent has at most {AGENT_TAGS_COUNT_MAX} tags")));
     }
     Ok(())
+}
+
+/// Every built-in tool, plus those named in `tools` or given in `tool_ids`
+/// (built-in or custom).
+fn initial_tool_ids(
+    names: Vec<String>,
+    ids: Vec<String>,
+    custom: &[ToolRecord],
+) -> ServiceResult<Vec<String>> {
+    let builtins = builtin_tools();
+    let mut tool_ids: Vec<String> = builtins.iter().map(|tool| tool.id.to_string()).collect();
+    let mut wanted = Vec::new();
+    for name in names {
+        if builtins.iter().any(|tool| tool.name == name) {
+            continue;
+        }
+        match custom.iter().find(|tool| tool.name == name) {
+            Some(tool) => wanted.push(tool.id.clone()),
+            None => return Err(ServiceError::Invalid(format!("tool {name:?} not found"))),
+        }
+    }
+    for id in ids {
+        if !builtins.iter().any(|tool| tool.id == id) && !custom.iter().any(|tool| tool.id == id) {
+            return Err(ServiceError::ToolNotFound(id));
+        }
+        wanted.push(id);
+    }
+    for id in wanted {
+        if !tool_ids.contains(&id) {
+            tool_ids.push(id);
+        }
+    }
+    Ok(tool_ids)
 }

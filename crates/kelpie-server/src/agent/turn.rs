@@ -8,10 +8,13 @@ use kelpie_tools::{builtin_tools, SEND_MESSAGE};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::actor::{AgentCommand, AgentReply, StepInput};
+use kelpie_tools::python::{run_tool, TOOL_EXECUTION_TIMEOUT_MS};
+
+use super::actor::{AgentCommand, AgentReply, ExternalResult, StepInput};
 use super::letta::letta_messages;
-use super::model::{AgentRecord, MessageBody, StoredMessage};
+use super::model::{AgentRecord, MessageBody, StoredMessage, ToolCallRecord};
 use super::service::{AgentService, ServiceError, ServiceResult};
+use super::tool_store::ToolRecord;
 use super::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::ids::new_id;
 use crate::llm::{ChatRequest, TokenUsage};
@@ -97,17 +100,61 @@ fn fit_history<'a>(
     &history[start..]
 }
 
-fn tool_schemas(agent: &AgentRecord) -> Vec<Value> {
+fn tool_schemas(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<Value> {
     let builtins = builtin_tools();
     agent
         .tool_ids
         .iter()
-        .filter_map(|id| builtins.iter().find(|tool| tool.id == id))
-        .map(|tool| tool.json_schema.clone())
+        .filter_map(|id| match builtins.iter().find(|tool| tool.id == id) {
+            Some(builtin) => Some(builtin.json_schema.clone()),
+            None => custom.iter().find(|tool| &tool.id == id).map(|tool| tool.json_schema.clone()),
+        })
         .collect()
 }
 
-fn build_request(agent: &AgentRecord, history: &[StoredMessage], pending: &[String]) -> ChatRequest {
+/// The custom tools attached to `agent` (a deleted one is skipped).
+fn attached_custom(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<ToolRecord> {
+    custom.iter().filter(|tool| agent.tool_ids.contains(&tool.id)).cloned().collect()
+}
+
+fn clip_chars(text: String, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        return text;
+    }
+    text.chars().take(chars_max).collect()
+}
+
+/// Runs the calls of custom tools out of process, one `python3` per call,
+/// before the step is committed; their results are committed with it. A
+/// failure or timeout is a failed tool result the LLM sees.
+async fn run_custom_calls(calls: &[ToolCallRecord], attached: &[ToolRecord]) -> Vec<ExternalResult> {
+    let mut results = Vec::new();
+    for call in calls {
+        let Some(tool) = attached.iter().find(|tool| tool.name == call.name) else { continue };
+        let outcome = match serde_json::from_str::<Value>(&call.arguments) {
+            Ok(args @ Value::Object(_)) => {
+                run_tool(&tool.source_code, &tool.name, &args, TOOL_EXECUTION_TIMEOUT_MS)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!("arguments of {} are not a JSON object", call.name)),
+        };
+        let (result, ok) = match outcome {
+            Ok(text) => (text, true),
+            Err(text) => (text, false),
+        };
+        let result = clip_chars(result, tool.return_char_limit);
+        results.push(ExternalResult { tool_call_id: call.id.clone(), result, ok });
+    }
+    results
+}
+
+fn build_request(
+    agent: &AgentRecord,
+    custom: &[ToolRecord],
+    history: &[StoredMessage],
+    pending: &[String],
+) -> ChatRequest {
     let pending_chars: u64 = pending.iter().map(|text| text.len() as u64).sum();
     let shown = fit_history(agent, history, pending_chars);
     let mut messages = vec![json!({"role": "system", "content": system_text(agent, shown.len())})];
@@ -116,9 +163,23 @@ fn build_request(agent: &AgentRecord, history: &[StoredMessage], pending: &[Stri
     ChatRequest {
         model: agent.llm.model.clone(),
         messages,
-        tools: tool_schemas(agent),
+        tools: tool_schemas(agent, custom),
         max_tokens: agent.llm.max_tokens,
         temperature: agent.llm.temperature,
+    }
+}
+
+/// Adds a committed step's Letta messages (not the user's) to the outcome
+/// and to the stream, if any.
+fn emit_step(outcome: &mut TurnOutcome, messages: &[StoredMessage], events: Option<&UnboundedSender<Value>>) {
+    for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
+        for rendered in letta_messages(message) {
+            if let Some(events) = events {
+                // A client that went away does not stop the turn.
+                let _ = events.send(rendered.clone());
+            }
+            outcome.messages.push(rendered);
+        }
     }
 }
 
@@ -152,6 +213,7 @@ impl AgentService {
         else {
             return Err(ServiceError::Invalid("unexpected reply".into()));
         };
+        let custom = self.tools.custom_tools().await?;
         let run_id = new_id("run", self.env.rng.as_ref());
         let mut pending = inputs;
         let mut outcome = TurnOutcome {
@@ -161,18 +223,19 @@ impl AgentService {
             step_count: 0,
         };
         while outcome.step_count < max_steps {
-            let answer = self.llm.chat(&build_request(&agent, &history, &pending)).await?;
+            let answer = self.llm.chat(&build_request(&agent, &custom, &history, &pending)).await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
             let replied = answer.tool_calls.is_empty()
                 || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
+            let external = run_custom_calls(&answer.tool_calls, &attached_custom(&agent, &custom)).await;
             let step = StepInput {
                 run_id: run_id.clone(),
                 step_id: new_id("step", self.env.rng.as_ref()),
                 user_messages: std::mem::take(&mut pending),
                 assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },
-                external: Vec::new(),
+                external,
             };
             let AgentReply::Step { agent: updated, messages } =
                 agent_ref.invoke(AgentCommand::CommitStep(Box::new(step))).await?
@@ -180,14 +243,7 @@ impl AgentService {
                 return Err(ServiceError::Invalid("unexpected reply".into()));
             };
             agent = *updated;
-            for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
-                for rendered in letta_messages(message) {
-                    if let Some(events) = events {
-                        let _ = events.send(rendered.clone());
-                    }
-                    outcome.messages.push(rendered);
-                }
-            }
+            emit_step(&mut outcome, &messages, events);
             history.extend(messages);
             if replied {
                 outcome.stop_reason = "end_turn";

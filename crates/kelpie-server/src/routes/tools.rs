@@ -1,31 +1,57 @@
-//! `/v1/tools/`: list and retrieve tools (the built-in tools for now).
+//! `/v1/tools/`: list, retrieve, create and upsert (custom Python tools from
+//! `source_code`), modify and delete. Built-in tools are listed first and
+//! cannot be changed.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use kelpie_tools::builtin_tools;
 use serde_json::Value;
 
-use crate::agent::letta::builtin_tool_json;
+use super::extract::ApiJson;
+use crate::api::{CreateTool, UpdateTool};
 use crate::error::ApiError;
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/tools/", get(list))
-        .route("/v1/tools", get(list))
-        .route("/v1/tools/{tool_id}", get(retrieve))
+        .route("/v1/tools/", get(list).post(create).put(upsert))
+        .route("/v1/tools", get(list).post(create).put(upsert))
+        .route("/v1/tools/{tool_id}", get(retrieve).patch(modify).delete(remove))
 }
 
-async fn list(State(_): State<AppState>) -> Json<Vec<Value>> {
-    Json(builtin_tools().iter().map(builtin_tool_json).collect())
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(state.agents.tools.list().await?))
 }
 
-async fn retrieve(Path(tool_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    builtin_tools()
-        .iter()
-        .find(|tool| tool.id == tool_id)
-        .map(|tool| Json(builtin_tool_json(tool)))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("Tool with ID {tool_id} not found")))
+async fn retrieve(
+    State(state): State<AppState>,
+    Path(tool_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.tools.get(&tool_id).await?))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateTool>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.tools.create(request, false).await?))
+}
+
+async fn upsert(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateTool>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.tools.create(request, true).await?))
+}
+
+async fn modify(
+    State(state): State<AppState>,
+    Path(tool_id): Path<String>,
+    ApiJson(request): ApiJson<UpdateTool>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.tools.modify(&tool_id, request).await?))
+}
+
+async fn remove(State(state): State<AppState>, Path(tool_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.tools.delete(&tool_id).await?))
 }
