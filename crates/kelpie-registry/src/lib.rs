@@ -14,14 +14,23 @@
 //!   compare-and-set, so there is no window between "is it placed?" and
 //!   "place it".
 //!
+//! - [`directory`]: [`PlacementDirectory`], the operations every backend
+//!   offers, with [`LocalDirectory`] (a [`Registry`] and its clock).
+//! - [`postgres_registry`]: [`PostgresRegistry`], the cluster backend, whose
+//!   leases are judged by the database's clock.
+//!
 //! This crate never depends on the runtime or the server.
 
+pub mod directory;
 pub mod lease;
+pub mod postgres_registry;
 pub mod registry;
 pub mod storage_store;
 pub mod store;
 
+pub use directory::{LiveOwner, LocalDirectory, PlacementDirectory};
 pub use lease::{LeaseCommand, LeaseOutcome, PlacementRecord};
+pub use postgres_registry::PostgresRegistry;
 pub use registry::Registry;
 pub use storage_store::StoragePlacementStore;
 pub use store::{CasResult, MemoryPlacementStore, PlacementStore};

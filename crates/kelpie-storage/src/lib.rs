@@ -33,7 +33,7 @@ pub mod wal;
 
 pub use backend::{Backend, BoxFut};
 pub use memory::MemoryBackend;
-pub use postgres::PostgresBackend;
+pub use postgres::{LeasedPlacement, PostgresBackend};
 pub use redb_store::RedbBackend;
 pub use storage::{Storage, Transaction};
 pub use types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, Versioned};

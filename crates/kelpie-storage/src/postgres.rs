@@ -11,6 +11,14 @@
 //!
 //! The schema is created or migrated on connect, under a global advisory lock
 //! so nodes starting together do not race.
+//!
+//! Leases: a placement row may carry `lease_expires_at`, written and judged
+//! only through [`PostgresBackend::update_leased_placement`], which reads the
+//! database's own clock (`clock_timestamp()`) under the same actor lock that
+//! fenced commits take. The decision itself is the caller's (the registry's
+//! lease state machine); this backend only supplies the row and the time and
+//! stores the result atomically. A placement written without a lease (`put`,
+//! `claim`) clears any lease left on the row.
 
 use std::ops::Bound;
 use std::str::FromStr;
@@ -50,6 +58,7 @@ CREATE TABLE IF NOT EXISTS kelpie_placements (
     node_id TEXT NOT NULL,
     epoch BIGINT NOT NULL CHECK (epoch > 0)
 );
+ALTER TABLE kelpie_placements ADD COLUMN IF NOT EXISTS lease_expires_at TIMESTAMPTZ;
 CREATE SEQUENCE IF NOT EXISTS kelpie_commit_version;
 ";
 
@@ -163,11 +172,74 @@ async fn placement_in(
 async fn store_placement(txn: &deadpool_postgres::Transaction<'_>, placement: &Placement) -> Result<()> {
     txn.execute(
         "INSERT INTO kelpie_placements (actor_id, node_id, epoch) VALUES ($1, $2, $3)
-         ON CONFLICT (actor_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch",
+         ON CONFLICT (actor_id) DO UPDATE
+         SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch, lease_expires_at = NULL",
         &[&placement.actor_id.to_string(), &placement.node_id.as_str(), &to_i64(placement.epoch)?],
     )
     .await
     .map_err(pg_error("placement write"))?;
+    Ok(())
+}
+
+/// A placement row with its lease. Instants are milliseconds since the Unix
+/// epoch on the database's clock, never a node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedPlacement {
+    pub placement: Placement,
+    /// `None`: nobody holds a lease (released, or written without one).
+    pub lease_expires_at_ms: Option<u64>,
+}
+
+/// The database's clock in whole milliseconds since the Unix epoch.
+/// `clock_timestamp()`, not `now()`: the time when the statement runs, after
+/// the actor lock was granted, not when the SQL transaction began.
+const DB_NOW_MS_SQL: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// The actor's placement with its lease, and the database's time, read in one
+/// statement so the time is never older than the row.
+async fn leased_placement_in(
+    client: &impl deadpool_postgres::GenericClient,
+    actor: &ActorId,
+) -> Result<(Option<LeasedPlacement>, u64)> {
+    let sql = format!(
+        "SELECT p.node_id, p.epoch, (extract(epoch FROM p.lease_expires_at) * 1000)::BIGINT, {DB_NOW_MS_SQL}
+         FROM (SELECT 1) AS one LEFT JOIN kelpie_placements p ON p.actor_id = $1"
+    );
+    let row = client.query_one(sql.as_str(), &[&actor.to_string()]).await.map_err(pg_error("lease read"))?;
+    let location = format!("leased placement of {actor}");
+    let now_ms = u64::try_from(row.get::<_, i64>(3)).map_err(|_| Error::Corruption {
+        location: "database clock".to_string(),
+        reason: "clock_timestamp() before 1970".to_string(),
+    })?;
+    let Some(node_id) = row.get::<_, Option<String>>(0) else { return Ok((None, now_ms)) };
+    let node_id = NodeId::new(node_id)
+        .map_err(|err| Error::Corruption { location: location.clone(), reason: err.to_string() })?;
+    let epoch = to_u64(row.get(1), &location)?;
+    let lease_expires_at_ms = row.get::<_, Option<i64>>(2).map(|ms| to_u64(ms, &location)).transpose()?;
+    let placement = Placement { actor_id: actor.clone(), node_id, epoch };
+    Ok((Some(LeasedPlacement { placement, lease_expires_at_ms }), now_ms))
+}
+
+async fn store_leased_placement(
+    txn: &deadpool_postgres::Transaction<'_>,
+    leased: &LeasedPlacement,
+) -> Result<()> {
+    let placement = &leased.placement;
+    let expires_ms = leased.lease_expires_at_ms.map(to_i64).transpose()?;
+    txn.execute(
+        "INSERT INTO kelpie_placements (actor_id, node_id, epoch, lease_expires_at)
+         VALUES ($1, $2, $3, 'epoch'::TIMESTAMPTZ + $4::BIGINT * INTERVAL '1 millisecond')
+         ON CONFLICT (actor_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch,
+             lease_expires_at = EXCLUDED.lease_expires_at",
+        &[
+            &placement.actor_id.to_string(),
+            &placement.node_id.as_str(),
+            &to_i64(placement.epoch)?,
+            &expires_ms,
+        ],
+    )
+    .await
+    .map_err(pg_error("lease write"))?;
     Ok(())
 }
 
@@ -305,6 +377,38 @@ impl PostgresBackend {
         }
         txn.commit().await.map_err(pg_error("commit"))?;
         Ok(outcome)
+    }
+}
+
+impl PostgresBackend {
+    /// The actor's placement with its lease, and the database's time now.
+    pub async fn leased_placement(&self, actor: &ActorId) -> Result<(Option<LeasedPlacement>, u64)> {
+        let client = self.client().await?;
+        leased_placement_in(&client, actor).await
+    }
+
+    /// One atomic lease decision on the database's clock: under the actor
+    /// lock that fenced commits also take, reads the row and the database
+    /// time, lets `decide` choose the next row (`None`: leave it), stores it
+    /// and commits. No commit of the actor can interleave, so once a claim
+    /// returns, a fenced commit at an older epoch can no longer succeed.
+    pub async fn update_leased_placement<T, F>(&self, actor: &ActorId, decide: F) -> Result<T>
+    where
+        F: FnOnce(Option<&LeasedPlacement>, u64) -> (Option<LeasedPlacement>, T) + Send,
+        T: Send,
+    {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("begin"))?;
+        lock_actor(&txn, &actor.to_string()).await?;
+        let (current, now_ms) = leased_placement_in(&txn, actor).await?;
+        let (next, decided) = decide(current.as_ref(), now_ms);
+        if let Some(next) = next {
+            assert_eq!(&next.placement.actor_id, actor, "lease decision for another actor");
+            check_put(current.as_ref().map(|c| &c.placement), &next.placement)?;
+            store_leased_placement(&txn, &next).await?;
+        }
+        txn.commit().await.map_err(pg_error("commit"))?;
+        Ok(decided)
     }
 }
 

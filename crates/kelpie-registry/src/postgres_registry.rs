@@ -1,0 +1,148 @@
+//! [`PostgresRegistry`]: the cluster's placement directory, in the same
+//! PostgreSQL rows (`kelpie_placements`) that fenced state commits check.
+//!
+//! Every claim, renewal and release is one SQL transaction
+//! ([`PostgresBackend::update_leased_placement`]): it takes the actor's lock
+//! (the one fenced commits take), reads the row and the database's clock,
+//! decides with the pure [`lease::step`] and stores the result. So:
+//!
+//! - lease expiry is judged by one clock, the database's: a node whose own
+//!   clock is skewed or jumps cannot see a live lease as expired, because no
+//!   node clock is ever read here;
+//! - two nodes claiming at once are serialized by the actor lock: exactly
+//!   one wins, the other sees its live lease;
+//! - once a claim commits, no commit fenced with an older epoch can succeed,
+//!   so a paused or partitioned former owner is harmless.
+//!
+//! A released placement keeps its node and epoch with no lease, so the next
+//! claim anywhere gets a larger epoch.
+
+use std::sync::Arc;
+
+use kelpie_core::limits::LEASE_DURATION_MS;
+use kelpie_core::{ActorId, NodeId, Result};
+use kelpie_storage::{LeasedPlacement, Placement, PostgresBackend};
+
+use crate::directory::{live_owner_at, LiveOwner};
+use crate::lease::{self, Holder, LeaseCommand, LeaseOutcome, PlacementRecord, LEASE_DURATION_MS_MAX};
+
+#[derive(Clone)]
+pub struct PostgresRegistry {
+    backend: Arc<PostgresBackend>,
+    lease_ms: u64,
+}
+
+impl PostgresRegistry {
+    /// A registry on `backend` granting the default lease.
+    pub fn new(backend: Arc<PostgresBackend>) -> Self {
+        Self::with_lease(backend, LEASE_DURATION_MS)
+    }
+
+    pub fn with_lease(backend: Arc<PostgresBackend>, lease_ms: u64) -> Self {
+        assert!(lease_ms > 0 && lease_ms <= LEASE_DURATION_MS_MAX, "lease {lease_ms} ms out of range");
+        PostgresRegistry { backend, lease_ms }
+    }
+
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+
+    pub async fn claim(&self, actor_id: &ActorId, node_id: &NodeId) -> Result<LeaseOutcome> {
+        let (node_id, lease_ms) = (node_id.clone(), self.lease_ms);
+        self.apply(actor_id, move |now_ms| LeaseCommand::Claim { node_id, now_ms, lease_ms }).await
+    }
+
+    pub async fn renew(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> Result<LeaseOutcome> {
+        let (node_id, lease_ms) = (node_id.clone(), self.lease_ms);
+        self.apply(actor_id, move |now_ms| LeaseCommand::Renew { node_id, epoch, now_ms, lease_ms }).await
+    }
+
+    pub async fn release(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> Result<LeaseOutcome> {
+        let node_id = node_id.clone();
+        self.apply(actor_id, move |_| LeaseCommand::Release { node_id, epoch }).await
+    }
+
+    /// The stored record; lease instants are on the database's clock.
+    pub async fn lookup(&self, actor_id: &ActorId) -> Result<Option<PlacementRecord>> {
+        let (leased, _) = self.backend.leased_placement(actor_id).await?;
+        Ok(leased.as_ref().map(record_of))
+    }
+
+    /// The holder whose lease runs now by the database's clock.
+    pub async fn live_owner(&self, actor_id: &ActorId) -> Result<Option<LiveOwner>> {
+        let (leased, now_ms) = self.backend.leased_placement(actor_id).await?;
+        Ok(live_owner_at(leased.as_ref().map(record_of).as_ref(), now_ms))
+    }
+
+    async fn apply(
+        &self,
+        actor_id: &ActorId,
+        command: impl FnOnce(u64) -> LeaseCommand + Send,
+    ) -> Result<LeaseOutcome> {
+        let actor = actor_id.clone();
+        self.backend
+            .update_leased_placement(actor_id, move |current, now_ms| {
+                let record = current.map(record_of);
+                let (next, outcome) = lease::step(&actor, record.as_ref(), &command(now_ms));
+                (next.map(|next| leased_of(next, current)), outcome)
+            })
+            .await
+    }
+}
+
+/// A row as the lease state machine sees it: a holder only while a lease is set.
+fn record_of(leased: &LeasedPlacement) -> PlacementRecord {
+    let placement = &leased.placement;
+    let holder = leased
+        .lease_expires_at_ms
+        .map(|lease_expires_at_ms| Holder { node_id: placement.node_id.clone(), lease_expires_at_ms });
+    PlacementRecord { actor_id: placement.actor_id.clone(), epoch: placement.epoch, holder }
+}
+
+/// The row to store for `next`. A record without a holder (a release) keeps
+/// the node of the row it replaces, since the column is never empty.
+fn leased_of(next: PlacementRecord, current: Option<&LeasedPlacement>) -> LeasedPlacement {
+    assert!(next.epoch > 0, "stored placements have a positive epoch");
+    let (node_id, lease_expires_at_ms) = match next.holder {
+        Some(holder) => (holder.node_id, Some(holder.lease_expires_at_ms)),
+        None => {
+            let current = current.expect("lease::step releases only a stored placement");
+            (current.placement.node_id.clone(), None)
+        }
+    };
+    LeasedPlacement {
+        placement: Placement { actor_id: next.actor_id, node_id, epoch: next.epoch },
+        lease_expires_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(epoch: u64) -> Placement {
+        Placement {
+            actor_id: ActorId::new("agents", "a1").unwrap(),
+            node_id: NodeId::new("n1").unwrap(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn row_without_lease_has_no_holder_and_round_trips() {
+        let unleased = LeasedPlacement { placement: placement(3), lease_expires_at_ms: None };
+        let record = record_of(&unleased);
+        assert_eq!(record.epoch, 3);
+        assert_eq!(record.holder, None);
+        assert_eq!(leased_of(record, Some(&unleased)), unleased);
+    }
+
+    #[test]
+    fn leased_row_maps_to_holder_and_back() {
+        let leased = LeasedPlacement { placement: placement(2), lease_expires_at_ms: Some(1_500) };
+        let record = record_of(&leased);
+        let holder = record.holder.clone().unwrap();
+        assert_eq!((holder.node_id.as_str(), holder.lease_expires_at_ms), ("n1", 1_500));
+        assert_eq!(leased_of(record, None), leased);
+    }
+}
