@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod messages;
 pub mod models;
+pub mod openapi;
 pub mod tools;
 
 use axum::extract::{Request, State};
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(archival::router())
         .merge(models::router())
         .merge(tools::router())
+        .merge(openapi::router())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)

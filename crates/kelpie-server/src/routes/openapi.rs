@@ -1,0 +1,156 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of every route this server
+//! serves, built by hand from [`ROUTES`]. A test checks that every route
+//! registered in `routes/*.rs` is in [`ROUTES`] and that every entry of
+//! [`ROUTES`] is served, so the document cannot drift from the router.
+//!
+//! Bodies are described loosely (a JSON object) and point to Letta's
+//! schema of the same name; the error body is described exactly.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::{AppState, SERVER_VERSION};
+
+/// One served operation: method, path (Letta's spelling; the variant with
+/// or without a trailing slash is served too), summary, and the Letta
+/// schema names of its request body and response, if any.
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub body: Option<&'static str>,
+    pub response: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+    response: &'static str,
+) -> RouteDoc {
+    RouteDoc { method, path, summary, body, response }
+}
+
+/// Every operation served.
+pub const ROUTES: &[RouteDoc] = &[
+    route("get", "/openapi.json", "This document", None, "OpenAPI"),
+    route("get", "/v1/health/", "Liveness and version", None, "Health"),
+    route(
+        "get",
+        "/v1/agents/",
+        "List agents (limit, before, after, order, name, tags)",
+        None,
+        "AgentState[]",
+    ),
+    route("post", "/v1/agents/", "Create an agent", Some("CreateAgentRequest"), "AgentState"),
+    route("get", "/v1/agents/{agent_id}", "Retrieve an agent", None, "AgentState"),
+    route("patch", "/v1/agents/{agent_id}", "Modify an agent", Some("UpdateAgent"), "AgentState"),
+    route("delete", "/v1/agents/{agent_id}", "Delete an agent and its messages and passages", None, "object"),
+    route("patch", "/v1/agents/{agent_id}/tools/attach/{tool_id}", "Attach a tool", None, "AgentState"),
+    route("patch", "/v1/agents/{agent_id}/tools/detach/{tool_id}", "Detach a tool", None, "AgentState"),
+    route("get", "/v1/agents/{agent_id}/core-memory/blocks", "List core memory blocks", None, "Block[]"),
+    route("get", "/v1/agents/{agent_id}/core-memory/blocks/{label}", "Retrieve a block", None, "Block"),
+    route(
+        "patch",
+        "/v1/agents/{agent_id}/core-memory/blocks/{label}",
+        "Modify a block (limits enforced)",
+        Some("BlockUpdate"),
+        "Block",
+    ),
+    route(
+        "get",
+        "/v1/agents/{agent_id}/messages",
+        "List messages (limit, before, after, order)",
+        None,
+        "LettaMessageUnion[]",
+    ),
+    route(
+        "post",
+        "/v1/agents/{agent_id}/messages",
+        "Send messages; runs the agent loop",
+        Some("LettaRequest"),
+        "LettaResponse",
+    ),
+    route(
+        "post",
+        "/v1/agents/{agent_id}/messages/stream",
+        "Send messages; steps as Server-Sent Events",
+        Some("LettaStreamingRequest"),
+        "text/event-stream",
+    ),
+    route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
+    route(
+        "post",
+        "/v1/agents/{agent_id}/archival-memory",
+        "Insert a passage",
+        Some("CreateArchivalMemory"),
+        "Passage[]",
+    ),
+    route(
+        "get",
+        "/v1/agents/{agent_id}/archival-memory/search",
+        "Search the agent's passages (query, top_k)",
+        None,
+        "ArchivalMemorySearchResponse",
+    ),
+    route("delete", "/v1/agents/{agent_id}/archival-memory/{memory_id}", "Delete a passage", None, "object"),
+    route("get", "/v1/models/", "LLM models of the configured providers", None, "Model[]"),
+    route("get", "/v1/models/embedding", "Embedding models", None, "EmbeddingModel[]"),
+    route("get", "/v1/tools/", "List built-in and custom tools", None, "Tool[]"),
+    route("post", "/v1/tools/", "Create a custom Python tool", Some("ToolCreate"), "Tool"),
+    route("put", "/v1/tools/", "Create or replace a custom Python tool by name", Some("ToolCreate"), "Tool"),
+    route("get", "/v1/tools/{tool_id}", "Retrieve a tool", None, "Tool"),
+    route("patch", "/v1/tools/{tool_id}", "Modify a custom tool", Some("ToolUpdate"), "Tool"),
+    route("delete", "/v1/tools/{tool_id}", "Delete a custom tool", None, "object"),
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+}
+
+fn path_parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect()
+}
+
+fn operation(doc: &RouteDoc) -> Value {
+    let mut op = json!({
+        "summary": doc.summary,
+        "operationId": format!("{}_{}", doc.method, doc.path.trim_matches('/').replace(['/', '{', '}', '-', '.'], "_")),
+        "parameters": path_parameters(doc.path),
+        "responses": {
+            "200": {"description": format!("Success: {}", doc.response), "content": {"application/json": {"schema": {}}}},
+            "default": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}},
+        },
+    });
+    if let Some(body) = doc.body {
+        op["requestBody"] = json!({
+            "required": true,
+            "description": format!("Letta's {body}"),
+            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}},
+        });
+    }
+    op
+}
+
+/// The OpenAPI document of [`ROUTES`].
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for doc in ROUTES {
+        let entry = paths.entry(doc.path).or_insert_with(|| json!({}));
+        entry[doc.method] = operation(doc);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Kelpie agent server (Letta-compatible)", "version": SERVER_VERSION},
+        "paths": paths,
+        "components": {"schemas": {"HTTPError": {
+            "type": "object", "required": ["detail"],
+            "properties": {"detail": {"type": "string"}},
+        }}},
+    })
+}

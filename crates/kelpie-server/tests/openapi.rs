@@ -1,0 +1,91 @@
+//! `GET /openapi.json` lists exactly the routes the router serves: every
+//! `.route(...)` in `src/routes/*.rs` is in the document, and every
+//! documented operation is answered by a handler (not the JSON 404).
+
+mod common;
+
+use serde_json::{json, Value};
+
+const ROUTE_SOURCES: &[&str] = &[
+    include_str!("../src/routes/agents.rs"),
+    include_str!("../src/routes/archival.rs"),
+    include_str!("../src/routes/blocks.rs"),
+    include_str!("../src/routes/health.rs"),
+    include_str!("../src/routes/messages.rs"),
+    include_str!("../src/routes/models.rs"),
+    include_str!("../src/routes/openapi.rs"),
+    include_str!("../src/routes/tools.rs"),
+];
+
+const METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
+
+/// `(method, path)` of every `.route("path", handlers)` call in `source`.
+fn registered(source: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (index, _) in source.match_indices(".route(\"") {
+        let rest = &source[index + 8..];
+        let Some(end) = rest.find('"') else { continue };
+        let path = &rest[..end];
+        let mut depth = 1;
+        let close = rest.char_indices().find(|(_, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            depth == 0
+        });
+        let handlers = &rest[end..close.map_or(rest.len(), |(i, _)| i)];
+        for method in METHODS {
+            if handlers.contains(&format!("{method}(")) {
+                found.push((method.to_string(), path.to_string()));
+            }
+        }
+    }
+    found
+}
+
+fn normalized(path: &str) -> String {
+    path.trim_end_matches('/').to_string()
+}
+
+#[tokio::test]
+async fn every_served_route_is_documented_and_every_documented_route_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let document = server.ok("GET", "/openapi.json", None).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(document["components"]["schemas"]["HTTPError"]["required"], json!(["detail"]));
+    let paths = document["paths"].as_object().unwrap();
+    let documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), normalized(path))))
+        .collect();
+    let mut served: Vec<(String, String)> = ROUTE_SOURCES
+        .iter()
+        .flat_map(|source| registered(source))
+        .map(|(m, p)| (m, normalized(&p)))
+        .collect();
+    served.sort();
+    served.dedup();
+    assert!(served.len() >= 27, "found only {} routes: {served:?}", served.len());
+    for route in &served {
+        assert!(documented.contains(route), "{route:?} is served but not in /openapi.json");
+    }
+    for (method, path) in &documented {
+        assert!(
+            served.contains(&(method.clone(), path.clone())),
+            "{method} {path} is documented but not registered"
+        );
+        let concrete = path.replace("{agent_id}", "agent-00000000-0000-4000-8000-000000000000");
+        let (_, body) = server.call(&method.to_uppercase(), &concrete, Some(json!({}))).await;
+        let detail = body.get("detail").and_then(Value::as_str).unwrap_or_default();
+        assert!(!detail.starts_with("no route for"), "{method} {path} hit the fallback: {detail}");
+    }
+    let create = &paths["/v1/tools/"]["post"];
+    assert_eq!(create["requestBody"]["required"], true);
+    let attach = &paths["/v1/agents/{agent_id}/tools/attach/{tool_id}"]["patch"]["parameters"];
+    assert_eq!(attach.as_array().unwrap().len(), 2);
+    server.shutdown().await;
+}
