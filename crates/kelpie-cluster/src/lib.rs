@@ -1,6 +1,19 @@
-//! Cluster membership (join, leave, heartbeat, failure detection), the TCP
-//! transport between nodes, request forwarding to the owner node, migration and
-//! rebalancing. Never depends on the server.
+//! Kelpie's cluster layer: several nodes on one shared PostgreSQL.
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! - [`membership`]: the sans-IO membership core (status, heartbeat timing,
+//!   failure and self-isolation judgements); [`node_table`] and [`member`]
+//!   are its PostgreSQL shell and heartbeat driver.
+//!
+//! Placement (who owns which actor, leases, fencing epochs) lives in
+//! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
+//! and randomness come from `kelpie_core::Env`. Never depends on the server.
+
+pub mod error;
+pub mod member;
+pub mod membership;
+pub mod node_table;
+
+pub use error::{ClusterError, ClusterResult};
+pub use member::{Member, MemberView};
+pub use membership::{Liveness, MembershipConfig, NodeStatus};
+pub use node_table::NodeTable;

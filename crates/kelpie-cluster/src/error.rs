@@ -1,0 +1,53 @@
+//! [`ClusterError`]: what can go wrong in membership, transport and
+//! forwarding, with the context an operator needs. Converted to
+//! [`kelpie_core::Error`] at the crate boundary.
+
+use std::net::SocketAddr;
+
+use kelpie_core::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("node table {operation} failed: {reason}")]
+    Database { operation: &'static str, reason: String },
+    #[error("node table row {what} is corrupt: {reason}")]
+    CorruptRow { what: String, reason: String },
+    #[error("connecting to {peer} failed: {reason}")]
+    Connect { peer: SocketAddr, reason: String },
+    #[error("connection to {peer} failed: {reason}")]
+    Io { peer: SocketAddr, reason: String },
+    #[error(
+        "frame of {size_bytes} bytes exceeds FRAME_SIZE_BYTES_MAX ({limit_bytes}) on the link to {peer}"
+    )]
+    FrameTooLarge { peer: SocketAddr, size_bytes: u64, limit_bytes: u64 },
+    #[error("request to {peer} timed out after {timeout_ms} ms")]
+    Timeout { peer: SocketAddr, timeout_ms: u64 },
+    #[error("{in_flight} requests already in flight to {peer} (IN_FLIGHT_REQUESTS_COUNT_MAX)")]
+    TooManyInFlight { peer: SocketAddr, in_flight: usize },
+    #[error("peer {peer} answered with an error: {reason}")]
+    Remote { peer: SocketAddr, reason: String },
+    #[error("node {node_id} is not a live member")]
+    NodeNotLive { node_id: NodeId },
+    #[error("{what} is shut down")]
+    ShutDown { what: &'static str },
+}
+
+impl From<ClusterError> for kelpie_core::Error {
+    fn from(err: ClusterError) -> Self {
+        match err {
+            ClusterError::Database { operation, reason } => {
+                kelpie_core::Error::StorageIo { operation, reason }
+            }
+            ClusterError::CorruptRow { what, reason } => {
+                kelpie_core::Error::Corruption { location: what, reason }
+            }
+            ClusterError::NodeNotLive { node_id } => {
+                kelpie_core::Error::NodeUnavailable { node_id, reason: "not a live member".to_string() }
+            }
+            ClusterError::ShutDown { what } => kelpie_core::Error::ShuttingDown { component: what },
+            other => kelpie_core::Error::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type ClusterResult<T> = Result<T, ClusterError>;
