@@ -93,6 +93,12 @@ pub struct SendMessages {
     pub max_steps: Option<u32>,
 }
 
+/// `POST /v1/agents/{agent_id}/messages/cancel`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CancelRuns {
+    pub run_ids: Option<Vec<String>>,
+}
+
 /// `POST /v1/tools/` and `PUT /v1/tools/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CreateTool {

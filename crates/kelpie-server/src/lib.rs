@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use agent::actor::AgentActor;
 use agent::directory::DirectoryActor;
+use agent::runs::RunActor;
 use agent::service::AgentService;
 use agent::tool_service::ToolService;
 use agent::tool_store::ToolStoreActor;
@@ -119,13 +120,16 @@ pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentSe
     let directory =
         Runtime::new(DirectoryActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
             .map_err(service_error)?;
-    let tool_store = Runtime::new(ToolStoreActor, storage.clone(), registry(), env.clone(), runtime_config)
+    let tool_store =
+        Runtime::new(ToolStoreActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
+            .map_err(service_error)?;
+    let runs = Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config)
         .map_err(service_error)?;
     let tools = Arc::new(ToolService::new(tool_store, env.clone()));
     let llm = OpenAiClient::new(&config.llm.openai_base_url, config.llm.openai_api_key.clone())
         .map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
-    Ok(AgentService::new(agents, directory, env, llm, catalog, tools))
+    Ok(AgentService::new(agents, directory, env, llm, catalog, tools, runs))
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {

@@ -64,14 +64,29 @@ pub enum AgentCommand {
     Get,
     Update(AgentPatch),
     Delete,
-    UpdateBlock { label: String, patch: BlockPatch },
+    UpdateBlock {
+        label: String,
+        patch: BlockPatch,
+    },
     Messages,
-    Recent { count_max: usize },
+    /// Deletes every message; passages and memory stay.
+    ResetMessages,
+    Recent {
+        count_max: usize,
+    },
     CommitStep(Box<StepInput>),
-    InsertPassage { text: String, tags: Vec<String> },
+    InsertPassage {
+        text: String,
+        tags: Vec<String>,
+    },
     Passages,
-    SearchPassages { query: String, top_k: usize },
-    DeletePassage { id: String },
+    SearchPassages {
+        query: String,
+        top_k: usize,
+    },
+    DeletePassage {
+        id: String,
+    },
 }
 
 pub enum AgentReply {
@@ -136,6 +151,7 @@ impl Actor for AgentActor {
             AgentCommand::Delete => delete(ctx).await,
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
             AgentCommand::Messages => Ok(AgentReply::Messages(all_messages(ctx).await?)),
+            AgentCommand::ResetMessages => reset_messages(ctx).await,
             AgentCommand::Recent { count_max } => recent(ctx, count_max).await,
             AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
             AgentCommand::InsertPassage { text, tags } => {
@@ -198,6 +214,19 @@ async fn delete(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
     }
     ctx.state.agent = None;
     Ok(AgentReply::Done)
+}
+
+async fn reset_messages(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+    agent(ctx)?;
+    for prefix in ["m/", "mi/"] {
+        for (key, _) in ctx.kv_scan_prefix(prefix.as_bytes()).await? {
+            ctx.kv_delete(&key)?;
+        }
+    }
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
 
 fn update_block(ctx: &mut Ctx<'_>, label: &str, patch: BlockPatch) -> Result<AgentReply> {

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod letta;
 pub mod model;
 pub mod page;
+pub mod runs;
 pub mod service;
 pub mod tool_service;
 pub mod tool_store;

@@ -25,6 +25,7 @@ use super::letta::{
 };
 use super::model::AgentRecord;
 use super::page::{json_id, paginate, Page};
+use super::runs::{ActiveRuns, RunActor};
 use super::tool_service::ToolService;
 use super::tool_store::ToolRecord;
 use crate::api::{CreateAgent, CreatePassage, UpdateAgent, UpdateBlock};
@@ -44,6 +45,8 @@ const ARCHIVAL_SEARCH_COUNT_DEFAULT: usize = 10;
 pub enum ServiceError {
     #[error("Agent with ID {0} not found")]
     AgentNotFound(String),
+    #[error("Run with ID {0} not found")]
+    RunNotFound(String),
     #[error("Tool with ID {0} not found")]
     ToolNotFound(String),
     #[error("a tool named {0:?} already exists")]
@@ -89,6 +92,8 @@ pub struct AgentService {
     pub(super) llm: OpenAiClient,
     catalog: ModelCatalog,
     pub tools: Arc<ToolService>,
+    pub(super) runs: Runtime<RunActor>,
+    pub(super) active_runs: ActiveRuns,
     turn_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -104,8 +109,19 @@ impl AgentService {
         llm: OpenAiClient,
         catalog: ModelCatalog,
         tools: Arc<ToolService>,
+        runs: Runtime<RunActor>,
     ) -> Self {
-        AgentService { agents, directory, env, llm, catalog, tools, turn_locks: Mutex::new(HashMap::new()) }
+        AgentService {
+            agents,
+            directory,
+            env,
+            llm,
+            catalog,
+            tools,
+            runs,
+            active_runs: ActiveRuns::default(),
+            turn_locks: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The randomness ids are drawn from.
@@ -326,6 +342,17 @@ impl AgentService {
         Ok(block_json(agent.memory.get(label)?))
     }
 
+    /// Deletes every message of the agent (after any turn in progress).
+    pub async fn reset_messages(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent_ref = self.agent_ref(agent_id)?;
+        let lock = self.turn_lock(agent_id);
+        let _turn = lock.lock().await;
+        let AgentReply::Agent(agent) = agent_ref.invoke(AgentCommand::ResetMessages).await? else {
+            return Err(unexpected("reset messages"));
+        };
+        self.render(&agent).await
+    }
+
     pub async fn list_messages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
         let AgentReply::Messages(messages) = self.agent_ref(agent_id)?.invoke(AgentCommand::Messages).await?
         else {
@@ -393,7 +420,9 @@ impl AgentService {
 
     /// Finishes every activation (their state is already committed).
     pub async fn shutdown(&self) {
+        self.active_runs.abort_all();
         self.agents.shutdown().await;
+        self.runs.shutdown().await;
         self.directory.shutdown().await;
         self.tools.shutdown().await;
     }

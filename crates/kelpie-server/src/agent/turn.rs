@@ -169,6 +169,20 @@ fn build_request(
     }
 }
 
+/// The step limit of a turn, after checking the turn's input.
+pub(super) fn check_turn_input(inputs: &[String], max_steps: Option<u32>) -> ServiceResult<u32> {
+    let max_steps = max_steps.unwrap_or(AGENT_STEPS_COUNT_DEFAULT);
+    if max_steps == 0 || max_steps > AGENT_STEPS_COUNT_MAX {
+        return Err(ServiceError::Invalid(format!(
+            "max_steps {max_steps} is outside 1..={AGENT_STEPS_COUNT_MAX}"
+        )));
+    }
+    if inputs.is_empty() || inputs.iter().any(|text| text.trim().is_empty()) {
+        return Err(ServiceError::Invalid("messages must hold at least one non-empty user message".into()));
+    }
+    Ok(max_steps)
+}
+
 /// Adds a committed step's Letta messages (not the user's) to the outcome
 /// and to the stream, if any.
 fn emit_step(outcome: &mut TurnOutcome, messages: &[StoredMessage], events: Option<&UnboundedSender<Value>>) {
@@ -193,17 +207,20 @@ impl AgentService {
         max_steps: Option<u32>,
         events: Option<&UnboundedSender<Value>>,
     ) -> ServiceResult<TurnOutcome> {
-        let max_steps = max_steps.unwrap_or(AGENT_STEPS_COUNT_DEFAULT);
-        if max_steps == 0 || max_steps > AGENT_STEPS_COUNT_MAX {
-            return Err(ServiceError::Invalid(format!(
-                "max_steps {max_steps} is outside 1..={AGENT_STEPS_COUNT_MAX}"
-            )));
-        }
-        if inputs.is_empty() || inputs.iter().any(|text| text.trim().is_empty()) {
-            return Err(ServiceError::Invalid(
-                "messages must hold at least one non-empty user message".into(),
-            ));
-        }
+        let run_id = new_id("run", self.env.rng.as_ref());
+        self.run_turn_as(&run_id, agent_id, inputs, max_steps, events).await
+    }
+
+    /// [`Self::run_turn`] with the run id its messages are tagged with.
+    pub async fn run_turn_as(
+        &self,
+        run_id: &str,
+        agent_id: &str,
+        inputs: Vec<String>,
+        max_steps: Option<u32>,
+        events: Option<&UnboundedSender<Value>>,
+    ) -> ServiceResult<TurnOutcome> {
+        let max_steps = check_turn_input(&inputs, max_steps)?;
         let agent_ref = self.agent_ref(agent_id)?;
         let lock = self.turn_lock(agent_id);
         let _turn = lock.lock().await;
@@ -214,7 +231,6 @@ impl AgentService {
             return Err(ServiceError::Invalid("unexpected reply".into()));
         };
         let custom = self.tools.custom_tools().await?;
-        let run_id = new_id("run", self.env.rng.as_ref());
         let mut pending = inputs;
         let mut outcome = TurnOutcome {
             messages: Vec::new(),
@@ -231,7 +247,7 @@ impl AgentService {
                 || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
             let external = run_custom_calls(&answer.tool_calls, &attached_custom(&agent, &custom)).await;
             let step = StepInput {
-                run_id: run_id.clone(),
+                run_id: run_id.to_string(),
                 step_id: new_id("step", self.env.rng.as_ref()),
                 user_messages: std::mem::take(&mut pending),
                 assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },

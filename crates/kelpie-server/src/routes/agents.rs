@@ -1,5 +1,5 @@
 //! `/v1/agents/`: create, list (pagination, name and tag filters),
-//! retrieve, modify, delete; tool attach and detach.
+//! retrieve, modify, delete; tool attach and detach; reset-messages.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, patch};
@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools/attach/{tool_id}", patch(attach_tool))
         .route("/v1/agents/{agent_id}/tools/detach/{tool_id}", patch(detach_tool))
+        .route("/v1/agents/{agent_id}/reset-messages", patch(reset_messages))
 }
 
 async fn create(
@@ -75,4 +76,13 @@ async fn detach_tool(
     Path((agent_id, tool_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.agents.set_tool(&agent_id, &tool_id, false).await?))
+}
+
+/// Letta can add default first messages (`add_default_initial_messages`);
+/// this server has none, so the body is not read.
+async fn reset_messages(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.reset_messages(&agent_id).await?))
 }

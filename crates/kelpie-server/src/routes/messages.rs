@@ -7,9 +7,10 @@
 
 use std::convert::Infallible;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{PageQuery, SendMessages};
+use crate::api::{CancelRuns, PageQuery, SendMessages};
 use crate::error::ApiError;
 use crate::ids::new_id;
 use crate::AppState;
@@ -30,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/messages", get(list).post(send))
         .route("/v1/agents/{agent_id}/messages/", get(list).post(send))
         .route("/v1/agents/{agent_id}/messages/stream", post(stream))
+        .route("/v1/agents/{agent_id}/messages/async", post(send_async))
+        .route("/v1/agents/{agent_id}/messages/cancel", post(cancel))
 }
 
 fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
@@ -37,7 +40,7 @@ fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
     for message in request.messages.unwrap_or_default() {
         if message.role != "user" && message.role != "system" {
             return Err(ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 format!("message role {:?} cannot be sent; use \"user\"", message.role),
             ));
         }
@@ -63,6 +66,30 @@ async fn send(
         "logprobs": null,
         "turns": null,
     })))
+}
+
+async fn send_async(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ApiJson(request): ApiJson<SendMessages>,
+) -> Result<Json<Value>, ApiError> {
+    let max_steps = request.max_steps;
+    Ok(Json(state.agents.start_async(&agent_id, user_texts(request)?, max_steps).await?))
+}
+
+/// The body is optional (no body cancels every active run of the agent).
+async fn cancel(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: CancelRuns = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRuns::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
+    };
+    Ok(Json(state.agents.cancel_runs(&agent_id, request.run_ids).await?))
 }
 
 async fn list(

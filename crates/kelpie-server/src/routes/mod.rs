@@ -9,6 +9,7 @@ pub mod health;
 pub mod messages;
 pub mod models;
 pub mod openapi;
+pub mod runs;
 pub mod tools;
 
 use axum::extract::{Request, State};
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router())
         .merge(tools::router())
         .merge(openapi::router())
+        .merge(runs::router())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)

@@ -80,6 +80,28 @@ pub const ROUTES: &[RouteDoc] = &[
         Some("LettaStreamingRequest"),
         "text/event-stream",
     ),
+    route(
+        "post",
+        "/v1/agents/{agent_id}/messages/async",
+        "Send messages in the background; returns a run",
+        Some("LettaAsyncRequest"),
+        "Run",
+    ),
+    route(
+        "post",
+        "/v1/agents/{agent_id}/messages/cancel",
+        "Cancel active background runs",
+        Some("CancelAgentRunRequest"),
+        "object",
+    ),
+    route(
+        "patch",
+        "/v1/agents/{agent_id}/reset-messages",
+        "Delete the agent's messages",
+        Some("ResetMessagesRequest"),
+        "AgentState",
+    ),
+    route("get", "/v1/runs/{run_id}", "Retrieve a run", None, "Run"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(
         "post",
