@@ -3,17 +3,26 @@
 //! - [`membership`]: the sans-IO membership core (status, heartbeat timing,
 //!   failure and self-isolation judgements); [`node_table`] and [`member`]
 //!   are its PostgreSQL shell and heartbeat driver.
+//! - [`transport`]: the [`Transport`] trait and its TCP client; [`server`]
+//!   the TCP server; [`frame`] (wire format) and [`backoff`] (reconnect
+//!   timing) are their sans-IO parts.
 //!
 //! Placement (who owns which actor, leases, fencing epochs) lives in
 //! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
 //! and randomness come from `kelpie_core::Env`. Never depends on the server.
 
+pub mod backoff;
 pub mod error;
+pub mod frame;
 pub mod member;
 pub mod membership;
 pub mod node_table;
+pub mod server;
+pub mod transport;
 
 pub use error::{ClusterError, ClusterResult};
 pub use member::{Member, MemberView};
 pub use membership::{Liveness, MembershipConfig, NodeStatus};
 pub use node_table::NodeTable;
+pub use server::TcpServer;
+pub use transport::{RequestHandler, TcpTransport, Transport, TransportConfig};
