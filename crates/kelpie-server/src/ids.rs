@@ -5,8 +5,10 @@ use kelpie_core::RngSource;
 
 /// A new id `<prefix>-<uuid v4>`.
 pub fn new_id(prefix: &str, rng: &dyn RngSource) -> String {
-    let high = rng.next_u64();
-    let low = rng.next_u64();
+    uuid_id(prefix, rng.next_u64(), rng.next_u64())
+}
+
+fn uuid_id(prefix: &str, high: u64, low: u64) -> String {
     // Version 4 and the RFC 4122 variant bits, as a uuid v4 has them.
     let high = (high & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let low = (low & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
@@ -18,6 +20,19 @@ pub fn new_id(prefix: &str, rng: &dyn RngSource) -> String {
         low >> 48,
         low & 0xffff_ffff_ffff
     )
+}
+
+/// FNV-1a over `bytes` from `offset`.
+fn fnv1a(bytes: &[u8], offset: u64) -> u64 {
+    bytes.iter().fold(offset, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A uuid-v4-shaped id `<prefix>-<uuid>` that depends only on `key`, the
+/// same on every server and release: two requests with one idempotency
+/// key name one actor.
+pub fn id_from_key(prefix: &str, key: &str) -> String {
+    let bytes = key.as_bytes();
+    uuid_id(prefix, fnv1a(bytes, 0xcbf2_9ce4_8422_2325), fnv1a(bytes, 0x6c62_272e_07bb_0142))
 }
 
 /// The uuid part of an id (`otid` in Letta's messages).

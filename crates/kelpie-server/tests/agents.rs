@@ -169,3 +169,56 @@ async fn models_list_handles_that_work_on_create() {
     assert_eq!(tools.as_array().unwrap().len(), 6);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_creates_with_one_idempotency_key_yield_one_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut requests = Vec::new();
+    for i in 0..10 {
+        let http = server.http.clone();
+        let url = format!("{}/v1/agents/", server.base);
+        let body = json!({"name": format!("same-{i}"), "model": "openai-proxy/fake-gpt"});
+        requests.push(tokio::spawn(async move {
+            let response =
+                http.post(url).header("Idempotency-Key", "key-1").json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = Vec::new();
+    for request in requests {
+        let (status, agent) = request.await.unwrap();
+        assert_eq!(status, 200, "{agent}");
+        ids.push(agent["id"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let listed = server.ok("GET", "/v1/agents/", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], ids[0].as_str());
+    assert!(listed[0]["name"].as_str().unwrap().starts_with("same-"));
+    let other = server
+        .http
+        .post(format!("{}/v1/agents/", server.base))
+        .header("Idempotency-Key", "key-2")
+        .json(&json!({"name": "other", "model": "openai-proxy/fake-gpt"}))
+        .send()
+        .await
+        .unwrap();
+    let other: Value = other.json().await.unwrap();
+    assert_ne!(other["id"], ids[0].as_str());
+    let long_key = "k".repeat(257);
+    let refused = server
+        .http
+        .post(format!("{}/v1/agents/", server.base))
+        .header("Idempotency-Key", long_key)
+        .json(&json!({"name": "x", "model": "openai-proxy/fake-gpt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let detail: Value = refused.json().await.unwrap();
+    assert_eq!(detail["detail"], "Idempotency-Key must be 1..=256 bytes");
+    server.shutdown().await;
+}

@@ -171,9 +171,11 @@ impl Actor for AgentActor {
     }
 }
 
+/// Creates the agent; if it exists (a repeated idempotency key: random
+/// ids never collide), answers the existing agent unchanged.
 fn create(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
-    if ctx.state.agent.is_some() {
-        return Err(Error::validation("id", format!("agent {} already exists", record.id)));
+    if let Some(existing) = &ctx.state.agent {
+        return Ok(AgentReply::Agent(Box::new(existing.clone())));
     }
     assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
     ctx.state.agent = Some(record.clone());

@@ -29,7 +29,7 @@ use super::runs::{ActiveRuns, RunActor};
 use super::tool_service::ToolService;
 use super::tool_store::ToolRecord;
 use crate::api::{CreateAgent, CreatePassage, UpdateAgent, UpdateBlock};
-use crate::ids::new_id;
+use crate::ids::{id_from_key, new_id};
 use crate::llm::openai::OpenAiClient;
 use crate::llm::LlmError;
 use crate::models::{ModelCatalog, ModelError};
@@ -38,6 +38,8 @@ use crate::models::{ModelCatalog, ModelError};
 pub const AGENT_NAME_BYTES_MAX: usize = 256;
 /// Most tags on one agent.
 pub const AGENT_TAGS_COUNT_MAX: usize = 64;
+/// Longest idempotency key accepted, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 /// Results an archival search returns when the client does not say.
 const ARCHIVAL_SEARCH_COUNT_DEFAULT: usize = 10;
 
@@ -173,9 +175,17 @@ impl AgentService {
         Ok(self.render_agent(agent, &self.tools.custom_tools().await?))
     }
 
-    fn build_record(&self, request: CreateAgent, custom: &[ToolRecord]) -> ServiceResult<AgentRecord> {
+    fn build_record(
+        &self,
+        request: CreateAgent,
+        custom: &[ToolRecord],
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<AgentRecord> {
         let now = self.env.clock.wall_ms();
-        let id = new_id("agent", self.env.rng.as_ref());
+        let id = match idempotency_key {
+            Some(key) => id_from_key("agent", key),
+            None => new_id("agent", self.env.rng.as_ref()),
+        };
         let name = request.name.unwrap_or_else(|| format!("agent-{}", &id[6..14]));
         check_name_and_tags(&name, request.tags.as_deref().unwrap_or_default())?;
         let mut blocks = Vec::new();
@@ -219,9 +229,21 @@ impl AgentService {
         })
     }
 
-    pub async fn create_agent(&self, request: CreateAgent) -> ServiceResult<Value> {
+    /// Creates an agent. With an idempotency key its id comes from the key,
+    /// so every request with that key names the same actor: the first
+    /// create wins (the actor serializes them) and the others get its agent.
+    pub async fn create_agent(
+        &self,
+        request: CreateAgent,
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<Value> {
+        if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
+            return Err(ServiceError::Invalid(format!(
+                "Idempotency-Key must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+            )));
+        }
         let custom = self.tools.custom_tools().await?;
-        let record = self.build_record(request, &custom)?;
+        let record = self.build_record(request, &custom, idempotency_key)?;
         let entry =
             DirectoryEntry { id: record.id.clone(), name: record.name.clone(), tags: record.tags.clone() };
         let created = match self.agent_ref(&record.id)?.invoke(AgentCommand::Create(Box::new(record))).await?

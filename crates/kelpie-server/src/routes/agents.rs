@@ -2,6 +2,7 @@
 //! retrieve, modify, delete; tool attach and detach; reset-messages.
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch};
 use axum::{Json, Router};
 use serde_json::Value;
@@ -11,6 +12,7 @@ use crate::api::{repeated_param, AgentListQuery, CreateAgent, UpdateAgent};
 use crate::error::ApiError;
 use crate::AppState;
 
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Agents per page when the client does not say.
 const AGENT_PAGE_COUNT_DEFAULT: usize = 50;
 
@@ -24,11 +26,24 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/reset-messages", patch(reset_messages))
 }
 
+/// Letta has no idempotency key on create; we accept the usual
+/// `Idempotency-Key` header.
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<CreateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.create_agent(request).await?))
+    let key = match headers.get(IDEMPOTENCY_KEY_HEADER).map(|value| value.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key must be visible ASCII",
+            ))
+        }
+    };
+    Ok(Json(state.agents.create_agent(request, key).await?))
 }
 
 async fn list(
