@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use kelpie_core::NodeId;
+use kelpie_core::{ActorId, NodeId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
@@ -28,6 +28,8 @@ pub enum ClusterError {
     Remote { peer: SocketAddr, reason: String },
     #[error("node {node_id} is not a live member")]
     NodeNotLive { node_id: NodeId },
+    #[error("routing of {actor_id} did not settle in {attempts} rounds (FORWARD_ROUTE_ATTEMPTS_COUNT_MAX)")]
+    RoutingUnsettled { actor_id: ActorId, attempts: u32 },
     #[error("{what} is shut down")]
     ShutDown { what: &'static str },
 }
@@ -44,6 +46,9 @@ impl From<ClusterError> for kelpie_core::Error {
             ClusterError::NodeNotLive { node_id } => {
                 kelpie_core::Error::NodeUnavailable { node_id, reason: "not a live member".to_string() }
             }
+            ClusterError::RoutingUnsettled { actor_id, .. } => {
+                kelpie_core::Error::TransactionConflict { actor_id, key: "placement".to_string() }
+            }
             ClusterError::ShutDown { what } => kelpie_core::Error::ShuttingDown { component: what },
             other => kelpie_core::Error::Internal(other.to_string()),
         }
@@ -51,3 +56,19 @@ impl From<ClusterError> for kelpie_core::Error {
 }
 
 pub type ClusterResult<T> = Result<T, ClusterError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundary_conversion_keeps_retriability_and_context() {
+        let node_id = NodeId::new("n2").unwrap();
+        let err = kelpie_core::Error::from(ClusterError::NodeNotLive { node_id: node_id.clone() });
+        assert_eq!(err, kelpie_core::Error::NodeUnavailable { node_id, reason: "not a live member".into() });
+        assert!(err.is_retriable(), "a failed owner is retried once its lease expires");
+        let actor_id = ActorId::new("agents", "a").unwrap();
+        let unsettled = kelpie_core::Error::from(ClusterError::RoutingUnsettled { actor_id, attempts: 3 });
+        assert!(unsettled.is_retriable());
+    }
+}

@@ -6,6 +6,8 @@
 //! - [`transport`]: the [`Transport`] trait and its TCP client; [`server`]
 //!   the TCP server; [`frame`] (wire format) and [`backoff`] (reconnect
 //!   timing) are their sans-IO parts.
+//! - [`forward`]: routing a request to the actor's owner (pure [`route`]),
+//!   claiming unowned actors here, and the receiving [`ForwardHandler`].
 //!
 //! Placement (who owns which actor, leases, fencing epochs) lives in
 //! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
@@ -13,6 +15,7 @@
 
 pub mod backoff;
 pub mod error;
+pub mod forward;
 pub mod frame;
 pub mod member;
 pub mod membership;
@@ -21,6 +24,7 @@ pub mod server;
 pub mod transport;
 
 pub use error::{ClusterError, ClusterResult};
+pub use forward::{route, ForwardHandler, Forwarder, LocalInvoker, Route};
 pub use member::{Member, MemberView};
 pub use membership::{Liveness, MembershipConfig, NodeStatus};
 pub use node_table::NodeTable;
