@@ -119,7 +119,8 @@ async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Ac
     };
     let before = state.clone();
     let hook = {
-        let mut ctx = ActorContext::new(actor_id, &mut state, &shared.env, &mut txn);
+        let who = (actor_id, node_id, epoch);
+        let mut ctx = ActorContext::new(who, &mut state, &shared.env, &mut txn);
         AssertUnwindSafe(shared.actor.on_activate(&mut ctx)).catch_unwind().await
     };
     active.state = state;
@@ -185,7 +186,8 @@ async fn invoke<A: Actor>(
     let before = active.state.clone();
     let mut txn = shared.storage.begin(actor_id.clone());
     let outcome = {
-        let mut ctx = ActorContext::new(actor_id, &mut active.state, &shared.env, &mut txn);
+        let who = (actor_id, &shared.config.node_id, active.epoch);
+        let mut ctx = ActorContext::new(who, &mut active.state, &shared.env, &mut txn);
         AssertUnwindSafe(shared.actor.handle(&mut ctx, message)).catch_unwind().await
     };
     finish_invocation(shared, actor_id, active, txn, before, outcome).await
@@ -269,7 +271,8 @@ async fn deactivate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &m
     let before = active.state.clone();
     let mut txn = shared.storage.begin(actor_id.clone());
     let hook = {
-        let mut ctx = ActorContext::new(actor_id, &mut active.state, &shared.env, &mut txn);
+        let who = (actor_id, &shared.config.node_id, active.epoch);
+        let mut ctx = ActorContext::new(who, &mut active.state, &shared.env, &mut txn);
         AssertUnwindSafe(shared.actor.on_deactivate(&mut ctx)).catch_unwind().await
     };
     // A failing hook loses only its own changes; the last saved state stands.

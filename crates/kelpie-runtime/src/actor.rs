@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use kelpie_core::{ActorId, Env, Result};
+use kelpie_core::{ActorId, Env, NodeId, Result};
 use kelpie_storage::{KeyRange, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -50,10 +50,14 @@ pub trait Actor: Send + Sync + 'static {
     }
 }
 
-/// What a handler sees: its id, its state, its environment, and a
-/// transaction over its own extra keys.
+/// What a handler sees: its id, the node and fencing epoch of this
+/// activation, its state, its environment, and a transaction over its own
+/// extra keys.
 pub struct ActorContext<'a, S> {
     pub actor_id: &'a ActorId,
+    pub node_id: &'a NodeId,
+    /// The fencing epoch this activation claimed; every commit carries it.
+    pub epoch: u64,
     pub state: &'a mut S,
     pub env: &'a Env,
     txn: &'a mut Transaction,
@@ -68,12 +72,13 @@ fn user_key(key: &[u8]) -> Vec<u8> {
 
 impl<'a, S> ActorContext<'a, S> {
     pub(crate) fn new(
-        actor_id: &'a ActorId,
+        (actor_id, node_id, epoch): (&'a ActorId, &'a NodeId, u64),
         state: &'a mut S,
         env: &'a Env,
         txn: &'a mut Transaction,
     ) -> Self {
-        ActorContext { actor_id, state, env, txn }
+        assert!(epoch > 0, "an activation runs under a claimed epoch");
+        ActorContext { actor_id, node_id, epoch, state, env, txn }
     }
 
     /// Reads an extra key, seeing this invocation's own writes.

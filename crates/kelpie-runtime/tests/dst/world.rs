@@ -1,0 +1,292 @@
+//! The shared world of the single-activation scenario: one "database" (a
+//! memory backend) seen by every node through a per-node wrapper that
+//! injects the node's storage faults, one placement store whose changes are
+//! recorded, and the observations the invariants read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt;
+use kelpie_core::env::BoxFuture;
+use kelpie_core::{ActorId, Error, NodeId, Result};
+use kelpie_dst::properties::{
+    LeaseEvent, ObservedActivation, ObservedCommit, ObservedFence, ObservedPlacement, Phase, VersionedValue,
+};
+use kelpie_dst::SimNode;
+use kelpie_registry::{CasResult, PlacementRecord, PlacementStore};
+use kelpie_storage::types::{CommitRequest, StoredRows};
+use kelpie_storage::{
+    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Versioned,
+};
+
+/// Key under which the runtime stores an actor's serialized state.
+const RUNTIME_STATE_KEY: &[u8] = b"s";
+
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// What the scenario records as it runs; read by the invariants.
+#[derive(Default)]
+pub struct Observations {
+    /// `(actor, node index)` -> the epoch and phase of that node's latest activation.
+    pub activations: BTreeMap<(ActorId, usize), (u64, Phase)>,
+    pub lease_events: Vec<LeaseEvent<ActorId, NodeId>>,
+    /// The directory's latest record per actor.
+    pub directory: BTreeMap<ActorId, PlacementRecord>,
+    pub commits: Vec<ObservedCommit<ActorId, NodeId>>,
+    /// `(actor, request)` -> `(node, epoch)` of the activation that acknowledged it.
+    pub acknowledged: BTreeMap<(ActorId, u64), VersionedValue<(String, u64)>>,
+    /// Invocations refused because their activation had been fenced off (zombies caught).
+    pub fenced_count: u64,
+}
+
+/// The database every node shares, recording each accepted fenced commit.
+pub struct SharedDatabase {
+    backend: MemoryBackend,
+    observations: Arc<Mutex<Observations>>,
+}
+
+impl SharedDatabase {
+    pub fn new(observations: Arc<Mutex<Observations>>) -> Arc<Self> {
+        Arc::new(SharedDatabase { backend: MemoryBackend::new(), observations })
+    }
+
+    /// A backend on the database that no node's faults touch.
+    pub fn direct(database: &Arc<Self>) -> Arc<DirectBackend> {
+        Arc::new(DirectBackend(Arc::clone(database)))
+    }
+
+    /// The fencing record of `actor` (the memory backend answers at once).
+    pub fn fence(&self, actor: &ActorId) -> Option<ObservedFence<ActorId, NodeId>> {
+        let placement = self.backend.get_placement(actor).now_or_never()?.ok()??;
+        Some(ObservedFence { actor: placement.actor_id, node: placement.node_id, epoch: placement.epoch })
+    }
+
+    /// The `(node, epoch)` log the probe actor keeps, as durable entries.
+    pub fn durable_log(&self, actor: &ActorId) -> BTreeMap<(ActorId, u64), VersionedValue<(String, u64)>> {
+        let stored = self.backend.get(actor, RUNTIME_STATE_KEY).now_or_never().and_then(|r| r.ok()).flatten();
+        let Some(stored) = stored else { return BTreeMap::new() };
+        let log: super::probe::ProbeLog = serde_json::from_slice(&stored.value).expect("state decodes");
+        let entries = log.entries.into_iter();
+        entries
+            .map(|(node, epoch, request)| {
+                ((actor.clone(), request), VersionedValue { seq: 0, value: (node, epoch) })
+            })
+            .collect()
+    }
+
+    fn record_commit(&self, request: &CommitRequest, info: &CommitInfo) {
+        let Some(fence) = &request.fence else { return };
+        if request.writes.is_empty() {
+            return;
+        }
+        let commit = ObservedCommit {
+            actor: fence.actor_id.clone(),
+            node: fence.node_id.clone(),
+            epoch: fence.epoch,
+            seq: info.version,
+        };
+        lock(&self.observations).commits.push(commit);
+    }
+}
+
+/// One node's view of the shared database: every call first passes the
+/// node's simulated disk, so the node's storage faults (read failures,
+/// latency) and crashes hit its database calls too.
+pub struct NodeBackend {
+    pub database: Arc<SharedDatabase>,
+    pub node: SimNode,
+}
+
+impl NodeBackend {
+    async fn probe(&self, operation: &'static str) -> Result<()> {
+        let outcome = self.node.storage().get(b"db-link").await;
+        outcome.map(|_| ()).map_err(|e| Error::StorageIo { operation, reason: e.to_string() })
+    }
+}
+
+impl Backend for NodeBackend {
+    fn name(&self) -> &'static str {
+        "sim-shared-memory"
+    }
+
+    fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
+        Box::pin(async move {
+            self.probe("get").await?;
+            self.database.backend.get(actor, key).await
+        })
+    }
+
+    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+        Box::pin(async move {
+            self.probe("scan").await?;
+            self.database.backend.scan(actor, range).await
+        })
+    }
+
+    fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+        Box::pin(async move {
+            self.probe("commit").await?;
+            let observed = request_shape(&request);
+            let info = self.database.backend.commit(request).await?;
+            // Recorded in the same poll as the commit, so in commit order.
+            self.database.record_commit(&observed, &info);
+            Ok(info)
+        })
+    }
+
+    fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
+        self.database.backend.get_placement(actor)
+    }
+
+    fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
+        self.database.backend.put_placement(placement)
+    }
+
+    fn claim_placement(
+        &self,
+        actor: ActorId,
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> BoxFut<'_, Result<ClaimOutcome>> {
+        self.database.backend.claim_placement(actor, node, expected_epoch)
+    }
+}
+
+/// The database's own view of itself (used by the directory).
+pub struct DirectBackend(Arc<SharedDatabase>);
+
+impl Backend for DirectBackend {
+    fn name(&self) -> &'static str {
+        "sim-shared-memory-direct"
+    }
+
+    fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
+        self.0.backend.get(actor, key)
+    }
+
+    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+        self.0.backend.scan(actor, range)
+    }
+
+    fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+        self.0.backend.commit(request)
+    }
+
+    fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
+        self.0.backend.get_placement(actor)
+    }
+
+    fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
+        self.0.backend.put_placement(placement)
+    }
+
+    fn claim_placement(
+        &self,
+        actor: ActorId,
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> BoxFut<'_, Result<ClaimOutcome>> {
+        self.0.backend.claim_placement(actor, node, expected_epoch)
+    }
+}
+
+/// The parts of a request the commit record needs (fence and written keys).
+fn request_shape(request: &CommitRequest) -> CommitRequest {
+    CommitRequest {
+        actor_id: request.actor_id.clone(),
+        reads: BTreeMap::new(),
+        scans: Vec::new(),
+        writes: request.writes.keys().map(|key| (key.clone(), None)).collect(),
+        fence: request.fence.clone(),
+    }
+}
+
+/// The directory shared by every node's registry, recording each change it
+/// applies as a lease event (grant or release) in application order.
+pub struct RecordingPlacementStore {
+    pub inner: Arc<dyn PlacementStore>,
+    pub observations: Arc<Mutex<Observations>>,
+    pub lease_ms: u64,
+}
+
+impl PlacementStore for RecordingPlacementStore {
+    fn get(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<PlacementRecord>>> {
+        self.inner.get(actor_id)
+    }
+
+    fn compare_and_set(
+        &self,
+        expected: Option<PlacementRecord>,
+        next: PlacementRecord,
+    ) -> BoxFuture<Result<CasResult>> {
+        let inner = Arc::clone(&self.inner);
+        let observations = Arc::clone(&self.observations);
+        let lease_ms = self.lease_ms;
+        Box::pin(async move {
+            let result = inner.compare_and_set(expected.clone(), next.clone()).await?;
+            if result == CasResult::Applied {
+                let event = lease_event(expected.as_ref(), &next, lease_ms);
+                let mut observed = lock(&observations);
+                observed.lease_events.push(event);
+                observed.directory.insert(next.actor_id.clone(), next);
+            }
+            Ok(result)
+        })
+    }
+}
+
+fn lease_event(
+    expected: Option<&PlacementRecord>,
+    next: &PlacementRecord,
+    lease_ms: u64,
+) -> LeaseEvent<ActorId, NodeId> {
+    let actor = next.actor_id.clone();
+    match &next.holder {
+        Some(holder) => LeaseEvent::Granted {
+            actor,
+            node: holder.node_id.clone(),
+            epoch: next.epoch,
+            granted_at_ms: holder.lease_expires_at_ms - lease_ms,
+            expires_at_ms: holder.lease_expires_at_ms,
+        },
+        None => {
+            let holder = expected.and_then(|r| r.holder.as_ref()).expect("a release had a holder");
+            LeaseEvent::Released { actor, node: holder.node_id.clone(), epoch: next.epoch }
+        }
+    }
+}
+
+impl Observations {
+    /// Activations whose node is up and whose runtime still has a slot for the actor.
+    pub fn live_activations(
+        &self,
+        is_live: impl Fn(&ActorId, usize) -> bool,
+        node_ids: &[NodeId],
+    ) -> Vec<ObservedActivation<ActorId, NodeId>> {
+        let live = self.activations.iter().filter(|((actor, node), _)| is_live(actor, *node));
+        live.map(|((actor, node), (epoch, phase))| ObservedActivation {
+            actor: actor.clone(),
+            node: node_ids[*node].clone(),
+            epoch: *epoch,
+            phase: *phase,
+        })
+        .collect()
+    }
+
+    pub fn placements(&self) -> Vec<ObservedPlacement<ActorId, NodeId>> {
+        let records = self.directory.values();
+        records
+            .map(|r| ObservedPlacement {
+                actor: r.actor_id.clone(),
+                holder: r.holder.as_ref().map(|h| h.node_id.clone()),
+                epoch: r.epoch,
+            })
+            .collect()
+    }
+
+    pub fn actors(&self) -> BTreeSet<ActorId> {
+        self.directory.keys().cloned().collect()
+    }
+}
