@@ -24,6 +24,8 @@ mod postgres;
 #[cfg(test)]
 mod redb_dst_tests;
 mod redb_store;
+#[cfg(feature = "dst")]
+pub mod sim_disk;
 mod storage;
 #[cfg(feature = "test-support")]
 pub mod test_support;
