@@ -64,6 +64,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Indices of `passages` ranked by similarity to `query` (best first, ties
 /// by position), at most `top_k` (capped at [`ARCHIVAL_SEARCH_RESULTS_COUNT_MAX`]).
 pub fn rank_passages(passages: &[Passage], query: &[f32], top_k: usize) -> Vec<usize> {
+    score_passages(passages, query, top_k).into_iter().map(|(index, _)| index).collect()
+}
+
+/// [`rank_passages`] with each passage's cosine similarity to `query`.
+pub fn score_passages(passages: &[Passage], query: &[f32], top_k: usize) -> Vec<(usize, f32)> {
     let mut scored: Vec<(f32, usize)> = passages
         .iter()
         .enumerate()
@@ -71,7 +76,7 @@ pub fn rank_passages(passages: &[Passage], query: &[f32], top_k: usize) -> Vec<u
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.truncate(top_k.min(ARCHIVAL_SEARCH_RESULTS_COUNT_MAX));
-    scored.into_iter().map(|(_, index)| index).collect()
+    scored.into_iter().map(|(score, index)| (index, score)).collect()
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub enum MemoryError {
     TotalOverLimit { actual_chars: u64, limit_chars: u64 },
     #[error("block with label {label:?} not found")]
     BlockNotFound { label: String },
+    #[error("block with id {id} not found")]
+    BlockIdNotFound { id: String },
     #[error("block with label {label:?} already exists")]
     DuplicateLabel { label: String },
     #[error("block {label:?} is read-only")]
@@ -82,6 +84,19 @@ impl Block {
             });
         }
         Ok(())
+    }
+
+    /// Checks the block's own limits, for a block changed after
+    /// [`Block::new`] (a shared block edited in its store).
+    pub fn check(&self) -> Result<(), MemoryError> {
+        check_label(&self.label)?;
+        if self.limit == 0 || self.limit > BLOCK_VALUE_CHARS_MAX {
+            return Err(MemoryError::InvalidLimit {
+                limit_chars: self.limit,
+                max_chars: BLOCK_VALUE_CHARS_MAX,
+            });
+        }
+        self.check_value(&self.value)
     }
 }
 
@@ -162,6 +177,54 @@ impl CoreMemory {
             });
         }
         Ok(())
+    }
+
+    /// Adds a block (a shared block attached to this agent) at the end;
+    /// refused when its label is taken or the count or total would go over.
+    pub fn attach(&mut self, block: Block) -> Result<&Block, MemoryError> {
+        if self.blocks.iter().any(|existing| existing.label == block.label) {
+            return Err(MemoryError::DuplicateLabel { label: block.label });
+        }
+        if self.blocks.len() >= CORE_MEMORY_BLOCKS_COUNT_MAX {
+            return Err(MemoryError::TooManyBlocks { max: CORE_MEMORY_BLOCKS_COUNT_MAX });
+        }
+        block.check_value(&block.value)?;
+        let mut grown = self.clone();
+        grown.blocks.push(block);
+        grown.check_total(0, None)?;
+        *self = grown;
+        Ok(&self.blocks[self.blocks.len() - 1])
+    }
+
+    /// Removes the block with id `block_id`, answering it.
+    pub fn detach(&mut self, block_id: &str) -> Result<Block, MemoryError> {
+        let index = self
+            .blocks
+            .iter()
+            .position(|block| block.id == block_id)
+            .ok_or_else(|| MemoryError::BlockIdNotFound { id: block_id.to_string() })?;
+        Ok(self.blocks.remove(index))
+    }
+
+    /// Replaces the block with `block.id` by `block` (a shared block changed
+    /// in its store), checking its limits and the total; `Ok(None)` when this
+    /// memory does not hold that block.
+    pub fn sync(&mut self, block: Block) -> Result<Option<&Block>, MemoryError> {
+        let Some(index) = self.blocks.iter().position(|held| held.id == block.id) else {
+            return Ok(None);
+        };
+        block.check()?;
+        if self.blocks.iter().any(|other| other.label == block.label && other.id != block.id) {
+            return Err(MemoryError::DuplicateLabel { label: block.label });
+        }
+        self.check_total(index, Some(&block.value))?;
+        self.blocks[index] = block;
+        Ok(Some(&self.blocks[index]))
+    }
+
+    /// The label of the block with id `block_id`, if this memory holds it.
+    pub fn label_of(&self, block_id: &str) -> Option<&str> {
+        self.blocks.iter().find(|block| block.id == block_id).map(|block| block.label.as_str())
     }
 
     /// Replaces a block's whole value (an API edit: read-only blocks may be
@@ -335,5 +398,24 @@ mod tests {
     fn render_lists_blocks_in_order_with_usage() {
         let text = memory().render();
         assert_eq!(text, "<human chars=\"10/20\">\nName: Ana.\n</human>\n<persona chars=\"8/100000\">\nA tutor.\n</persona>\n");
+    }
+
+    #[test]
+    fn attach_refuses_taken_labels_and_totals_and_detach_removes_by_id() {
+        let mut memory = memory();
+        let shared = Block::new("b3".into(), "team".into(), "Shared.".into(), None).unwrap();
+        assert_eq!(memory.attach(shared.clone()).unwrap().value, "Shared.");
+        assert_eq!(memory.label_of("b3"), Some("team"));
+        let clash = Block::new("b4".into(), "team".into(), String::new(), None).unwrap();
+        assert_eq!(memory.attach(clash).unwrap_err(), MemoryError::DuplicateLabel { label: "team".into() });
+        let mut changed = shared.clone();
+        changed.value = "Changed.".into();
+        assert_eq!(memory.sync(changed.clone()).unwrap(), Some(&changed));
+        changed.value = "x".repeat(100_001);
+        assert!(matches!(memory.sync(changed).unwrap_err(), MemoryError::BlockOverLimit { .. }));
+        assert_eq!(memory.get("team").unwrap().value, "Changed.");
+        assert_eq!(memory.detach("b3").unwrap().value, "Changed.");
+        assert_eq!(memory.detach("b3").unwrap_err(), MemoryError::BlockIdNotFound { id: "b3".into() });
+        assert_eq!(memory.blocks().len(), 2);
     }
 }

@@ -14,5 +14,5 @@
 pub mod archival;
 pub mod core;
 
-pub use archival::{embed_local, rank_passages, Passage, LOCAL_EMBEDDING_DIMENSIONS_COUNT};
+pub use archival::{embed_local, rank_passages, score_passages, Passage, LOCAL_EMBEDDING_DIMENSIONS_COUNT};
 pub use core::{Block, CoreMemory, MemoryError};

@@ -216,6 +216,29 @@ pub fn repeated_param(query: Option<&str>, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `GET /v1/blocks/`: a label filter and the page.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BlockListQuery {
+    pub label: Option<String>,
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub order: Option<String>,
+    pub ascending: Option<bool>,
+}
+
+impl BlockListQuery {
+    pub fn page_query(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            before: self.before.clone(),
+            after: self.after.clone(),
+            order: self.order.clone(),
+            ascending: self.ascending,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ArchivalSearchQuery {
     pub query: String,

@@ -47,9 +47,10 @@ impl From<Error> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let status = match &err {
-            ServiceError::AgentNotFound(_) | ServiceError::ToolNotFound(_) | ServiceError::RunNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ServiceError::AgentNotFound(_)
+            | ServiceError::BlockNotFound(_)
+            | ServiceError::ToolNotFound(_)
+            | ServiceError::RunNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_) => StatusCode::CONFLICT,
             ServiceError::Tool(ToolError::Spawn { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Tool(_) => StatusCode::UNPROCESSABLE_ENTITY,

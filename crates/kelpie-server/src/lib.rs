@@ -31,9 +31,10 @@ use kelpie_storage::Storage;
 use thiserror::Error;
 
 use agent::actor::AgentActor;
+use agent::block_store::BlockStoreActor;
 use agent::directory::DirectoryActor;
 use agent::runs::RunActor;
-use agent::service::AgentService;
+use agent::service::{AgentRuntimes, AgentService};
 use agent::tool_service::ToolService;
 use agent::tool_store::ToolStoreActor;
 use llm::openai::OpenAiClient;
@@ -108,7 +109,8 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
     Ok(BoundServer { listener, state: AppState { config: Arc::new(config), storage, agents } })
 }
 
-/// The agent service over `storage`: the agent and directory runtimes, the
+/// The agent service over `storage`: the agent, directory, run and block
+/// store runtimes, the
 /// LLM client and the model catalog from `config`.
 pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentService, ServerError> {
     let env = Env::production();
@@ -123,13 +125,16 @@ pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentSe
     let tool_store =
         Runtime::new(ToolStoreActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
             .map_err(service_error)?;
-    let runs = Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config)
+    let runs = Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
+        .map_err(service_error)?;
+    let blocks = Runtime::new(BlockStoreActor, storage.clone(), registry(), env.clone(), runtime_config)
         .map_err(service_error)?;
     let tools = Arc::new(ToolService::new(tool_store, env.clone()));
     let llm = OpenAiClient::new(&config.llm.openai_base_url, config.llm.openai_api_key.clone())
         .map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
-    Ok(AgentService::new(agents, directory, env, llm, catalog, tools, runs))
+    let runtimes = AgentRuntimes { agents, directory, runs, blocks };
+    Ok(AgentService::new(runtimes, env, llm, catalog, tools))
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {

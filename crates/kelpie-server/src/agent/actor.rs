@@ -5,7 +5,7 @@
 //! committed atomically or not at all.
 
 use kelpie_core::{Error, Result};
-use kelpie_memory::{embed_local, rank_passages, MemoryError, Passage};
+use kelpie_memory::{embed_local, rank_passages, Block, CoreMemory, MemoryError, Passage};
 use kelpie_runtime::{Actor, ActorContext};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,15 @@ pub enum AgentCommand {
         label: String,
         patch: BlockPatch,
     },
+    /// Adds a copy of a shared block to core memory.
+    AttachBlock(Box<Block>),
+    /// Removes the block with this id from core memory.
+    DetachBlock {
+        id: String,
+    },
+    /// Replaces the copy of a shared block with its new canonical version;
+    /// nothing happens when the agent no longer holds it.
+    SyncBlock(Box<Block>),
     Messages,
     /// Deletes every message; passages and memory stay.
     ResetMessages,
@@ -108,6 +117,7 @@ fn not_found(ctx: &Ctx<'_>) -> Error {
 pub(crate) fn memory_error(err: MemoryError) -> Error {
     match err {
         MemoryError::BlockNotFound { label } => Error::NotFound { kind: "block", id: label },
+        MemoryError::BlockIdNotFound { id } => Error::NotFound { kind: "block", id },
         other => Error::validation("memory", other.to_string()),
     }
 }
@@ -150,6 +160,9 @@ impl Actor for AgentActor {
             AgentCommand::Update(patch) => update(ctx, patch),
             AgentCommand::Delete => delete(ctx).await,
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
+            AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
+            AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
+            AgentCommand::SyncBlock(block) => edit_memory(ctx, |memory| memory.sync(*block).map(drop)),
             AgentCommand::Messages => Ok(AgentReply::Messages(all_messages(ctx).await?)),
             AgentCommand::ResetMessages => reset_messages(ctx).await,
             AgentCommand::Recent { count_max } => recent(ctx, count_max).await,
@@ -243,6 +256,20 @@ fn update_block(ctx: &mut Ctx<'_>, label: &str, patch: BlockPatch) -> Result<Age
         memory.set_value(label, value).map_err(memory_error)?;
     }
     memory.set_details(label, patch.description, patch.read_only).map_err(memory_error)?;
+    agent.memory = memory;
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+/// Applies `edit` to a copy of core memory and keeps it only if it succeeds.
+fn edit_memory(
+    ctx: &mut Ctx<'_>,
+    edit: impl FnOnce(&mut CoreMemory) -> std::result::Result<(), MemoryError>,
+) -> Result<AgentReply> {
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    let mut memory = agent.memory.clone();
+    edit(&mut memory).map_err(memory_error)?;
     agent.memory = memory;
     agent.updated_ms = now;
     Ok(AgentReply::Agent(Box::new(agent.clone())))

@@ -3,6 +3,8 @@
 //! the one entry point the HTTP handlers call.
 
 pub mod actor;
+pub mod block_store;
+pub mod blocks;
 pub mod directory;
 pub mod letta;
 pub mod model;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch};
+use super::block_store::BlockStoreActor;
 use super::directory::{DirectoryActor, DirectoryCommand, DirectoryEntry, DirectoryReply, DIRECTORY_ACTOR};
 use super::letta::{
     agent_json, block_json, builtin_tool_json, custom_tool_json, letta_messages, passage_json,
@@ -49,6 +50,8 @@ pub enum ServiceError {
     AgentNotFound(String),
     #[error("Run with ID {0} not found")]
     RunNotFound(String),
+    #[error("Block with ID {0} not found")]
+    BlockNotFound(String),
     #[error("Tool with ID {0} not found")]
     ToolNotFound(String),
     #[error("a tool named {0:?} already exists")]
@@ -87,6 +90,14 @@ longer facts with archival_memory_insert and look them up with archival_memory_s
 earlier parts of the conversation with conversation_search. The user only sees what you send \
 with send_message: answer every user message by calling send_message exactly once, at the end.";
 
+/// The actor runtimes the agent service routes commands to.
+pub struct AgentRuntimes {
+    pub agents: Runtime<AgentActor>,
+    pub directory: Runtime<DirectoryActor>,
+    pub runs: Runtime<RunActor>,
+    pub blocks: Runtime<BlockStoreActor>,
+}
+
 pub struct AgentService {
     pub(super) agents: Runtime<AgentActor>,
     directory: Runtime<DirectoryActor>,
@@ -95,32 +106,32 @@ pub struct AgentService {
     catalog: ModelCatalog,
     pub tools: Arc<ToolService>,
     pub(super) runs: Runtime<RunActor>,
+    pub(super) blocks: Runtime<BlockStoreActor>,
     pub(super) active_runs: ActiveRuns,
     turn_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn unexpected(what: &str) -> ServiceError {
+pub(super) fn unexpected(what: &str) -> ServiceError {
     ServiceError::Core(Error::Internal(format!("agent actor answered {what} with the wrong reply")))
 }
 
 impl AgentService {
     pub fn new(
-        agents: Runtime<AgentActor>,
-        directory: Runtime<DirectoryActor>,
+        runtimes: AgentRuntimes,
         env: Env,
         llm: OpenAiClient,
         catalog: ModelCatalog,
         tools: Arc<ToolService>,
-        runs: Runtime<RunActor>,
     ) -> Self {
         AgentService {
-            agents,
-            directory,
+            agents: runtimes.agents,
+            directory: runtimes.directory,
             env,
             llm,
             catalog,
             tools,
-            runs,
+            runs: runtimes.runs,
+            blocks: runtimes.blocks,
             active_runs: ActiveRuns::default(),
             turn_locks: Mutex::new(HashMap::new()),
         }
@@ -171,7 +182,7 @@ impl AgentService {
         agent_json(agent, tools)
     }
 
-    async fn render(&self, agent: &AgentRecord) -> ServiceResult<Value> {
+    pub(super) async fn render(&self, agent: &AgentRecord) -> ServiceResult<Value> {
         Ok(self.render_agent(agent, &self.tools.custom_tools().await?))
     }
 
@@ -334,6 +345,7 @@ impl AgentService {
         agent.invoke(AgentCommand::Get).await?;
         self.directory(DirectoryCommand::Unregister { id: agent_id.to_string() }).await?;
         agent.invoke(AgentCommand::Delete).await?;
+        self.unlink_agent(agent_id).await?;
         Ok(serde_json::json!({"message": format!("Agent id={agent_id} successfully deleted")}))
     }
 
@@ -351,6 +363,11 @@ impl AgentService {
         label: &str,
         request: UpdateBlock,
     ) -> ServiceResult<Value> {
+        // A shared block is changed in its store and in every agent holding it.
+        let block_id = self.record(agent_id).await?.memory.get(label)?.id.clone();
+        if self.find_shared(&block_id).await?.is_some() {
+            return self.update_shared_block(&block_id, request).await;
+        }
         let patch = BlockPatch {
             value: request.value,
             limit: request.limit,
@@ -446,6 +463,7 @@ impl AgentService {
         self.agents.shutdown().await;
         self.runs.shutdown().await;
         self.directory.shutdown().await;
+        self.blocks.shutdown().await;
         self.tools.shutdown().await;
     }
 

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod models;
 pub mod openapi;
 pub mod runs;
+pub mod shared_blocks;
 pub mod tools;
 
 use axum::extract::{Request, State};
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(agents::router())
         .merge(blocks::router())
+        .merge(shared_blocks::router())
         .merge(messages::router())
         .merge(archival::router())
         .merge(models::router())

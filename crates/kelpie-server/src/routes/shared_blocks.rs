@@ -1,0 +1,76 @@
+//! `/v1/blocks/`: standalone blocks (create, list, retrieve, modify,
+//! delete), and attaching them to agents under
+//! `/v1/agents/{agent_id}/core-memory/blocks/attach|detach/{block_id}`.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::api::{BlockListQuery, CreateBlock, UpdateBlock};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Blocks per page when the client does not say.
+const BLOCK_PAGE_COUNT_DEFAULT: usize = 50;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/blocks/", get(list).post(create))
+        .route("/v1/blocks", get(list).post(create))
+        .route("/v1/blocks/{block_id}", get(retrieve).patch(modify).delete(remove))
+        .route("/v1/agents/{agent_id}/core-memory/blocks/attach/{block_id}", patch(attach))
+        .route("/v1/agents/{agent_id}/core-memory/blocks/detach/{block_id}", patch(detach))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateBlock>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.create_shared_block(request).await?))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<BlockListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let page = page_of(&query.page_query(), BLOCK_PAGE_COUNT_DEFAULT, false)?;
+    Ok(Json(state.agents.list_shared_blocks(query.label.as_deref(), &page).await?))
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Path(block_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.get_shared_block(&block_id).await?))
+}
+
+async fn modify(
+    State(state): State<AppState>,
+    Path(block_id): Path<String>,
+    ApiJson(request): ApiJson<UpdateBlock>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.update_shared_block(&block_id, request).await?))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(block_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.delete_shared_block(&block_id).await?))
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    Path((agent_id, block_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.attach_block(&agent_id, &block_id).await?))
+}
+
+async fn detach(
+    State(state): State<AppState>,
+    Path((agent_id, block_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.agents.detach_block(&agent_id, &block_id).await?))
+}
