@@ -239,6 +239,19 @@ impl BlockListQuery {
     }
 }
 
+/// `POST /v1/passages/search` (Letta's `PassageSearchRequest`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PassageSearch {
+    pub query: Option<String>,
+    pub agent_id: Option<String>,
+    pub archive_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub tag_match_mode: Option<String>,
+    pub limit: Option<usize>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ArchivalSearchQuery {
     pub query: String,

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod letta;
 pub mod model;
 pub mod page;
+pub mod passage_search;
 pub mod runs;
 pub mod service;
 pub mod tool_service;

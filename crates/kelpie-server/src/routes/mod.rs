@@ -9,6 +9,7 @@ pub mod health;
 pub mod messages;
 pub mod models;
 pub mod openapi;
+pub mod passages;
 pub mod runs;
 pub mod shared_blocks;
 pub mod tools;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(shared_blocks::router())
         .merge(messages::router())
         .merge(archival::router())
+        .merge(passages::router())
         .merge(models::router())
         .merge(tools::router())
         .merge(openapi::router())

@@ -149,6 +149,13 @@ pub const ROUTES: &[RouteDoc] = &[
         "ArchivalMemorySearchResponse",
     ),
     route("delete", "/v1/agents/{agent_id}/archival-memory/{memory_id}", "Delete a passage", None, "object"),
+    route(
+        "post",
+        "/v1/passages/search",
+        "Search one agent's passages (agent_id, query, tags, tag_match_mode, limit)",
+        Some("PassageSearchRequest"),
+        "PassageSearchResult[]",
+    ),
     route("get", "/v1/models/", "LLM models of the configured providers", None, "Model[]"),
     route("get", "/v1/models/embedding", "Embedding models", None, "EmbeddingModel[]"),
     route("get", "/v1/tools/", "List built-in and custom tools", None, "Tool[]"),
