@@ -59,8 +59,19 @@ pub struct StepInput {
     pub external: Vec<ExternalResult>,
 }
 
+/// An agent read from an export file, to create with its history in one
+/// transaction; every id in it is already new.
+#[derive(Debug, Clone)]
+pub struct ImportedAgent {
+    pub record: AgentRecord,
+    pub messages: Vec<StoredMessage>,
+    pub passages: Vec<Passage>,
+}
+
 pub enum AgentCommand {
     Create(Box<AgentRecord>),
+    /// Creates the agent with its messages and passages, atomically.
+    Import(Box<ImportedAgent>),
     Get,
     Update(AgentPatch),
     Delete,
@@ -156,6 +167,7 @@ impl Actor for AgentActor {
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
+            AgentCommand::Import(imported) => import(ctx, *imported),
             AgentCommand::Get => Ok(AgentReply::Agent(Box::new(agent(ctx)?))),
             AgentCommand::Update(patch) => update(ctx, patch),
             AgentCommand::Delete => delete(ctx).await,
@@ -193,6 +205,27 @@ fn create(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
     assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
     ctx.state.agent = Some(record.clone());
     Ok(AgentReply::Agent(Box::new(record)))
+}
+
+/// Creates an imported agent with its history; messages and passages keep
+/// their order and times and get sequence numbers here.
+fn import(ctx: &mut Ctx<'_>, imported: ImportedAgent) -> Result<AgentReply> {
+    if ctx.state.agent.is_some() {
+        return Err(Error::Internal(format!("imported agent {} already exists", imported.record.id)));
+    }
+    assert_eq!(imported.record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
+    ctx.state.agent = Some(imported.record.clone());
+    for mut message in imported.messages {
+        message.seq = next_seq(ctx);
+        ctx.kv_put(&seq_key("m", message.seq), encode(&message)?)?;
+        ctx.kv_put(&index_key("mi", &message.id), message.seq.to_be_bytes().to_vec())?;
+    }
+    for passage in imported.passages {
+        let seq = next_seq(ctx);
+        ctx.kv_put(&seq_key("p", seq), encode(&passage)?)?;
+        ctx.kv_put(&index_key("pi", &passage.id), seq.to_be_bytes().to_vec())?;
+    }
+    Ok(AgentReply::Agent(Box::new(imported.record)))
 }
 
 fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {

@@ -15,6 +15,7 @@ pub mod service;
 pub mod tool_service;
 pub mod tool_store;
 mod tools_exec;
+pub mod transfer;
 mod turn;
 
 /// Longest tool result kept and shown to the LLM, in characters.

@@ -155,7 +155,7 @@ impl AgentService {
         Ok(self.agents.actor_ref(actor_id))
     }
 
-    async fn directory(&self, command: DirectoryCommand) -> ServiceResult<DirectoryReply> {
+    pub(super) async fn directory(&self, command: DirectoryCommand) -> ServiceResult<DirectoryReply> {
         let actor_id = ActorId::new(DIRECTORY_ACTOR.0, DIRECTORY_ACTOR.1)?;
         Ok(self.directory.invoke(&actor_id, command).await?)
     }
@@ -476,7 +476,7 @@ impl AgentService {
     }
 }
 
-fn check_name_and_tags(name: &str, tags: &[String]) -> ServiceResult<()> {
+pub(super) fn check_name_and_tags(name: &str, tags: &[String]) -> ServiceResult<()> {
     if name.trim().is_empty() || name.len() > AGENT_NAME_BYTES_MAX {
         return Err(ServiceError::Invalid(format!(
             "name must be 1..={AGENT_NAME_BYTES_MAX} bytes and not blank"

@@ -116,6 +116,18 @@ impl ToolService {
         self.stored(command(Box::new(record))).await
     }
 
+    /// Stores `tool` (from an agent file) under its name, replacing a custom
+    /// tool of that name and keeping its id; answers the stored record.
+    pub async fn upsert_record(&self, tool: ToolRecord) -> ServiceResult<ToolRecord> {
+        if builtin_tools().iter().any(|builtin| builtin.name == tool.name) {
+            return Err(ServiceError::ToolNameTaken(tool.name));
+        }
+        match self.invoke(ToolCommand::Upsert(Box::new(tool))).await? {
+            ToolReply::Tool(stored) => Ok(*stored),
+            _ => Err(ServiceError::Invalid("tool store answered with the wrong reply".into())),
+        }
+    }
+
     /// `PATCH /v1/tools/{id}`; a new source without a schema gets a newly
     /// derived schema.
     pub async fn modify(&self, tool_id: &str, request: UpdateTool) -> ServiceResult<Value> {

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod messages;
 pub mod models;
+pub mod multipart;
 pub mod openapi;
 pub mod passages;
 pub mod runs;

@@ -132,6 +132,20 @@ pub const ROUTES: &[RouteDoc] = &[
         Some("ResetMessagesRequest"),
         "AgentState",
     ),
+    route(
+        "get",
+        "/v1/agents/{agent_id}/export",
+        "Export the agent, its messages, passages and custom tools as one JSON file",
+        None,
+        "object",
+    ),
+    route(
+        "post",
+        "/v1/agents/import",
+        "Import an exported agent as a new agent (multipart form: file, override_name, append_copy_suffix, strip_messages)",
+        Some("Body_import_agent"),
+        "ImportedAgentsResponse",
+    ),
     route("get", "/v1/runs/{run_id}", "Retrieve a run", None, "Run"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(
@@ -166,6 +180,9 @@ pub const ROUTES: &[RouteDoc] = &[
     route("delete", "/v1/tools/{tool_id}", "Delete a custom tool", None, "object"),
 ];
 
+/// Request bodies sent as a form (an upload), not as JSON.
+const MULTIPART_BODIES: &[&str] = &["Body_import_agent"];
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(|| async { Json(document()) }))
 }
@@ -188,10 +205,12 @@ fn operation(doc: &RouteDoc) -> Value {
         },
     });
     if let Some(body) = doc.body {
+        let media_type =
+            if MULTIPART_BODIES.contains(&body) { "multipart/form-data" } else { "application/json" };
         op["requestBody"] = json!({
             "required": true,
             "description": format!("Letta's {body}"),
-            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}},
+            "content": {media_type: {"schema": {"type": "object", "additionalProperties": true}}},
         });
     }
     op
