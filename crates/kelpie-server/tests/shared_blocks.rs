@@ -144,3 +144,34 @@ async fn attach_and_detach_refuse_bad_ids_and_clashing_labels() {
     assert_eq!((status, body["detail"].as_str()), (404, Some("Agent with ID agent-missing not found")));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_changes_leave_every_copy_equal_to_the_store_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agents = [server.create_agent("ana", &[]).await, server.create_agent("bo", &[]).await];
+    let block = server.ok("POST", "/v1/blocks/", Some(json!({"label": "team", "value": "v0"}))).await;
+    let block_id = block["id"].as_str().unwrap().to_string();
+    for agent in &agents {
+        server.ok("PATCH", &format!("/v1/agents/{agent}/core-memory/blocks/attach/{block_id}"), None).await;
+    }
+    let path = format!("/v1/blocks/{block_id}");
+    let edits = (1..=20).map(|i| server.ok("PATCH", &path, Some(json!({"value": format!("v{i}")}))));
+    futures::future::join_all(edits).await;
+    let stored = server.ok("GET", &path, None).await["value"].clone();
+    for agent in &agents {
+        let copy = server.ok("GET", &format!("/v1/agents/{agent}/core-memory/blocks/team"), None).await;
+        assert_eq!(copy["value"], stored, "agent {agent}");
+    }
+    server.shutdown().await;
+
+    let server = common::start(dir.path(), &fake).await;
+    assert_eq!(server.ok("GET", &path, None).await["value"], stored);
+    server.ok("PATCH", &path, Some(json!({"value": "after restart"}))).await;
+    for agent in &agents {
+        let copy = server.ok("GET", &format!("/v1/agents/{agent}/core-memory/blocks/team"), None).await;
+        assert_eq!(copy["value"], "after restart", "agent {agent}");
+    }
+    server.shutdown().await;
+}

@@ -5,7 +5,9 @@
 //! copy in its core memory. Every change through the API (`PATCH
 //! /v1/blocks/{id}` or the agent's own block route) is checked and written
 //! to the store first, then copied to every attached agent, one actor
-//! invocation each. The agent's own tool edits during a turn change only
+//! invocation each, under a per-block lock so that two changes reach every
+//! agent in the order the store took them (and an attach never copies a
+//! version older than one being propagated). The agent's own tool edits during a turn change only
 //! its copy (they commit with the step, inside the agent actor).
 
 use kelpie_core::{ActorId, Error};
@@ -81,6 +83,8 @@ impl AgentService {
     /// copy (its total core memory would go over) keeps its old copy and the
     /// first such refusal is answered after every agent was tried.
     pub async fn update_shared_block(&self, block_id: &str, request: UpdateBlock) -> ServiceResult<Value> {
+        let lock = self.block_locks.lock_for(block_id);
+        let _held = lock.lock().await;
         let command = BlockCommand::Update { id: block_id.to_string(), patch: patch_of(request) };
         let shared = self.shared_block(command).await?;
         let mut first_refusal = None;
@@ -101,6 +105,8 @@ impl AgentService {
 
     /// Deletes the block from the store, then from every attached agent.
     pub async fn delete_shared_block(&self, block_id: &str) -> ServiceResult<Value> {
+        let lock = self.block_locks.lock_for(block_id);
+        let _held = lock.lock().await;
         let shared = self.shared_block(BlockCommand::Delete { id: block_id.to_string() }).await?;
         for agent_id in &shared.agent_ids {
             let command = AgentCommand::DetachBlock { id: block_id.to_string() };
@@ -122,6 +128,8 @@ impl AgentService {
         if agent.memory.label_of(block_id).is_some() {
             return self.render(&agent).await;
         }
+        let lock = self.block_locks.lock_for(block_id);
+        let _held = lock.lock().await;
         let link = BlockCommand::Link { id: block_id.to_string(), agent_id: agent_id.to_string() };
         let shared = self.shared_block(link).await?;
         let attach = AgentCommand::AttachBlock(Box::new(shared.block));

@@ -108,7 +108,25 @@ pub struct AgentService {
     pub(super) runs: Runtime<RunActor>,
     pub(super) blocks: Runtime<BlockStoreActor>,
     pub(super) active_runs: ActiveRuns,
-    turn_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    turn_locks: KeyedLocks,
+    /// Held while a shared block changes in its store and in its agents, so
+    /// two changes to one block reach every agent in the store's order.
+    pub(super) block_locks: KeyedLocks,
+}
+
+/// One async lock per key, created on demand and forgotten when unused.
+#[derive(Default)]
+pub(super) struct KeyedLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub(super) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|poison| poison.into_inner());
+        // Forget locks nobody holds or waits for, so the table stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(key.to_string()).or_default())
+    }
 }
 
 pub(super) fn unexpected(what: &str) -> ServiceError {
@@ -133,7 +151,8 @@ impl AgentService {
             runs: runtimes.runs,
             blocks: runtimes.blocks,
             active_runs: ActiveRuns::default(),
-            turn_locks: Mutex::new(HashMap::new()),
+            turn_locks: KeyedLocks::default(),
+            block_locks: KeyedLocks::default(),
         }
     }
 
@@ -469,10 +488,7 @@ impl AgentService {
 
     /// The lock that serializes the turns of `agent_id`.
     pub(super) fn turn_lock(&self, agent_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.turn_locks.lock().unwrap_or_else(|poison| poison.into_inner());
-        // Forget locks nobody holds or waits for, so the table stays small.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        Arc::clone(locks.entry(agent_id.to_string()).or_default())
+        self.turn_locks.lock_for(agent_id)
     }
 }
 
