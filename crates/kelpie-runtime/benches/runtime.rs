@@ -41,6 +41,11 @@ impl Actor for Tally {
     }
 }
 
+/// Callers touching actors at once in the large run: enough for group
+/// commit to batch the claims and state writes of different actors.
+const TOUCH_CALLERS_COUNT: usize = 16;
+const TOUCH_PROGRESS_EVERY_COUNT: usize = 1_000;
+
 fn runtime<A: Actor>(actor: A, storage: Storage, tune: impl FnOnce(&mut RuntimeConfig)) -> Runtime<A> {
     let env = Env::production();
     let registry = Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
@@ -117,18 +122,21 @@ async fn million_actors(dir: &std::path::Path, registered: usize, touches: usize
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let picks: Vec<usize> = (0..touches).map(|_| rng.random_range(0..registered)).collect();
     let mut latencies_us = Vec::with_capacity(touches);
-    let concurrency = 4;
+    let concurrency = TOUCH_CALLERS_COUNT;
     let chunks: Vec<Vec<usize>> = picks.chunks(touches / concurrency).map(|c| c.to_vec()).collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for chunk in chunks {
+    for (caller, chunk) in chunks.into_iter().enumerate() {
         let runtime = runtime.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(chunk.len());
-            for i in chunk {
+            for (done, i) in chunk.into_iter().enumerate() {
                 let t = Instant::now();
                 runtime.invoke(&id(i), ()).await.unwrap();
                 lat.push(t.elapsed().as_micros() as u64);
+                if caller == 0 && done % TOUCH_PROGRESS_EVERY_COUNT == 0 {
+                    eprintln!("  touch progress: {} of {touches}", done * concurrency);
+                }
             }
             lat
         }));
@@ -139,7 +147,7 @@ async fn million_actors(dir: &std::path::Path, registered: usize, touches: usize
     let elapsed = start.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
     println!(
-        "touched {touches} random actors (cap {cap}, 4 concurrent): {:.0}/s, p50 {} us, p99 {} us, active now {}, peak RSS {:.0} MiB",
+        "touched {touches} random actors (cap {cap}, {concurrency} concurrent): {:.0}/s, p50 {} us, p99 {} us, active now {}, peak RSS {:.0} MiB",
         touches as f64 / elapsed,
         percentile(&latencies_us, 0.50),
         percentile(&latencies_us, 0.99),

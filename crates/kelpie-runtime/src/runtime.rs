@@ -270,13 +270,18 @@ impl<A: Actor> Runtime<A> {
 /// Asks the least recently used activation to deactivate. Its mailbox keeps
 /// the messages queued before the request; they are handled first.
 fn evict_least_recently_used<A: Actor>(table: &mut Table<A>) {
-    let victims: Vec<(u64, ActorId)> = table.recency.iter().map(|(t, a)| (*t, a.clone())).collect();
-    for (tick, actor_id) in victims {
-        let Some(slot) = table.slots.get(&actor_id) else { continue };
+    // Walks from the oldest entry and stops at the first that accepts the
+    // request, so the usual cost is one step, not one per active actor.
+    let mut evicted = None;
+    for (tick, actor_id) in &table.recency {
+        let Some(slot) = table.slots.get(actor_id) else { continue };
         if slot.mailbox.try_send(Command::Deactivate).is_ok() {
-            table.recency.remove(&tick);
-            return;
+            evicted = Some(*tick);
+            break;
         }
+    }
+    if let Some(tick) = evicted {
+        table.recency.remove(&tick);
     }
 }
 
