@@ -155,3 +155,45 @@ async fn export_and_import_bad_input_is_4xx_with_detail() {
     assert_eq!(server.ok("GET", "/v1/agents/", None).await.as_array().unwrap().len(), 1);
     server.shutdown().await;
 }
+
+const ROLL_DIE: &str =
+    "def roll_die(sides: int) -> str:\n    \"\"\"Roll a die.\"\"\"\n    return str(sides)\n";
+
+#[tokio::test]
+async fn attached_custom_tool_travels_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let ana = server.create_agent("ana", &[]).await;
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": ROLL_DIE}))).await;
+    let tool_id = tool["id"].as_str().unwrap().to_string();
+    server.ok("PATCH", &format!("/v1/agents/{ana}/tools/attach/{tool_id}"), None).await;
+    let exported = server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await;
+    assert_eq!(exported["custom_tools"][0]["name"], "roll_die");
+    let file = serde_json::to_vec(&exported).unwrap();
+
+    // The tool still exists: the copy gets the same tool, by name.
+    let (status, answer) = import(&server, form(&[("file", &file)])).await;
+    assert_eq!(status, 200, "{answer}");
+    let copy =
+        server.ok("GET", &format!("/v1/agents/{}", answer["agent_ids"][0].as_str().unwrap()), None).await;
+    let custom: Vec<&Value> =
+        copy["tools"].as_array().unwrap().iter().filter(|t| t["tool_type"] == "custom").collect();
+    assert_eq!((custom.len(), custom[0]["id"].as_str()), (1, Some(tool_id.as_str())));
+
+    // Deleted since: the import creates it again and attaches the new one.
+    server.ok("DELETE", &format!("/v1/tools/{tool_id}"), None).await;
+    let (status, answer) = import(&server, form(&[("file", &file)])).await;
+    assert_eq!(status, 200, "{answer}");
+    let copy =
+        server.ok("GET", &format!("/v1/agents/{}", answer["agent_ids"][0].as_str().unwrap()), None).await;
+    let custom: Vec<&Value> =
+        copy["tools"].as_array().unwrap().iter().filter(|t| t["tool_type"] == "custom").collect();
+    assert_eq!(
+        (custom.len(), custom[0]["name"].as_str(), custom[0]["source_code"].as_str()),
+        (1, Some("roll_die"), Some(ROLL_DIE))
+    );
+    let recreated = server.ok("GET", "/v1/tools/", None).await;
+    assert!(recreated.as_array().unwrap().iter().any(|t| t["id"] == custom[0]["id"]), "{recreated}");
+    server.shutdown().await;
+}
