@@ -4,7 +4,7 @@
 // the seeded interleavings are the simulator's job.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kelpie_core::{ActorId, Env, Error, NodeId, Result};
@@ -313,4 +313,46 @@ fn config_limits_are_checked() {
     assert_eq!(err.to_string(), "invalid invocation_timeout_ms: 30001 is outside 1..=30000");
     let err = env_less(|c| c.mailbox_depth_max = 0).unwrap();
     assert_eq!(err.to_string(), "invalid mailbox_depth_max: 0 is outside 1..=1024");
+}
+
+/// Spawns on tokio and keeps each task's abort handle, so a test can kill an
+/// activation task the way a crash of the dispatcher would.
+#[derive(Default)]
+struct KillableSpawner {
+    handles: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl kelpie_core::TaskSpawner for KillableSpawner {
+    fn spawn(&self, _name: &'static str, task: kelpie_core::env::BoxFuture<()>) {
+        let handle = tokio::spawn(task).abort_handle();
+        self.handles.lock().unwrap().push(handle);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_activation_task_fails_its_caller_and_is_restarted() {
+    let storage = Storage::memory();
+    let spawner = Arc::new(KillableSpawner::default());
+    let mut env = Env::production();
+    env.spawner = spawner.clone();
+    let registry = Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
+    let runtime = Runtime::new(CounterActor, storage, registry, env, RuntimeConfig::new(node())).unwrap();
+    runtime.invoke(&id("k"), Msg::Add(2)).await.unwrap();
+
+    let (_open, gate) = tokio::sync::oneshot::channel();
+    let stuck = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.invoke(&id("k"), Msg::WaitFor(gate)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let handles = std::mem::take(&mut *spawner.handles.lock().unwrap());
+    assert_eq!(handles.len(), 1, "one activation task");
+    handles[0].abort();
+
+    let err = stuck.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "actor counters/k failed: the activation stopped before replying");
+    // The next call starts a fresh activation with the last committed state.
+    let after = get(&runtime, "k").await;
+    assert_eq!((after.total, after.activations), (2, 2));
+    assert_eq!(spawner.handles.lock().unwrap().len(), 1, "restarted once");
 }
