@@ -10,39 +10,24 @@
 // and concurrent claims race real tokio tasks on purpose.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use kelpie_core::env::BoxFuture;
-use kelpie_core::{ActorId, Clock, Error, NodeId};
+use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_registry::{
     LeaseOutcome, LiveOwner, LocalDirectory, MemoryPlacementStore, PlacementDirectory, PlacementRecord,
     PostgresRegistry,
 };
 use kelpie_storage::test_support::PostgresServer;
 use kelpie_storage::{FenceCondition, PostgresBackend, Storage};
+use support::ManualClock;
 
 /// Lease of the shared scenarios: long enough that a PostgreSQL round trip on
 /// a loaded machine stays well inside the 40% margins the scenario keeps.
 const SCENARIO_LEASE_MS: u64 = 1_000;
-
-#[derive(Default)]
-struct ManualClock {
-    wall_ms: AtomicU64,
-}
-
-impl Clock for ManualClock {
-    fn monotonic_ns(&self) -> u64 {
-        self.wall_ms.load(Ordering::SeqCst) * 1_000_000
-    }
-    fn wall_ms(&self) -> u64 {
-        self.wall_ms.load(Ordering::SeqCst)
-    }
-    fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
-        Box::pin(async {})
-    }
-}
 
 /// Lets `ms` milliseconds pass on the backend's clock.
 type Pass = Box<dyn Fn(u64) -> BoxFuture<()>>;
@@ -68,11 +53,11 @@ fn expiry(record: &PlacementRecord) -> u64 {
 
 fn memory_directory() -> (Arc<dyn PlacementDirectory>, Pass) {
     let clock = Arc::new(ManualClock::default());
-    clock.wall_ms.store(1_000_000, Ordering::SeqCst);
+    clock.advance(1_000_000);
     let directory =
         LocalDirectory::new(Arc::new(MemoryPlacementStore::new()), clock.clone(), SCENARIO_LEASE_MS);
     let pass: Pass = Box::new(move |ms| {
-        clock.wall_ms.fetch_add(ms, Ordering::SeqCst);
+        clock.advance(ms);
         Box::pin(async {})
     });
     (Arc::new(directory), pass)

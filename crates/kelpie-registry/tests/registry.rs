@@ -4,37 +4,14 @@
 // simulator covers the seeded interleavings.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use kelpie_core::env::BoxFuture;
-use kelpie_core::{ActorId, Clock, NodeId};
+use std::sync::Arc;
+
+use kelpie_core::{ActorId, NodeId};
 use kelpie_registry::{LeaseOutcome, MemoryPlacementStore, PlacementStore, Registry, StoragePlacementStore};
 use kelpie_storage::Storage;
-
-#[derive(Default)]
-struct ManualClock {
-    wall_ms: AtomicU64,
-}
-
-impl ManualClock {
-    fn advance(&self, ms: u64) {
-        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn monotonic_ns(&self) -> u64 {
-        self.wall_ms.load(Ordering::SeqCst) * 1_000_000
-    }
-    fn wall_ms(&self) -> u64 {
-        self.wall_ms.load(Ordering::SeqCst)
-    }
-    fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
-        Box::pin(async {})
-    }
-}
+use support::ManualClock;
 
 fn setup(lease_ms: u64) -> (Registry, Arc<ManualClock>) {
     setup_on(Arc::new(MemoryPlacementStore::new()), lease_ms)
