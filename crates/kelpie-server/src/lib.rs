@@ -37,7 +37,9 @@ use agent::runs::RunActor;
 use agent::service::{AgentRuntimes, AgentService};
 use agent::tool_service::ToolService;
 use agent::tool_store::ToolStoreActor;
+use llm::anthropic::AnthropicClient;
 use llm::openai::OpenAiClient;
+use llm::LlmClients;
 use models::ModelCatalog;
 
 /// The version reported by `GET /v1/health/`.
@@ -130,11 +132,20 @@ pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentSe
     let blocks = Runtime::new(BlockStoreActor, storage.clone(), registry(), env.clone(), runtime_config)
         .map_err(service_error)?;
     let tools = Arc::new(ToolService::new(tool_store, env.clone()));
-    let llm = OpenAiClient::new(&config.llm.openai_base_url, config.llm.openai_api_key.clone())
-        .map_err(|e| ServerError::Service(e.to_string()))?;
+    let llm = llm_clients(&config.llm).map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
     let runtimes = AgentRuntimes { agents, directory, runs, blocks };
     Ok(AgentService::new(runtimes, env, llm, catalog, tools))
+}
+
+/// The configured LLM providers: OpenAI-compatible always, Anthropic with a key.
+fn llm_clients(config: &kelpie_core::config::LlmConfig) -> Result<LlmClients, llm::LlmError> {
+    let openai = OpenAiClient::new(&config.openai_base_url, config.openai_api_key.clone())?;
+    let anthropic = match &config.anthropic_api_key {
+        Some(key) => Some(AnthropicClient::new(&config.anthropic_base_url, key.clone())?),
+        None => None,
+    };
+    Ok(LlmClients { openai, anthropic })
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Storage, ServerError> {

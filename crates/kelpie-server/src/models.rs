@@ -5,6 +5,7 @@
 //! Handles are `provider/model`. With OpenAI's own base URL the provider is
 //! `openai`; with any other base URL (Ollama, vLLM, a proxy, the fake) it is
 //! `openai-proxy`, as Letta names it. Both prefixes are accepted on create.
+//! `anthropic/<model>` is offered when `ANTHROPIC_API_KEY` is configured.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use kelpie_memory::LOCAL_EMBEDDING_DIMENSIONS_COUNT;
 use serde_json::{json, Value};
 
 use crate::agent::model::{EmbeddingSettings, LlmSettings};
-use crate::llm::openai::OpenAiClient;
+use crate::llm::{LlmClients, PROVIDER_ANTHROPIC};
 
 pub const OPENAI_BASE_URL_OFFICIAL: &str = "https://api.openai.com/v1";
 /// Context window assumed for a model the provider does not describe, in tokens.
@@ -28,8 +29,12 @@ const LOCAL_EMBEDDING_MODEL: &str = "local-hash-256";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown model provider {provider:?} in handle {handle:?}; this server offers \"openai/...\" and \"openai-proxy/...\" (see GET /v1/models/)")]
+    #[error("unknown model provider {provider:?} in handle {handle:?}; this server offers \"openai/...\", \"openai-proxy/...\" and, with ANTHROPIC_API_KEY set, \"anthropic/...\" (see GET /v1/models/)")]
     UnknownProvider { handle: String, provider: String },
+    #[error(
+        "model {handle:?} needs the anthropic provider, which is not configured (set ANTHROPIC_API_KEY)"
+    )]
+    AnthropicNotConfigured { handle: String },
     #[error("no model given and no default model configured (set KELPIE_DEFAULT_MODEL or pass model=\"provider/model\")")]
     NoModel,
     #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?} or omit it (see GET /v1/models/embedding)")]
@@ -39,12 +44,12 @@ pub enum ModelError {
 #[derive(Clone)]
 pub struct ModelCatalog {
     config: LlmConfig,
-    client: OpenAiClient,
+    clients: LlmClients,
 }
 
 impl ModelCatalog {
-    pub fn new(config: LlmConfig, client: OpenAiClient) -> Self {
-        ModelCatalog { config, client }
+    pub fn new(config: LlmConfig, clients: LlmClients) -> Self {
+        ModelCatalog { config, clients }
     }
 
     fn provider_name(&self) -> &'static str {
@@ -59,6 +64,9 @@ impl ModelCatalog {
     pub fn resolve_llm(&self, handle: Option<&str>) -> Result<LlmSettings, ModelError> {
         let handle = handle.or(self.config.default_model.as_deref()).ok_or(ModelError::NoModel)?;
         let (provider, model) = handle.split_once('/').unwrap_or(("openai", handle));
+        if provider == PROVIDER_ANTHROPIC {
+            return self.resolve_anthropic(handle, model);
+        }
         if provider != "openai" && provider != "openai-proxy" {
             return Err(ModelError::UnknownProvider {
                 handle: handle.to_string(),
@@ -70,6 +78,23 @@ impl ModelCatalog {
             provider: "openai".to_string(),
             model: model.to_string(),
             endpoint: self.config.openai_base_url.clone(),
+            context_window: CONTEXT_WINDOW_TOKENS_DEFAULT,
+            max_tokens: COMPLETION_TOKENS_DEFAULT,
+            temperature: 0.7,
+        })
+    }
+
+    fn resolve_anthropic(&self, handle: &str, model: &str) -> Result<LlmSettings, ModelError> {
+        let client = self
+            .clients
+            .anthropic
+            .as_ref()
+            .ok_or_else(|| ModelError::AnthropicNotConfigured { handle: handle.to_string() })?;
+        Ok(LlmSettings {
+            handle: format!("{PROVIDER_ANTHROPIC}/{model}"),
+            provider: PROVIDER_ANTHROPIC.to_string(),
+            model: model.to_string(),
+            endpoint: client.base_url().to_string(),
             context_window: CONTEXT_WINDOW_TOKENS_DEFAULT,
             max_tokens: COMPLETION_TOKENS_DEFAULT,
             temperature: 0.7,
@@ -93,7 +118,7 @@ impl ModelCatalog {
         let mut names = Vec::new();
         let askable = self.config.openai_api_key.is_some() || self.provider_name() == "openai-proxy";
         if askable {
-            match self.client.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
+            match self.clients.openai.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
                 Ok(listed) => names = listed,
                 Err(err) => tracing::warn!(error = %err, "cannot list the provider's models"),
             }
@@ -107,24 +132,26 @@ impl ModelCatalog {
         names
     }
 
-    /// `GET /v1/models/`: Letta's `Model` objects.
+    /// `GET /v1/models/`: Letta's `Model` objects, OpenAI-compatible first,
+    /// then Anthropic's when it is configured.
     pub async fn llm_models(&self) -> Vec<Value> {
         let provider = self.provider_name();
-        self.model_names()
+        let endpoint = self.config.openai_base_url.as_str();
+        let mut models: Vec<Value> = self
+            .model_names()
             .await
             .into_iter()
-            .map(|model| {
-                json!({
-                    "handle": format!("{provider}/{model}"), "name": model, "display_name": model,
-                    "provider_type": "openai", "provider_name": provider, "model_type": "llm", "model": model,
-                    "model_endpoint_type": "openai", "model_endpoint": self.config.openai_base_url,
-                    "provider_category": "base", "model_wrapper": null,
-                    "context_window": CONTEXT_WINDOW_TOKENS_DEFAULT, "max_context_window": CONTEXT_WINDOW_TOKENS_DEFAULT,
-                    "put_inner_thoughts_in_kwargs": false, "temperature": 0.7, "max_tokens": COMPLETION_TOKENS_DEFAULT,
-                    "enable_reasoner": false, "parallel_tool_calls": false, "strict": false,
-                })
-            })
-            .collect()
+            .map(|model| model_json(provider, "openai", endpoint, &model))
+            .collect();
+        if let Some(client) = &self.clients.anthropic {
+            match client.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
+                Ok(listed) => models.extend(listed.iter().map(|model| {
+                    model_json(PROVIDER_ANTHROPIC, PROVIDER_ANTHROPIC, client.base_url(), model)
+                })),
+                Err(err) => tracing::warn!(error = %err, "cannot list Anthropic's models"),
+            }
+        }
+        models
     }
 
     /// `GET /v1/models/embedding`: the local embedding.
@@ -137,4 +164,17 @@ impl ModelCatalog {
             "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
         })]
     }
+}
+
+/// One Letta `Model` object.
+fn model_json(provider: &str, endpoint_type: &str, endpoint: &str, model: &str) -> Value {
+    json!({
+        "handle": format!("{provider}/{model}"), "name": model, "display_name": model,
+        "provider_type": endpoint_type, "provider_name": provider, "model_type": "llm", "model": model,
+        "model_endpoint_type": endpoint_type, "model_endpoint": endpoint,
+        "provider_category": "base", "model_wrapper": null,
+        "context_window": CONTEXT_WINDOW_TOKENS_DEFAULT, "max_context_window": CONTEXT_WINDOW_TOKENS_DEFAULT,
+        "put_inner_thoughts_in_kwargs": false, "temperature": 0.7, "max_tokens": COMPLETION_TOKENS_DEFAULT,
+        "enable_reasoner": false, "parallel_tool_calls": false, "strict": false,
+    })
 }

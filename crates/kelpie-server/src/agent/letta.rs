@@ -44,7 +44,7 @@ pub fn custom_tool_json(tool: &ToolRecord) -> Value {
 fn llm_config_json(agent: &AgentRecord) -> Value {
     let llm = &agent.llm;
     json!({
-        "model": llm.model, "display_name": llm.model, "model_endpoint_type": "openai",
+        "model": llm.model, "display_name": llm.model, "model_endpoint_type": llm.provider,
         "model_endpoint": llm.endpoint, "provider_name": llm.provider, "provider_category": "base",
         "model_wrapper": null, "context_window": llm.context_window, "put_inner_thoughts_in_kwargs": false,
         "handle": llm.handle, "temperature": llm.temperature, "max_tokens": llm.max_tokens,

@@ -31,8 +31,7 @@ use super::tool_service::ToolService;
 use super::tool_store::ToolRecord;
 use crate::api::{CreateAgent, CreatePassage, UpdateAgent, UpdateBlock};
 use crate::ids::{id_from_key, new_id};
-use crate::llm::openai::OpenAiClient;
-use crate::llm::LlmError;
+use crate::llm::{LlmClients, LlmError};
 use crate::models::{ModelCatalog, ModelError};
 
 /// Longest agent name, in bytes.
@@ -102,7 +101,7 @@ pub struct AgentService {
     pub(super) agents: Runtime<AgentActor>,
     directory: Runtime<DirectoryActor>,
     pub(super) env: Env,
-    pub(super) llm: OpenAiClient,
+    pub(super) llm: LlmClients,
     catalog: ModelCatalog,
     pub tools: Arc<ToolService>,
     pub(super) runs: Runtime<RunActor>,
@@ -137,7 +136,7 @@ impl AgentService {
     pub fn new(
         runtimes: AgentRuntimes,
         env: Env,
-        llm: OpenAiClient,
+        llm: LlmClients,
         catalog: ModelCatalog,
         tools: Arc<ToolService>,
     ) -> Self {

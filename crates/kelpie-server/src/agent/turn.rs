@@ -239,7 +239,10 @@ impl AgentService {
             step_count: 0,
         };
         while outcome.step_count < max_steps {
-            let answer = self.llm.chat(&build_request(&agent, &custom, &history, &pending)).await?;
+            let answer = self
+                .llm
+                .chat(&agent.llm.provider, &build_request(&agent, &custom, &history, &pending))
+                .await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;

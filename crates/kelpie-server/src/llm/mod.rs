@@ -1,9 +1,16 @@
 //! LLM providers. [`openai::OpenAiClient`] speaks OpenAI-compatible chat
 //! completions (OpenAI, Ollama, vLLM, llama.cpp, OpenRouter, and the fake
-//! server in [`fake`] used by tests).
+//! server in [`fake`] used by tests); [`anthropic::AnthropicClient`] speaks
+//! Anthropic Messages. Both share the timeout and retry rules of this module
+//! and take requests in OpenAI's message shape; [`LlmClients`] routes a
+//! request to the provider an agent was created with.
 
+pub mod anthropic;
 pub mod fake;
 pub mod openai;
+
+use std::future::Future;
+use std::time::Duration;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -42,4 +49,111 @@ pub enum LlmError {
     Transport { endpoint: String, reason: String },
     #[error("LLM provider at {endpoint} sent an answer kelpie cannot read: {reason}")]
     InvalidResponse { endpoint: String, reason: String },
+    #[error("LLM provider {provider:?} is not configured on this server (set ANTHROPIC_API_KEY)")]
+    NotConfigured { provider: String },
+}
+
+/// One request to a provider may take this long.
+pub const LLM_REQUEST_TIMEOUT_MS: u64 = 120_000;
+/// Attempts per request, the first included.
+pub const LLM_ATTEMPTS_COUNT_MAX: u32 = 4;
+/// Wait before the first retry; doubles each time.
+pub const LLM_RETRY_BACKOFF_MS_BASE: u64 = 250;
+/// Longest error body kept for the client's error message, in characters.
+pub(crate) const ERROR_BODY_CHARS_MAX: usize = 2_000;
+
+/// The provider name of agents served by [`anthropic::AnthropicClient`].
+pub const PROVIDER_ANTHROPIC: &str = "anthropic";
+
+/// Only rate limits, server errors and transport failures are worth a retry.
+pub(crate) fn is_retriable(err: &LlmError) -> bool {
+    match err {
+        LlmError::Status { status, .. } => *status == 429 || *status >= 500,
+        LlmError::Transport { .. } => true,
+        LlmError::InvalidResponse { .. } | LlmError::NotConfigured { .. } => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or
+/// [`LLM_ATTEMPTS_COUNT_MAX`] attempts were made, with exponential backoff.
+pub(crate) async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, LlmError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LlmError>>,
+{
+    let mut backoff_ms = LLM_RETRY_BACKOFF_MS_BASE;
+    let mut attempt_count = 1;
+    loop {
+        match attempt().await {
+            Ok(answer) => return Ok(answer),
+            Err(err) if attempt_count < LLM_ATTEMPTS_COUNT_MAX && is_retriable(&err) => {
+                tracing::warn!(attempt_count, backoff_ms, error = %err, "LLM request failed; retrying");
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms *= 2;
+                attempt_count += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Sends a built request and reads a JSON answer; a non-2xx status is
+/// [`LlmError::Status`] with the (clipped) body.
+pub(crate) async fn send_json(endpoint: &str, call: reqwest::RequestBuilder) -> Result<Value, LlmError> {
+    let transport =
+        |e: reqwest::Error| LlmError::Transport { endpoint: endpoint.to_string(), reason: e.to_string() };
+    let response = call.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(transport)?;
+    if !(200..300).contains(&status) {
+        let body: String = text.chars().take(ERROR_BODY_CHARS_MAX).collect();
+        return Err(LlmError::Status { endpoint: endpoint.to_string(), status, body });
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| LlmError::InvalidResponse { endpoint: endpoint.to_string(), reason: e.to_string() })
+}
+
+/// An http client with the request timeout every provider uses.
+pub(crate) fn http_client(endpoint: &str) -> Result<reqwest::Client, LlmError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(LLM_REQUEST_TIMEOUT_MS))
+        .build()
+        .map_err(|e| LlmError::Transport { endpoint: endpoint.to_string(), reason: e.to_string() })
+}
+
+/// The configured providers. OpenAI-compatible is always there (its base URL
+/// has a default); Anthropic only when its key is configured.
+#[derive(Clone)]
+pub struct LlmClients {
+    pub openai: openai::OpenAiClient,
+    pub anthropic: Option<anthropic::AnthropicClient>,
+}
+
+impl LlmClients {
+    /// One chat turn with the provider named in the agent's settings.
+    pub async fn chat(&self, provider: &str, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        if provider != PROVIDER_ANTHROPIC {
+            return self.openai.chat(request).await;
+        }
+        match &self.anthropic {
+            Some(client) => client.chat(request).await,
+            None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rate_limits_server_errors_and_transport_failures_are_retried() {
+        let status = |status| LlmError::Status { endpoint: "e".into(), status, body: String::new() };
+        assert!(is_retriable(&status(429)));
+        assert!(is_retriable(&status(503)));
+        assert!(!is_retriable(&status(400)));
+        assert!(!is_retriable(&status(401)));
+        assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
+        assert!(!is_retriable(&LlmError::NotConfigured { provider: "anthropic".into() }));
+    }
 }

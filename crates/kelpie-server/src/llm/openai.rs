@@ -1,21 +1,12 @@
-//! OpenAI-compatible chat completions over HTTP, with a timeout per request
-//! and retries with exponential backoff on 429 and 5xx.
+//! OpenAI-compatible chat completions over HTTP, with the timeout and
+//! retries of the parent module.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{ChatRequest, ChatResponse, LlmError, TokenUsage};
+use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
 use crate::agent::model::ToolCallRecord;
-
-/// One request to the provider may take this long.
-pub const LLM_REQUEST_TIMEOUT_MS: u64 = 120_000;
-/// Attempts per chat completion, the first included.
-pub const LLM_ATTEMPTS_COUNT_MAX: u32 = 4;
-/// Wait before the first retry; doubles each time.
-pub const LLM_RETRY_BACKOFF_MS_BASE: u64 = 250;
-/// Longest error body kept for the client's error message.
-const ERROR_BODY_BYTES_MAX: usize = 2_000;
 
 #[derive(Clone)]
 pub struct OpenAiClient {
@@ -26,10 +17,7 @@ pub struct OpenAiClient {
 
 impl OpenAiClient {
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(LLM_REQUEST_TIMEOUT_MS))
-            .build()
-            .map_err(|e| LlmError::Transport { endpoint: base_url.to_string(), reason: e.to_string() })?;
+        let http = http_client(base_url)?;
         Ok(OpenAiClient { http, base_url: base_url.trim_end_matches('/').to_string(), api_key })
     }
 
@@ -40,67 +28,31 @@ impl OpenAiClient {
     /// One chat completion, retried on 429/5xx and transport errors.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let body = request_body(request);
-        let mut backoff_ms = LLM_RETRY_BACKOFF_MS_BASE;
-        let mut attempt = 1;
-        loop {
-            match self.post("/chat/completions", &body).await {
-                Ok(answer) => return parse_response(&self.base_url, &answer),
-                Err(err) if attempt < LLM_ATTEMPTS_COUNT_MAX && is_retriable(&err) => {
-                    tracing::warn!(attempt, backoff_ms, error = %err, "LLM request failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms *= 2;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
+        parse_response(&self.base_url, &answer)
     }
 
     /// Model ids the provider lists at `GET /models`.
     pub async fn list_models(&self, timeout: Duration) -> Result<Vec<String>, LlmError> {
-        let mut call = self.http.get(format!("{}/models", self.base_url)).timeout(timeout);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        let answer = self.finish(call).await?;
+        let call = self.authorized(self.http.get(format!("{}/models", self.base_url)).timeout(timeout));
+        let answer = send_json(&self.base_url, call).await?;
         let ids = answer["data"].as_array().map_or_else(Vec::new, |models| {
             models.iter().filter_map(|model| model["id"].as_str().map(str::to_string)).collect()
         });
         Ok(ids)
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, LlmError> {
-        let mut call = self.http.post(format!("{}{path}", self.base_url)).json(body);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        self.finish(call).await
+    /// `POST {base}{path}` with the key, answering JSON.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, LlmError> {
+        let call = self.authorized(self.http.post(format!("{}{path}", self.base_url)).json(body));
+        send_json(&self.base_url, call).await
     }
 
-    async fn finish(&self, call: reqwest::RequestBuilder) -> Result<Value, LlmError> {
-        let endpoint = self.base_url.clone();
-        let response = call
-            .send()
-            .await
-            .map_err(|e| LlmError::Transport { endpoint: endpoint.clone(), reason: e.to_string() })?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| LlmError::Transport { endpoint: endpoint.clone(), reason: e.to_string() })?;
-        if !(200..300).contains(&status) {
-            let body: String = text.chars().take(ERROR_BODY_BYTES_MAX).collect();
-            return Err(LlmError::Status { endpoint, status, body });
+    fn authorized(&self, call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => call.bearer_auth(key),
+            None => call,
         }
-        serde_json::from_str(&text).map_err(|e| LlmError::InvalidResponse { endpoint, reason: e.to_string() })
-    }
-}
-
-fn is_retriable(err: &LlmError) -> bool {
-    match err {
-        LlmError::Status { status, .. } => *status == 429 || *status >= 500,
-        LlmError::Transport { .. } => true,
-        LlmError::InvalidResponse { .. } => false,
     }
 }
 
@@ -170,15 +122,5 @@ mod tests {
             err,
             LlmError::InvalidResponse { endpoint: "http://x".into(), reason: "no choices".into() }
         );
-    }
-
-    #[test]
-    fn only_rate_limits_server_errors_and_transport_failures_are_retried() {
-        let status = |status| LlmError::Status { endpoint: "e".into(), status, body: String::new() };
-        assert!(is_retriable(&status(429)));
-        assert!(is_retriable(&status(503)));
-        assert!(!is_retriable(&status(400)));
-        assert!(!is_retriable(&status(401)));
-        assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
     }
 }

@@ -22,8 +22,16 @@ pub async fn fake_llm() -> FakeLlm {
 }
 
 pub async fn start(data_dir: &Path, fake: &FakeLlm) -> Running {
+    start_with(data_dir, fake, &[]).await
+}
+
+/// [`start`] with extra config fields, such as another provider's key.
+pub async fn start_with(data_dir: &Path, fake: &FakeLlm, extra: &[(&str, &str)]) -> Running {
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("test".into());
+    for (field, value) in extra {
+        layers.set(field, *value, flag.clone()).unwrap();
+    }
     layers.set("bind", "127.0.0.1:0", flag.clone()).unwrap();
     layers.set("data_dir", data_dir.to_str().unwrap(), flag.clone()).unwrap();
     layers.set("llm.openai_base_url", fake.base_url(), flag.clone()).unwrap();

@@ -1,0 +1,201 @@
+//! The Anthropic Messages provider end to end: a fake Anthropic endpoint
+//! (axum on 127.0.0.1, scripted) behind `POST /v1/agents/{id}/messages`.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+const ANTHROPIC_KEY: &str = "sk-ant-test";
+const FAKE_CLAUDE: &str = "claude-fake-1";
+const INPUT_TOKENS_COUNT: u64 = 11;
+const OUTPUT_TOKENS_COUNT: u64 = 3;
+
+#[derive(Default)]
+struct FakeState {
+    statuses: VecDeque<u16>,
+    /// `(x-api-key, anthropic-version, body)` of every Messages request.
+    requests: Vec<(String, String, Value)>,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// The last text block of the user's messages.
+fn last_user_text(body: &Value) -> String {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|block| block["type"] == "text")
+        .filter_map(|block| block["text"].as_str().map(str::to_string))
+        .next_back()
+        .unwrap_or_default()
+}
+
+async fn messages(State(state): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let status = {
+        let mut state = state.lock().unwrap();
+        state.requests.push((
+            header(&headers, "x-api-key"),
+            header(&headers, "anthropic-version"),
+            body.clone(),
+        ));
+        state.statuses.pop_front()
+    };
+    if let Some(status) = status {
+        let error = json!({"type": "error", "error": {"type": "invalid_request_error", "message": format!("scripted {status}")}});
+        return (StatusCode::from_u16(status).unwrap(), Json(error)).into_response();
+    }
+    let text = last_user_text(&body);
+    Json(json!({
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
+        "stop_reason": "tool_use",
+        "content": [{"type": "text", "text": "Replying."},
+                    {"type": "tool_use", "id": format!("toolu_{}", text.len()), "name": "send_message",
+                     "input": {"message": format!("claude: {text}")}}],
+        "usage": {"input_tokens": INPUT_TOKENS_COUNT, "output_tokens": OUTPUT_TOKENS_COUNT},
+    }))
+    .into_response()
+}
+
+async fn models() -> Json<Value> {
+    Json(
+        json!({"data": [{"type": "model", "id": FAKE_CLAUDE, "display_name": "Fake Claude"}], "has_more": false}),
+    )
+}
+
+async fn fake_anthropic() -> (String, Shared) {
+    let state = Shared::default();
+    let app = Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, state)
+}
+
+async fn start_with_anthropic(dir: &std::path::Path, base: &str) -> common::Running {
+    let fake = common::fake_llm().await;
+    let extra = [("llm.anthropic_base_url", base), ("llm.anthropic_api_key", ANTHROPIC_KEY)];
+    common::start_with(dir, &fake, &extra).await
+}
+
+async fn create_claude_agent(server: &common::Running) -> String {
+    let body = json!({"name": "claude", "model": format!("anthropic/{FAKE_CLAUDE}"),
+                      "memory_blocks": [{"label": "human", "value": "Name: Ana."}]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(agent["model"], format!("anthropic/{FAKE_CLAUDE}"));
+    assert_eq!(agent["llm_config"]["model_endpoint_type"], "anthropic");
+    agent["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn anthropic_models_are_listed_and_an_agent_talks_through_tool_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state) = fake_anthropic().await;
+    let server = start_with_anthropic(dir.path(), &base).await;
+    let listed = server.ok("GET", "/v1/models/", None).await;
+    let handles: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|m| m["handle"].as_str()).collect();
+    assert_eq!(handles, vec!["openai-proxy/fake-gpt", "anthropic/claude-fake-1"]);
+
+    let id = create_claude_agent(&server).await;
+    let reply = server.say(&id, "hello there").await;
+    let sent: Vec<(&str, &str)> = reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| {
+            Some((m["message_type"].as_str()?, m["content"].as_str().or(m["reasoning"].as_str())?))
+        })
+        .collect();
+    assert_eq!(sent, vec![("reasoning_message", "Replying."), ("assistant_message", "claude: hello there")]);
+    assert_eq!(reply["usage"]["prompt_tokens"], INPUT_TOKENS_COUNT);
+    assert_eq!(reply["usage"]["completion_tokens"], OUTPUT_TOKENS_COUNT);
+
+    let second = server.say(&id, "and again").await;
+    assert_eq!(second["messages"].as_array().unwrap().last().unwrap()["content"], "claude: and again");
+    let requests = state.lock().unwrap().requests.clone();
+    assert_eq!(requests.len(), 2);
+    let (key, version, body) = &requests[1];
+    assert_eq!((key.as_str(), version.as_str()), (ANTHROPIC_KEY, "2023-06-01"));
+    assert_eq!(body["model"], FAKE_CLAUDE);
+    assert!(body["system"].as_str().unwrap().contains("Name: Ana."), "core memory in system: {body}");
+    let tools: Vec<&str> =
+        body["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(tools.contains(&"send_message"), "{tools:?}");
+    assert_eq!(body["tools"][0]["input_schema"]["type"], "object");
+    let roles: Vec<&str> =
+        body["messages"].as_array().unwrap().iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, vec!["user", "assistant", "user"], "alternating: {body}");
+    let history = &body["messages"];
+    assert_eq!(history[1]["content"][1]["type"], "tool_use");
+    assert_eq!(history[1]["content"][1]["input"], json!({"message": "claude: hello there"}));
+    assert_eq!(history[2]["content"][0]["type"], "tool_result");
+    assert_eq!(history[2]["content"][0]["tool_use_id"], history[1]["content"][1]["id"]);
+    assert_eq!(history[2]["content"][1], json!({"type": "text", "text": "and again"}));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_rate_limit_is_retried_then_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state) = fake_anthropic().await;
+    let server = start_with_anthropic(dir.path(), &base).await;
+    let id = create_claude_agent(&server).await;
+    state.lock().unwrap().statuses.push_back(429);
+    let reply = server.say(&id, "after a 429").await;
+    assert_eq!(reply["messages"].as_array().unwrap().last().unwrap()["content"], "claude: after a 429");
+    assert_eq!(state.lock().unwrap().requests.len(), 2, "one refused, one answered");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_bad_request_surfaces_as_502_and_persists_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state) = fake_anthropic().await;
+    let server = start_with_anthropic(dir.path(), &base).await;
+    let id = create_claude_agent(&server).await;
+    state.lock().unwrap().statuses.push_back(400);
+    let body = json!({"messages": [{"role": "user", "content": "refused"}]});
+    let (status, error) = server.call("POST", &format!("/v1/agents/{id}/messages"), Some(body)).await;
+    assert_eq!(status, 502);
+    let detail = error["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("LLM provider at {base} answered 400")), "{detail}");
+    assert!(detail.contains("scripted 400"), "{detail}");
+    assert_eq!(state.lock().unwrap().requests.len(), 1, "a 400 is not retried");
+    let listed = server.ok("GET", &format!("/v1/agents/{id}/messages"), None).await;
+    assert_eq!(listed, json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_handle_without_a_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let body = json!({"name": "no-key", "model": "anthropic/claude-x"});
+    let (status, error) = server.call("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        error["detail"],
+        "model \"anthropic/claude-x\" needs the anthropic provider, which is not configured (set ANTHROPIC_API_KEY)"
+    );
+    let listed = server.ok("GET", "/v1/models/", None).await;
+    assert!(listed.as_array().unwrap().iter().all(|m| m["provider_name"] != "anthropic"));
+    server.shutdown().await;
+}
