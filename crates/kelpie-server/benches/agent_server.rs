@@ -2,6 +2,11 @@
 //! fake LLM answering at once: agent creates per second and message round
 //! trips per second (one agent; 100 agents), 4 concurrent clients, with
 //! p50/p99 latency. Run: `cargo bench -p kelpie-server --bench agent_server`.
+//!
+//! With `-- --rss` it instead creates 10 000 agents on a fresh server and
+//! reports the process's resident memory (VmRSS before and after, VmHWM)
+//! from `/proc/self/status`. The server runs in this process, so the figure
+//! also holds the HTTP clients and the fake LLM, both small and fixed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +20,12 @@ const CLIENTS_COUNT: usize = 4;
 const CREATES_COUNT: usize = 400;
 const MESSAGES_COUNT: usize = 400;
 const AGENTS_MANY_COUNT: usize = 100;
+/// Agents created by the `--rss` mode before memory is read.
+const AGENTS_RSS_COUNT: usize = 10_000;
+/// Argument that selects the resident memory mode.
+const RSS_MODE_ARG: &str = "--rss";
+const KIB_BYTES: u64 = 1024;
+const MIB_BYTES: f64 = 1024.0 * 1024.0;
 
 struct Report {
     ops: usize,
@@ -72,8 +83,15 @@ where
     Report { ops, elapsed: started.elapsed(), latencies }
 }
 
-#[tokio::main]
-async fn main() {
+/// The server under test with what must outlive it: its data dir and the fake LLM.
+struct Bench {
+    base: Arc<String>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _fake: FakeLlm,
+}
+
+async fn start_server() -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("fake llm");
     let mut layers = ConfigLayers::new();
@@ -85,10 +103,13 @@ async fn main() {
     let server = kelpie_server::bind(layers.resolve().expect("config")).await.expect("server");
     let base = Arc::new(format!("http://{}", server.local_addr()));
     tokio::spawn(server.run(std::future::pending()));
-    let http = reqwest::Client::new();
+    Bench { base, http: reqwest::Client::new(), _dir: dir, _fake: fake }
+}
 
-    let (h, b) = (http.clone(), Arc::clone(&base));
-    drive(CREATES_COUNT, move |i| {
+/// Creates `count` agents named `bench-{i}`, one memory block each.
+async fn create_agents(bench: &Bench, count: usize) -> Report {
+    let (h, b) = (bench.http.clone(), Arc::clone(&bench.base));
+    drive(count, move |i| {
         let (h, b) = (h.clone(), Arc::clone(&b));
         async move {
             let body =
@@ -97,8 +118,45 @@ async fn main() {
         }
     })
     .await
-    .print("agent creates");
+}
 
+/// One `kB` field of `/proc/self/status` in bytes, or None when the file or
+/// field is missing (not Linux) or malformed.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 =
+        line.strip_prefix(field)?.trim_start_matches(':').trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * KIB_BYTES)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unavailable".to_string(), |bytes| format!("{:.1} MiB", bytes as f64 / MIB_BYTES))
+}
+
+async fn run_rss() {
+    let bench = start_server().await;
+    let rss_before = proc_status_bytes("VmRSS");
+    create_agents(&bench, AGENTS_RSS_COUNT).await.print("agent creates (rss run)");
+    let rss_after = proc_status_bytes("VmRSS");
+    println!(
+        "pid {}: VmRSS before {}, after {} agents {}, VmHWM {}",
+        std::process::id(),
+        mib(rss_before),
+        AGENTS_RSS_COUNT,
+        mib(rss_after),
+        mib(proc_status_bytes("VmHWM"))
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        let per_agent = after.saturating_sub(before) / AGENTS_RSS_COUNT as u64;
+        println!("resident growth per agent: {per_agent} bytes");
+    }
+}
+
+async fn run_throughput() {
+    let bench = start_server().await;
+    create_agents(&bench, CREATES_COUNT).await.print("agent creates");
+    let (http, base) = (&bench.http, &bench.base);
     let agents: Vec<Value> = http
         .get(format!("{base}/v1/agents/?limit={AGENTS_MANY_COUNT}"))
         .send()
@@ -112,7 +170,7 @@ async fn main() {
     for (name, agent_count) in
         [("message round trips, 1 agent", 1), ("message round trips, 100 agents", AGENTS_MANY_COUNT)]
     {
-        let (h, b, ids) = (http.clone(), Arc::clone(&base), Arc::clone(&ids));
+        let (h, b, ids) = (http.clone(), Arc::clone(base), Arc::clone(&ids));
         drive(MESSAGES_COUNT, move |i| {
             let (h, b) = (h.clone(), Arc::clone(&b));
             let id = ids[i % agent_count].clone();
@@ -123,5 +181,14 @@ async fn main() {
         })
         .await
         .print(name);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|arg| arg == RSS_MODE_ARG) {
+        run_rss().await;
+    } else {
+        run_throughput().await;
     }
 }
