@@ -156,4 +156,24 @@ mod tests {
         assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
         assert!(!is_retriable(&LlmError::NotConfigured { provider: "anthropic".into() }));
     }
+
+    /// First byte of a TLS record carrying a handshake message (ClientHello).
+    const TLS_HANDSHAKE_RECORD_TYPE: u8 = 0x16;
+
+    #[tokio::test]
+    async fn https_base_urls_are_spoken_to_with_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("https://{}/v1", listener.local_addr().unwrap());
+        let accept = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 1];
+            socket.read_exact(&mut first).await.unwrap();
+            first[0]
+        });
+        let client = openai::OpenAiClient::new(&base, Some("sk-test".into())).unwrap();
+        let err = client.list_models(Duration::from_millis(2_000)).await.unwrap_err();
+        assert_eq!(accept.await.unwrap(), TLS_HANDSHAKE_RECORD_TYPE, "the client opened with a ClientHello");
+        assert!(matches!(err, LlmError::Transport { ref endpoint, .. } if *endpoint == base), "{err}");
+    }
 }
