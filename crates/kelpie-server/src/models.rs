@@ -26,6 +26,9 @@ const MODEL_LIST_TIMEOUT_MS: u64 = 2_000;
 /// The handle of the built-in, network-free embedding.
 pub const LOCAL_EMBEDDING_HANDLE: &str = "kelpie/local-hash-256";
 const LOCAL_EMBEDDING_MODEL: &str = "local-hash-256";
+/// Dimension reported for an `openai/<model>` embedding (OpenAI's
+/// `text-embedding-3-small`); search uses whatever length the provider sends.
+pub const REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT: u64 = 1_536;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -37,7 +40,7 @@ pub enum ModelError {
     AnthropicNotConfigured { handle: String },
     #[error("no model given and no default model configured (set KELPIE_DEFAULT_MODEL or pass model=\"provider/model\")")]
     NoModel,
-    #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?} or omit it (see GET /v1/models/embedding)")]
+    #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?}, omit it, or \"openai/<model>\" with OPENAI_API_KEY or OPENAI_BASE_URL set (see GET /v1/models/embedding)")]
     UnknownEmbedding { handle: String },
 }
 
@@ -108,16 +111,33 @@ impl ModelCatalog {
                 model: LOCAL_EMBEDDING_MODEL.to_string(),
                 dim: LOCAL_EMBEDDING_DIMENSIONS_COUNT as u64,
             }),
-            Some(other) => Err(ModelError::UnknownEmbedding { handle: other.to_string() }),
+            Some(other) => {
+                let unknown = || ModelError::UnknownEmbedding { handle: other.to_string() };
+                let (provider, model) = other.split_once('/').ok_or_else(unknown)?;
+                let offered = (provider == "openai" || provider == "openai-proxy") && !model.is_empty();
+                if !offered || !self.openai_askable() {
+                    return Err(unknown());
+                }
+                Ok(EmbeddingSettings {
+                    handle: format!("openai/{model}"),
+                    model: model.to_string(),
+                    dim: REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT,
+                })
+            }
         }
+    }
+
+    /// Whether the OpenAI-compatible provider can be called: a key, or a
+    /// base URL other than OpenAI's own (a local server needs no key).
+    fn openai_askable(&self) -> bool {
+        self.config.openai_api_key.is_some() || self.provider_name() == "openai-proxy"
     }
 
     /// Model names: the provider's `/models` when it can be asked (a key or
     /// a non-official base URL is configured), plus the default model.
     async fn model_names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        let askable = self.config.openai_api_key.is_some() || self.provider_name() == "openai-proxy";
-        if askable {
+        if self.openai_askable() {
             match self.clients.openai.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
                 Ok(listed) => names = listed,
                 Err(err) => tracing::warn!(error = %err, "cannot list the provider's models"),

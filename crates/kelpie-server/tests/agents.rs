@@ -95,7 +95,7 @@ async fn bad_input_is_4xx_with_detail() {
     assert_eq!(status, 422);
     assert!(body["detail"].as_str().unwrap().contains("unknown model provider \"letta\""), "{body}");
     let (status, body) = server
-        .call("POST", "/v1/agents/", Some(json!({"name": "x", "embedding": "openai/text-embedding-3-small"})))
+        .call("POST", "/v1/agents/", Some(json!({"name": "x", "embedding": "cohere/embed-english-v3"})))
         .await;
     assert_eq!(status, 422);
     assert!(body["detail"].as_str().unwrap().contains("kelpie/local-hash-256"), "{body}");

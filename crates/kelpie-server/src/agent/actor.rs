@@ -5,7 +5,7 @@
 //! committed atomically or not at all.
 
 use kelpie_core::{Error, Result};
-use kelpie_memory::{embed_local, rank_passages, Block, CoreMemory, MemoryError, Passage};
+use kelpie_memory::{rank_passages, Block, CoreMemory, MemoryError, Passage};
 use kelpie_runtime::{Actor, ActorContext};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,9 @@ pub struct StepInput {
     pub user_messages: Vec<String>,
     pub assistant: MessageBody,
     pub external: Vec<ExternalResult>,
+    /// Embeddings of the texts the step's archival tool calls store or
+    /// search for, computed by the service with the agent's embedding.
+    pub embeddings: Vec<super::embed::TextEmbedding>,
 }
 
 /// An agent read from an export file, to create with its history in one
@@ -98,10 +101,11 @@ pub enum AgentCommand {
     InsertPassage {
         text: String,
         tags: Vec<String>,
+        embedding: Vec<f32>,
     },
     Passages,
     SearchPassages {
-        query: String,
+        query_embedding: Vec<f32>,
         top_k: usize,
     },
     DeletePassage {
@@ -179,16 +183,16 @@ impl Actor for AgentActor {
             AgentCommand::ResetMessages => reset_messages(ctx).await,
             AgentCommand::Recent { count_max } => recent(ctx, count_max).await,
             AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
-            AgentCommand::InsertPassage { text, tags } => {
-                let passage = insert_passage(ctx, text, tags)?;
+            AgentCommand::InsertPassage { text, tags, embedding } => {
+                let passage = insert_passage(ctx, text, tags, embedding)?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
             }
             AgentCommand::Passages => {
                 let passages = all_passages(ctx).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
             }
-            AgentCommand::SearchPassages { query, top_k } => {
-                let passages = search_passages(ctx, &query, top_k).await?;
+            AgentCommand::SearchPassages { query_embedding, top_k } => {
+                let passages = search_passages(ctx, &query_embedding, top_k).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
             }
             AgentCommand::DeletePassage { id } => delete_passage(ctx, &id).await,
@@ -364,7 +368,7 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
     for call in tool_calls {
         let (result, ok) = match step.external.iter().find(|done| done.tool_call_id == call.id) {
             Some(done) => (done.result.clone(), done.ok),
-            None => tools_exec::run_builtin(ctx, call).await?,
+            None => tools_exec::run_builtin(ctx, call, &step.embeddings).await?,
         };
         let body = MessageBody::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), result, ok };
         messages.push(append_message(ctx, &step, body)?);
@@ -374,12 +378,18 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
 }
 
-pub(crate) fn insert_passage(ctx: &mut Ctx<'_>, text: String, tags: Vec<String>) -> Result<Passage> {
+pub(crate) fn insert_passage(
+    ctx: &mut Ctx<'_>,
+    text: String,
+    tags: Vec<String>,
+    embedding: Vec<f32>,
+) -> Result<Passage> {
     agent(ctx)?;
+    assert!(!embedding.is_empty(), "a passage is stored with its embedding");
     let seq = next_seq(ctx);
     let passage = Passage {
         id: new_id("passage", ctx.env.rng.as_ref()),
-        embedding: embed_local(&text),
+        embedding,
         text,
         tags,
         created_ms: ctx.env.clock.wall_ms(),
@@ -395,9 +405,13 @@ async fn all_passages(ctx: &mut Ctx<'_>) -> Result<Vec<Passage>> {
     rows.iter().map(|(_, value)| decode(value, "agent passage")).collect()
 }
 
-pub(crate) async fn search_passages(ctx: &mut Ctx<'_>, query: &str, top_k: usize) -> Result<Vec<Passage>> {
+pub(crate) async fn search_passages(
+    ctx: &mut Ctx<'_>,
+    query_embedding: &[f32],
+    top_k: usize,
+) -> Result<Vec<Passage>> {
     let passages = all_passages(ctx).await?;
-    let ranked = rank_passages(&passages, &embed_local(query), top_k);
+    let ranked = rank_passages(&passages, query_embedding, top_k);
     Ok(ranked.into_iter().map(|index| passages[index].clone()).collect())
 }
 

@@ -56,7 +56,8 @@ fn llm_config_json(agent: &AgentRecord) -> Value {
 pub fn embedding_config_json(agent: &AgentRecord) -> Value {
     let embedding = &agent.embedding;
     json!({
-        "embedding_endpoint_type": "kelpie", "embedding_endpoint": null,
+        "embedding_endpoint_type": embedding.handle.split_once('/').map_or("kelpie", |(provider, _)| provider),
+        "embedding_endpoint": null,
         "embedding_model": embedding.model, "embedding_dim": embedding.dim, "embedding_chunk_size": 300,
         "handle": embedding.handle, "batch_size": 32,
         "azure_endpoint": null, "azure_version": null, "azure_deployment": null,

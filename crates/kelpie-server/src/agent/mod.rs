@@ -6,6 +6,7 @@ pub mod actor;
 pub mod block_store;
 pub mod blocks;
 pub mod directory;
+mod embed;
 pub mod letta;
 pub mod model;
 pub mod page;

@@ -5,7 +5,7 @@
 //! key space holds its own passages and nothing else; a request without an
 //! agent is refused rather than searching every agent.
 
-use kelpie_memory::{embed_local, score_passages, Passage};
+use kelpie_memory::{score_passages, Passage};
 use serde_json::{json, Value};
 
 use super::actor::{AgentCommand, AgentReply};
@@ -73,7 +73,7 @@ impl AgentService {
         let matching: Vec<Passage> =
             passages.into_iter().filter(|passage| tags_match(passage, &wanted, match_all)).collect();
         let scored: Vec<(usize, f32)> = match request.query.as_deref().filter(|q| !q.trim().is_empty()) {
-            Some(query) => score_passages(&matching, &embed_local(query), limit),
+            Some(query) => score_passages(&matching, &self.embed_one(&agent.embedding, query).await?, limit),
             None => (0..matching.len().min(limit)).map(|index| (index, 0.0)).collect(),
         };
         assert!(scored.len() <= limit, "a search answers at most its limit");

@@ -423,8 +423,13 @@ impl AgentService {
         if request.text.trim().is_empty() {
             return Err(ServiceError::Invalid("text must not be empty".into()));
         }
-        let command =
-            AgentCommand::InsertPassage { text: request.text, tags: request.tags.unwrap_or_default() };
+        let agent = self.record(agent_id).await?;
+        let embedding = self.embed_one(&agent.embedding, &request.text).await?;
+        let command = AgentCommand::InsertPassage {
+            text: request.text,
+            tags: request.tags.unwrap_or_default(),
+            embedding,
+        };
         self.passages(agent_id, command, passage_json).await
     }
 
@@ -439,8 +444,10 @@ impl AgentService {
         query: String,
         top_k: Option<usize>,
     ) -> ServiceResult<Value> {
-        let command =
-            AgentCommand::SearchPassages { query, top_k: top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT) };
+        let agent = self.record(agent_id).await?;
+        let query_embedding = self.embed_one(&agent.embedding, &query).await?;
+        let top_k = top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT);
+        let command = AgentCommand::SearchPassages { query_embedding, top_k };
         let results = self.passages(agent_id, command, |_, passage| search_result_json(passage)).await?;
         Ok(serde_json::json!({"count": results.len(), "results": results}))
     }

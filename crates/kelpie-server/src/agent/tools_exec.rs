@@ -14,6 +14,7 @@ use kelpie_tools::SEND_MESSAGE;
 use serde_json::Value;
 
 use super::actor::{agent_mut, all_messages, insert_passage, search_passages, Ctx};
+use super::embed::TextEmbedding;
 use super::model::ToolCallRecord;
 use super::TOOL_RETURN_CHARS_MAX;
 
@@ -41,7 +42,11 @@ fn clip(text: String) -> String {
 }
 
 /// Runs built-in tool `call`; `(result, ok)`.
-pub async fn run_builtin(ctx: &mut Ctx<'_>, call: &ToolCallRecord) -> Result<(String, bool)> {
+pub async fn run_builtin(
+    ctx: &mut Ctx<'_>,
+    call: &ToolCallRecord,
+    embeddings: &[TextEmbedding],
+) -> Result<(String, bool)> {
     let args: Value = match serde_json::from_str(&call.arguments) {
         Ok(args @ Value::Object(_)) => args,
         _ => return Ok((format!("arguments of {} are not a JSON object", call.name), false)),
@@ -50,8 +55,8 @@ pub async fn run_builtin(ctx: &mut Ctx<'_>, call: &ToolCallRecord) -> Result<(St
         SEND_MESSAGE => arg(&args, "message").map(|_| "Sent message successfully.".to_string()),
         CORE_MEMORY_APPEND => core_memory_append(ctx, &args),
         CORE_MEMORY_REPLACE => core_memory_replace(ctx, &args),
-        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args)?,
-        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args).await?,
+        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings)?,
+        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args, embeddings).await?,
         CONVERSATION_SEARCH => conversation_search(ctx, &args).await?,
         other => Err(format!("tool {other} is not available to this agent")),
     };
@@ -75,21 +80,35 @@ fn core_memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     Ok(format!("Replaced text in block {label}."))
 }
 
-fn archival_insert(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
-    let content = match arg(args, "content") {
-        Ok(content) => content.to_string(),
+/// The embedding the service computed for `text` with the step.
+fn embedding_of<'a>(embeddings: &'a [TextEmbedding], text: &str) -> std::result::Result<&'a [f32], String> {
+    embeddings
+        .iter()
+        .find(|(embedded, _)| embedded == text)
+        .map(|(_, vector)| vector.as_slice())
+        .ok_or_else(|| "no embedding was computed for this text".to_string())
+}
+
+fn archival_insert(ctx: &mut Ctx<'_>, args: &Value, embeddings: &[TextEmbedding]) -> Result<ToolResult> {
+    let (content, embedding) = match arg(args, "content").and_then(|c| Ok((c, embedding_of(embeddings, c)?)))
+    {
+        Ok((content, embedding)) => (content.to_string(), embedding.to_vec()),
         Err(e) => return Ok(Err(e)),
     };
-    let passage = insert_passage(ctx, content, Vec::new())?;
+    let passage = insert_passage(ctx, content, Vec::new(), embedding)?;
     Ok(Ok(format!("Stored passage {}.", passage.id)))
 }
 
-async fn archival_search(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
-    let query = match arg(args, "query") {
-        Ok(query) => query.to_string(),
+async fn archival_search(
+    ctx: &mut Ctx<'_>,
+    args: &Value,
+    embeddings: &[TextEmbedding],
+) -> Result<ToolResult> {
+    let query_embedding = match arg(args, "query").and_then(|q| embedding_of(embeddings, q)) {
+        Ok(embedding) => embedding.to_vec(),
         Err(e) => return Ok(Err(e)),
     };
-    let passages = search_passages(ctx, &query, count_arg(args, "top_k")).await?;
+    let passages = search_passages(ctx, &query_embedding, count_arg(args, "top_k")).await?;
     let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
     Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use kelpie_memory::{embed_local, Block, CoreMemory, Passage};
+use kelpie_memory::{Block, CoreMemory, Passage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -85,7 +85,13 @@ impl AgentService {
             let old_id = tool.id.clone();
             tool_ids.insert(old_id, self.tools.upsert_record(tool).await?.id);
         }
-        let imported = self.fresh_agent(file.agent, file.messages, file.passages, &tool_ids, &options)?;
+        let mut imported = self.fresh_agent(file.agent, file.messages, file.passages, &tool_ids, &options)?;
+        // Re-embedded with the agent's embedding: a file's vectors are not trusted.
+        let texts: Vec<String> = imported.passages.iter().map(|passage| passage.text.clone()).collect();
+        let vectors = self.embed_texts(&imported.record.embedding, &texts).await?;
+        for (passage, vector) in imported.passages.iter_mut().zip(vectors) {
+            passage.embedding = vector;
+        }
         let entry = DirectoryEntry {
             id: imported.record.id.clone(),
             name: imported.record.name.clone(),
@@ -138,14 +144,8 @@ impl AgentService {
             .into_iter()
             .map(|message| StoredMessage { id: new_id("message", rng), ..message })
             .collect();
-        let passages = passages
-            .into_iter()
-            .map(|passage| Passage {
-                id: new_id("passage", rng),
-                embedding: embed_local(&passage.text),
-                ..passage
-            })
-            .collect();
+        let passages =
+            passages.into_iter().map(|passage| Passage { id: new_id("passage", rng), ..passage }).collect();
         Ok(ImportedAgent { record, messages, passages })
     }
 }

@@ -249,12 +249,14 @@ impl AgentService {
             let replied = answer.tool_calls.is_empty()
                 || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
             let external = run_custom_calls(&answer.tool_calls, &attached_custom(&agent, &custom)).await;
+            let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
                 run_id: run_id.to_string(),
                 step_id: new_id("step", self.env.rng.as_ref()),
                 user_messages: std::mem::take(&mut pending),
                 assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },
                 external,
+                embeddings,
             };
             let AgentReply::Step { agent: updated, messages } =
                 agent_ref.invoke(AgentCommand::CommitStep(Box::new(step))).await?

@@ -7,6 +7,11 @@
 //! - from the user with any other text, or from a tool: a `send_message`
 //!   call whose message is `echo: <the last user text>`.
 //!
+//! `POST /v1/embeddings` answers a 3-dimension one-hot vector per input:
+//! texts naming a cat (`cat`, `kitten`, `feline`) on axis 0, a car (`car`,
+//! `automobile`, `vehicle`) on axis 1, anything else on axis 2 — synonyms
+//! the local hash embedding cannot match, so tests see which one was used.
+//!
 //! Tests can also queue answers ([`FakeLlm::push_reply`]) or HTTP error
 //! statuses ([`FakeLlm::push_status`]); queued items are served first, in
 //! order. Every request body is recorded for assertions.
@@ -34,6 +39,7 @@ enum Scripted {
 struct Inner {
     queue: VecDeque<Scripted>,
     requests: Vec<Value>,
+    embedding_requests: Vec<Value>,
 }
 
 /// Handle to a running fake server.
@@ -52,6 +58,7 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(Arc::clone(&inner));
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -79,9 +86,14 @@ impl FakeLlm {
         self.lock().queue.push_back(Scripted::Status(status));
     }
 
-    /// Every request body received so far.
+    /// Every chat request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.lock().requests.clone()
+    }
+
+    /// Every `/embeddings` request body received so far.
+    pub fn embedding_requests(&self) -> Vec<Value> {
+        self.lock().embedding_requests.clone()
     }
 }
 
@@ -152,6 +164,38 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>
     answer["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                              "total_tokens": prompt_tokens + completion_tokens});
     Json(answer).into_response()
+}
+
+/// Words of each axis of the fake embedding; the last axis is "other".
+const FAKE_EMBEDDING_AXES: [&[&str]; 2] = [&["cat", "kitten", "feline"], &["car", "automobile", "vehicle"]];
+
+fn fake_embedding(text: &str) -> Vec<f32> {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).collect();
+    let axis = FAKE_EMBEDDING_AXES
+        .iter()
+        .position(|axis| words.iter().any(|word| axis.contains(word)))
+        .unwrap_or(FAKE_EMBEDDING_AXES.len());
+    (0..=FAKE_EMBEDDING_AXES.len()).map(|i| if i == axis { 1.0 } else { 0.0 }).collect()
+}
+
+async fn embeddings(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>) -> Json<Value> {
+    inner.lock().unwrap_or_else(|poison| poison.into_inner()).embedding_requests.push(request.clone());
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(texts) => texts.iter().map(|t| t.as_str().unwrap_or_default().to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(
+            |(index, text)| json!({"object": "embedding", "index": index, "embedding": fake_embedding(text)}),
+        )
+        .collect();
+    Json(
+        json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": 0, "total_tokens": 0}}),
+    )
 }
 
 async fn models() -> Json<Value> {

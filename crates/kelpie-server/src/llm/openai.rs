@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
 use crate::agent::model::ToolCallRecord;
 
+/// Texts sent in one `/embeddings` request.
+pub const EMBEDDING_BATCH_TEXTS_COUNT_MAX: usize = 64;
+
 #[derive(Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
@@ -42,6 +45,19 @@ impl OpenAiClient {
         Ok(ids)
     }
 
+    /// Embeddings of `texts` from `POST {base}/embeddings`, in order, sent
+    /// in batches of [`EMBEDDING_BATCH_TEXTS_COUNT_MAX`], each retried.
+    pub async fn embed(&self, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, LlmError> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(EMBEDDING_BATCH_TEXTS_COUNT_MAX) {
+            let body = json!({"model": model, "input": batch});
+            let answer = with_retries(|| self.post("/embeddings", &body)).await?;
+            vectors.extend(parse_embeddings(&self.base_url, &answer, batch.len())?);
+        }
+        assert_eq!(vectors.len(), texts.len(), "one embedding per text");
+        Ok(vectors)
+    }
+
     /// `POST {base}{path}` with the key, answering JSON.
     pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, LlmError> {
         let call = self.authorized(self.http.post(format!("{}{path}", self.base_url)).json(body));
@@ -72,6 +88,27 @@ fn request_body(request: &ChatRequest) -> Value {
     body
 }
 
+/// The `data[].embedding` vectors of an `/embeddings` answer, by `index`.
+fn parse_embeddings(endpoint: &str, answer: &Value, expected: usize) -> Result<Vec<Vec<f32>>, LlmError> {
+    let invalid = |reason: String| LlmError::InvalidResponse { endpoint: endpoint.to_string(), reason };
+    let data = answer["data"].as_array().ok_or_else(|| invalid("no data".into()))?;
+    if data.len() != expected {
+        return Err(invalid(format!("{} embeddings for {expected} texts", data.len())));
+    }
+    let mut vectors = vec![Vec::new(); expected];
+    for (position, item) in data.iter().enumerate() {
+        let index = item["index"].as_u64().map_or(position, |index| index as usize);
+        let values =
+            item["embedding"].as_array().ok_or_else(|| invalid("an embedding is not a list".into()))?;
+        let vector: Option<Vec<f32>> = values.iter().map(|v| v.as_f64().map(|v| v as f32)).collect();
+        let slot =
+            vectors.get_mut(index).ok_or_else(|| invalid(format!("embedding index {index} out of range")))?;
+        *slot =
+            vector.filter(|v| !v.is_empty()).ok_or_else(|| invalid("an embedding is not numbers".into()))?;
+    }
+    Ok(vectors)
+}
+
 fn parse_response(endpoint: &str, answer: &Value) -> Result<ChatResponse, LlmError> {
     let invalid = |reason: &str| LlmError::InvalidResponse {
         endpoint: endpoint.to_string(),
@@ -100,6 +137,18 @@ fn parse_response(endpoint: &str, answer: &Value) -> Result<ChatResponse, LlmErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_are_ordered_by_index_and_counted() {
+        let answer =
+            json!({"data": [{"index": 1, "embedding": [0.5, 1.0]}, {"index": 0, "embedding": [2.0, 0.0]}]});
+        assert_eq!(parse_embeddings("e", &answer, 2).unwrap(), vec![vec![2.0, 0.0], vec![0.5, 1.0]]);
+        let err = parse_embeddings("e", &answer, 3).unwrap_err();
+        assert_eq!(
+            err,
+            LlmError::InvalidResponse { endpoint: "e".into(), reason: "2 embeddings for 3 texts".into() }
+        );
+    }
 
     #[test]
     fn parses_tool_calls_content_and_usage() {

@@ -1,0 +1,73 @@
+//! `openai/<model>` embeddings through the fake server's `/embeddings`:
+//! archival insert and search (API, `/v1/passages/search` and the agent's
+//! own tools) use the provider's vectors; the local embedding stays default.
+
+mod common;
+
+use serde_json::{json, Value};
+
+const EMBEDDING_HANDLE: &str = "openai/fake-embed";
+
+async fn create_agent(server: &common::Running, embedding: Option<&str>) -> Value {
+    let mut body = json!({"name": "embedder", "model": "openai-proxy/fake-gpt"});
+    if let Some(handle) = embedding {
+        body["embedding"] = json!(handle);
+    }
+    server.ok("POST", "/v1/agents/", Some(body)).await
+}
+
+#[tokio::test]
+async fn openai_embedding_is_used_for_archival_insert_and_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = create_agent(&server, Some(EMBEDDING_HANDLE)).await;
+    assert_eq!(agent["embedding"], EMBEDDING_HANDLE);
+    assert_eq!(agent["embedding_config"]["embedding_endpoint_type"], "openai");
+    let id = agent["id"].as_str().unwrap();
+    let path = format!("/v1/agents/{id}/archival-memory");
+    for text in ["My cat sleeps all day.", "The automobile is red."] {
+        let inserted = server.ok("POST", &path, Some(json!({"text": text}))).await;
+        assert_eq!(inserted[0]["embedding"].as_array().unwrap().len(), 3, "the provider's vector is stored");
+    }
+    let found = server.ok("GET", &format!("{path}/search?query=kitten&top_k=1"), None).await;
+    assert_eq!(found["results"][0]["content"], "My cat sleeps all day.", "a synonym only the provider knows");
+    let body = json!({"agent_id": id, "query": "vehicle", "limit": 1});
+    let ranked = server.ok("POST", "/v1/passages/search", Some(body)).await;
+    assert_eq!(ranked[0]["passage"]["text"], "The automobile is red.");
+    assert_eq!(ranked[0]["score"], 1.0);
+
+    server.say(id, r#"/call archival_memory_insert {"content":"A feline on the roof."}"#).await;
+    let reply = server.say(id, r#"/call archival_memory_search {"query":"kitten","top_k":2}"#).await;
+    assert_eq!(
+        reply["messages"][2]["tool_return"],
+        json!(["My cat sleeps all day.", "A feline on the roof."]).to_string()
+    );
+    let inputs: Vec<Value> = fake.embedding_requests().iter().map(|r| r["input"].clone()).collect();
+    assert_eq!(inputs.len(), 6, "2 inserts, 2 searches, 1 tool insert, 1 tool search: {inputs:?}");
+    assert!(fake.embedding_requests().iter().all(|r| r["model"] == "fake-embed"));
+    assert_eq!(inputs[5], json!(["kitten"]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn local_embedding_stays_default_and_unknown_embeddings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = create_agent(&server, None).await;
+    assert_eq!(agent["embedding"], "kelpie/local-hash-256");
+    let id = agent["id"].as_str().unwrap();
+    let inserted =
+        server.ok("POST", &format!("/v1/agents/{id}/archival-memory"), Some(json!({"text": "cat"}))).await;
+    assert_eq!(inserted[0]["embedding"].as_array().unwrap().len(), 256);
+    assert!(fake.embedding_requests().is_empty(), "the local embedding needs no network");
+    let body = json!({"name": "bad", "model": "openai-proxy/fake-gpt", "embedding": "cohere/embed"});
+    let (status, error) = server.call("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(status, 422);
+    assert!(
+        error["detail"].as_str().unwrap().starts_with("embedding \"cohere/embed\" is not offered"),
+        "{error}"
+    );
+    server.shutdown().await;
+}
