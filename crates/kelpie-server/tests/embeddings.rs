@@ -71,3 +71,42 @@ async fn local_embedding_stays_default_and_unknown_embeddings_are_refused() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn import_reembeds_passages_with_the_agents_openai_embedding() {
+    const BOUNDARY: &str = "kelpie-embed-boundary";
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = create_agent(&server, Some(EMBEDDING_HANDLE)).await;
+    let id = agent["id"].as_str().unwrap();
+    for text in ["The automobile is red.", "My cat sleeps all day."] {
+        server.ok("POST", &format!("/v1/agents/{id}/archival-memory"), Some(json!({"text": text}))).await;
+    }
+    let mut exported = server.ok("GET", &format!("/v1/agents/{id}/export"), None).await;
+    for passage in exported["passages"].as_array_mut().unwrap() {
+        passage["embedding"] = json!([0.0, 0.0, 1.0]);
+    }
+    let mut form = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"agent.json\"\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend(serde_json::to_vec(&exported).unwrap());
+    form.extend(format!("\r\n--{BOUNDARY}--\r\n").into_bytes());
+    let response = server
+        .http
+        .post(format!("{}/v1/agents/import", server.base))
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let copy = answer["agent_ids"][0].as_str().unwrap();
+    let body = json!({"agent_id": copy, "query": "kitten", "limit": 1});
+    let ranked = server.ok("POST", "/v1/passages/search", Some(body)).await;
+    assert_eq!(ranked[0]["passage"]["text"], "My cat sleeps all day.", "the file's vectors were replaced");
+    assert_eq!(ranked[0]["score"], 1.0);
+    server.shutdown().await;
+}
