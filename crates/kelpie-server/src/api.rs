@@ -155,29 +155,13 @@ impl PageQuery {
     }
 }
 
-/// `GET /v1/agents/` filters besides the page. `tags` may repeat, so the
-/// handler reads them from the raw query string ([`repeated_param`]).
+/// `GET /v1/agents/` filters besides the page (read with a [`PageQuery`]
+/// from the same query string). `tags` may repeat, so the handler reads them
+/// from the raw query string ([`repeated_param`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AgentListQuery {
-    pub limit: Option<usize>,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    pub order: Option<String>,
-    pub ascending: Option<bool>,
     pub name: Option<String>,
     pub match_all_tags: Option<bool>,
-}
-
-impl AgentListQuery {
-    pub fn page_query(&self) -> PageQuery {
-        PageQuery {
-            limit: self.limit,
-            before: self.before.clone(),
-            after: self.after.clone(),
-            order: self.order.clone(),
-            ascending: self.ascending,
-        }
-    }
 }
 
 fn percent_decode(text: &str) -> String {
@@ -216,27 +200,11 @@ pub fn repeated_param(query: Option<&str>, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// `GET /v1/blocks/`: a label filter and the page.
+/// `GET /v1/blocks/`: a label filter (the page is a [`PageQuery`] read
+/// from the same query string).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct BlockListQuery {
     pub label: Option<String>,
-    pub limit: Option<usize>,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    pub order: Option<String>,
-    pub ascending: Option<bool>,
-}
-
-impl BlockListQuery {
-    pub fn page_query(&self) -> PageQuery {
-        PageQuery {
-            limit: self.limit,
-            before: self.before.clone(),
-            after: self.after.clone(),
-            order: self.order.clone(),
-            ascending: self.ascending,
-        }
-    }
 }
 
 /// `POST /v1/passages/search` (Letta's `PassageSearchRequest`).

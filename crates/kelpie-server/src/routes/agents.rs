@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::extract::{page_of, ApiJson, ApiQuery};
 use super::multipart;
 use crate::agent::transfer::ImportOptions;
-use crate::api::{repeated_param, AgentListQuery, CreateAgent, UpdateAgent};
+use crate::api::{repeated_param, AgentListQuery, CreateAgent, PageQuery, UpdateAgent};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -61,9 +61,10 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AgentListQuery>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let page = page_of(&query.page_query(), AGENT_PAGE_COUNT_DEFAULT, false)?;
+    let page = page_of(&page_query, AGENT_PAGE_COUNT_DEFAULT, false)?;
     let tags = repeated_param(raw.as_deref(), "tags");
     let match_all = query.match_all_tags.unwrap_or(false);
     Ok(Json(state.agents.list_agents(query.name.as_deref(), &tags, match_all, &page).await?))

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{BlockListQuery, CreateBlock, UpdateBlock};
+use crate::api::{BlockListQuery, CreateBlock, PageQuery, UpdateBlock};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -34,8 +34,9 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<BlockListQuery>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let page = page_of(&query.page_query(), BLOCK_PAGE_COUNT_DEFAULT, false)?;
+    let page = page_of(&page_query, BLOCK_PAGE_COUNT_DEFAULT, false)?;
     Ok(Json(state.agents.list_shared_blocks(query.label.as_deref(), &page).await?))
 }
 
