@@ -6,6 +6,10 @@
 //! nodes, timeouts and overload are transient; bad input, missing things and
 //! fencing are not.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::id::{ActorId, NodeId};
@@ -99,6 +103,107 @@ impl Error {
     }
 }
 
+/// Distinct `&'static str` values [`WireError::into_error`] will intern;
+/// names past this many arrive as [`UNKNOWN_REMOTE_NAME`].
+pub const INTERNED_NAMES_COUNT_MAX: usize = 512;
+/// Stands for a static name that could not be interned.
+pub const UNKNOWN_REMOTE_NAME: &str = "remote";
+
+/// An [`Error`] in a form that crosses the wire between nodes, so a caller
+/// gets back the same variant (and status code) the owner's actor produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "error")]
+pub enum WireError {
+    InvalidId { kind: String, value: String, reason: String },
+    Validation { field: String, reason: String },
+    LimitExceeded { what: String, actual: u64, limit_name: String, limit: u64 },
+    NotFound { kind: String, id: String },
+    TransactionConflict { actor_id: ActorId, key: String },
+    Fenced { actor_id: ActorId, node_id: NodeId, epoch: u64 },
+    NodeUnavailable { node_id: NodeId, reason: String },
+    InvocationTimeout { actor_id: ActorId, timeout_ms: u64 },
+    MailboxFull { actor_id: ActorId, depth: usize },
+    ShuttingDown { component: String },
+    StorageIo { operation: String, reason: String },
+    Corruption { location: String, reason: String },
+    ActorFailed { actor_id: ActorId, reason: String },
+    Internal { reason: String },
+}
+
+impl From<&Error> for WireError {
+    fn from(err: &Error) -> Self {
+        let s = |text: &str| text.to_string();
+        match err.clone() {
+            Error::InvalidId { kind, value, reason } => WireError::InvalidId { kind: s(kind), value, reason },
+            Error::Validation { field, reason } => WireError::Validation { field, reason },
+            Error::LimitExceeded { what, actual, limit_name, limit } => {
+                WireError::LimitExceeded { what, actual, limit_name: s(limit_name), limit }
+            }
+            Error::NotFound { kind, id } => WireError::NotFound { kind: s(kind), id },
+            Error::TransactionConflict { actor_id, key } => WireError::TransactionConflict { actor_id, key },
+            Error::Fenced { actor_id, node_id, epoch } => WireError::Fenced { actor_id, node_id, epoch },
+            Error::NodeUnavailable { node_id, reason } => WireError::NodeUnavailable { node_id, reason },
+            Error::InvocationTimeout { actor_id, timeout_ms } => {
+                WireError::InvocationTimeout { actor_id, timeout_ms }
+            }
+            Error::MailboxFull { actor_id, depth } => WireError::MailboxFull { actor_id, depth },
+            Error::ShuttingDown { component } => WireError::ShuttingDown { component: s(component) },
+            Error::StorageIo { operation, reason } => {
+                WireError::StorageIo { operation: s(operation), reason }
+            }
+            Error::Corruption { location, reason } => WireError::Corruption { location, reason },
+            Error::ActorFailed { actor_id, reason } => WireError::ActorFailed { actor_id, reason },
+            Error::Internal(reason) => WireError::Internal { reason },
+        }
+    }
+}
+
+impl WireError {
+    /// The [`Error`] this stands for; static names are interned.
+    pub fn into_error(self) -> Error {
+        match self {
+            WireError::InvalidId { kind, value, reason } => {
+                Error::InvalidId { kind: intern(kind), value, reason }
+            }
+            WireError::Validation { field, reason } => Error::Validation { field, reason },
+            WireError::LimitExceeded { what, actual, limit_name, limit } => {
+                Error::LimitExceeded { what, actual, limit_name: intern(limit_name), limit }
+            }
+            WireError::NotFound { kind, id } => Error::NotFound { kind: intern(kind), id },
+            WireError::TransactionConflict { actor_id, key } => Error::TransactionConflict { actor_id, key },
+            WireError::Fenced { actor_id, node_id, epoch } => Error::Fenced { actor_id, node_id, epoch },
+            WireError::NodeUnavailable { node_id, reason } => Error::NodeUnavailable { node_id, reason },
+            WireError::InvocationTimeout { actor_id, timeout_ms } => {
+                Error::InvocationTimeout { actor_id, timeout_ms }
+            }
+            WireError::MailboxFull { actor_id, depth } => Error::MailboxFull { actor_id, depth },
+            WireError::ShuttingDown { component } => Error::ShuttingDown { component: intern(component) },
+            WireError::StorageIo { operation, reason } => {
+                Error::StorageIo { operation: intern(operation), reason }
+            }
+            WireError::Corruption { location, reason } => Error::Corruption { location, reason },
+            WireError::ActorFailed { actor_id, reason } => Error::ActorFailed { actor_id, reason },
+            WireError::Internal { reason } => Error::Internal(reason),
+        }
+    }
+}
+
+/// A `'static` copy of `name`. Names are the code's own constants (kinds,
+/// limit names, components), so the set stays small; it is capped anyway.
+fn intern(name: String) -> &'static str {
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|poison| poison.into_inner());
+    if let Some(known) = names.get(name.as_str()) {
+        return known;
+    }
+    if names.len() >= INTERNED_NAMES_COUNT_MAX {
+        return UNKNOWN_REMOTE_NAME;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +269,43 @@ mod tests {
         assert_eq!(conflict.to_string(), "transaction conflict for actor agents/a1 on key \"k\"");
         let missing = Error::NotFound { kind: "agent", id: "agent-9".into() };
         assert_eq!(missing.to_string(), "agent agent-9 not found");
+    }
+
+    #[test]
+    fn every_variant_survives_the_wire() {
+        let errors = [
+            Error::InvalidId { kind: "actor id", value: "".into(), reason: "empty".into() },
+            Error::validation("name", "must not be empty"),
+            Error::LimitExceeded { what: "value".into(), actual: 2, limit_name: "X_MAX", limit: 1 },
+            Error::NotFound { kind: "agent", id: "agent-1".into() },
+            Error::TransactionConflict { actor_id: actor(), key: "k".into() },
+            Error::Fenced { actor_id: actor(), node_id: node(), epoch: 3 },
+            Error::NodeUnavailable { node_id: node(), reason: "down".into() },
+            Error::InvocationTimeout { actor_id: actor(), timeout_ms: 100 },
+            Error::MailboxFull { actor_id: actor(), depth: 1024 },
+            Error::ShuttingDown { component: "runtime" },
+            Error::StorageIo { operation: "commit", reason: "EIO".into() },
+            Error::Corruption { location: "wal".into(), reason: "checksum".into() },
+            Error::ActorFailed { actor_id: actor(), reason: "panic".into() },
+            Error::Internal("bug".into()),
+        ];
+        for err in errors {
+            let bytes = serde_json::to_vec(&WireError::from(&err)).unwrap();
+            let back: WireError = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(back.into_error(), err);
+        }
+    }
+
+    #[test]
+    fn interned_names_are_shared() {
+        let a = WireError::NotFound { kind: "agent".into(), id: "1".into() }.into_error();
+        let b = WireError::NotFound { kind: "agent".into(), id: "2".into() }.into_error();
+        match (a, b) {
+            (Error::NotFound { kind: x, .. }, Error::NotFound { kind: y, .. }) => {
+                assert_eq!(x, "agent");
+                assert!(std::ptr::eq(x, y), "one allocation per distinct name");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -18,5 +18,5 @@ pub mod id;
 pub mod limits;
 
 pub use env::{Clock, Env, RngSource, TaskSpawner};
-pub use error::{Error, Result};
+pub use error::{Error, Result, WireError};
 pub use id::{ActorId, NodeId};

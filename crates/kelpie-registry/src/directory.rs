@@ -2,22 +2,19 @@
 //! offers, so callers (the runtime, cluster forwarding) and conformance tests
 //! can use any backend through one interface.
 //!
-//! Two backends implement it: [`LocalDirectory`] (a [`Registry`]: the lease
-//! state machine over a [`PlacementStore`], time from the environment's
-//! clock: single node, tests, the simulator) and [`PostgresRegistry`] (the
+//! Two backends implement it: [`Registry`] (the lease state machine over a
+//! `PlacementStore`, time from the environment's clock: single node, tests,
+//! the simulator) and [`PostgresRegistry`] (the
 //! same state machine, time from the database's clock: a cluster). Liveness
 //! of a holder is always judged by the backend's own clock, never by the
 //! caller's.
 
-use std::sync::Arc;
-
 use kelpie_core::env::BoxFuture;
-use kelpie_core::{ActorId, Clock, NodeId, Result};
+use kelpie_core::{ActorId, NodeId, Result};
 
 use crate::lease::{LeaseOutcome, PlacementRecord};
 use crate::postgres_registry::PostgresRegistry;
 use crate::registry::Registry;
-use crate::store::PlacementStore;
 
 /// The node holding a live lease on an actor, and its fencing epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,55 +46,37 @@ pub(crate) fn live_owner_at(record: Option<&PlacementRecord>, now_ms: u64) -> Op
     Some(LiveOwner { node_id: holder.node_id.clone(), epoch: record.epoch })
 }
 
-/// A [`Registry`] together with the clock it judges leases by.
-#[derive(Clone)]
-pub struct LocalDirectory {
-    registry: Registry,
-    clock: Arc<dyn Clock>,
-}
-
-impl LocalDirectory {
-    pub fn new(store: Arc<dyn PlacementStore>, clock: Arc<dyn Clock>, lease_ms: u64) -> Self {
-        LocalDirectory { registry: Registry::with_lease(store, clock.clone(), lease_ms), clock }
-    }
-
-    /// The registry, for callers that take one directly (the runtime).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-}
-
-impl PlacementDirectory for LocalDirectory {
+impl PlacementDirectory for Registry {
     fn claim(&self, actor_id: &ActorId, node_id: &NodeId) -> BoxFuture<Result<LeaseOutcome>> {
         let (this, actor_id, node_id) = (self.clone(), actor_id.clone(), node_id.clone());
-        Box::pin(async move { this.registry.claim(&actor_id, &node_id).await })
+        Box::pin(async move { Registry::claim(&this, &actor_id, &node_id).await })
     }
 
     fn renew(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> BoxFuture<Result<LeaseOutcome>> {
         let (this, actor_id, node_id) = (self.clone(), actor_id.clone(), node_id.clone());
-        Box::pin(async move { this.registry.renew(&actor_id, &node_id, epoch).await })
+        Box::pin(async move { Registry::renew(&this, &actor_id, &node_id, epoch).await })
     }
 
     fn release(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> BoxFuture<Result<LeaseOutcome>> {
         let (this, actor_id, node_id) = (self.clone(), actor_id.clone(), node_id.clone());
-        Box::pin(async move { this.registry.release(&actor_id, &node_id, epoch).await })
+        Box::pin(async move { Registry::release(&this, &actor_id, &node_id, epoch).await })
     }
 
     fn lookup(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<PlacementRecord>>> {
         let (this, actor_id) = (self.clone(), actor_id.clone());
-        Box::pin(async move { this.registry.lookup(&actor_id).await })
+        Box::pin(async move { Registry::lookup(&this, &actor_id).await })
     }
 
     fn live_owner(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<LiveOwner>>> {
         let (this, actor_id) = (self.clone(), actor_id.clone());
         Box::pin(async move {
-            let record = this.registry.lookup(&actor_id).await?;
-            Ok(live_owner_at(record.as_ref(), this.clock.wall_ms()))
+            let record = Registry::lookup(&this, &actor_id).await?;
+            Ok(live_owner_at(record.as_ref(), this.now_ms()))
         })
     }
 
     fn lease_ms(&self) -> u64 {
-        self.registry.lease_ms()
+        Registry::lease_ms(self)
     }
 }
 

@@ -15,7 +15,7 @@
 //!   "place it".
 //!
 //! - [`directory`]: [`PlacementDirectory`], the operations every backend
-//!   offers, with [`LocalDirectory`] (a [`Registry`] and its clock).
+//!   offers, implemented by [`Registry`] and [`PostgresRegistry`].
 //! - [`postgres_registry`]: [`PostgresRegistry`], the cluster backend, whose
 //!   leases are judged by the database's clock.
 //!
@@ -28,7 +28,7 @@ pub mod registry;
 pub mod storage_store;
 pub mod store;
 
-pub use directory::{LiveOwner, LocalDirectory, PlacementDirectory};
+pub use directory::{LiveOwner, PlacementDirectory};
 pub use lease::{LeaseCommand, LeaseOutcome, PlacementRecord};
 pub use postgres_registry::PostgresRegistry;
 pub use registry::Registry;

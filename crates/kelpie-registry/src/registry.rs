@@ -76,6 +76,11 @@ impl Registry {
         self.apply(actor_id, move || LeaseCommand::Release { node_id: node_id.clone(), epoch }).await
     }
 
+    /// The wall time leases are judged by.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.wall_ms()
+    }
+
     pub async fn lookup(&self, actor_id: &ActorId) -> Result<Option<PlacementRecord>> {
         self.store.get(actor_id).await
     }

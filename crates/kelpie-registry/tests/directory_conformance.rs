@@ -18,8 +18,8 @@ use std::time::Duration;
 use kelpie_core::env::BoxFuture;
 use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_registry::{
-    LeaseOutcome, LiveOwner, LocalDirectory, MemoryPlacementStore, PlacementDirectory, PlacementRecord,
-    PostgresRegistry,
+    LeaseOutcome, LiveOwner, MemoryPlacementStore, PlacementDirectory, PlacementRecord, PostgresRegistry,
+    Registry,
 };
 use kelpie_storage::test_support::PostgresServer;
 use kelpie_storage::{FenceCondition, PostgresBackend, Storage};
@@ -55,7 +55,7 @@ fn memory_directory() -> (Arc<dyn PlacementDirectory>, Pass) {
     let clock = Arc::new(ManualClock::default());
     clock.advance(1_000_000);
     let directory =
-        LocalDirectory::new(Arc::new(MemoryPlacementStore::new()), clock.clone(), SCENARIO_LEASE_MS);
+        Registry::with_lease(Arc::new(MemoryPlacementStore::new()), clock.clone(), SCENARIO_LEASE_MS);
     let pass: Pass = Box::new(move |ms| {
         clock.advance(ms);
         Box::pin(async {})

@@ -51,7 +51,7 @@ fn runtime<A: Actor>(actor: A, storage: Storage, tune: impl FnOnce(&mut RuntimeC
     let registry = Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
     let mut config = RuntimeConfig::new(NodeId::new("bench").unwrap());
     tune(&mut config);
-    Runtime::new(actor, storage, registry, env, config).unwrap()
+    Runtime::new(actor, storage, Arc::new(registry), env, config).unwrap()
 }
 
 fn id(i: usize) -> ActorId {

@@ -28,7 +28,14 @@ use crate::lifecycle::{Lifecycle, LifecycleEvent};
 use crate::runtime::Shared;
 
 pub(crate) enum Command<A: Actor> {
-    Invoke { message: A::Message, reply: oneshot::Sender<Result<A::Reply>> },
+    Invoke {
+        message: A::Message,
+        reply: oneshot::Sender<Result<A::Reply>>,
+    },
+    /// Answers once the activation is loaded: activates without a message.
+    Touch {
+        reply: oneshot::Sender<Result<()>>,
+    },
     Deactivate,
 }
 
@@ -58,8 +65,18 @@ pub(crate) async fn run<A: Actor>(
             transition(&mut lifecycle, LifecycleEvent::Deactivate);
             inbox.close();
             while let Ok(command) = inbox.try_recv() {
-                if let Command::Invoke { message, reply } = command {
-                    let _ = reply.send(invoke(&shared, &actor_id, &mut active, message).await);
+                match command {
+                    Command::Invoke { message, reply } => {
+                        let _ = reply.send(invoke(&shared, &actor_id, &mut active, message).await);
+                    }
+                    Command::Touch { reply } => {
+                        let _ = reply.send(if active.lost {
+                            Err(fenced(&shared, &actor_id, &active))
+                        } else {
+                            Ok(())
+                        });
+                    }
+                    Command::Deactivate => {}
                 }
             }
             deactivate(&shared, &actor_id, &mut active).await;
@@ -69,8 +86,14 @@ pub(crate) async fn run<A: Actor>(
             transition(&mut lifecycle, LifecycleEvent::ActivationFailed);
             inbox.close();
             while let Ok(command) = inbox.try_recv() {
-                if let Command::Invoke { reply, .. } = command {
-                    let _ = reply.send(Err(err.clone()));
+                match command {
+                    Command::Invoke { reply, .. } => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Command::Touch { reply } => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Command::Deactivate => {}
                 }
             }
         }
@@ -87,7 +110,7 @@ fn transition(lifecycle: &mut Lifecycle, event: LifecycleEvent) {
 
 async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Active<A::State>> {
     let node_id = &shared.config.node_id;
-    let epoch = match shared.registry.claim(actor_id, node_id).await? {
+    let epoch = match shared.directory.claim(actor_id, node_id).await? {
         LeaseOutcome::Claimed(record) => record.epoch,
         LeaseOutcome::HeldByOther(record) => {
             let holder = record.holder.map(|h| h.node_id.to_string()).unwrap_or_default();
@@ -136,7 +159,7 @@ async fn serve<A: Actor>(
     inbox: &mut mpsc::Receiver<Command<A>>,
 ) {
     let idle_ms = shared.config.idle_timeout_ms;
-    let renew_ms = (shared.registry.lease_ms() / 3).max(1);
+    let renew_ms = (shared.directory.lease_ms() / 3).max(1);
     while !active.lost {
         let now_ms = shared.env.clock.monotonic_ms();
         let idle_left_ms = (active.last_activity_ms + idle_ms).saturating_sub(now_ms);
@@ -156,6 +179,9 @@ async fn serve<A: Actor>(
                     let _ = reply.send(invoke(shared, actor_id, active, message).await);
                     active.last_activity_ms = shared.env.clock.monotonic_ms();
                 }
+                Some(Command::Touch { reply }) => {
+                    let _ = reply.send(Ok(()));
+                }
                 Some(Command::Deactivate) | None => return,
             },
             () = wake => {}
@@ -165,7 +191,7 @@ async fn serve<A: Actor>(
 
 async fn renew<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &mut Active<A::State>) {
     let node_id = &shared.config.node_id;
-    match shared.registry.renew(actor_id, node_id, active.epoch).await {
+    match shared.directory.renew(actor_id, node_id, active.epoch).await {
         Ok(LeaseOutcome::Renewed(_)) => active.last_renewal_ms = shared.env.clock.monotonic_ms(),
         Ok(_) => active.lost = true,
         // A storage hiccup: try again at the next interval; the lease has
@@ -278,7 +304,7 @@ async fn deactivate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &m
     // A failing hook loses only its own changes; the last saved state stands.
     let _ = finish_invocation(shared, actor_id, active, txn, before, hook).await;
     if !active.lost {
-        let _ = shared.registry.release(actor_id, &shared.config.node_id, active.epoch).await;
+        let _ = shared.directory.release(actor_id, &shared.config.node_id, active.epoch).await;
     }
 }
 

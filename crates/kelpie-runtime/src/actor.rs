@@ -21,6 +21,8 @@ const USER_KEY_PREFIX: &[u8] = b"u/";
 
 pub trait Actor: Send + Sync + 'static {
     type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
+    /// Messages and replies of actors run in a cluster must also be
+    /// serializable (see [`crate::remote`]).
     type Message: Send + 'static;
     type Reply: Send + 'static;
 

@@ -9,6 +9,8 @@
 //! - `activation`: the task of one activation: claim, load, serve, save,
 //!   release, with every commit fenced by the activation's epoch.
 //! - [`lifecycle`]: the activation state machine (pure).
+//! - [`remote`]: the seam to the cluster: [`Remote`] sends invocations to
+//!   the owning node, [`EncodedInvoker`] runs them on arrival.
 //!
 //! Time, task spawning and randomness come from the [`kelpie_core::Env`]
 //! given to [`Runtime::new`], so the same code runs in the simulator.
@@ -16,8 +18,10 @@
 mod activation;
 pub mod actor;
 pub mod lifecycle;
+pub mod remote;
 pub mod runtime;
 
 pub use actor::{Actor, ActorContext};
 pub use lifecycle::{ActivationState, Lifecycle, LifecycleEvent};
+pub use remote::{EncodedInvoker, Remote};
 pub use runtime::{ActorRef, Runtime, RuntimeConfig};

@@ -19,12 +19,15 @@ use kelpie_core::limits::{
     MAILBOX_DEPTH_MAX,
 };
 use kelpie_core::{ActorId, Env, Error, NodeId, Result};
-use kelpie_registry::Registry;
+use kelpie_registry::PlacementDirectory;
 use kelpie_storage::Storage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::activation::{self, Command};
 use crate::actor::Actor;
+use crate::remote::{self, Remote};
 
 /// Active actors kept in memory by default before the least recently used
 /// one is deactivated.
@@ -77,6 +80,13 @@ impl RuntimeConfig {
     }
 }
 
+/// How a clustered runtime encodes what it forwards (set by
+/// [`Runtime::clustered`], the one place the serde bounds are required).
+pub(crate) struct Codec<A: Actor> {
+    encode_message: fn(&ActorId, &A::Message) -> Result<Vec<u8>>,
+    decode_reply: fn(&ActorId, &[u8]) -> Result<A::Reply>,
+}
+
 struct Slot<A: Actor> {
     mailbox: mpsc::Sender<Command<A>>,
     done: watch::Receiver<bool>,
@@ -95,10 +105,14 @@ struct Table<A: Actor> {
 pub(crate) struct Shared<A: Actor> {
     pub(crate) actor: A,
     pub(crate) storage: Storage,
-    pub(crate) registry: Registry,
+    pub(crate) directory: Arc<dyn PlacementDirectory>,
     pub(crate) env: Env,
     pub(crate) config: RuntimeConfig,
+    /// How to reach actors owned by other nodes; `None` on a single node.
+    remote: Option<(Arc<dyn Remote>, Codec<A>)>,
     table: Mutex<Table<A>>,
+    /// Actors being moved away: invocations wait for the move, then route.
+    moving: Mutex<BTreeMap<ActorId, watch::Receiver<bool>>>,
     shutting_down: AtomicBool,
 }
 
@@ -136,25 +150,62 @@ impl<A: Actor> ActorRef<A> {
 }
 
 impl<A: Actor> Runtime<A> {
+    /// A single-node runtime: every actor is activated here.
     pub fn new(
         actor: A,
         storage: Storage,
-        registry: Registry,
+        directory: Arc<dyn PlacementDirectory>,
         env: Env,
         config: RuntimeConfig,
+    ) -> Result<Self> {
+        Self::build(actor, storage, directory, env, config, None)
+    }
+
+    /// A runtime in a cluster: an invocation of an actor that another live
+    /// node owns is sent there through `remote`.
+    pub fn clustered(
+        actor: A,
+        storage: Storage,
+        directory: Arc<dyn PlacementDirectory>,
+        env: Env,
+        config: RuntimeConfig,
+        remote: Arc<dyn Remote>,
+    ) -> Result<Self>
+    where
+        A::Message: Serialize + DeserializeOwned,
+        A::Reply: Serialize + DeserializeOwned,
+    {
+        let codec =
+            Codec { encode_message: remote::encode_message::<A>, decode_reply: remote::decode_reply::<A> };
+        Self::build(actor, storage, directory, env, config, Some((remote, codec)))
+    }
+
+    fn build(
+        actor: A,
+        storage: Storage,
+        directory: Arc<dyn PlacementDirectory>,
+        env: Env,
+        config: RuntimeConfig,
+        remote: Option<(Arc<dyn Remote>, Codec<A>)>,
     ) -> Result<Self> {
         config.validate()?;
         let table = Table { slots: BTreeMap::new(), recency: BTreeMap::new(), tick: 0, generation: 0 };
         let shared = Shared {
             actor,
             storage,
-            registry,
+            directory,
             env,
             config,
+            remote,
             table: Mutex::new(table),
+            moving: Mutex::new(BTreeMap::new()),
             shutting_down: AtomicBool::new(false),
         };
         Ok(Runtime { shared: Arc::new(shared) })
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.shared.config.node_id
     }
 
     pub fn actor_ref(&self, actor_id: ActorId) -> ActorRef<A> {
@@ -170,9 +221,39 @@ impl<A: Actor> Runtime<A> {
         self.shared.lock_table().slots.contains_key(actor_id)
     }
 
-    /// Sends `message` to `actor_id`, activating it if needed, and waits for
-    /// the reply up to the configured invocation timeout.
+    /// Sends `message` to `actor_id` wherever it lives and waits for the
+    /// reply. On a single node, or when the actor is active here, it runs
+    /// here (activating on demand); in a cluster, an actor a live node owns
+    /// runs there, and an unowned one is claimed here, or, while this node
+    /// takes no activations (draining, isolated), on another node.
     pub async fn invoke(&self, actor_id: &ActorId, message: A::Message) -> Result<A::Reply> {
+        let Some((remote, codec)) = &self.shared.remote else {
+            return self.invoke_local(actor_id, message).await;
+        };
+        self.wait_for_move(actor_id).await;
+        if self.is_active(actor_id) {
+            return self.invoke_local(actor_id, message).await;
+        }
+        let owner = self.shared.directory.live_owner(actor_id).await?;
+        let target = match owner {
+            Some(owner) if &owner.node_id == self.node_id() => {
+                return self.invoke_local(actor_id, message).await
+            }
+            Some(owner) => Some(owner.node_id),
+            None if remote.accepts_activations() && !self.is_shutting_down() => {
+                return self.invoke_local(actor_id, message).await;
+            }
+            None => None,
+        };
+        let payload = (codec.encode_message)(actor_id, &message)?;
+        let reply = remote.forward(target, actor_id.clone(), payload).await?;
+        (codec.decode_reply)(actor_id, &reply)
+    }
+
+    /// Runs `message` on this node's activation of `actor_id`, activating it
+    /// here if needed; never forwards. Fails with `NodeUnavailable` while
+    /// another node holds the actor's lease.
+    pub async fn invoke_local(&self, actor_id: &ActorId, message: A::Message) -> Result<A::Reply> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut command = Command::Invoke { message, reply: reply_tx };
         for _ in 0..DISPATCH_ATTEMPTS_COUNT_MAX {
@@ -202,11 +283,75 @@ impl<A: Actor> Runtime<A> {
         })
     }
 
-    async fn await_reply(
-        &self,
-        actor_id: &ActorId,
-        reply: oneshot::Receiver<Result<A::Reply>>,
-    ) -> Result<A::Reply> {
+    /// Activates `actor_id` here (claiming it) without a message; returns
+    /// once it is loaded. The last step of a planned move.
+    pub async fn touch(&self, actor_id: &ActorId) -> Result<()> {
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown { component: "actor runtime" });
+        }
+        for _ in 0..DISPATCH_ATTEMPTS_COUNT_MAX {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let (mailbox, mut done, generation) = self.slot_for(actor_id);
+            match mailbox.try_send(Command::Touch { reply: reply_tx }) {
+                Ok(()) => return self.await_reply(actor_id, reply_rx).await,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Error::MailboxFull {
+                        actor_id: actor_id.clone(),
+                        depth: self.shared.config.mailbox_depth_max,
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    let _ = done.wait_for(|finished| *finished).await;
+                    self.shared.remove_slot(actor_id, generation);
+                }
+            }
+        }
+        Err(Error::NodeUnavailable {
+            node_id: self.shared.config.node_id.clone(),
+            reason: format!("actor {actor_id} kept deactivating; try again"),
+        })
+    }
+
+    /// Deactivates `actor_id` here: the messages already in its mailbox are
+    /// handled first, then its state is saved and its placement released.
+    /// Invocations arriving meanwhile wait (in a cluster) and then route to
+    /// wherever the actor lives next. Returns once the activation is gone.
+    pub async fn deactivate(&self, actor_id: &ActorId) {
+        let (moved_tx, moved_rx) = watch::channel(false);
+        self.lock_moving().insert(actor_id.clone(), moved_rx);
+        let slot = {
+            let table = self.shared.lock_table();
+            table.slots.get(actor_id).map(|slot| (slot.mailbox.clone(), slot.done.clone()))
+        };
+        if let Some((mailbox, mut done)) = slot {
+            let _ = mailbox.send(Command::Deactivate).await;
+            let _ = done.wait_for(|finished| *finished).await;
+        }
+        self.lock_moving().remove(actor_id);
+        let _ = moved_tx.send(true);
+    }
+
+    /// The actors active here, least recently used first.
+    pub fn active_actors(&self) -> Vec<ActorId> {
+        self.shared.lock_table().recency.values().cloned().collect()
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    fn lock_moving(&self) -> std::sync::MutexGuard<'_, BTreeMap<ActorId, watch::Receiver<bool>>> {
+        self.shared.moving.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    async fn wait_for_move(&self, actor_id: &ActorId) {
+        let moving = self.lock_moving().get(actor_id).cloned();
+        if let Some(mut moved) = moving {
+            let _ = moved.wait_for(|finished| *finished).await;
+        }
+    }
+
+    async fn await_reply<R>(&self, actor_id: &ActorId, reply: oneshot::Receiver<Result<R>>) -> Result<R> {
         let timeout_ms = self.shared.config.invocation_timeout_ms;
         let timeout = self.shared.env.clock.sleep(Duration::from_millis(timeout_ms));
         tokio::select! {

@@ -92,7 +92,7 @@ async fn boot(world: World, node: SimNode) {
     config.idle_timeout_ms = IDLE_TIMEOUT_MS;
     config.invocation_timeout_ms = INVOCATION_TIMEOUT_MS;
     let actor = ProbeActor { node_index: node.index(), observations: Arc::clone(&world.observations) };
-    let runtime = Runtime::new(actor, storage, registry, env, config).expect("valid config");
+    let runtime = Runtime::new(actor, storage, Arc::new(registry), env, config).expect("valid config");
     lock(&world.runtimes)[node.index()] = Some(runtime.clone());
     for _ in 0..CLIENTS_PER_NODE_COUNT {
         node.spawn("client", client(world.clone(), node.clone(), runtime.clone()));

@@ -97,7 +97,7 @@ fn runtime_with(storage: Storage, tune: impl FnOnce(&mut RuntimeConfig)) -> Runt
     let registry = Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
     let mut config = RuntimeConfig::new(node());
     tune(&mut config);
-    Runtime::new(CounterActor, storage, registry, env, config).unwrap()
+    Runtime::new(CounterActor, storage, Arc::new(registry), env, config).unwrap()
 }
 
 fn state(reply: Reply) -> Counter {
@@ -295,7 +295,8 @@ async fn claim_held_by_another_live_node_fails_activation_with_retriable_error()
     let other = Registry::new(store.clone(), env.clock.clone());
     other.claim(&id("held"), &NodeId::new("node-2").unwrap()).await.unwrap();
     let registry = Registry::new(store, env.clock.clone());
-    let runtime = Runtime::new(CounterActor, storage, registry, env, RuntimeConfig::new(node())).unwrap();
+    let runtime =
+        Runtime::new(CounterActor, storage, Arc::new(registry), env, RuntimeConfig::new(node())).unwrap();
     let err = runtime.invoke(&id("held"), Msg::Get).await.unwrap_err();
     assert_eq!(err.to_string(), "node node-1 unavailable: actor counters/held is active on node node-2");
     assert!(err.is_retriable());
@@ -307,7 +308,7 @@ fn config_limits_are_checked() {
         let mut config = RuntimeConfig::new(node());
         tune(&mut config);
         let registry = Registry::new(Arc::new(MemoryPlacementStore::new()), Env::production().clock);
-        Runtime::new(CounterActor, Storage::memory(), registry, Env::production(), config).err()
+        Runtime::new(CounterActor, Storage::memory(), Arc::new(registry), Env::production(), config).err()
     };
     let err = env_less(|c| c.invocation_timeout_ms = 30_001).unwrap();
     assert_eq!(err.to_string(), "invalid invocation_timeout_ms: 30001 is outside 1..=30000");
@@ -336,7 +337,8 @@ async fn a_dead_activation_task_fails_its_caller_and_is_restarted() {
     let mut env = Env::production();
     env.spawner = spawner.clone();
     let registry = Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
-    let runtime = Runtime::new(CounterActor, storage, registry, env, RuntimeConfig::new(node())).unwrap();
+    let runtime =
+        Runtime::new(CounterActor, storage, Arc::new(registry), env, RuntimeConfig::new(node())).unwrap();
     runtime.invoke(&id("k"), Msg::Add(2)).await.unwrap();
 
     let (_open, gate) = tokio::sync::oneshot::channel();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use axum::Router;
 use kelpie_core::config::{KelpieConfig, StorageConfig};
 use kelpie_core::Env;
-use kelpie_registry::{Registry, StoragePlacementStore};
+use kelpie_registry::{PlacementDirectory, Registry, StoragePlacementStore};
 use kelpie_runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 use thiserror::Error;
@@ -117,7 +117,9 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
 pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentService, ServerError> {
     let env = Env::production();
     let service_error = |e: kelpie_core::Error| ServerError::Service(e.to_string());
-    let registry = || Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone());
+    let registry = || -> Arc<dyn PlacementDirectory> {
+        Arc::new(Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone()))
+    };
     let runtime_config = RuntimeConfig::new(config.node_id.clone());
     let agents = Runtime::new(AgentActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
         .map_err(service_error)?;
