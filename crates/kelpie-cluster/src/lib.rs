@@ -6,8 +6,9 @@
 //! - [`transport`]: the [`Transport`] trait and its TCP client; [`server`]
 //!   the TCP server; [`frame`] (wire format) and [`backoff`] (reconnect
 //!   timing) are their sans-IO parts.
-//! - [`forward`]: routing a request to the actor's owner (pure [`route`]),
-//!   claiming unowned actors here, and the receiving [`ForwardHandler`].
+//! - [`forward`]: carrying the runtime's routing out: [`ClusterRemote`]
+//!   (the runtime's `Remote` over a transport) and the receiving
+//!   [`NodeHandler`].
 //!
 //! Placement (who owns which actor, leases, fencing epochs) lives in
 //! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
@@ -24,7 +25,7 @@ pub mod server;
 pub mod transport;
 
 pub use error::{ClusterError, ClusterResult};
-pub use forward::{route, ForwardHandler, Forwarder, LocalInvoker, Route};
+pub use forward::{ClusterRemote, HttpForwardHandler, Membership, NodeHandler, RequestKind};
 pub use member::{Member, MemberView};
 pub use membership::{Liveness, MembershipConfig, NodeStatus};
 pub use node_table::NodeTable;
