@@ -1,7 +1,8 @@
 //! What an agent actor persists: the agent record (config, core memory,
-//! attached tools) in its state, and messages and passages as extra keys.
+//! working memory, attached tools) in its state, and messages and passages
+//! as extra keys.
 
-use kelpie_memory::CoreMemory;
+use kelpie_memory::{CoreMemory, WorkingMemory};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -36,6 +37,10 @@ pub struct AgentRecord {
     pub metadata: Option<Value>,
     pub tags: Vec<String>,
     pub memory: CoreMemory,
+    /// The agent's scratchpad with expiring entries, edited only by its own
+    /// tool calls. Absent in records written before it existed.
+    #[serde(default)]
+    pub working: WorkingMemory,
     pub llm: LlmSettings,
     pub embedding: EmbeddingSettings,
     /// Attached tools, built-in and custom, by id, in attach order.
