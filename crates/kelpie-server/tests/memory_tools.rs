@@ -276,3 +276,38 @@ async fn working_memory_and_tool_edits_survive_a_restart() {
     assert!(last_system_prompt(&fake).contains(" s): finish the essay\n"));
     restarted.shutdown().await;
 }
+
+#[tokio::test]
+async fn working_memory_travels_with_export_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let id = server.create_agent("exported", &[]).await;
+    let args = json!({"key": "goal", "value": "finish the essay", "ttl_seconds": 3600});
+    call_tool(&server, &id, "working_memory_set", args).await;
+    let exported = server.ok("GET", &format!("/v1/agents/{id}/export"), None).await;
+    assert_eq!(exported["agent"]["working"]["entries"]["goal"]["value"], "finish the essay");
+
+    let boundary = "kelpie-memory-tools";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"agent.json\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&serde_json::to_vec(&exported).unwrap());
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = server
+        .http
+        .post(format!("{}/v1/agents/import", server.base))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let copy = answer["agent_ids"][0].as_str().unwrap().to_string();
+    assert_ne!(copy, id);
+    let got = call_tool(&server, &copy, "working_memory_get", json!({"key": "goal"})).await;
+    assert_eq!(got["tool_return"], "finish the essay");
+    server.shutdown().await;
+}
