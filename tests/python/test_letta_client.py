@@ -73,6 +73,24 @@ def test_memory_tool_call_is_seen_and_applied(client):
     client.agents.delete(agent.id)
 
 
+def test_letta_memory_edit_tools_are_attached_and_applied(client):
+    agent = _agent(client, "py-memory-edit")
+    types = {tool.name: tool.tool_type for tool in agent.tools}
+    assert types["memory_insert"] == "letta_sleeptime_core" and types["memory_replace"] == "letta_sleeptime_core"
+    assert types["working_memory_set"] == "letta_builtin"
+    text = '/call memory_replace {"label": "human", "old_string": "Ana", "new_string": "Bo"}'
+    response = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
+    assert response.messages[2].status == "success"
+    text = '/call memory_insert {"label": "human", "new_string": "Drinks tea.", "insert_line": 0}'
+    client.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
+    assert client.agents.blocks.retrieve("human", agent_id=agent.id).value == "Drinks tea.\nName: Bo."
+    text = '/call memory_replace {"label": "human", "old_string": "Ana", "new_string": "Bo"}'
+    response = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
+    assert response.messages[2].status == "error"
+    assert response.messages[2].tool_return == 'block "human": text to replace "Ana" not found'
+    client.agents.delete(agent.id)
+
+
 def test_archival_insert_search_delete(client):
     agent = _agent(client, "py-archival")
     inserted = client.agents.passages.create(agent.id, text="The lighthouse key is under the blue stone.")

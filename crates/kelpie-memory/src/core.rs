@@ -21,6 +21,10 @@ pub const CORE_MEMORY_TOTAL_CHARS_MAX: u64 = 2_000_000;
 pub const CORE_MEMORY_BLOCKS_COUNT_MAX: usize = 64;
 /// Longest block label, in bytes.
 pub const BLOCK_LABEL_BYTES_MAX: usize = 128;
+/// `insert_line` of [`CoreMemory::insert_lines`] meaning "after the last line".
+pub const INSERT_LINE_END: i64 = -1;
+/// Most line numbers an ambiguous-replace error lists.
+pub const AMBIGUOUS_LINES_COUNT_MAX: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MemoryError {
@@ -44,6 +48,10 @@ pub enum MemoryError {
     TooManyBlocks { max: usize },
     #[error("block {label:?}: text to replace {old:?} not found")]
     ReplaceTargetMissing { label: String, old: String },
+    #[error("block {label:?}: text to replace {old:?} occurs {occurrences_count} times (starting on lines {lines:?}); it must occur exactly once, so include more context")]
+    ReplaceTargetAmbiguous { label: String, old: String, occurrences_count: usize, lines: Vec<usize> },
+    #[error("block {label:?}: insert_line {insert_line} is outside 0..={lines_count} (or -1 for the end); the block has {lines_count} lines")]
+    InsertLineOutOfRange { label: String, insert_line: i64, lines_count: usize },
 }
 
 /// One core memory block.
@@ -286,6 +294,61 @@ impl CoreMemory {
         self.set_value(label, value)
     }
 
+    /// The agent's own `memory_replace`: replaces `old` only when it occurs
+    /// exactly once, so an edit never lands on an unintended copy.
+    pub fn replace_unique(&mut self, label: &str, old: &str, new: &str) -> Result<&Block, MemoryError> {
+        let index = self.writable_index(label)?;
+        let current = &self.blocks[index].value;
+        let starts: Vec<usize> = if old.is_empty() {
+            Vec::new()
+        } else {
+            current.match_indices(old).map(|(start, _)| start).collect()
+        };
+        match starts.len() {
+            0 => Err(MemoryError::ReplaceTargetMissing { label: label.to_string(), old: old.to_string() }),
+            1 => {
+                let value = current.replacen(old, new, 1);
+                debug_assert_eq!(value.len() + old.len(), current.len() + new.len());
+                self.set_value(label, value)
+            }
+            occurrences_count => Err(MemoryError::ReplaceTargetAmbiguous {
+                label: label.to_string(),
+                old: old.to_string(),
+                occurrences_count,
+                lines: starts
+                    .iter()
+                    .take(AMBIGUOUS_LINES_COUNT_MAX)
+                    .map(|&start| current[..start].matches('\n').count() + 1)
+                    .collect(),
+            }),
+        }
+    }
+
+    /// The agent's own `memory_insert`: `text` as new line(s) after line
+    /// `insert_line` (0: before the first, [`INSERT_LINE_END`]: after the
+    /// last). An empty block has no lines, so 0 and -1 both give `text`.
+    pub fn insert_lines(&mut self, label: &str, text: &str, insert_line: i64) -> Result<&Block, MemoryError> {
+        let index = self.writable_index(label)?;
+        let current = &self.blocks[index].value;
+        let mut lines: Vec<&str> =
+            if current.is_empty() { Vec::new() } else { current.split('\n').collect() };
+        let lines_count = lines.len();
+        let at = match usize::try_from(insert_line) {
+            _ if insert_line == INSERT_LINE_END => lines_count,
+            Ok(at) if at <= lines_count => at,
+            _ => {
+                let label = label.to_string();
+                return Err(MemoryError::InsertLineOutOfRange { label, insert_line, lines_count });
+            }
+        };
+        let inserted: Vec<&str> = text.split('\n').collect();
+        let inserted_count = inserted.len();
+        lines.splice(at..at, inserted);
+        debug_assert_eq!(lines.len(), lines_count + inserted_count);
+        let value = lines.join("\n");
+        self.set_value(label, value)
+    }
+
     fn writable_index(&self, label: &str) -> Result<usize, MemoryError> {
         let index = self.index_of(label)?;
         if self.blocks[index].read_only {
@@ -357,6 +420,98 @@ mod tests {
         assert_eq!(memory.get("human").unwrap().value, "Name: Bo.\nChess.");
         let missing = memory.replace("human", "Zed", "x").unwrap_err();
         assert_eq!(missing, MemoryError::ReplaceTargetMissing { label: "human".into(), old: "Zed".into() });
+    }
+
+    #[test]
+    fn replace_unique_edits_exactly_one_occurrence() {
+        let mut memory = memory();
+        memory.set_value("persona", "likes tea\nlikes cake\nhates rain".into()).unwrap();
+        let block = memory.replace_unique("persona", "likes cake", "likes pie").unwrap();
+        assert_eq!(block.value, "likes tea\nlikes pie\nhates rain");
+        let block = memory.replace_unique("persona", "\nhates rain", "").unwrap();
+        assert_eq!(block.value, "likes tea\nlikes pie");
+    }
+
+    #[test]
+    fn replace_unique_refuses_missing_or_repeated_text_and_keeps_the_value() {
+        let mut memory = memory();
+        memory.set_value("persona", "likes tea\nlikes cake\nlikes tea".into()).unwrap();
+        let err = memory.replace_unique("persona", "likes tea", "x").unwrap_err();
+        assert_eq!(
+            err,
+            MemoryError::ReplaceTargetAmbiguous {
+                label: "persona".into(),
+                old: "likes tea".into(),
+                occurrences_count: 2,
+                lines: vec![1, 3],
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "block \"persona\": text to replace \"likes tea\" occurs 2 times (starting on lines [1, 3]); \
+             it must occur exactly once, so include more context"
+        );
+        let missing = memory.replace_unique("persona", "coffee", "x").unwrap_err();
+        assert_eq!(
+            missing,
+            MemoryError::ReplaceTargetMissing { label: "persona".into(), old: "coffee".into() }
+        );
+        let empty = memory.replace_unique("persona", "", "x").unwrap_err();
+        assert!(matches!(empty, MemoryError::ReplaceTargetMissing { .. }), "{empty:?}");
+        assert_eq!(memory.get("persona").unwrap().value, "likes tea\nlikes cake\nlikes tea");
+    }
+
+    #[test]
+    fn replace_unique_over_the_limit_is_refused_not_truncated() {
+        let mut memory = memory();
+        let err = memory.replace_unique("human", "Ana", "Anastasia Nikolaevna").unwrap_err();
+        assert_eq!(
+            err,
+            MemoryError::BlockOverLimit { label: "human".into(), actual_chars: 27, limit_chars: 20 }
+        );
+        assert_eq!(memory.get("human").unwrap().value, "Name: Ana.");
+    }
+
+    #[test]
+    fn insert_lines_places_text_after_the_given_line() {
+        let mut memory = memory();
+        memory.set_value("persona", "one\ntwo".into()).unwrap();
+        assert_eq!(memory.insert_lines("persona", "zero", 0).unwrap().value, "zero\none\ntwo");
+        assert_eq!(memory.insert_lines("persona", "1.5", 2).unwrap().value, "zero\none\n1.5\ntwo");
+        assert_eq!(
+            memory.insert_lines("persona", "three", INSERT_LINE_END).unwrap().value,
+            "zero\none\n1.5\ntwo\nthree"
+        );
+        assert_eq!(
+            memory.insert_lines("persona", "a\nb", 5).unwrap().value,
+            "zero\none\n1.5\ntwo\nthree\na\nb"
+        );
+        memory.set_value("persona", String::new()).unwrap();
+        assert_eq!(memory.insert_lines("persona", "first", INSERT_LINE_END).unwrap().value, "first");
+        memory.set_value("persona", String::new()).unwrap();
+        assert_eq!(memory.insert_lines("persona", "first", 0).unwrap().value, "first");
+    }
+
+    #[test]
+    fn insert_lines_refuses_out_of_range_lines_and_limits_and_keeps_the_value() {
+        let mut memory = memory();
+        for insert_line in [2, -2, i64::MAX, i64::MIN] {
+            let err = memory.insert_lines("human", "x", insert_line).unwrap_err();
+            assert_eq!(
+                err,
+                MemoryError::InsertLineOutOfRange { label: "human".into(), insert_line, lines_count: 1 }
+            );
+        }
+        let err = memory.insert_lines("human", "Likes long walks.", INSERT_LINE_END).unwrap_err();
+        assert_eq!(
+            err,
+            MemoryError::BlockOverLimit { label: "human".into(), actual_chars: 28, limit_chars: 20 }
+        );
+        memory.set_details("persona", None, Some(true)).unwrap();
+        let err = memory.insert_lines("persona", "x", 0).unwrap_err();
+        assert_eq!(err, MemoryError::ReadOnly { label: "persona".into() });
+        assert_eq!(memory.get("human").unwrap().value, "Name: Ana.");
+        assert_eq!(memory.get("persona").unwrap().value, "A tutor.");
     }
 
     #[test]

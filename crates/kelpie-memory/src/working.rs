@@ -30,6 +30,8 @@ pub const WORKING_VALUE_BYTES_MAX: usize = 16 * 1024;
 pub const WORKING_TOTAL_BYTES_MAX: usize = 256 * 1024;
 /// Longest key, in bytes.
 pub const WORKING_KEY_BYTES_MAX: usize = 256;
+/// Milliseconds in a second, for TTLs given and shown in seconds.
+pub const MS_PER_SECOND: u64 = 1_000;
 /// Longest time-to-live a put may ask for: 30 days, in milliseconds.
 pub const WORKING_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 
@@ -183,6 +185,25 @@ impl WorkingMemory {
         self.list(now_ms).map(|(key, entry)| entry_bytes(key, &entry.value)).sum()
     }
 
+    /// The live entries as prompt text, in key order, each with the whole
+    /// seconds it has left (rounded up); expired entries are not shown.
+    pub fn render(&self, now_ms: u64) -> String {
+        let mut out = format!(
+            "<working_memory entries=\"{}/{}\" bytes=\"{}/{}\">\n",
+            self.len(now_ms),
+            self.limits.entries_count_max,
+            self.used_bytes(now_ms),
+            self.limits.total_bytes_max
+        );
+        for (key, entry) in self.list(now_ms) {
+            let left_ms = entry.expires_at_ms - now_ms;
+            let left_seconds = left_ms.div_ceil(MS_PER_SECOND);
+            out.push_str(&format!("{key} (expires in {left_seconds} s): {}\n", entry.value));
+        }
+        out.push_str("</working_memory>\n");
+        out
+    }
+
     fn purge_expired(&mut self, now_ms: u64) {
         self.entries.retain(|_, entry| entry.is_live(now_ms));
         debug_assert!(self.entries.values().all(|entry| entry.is_live(now_ms)));
@@ -294,6 +315,21 @@ mod tests {
         assert_eq!(memory.get("b", 5), None);
         assert!(!memory.delete("a", 10));
         assert_eq!(memory.len(10), 0);
+    }
+
+    #[test]
+    fn render_shows_live_entries_with_seconds_left_and_hides_expired_ones() {
+        let mut memory = WorkingMemory::new(SMALL);
+        memory.put("a", "1".into(), 1_500, 0).unwrap();
+        memory.put("b", "two".into(), 10_000, 0).unwrap();
+        assert_eq!(
+            memory.render(400),
+            "<working_memory entries=\"2/2\" bytes=\"6/12\">\na (expires in 2 s): 1\nb (expires in 10 s): two\n</working_memory>\n"
+        );
+        assert_eq!(
+            memory.render(1_500),
+            "<working_memory entries=\"1/2\" bytes=\"4/12\">\nb (expires in 9 s): two\n</working_memory>\n"
+        );
     }
 
     #[test]

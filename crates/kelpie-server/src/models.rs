@@ -14,6 +14,7 @@ use kelpie_memory::LOCAL_EMBEDDING_DIMENSIONS_COUNT;
 use serde_json::{json, Value};
 
 use crate::agent::model::{EmbeddingSettings, LlmSettings};
+use crate::llm::openai::EMBEDDING_BATCH_TEXTS_COUNT_MAX;
 use crate::llm::{LlmClients, PROVIDER_ANTHROPIC};
 
 pub const OPENAI_BASE_URL_OFFICIAL: &str = "https://api.openai.com/v1";
@@ -29,6 +30,12 @@ const LOCAL_EMBEDDING_MODEL: &str = "local-hash-256";
 /// Dimension reported for an `openai/<model>` embedding (OpenAI's
 /// `text-embedding-3-small`); search uses whatever length the provider sends.
 pub const REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT: u64 = 1_536;
+/// A provider model whose id holds this (case-insensitive) is listed as an
+/// embedding model: OpenAI's `text-embedding-*`, Ollama's `nomic-embed-text`,
+/// `mxbai-embed-large`... Any `openai/<model>` works whether listed or not.
+const EMBEDDING_MODEL_ID_MARKER: &str = "embed";
+/// Characters per chunk Letta's `EmbeddingModel` reports; we do not chunk.
+const EMBEDDING_CHUNK_CHARS_COUNT: u64 = 300;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -174,16 +181,45 @@ impl ModelCatalog {
         models
     }
 
-    /// `GET /v1/models/embedding`: the local embedding.
-    pub fn embedding_models(&self) -> Vec<Value> {
-        vec![json!({
+    /// `GET /v1/models/embedding`: the local embedding first, then the
+    /// OpenAI-compatible provider's embedding models (those of its
+    /// `GET /models` whose id holds "embed") when it can be asked, each as
+    /// the `openai/<model>` handle an agent stores.
+    pub async fn embedding_models(&self) -> Vec<Value> {
+        let mut models = vec![json!({
             "handle": LOCAL_EMBEDDING_HANDLE, "name": LOCAL_EMBEDDING_MODEL, "display_name": LOCAL_EMBEDDING_MODEL,
             "provider_type": "kelpie", "provider_name": "kelpie", "model_type": "embedding",
             "embedding_endpoint_type": "kelpie", "embedding_endpoint": null, "embedding_model": LOCAL_EMBEDDING_MODEL,
-            "embedding_dim": LOCAL_EMBEDDING_DIMENSIONS_COUNT, "embedding_chunk_size": 300, "batch_size": 32,
-            "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
-        })]
+            "embedding_dim": LOCAL_EMBEDDING_DIMENSIONS_COUNT, "embedding_chunk_size": EMBEDDING_CHUNK_CHARS_COUNT,
+            "batch_size": 32, "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
+        })];
+        if !self.openai_askable() {
+            return models;
+        }
+        match self.clients.openai.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
+            Ok(listed) => models.extend(
+                listed
+                    .iter()
+                    .filter(|id| id.to_lowercase().contains(EMBEDDING_MODEL_ID_MARKER))
+                    .map(|model| remote_embedding_json(&self.config.openai_base_url, model)),
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot list the provider's embedding models"),
+        }
+        debug_assert_eq!(models[0]["handle"], LOCAL_EMBEDDING_HANDLE, "the local default is listed first");
+        models
     }
+}
+
+/// One Letta `EmbeddingModel` object for `openai/<model>`.
+fn remote_embedding_json(endpoint: &str, model: &str) -> Value {
+    json!({
+        "handle": format!("openai/{model}"), "name": model, "display_name": model,
+        "provider_type": "openai", "provider_name": "openai", "model_type": "embedding",
+        "embedding_endpoint_type": "openai", "embedding_endpoint": endpoint, "embedding_model": model,
+        "embedding_dim": REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT, "embedding_chunk_size": EMBEDDING_CHUNK_CHARS_COUNT,
+        "batch_size": EMBEDDING_BATCH_TEXTS_COUNT_MAX, "azure_endpoint": null, "azure_version": null,
+        "azure_deployment": null,
+    })
 }
 
 /// One Letta `Model` object.

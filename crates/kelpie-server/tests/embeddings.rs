@@ -110,3 +110,55 @@ async fn import_reembeds_passages_with_the_agents_openai_embedding() {
     assert_eq!(ranked[0]["score"], 1.0);
     server.shutdown().await;
 }
+
+/// An OpenAI-compatible provider listing two chat models and two embedding
+/// models at `GET /v1/models`; answers its base URL.
+async fn provider_listing_embedding_models() -> String {
+    use axum::routing::get;
+    let listing = json!({"object": "list", "data": [
+        {"id": "gpt-4o-mini", "object": "model"}, {"id": "text-embedding-3-small", "object": "model"},
+        {"id": "nomic-Embed-text", "object": "model"}, {"id": "llama3", "object": "model"},
+    ]});
+    let app = axum::Router::new().route("/v1/models", get(move || async move { axum::Json(listing) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn embedding_listing_adds_the_providers_embedding_models_and_each_works_on_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = provider_listing_embedding_models().await;
+    let server = common::start_with_base_url(dir.path(), &base, &[]).await;
+    let listed = server.ok("GET", "/v1/models/embedding", None).await;
+    let handles: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|m| m["handle"].as_str().unwrap()).collect();
+    assert_eq!(
+        handles,
+        ["kelpie/local-hash-256", "openai/text-embedding-3-small", "openai/nomic-Embed-text"]
+    );
+    let remote = &listed[1];
+    assert_eq!(remote["embedding_endpoint_type"], "openai");
+    assert_eq!(remote["embedding_endpoint"], base.as_str());
+    assert_eq!(remote["embedding_model"], "text-embedding-3-small");
+    assert_eq!(remote["embedding_dim"], 1536);
+    assert_eq!(remote["model_type"], "embedding");
+    for handle in &handles {
+        let agent = create_agent(&server, Some(handle)).await;
+        assert_eq!(agent["embedding"], *handle);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn embedding_listing_has_only_the_local_model_when_the_provider_lists_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let listed = server.ok("GET", "/v1/models/embedding", None).await;
+    let handles: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|m| m["handle"].as_str().unwrap()).collect();
+    assert_eq!(handles, ["kelpie/local-hash-256"]);
+    server.shutdown().await;
+}

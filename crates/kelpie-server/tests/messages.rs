@@ -29,7 +29,7 @@ async fn send_message_returns_echo_with_usage_and_prompt_holds_memory() {
     let system = requests[0]["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("<human chars=\"10/100\">\nName: Ana.\n</human>"), "{system}");
     assert_eq!(requests[0]["model"], "fake-gpt");
-    assert_eq!(requests[0]["tools"].as_array().unwrap().len(), 6);
+    assert_eq!(requests[0]["tools"].as_array().unwrap().len(), 11);
 
     let second = server.say(&id, "again").await;
     assert_eq!(second["messages"][0]["content"], "echo: again");

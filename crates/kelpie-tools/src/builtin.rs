@@ -1,5 +1,7 @@
 //! The built-in tools: `send_message` (the reply to the user), core memory
-//! edits, archival memory insert/search and conversation search.
+//! edits (`core_memory_*` and Letta's newer `memory_insert`/`memory_replace`),
+//! archival memory insert/search, conversation search, and working memory
+//! (a key-value scratchpad with expiry, our own: Letta has no such tools).
 
 use serde_json::{json, Value};
 
@@ -9,6 +11,21 @@ pub const CORE_MEMORY_REPLACE: &str = "core_memory_replace";
 pub const ARCHIVAL_MEMORY_INSERT: &str = "archival_memory_insert";
 pub const ARCHIVAL_MEMORY_SEARCH: &str = "archival_memory_search";
 pub const CONVERSATION_SEARCH: &str = "conversation_search";
+pub const MEMORY_INSERT: &str = "memory_insert";
+pub const MEMORY_REPLACE: &str = "memory_replace";
+pub const WORKING_MEMORY_SET: &str = "working_memory_set";
+pub const WORKING_MEMORY_GET: &str = "working_memory_get";
+pub const WORKING_MEMORY_DELETE: &str = "working_memory_delete";
+
+/// Letta's `ToolType` of the tools every Letta agent has.
+pub const TOOL_TYPE_CORE: &str = "letta_core";
+/// Letta's `ToolType` of `core_memory_append`/`_replace`.
+pub const TOOL_TYPE_MEMORY_CORE: &str = "letta_memory_core";
+/// Letta's `ToolType` of `memory_insert`/`memory_replace`.
+pub const TOOL_TYPE_SLEEPTIME_CORE: &str = "letta_sleeptime_core";
+/// Letta's `ToolType` for server-provided tools outside its core sets; ours
+/// for the working memory tools.
+pub const TOOL_TYPE_BUILTIN: &str = "letta_builtin";
 
 /// A built-in tool's description for the API and the LLM.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +33,8 @@ pub struct BuiltinTool {
     pub name: &'static str,
     /// A stable id, the same on every server and across restarts.
     pub id: &'static str,
+    /// Letta's `ToolType` value shown by the API.
+    pub tool_type: &'static str,
     pub description: &'static str,
     /// `{"name", "description", "parameters"}`.
     pub json_schema: Value,
@@ -33,36 +52,37 @@ fn schema(name: &str, description: &str, properties: Value, required: &[&str]) -
     })
 }
 
+fn integer_param(description: &str) -> Value {
+    json!({"type": "integer", "description": description})
+}
+
 fn tool(
-    name: &'static str,
-    id: &'static str,
+    (name, id, tool_type): (&'static str, &'static str, &'static str),
     description: &'static str,
     properties: Value,
     required: &[&str],
 ) -> BuiltinTool {
-    BuiltinTool { name, id, description, json_schema: schema(name, description, properties, required) }
+    let json_schema = schema(name, description, properties, required);
+    BuiltinTool { name, id, tool_type, description, json_schema }
 }
 
 /// Every built-in tool, in a fixed order.
 pub fn builtin_tools() -> Vec<BuiltinTool> {
     vec![
         tool(
-            SEND_MESSAGE,
-            "tool-00000000-0000-4000-8000-6b656c700001",
+            (SEND_MESSAGE, "tool-00000000-0000-4000-8000-6b656c700001", TOOL_TYPE_CORE),
             "Reply to the user. The text is shown to them; calling this ends your turn.",
             json!({"message": string_param("What to say to the user.")}),
             &["message"],
         ),
         tool(
-            CORE_MEMORY_APPEND,
-            "tool-00000000-0000-4000-8000-6b656c700002",
+            (CORE_MEMORY_APPEND, "tool-00000000-0000-4000-8000-6b656c700002", TOOL_TYPE_MEMORY_CORE),
             "Add a line to the end of one of your core memory blocks.",
             json!({"label": string_param("Label of the block to edit."), "content": string_param("Text to add.")}),
             &["label", "content"],
         ),
         tool(
-            CORE_MEMORY_REPLACE,
-            "tool-00000000-0000-4000-8000-6b656c700003",
+            (CORE_MEMORY_REPLACE, "tool-00000000-0000-4000-8000-6b656c700003", TOOL_TYPE_MEMORY_CORE),
             "Replace the first exact occurrence of some text in one of your core memory blocks.",
             json!({
                 "label": string_param("Label of the block to edit."),
@@ -72,15 +92,13 @@ pub fn builtin_tools() -> Vec<BuiltinTool> {
             &["label", "old_content", "new_content"],
         ),
         tool(
-            ARCHIVAL_MEMORY_INSERT,
-            "tool-00000000-0000-4000-8000-6b656c700004",
+            (ARCHIVAL_MEMORY_INSERT, "tool-00000000-0000-4000-8000-6b656c700004", TOOL_TYPE_CORE),
             "Store a passage in your long-term archival memory for later search.",
             json!({"content": string_param("The passage to store.")}),
             &["content"],
         ),
         tool(
-            ARCHIVAL_MEMORY_SEARCH,
-            "tool-00000000-0000-4000-8000-6b656c700005",
+            (ARCHIVAL_MEMORY_SEARCH, "tool-00000000-0000-4000-8000-6b656c700005", TOOL_TYPE_CORE),
             "Search your archival memory; returns the most similar passages.",
             json!({
                 "query": string_param("What to look for."),
@@ -89,14 +107,59 @@ pub fn builtin_tools() -> Vec<BuiltinTool> {
             &["query"],
         ),
         tool(
-            CONVERSATION_SEARCH,
-            "tool-00000000-0000-4000-8000-6b656c700006",
+            (CONVERSATION_SEARCH, "tool-00000000-0000-4000-8000-6b656c700006", TOOL_TYPE_CORE),
             "Search earlier messages of this conversation for a word or phrase.",
             json!({
                 "query": string_param("Text to look for (case-insensitive)."),
                 "limit": {"type": "integer", "description": "How many messages to return (default 5)."},
             }),
             &["query"],
+        ),
+        tool(
+            (MEMORY_INSERT, "tool-00000000-0000-4000-8000-6b656c700007", TOOL_TYPE_SLEEPTIME_CORE),
+            "Insert text as new line(s) into one of your core memory blocks, after a given line.",
+            json!({
+                "label": string_param("Label of the block to edit."),
+                "new_string": string_param("The text to insert; it may hold several lines."),
+                "insert_line": integer_param(
+                    "Line after which to insert: 0 for the beginning, -1 (the default) for the end."
+                ),
+            }),
+            &["label", "new_string"],
+        ),
+        tool(
+            (MEMORY_REPLACE, "tool-00000000-0000-4000-8000-6b656c700008", TOOL_TYPE_SLEEPTIME_CORE),
+            "Replace text in one of your core memory blocks. The text to replace must occur exactly \
+             once in the block; include surrounding words to make it unique.",
+            json!({
+                "label": string_param("Label of the block to edit."),
+                "old_string": string_param("The exact text to replace, whitespace included."),
+                "new_string": string_param("The text to put in its place (empty to delete)."),
+            }),
+            &["label", "old_string", "new_string"],
+        ),
+        tool(
+            (WORKING_MEMORY_SET, "tool-00000000-0000-4000-8000-6b656c700009", TOOL_TYPE_BUILTIN),
+            "Keep a short-lived note in your working memory under a key, until it expires. Working \
+             memory is shown to you with each message; use it for plans and intermediate results.",
+            json!({
+                "key": string_param("Name of the note (replaces an earlier note of that name)."),
+                "value": string_param("The note."),
+                "ttl_seconds": integer_param("Seconds until the note expires (at least 1, at most 30 days)."),
+            }),
+            &["key", "value", "ttl_seconds"],
+        ),
+        tool(
+            (WORKING_MEMORY_GET, "tool-00000000-0000-4000-8000-6b656c70000a", TOOL_TYPE_BUILTIN),
+            "Read the note stored under a key in your working memory.",
+            json!({"key": string_param("Name of the note.")}),
+            &["key"],
+        ),
+        tool(
+            (WORKING_MEMORY_DELETE, "tool-00000000-0000-4000-8000-6b656c70000b", TOOL_TYPE_BUILTIN),
+            "Remove the note stored under a key from your working memory.",
+            json!({"key": string_param("Name of the note.")}),
+            &["key"],
         ),
     ]
 }
@@ -113,7 +176,7 @@ mod tests {
     #[test]
     fn builtin_tools_have_unique_names_and_ids_and_valid_schemas() {
         let tools = builtin_tools();
-        assert_eq!(tools.len(), 6);
+        assert_eq!(tools.len(), 11);
         for (index, tool) in tools.iter().enumerate() {
             assert!(tools[..index].iter().all(|other| other.name != tool.name && other.id != tool.id));
             assert_eq!(tool.json_schema["name"], tool.name);
@@ -125,5 +188,14 @@ mod tests {
             json!(["message"])
         );
         assert_eq!(builtin_tool("nope"), None);
+        let insert = builtin_tool(MEMORY_INSERT).unwrap();
+        assert_eq!(insert.tool_type, TOOL_TYPE_SLEEPTIME_CORE);
+        assert_eq!(insert.json_schema["parameters"]["required"], json!(["label", "new_string"]));
+        assert_eq!(insert.json_schema["parameters"]["properties"]["insert_line"]["type"], "integer");
+        assert_eq!(
+            builtin_tool(MEMORY_REPLACE).unwrap().json_schema["parameters"]["required"],
+            json!(["label", "old_string", "new_string"])
+        );
+        assert_eq!(builtin_tool(WORKING_MEMORY_SET).unwrap().tool_type, TOOL_TYPE_BUILTIN);
     }
 }

@@ -21,8 +21,8 @@ pub fn block_json(block: &Block) -> Value {
 
 pub fn builtin_tool_json(tool: &BuiltinTool) -> Value {
     json!({
-        "id": tool.id, "tool_type": "letta_core", "description": tool.description, "source_type": "python",
-        "name": tool.name, "tags": ["letta_core"], "source_code": null, "json_schema": tool.json_schema,
+        "id": tool.id, "tool_type": tool.tool_type, "description": tool.description, "source_type": "python",
+        "name": tool.name, "tags": [tool.tool_type], "source_code": null, "json_schema": tool.json_schema,
         "args_json_schema": null, "return_char_limit": crate::agent::TOOL_RETURN_CHARS_MAX,
         "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
         "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,

@@ -1,7 +1,8 @@
 //! What an agent actor persists: the agent record (config, core memory,
-//! attached tools) in its state, and messages and passages as extra keys.
+//! working memory, attached tools) in its state, and messages and passages
+//! as extra keys.
 
-use kelpie_memory::CoreMemory;
+use kelpie_memory::{CoreMemory, WorkingMemory};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -36,6 +37,10 @@ pub struct AgentRecord {
     pub metadata: Option<Value>,
     pub tags: Vec<String>,
     pub memory: CoreMemory,
+    /// The agent's scratchpad with expiring entries, edited only by its own
+    /// tool calls. Absent in records written before it existed.
+    #[serde(default)]
+    pub working: WorkingMemory,
     pub llm: LlmSettings,
     pub embedding: EmbeddingSettings,
     /// Attached tools, built-in and custom, by id, in attach order.
@@ -87,5 +92,49 @@ impl StoredMessage {
             }
             MessageBody::Tool { result, .. } => result.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_stored_before_working_memory_existed_reads_with_an_empty_one() {
+        let llm = LlmSettings {
+            handle: "openai/m".into(),
+            provider: "openai".into(),
+            model: "m".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            context_window: 1_000,
+            max_tokens: 100,
+            temperature: 0.7,
+        };
+        let embedding =
+            EmbeddingSettings { handle: "kelpie/local-hash-256".into(), model: "l".into(), dim: 256 };
+        let mut record = AgentRecord {
+            id: "agent-1".into(),
+            name: "a".into(),
+            system: "s".into(),
+            description: None,
+            metadata: None,
+            tags: Vec::new(),
+            memory: CoreMemory::default(),
+            working: WorkingMemory::default(),
+            llm,
+            embedding,
+            tool_ids: Vec::new(),
+            created_ms: 1,
+            updated_ms: 2,
+        };
+        record.working.put("k", "v".into(), 1_000, 0).unwrap();
+        let mut old = serde_json::to_value(&record).unwrap();
+        assert_eq!(old["working"]["entries"]["k"]["value"], "v");
+        old.as_object_mut().unwrap().remove("working");
+        let read: AgentRecord = serde_json::from_value(old).unwrap();
+        assert!(read.working.is_empty(0));
+        assert_eq!(read.working.limits(), kelpie_memory::WorkingLimits::default());
+        record.working = WorkingMemory::default();
+        assert_eq!(read, record);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kelpie_core::{ActorId, Env, Error};
-use kelpie_memory::{Block, CoreMemory, MemoryError};
+use kelpie_memory::{Block, CoreMemory, MemoryError, WorkingMemory};
 use kelpie_runtime::{ActorRef, Runtime};
 use kelpie_tools::builtin_tools;
 use serde_json::Value;
@@ -84,7 +84,9 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 /// The default system prompt: our own words.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant with a persistent memory. \
 Your core memory blocks are shown below and are always in view; keep them up to date with \
-core_memory_append and core_memory_replace when you learn something worth keeping. Store \
+memory_insert and memory_replace (or core_memory_append and core_memory_replace) when you learn \
+something worth keeping. Keep short-lived notes, such as a plan for the task at hand, in your \
+working memory with working_memory_set; they are shown below until they expire. Store \
 longer facts with archival_memory_insert and look them up with archival_memory_search; find \
 earlier parts of the conversation with conversation_search. The user only sees what you send \
 with send_message: answer every user message by calling send_message exactly once, at the end.";
@@ -250,6 +252,7 @@ impl AgentService {
             metadata: request.metadata,
             tags: request.tags.unwrap_or_default(),
             memory: CoreMemory::new(blocks)?,
+            working: WorkingMemory::default(),
             llm,
             embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
             tool_ids,

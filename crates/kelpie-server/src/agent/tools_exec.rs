@@ -6,9 +6,12 @@
 //! the step.
 
 use kelpie_core::Result;
+use kelpie_memory::core::INSERT_LINE_END;
+use kelpie_memory::working::{MS_PER_SECOND, WORKING_TTL_MS_MAX};
 use kelpie_tools::builtin::{
     ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH, CONVERSATION_SEARCH, CORE_MEMORY_APPEND,
-    CORE_MEMORY_REPLACE,
+    CORE_MEMORY_REPLACE, MEMORY_INSERT, MEMORY_REPLACE, WORKING_MEMORY_DELETE, WORKING_MEMORY_GET,
+    WORKING_MEMORY_SET,
 };
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::Value;
@@ -27,6 +30,17 @@ type ToolResult = std::result::Result<String, String>;
 
 fn arg<'a>(args: &'a Value, name: &str) -> std::result::Result<&'a str, String> {
     args.get(name).and_then(Value::as_str).ok_or_else(|| format!("missing string argument `{name}`"))
+}
+
+/// An optional integer argument; `Ok(None)` when absent, an error when it
+/// is there but not an integer.
+fn int_arg(args: &Value, name: &str) -> std::result::Result<Option<i64>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => {
+            value.as_i64().map(Some).ok_or_else(|| format!("argument `{name}` must be an integer"))
+        }
+    }
 }
 
 fn count_arg(args: &Value, name: &str) -> usize {
@@ -55,6 +69,11 @@ pub async fn run_builtin(
         SEND_MESSAGE => arg(&args, "message").map(|_| "Sent message successfully.".to_string()),
         CORE_MEMORY_APPEND => core_memory_append(ctx, &args),
         CORE_MEMORY_REPLACE => core_memory_replace(ctx, &args),
+        MEMORY_INSERT => memory_insert(ctx, &args),
+        MEMORY_REPLACE => memory_replace(ctx, &args),
+        WORKING_MEMORY_SET => working_memory_set(ctx, &args),
+        WORKING_MEMORY_GET => working_memory_get(ctx, &args),
+        WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
         ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings)?,
         ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args, embeddings).await?,
         CONVERSATION_SEARCH => conversation_search(ctx, &args).await?,
@@ -78,6 +97,63 @@ fn core_memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
     agent.memory.replace(label, old, new).map_err(|e| e.to_string())?;
     Ok(format!("Replaced text in block {label}."))
+}
+
+fn memory_insert(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, text) = (arg(args, "label")?, arg(args, "new_string")?);
+    let insert_line = int_arg(args, "insert_line")?.unwrap_or(INSERT_LINE_END);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    let block = agent.memory.insert_lines(label, text, insert_line).map_err(|e| e.to_string())?;
+    Ok(format!("Inserted into block {label}; it now reads:\n{}", block.value))
+}
+
+fn memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, old, new) = (arg(args, "label")?, arg(args, "old_string")?, arg(args, "new_string")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    let block = agent.memory.replace_unique(label, old, new).map_err(|e| e.to_string())?;
+    Ok(format!("Replaced text in block {label}; it now reads:\n{}", block.value))
+}
+
+/// `ttl_seconds` as milliseconds, checked against the working memory's
+/// longest TTL before multiplying, so no value can overflow.
+fn ttl_ms_arg(args: &Value) -> std::result::Result<u64, String> {
+    let ttl_seconds_max = WORKING_TTL_MS_MAX / MS_PER_SECOND;
+    let bad = || format!("argument `ttl_seconds` must be an integer in 1..={ttl_seconds_max}");
+    let ttl_seconds = int_arg(args, "ttl_seconds")?.ok_or_else(bad)?;
+    match u64::try_from(ttl_seconds) {
+        Ok(seconds) if (1..=ttl_seconds_max).contains(&seconds) => Ok(seconds * MS_PER_SECOND),
+        _ => Err(bad()),
+    }
+}
+
+fn working_memory_set(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (key, value, ttl_ms) = (arg(args, "key")?, arg(args, "value")?, ttl_ms_arg(args)?);
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.working.put(key, value.to_string(), ttl_ms, now_ms).map_err(|e| e.to_string())?;
+    debug_assert_eq!(agent.working.get(key, now_ms), Some(value));
+    Ok(format!("Stored working memory key {key:?} for {} s.", ttl_ms / MS_PER_SECOND))
+}
+
+fn working_memory_get(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let key = arg(args, "key")?;
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    match agent.working.get(key, now_ms) {
+        Some(value) => Ok(value.to_string()),
+        None => Err(format!("working memory key {key:?} is not set or has expired")),
+    }
+}
+
+fn working_memory_delete(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let key = arg(args, "key")?;
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    if agent.working.delete(key, now_ms) {
+        Ok(format!("Deleted working memory key {key:?}."))
+    } else {
+        Err(format!("working memory key {key:?} is not set or has expired"))
+    }
 }
 
 /// The embedding the service computed for `text` with the step.

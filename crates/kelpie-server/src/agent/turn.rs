@@ -69,11 +69,15 @@ fn openai_message(message: &StoredMessage) -> Value {
     }
 }
 
-fn system_text(agent: &AgentRecord, shown: usize) -> String {
+/// The system message: prompt, core memory, working memory live at `now_ms`
+/// (from the service's clock) and statistics.
+fn system_text(agent: &AgentRecord, shown: usize, now_ms: u64) -> String {
     format!(
-        "{}\n\n<memory_blocks>\n{}</memory_blocks>\n<memory_metadata>\nRecent messages in view: {shown}\n</memory_metadata>",
+        "{}\n\n<memory_blocks>\n{}</memory_blocks>\n{}<memory_metadata>\nRecent messages in view: {shown}\nWorking memory entries: {}\n</memory_metadata>",
         agent.system,
-        agent.memory.render()
+        agent.memory.render(),
+        agent.working.render(now_ms),
+        agent.working.len(now_ms),
     )
 }
 
@@ -83,9 +87,10 @@ fn fit_history<'a>(
     agent: &AgentRecord,
     history: &'a [StoredMessage],
     extra_chars: u64,
+    now_ms: u64,
 ) -> &'a [StoredMessage] {
     let budget_chars = agent.llm.context_window * CHARS_PER_TOKEN_COUNT * PROMPT_WINDOW_PERCENT_MAX / 100;
-    let mut used = extra_chars + system_text(agent, 0).len() as u64;
+    let mut used = extra_chars + system_text(agent, 0, now_ms).len() as u64;
     let mut start = history.len();
     for (index, message) in history.iter().enumerate().rev().take(PROMPT_MESSAGES_COUNT_MAX) {
         used += openai_message(message).to_string().len() as u64;
@@ -154,10 +159,11 @@ fn build_request(
     custom: &[ToolRecord],
     history: &[StoredMessage],
     pending: &[String],
+    now_ms: u64,
 ) -> ChatRequest {
     let pending_chars: u64 = pending.iter().map(|text| text.len() as u64).sum();
-    let shown = fit_history(agent, history, pending_chars);
-    let mut messages = vec![json!({"role": "system", "content": system_text(agent, shown.len())})];
+    let shown = fit_history(agent, history, pending_chars, now_ms);
+    let mut messages = vec![json!({"role": "system", "content": system_text(agent, shown.len(), now_ms)})];
     messages.extend(shown.iter().map(openai_message));
     messages.extend(pending.iter().map(|text| json!({"role": "user", "content": text})));
     ChatRequest {
@@ -239,10 +245,8 @@ impl AgentService {
             step_count: 0,
         };
         while outcome.step_count < max_steps {
-            let answer = self
-                .llm
-                .chat(&agent.llm.provider, &build_request(&agent, &custom, &history, &pending))
-                .await?;
+            let request = build_request(&agent, &custom, &history, &pending, self.env.clock.wall_ms());
+            let answer = self.llm.chat(&agent.llm.provider, &request).await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;

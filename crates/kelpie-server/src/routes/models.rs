@@ -20,5 +20,5 @@ async fn llm_models(State(state): State<AppState>) -> Json<Vec<Value>> {
 }
 
 async fn embedding_models(State(state): State<AppState>) -> Json<Vec<Value>> {
-    Json(state.agents.catalog().embedding_models())
+    Json(state.agents.catalog().embedding_models().await)
 }

@@ -27,6 +27,11 @@ pub async fn start(data_dir: &Path, fake: &FakeLlm) -> Running {
 
 /// [`start`] with extra config fields, such as another provider's key.
 pub async fn start_with(data_dir: &Path, fake: &FakeLlm, extra: &[(&str, &str)]) -> Running {
+    start_with_base_url(data_dir, &fake.base_url(), extra).await
+}
+
+/// [`start_with`] against another OpenAI-compatible provider at `base_url`.
+pub async fn start_with_base_url(data_dir: &Path, base_url: &str, extra: &[(&str, &str)]) -> Running {
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("test".into());
     for (field, value) in extra {
@@ -34,7 +39,7 @@ pub async fn start_with(data_dir: &Path, fake: &FakeLlm, extra: &[(&str, &str)])
     }
     layers.set("bind", "127.0.0.1:0", flag.clone()).unwrap();
     layers.set("data_dir", data_dir.to_str().unwrap(), flag.clone()).unwrap();
-    layers.set("llm.openai_base_url", fake.base_url(), flag.clone()).unwrap();
+    layers.set("llm.openai_base_url", base_url, flag.clone()).unwrap();
     layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
     let server = kelpie_server::bind(layers.resolve().unwrap()).await.unwrap();
     let base = format!("http://{}", server.local_addr());
