@@ -147,6 +147,11 @@ impl<A: Actor> ActorRef<A> {
     pub async fn invoke(&self, message: A::Message) -> Result<A::Reply> {
         self.runtime.invoke(&self.actor_id, message).await
     }
+
+    /// Runs on this node's activation only (see [`Runtime::invoke_local`]).
+    pub async fn invoke_local(&self, message: A::Message) -> Result<A::Reply> {
+        self.runtime.invoke_local(&self.actor_id, message).await
+    }
 }
 
 impl<A: Actor> Runtime<A> {
@@ -246,8 +251,15 @@ impl<A: Actor> Runtime<A> {
             None => None,
         };
         let payload = (codec.encode_message)(actor_id, &message)?;
-        let reply = remote.forward(target, actor_id.clone(), payload).await?;
-        (codec.decode_reply)(actor_id, &reply)
+        let reply = remote.forward(target.clone(), actor_id.clone(), payload).await?;
+        (codec.decode_reply)(actor_id, &reply).map_err(|err| match err {
+            // The receiver is leaving; the actor will live elsewhere next time.
+            Error::ShuttingDown { component } => Error::NodeUnavailable {
+                node_id: target.unwrap_or_else(|| self.node_id().clone()),
+                reason: format!("{component} is shutting down"),
+            },
+            other => other,
+        })
     }
 
     /// Runs `message` on this node's activation of `actor_id`, activating it

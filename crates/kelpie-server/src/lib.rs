@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod error;
 pub mod ids;
 pub mod llm;
@@ -30,13 +31,15 @@ use kelpie_runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 use thiserror::Error;
 
-use agent::actor::AgentActor;
-use agent::block_store::BlockStoreActor;
-use agent::directory::DirectoryActor;
-use agent::runs::RunActor;
+use agent::actor::{AgentActor, AGENT_NAMESPACE};
+use agent::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
+use agent::directory::{DirectoryActor, DIRECTORY_ACTOR};
+use agent::runs::{RunActor, RUN_NAMESPACE};
 use agent::service::{AgentRuntimes, AgentService};
 use agent::tool_service::ToolService;
-use agent::tool_store::ToolStoreActor;
+use agent::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
+use cluster::ClusterNode;
+use kelpie_cluster::NodeHandler;
 use llm::anthropic::AnthropicClient;
 use llm::openai::OpenAiClient;
 use llm::LlmClients;
@@ -51,6 +54,8 @@ pub struct AppState {
     pub config: Arc<KelpieConfig>,
     pub storage: Storage,
     pub agents: Arc<AgentService>,
+    /// This node's part in a cluster; `None` when running alone.
+    pub cluster: Option<Arc<ClusterNode>>,
 }
 
 #[derive(Debug, Error)]
@@ -65,6 +70,8 @@ pub enum ServerError {
     Serve(String),
     #[error("cannot start the agent service: {0}")]
     Service(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// The full router with every resource mounted.
@@ -85,13 +92,24 @@ impl BoundServer {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// In a cluster, leaving is a drain: the node is marked draining (no
+    /// new activations come here), its actors finish their queued work,
+    /// save and release their placements, then it is marked left.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let agents = Arc::clone(&self.state.agents);
+        let cluster = self.state.cluster.clone();
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| ServerError::Serve(e.to_string()));
-        agents.shutdown().await;
+        match cluster {
+            Some(cluster) => {
+                let left = cluster.member.leave(agents.shutdown()).await;
+                cluster.stop_listening();
+                left.map_err(|e| ServerError::Cluster(format!("leave: {e}")))?;
+            }
+            None => agents.shutdown().await,
+        }
         served
     }
 }
@@ -107,37 +125,147 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServerError::Bind { addr: config.bind, reason: e.to_string() })?;
-    let agents = Arc::new(agent_service(&config, &storage)?);
-    Ok(BoundServer { listener, state: AppState { config: Arc::new(config), storage, agents } })
+    let (cluster, placement) = match (&config.cluster, &config.storage) {
+        (Some(cluster), StorageConfig::Postgres { database_url, .. }) => {
+            let node = ClusterNode::start(
+                database_url,
+                config.node_id.clone(),
+                cluster.advertise,
+                Env::production(),
+            )
+            .await?;
+            let placement =
+                Placement::Cluster { directory: node.directory.clone(), remote: node.remote.clone() };
+            (Some(Arc::new(node)), placement)
+        }
+        (Some(_), _) => return Err(ServerError::Cluster("a cluster needs PostgreSQL storage".into())),
+        (None, _) => (None, Placement::Local),
+    };
+    let (agents, handler) = agent_service(&config, &storage, &placement)?;
+    let state =
+        AppState { config: Arc::new(config), storage, agents: Arc::new(agents), cluster: cluster.clone() };
+    if let Some(cluster) = &cluster {
+        cluster.listen(handler, app(state.clone())).await?;
+    }
+    Ok(BoundServer { listener, state })
 }
 
-/// The agent service over `storage`: the agent, directory, run and block
-/// store runtimes, the
-/// LLM client and the model catalog from `config`.
-pub fn agent_service(config: &KelpieConfig, storage: &Storage) -> Result<AgentService, ServerError> {
+/// Where the agent service's actors are placed: on this node only, or in a
+/// cluster (leases in the shared PostgreSQL, other nodes reached through
+/// the cluster's transport).
+#[derive(Clone)]
+pub enum Placement {
+    Local,
+    Cluster { directory: Arc<dyn PlacementDirectory>, remote: Arc<kelpie_cluster::ClusterRemote> },
+}
+
+/// The agent service over `storage`: the agent, directory, run, block store
+/// and tool store runtimes, the LLM client and the model catalog from
+/// `config`; in a cluster also the [`NodeHandler`] that runs invocations
+/// other nodes send here.
+pub fn agent_service(
+    config: &KelpieConfig,
+    storage: &Storage,
+    placement: &Placement,
+) -> Result<(AgentService, NodeHandler), ServerError> {
     let env = Env::production();
     let service_error = |e: kelpie_core::Error| ServerError::Service(e.to_string());
-    let registry = || -> Arc<dyn PlacementDirectory> {
-        Arc::new(Registry::new(Arc::new(StoragePlacementStore::new(storage.clone())), env.clock.clone()))
-    };
     let runtime_config = RuntimeConfig::new(config.node_id.clone());
-    let agents = Runtime::new(AgentActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
-        .map_err(service_error)?;
-    let directory =
-        Runtime::new(DirectoryActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
-            .map_err(service_error)?;
-    let tool_store =
-        Runtime::new(ToolStoreActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
-            .map_err(service_error)?;
-    let runs = Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config.clone())
-        .map_err(service_error)?;
-    let blocks = Runtime::new(BlockStoreActor, storage.clone(), registry(), env.clone(), runtime_config)
-        .map_err(service_error)?;
+    let (agents, directory, tool_store, runs, blocks, handler) = match placement {
+        Placement::Local => {
+            let registry = || -> Arc<dyn PlacementDirectory> {
+                Arc::new(Registry::new(
+                    Arc::new(StoragePlacementStore::new(storage.clone())),
+                    env.clock.clone(),
+                ))
+            };
+            let build = |runtime_config: RuntimeConfig| {
+                Ok::<_, kelpie_core::Error>((
+                    Runtime::new(
+                        AgentActor,
+                        storage.clone(),
+                        registry(),
+                        env.clone(),
+                        runtime_config.clone(),
+                    )?,
+                    Runtime::new(
+                        DirectoryActor,
+                        storage.clone(),
+                        registry(),
+                        env.clone(),
+                        runtime_config.clone(),
+                    )?,
+                    Runtime::new(
+                        ToolStoreActor,
+                        storage.clone(),
+                        registry(),
+                        env.clone(),
+                        runtime_config.clone(),
+                    )?,
+                    Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config.clone())?,
+                    Runtime::new(BlockStoreActor, storage.clone(), registry(), env.clone(), runtime_config)?,
+                ))
+            };
+            let (agents, directory, tool_store, runs, blocks) =
+                build(runtime_config).map_err(service_error)?;
+            (agents, directory, tool_store, runs, blocks, NodeHandler::default())
+        }
+        Placement::Cluster { directory: placements, remote } => {
+            let remote: Arc<dyn kelpie_runtime::Remote> = remote.clone();
+            let clustered = |runtime_config: RuntimeConfig| {
+                let (p, r, e) = (placements.clone(), remote.clone(), env.clone());
+                Ok::<_, kelpie_core::Error>((
+                    Runtime::clustered(
+                        AgentActor,
+                        storage.clone(),
+                        p.clone(),
+                        e.clone(),
+                        runtime_config.clone(),
+                        r.clone(),
+                    )?,
+                    Runtime::clustered(
+                        DirectoryActor,
+                        storage.clone(),
+                        p.clone(),
+                        e.clone(),
+                        runtime_config.clone(),
+                        r.clone(),
+                    )?,
+                    Runtime::clustered(
+                        ToolStoreActor,
+                        storage.clone(),
+                        p.clone(),
+                        e.clone(),
+                        runtime_config.clone(),
+                        r.clone(),
+                    )?,
+                    Runtime::clustered(
+                        RunActor,
+                        storage.clone(),
+                        p.clone(),
+                        e.clone(),
+                        runtime_config.clone(),
+                        r.clone(),
+                    )?,
+                    Runtime::clustered(BlockStoreActor, storage.clone(), p, e, runtime_config, r)?,
+                ))
+            };
+            let (agents, directory, tool_store, runs, blocks) =
+                clustered(runtime_config).map_err(service_error)?;
+            let handler = NodeHandler::default()
+                .with_namespace(AGENT_NAMESPACE, Arc::new(agents.clone()))
+                .with_namespace(DIRECTORY_ACTOR.0, Arc::new(directory.clone()))
+                .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(tool_store.clone()))
+                .with_namespace(RUN_NAMESPACE, Arc::new(runs.clone()))
+                .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(blocks.clone()));
+            (agents, directory, tool_store, runs, blocks, handler)
+        }
+    };
     let tools = Arc::new(ToolService::new(tool_store, env.clone()));
     let llm = llm_clients(&config.llm).map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
     let runtimes = AgentRuntimes { agents, directory, runs, blocks };
-    Ok(AgentService::new(runtimes, env, llm, catalog, tools))
+    Ok((AgentService::new(runtimes, env, llm, catalog, tools), handler))
 }
 
 /// The configured LLM providers: OpenAI-compatible always, Anthropic with a key.

@@ -14,6 +14,9 @@ use super::tools_exec;
 use crate::ids::new_id;
 
 /// What the agent actor persists as its state.
+/// Namespace of agent actor ids: `agents/<agent id>`.
+pub const AGENT_NAMESPACE: &str = "agents";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentActorState {
     pub agent: Option<AgentRecord>,
@@ -22,7 +25,7 @@ pub struct AgentActorState {
 }
 
 /// Changes to an agent's own fields; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentPatch {
     pub name: Option<String>,
     pub system: Option<String>,
@@ -32,7 +35,7 @@ pub struct AgentPatch {
     pub tool_ids: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BlockPatch {
     pub value: Option<String>,
     pub limit: Option<u64>,
@@ -41,7 +44,7 @@ pub struct BlockPatch {
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExternalResult {
     pub tool_call_id: String,
     pub result: String,
@@ -50,7 +53,7 @@ pub struct ExternalResult {
 
 /// One step of the agent loop to persist: the inputs that started it (the
 /// user's messages, first step only) and the LLM's answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepInput {
     pub run_id: String,
     pub step_id: String,
@@ -64,13 +67,14 @@ pub struct StepInput {
 
 /// An agent read from an export file, to create with its history in one
 /// transaction; every id in it is already new.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportedAgent {
     pub record: AgentRecord,
     pub messages: Vec<StoredMessage>,
     pub passages: Vec<Passage>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum AgentCommand {
     Create(Box<AgentRecord>),
     /// Creates the agent with its messages and passages, atomically.
@@ -113,6 +117,7 @@ pub enum AgentCommand {
     },
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum AgentReply {
     Agent(Box<AgentRecord>),
     Messages(Vec<StoredMessage>),

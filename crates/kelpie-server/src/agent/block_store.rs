@@ -33,6 +33,7 @@ pub struct BlockStoreState {
     pub blocks: Vec<SharedBlock>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum BlockCommand {
     Create(Box<Block>),
     List,
@@ -59,6 +60,7 @@ pub enum BlockCommand {
     },
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum BlockReply {
     Block(Box<SharedBlock>),
     Blocks(Vec<SharedBlock>),

@@ -21,6 +21,7 @@ pub struct DirectoryEntry {
     pub tags: Vec<String>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum DirectoryCommand {
     Register(DirectoryEntry),
     Update(DirectoryEntry),
@@ -31,6 +32,7 @@ pub enum DirectoryCommand {
     List,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum DirectoryReply {
     Entries(Vec<DirectoryEntry>),
     Done,

@@ -24,7 +24,7 @@ use super::turn::check_turn_input;
 use crate::ids::{new_id, rfc3339_micros};
 
 /// Namespace of the run actors.
-const RUN_NAMESPACE: &str = "runs";
+pub const RUN_NAMESPACE: &str = "runs";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -43,6 +43,7 @@ pub struct RunState {
     pub run: Option<RunRecord>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum RunCommand {
     Put(Box<RunRecord>),
     Get,

@@ -17,7 +17,7 @@ use kelpie_tools::builtin_tools;
 use serde_json::Value;
 use thiserror::Error;
 
-use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch};
+use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch, AGENT_NAMESPACE};
 use super::block_store::BlockStoreActor;
 use super::directory::{DirectoryActor, DirectoryCommand, DirectoryEntry, DirectoryReply, DIRECTORY_ACTOR};
 use super::letta::{
@@ -170,7 +170,7 @@ impl AgentService {
         if !agent_id.starts_with("agent-") {
             return Err(ServiceError::AgentNotFound(agent_id.to_string()));
         }
-        let actor_id = ActorId::new("agents", agent_id)
+        let actor_id = ActorId::new(AGENT_NAMESPACE, agent_id)
             .map_err(|_| ServiceError::AgentNotFound(agent_id.to_string()))?;
         Ok(self.agents.actor_ref(actor_id))
     }

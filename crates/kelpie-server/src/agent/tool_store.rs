@@ -35,6 +35,7 @@ pub struct ToolStoreState {
     pub tools: Vec<ToolRecord>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum ToolCommand {
     /// Adds a tool; its name must be new.
     Create(Box<ToolRecord>),
@@ -49,6 +50,7 @@ pub enum ToolCommand {
     List,
 }
 
+#[derive(Serialize, Deserialize)]
 pub enum ToolReply {
     Tool(Box<ToolRecord>),
     Tools(Vec<ToolRecord>),

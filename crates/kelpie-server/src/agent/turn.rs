@@ -232,7 +232,7 @@ impl AgentService {
         let _turn = lock.lock().await;
         let mut agent = self.record(agent_id).await?;
         let AgentReply::Messages(mut history) =
-            agent_ref.invoke(AgentCommand::Recent { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
+            agent_ref.invoke_local(AgentCommand::Recent { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
         else {
             return Err(ServiceError::Invalid("unexpected reply".into()));
         };
@@ -263,7 +263,7 @@ impl AgentService {
                 embeddings,
             };
             let AgentReply::Step { agent: updated, messages } =
-                agent_ref.invoke(AgentCommand::CommitStep(Box::new(step))).await?
+                agent_ref.invoke_local(AgentCommand::CommitStep(Box::new(step))).await?
             else {
                 return Err(ServiceError::Invalid("unexpected reply".into()));
             };

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod archival;
 pub mod blocks;
+pub mod cluster;
 pub mod extract;
 pub mod health;
 pub mod messages;
@@ -37,7 +38,9 @@ pub fn router(state: AppState) -> Router {
         .merge(tools::router())
         .merge(openapi::router())
         .merge(runs::router())
+        .merge(cluster::router())
         .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::forward_agent_requests))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)
 }

@@ -1,0 +1,266 @@
+//! The server as one node of a cluster (`kelpie serve --cluster`).
+//!
+//! - [`ClusterNode::start`] joins the membership (node table in the shared
+//!   PostgreSQL), opens the placement registry whose leases are judged by
+//!   the database's clock, and builds the [`ClusterRemote`] the clustered
+//!   runtimes forward through.
+//! - Agent requests (`/v1/agents/{agent_id}` and below) are forwarded whole,
+//!   as HTTP, to the node that owns the agent, so an agent's turns run on
+//!   its owner where its turn lock lives ([`forward_agent_requests`]). The
+//!   owner serves them with its own router ([`HttpForwarder`]); a forwarded
+//!   request carries [`FORWARDED_HEADER`] and is never forwarded again.
+//! - Everything else reaches actors through the runtimes, which forward
+//!   single invocations (directory, tool store, runs, block store).
+//!
+//! The HTTP encoding is ours: a 4-byte big-endian length, a JSON head
+//! (method, path, headers or status, headers), then the body bytes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
+use kelpie_cluster::{
+    ClusterRemote, HttpForwardHandler, Member, MemberView, MembershipConfig, NodeHandler, NodeTable,
+    RequestKind, TcpServer, TcpTransport, TransportConfig,
+};
+use kelpie_core::env::BoxFuture;
+use kelpie_core::limits::{HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS};
+use kelpie_core::{ActorId, Env, NodeId};
+use kelpie_registry::{PlacementDirectory, PostgresRegistry};
+use kelpie_storage::PostgresBackend;
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+
+use crate::agent::actor::AGENT_NAMESPACE;
+use crate::error::ApiError;
+use crate::{AppState, ServerError};
+
+/// Marks a request another node forwarded here: it is served, never
+/// forwarded again.
+pub const FORWARDED_HEADER: &str = "x-kelpie-forwarded-by";
+/// Largest HTTP body (request or response) forwarded between nodes; the
+/// transport's frame limit is 16 MiB.
+pub const FORWARDED_BODY_BYTES_MAX: usize = 15 * 1024 * 1024;
+/// Size of the length prefix of the JSON head.
+const HEAD_LENGTH_SIZE_BYTES: usize = 4;
+
+/// This node's part in the cluster.
+pub struct ClusterNode {
+    pub node_id: NodeId,
+    pub member: Member,
+    pub remote: Arc<ClusterRemote>,
+    pub directory: Arc<dyn PlacementDirectory>,
+    /// The transport server, started once the router exists.
+    server: Mutex<Option<TcpServer>>,
+    advertise: SocketAddr,
+    env: Env,
+}
+
+impl ClusterNode {
+    /// Joins the cluster on `database_url` as `node_id`, reachable at `advertise`.
+    pub async fn start(
+        database_url: &str,
+        node_id: NodeId,
+        advertise: SocketAddr,
+        env: Env,
+    ) -> Result<ClusterNode, ServerError> {
+        let storage_error =
+            |e: kelpie_core::Error| ServerError::Storage { backend: "postgres", reason: e.to_string() };
+        let backend = Arc::new(PostgresBackend::connect(database_url).await.map_err(storage_error)?);
+        let directory: Arc<dyn PlacementDirectory> = Arc::new(PostgresRegistry::new(backend));
+        let cluster_error = |e: kelpie_cluster::ClusterError| ServerError::Cluster(e.to_string());
+        let table = NodeTable::connect(database_url).await.map_err(cluster_error)?;
+        let membership = MembershipConfig::new(HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS);
+        let member = Member::join(table, env.clone(), node_id.clone(), advertise, membership)
+            .await
+            .map_err(cluster_error)?;
+        let transport = Arc::new(TcpTransport::new(env.clone(), TransportConfig::default()));
+        let remote = Arc::new(ClusterRemote::new(
+            Arc::new(member.clone()),
+            transport,
+            env.clone(),
+            REQUEST_TIMEOUT_MS_DEFAULT,
+        ));
+        Ok(ClusterNode { node_id, member, remote, directory, server: Mutex::new(None), advertise, env })
+    }
+
+    /// Starts answering other nodes: actor invocations through `handler`,
+    /// forwarded HTTP through `router`.
+    pub async fn listen(&self, handler: NodeHandler, router: Router) -> Result<(), ServerError> {
+        let handler = handler.with_http(Arc::new(HttpForwarder { router }));
+        let server =
+            TcpServer::bind(self.advertise, Arc::new(handler), self.env.clone(), TransportConfig::default())
+                .await
+                .map_err(|e| ServerError::Bind { addr: self.advertise, reason: e.to_string() })?;
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        Ok(())
+    }
+
+    /// Stops answering other nodes.
+    pub fn stop_listening(&self) {
+        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            server.shutdown();
+        }
+    }
+
+    /// The membership view, as `GET /v1/cluster/nodes` shows it.
+    pub async fn members(&self) -> Result<Vec<MemberView>, kelpie_core::Error> {
+        self.remote.members().await
+    }
+}
+
+/// The agent id a path addresses (`/v1/agents/{agent_id}[/...]`), if any.
+pub fn agent_id_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/agents/")?;
+    let agent_id = rest.split('/').next()?;
+    agent_id.starts_with("agent-").then_some(agent_id)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RequestHead {
+    method: String,
+    path_and_query: String,
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ResponseHead {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+fn encode<H: Serialize>(head: &H, body: &[u8]) -> Vec<u8> {
+    let head = serde_json::to_vec(head).expect("a head always serializes");
+    let length = u32::try_from(head.len()).expect("heads are far below 4 GiB");
+    let mut bytes = Vec::with_capacity(HEAD_LENGTH_SIZE_BYTES + head.len() + body.len());
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.extend_from_slice(&head);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn decode<H: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(H, Vec<u8>), String> {
+    let prefix: [u8; HEAD_LENGTH_SIZE_BYTES] = bytes
+        .get(..HEAD_LENGTH_SIZE_BYTES)
+        .and_then(|p| p.try_into().ok())
+        .ok_or("forwarded HTTP too short")?;
+    let end = HEAD_LENGTH_SIZE_BYTES + u32::from_be_bytes(prefix) as usize;
+    let head = bytes.get(HEAD_LENGTH_SIZE_BYTES..end).ok_or("forwarded HTTP truncated in its head")?;
+    let head = serde_json::from_slice(head).map_err(|e| format!("forwarded HTTP head: {e}"))?;
+    Ok((head, bytes[end..].to_vec()))
+}
+
+fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Middleware: sends a request about an agent another live node owns to
+/// that node and returns its answer; everything else is served here.
+pub async fn forward_agent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster.clone() else { return next.run(request).await };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return next.run(request).await;
+    }
+    let Some(agent_id) = agent_id_of(request.uri().path()) else { return next.run(request).await };
+    let Ok(actor_id) = ActorId::new(AGENT_NAMESPACE, agent_id) else { return next.run(request).await };
+    let owner = match cluster.directory.live_owner(&actor_id).await {
+        Ok(Some(owner)) if owner.node_id != cluster.node_id => owner.node_id,
+        Ok(_) => return next.run(request).await,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    match forward(&cluster, owner, request).await {
+        Ok(response) => response,
+        Err(api_error) => api_error.into_response(),
+    }
+}
+
+async fn forward(cluster: &ClusterNode, owner: NodeId, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, FORWARDED_BODY_BYTES_MAX).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {FORWARDED_BODY_BYTES_MAX} bytes: {e}"),
+        )
+    })?;
+    let mut headers = header_pairs(&parts.headers);
+    headers.push((FORWARDED_HEADER.to_string(), cluster.node_id.to_string()));
+    let head = RequestHead {
+        method: parts.method.to_string(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers,
+    };
+    let request = kelpie_cluster::forward::encode_request(RequestKind::Http, &encode(&head, &body));
+    let answer = cluster.remote.send(Some(owner), request).await.map_err(ApiError::from)?;
+    let (head, body): (ResponseHead, Vec<u8>) =
+        decode(&answer).map_err(|reason| ApiError::new(StatusCode::BAD_GATEWAY, reason))?;
+    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::builder().status(status);
+    for (name, value) in head.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response = response.header(name, value);
+        }
+    }
+    response.body(Body::from(body)).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+/// Serves HTTP requests other nodes forwarded here with this node's router.
+struct HttpForwarder {
+    router: Router,
+}
+
+impl HttpForwardHandler for HttpForwarder {
+    fn handle(&self, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            let (head, body): (RequestHead, Vec<u8>) = decode(&request)?;
+            let method = Method::from_bytes(head.method.as_bytes()).map_err(|e| e.to_string())?;
+            let mut builder = Request::builder().method(method).uri(head.path_and_query);
+            for (name, value) in head.headers {
+                builder = builder.header(name, value);
+            }
+            let request = builder.body(Body::from(body)).map_err(|e| e.to_string())?;
+            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let body = to_bytes(body, FORWARDED_BODY_BYTES_MAX).await.map_err(|e| e.to_string())?;
+            let head = ResponseHead { status: parts.status.as_u16(), headers: header_pairs(&parts.headers) };
+            Ok(encode(&head, &body))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_paths_are_recognised() {
+        assert_eq!(agent_id_of("/v1/agents/agent-1"), Some("agent-1"));
+        assert_eq!(agent_id_of("/v1/agents/agent-1/messages/stream"), Some("agent-1"));
+        assert_eq!(agent_id_of("/v1/agents/"), None);
+        assert_eq!(agent_id_of("/v1/agents/import"), None);
+        assert_eq!(agent_id_of("/v1/blocks/block-1"), None);
+    }
+
+    #[test]
+    fn heads_and_bodies_round_trip_and_garbage_is_refused() {
+        let head =
+            ResponseHead { status: 201, headers: vec![("content-type".into(), "text/event-stream".into())] };
+        let bytes = encode(&head, b"data: [DONE]\n\n");
+        let (back, body): (ResponseHead, Vec<u8>) = decode(&bytes).unwrap();
+        assert_eq!((back.status, back.headers, body), (201, head.headers, b"data: [DONE]\n\n".to_vec()));
+        assert_eq!(decode::<ResponseHead>(&[0, 0]).unwrap_err(), "forwarded HTTP too short");
+        assert_eq!(
+            decode::<ResponseHead>(&[0, 0, 0, 9, b'{']).unwrap_err(),
+            "forwarded HTTP truncated in its head"
+        );
+    }
+}
