@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
+use super::stream::{AnthropicStreamDecoder, ChatDelta};
+use super::{
+    http_client, send_json, stream_completion, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage,
+};
 use crate::agent::model::ToolCallRecord;
 
 /// The API version every request names in `anthropic-version`.
@@ -44,6 +47,19 @@ impl AnthropicClient {
         })
         .await?;
         parse_response(&self.base_url, &answer)
+    }
+
+    /// One Messages call with `stream: true`; see [`super::stream_completion`].
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(request);
+        body["stream"] = json!(true);
+        let url = format!("{}/v1/messages", self.base_url);
+        let build = || self.authorized(self.http.post(&url).json(&body));
+        stream_completion(&self.base_url, build, AnthropicStreamDecoder::default(), on_delta).await
     }
 
     /// Model ids listed at `GET {base}/v1/models`.

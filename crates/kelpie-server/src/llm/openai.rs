@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
+use super::stream::{ChatDelta, OpenAiStreamDecoder};
+use super::{
+    http_client, send_json, stream_completion, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage,
+};
 use crate::agent::model::ToolCallRecord;
 
 /// Texts sent in one `/embeddings` request.
@@ -33,6 +36,21 @@ impl OpenAiClient {
         let body = request_body(request);
         let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
         parse_response(&self.base_url, &answer)
+    }
+
+    /// One chat completion with `stream: true` (usage asked for with
+    /// `stream_options.include_usage`); see [`super::stream_completion`].
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(request);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let url = format!("{}/chat/completions", self.base_url);
+        let build = || self.authorized(self.http.post(&url).json(&body));
+        stream_completion(&self.base_url, build, OpenAiStreamDecoder::default(), on_delta).await
     }
 
     /// Model ids the provider lists at `GET /models`.
