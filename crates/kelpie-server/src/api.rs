@@ -91,6 +91,9 @@ pub struct SendMessages {
     pub messages: Option<Vec<MessageCreate>>,
     pub input: Option<Content>,
     pub max_steps: Option<u32>,
+    /// `/messages/stream` only: stream the LLM's tokens as partial messages.
+    #[serde(default)]
+    pub stream_tokens: bool,
 }
 
 /// `POST /v1/agents/{agent_id}/messages/cancel`.

@@ -2,8 +2,10 @@
 //! (the same, as Server-Sent Events), list.
 //!
 //! Stream event order, as Letta sends it: a `ping`, each step's messages as
-//! they are committed, `stop_reason`, `usage_statistics`, `[DONE]`. An error
-//! after the stream started is sent as an `error` event before `[DONE]`.
+//! they are committed, `stop_reason`, `usage_statistics`, `[DONE]`. With
+//! `stream_tokens`, the LLM's answer also arrives as partial messages while
+//! it is generated (see `agent::token_stream`). An error after the stream
+//! started is sent as an `error` event before `[DONE]`.
 
 use std::convert::Infallible;
 
@@ -18,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::agent::token_stream::TurnEvents;
 use crate::api::{CancelRuns, PageQuery, SendMessages};
 use crate::error::ApiError;
 use crate::ids::new_id;
@@ -111,6 +114,7 @@ async fn stream(
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Response, ApiError> {
     let max_steps = request.max_steps;
+    let stream_tokens = request.stream_tokens;
     let texts = user_texts(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
     state.agents.get_agent(&agent_id).await?;
@@ -118,15 +122,16 @@ async fn stream(
     let ping = json!({"id": new_id("ping", state.agents.rng()), "message_type": "ping"});
     let _ = chunks.send(sse(&ping));
     tokio::spawn(async move {
-        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Value>();
+        let (sender, mut events_rx) = mpsc::unbounded_channel::<Value>();
+        let events = TurnEvents { sender, stream_tokens };
         let forward_chunks = chunks.clone();
         let forward = tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.agents.run_turn(&agent_id, texts, max_steps, Some(&events_tx)).await;
-        drop(events_tx);
+        let outcome = state.agents.run_turn(&agent_id, texts, max_steps, Some(&events)).await;
+        drop(events);
         let _ = forward.await;
         match outcome {
             Ok(outcome) => {
