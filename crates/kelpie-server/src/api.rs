@@ -91,7 +91,10 @@ pub struct SendMessages {
     pub messages: Option<Vec<MessageCreate>>,
     pub input: Option<Content>,
     pub max_steps: Option<u32>,
-    /// `/messages/stream` only: stream the LLM's tokens as partial messages.
+    /// `POST /messages` answers as `/messages/stream` does when set.
+    #[serde(default)]
+    pub streaming: bool,
+    /// When streaming: stream the LLM's tokens as partial messages too.
     #[serde(default)]
     pub stream_tokens: bool,
 }

@@ -42,7 +42,7 @@ fn collapse(chunks: &[Value]) -> Vec<(String, String, String, usize)> {
     let mut out: Vec<(String, String, String, usize)> = Vec::new();
     for chunk in chunks {
         let kind = chunk["message_type"].as_str().unwrap().to_string();
-        let id = chunk["id"].as_str().unwrap().to_string();
+        let id = chunk["id"].as_str().unwrap_or_default().to_string();
         match out.last_mut().filter(|last| last.0 == kind && last.1 == id) {
             Some(last) => {
                 last.2.push_str(&fragment(chunk));
@@ -163,5 +163,35 @@ async fn a_stream_broken_mid_answer_is_an_error_event_and_leaves_the_agent_at_th
 
     let reply = server.say(&id, "still here").await;
     assert_eq!(reply["messages"][0]["content"], "echo: still here");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_with_streaming_true_answers_as_the_stream_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let id = server.create_agent("streaming-flag", &[]).await;
+    let body = json!({"messages": [{"role": "user", "content": "via send"}], "streaming": true, "stream_tokens": true});
+    let response = server
+        .http
+        .post(format!("{}/v1/agents/{id}/messages", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty() && *e != "data: [DONE]")
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let collapsed = collapse(&events);
+    let kinds: Vec<&str> = collapsed.iter().map(|(kind, ..)| kind.as_str()).collect();
+    assert_eq!(kinds, ["ping", "assistant_message", "stop_reason", "usage_statistics"]);
+    assert_eq!(collapsed[1].2, "echo: via send");
+    assert!(collapsed[1].3 >= 3, "{} chunks", collapsed[1].3);
     server.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! `/v1/agents/{agent_id}/messages`: send (runs the agent loop), stream
-//! (the same, as Server-Sent Events), list.
+//! (the same, as Server-Sent Events; also `send` with `streaming: true`),
+//! list.
 //!
 //! Stream event order, as Letta sends it: a `ping`, each step's messages as
 //! they are committed, `stop_reason`, `usage_statistics`, `[DONE]`. With
@@ -59,7 +60,10 @@ async fn send(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<SendMessages>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    if request.streaming {
+        return stream(State(state), Path(agent_id), ApiJson(request)).await;
+    }
     let max_steps = request.max_steps;
     let outcome = state.agents.run_turn(&agent_id, user_texts(request)?, max_steps, None).await?;
     Ok(Json(json!({
@@ -68,7 +72,8 @@ async fn send(
         "usage": outcome.usage_json(),
         "logprobs": null,
         "turns": null,
-    })))
+    }))
+    .into_response())
 }
 
 async fn send_async(
