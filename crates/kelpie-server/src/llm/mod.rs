@@ -140,10 +140,12 @@ async fn open_stream(endpoint: &str, call: reqwest::RequestBuilder) -> Result<re
 
 /// A streamed completion: the request is retried like any other until its
 /// status arrives; then the body is fed to `decoder` as it comes, each delta
-/// handed to `on_delta`, with at most [`LLM_STREAM_IDLE_TIMEOUT_MS`] between
-/// chunks. Nothing is retried once the body started.
+/// handed to `on_delta`, with at most `idle_timeout_ms` between chunks
+/// ([`LLM_STREAM_IDLE_TIMEOUT_MS`] unless a test says otherwise). Nothing
+/// is retried once the body started.
 pub(crate) async fn stream_completion<D: StreamDecoder>(
     endpoint: &str,
+    idle_timeout_ms: u64,
     build: impl Fn() -> reqwest::RequestBuilder,
     mut decoder: D,
     on_delta: &mut (dyn FnMut(ChatDelta) + Send),
@@ -151,10 +153,11 @@ pub(crate) async fn stream_completion<D: StreamDecoder>(
     let failed = |error: StreamError| LlmError::Stream { endpoint: endpoint.to_string(), error };
     let response = with_retries(|| open_stream(endpoint, build())).await?;
     let mut body = response.bytes_stream();
-    let idle = Duration::from_millis(LLM_STREAM_IDLE_TIMEOUT_MS);
+    assert!(idle_timeout_ms > 0, "a stream needs an idle timeout");
+    let idle = Duration::from_millis(idle_timeout_ms);
     while !decoder.is_done() {
         let chunk = match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => return Err(failed(StreamError::Idle { idle_ms: LLM_STREAM_IDLE_TIMEOUT_MS })),
+            Err(_) => return Err(failed(StreamError::Idle { idle_ms: idle_timeout_ms })),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(failed(StreamError::Connection { reason: e.to_string() })),
             Ok(Some(Ok(bytes))) => bytes,
@@ -225,6 +228,46 @@ mod tests {
         assert!(!is_retriable(&status(401)));
         assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
         assert!(!is_retriable(&LlmError::NotConfigured { provider: "anthropic".into() }));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_fails_after_the_idle_timeout_without_a_retry() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const IDLE_TIMEOUT_MS: u64 = 200;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await.unwrap();
+            let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hel\"}}]}\n\n";
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body = format!("{head}{:x}\r\n{chunk}\r\n", chunk.len());
+            socket.write_all(body.as_bytes()).await.unwrap();
+            // Stalls with the connection open; a second connection would be a retry.
+            let second =
+                tokio::time::timeout(Duration::from_millis(IDLE_TIMEOUT_MS * 3), listener.accept()).await;
+            (socket, second.is_ok())
+        });
+        let client =
+            openai::OpenAiClient::new(&base, None).unwrap().with_stream_idle_timeout_ms(IDLE_TIMEOUT_MS);
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+            tools: Vec::new(),
+            max_tokens: 10,
+            temperature: 0.0,
+        };
+        let mut deltas = Vec::new();
+        let err = client.chat_stream(&request, &mut |delta| deltas.push(delta)).await.unwrap_err();
+        assert_eq!(
+            err,
+            LlmError::Stream { endpoint: base, error: StreamError::Idle { idle_ms: IDLE_TIMEOUT_MS } }
+        );
+        assert_eq!(deltas, vec![ChatDelta::Text("hel".into())]);
+        let (_socket, retried) = server.await.unwrap();
+        assert!(!retried, "no retry once the answer started");
     }
 
     /// First byte of a TLS record carrying a handshake message (ClientHello).
