@@ -62,6 +62,33 @@ def test_agent_blocks_messages_and_stream(client):
     client.agents.delete(agent.id)
 
 
+def test_stream_tokens_arrive_as_partial_messages_of_the_stored_message(client):
+    agent = _agent(client, "py-tokens")
+    text = "please stream this reply in pieces"
+    messages = [{"role": "user", "content": text}]
+    # Opened one after the other: each turn ends before the next starts.
+    opens = [
+        lambda: client.agents.messages.stream(agent.id, messages=messages, stream_tokens=True),
+        lambda: client.agents.messages.create(agent.id, messages=messages, streaming=True, stream_tokens=True),
+    ]
+    chunk_ids = []
+    for open_stream in opens:
+        events = list(open_stream())
+        kinds = [event.message_type for event in events]
+        assert kinds[-2:] == ["stop_reason", "usage_statistics"], kinds
+        chunks = [event for event in events if event.message_type == "assistant_message"]
+        assert len(chunks) >= 3, kinds
+        assert len({chunk.id for chunk in chunks}) == 1
+        assert "".join(chunk.content for chunk in chunks) == f"echo: {text}"
+        chunk_ids.append(chunks[0].id)
+
+    listed = list(client.agents.messages.list(agent.id, order="asc"))
+    replies = [m for m in listed if m.message_type == "assistant_message"]
+    assert [m.id for m in replies] == chunk_ids
+    assert [m.content for m in replies] == [f"echo: {text}"] * 2
+    client.agents.delete(agent.id)
+
+
 def test_memory_tool_call_is_seen_and_applied(client):
     agent = _agent(client, "py-tools")
     text = '/call core_memory_append {"label": "human", "content": "Drinks tea."}'

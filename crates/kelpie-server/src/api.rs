@@ -91,6 +91,12 @@ pub struct SendMessages {
     pub messages: Option<Vec<MessageCreate>>,
     pub input: Option<Content>,
     pub max_steps: Option<u32>,
+    /// `POST /messages` answers as `/messages/stream` does when set.
+    #[serde(default)]
+    pub streaming: bool,
+    /// When streaming: stream the LLM's tokens as partial messages too.
+    #[serde(default)]
+    pub stream_tokens: bool,
 }
 
 /// `POST /v1/agents/{agent_id}/messages/cancel`.

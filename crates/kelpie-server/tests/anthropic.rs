@@ -1,5 +1,6 @@
 //! The Anthropic Messages provider end to end: a fake Anthropic endpoint
-//! (axum on 127.0.0.1, scripted) behind `POST /v1/agents/{id}/messages`.
+//! (axum on 127.0.0.1, scripted, streaming when asked) behind
+//! `POST /v1/agents/{id}/messages` and `/messages/stream`.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header as http_header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,6 +23,8 @@ const OUTPUT_TOKENS_COUNT: u64 = 3;
 #[derive(Default)]
 struct FakeState {
     statuses: VecDeque<u16>,
+    /// The next streamed answer sends an `error` event after its first delta.
+    overloaded_mid_stream: bool,
     /// `(x-api-key, anthropic-version, body)` of every Messages request.
     requests: Vec<(String, String, Value)>,
 }
@@ -60,15 +63,86 @@ async fn messages(State(state): State<Shared>, headers: HeaderMap, Json(body): J
         return (StatusCode::from_u16(status).unwrap(), Json(error)).into_response();
     }
     let text = last_user_text(&body);
-    Json(json!({
+    let answer = json!({
         "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
         "stop_reason": "tool_use",
         "content": [{"type": "text", "text": "Replying."},
                     {"type": "tool_use", "id": format!("toolu_{}", text.len()), "name": "send_message",
                      "input": {"message": format!("claude: {text}")}}],
         "usage": {"input_tokens": INPUT_TOKENS_COUNT, "output_tokens": OUTPUT_TOKENS_COUNT},
-    }))
-    .into_response()
+    });
+    if body["stream"] != json!(true) {
+        return Json(answer).into_response();
+    }
+    let overloaded = std::mem::take(&mut state.lock().unwrap().overloaded_mid_stream);
+    let events: String = stream_events(&answer, overloaded)
+        .iter()
+        .map(|event| format!("event: {}\ndata: {event}\n\n", event["type"].as_str().unwrap()))
+        .collect();
+    ([(http_header::CONTENT_TYPE, "text/event-stream")], events).into_response()
+}
+
+/// `text` in pieces of at most `chars` characters.
+fn pieces(text: &str, chars: usize) -> Vec<String> {
+    let all: Vec<char> = text.chars().collect();
+    all.chunks(chars).map(|piece| piece.iter().collect()).collect()
+}
+
+/// A whole Messages answer as the events of a streamed one; with
+/// `overloaded`, an `error` event follows the first delta and ends it.
+fn stream_events(answer: &Value, overloaded: bool) -> Vec<Value> {
+    let mut events = vec![json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
+        "role": "assistant", "content": [], "usage": {"input_tokens": INPUT_TOKENS_COUNT, "output_tokens": 1}}})];
+    for (index, block) in answer["content"].as_array().unwrap().iter().enumerate() {
+        let (start, deltas) = match block["type"].as_str().unwrap() {
+            "text" => (
+                json!({"type": "text", "text": ""}),
+                pieces(block["text"].as_str().unwrap(), 4)
+                    .into_iter()
+                    .map(|text| json!({"type": "text_delta", "text": text}))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => (
+                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                pieces(&block["input"].to_string(), 6)
+                    .into_iter()
+                    .map(|json| json!({"type": "input_json_delta", "partial_json": json}))
+                    .collect(),
+            ),
+        };
+        events.push(json!({"type": "content_block_start", "index": index, "content_block": start}));
+        for delta in deltas {
+            events.push(json!({"type": "content_block_delta", "index": index, "delta": delta}));
+            if overloaded {
+                events.push(
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                );
+                return events;
+            }
+        }
+        events.push(json!({"type": "content_block_stop", "index": index}));
+    }
+    events.push(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                       "usage": {"output_tokens": OUTPUT_TOKENS_COUNT}}));
+    events.push(json!({"type": "message_stop"}));
+    events
+}
+
+/// The SSE events of `/messages/stream` with `stream_tokens`, `[DONE]` checked and dropped.
+async fn stream_tokens(server: &common::Running, agent_id: &str, text: &str) -> Vec<Value> {
+    let body = json!({"messages": [{"role": "user", "content": text}], "stream_tokens": true});
+    let response = server
+        .http
+        .post(format!("{}/v1/agents/{agent_id}/messages/stream", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> =
+        text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap()).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
 }
 
 async fn models() -> Json<Value> {
@@ -197,5 +271,48 @@ async fn anthropic_handle_without_a_key_is_refused() {
     );
     let listed = server.ok("GET", "/v1/models/", None).await;
     assert!(listed.as_array().unwrap().iter().all(|m| m["provider_name"] != "anthropic"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_tokens_stream_as_partial_messages_and_an_error_event_persists_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state) = fake_anthropic().await;
+    let server = start_with_anthropic(dir.path(), &base).await;
+    let id = create_claude_agent(&server).await;
+    let events = stream_tokens(&server, &id, "stream it").await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["message_type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[0], "ping");
+    assert_eq!(kinds[kinds.len() - 2..], ["stop_reason", "usage_statistics"]);
+    let text_of = |kind: &str, field: &str| -> (String, usize) {
+        let chunks: Vec<&Value> = events.iter().filter(|e| e["message_type"] == kind).collect();
+        (chunks.iter().map(|e| e[field].as_str().unwrap()).collect(), chunks.len())
+    };
+    let (reasoning, reasoning_chunks) = text_of("reasoning_message", "reasoning");
+    let (reply, reply_chunks) = text_of("assistant_message", "content");
+    assert_eq!((reasoning.as_str(), reply.as_str()), ("Replying.", "claude: stream it"));
+    assert!(reasoning_chunks >= 2 && reply_chunks >= 3, "{reasoning_chunks} and {reply_chunks} chunks");
+    let usage = events.last().unwrap();
+    assert_eq!(
+        (usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()),
+        (Some(INPUT_TOKENS_COUNT), Some(OUTPUT_TOKENS_COUNT))
+    );
+    let stored = server.ok("GET", &format!("/v1/agents/{id}/messages"), None).await;
+    let stored_reply =
+        stored.as_array().unwrap().iter().find(|m| m["message_type"] == "assistant_message").unwrap();
+    assert_eq!(stored_reply["content"], "claude: stream it");
+    let reply_ids: Vec<&Value> =
+        events.iter().filter(|e| e["message_type"] == "assistant_message").map(|e| &e["id"]).collect();
+    assert!(reply_ids.iter().all(|id| **id == stored_reply["id"]), "chunks carry the stored id");
+    assert_eq!(state.lock().unwrap().requests.last().unwrap().2["stream"], json!(true));
+
+    state.lock().unwrap().overloaded_mid_stream = true;
+    let events = stream_tokens(&server, &id, "this one fails").await;
+    let error = events.last().unwrap();
+    assert_eq!(error["message_type"], "error");
+    let detail = error["detail"].as_str().unwrap();
+    assert!(detail.contains("overloaded_error: Overloaded"), "{detail}");
+    let after = server.ok("GET", &format!("/v1/agents/{id}/messages"), None).await;
+    assert_eq!(after, stored, "the failed turn stored nothing");
     server.shutdown().await;
 }

@@ -59,6 +59,9 @@ pub struct StepInput {
     pub step_id: String,
     pub user_messages: Vec<String>,
     pub assistant: MessageBody,
+    /// The id the assistant message is stored under, chosen before the LLM
+    /// call so streamed tokens carry the id of the message they become.
+    pub assistant_message_id: String,
     pub external: Vec<ExternalResult>,
     /// Embeddings of the texts the step's archival tool calls store or
     /// search for, computed by the service with the agent's embedding.
@@ -345,10 +348,11 @@ pub(crate) fn append_message(
     ctx: &mut Ctx<'_>,
     step: &StepInput,
     body: MessageBody,
+    id: Option<String>,
 ) -> Result<StoredMessage> {
     let seq = next_seq(ctx);
     let message = StoredMessage {
-        id: new_id("message", ctx.env.rng.as_ref()),
+        id: id.unwrap_or_else(|| new_id("message", ctx.env.rng.as_ref())),
         seq,
         created_ms: ctx.env.clock.wall_ms(),
         run_id: Some(step.run_id.clone()),
@@ -364,9 +368,10 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
     agent(ctx)?;
     let mut messages = Vec::new();
     for content in &step.user_messages {
-        messages.push(append_message(ctx, &step, MessageBody::User { content: content.clone() })?);
+        messages.push(append_message(ctx, &step, MessageBody::User { content: content.clone() }, None)?);
     }
-    messages.push(append_message(ctx, &step, step.assistant.clone())?);
+    let assistant_id = Some(step.assistant_message_id.clone());
+    messages.push(append_message(ctx, &step, step.assistant.clone(), assistant_id)?);
     let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
@@ -376,7 +381,7 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
             None => tools_exec::run_builtin(ctx, call, &step.embeddings).await?,
         };
         let body = MessageBody::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), result, ok };
-        messages.push(append_message(ctx, &step, body)?);
+        messages.push(append_message(ctx, &step, body, None)?);
     }
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;

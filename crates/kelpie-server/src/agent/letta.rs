@@ -102,6 +102,12 @@ fn with(mut base: Value, fields: Value) -> Value {
     base
 }
 
+/// A Letta message of `message_type` with the envelope of `message` and
+/// `fields` (a streamed chunk carries the envelope of the message it becomes).
+pub fn letta_chunk(message: &StoredMessage, message_type: &str, fields: Value) -> Value {
+    with(envelope(message, message_type), fields)
+}
+
 /// The `message` argument of a `send_message` call, if it parses.
 pub fn send_message_text(call: &ToolCallRecord) -> Option<String> {
     let args: Value = serde_json::from_str(&call.arguments).ok()?;

@@ -13,6 +13,7 @@ pub mod page;
 pub mod passage_search;
 pub mod runs;
 pub mod service;
+pub mod token_stream;
 pub mod tool_service;
 pub mod tool_store;
 mod tools_exec;

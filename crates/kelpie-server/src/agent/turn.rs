@@ -6,7 +6,6 @@
 
 use kelpie_tools::{builtin_tools, SEND_MESSAGE};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::UnboundedSender;
 
 use kelpie_tools::python::{run_tool, TOOL_EXECUTION_TIMEOUT_MS};
 
@@ -14,6 +13,7 @@ use super::actor::{AgentCommand, AgentReply, ExternalResult, StepInput};
 use super::letta::letta_messages;
 use super::model::{AgentRecord, MessageBody, StoredMessage, ToolCallRecord};
 use super::service::{AgentService, ServiceError, ServiceResult};
+use super::token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 use super::tool_store::ToolRecord;
 use super::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::ids::new_id;
@@ -190,13 +190,20 @@ pub(super) fn check_turn_input(inputs: &[String], max_steps: Option<u32>) -> Ser
 }
 
 /// Adds a committed step's Letta messages (not the user's) to the outcome
-/// and to the stream, if any.
-fn emit_step(outcome: &mut TurnOutcome, messages: &[StoredMessage], events: Option<&UnboundedSender<Value>>) {
+/// and to the stream, if any, except what its tokens already showed.
+fn emit_step(
+    outcome: &mut TurnOutcome,
+    messages: &[StoredMessage],
+    events: Option<&TurnEvents>,
+    streamed: Option<&TokenRenderer<'_>>,
+) {
     for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
+        let assistant = matches!(message.body, MessageBody::Assistant { .. });
         for rendered in letta_messages(message) {
-            if let Some(events) = events {
+            let shown = assistant && streamed.is_some_and(|tokens| tokens.covers(&rendered));
+            if let Some(events) = events.filter(|_| !shown) {
                 // A client that went away does not stop the turn.
-                let _ = events.send(rendered.clone());
+                let _ = events.sender.send(rendered.clone());
             }
             outcome.messages.push(rendered);
         }
@@ -211,7 +218,7 @@ impl AgentService {
         agent_id: &str,
         inputs: Vec<String>,
         max_steps: Option<u32>,
-        events: Option<&UnboundedSender<Value>>,
+        events: Option<&TurnEvents>,
     ) -> ServiceResult<TurnOutcome> {
         let run_id = new_id("run", self.env.rng.as_ref());
         self.run_turn_as(&run_id, agent_id, inputs, max_steps, events).await
@@ -224,7 +231,7 @@ impl AgentService {
         agent_id: &str,
         inputs: Vec<String>,
         max_steps: Option<u32>,
-        events: Option<&UnboundedSender<Value>>,
+        events: Option<&TurnEvents>,
     ) -> ServiceResult<TurnOutcome> {
         let max_steps = check_turn_input(&inputs, max_steps)?;
         let agent_ref = self.agent_ref(agent_id)?;
@@ -245,8 +252,12 @@ impl AgentService {
             step_count: 0,
         };
         while outcome.step_count < max_steps {
-            let request = build_request(&agent, &custom, &history, &pending, self.env.clock.wall_ms());
-            let answer = self.llm.chat(&agent.llm.provider, &request).await?;
+            let step_id = new_id("step", self.env.rng.as_ref());
+            let assistant_message_id = new_id("message", self.env.rng.as_ref());
+            let now_ms = self.env.clock.wall_ms();
+            let envelope = assistant_envelope(&assistant_message_id, run_id, &step_id, now_ms);
+            let request = build_request(&agent, &custom, &history, &pending, now_ms);
+            let (answer, streamed) = self.call_llm(&agent.llm.provider, &request, events, envelope).await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
@@ -256,9 +267,10 @@ impl AgentService {
             let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
                 run_id: run_id.to_string(),
-                step_id: new_id("step", self.env.rng.as_ref()),
+                step_id,
                 user_messages: std::mem::take(&mut pending),
                 assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },
+                assistant_message_id,
                 external,
                 embeddings,
             };
@@ -268,7 +280,7 @@ impl AgentService {
                 return Err(ServiceError::Invalid("unexpected reply".into()));
             };
             agent = *updated;
-            emit_step(&mut outcome, &messages, events);
+            emit_step(&mut outcome, &messages, events, streamed.as_ref());
             history.extend(messages);
             if replied {
                 outcome.stop_reason = "end_turn";

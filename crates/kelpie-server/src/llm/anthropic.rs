@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
+use super::stream::{AnthropicStreamDecoder, ChatDelta};
+use super::{
+    http_client, send_json, stream_completion, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage,
+    LLM_STREAM_IDLE_TIMEOUT_MS,
+};
 use crate::agent::model::ToolCallRecord;
 
 /// The API version every request names in `anthropic-version`.
@@ -22,13 +26,23 @@ pub struct AnthropicClient {
     http: reqwest::Client,
     base_url: String,
     api_key: String,
+    /// Longest wait between two chunks of a streamed answer.
+    stream_idle_timeout_ms: u64,
 }
 
 impl AnthropicClient {
     pub fn new(base_url: &str, api_key: String) -> Result<Self, LlmError> {
         assert!(!api_key.is_empty(), "an Anthropic client needs a key");
         let http = http_client(base_url)?;
-        Ok(AnthropicClient { http, base_url: base_url.trim_end_matches('/').to_string(), api_key })
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Ok(AnthropicClient { http, base_url, api_key, stream_idle_timeout_ms: LLM_STREAM_IDLE_TIMEOUT_MS })
+    }
+
+    /// The same client with another idle timeout for streamed answers.
+    pub fn with_stream_idle_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        assert!(timeout_ms > 0, "a stream needs an idle timeout");
+        self.stream_idle_timeout_ms = timeout_ms;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -44,6 +58,26 @@ impl AnthropicClient {
         })
         .await?;
         parse_response(&self.base_url, &answer)
+    }
+
+    /// One Messages call with `stream: true`; see [`super::stream_completion`].
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(request);
+        body["stream"] = json!(true);
+        let url = format!("{}/v1/messages", self.base_url);
+        let build = || self.authorized(self.http.post(&url).json(&body));
+        stream_completion(
+            &self.base_url,
+            self.stream_idle_timeout_ms,
+            build,
+            AnthropicStreamDecoder::default(),
+            on_delta,
+        )
+        .await
     }
 
     /// Model ids listed at `GET {base}/v1/models`.

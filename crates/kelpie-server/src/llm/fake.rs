@@ -12,27 +12,45 @@
 //! `automobile`, `vehicle`) on axis 1, anything else on axis 2 — synonyms
 //! the local hash embedding cannot match, so tests see which one was used.
 //!
-//! Tests can also queue answers ([`FakeLlm::push_reply`]) or HTTP error
-//! statuses ([`FakeLlm::push_status`]); queued items are served first, in
+//! A request with `stream: true` gets the same answer as chat completion
+//! chunks over SSE: the text in fragments of [`FAKE_STREAM_FRAGMENT_CHARS`]
+//! characters, each tool call opened with its id and name and its arguments
+//! in fragments of the same size, the finish reason, the usage (when
+//! `stream_options.include_usage` asks for it) and `[DONE]`.
+//!
+//! Tests can also queue answers ([`FakeLlm::push_reply`]), HTTP error
+//! statuses ([`FakeLlm::push_status`]) or a stream that breaks off
+//! ([`FakeLlm::push_broken_stream`]); queued items are served first, in
 //! order. Every request body is recorded for assertions.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// The one model the fake serves.
 pub const FAKE_MODEL: &str = "fake-gpt";
+/// Characters per streamed text or arguments fragment.
+pub const FAKE_STREAM_FRAGMENT_CHARS: usize = 5;
+/// Pause before a scripted broken stream drops its connection.
+pub const FAKE_STREAM_BREAK_DELAY_MS: u64 = 50;
 
 enum Scripted {
     Status(u16),
     Reply(Value),
+    /// The default answer, streamed, cut off after this many SSE events.
+    BrokenStream {
+        events_count: usize,
+    },
 }
 
 #[derive(Default)]
@@ -84,6 +102,12 @@ impl FakeLlm {
     /// Queues one HTTP error answer.
     pub fn push_status(&self, status: u16) {
         self.lock().queue.push_back(Scripted::Status(status));
+    }
+
+    /// Queues one streamed answer (the default one) whose connection is
+    /// closed, without `[DONE]`, after `events_count` SSE events.
+    pub fn push_broken_stream(&self, events_count: usize) {
+        self.lock().queue.push_back(Scripted::BrokenStream { events_count });
     }
 
     /// Every chat request body received so far.
@@ -151,6 +175,7 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>
         inner.requests.push(request.clone());
         inner.queue.pop_front()
     };
+    let mut cut_after = None;
     let mut answer = match scripted {
         Some(Scripted::Status(status)) => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -158,12 +183,71 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>
                 .into_response();
         }
         Some(Scripted::Reply(answer)) => answer,
+        Some(Scripted::BrokenStream { events_count }) => {
+            cut_after = Some(events_count);
+            default_answer(&request)
+        }
         None => default_answer(&request),
     };
     let completion_tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     answer["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                              "total_tokens": prompt_tokens + completion_tokens});
-    Json(answer).into_response()
+    if request["stream"] != json!(true) {
+        return Json(answer).into_response();
+    }
+    let include_usage = request["stream_options"]["include_usage"] == json!(true);
+    let mut events = stream_events(&answer, include_usage);
+    let body = match cut_after {
+        Some(count) => {
+            events.truncate(count.min(events.len().saturating_sub(1)));
+            // The pause lets the events sent so far reach the client before
+            // the connection is dropped.
+            let broken = futures::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(FAKE_STREAM_BREAK_DELAY_MS)).await;
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "scripted broken stream"))
+            });
+            Body::from_stream(futures::stream::iter(events.into_iter().map(Ok)).chain(broken))
+        }
+        None => Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>))),
+    };
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+fn fragments(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(FAKE_STREAM_FRAGMENT_CHARS).map(|piece| piece.iter().collect()).collect()
+}
+
+/// A whole completion as the SSE events of a streamed one (see the module docs).
+fn stream_events(answer: &Value, include_usage: bool) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": FAKE_MODEL,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let message = &answer["choices"][0]["message"];
+    let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    for piece in fragments(message["content"].as_str().unwrap_or_default()) {
+        chunks.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (index, call) in calls.iter().enumerate() {
+        let opening = json!({"index": index, "id": call["id"], "type": "function",
+                             "function": {"name": call["function"]["name"], "arguments": ""}});
+        chunks.push(chunk(json!({"tool_calls": [opening]}), Value::Null));
+        for piece in fragments(call["function"]["arguments"].as_str().unwrap_or_default()) {
+            let more = json!({"index": index, "function": {"arguments": piece}});
+            chunks.push(chunk(json!({"tool_calls": [more]}), Value::Null));
+        }
+    }
+    let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
+    chunks.push(chunk(json!({}), json!(finish)));
+    if include_usage {
+        chunks.push(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": FAKE_MODEL,
+                           "choices": [], "usage": answer["usage"]}));
+    }
+    let mut events: Vec<String> = chunks.iter().map(|chunk| format!("data: {chunk}\n\n")).collect();
+    events.push("data: [DONE]\n\n".to_string());
+    events
 }
 
 /// Words of each axis of the fake embedding; the last axis is "other".
@@ -216,6 +300,26 @@ mod tests {
         let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
         assert_eq!(call["name"], "send_message");
         assert_eq!(call["arguments"], json!({"message": "echo: hello"}).to_string());
+    }
+
+    #[test]
+    fn a_streamed_answer_decodes_to_the_whole_answer_in_several_fragments() {
+        use crate::llm::stream::{ChatDelta, OpenAiStreamDecoder, StreamDecoder};
+        let mut answer =
+            completion(Some("Calling the tool now."), &[("noop", json!({"text": "a longer argument"}))]);
+        answer["usage"] = json!({"prompt_tokens": 7, "completion_tokens": 3});
+        let mut decoder = OpenAiStreamDecoder::default();
+        let mut deltas = Vec::new();
+        for event in stream_events(&answer, true) {
+            deltas.extend(decoder.feed(event.as_bytes()).unwrap());
+        }
+        let texts = deltas.iter().filter(|d| matches!(d, ChatDelta::Text(_))).count();
+        let fragments = deltas.iter().filter(|d| matches!(d, ChatDelta::ToolCallArguments { .. })).count();
+        assert!(texts >= 3 && fragments >= 3, "{deltas:?}");
+        let whole = decoder.finish().unwrap();
+        assert_eq!(whole.content.as_deref(), Some("Calling the tool now."));
+        assert_eq!(whole.tool_calls[0].arguments, json!({"text": "a longer argument"}).to_string());
+        assert_eq!((whole.usage.prompt_tokens, whole.usage.completion_tokens), (7, 3));
     }
 
     #[test]

@@ -8,12 +8,16 @@
 pub mod anthropic;
 pub mod fake;
 pub mod openai;
+pub mod stream;
 
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
 use thiserror::Error;
+
+use stream::{ChatDelta, StreamDecoder, StreamError};
 
 use crate::agent::model::ToolCallRecord;
 
@@ -49,6 +53,8 @@ pub enum LlmError {
     Transport { endpoint: String, reason: String },
     #[error("LLM provider at {endpoint} sent an answer kelpie cannot read: {reason}")]
     InvalidResponse { endpoint: String, reason: String },
+    #[error("LLM provider at {endpoint} failed mid-stream: {error}")]
+    Stream { endpoint: String, error: StreamError },
     #[error("LLM provider {provider:?} is not configured on this server (set ANTHROPIC_API_KEY)")]
     NotConfigured { provider: String },
 }
@@ -57,6 +63,8 @@ pub enum LlmError {
 pub const LLM_REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// Attempts per request, the first included.
 pub const LLM_ATTEMPTS_COUNT_MAX: u32 = 4;
+/// Longest wait for the next bytes of a streamed answer once it started.
+pub const LLM_STREAM_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Wait before the first retry; doubles each time.
 pub const LLM_RETRY_BACKOFF_MS_BASE: u64 = 250;
 /// Longest error body kept for the client's error message, in characters.
@@ -70,6 +78,8 @@ pub(crate) fn is_retriable(err: &LlmError) -> bool {
     match err {
         LlmError::Status { status, .. } => *status == 429 || *status >= 500,
         LlmError::Transport { .. } => true,
+        // Deltas may already have reached the client; a retry would repeat them.
+        LlmError::Stream { .. } => false,
         LlmError::InvalidResponse { .. } | LlmError::NotConfigured { .. } => false,
     }
 }
@@ -113,6 +123,52 @@ pub(crate) async fn send_json(endpoint: &str, call: reqwest::RequestBuilder) -> 
         .map_err(|e| LlmError::InvalidResponse { endpoint: endpoint.to_string(), reason: e.to_string() })
 }
 
+/// Sends a built request and checks its status before reading the body;
+/// a non-2xx status is [`LlmError::Status`] with the (clipped) body.
+async fn open_stream(endpoint: &str, call: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
+    let transport =
+        |e: reqwest::Error| LlmError::Transport { endpoint: endpoint.to_string(), reason: e.to_string() };
+    let response = call.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        let text = response.text().await.map_err(transport)?;
+        let body: String = text.chars().take(ERROR_BODY_CHARS_MAX).collect();
+        return Err(LlmError::Status { endpoint: endpoint.to_string(), status, body });
+    }
+    Ok(response)
+}
+
+/// A streamed completion: the request is retried like any other until its
+/// status arrives; then the body is fed to `decoder` as it comes, each delta
+/// handed to `on_delta`, with at most `idle_timeout_ms` between chunks
+/// ([`LLM_STREAM_IDLE_TIMEOUT_MS`] unless a test says otherwise). Nothing
+/// is retried once the body started.
+pub(crate) async fn stream_completion<D: StreamDecoder>(
+    endpoint: &str,
+    idle_timeout_ms: u64,
+    build: impl Fn() -> reqwest::RequestBuilder,
+    mut decoder: D,
+    on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+) -> Result<ChatResponse, LlmError> {
+    let failed = |error: StreamError| LlmError::Stream { endpoint: endpoint.to_string(), error };
+    let response = with_retries(|| open_stream(endpoint, build())).await?;
+    let mut body = response.bytes_stream();
+    assert!(idle_timeout_ms > 0, "a stream needs an idle timeout");
+    let idle = Duration::from_millis(idle_timeout_ms);
+    while !decoder.is_done() {
+        let chunk = match tokio::time::timeout(idle, body.next()).await {
+            Err(_) => return Err(failed(StreamError::Idle { idle_ms: idle_timeout_ms })),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(failed(StreamError::Connection { reason: e.to_string() })),
+            Ok(Some(Ok(bytes))) => bytes,
+        };
+        for delta in decoder.feed(&chunk).map_err(failed)? {
+            on_delta(delta);
+        }
+    }
+    decoder.finish().map_err(failed)
+}
+
 /// An http client with the request timeout every provider uses.
 pub(crate) fn http_client(endpoint: &str) -> Result<reqwest::Client, LlmError> {
     reqwest::Client::builder()
@@ -140,6 +196,23 @@ impl LlmClients {
             None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
         }
     }
+
+    /// [`Self::chat`] with the answer streamed: each delta goes to
+    /// `on_delta` as it arrives; the result is the whole answer.
+    pub async fn chat_streaming(
+        &self,
+        provider: &str,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        if provider != PROVIDER_ANTHROPIC {
+            return self.openai.chat_stream(request, on_delta).await;
+        }
+        match &self.anthropic {
+            Some(client) => client.chat_stream(request, on_delta).await,
+            None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +228,46 @@ mod tests {
         assert!(!is_retriable(&status(401)));
         assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
         assert!(!is_retriable(&LlmError::NotConfigured { provider: "anthropic".into() }));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_fails_after_the_idle_timeout_without_a_retry() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const IDLE_TIMEOUT_MS: u64 = 200;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await.unwrap();
+            let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hel\"}}]}\n\n";
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body = format!("{head}{:x}\r\n{chunk}\r\n", chunk.len());
+            socket.write_all(body.as_bytes()).await.unwrap();
+            // Stalls with the connection open; a second connection would be a retry.
+            let second =
+                tokio::time::timeout(Duration::from_millis(IDLE_TIMEOUT_MS * 3), listener.accept()).await;
+            (socket, second.is_ok())
+        });
+        let client =
+            openai::OpenAiClient::new(&base, None).unwrap().with_stream_idle_timeout_ms(IDLE_TIMEOUT_MS);
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+            tools: Vec::new(),
+            max_tokens: 10,
+            temperature: 0.0,
+        };
+        let mut deltas = Vec::new();
+        let err = client.chat_stream(&request, &mut |delta| deltas.push(delta)).await.unwrap_err();
+        assert_eq!(
+            err,
+            LlmError::Stream { endpoint: base, error: StreamError::Idle { idle_ms: IDLE_TIMEOUT_MS } }
+        );
+        assert_eq!(deltas, vec![ChatDelta::Text("hel".into())]);
+        let (_socket, retried) = server.await.unwrap();
+        assert!(!retried, "no retry once the answer started");
     }
 
     /// First byte of a TLS record carrying a handshake message (ClientHello).

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{http_client, send_json, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage};
+use super::stream::{ChatDelta, OpenAiStreamDecoder};
+use super::{
+    http_client, send_json, stream_completion, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage,
+    LLM_STREAM_IDLE_TIMEOUT_MS,
+};
 use crate::agent::model::ToolCallRecord;
 
 /// Texts sent in one `/embeddings` request.
@@ -16,12 +20,22 @@ pub struct OpenAiClient {
     http: reqwest::Client,
     base_url: String,
     api_key: Option<String>,
+    /// Longest wait between two chunks of a streamed answer.
+    stream_idle_timeout_ms: u64,
 }
 
 impl OpenAiClient {
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, LlmError> {
         let http = http_client(base_url)?;
-        Ok(OpenAiClient { http, base_url: base_url.trim_end_matches('/').to_string(), api_key })
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Ok(OpenAiClient { http, base_url, api_key, stream_idle_timeout_ms: LLM_STREAM_IDLE_TIMEOUT_MS })
+    }
+
+    /// The same client with another idle timeout for streamed answers.
+    pub fn with_stream_idle_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        assert!(timeout_ms > 0, "a stream needs an idle timeout");
+        self.stream_idle_timeout_ms = timeout_ms;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -33,6 +47,28 @@ impl OpenAiClient {
         let body = request_body(request);
         let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
         parse_response(&self.base_url, &answer)
+    }
+
+    /// One chat completion with `stream: true` (usage asked for with
+    /// `stream_options.include_usage`); see [`super::stream_completion`].
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(request);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let url = format!("{}/chat/completions", self.base_url);
+        let build = || self.authorized(self.http.post(&url).json(&body));
+        stream_completion(
+            &self.base_url,
+            self.stream_idle_timeout_ms,
+            build,
+            OpenAiStreamDecoder::default(),
+            on_delta,
+        )
+        .await
     }
 
     /// Model ids the provider lists at `GET /models`.

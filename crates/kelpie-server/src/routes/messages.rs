@@ -1,9 +1,12 @@
 //! `/v1/agents/{agent_id}/messages`: send (runs the agent loop), stream
-//! (the same, as Server-Sent Events), list.
+//! (the same, as Server-Sent Events; also `send` with `streaming: true`),
+//! list.
 //!
 //! Stream event order, as Letta sends it: a `ping`, each step's messages as
-//! they are committed, `stop_reason`, `usage_statistics`, `[DONE]`. An error
-//! after the stream started is sent as an `error` event before `[DONE]`.
+//! they are committed, `stop_reason`, `usage_statistics`, `[DONE]`. With
+//! `stream_tokens`, the LLM's answer also arrives as partial messages while
+//! it is generated (see `agent::token_stream`). An error after the stream
+//! started is sent as an `error` event before `[DONE]`.
 
 use std::convert::Infallible;
 
@@ -18,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::agent::token_stream::TurnEvents;
 use crate::api::{CancelRuns, PageQuery, SendMessages};
 use crate::error::ApiError;
 use crate::ids::new_id;
@@ -56,7 +60,10 @@ async fn send(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<SendMessages>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    if request.streaming {
+        return stream(State(state), Path(agent_id), ApiJson(request)).await;
+    }
     let max_steps = request.max_steps;
     let outcome = state.agents.run_turn(&agent_id, user_texts(request)?, max_steps, None).await?;
     Ok(Json(json!({
@@ -65,7 +72,8 @@ async fn send(
         "usage": outcome.usage_json(),
         "logprobs": null,
         "turns": null,
-    })))
+    }))
+    .into_response())
 }
 
 async fn send_async(
@@ -111,6 +119,7 @@ async fn stream(
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Response, ApiError> {
     let max_steps = request.max_steps;
+    let stream_tokens = request.stream_tokens;
     let texts = user_texts(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
     state.agents.get_agent(&agent_id).await?;
@@ -118,15 +127,16 @@ async fn stream(
     let ping = json!({"id": new_id("ping", state.agents.rng()), "message_type": "ping"});
     let _ = chunks.send(sse(&ping));
     tokio::spawn(async move {
-        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Value>();
+        let (sender, mut events_rx) = mpsc::unbounded_channel::<Value>();
+        let events = TurnEvents { sender, stream_tokens };
         let forward_chunks = chunks.clone();
         let forward = tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.agents.run_turn(&agent_id, texts, max_steps, Some(&events_tx)).await;
-        drop(events_tx);
+        let outcome = state.agents.run_turn(&agent_id, texts, max_steps, Some(&events)).await;
+        drop(events);
         let _ = forward.await;
         match outcome {
             Ok(outcome) => {
