@@ -22,6 +22,28 @@ struct Cli {
 enum Command {
     /// Run the agent server (Letta REST API, default 127.0.0.1:8283).
     Serve(ServeArgs),
+    /// Inspect a cluster through one of its nodes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Print every node of the cluster as the node at --url sees it.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Base URL of any node's HTTP API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8283")]
+    url: String,
+    /// Bearer token, when the server requires one [env: KELPIE_API_KEY].
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags override environment variables, which override the config file.
@@ -93,6 +115,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
     }
 }
 
@@ -132,6 +155,83 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Longest wait for a node to answer `kelpie cluster status`.
+const STATUS_TIMEOUT_MS: u64 = 10_000;
+
+fn cluster_status(args: StatusArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kelpie: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api_key = args.api_key.clone().or_else(|| std::env::var("KELPIE_API_KEY").ok());
+    let url = format!("{}/v1/cluster/nodes", args.url.trim_end_matches('/'));
+    let fetched = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(STATUS_TIMEOUT_MS))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.get(&url);
+        if let Some(key) = api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = response.status();
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| format!("{url} answered no JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}: {}", body["detail"].as_str().unwrap_or("")));
+        }
+        Ok(body)
+    });
+    match fetched {
+        Ok(body) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(body) => {
+            print!("{}", status_table(&body));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("kelpie: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cluster view as a fixed-width table, one node per line.
+fn status_table(body: &serde_json::Value) -> String {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "answered by {} ({})\n",
+        text(&body["node_id"]),
+        if body["cluster"] == serde_json::Value::Bool(true) { "cluster" } else { "single node" }
+    );
+    out.push_str(&format!(
+        "{:<20} {:<22} {:<9} {:<7} {:>12} {}\n",
+        "NODE", "ADVERTISE", "STATUS", "LIVE", "HEARTBEAT_MS", "ROUTABLE"
+    ));
+    for node in body["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        out.push_str(&format!(
+            "{:<20} {:<22} {:<9} {:<7} {:>12} {}\n",
+            text(&node["node_id"]),
+            text(&node["advertise"]),
+            text(&node["status"]),
+            text(&node["liveness"]),
+            text(&node["heartbeat_age_ms"]),
+            text(&node["routable"]),
+        ));
+    }
+    out
 }
 
 /// Completes on Ctrl-C or SIGTERM.

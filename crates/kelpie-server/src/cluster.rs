@@ -44,6 +44,9 @@ use crate::{AppState, ServerError};
 /// Marks a request another node forwarded here: it is served, never
 /// forwarded again.
 pub const FORWARDED_HEADER: &str = "x-kelpie-forwarded-by";
+/// Names the node that served an agent request (the owner, when it was
+/// forwarded), on every agent response in a cluster.
+pub const SERVED_BY_HEADER: &str = "x-kelpie-served-by";
 /// Largest HTTP body (request or response) forwarded between nodes; the
 /// transport's frame limit is 16 MiB.
 pub const FORWARDED_BODY_BYTES_MAX: usize = 15 * 1024 * 1024;
@@ -167,14 +170,24 @@ fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 /// that node and returns its answer; everything else is served here.
 pub async fn forward_agent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.clone() else { return next.run(request).await };
-    if request.headers().contains_key(FORWARDED_HEADER) {
-        return next.run(request).await;
-    }
     let Some(agent_id) = agent_id_of(request.uri().path()) else { return next.run(request).await };
+    let serve_here = |next: Next, request: Request| {
+        let node_id = cluster.node_id.to_string();
+        async move {
+            let mut response = next.run(request).await;
+            if let Ok(value) = HeaderValue::try_from(node_id) {
+                response.headers_mut().insert(SERVED_BY_HEADER, value);
+            }
+            response
+        }
+    };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return serve_here(next, request).await;
+    }
     let Ok(actor_id) = ActorId::new(AGENT_NAMESPACE, agent_id) else { return next.run(request).await };
     let owner = match cluster.directory.live_owner(&actor_id).await {
         Ok(Some(owner)) if owner.node_id != cluster.node_id => owner.node_id,
-        Ok(_) => return next.run(request).await,
+        Ok(_) => return serve_here(next, request).await,
         Err(err) => return ApiError::from(err).into_response(),
     };
     match forward(&cluster, owner, request).await {

@@ -1,0 +1,350 @@
+//! Three real `kelpie serve --cluster` processes on loopback sharing one
+//! real PostgreSQL (initdb'd by the harness), with the fake LLM in this
+//! process. Clients send messages to 200 agents through random nodes while
+//! the test SIGKILLs one node and later restarts it, and SIGSTOPs another
+//! for longer than a lease, then SIGCONTs it (a zombie that must be fenced).
+//!
+//! Afterwards, for every agent: each acknowledged message is in its history
+//! exactly once, an unacknowledged one at most once, and every user message
+//! is followed directly by its own reply (no interleaving of turns from two
+//! owners). The failover time (kill → first acknowledged request for an
+//! agent the dead node served) is measured and printed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kelpie_core::limits::LEASE_DURATION_MS;
+use kelpie_server::llm::fake::FakeLlm;
+use kelpie_storage::test_support::PostgresServer;
+use serde_json::{json, Value};
+
+const NODES_COUNT: usize = 3;
+const AGENTS_COUNT: usize = 200;
+const CLIENTS_COUNT: usize = 6;
+/// Workload before the first fault.
+const WARMUP_MS: u64 = 4_000;
+/// How long the killed node stays down.
+const DOWN_MS: u64 = 12_000;
+/// How long the stopped node stays frozen: past its leases.
+const FROZEN_MS: u64 = LEASE_DURATION_MS + 4_000;
+/// Workload after the last fault.
+const COOLDOWN_MS: u64 = 6_000;
+const REQUEST_TIMEOUT_MS: u64 = 30_000;
+const STARTUP_TIMEOUT_MS: u64 = 60_000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct NodeProcess {
+    name: String,
+    http: SocketAddr,
+    advertise: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self, database_url: &str, llm_url: &str, data_dir: &std::path::Path) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelpie"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
+            .args(["serve", "--cluster", "--database-url", database_url, "--node-id", &self.name])
+            .args(["--advertise", &self.advertise.to_string(), "--bind", &self.http.to_string()])
+            .args(["--data-dir", data_dir.join(&self.name).to_str().unwrap()])
+            .env("OPENAI_BASE_URL", llm_url)
+            .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
+            .env("KELPIE_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kelpie");
+        self.child = Some(child);
+        let stderr = self.child.as_mut().unwrap().stderr.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on http://") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                if line.contains("ERROR") || line.contains("panicked") {
+                    eprintln!("[{name}] {line}");
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_millis(STARTUP_TIMEOUT_MS)).expect("node never listened");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal}");
+    }
+
+    fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.take().unwrap().wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Ledger {
+    /// text -> (agent, acknowledged)
+    sent: BTreeMap<String, (String, bool)>,
+    /// (instant, agent, node that served it) of every acknowledged message.
+    served: Vec<(Instant, String, String)>,
+    errors: u64,
+}
+
+/// A small deterministic generator so a run's choices are reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % below as u64) as usize
+    }
+}
+
+#[test]
+fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message() {
+    let Some(postgres) = PostgresServer::start().expect("start PostgreSQL") else { return };
+    let database_url = postgres.create_database("cluster_processes").expect("create database");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let fake = runtime.block_on(FakeLlm::start("127.0.0.1:0".parse().unwrap())).expect("fake LLM");
+    let llm_url = fake.base_url();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut nodes: Vec<NodeProcess> = (0..NODES_COUNT)
+        .map(|i| NodeProcess {
+            name: format!("n{}", i + 1),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            advertise: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            child: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.spawn(&database_url, &llm_url, dir.path());
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)).build().unwrap();
+
+    // Every node sees all three, active and live.
+    let view: Value = runtime.block_on(async {
+        client.get(format!("{}/v1/cluster/nodes", urls[0])).send().await.unwrap().json().await.unwrap()
+    });
+    let names: Vec<&str> =
+        view["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "{view}");
+    assert!(view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["status"] == "active" && n["liveness"] == "live"));
+    let status = Command::new(env!("CARGO_BIN_EXE_kelpie"))
+        .args(["cluster", "status", "--url", &urls[1]])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "kelpie cluster status failed: {table}");
+    for name in ["n1", "n2", "n3"] {
+        assert!(table.contains(name), "status table lists {name}:\n{table}");
+    }
+
+    // 200 agents, created through the nodes in turn.
+    let agents: Vec<String> = runtime.block_on(async {
+        let mut agents = Vec::new();
+        for i in 0..AGENTS_COUNT {
+            let body = json!({"name": format!("agent-{i}"), "memory_blocks": [{"label": "human", "value": "tester"}]});
+            let created: Value = client
+                .post(format!("{}/v1/agents/", urls[i % NODES_COUNT]))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            agents.push(created["id"].as_str().expect("agent id").to_string());
+        }
+        agents
+    });
+    assert_eq!(agents.len(), AGENTS_COUNT);
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sequence = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..CLIENTS_COUNT)
+        .map(|worker| {
+            let (client, urls, agents) = (client.clone(), urls.clone(), agents.clone());
+            let (ledger, stop, sequence) = (ledger.clone(), stop.clone(), sequence.clone());
+            runtime.spawn(async move {
+                let mut rng = Lcg(worker as u64 + 1);
+                while !stop.load(Ordering::SeqCst) {
+                    let agent = &agents[rng.next(agents.len())];
+                    let url = &urls[rng.next(urls.len())];
+                    let text = format!("m{}", sequence.fetch_add(1, Ordering::SeqCst));
+                    ledger.lock().unwrap().sent.insert(text.clone(), (agent.clone(), false));
+                    let body = json!({"messages": [{"role": "user", "content": text}]});
+                    let sent =
+                        client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await;
+                    match sent {
+                        Ok(response) if response.status().is_success() => {
+                            let by = response
+                                .headers()
+                                .get("x-kelpie-served-by")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("?")
+                                .to_string();
+                            let reply: Value = response.json().await.unwrap_or(Value::Null);
+                            let echoed = reply["messages"].as_array().into_iter().flatten().any(|m| {
+                                m["message_type"] == "assistant_message"
+                                    && m["content"] == format!("echo: {text}")
+                            });
+                            let mut ledger = ledger.lock().unwrap();
+                            if echoed {
+                                ledger.sent.insert(text, (agent.clone(), true));
+                                ledger.served.push((Instant::now(), agent.clone(), by));
+                            } else {
+                                ledger.errors += 1;
+                            }
+                        }
+                        _ => {
+                            ledger.lock().unwrap().errors += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(WARMUP_MS));
+    // SIGKILL n3; remember which agents it was serving.
+    let killed_at = Instant::now();
+    let dead_agents: std::collections::BTreeSet<String> = {
+        let ledger = ledger.lock().unwrap();
+        let mut last_server = BTreeMap::new();
+        for (_, agent, by) in &ledger.served {
+            last_server.insert(agent.clone(), by.clone());
+        }
+        last_server.into_iter().filter(|(_, by)| by == "n3").map(|(agent, _)| agent).collect()
+    };
+    assert!(!dead_agents.is_empty(), "n3 served some agents before the kill");
+    nodes[2].kill();
+    std::thread::sleep(Duration::from_millis(DOWN_MS));
+    nodes[2].spawn(&database_url, &llm_url, dir.path());
+
+    // SIGSTOP n2 past its leases, then let it run again as a zombie.
+    std::thread::sleep(Duration::from_millis(WARMUP_MS));
+    nodes[1].signal("-STOP");
+    std::thread::sleep(Duration::from_millis(FROZEN_MS));
+    nodes[1].signal("-CONT");
+    std::thread::sleep(Duration::from_millis(COOLDOWN_MS));
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(async {
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    });
+
+    let ledger = ledger.lock().unwrap();
+    let failover = ledger
+        .served
+        .iter()
+        .filter(|(at, agent, _)| *at > killed_at && dead_agents.contains(agent))
+        .map(|(at, _, _)| at.duration_since(killed_at))
+        .min()
+        .expect("an agent of the killed node was served again");
+    let acked = ledger.sent.values().filter(|(_, acked)| *acked).count();
+    println!(
+        "failover: {} ms after SIGKILL (lease {} ms); {} acknowledged, {} unacknowledged attempts, {} agents on the killed node",
+        failover.as_millis(),
+        LEASE_DURATION_MS,
+        acked,
+        ledger.errors,
+        dead_agents.len()
+    );
+    assert!(acked > 100, "the workload made progress: {acked}");
+
+    // Every agent's history, read through the nodes in turn.
+    let histories: BTreeMap<String, Vec<Value>> = runtime.block_on(async {
+        let mut histories = BTreeMap::new();
+        for (i, agent) in agents.iter().enumerate() {
+            let url = &urls[i % NODES_COUNT];
+            let messages: Value = client
+                .get(format!("{url}/v1/agents/{agent}/messages?limit=1000&order=asc"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            histories.insert(agent.clone(), messages.as_array().expect("message list").clone());
+        }
+        histories
+    });
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (agent, history) in &histories {
+        let turns: Vec<(&str, String)> = history
+            .iter()
+            .filter_map(|m| {
+                let kind = m["message_type"].as_str()?;
+                let text = m["content"].as_str()?.to_string();
+                matches!(kind, "user_message" | "assistant_message").then_some((kind, text))
+            })
+            .collect();
+        for (index, (kind, text)) in turns.iter().enumerate() {
+            if *kind != "user_message" || !text.starts_with('m') {
+                continue;
+            }
+            *seen.entry(text.clone()).or_default() += 1;
+            assert_eq!(
+                ledger.sent.get(text).map(|(a, _)| a.as_str()),
+                Some(agent.as_str()),
+                "{text} in {agent}"
+            );
+            let next = turns.get(index + 1);
+            assert_eq!(
+                next,
+                Some(&("assistant_message", format!("echo: {text}"))),
+                "{agent}: the turn of {text} is followed by its own reply, not another turn"
+            );
+        }
+    }
+    for (text, (agent, acked)) in &ledger.sent {
+        let count = seen.get(text).copied().unwrap_or(0);
+        if *acked {
+            assert_eq!(count, 1, "acknowledged {text} to {agent} is in its history exactly once");
+        } else {
+            assert!(count <= 1, "unacknowledged {text} applied at most once, got {count}");
+        }
+    }
+
+    for node in &mut nodes {
+        node.signal("-TERM");
+        let status = node.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "{} left cleanly: {status:?}", node.name);
+    }
+}
