@@ -73,6 +73,9 @@ struct ServeArgs {
     /// Address other nodes reach this node on.
     #[arg(long, value_name = "IP:PORT")]
     advertise: Option<String>,
+    /// Address the cluster transport listens on [default: the advertise address].
+    #[arg(long, value_name = "IP:PORT")]
+    cluster_listen: Option<String>,
     /// Model handle used when an agent names none.
     #[arg(long, value_name = "HANDLE")]
     default_model: Option<String>,
@@ -85,7 +88,7 @@ impl ServeArgs {
             layers.add_file(path)?;
         }
         layers.add_env(std::env::vars());
-        let flags: [(&str, &str, Option<&str>); 8] = [
+        let flags: [(&str, &str, Option<&str>); 9] = [
             ("data_dir", "--data-dir", self.data_dir.as_deref()),
             ("bind", "--bind", self.bind.as_deref()),
             ("node_id", "--node-id", self.node_id.as_deref()),
@@ -93,6 +96,7 @@ impl ServeArgs {
             ("storage.database_url", "--database-url", self.database_url.as_deref()),
             ("cluster.enabled", "--cluster", self.cluster.then_some("true")),
             ("cluster.advertise", "--advertise", self.advertise.as_deref()),
+            ("cluster.listen", "--cluster-listen", self.cluster_listen.as_deref()),
             ("llm.default_model", "--default-model", self.default_model.as_deref()),
         ];
         for (field, flag, value) in flags {

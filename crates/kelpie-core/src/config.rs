@@ -21,6 +21,7 @@
 //! | `storage.pool_size` | `KELPIE_DATABASE_POOL_SIZE` | 16 |
 //! | `cluster.enabled` | `KELPIE_CLUSTER` | `false` |
 //! | `cluster.advertise` | `KELPIE_ADVERTISE` | none |
+//! | `cluster.listen` | `KELPIE_CLUSTER_LISTEN` | the advertise address |
 //! | `llm.openai_base_url` | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
 //! | `llm.openai_api_key` | `OPENAI_API_KEY` | none |
 //! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
@@ -52,6 +53,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("storage.pool_size", "KELPIE_DATABASE_POOL_SIZE"),
     ("cluster.enabled", "KELPIE_CLUSTER"),
     ("cluster.advertise", "KELPIE_ADVERTISE"),
+    ("cluster.listen", "KELPIE_CLUSTER_LISTEN"),
     ("llm.openai_base_url", "OPENAI_BASE_URL"),
     ("llm.openai_api_key", "OPENAI_API_KEY"),
     ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
@@ -117,6 +119,9 @@ impl fmt::Display for StorageConfig {
 pub struct ClusterConfig {
     /// The address other nodes reach this node's transport on.
     pub advertise: SocketAddr,
+    /// The address the transport listens on; differs from `advertise`
+    /// behind NAT or a proxy.
+    pub listen: SocketAddr,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -319,10 +324,15 @@ impl ConfigLayers {
         if self.optional("cluster.advertise").is_none() {
             return Err(self.invalid("cluster.advertise", "is required when cluster.enabled is true"));
         }
-        let advertise = self.parse("cluster.advertise", "", |v| {
+        let address = |v: &str| {
             v.parse::<SocketAddr>().map_err(|_| format!("{v:?} is not an address of the form IP:PORT"))
-        })?;
-        Ok(Some(ClusterConfig { advertise }))
+        };
+        let advertise = self.parse("cluster.advertise", "", address)?;
+        let listen = match self.optional("cluster.listen") {
+            Some(_) => self.parse("cluster.listen", "", address)?,
+            None => advertise,
+        };
+        Ok(Some(ClusterConfig { advertise, listen }))
     }
 
     fn resolve_llm(&self) -> Result<LlmConfig, ConfigError> {
@@ -512,7 +522,16 @@ mod tests {
 
         layers.add_env(env(&[("KELPIE_ADVERTISE", "127.0.0.1:7001")]));
         let config = layers.resolve().unwrap();
-        assert_eq!(config.cluster, Some(ClusterConfig { advertise: "127.0.0.1:7001".parse().unwrap() }));
+        let advertise: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen: advertise }));
+
+        layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "0.0.0.0:7101")]));
+        let config = layers.resolve().unwrap();
+        let listen: SocketAddr = "0.0.0.0:7101".parse().unwrap();
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen }));
+        layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "nowhere")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(err.to_string().starts_with("config field `cluster.listen`"), "{err}");
     }
 
     #[test]

@@ -61,16 +61,17 @@ pub struct ClusterNode {
     pub directory: Arc<dyn PlacementDirectory>,
     /// The transport server, started once the router exists.
     server: Mutex<Option<TcpServer>>,
-    advertise: SocketAddr,
+    listen: SocketAddr,
     env: Env,
 }
 
 impl ClusterNode {
-    /// Joins the cluster on `database_url` as `node_id`, reachable at `advertise`.
+    /// Joins the cluster on `database_url` as `node_id`, reachable at
+    /// `advertise`; the transport will listen on `listen`.
     pub async fn start(
         database_url: &str,
         node_id: NodeId,
-        advertise: SocketAddr,
+        (advertise, listen): (SocketAddr, SocketAddr),
         env: Env,
     ) -> Result<ClusterNode, ServerError> {
         let storage_error =
@@ -90,7 +91,7 @@ impl ClusterNode {
             env.clone(),
             REQUEST_TIMEOUT_MS_DEFAULT,
         ));
-        Ok(ClusterNode { node_id, member, remote, directory, server: Mutex::new(None), advertise, env })
+        Ok(ClusterNode { node_id, member, remote, directory, server: Mutex::new(None), listen, env })
     }
 
     /// Starts answering other nodes: actor invocations through `handler`,
@@ -98,9 +99,9 @@ impl ClusterNode {
     pub async fn listen(&self, handler: NodeHandler, router: Router) -> Result<(), ServerError> {
         let handler = handler.with_http(Arc::new(HttpForwarder { router }));
         let server =
-            TcpServer::bind(self.advertise, Arc::new(handler), self.env.clone(), TransportConfig::default())
+            TcpServer::bind(self.listen, Arc::new(handler), self.env.clone(), TransportConfig::default())
                 .await
-                .map_err(|e| ServerError::Bind { addr: self.advertise, reason: e.to_string() })?;
+                .map_err(|e| ServerError::Bind { addr: self.listen, reason: e.to_string() })?;
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         Ok(())
     }

@@ -130,7 +130,7 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
             let node = ClusterNode::start(
                 database_url,
                 config.node_id.clone(),
-                cluster.advertise,
+                (cluster.advertise, cluster.listen),
                 Env::production(),
             )
             .await?;
