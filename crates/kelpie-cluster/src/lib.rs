@@ -9,6 +9,8 @@
 //! - [`forward`]: carrying the runtime's routing out: [`ClusterRemote`]
 //!   (the runtime's `Remote` over a transport) and the receiving
 //!   [`NodeHandler`].
+//! - [`rebalance`]: planned moves (pure): a newcomer's share on join, and
+//!   every actor of a draining node.
 //!
 //! Placement (who owns which actor, leases, fencing epochs) lives in
 //! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod member;
 pub mod membership;
 pub mod node_table;
+pub mod rebalance;
 pub mod server;
 pub mod transport;
 

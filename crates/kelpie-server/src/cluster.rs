@@ -11,12 +11,18 @@
 //!   request carries [`FORWARDED_HEADER`] and is never forwarded again.
 //! - Everything else reaches actors through the runtimes, which forward
 //!   single invocations (directory, tool store, runs, block store).
+//! - Planned moves of agents: a share of this node's agents to each node
+//!   that joins ([`ClusterNode::start_rebalancing`]), all of them to the
+//!   other nodes when this one leaves ([`ClusterNode::drain`]).
 //!
 //! The HTTP encoding is ours: a 4-byte big-endian length, a JSON head
 //! (method, path, headers or status, headers), then the body bytes.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -24,6 +30,8 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use kelpie_cluster::forward::{encode_forwarded, encode_request};
+use kelpie_cluster::rebalance::{self, REBALANCE_INTERVAL_MS};
 use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
 use kelpie_cluster::{
     ClusterRemote, HttpForwardHandler, Member, MemberView, MembershipConfig, NodeHandler, NodeTable,
@@ -38,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
 
 use crate::agent::actor::AGENT_NAMESPACE;
+use crate::agent::service::AgentService;
 use crate::error::ApiError;
 use crate::{AppState, ServerError};
 
@@ -62,6 +71,8 @@ pub struct ClusterNode {
     /// The transport server, started once the router exists.
     server: Mutex<Option<TcpServer>>,
     listen: SocketAddr,
+    /// The rebalancing loop runs while this is set.
+    rebalancing: AtomicBool,
     env: Env,
 }
 
@@ -91,7 +102,16 @@ impl ClusterNode {
             env.clone(),
             REQUEST_TIMEOUT_MS_DEFAULT,
         ));
-        Ok(ClusterNode { node_id, member, remote, directory, server: Mutex::new(None), listen, env })
+        Ok(ClusterNode {
+            node_id,
+            member,
+            remote,
+            directory,
+            server: Mutex::new(None),
+            listen,
+            rebalancing: AtomicBool::new(false),
+            env,
+        })
     }
 
     /// Starts answering other nodes: actor invocations through `handler`,
@@ -116,6 +136,76 @@ impl ClusterNode {
     /// The membership view, as `GET /v1/cluster/nodes` shows it.
     pub async fn members(&self) -> Result<Vec<MemberView>, kelpie_core::Error> {
         self.remote.members().await
+    }
+
+    /// Carries out planned moves one by one; returns how many completed.
+    /// A move that fails leaves the agent released (claimed again on its
+    /// next request) or where something else claimed it.
+    pub async fn move_agents(&self, agents: &AgentService, moves: Vec<(ActorId, NodeId)>) -> usize {
+        let mut completed = 0;
+        for (actor_id, target) in moves {
+            let touch = encode_request(RequestKind::Touch, &encode_forwarded(&actor_id, &[]));
+            let complete = async { self.remote.send(Some(target.clone()), touch).await.map(|_| ()) };
+            match agents.hand_off(&actor_id, complete).await {
+                Ok(()) => completed += 1,
+                Err(err) => tracing::warn!(%actor_id, %target, %err, "planned move did not complete"),
+            }
+        }
+        completed
+    }
+
+    /// Before leaving: hands every active agent to the other routable
+    /// nodes, so they are served at once instead of after a release.
+    pub async fn drain(&self, agents: &AgentService) {
+        self.rebalancing.store(false, Ordering::SeqCst);
+        let routable = match self.remote.members().await {
+            Ok(members) => rebalance::routable_nodes(&members),
+            Err(err) => {
+                tracing::warn!(%err, "drain: no membership view; agents are released instead of moved");
+                return;
+            }
+        };
+        let moves = rebalance::plan_drain_moves(&self.node_id, &agents.active_agents(), &routable);
+        let planned = moves.len();
+        let moved = self.move_agents(agents, moves).await;
+        tracing::info!(planned, moved, "drained agents to the other nodes");
+    }
+
+    /// Every [`REBALANCE_INTERVAL_MS`], looks for nodes that became
+    /// routable since the last look and moves them their share of this
+    /// node's agents. Stops when the node drains.
+    pub fn start_rebalancing(self: &Arc<Self>, agents: Arc<AgentService>) {
+        self.rebalancing.store(true, Ordering::SeqCst);
+        let node = Arc::clone(self);
+        let task = async move {
+            // The first view, read at once, is the baseline: nodes already
+            // there when this one joined are not newcomers.
+            let mut known: Option<BTreeSet<NodeId>> = None;
+            let mut first = true;
+            while node.rebalancing.load(Ordering::SeqCst) {
+                if !std::mem::take(&mut first) {
+                    node.env.clock.sleep(Duration::from_millis(REBALANCE_INTERVAL_MS)).await;
+                }
+                if !node.rebalancing.load(Ordering::SeqCst) || !node.member.accepts_activations() {
+                    continue;
+                }
+                let Ok(members) = node.remote.members().await else { continue };
+                let routable = rebalance::routable_nodes(&members);
+                let newcomers: BTreeSet<NodeId> = match &known {
+                    Some(known) => routable.difference(known).cloned().collect(),
+                    None => BTreeSet::new(),
+                };
+                known = Some(routable.clone());
+                let moves =
+                    rebalance::plan_join_moves(&node.node_id, &agents.active_agents(), &routable, &newcomers);
+                if !moves.is_empty() {
+                    let planned = moves.len();
+                    let moved = node.move_agents(&agents, moves).await;
+                    tracing::info!(?newcomers, planned, moved, "rebalanced agents to new nodes");
+                }
+            }
+        };
+        self.env.spawner.spawn("cluster-rebalance", Box::pin(task));
     }
 }
 
@@ -212,7 +302,7 @@ async fn forward(cluster: &ClusterNode, owner: NodeId, request: Request) -> Resu
         path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers,
     };
-    let request = kelpie_cluster::forward::encode_request(RequestKind::Http, &encode(&head, &body));
+    let request = encode_request(RequestKind::Http, &encode(&head, &body));
     let answer = cluster.remote.send(Some(owner), request).await.map_err(ApiError::from)?;
     let (head, body): (ResponseHead, Vec<u8>) =
         decode(&answer).map_err(|reason| ApiError::new(StatusCode::BAD_GATEWAY, reason))?;

@@ -104,7 +104,11 @@ impl BoundServer {
             .map_err(|e| ServerError::Serve(e.to_string()));
         match cluster {
             Some(cluster) => {
-                let left = cluster.member.leave(agents.shutdown()).await;
+                let drain = async {
+                    cluster.drain(&agents).await;
+                    agents.shutdown().await;
+                };
+                let left = cluster.member.leave(drain).await;
                 cluster.stop_listening();
                 left.map_err(|e| ServerError::Cluster(format!("leave: {e}")))?;
             }
@@ -146,6 +150,7 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
         AppState { config: Arc::new(config), storage, agents: Arc::new(agents), cluster: cluster.clone() };
     if let Some(cluster) = &cluster {
         cluster.listen(handler, app(state.clone())).await?;
+        cluster.start_rebalancing(Arc::clone(&state.agents));
     }
     Ok(BoundServer { listener, state })
 }

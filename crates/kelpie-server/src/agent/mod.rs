@@ -9,6 +9,7 @@ pub mod directory;
 mod embed;
 pub mod letta;
 pub mod model;
+pub mod moves;
 pub mod page;
 pub mod passage_search;
 pub mod runs;
