@@ -79,7 +79,7 @@ mod tests {
     }
 
     fn actors(count: usize) -> Vec<ActorId> {
-        (0..count).map(|i| ActorId::new("agents", &format!("a{i}")).unwrap()).collect()
+        (0..count).map(|i| ActorId::new("agents", format!("a{i}")).unwrap()).collect()
     }
 
     #[test]
