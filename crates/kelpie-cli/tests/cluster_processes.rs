@@ -7,8 +7,9 @@
 //! Afterwards, for every agent: each acknowledged message is in its history
 //! exactly once, an unacknowledged one at most once, and every user message
 //! is followed directly by its own reply (no interleaving of turns from two
-//! owners). The failover time (kill → first acknowledged request for an
-//! agent the dead node served) is measured and printed.
+//! owners). The failover time (kill → first acknowledged answer to a
+//! request sent after the kill for an agent the dead node served) is
+//! measured and printed.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -111,8 +112,9 @@ impl Drop for NodeProcess {
 struct Ledger {
     /// text -> (agent, acknowledged)
     sent: BTreeMap<String, (String, bool)>,
-    /// (instant, agent, node that served it) of every acknowledged message.
-    served: Vec<(Instant, String, String)>,
+    /// (sent at, answered at, agent, node that served it) of every
+    /// acknowledged message.
+    served: Vec<(Instant, Instant, String, String)>,
     errors: u64,
 }
 
@@ -207,6 +209,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                     let text = format!("m{}", sequence.fetch_add(1, Ordering::SeqCst));
                     ledger.lock().unwrap().sent.insert(text.clone(), (agent.clone(), false));
                     let body = json!({"messages": [{"role": "user", "content": text}]});
+                    let sent_at = Instant::now();
                     let sent =
                         client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await;
                     match sent {
@@ -225,7 +228,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                             let mut ledger = ledger.lock().unwrap();
                             if echoed {
                                 ledger.sent.insert(text, (agent.clone(), true));
-                                ledger.served.push((Instant::now(), agent.clone(), by));
+                                ledger.served.push((sent_at, Instant::now(), agent.clone(), by));
                             } else {
                                 ledger.errors += 1;
                             }
@@ -246,7 +249,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     let dead_agents: std::collections::BTreeSet<String> = {
         let ledger = ledger.lock().unwrap();
         let mut last_server = BTreeMap::new();
-        for (_, agent, by) in &ledger.served {
+        for (_, _, agent, by) in &ledger.served {
             last_server.insert(agent.clone(), by.clone());
         }
         last_server.into_iter().filter(|(_, by)| by == "n3").map(|(agent, _)| agent).collect()
@@ -273,8 +276,8 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     let failover = ledger
         .served
         .iter()
-        .filter(|(at, agent, _)| *at > killed_at && dead_agents.contains(agent))
-        .map(|(at, _, _)| at.duration_since(killed_at))
+        .filter(|(sent_at, _, agent, _)| *sent_at > killed_at && dead_agents.contains(agent))
+        .map(|(_, answered_at, _, _)| answered_at.duration_since(killed_at))
         .min()
         .expect("an agent of the killed node was served again");
     let acked = ledger.sent.values().filter(|(_, acked)| *acked).count();

@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex};
 use kelpie_core::env::BoxFuture;
 use kelpie_core::{ActorId, Env, Error, NodeId, Result};
 use kelpie_runtime::{EncodedInvoker, Remote};
+use tokio::sync::mpsc;
 
 use crate::error::{ClusterError, ClusterResult};
 use crate::member::{Member, MemberView};
 use crate::membership::{Liveness, NodeStatus};
-use crate::transport::Transport;
+use crate::transport::{Transport, STREAM_CHUNKS_BUFFERED_COUNT_MAX};
 
 /// Length prefix of the actor id in a forwarded request.
 const ACTOR_LENGTH_SIZE_BYTES: usize = 2;
@@ -167,24 +168,49 @@ impl ClusterRemote {
 
     /// Sends `request` (kind byte included) to `target` or any live node.
     pub async fn send(&self, target: Option<NodeId>, request: Vec<u8>) -> Result<Vec<u8>> {
-        let members = self.members().await?;
-        let self_node = self.membership.node_id().clone();
-        let rng = self.env.rng.clone();
-        let pick = |count: usize| rng.gen_range(0, count as u64) as usize;
-        let (node_id, advertise) =
-            resolve_target(&self_node, target.as_ref(), &members, pick).map_err(|reason| {
-                Error::NodeUnavailable {
-                    node_id: target.clone().unwrap_or_else(|| self_node.clone()),
-                    reason,
-                }
-            })?;
+        let (node_id, advertise) = self.resolve(target).await?;
         self.transport.request(advertise, request, self.timeout_ms).await.map_err(|err| {
             // The view may be stale: read it afresh next time.
             *self.lock_view() = None;
             unavailable(node_id, err)
         })
     }
+
+    /// [`Self::send`], with the answer in parts as the peer produces them.
+    pub async fn send_streaming(&self, target: Option<NodeId>, request: Vec<u8>) -> Result<PartReceiver> {
+        let (node_id, advertise) = self.resolve(target).await?;
+        let mut parts =
+            self.transport.request_stream(advertise, request, self.timeout_ms).await.map_err(|err| {
+                *self.lock_view() = None;
+                unavailable(node_id.clone(), err)
+            })?;
+        let (sender, receiver) = mpsc::channel(STREAM_CHUNKS_BUFFERED_COUNT_MAX);
+        let relay = async move {
+            while let Some(part) = parts.recv().await {
+                let part = part.map_err(|err| unavailable(node_id.clone(), err));
+                if sender.send(part).await.is_err() {
+                    return;
+                }
+            }
+        };
+        self.env.spawner.spawn("cluster-forward-parts", Box::pin(relay));
+        Ok(receiver)
+    }
+
+    async fn resolve(&self, target: Option<NodeId>) -> Result<(NodeId, SocketAddr)> {
+        let members = self.members().await?;
+        let self_node = self.membership.node_id().clone();
+        let rng = self.env.rng.clone();
+        let pick = |count: usize| rng.gen_range(0, count as u64) as usize;
+        resolve_target(&self_node, target.as_ref(), &members, pick).map_err(|reason| Error::NodeUnavailable {
+            node_id: target.clone().unwrap_or_else(|| self_node.clone()),
+            reason,
+        })
+    }
 }
+
+/// The parts of a streamed answer, errors as [`Error`].
+pub type PartReceiver = mpsc::Receiver<Result<Vec<u8>>>;
 
 fn unavailable(node_id: NodeId, err: ClusterError) -> Error {
     Error::NodeUnavailable { node_id, reason: err.to_string() }
@@ -209,9 +235,15 @@ impl Remote for ClusterRemote {
     }
 }
 
-/// Answers HTTP requests another node forwarded (the server's side).
+/// Answers HTTP requests another node forwarded (the server's side). The
+/// answer goes out in parts on `parts` as it is produced (a response head,
+/// then pieces of the body, so a stream of events flows through).
 pub trait HttpForwardHandler: Send + Sync + 'static {
-    fn handle(&self, request: Vec<u8>) -> BoxFuture<std::result::Result<Vec<u8>, String>>;
+    fn handle(
+        &self,
+        request: Vec<u8>,
+        parts: mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<std::result::Result<(), String>>;
 }
 
 /// The receiving side of forwarding: one [`EncodedInvoker`] per actor
@@ -244,7 +276,29 @@ impl NodeHandler {
 }
 
 impl crate::transport::RequestHandler for NodeHandler {
+    /// Whole answers; a forwarded HTTP answer's parts are joined.
     fn handle(&self, payload: Vec<u8>) -> BoxFuture<std::result::Result<Vec<u8>, String>> {
+        let (parts, mut produced) = mpsc::channel(STREAM_CHUNKS_BUFFERED_COUNT_MAX);
+        let answer = self.handle_streaming(payload, parts);
+        Box::pin(async move {
+            let collect = async {
+                let mut joined = Vec::new();
+                while let Some(part) = produced.recv().await {
+                    joined.extend_from_slice(&part);
+                }
+                joined
+            };
+            let (last, mut joined) = tokio::join!(answer, collect);
+            joined.extend_from_slice(&last?);
+            Ok(joined)
+        })
+    }
+
+    fn handle_streaming(
+        &self,
+        payload: Vec<u8>,
+        parts: mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<std::result::Result<Vec<u8>, String>> {
         let this = self.clone();
         Box::pin(async move {
             let (&kind, body) = payload.split_first().ok_or("empty request")?;
@@ -259,7 +313,7 @@ impl crate::transport::RequestHandler for NodeHandler {
                     Ok(Vec::new())
                 }
                 RequestKind::Http => match &this.http {
-                    Some(http) => http.handle(body.to_vec()).await,
+                    Some(http) => http.handle(body.to_vec(), parts).await.map(|()| Vec::new()),
                     None => Err("this node does not serve HTTP".to_string()),
                 },
             }

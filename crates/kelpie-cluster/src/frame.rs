@@ -1,8 +1,9 @@
 //! The wire format between nodes, sans-IO: length-delimited frames.
 //!
 //! A frame is a big-endian `u32` body length, then the body: one kind byte
-//! (request, response, error response), a big-endian `u64` request id, and
-//! the payload. Bodies above [`FRAME_SIZE_BYTES_MAX`] are refused on both
+//! (request, response, error response, response chunk), a big-endian `u64`
+//! request id, and the payload. A streamed answer is any number of chunks
+//! followed by a response or an error response. Bodies above [`FRAME_SIZE_BYTES_MAX`] are refused on both
 //! sides: the sender never writes one and a reader that sees such a length
 //! closes the connection (it cannot skip what it will not buffer).
 
@@ -24,6 +25,9 @@ pub enum FrameKind {
     Response = 1,
     /// The handler failed; the payload is its UTF-8 reason.
     ErrorResponse = 2,
+    /// Part of a streamed answer; a `Response` (the last part) or an
+    /// `ErrorResponse` with the same request id ends the stream.
+    ResponseChunk = 3,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,7 @@ pub fn decode(body: Vec<u8>) -> Result<Envelope, FrameError> {
         0 => FrameKind::Request,
         1 => FrameKind::Response,
         2 => FrameKind::ErrorResponse,
+        3 => FrameKind::ResponseChunk,
         kind => return Err(FrameError::UnknownKind { kind }),
     };
     let mut id = [0u8; 8];

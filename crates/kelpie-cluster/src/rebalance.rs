@@ -41,7 +41,8 @@ pub fn plan_join_moves(
     routable: &BTreeSet<NodeId>,
     newcomers: &BTreeSet<NodeId>,
 ) -> Vec<(ActorId, NodeId)> {
-    let targets: Vec<&NodeId> = newcomers.iter().filter(|n| *n != self_node && routable.contains(*n)).collect();
+    let targets: Vec<&NodeId> =
+        newcomers.iter().filter(|n| *n != self_node && routable.contains(*n)).collect();
     if targets.is_empty() || !routable.contains(self_node) {
         return Vec::new();
     }
@@ -58,12 +59,19 @@ pub fn plan_join_moves(
 /// Moves that hand every one of this node's actors to the other routable
 /// nodes, round-robin, before it leaves. Empty when no other node takes
 /// activations (the actors are then released and claimed on demand).
-pub fn plan_drain_moves(self_node: &NodeId, own: &[ActorId], routable: &BTreeSet<NodeId>) -> Vec<(ActorId, NodeId)> {
+pub fn plan_drain_moves(
+    self_node: &NodeId,
+    own: &[ActorId],
+    routable: &BTreeSet<NodeId>,
+) -> Vec<(ActorId, NodeId)> {
     let targets: Vec<&NodeId> = routable.iter().filter(|n| *n != self_node).collect();
     if targets.is_empty() {
         return Vec::new();
     }
-    own.iter().enumerate().map(|(index, actor_id)| (actor_id.clone(), targets[index % targets.len()].clone())).collect()
+    own.iter()
+        .enumerate()
+        .map(|(index, actor_id)| (actor_id.clone(), targets[index % targets.len()].clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -106,9 +114,15 @@ mod tests {
     fn nothing_moves_without_a_routable_newcomer_or_when_this_node_is_not_routable() {
         let own = actors(8);
         assert!(plan_join_moves(&node("n1"), &own, &nodes(&["n1", "n2"]), &nodes(&[])).is_empty());
-        assert!(plan_join_moves(&node("n1"), &own, &nodes(&["n1"]), &nodes(&["n2"])).is_empty(), "n2 not routable");
+        assert!(
+            plan_join_moves(&node("n1"), &own, &nodes(&["n1"]), &nodes(&["n2"])).is_empty(),
+            "n2 not routable"
+        );
         assert!(plan_join_moves(&node("n1"), &own, &nodes(&["n2"]), &nodes(&["n2"])).is_empty(), "draining");
-        assert!(plan_join_moves(&node("n1"), &own, &nodes(&["n1", "n2"]), &nodes(&["n1"])).is_empty(), "self");
+        assert!(
+            plan_join_moves(&node("n1"), &own, &nodes(&["n1", "n2"]), &nodes(&["n1"])).is_empty(),
+            "self"
+        );
     }
 
     #[test]

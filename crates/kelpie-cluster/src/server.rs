@@ -2,7 +2,9 @@
 //! a [`RequestHandler`]. Each connection runs its requests concurrently, at
 //! most `in_flight_requests_max` at a time: beyond that it stops reading, so
 //! a flooding peer is slowed by TCP flow control instead of growing queues.
-//! An oversize or malformed frame closes that connection only.
+//! An oversize or malformed frame closes that connection only. A handler
+//! may answer in parts (`RequestHandler::handle_streaming`): each part is
+//! written as a chunk frame as soon as it is produced.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +13,13 @@ use kelpie_core::Env;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::error::{ClusterError, ClusterResult};
 use crate::frame::{self, Envelope, FrameKind};
-use crate::transport::{read_frame, ReadEnd, RequestHandler, TransportConfig};
+use crate::transport::{
+    read_frame, ReadEnd, RequestHandler, TransportConfig, STREAM_CHUNKS_BUFFERED_COUNT_MAX,
+};
 
 /// A listening server; stops accepting and closes its connections when
 /// shut down or dropped.
@@ -124,11 +128,39 @@ async fn answer(
 ) {
     assert_eq!(request.kind, FrameKind::Request);
     let request_id = request.request_id;
-    let (kind, payload) = match handler.handle(request.payload).await {
+    let (chunks, mut produced) = mpsc::channel(STREAM_CHUNKS_BUFFERED_COUNT_MAX);
+    let handled = handler.handle_streaming(request.payload, chunks);
+    // Parts go out as the handler produces them; the final answer after
+    // the last part (the channel closes when the handler is done with it).
+    let relay = async {
+        while let Some(part) = produced.recv().await {
+            let chunk = Envelope { kind: FrameKind::ResponseChunk, request_id, payload: part };
+            if !write_envelope(&writer, chunk, peer).await {
+                return false;
+            }
+        }
+        true
+    };
+    let (outcome, written) = tokio::join!(handled, relay);
+    if !written {
+        return;
+    }
+    let (kind, payload) = match outcome {
         Ok(payload) => (FrameKind::Response, payload),
         Err(reason) => (FrameKind::ErrorResponse, reason.into_bytes()),
     };
-    let bytes = match frame::encode(&Envelope { kind, request_id, payload }) {
+    write_envelope(&writer, Envelope { kind, request_id, payload }, peer).await;
+}
+
+/// Writes one answer frame; an oversize one becomes an error answer.
+/// False when the connection failed.
+async fn write_envelope(
+    writer: &tokio::sync::Mutex<OwnedWriteHalf>,
+    envelope: Envelope,
+    peer: SocketAddr,
+) -> bool {
+    let request_id = envelope.request_id;
+    let bytes = match frame::encode(&envelope) {
         Ok(bytes) => bytes,
         Err(err) => {
             let reason = format!("answer not sent: {err}").into_bytes();
@@ -136,7 +168,11 @@ async fn answer(
             frame::encode(&fallback).expect("a short error answer always fits a frame")
         }
     };
-    if let Err(err) = writer.lock().await.write_all(&bytes).await {
-        tracing::warn!(%peer, "answer to request {request_id} not written: {err}");
+    match writer.lock().await.write_all(&bytes).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%peer, "answer to request {request_id} not written: {err}");
+            false
+        }
     }
 }

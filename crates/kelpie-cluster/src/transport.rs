@@ -21,7 +21,7 @@ use kelpie_core::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
 use crate::error::{ClusterError, ClusterResult};
@@ -34,6 +34,15 @@ pub const IN_FLIGHT_REQUESTS_COUNT_MAX: usize = 256;
 /// Longest wait for a TCP connection to a peer.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
+/// Parts of a streamed answer buffered between a handler and the
+/// connection (and between the connection and the caller) before the
+/// producer waits.
+pub const STREAM_CHUNKS_BUFFERED_COUNT_MAX: usize = 64;
+
+/// The parts of a streamed answer, in order; the last item is the final
+/// part (possibly empty) or an error, then the receiver closes.
+pub type ChunkReceiver = mpsc::Receiver<ClusterResult<Vec<u8>>>;
+
 /// Sends a request to a peer node and returns its answer.
 pub trait Transport: Send + Sync + 'static {
     fn request(
@@ -42,12 +51,40 @@ pub trait Transport: Send + Sync + 'static {
         payload: Vec<u8>,
         timeout_ms: u64,
     ) -> BoxFuture<ClusterResult<Vec<u8>>>;
+
+    /// Like [`Transport::request`], with the answer delivered in parts as
+    /// the peer produces them; `timeout_ms` bounds the wait for each part.
+    /// By default the whole answer arrives as one part.
+    fn request_stream(
+        &self,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+    ) -> BoxFuture<ClusterResult<ChunkReceiver>> {
+        let answer = self.request(peer, payload, timeout_ms);
+        Box::pin(async move {
+            let (sender, receiver) = mpsc::channel(1);
+            sender.try_send(Ok(answer.await?)).expect("a fresh channel has room for one");
+            Ok(receiver)
+        })
+    }
 }
 
 /// Answers requests arriving from peers: the payload of the answer, or a
 /// reason the request failed (sent back as an error response).
 pub trait RequestHandler: Send + Sync + 'static {
     fn handle(&self, payload: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>>;
+
+    /// Answers in parts: each item sent on `chunks` goes out at once, the
+    /// returned payload ends the answer. By default, one part.
+    fn handle_streaming(
+        &self,
+        payload: Vec<u8>,
+        chunks: mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<Result<Vec<u8>, String>> {
+        drop(chunks);
+        self.handle(payload)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +125,9 @@ pub(crate) async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Envelope, R
     frame::decode(body).map_err(ReadEnd::Frame)
 }
 
-type Waiter = oneshot::Sender<ClusterResult<Envelope>>;
+/// Where the frames answering one request go: every chunk, then the final
+/// response or error.
+type Waiter = mpsc::Sender<ClusterResult<Envelope>>;
 
 /// One live connection to a peer.
 struct Connection {
@@ -125,6 +164,13 @@ impl Link {
 struct PendingGuard<'a> {
     link: &'a Link,
     request_id: u64,
+}
+
+impl PendingGuard<'_> {
+    /// Leaves the waiter registered: someone else now owns its removal.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for PendingGuard<'_> {
@@ -167,6 +213,22 @@ impl TcpTransport {
     }
 
     async fn send(&self, peer: SocketAddr, payload: Vec<u8>, timeout_ms: u64) -> ClusterResult<Vec<u8>> {
+        let mut parts = self.send_streaming(peer, payload, timeout_ms).await?;
+        let mut answer = Vec::new();
+        while let Some(part) = parts.recv().await {
+            answer.extend_from_slice(&part?);
+        }
+        Ok(answer)
+    }
+
+    /// Sends the request; the parts of its answer arrive on the returned
+    /// receiver, each within `timeout_ms` of the previous one.
+    async fn send_streaming(
+        &self,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+    ) -> ClusterResult<ChunkReceiver> {
         let body_bytes = ENVELOPE_SIZE_BYTES + payload.len();
         if body_bytes > frame::FRAME_SIZE_BYTES_MAX {
             let limit_bytes = frame::FRAME_SIZE_BYTES_MAX as u64;
@@ -176,42 +238,34 @@ impl TcpTransport {
         let permit: OwnedSemaphorePermit = link.in_flight.clone().try_acquire_owned().map_err(|_| {
             ClusterError::TooManyInFlight { peer, in_flight: self.config.in_flight_requests_max }
         })?;
+        let (sender, frames) = mpsc::channel(STREAM_CHUNKS_BUFFERED_COUNT_MAX);
         let timeout = self.env.clock.sleep(Duration::from_millis(timeout_ms));
-        let answer = tokio::select! {
+        let request_id = tokio::select! {
             biased;
-            answer = self.exchange(&link, payload) => answer,
-            () = timeout => Err(ClusterError::Timeout { peer, timeout_ms }),
+            sent = self.write_request(&link, payload, sender) => sent?,
+            () = timeout => return Err(ClusterError::Timeout { peer, timeout_ms }),
         };
-        drop(permit);
-        answer
+        let (parts_tx, parts) = mpsc::channel(STREAM_CHUNKS_BUFFERED_COUNT_MAX);
+        let relay = relay_answer(self.env.clone(), link, request_id, frames, parts_tx, timeout_ms, permit);
+        self.env.spawner.spawn("cluster-transport-answer", Box::pin(relay));
+        Ok(parts)
     }
 
-    /// Connects if needed, writes the request and awaits its answer.
-    async fn exchange(&self, link: &Link, payload: Vec<u8>) -> ClusterResult<Vec<u8>> {
+    /// Connects if needed, registers the waiter and writes the request; the
+    /// waiter stays registered until [`relay_answer`] ends.
+    async fn write_request(&self, link: &Link, payload: Vec<u8>, waiter: Waiter) -> ClusterResult<u64> {
         let (generation, writer, alive) = self.connection(link).await?;
         let request_id = link.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = oneshot::channel();
-        assert!(link.pending().insert(request_id, (generation, sender)).is_none(), "request id reused");
-        let _guard = PendingGuard { link, request_id };
+        assert!(link.pending().insert(request_id, (generation, waiter)).is_none(), "request id reused");
+        let guard = PendingGuard { link, request_id };
         let bytes = frame::encode(&Envelope { kind: FrameKind::Request, request_id, payload })
             .map_err(|err| ClusterError::Io { peer: link.peer, reason: err.to_string() })?;
         if let Err(err) = writer.lock().await.write_all(&bytes).await {
             alive.store(false, Ordering::SeqCst);
             return Err(ClusterError::Io { peer: link.peer, reason: format!("write: {err}") });
         }
-        let closed =
-            || ClusterError::Io { peer: link.peer, reason: "connection closed before the answer".into() };
-        let envelope = receiver.await.map_err(|_| closed())??;
-        match envelope.kind {
-            FrameKind::Response => Ok(envelope.payload),
-            FrameKind::ErrorResponse => Err(ClusterError::Remote {
-                peer: link.peer,
-                reason: String::from_utf8_lossy(&envelope.payload).into_owned(),
-            }),
-            FrameKind::Request => {
-                Err(ClusterError::Io { peer: link.peer, reason: "peer sent a request as an answer".into() })
-            }
-        }
+        guard.keep();
+        Ok(request_id)
     }
 
     /// The live connection to the link's peer, connecting after the backoff
@@ -275,10 +329,17 @@ impl TcpTransport {
 async fn read_answers(link: Arc<Link>, mut reader: OwnedReadHalf, generation: u64, alive: Arc<AtomicBool>) {
     let reason = loop {
         match read_frame(&mut reader).await {
+            Ok(envelope) if envelope.kind == FrameKind::ResponseChunk => {
+                let waiter = link.pending().get(&envelope.request_id).map(|(_, waiter)| waiter.clone());
+                // A waiter that timed out is gone; its late parts are dropped.
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(envelope)).await;
+                }
+            }
             Ok(envelope) if envelope.kind != FrameKind::Request => {
-                // A waiter that timed out is gone; its late answer is dropped.
-                if let Some((_, waiter)) = link.pending().remove(&envelope.request_id) {
-                    let _ = waiter.send(Ok(envelope));
+                let waiter = link.pending().remove(&envelope.request_id).map(|(_, waiter)| waiter);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(envelope)).await;
                 }
             }
             Ok(_) => break "peer sent a request on a client connection".to_string(),
@@ -293,9 +354,56 @@ async fn read_answers(link: Arc<Link>, mut reader: OwnedReadHalf, generation: u6
         pending.iter().filter(|(_, (g, _))| *g == generation).map(|(id, _)| *id).collect();
     for id in orphaned {
         if let Some((_, waiter)) = pending.remove(&id) {
-            let _ = waiter.send(Err(ClusterError::Io { peer: link.peer, reason: reason.clone() }));
+            // Dropping the waiter also ends its answer: a full buffer means
+            // the relay is behind and will see the channel close.
+            let _ = waiter.try_send(Err(ClusterError::Io { peer: link.peer, reason: reason.clone() }));
         }
     }
+}
+
+/// Hands the frames answering `request_id` to the caller as parts, each
+/// within `timeout_ms` of the previous, and unregisters the request when
+/// the answer ends, fails or times out, or the caller stops listening.
+async fn relay_answer(
+    env: Env,
+    link: Arc<Link>,
+    request_id: u64,
+    mut frames: mpsc::Receiver<ClusterResult<Envelope>>,
+    parts: mpsc::Sender<ClusterResult<Vec<u8>>>,
+    timeout_ms: u64,
+    permit: OwnedSemaphorePermit,
+) {
+    let _registered = PendingGuard { link: &link, request_id };
+    let peer = link.peer;
+    loop {
+        let timeout = env.clock.sleep(Duration::from_millis(timeout_ms));
+        let frame = tokio::select! {
+            biased;
+            frame = frames.recv() => frame,
+            () = timeout => Some(Err(ClusterError::Timeout { peer, timeout_ms })),
+        };
+        let (part, last) = match frame {
+            None => {
+                (Err(ClusterError::Io { peer, reason: "connection closed before the answer".into() }), true)
+            }
+            Some(Err(err)) => (Err(err), true),
+            Some(Ok(envelope)) => match envelope.kind {
+                FrameKind::ResponseChunk => (Ok(envelope.payload), false),
+                FrameKind::Response => (Ok(envelope.payload), true),
+                FrameKind::ErrorResponse => {
+                    let reason = String::from_utf8_lossy(&envelope.payload).into_owned();
+                    (Err(ClusterError::Remote { peer, reason }), true)
+                }
+                FrameKind::Request => {
+                    (Err(ClusterError::Io { peer, reason: "peer sent a request as an answer".into() }), true)
+                }
+            },
+        };
+        if parts.send(part).await.is_err() || last {
+            break;
+        }
+    }
+    drop(permit);
 }
 
 impl Transport for TcpTransport {
@@ -307,5 +415,15 @@ impl Transport for TcpTransport {
     ) -> BoxFuture<ClusterResult<Vec<u8>>> {
         let this = self.clone();
         Box::pin(async move { this.send(peer, payload, timeout_ms).await })
+    }
+
+    fn request_stream(
+        &self,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+    ) -> BoxFuture<ClusterResult<ChunkReceiver>> {
+        let this = self.clone();
+        Box::pin(async move { this.send_streaming(peer, payload, timeout_ms).await })
     }
 }

@@ -191,3 +191,101 @@ async fn unreachable_peer_fails_with_connect_error_not_a_hang() {
         start.elapsed()
     );
 }
+
+/// Answers `parts <n>` in n parts `p0`, `p1`, ...: each waits for a permit
+/// of the gate, so the test decides when the next part may go; the final
+/// answer is `end`. `parts-fail` sends one part and then fails.
+struct StreamingHandler {
+    gate: Arc<Semaphore>,
+}
+
+impl RequestHandler for StreamingHandler {
+    fn handle(&self, _payload: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+        Box::pin(async { Err("only streamed".to_string()) })
+    }
+
+    fn handle_streaming(
+        &self,
+        payload: Vec<u8>,
+        chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<Result<Vec<u8>, String>> {
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            if text == "parts-fail" {
+                chunks.send(b"p0".to_vec()).await.unwrap();
+                gate.acquire().await.unwrap().forget();
+                return Err("broke mid-answer".to_string());
+            }
+            let count: usize = text.strip_prefix("parts ").unwrap().parse().unwrap();
+            for index in 0..count {
+                gate.acquire().await.unwrap().forget();
+                chunks.send(format!("p{index}").into_bytes()).await.unwrap();
+            }
+            Ok(b"end".to_vec())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_arrives_part_by_part_as_it_is_produced() {
+    let gate = Arc::new(Semaphore::new(0));
+    let handler = Arc::new(StreamingHandler { gate: gate.clone() });
+    let server = TcpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        handler,
+        Env::production(),
+        TransportConfig::default(),
+    )
+    .await
+    .unwrap();
+    let transport = client(8);
+    let mut parts =
+        transport.request_stream(server.local_addr(), b"parts 3".to_vec(), TEST_TIMEOUT_MS).await.unwrap();
+    for index in 0..3 {
+        // Nothing arrives until the handler is allowed to produce the part.
+        let early = tokio::time::timeout(Duration::from_millis(100), parts.recv()).await;
+        assert!(early.is_err(), "part {index} arrived before it was produced");
+        gate.add_permits(1);
+        let part = parts.recv().await.unwrap().unwrap();
+        assert_eq!(part, format!("p{index}").into_bytes());
+    }
+    assert_eq!(parts.recv().await.unwrap().unwrap(), b"end".to_vec());
+    assert!(parts.recv().await.is_none(), "the stream ends after the final part");
+
+    // A whole-answer request to the same handler joins every part.
+    gate.add_permits(2);
+    let joined = transport.request(server.local_addr(), b"parts 2".to_vec(), TEST_TIMEOUT_MS).await.unwrap();
+    assert_eq!(joined, b"p0p1end".to_vec());
+
+    // A failure after a part reaches the caller as the stream's last item.
+    let mut parts =
+        transport.request_stream(server.local_addr(), b"parts-fail".to_vec(), TEST_TIMEOUT_MS).await.unwrap();
+    assert_eq!(parts.recv().await.unwrap().unwrap(), b"p0".to_vec());
+    gate.add_permits(1);
+    let err = parts.recv().await.unwrap().unwrap_err();
+    assert_eq!(err, ClusterError::Remote { peer: server.local_addr(), reason: "broke mid-answer".into() });
+    assert!(parts.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_stalled_stream_times_out_between_parts() {
+    let gate = Arc::new(Semaphore::new(1));
+    let handler = Arc::new(StreamingHandler { gate: gate.clone() });
+    let server = TcpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        handler,
+        Env::production(),
+        TransportConfig::default(),
+    )
+    .await
+    .unwrap();
+    let transport = client(8);
+    let stall_ms = 200;
+    let mut parts =
+        transport.request_stream(server.local_addr(), b"parts 2".to_vec(), stall_ms).await.unwrap();
+    assert_eq!(parts.recv().await.unwrap().unwrap(), b"p0".to_vec());
+    let err = parts.recv().await.unwrap().unwrap_err();
+    assert_eq!(err, ClusterError::Timeout { peer: server.local_addr(), timeout_ms: stall_ms });
+    assert!(parts.recv().await.is_none());
+}

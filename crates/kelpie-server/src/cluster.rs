@@ -16,7 +16,9 @@
 //!   other nodes when this one leaves ([`ClusterNode::drain`]).
 //!
 //! The HTTP encoding is ours: a 4-byte big-endian length, a JSON head
-//! (method, path, headers or status, headers), then the body bytes.
+//! (method, path, headers or status, headers), then the body bytes. A
+//! response travels as parts: the head first, then the body as the owner
+//! produces it, so a Server-Sent Events stream flows through event by event.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,12 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body};
+use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use kelpie_cluster::forward::{encode_forwarded, encode_request};
 use kelpie_cluster::rebalance::{self, REBALANCE_INTERVAL_MS};
 use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
@@ -43,6 +46,7 @@ use kelpie_core::{ActorId, Env, NodeId};
 use kelpie_registry::{PlacementDirectory, PostgresRegistry};
 use kelpie_storage::PostgresBackend;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use crate::agent::actor::AGENT_NAMESPACE;
@@ -133,9 +137,9 @@ impl ClusterNode {
         }
     }
 
-    /// The membership view, as `GET /v1/cluster/nodes` shows it.
+    /// The membership view, read afresh, as `GET /v1/cluster/nodes` shows it.
     pub async fn members(&self) -> Result<Vec<MemberView>, kelpie_core::Error> {
-        self.remote.members().await
+        Ok(self.member.members().await?)
     }
 
     /// Carries out planned moves one by one; returns how many completed.
@@ -303,9 +307,11 @@ async fn forward(cluster: &ClusterNode, owner: NodeId, request: Request) -> Resu
         headers,
     };
     let request = encode_request(RequestKind::Http, &encode(&head, &body));
-    let answer = cluster.remote.send(Some(owner), request).await.map_err(ApiError::from)?;
-    let (head, body): (ResponseHead, Vec<u8>) =
-        decode(&answer).map_err(|reason| ApiError::new(StatusCode::BAD_GATEWAY, reason))?;
+    let mut parts = cluster.remote.send_streaming(Some(owner), request).await.map_err(ApiError::from)?;
+    let gateway = |reason: String| ApiError::new(StatusCode::BAD_GATEWAY, reason);
+    let first = parts.recv().await.ok_or_else(|| gateway("the owner sent no answer".into()))?;
+    let (head, body_start): (ResponseHead, Vec<u8>) =
+        decode(&first.map_err(ApiError::from)?).map_err(gateway)?;
     let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::builder().status(status);
     for (name, value) in head.headers {
@@ -313,16 +319,27 @@ async fn forward(cluster: &ClusterNode, owner: NodeId, request: Request) -> Resu
             response = response.header(name, value);
         }
     }
-    response.body(Body::from(body)).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+    // The body flows on as the owner produces it (an event stream arrives
+    // event by event); a failure mid-body ends the response early.
+    let start = futures::stream::iter((!body_start.is_empty()).then_some(Ok(Bytes::from(body_start))));
+    let rest = futures::stream::unfold(parts, |mut parts| async move {
+        let part = parts.recv().await?;
+        Some((part.map(Bytes::from).map_err(|err| std::io::Error::other(err.to_string())), parts))
+    });
+    response.body(Body::from_stream(start.chain(rest))).map_err(|e| gateway(e.to_string()))
 }
 
-/// Serves HTTP requests other nodes forwarded here with this node's router.
+/// Largest body piece sent as one part; well below the frame limit.
+const FORWARDED_PART_BYTES_MAX: usize = 1024 * 1024;
+
+/// Serves HTTP requests other nodes forwarded here with this node's
+/// router, sending the response head and then the body as it is produced.
 struct HttpForwarder {
     router: Router,
 }
 
 impl HttpForwardHandler for HttpForwarder {
-    fn handle(&self, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn handle(&self, request: Vec<u8>, parts: mpsc::Sender<Vec<u8>>) -> BoxFuture<Result<(), String>> {
         let router = self.router.clone();
         Box::pin(async move {
             let (head, body): (RequestHead, Vec<u8>) = decode(&request)?;
@@ -333,10 +350,23 @@ impl HttpForwardHandler for HttpForwarder {
             }
             let request = builder.body(Body::from(body)).map_err(|e| e.to_string())?;
             let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
-            let (parts, body) = response.into_parts();
-            let body = to_bytes(body, FORWARDED_BODY_BYTES_MAX).await.map_err(|e| e.to_string())?;
-            let head = ResponseHead { status: parts.status.as_u16(), headers: header_pairs(&parts.headers) };
-            Ok(encode(&head, &body))
+            let (head, body) = response.into_parts();
+            let head = ResponseHead { status: head.status.as_u16(), headers: header_pairs(&head.headers) };
+            let closed = |_| "the forwarding node stopped listening".to_string();
+            parts.send(encode(&head, &[])).await.map_err(closed)?;
+            let mut body = body.into_data_stream();
+            let mut sent_bytes = 0usize;
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|e| e.to_string())?;
+                sent_bytes += piece.len();
+                if sent_bytes > FORWARDED_BODY_BYTES_MAX {
+                    return Err(format!("response body over {FORWARDED_BODY_BYTES_MAX} bytes"));
+                }
+                for part in piece.chunks(FORWARDED_PART_BYTES_MAX) {
+                    parts.send(part.to_vec()).await.map_err(closed)?;
+                }
+            }
+            Ok(())
         })
     }
 }
