@@ -37,6 +37,9 @@ const FROZEN_MS: u64 = LEASE_DURATION_MS + 4_000;
 const COOLDOWN_MS: u64 = 6_000;
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 const STARTUP_TIMEOUT_MS: u64 = 60_000;
+/// Reads of one agent's history before giving up (a retriable error can
+/// meet an agent that is moving).
+const HISTORY_READ_ATTEMPTS_COUNT_MAX: usize = 20;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -295,16 +298,24 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     let histories: BTreeMap<String, Vec<Value>> = runtime.block_on(async {
         let mut histories = BTreeMap::new();
         for (i, agent) in agents.iter().enumerate() {
-            let url = &urls[i % NODES_COUNT];
-            let messages: Value = client
-                .get(format!("{url}/v1/agents/{agent}/messages?limit=1000&order=asc"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            histories.insert(agent.clone(), messages.as_array().expect("message list").clone());
+            let mut last = None;
+            for attempt in 0..HISTORY_READ_ATTEMPTS_COUNT_MAX {
+                let url = &urls[(i + attempt) % NODES_COUNT];
+                let response = client
+                    .get(format!("{url}/v1/agents/{agent}/messages?limit=1000&order=asc"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if let (true, Some(messages)) = (status.is_success(), body.as_array()) {
+                    histories.insert(agent.clone(), messages.clone());
+                    break;
+                }
+                last = Some((status, body));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(histories.contains_key(agent), "history of {agent} unreadable: {last:?}");
         }
         histories
     });
