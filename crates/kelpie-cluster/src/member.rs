@@ -1,5 +1,6 @@
 //! [`Member`]: the I/O shell around [`LocalMember`]. It registers the node
-//! in the [`NodeTable`], runs the heartbeat loop on the environment's task
+//! in a [`NodeStore`] (PostgreSQL's `NodeTable` in production, a
+//! [`crate::MemoryNodeStore`] on the simulation's true clock in DST), runs the heartbeat loop on the environment's task
 //! spawner and clock, carries out the core's actions, and answers "who is in
 //! the cluster" by judging the table's rows with [`membership::liveness`].
 //! Every decision is the core's; this module only moves data.
@@ -17,7 +18,7 @@ use crate::error::{ClusterError, ClusterResult};
 use crate::membership::{
     self, Liveness, LocalMember, MemberAction, MemberInput, MembershipConfig, NodeRow, NodeStatus,
 };
-use crate::node_table::NodeTable;
+use crate::node_store::NodeStore;
 
 /// Most actions one round carries out (a tick, its write, the ack's write).
 const MEMBER_ACTIONS_PER_ROUND_COUNT_MAX: usize = 8;
@@ -32,7 +33,7 @@ pub struct MemberView {
 }
 
 struct MemberInner {
-    table: NodeTable,
+    table: Arc<dyn NodeStore>,
     env: Env,
     node_id: NodeId,
     advertise: SocketAddr,
@@ -51,7 +52,7 @@ impl Member {
     /// Registers the node (Joining, then Active once the write commits) and
     /// starts heartbeating every `config.heartbeat_interval_ms`.
     pub async fn join(
-        table: NodeTable,
+        table: impl NodeStore,
         env: Env,
         node_id: NodeId,
         advertise: SocketAddr,
@@ -59,7 +60,7 @@ impl Member {
     ) -> ClusterResult<Member> {
         let core = LocalMember::new(config, env.clock.monotonic_ms());
         let inner = MemberInner {
-            table,
+            table: Arc::new(table),
             env,
             node_id,
             advertise,
@@ -187,7 +188,7 @@ impl Member {
         let inner = &self.inner;
         let sent_ms = inner.env.clock.monotonic_ms();
         let limit_ms = inner.config.heartbeat_interval_ms;
-        let write = inner.table.write(&inner.node_id, inner.advertise, status);
+        let write = inner.table.write(inner.node_id.clone(), inner.advertise, status);
         let timeout = inner.env.clock.sleep(Duration::from_millis(limit_ms));
         tokio::select! {
             biased;
