@@ -122,10 +122,11 @@ impl Member {
 
     /// Leaves: announces Draining (no new work comes here), awaits `drain`
     /// (finish in-flight work, release placements), then writes Left and
-    /// stops heartbeating.
+    /// stops heartbeating. Calling it again (after an error, or twice) is
+    /// safe: the status never goes back, and the drain simply runs again.
     pub async fn leave(&self, drain: impl Future<Output = ()>) -> ClusterResult<()> {
         self.apply(MemberInput::LeaveRequested).await?;
-        assert_eq!(self.status(), NodeStatus::Draining, "leave moves to draining");
+        assert!(self.status() >= NodeStatus::Draining, "leave moves to draining or beyond");
         drain.await;
         self.apply(MemberInput::DrainCompleted).await?;
         assert!(self.inner.halted.load(Ordering::SeqCst), "a left node stops heartbeating");
@@ -195,5 +196,39 @@ impl Member {
             written = write => written.map(|()| sent_ms),
             () = timeout => Err(ClusterError::Database { operation: "heartbeat write", reason: format!("no answer in {limit_ms} ms") }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use kelpie_core::Clock;
+
+    use super::*;
+    use crate::node_store::{MemoryNodeStore, NodeStore};
+
+    #[tokio::test]
+    async fn leaving_twice_drains_twice_and_stays_left() {
+        let env = Env::production();
+        let store = MemoryNodeStore::new(Arc::clone(&env.clock) as Arc<dyn Clock>);
+        let node = NodeId::new("n1").unwrap();
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let config = MembershipConfig::new(10, 30);
+        let member = Member::join(store.clone(), env, node, addr, config).await.unwrap();
+        assert_eq!(member.status(), NodeStatus::Active);
+        let drains = AtomicU32::new(0);
+        for _ in 0..2 {
+            member
+                .leave(async {
+                    drains.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+                .unwrap();
+            assert_eq!(member.status(), NodeStatus::Left);
+        }
+        assert_eq!(drains.load(Ordering::SeqCst), 2);
+        let rows = store.rows().await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), vec![NodeStatus::Left]);
     }
 }
