@@ -201,6 +201,27 @@ fn serving(world: &World, nodes: &[SimNode]) -> usize {
     (0..nodes.len()).filter(|&i| nodes[i].is_up() && active(i)).count()
 }
 
+/// A node that is down (never started, or crashed) or has left starts a
+/// fresh process, which joins the node table. False if it was serving.
+fn join_again(world: &World, handle: &SimHandle, index: usize) -> bool {
+    let left = lock(&world.members)[index].as_ref().is_some_and(|m| m.status() == NodeStatus::Left);
+    if left {
+        handle.crash_node(index);
+    }
+    handle.restart_node(index)
+}
+
+/// A graceful leave of an active node: draining is the runtime's shutdown.
+fn leave(world: &World, node: &SimNode) -> bool {
+    let member = lock(&world.members)[node.index()].clone().filter(|m| m.status() == NodeStatus::Active);
+    let runtime = lock(&world.checked.runtimes)[node.index()].clone();
+    let (Some(member), Some(runtime)) = (member, runtime) else { return false };
+    node.spawn("leave", async move {
+        let _ = member.leave(runtime.shutdown()).await;
+    })
+}
+
+/// Every 1 to `CHAOS_PAUSE_MS_MAX` ms, does one thing to a random node.
 async fn chaos(world: World, handle: SimHandle, nodes: Vec<SimNode>, tally: Arc<Mutex<ChaosCounts>>) {
     let rng = nodes[0].rng().clone();
     let between = |low: u64, high: u64| Duration::from_millis(rng.between_inclusive(low, high));
@@ -210,27 +231,9 @@ async fn chaos(world: World, handle: SimHandle, nodes: Vec<SimNode>, tally: Arc<
         let node = &nodes[victim];
         let mut counts = *lock(&tally);
         match rng.index_below(8) {
-            // Join: a node that is down (never started, or crashed) or has
-            // left starts a fresh process, which joins the node table.
-            0 => {
-                let left =
-                    lock(&world.members)[victim].as_ref().is_some_and(|m| m.status() == NodeStatus::Left);
-                if left {
-                    handle.crash_node(victim);
-                }
-                counts.joins += u64::from(handle.restart_node(victim));
-            }
-            // Graceful leave: draining is the runtime's shutdown.
+            0 => counts.joins += u64::from(join_again(&world, &handle, victim)),
             1 if node.is_up() && serving(&world, &nodes) > 1 => {
-                let member =
-                    lock(&world.members)[victim].clone().filter(|m| m.status() == NodeStatus::Active);
-                let runtime = lock(&world.checked.runtimes)[victim].clone();
-                if let (Some(member), Some(runtime)) = (member, runtime) {
-                    counts.leaves += 1;
-                    node.spawn("leave", async move {
-                        let _ = member.leave(runtime.shutdown()).await;
-                    });
-                }
+                counts.leaves += u64::from(leave(&world, node));
             }
             2 if node.is_up() && serving(&world, &nodes) > 1 => {
                 counts.crashes += 1;

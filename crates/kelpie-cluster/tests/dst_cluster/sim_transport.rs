@@ -2,8 +2,10 @@
 //! `SimNetwork`, so forwarding between simulated nodes suffers the
 //! network's latency, loss and partitions. A request is one message, its
 //! answer another; the wait for the answer is bounded by a timeout on the
-//! node's own `Env` clock, as `TcpTransport` bounds it. Incoming requests
-//! go to the node's `RequestHandler` (a real `NodeHandler`), one task each.
+//! node's own `Env` clock, as `TcpTransport` bounds it, and at most
+//! `IN_FLIGHT_REQUESTS_COUNT_MAX` requests of the node wait at once (TCP
+//! bounds each peer; one node here never comes near). Incoming requests go
+//! to the node's `RequestHandler` (a real `NodeHandler`), one task each.
 //!
 //! Message layout: a kind byte ([`REQUEST`], [`ANSWER_OK`], [`ANSWER_ERR`]),
 //! the request id (u64, big-endian), then the payload. Request ids come
