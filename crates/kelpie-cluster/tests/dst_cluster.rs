@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kelpie_cluster::{ClusterRemote, Member, MembershipConfig, MemoryNodeStore, NodeHandler, NodeStatus};
-use kelpie_core::{ActorId, NodeId};
+use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
 use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
@@ -41,7 +41,7 @@ use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 
 use dst::checks::{register_properties, Checked};
-use dst::probe::{client, ProbeActor};
+use dst::probe::{client, ProbeActor, Served};
 use dst::world::{lock, DatabaseLink, NodeBackend, Observations, RecordingPlacementStore, SharedDatabase};
 use links::{LinkedDirectory, LinkedNodeStore};
 use sim_transport::{advertise, SimTransport};
@@ -71,6 +71,13 @@ const DOWN_MS_MAX: u64 = 2 * LEASE_MS;
 /// Skews far beyond a lease: were leases judged by node clocks, owners would overlap.
 const CLOCK_SKEW_MS_MAX: u64 = 10 * LEASE_MS;
 const CLOCK_JUMP_MS_MAX: u64 = 3 * LEASE_MS;
+const PAUSE_SCRIPT_SEEDS_COUNT: u64 = 50;
+/// Long enough for both nodes to have joined.
+const SCRIPT_SETTLE_MS: u64 = 20;
+/// The paused owner's lease has run out, and its heartbeats too.
+const SCRIPT_TAKEOVER_AFTER_MS: u64 = LEASE_MS + HEARTBEAT_TIMEOUT_MS + HEARTBEAT_INTERVAL_MS;
+const SCRIPT_PAUSE_MS: u64 = SCRIPT_TAKEOVER_AFTER_MS + LEASE_MS;
+const SCRIPT_QUEUE_BEFORE_RESUME_MS: u64 = 10;
 
 /// Everything the nodes share and the invariants read.
 #[derive(Clone)]
@@ -83,10 +90,11 @@ struct World {
     peers: Arc<BTreeMap<SocketAddr, NodeId>>,
     request_ids: Arc<AtomicU64>,
     next_request: Arc<AtomicU64>,
+    clients_per_node: usize,
 }
 
 impl World {
-    fn new(sim: &Simulation) -> Self {
+    fn new(sim: &Simulation, clients_per_node: usize) -> Self {
         let truth: Arc<dyn kelpie_core::Clock> = Arc::new(sim.handle().true_clock());
         let observations = Arc::new(Mutex::new(Observations::default()));
         let database = SharedDatabase::new(Arc::clone(&observations));
@@ -118,6 +126,7 @@ impl World {
             peers: Arc::new(peers),
             request_ids: Arc::new(AtomicU64::new(1)),
             next_request: Arc::new(AtomicU64::new(1)),
+            clients_per_node,
         }
     }
 
@@ -172,7 +181,7 @@ async fn boot(world: World, node: SimNode) {
     transport.serve(Arc::new(NodeHandler::default().with_namespace("dst", Arc::new(runtime.clone()))));
     lock(&world.checked.runtimes)[index] = Some(runtime.clone());
     lock(&world.members)[index] = Some(member);
-    for _ in 0..CLIENTS_PER_NODE_COUNT {
+    for _ in 0..world.clients_per_node {
         let observations = Arc::clone(&world.checked.observations);
         let (requests, actors) = (Arc::clone(&world.next_request), world.checked.actors.clone());
         node.spawn(
@@ -285,7 +294,7 @@ fn run_seed(seed: u64) -> Result<(SimReport, World, ChaosCounts), SimFailure> {
         .fault(FaultRule::new(Fault::StorageLatency { extra_ms_max: 10 }, 0.05))
         .build()
         .expect("seeded simulation");
-    let world = World::new(&sim);
+    let world = World::new(&sim, CLIENTS_PER_NODE_COUNT);
     for index in 0..NODES_COUNT {
         let w = world.clone();
         sim.on_boot(index, move |node| boot(w.clone(), node));
@@ -349,6 +358,67 @@ fn no_split_brain_and_no_lost_write_under_join_leave_crash_pause_partition_and_c
         ] {
             assert!(count > seeds.len() as u64 / 4, "the chaos task made {what}: {count}");
         }
+    }
+}
+
+/// What the three invocations of the pause script returned.
+type PauseOutcome = [kelpie_core::Result<Served>; 3];
+
+/// Node 0 activates an actor, is paused past its lease, node 1 takes the
+/// actor over, and a request to node 0 is queued just before it resumes.
+fn run_pause_script(seed: u64) -> Result<(World, PauseOutcome), SimFailure> {
+    let mut sim = Simulation::builder().seed(seed).nodes(NODES_COUNT).build().expect("seeded simulation");
+    let world = World::new(&sim, 0);
+    for index in 0..NODES_COUNT {
+        let w = world.clone();
+        sim.on_boot(index, move |node| boot(w.clone(), node));
+    }
+    sim.crash_node(2);
+    sim.crash_node(3);
+    let outcome: Arc<Mutex<Vec<kelpie_core::Result<Served>>>> = Arc::default();
+    let (w, handle, record) = (world.clone(), sim.handle(), Arc::clone(&outcome));
+    sim.spawn_control("pause-script", async move {
+        handle.sleep(Duration::from_millis(SCRIPT_SETTLE_MS)).await;
+        let runtimes = lock(&w.checked.runtimes).clone();
+        let (zombie, heir) =
+            (runtimes[0].clone().expect("node 0 up"), runtimes[1].clone().expect("node 1 up"));
+        let actor = World::actor(0);
+        let first = zombie.invoke(&actor, 1).await;
+        handle.pause_node(0, Duration::from_millis(SCRIPT_PAUSE_MS));
+        handle.sleep(Duration::from_millis(SCRIPT_TAKEOVER_AFTER_MS)).await;
+        let second = heir.invoke(&actor, 2).await;
+        // Queued while node 0 still sleeps: its stale activation finds the
+        // request waiting when it resumes.
+        let before_resume_ms = SCRIPT_PAUSE_MS - SCRIPT_TAKEOVER_AFTER_MS - SCRIPT_QUEUE_BEFORE_RESUME_MS;
+        handle.sleep(Duration::from_millis(before_resume_ms)).await;
+        let third = zombie.invoke(&actor, 3).await;
+        lock(&record).extend([first, second, third]);
+    });
+    register_properties(&mut sim, &world.checked);
+    sim.run_for(Duration::from_millis(SIM_DURATION_MS))?;
+    let outcome: Vec<_> = std::mem::take(&mut *lock(&outcome));
+    let outcome: PauseOutcome =
+        outcome.try_into().unwrap_or_else(|v: Vec<_>| panic!("script did not finish: {v:?}"));
+    Ok((world, outcome))
+}
+
+#[test]
+fn a_paused_owner_resumes_fenced_while_its_actor_lives_on_elsewhere() {
+    let seeds = kelpie_dst::seeds_to_run(0..PAUSE_SCRIPT_SEEDS_COUNT).expect("DST_SEED parses");
+    for &seed in &seeds {
+        let (world, [first, second, third]) =
+            run_pause_script(seed).unwrap_or_else(|failure| panic!("{failure}"));
+        let served = |node: &str, epoch: u64| Served { node: node.to_string(), epoch };
+        assert_eq!(first.expect("node 0 serves"), served("node-0", 1), "seed {seed}");
+        assert_eq!(second.expect("node 1 takes over"), served("node-1", 2), "seed {seed}");
+        // Resumed, node 0's stale activation finds the request queued: its
+        // commit at epoch 1 is refused (or its renewal is, which fences it too).
+        assert!(matches!(third, Err(Error::Fenced { .. })), "seed {seed}: the zombie answered {third:?}");
+        let durable = world.checked.database.durable_log(&World::actor(0));
+        let at = |request: u64| durable.get(&(World::actor(0), request)).map(|v| v.value.clone());
+        assert_eq!(at(1), Some(("node-0".to_string(), 1)), "seed {seed}");
+        assert_eq!(at(2), Some(("node-1".to_string(), 2)), "seed {seed}");
+        assert_eq!(at(3), None, "seed {seed}: the zombie committed");
     }
 }
 
