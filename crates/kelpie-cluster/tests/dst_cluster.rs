@@ -36,7 +36,7 @@ use kelpie_cluster::{ClusterRemote, Member, MembershipConfig, MemoryNodeStore, N
 use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
-use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
+use kelpie_registry::Registry;
 use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 
@@ -98,16 +98,8 @@ impl World {
         let truth: Arc<dyn kelpie_core::Clock> = Arc::new(sim.handle().true_clock());
         let observations = Arc::new(Mutex::new(Observations::default()));
         let database = SharedDatabase::new(Arc::clone(&observations));
-        // Placements live in the database's own placement table, which the
-        // fenced commits check; a node reaches them through its link.
-        let direct = Storage::from_backend(SharedDatabase::direct(&database));
-        let store: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
-        let recording = Arc::new(RecordingPlacementStore {
-            inner: store,
-            observations: Arc::clone(&observations),
-            lease_ms: LEASE_MS,
-            truth: Some(Arc::clone(&truth)),
-        });
+        // Leases are judged, and their events stamped, by the database's clock.
+        let recording = RecordingPlacementStore::on(&database, LEASE_MS, Some(Arc::clone(&truth)));
         let registry = Registry::with_lease(recording, Arc::clone(&truth), LEASE_MS);
         let node_ids: Vec<NodeId> = sim.nodes().iter().map(|n| n.id().clone()).collect();
         let peers = node_ids.iter().enumerate().map(|(i, id)| (advertise(i), id.clone())).collect();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use kelpie_core::{ActorId, NodeId};
 use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
-use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
+use kelpie_registry::{PlacementStore, Registry};
 use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 
@@ -58,17 +58,8 @@ impl World {
     fn new(node_ids: Vec<NodeId>) -> Self {
         let observations = Arc::new(Mutex::new(Observations::default()));
         let database = SharedDatabase::new(Arc::clone(&observations));
-        // The directory writes its epochs through an unfaulted handle: it
-        // stands for the database's own placement table.
-        let direct = Storage::from_backend(SharedDatabase::direct(&database));
-        let store: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
-        let directory = Arc::new(RecordingPlacementStore {
-            inner: store,
-            observations: Arc::clone(&observations),
-            lease_ms: LEASE_MS,
-            // Leases here are judged by each node's own (jumping) clock.
-            truth: None,
-        });
+        // Leases here are judged by each node's own (jumping) clock.
+        let directory = RecordingPlacementStore::on(&database, LEASE_MS, None);
         let runtimes = Arc::new(Mutex::new(vec![None; NODES_COUNT]));
         World {
             observations,

@@ -15,10 +15,10 @@ use kelpie_dst::properties::{
     LeaseEvent, ObservedActivation, ObservedCommit, ObservedFence, ObservedPlacement, Phase, VersionedValue,
 };
 use kelpie_dst::SimNode;
-use kelpie_registry::{CasResult, PlacementRecord, PlacementStore};
+use kelpie_registry::{CasResult, PlacementRecord, PlacementStore, StoragePlacementStore};
 use kelpie_storage::types::{CommitRequest, StoredRows};
 use kelpie_storage::{
-    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Versioned,
+    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Storage, Versioned,
 };
 
 /// Key under which the runtime stores an actor's serialized state.
@@ -243,6 +243,18 @@ pub struct RecordingPlacementStore {
     /// registry's own clock (the record's instants), or the true time, so a
     /// lease decided on a skewed clock shows up as overlapping in truth.
     pub truth: Option<Arc<dyn Clock>>,
+}
+
+impl RecordingPlacementStore {
+    /// The placement table of `database`, written through an unfaulted
+    /// handle (it stands for the database's own table, the one fenced
+    /// commits check), recording into the database's observations.
+    pub fn on(database: &Arc<SharedDatabase>, lease_ms: u64, truth: Option<Arc<dyn Clock>>) -> Arc<Self> {
+        let direct = Storage::from_backend(SharedDatabase::direct(database));
+        let inner: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
+        let observations = Arc::clone(&database.observations);
+        Arc::new(RecordingPlacementStore { inner, observations, lease_ms, truth })
+    }
 }
 
 impl PlacementStore for RecordingPlacementStore {
