@@ -1,8 +1,9 @@
 //! Kelpie's cluster layer: several nodes on one shared PostgreSQL.
 //!
 //! - [`membership`]: the sans-IO membership core (status, heartbeat timing,
-//!   failure and self-isolation judgements); [`node_table`] and [`member`]
-//!   are its PostgreSQL shell and heartbeat driver.
+//!   failure and self-isolation judgements); [`member`] is its heartbeat
+//!   driver over a [`NodeStore`] ([`node_table`] on PostgreSQL, or
+//!   [`MemoryNodeStore`]).
 //! - [`transport`]: the [`Transport`] trait and its TCP client; [`server`]
 //!   the TCP server; [`frame`] (wire format) and [`backoff`] (reconnect
 //!   timing) are their sans-IO parts.
@@ -22,6 +23,7 @@ pub mod forward;
 pub mod frame;
 pub mod member;
 pub mod membership;
+pub mod node_store;
 pub mod node_table;
 pub mod rebalance;
 pub mod server;
@@ -31,6 +33,7 @@ pub use error::{ClusterError, ClusterResult};
 pub use forward::{ClusterRemote, HttpForwardHandler, Membership, NodeHandler, RequestKind};
 pub use member::{Member, MemberView};
 pub use membership::{Liveness, MembershipConfig, NodeStatus};
+pub use node_store::{MemoryNodeStore, NodeStore};
 pub use node_table::NodeTable;
 pub use server::TcpServer;
 pub use transport::{RequestHandler, TcpTransport, Transport, TransportConfig};

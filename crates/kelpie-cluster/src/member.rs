@@ -1,5 +1,6 @@
 //! [`Member`]: the I/O shell around [`LocalMember`]. It registers the node
-//! in the [`NodeTable`], runs the heartbeat loop on the environment's task
+//! in a [`NodeStore`] (PostgreSQL's `NodeTable` in production, a
+//! [`crate::MemoryNodeStore`] on the simulation's true clock in DST), runs the heartbeat loop on the environment's task
 //! spawner and clock, carries out the core's actions, and answers "who is in
 //! the cluster" by judging the table's rows with [`membership::liveness`].
 //! Every decision is the core's; this module only moves data.
@@ -17,7 +18,7 @@ use crate::error::{ClusterError, ClusterResult};
 use crate::membership::{
     self, Liveness, LocalMember, MemberAction, MemberInput, MembershipConfig, NodeRow, NodeStatus,
 };
-use crate::node_table::NodeTable;
+use crate::node_store::NodeStore;
 
 /// Most actions one round carries out (a tick, its write, the ack's write).
 const MEMBER_ACTIONS_PER_ROUND_COUNT_MAX: usize = 8;
@@ -32,7 +33,7 @@ pub struct MemberView {
 }
 
 struct MemberInner {
-    table: NodeTable,
+    table: Arc<dyn NodeStore>,
     env: Env,
     node_id: NodeId,
     advertise: SocketAddr,
@@ -51,7 +52,7 @@ impl Member {
     /// Registers the node (Joining, then Active once the write commits) and
     /// starts heartbeating every `config.heartbeat_interval_ms`.
     pub async fn join(
-        table: NodeTable,
+        table: impl NodeStore,
         env: Env,
         node_id: NodeId,
         advertise: SocketAddr,
@@ -59,7 +60,7 @@ impl Member {
     ) -> ClusterResult<Member> {
         let core = LocalMember::new(config, env.clock.monotonic_ms());
         let inner = MemberInner {
-            table,
+            table: Arc::new(table),
             env,
             node_id,
             advertise,
@@ -121,10 +122,11 @@ impl Member {
 
     /// Leaves: announces Draining (no new work comes here), awaits `drain`
     /// (finish in-flight work, release placements), then writes Left and
-    /// stops heartbeating.
+    /// stops heartbeating. Calling it again (after an error, or twice) is
+    /// safe: the status never goes back, and the drain simply runs again.
     pub async fn leave(&self, drain: impl Future<Output = ()>) -> ClusterResult<()> {
         self.apply(MemberInput::LeaveRequested).await?;
-        assert_eq!(self.status(), NodeStatus::Draining, "leave moves to draining");
+        assert!(self.status() >= NodeStatus::Draining, "leave moves to draining or beyond");
         drain.await;
         self.apply(MemberInput::DrainCompleted).await?;
         assert!(self.inner.halted.load(Ordering::SeqCst), "a left node stops heartbeating");
@@ -187,12 +189,46 @@ impl Member {
         let inner = &self.inner;
         let sent_ms = inner.env.clock.monotonic_ms();
         let limit_ms = inner.config.heartbeat_interval_ms;
-        let write = inner.table.write(&inner.node_id, inner.advertise, status);
+        let write = inner.table.write(inner.node_id.clone(), inner.advertise, status);
         let timeout = inner.env.clock.sleep(Duration::from_millis(limit_ms));
         tokio::select! {
             biased;
             written = write => written.map(|()| sent_ms),
             () = timeout => Err(ClusterError::Database { operation: "heartbeat write", reason: format!("no answer in {limit_ms} ms") }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use kelpie_core::Clock;
+
+    use super::*;
+    use crate::node_store::{MemoryNodeStore, NodeStore};
+
+    #[tokio::test]
+    async fn leaving_twice_drains_twice_and_stays_left() {
+        let env = Env::production();
+        let store = MemoryNodeStore::new(Arc::clone(&env.clock) as Arc<dyn Clock>);
+        let node = NodeId::new("n1").unwrap();
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let config = MembershipConfig::new(10, 30);
+        let member = Member::join(store.clone(), env, node, addr, config).await.unwrap();
+        assert_eq!(member.status(), NodeStatus::Active);
+        let drains = AtomicU32::new(0);
+        for _ in 0..2 {
+            member
+                .leave(async {
+                    drains.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+                .unwrap();
+            assert_eq!(member.status(), NodeStatus::Left);
+        }
+        assert_eq!(drains.load(Ordering::SeqCst), 2);
+        let rows = store.rows().await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), vec![NodeStatus::Left]);
     }
 }

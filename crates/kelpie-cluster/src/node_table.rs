@@ -2,17 +2,20 @@
 //! advertised address, status and last heartbeat. Heartbeats are stamped and
 //! their ages measured with the database's clock (`clock_timestamp()`), so
 //! failure detection never compares two nodes' clocks. An I/O shell: it
-//! reads and writes rows; [`crate::membership`] decides.
+//! reads and writes rows; [`crate::membership`] decides. It is the
+//! PostgreSQL [`NodeStore`].
 
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kelpie_core::env::BoxFuture;
 use kelpie_core::NodeId;
 use tokio_postgres::NoTls;
 
 use crate::error::{ClusterError, ClusterResult};
 use crate::membership::{NodeRow, NodeStatus};
+use crate::node_store::NodeStore;
 
 /// Connections one node keeps to the node table: heartbeats and views only.
 pub const NODE_TABLE_POOL_CONNECTIONS_COUNT_MAX: usize = 4;
@@ -117,6 +120,23 @@ impl NodeTable {
             .await
             .map_err(db_error("node table read"))?;
         rows.iter().map(parse_row).collect()
+    }
+}
+
+impl NodeStore for NodeTable {
+    fn write(
+        &self,
+        node_id: NodeId,
+        advertise: SocketAddr,
+        status: NodeStatus,
+    ) -> BoxFuture<ClusterResult<()>> {
+        let table = self.clone();
+        Box::pin(async move { NodeTable::write(&table, &node_id, advertise, status).await })
+    }
+
+    fn rows(&self) -> BoxFuture<ClusterResult<Vec<NodeRow>>> {
+        let table = self.clone();
+        Box::pin(async move { NodeTable::rows(&table).await })
     }
 }
 

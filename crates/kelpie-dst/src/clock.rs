@@ -115,3 +115,32 @@ impl Clock for SimClock {
         Box::pin(Sleep::new(self.executor.clone(), nanos))
     }
 }
+
+/// The simulation's true time, read by no node: the clock of a shared
+/// service (a database) whose judgements must not depend on any node's skew
+/// or jumps. Wall time starts at [`SIM_WALL_EPOCH_START_MS`]. Cheap to clone.
+#[derive(Clone)]
+pub struct TrueClock {
+    executor: Arc<Executor>,
+}
+
+impl TrueClock {
+    pub(crate) fn new(executor: Arc<Executor>) -> Self {
+        TrueClock { executor }
+    }
+}
+
+impl Clock for TrueClock {
+    fn monotonic_ns(&self) -> u64 {
+        self.executor.now_ns()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        SIM_WALL_EPOCH_START_MS.saturating_add(self.executor.now_ns() / 1_000_000)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        Box::pin(Sleep::new(self.executor.clone(), nanos))
+    }
+}

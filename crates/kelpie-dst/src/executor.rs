@@ -48,6 +48,9 @@ pub(crate) struct NodeSlot {
     /// Bumped at every crash: components compare it to drop volatile state.
     pub incarnation: u64,
     pub crashed_at_ns: Option<u64>,
+    /// While `now_ns` is below this, none of the node's tasks runs (a
+    /// stopped process: SIGSTOP, a VM pause, a long GC).
+    pub paused_until_ns: u64,
     pub clock: ClockOffsets,
     pub boot: Option<BootFn>,
 }
@@ -189,6 +192,7 @@ impl Executor {
                 up: true,
                 incarnation: 0,
                 crashed_at_ns: None,
+                paused_until_ns: 0,
                 clock: ClockOffsets::default(),
                 boot: None,
             })
@@ -272,6 +276,14 @@ impl Executor {
             let Some(slot) = state.tasks.get_mut(&task) else { continue };
             slot.queued = false;
             let node = slot.node;
+            if let Some(until_ns) = node.map(|n| state.nodes[n].paused_until_ns).filter(|&u| u > state.now_ns)
+            {
+                let waker = state.tasks[&task].waker.clone();
+                let key = state.timer_key(until_ns);
+                state.add_timer(key, waker);
+                state.record(TraceEventKind::TaskDeferred { task, delay_ns: until_ns - state.now_ns });
+                continue;
+            }
             if let Some(Fault::CpuStarvation { delay_ms_max }) = state.fault(FaultKind::CpuStarvation, node) {
                 let delay_ns = state.rng.between_inclusive(1, delay_ms_max.max(1)) * 1_000_000;
                 let waker = state.tasks[&task].waker.clone();
@@ -393,6 +405,16 @@ impl Executor {
             self.spawn(Some(node), "boot", boot());
         }
         true
+    }
+
+    /// Stops running the node's tasks until `duration_ns` from now; its
+    /// clocks, timers and inbox carry on, as for a stopped process.
+    pub fn pause_node(&self, node: usize, duration_ns: u64) {
+        let mut state = self.lock();
+        let until_ns = state.now_ns.saturating_add(duration_ns);
+        let slot = &mut state.nodes[node];
+        slot.paused_until_ns = slot.paused_until_ns.max(until_ns);
+        state.record(TraceEventKind::Note { label: format!("node {node} paused until {until_ns} ns") });
     }
 
     /// Drops every task (ending the reference cycles through their futures).

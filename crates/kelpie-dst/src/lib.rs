@@ -41,7 +41,7 @@ pub use agent::{
     LlmError, LlmMessage, LlmRequest, LlmResponse, LlmToolCall, SandboxError, SandboxSnapshot, SimLlmClient,
     SimSandbox, SimTool, ToolError,
 };
-pub use clock::SimClock;
+pub use clock::{SimClock, TrueClock};
 pub use executor::{yield_now, Sleep, YieldNow, SIM_TASKS_COUNT_MAX, SIM_TIMERS_COUNT_MAX};
 pub use fault::{Fault, FaultInjector, FaultKind, FaultRule};
 pub use invariant::{InvariantChecker, InvariantViolation};

@@ -26,7 +26,7 @@ use kelpie_core::limits::DST_STEPS_COUNT_MAX;
 use kelpie_core::{Env, NodeId, TaskSpawner};
 use thiserror::Error;
 
-use crate::clock::SimClock;
+use crate::clock::{SimClock, TrueClock};
 use crate::executor::{Executor, StepOutcome, TaskPanic};
 use crate::fault::{FaultInjector, FaultKind, FaultRule};
 use crate::invariant::{InvariantChecker, InvariantViolation};
@@ -316,6 +316,19 @@ impl SimHandle {
 
     pub fn network(&self) -> &SimNetwork {
         &self.network
+    }
+
+    /// Stops node `index` for `duration`: none of its tasks runs meanwhile,
+    /// while time, its timers and its inbox go on. A stopped process (SIGSTOP,
+    /// VM pause) that resumes to find its leases gone.
+    pub fn pause_node(&self, index: usize, duration: Duration) {
+        self.executor.pause_node(index, nanos(duration));
+    }
+
+    /// The simulation's true time as a [`kelpie_core::Clock`]: no node's
+    /// skew or jumps. The clock of a shared database.
+    pub fn true_clock(&self) -> TrueClock {
+        TrueClock::new(self.executor.clone())
     }
 
     pub fn now(&self) -> Duration {

@@ -310,3 +310,43 @@ fn clock_skew_and_manual_jumps_are_observed_by_the_node_only() {
     assert_eq!(skewed.wall_ms() - plain.wall_ms(), 8_500);
     assert_eq!(plain.monotonic_ns(), 0);
 }
+
+#[test]
+fn a_paused_node_runs_nothing_until_it_resumes_while_others_go_on() {
+    let ticks: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let mut sim = sim(3, 2);
+    for index in 0..2 {
+        let (ticks, clock) = (Arc::clone(&ticks), sim.node(index).clock().clone());
+        sim.spawn(index, "ticker", async move {
+            loop {
+                clock.sleep(Duration::from_millis(10)).await;
+                ticks.lock().unwrap().push((index, clock.monotonic_ms()));
+            }
+        });
+    }
+    let handle = sim.handle();
+    sim.spawn_control("pauser", async move {
+        handle.sleep(Duration::from_millis(25)).await;
+        handle.pause_node(0, Duration::from_millis(100));
+    });
+    sim.run_for(Duration::from_millis(200)).unwrap();
+    let ticks = ticks.lock().unwrap();
+    let of = |node: usize| ticks.iter().filter(|(n, _)| *n == node).map(|(_, ms)| *ms).collect::<Vec<_>>();
+    assert_eq!(of(1), (1..=20).map(|i| i * 10).collect::<Vec<u64>>(), "the other node never stopped");
+    let paused = of(0);
+    assert_eq!(&paused[..2], &[10, 20], "ran before the pause");
+    assert_eq!(paused[2], 125, "the timer due at 30 ms ran only at the resume, and saw the time lost");
+    assert!(paused.iter().all(|ms| !(26..125).contains(ms)), "nothing ran while paused: {paused:?}");
+}
+
+#[test]
+fn the_true_clock_ignores_every_node_offset() {
+    let sim = sim(1, 2);
+    let truth = sim.handle().true_clock();
+    sim.node(0).clock().set_skew_ms(5_000);
+    sim.node(1).clock().jump_ms(-7_000);
+    assert_eq!(truth.wall_ms(), kelpie_dst::clock::SIM_WALL_EPOCH_START_MS);
+    assert_eq!(sim.node(0).clock().wall_ms() - truth.wall_ms(), 5_000);
+    assert_eq!(truth.wall_ms() - sim.node(1).clock().wall_ms(), 7_000);
+    assert_eq!(truth.monotonic_ns(), 0);
+}

@@ -9,21 +9,24 @@
 //!
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-runtime --test dst_single_activation`.
 
+// Shared with the cluster DST, which uses parts this scenario does not.
+#[allow(dead_code)]
 mod dst;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kelpie_core::{ActorId, Clock as _, Error, NodeId};
-use kelpie_dst::properties::{self, VersionedValue};
+use kelpie_core::{ActorId, NodeId};
+use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
-use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
+use kelpie_registry::{PlacementStore, Registry};
 use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 
-use dst::probe::ProbeActor;
-use dst::world::{lock, NodeBackend, Observations, RecordingPlacementStore, SharedDatabase};
+use dst::checks::{register_properties, Checked};
+use dst::probe::{client, ProbeActor};
+use dst::world::{lock, DatabaseLink, NodeBackend, Observations, RecordingPlacementStore, SharedDatabase};
 
 const NODES_COUNT: usize = 3;
 const ACTORS_COUNT: u64 = 2;
@@ -55,15 +58,8 @@ impl World {
     fn new(node_ids: Vec<NodeId>) -> Self {
         let observations = Arc::new(Mutex::new(Observations::default()));
         let database = SharedDatabase::new(Arc::clone(&observations));
-        // The directory writes its epochs through an unfaulted handle: it
-        // stands for the database's own placement table.
-        let direct = Storage::from_backend(SharedDatabase::direct(&database));
-        let store: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
-        let directory = Arc::new(RecordingPlacementStore {
-            inner: store,
-            observations: Arc::clone(&observations),
-            lease_ms: LEASE_MS,
-        });
+        // Leases here are judged by each node's own (jumping) clock.
+        let directory = RecordingPlacementStore::on(&database, LEASE_MS, None);
         let runtimes = Arc::new(Mutex::new(vec![None; NODES_COUNT]));
         World {
             observations,
@@ -85,7 +81,8 @@ impl World {
 async fn boot(world: World, node: SimNode) {
     let env = node.env();
     lock(&world.observations).activations.retain(|(_, index), _| *index != node.index());
-    let backend = NodeBackend { database: Arc::clone(&world.database), node: node.clone() };
+    let link = DatabaseLink::default();
+    let backend = NodeBackend { database: Arc::clone(&world.database), node: node.clone(), link };
     let storage = Storage::from_backend(Arc::new(backend));
     let registry = Registry::with_lease(Arc::clone(&world.directory), env.clock.clone(), LEASE_MS);
     let mut config = RuntimeConfig::new(node.id().clone());
@@ -95,24 +92,13 @@ async fn boot(world: World, node: SimNode) {
     let runtime = Runtime::new(actor, storage, Arc::new(registry), env, config).expect("valid config");
     lock(&world.runtimes)[node.index()] = Some(runtime.clone());
     for _ in 0..CLIENTS_PER_NODE_COUNT {
-        node.spawn("client", client(world.clone(), node.clone(), runtime.clone()));
-    }
-}
-
-async fn client(world: World, node: SimNode, runtime: Runtime<ProbeActor>) {
-    loop {
-        let pause = node.rng().between_inclusive(1, CLIENT_PAUSE_MS_MAX);
-        node.clock().sleep(Duration::from_millis(pause)).await;
-        let actor = World::actor(node.rng().between_inclusive(0, ACTORS_COUNT - 1));
-        let request = world.next_request.fetch_add(1, Ordering::Relaxed);
-        match runtime.invoke(&actor, request).await {
-            Ok(served) => {
-                let value = VersionedValue { seq: 0, value: (served.node, served.epoch) };
-                lock(&world.observations).acknowledged.insert((actor, request), value);
-            }
-            Err(Error::Fenced { .. }) => lock(&world.observations).fenced_count += 1,
-            Err(_) => {}
-        }
+        let actors = (0..ACTORS_COUNT).map(World::actor).collect();
+        let observations = Arc::clone(&world.observations);
+        let requests = Arc::clone(&world.next_request);
+        node.spawn(
+            "client",
+            client(node.clone(), runtime.clone(), observations, requests, actors, CLIENT_PAUSE_MS_MAX),
+        );
     }
 }
 
@@ -128,69 +114,6 @@ async fn chaos(handle: SimHandle, nodes: Vec<SimNode>) {
             _ => nodes[victim].clock().jump_ms(-(rng.between_inclusive(1, LEASE_MS) as i64)),
         }
     }
-}
-
-fn register_activation_invariants(sim: &mut Simulation, world: &World) {
-    let snapshot = move |world: &World, view: &kelpie_dst::SimView<'_>| {
-        let runtimes = lock(&world.runtimes).clone();
-        let is_live = |actor: &ActorId, node: usize| {
-            view.node(node).is_up() && runtimes[node].as_ref().is_some_and(|rt| rt.is_active(actor))
-        };
-        let observed = lock(&world.observations);
-        (observed.live_activations(is_live, &world.node_ids), observed.placements())
-    };
-    let w = world.clone();
-    sim.invariant(properties::SINGLE_ACTIVATION, move |view| {
-        let (activations, placements) = snapshot(&w, view);
-        properties::single_activation(&activations, &placements).map_err(|v| v.to_string())
-    });
-    let w = world.clone();
-    sim.invariant(properties::CONSISTENT_HOLDER, move |view| {
-        let (activations, placements) = snapshot(&w, view);
-        properties::consistent_holder(&activations, &placements).map_err(|v| v.to_string())
-    });
-}
-
-fn register_lease_invariants(sim: &mut Simulation, world: &World) {
-    let w = world.clone();
-    sim.invariant(properties::PLACEMENT_CONSISTENCY, move |_| {
-        let observed = lock(&w.observations);
-        let fences: Vec<_> = observed.actors().iter().filter_map(|actor| w.database.fence(actor)).collect();
-        properties::placement_consistency(&observed.placements(), &fences).map_err(|v| v.to_string())
-    });
-    let w = world.clone();
-    sim.invariant(properties::LEASE_UNIQUENESS, move |_| {
-        properties::lease_uniqueness(&lock(&w.observations).lease_events).map_err(|v| v.to_string())
-    });
-    let w = world.clone();
-    sim.invariant(properties::FENCING_TOKEN_MONOTONIC, move |_| {
-        let observed = lock(&w.observations);
-        properties::fencing_token_monotonic(&observed.lease_events, &observed.commits)
-            .map_err(|v| v.to_string())
-    });
-    let w = world.clone();
-    sim.invariant(properties::NO_SPLIT_BRAIN, move |_| {
-        properties::no_split_brain(&lock(&w.observations).commits).map_err(|v| v.to_string())
-    });
-}
-
-/// Durability of acknowledged invocations, re-read only when a commit landed.
-fn register_durability(sim: &mut Simulation, world: &World) {
-    let w = world.clone();
-    let checked_commits = Mutex::new(usize::MAX);
-    sim.invariant(properties::DURABILITY, move |_| {
-        let observed = lock(&w.observations);
-        let mut last = lock(&checked_commits);
-        if *last == observed.commits.len() {
-            return Ok(());
-        }
-        *last = observed.commits.len();
-        let mut durable = std::collections::BTreeMap::new();
-        for index in 0..ACTORS_COUNT {
-            durable.extend(w.database.durable_log(&World::actor(index)));
-        }
-        properties::durability(&observed.acknowledged, &durable).map_err(|v| v.to_string())
-    });
 }
 
 fn run_seed(seed: u64) -> Result<(SimReport, World), SimFailure> {
@@ -209,9 +132,14 @@ fn run_seed(seed: u64) -> Result<(SimReport, World), SimFailure> {
         sim.on_boot(index, move |node| boot(w.clone(), node));
     }
     sim.spawn_control("chaos", chaos(sim.handle(), sim.nodes().to_vec()));
-    register_activation_invariants(&mut sim, &world);
-    register_lease_invariants(&mut sim, &world);
-    register_durability(&mut sim, &world);
+    let checked = Checked {
+        observations: Arc::clone(&world.observations),
+        database: Arc::clone(&world.database),
+        runtimes: Arc::clone(&world.runtimes),
+        node_ids: world.node_ids.clone(),
+        actors: (0..ACTORS_COUNT).map(World::actor).collect(),
+    };
+    register_properties(&mut sim, &checked);
     let report = sim.run_for(Duration::from_millis(SIM_DURATION_MS))?;
     Ok((report, world))
 }

@@ -1,11 +1,16 @@
 //! The probe actor: it appends `(node, epoch, request)` to its state on
 //! every invocation, so durable state says which activation served what, and
 //! it reports its lifecycle to the scenario's observations through its hooks.
+//! [`client`] is the workload that drives it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use kelpie_core::Result;
-use kelpie_dst::properties::Phase;
+use kelpie_core::{ActorId, Clock as _, Error, Result};
+use kelpie_dst::properties::{Phase, VersionedValue};
+use kelpie_dst::SimNode;
+use kelpie_runtime::runtime::Runtime;
 use kelpie_runtime::{Actor, ActorContext};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +22,7 @@ pub struct ProbeLog {
 }
 
 /// The `(node, epoch)` of the activation that served a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
     pub node: String,
     pub epoch: u64,
@@ -55,5 +60,36 @@ impl Actor for ProbeActor {
     async fn on_deactivate(&self, ctx: &mut ActorContext<'_, ProbeLog>) -> Result<()> {
         self.note(ctx, Phase::Deactivating);
         Ok(())
+    }
+}
+
+/// One client on `node`: after a pause of up to `pause_ms_max`, invokes a
+/// random actor of `actors` with a fresh request number, and records the
+/// outcome: an acknowledged invocation (with the `(node, epoch)` that served
+/// it, and whether it was served elsewhere), or a zombie refused by fencing.
+pub async fn client(
+    node: SimNode,
+    runtime: Runtime<ProbeActor>,
+    observations: Arc<Mutex<Observations>>,
+    next_request: Arc<AtomicU64>,
+    actors: Vec<ActorId>,
+    pause_ms_max: u64,
+) {
+    assert!(!actors.is_empty() && pause_ms_max > 0, "a client needs actors and a pause");
+    loop {
+        let pause = node.rng().between_inclusive(1, pause_ms_max);
+        node.clock().sleep(Duration::from_millis(pause)).await;
+        let actor = actors[node.rng().index_below(actors.len())].clone();
+        let request = next_request.fetch_add(1, Ordering::Relaxed);
+        match runtime.invoke(&actor, request).await {
+            Ok(served) => {
+                let mut observed = lock(&observations);
+                observed.forwarded_count += u64::from(served.node != node.id().as_str());
+                let value = VersionedValue { seq: 0, value: (served.node, served.epoch) };
+                observed.acknowledged.insert((actor, request), value);
+            }
+            Err(Error::Fenced { .. }) => lock(&observations).fenced_count += 1,
+            Err(_) => {}
+        }
     }
 }

@@ -1,22 +1,24 @@
-//! The shared world of the single-activation scenario: one "database" (a
-//! memory backend) seen by every node through a per-node wrapper that
-//! injects the node's storage faults, one placement store whose changes are
-//! recorded, and the observations the invariants read.
+//! The shared world of the runtime's and the cluster's DST scenarios: one
+//! "database" (a memory backend) seen by every node through a per-node
+//! wrapper that injects the node's storage faults and its cut-offs from the
+//! database, one placement store whose changes are recorded, and the
+//! observations the invariants read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
 use kelpie_core::env::BoxFuture;
-use kelpie_core::{ActorId, Error, NodeId, Result};
+use kelpie_core::{ActorId, Clock, Error, NodeId, Result};
 use kelpie_dst::properties::{
     LeaseEvent, ObservedActivation, ObservedCommit, ObservedFence, ObservedPlacement, Phase, VersionedValue,
 };
 use kelpie_dst::SimNode;
-use kelpie_registry::{CasResult, PlacementRecord, PlacementStore};
+use kelpie_registry::{CasResult, PlacementRecord, PlacementStore, StoragePlacementStore};
 use kelpie_storage::types::{CommitRequest, StoredRows};
 use kelpie_storage::{
-    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Versioned,
+    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Storage, Versioned,
 };
 
 /// Key under which the runtime stores an actor's serialized state.
@@ -39,6 +41,8 @@ pub struct Observations {
     pub acknowledged: BTreeMap<(ActorId, u64), VersionedValue<(String, u64)>>,
     /// Invocations refused because their activation had been fenced off (zombies caught).
     pub fenced_count: u64,
+    /// Acknowledged invocations served on another node than the client's (forwarded).
+    pub forwarded_count: u64,
 }
 
 /// The database every node shares, recording each accepted fenced commit.
@@ -91,16 +95,42 @@ impl SharedDatabase {
     }
 }
 
+/// One node's connection to the database: while cut, every call the node
+/// makes to it (storage, placements, node table) fails, as across a
+/// network partition between the node and the database.
+#[derive(Clone, Default)]
+pub struct DatabaseLink(Arc<AtomicBool>);
+
+impl DatabaseLink {
+    pub fn set_cut(&self, cut: bool) {
+        self.0.store(cut, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Fails with a retriable storage error while the link is cut.
+    pub fn check(&self, operation: &'static str) -> Result<()> {
+        if self.is_cut() {
+            return Err(Error::StorageIo { operation, reason: "cut off from the database".to_string() });
+        }
+        Ok(())
+    }
+}
+
 /// One node's view of the shared database: every call first passes the
-/// node's simulated disk, so the node's storage faults (read failures,
-/// latency) and crashes hit its database calls too.
+/// node's link and simulated disk, so the node's cut-offs, storage faults
+/// (read failures, latency) and crashes hit its database calls too.
 pub struct NodeBackend {
     pub database: Arc<SharedDatabase>,
     pub node: SimNode,
+    pub link: DatabaseLink,
 }
 
 impl NodeBackend {
     async fn probe(&self, operation: &'static str) -> Result<()> {
+        self.link.check(operation)?;
         let outcome = self.node.storage().get(b"db-link").await;
         outcome.map(|_| ()).map_err(|e| Error::StorageIo { operation, reason: e.to_string() })
     }
@@ -209,6 +239,22 @@ pub struct RecordingPlacementStore {
     pub inner: Arc<dyn PlacementStore>,
     pub observations: Arc<Mutex<Observations>>,
     pub lease_ms: u64,
+    /// The clock lease events are stamped with: `None` for the deciding
+    /// registry's own clock (the record's instants), or the true time, so a
+    /// lease decided on a skewed clock shows up as overlapping in truth.
+    pub truth: Option<Arc<dyn Clock>>,
+}
+
+impl RecordingPlacementStore {
+    /// The placement table of `database`, written through an unfaulted
+    /// handle (it stands for the database's own table, the one fenced
+    /// commits check), recording into the database's observations.
+    pub fn on(database: &Arc<SharedDatabase>, lease_ms: u64, truth: Option<Arc<dyn Clock>>) -> Arc<Self> {
+        let direct = Storage::from_backend(SharedDatabase::direct(database));
+        let inner: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
+        let observations = Arc::clone(&database.observations);
+        Arc::new(RecordingPlacementStore { inner, observations, lease_ms, truth })
+    }
 }
 
 impl PlacementStore for RecordingPlacementStore {
@@ -224,10 +270,12 @@ impl PlacementStore for RecordingPlacementStore {
         let inner = Arc::clone(&self.inner);
         let observations = Arc::clone(&self.observations);
         let lease_ms = self.lease_ms;
+        let truth = self.truth.clone();
         Box::pin(async move {
             let result = inner.compare_and_set(expected.clone(), next.clone()).await?;
             if result == CasResult::Applied {
-                let event = lease_event(expected.as_ref(), &next, lease_ms);
+                let granted_at_ms = truth.map(|clock| clock.wall_ms());
+                let event = lease_event(expected.as_ref(), &next, lease_ms, granted_at_ms);
                 let mut observed = lock(&observations);
                 observed.lease_events.push(event);
                 observed.directory.insert(next.actor_id.clone(), next);
@@ -237,20 +285,26 @@ impl PlacementStore for RecordingPlacementStore {
     }
 }
 
+/// The lease event of an applied change; a grant is stamped `granted_at_ms`
+/// if given, else at the instant the record's own expiry implies.
 fn lease_event(
     expected: Option<&PlacementRecord>,
     next: &PlacementRecord,
     lease_ms: u64,
+    granted_at_ms: Option<u64>,
 ) -> LeaseEvent<ActorId, NodeId> {
     let actor = next.actor_id.clone();
     match &next.holder {
-        Some(holder) => LeaseEvent::Granted {
-            actor,
-            node: holder.node_id.clone(),
-            epoch: next.epoch,
-            granted_at_ms: holder.lease_expires_at_ms - lease_ms,
-            expires_at_ms: holder.lease_expires_at_ms,
-        },
+        Some(holder) => {
+            let granted_at_ms = granted_at_ms.unwrap_or(holder.lease_expires_at_ms - lease_ms);
+            LeaseEvent::Granted {
+                actor,
+                node: holder.node_id.clone(),
+                epoch: next.epoch,
+                granted_at_ms,
+                expires_at_ms: granted_at_ms + lease_ms,
+            }
+        }
         None => {
             let holder = expected.and_then(|r| r.holder.as_ref()).expect("a release had a holder");
             LeaseEvent::Released { actor, node: holder.node_id.clone(), epoch: next.epoch }
