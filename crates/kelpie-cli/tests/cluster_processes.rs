@@ -11,18 +11,16 @@
 //! request sent after the kill for an agent the dead node served) is
 //! measured and printed.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kelpie_core::limits::LEASE_DURATION_MS;
-use kelpie_server::llm::fake::FakeLlm;
-use kelpie_storage::test_support::PostgresServer;
-use serde_json::{json, Value};
+use support::{cluster_members, create_agent, history_turns, send_message, Harness, Lcg, NodeProcess};
 
 const NODES_COUNT: usize = 3;
 const AGENTS_COUNT: usize = 200;
@@ -35,6 +33,7 @@ const DOWN_MS: u64 = 12_000;
 const FROZEN_MS: u64 = LEASE_DURATION_MS + 4_000;
 /// Workload after the last fault.
 const COOLDOWN_MS: u64 = 6_000;
+<<<<<<< HEAD
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 const STARTUP_TIMEOUT_MS: u64 = 60_000;
 /// Reads of one agent's history before giving up (a retriable error can
@@ -109,6 +108,10 @@ impl Drop for NodeProcess {
         }
     }
 }
+=======
+/// A client's pause after a failed request.
+const RETRY_PAUSE_MS: u64 = 50;
+>>>>>>> i7-partition-bench
 
 /// What the clients saw.
 #[derive(Default)]
@@ -121,52 +124,23 @@ struct Ledger {
     errors: u64,
 }
 
-/// A small deterministic generator so a run's choices are reproducible.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % below as u64) as usize
-    }
-}
-
 #[test]
 fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message() {
-    let Some(postgres) = PostgresServer::start().expect("start PostgreSQL") else { return };
-    let database_url = postgres.create_database("cluster_processes").expect("create database");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let fake = runtime.block_on(FakeLlm::start("127.0.0.1:0".parse().unwrap())).expect("fake LLM");
-    let llm_url = fake.base_url();
-    let dir = tempfile::tempdir().unwrap();
+    let Some(harness) = Harness::start() else { return };
+    let database_url = harness.database("cluster_processes");
+    let (runtime, client) = (&harness.runtime, &harness.client);
 
-    let mut nodes: Vec<NodeProcess> = (0..NODES_COUNT)
-        .map(|i| NodeProcess {
-            name: format!("n{}", i + 1),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            advertise: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            child: None,
-        })
-        .collect();
+    let mut nodes: Vec<NodeProcess> = (1..=NODES_COUNT).map(|i| NodeProcess::new(&format!("n{i}"))).collect();
     for node in &mut nodes {
-        node.spawn(&database_url, &llm_url, dir.path());
+        harness.spawn(node, &database_url);
     }
-    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
-    let client =
-        reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)).build().unwrap();
+    let urls: Vec<String> = nodes.iter().map(NodeProcess::url).collect();
 
     // Every node sees all three, active and live.
-    let view: Value = runtime.block_on(async {
-        client.get(format!("{}/v1/cluster/nodes", urls[0])).send().await.unwrap().json().await.unwrap()
-    });
-    let names: Vec<&str> =
-        view["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
-    assert_eq!(names, ["n1", "n2", "n3"], "{view}");
-    assert!(view["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|n| n["status"] == "active" && n["liveness"] == "live"));
+    let members = runtime.block_on(cluster_members(client, &urls[0]));
+    let expected: Vec<(String, String, String)> =
+        ["n1", "n2", "n3"].iter().map(|n| (n.to_string(), "active".into(), "live".into())).collect();
+    assert_eq!(members, expected);
     let status = Command::new(env!("CARGO_BIN_EXE_kelpie"))
         .args(["cluster", "status", "--url", &urls[1]])
         .output()
@@ -181,17 +155,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     let agents: Vec<String> = runtime.block_on(async {
         let mut agents = Vec::new();
         for i in 0..AGENTS_COUNT {
-            let body = json!({"name": format!("agent-{i}"), "memory_blocks": [{"label": "human", "value": "tester"}]});
-            let created: Value = client
-                .post(format!("{}/v1/agents/", urls[i % NODES_COUNT]))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            agents.push(created["id"].as_str().expect("agent id").to_string());
+            agents.push(create_agent(client, &urls[i % NODES_COUNT], &format!("agent-{i}")).await);
         }
         agents
     });
@@ -211,6 +175,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                     let url = &urls[rng.next(urls.len())];
                     let text = format!("m{}", sequence.fetch_add(1, Ordering::SeqCst));
                     ledger.lock().unwrap().sent.insert(text.clone(), (agent.clone(), false));
+<<<<<<< HEAD
                     let body = json!({"messages": [{"role": "user", "content": text}]});
                     let sent_at = Instant::now();
                     let sent =
@@ -240,6 +205,17 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                             ledger.lock().unwrap().errors += 1;
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
+=======
+                    let delivery = send_message(&client, url, agent, &text).await;
+                    if delivery.acked {
+                        let by = delivery.served_by.unwrap_or_else(|| "?".to_string());
+                        let mut ledger = ledger.lock().unwrap();
+                        ledger.sent.insert(text, (agent.clone(), true));
+                        ledger.served.push((Instant::now(), agent.clone(), by));
+                    } else {
+                        ledger.lock().unwrap().errors += 1;
+                        tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+>>>>>>> i7-partition-bench
                     }
                 }
             })
@@ -249,7 +225,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     std::thread::sleep(Duration::from_millis(WARMUP_MS));
     // SIGKILL n3; remember which agents it was serving.
     let killed_at = Instant::now();
-    let dead_agents: std::collections::BTreeSet<String> = {
+    let dead_agents: BTreeSet<String> = {
         let ledger = ledger.lock().unwrap();
         let mut last_server = BTreeMap::new();
         for (_, _, agent, by) in &ledger.served {
@@ -260,7 +236,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     assert!(!dead_agents.is_empty(), "n3 served some agents before the kill");
     nodes[2].kill();
     std::thread::sleep(Duration::from_millis(DOWN_MS));
-    nodes[2].spawn(&database_url, &llm_url, dir.path());
+    harness.spawn(&mut nodes[2], &database_url);
 
     // SIGSTOP n2 past its leases, then let it run again as a zombie.
     std::thread::sleep(Duration::from_millis(WARMUP_MS));
@@ -295,9 +271,10 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     assert!(acked > 100, "the workload made progress: {acked}");
 
     // Every agent's history, read through the nodes in turn.
-    let histories: BTreeMap<String, Vec<Value>> = runtime.block_on(async {
+    let histories: BTreeMap<String, Vec<(String, String)>> = runtime.block_on(async {
         let mut histories = BTreeMap::new();
         for (i, agent) in agents.iter().enumerate() {
+<<<<<<< HEAD
             let mut last = None;
             for attempt in 0..HISTORY_READ_ATTEMPTS_COUNT_MAX {
                 let url = &urls[(i + attempt) % NODES_COUNT];
@@ -316,21 +293,16 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             assert!(histories.contains_key(agent), "history of {agent} unreadable: {last:?}");
+=======
+            histories.insert(agent.clone(), history_turns(client, &urls[i % NODES_COUNT], agent).await);
+>>>>>>> i7-partition-bench
         }
         histories
     });
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (agent, history) in &histories {
-        let turns: Vec<(&str, String)> = history
-            .iter()
-            .filter_map(|m| {
-                let kind = m["message_type"].as_str()?;
-                let text = m["content"].as_str()?.to_string();
-                matches!(kind, "user_message" | "assistant_message").then_some((kind, text))
-            })
-            .collect();
+    for (agent, turns) in &histories {
         for (index, (kind, text)) in turns.iter().enumerate() {
-            if *kind != "user_message" || !text.starts_with('m') {
+            if kind != "user_message" || !text.starts_with('m') {
                 continue;
             }
             *seen.entry(text.clone()).or_default() += 1;
@@ -339,10 +311,9 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                 Some(agent.as_str()),
                 "{text} in {agent}"
             );
-            let next = turns.get(index + 1);
             assert_eq!(
-                next,
-                Some(&("assistant_message", format!("echo: {text}"))),
+                turns.get(index + 1),
+                Some(&("assistant_message".to_string(), format!("echo: {text}"))),
                 "{agent}: the turn of {text} is followed by its own reply, not another turn"
             );
         }
@@ -357,8 +328,6 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     }
 
     for node in &mut nodes {
-        node.signal("-TERM");
-        let status = node.child.take().unwrap().wait().unwrap();
-        assert!(status.success(), "{} left cleanly: {status:?}", node.name);
+        node.stop_cleanly();
     }
 }

@@ -1,0 +1,277 @@
+//! The harness shared by the multi-process cluster tests and the cluster
+//! benchmark: a real PostgreSQL, the fake LLM in this process, real
+//! `kelpie serve --cluster` processes on loopback (spawned, signalled,
+//! killed), a fault-injecting TCP proxy, and the client calls the tests make
+//! (create an agent, send a message and see who served it, read a history).
+//!
+//! Tests include it with `mod support;`, benches with
+//! `#[path = "../tests/support/mod.rs"] mod support;`. Each includer uses a
+//! part of it, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kelpie_server::llm::fake::FakeLlm;
+use kelpie_storage::test_support::PostgresServer;
+use serde_json::{json, Value};
+
+/// Upper bound on one HTTP request of a client; only to avoid hangs.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Upper bound on a node's start-up (until it listens for HTTP).
+pub const STARTUP_TIMEOUT_MS: u64 = 60_000;
+/// Largest history the tests read back in one request.
+pub const HISTORY_MESSAGES_COUNT_MAX: usize = 1_000;
+/// Worker threads of the in-process runtime (fake LLM, proxies, clients).
+const RUNTIME_WORKER_THREADS_COUNT: usize = 2;
+
+/// A free TCP port on 127.0.0.1 (free when asked; taken again only by us).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// 127.0.0.1 on a free port.
+pub fn free_loopback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// What every cluster run needs besides its nodes: PostgreSQL, the fake
+/// LLM, a tokio runtime for clients and proxies, a data directory and an
+/// HTTP client.
+pub struct Harness {
+    pub postgres: PostgresServer,
+    pub runtime: tokio::runtime::Runtime,
+    /// Kept alive for the nodes; they reach it at `llm_url`.
+    pub fake: FakeLlm,
+    pub llm_url: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Harness {
+    /// `None` when this machine has no PostgreSQL binaries (the caller skips).
+    pub fn start() -> Option<Harness> {
+        let postgres = PostgresServer::start().expect("start PostgreSQL")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_WORKER_THREADS_COUNT)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fake = runtime.block_on(FakeLlm::start("127.0.0.1:0".parse().unwrap())).expect("fake LLM");
+        let llm_url = fake.base_url();
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)).build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Some(Harness { postgres, runtime, fake, llm_url, dir, client })
+    }
+
+    /// A fresh database; returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        self.postgres.create_database(name).expect("create database")
+    }
+
+    /// Starts `node` against `database_url` and waits until it serves HTTP.
+    pub fn spawn(&self, node: &mut NodeProcess, database_url: &str) {
+        node.spawn(database_url, &self.llm_url, self.dir.path());
+    }
+}
+
+/// One `kelpie serve --cluster` process.
+pub struct NodeProcess {
+    pub name: String,
+    pub http: SocketAddr,
+    /// The transport address other nodes are told (in the node table).
+    pub advertise: SocketAddr,
+    /// Where the transport listens, when not on `advertise` (a proxy sits
+    /// in between).
+    pub listen: Option<SocketAddr>,
+    pub child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// A node named `name` on free loopback ports, not started.
+    pub fn new(name: &str) -> NodeProcess {
+        NodeProcess {
+            name: name.to_string(),
+            http: free_loopback_addr(),
+            advertise: free_loopback_addr(),
+            listen: None,
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Starts the process and waits until it listens for HTTP.
+    pub fn spawn(&mut self, database_url: &str, llm_url: &str, data_dir: &Path) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelpie"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.args(["serve", "--cluster", "--database-url", database_url, "--node-id", &self.name])
+            .args(["--advertise", &self.advertise.to_string(), "--bind", &self.http.to_string()])
+            .args(["--data-dir", data_dir.join(&self.name).to_str().unwrap()]);
+        if let Some(listen) = self.listen {
+            cmd.args(["--cluster-listen", &listen.to_string()]);
+        }
+        let mut child = cmd
+            .env("OPENAI_BASE_URL", llm_url)
+            .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
+            .env("KELPIE_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kelpie");
+        let stderr = child.stderr.take().unwrap();
+        self.child = Some(child);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on http://") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                if line.contains("ERROR") || line.contains("panicked") {
+                    eprintln!("[{name}] {line}");
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_millis(STARTUP_TIMEOUT_MS)).expect("node never listened");
+    }
+
+    /// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal}");
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.take().unwrap().wait();
+    }
+
+    /// SIGTERM (leave the cluster, drain), then asserts a clean exit.
+    pub fn stop_cleanly(&mut self) {
+        self.signal("-TERM");
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "{} left cleanly: {status:?}", self.name);
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The answer to one `POST /v1/agents/{id}/messages`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// A success status whose reply echoes the text: the message is committed.
+    pub acked: bool,
+    /// `x-kelpie-served-by`, when the node answered at all.
+    pub served_by: Option<String>,
+}
+
+/// Creates an agent with one `human` block through `url`; returns its id.
+pub async fn create_agent(client: &reqwest::Client, url: &str, name: &str) -> String {
+    let body = json!({"name": name, "memory_blocks": [{"label": "human", "value": "tester"}]});
+    let response = client.post(format!("{url}/v1/agents/")).json(&body).send().await.expect("create agent");
+    assert!(response.status().is_success(), "create {name} through {url}: {}", response.status());
+    let created: Value = response.json().await.expect("agent JSON");
+    created["id"].as_str().expect("agent id").to_string()
+}
+
+/// Sends `text` to `agent` through `url`. Transport errors and error
+/// statuses are unacknowledged deliveries, not panics: they are what the
+/// fault tests provoke.
+pub async fn send_message(client: &reqwest::Client, url: &str, agent: &str, text: &str) -> Delivery {
+    let body = json!({"messages": [{"role": "user", "content": text}]});
+    let Ok(response) = client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await
+    else {
+        return Delivery { acked: false, served_by: None };
+    };
+    let served_by =
+        response.headers().get("x-kelpie-served-by").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if !response.status().is_success() {
+        return Delivery { acked: false, served_by };
+    }
+    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    let acked = reply["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["message_type"] == "assistant_message" && m["content"] == format!("echo: {text}"));
+    Delivery { acked, served_by }
+}
+
+/// The user and assistant messages of `agent`'s history, oldest first, as
+/// `(message_type, content)`.
+pub async fn history_turns(client: &reqwest::Client, url: &str, agent: &str) -> Vec<(String, String)> {
+    let messages: Value = client
+        .get(format!("{url}/v1/agents/{agent}/messages?limit={HISTORY_MESSAGES_COUNT_MAX}&order=asc"))
+        .send()
+        .await
+        .expect("read history")
+        .json()
+        .await
+        .expect("history JSON");
+    let messages = messages.as_array().expect("message list");
+    assert!(messages.len() < HISTORY_MESSAGES_COUNT_MAX, "{agent}: history longer than one page");
+    messages
+        .iter()
+        .filter_map(|m| {
+            let kind = m["message_type"].as_str()?;
+            let text = m["content"].as_str()?.to_string();
+            matches!(kind, "user_message" | "assistant_message").then(|| (kind.to_string(), text))
+        })
+        .collect()
+}
+
+/// `GET /v1/cluster/nodes` through `url`: `(node_id, status, liveness)`
+/// of every member, in the order the node lists them.
+pub async fn cluster_members(client: &reqwest::Client, url: &str) -> Vec<(String, String, String)> {
+    let view: Value = client
+        .get(format!("{url}/v1/cluster/nodes"))
+        .send()
+        .await
+        .expect("cluster view")
+        .json()
+        .await
+        .expect("cluster view JSON");
+    let field = |node: &Value, name: &str| node[name].as_str().unwrap_or("?").to_string();
+    view["nodes"]
+        .as_array()
+        .expect("node list")
+        .iter()
+        .map(|node| (field(node, "node_id"), field(node, "status"), field(node, "liveness")))
+        .collect()
+}
+
+/// A small deterministic generator so a run's choices are reproducible.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, below: usize) -> usize {
+        assert!(below > 0);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % below as u64) as usize
+    }
+}
