@@ -33,85 +33,8 @@ const DOWN_MS: u64 = 12_000;
 const FROZEN_MS: u64 = LEASE_DURATION_MS + 4_000;
 /// Workload after the last fault.
 const COOLDOWN_MS: u64 = 6_000;
-<<<<<<< HEAD
-const REQUEST_TIMEOUT_MS: u64 = 30_000;
-const STARTUP_TIMEOUT_MS: u64 = 60_000;
-/// Reads of one agent's history before giving up (a retriable error can
-/// meet an agent that is moving).
-const HISTORY_READ_ATTEMPTS_COUNT_MAX: usize = 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct NodeProcess {
-    name: String,
-    http: SocketAddr,
-    advertise: SocketAddr,
-    child: Option<Child>,
-}
-
-impl NodeProcess {
-    fn spawn(&mut self, database_url: &str, llm_url: &str, data_dir: &std::path::Path) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelpie"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .args(["serve", "--cluster", "--database-url", database_url, "--node-id", &self.name])
-            .args(["--advertise", &self.advertise.to_string(), "--bind", &self.http.to_string()])
-            .args(["--data-dir", data_dir.join(&self.name).to_str().unwrap()])
-            .env("OPENAI_BASE_URL", llm_url)
-            .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
-            .env("KELPIE_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kelpie");
-        self.child = Some(child);
-        let stderr = self.child.as_mut().unwrap().stderr.take().unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            let mut ready = Some(ready_tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on http://") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                if line.contains("ERROR") || line.contains("panicked") {
-                    eprintln!("[{name}] {line}");
-                }
-            }
-        });
-        ready_rx.recv_timeout(Duration::from_millis(STARTUP_TIMEOUT_MS)).expect("node never listened");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal}");
-    }
-
-    fn kill(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.take().unwrap().wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-=======
 /// A client's pause after a failed request.
 const RETRY_PAUSE_MS: u64 = 50;
->>>>>>> i7-partition-bench
 
 /// What the clients saw.
 #[derive(Default)]
@@ -175,47 +98,16 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
                     let url = &urls[rng.next(urls.len())];
                     let text = format!("m{}", sequence.fetch_add(1, Ordering::SeqCst));
                     ledger.lock().unwrap().sent.insert(text.clone(), (agent.clone(), false));
-<<<<<<< HEAD
-                    let body = json!({"messages": [{"role": "user", "content": text}]});
                     let sent_at = Instant::now();
-                    let sent =
-                        client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await;
-                    match sent {
-                        Ok(response) if response.status().is_success() => {
-                            let by = response
-                                .headers()
-                                .get("x-kelpie-served-by")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("?")
-                                .to_string();
-                            let reply: Value = response.json().await.unwrap_or(Value::Null);
-                            let echoed = reply["messages"].as_array().into_iter().flatten().any(|m| {
-                                m["message_type"] == "assistant_message"
-                                    && m["content"] == format!("echo: {text}")
-                            });
-                            let mut ledger = ledger.lock().unwrap();
-                            if echoed {
-                                ledger.sent.insert(text, (agent.clone(), true));
-                                ledger.served.push((sent_at, Instant::now(), agent.clone(), by));
-                            } else {
-                                ledger.errors += 1;
-                            }
-                        }
-                        _ => {
-                            ledger.lock().unwrap().errors += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-=======
                     let delivery = send_message(&client, url, agent, &text).await;
                     if delivery.acked {
                         let by = delivery.served_by.unwrap_or_else(|| "?".to_string());
                         let mut ledger = ledger.lock().unwrap();
                         ledger.sent.insert(text, (agent.clone(), true));
-                        ledger.served.push((Instant::now(), agent.clone(), by));
+                        ledger.served.push((sent_at, Instant::now(), agent.clone(), by));
                     } else {
                         ledger.lock().unwrap().errors += 1;
                         tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
->>>>>>> i7-partition-bench
                     }
                 }
             })
@@ -274,28 +166,7 @@ fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message(
     let histories: BTreeMap<String, Vec<(String, String)>> = runtime.block_on(async {
         let mut histories = BTreeMap::new();
         for (i, agent) in agents.iter().enumerate() {
-<<<<<<< HEAD
-            let mut last = None;
-            for attempt in 0..HISTORY_READ_ATTEMPTS_COUNT_MAX {
-                let url = &urls[(i + attempt) % NODES_COUNT];
-                let response = client
-                    .get(format!("{url}/v1/agents/{agent}/messages?limit=1000&order=asc"))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = response.status();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                if let (true, Some(messages)) = (status.is_success(), body.as_array()) {
-                    histories.insert(agent.clone(), messages.clone());
-                    break;
-                }
-                last = Some((status, body));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            assert!(histories.contains_key(agent), "history of {agent} unreadable: {last:?}");
-=======
             histories.insert(agent.clone(), history_turns(client, &urls[i % NODES_COUNT], agent).await);
->>>>>>> i7-partition-bench
         }
         histories
     });

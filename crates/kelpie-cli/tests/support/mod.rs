@@ -28,6 +28,10 @@ pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub const STARTUP_TIMEOUT_MS: u64 = 60_000;
 /// Largest history the tests read back in one request.
 pub const HISTORY_MESSAGES_COUNT_MAX: usize = 1_000;
+/// Reads of one agent's history before giving up.
+pub const HISTORY_READ_ATTEMPTS_COUNT_MAX: usize = 20;
+/// Pause before reading a history again after a retriable error.
+const HISTORY_RETRY_PAUSE_MS: u64 = 200;
 /// Worker threads of the in-process runtime (fake LLM, proxies, clients).
 const RUNTIME_WORKER_THREADS_COUNT: usize = 2;
 
@@ -223,26 +227,34 @@ pub async fn send_message(client: &reqwest::Client, url: &str, agent: &str, text
 }
 
 /// The user and assistant messages of `agent`'s history, oldest first, as
-/// `(message_type, content)`.
+/// `(message_type, content)`. A read that meets the agent mid-move (a
+/// retriable error) is tried again, at most [`HISTORY_READ_ATTEMPTS_COUNT_MAX`] times.
 pub async fn history_turns(client: &reqwest::Client, url: &str, agent: &str) -> Vec<(String, String)> {
-    let messages: Value = client
-        .get(format!("{url}/v1/agents/{agent}/messages?limit={HISTORY_MESSAGES_COUNT_MAX}&order=asc"))
-        .send()
-        .await
-        .expect("read history")
-        .json()
-        .await
-        .expect("history JSON");
-    let messages = messages.as_array().expect("message list");
-    assert!(messages.len() < HISTORY_MESSAGES_COUNT_MAX, "{agent}: history longer than one page");
-    messages
-        .iter()
-        .filter_map(|m| {
-            let kind = m["message_type"].as_str()?;
-            let text = m["content"].as_str()?.to_string();
-            matches!(kind, "user_message" | "assistant_message").then(|| (kind.to_string(), text))
-        })
-        .collect()
+    let mut last = None;
+    for _ in 0..HISTORY_READ_ATTEMPTS_COUNT_MAX {
+        let response = client
+            .get(format!("{url}/v1/agents/{agent}/messages?limit={HISTORY_MESSAGES_COUNT_MAX}&order=asc"))
+            .send()
+            .await
+            .expect("read history");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let Some(messages) = body.as_array().filter(|_| status.is_success()) else {
+            last = Some((status, body));
+            tokio::time::sleep(Duration::from_millis(HISTORY_RETRY_PAUSE_MS)).await;
+            continue;
+        };
+        assert!(messages.len() < HISTORY_MESSAGES_COUNT_MAX, "{agent}: history longer than one page");
+        return messages
+            .iter()
+            .filter_map(|m| {
+                let kind = m["message_type"].as_str()?;
+                let text = m["content"].as_str()?.to_string();
+                matches!(kind, "user_message" | "assistant_message").then(|| (kind.to_string(), text))
+            })
+            .collect();
+    }
+    panic!("history of {agent} unreadable: {last:?}");
 }
 
 /// `GET /v1/cluster/nodes` through `url`: `(node_id, status, liveness)`
