@@ -176,6 +176,12 @@ async fn serve<A: Actor>(
             biased;
             command = inbox.recv() => match command {
                 Some(Command::Invoke { message, reply }) => {
+                    // A node that was paused or cut off wakes with the renewal
+                    // overdue and this message already queued: renew first, so
+                    // a lost lease stops it here rather than at the fence.
+                    if shared.env.clock.monotonic_ms().saturating_sub(active.last_renewal_ms) >= renew_ms {
+                        renew(shared, actor_id, active).await;
+                    }
                     let _ = reply.send(invoke(shared, actor_id, active, message).await);
                     active.last_activity_ms = shared.env.clock.monotonic_ms();
                 }
