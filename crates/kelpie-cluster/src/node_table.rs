@@ -6,12 +6,10 @@
 //! PostgreSQL [`NodeStore`].
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use kelpie_core::env::BoxFuture;
 use kelpie_core::NodeId;
-use tokio_postgres::NoTls;
 
 use crate::error::{ClusterError, ClusterResult};
 use crate::membership::{NodeRow, NodeStatus};
@@ -53,13 +51,7 @@ pub struct NodeTable {
 impl NodeTable {
     /// Connects to `url` and creates the table if it does not exist.
     pub async fn connect(url: &str) -> ClusterResult<Self> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|err| ClusterError::Database { operation: "parse url", reason: err.to_string() })?;
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(NODE_TABLE_POOL_CONNECTIONS_COUNT_MAX)
-            .build()
+        let pool = kelpie_storage::connect_pool(url, NODE_TABLE_POOL_CONNECTIONS_COUNT_MAX)
             .map_err(|err| ClusterError::Database { operation: "create pool", reason: err.to_string() })?;
         let table = NodeTable { pool };
         table.migrate().await?;

@@ -35,7 +35,7 @@ pub mod wal;
 
 pub use backend::{Backend, BoxFut};
 pub use memory::MemoryBackend;
-pub use postgres::{LeasedPlacement, PostgresBackend};
+pub use postgres::{connect_pool, LeasedPlacement, PostgresBackend};
 pub use redb_store::RedbBackend;
 pub use storage::{Storage, Transaction};
 pub use types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, Versioned};

@@ -22,6 +22,7 @@
 
 use std::ops::Bound;
 use std::str::FromStr;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use kelpie_core::{ActorId, Error, NodeId, Result};
@@ -30,7 +31,10 @@ use tokio_postgres::NoTls;
 
 use crate::backend::{Backend, BoxFut};
 use crate::commit_check::{check_commit, CommitObservation};
-use crate::limits::{POSTGRES_POOL_CONNECTIONS_COUNT_MAX, SCAN_ROWS_COUNT_MAX};
+use crate::limits::{
+    POSTGRES_CONNECT_TIMEOUT_MS, POSTGRES_POOL_CONNECTIONS_COUNT_MAX, POSTGRES_POOL_WAIT_TIMEOUT_MS,
+    POSTGRES_TCP_USER_TIMEOUT_MS, SCAN_ROWS_COUNT_MAX,
+};
 use crate::placement::{check_put, decide_claim};
 use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
 
@@ -83,6 +87,31 @@ fn to_i64(value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::validation("placement.epoch", format!("{value} exceeds i64")))
 }
 
+/// A pool of at most `size` connections to `url` (a `postgres://` URL or
+/// key=value string) whose every wait is bounded: connecting
+/// ([`POSTGRES_CONNECT_TIMEOUT_MS`]), waiting for a pooled connection
+/// ([`POSTGRES_POOL_WAIT_TIMEOUT_MS`]) and unacknowledged traffic on an open
+/// one ([`POSTGRES_TCP_USER_TIMEOUT_MS`]), so a cut-off database fails
+/// calls instead of hanging them. Connects lazily.
+pub fn connect_pool(url: &str, size: usize) -> Result<Pool> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|err| Error::validation("database_url", err.to_string()))?;
+    config
+        .connect_timeout(Duration::from_millis(POSTGRES_CONNECT_TIMEOUT_MS))
+        .tcp_user_timeout(Duration::from_millis(POSTGRES_TCP_USER_TIMEOUT_MS))
+        .keepalives(true);
+    let manager =
+        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let wait = Some(Duration::from_millis(POSTGRES_POOL_WAIT_TIMEOUT_MS));
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(wait)
+        .create_timeout(wait)
+        .build()
+        .map_err(|err| Error::StorageIo { operation: "create pool", reason: err.to_string() })
+}
+
 /// The backend handle: a pool of connections to one database.
 pub struct PostgresBackend {
     pool: Pool,
@@ -92,14 +121,7 @@ impl PostgresBackend {
     /// Connects to `url` (a `postgres://` URL or key=value string) and
     /// creates or migrates the schema.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|err| Error::validation("database_url", err.to_string()))?;
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(POSTGRES_POOL_CONNECTIONS_COUNT_MAX)
-            .build()
-            .map_err(|err| Error::StorageIo { operation: "create pool", reason: err.to_string() })?;
+        let pool = connect_pool(url, POSTGRES_POOL_CONNECTIONS_COUNT_MAX)?;
         let backend = PostgresBackend { pool };
         backend.migrate().await?;
         Ok(backend)
