@@ -185,3 +185,22 @@ def test_custom_tool_created_attached_and_called(client):
     client.tools.delete(tool.id)
     with pytest.raises(NotFoundError):
         client.tools.retrieve(tool.id)
+
+
+def test_export_then_import_through_the_client(client):
+    agent = _agent(client, "py-export", ["py"])
+    client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "remember me"}])
+    exported = client.agents.export_file(agent.id)
+    assert isinstance(exported, str) and agent.id in exported
+
+    imported = client.agents.import_file(file=("agent.json", exported.encode(), "application/json"))
+    assert len(imported.agent_ids) == 1
+    copy_id = imported.agent_ids[0]
+    assert copy_id != agent.id
+    copy = client.agents.retrieve(copy_id)
+    assert copy.name == "py-export_copy", "Letta appends _copy unless told not to"
+    assert client.agents.blocks.retrieve("human", agent_id=copy_id).value == "Name: Ana."
+    texts = [(m.message_type, m.content) for m in client.agents.messages.list(copy_id, order="asc")]
+    assert texts == [("user_message", "remember me"), ("assistant_message", "echo: remember me")]
+    client.agents.delete(copy_id)
+    client.agents.delete(agent.id)
