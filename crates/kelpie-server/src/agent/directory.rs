@@ -95,11 +95,16 @@ pub fn next_stamp(last: u64, now_ms: u64) -> u64 {
 }
 
 /// Merges the shards' entries (each in stamp order) into one list in
-/// creation order.
+/// creation order. Stamps from one server never repeat; two servers of a
+/// cluster may give the same stamp in one millisecond, and such ties are
+/// ordered by id, so every listing agrees.
 pub fn merge_shards(shards: Vec<Vec<StampedEntry>>) -> Vec<DirectoryEntry> {
+    assert!(
+        shards.iter().all(|shard| shard.windows(2).all(|pair| pair[0].stamp < pair[1].stamp)),
+        "a shard lists its entries in stamp order"
+    );
     let mut all: Vec<StampedEntry> = shards.into_iter().flatten().collect();
-    all.sort_by_key(|stamped| stamped.stamp);
-    assert!(all.windows(2).all(|pair| pair[0].stamp < pair[1].stamp), "creation stamps are unique");
+    all.sort_by(|a, b| (a.stamp, &a.entry.id).cmp(&(b.stamp, &b.entry.id)));
     all.into_iter().map(|stamped| stamped.entry).collect()
 }
 
@@ -212,5 +217,12 @@ mod tests {
         ]);
         let ids: Vec<&str> = merged.iter().map(|entry| entry.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn equal_stamps_from_two_servers_are_ordered_by_id() {
+        let merged = merge_shards(vec![vec![stamped(7, "y"), stamped(9, "z")], vec![stamped(7, "x")]]);
+        let ids: Vec<&str> = merged.iter().map(|entry| entry.id.as_str()).collect();
+        assert_eq!(ids, ["x", "y", "z"]);
     }
 }
