@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use agent::actor::{AgentActor, AGENT_NAMESPACE};
 use agent::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
-use agent::directory::{DirectoryActor, DIRECTORY_ACTOR};
+use agent::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
 use agent::runs::{RunActor, RUN_NAMESPACE};
 use agent::service::{AgentRuntimes, AgentService};
 use agent::tool_service::ToolService;
@@ -259,7 +259,7 @@ pub fn agent_service(
                 clustered(runtime_config).map_err(service_error)?;
             let handler = NodeHandler::default()
                 .with_namespace(AGENT_NAMESPACE, Arc::new(agents.clone()))
-                .with_namespace(DIRECTORY_ACTOR.0, Arc::new(directory.clone()))
+                .with_namespace(DIRECTORY_NAMESPACE, Arc::new(directory.clone()))
                 .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(tool_store.clone()))
                 .with_namespace(RUN_NAMESPACE, Arc::new(runs.clone()))
                 .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(blocks.clone()));

@@ -222,3 +222,110 @@ async fn concurrent_creates_with_one_idempotency_key_yield_one_agent() {
     assert_eq!(detail["detail"], "Idempotency-Key must be 1..=256 bytes");
     server.shutdown().await;
 }
+
+/// Agents enough that every directory shard holds several.
+const AGENTS_ACROSS_SHARDS_COUNT: usize = 48;
+
+/// Creates agent `name` with idempotency key `name`: its id, hence its
+/// directory shard, is the same on every run.
+async fn create_keyed(server: &common::Running, name: &str, tag: &str) -> String {
+    let response = server
+        .http
+        .post(format!("{}/v1/agents/", server.base))
+        .header("Idempotency-Key", name)
+        .json(&json!({"name": name, "model": "openai-proxy/fake-gpt", "tags": [tag]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+fn listed_ids(listed: &Value) -> Vec<String> {
+    listed.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn listing_across_directory_shards_keeps_creation_order_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut ids = Vec::new();
+    for i in 0..AGENTS_ACROSS_SHARDS_COUNT {
+        ids.push(create_keyed(&server, &format!("s{i}"), "s").await);
+    }
+    let shards: std::collections::HashSet<String> =
+        ids.iter().map(|id| kelpie_server::agent::directory::shard_of(id)).collect();
+    assert_eq!(shards.len(), kelpie_server::agent::directory::DIRECTORY_SHARDS_COUNT, "{shards:?}");
+
+    let all = server.ok("GET", "/v1/agents/?limit=1000", None).await;
+    assert_eq!(listed_ids(&all), ids);
+    let mut paged = Vec::new();
+    let mut path = "/v1/agents/?limit=5".to_string();
+    loop {
+        let page = listed_ids(&server.ok("GET", &path, None).await);
+        let Some(last) = page.last() else { break };
+        path = format!("/v1/agents/?limit=5&after={last}");
+        paged.extend(page);
+    }
+    assert_eq!(paged, ids);
+    let desc = server.ok("GET", &format!("/v1/agents/?order=desc&limit=3&before={}", ids[40]), None).await;
+    assert_eq!(listed_ids(&desc), [ids[47].clone(), ids[46].clone(), ids[45].clone()]);
+    let window = server.ok("GET", &format!("/v1/agents/?after={}&before={}", ids[10], ids[14]), None).await;
+    assert_eq!(listed_ids(&window), ids[11..14]);
+    server.ok("DELETE", &format!("/v1/agents/{}", ids[20]), None).await;
+    let after_delete = listed_ids(&server.ok("GET", "/v1/agents/?limit=1000", None).await);
+    let expected: Vec<String> = ids.iter().filter(|id| **id != ids[20]).cloned().collect();
+    assert_eq!(after_delete, expected);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn created_agents_are_listed_after_a_restart_and_new_ones_come_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut ids = Vec::new();
+    for i in 0..AGENTS_ACROSS_SHARDS_COUNT / 2 {
+        ids.push(create_keyed(&server, &format!("before-{i}"), "old").await);
+    }
+    server.shutdown().await;
+
+    let restarted = common::start(dir.path(), &fake).await;
+    assert_eq!(listed_ids(&restarted.ok("GET", "/v1/agents/?limit=1000", None).await), ids);
+    for i in 0..AGENTS_ACROSS_SHARDS_COUNT / 2 {
+        ids.push(create_keyed(&restarted, &format!("after-{i}"), "new").await);
+    }
+    assert_eq!(listed_ids(&restarted.ok("GET", "/v1/agents/?limit=1000", None).await), ids);
+    let old = restarted.ok("GET", "/v1/agents/?tags=old&limit=1000", None).await;
+    assert_eq!(listed_ids(&old), ids[..AGENTS_ACROSS_SHARDS_COUNT / 2]);
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_are_each_listed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut requests = Vec::new();
+    for i in 0..AGENTS_ACROSS_SHARDS_COUNT {
+        let http = server.http.clone();
+        let url = format!("{}/v1/agents/", server.base);
+        let body = json!({"name": format!("c{i}"), "model": "openai-proxy/fake-gpt"});
+        requests.push(tokio::spawn(async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut created = Vec::new();
+    for request in requests {
+        created.push(request.await.unwrap());
+    }
+    let mut listed = listed_ids(&server.ok("GET", "/v1/agents/?limit=1000", None).await);
+    assert_eq!(listed.len(), AGENTS_ACROSS_SHARDS_COUNT);
+    listed.sort();
+    created.sort();
+    assert_eq!(listed, created);
+    server.shutdown().await;
+}

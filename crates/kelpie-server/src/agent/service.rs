@@ -1,5 +1,5 @@
 //! The agent service: every agent operation of the API, routed to the
-//! agent's actor (and the directory actor for listing). Handlers call this
+//! agent's actor (and the directory shards for listing). Handlers call this
 //! and nothing else.
 //!
 //! Message turns of one agent are serialized by a per-agent lock held for
@@ -19,7 +19,10 @@ use thiserror::Error;
 
 use super::actor::{AgentActor, AgentCommand, AgentPatch, AgentReply, BlockPatch, AGENT_NAMESPACE};
 use super::block_store::BlockStoreActor;
-use super::directory::{DirectoryActor, DirectoryCommand, DirectoryEntry, DirectoryReply, DIRECTORY_ACTOR};
+use super::directory::{
+    merge_shards, next_stamp, shard_name, shard_of, DirectoryActor, DirectoryCommand, DirectoryEntry,
+    DirectoryReply, StampedEntry, DIRECTORY_NAMESPACE, DIRECTORY_SHARDS_COUNT,
+};
 use super::letta::{
     agent_json, block_json, builtin_tool_json, custom_tool_json, letta_messages, passage_json,
     search_result_json,
@@ -110,6 +113,8 @@ pub struct AgentService {
     pub(super) blocks: Runtime<BlockStoreActor>,
     pub(super) active_runs: ActiveRuns,
     turn_locks: KeyedLocks,
+    /// The last creation stamp given out; `None` until read from the shards.
+    last_stamp: tokio::sync::Mutex<Option<u64>>,
     /// Held while a shared block changes in its store and in its agents, so
     /// two changes to one block reach every agent in the store's order.
     pub(super) block_locks: KeyedLocks,
@@ -153,6 +158,7 @@ impl AgentService {
             blocks: runtimes.blocks,
             active_runs: ActiveRuns::default(),
             turn_locks: KeyedLocks::default(),
+            last_stamp: tokio::sync::Mutex::new(None),
             block_locks: KeyedLocks::default(),
         }
     }
@@ -175,9 +181,65 @@ impl AgentService {
         Ok(self.agents.actor_ref(actor_id))
     }
 
-    pub(super) async fn directory(&self, command: DirectoryCommand) -> ServiceResult<DirectoryReply> {
-        let actor_id = ActorId::new(DIRECTORY_ACTOR.0, DIRECTORY_ACTOR.1)?;
+    /// Sends `command` to directory shard `shard`.
+    async fn directory_shard(
+        &self,
+        shard: String,
+        command: DirectoryCommand,
+    ) -> ServiceResult<DirectoryReply> {
+        let actor_id = ActorId::new(DIRECTORY_NAMESPACE, shard)?;
         Ok(self.directory.invoke(&actor_id, command).await?)
+    }
+
+    /// Lists `entry` in creation order, after every agent listed before.
+    pub(super) async fn register(&self, entry: DirectoryEntry) -> ServiceResult<()> {
+        let shard = shard_of(&entry.id);
+        let stamp = self.next_stamp().await?;
+        self.directory_shard(shard, DirectoryCommand::Register(StampedEntry { stamp, entry })).await?;
+        Ok(())
+    }
+
+    /// A creation stamp above every stamp given out or stored. The first
+    /// call reads each shard's largest stamp, so a restart (or a clock that
+    /// went back) never reorders new agents before older ones.
+    async fn next_stamp(&self) -> ServiceResult<u64> {
+        let mut last = self.last_stamp.lock().await;
+        let previous = match *last {
+            Some(previous) => previous,
+            None => {
+                let replies = futures::future::try_join_all(
+                    (0..DIRECTORY_SHARDS_COUNT)
+                        .map(|index| self.directory_shard(shard_name(index), DirectoryCommand::LastStamp)),
+                )
+                .await?;
+                let mut stored = 0;
+                for reply in replies {
+                    let DirectoryReply::LastStamp(stamp) = reply else {
+                        return Err(unexpected("last stamp"));
+                    };
+                    stored = stored.max(stamp);
+                }
+                stored
+            }
+        };
+        let stamp = next_stamp(previous, self.env.clock.wall_ms());
+        *last = Some(stamp);
+        Ok(stamp)
+    }
+
+    /// Every listed agent, in creation order.
+    async fn directory_entries(&self) -> ServiceResult<Vec<DirectoryEntry>> {
+        let replies = futures::future::try_join_all(
+            (0..DIRECTORY_SHARDS_COUNT)
+                .map(|index| self.directory_shard(shard_name(index), DirectoryCommand::List)),
+        )
+        .await?;
+        let mut shards = Vec::with_capacity(DIRECTORY_SHARDS_COUNT);
+        for reply in replies {
+            let DirectoryReply::Entries(entries) = reply else { return Err(unexpected("list")) };
+            shards.push(entries);
+        }
+        Ok(merge_shards(shards))
     }
 
     pub(super) async fn record(&self, agent_id: &str) -> ServiceResult<AgentRecord> {
@@ -285,7 +347,7 @@ impl AgentService {
         };
         // The agent exists before it is listed: a crash in between leaves an
         // agent reachable by id but not yet listed, never a listed ghost.
-        self.directory(DirectoryCommand::Register(entry)).await?;
+        self.register(entry).await?;
         Ok(self.render_agent(&created, &custom))
     }
 
@@ -300,9 +362,7 @@ impl AgentService {
         match_all: bool,
         page: &Page,
     ) -> ServiceResult<Vec<Value>> {
-        let DirectoryReply::Entries(entries) = self.directory(DirectoryCommand::List).await? else {
-            return Err(unexpected("list"));
-        };
+        let entries = self.directory_entries().await?;
         let matching: Vec<DirectoryEntry> = entries
             .into_iter()
             .filter(|entry| name.is_none_or(|name| entry.name == name))
@@ -356,7 +416,7 @@ impl AgentService {
                 name: updated.name.clone(),
                 tags: updated.tags.clone(),
             };
-            self.directory(DirectoryCommand::Update(entry)).await?;
+            self.directory_shard(shard_of(&entry.id), DirectoryCommand::Update(entry)).await?;
         }
         self.render(&updated).await
     }
@@ -364,7 +424,8 @@ impl AgentService {
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<Value> {
         let agent = self.agent_ref(agent_id)?;
         agent.invoke(AgentCommand::Get).await?;
-        self.directory(DirectoryCommand::Unregister { id: agent_id.to_string() }).await?;
+        self.directory_shard(shard_of(agent_id), DirectoryCommand::Unregister { id: agent_id.to_string() })
+            .await?;
         agent.invoke(AgentCommand::Delete).await?;
         self.unlink_agent(agent_id).await?;
         Ok(serde_json::json!({"message": format!("Agent id={agent_id} successfully deleted")}))

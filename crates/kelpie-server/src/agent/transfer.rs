@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::actor::{AgentCommand, AgentReply, ImportedAgent};
-use super::directory::{DirectoryCommand, DirectoryEntry};
+use super::directory::DirectoryEntry;
 use super::model::{AgentRecord, StoredMessage};
 use super::service::{check_name_and_tags, unexpected, AgentService, ServiceError, ServiceResult};
 use super::tool_store::ToolRecord;
@@ -99,7 +99,7 @@ impl AgentService {
         };
         let agent_id = entry.id.clone();
         self.agent_ref(&agent_id)?.invoke(AgentCommand::Import(Box::new(imported))).await?;
-        self.directory(DirectoryCommand::Register(entry)).await?;
+        self.register(entry).await?;
         Ok(json!({"agent_ids": [agent_id]}))
     }
 
