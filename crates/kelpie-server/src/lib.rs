@@ -146,6 +146,11 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
         (None, _) => (None, Placement::Local),
     };
     let (agents, handler) = agent_service(&config, &storage, &placement)?;
+    let migrated =
+        agents.migrate_legacy_directory().await.map_err(|e| ServerError::Service(e.to_string()))?;
+    if migrated > 0 {
+        tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
+    }
     let state =
         AppState { config: Arc::new(config), storage, agents: Arc::new(agents), cluster: cluster.clone() };
     if let Some(cluster) = &cluster {

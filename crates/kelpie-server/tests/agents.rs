@@ -329,3 +329,55 @@ async fn concurrent_creates_are_each_listed_once() {
     assert_eq!(listed, created);
     server.shutdown().await;
 }
+
+/// Rewrites the directory entries of `ids` the way a data dir from before
+/// the sharding held them: in one `agent-directory/all` actor, numbered in
+/// creation order.
+async fn unshard_directory(redb: &std::path::Path, ids: &[String]) {
+    use kelpie_core::ActorId;
+    use kelpie_server::agent::directory::{shard_of, DIRECTORY_NAMESPACE};
+    use kelpie_server::agent::legacy_directory::LEGACY_DIRECTORY_ID;
+    let storage = kelpie_storage::Storage::open_redb(redb).unwrap();
+    let legacy = ActorId::new(DIRECTORY_NAMESPACE, LEGACY_DIRECTORY_ID).unwrap();
+    let mut old = storage.begin(legacy);
+    for (seq, id) in ids.iter().enumerate() {
+        let shard = ActorId::new(DIRECTORY_NAMESPACE, shard_of(id)).unwrap();
+        let mut txn = storage.begin(shard);
+        let index_key = format!("u/i/{id}").into_bytes();
+        let stamp = u64::from_be_bytes(txn.get(&index_key).await.unwrap().unwrap().try_into().unwrap());
+        let order_key = format!("u/o/{stamp:016x}").into_bytes();
+        let entry = txn.get(&order_key).await.unwrap().unwrap();
+        txn.delete(index_key).unwrap();
+        txn.delete(order_key).unwrap();
+        txn.commit(None).await.unwrap();
+        old.put(format!("u/o/{seq:016x}").into_bytes(), entry).unwrap();
+        old.put(format!("u/i/{id}").into_bytes(), (seq as u64).to_be_bytes().to_vec()).unwrap();
+    }
+    old.commit(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_of_an_unsharded_directory_are_moved_into_the_shards_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(create_keyed(&server, &format!("legacy-{i}"), "old").await);
+    }
+    server.shutdown().await;
+    unshard_directory(&dir.path().join("kelpie.redb"), &ids).await;
+
+    // The next start moves them; a second start finds nothing left to move.
+    for _ in 0..2 {
+        let restarted = common::start(dir.path(), &fake).await;
+        assert_eq!(listed_ids(&restarted.ok("GET", "/v1/agents/?limit=1000", None).await), ids);
+        restarted.shutdown().await;
+    }
+    let restarted = common::start(dir.path(), &fake).await;
+    let newer = create_keyed(&restarted, "after-migration", "new").await;
+    let mut expected = ids.clone();
+    expected.push(newer);
+    assert_eq!(listed_ids(&restarted.ok("GET", "/v1/agents/?limit=1000", None).await), expected);
+    restarted.shutdown().await;
+}

@@ -7,6 +7,7 @@ pub mod block_store;
 pub mod blocks;
 pub mod directory;
 mod embed;
+pub mod legacy_directory;
 pub mod letta;
 pub mod model;
 pub mod moves;

@@ -104,7 +104,7 @@ pub struct AgentRuntimes {
 
 pub struct AgentService {
     pub(super) agents: Runtime<AgentActor>,
-    directory: Runtime<DirectoryActor>,
+    pub(super) directory: Runtime<DirectoryActor>,
     pub(super) env: Env,
     pub(super) llm: LlmClients,
     catalog: ModelCatalog,
