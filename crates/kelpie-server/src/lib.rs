@@ -181,101 +181,58 @@ pub fn agent_service(
     let env = Env::production();
     let service_error = |e: kelpie_core::Error| ServerError::Service(e.to_string());
     let runtime_config = RuntimeConfig::new(config.node_id.clone());
-    let (agents, directory, tool_store, runs, blocks, handler) = match placement {
-        Placement::Local => {
-            let registry = || -> Arc<dyn PlacementDirectory> {
-                Arc::new(Registry::new(
-                    Arc::new(StoragePlacementStore::new(storage.clone())),
-                    env.clock.clone(),
-                ))
-            };
-            let build = |runtime_config: RuntimeConfig| {
-                Ok::<_, kelpie_core::Error>((
-                    Runtime::new(
-                        AgentActor,
-                        storage.clone(),
-                        registry(),
-                        env.clone(),
-                        runtime_config.clone(),
-                    )?,
-                    Runtime::new(
-                        DirectoryActor,
-                        storage.clone(),
-                        registry(),
-                        env.clone(),
-                        runtime_config.clone(),
-                    )?,
-                    Runtime::new(
-                        ToolStoreActor,
-                        storage.clone(),
-                        registry(),
-                        env.clone(),
-                        runtime_config.clone(),
-                    )?,
-                    Runtime::new(RunActor, storage.clone(), registry(), env.clone(), runtime_config.clone())?,
-                    Runtime::new(BlockStoreActor, storage.clone(), registry(), env.clone(), runtime_config)?,
-                ))
-            };
-            let (agents, directory, tool_store, runs, blocks) =
-                build(runtime_config).map_err(service_error)?;
-            (agents, directory, tool_store, runs, blocks, NodeHandler::default())
-        }
-        Placement::Cluster { directory: placements, remote } => {
-            let remote: Arc<dyn kelpie_runtime::Remote> = remote.clone();
-            let clustered = |runtime_config: RuntimeConfig| {
-                let (p, r, e) = (placements.clone(), remote.clone(), env.clone());
-                Ok::<_, kelpie_core::Error>((
-                    Runtime::clustered(
-                        AgentActor,
-                        storage.clone(),
-                        p.clone(),
-                        e.clone(),
-                        runtime_config.clone(),
-                        r.clone(),
-                    )?,
-                    Runtime::clustered(
-                        DirectoryActor,
-                        storage.clone(),
-                        p.clone(),
-                        e.clone(),
-                        runtime_config.clone(),
-                        r.clone(),
-                    )?,
-                    Runtime::clustered(
-                        ToolStoreActor,
-                        storage.clone(),
-                        p.clone(),
-                        e.clone(),
-                        runtime_config.clone(),
-                        r.clone(),
-                    )?,
-                    Runtime::clustered(
-                        RunActor,
-                        storage.clone(),
-                        p.clone(),
-                        e.clone(),
-                        runtime_config.clone(),
-                        r.clone(),
-                    )?,
-                    Runtime::clustered(BlockStoreActor, storage.clone(), p, e, runtime_config, r)?,
-                ))
-            };
-            let (agents, directory, tool_store, runs, blocks) =
-                clustered(runtime_config).map_err(service_error)?;
-            let handler = NodeHandler::default()
-                .with_namespace(AGENT_NAMESPACE, Arc::new(agents.clone()))
-                .with_namespace(DIRECTORY_NAMESPACE, Arc::new(directory.clone()))
-                .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(tool_store.clone()))
-                .with_namespace(RUN_NAMESPACE, Arc::new(runs.clone()))
-                .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(blocks.clone()));
-            (agents, directory, tool_store, runs, blocks, handler)
-        }
+    let parts = RuntimeParts { storage, placement, env: &env, config: &runtime_config };
+    let agents = parts.runtime(AgentActor).map_err(service_error)?;
+    let directory = parts.runtime(DirectoryActor).map_err(service_error)?;
+    let tool_store = parts.runtime(ToolStoreActor).map_err(service_error)?;
+    let runs = parts.runtime(RunActor).map_err(service_error)?;
+    let blocks = parts.runtime(BlockStoreActor).map_err(service_error)?;
+    // In a cluster, other nodes reach these runtimes by actor namespace.
+    let handler = match placement {
+        Placement::Local => NodeHandler::default(),
+        Placement::Cluster { .. } => NodeHandler::default()
+            .with_namespace(AGENT_NAMESPACE, Arc::new(agents.clone()))
+            .with_namespace(DIRECTORY_NAMESPACE, Arc::new(directory.clone()))
+            .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(tool_store.clone()))
+            .with_namespace(RUN_NAMESPACE, Arc::new(runs.clone()))
+            .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(blocks.clone())),
     };
     let tools = Arc::new(ToolService::new(tool_store, env.clone()));
     let llm = llm_clients(&config.llm).map_err(|e| ServerError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
     let runtimes = AgentRuntimes { agents, directory, runs, blocks };
     Ok((AgentService::new(runtimes, env, llm, catalog, tools), handler))
+}
+
+/// What every runtime of the agent service is built from.
+struct RuntimeParts<'a> {
+    storage: &'a Storage,
+    placement: &'a Placement,
+    env: &'a Env,
+    config: &'a RuntimeConfig,
+}
+
+impl RuntimeParts<'_> {
+    /// A runtime for `actor`: with its own registry over the store on a
+    /// single node, clustered on the shared directory in a cluster.
+    fn runtime<A>(&self, actor: A) -> Result<Runtime<A>, kelpie_core::Error>
+    where
+        A: kelpie_runtime::Actor,
+        A::Message: serde::Serialize + serde::de::DeserializeOwned,
+        A::Reply: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let (storage, env, config) = (self.storage.clone(), self.env.clone(), self.config.clone());
+        match self.placement {
+            Placement::Local => {
+                let store = Arc::new(StoragePlacementStore::new(storage.clone()));
+                let registry: Arc<dyn PlacementDirectory> = Arc::new(Registry::new(store, env.clock.clone()));
+                Runtime::new(actor, storage, registry, env, config)
+            }
+            Placement::Cluster { directory, remote } => {
+                Runtime::clustered(actor, storage, directory.clone(), env, config, remote.clone())
+            }
+        }
+    }
 }
 
 /// The configured LLM providers: OpenAI-compatible always, Anthropic with a key.
