@@ -107,6 +107,14 @@ where
     }
 }
 
+/// The model ids of a provider's model listing (`{"data": [{"id": ...}]}`,
+/// the shape OpenAI-compatible and Anthropic endpoints share).
+pub(crate) fn listed_model_ids(answer: &Value) -> Vec<String> {
+    answer["data"].as_array().map_or_else(Vec::new, |models| {
+        models.iter().filter_map(|model| model["id"].as_str().map(str::to_string)).collect()
+    })
+}
+
 /// Sends a built request and reads a JSON answer; a non-2xx status is
 /// [`LlmError::Status`] with the (clipped) body.
 pub(crate) async fn send_json(endpoint: &str, call: reqwest::RequestBuilder) -> Result<Value, LlmError> {

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::stream::{ChatDelta, OpenAiStreamDecoder};
 use super::{
-    http_client, send_json, stream_completion, with_retries, ChatRequest, ChatResponse, LlmError, TokenUsage,
-    LLM_STREAM_IDLE_TIMEOUT_MS,
+    http_client, listed_model_ids, send_json, stream_completion, with_retries, ChatRequest, ChatResponse,
+    LlmError, TokenUsage, LLM_STREAM_IDLE_TIMEOUT_MS,
 };
 use crate::agent::model::ToolCallRecord;
 
@@ -74,11 +74,7 @@ impl OpenAiClient {
     /// Model ids the provider lists at `GET /models`.
     pub async fn list_models(&self, timeout: Duration) -> Result<Vec<String>, LlmError> {
         let call = self.authorized(self.http.get(format!("{}/models", self.base_url)).timeout(timeout));
-        let answer = send_json(&self.base_url, call).await?;
-        let ids = answer["data"].as_array().map_or_else(Vec::new, |models| {
-            models.iter().filter_map(|model| model["id"].as_str().map(str::to_string)).collect()
-        });
-        Ok(ids)
+        Ok(listed_model_ids(&send_json(&self.base_url, call).await?))
     }
 
     /// Embeddings of `texts` from `POST {base}/embeddings`, in order, sent
