@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_server::llm::fake::FakeLlm;
+use kelpie_llm::fake::FakeLlm;
 use serde_json::{json, Value};
 
 const CLIENTS_COUNT: usize = 4;

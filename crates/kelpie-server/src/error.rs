@@ -9,7 +9,7 @@ use kelpie_core::Error;
 use kelpie_memory::MemoryError;
 use kelpie_tools::python::ToolError;
 
-use crate::agent::service::ServiceError;
+use kelpie_agent::ServiceError;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -255,8 +255,8 @@ async fn listing_across_directory_shards_keeps_creation_order_and_pages() {
         ids.push(create_keyed(&server, &format!("s{i}"), "s").await);
     }
     let shards: std::collections::HashSet<String> =
-        ids.iter().map(|id| kelpie_server::agent::directory::shard_of(id)).collect();
-    assert_eq!(shards.len(), kelpie_server::agent::directory::DIRECTORY_SHARDS_COUNT, "{shards:?}");
+        ids.iter().map(|id| kelpie_agent::actors::directory::shard_of(id)).collect();
+    assert_eq!(shards.len(), kelpie_agent::actors::directory::DIRECTORY_SHARDS_COUNT, "{shards:?}");
 
     let all = server.ok("GET", "/v1/agents/?limit=1000", None).await;
     assert_eq!(listed_ids(&all), ids);
@@ -334,9 +334,9 @@ async fn concurrent_creates_are_each_listed_once() {
 /// the sharding held them: in one `agent-directory/all` actor, numbered in
 /// creation order.
 async fn unshard_directory(redb: &std::path::Path, ids: &[String]) {
+    use kelpie_agent::actors::directory::{shard_of, DIRECTORY_NAMESPACE};
+    use kelpie_agent::service::directory::LEGACY_DIRECTORY_ID;
     use kelpie_core::ActorId;
-    use kelpie_server::agent::directory::{shard_of, DIRECTORY_NAMESPACE};
-    use kelpie_server::agent::legacy_directory::LEGACY_DIRECTORY_ID;
     let storage = kelpie_storage::Storage::open_redb(redb).unwrap();
     let legacy = ActorId::new(DIRECTORY_NAMESPACE, LEGACY_DIRECTORY_ID).unwrap();
     let mut old = storage.begin(legacy);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Running;
 use kelpie_cluster::rebalance::REBALANCE_INTERVAL_MS;
-use kelpie_server::cluster::SERVED_BY_HEADER;
+use kelpie_server::forward::SERVED_BY_HEADER;
 use kelpie_storage::test_support::PostgresServer;
 use serde_json::{json, Value};
 
@@ -25,7 +25,7 @@ fn free_addr() -> String {
 
 async fn start_node(
     dir: &std::path::Path,
-    fake: &kelpie_server::llm::fake::FakeLlm,
+    fake: &kelpie_llm::fake::FakeLlm,
     url: &str,
     name: &str,
 ) -> Running {

@@ -34,7 +34,7 @@ async fn block_value(server: &Running, agent_id: &str, label: &str) -> String {
 }
 
 /// The system message of the newest request the fake LLM received.
-fn last_system_prompt(fake: &kelpie_server::llm::fake::FakeLlm) -> String {
+fn last_system_prompt(fake: &kelpie_llm::fake::FakeLlm) -> String {
     let requests = fake.requests();
     requests.last().unwrap()["messages"][0]["content"].as_str().unwrap().to_string()
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kelpie_server::llm::fake::FakeLlm;
+use kelpie_llm::fake::FakeLlm;
 use kelpie_storage::test_support::PostgresServer;
 use serde_json::{json, Value};
 

@@ -11,10 +11,11 @@ use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
 use super::multipart;
-use crate::agent::transfer::ImportOptions;
-use crate::api::{repeated_param, AgentListQuery, CreateAgent, PageQuery, UpdateAgent};
+use crate::api::{repeated_param, AgentListQuery, PageQuery};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::{CreateAgent, UpdateAgent};
+use kelpie_agent::service::transfer::ImportOptions;
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Largest agent file an import accepts, in bytes.
@@ -55,7 +56,7 @@ async fn create(
             ))
         }
     };
-    Ok(Json(state.agents.create_agent(request, key).await?))
+    Ok(Json(state.service.agents.create(request, key).await?))
 }
 
 async fn list(
@@ -67,14 +68,14 @@ async fn list(
     let page = page_of(&page_query, AGENT_PAGE_COUNT_DEFAULT, false)?;
     let tags = repeated_param(raw.as_deref(), "tags");
     let match_all = query.match_all_tags.unwrap_or(false);
-    Ok(Json(state.agents.list_agents(query.name.as_deref(), &tags, match_all, &page).await?))
+    Ok(Json(state.service.agents.list(query.name.as_deref(), &tags, match_all, &page).await?))
 }
 
 async fn retrieve(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.get_agent(&agent_id).await?))
+    Ok(Json(state.service.agents.get(&agent_id).await?))
 }
 
 async fn modify(
@@ -82,28 +83,28 @@ async fn modify(
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<UpdateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.update_agent(&agent_id, request).await?))
+    Ok(Json(state.service.agents.update(&agent_id, request).await?))
 }
 
 async fn remove(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.delete_agent(&agent_id).await?))
+    Ok(Json(state.service.agents.delete(&agent_id).await?))
 }
 
 async fn attach_tool(
     State(state): State<AppState>,
     Path((agent_id, tool_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.set_tool(&agent_id, &tool_id, true).await?))
+    Ok(Json(state.service.agents.set_tool(&agent_id, &tool_id, true).await?))
 }
 
 async fn detach_tool(
     State(state): State<AppState>,
     Path((agent_id, tool_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.set_tool(&agent_id, &tool_id, false).await?))
+    Ok(Json(state.service.agents.set_tool(&agent_id, &tool_id, false).await?))
 }
 
 /// Letta can add default first messages (`add_default_initial_messages`);
@@ -112,15 +113,15 @@ async fn reset_messages(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.reset_messages(&agent_id).await?))
+    Ok(Json(state.service.agents.reset_messages(&agent_id).await?))
 }
 
-/// The agent as one JSON file ([`crate::agent::transfer::AgentFile`]).
+/// The agent as one JSON file ([`kelpie_agent::service::transfer::AgentFile`]).
 async fn export(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.export_agent(&agent_id).await?))
+    Ok(Json(state.service.transfer.export(&agent_id).await?))
 }
 
 fn form_flag(fields: &[multipart::FormField], name: &str, default: bool) -> Result<bool, ApiError> {
@@ -163,5 +164,5 @@ async fn import(
         append_copy_suffix: form_flag(&fields, "append_copy_suffix", true)?,
         strip_messages: form_flag(&fields, "strip_messages", false)?,
     };
-    Ok(Json(state.agents.import_agent(&file.content, options).await?))
+    Ok(Json(state.service.transfer.import(&file.content, options).await?))
 }

@@ -6,9 +6,10 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{ArchivalSearchQuery, CreatePassage, PageQuery};
+use crate::api::{ArchivalSearchQuery, PageQuery};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::CreatePassage;
 
 /// Passages per page when the client does not say.
 const PASSAGE_PAGE_COUNT_DEFAULT: usize = 100;
@@ -26,7 +27,7 @@ async fn insert(
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<CreatePassage>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.agents.insert_passage(&agent_id, request).await?))
+    Ok(Json(state.service.archival.insert(&agent_id, request).await?))
 }
 
 async fn list(
@@ -35,7 +36,7 @@ async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let page = page_of(&query, PASSAGE_PAGE_COUNT_DEFAULT, false)?;
-    Ok(Json(state.agents.list_passages(&agent_id, &page).await?))
+    Ok(Json(state.service.archival.list(&agent_id, &page).await?))
 }
 
 async fn search(
@@ -43,13 +44,13 @@ async fn search(
     Path(agent_id): Path<String>,
     ApiQuery(query): ApiQuery<ArchivalSearchQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.search_passages(&agent_id, query.query, query.top_k).await?))
+    Ok(Json(state.service.archival.search(&agent_id, query.query, query.top_k).await?))
 }
 
 async fn remove(
     State(state): State<AppState>,
     Path((agent_id, memory_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    state.agents.delete_passage(&agent_id, &memory_id).await?;
+    state.service.archival.delete(&agent_id, &memory_id).await?;
     Ok(Json(serde_json::json!({"message": format!("Memory id={memory_id} successfully deleted")})))
 }

@@ -7,9 +7,9 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::ApiJson;
-use crate::api::UpdateBlock;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::UpdateBlock;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,14 +22,14 @@ async fn list(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.agents.list_blocks(&agent_id).await?))
+    Ok(Json(state.service.agents.list_blocks(&agent_id).await?))
 }
 
 async fn retrieve(
     State(state): State<AppState>,
     Path((agent_id, label)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.get_block(&agent_id, &label).await?))
+    Ok(Json(state.service.agents.get_block(&agent_id, &label).await?))
 }
 
 async fn modify(
@@ -37,5 +37,5 @@ async fn modify(
     Path((agent_id, label)): Path<(String, String)>,
     ApiJson(request): ApiJson<UpdateBlock>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.update_block(&agent_id, &label, request).await?))
+    Ok(Json(state.service.agents.update_block(&agent_id, &label, request).await?))
 }

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ClusterNodes {

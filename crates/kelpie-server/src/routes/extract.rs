@@ -40,7 +40,7 @@ pub fn page_of(
     query: &crate::api::PageQuery,
     default_limit: usize,
     default_descending: bool,
-) -> Result<crate::agent::page::Page, ApiError> {
+) -> Result<kelpie_agent::page::Page, ApiError> {
     query
         .page(default_limit, default_descending)
         .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason))

@@ -4,7 +4,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::{AppState, SERVER_VERSION};
+use crate::state::{AppState, SERVER_VERSION};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Health {

@@ -21,11 +21,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::agent::token_stream::TurnEvents;
 use crate::api::{CancelRuns, PageQuery, SendMessages};
 use crate::error::ApiError;
-use crate::ids::new_id;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::ids::new_id;
+use kelpie_agent::service::turn::token_stream::TurnEvents;
 
 /// Messages per page when the client does not say.
 const MESSAGE_PAGE_COUNT_DEFAULT: usize = 100;
@@ -65,7 +65,7 @@ async fn send(
         return stream(State(state), Path(agent_id), ApiJson(request)).await;
     }
     let max_steps = request.max_steps;
-    let outcome = state.agents.run_turn(&agent_id, user_texts(request)?, max_steps, None).await?;
+    let outcome = state.service.turns.run(&agent_id, user_texts(request)?, max_steps, None).await?;
     Ok(Json(json!({
         "messages": outcome.messages,
         "stop_reason": outcome.stop_reason_json(),
@@ -82,7 +82,7 @@ async fn send_async(
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Json<Value>, ApiError> {
     let max_steps = request.max_steps;
-    Ok(Json(state.agents.start_async(&agent_id, user_texts(request)?, max_steps).await?))
+    Ok(Json(state.service.runs.start(&agent_id, user_texts(request)?, max_steps).await?))
 }
 
 /// The body is optional (no body cancels every active run of the agent).
@@ -97,7 +97,7 @@ async fn cancel(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
     };
-    Ok(Json(state.agents.cancel_runs(&agent_id, request.run_ids).await?))
+    Ok(Json(state.service.runs.cancel(&agent_id, request.run_ids).await?))
 }
 
 async fn list(
@@ -106,7 +106,7 @@ async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let page = page_of(&query, MESSAGE_PAGE_COUNT_DEFAULT, false)?;
-    Ok(Json(state.agents.list_messages(&agent_id, &page).await?))
+    Ok(Json(state.service.agents.list_messages(&agent_id, &page).await?))
 }
 
 fn sse(event: &Value) -> String {
@@ -122,9 +122,9 @@ async fn stream(
     let stream_tokens = request.stream_tokens;
     let texts = user_texts(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
-    state.agents.get_agent(&agent_id).await?;
+    state.service.agents.get(&agent_id).await?;
     let (chunks, body) = mpsc::unbounded_channel::<String>();
-    let ping = json!({"id": new_id("ping", state.agents.rng()), "message_type": "ping"});
+    let ping = json!({"id": new_id("ping", state.service.rng()), "message_type": "ping"});
     let _ = chunks.send(sse(&ping));
     tokio::spawn(async move {
         let (sender, mut events_rx) = mpsc::unbounded_channel::<Value>();
@@ -135,7 +135,7 @@ async fn stream(
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.agents.run_turn(&agent_id, texts, max_steps, Some(&events)).await;
+        let outcome = state.service.turns.run(&agent_id, texts, max_steps, Some(&events)).await;
         drop(events);
         let _ = forward.await;
         match outcome {

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -40,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(runs::router())
         .merge(cluster::router())
         .fallback(unknown_route)
-        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::forward_agent_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_agent_requests))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)
 }

@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,9 +16,9 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn llm_models(State(state): State<AppState>) -> Json<Vec<Value>> {
-    Json(state.agents.catalog().llm_models().await)
+    Json(state.service.catalog.llm_models().await)
 }
 
 async fn embedding_models(State(state): State<AppState>) -> Json<Vec<Value>> {
-    Json(state.agents.catalog().embedding_models().await)
+    Json(state.service.catalog.embedding_models().await)
 }

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use crate::{AppState, SERVER_VERSION};
+use crate::state::{AppState, SERVER_VERSION};
 
 /// One served operation: method, path (Letta's spelling; the variant with
 /// or without a trailing slash is served too), summary, and the Letta

@@ -6,9 +6,9 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::ApiJson;
-use crate::api::PassageSearch;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::PassageSearch;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/passages/search", post(search))
@@ -18,5 +18,5 @@ async fn search(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PassageSearch>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.agents.search_agent_passages(request).await?))
+    Ok(Json(state.service.archival.search_passages(request).await?))
 }

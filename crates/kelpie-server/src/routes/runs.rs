@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/runs/{run_id}", get(retrieve)).route("/v1/runs/{run_id}/", get(retrieve))
@@ -16,5 +16,5 @@ async fn retrieve(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.get_run(&run_id).await?))
+    Ok(Json(state.service.runs.get(&run_id).await?))
 }

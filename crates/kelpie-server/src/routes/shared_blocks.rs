@@ -8,9 +8,10 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{BlockListQuery, CreateBlock, PageQuery, UpdateBlock};
+use crate::api::{BlockListQuery, PageQuery};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::{CreateBlock, UpdateBlock};
 
 /// Blocks per page when the client does not say.
 const BLOCK_PAGE_COUNT_DEFAULT: usize = 50;
@@ -28,7 +29,7 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateBlock>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.create_shared_block(request).await?))
+    Ok(Json(state.service.blocks.create(request).await?))
 }
 
 async fn list(
@@ -37,14 +38,14 @@ async fn list(
     ApiQuery(page_query): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let page = page_of(&page_query, BLOCK_PAGE_COUNT_DEFAULT, false)?;
-    Ok(Json(state.agents.list_shared_blocks(query.label.as_deref(), &page).await?))
+    Ok(Json(state.service.blocks.list(query.label.as_deref(), &page).await?))
 }
 
 async fn retrieve(
     State(state): State<AppState>,
     Path(block_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.get_shared_block(&block_id).await?))
+    Ok(Json(state.service.blocks.get(&block_id).await?))
 }
 
 async fn modify(
@@ -52,26 +53,26 @@ async fn modify(
     Path(block_id): Path<String>,
     ApiJson(request): ApiJson<UpdateBlock>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.update_shared_block(&block_id, request).await?))
+    Ok(Json(state.service.blocks.update(&block_id, request).await?))
 }
 
 async fn remove(
     State(state): State<AppState>,
     Path(block_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.delete_shared_block(&block_id).await?))
+    Ok(Json(state.service.blocks.delete(&block_id).await?))
 }
 
 async fn attach(
     State(state): State<AppState>,
     Path((agent_id, block_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.attach_block(&agent_id, &block_id).await?))
+    Ok(Json(state.service.blocks.attach(&agent_id, &block_id).await?))
 }
 
 async fn detach(
     State(state): State<AppState>,
     Path((agent_id, block_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.detach_block(&agent_id, &block_id).await?))
+    Ok(Json(state.service.blocks.detach(&agent_id, &block_id).await?))
 }

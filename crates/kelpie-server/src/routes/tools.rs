@@ -8,9 +8,9 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::extract::ApiJson;
-use crate::api::{CreateTool, UpdateTool};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
+use kelpie_agent::requests::{CreateTool, UpdateTool};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -20,28 +20,28 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.agents.tools.list().await?))
+    Ok(Json(state.service.tools.list().await?))
 }
 
 async fn retrieve(
     State(state): State<AppState>,
     Path(tool_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.tools.get(&tool_id).await?))
+    Ok(Json(state.service.tools.get(&tool_id).await?))
 }
 
 async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateTool>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.tools.create(request, false).await?))
+    Ok(Json(state.service.tools.create(request, false).await?))
 }
 
 async fn upsert(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateTool>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.tools.create(request, true).await?))
+    Ok(Json(state.service.tools.create(request, true).await?))
 }
 
 async fn modify(
@@ -49,9 +49,9 @@ async fn modify(
     Path(tool_id): Path<String>,
     ApiJson(request): ApiJson<UpdateTool>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.tools.modify(&tool_id, request).await?))
+    Ok(Json(state.service.tools.modify(&tool_id, request).await?))
 }
 
 async fn remove(State(state): State<AppState>, Path(tool_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.agents.tools.delete(&tool_id).await?))
+    Ok(Json(state.service.tools.delete(&tool_id).await?))
 }

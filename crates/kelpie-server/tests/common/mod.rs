@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_server::llm::fake::FakeLlm;
+use kelpie_llm::fake::FakeLlm;
 use serde_json::{json, Value};
 
 pub struct Running {

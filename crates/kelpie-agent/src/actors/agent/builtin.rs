@@ -1,0 +1,206 @@
+//! Execution of the built-in tools inside the agent actor's invocation, so
+//! their effects commit with the step that called them.
+//!
+//! A tool's own failure (bad arguments, a block over its limit) is a tool
+//! result with `ok = false` for the LLM to see; only storage failures abort
+//! the step.
+
+use kelpie_core::Result;
+use kelpie_memory::core::INSERT_LINE_END;
+use kelpie_memory::working::{MS_PER_SECOND, WORKING_TTL_MS_MAX};
+use kelpie_tools::builtin::{
+    ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH, CONVERSATION_SEARCH, CORE_MEMORY_APPEND,
+    CORE_MEMORY_REPLACE, MEMORY_INSERT, MEMORY_REPLACE, WORKING_MEMORY_DELETE, WORKING_MEMORY_GET,
+    WORKING_MEMORY_SET,
+};
+use kelpie_tools::SEND_MESSAGE;
+use serde_json::Value;
+
+use super::store::{agent_mut, all_messages, insert_passage, search_passages, Ctx};
+use crate::limits::TOOL_RETURN_CHARS_MAX;
+use crate::model::TextEmbedding;
+use kelpie_llm::ToolCall;
+
+/// Results a search tool returns when the LLM does not say.
+const SEARCH_RESULTS_COUNT_DEFAULT: usize = 5;
+/// Most results a search tool returns.
+const SEARCH_RESULTS_COUNT_MAX: usize = 50;
+
+type ToolResult = std::result::Result<String, String>;
+
+fn arg<'a>(args: &'a Value, name: &str) -> std::result::Result<&'a str, String> {
+    args.get(name).and_then(Value::as_str).ok_or_else(|| format!("missing string argument `{name}`"))
+}
+
+/// An optional integer argument; `Ok(None)` when absent, an error when it
+/// is there but not an integer.
+fn int_arg(args: &Value, name: &str) -> std::result::Result<Option<i64>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => {
+            value.as_i64().map(Some).ok_or_else(|| format!("argument `{name}` must be an integer"))
+        }
+    }
+}
+
+fn count_arg(args: &Value, name: &str) -> usize {
+    let count = args.get(name).and_then(Value::as_u64).map_or(SEARCH_RESULTS_COUNT_DEFAULT, |n| n as usize);
+    count.clamp(1, SEARCH_RESULTS_COUNT_MAX)
+}
+
+fn clip(text: String) -> String {
+    if text.chars().count() <= TOOL_RETURN_CHARS_MAX {
+        return text;
+    }
+    text.chars().take(TOOL_RETURN_CHARS_MAX).collect()
+}
+
+/// Runs built-in tool `call`; `(result, ok)`.
+pub(super) async fn run_builtin(
+    ctx: &mut Ctx<'_>,
+    call: &ToolCall,
+    embeddings: &[TextEmbedding],
+) -> Result<(String, bool)> {
+    let args: Value = match serde_json::from_str(&call.arguments) {
+        Ok(args @ Value::Object(_)) => args,
+        _ => return Ok((format!("arguments of {} are not a JSON object", call.name), false)),
+    };
+    let outcome = match call.name.as_str() {
+        SEND_MESSAGE => arg(&args, "message").map(|_| "Sent message successfully.".to_string()),
+        CORE_MEMORY_APPEND => core_memory_append(ctx, &args),
+        CORE_MEMORY_REPLACE => core_memory_replace(ctx, &args),
+        MEMORY_INSERT => memory_insert(ctx, &args),
+        MEMORY_REPLACE => memory_replace(ctx, &args),
+        WORKING_MEMORY_SET => working_memory_set(ctx, &args),
+        WORKING_MEMORY_GET => working_memory_get(ctx, &args),
+        WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
+        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings)?,
+        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args, embeddings).await?,
+        CONVERSATION_SEARCH => conversation_search(ctx, &args).await?,
+        other => Err(format!("tool {other} is not available to this agent")),
+    };
+    Ok(match outcome {
+        Ok(text) => (clip(text), true),
+        Err(text) => (clip(text), false),
+    })
+}
+
+fn core_memory_append(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, content) = (arg(args, "label")?, arg(args, "content")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.memory.append(label, content).map_err(|e| e.to_string())?;
+    Ok(format!("Appended to block {label}."))
+}
+
+fn core_memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, old, new) = (arg(args, "label")?, arg(args, "old_content")?, arg(args, "new_content")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.memory.replace(label, old, new).map_err(|e| e.to_string())?;
+    Ok(format!("Replaced text in block {label}."))
+}
+
+fn memory_insert(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, text) = (arg(args, "label")?, arg(args, "new_string")?);
+    let insert_line = int_arg(args, "insert_line")?.unwrap_or(INSERT_LINE_END);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    let block = agent.memory.insert_lines(label, text, insert_line).map_err(|e| e.to_string())?;
+    Ok(format!("Inserted into block {label}; it now reads:\n{}", block.value))
+}
+
+fn memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (label, old, new) = (arg(args, "label")?, arg(args, "old_string")?, arg(args, "new_string")?);
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    let block = agent.memory.replace_unique(label, old, new).map_err(|e| e.to_string())?;
+    Ok(format!("Replaced text in block {label}; it now reads:\n{}", block.value))
+}
+
+/// `ttl_seconds` as milliseconds, checked against the working memory's
+/// longest TTL before multiplying, so no value can overflow.
+fn ttl_ms_arg(args: &Value) -> std::result::Result<u64, String> {
+    let ttl_seconds_max = WORKING_TTL_MS_MAX / MS_PER_SECOND;
+    let bad = || format!("argument `ttl_seconds` must be an integer in 1..={ttl_seconds_max}");
+    let ttl_seconds = int_arg(args, "ttl_seconds")?.ok_or_else(bad)?;
+    match u64::try_from(ttl_seconds) {
+        Ok(seconds) if (1..=ttl_seconds_max).contains(&seconds) => Ok(seconds * MS_PER_SECOND),
+        _ => Err(bad()),
+    }
+}
+
+fn working_memory_set(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let (key, value, ttl_ms) = (arg(args, "key")?, arg(args, "value")?, ttl_ms_arg(args)?);
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    agent.working.put(key, value.to_string(), ttl_ms, now_ms).map_err(|e| e.to_string())?;
+    debug_assert_eq!(agent.working.get(key, now_ms), Some(value));
+    Ok(format!("Stored working memory key {key:?} for {} s.", ttl_ms / MS_PER_SECOND))
+}
+
+fn working_memory_get(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let key = arg(args, "key")?;
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    match agent.working.get(key, now_ms) {
+        Some(value) => Ok(value.to_string()),
+        None => Err(format!("working memory key {key:?} is not set or has expired")),
+    }
+}
+
+fn working_memory_delete(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
+    let key = arg(args, "key")?;
+    let now_ms = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    if agent.working.delete(key, now_ms) {
+        Ok(format!("Deleted working memory key {key:?}."))
+    } else {
+        Err(format!("working memory key {key:?} is not set or has expired"))
+    }
+}
+
+/// The embedding the service computed for `text` with the step.
+fn embedding_of<'a>(embeddings: &'a [TextEmbedding], text: &str) -> std::result::Result<&'a [f32], String> {
+    embeddings
+        .iter()
+        .find(|(embedded, _)| embedded == text)
+        .map(|(_, vector)| vector.as_slice())
+        .ok_or_else(|| "no embedding was computed for this text".to_string())
+}
+
+fn archival_insert(ctx: &mut Ctx<'_>, args: &Value, embeddings: &[TextEmbedding]) -> Result<ToolResult> {
+    let (content, embedding) = match arg(args, "content").and_then(|c| Ok((c, embedding_of(embeddings, c)?)))
+    {
+        Ok((content, embedding)) => (content.to_string(), embedding.to_vec()),
+        Err(e) => return Ok(Err(e)),
+    };
+    let passage = insert_passage(ctx, content, Vec::new(), embedding)?;
+    Ok(Ok(format!("Stored passage {}.", passage.id)))
+}
+
+async fn archival_search(
+    ctx: &mut Ctx<'_>,
+    args: &Value,
+    embeddings: &[TextEmbedding],
+) -> Result<ToolResult> {
+    let query_embedding = match arg(args, "query").and_then(|q| embedding_of(embeddings, q)) {
+        Ok(embedding) => embedding.to_vec(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let passages = search_passages(ctx, &query_embedding, count_arg(args, "top_k")).await?;
+    let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+    Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
+}
+
+async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
+    let query = match arg(args, "query") {
+        Ok(query) => query.to_lowercase(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let limit = count_arg(args, "limit");
+    let messages = all_messages(ctx).await?;
+    let hits: Vec<String> = messages
+        .iter()
+        .map(|message| message.searchable_text())
+        .filter(|text| text.to_lowercase().contains(&query))
+        .take(limit)
+        .collect();
+    Ok(Ok(serde_json::to_string(&hits).unwrap_or_default()))
+}

@@ -1,0 +1,292 @@
+//! The agent actor: one virtual actor per agent, its commands and their
+//! handler. Every command is one invocation, so a step (its messages, tool
+//! effects and memory edits) is committed atomically or not at all.
+//!
+//! Enter here: [`AgentActor::handle`] dispatches each command to a function
+//! below, which uses [`store`] (the key layout and the reads and writes) and,
+//! for a step, [`builtin`] (the built-in tools, run inside the step).
+
+mod builtin;
+pub(crate) mod store;
+
+use kelpie_core::{Error, Result};
+use kelpie_memory::{Block, CoreMemory, MemoryError, Passage};
+use kelpie_runtime::Actor;
+use serde::{Deserialize, Serialize};
+
+pub use store::AgentActorState;
+use store::{agent, agent_mut, Ctx, MESSAGE_PREFIXES, PASSAGE_PREFIXES};
+
+use crate::error::memory_error;
+use crate::model::{AgentRecord, BlockPatch, MessageBody, StoredMessage, TextEmbedding};
+
+/// Namespace of agent actor ids: `agents/<agent id>`.
+pub const AGENT_NAMESPACE: &str = "agents";
+
+/// Changes to an agent's own fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub system: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub tags: Option<Vec<String>>,
+    pub tool_ids: Option<Vec<String>>,
+}
+
+/// The outcome of a tool the server ran outside the actor (a custom tool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalResult {
+    pub tool_call_id: String,
+    pub result: String,
+    pub ok: bool,
+}
+
+/// One step of the agent loop to persist: the inputs that started it (the
+/// user's messages, first step only) and the LLM's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepInput {
+    pub run_id: String,
+    pub step_id: String,
+    pub user_messages: Vec<String>,
+    pub assistant: MessageBody,
+    /// The id the assistant message is stored under, chosen before the LLM
+    /// call so streamed tokens carry the id of the message they become.
+    pub assistant_message_id: String,
+    pub external: Vec<ExternalResult>,
+    /// Embeddings of the texts the step's archival tool calls store or
+    /// search for, computed by the service with the agent's embedding.
+    pub embeddings: Vec<TextEmbedding>,
+}
+
+/// An agent read from an export file, to create with its history in one
+/// transaction; every id in it is already new.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportedAgent {
+    pub record: AgentRecord,
+    pub messages: Vec<StoredMessage>,
+    pub passages: Vec<Passage>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum AgentCommand {
+    Create(Box<AgentRecord>),
+    /// Creates the agent with its messages and passages, atomically.
+    Import(Box<ImportedAgent>),
+    Get,
+    Update(AgentPatch),
+    Delete,
+    UpdateBlock {
+        label: String,
+        patch: BlockPatch,
+    },
+    /// Adds a copy of a shared block to core memory.
+    AttachBlock(Box<Block>),
+    /// Removes the block with this id from core memory.
+    DetachBlock {
+        id: String,
+    },
+    /// Replaces the copy of a shared block with its new canonical version;
+    /// nothing happens when the agent no longer holds it.
+    SyncBlock(Box<Block>),
+    Messages,
+    /// Deletes every message; passages and memory stay.
+    ResetMessages,
+    Recent {
+        count_max: usize,
+    },
+    CommitStep(Box<StepInput>),
+    InsertPassage {
+        text: String,
+        tags: Vec<String>,
+        embedding: Vec<f32>,
+    },
+    Passages,
+    SearchPassages {
+        query_embedding: Vec<f32>,
+        top_k: usize,
+    },
+    DeletePassage {
+        id: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum AgentReply {
+    Agent(Box<AgentRecord>),
+    Messages(Vec<StoredMessage>),
+    Step { agent: Box<AgentRecord>, messages: Vec<StoredMessage> },
+    Passages { agent: Box<AgentRecord>, passages: Vec<Passage> },
+    Done,
+}
+
+pub struct AgentActor;
+
+impl Actor for AgentActor {
+    type State = AgentActorState;
+    type Message = AgentCommand;
+    type Reply = AgentReply;
+
+    async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
+        match command {
+            AgentCommand::Create(record) => create(ctx, *record),
+            AgentCommand::Import(imported) => import(ctx, *imported),
+            AgentCommand::Get => Ok(AgentReply::Agent(Box::new(agent(ctx)?))),
+            AgentCommand::Update(patch) => update(ctx, patch),
+            AgentCommand::Delete => delete(ctx).await,
+            AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
+            AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
+            AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
+            AgentCommand::SyncBlock(block) => edit_memory(ctx, |memory| memory.sync(*block).map(drop)),
+            AgentCommand::Messages => Ok(AgentReply::Messages(store::all_messages(ctx).await?)),
+            AgentCommand::ResetMessages => reset_messages(ctx).await,
+            AgentCommand::Recent { count_max } => {
+                Ok(AgentReply::Messages(store::recent_messages(ctx, count_max).await?))
+            }
+            AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
+            AgentCommand::InsertPassage { text, tags, embedding } => {
+                let passage = store::insert_passage(ctx, text, tags, embedding)?;
+                Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
+            }
+            AgentCommand::Passages => {
+                let passages = store::all_passages(ctx).await?;
+                Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
+            }
+            AgentCommand::SearchPassages { query_embedding, top_k } => {
+                let passages = store::search_passages(ctx, &query_embedding, top_k).await?;
+                Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
+            }
+            AgentCommand::DeletePassage { id } => {
+                store::delete_passage(ctx, &id).await?;
+                Ok(AgentReply::Done)
+            }
+        }
+    }
+}
+
+/// Creates the agent; if it exists (a repeated idempotency key: random
+/// ids never collide), answers the existing agent unchanged.
+fn create(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
+    if let Some(existing) = &ctx.state.agent {
+        return Ok(AgentReply::Agent(Box::new(existing.clone())));
+    }
+    assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
+    ctx.state.agent = Some(record.clone());
+    Ok(AgentReply::Agent(Box::new(record)))
+}
+
+/// Creates an imported agent with its history; messages and passages keep
+/// their order and times and get sequence numbers here.
+fn import(ctx: &mut Ctx<'_>, imported: ImportedAgent) -> Result<AgentReply> {
+    if ctx.state.agent.is_some() {
+        return Err(Error::Internal(format!("imported agent {} already exists", imported.record.id)));
+    }
+    assert_eq!(imported.record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
+    ctx.state.agent = Some(imported.record.clone());
+    for message in imported.messages {
+        store::put_message(ctx, message)?;
+    }
+    for passage in &imported.passages {
+        store::put_passage(ctx, passage)?;
+    }
+    Ok(AgentReply::Agent(Box::new(imported.record)))
+}
+
+fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    if let Some(name) = patch.name {
+        agent.name = name;
+    }
+    if let Some(system) = patch.system {
+        agent.system = system;
+    }
+    if patch.description.is_some() {
+        agent.description = patch.description;
+    }
+    if patch.metadata.is_some() {
+        agent.metadata = patch.metadata;
+    }
+    if let Some(tags) = patch.tags {
+        agent.tags = tags;
+    }
+    if let Some(tool_ids) = patch.tool_ids {
+        agent.tool_ids = tool_ids;
+    }
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+async fn delete(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+    agent(ctx)?;
+    store::delete_prefixes(ctx, &MESSAGE_PREFIXES).await?;
+    store::delete_prefixes(ctx, &PASSAGE_PREFIXES).await?;
+    ctx.state.agent = None;
+    Ok(AgentReply::Done)
+}
+
+async fn reset_messages(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+    agent(ctx)?;
+    store::delete_prefixes(ctx, &MESSAGE_PREFIXES).await?;
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+fn update_block(ctx: &mut Ctx<'_>, label: &str, patch: BlockPatch) -> Result<AgentReply> {
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    // Edit a copy so a refused change leaves the memory exactly as it was.
+    let mut memory = agent.memory.clone();
+    if let Some(limit) = patch.limit {
+        memory.set_limit(label, limit).map_err(memory_error)?;
+    }
+    if let Some(value) = patch.value {
+        memory.set_value(label, value).map_err(memory_error)?;
+    }
+    memory.set_details(label, patch.description, patch.read_only).map_err(memory_error)?;
+    agent.memory = memory;
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+/// Applies `edit` to a copy of core memory and keeps it only if it succeeds.
+fn edit_memory(
+    ctx: &mut Ctx<'_>,
+    edit: impl FnOnce(&mut CoreMemory) -> std::result::Result<(), MemoryError>,
+) -> Result<AgentReply> {
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    let mut memory = agent.memory.clone();
+    edit(&mut memory).map_err(memory_error)?;
+    agent.memory = memory;
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
+    agent(ctx)?;
+    let ids = (step.run_id.as_str(), step.step_id.as_str());
+    let mut messages = Vec::new();
+    for content in &step.user_messages {
+        let body = MessageBody::User { content: content.clone() };
+        messages.push(store::append_message(ctx, ids, body, None)?);
+    }
+    let assistant_id = Some(step.assistant_message_id.clone());
+    messages.push(store::append_message(ctx, ids, step.assistant.clone(), assistant_id)?);
+    let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
+        return Err(Error::Internal("a step's answer must be an assistant message".into()));
+    };
+    for call in tool_calls {
+        let (result, ok) = match step.external.iter().find(|done| done.tool_call_id == call.id) {
+            Some(done) => (done.result.clone(), done.ok),
+            None => builtin::run_builtin(ctx, call, &step.embeddings).await?,
+        };
+        let body = MessageBody::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), result, ok };
+        messages.push(store::append_message(ctx, ids, body, None)?);
+    }
+    let now = ctx.env.clock.wall_ms();
+    agent_mut(ctx)?.updated_ms = now;
+    Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
+}

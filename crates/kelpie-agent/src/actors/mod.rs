@@ -1,0 +1,17 @@
+//! The virtual actors of the agent domain. Each owns its state in
+//! kelpie-storage and handles one command per transaction:
+//! - [`agent`]: one per agent (`agents/<agent id>`): record, core and working
+//!   memory, messages, passages; a step of the agent loop commits here;
+//! - [`directory`]: the agent listing in shards (`agent-directory/shard-<k>`);
+//! - [`block_store`]: every shared block and the agents holding it;
+//! - [`tool_store`]: every custom tool;
+//! - [`run_store`]: one per run (`runs/<run id>`), its record.
+//!
+//! None of them calls another actor or the network: the agent service
+//! composes them.
+
+pub mod agent;
+pub mod block_store;
+pub mod directory;
+pub mod run_store;
+pub mod tool_store;

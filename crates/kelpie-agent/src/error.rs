@@ -1,0 +1,79 @@
+//! The errors of the agent service ([`ServiceError`]), each variant carrying
+//! what the client needs to see, and of starting a node ([`NodeError`]).
+//! kelpie-server maps each service error to a status code in one place.
+
+use std::net::SocketAddr;
+
+use kelpie_core::Error;
+use kelpie_llm::catalog::ModelError;
+use kelpie_llm::LlmError;
+use kelpie_memory::MemoryError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("Agent with ID {0} not found")]
+    AgentNotFound(String),
+    #[error("Run with ID {0} not found")]
+    RunNotFound(String),
+    #[error("Block with ID {0} not found")]
+    BlockNotFound(String),
+    #[error("Tool with ID {0} not found")]
+    ToolNotFound(String),
+    #[error("a tool named {0:?} already exists")]
+    ToolNameTaken(String),
+    #[error(transparent)]
+    Tool(#[from] kelpie_tools::python::ToolError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Core(Error),
+}
+
+impl From<Error> for ServiceError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::NotFound { kind: "agent", id } => ServiceError::AgentNotFound(id),
+            Error::NotFound { kind: "tool", id } => ServiceError::ToolNotFound(id),
+            other => ServiceError::Core(other),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Why a node could not start or stop.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot create data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot open {backend} storage: {reason}")]
+    Storage { backend: &'static str, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot start the agent service: {0}")]
+    Service(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// An actor answered a command with a reply of another kind: a bug.
+pub(crate) fn unexpected(what: &str) -> ServiceError {
+    ServiceError::Core(Error::Internal(format!("actor answered {what} with the wrong reply")))
+}
+
+/// A memory error met inside an actor invocation, as the runtime's error:
+/// an unknown block is not found, anything else is invalid input.
+pub(crate) fn memory_error(err: MemoryError) -> Error {
+    match err {
+        MemoryError::BlockNotFound { label } => Error::NotFound { kind: "block", id: label },
+        MemoryError::BlockIdNotFound { id } => Error::NotFound { kind: "block", id },
+        other => Error::validation("memory", other.to_string()),
+    }
+}

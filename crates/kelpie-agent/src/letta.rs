@@ -1,0 +1,182 @@
+//! Rendering of persisted records into Letta's wire shapes (AgentState,
+//! Block, the message union, Passage, Tool).
+
+use kelpie_memory::{Block, Passage};
+use kelpie_tools::{BuiltinTool, SEND_MESSAGE};
+use serde_json::{json, Value};
+
+use crate::actors::tool_store::ToolRecord;
+use crate::model::{AgentRecord, MessageBody, StoredMessage};
+use kelpie_llm::ToolCall;
+
+use crate::ids::{rfc3339_micros, rfc3339_seconds, uuid_part};
+
+pub fn block_json(block: &Block) -> Value {
+    json!({
+        "id": block.id, "label": block.label, "value": block.value, "limit": block.limit,
+        "description": block.description, "read_only": block.read_only, "metadata": {},
+        "hidden": null, "tags": [], "project_id": null, "template_name": null, "is_template": false,
+        "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
+        "preserve_on_migration": false, "created_by_id": null, "last_updated_by_id": null,
+    })
+}
+
+pub fn builtin_tool_json(tool: &BuiltinTool) -> Value {
+    json!({
+        "id": tool.id, "tool_type": tool.tool_type, "description": tool.description, "source_type": "python",
+        "name": tool.name, "tags": [tool.tool_type], "source_code": null, "json_schema": tool.json_schema,
+        "args_json_schema": null, "return_char_limit": crate::limits::TOOL_RETURN_CHARS_MAX,
+        "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
+        "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
+        "metadata_": {}, "project_id": null,
+    })
+}
+
+pub fn custom_tool_json(tool: &ToolRecord) -> Value {
+    json!({
+        "id": tool.id, "tool_type": "custom", "description": tool.description, "source_type": "python",
+        "name": tool.name, "tags": tool.tags, "source_code": tool.source_code, "json_schema": tool.json_schema,
+        "args_json_schema": null, "return_char_limit": tool.return_char_limit,
+        "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
+        "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
+        "metadata_": tool.metadata.clone().unwrap_or_else(|| json!({})), "project_id": null,
+    })
+}
+
+fn llm_config_json(agent: &AgentRecord) -> Value {
+    let llm = &agent.llm;
+    json!({
+        "model": llm.model, "display_name": llm.model, "model_endpoint_type": llm.provider,
+        "model_endpoint": llm.endpoint, "provider_name": llm.provider, "provider_category": "base",
+        "model_wrapper": null, "context_window": llm.context_window, "put_inner_thoughts_in_kwargs": false,
+        "handle": llm.handle, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
+        "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0,
+        "frequency_penalty": null, "parallel_tool_calls": false, "response_format": null, "strict": false,
+    })
+}
+
+pub fn embedding_config_json(agent: &AgentRecord) -> Value {
+    let embedding = &agent.embedding;
+    json!({
+        "embedding_endpoint_type": embedding.handle.split_once('/').map_or("kelpie", |(provider, _)| provider),
+        "embedding_endpoint": null,
+        "embedding_model": embedding.model, "embedding_dim": embedding.dim, "embedding_chunk_size": 300,
+        "handle": embedding.handle, "batch_size": 32,
+        "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
+    })
+}
+
+/// Letta's `AgentState`; `tools` are the attached tools, already rendered.
+pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
+    let blocks: Vec<Value> = agent.memory.blocks().iter().map(block_json).collect();
+    let core = json!({
+        "id": agent.id, "name": agent.name, "system": agent.system, "agent_type": "letta_v1_agent",
+        "description": agent.description, "metadata": agent.metadata, "tags": agent.tags,
+        "created_at": rfc3339_micros(agent.created_ms), "updated_at": rfc3339_micros(agent.updated_ms),
+        "created_by_id": null, "last_updated_by_id": null, "tool_rules": [], "message_ids": [],
+        "llm_config": llm_config_json(agent), "embedding_config": embedding_config_json(agent),
+        "model": agent.llm.handle, "embedding": agent.embedding.handle,
+        "memory": {"agent_type": "letta_v1_agent", "git_enabled": false, "blocks": blocks, "file_blocks": [], "prompt_template": null},
+        "blocks": blocks, "tools": tools, "sources": [],
+    });
+    let rest = json!({
+        "tool_exec_environment_variables": [], "secrets": [], "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
+        "identity_ids": [], "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
+        "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
+        "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
+        "timezone": "UTC", "max_files_open": 5, "per_file_view_window_char_limit": 15000, "hidden": null,
+    });
+    with(core, rest)
+}
+
+fn envelope(message: &StoredMessage, message_type: &str) -> Value {
+    json!({
+        "id": message.id, "date": rfc3339_seconds(message.created_ms), "name": null,
+        "message_type": message_type, "otid": uuid_part(&message.id), "sender_id": null,
+        "step_id": message.step_id, "is_err": null, "seq_id": null, "run_id": message.run_id,
+    })
+}
+
+fn with(mut base: Value, fields: Value) -> Value {
+    if let (Some(base), Some(fields)) = (base.as_object_mut(), fields.as_object()) {
+        base.extend(fields.clone());
+    }
+    base
+}
+
+/// A Letta message of `message_type` with the envelope of `message` and
+/// `fields` (a streamed chunk carries the envelope of the message it becomes).
+pub fn letta_chunk(message: &StoredMessage, message_type: &str, fields: Value) -> Value {
+    with(envelope(message, message_type), fields)
+}
+
+/// The `message` argument of a `send_message` call, if it parses.
+pub fn send_message_text(call: &ToolCall) -> Option<String> {
+    let args: Value = serde_json::from_str(&call.arguments).ok()?;
+    args.get("message").and_then(Value::as_str).map(str::to_string)
+}
+
+fn assistant_parts(message: &StoredMessage, content: &Option<String>, calls: &[ToolCall]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let text = content.as_deref().filter(|text| !text.trim().is_empty());
+    match (text, calls.is_empty()) {
+        (Some(text), true) => {
+            out.push(with(envelope(message, "assistant_message"), json!({"content": text})))
+        }
+        (Some(text), false) => out.push(with(
+            envelope(message, "reasoning_message"),
+            json!({"reasoning": text, "source": "reasoner_model", "signature": null}),
+        )),
+        (None, _) => {}
+    }
+    for call in calls {
+        match send_message_text(call).filter(|_| call.name == SEND_MESSAGE) {
+            Some(text) => out.push(with(envelope(message, "assistant_message"), json!({"content": text}))),
+            None => {
+                let tool_call =
+                    json!({"name": call.name, "arguments": call.arguments, "tool_call_id": call.id});
+                out.push(with(
+                    envelope(message, "tool_call_message"),
+                    json!({"tool_call": tool_call, "tool_calls": [tool_call]}),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One persisted message as zero or more Letta messages (a `send_message`
+/// return is not shown, as Letta does not show it).
+pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
+    match &message.body {
+        MessageBody::User { content } => {
+            vec![with(envelope(message, "user_message"), json!({"content": content}))]
+        }
+        MessageBody::Assistant { content, tool_calls } => assistant_parts(message, content, tool_calls),
+        MessageBody::Tool { name, .. } if name == SEND_MESSAGE => vec![],
+        MessageBody::Tool { tool_call_id, result, ok, .. } => vec![with(
+            envelope(message, "tool_return_message"),
+            json!({
+                "tool_return": result, "status": if *ok { "success" } else { "error" },
+                "tool_call_id": tool_call_id, "stdout": null, "stderr": null,
+            }),
+        )],
+    }
+}
+
+pub fn passage_json(agent: &AgentRecord, passage: &Passage) -> Value {
+    json!({
+        "id": passage.id, "text": passage.text, "tags": passage.tags, "metadata": {},
+        "embedding": passage.embedding, "embedding_config": embedding_config_json(agent),
+        "created_at": rfc3339_micros(passage.created_ms), "updated_at": rfc3339_micros(passage.created_ms),
+        "is_deleted": false, "archive_id": null, "source_id": null, "file_id": null, "file_name": null,
+        "created_by_id": null, "last_updated_by_id": null, "organization_id": null,
+    })
+}
+
+pub fn search_result_json(passage: &Passage) -> Value {
+    json!({
+        "id": passage.id, "content": passage.text, "tags": passage.tags,
+        "timestamp": rfc3339_micros(passage.created_ms).replace('Z', "+00:00"),
+    })
+}

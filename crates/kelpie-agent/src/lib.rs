@@ -1,0 +1,34 @@
+//! The agent domain: what an agent is, how it is stored and how it thinks.
+//!
+//! Layers, each using only the ones before it:
+//! - [`limits`], [`ids`], [`model`], [`page`], [`letta`], [`requests`],
+//!   [`error`]: the agent domain's limits, ids and times, the persisted
+//!   records, cursor pages, Letta's wire shapes, the request bodies the
+//!   service takes, and the errors;
+//! - [`actors`]: the virtual actors and their commands — one per agent, the
+//!   agent directory shards, the shared block store, the custom tool store and
+//!   one per run. Each command is one transaction;
+//! - [`service`]: [`service::AgentService`], the one entry point of the HTTP
+//!   layer, made of small services (agents, shared blocks, archival memory,
+//!   turns, runs, transfer, tools) that route each operation to actors;
+//! - [`cluster`] and [`node`]: this node's part in a cluster (membership,
+//!   planned moves of agents) and the wiring of storage, placement and runtimes
+//!   into a running service.
+//!
+//! It knows nothing of HTTP: kelpie-server parses requests, calls the
+//! service and maps [`error::ServiceError`] to status codes.
+
+pub mod actors;
+pub mod cluster;
+pub mod error;
+pub mod ids;
+pub mod letta;
+pub mod limits;
+pub mod model;
+pub mod node;
+pub mod page;
+pub mod requests;
+pub mod service;
+
+pub use error::{ServiceError, ServiceResult};
+pub use service::AgentService;

@@ -1,0 +1,147 @@
+//! What an agent actor persists: the agent record (config, core memory,
+//! working memory, attached tools) in its state, and messages and passages
+//! as extra keys.
+
+use kelpie_llm::{EmbeddingSettings, LlmSettings, ToolCall};
+use kelpie_memory::{CoreMemory, WorkingMemory};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ServiceError, ServiceResult};
+
+/// Longest agent name, in bytes.
+pub const AGENT_NAME_BYTES_MAX: usize = 256;
+/// Most tags on one agent.
+pub const AGENT_TAGS_COUNT_MAX: usize = 64;
+
+/// The persisted agent, minus messages and passages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub name: String,
+    pub system: String,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub tags: Vec<String>,
+    pub memory: CoreMemory,
+    /// The agent's scratchpad with expiring entries, edited only by its own
+    /// tool calls. Absent in records written before it existed.
+    #[serde(default)]
+    pub working: WorkingMemory,
+    pub llm: LlmSettings,
+    pub embedding: EmbeddingSettings,
+    /// Attached tools, built-in and custom, by id, in attach order.
+    pub tool_ids: Vec<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum MessageBody {
+    User { content: String },
+    Assistant { content: Option<String>, tool_calls: Vec<ToolCall> },
+    Tool { tool_call_id: String, name: String, result: String, ok: bool },
+}
+
+/// One persisted message of an agent's conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: String,
+    pub seq: u64,
+    pub created_ms: u64,
+    pub run_id: Option<String>,
+    pub step_id: Option<String>,
+    pub body: MessageBody,
+}
+
+impl StoredMessage {
+    /// The text a conversation search looks at.
+    pub fn searchable_text(&self) -> String {
+        match &self.body {
+            MessageBody::User { content } => content.clone(),
+            MessageBody::Assistant { content, tool_calls } => {
+                let mut text = content.clone().unwrap_or_default();
+                for call in tool_calls {
+                    text.push(' ');
+                    text.push_str(&call.arguments);
+                }
+                text
+            }
+            MessageBody::Tool { result, .. } => result.clone(),
+        }
+    }
+}
+
+/// A text and its embedding, computed by the service and handed to the
+/// agent actor with a step.
+pub type TextEmbedding = (String, Vec<f32>);
+
+/// Changes to a block; `None` leaves a field as it is. Applied by the agent
+/// actor to its copy and by the block store to a shared block's canonical
+/// version, each refusing (nothing changed) what breaks the block's limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BlockPatch {
+    pub value: Option<String>,
+    pub limit: Option<u64>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+/// Checks a name and tags an agent is about to get (on create, modify or
+/// import).
+pub fn check_name_and_tags(name: &str, tags: &[String]) -> ServiceResult<()> {
+    if name.trim().is_empty() || name.len() > AGENT_NAME_BYTES_MAX {
+        return Err(ServiceError::Invalid(format!(
+            "name must be 1..={AGENT_NAME_BYTES_MAX} bytes and not blank"
+        )));
+    }
+    if tags.len() > AGENT_TAGS_COUNT_MAX {
+        return Err(ServiceError::Invalid(format!("an agent has at most {AGENT_TAGS_COUNT_MAX} tags")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_stored_before_working_memory_existed_reads_with_an_empty_one() {
+        let llm = LlmSettings {
+            handle: "openai/m".into(),
+            provider: "openai".into(),
+            model: "m".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            context_window: 1_000,
+            max_tokens: 100,
+            temperature: 0.7,
+        };
+        let embedding =
+            EmbeddingSettings { handle: "kelpie/local-hash-256".into(), model: "l".into(), dim: 256 };
+        let mut record = AgentRecord {
+            id: "agent-1".into(),
+            name: "a".into(),
+            system: "s".into(),
+            description: None,
+            metadata: None,
+            tags: Vec::new(),
+            memory: CoreMemory::default(),
+            working: WorkingMemory::default(),
+            llm,
+            embedding,
+            tool_ids: Vec::new(),
+            created_ms: 1,
+            updated_ms: 2,
+        };
+        record.working.put("k", "v".into(), 1_000, 0).unwrap();
+        let mut old = serde_json::to_value(&record).unwrap();
+        assert_eq!(old["working"]["entries"]["k"]["value"], "v");
+        old.as_object_mut().unwrap().remove("working");
+        let read: AgentRecord = serde_json::from_value(old).unwrap();
+        assert!(read.working.is_empty(0));
+        assert_eq!(read.working.limits(), kelpie_memory::WorkingLimits::default());
+        record.working = WorkingMemory::default();
+        assert_eq!(read, record);
+    }
+}

@@ -1,0 +1,188 @@
+//! An agent node: the storage the configuration names, this node's place
+//! in a cluster (when configured), and the agent service on runtimes that
+//! tie the two together. kelpie-server puts HTTP in front of it.
+//!
+//! Single node: every runtime has its own registry over the store. Cluster:
+//! every runtime is clustered on the shared PostgreSQL registry and reaches
+//! actors owned elsewhere through the cluster's transport, and other nodes
+//! reach this node's actors by namespace through the [`NodeHandler`].
+
+use std::sync::{Arc, Mutex};
+
+use kelpie_cluster::{HttpForwardHandler, NodeHandler};
+use kelpie_core::config::{KelpieConfig, StorageConfig};
+use kelpie_core::Env;
+use kelpie_llm::catalog::ModelCatalog;
+use kelpie_llm::LlmClients;
+use kelpie_registry::{PlacementDirectory, Registry, StoragePlacementStore};
+use kelpie_runtime::{Runtime, RuntimeConfig};
+use kelpie_storage::Storage;
+
+use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
+use crate::actors::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
+use crate::actors::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
+use crate::actors::run_store::{RunActor, RUN_NAMESPACE};
+use crate::actors::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
+use crate::cluster::ClusterNode;
+pub use crate::error::NodeError;
+use crate::service::{AgentRuntimes, AgentService};
+
+/// Prepares the data dir and opens the configured storage.
+pub async fn open_storage(config: &KelpieConfig) -> Result<Storage, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let (opened, backend) = match &config.storage {
+        StorageConfig::Memory => (Ok(Storage::memory()), "memory"),
+        StorageConfig::Redb { path } => (Storage::open_redb(path), "redb"),
+        StorageConfig::Postgres { database_url, .. } => {
+            (Storage::connect_postgres(database_url).await, "postgres")
+        }
+    };
+    opened.map_err(|e| NodeError::Storage { backend, reason: e.to_string() })
+}
+
+/// Where the agent service's actors are placed: on this node only, or in a
+/// cluster (leases in the shared PostgreSQL, other nodes reached through
+/// the cluster's transport).
+#[derive(Clone)]
+pub enum Placement {
+    Local,
+    Cluster { directory: Arc<dyn PlacementDirectory>, remote: Arc<kelpie_cluster::ClusterRemote> },
+}
+
+/// The running agent service of this node and its part in a cluster.
+pub struct AgentNode {
+    pub service: Arc<AgentService>,
+    /// `None` when running alone.
+    pub cluster: Option<Arc<ClusterNode>>,
+    /// What answers other nodes' actor invocations, until [`Self::listen`] takes it.
+    handler: Mutex<Option<NodeHandler>>,
+}
+
+impl AgentNode {
+    /// Joins the cluster when configured, builds the agent service over
+    /// `storage` and moves agents of an unsharded directory into its shards.
+    pub async fn start(config: &KelpieConfig, storage: &Storage) -> Result<AgentNode, NodeError> {
+        let (cluster, placement) = match (&config.cluster, &config.storage) {
+            (Some(cluster), StorageConfig::Postgres { database_url, .. }) => {
+                let node = ClusterNode::start(
+                    database_url,
+                    config.node_id.clone(),
+                    (cluster.advertise, cluster.listen),
+                    Env::production(),
+                )
+                .await?;
+                let placement =
+                    Placement::Cluster { directory: node.directory.clone(), remote: node.remote.clone() };
+                (Some(Arc::new(node)), placement)
+            }
+            (Some(_), _) => return Err(NodeError::Cluster("a cluster needs PostgreSQL storage".into())),
+            (None, _) => (None, Placement::Local),
+        };
+        let (service, handler) = agent_service(config, storage, &placement)?;
+        let migrated =
+            service.migrate_legacy_directory().await.map_err(|e| NodeError::Service(e.to_string()))?;
+        if migrated > 0 {
+            tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
+        }
+        Ok(AgentNode { service: Arc::new(service), cluster, handler: Mutex::new(Some(handler)) })
+    }
+
+    /// In a cluster, starts answering other nodes (actor invocations, and
+    /// whole HTTP requests through `http`) and rebalancing agents onto nodes
+    /// that join. Alone, nothing to do.
+    pub async fn listen(&self, http: Arc<dyn HttpForwardHandler>) -> Result<(), NodeError> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        let handler = self.handler.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handler = handler.ok_or_else(|| NodeError::Cluster("the node listens already".into()))?;
+        cluster.listen(handler, http).await?;
+        cluster.start_rebalancing(Arc::clone(&self.service));
+        Ok(())
+    }
+
+    /// Stops the agent service. In a cluster, leaving is a drain: the node
+    /// is marked draining (no new activations come here), its agents are
+    /// handed to the other nodes, its actors finish their queued work, save
+    /// and release their placements, then it is marked left.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        let Some(cluster) = &self.cluster else {
+            self.service.shutdown().await;
+            return Ok(());
+        };
+        let drain = async {
+            cluster.drain(&self.service).await;
+            self.service.shutdown().await;
+        };
+        let left = cluster.member.leave(drain).await;
+        cluster.stop_listening();
+        left.map_err(|e| NodeError::Cluster(format!("leave: {e}")))
+    }
+}
+
+/// The agent service over `storage`: the agent, directory, run, block store
+/// and tool store runtimes, the LLM clients and the model catalog from
+/// `config`; in a cluster also the [`NodeHandler`] that runs invocations
+/// other nodes send here.
+pub fn agent_service(
+    config: &KelpieConfig,
+    storage: &Storage,
+    placement: &Placement,
+) -> Result<(AgentService, NodeHandler), NodeError> {
+    let env = Env::production();
+    let service_error = |e: kelpie_core::Error| NodeError::Service(e.to_string());
+    let runtime_config = RuntimeConfig::new(config.node_id.clone());
+    let parts = RuntimeParts { storage, placement, env: &env, config: &runtime_config };
+    let runtimes = AgentRuntimes {
+        agents: parts.runtime(AgentActor).map_err(service_error)?,
+        directory: parts.runtime(DirectoryActor).map_err(service_error)?,
+        runs: parts.runtime(RunActor).map_err(service_error)?,
+        blocks: parts.runtime(BlockStoreActor).map_err(service_error)?,
+        tool_store: parts.runtime(ToolStoreActor).map_err(service_error)?,
+    };
+    // In a cluster, other nodes reach these runtimes by actor namespace.
+    let handler = match placement {
+        Placement::Local => NodeHandler::default(),
+        Placement::Cluster { .. } => NodeHandler::default()
+            .with_namespace(AGENT_NAMESPACE, Arc::new(runtimes.agents.clone()))
+            .with_namespace(DIRECTORY_NAMESPACE, Arc::new(runtimes.directory.clone()))
+            .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(runtimes.tool_store.clone()))
+            .with_namespace(RUN_NAMESPACE, Arc::new(runtimes.runs.clone()))
+            .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone())),
+    };
+    let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
+    let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
+    Ok((AgentService::new(runtimes, env, llm, catalog), handler))
+}
+
+/// What every runtime of the agent service is built from.
+struct RuntimeParts<'a> {
+    storage: &'a Storage,
+    placement: &'a Placement,
+    env: &'a Env,
+    config: &'a RuntimeConfig,
+}
+
+impl RuntimeParts<'_> {
+    /// A runtime for `actor`: with its own registry over the store on a
+    /// single node, clustered on the shared directory in a cluster.
+    fn runtime<A>(&self, actor: A) -> Result<Runtime<A>, kelpie_core::Error>
+    where
+        A: kelpie_runtime::Actor,
+        A::Message: serde::Serialize + serde::de::DeserializeOwned,
+        A::Reply: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let (storage, env, config) = (self.storage.clone(), self.env.clone(), self.config.clone());
+        match self.placement {
+            Placement::Local => {
+                let store = Arc::new(StoragePlacementStore::new(storage.clone()));
+                let registry: Arc<dyn PlacementDirectory> = Arc::new(Registry::new(store, env.clock.clone()));
+                Runtime::new(actor, storage, registry, env, config)
+            }
+            Placement::Cluster { directory, remote } => {
+                Runtime::clustered(actor, storage, directory.clone(), env, config, remote.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The request bodies the agent service takes, with Letta's field names.
+//! Serde checks their shape (a wrong type is a 422 at the HTTP layer); the
+//! service checks their meaning. Unknown fields are ignored, as Letta's
+//! clients send many we do not use.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateBlock {
+    pub label: String,
+    pub value: String,
+    pub limit: Option<u64>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmConfigIn {
+    pub model: String,
+    pub handle: Option<String>,
+    pub context_window: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateAgent {
+    pub name: Option<String>,
+    pub system: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub memory_blocks: Option<Vec<CreateBlock>>,
+    pub tools: Option<Vec<String>>,
+    pub tool_ids: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub model: Option<String>,
+    pub llm_config: Option<LlmConfigIn>,
+    pub embedding: Option<String>,
+    pub context_window_limit: Option<u64>,
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateAgent {
+    pub name: Option<String>,
+    pub system: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<Value>,
+    pub tags: Option<Vec<String>>,
+    pub tool_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateBlock {
+    pub value: Option<String>,
+    pub limit: Option<u64>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+/// `POST /v1/tools/` and `PUT /v1/tools/`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateTool {
+    pub source_code: String,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub json_schema: Option<Value>,
+    pub return_char_limit: Option<usize>,
+}
+
+/// `PATCH /v1/tools/{tool_id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateTool {
+    pub source_code: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub json_schema: Option<Value>,
+    pub return_char_limit: Option<usize>,
+    #[serde(rename = "metadata_")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatePassage {
+    pub text: String,
+    pub tags: Option<Vec<String>>,
+}
+
+/// `POST /v1/passages/search` (Letta's `PassageSearchRequest`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PassageSearch {
+    pub query: Option<String>,
+    pub agent_id: Option<String>,
+    pub archive_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub tag_match_mode: Option<String>,
+    pub limit: Option<usize>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+}

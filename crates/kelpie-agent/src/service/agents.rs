@@ -1,0 +1,307 @@
+//! Agents themselves: create (optionally idempotent), retrieve, list with
+//! filters and pages, modify, delete; their core memory blocks, attached
+//! tools and message history.
+//!
+//! An agent exists in its actor before it is listed in the directory, and is
+//! unlisted before its actor forgets it: a crash in between leaves an agent
+//! reachable by id but not listed, never a listed ghost.
+
+use std::sync::Arc;
+
+use kelpie_core::Env;
+use kelpie_llm::catalog::ModelCatalog;
+use kelpie_memory::{Block, CoreMemory, WorkingMemory};
+use kelpie_tools::builtin_tools;
+use serde_json::Value;
+
+use super::agent_actors::AgentActors;
+use super::directory::AgentDirectory;
+use super::shared_blocks::SharedBlocks;
+use super::tools::ToolService;
+use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply};
+use crate::actors::directory::DirectoryEntry;
+use crate::actors::tool_store::ToolRecord;
+use crate::error::{unexpected, ServiceError, ServiceResult};
+use crate::ids::{id_from_key, new_id};
+use crate::letta::{block_json, letta_messages};
+use crate::model::{check_name_and_tags, AgentRecord, BlockPatch};
+use crate::page::{json_id, paginate, Page};
+use crate::requests::{CreateAgent, UpdateAgent, UpdateBlock};
+
+/// Longest idempotency key accepted, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// The default system prompt: our own words.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant with a persistent memory. \
+Your core memory blocks are shown below and are always in view; keep them up to date with \
+memory_insert and memory_replace (or core_memory_append and core_memory_replace) when you learn \
+something worth keeping. Keep short-lived notes, such as a plan for the task at hand, in your \
+working memory with working_memory_set; they are shown below until they expire. Store \
+longer facts with archival_memory_insert and look them up with archival_memory_search; find \
+earlier parts of the conversation with conversation_search. The user only sees what you send \
+with send_message: answer every user message by calling send_message exactly once, at the end.";
+
+pub struct Agents {
+    actors: Arc<AgentActors>,
+    directory: Arc<AgentDirectory>,
+    blocks: Arc<SharedBlocks>,
+    tools: Arc<ToolService>,
+    catalog: ModelCatalog,
+    env: Env,
+}
+
+fn entry_of(agent: &AgentRecord) -> DirectoryEntry {
+    DirectoryEntry { id: agent.id.clone(), name: agent.name.clone(), tags: agent.tags.clone() }
+}
+
+impl Agents {
+    pub(crate) fn new(
+        actors: Arc<AgentActors>,
+        directory: Arc<AgentDirectory>,
+        blocks: Arc<SharedBlocks>,
+        tools: Arc<ToolService>,
+        catalog: ModelCatalog,
+        env: Env,
+    ) -> Self {
+        Agents { actors, directory, blocks, tools, catalog, env }
+    }
+
+    fn build_record(
+        &self,
+        request: CreateAgent,
+        custom: &[ToolRecord],
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<AgentRecord> {
+        let now = self.env.clock.wall_ms();
+        let id = match idempotency_key {
+            Some(key) => id_from_key("agent", key),
+            None => new_id("agent", self.env.rng.as_ref()),
+        };
+        let name = request.name.unwrap_or_else(|| format!("agent-{}", &id[6..14]));
+        check_name_and_tags(&name, request.tags.as_deref().unwrap_or_default())?;
+        let mut blocks = Vec::new();
+        for spec in request.memory_blocks.unwrap_or_default() {
+            let mut block =
+                Block::new(new_id("block", self.env.rng.as_ref()), spec.label, spec.value, spec.limit)?;
+            block.description = spec.description;
+            block.read_only = spec.read_only.unwrap_or(false);
+            blocks.push(block);
+        }
+        let handle = request
+            .model
+            .or_else(|| request.llm_config.as_ref().map(|c| c.handle.clone().unwrap_or(c.model.clone())));
+        let mut llm = self.catalog.resolve_llm(handle.as_deref())?;
+        if let Some(window) =
+            request.context_window_limit.or(request.llm_config.and_then(|c| c.context_window))
+        {
+            llm.context_window = window;
+        }
+        if let Some(max_tokens) = request.max_tokens {
+            llm.max_tokens = max_tokens;
+        }
+        let tool_ids = initial_tool_ids(
+            request.tools.unwrap_or_default(),
+            request.tool_ids.unwrap_or_default(),
+            custom,
+        )?;
+        Ok(AgentRecord {
+            id,
+            name,
+            system: request.system.unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string()),
+            description: request.description,
+            metadata: request.metadata,
+            tags: request.tags.unwrap_or_default(),
+            memory: CoreMemory::new(blocks)?,
+            working: WorkingMemory::default(),
+            llm,
+            embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
+            tool_ids,
+            created_ms: now,
+            updated_ms: now,
+        })
+    }
+
+    /// Creates an agent. With an idempotency key its id comes from the key,
+    /// so every request with that key names the same actor: the first
+    /// create wins (the actor serializes them) and the others get its agent.
+    pub async fn create(&self, request: CreateAgent, idempotency_key: Option<&str>) -> ServiceResult<Value> {
+        if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
+            return Err(ServiceError::Invalid(format!(
+                "Idempotency-Key must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+            )));
+        }
+        let custom = self.tools.custom_tools().await?;
+        let record = self.build_record(request, &custom, idempotency_key)?;
+        let entry = entry_of(&record);
+        let agent_id = record.id.clone();
+        let created = self.actors.invoke_for_agent(&agent_id, AgentCommand::Create(Box::new(record))).await?;
+        self.directory.register(entry).await?;
+        Ok(self.actors.render_agent(&created, &custom))
+    }
+
+    pub async fn get(&self, agent_id: &str) -> ServiceResult<Value> {
+        self.actors.render(&self.actors.record(agent_id).await?).await
+    }
+
+    /// The listed agents with `name` (when given) and the `tags` (all of them
+    /// or any one), the page of them `page` selects.
+    pub async fn list(
+        &self,
+        name: Option<&str>,
+        tags: &[String],
+        match_all: bool,
+        page: &Page,
+    ) -> ServiceResult<Vec<Value>> {
+        let entries = self.directory.entries().await?;
+        let matching: Vec<DirectoryEntry> = entries
+            .into_iter()
+            .filter(|entry| name.is_none_or(|name| entry.name == name))
+            .filter(|entry| {
+                tags.is_empty()
+                    || if match_all {
+                        tags.iter().all(|tag| entry.tags.contains(tag))
+                    } else {
+                        tags.iter().any(|tag| entry.tags.contains(tag))
+                    }
+            })
+            .collect();
+        let custom = self.tools.custom_tools().await?;
+        let mut agents = Vec::new();
+        for entry in paginate(matching, |entry| entry.id.as_str(), page) {
+            match self.actors.record(&entry.id).await {
+                Ok(agent) => agents.push(self.actors.render_agent(&agent, &custom)),
+                // Deleted between the directory read and now.
+                Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(agents)
+    }
+
+    pub async fn update(&self, agent_id: &str, request: UpdateAgent) -> ServiceResult<Value> {
+        let current = self.actors.record(agent_id).await?;
+        check_name_and_tags(
+            request.name.as_deref().unwrap_or(&current.name),
+            request.tags.as_deref().unwrap_or(&current.tags),
+        )?;
+        if let Some(ids) = &request.tool_ids {
+            initial_tool_ids(Vec::new(), ids.clone(), &self.tools.custom_tools().await?)?;
+        }
+        let patch = AgentPatch {
+            name: request.name,
+            system: request.system,
+            description: request.description,
+            metadata: request.metadata,
+            tags: request.tags,
+            tool_ids: request.tool_ids,
+        };
+        let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(patch)).await?;
+        if updated.name != current.name || updated.tags != current.tags {
+            self.directory.update(entry_of(&updated)).await?;
+        }
+        self.actors.render(&updated).await
+    }
+
+    pub async fn delete(&self, agent_id: &str) -> ServiceResult<Value> {
+        self.actors.record(agent_id).await?;
+        self.directory.unregister(agent_id).await?;
+        self.actors.invoke(agent_id, AgentCommand::Delete).await?;
+        self.blocks.unlink_agent(agent_id).await?;
+        Ok(serde_json::json!({"message": format!("Agent id={agent_id} successfully deleted")}))
+    }
+
+    pub async fn list_blocks(&self, agent_id: &str) -> ServiceResult<Vec<Value>> {
+        Ok(self.actors.record(agent_id).await?.memory.blocks().iter().map(block_json).collect())
+    }
+
+    pub async fn get_block(&self, agent_id: &str, label: &str) -> ServiceResult<Value> {
+        Ok(block_json(self.actors.record(agent_id).await?.memory.get(label)?))
+    }
+
+    pub async fn update_block(
+        &self,
+        agent_id: &str,
+        label: &str,
+        request: UpdateBlock,
+    ) -> ServiceResult<Value> {
+        // A shared block is changed in its store and in every agent holding it.
+        let block_id = self.actors.record(agent_id).await?.memory.get(label)?.id.clone();
+        if self.blocks.find_shared(&block_id).await?.is_some() {
+            return self.blocks.update(&block_id, request).await;
+        }
+        let patch = BlockPatch {
+            value: request.value,
+            limit: request.limit,
+            description: request.description,
+            read_only: request.read_only,
+        };
+        let command = AgentCommand::UpdateBlock { label: label.to_string(), patch };
+        let agent = self.actors.invoke_for_agent(agent_id, command).await?;
+        Ok(block_json(agent.memory.get(label)?))
+    }
+
+    /// Deletes every message of the agent (after any turn in progress).
+    pub async fn reset_messages(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent_ref = self.actors.agent_ref(agent_id)?;
+        let lock = self.actors.turn_lock(agent_id);
+        let _turn = lock.lock().await;
+        let AgentReply::Agent(agent) = agent_ref.invoke(AgentCommand::ResetMessages).await? else {
+            return Err(unexpected("reset messages"));
+        };
+        self.actors.render(&agent).await
+    }
+
+    pub async fn list_messages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let AgentReply::Messages(messages) = self.actors.invoke(agent_id, AgentCommand::Messages).await?
+        else {
+            return Err(unexpected("messages"));
+        };
+        let rendered: Vec<Value> = messages.iter().flat_map(letta_messages).collect();
+        Ok(paginate(rendered, json_id, page))
+    }
+
+    /// Attaches or detaches tool `tool_id`.
+    pub async fn set_tool(&self, agent_id: &str, tool_id: &str, attach: bool) -> ServiceResult<Value> {
+        let current = self.actors.record(agent_id).await?;
+        initial_tool_ids(Vec::new(), vec![tool_id.to_string()], &self.tools.custom_tools().await?)?;
+        let mut tool_ids: Vec<String> = current.tool_ids.into_iter().filter(|id| id != tool_id).collect();
+        if attach {
+            tool_ids.push(tool_id.to_string());
+        }
+        let request = UpdateAgent { tool_ids: Some(tool_ids), ..UpdateAgent::default() };
+        self.update(agent_id, request).await
+    }
+}
+
+/// Every built-in tool, plus those named in `tools` or given in `tool_ids`
+/// (built-in or custom).
+fn initial_tool_ids(
+    names: Vec<String>,
+    ids: Vec<String>,
+    custom: &[ToolRecord],
+) -> ServiceResult<Vec<String>> {
+    let builtins = builtin_tools();
+    let mut tool_ids: Vec<String> = builtins.iter().map(|tool| tool.id.to_string()).collect();
+    let mut wanted = Vec::new();
+    for name in names {
+        if builtins.iter().any(|tool| tool.name == name) {
+            continue;
+        }
+        match custom.iter().find(|tool| tool.name == name) {
+            Some(tool) => wanted.push(tool.id.clone()),
+            None => return Err(ServiceError::Invalid(format!("tool {name:?} not found"))),
+        }
+    }
+    for id in ids {
+        if !builtins.iter().any(|tool| tool.id == id) && !custom.iter().any(|tool| tool.id == id) {
+            return Err(ServiceError::ToolNotFound(id));
+        }
+        wanted.push(id);
+    }
+    for id in wanted {
+        if !tool_ids.contains(&id) {
+            tool_ids.push(id);
+        }
+    }
+    Ok(tool_ids)
+}

@@ -1,0 +1,146 @@
+//! The agent service: every operation of the API on agents and what they
+//! hold, as small services composed here. The HTTP layer calls
+//! [`AgentService`] and nothing else; each of its parts routes operations to
+//! the actors of [`crate::actors`].
+//!
+//! The parts, each using only those listed before it:
+//! - [`tools::ToolService`]: built-in and custom tools;
+//! - [`directory::AgentDirectory`]: the agent listing (shards, creation order);
+//! - [`agent_actors::AgentActors`]: the agent actors and what every operation
+//!   on one agent needs (its record, its rendering, its turn lock);
+//! - [`shared_blocks::SharedBlocks`]: standalone blocks and their copies in agents;
+//! - [`agents::Agents`]: create, read, list, modify and delete agents, their
+//!   core memory blocks and messages;
+//! - [`archival::Archival`]: archival memory (passages and their search);
+//! - [`turn::Turns`]: the agent loop;
+//! - [`runs::Runs`]: turns in the background, as runs;
+//! - [`transfer::Transfer`]: export and import of agents.
+
+pub mod agent_actors;
+pub mod agents;
+pub mod archival;
+pub mod directory;
+mod locks;
+pub mod runs;
+pub mod shared_blocks;
+pub mod tools;
+pub mod transfer;
+pub mod turn;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kelpie_core::{ActorId, Env, Result};
+use kelpie_llm::catalog::ModelCatalog;
+use kelpie_llm::LlmClients;
+use kelpie_runtime::Runtime;
+
+use crate::actors::agent::AgentActor;
+use crate::actors::block_store::BlockStoreActor;
+use crate::actors::directory::DirectoryActor;
+use crate::actors::run_store::RunActor;
+use crate::actors::tool_store::ToolStoreActor;
+use crate::error::ServiceResult;
+use agent_actors::AgentActors;
+use agents::Agents;
+use archival::Archival;
+use directory::AgentDirectory;
+use runs::Runs;
+use shared_blocks::SharedBlocks;
+use tools::ToolService;
+use transfer::Transfer;
+use turn::Turns;
+
+/// The actor runtimes the agent service routes commands to.
+pub struct AgentRuntimes {
+    pub agents: Runtime<AgentActor>,
+    pub directory: Runtime<DirectoryActor>,
+    pub runs: Runtime<RunActor>,
+    pub blocks: Runtime<BlockStoreActor>,
+    pub tool_store: Runtime<ToolStoreActor>,
+}
+
+pub struct AgentService {
+    pub tools: Arc<ToolService>,
+    pub catalog: ModelCatalog,
+    pub agents: Agents,
+    pub blocks: Arc<SharedBlocks>,
+    pub archival: Archival,
+    pub turns: Arc<Turns>,
+    pub runs: Runs,
+    pub transfer: Transfer,
+    directory: Arc<AgentDirectory>,
+    actors: Arc<AgentActors>,
+    env: Env,
+}
+
+impl AgentService {
+    pub fn new(runtimes: AgentRuntimes, env: Env, llm: LlmClients, catalog: ModelCatalog) -> Self {
+        let tools = Arc::new(ToolService::new(runtimes.tool_store, env.clone()));
+        let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
+        let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
+        let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
+        let agents = Agents::new(
+            Arc::clone(&actors),
+            Arc::clone(&directory),
+            Arc::clone(&blocks),
+            Arc::clone(&tools),
+            catalog.clone(),
+            env.clone(),
+        );
+        let archival = Archival::new(Arc::clone(&actors), llm.clone());
+        let turns = Arc::new(Turns::new(Arc::clone(&actors), Arc::clone(&tools), llm.clone(), env.clone()));
+        let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());
+        let transfer =
+            Transfer::new(Arc::clone(&actors), Arc::clone(&directory), Arc::clone(&tools), llm, env.clone());
+        AgentService {
+            tools,
+            catalog,
+            agents,
+            blocks,
+            archival,
+            turns,
+            runs,
+            transfer,
+            directory,
+            actors,
+            env,
+        }
+    }
+
+    /// The randomness ids are drawn from.
+    pub fn rng(&self) -> &dyn kelpie_core::RngSource {
+        self.env.rng.as_ref()
+    }
+
+    /// Moves the agents of a data dir from before the directory was sharded
+    /// into the shards; how many were moved.
+    pub async fn migrate_legacy_directory(&self) -> ServiceResult<usize> {
+        self.directory.migrate_legacy().await
+    }
+
+    /// The agents active on this node, least recently used first.
+    pub fn active_agents(&self) -> Vec<ActorId> {
+        self.actors.active()
+    }
+
+    /// Deactivates agent `actor_id` here under its turn lock, then runs
+    /// `complete` (the target node's claim) before letting turns proceed.
+    pub async fn hand_off<F>(&self, actor_id: &ActorId, complete: F) -> Result<()>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        self.actors.hand_off(actor_id, complete).await
+    }
+
+    /// Stops the background runs and finishes every activation (their state
+    /// is already committed).
+    pub async fn shutdown(&self) {
+        self.runs.abort_all();
+        self.actors.shutdown().await;
+        self.runs.shutdown().await;
+        self.directory.shutdown().await;
+        self.blocks.shutdown().await;
+        self.tools.shutdown().await;
+    }
+}

@@ -1,0 +1,174 @@
+//! The tool service: built-in tools (from kelpie-tools) and custom Python
+//! tools (in the tool store actor), as the `/v1/tools` handlers and the
+//! agent loop need them. Schemas of custom tools are derived or checked out
+//! of process before anything is stored.
+
+use kelpie_core::{ActorId, Env};
+use kelpie_runtime::Runtime;
+use kelpie_tools::builtin_tools;
+use kelpie_tools::python::tool_schema;
+use serde_json::{json, Value};
+
+use crate::actors::tool_store::{ToolCommand, ToolRecord, ToolReply, ToolStoreActor, TOOL_STORE_ACTOR};
+use crate::error::{unexpected, ServiceError, ServiceResult};
+use crate::ids::new_id;
+use crate::letta::{builtin_tool_json, custom_tool_json};
+use crate::limits::TOOL_RETURN_CHARS_MAX;
+use crate::requests::{CreateTool, UpdateTool};
+
+pub struct ToolService {
+    store: Runtime<ToolStoreActor>,
+    env: Env,
+}
+
+fn is_builtin(tool_id: &str) -> bool {
+    builtin_tools().iter().any(|tool| tool.id == tool_id)
+}
+
+fn check_return_limit(limit: Option<usize>) -> ServiceResult<usize> {
+    let limit = limit.unwrap_or(TOOL_RETURN_CHARS_MAX);
+    if limit == 0 || limit > TOOL_RETURN_CHARS_MAX {
+        return Err(ServiceError::Invalid(format!(
+            "return_char_limit {limit} is outside 1..={TOOL_RETURN_CHARS_MAX}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// The schema with `description` set, when one is given.
+fn described(mut schema: Value, description: Option<&str>) -> Value {
+    if let (Some(description), Some(object)) = (description, schema.as_object_mut()) {
+        object.insert("description".into(), json!(description));
+    }
+    schema
+}
+
+fn schema_name(schema: &Value) -> String {
+    schema["name"].as_str().unwrap_or_default().to_string()
+}
+
+impl ToolService {
+    pub(crate) fn new(store: Runtime<ToolStoreActor>, env: Env) -> Self {
+        ToolService { store, env }
+    }
+
+    async fn invoke(&self, command: ToolCommand) -> ServiceResult<ToolReply> {
+        let actor_id = ActorId::new(TOOL_STORE_ACTOR.0, TOOL_STORE_ACTOR.1)?;
+        match self.store.invoke(&actor_id, command).await? {
+            ToolReply::NameTaken(name) => Err(ServiceError::ToolNameTaken(name)),
+            reply => Ok(reply),
+        }
+    }
+
+    async fn stored(&self, command: ToolCommand) -> ServiceResult<Value> {
+        match self.invoke(command).await? {
+            ToolReply::Tool(tool) => Ok(custom_tool_json(&tool)),
+            _ => Err(unexpected("a tool command")),
+        }
+    }
+
+    /// Every custom tool, in creation order.
+    pub async fn custom_tools(&self) -> ServiceResult<Vec<ToolRecord>> {
+        match self.invoke(ToolCommand::List).await? {
+            ToolReply::Tools(tools) => Ok(tools),
+            _ => Err(unexpected("a tool command")),
+        }
+    }
+
+    /// Built-in tools first, then custom tools.
+    pub async fn list(&self) -> ServiceResult<Vec<Value>> {
+        let mut all: Vec<Value> = builtin_tools().iter().map(builtin_tool_json).collect();
+        all.extend(self.custom_tools().await?.iter().map(custom_tool_json));
+        Ok(all)
+    }
+
+    pub async fn get(&self, tool_id: &str) -> ServiceResult<Value> {
+        if let Some(tool) = builtin_tools().iter().find(|tool| tool.id == tool_id) {
+            return Ok(builtin_tool_json(tool));
+        }
+        let tools = self.custom_tools().await?;
+        let tool = tools.iter().find(|tool| tool.id == tool_id);
+        tool.map(custom_tool_json).ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))
+    }
+
+    /// `POST /v1/tools/` (`upsert = false`) and `PUT /v1/tools/`.
+    pub async fn create(&self, request: CreateTool, upsert: bool) -> ServiceResult<Value> {
+        let schema = tool_schema(&request.source_code, request.json_schema).await?;
+        let schema = described(schema, request.description.as_deref());
+        let name = schema_name(&schema);
+        if builtin_tools().iter().any(|tool| tool.name == name) {
+            return Err(ServiceError::ToolNameTaken(name));
+        }
+        let now = self.env.clock.wall_ms();
+        let record = ToolRecord {
+            id: new_id("tool", self.env.rng.as_ref()),
+            name,
+            description: schema["description"].as_str().map(str::to_string),
+            source_code: request.source_code,
+            json_schema: schema,
+            tags: request.tags.unwrap_or_default(),
+            return_char_limit: check_return_limit(request.return_char_limit)?,
+            metadata: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let command = if upsert { ToolCommand::Upsert } else { ToolCommand::Create };
+        self.stored(command(Box::new(record))).await
+    }
+
+    /// Stores `tool` (from an agent file) under its name, replacing a custom
+    /// tool of that name and keeping its id; answers the stored record.
+    pub async fn upsert_record(&self, tool: ToolRecord) -> ServiceResult<ToolRecord> {
+        if builtin_tools().iter().any(|builtin| builtin.name == tool.name) {
+            return Err(ServiceError::ToolNameTaken(tool.name));
+        }
+        match self.invoke(ToolCommand::Upsert(Box::new(tool))).await? {
+            ToolReply::Tool(stored) => Ok(*stored),
+            _ => Err(unexpected("a tool command")),
+        }
+    }
+
+    /// `PATCH /v1/tools/{id}`; a new source without a schema gets a newly
+    /// derived schema.
+    pub async fn modify(&self, tool_id: &str, request: UpdateTool) -> ServiceResult<Value> {
+        if is_builtin(tool_id) {
+            return Err(ServiceError::Invalid(format!("built-in tool {tool_id} cannot be changed")));
+        }
+        let tools = self.custom_tools().await?;
+        let mut tool = tools
+            .into_iter()
+            .find(|tool| tool.id == tool_id)
+            .ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))?;
+        if request.source_code.is_some() || request.json_schema.is_some() {
+            let source = request.source_code.unwrap_or(tool.source_code);
+            tool.json_schema = tool_schema(&source, request.json_schema).await?;
+            tool.source_code = source;
+        }
+        let description = request.description.or(tool.description.clone());
+        tool.json_schema = described(tool.json_schema, description.as_deref());
+        tool.description = tool.json_schema["description"].as_str().map(str::to_string);
+        tool.name = schema_name(&tool.json_schema);
+        if builtin_tools().iter().any(|builtin| builtin.name == tool.name) {
+            return Err(ServiceError::ToolNameTaken(tool.name));
+        }
+        tool.tags = request.tags.unwrap_or(tool.tags);
+        if request.return_char_limit.is_some() {
+            tool.return_char_limit = check_return_limit(request.return_char_limit)?;
+        }
+        tool.metadata = request.metadata.or(tool.metadata);
+        tool.updated_ms = self.env.clock.wall_ms();
+        self.stored(ToolCommand::Replace(Box::new(tool))).await
+    }
+
+    pub async fn delete(&self, tool_id: &str) -> ServiceResult<Value> {
+        if is_builtin(tool_id) {
+            return Err(ServiceError::Invalid(format!("built-in tool {tool_id} cannot be deleted")));
+        }
+        self.invoke(ToolCommand::Delete { id: tool_id.to_string() }).await?;
+        Ok(json!({"message": format!("Tool id={tool_id} successfully deleted")}))
+    }
+
+    pub async fn shutdown(&self) {
+        self.store.shutdown().await;
+    }
+}

@@ -1,0 +1,73 @@
+//! The configured providers, and the routing of a request to the provider
+//! an agent was created with.
+
+use kelpie_core::config::LlmConfig;
+
+use crate::anthropic::AnthropicClient;
+use crate::chat::{ChatRequest, ChatResponse};
+use crate::http::LlmError;
+use crate::openai::OpenAiClient;
+use crate::settings::{EmbeddingSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};
+use crate::stream::ChatDelta;
+
+/// The configured providers. OpenAI-compatible is always there (its base URL
+/// has a default); Anthropic only when its key is configured.
+#[derive(Clone)]
+pub struct LlmClients {
+    pub openai: OpenAiClient,
+    pub anthropic: Option<AnthropicClient>,
+}
+
+impl LlmClients {
+    /// The configured providers: OpenAI-compatible always, Anthropic with a key.
+    pub fn from_config(config: &LlmConfig) -> Result<LlmClients, LlmError> {
+        let openai = OpenAiClient::new(&config.openai_base_url, config.openai_api_key.clone())?;
+        let anthropic = match &config.anthropic_api_key {
+            Some(key) => Some(AnthropicClient::new(&config.anthropic_base_url, key.clone())?),
+            None => None,
+        };
+        Ok(LlmClients { openai, anthropic })
+    }
+
+    /// One vector per text, in order, with the embedding `settings` name:
+    /// the local hash embedding (no network), or `openai/<model>` through
+    /// the OpenAI-compatible `/embeddings`.
+    pub async fn embed(
+        &self,
+        settings: &EmbeddingSettings,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        if settings.handle == LOCAL_EMBEDDING_HANDLE {
+            return Ok(texts.iter().map(|text| kelpie_memory::embed_local(text)).collect());
+        }
+        self.openai.embed(&settings.model, texts).await
+    }
+
+    /// One chat turn with the provider named in the agent's settings.
+    pub async fn chat(&self, provider: &str, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        if provider != PROVIDER_ANTHROPIC {
+            return self.openai.chat(request).await;
+        }
+        match &self.anthropic {
+            Some(client) => client.chat(request).await,
+            None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
+        }
+    }
+
+    /// [`Self::chat`] with the answer streamed: each delta goes to
+    /// `on_delta` as it arrives; the result is the whole answer.
+    pub async fn chat_streaming(
+        &self,
+        provider: &str,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(ChatDelta) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        if provider != PROVIDER_ANTHROPIC {
+            return self.openai.chat_stream(request, on_delta).await;
+        }
+        match &self.anthropic {
+            Some(client) => client.chat_stream(request, on_delta).await,
+            None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
+        }
+    }
+}
