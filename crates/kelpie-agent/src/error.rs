@@ -20,10 +20,14 @@ pub enum ServiceError {
     BlockNotFound(String),
     #[error("Tool with ID {0} not found")]
     ToolNotFound(String),
+    #[error("Sandbox config with ID {0} not found")]
+    SandboxConfigNotFound(String),
+    #[error("Sandbox environment variable with ID {0} not found")]
+    SandboxEnvNotFound(String),
     #[error("a tool named {0:?} already exists")]
     ToolNameTaken(String),
     #[error(transparent)]
-    Tool(#[from] kelpie_tools::python::ToolError),
+    Tool(#[from] kelpie_tools::ToolError),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -9,7 +9,7 @@ use crate::actors::tool_store::ToolRecord;
 use crate::model::{AgentRecord, MessageBody, StoredMessage};
 use kelpie_llm::ToolCall;
 
-use crate::ids::{rfc3339_micros, rfc3339_seconds, uuid_part};
+use crate::ids::{id_from_key, rfc3339_micros, rfc3339_seconds, uuid_part};
 
 pub fn block_json(block: &Block) -> Value {
     json!({
@@ -37,7 +37,8 @@ pub fn custom_tool_json(tool: &ToolRecord) -> Value {
         "id": tool.id, "tool_type": "custom", "description": tool.description, "source_type": "python",
         "name": tool.name, "tags": tool.tags, "source_code": tool.source_code, "json_schema": tool.json_schema,
         "args_json_schema": null, "return_char_limit": tool.return_char_limit,
-        "pip_requirements": null, "npm_requirements": null, "default_requires_approval": null,
+        "pip_requirements": (!tool.pip_requirements.is_empty()).then_some(&tool.pip_requirements),
+        "npm_requirements": null, "default_requires_approval": null,
         "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
         "metadata_": tool.metadata.clone().unwrap_or_else(|| json!({})), "project_id": null,
     })
@@ -80,7 +81,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
         "blocks": blocks, "tools": tools, "sources": [],
     });
     let rest = json!({
-        "tool_exec_environment_variables": [], "secrets": [], "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
+        "tool_exec_environment_variables": secrets_json(agent), "secrets": secrets_json(agent), "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
         "identity_ids": [], "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
         "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
         "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
@@ -145,6 +146,31 @@ fn assistant_parts(message: &StoredMessage, content: &Option<String>, calls: &[T
     out
 }
 
+/// A tool's captured output as Letta shows it: one string in a list, or
+/// null when it printed nothing.
+fn captured(text: &Option<String>) -> Value {
+    match text.as_deref() {
+        Some(text) if !text.is_empty() => json!([text]),
+        _ => Value::Null,
+    }
+}
+
+/// Letta's `AgentEnvironmentVariable` list of an agent's tool environment.
+/// Values are secrets: never sent back, only their names.
+fn secrets_json(agent: &AgentRecord) -> Vec<Value> {
+    agent
+        .secrets
+        .keys()
+        .map(|key| {
+            json!({
+                "id": id_from_key("agent-env", &format!("{}/{key}", agent.id)), "key": key, "value": "",
+                "description": null, "agent_id": agent.id, "organization_id": null, "value_enc": null,
+                "created_by_id": null, "last_updated_by_id": null, "created_at": null, "updated_at": null,
+            })
+        })
+        .collect()
+}
+
 /// One persisted message as zero or more Letta messages (a `send_message`
 /// return is not shown, as Letta does not show it).
 pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
@@ -154,11 +180,11 @@ pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
         }
         MessageBody::Assistant { content, tool_calls } => assistant_parts(message, content, tool_calls),
         MessageBody::Tool { name, .. } if name == SEND_MESSAGE => vec![],
-        MessageBody::Tool { tool_call_id, result, ok, .. } => vec![with(
+        MessageBody::Tool { tool_call_id, result, ok, stdout, stderr, .. } => vec![with(
             envelope(message, "tool_return_message"),
             json!({
                 "tool_return": result, "status": if *ok { "success" } else { "error" },
-                "tool_call_id": tool_call_id, "stdout": null, "stderr": null,
+                "tool_call_id": tool_call_id, "stdout": captured(stdout), "stderr": captured(stderr),
             }),
         )],
     }

@@ -2,6 +2,8 @@
 //! working memory, attached tools) in its state, and messages and passages
 //! as extra keys.
 
+use std::collections::BTreeMap;
+
 use kelpie_llm::{EmbeddingSettings, LlmSettings, ToolCall};
 use kelpie_memory::{CoreMemory, WorkingMemory};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,10 @@ pub struct AgentRecord {
     pub embedding: EmbeddingSettings,
     /// Attached tools, built-in and custom, by id, in attach order.
     pub tool_ids: Vec<String>,
+    /// Environment variables given to this agent's tool calls (Letta's
+    /// `secrets`). Never rendered back with their values.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -39,9 +45,24 @@ pub struct AgentRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum MessageBody {
-    User { content: String },
-    Assistant { content: Option<String>, tool_calls: Vec<ToolCall> },
-    Tool { tool_call_id: String, name: String, result: String, ok: bool },
+    User {
+        content: String,
+    },
+    Assistant {
+        content: Option<String>,
+        tool_calls: Vec<ToolCall>,
+    },
+    Tool {
+        tool_call_id: String,
+        name: String,
+        result: String,
+        ok: bool,
+        /// What a sandboxed tool printed; absent for built-in tools.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdout: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stderr: Option<String>,
+    },
 }
 
 /// One persisted message of an agent's conversation.
@@ -131,6 +152,7 @@ mod tests {
             llm,
             embedding,
             tool_ids: Vec::new(),
+            secrets: BTreeMap::new(),
             created_ms: 1,
             updated_ms: 2,
         };

@@ -10,18 +10,24 @@
 use std::sync::{Arc, Mutex};
 
 use kelpie_cluster::{HttpForwardHandler, NodeHandler};
-use kelpie_core::config::{KelpieConfig, StorageConfig};
+use kelpie_core::config::{KelpieConfig, SandboxBackend, SandboxConfig, StorageConfig};
 use kelpie_core::Env;
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::LlmClients;
 use kelpie_registry::{PlacementDirectory, Registry, StoragePlacementStore};
 use kelpie_runtime::{Runtime, RuntimeConfig};
+use kelpie_sandbox::gvisor::GvisorBackend;
+use kelpie_sandbox::process::ProcessBackend;
+use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
+use kelpie_sandbox::Backend;
 use kelpie_storage::Storage;
+use kelpie_tools::{RunnerSettings, ToolRunner};
 
 use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
 use crate::actors::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
 use crate::actors::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
 use crate::actors::run_store::{RunActor, RUN_NAMESPACE};
+use crate::actors::sandbox_config_store::{SandboxConfigActor, SANDBOX_CONFIG_ACTOR};
 use crate::actors::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
 use crate::cluster::ClusterNode;
 pub use crate::error::NodeError;
@@ -59,6 +65,8 @@ pub struct AgentNode {
     pub cluster: Option<Arc<ClusterNode>>,
     /// What answers other nodes' actor invocations, until [`Self::listen`] takes it.
     handler: Mutex<Option<NodeHandler>>,
+    /// The sandbox root, removed at shutdown when nothing is left in it.
+    sandbox_dir: std::path::PathBuf,
 }
 
 impl AgentNode {
@@ -87,7 +95,8 @@ impl AgentNode {
         if migrated > 0 {
             tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
         }
-        Ok(AgentNode { service: Arc::new(service), cluster, handler: Mutex::new(Some(handler)) })
+        let sandbox_dir = config.sandbox.dir.clone();
+        Ok(AgentNode { service: Arc::new(service), cluster, handler: Mutex::new(Some(handler)), sandbox_dir })
     }
 
     /// In a cluster, starts answering other nodes (actor invocations, and
@@ -109,6 +118,7 @@ impl AgentNode {
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         let Some(cluster) = &self.cluster else {
             self.service.shutdown().await;
+            let _ = std::fs::remove_dir(&self.sandbox_dir);
             return Ok(());
         };
         let drain = async {
@@ -117,6 +127,7 @@ impl AgentNode {
         };
         let left = cluster.member.leave(drain).await;
         cluster.stop_listening();
+        let _ = std::fs::remove_dir(&self.sandbox_dir);
         left.map_err(|e| NodeError::Cluster(format!("leave: {e}")))
     }
 }
@@ -140,6 +151,7 @@ pub fn agent_service(
         runs: parts.runtime(RunActor).map_err(service_error)?,
         blocks: parts.runtime(BlockStoreActor).map_err(service_error)?,
         tool_store: parts.runtime(ToolStoreActor).map_err(service_error)?,
+        sandbox_configs: parts.runtime(SandboxConfigActor).map_err(service_error)?,
     };
     // In a cluster, other nodes reach these runtimes by actor namespace.
     let handler = match placement {
@@ -149,11 +161,34 @@ pub fn agent_service(
             .with_namespace(DIRECTORY_NAMESPACE, Arc::new(runtimes.directory.clone()))
             .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(runtimes.tool_store.clone()))
             .with_namespace(RUN_NAMESPACE, Arc::new(runtimes.runs.clone()))
-            .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone())),
+            .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone()))
+            .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone())),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
-    Ok((AgentService::new(runtimes, env, llm, catalog), handler))
+    let runner = Arc::new(tool_runner(&config.sandbox));
+    Ok((AgentService::new(runtimes, env, llm, catalog, runner), handler))
+}
+
+/// The sandbox backend `config` names, and the runner of tool code on it.
+/// A backend this machine cannot run is reported here, at start, and again
+/// by every tool it would run; `none` is never chosen without being named.
+pub fn tool_runner(config: &SandboxConfig) -> ToolRunner {
+    let sandboxes = config.dir.join("run");
+    let backend: Arc<dyn Backend> = match config.backend {
+        SandboxBackend::Process => Arc::new(ProcessBackend::open(sandboxes)),
+        SandboxBackend::Gvisor => Arc::new(GvisorBackend::open(sandboxes)),
+        SandboxBackend::None => {
+            tracing::warn!("sandbox.backend is \"none\": tool code runs unsandboxed, as the server's user, with its files, network and secrets in reach");
+            Arc::new(UnsandboxedBackend::open(sandboxes))
+        }
+    };
+    if let Err(err) = backend.check_available() {
+        tracing::warn!(%err, "custom tools cannot run until this is fixed");
+    }
+    let mut settings = RunnerSettings::new(config.python.clone(), config.dir.join("pip"));
+    settings.pip_index_url = config.pip_index_url.clone();
+    ToolRunner::new(backend, settings)
 }
 
 /// What every runtime of the agent service is built from.

@@ -3,6 +3,9 @@
 //! service checks their meaning. Unknown fields are ignored, as Letta's
 //! clients send many we do not use.
 
+use std::collections::BTreeMap;
+
+use kelpie_tools::pip::PipRequirement;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,6 +40,10 @@ pub struct CreateAgent {
     pub embedding: Option<String>,
     pub context_window_limit: Option<u64>,
     pub max_tokens: Option<u64>,
+    /// Environment variables of the agent's tool calls (Letta's `secrets`).
+    pub secrets: Option<BTreeMap<String, String>>,
+    /// Letta's older name for `secrets`; `secrets` wins when both are given.
+    pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,6 +54,9 @@ pub struct UpdateAgent {
     pub metadata: Option<Value>,
     pub tags: Option<Vec<String>>,
     pub tool_ids: Option<Vec<String>>,
+    /// Replaces every environment variable of the agent's tool calls.
+    pub secrets: Option<BTreeMap<String, String>>,
+    pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,6 +75,10 @@ pub struct CreateTool {
     pub tags: Option<Vec<String>>,
     pub json_schema: Option<Value>,
     pub return_char_limit: Option<usize>,
+    pub pip_requirements: Option<Vec<PipRequirement>>,
+    /// Not in Letta's create body, but in its update's; accepted here too.
+    #[serde(rename = "metadata_")]
+    pub metadata: Option<Value>,
 }
 
 /// `PATCH /v1/tools/{tool_id}`.
@@ -75,6 +89,7 @@ pub struct UpdateTool {
     pub tags: Option<Vec<String>>,
     pub json_schema: Option<Value>,
     pub return_char_limit: Option<usize>,
+    pub pip_requirements: Option<Vec<PipRequirement>>,
     #[serde(rename = "metadata_")]
     pub metadata: Option<Value>,
 }

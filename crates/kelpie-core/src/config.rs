@@ -27,6 +27,10 @@
 //! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
 //! | `llm.anthropic_api_key` | `ANTHROPIC_API_KEY` | none |
 //! | `llm.default_model` | `KELPIE_DEFAULT_MODEL` | none |
+//! | `sandbox.backend` | `KELPIE_SANDBOX` | `process` (`gvisor`; `none` only when asked for) |
+//! | `sandbox.dir` | `KELPIE_SANDBOX_DIR` | `<temp dir>/kelpie-sandbox-<hash of the data dir>` |
+//! | `sandbox.python` | `KELPIE_SANDBOX_PYTHON` | `/usr/bin/python3` |
+//! | `sandbox.pip_index_url` | `KELPIE_PIP_INDEX_URL` | none (pip's default index) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +63,10 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
     ("llm.anthropic_api_key", "ANTHROPIC_API_KEY"),
     ("llm.default_model", "KELPIE_DEFAULT_MODEL"),
+    ("sandbox.backend", "KELPIE_SANDBOX"),
+    ("sandbox.dir", "KELPIE_SANDBOX_DIR"),
+    ("sandbox.python", "KELPIE_SANDBOX_PYTHON"),
+    ("sandbox.pip_index_url", "KELPIE_PIP_INDEX_URL"),
 ];
 
 /// Where a configuration value came from.
@@ -146,6 +154,42 @@ impl fmt::Debug for LlmConfig {
     }
 }
 
+/// The sandbox dir of a data dir, unless configured: under the system's
+/// temp dir (which every user may traverse, as a sandbox's user must reach
+/// its directories), one per data dir.
+pub fn default_sandbox_dir(data_dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash =
+        absolute.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    std::env::temp_dir().join(format!("kelpie-sandbox-{hash:016x}"))
+}
+
+/// Which isolation runs tool code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxBackend {
+    /// bubblewrap namespaces and cgroups (the default).
+    Process,
+    /// gVisor's `runsc`.
+    Gvisor,
+    /// No isolation; only when chosen, with a warning at start.
+    None,
+}
+
+/// Where and how tool code runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub backend: SandboxBackend,
+    /// Sandboxes' working directories (emptied at start) and installed
+    /// pip requirements (kept) live under here. The sandbox's user must be
+    /// able to traverse every directory above it.
+    pub dir: PathBuf,
+    /// The Python interpreter tools run with, a path the sandbox can see.
+    pub python: String,
+    pub pip_index_url: Option<String>,
+}
+
 /// The validated configuration of one Kelpie server process.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KelpieConfig {
@@ -156,6 +200,7 @@ pub struct KelpieConfig {
     pub storage: StorageConfig,
     pub cluster: Option<ClusterConfig>,
     pub llm: LlmConfig,
+    pub sandbox: SandboxConfig,
 }
 
 impl fmt::Debug for KelpieConfig {
@@ -168,6 +213,7 @@ impl fmt::Debug for KelpieConfig {
             .field("storage", &self.storage.to_string())
             .field("cluster", &self.cluster)
             .field("llm", &self.llm)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -254,7 +300,8 @@ impl ConfigLayers {
         let storage = self.resolve_storage(&data_dir)?;
         let cluster = self.resolve_cluster(&storage)?;
         let llm = self.resolve_llm()?;
-        Ok(KelpieConfig { data_dir, bind, node_id, api_key, storage, cluster, llm })
+        let sandbox = self.resolve_sandbox(&data_dir)?;
+        Ok(KelpieConfig { data_dir, bind, node_id, api_key, storage, cluster, llm, sandbox })
     }
 
     fn resolve_storage(&self, data_dir: &Path) -> Result<StorageConfig, ConfigError> {
@@ -354,6 +401,34 @@ impl ConfigLayers {
         })
     }
 
+    fn resolve_sandbox(&self, data_dir: &Path) -> Result<SandboxConfig, ConfigError> {
+        let backend = self.parse("sandbox.backend", "process", |v| match v {
+            "process" => Ok(SandboxBackend::Process),
+            "gvisor" => Ok(SandboxBackend::Gvisor),
+            "none" => Ok(SandboxBackend::None),
+            other => Err(format!("{other:?} is not one of \"process\", \"gvisor\", \"none\"")),
+        })?;
+        let dir = match self.optional("sandbox.dir") {
+            Some(dir) if dir.is_empty() => return Err(self.invalid("sandbox.dir", "must not be empty")),
+            Some(dir) => PathBuf::from(dir),
+            None => default_sandbox_dir(data_dir),
+        };
+        let python = self.text("sandbox.python", "/usr/bin/python3");
+        if !python.starts_with('/') {
+            return Err(self.invalid("sandbox.python", &format!("{python:?} must be an absolute path")));
+        }
+        let pip_index_url = self.optional("sandbox.pip_index_url").filter(|url| !url.is_empty());
+        if let Some(url) = &pip_index_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.invalid(
+                    "sandbox.pip_index_url",
+                    &format!("{url:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        Ok(SandboxConfig { backend, dir, python, pip_index_url })
+    }
+
     fn optional(&self, field: &'static str) -> Option<String> {
         self.values.get(field).map(|(value, _)| value.clone())
     }
@@ -418,6 +493,15 @@ mod tests {
         assert_eq!(config.api_key, None);
         assert_eq!(config.llm.openai_base_url, "https://api.openai.com/v1");
         assert_eq!(config.llm.openai_api_key, None);
+        assert_eq!(
+            config.sandbox,
+            SandboxConfig {
+                backend: SandboxBackend::Process,
+                dir: default_sandbox_dir(Path::new("./kelpie-data")),
+                python: "/usr/bin/python3".into(),
+                pip_index_url: None,
+            }
+        );
     }
 
     #[test]
@@ -482,6 +566,9 @@ mod tests {
             ("node_id", "bad node", "config field `node_id` (from flag --bind): invalid node id \"bad node\": node id contains ' '; allowed are ASCII letters, digits and - _ . : @"),
             ("llm.openai_base_url", "ftp://x", "config field `llm.openai_base_url` (from flag --bind): \"ftp://x\" must start with http:// or https://"),
             ("cluster.enabled", "maybe", "config field `cluster.enabled` (from flag --bind): \"maybe\" is not a boolean (true/false)"),
+            ("sandbox.backend", "docker", "config field `sandbox.backend` (from flag --bind): \"docker\" is not one of \"process\", \"gvisor\", \"none\""),
+            ("sandbox.python", "python3", "config field `sandbox.python` (from flag --bind): \"python3\" must be an absolute path"),
+            ("sandbox.pip_index_url", "file:///x", "config field `sandbox.pip_index_url` (from flag --bind): \"file:///x\" must start with http:// or https://"),
         ];
         for (field, value, message) in cases {
             let mut layers = ConfigLayers::new();

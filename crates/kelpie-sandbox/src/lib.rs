@@ -1,5 +1,35 @@
-//! Isolated execution of tool code: process sandbox, gVisor and VM-backed
-//! sandboxes. Never depends on the server.
+//! Isolated execution of untrusted code (tool code, the code interpreter,
+//! package installs): one lifecycle over interchangeable backends.
 //!
-//! This crate is not built out yet: it only marks its place in the dependency
-//! order of `ARCHITECTURE.md`.
+//! - [`lifecycle`]: the states and transitions every sandbox follows, as a
+//!   pure state machine; [`Sandbox`] holds one under one lock over a backend.
+//! - [`backend`]: the [`Backend`]/[`Instance`] contract and what goes in and
+//!   out of an execution ([`ExecRequest`], [`ExecOutput`]).
+//! - Backends: [`process`] (bubblewrap namespaces and cgroups, the default),
+//!   [`gvisor`] (gVisor's `runsc`), [`unsandboxed`] (no isolation, only when
+//!   chosen). They share the root a program sees ([`rootfs`]), the cgroups
+//!   ([`cgroup`]) and the host-process plumbing ([`host_exec`]).
+//! - [`limits`]: every limit of an execution, with its unit.
+//!
+//! The threat model, per backend: `docs/sandbox.md`. Never depends on the
+//! agent or the server.
+
+pub mod backend;
+pub mod cgroup;
+pub mod error;
+pub mod gvisor;
+pub mod host_exec;
+pub mod lifecycle;
+pub mod limits;
+pub mod process;
+pub mod rootfs;
+pub mod sandbox;
+pub mod unsandboxed;
+
+pub use backend::{
+    Backend, BackendKind, Captured, ExecOutput, ExecRequest, Instance, KillReason, Mount, SandboxSpec,
+};
+pub use error::SandboxError;
+pub use lifecycle::{SandboxState, Transition};
+pub use limits::ExecLimits;
+pub use sandbox::Sandbox;

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kelpie_core::Error;
 use kelpie_memory::MemoryError;
-use kelpie_tools::python::ToolError;
+use kelpie_sandbox::SandboxError;
+use kelpie_tools::ToolError;
 
 use kelpie_agent::ServiceError;
 
@@ -50,10 +51,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::AgentNotFound(_)
             | ServiceError::BlockNotFound(_)
             | ServiceError::ToolNotFound(_)
-            | ServiceError::RunNotFound(_) => StatusCode::NOT_FOUND,
+            | ServiceError::RunNotFound(_)
+            | ServiceError::SandboxConfigNotFound(_)
+            | ServiceError::SandboxEnvNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_) => StatusCode::CONFLICT,
-            ServiceError::Tool(ToolError::Spawn { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
-            ServiceError::Tool(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Tool(ToolError::Sandbox(SandboxError::Unavailable { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServiceError::Tool(tool) if tool.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Tool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Invalid(_) | ServiceError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Memory(MemoryError::BlockNotFound { .. }) => StatusCode::NOT_FOUND,
             ServiceError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,

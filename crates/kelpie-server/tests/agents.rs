@@ -166,7 +166,8 @@ async fn models_list_handles_that_work_on_create() {
     let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
     assert_eq!(agent["model"], "openai-proxy/fake-gpt");
     let tools = server.ok("GET", "/v1/tools/", None).await;
-    assert_eq!(tools.as_array().unwrap().len(), 11);
+    assert_eq!(tools.as_array().unwrap().len(), 12, "every built-in tool, run_code included");
+    assert_eq!(agent["tools"].as_array().unwrap().len(), 11, "every built-in tool but run_code is attached");
     server.shutdown().await;
 }
 

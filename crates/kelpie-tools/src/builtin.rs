@@ -1,7 +1,9 @@
 //! The built-in tools: `send_message` (the reply to the user), core memory
 //! edits (`core_memory_*` and Letta's newer `memory_insert`/`memory_replace`),
-//! archival memory insert/search, conversation search, and working memory
-//! (a key-value scratchpad with expiry, our own: Letta has no such tools).
+//! archival memory insert/search, conversation search, working memory (a
+//! key-value scratchpad with expiry, our own: Letta has no such tools), and
+//! Letta's code interpreter `run_code`, which runs in a sandbox and is
+//! attached only on request.
 
 use serde_json::{json, Value};
 
@@ -16,6 +18,9 @@ pub const MEMORY_REPLACE: &str = "memory_replace";
 pub const WORKING_MEMORY_SET: &str = "working_memory_set";
 pub const WORKING_MEMORY_GET: &str = "working_memory_get";
 pub const WORKING_MEMORY_DELETE: &str = "working_memory_delete";
+pub const RUN_CODE: &str = "run_code";
+/// The languages `run_code` offers (js only where node is installed).
+pub const RUN_CODE_LANGUAGES: [&str; 2] = ["python", "js"];
 
 /// Letta's `ToolType` of the tools every Letta agent has.
 pub const TOOL_TYPE_CORE: &str = "letta_core";
@@ -38,6 +43,8 @@ pub struct BuiltinTool {
     pub description: &'static str,
     /// `{"name", "description", "parameters"}`.
     pub json_schema: Value,
+    /// Whether every new agent has it (else only when asked for).
+    pub default_attached: bool,
 }
 
 fn string_param(description: &str) -> Value {
@@ -63,7 +70,7 @@ fn tool(
     required: &[&str],
 ) -> BuiltinTool {
     let json_schema = schema(name, description, properties, required);
-    BuiltinTool { name, id, tool_type, description, json_schema }
+    BuiltinTool { name, id, tool_type, description, json_schema, default_attached: true }
 }
 
 /// Every built-in tool, in a fixed order.
@@ -161,6 +168,18 @@ pub fn builtin_tools() -> Vec<BuiltinTool> {
             json!({"key": string_param("Name of the note.")}),
             &["key"],
         ),
+        BuiltinTool {
+            default_attached: false,
+            ..tool(
+                (RUN_CODE, "tool-00000000-0000-4000-8000-6b656c70000c", TOOL_TYPE_BUILTIN),
+                "Run a piece of code in a fresh, isolated sandbox (no network, no files kept) and get                  back what it printed and, for Python, the value of its last expression.",
+                json!({
+                    "code": string_param("The code to run."),
+                    "language": {"type": "string", "enum": RUN_CODE_LANGUAGES, "description": "Its language."},
+                }),
+                &["code", "language"],
+            )
+        },
     ]
 }
 
@@ -176,7 +195,7 @@ mod tests {
     #[test]
     fn builtin_tools_have_unique_names_and_ids_and_valid_schemas() {
         let tools = builtin_tools();
-        assert_eq!(tools.len(), 11);
+        assert_eq!(tools.len(), 12);
         for (index, tool) in tools.iter().enumerate() {
             assert!(tools[..index].iter().all(|other| other.name != tool.name && other.id != tool.id));
             assert_eq!(tool.json_schema["name"], tool.name);
@@ -197,5 +216,9 @@ mod tests {
             json!(["label", "old_string", "new_string"])
         );
         assert_eq!(builtin_tool(WORKING_MEMORY_SET).unwrap().tool_type, TOOL_TYPE_BUILTIN);
+        let run_code = builtin_tool(RUN_CODE).unwrap();
+        assert!(!run_code.default_attached);
+        assert_eq!(tools.iter().filter(|tool| tool.default_attached).count(), 11);
+        assert_eq!(run_code.json_schema["parameters"]["required"], json!(["code", "language"]));
     }
 }

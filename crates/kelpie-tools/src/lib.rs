@@ -1,13 +1,23 @@
-//! Tool definitions and custom tool execution: the built-in tools every
-//! agent has (their names, our own descriptions and JSON schemas, in the
-//! OpenAI function-calling shape), and [`python`], which derives schemas of
-//! custom Python tools and runs them out of process.
+//! Tools: the built-in tools every agent has (their names, our own
+//! descriptions and JSON schemas, in the OpenAI function-calling shape), and
+//! custom Python tools and the code interpreter, which always run in a
+//! sandbox of kelpie-sandbox through [`runner::ToolRunner`].
 //!
-//! Executing the built-in memory tools is the agent actor's job (they edit
-//! the agent's state inside its transaction); this crate only describes
-//! them. Never depends on the server.
+//! - [`builtin`]: the built-in tools' descriptions. Executing the memory
+//!   tools is the agent actor's job (they edit the agent's state inside its
+//!   transaction); this crate only describes them.
+//! - [`python`]: the scripts a custom tool runs with and their protocol.
+//! - [`pip`]: a tool's `pip_requirements`, checked and installed once.
+//! - [`runner`]: runs all of the above in sandboxes.
+//!
+//! Never depends on the agent or the server.
 
 pub mod builtin;
+pub mod error;
+pub mod pip;
 pub mod python;
+pub mod runner;
 
-pub use builtin::{builtin_tool, builtin_tools, BuiltinTool, SEND_MESSAGE};
+pub use builtin::{builtin_tool, builtin_tools, BuiltinTool, RUN_CODE, SEND_MESSAGE};
+pub use error::ToolError;
+pub use runner::{RunnerSettings, ToolCall, ToolRun, ToolRunner};

@@ -5,6 +5,7 @@
 //! - [`directory`]: the agent listing in shards (`agent-directory/shard-<k>`);
 //! - [`block_store`]: every shared block and the agents holding it;
 //! - [`tool_store`]: every custom tool;
+//! - [`sandbox_config_store`]: the sandbox configuration and its variables;
 //! - [`run_store`]: one per run (`runs/<run id>`), its record.
 //!
 //! None of them calls another actor or the network: the agent service
@@ -14,4 +15,5 @@ pub mod agent;
 pub mod block_store;
 pub mod directory;
 pub mod run_store;
+pub mod sandbox_config_store;
 pub mod tool_store;

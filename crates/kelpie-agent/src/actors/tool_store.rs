@@ -5,6 +5,7 @@
 
 use kelpie_core::{Error, Result};
 use kelpie_runtime::{Actor, ActorContext};
+use kelpie_tools::pip::PipRequirement;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -26,8 +27,23 @@ pub struct ToolRecord {
     pub tags: Vec<String>,
     pub return_char_limit: usize,
     pub metadata: Option<Value>,
+    /// Installed before the tool is stored; mounted into its sandbox.
+    #[serde(default)]
+    pub pip_requirements: Vec<PipRequirement>,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// The `metadata_` key that lets a tool reach the network from its sandbox.
+pub const TOOL_NETWORK_METADATA_KEY: &str = "sandbox_network";
+
+impl ToolRecord {
+    /// Whether the tool's sandbox has network: only when its metadata says
+    /// `"sandbox_network": true`.
+    pub fn network(&self) -> bool {
+        self.metadata.as_ref().and_then(|m| m.get(TOOL_NETWORK_METADATA_KEY)).and_then(Value::as_bool)
+            == Some(true)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -104,6 +104,8 @@ impl Agents {
             request.tool_ids.unwrap_or_default(),
             custom,
         )?;
+        let secrets = request.secrets.or(request.tool_exec_environment_variables).unwrap_or_default();
+        check_secrets(&secrets)?;
         Ok(AgentRecord {
             id,
             name,
@@ -116,6 +118,7 @@ impl Agents {
             llm,
             embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
             tool_ids,
+            secrets,
             created_ms: now,
             updated_ms: now,
         })
@@ -187,6 +190,10 @@ impl Agents {
         if let Some(ids) = &request.tool_ids {
             initial_tool_ids(Vec::new(), ids.clone(), &self.tools.custom_tools().await?)?;
         }
+        let secrets = request.secrets.or(request.tool_exec_environment_variables);
+        if let Some(secrets) = &secrets {
+            check_secrets(secrets)?;
+        }
         let patch = AgentPatch {
             name: request.name,
             system: request.system,
@@ -194,6 +201,7 @@ impl Agents {
             metadata: request.metadata,
             tags: request.tags,
             tool_ids: request.tool_ids,
+            secrets,
         };
         let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(patch)).await?;
         if updated.name != current.name || updated.tags != current.tags {
@@ -273,18 +281,26 @@ impl Agents {
     }
 }
 
-/// Every built-in tool, plus those named in `tools` or given in `tool_ids`
-/// (built-in or custom).
+/// Checks an agent's tool environment as a tool call would be given it.
+fn check_secrets(secrets: &std::collections::BTreeMap<String, String>) -> ServiceResult<()> {
+    let env: Vec<(String, String)> = secrets.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(kelpie_tools::runner::check_env(&env)?)
+}
+
+/// Every built-in tool attached by default, plus those named in `tools` or
+/// given in `tool_ids` (built-in or custom).
 fn initial_tool_ids(
     names: Vec<String>,
     ids: Vec<String>,
     custom: &[ToolRecord],
 ) -> ServiceResult<Vec<String>> {
     let builtins = builtin_tools();
-    let mut tool_ids: Vec<String> = builtins.iter().map(|tool| tool.id.to_string()).collect();
+    let mut tool_ids: Vec<String> =
+        builtins.iter().filter(|tool| tool.default_attached).map(|tool| tool.id.to_string()).collect();
     let mut wanted = Vec::new();
     for name in names {
-        if builtins.iter().any(|tool| tool.name == name) {
+        if let Some(builtin) = builtins.iter().find(|tool| tool.name == name) {
+            wanted.push(builtin.id.to_string());
             continue;
         }
         match custom.iter().find(|tool| tool.name == name) {

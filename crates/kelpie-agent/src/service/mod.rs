@@ -4,7 +4,10 @@
 //! the actors of [`crate::actors`].
 //!
 //! The parts, each using only those listed before it:
-//! - [`tools::ToolService`]: built-in and custom tools;
+//! - [`tools::ToolService`]: built-in and custom tools, and the runner that
+//!   runs tool code in sandboxes;
+//! - [`sandbox_configs::SandboxConfigs`]: the sandbox configuration and the
+//!   environment every tool call gets;
 //! - [`directory::AgentDirectory`]: the agent listing (shards, creation order);
 //! - [`agent_actors::AgentActors`]: the agent actors and what every operation
 //!   on one agent needs (its record, its rendering, its turn lock);
@@ -22,6 +25,7 @@ pub mod archival;
 pub mod directory;
 mod locks;
 pub mod runs;
+pub mod sandbox_configs;
 pub mod shared_blocks;
 pub mod tools;
 pub mod transfer;
@@ -34,11 +38,13 @@ use kelpie_core::{ActorId, Env, Result};
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::LlmClients;
 use kelpie_runtime::Runtime;
+use kelpie_tools::ToolRunner;
 
 use crate::actors::agent::AgentActor;
 use crate::actors::block_store::BlockStoreActor;
 use crate::actors::directory::DirectoryActor;
 use crate::actors::run_store::RunActor;
+use crate::actors::sandbox_config_store::SandboxConfigActor;
 use crate::actors::tool_store::ToolStoreActor;
 use crate::error::ServiceResult;
 use agent_actors::AgentActors;
@@ -46,6 +52,7 @@ use agents::Agents;
 use archival::Archival;
 use directory::AgentDirectory;
 use runs::Runs;
+use sandbox_configs::SandboxConfigs;
 use shared_blocks::SharedBlocks;
 use tools::ToolService;
 use transfer::Transfer;
@@ -58,10 +65,12 @@ pub struct AgentRuntimes {
     pub runs: Runtime<RunActor>,
     pub blocks: Runtime<BlockStoreActor>,
     pub tool_store: Runtime<ToolStoreActor>,
+    pub sandbox_configs: Runtime<SandboxConfigActor>,
 }
 
 pub struct AgentService {
     pub tools: Arc<ToolService>,
+    pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
     pub agents: Agents,
     pub blocks: Arc<SharedBlocks>,
@@ -75,8 +84,15 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(runtimes: AgentRuntimes, env: Env, llm: LlmClients, catalog: ModelCatalog) -> Self {
-        let tools = Arc::new(ToolService::new(runtimes.tool_store, env.clone()));
+    pub fn new(
+        runtimes: AgentRuntimes,
+        env: Env,
+        llm: LlmClients,
+        catalog: ModelCatalog,
+        runner: Arc<ToolRunner>,
+    ) -> Self {
+        let tools = Arc::new(ToolService::new(runtimes.tool_store, Arc::clone(&runner), env.clone()));
+        let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
@@ -89,12 +105,19 @@ impl AgentService {
             env.clone(),
         );
         let archival = Archival::new(Arc::clone(&actors), llm.clone());
-        let turns = Arc::new(Turns::new(Arc::clone(&actors), Arc::clone(&tools), llm.clone(), env.clone()));
+        let turns = Arc::new(Turns::new(
+            Arc::clone(&actors),
+            Arc::clone(&tools),
+            Arc::clone(&sandbox_configs),
+            llm.clone(),
+            env.clone(),
+        ));
         let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());
         let transfer =
             Transfer::new(Arc::clone(&actors), Arc::clone(&directory), Arc::clone(&tools), llm, env.clone());
         AgentService {
             tools,
+            sandbox_configs,
             catalog,
             agents,
             blocks,
@@ -142,5 +165,6 @@ impl AgentService {
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
         self.tools.shutdown().await;
+        self.sandbox_configs.shutdown().await;
     }
 }

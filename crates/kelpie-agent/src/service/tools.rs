@@ -1,12 +1,15 @@
 //! The tool service: built-in tools (from kelpie-tools) and custom Python
 //! tools (in the tool store actor), as the `/v1/tools` handlers and the
-//! agent loop need them. Schemas of custom tools are derived or checked out
-//! of process before anything is stored.
+//! agent loop need them. A custom tool's schema is derived or checked, and
+//! its `pip_requirements` installed, in a sandbox before anything is
+//! stored; the [`ToolRunner`] it holds is the one tool calls run through.
+
+use std::sync::Arc;
 
 use kelpie_core::{ActorId, Env};
 use kelpie_runtime::Runtime;
 use kelpie_tools::builtin_tools;
-use kelpie_tools::python::tool_schema;
+use kelpie_tools::ToolRunner;
 use serde_json::{json, Value};
 
 use crate::actors::tool_store::{ToolCommand, ToolRecord, ToolReply, ToolStoreActor, TOOL_STORE_ACTOR};
@@ -18,6 +21,7 @@ use crate::requests::{CreateTool, UpdateTool};
 
 pub struct ToolService {
     store: Runtime<ToolStoreActor>,
+    runner: Arc<ToolRunner>,
     env: Env,
 }
 
@@ -48,8 +52,13 @@ fn schema_name(schema: &Value) -> String {
 }
 
 impl ToolService {
-    pub(crate) fn new(store: Runtime<ToolStoreActor>, env: Env) -> Self {
-        ToolService { store, env }
+    pub(crate) fn new(store: Runtime<ToolStoreActor>, runner: Arc<ToolRunner>, env: Env) -> Self {
+        ToolService { store, runner, env }
+    }
+
+    /// What runs tool code: tool calls, the code interpreter, installs.
+    pub fn runner(&self) -> &Arc<ToolRunner> {
+        &self.runner
     }
 
     async fn invoke(&self, command: ToolCommand) -> ServiceResult<ToolReply> {
@@ -93,8 +102,9 @@ impl ToolService {
 
     /// `POST /v1/tools/` (`upsert = false`) and `PUT /v1/tools/`.
     pub async fn create(&self, request: CreateTool, upsert: bool) -> ServiceResult<Value> {
-        let schema = tool_schema(&request.source_code, request.json_schema).await?;
+        let schema = self.runner.tool_schema(&request.source_code, request.json_schema).await?;
         let schema = described(schema, request.description.as_deref());
+        let pip_requirements = self.install(request.pip_requirements.unwrap_or_default()).await?;
         let name = schema_name(&schema);
         if builtin_tools().iter().any(|tool| tool.name == name) {
             return Err(ServiceError::ToolNameTaken(name));
@@ -108,7 +118,8 @@ impl ToolService {
             json_schema: schema,
             tags: request.tags.unwrap_or_default(),
             return_char_limit: check_return_limit(request.return_char_limit)?,
-            metadata: None,
+            metadata: request.metadata,
+            pip_requirements,
             created_ms: now,
             updated_ms: now,
         };
@@ -141,7 +152,7 @@ impl ToolService {
             .ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))?;
         if request.source_code.is_some() || request.json_schema.is_some() {
             let source = request.source_code.unwrap_or(tool.source_code);
-            tool.json_schema = tool_schema(&source, request.json_schema).await?;
+            tool.json_schema = self.runner.tool_schema(&source, request.json_schema).await?;
             tool.source_code = source;
         }
         let description = request.description.or(tool.description.clone());
@@ -156,8 +167,22 @@ impl ToolService {
             tool.return_char_limit = check_return_limit(request.return_char_limit)?;
         }
         tool.metadata = request.metadata.or(tool.metadata);
+        if let Some(requirements) = request.pip_requirements {
+            tool.pip_requirements = self.install(requirements).await?;
+        }
         tool.updated_ms = self.env.clock.wall_ms();
         self.stored(ToolCommand::Replace(Box::new(tool))).await
+    }
+
+    /// Checks and installs `requirements` (a failure names the package);
+    /// returns them as stored.
+    async fn install(
+        &self,
+        requirements: Vec<kelpie_tools::pip::PipRequirement>,
+    ) -> ServiceResult<Vec<kelpie_tools::pip::PipRequirement>> {
+        let requirements = kelpie_tools::pip::normalize(&requirements)?;
+        self.runner.ensure_requirements(&requirements).await?;
+        Ok(requirements)
     }
 
     pub async fn delete(&self, tool_id: &str) -> ServiceResult<Value> {
@@ -170,5 +195,6 @@ impl ToolService {
 
     pub async fn shutdown(&self) {
         self.store.shutdown().await;
+        self.runner.shutdown();
     }
 }

@@ -13,6 +13,7 @@ pub mod multipart;
 pub mod openapi;
 pub mod passages;
 pub mod runs;
+pub mod sandbox_config;
 pub mod shared_blocks;
 pub mod tools;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tools::router())
         .merge(openapi::router())
         .merge(runs::router())
+        .merge(sandbox_config::router())
         .merge(cluster::router())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_agent_requests))

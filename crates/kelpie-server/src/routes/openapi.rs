@@ -179,6 +179,18 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/v1/tools/{tool_id}", "Retrieve a tool", None, "Tool"),
     route("patch", "/v1/tools/{tool_id}", "Modify a custom tool", Some("ToolUpdate"), "Tool"),
     route("delete", "/v1/tools/{tool_id}", "Delete a custom tool", None, "object"),
+    route("post", "/v1/sandbox-config/", "Create or replace the local sandbox configuration (e2b and modal are refused)", Some("SandboxConfigCreate"), "SandboxConfig"),
+    route("get", "/v1/sandbox-config/", "List sandbox configurations (sandbox_type, limit, after)", None, "SandboxConfig[]"),
+    route("post", "/v1/sandbox-config/e2b/default", "Refused: Kelpie runs tool code in its own sandboxes", None, "SandboxConfig"),
+    route("post", "/v1/sandbox-config/local/default", "The local sandbox configuration, created if missing", None, "SandboxConfig"),
+    route("post", "/v1/sandbox-config/local", "Create or replace the local sandbox configuration", Some("LocalSandboxConfig"), "SandboxConfig"),
+    route("post", "/v1/sandbox-config/local/recreate-venv", "Install the local configuration's packages afresh", None, "SandboxConfig"),
+    route("patch", "/v1/sandbox-config/{sandbox_config_id}", "Modify a sandbox configuration", Some("SandboxConfigUpdate"), "SandboxConfig"),
+    route("delete", "/v1/sandbox-config/{sandbox_config_id}", "Delete a sandbox configuration and its variables", None, "object"),
+    route("post", "/v1/sandbox-config/{sandbox_config_id}/environment-variable", "Add an environment variable every tool call gets (never echoed back)", Some("SandboxEnvironmentVariableCreate"), "SandboxEnvironmentVariable"),
+    route("get", "/v1/sandbox-config/{sandbox_config_id}/environment-variable", "List a configuration's variables (values hidden)", None, "SandboxEnvironmentVariable[]"),
+    route("patch", "/v1/sandbox-config/environment-variable/{env_var_id}", "Modify an environment variable", Some("SandboxEnvironmentVariableUpdate"), "SandboxEnvironmentVariable"),
+    route("delete", "/v1/sandbox-config/environment-variable/{env_var_id}", "Delete an environment variable", None, "object"),
 ];
 
 /// Request bodies sent as a form (an upload), not as JSON.

@@ -32,14 +32,22 @@ pub struct AgentPatch {
     pub metadata: Option<serde_json::Value>,
     pub tags: Option<Vec<String>>,
     pub tool_ids: Option<Vec<String>>,
+    /// Replaces the agent's tool environment.
+    #[serde(default)]
+    pub secrets: Option<std::collections::BTreeMap<String, String>>,
 }
 
-/// The outcome of a tool the server ran outside the actor (a custom tool).
+/// The outcome of a tool the server ran outside the actor (a custom tool,
+/// the code interpreter), with what it printed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExternalResult {
     pub tool_call_id: String,
     pub result: String,
     pub ok: bool,
+    #[serde(default)]
+    pub stdout: Option<String>,
+    #[serde(default)]
+    pub stderr: Option<String>,
 }
 
 /// One step of the agent loop to persist: the inputs that started it (the
@@ -213,6 +221,9 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     if let Some(tool_ids) = patch.tool_ids {
         agent.tool_ids = tool_ids;
     }
+    if let Some(secrets) = patch.secrets {
+        agent.secrets = secrets;
+    }
     agent.updated_ms = now;
     Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
@@ -279,11 +290,16 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
     for call in tool_calls {
-        let (result, ok) = match step.external.iter().find(|done| done.tool_call_id == call.id) {
-            Some(done) => (done.result.clone(), done.ok),
-            None => builtin::run_builtin(ctx, call, &step.embeddings).await?,
-        };
-        let body = MessageBody::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), result, ok };
+        let (result, ok, stdout, stderr) =
+            match step.external.iter().find(|done| done.tool_call_id == call.id) {
+                Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
+                None => {
+                    let (result, ok) = builtin::run_builtin(ctx, call, &step.embeddings).await?;
+                    (result, ok, None, None)
+                }
+            };
+        let (tool_call_id, name) = (call.id.clone(), call.name.clone());
+        let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
         messages.push(store::append_message(ctx, ids, body, None)?);
     }
     let now = ctx.env.clock.wall_ms();

@@ -5,6 +5,7 @@
 //! same transaction), and repeat until the agent replies or the step limit
 //! is reached. The whole turn holds the agent's turn lock.
 
+mod external;
 mod prompt;
 pub mod token_stream;
 
@@ -13,19 +14,18 @@ use std::sync::Arc;
 use kelpie_core::Env;
 use kelpie_llm::{ChatRequest, ChatResponse, EmbeddingSettings, LlmClients, TokenUsage, ToolCall};
 use kelpie_tools::builtin::{ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH};
-use kelpie_tools::python::{run_tool, TOOL_EXECUTION_TIMEOUT_MS};
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentCommand, AgentReply, ExternalResult, StepInput};
-use crate::actors::tool_store::ToolRecord;
+use crate::actors::agent::{AgentCommand, AgentReply, StepInput};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
-use crate::model::{AgentRecord, MessageBody, StoredMessage, TextEmbedding};
+use crate::model::{MessageBody, StoredMessage, TextEmbedding};
 use prompt::build_request;
 use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 
@@ -52,43 +52,6 @@ impl TurnOutcome {
     pub fn stop_reason_json(&self) -> Value {
         json!({"message_type": "stop_reason", "stop_reason": self.stop_reason})
     }
-}
-
-/// The custom tools attached to `agent` (a deleted one is skipped).
-fn attached_custom(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<ToolRecord> {
-    custom.iter().filter(|tool| agent.tool_ids.contains(&tool.id)).cloned().collect()
-}
-
-fn clip_chars(text: String, chars_max: usize) -> String {
-    if text.chars().count() <= chars_max {
-        return text;
-    }
-    text.chars().take(chars_max).collect()
-}
-
-/// Runs the calls of custom tools out of process, one `python3` per call,
-/// before the step is committed; their results are committed with it. A
-/// failure or timeout is a failed tool result the LLM sees.
-async fn run_custom_calls(calls: &[ToolCall], attached: &[ToolRecord]) -> Vec<ExternalResult> {
-    let mut results = Vec::new();
-    for call in calls {
-        let Some(tool) = attached.iter().find(|tool| tool.name == call.name) else { continue };
-        let outcome = match serde_json::from_str::<Value>(&call.arguments) {
-            Ok(args @ Value::Object(_)) => {
-                run_tool(&tool.source_code, &tool.name, &args, TOOL_EXECUTION_TIMEOUT_MS)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            _ => Err(format!("arguments of {} are not a JSON object", call.name)),
-        };
-        let (result, ok) = match outcome {
-            Ok(text) => (text, true),
-            Err(text) => (text, false),
-        };
-        let result = clip_chars(result, tool.return_char_limit);
-        results.push(ExternalResult { tool_call_id: call.id.clone(), result, ok });
-    }
-    results
 }
 
 /// The step limit of a turn, after checking the turn's input.
@@ -140,13 +103,20 @@ fn archival_text(call: &ToolCall) -> Option<String> {
 pub struct Turns {
     actors: Arc<AgentActors>,
     tools: Arc<ToolService>,
+    sandbox_configs: Arc<SandboxConfigs>,
     llm: LlmClients,
     env: Env,
 }
 
 impl Turns {
-    pub(crate) fn new(actors: Arc<AgentActors>, tools: Arc<ToolService>, llm: LlmClients, env: Env) -> Self {
-        Turns { actors, tools, llm, env }
+    pub(crate) fn new(
+        actors: Arc<AgentActors>,
+        tools: Arc<ToolService>,
+        sandbox_configs: Arc<SandboxConfigs>,
+        llm: LlmClients,
+        env: Env,
+    ) -> Self {
+        Turns { actors, tools, sandbox_configs, llm, env }
     }
 
     /// Runs one turn for `inputs` (the user's messages). Each step's Letta
@@ -182,6 +152,7 @@ impl Turns {
             return Err(unexpected("recent messages"));
         };
         let custom = self.tools.custom_tools().await?;
+        let sandbox = self.sandbox_configs.tool_settings().await?;
         let mut pending = inputs;
         let mut outcome = TurnOutcome {
             messages: Vec::new(),
@@ -201,7 +172,9 @@ impl Turns {
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
             let replied = answer.tool_calls.is_empty()
                 || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
-            let external = run_custom_calls(&answer.tool_calls, &attached_custom(&agent, &custom)).await;
+            let runner = self.tools.runner();
+            let external =
+                external::run_external_calls(runner, &agent, &custom, &sandbox, &answer.tool_calls).await;
             let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
                 run_id: run_id.to_string(),
