@@ -142,17 +142,9 @@ pub fn agent_service(
     placement: &Placement,
 ) -> Result<(AgentService, NodeHandler), NodeError> {
     let env = Env::production();
-    let service_error = |e: kelpie_core::Error| NodeError::Service(e.to_string());
     let runtime_config = RuntimeConfig::new(config.node_id.clone());
-    let parts = RuntimeParts { storage, placement, env: &env, config: &runtime_config };
-    let runtimes = AgentRuntimes {
-        agents: parts.runtime(AgentActor).map_err(service_error)?,
-        directory: parts.runtime(DirectoryActor).map_err(service_error)?,
-        runs: parts.runtime(RunActor).map_err(service_error)?,
-        blocks: parts.runtime(BlockStoreActor).map_err(service_error)?,
-        tool_store: parts.runtime(ToolStoreActor).map_err(service_error)?,
-        sandbox_configs: parts.runtime(SandboxConfigActor).map_err(service_error)?,
-    };
+    let runtimes = agent_runtimes(storage, placement, &env, &runtime_config)
+        .map_err(|e| NodeError::Service(e.to_string()))?;
     // In a cluster, other nodes reach these runtimes by actor namespace.
     let handler = match placement {
         Placement::Local => NodeHandler::default(),
@@ -167,7 +159,26 @@ pub fn agent_service(
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
     let runner = Arc::new(tool_runner(&config.sandbox));
-    Ok((AgentService::new(runtimes, env, llm, catalog, runner), handler))
+    Ok((AgentService::new(runtimes, env, Arc::new(llm), catalog, runner), handler))
+}
+
+/// Every runtime of the agent service, placed as `placement` says, on
+/// `env` (the production environment, or a simulated node's).
+pub fn agent_runtimes(
+    storage: &Storage,
+    placement: &Placement,
+    env: &Env,
+    config: &RuntimeConfig,
+) -> Result<AgentRuntimes, kelpie_core::Error> {
+    let parts = RuntimeParts { storage, placement, env, config };
+    Ok(AgentRuntimes {
+        agents: parts.runtime(AgentActor)?,
+        directory: parts.runtime(DirectoryActor)?,
+        runs: parts.runtime(RunActor)?,
+        blocks: parts.runtime(BlockStoreActor)?,
+        tool_store: parts.runtime(ToolStoreActor)?,
+        sandbox_configs: parts.runtime(SandboxConfigActor)?,
+    })
 }
 
 /// The sandbox backend `config` names, and the runner of tool code on it.

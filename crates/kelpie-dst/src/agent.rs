@@ -38,6 +38,9 @@ pub const SIM_TOOL_LATENCY_MS_MAX: u64 = 50;
 pub const SIM_SANDBOX_BOOT_MS_MIN: u64 = 100;
 pub const SIM_SANDBOX_BOOT_MS_MAX: u64 = 500;
 
+/// How long an execution may hang before the caller gives up, by default.
+pub const SIM_SANDBOX_EXEC_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
 /// Most entries a sandbox's state may hold.
 pub const SIM_SANDBOX_STATE_ENTRIES_MAX: usize = 10_000;
 
@@ -291,6 +294,10 @@ pub enum SandboxError {
     NotBooted { node: NodeId },
     #[error("sandbox on node {node}: `{command}` failed: {reason}")]
     ExecFailed { node: NodeId, command: String, reason: String },
+    #[error("sandbox on node {node} crashed during `{command}`")]
+    Crashed { node: NodeId, command: String },
+    #[error("sandbox on node {node}: `{command}` timed out after {timeout_ms} ms")]
+    TimedOut { node: NodeId, command: String, timeout_ms: u64 },
     #[error("sandbox on node {node}: snapshot failed")]
     SnapshotCreateFailed { node: NodeId },
     #[error("sandbox on node {node}: restore failed: {reason}")]
@@ -319,11 +326,28 @@ pub struct SimSandbox {
     node: SimNode,
     booted: bool,
     state: BTreeMap<String, String>,
+    exec_timeout_ms: u64,
 }
 
 impl SimSandbox {
     pub fn new(node: &SimNode) -> Self {
-        SimSandbox { node: node.clone(), booted: false, state: BTreeMap::new() }
+        SimSandbox {
+            node: node.clone(),
+            booted: false,
+            state: BTreeMap::new(),
+            exec_timeout_ms: SIM_SANDBOX_EXEC_TIMEOUT_MS_DEFAULT,
+        }
+    }
+
+    pub fn with_exec_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.set_exec_timeout_ms(timeout_ms);
+        self
+    }
+
+    /// How long the next executions may hang before they time out.
+    pub fn set_exec_timeout_ms(&mut self, timeout_ms: u64) {
+        assert!(timeout_ms > 0, "an exec timeout of 0 ms fails every command");
+        self.exec_timeout_ms = timeout_ms;
     }
 
     pub fn is_booted(&self) -> bool {
@@ -359,6 +383,18 @@ impl SimSandbox {
         };
         if self.fault(FaultKind::SandboxExecFailure) {
             return Err(failed("injected exec failure"));
+        }
+        if self.fault(FaultKind::SandboxExecTimeout) {
+            let remaining = self.exec_timeout_ms.saturating_sub(latency);
+            self.node.clock().sleep(Duration::from_millis(remaining)).await;
+            let timeout_ms = self.exec_timeout_ms;
+            return Err(SandboxError::TimedOut { node, command: command.to_string(), timeout_ms });
+        }
+        if self.fault(FaultKind::SandboxCrash) {
+            // Everything the sandbox held is gone with it.
+            self.booted = false;
+            self.state.clear();
+            return Err(SandboxError::Crashed { node, command: command.to_string() });
         }
         let mut words = command.splitn(3, ' ');
         match (words.next(), words.next(), words.next()) {

@@ -77,6 +77,11 @@ pub enum Fault {
     SandboxBootFailure,
     /// Code execution in a sandbox fails.
     SandboxExecFailure,
+    /// The sandbox dies during an execution: the command's output is lost
+    /// and the sandbox must boot again.
+    SandboxCrash,
+    /// An execution hangs until its timeout.
+    SandboxExecTimeout,
     /// Taking a sandbox snapshot fails.
     SnapshotCreateFailure,
     /// Restoring a sandbox snapshot fails.
@@ -134,6 +139,8 @@ fault_kinds! {
     McpServerCrash => "mcp_server_crash", "agent";
     SandboxBootFailure => "sandbox_boot_failure", "agent";
     SandboxExecFailure => "sandbox_exec_failure", "agent";
+    SandboxCrash => "sandbox_crash", "agent";
+    SandboxExecTimeout => "sandbox_exec_timeout", "agent";
     SnapshotCreateFailure => "snapshot_create_failure", "agent";
     SnapshotRestoreFailure => "snapshot_restore_failure", "agent";
 }
@@ -182,6 +189,8 @@ impl Fault {
             Fault::McpServerCrash => FaultKind::McpServerCrash,
             Fault::SandboxBootFailure => FaultKind::SandboxBootFailure,
             Fault::SandboxExecFailure => FaultKind::SandboxExecFailure,
+            Fault::SandboxCrash => FaultKind::SandboxCrash,
+            Fault::SandboxExecTimeout => FaultKind::SandboxExecTimeout,
             Fault::SnapshotCreateFailure => FaultKind::SnapshotCreateFailure,
             Fault::SnapshotRestoreFailure => FaultKind::SnapshotRestoreFailure,
         }
@@ -319,7 +328,7 @@ mod tests {
 
     #[test]
     fn kinds_are_complete_named_and_categorised() {
-        assert_eq!(FaultKind::ALL.len(), 29);
+        assert_eq!(FaultKind::ALL.len(), 31);
         assert_eq!(Fault::NetworkDelay { extra_ms_max: 3 }.kind(), FaultKind::NetworkDelay);
         assert_eq!(FaultKind::CrashAfterWrite.name(), "crash_after_write");
         assert_eq!(FaultKind::CpuStarvation.category(), "resource");

@@ -480,6 +480,38 @@ fn sandbox_exec_failure_is_reported_per_command() {
 }
 
 #[test]
+fn sandbox_crash_loses_the_state_and_needs_a_new_boot() {
+    let steps = sandbox_run(vec![FaultRule::new(Fault::SandboxCrash, 1.0).at_most(1)]);
+    assert_eq!(steps[0], Ok("booted".to_string()));
+    assert!(
+        matches!(&steps[1], Err(SandboxError::Crashed { command, .. }) if command == "set x 1"),
+        "{steps:?}"
+    );
+    assert!(
+        matches!(steps[2], Err(SandboxError::NotBooted { .. })),
+        "no snapshot of a crashed sandbox: {steps:?}"
+    );
+    assert!(matches!(steps[3], Err(SandboxError::NotBooted { .. })), "{steps:?}");
+}
+
+#[test]
+fn sandbox_exec_timeout_hangs_until_the_timeout() {
+    let mut sim = sim_with(vec![FaultRule::new(Fault::SandboxExecTimeout, 1.0).at_most(1)], 1);
+    let (first, second, waited_ms) = run_on(&mut sim, 0, |node| async move {
+        let mut sandbox = SimSandbox::new(&node).with_exec_timeout_ms(2_000);
+        sandbox.boot().await.unwrap();
+        let started = node.clock().monotonic_ms();
+        let first = sandbox.exec("echo a").await;
+        let waited_ms = node.clock().monotonic_ms() - started;
+        (first, sandbox.exec("echo b").await, waited_ms)
+    })
+    .unwrap();
+    assert!(matches!(first, Err(SandboxError::TimedOut { timeout_ms: 2_000, .. })), "{first:?}");
+    assert_eq!(second, Ok("b".to_string()));
+    assert_eq!(waited_ms, 2_000, "the command hung for exactly its timeout");
+}
+
+#[test]
 fn snapshot_create_failure_yields_no_snapshot() {
     let steps = sandbox_run(vec![FaultRule::new(Fault::SnapshotCreateFailure, 1.0)]);
     assert!(matches!(steps[2], Err(SandboxError::SnapshotCreateFailed { .. })), "{steps:?}");

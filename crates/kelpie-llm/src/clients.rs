@@ -1,5 +1,9 @@
-//! The configured providers, and the routing of a request to the provider
-//! an agent was created with.
+//! [`ChatModel`], what the agent loop asks of a language model, and
+//! [`LlmClients`], the configured providers behind it: a request goes to the
+//! provider its agent was created with.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use kelpie_core::config::LlmConfig;
 
@@ -9,6 +13,55 @@ use crate::http::LlmError;
 use crate::openai::OpenAiClient;
 use crate::settings::{EmbeddingSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};
 use crate::stream::ChatDelta;
+
+/// A future borrowing its arguments.
+pub type ModelFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LlmError>> + Send + 'a>>;
+
+/// What the agent loop and archival memory ask of a model: chat turns,
+/// plain or streamed, and embeddings. [`LlmClients`] talks to real
+/// providers; a simulation supplies its own (kelpie-llm's `sim` feature).
+pub trait ChatModel: Send + Sync + 'static {
+    /// One chat turn with `provider` (an agent's `llm.provider`).
+    fn chat<'a>(&'a self, provider: &'a str, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse>;
+
+    /// [`Self::chat`] with each delta handed to `on_delta` as it arrives.
+    fn chat_streaming<'a>(
+        &'a self,
+        provider: &'a str,
+        request: &'a ChatRequest,
+        on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
+    ) -> ModelFuture<'a, ChatResponse>;
+
+    /// One vector per text, in order, with the embedding `settings` name.
+    fn embed<'a>(
+        &'a self,
+        settings: &'a EmbeddingSettings,
+        texts: &'a [String],
+    ) -> ModelFuture<'a, Vec<Vec<f32>>>;
+}
+
+impl ChatModel for LlmClients {
+    fn chat<'a>(&'a self, provider: &'a str, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
+        Box::pin(LlmClients::chat(self, provider, request))
+    }
+
+    fn chat_streaming<'a>(
+        &'a self,
+        provider: &'a str,
+        request: &'a ChatRequest,
+        on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
+    ) -> ModelFuture<'a, ChatResponse> {
+        Box::pin(LlmClients::chat_streaming(self, provider, request, on_delta))
+    }
+
+    fn embed<'a>(
+        &'a self,
+        settings: &'a EmbeddingSettings,
+        texts: &'a [String],
+    ) -> ModelFuture<'a, Vec<Vec<f32>>> {
+        Box::pin(LlmClients::embed(self, settings, texts))
+    }
+}
 
 /// The configured providers. OpenAI-compatible is always there (its base URL
 /// has a default); Anthropic only when its key is configured.

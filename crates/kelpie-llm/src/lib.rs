@@ -21,9 +21,11 @@ pub mod fake;
 pub mod http;
 pub mod openai;
 pub mod settings;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod stream;
 
 pub use chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
-pub use clients::LlmClients;
+pub use clients::{ChatModel, LlmClients, ModelFuture};
 pub use http::LlmError;
 pub use settings::{EmbeddingSettings, LlmSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};

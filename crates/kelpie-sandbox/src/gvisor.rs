@@ -89,7 +89,7 @@ impl Backend for GvisorBackend {
         Box::pin(async move {
             shared.available.clone()?;
             check_id(&id)?;
-            let dir = SandboxDir::create(&shared.dir, &id, None)?;
+            let dir = SandboxDir::create(&shared.dir, &id, Some((SANDBOX_UID, SANDBOX_GID)))?;
             let cgroup = match &shared.cgroups {
                 Ok(mode) => Some(Cgroup::create(mode, &format!("gvisor-{id}"))?),
                 Err(_) => None,

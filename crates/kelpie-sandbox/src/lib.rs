@@ -8,7 +8,8 @@
 //! - Backends: [`process`] (bubblewrap namespaces and cgroups, the default),
 //!   [`gvisor`] (gVisor's `runsc`), [`unsandboxed`] (no isolation, only when
 //!   chosen). They share the root a program sees ([`rootfs`]), the cgroups
-//!   ([`cgroup`]) and the host-process plumbing ([`host_exec`]).
+//!   ([`cgroup`]) and the host-process plumbing ([`host_exec`]). With the
+//!   `sim` feature, `sim` is a simulated backend over kelpie-dst.
 //! - [`limits`]: every limit of an execution, with its unit.
 //!
 //! The threat model, per backend: `docs/sandbox.md`. Never depends on the
@@ -24,6 +25,8 @@ pub mod limits;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod unsandboxed;
 
 pub use backend::{

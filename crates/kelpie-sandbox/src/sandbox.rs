@@ -166,3 +166,118 @@ impl Sandbox {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kelpie_core::env::BoxFuture;
+
+    use super::*;
+    use crate::backend::{BackendKind, InstanceFuture};
+
+    /// A backend whose create waits (at an await point) until released,
+    /// counting the instances alive.
+    struct SlowBackend {
+        live: Arc<AtomicUsize>,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Instance for Counted {
+        fn exec(&self, _: ExecRequest) -> InstanceFuture<'_, Result<ExecOutput, SandboxError>> {
+            Box::pin(async { Err(SandboxError::InvalidRequest("nothing runs here".into())) })
+        }
+        fn pause(&self) -> Result<(), SandboxError> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), SandboxError> {
+            Ok(())
+        }
+        fn destroy(&self) -> InstanceFuture<'_, Result<(), SandboxError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    impl Backend for SlowBackend {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Simulated
+        }
+        fn check_available(&self) -> Result<(), SandboxError> {
+            Ok(())
+        }
+        fn writable_owner(&self) -> Option<(u32, u32)> {
+            None
+        }
+        fn shutdown(&self) {}
+        fn create(&self, _: &str, _: &SandboxSpec) -> BoxFuture<Result<Arc<dyn Instance>, SandboxError>> {
+            let (live, release) = (Arc::clone(&self.live), Arc::clone(&self.release));
+            Box::pin(async move {
+                // Half built when the caller may give up.
+                live.fetch_add(1, Ordering::SeqCst);
+                let half = Counted(live);
+                release.notified().await;
+                Ok(Arc::new(half) as Arc<dyn Instance>)
+            })
+        }
+    }
+
+    fn slow() -> (Sandbox, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+        let (live, release) = (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Notify::new()));
+        let backend = SlowBackend { live: Arc::clone(&live), release: Arc::clone(&release) };
+        (Sandbox::new("slow", SandboxSpec::default(), Arc::new(backend)), live, release)
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_create_leaves_nothing_and_the_sandbox_stopped() {
+        let (sandbox, live, release) = slow();
+        {
+            let create = sandbox.create();
+            tokio::pin!(create);
+            assert!(poll_once(create.as_mut()).await.is_none());
+            assert_eq!(sandbox.state(), SandboxState::Creating);
+            assert_eq!(live.load(Ordering::SeqCst), 1, "half built");
+        }
+        assert_eq!(sandbox.state(), SandboxState::Stopped);
+        assert_eq!(live.load(Ordering::SeqCst), 0, "what the create made is gone");
+        release.notify_one();
+        sandbox.create().await.unwrap();
+        assert_eq!((sandbox.state(), live.load(Ordering::SeqCst)), (SandboxState::Running, 1));
+        sandbox.destroy().await.unwrap();
+        assert_eq!((sandbox.state(), live.load(Ordering::SeqCst)), (SandboxState::Destroyed, 0));
+    }
+
+    #[tokio::test]
+    async fn a_destroy_during_a_create_wins_and_the_created_instance_is_dropped() {
+        let (sandbox, live, release) = slow();
+        let sandbox = Arc::new(sandbox);
+        let creating = {
+            let sandbox = Arc::clone(&sandbox);
+            tokio::spawn(async move { sandbox.create().await })
+        };
+        while sandbox.state() != SandboxState::Creating {
+            tokio::task::yield_now().await;
+        }
+        sandbox.destroy().await.unwrap();
+        assert_eq!(sandbox.state(), SandboxState::Destroyed);
+        release.notify_one();
+        assert_eq!(creating.await.unwrap(), Err(SandboxError::Interrupted("destroyed")));
+        assert_eq!((sandbox.state(), live.load(Ordering::SeqCst)), (SandboxState::Destroyed, 0));
+    }
+
+    /// Polls `future` once: its output if it finished.
+    async fn poll_once<F: std::future::Future + Unpin>(mut future: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| match std::pin::Pin::new(&mut future).poll(cx) {
+            std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await
+    }
+}

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use kelpie_llm::{EmbeddingSettings, LlmClients};
+use kelpie_llm::{ChatModel, EmbeddingSettings};
 use kelpie_memory::{score_passages, Passage};
 use serde_json::{json, Value};
 
@@ -73,18 +73,18 @@ fn check(request: &PassageSearch) -> ServiceResult<(usize, bool)> {
 
 pub struct Archival {
     actors: Arc<AgentActors>,
-    llm: LlmClients,
+    llm: Arc<dyn ChatModel>,
 }
 
 /// The embedding of one text.
-async fn embed_one(llm: &LlmClients, settings: &EmbeddingSettings, text: &str) -> ServiceResult<Vec<f32>> {
+async fn embed_one(llm: &dyn ChatModel, settings: &EmbeddingSettings, text: &str) -> ServiceResult<Vec<f32>> {
     let mut vectors = llm.embed(settings, &[text.to_string()]).await?;
     assert_eq!(vectors.len(), 1, "one text, one embedding");
     Ok(vectors.remove(0))
 }
 
 impl Archival {
-    pub(crate) fn new(actors: Arc<AgentActors>, llm: LlmClients) -> Self {
+    pub(crate) fn new(actors: Arc<AgentActors>, llm: Arc<dyn ChatModel>) -> Self {
         Archival { actors, llm }
     }
 
@@ -93,7 +93,7 @@ impl Archival {
             return Err(ServiceError::Invalid("text must not be empty".into()));
         }
         let agent = self.actors.record(agent_id).await?;
-        let embedding = embed_one(&self.llm, &agent.embedding, &request.text).await?;
+        let embedding = embed_one(self.llm.as_ref(), &agent.embedding, &request.text).await?;
         let command = AgentCommand::InsertPassage {
             text: request.text,
             tags: request.tags.unwrap_or_default(),
@@ -110,7 +110,7 @@ impl Archival {
     /// The archival search route: `top_k` passages nearest `query`.
     pub async fn search(&self, agent_id: &str, query: String, top_k: Option<usize>) -> ServiceResult<Value> {
         let agent = self.actors.record(agent_id).await?;
-        let query_embedding = embed_one(&self.llm, &agent.embedding, &query).await?;
+        let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, &query).await?;
         let top_k = top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT);
         let command = AgentCommand::SearchPassages { query_embedding, top_k };
         let results = self.passages(agent_id, command, |_, passage| search_result_json(passage)).await?;
@@ -152,7 +152,7 @@ impl Archival {
             passages.into_iter().filter(|passage| tags_match(passage, &wanted, match_all)).collect();
         let scored: Vec<(usize, f32)> = match request.query.as_deref().filter(|q| !q.trim().is_empty()) {
             Some(query) => {
-                let query_embedding = embed_one(&self.llm, &agent.embedding, query).await?;
+                let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, query).await?;
                 score_passages(&matching, &query_embedding, limit)
             }
             None => (0..matching.len().min(limit)).map(|index| (index, 0.0)).collect(),

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use kelpie_core::{ActorId, Env, Result};
 use kelpie_llm::catalog::ModelCatalog;
-use kelpie_llm::LlmClients;
+use kelpie_llm::ChatModel;
 use kelpie_runtime::Runtime;
 use kelpie_tools::ToolRunner;
 
@@ -87,7 +87,7 @@ impl AgentService {
     pub fn new(
         runtimes: AgentRuntimes,
         env: Env,
-        llm: LlmClients,
+        llm: Arc<dyn ChatModel>,
         catalog: ModelCatalog,
         runner: Arc<ToolRunner>,
     ) -> Self {
@@ -104,12 +104,12 @@ impl AgentService {
             catalog.clone(),
             env.clone(),
         );
-        let archival = Archival::new(Arc::clone(&actors), llm.clone());
+        let archival = Archival::new(Arc::clone(&actors), Arc::clone(&llm));
         let turns = Arc::new(Turns::new(
             Arc::clone(&actors),
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
-            llm.clone(),
+            Arc::clone(&llm),
             env.clone(),
         ));
         let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kelpie_core::Env;
-use kelpie_llm::LlmClients;
+use kelpie_llm::ChatModel;
 use kelpie_memory::{Block, CoreMemory, Passage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -52,7 +52,7 @@ pub struct Transfer {
     actors: Arc<AgentActors>,
     directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
-    llm: LlmClients,
+    llm: Arc<dyn ChatModel>,
     env: Env,
 }
 
@@ -61,7 +61,7 @@ impl Transfer {
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
         tools: Arc<ToolService>,
-        llm: LlmClients,
+        llm: Arc<dyn ChatModel>,
         env: Env,
     ) -> Self {
         Transfer { actors, directory, tools, llm, env }

@@ -80,15 +80,18 @@ def main():
         outcome = json.dumps(run(payload)).encode()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Framed as the last line: whatever the tool itself wrote into this
+        # pipe before (it can reach its own descriptors) cannot displace it.
         with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(outcome)
+            pipe.write(b"\n" + outcome + b"\n")
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         reported = pipe.read(OUTCOME_BYTES_MAX + 1)
     _, status = os.waitpid(child, 0)
+    last = reported.strip().rsplit(b"\n", 1)[-1] if reported.strip() else b""
     try:
-        outcome = json.loads(reported) if len(reported) <= OUTCOME_BYTES_MAX else None
+        outcome = json.loads(last) if len(reported) <= OUTCOME_BYTES_MAX else None
     except ValueError:
         outcome = None
     if not isinstance(outcome, dict) or not isinstance(outcome.get("ok"), bool):

@@ -12,7 +12,7 @@ pub mod token_stream;
 use std::sync::Arc;
 
 use kelpie_core::Env;
-use kelpie_llm::{ChatRequest, ChatResponse, EmbeddingSettings, LlmClients, TokenUsage, ToolCall};
+use kelpie_llm::{ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, TokenUsage, ToolCall};
 use kelpie_tools::builtin::{ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH};
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::{json, Value};
@@ -104,7 +104,7 @@ pub struct Turns {
     actors: Arc<AgentActors>,
     tools: Arc<ToolService>,
     sandbox_configs: Arc<SandboxConfigs>,
-    llm: LlmClients,
+    llm: Arc<dyn ChatModel>,
     env: Env,
 }
 
@@ -113,7 +113,7 @@ impl Turns {
         actors: Arc<AgentActors>,
         tools: Arc<ToolService>,
         sandbox_configs: Arc<SandboxConfigs>,
-        llm: LlmClients,
+        llm: Arc<dyn ChatModel>,
         env: Env,
     ) -> Self {
         Turns { actors, tools, sandbox_configs, llm, env }

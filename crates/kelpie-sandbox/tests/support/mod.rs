@@ -1,0 +1,106 @@
+//! Shared by the sandbox tests: a real backend in a temp dir, and checks
+//! that a sandbox left no directory, cgroup, mount, process or zombie.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kelpie_sandbox::cgroup::{self, CgroupMode};
+use kelpie_sandbox::gvisor::GvisorBackend;
+use kelpie_sandbox::process::ProcessBackend;
+use kelpie_sandbox::Backend;
+
+/// Longest a test waits for a condition it expects to become true.
+const WAIT_MS_MAX: u64 = 20_000;
+const POLL_MS: u64 = 10;
+
+/// A temp dir the sandbox user can traverse (a plain temp dir is 0700).
+pub fn traversable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn checked(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    if let Err(err) = backend.check_available() {
+        panic!("this test needs the {} sandbox backend: {err}", backend.kind().name());
+    }
+    backend
+}
+
+/// The process backend with its sandboxes under `<temp dir>/run`.
+pub fn process_backend() -> (tempfile::TempDir, Arc<dyn Backend>) {
+    let dir = traversable_dir();
+    let backend = checked(Arc::new(ProcessBackend::open(dir.path().join("run"))));
+    (dir, backend)
+}
+
+/// The gVisor backend with its sandboxes under `<temp dir>/run`.
+pub fn gvisor_backend() -> (tempfile::TempDir, Arc<dyn Backend>) {
+    let dir = traversable_dir();
+    let backend = checked(Arc::new(GvisorBackend::open(dir.path().join("run"))));
+    (dir, backend)
+}
+
+pub fn sandbox_dir(root: &Path, id: &str) -> PathBuf {
+    root.join("run").join(id)
+}
+
+/// Polls `condition` until it holds; fails the test after [`WAIT_MS_MAX`].
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within {WAIT_MS_MAX} ms");
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+}
+
+/// Whether a process on this host has `marker` in its command line.
+pub fn process_with(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|entry| {
+        let is_pid = entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit());
+        is_pid
+            && std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(marker))
+    })
+}
+
+/// No child of this process is a zombie.
+pub fn assert_no_zombies() {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(after_name) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = after_name.1.split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) {
+            assert_ne!(fields[0], "Z", "zombie child: {stat}");
+        }
+    }
+}
+
+/// The sandbox `id` left no directory, cgroup or mount behind.
+pub fn assert_nothing_left(root: &Path, id: &str) {
+    let dir = sandbox_dir(root, id);
+    assert!(!dir.exists(), "{} was left", dir.display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&*root.to_string_lossy()), "a mount under {} was left", root.display());
+    for gvisor in [false, true] {
+        let name = if gvisor { format!("gvisor-{id}") } else { id.to_string() };
+        for cgroup in cgroup_dirs(&name) {
+            assert!(!cgroup.exists(), "cgroup {} was left", cgroup.display());
+        }
+    }
+}
+
+/// Where the cgroup of sandbox `name` would be.
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    match cgroup::detect() {
+        Ok(CgroupMode::V2 { parent }) => vec![parent.join(name)],
+        Ok(CgroupMode::V1 { parents }) => parents.iter().map(|(_, parent)| parent.join(name)).collect(),
+        Err(_) => Vec::new(),
+    }
+}

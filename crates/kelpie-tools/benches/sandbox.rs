@@ -1,0 +1,170 @@
+//! What sandboxing costs a tool call. One trivial Python tool called through
+//! the tool runner on each backend (`none`, `process`, `gvisor`): latency of
+//! sequential calls (p50, p99), throughput with 4 calls in flight, and the
+//! overhead of each backend over the unsandboxed call. Then where the
+//! process backend's time goes: the bare interpreter start, bubblewrap
+//! starting a trivial program, and the cgroup made and removed per call.
+//!
+//! Run (as root, as the server runs): `cargo bench -p kelpie-tools --bench sandbox`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kelpie_sandbox::cgroup::{self, Cgroup};
+use kelpie_sandbox::gvisor::GvisorBackend;
+use kelpie_sandbox::process::ProcessBackend;
+use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
+use kelpie_sandbox::{Backend, ExecLimits};
+use kelpie_tools::{RunnerSettings, ToolCall, ToolRunner};
+use serde_json::json;
+
+const SEQUENTIAL_CALLS_COUNT: usize = 200;
+const CONCURRENT_CALLS_COUNT: usize = 200;
+const IN_FLIGHT_COUNT: usize = 4;
+const WARMUP_CALLS_COUNT: usize = 5;
+const TOOL: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e3
+}
+
+async fn call(runner: &ToolRunner, n: usize) {
+    let args = json!({"a": n, "b": 1});
+    let call =
+        ToolCall { source: TOOL, name: "add", args: &args, env: &[], network: false, requirements: &[] };
+    let run = runner.run_tool(call).await.expect("tool call");
+    assert_eq!(run.result, (n + 1).to_string());
+}
+
+struct Figures {
+    p50_ms: f64,
+    p99_ms: f64,
+    calls_per_s: f64,
+}
+
+async fn measure(runner: Arc<ToolRunner>) -> Figures {
+    for n in 0..WARMUP_CALLS_COUNT {
+        call(&runner, n).await;
+    }
+    let mut latencies = Vec::with_capacity(SEQUENTIAL_CALLS_COUNT);
+    for n in 0..SEQUENTIAL_CALLS_COUNT {
+        let started = Instant::now();
+        call(&runner, n).await;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..IN_FLIGHT_COUNT)
+        .map(|worker| {
+            let runner = Arc::clone(&runner);
+            tokio::spawn(async move {
+                for n in (worker..CONCURRENT_CALLS_COUNT).step_by(IN_FLIGHT_COUNT) {
+                    call(&runner, n).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let calls_per_s = CONCURRENT_CALLS_COUNT as f64 / started.elapsed().as_secs_f64();
+    Figures { p50_ms: percentile(&latencies, 0.5), p99_ms: percentile(&latencies, 0.99), calls_per_s }
+}
+
+fn runner(backend: Arc<dyn Backend>, dir: &Path) -> Arc<ToolRunner> {
+    if let Err(err) = backend.check_available() {
+        panic!("the {} backend is unavailable: {err}", backend.kind().name());
+    }
+    let settings = RunnerSettings::new("/usr/bin/python3", dir.join("pip"));
+    Arc::new(ToolRunner::new(backend, settings))
+}
+
+/// Median wall time of `runs` runs of a command, in milliseconds.
+fn command_ms(program: &str, args: &[&str], runs: usize) -> f64 {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = std::process::Command::new(program).args(args).status().expect(program);
+            assert!(status.success(), "{program} {args:?}");
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    percentile(&times, 0.5)
+}
+
+fn cgroup_ms(runs: usize) -> Option<f64> {
+    let mode = cgroup::detect().ok()?;
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|n| {
+            let started = Instant::now();
+            let group = Cgroup::create(&mode, &format!("bench-{}-{n}", std::process::id())).expect("cgroup");
+            group.limit(&ExecLimits::default()).expect("limits");
+            group.remove();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    Some(percentile(&times, 0.5))
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backends: Vec<(&str, Arc<dyn Backend>)> = vec![
+        ("none", Arc::new(UnsandboxedBackend::open(dir.path().join("none")))),
+        ("process", Arc::new(ProcessBackend::open(dir.path().join("process")))),
+        ("gvisor", Arc::new(GvisorBackend::open(dir.path().join("gvisor")))),
+    ];
+    let mut baseline_ms = None;
+    println!("backend | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight)");
+    let mut baseline_p99 = 0.0;
+    for (name, backend) in backends {
+        let figures = measure(runner(backend, &dir.path().join(name))).await;
+        let (base50, base99) = match baseline_ms {
+            None => {
+                baseline_ms = Some(figures.p50_ms);
+                baseline_p99 = figures.p99_ms;
+                (figures.p50_ms, figures.p99_ms)
+            }
+            Some(base) => (base, baseline_p99),
+        };
+        println!(
+            "{name} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0}",
+            figures.p50_ms,
+            figures.p99_ms,
+            figures.p50_ms - base50,
+            figures.p99_ms - base99,
+            figures.calls_per_s
+        );
+    }
+    let runs = 50;
+    println!("\nwhere a process-backend call's time goes (median of {runs}):");
+    println!("python3 -I -c pass: {:.1} ms", command_ms("/usr/bin/python3", &["-I", "-c", "pass"], runs));
+    let bwrap = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "/usr/bin/true",
+    ];
+    println!("bwrap, all namespaces, /usr/bin/true: {:.1} ms", command_ms("bwrap", &bwrap, runs));
+    println!("/usr/bin/true alone: {:.1} ms", command_ms("/usr/bin/true", &[], runs));
+    match cgroup_ms(runs) {
+        Some(ms) => println!("cgroup created, limited and removed: {ms:.1} ms"),
+        None => println!("no cgroups on this machine"),
+    }
+}
