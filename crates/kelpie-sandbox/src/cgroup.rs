@@ -2,8 +2,9 @@
 //! every execution, a freezer for pause, and a way to kill every process
 //! of an execution at once.
 //!
-//! Layout: `<parent>/kelpie-sandboxes/<sandbox id>/<exec n>`, under this
-//! process's own cgroup. cgroup v2 (one hierarchy) is used where it offers
+//! Layout: `<parent>/kelpie-sandboxes/<sandbox id>-<exec n>`, one cgroup per
+//! execution under this process's own cgroup; a sandbox's executions are
+//! frozen together ([`ExecGroups`]). cgroup v2 (one hierarchy) is used where it offers
 //! the `memory` and `pids` controllers; otherwise cgroup v1, one directory per
 //! controller (`memory`, `pids`, `cpu`, `freezer`). Where neither can be
 //! written (an unprivileged container, a read-only cgroupfs) [`detect`]
@@ -13,16 +14,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::SandboxError;
-use crate::limits::{ExecLimits, EXEC_CPU_PERCENT_DEFAULT};
+use crate::limits::ExecLimits;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SANDBOXES_DIR: &str = "kelpie-sandboxes";
 const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
-/// CPU quota period, in microseconds.
-const CPU_PERIOD_US: u64 = 100_000;
+/// CPU weight of a sandbox against the server's default (v1 `cpu.shares`
+/// 1024, v2 `cpu.weight` 100): a busy tool gets a quarter of what the
+/// server gets when both want the CPU, and everything when it is idle. A
+/// weight, not a quota: a quota throttles even an idle machine.
+const CPU_SHARES_V1: u64 = 256;
+const CPU_WEIGHT_V2: u64 = 25;
 /// How long removing a cgroup waits for its last processes to be reaped.
 const REMOVE_WAIT_MS_MAX: u64 = 2_000;
-const REMOVE_RETRY_MS: u64 = 5;
+const REMOVE_RETRY_MS: u64 = 1;
 
 /// Which cgroup hierarchy sandboxes use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,23 +118,12 @@ impl Cgroup {
         cgroup.grow(dirs)
     }
 
-    /// A child cgroup `name` of this one.
-    pub fn child(&self, name: &str) -> Result<Cgroup, SandboxError> {
-        assert!(!name.is_empty() && !name.contains('/'), "a cgroup name is one path part");
-        let dirs = self.dirs.iter().map(|(c, dir)| (*c, dir.join(name))).collect();
-        Cgroup { v2: self.v2, dirs: Vec::new() }.grow(dirs)
-    }
-
     /// Creates `dirs` one by one; on failure removes those made.
     fn grow(mut self, dirs: Vec<(&'static str, PathBuf)>) -> Result<Cgroup, SandboxError> {
         for (controller, dir) in dirs {
             std::fs::create_dir(&dir)
                 .map_err(|e| SandboxError::Create(format!("cgroup {}: {e}", dir.display())))?;
             self.dirs.push((controller, dir));
-        }
-        if self.v2 {
-            // Children of a sandbox's cgroup get the same controllers.
-            write(&self.dirs[0].1.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
         }
         Ok(self)
     }
@@ -138,16 +132,15 @@ impl Cgroup {
         self.dirs.iter().find(|(c, _)| self.v2 || *c == controller).map(|(_, dir)| dir.as_path())
     }
 
-    /// Sets the memory, process and CPU limits of an execution.
+    /// Sets the memory and process limits and the CPU weight of an execution.
     pub fn limit(&self, limits: &ExecLimits) -> Result<(), SandboxError> {
-        let quota_us = CPU_PERIOD_US * EXEC_CPU_PERCENT_DEFAULT / 100;
         if self.v2 {
             let dir = &self.dirs[0].1;
             write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
             // Swap would let a process outgrow its memory limit.
             let _ = write(&dir.join("memory.swap.max"), "0");
             write(&dir.join("pids.max"), &limits.processes_count.to_string())?;
-            write(&dir.join("cpu.max"), &format!("{quota_us} {CPU_PERIOD_US}"))?;
+            write(&dir.join("cpu.weight"), &CPU_WEIGHT_V2.to_string())?;
             return Ok(());
         }
         let memory = self.dir("memory").expect("v1 has a memory cgroup");
@@ -157,8 +150,7 @@ impl Cgroup {
         let pids = self.dir("pids").expect("v1 has a pids cgroup");
         write(&pids.join("pids.max"), &limits.processes_count.to_string())?;
         let cpu = self.dir("cpu").expect("v1 has a cpu cgroup");
-        write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-        write(&cpu.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
+        write(&cpu.join("cpu.shares"), &CPU_SHARES_V1.to_string())?;
         Ok(())
     }
 
@@ -185,6 +177,9 @@ impl Cgroup {
     /// Kills every process in this cgroup and its children. In v1 the
     /// processes are frozen first, so none can fork past the kill.
     pub fn kill_all(&self) {
+        if self.pids().is_empty() {
+            return;
+        }
         if self.v2 && write(&self.dirs[0].1.join("cgroup.kill"), "1").is_ok() {
             return;
         }
@@ -227,28 +222,21 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Kills what is left and removes the cgroup, children first. Waits a
-    /// little for the kernel to reap killed processes.
+    /// Kills what is left and removes the cgroup. Waits a little for the
+    /// kernel to reap killed processes.
     pub fn remove(&self) {
         self.kill_all();
         let _ = self.thaw();
         let deadline = std::time::Instant::now() + Duration::from_millis(REMOVE_WAIT_MS_MAX);
         for (_, dir) in &self.dirs {
-            remove_tree(dir, deadline);
+            remove_dir(dir, deadline);
         }
     }
 }
 
-/// Removes cgroup directory `dir` and its sub-cgroups (rmdir only: a cgroup's
-/// files are not removable), retrying while processes are still exiting.
-fn remove_tree(dir: &Path, deadline: std::time::Instant) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path(), deadline);
-            }
-        }
-    }
+/// Removes cgroup directory `dir` (rmdir only: a cgroup's files are not
+/// removable), retrying while its processes are still exiting.
+fn remove_dir(dir: &Path, deadline: std::time::Instant) {
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return,
@@ -260,6 +248,87 @@ fn remove_tree(dir: &Path, deadline: std::time::Instant) {
                 tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove a sandbox cgroup");
                 return;
             }
+        }
+    }
+}
+
+/// The cgroups of one sandbox's running executions: one per execution, so
+/// each has its own limits, all frozen together while the sandbox is paused
+/// (an execution that starts meanwhile is frozen at once). Without cgroups
+/// (`mode` is `None`) executions get rlimits and pausing is refused.
+pub struct ExecGroups {
+    mode: Option<CgroupMode>,
+    sandbox: String,
+    live: std::sync::Mutex<LiveGroups>,
+}
+
+#[derive(Default)]
+struct LiveGroups {
+    paused: bool,
+    groups: Vec<(u64, std::sync::Arc<Cgroup>)>,
+}
+
+/// An execution's cgroup, removed (with whatever still runs in it) on drop.
+pub struct ExecGroup<'a> {
+    owner: &'a ExecGroups,
+    n: u64,
+    pub cgroup: std::sync::Arc<Cgroup>,
+}
+
+impl Drop for ExecGroup<'_> {
+    fn drop(&mut self) {
+        self.owner.lock().groups.retain(|(n, _)| *n != self.n);
+        self.cgroup.remove();
+    }
+}
+
+impl ExecGroups {
+    pub fn new(mode: Option<CgroupMode>, sandbox: &str) -> Self {
+        ExecGroups { mode, sandbox: sandbox.to_string(), live: std::sync::Mutex::new(LiveGroups::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveGroups> {
+        self.live.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The cgroup of execution `n` with `limits`; `None` without cgroups.
+    pub fn start(&self, n: u64, limits: &ExecLimits) -> Result<Option<ExecGroup<'_>>, SandboxError> {
+        let Some(mode) = &self.mode else { return Ok(None) };
+        let cgroup = Cgroup::create(mode, &format!("{}-{n}", self.sandbox))?;
+        let group = ExecGroup { owner: self, n, cgroup: std::sync::Arc::new(cgroup) };
+        group.cgroup.limit(limits)?;
+        let mut live = self.lock();
+        if live.paused {
+            group.cgroup.freeze()?;
+        }
+        live.groups.push((n, std::sync::Arc::clone(&group.cgroup)));
+        Ok(Some(group))
+    }
+
+    /// Freezes every execution of the sandbox, and those that start after.
+    pub fn freeze(&self) -> Result<(), SandboxError> {
+        if self.mode.is_none() {
+            return Err(SandboxError::Control {
+                what: "pause",
+                reason: "pausing needs a cgroup freezer, and this machine gives none".into(),
+            });
+        }
+        let mut live = self.lock();
+        live.paused = true;
+        live.groups.iter().try_for_each(|(_, cgroup)| cgroup.freeze())
+    }
+
+    /// Thaws what [`Self::freeze`] froze.
+    pub fn thaw(&self) -> Result<(), SandboxError> {
+        let mut live = self.lock();
+        live.paused = false;
+        live.groups.iter().try_for_each(|(_, cgroup)| cgroup.thaw())
+    }
+
+    /// Kills every process of every execution.
+    pub fn kill_all(&self) {
+        for (_, cgroup) in &self.lock().groups {
+            cgroup.kill_all();
         }
     }
 }

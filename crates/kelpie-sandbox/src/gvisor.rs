@@ -21,7 +21,7 @@ use crate::backend::{
     Backend, BackendKind, ExecOutput, ExecRequest, Instance, InstanceFuture, SandboxSpec, RESULT_SOCKET_ENV,
     RESULT_SOCKET_PATH, SANDBOX_WORK_DIR,
 };
-use crate::cgroup::{self, Cgroup, CgroupMode};
+use crate::cgroup::{self, Cgroup, CgroupMode, ExecGroups};
 use crate::error::SandboxError;
 use crate::host_exec::{self, Executions, HostProcess, Reaper};
 use crate::limits::SANDBOX_TMP_SIZE_BYTES;
@@ -90,15 +90,12 @@ impl Backend for GvisorBackend {
             shared.available.clone()?;
             check_id(&id)?;
             let dir = SandboxDir::create(&shared.dir, &id, Some((SANDBOX_UID, SANDBOX_GID)))?;
-            let cgroup = match &shared.cgroups {
-                Ok(mode) => Some(Cgroup::create(mode, &format!("gvisor-{id}"))?),
-                Err(_) => None,
-            };
+            let groups = ExecGroups::new(shared.cgroups.clone().ok(), &format!("gvisor-{id}"));
             let instance = GvisorInstance {
                 shared,
                 id,
                 spec,
-                cgroup,
+                groups,
                 dir,
                 next_exec: AtomicU64::new(0),
                 executions: Executions::new(),
@@ -112,7 +109,7 @@ struct GvisorInstance {
     shared: Arc<Shared>,
     id: String,
     spec: SandboxSpec,
-    cgroup: Option<Cgroup>,
+    groups: ExecGroups,
     dir: SandboxDir,
     next_exec: AtomicU64,
     executions: Executions,
@@ -121,9 +118,7 @@ struct GvisorInstance {
 impl Drop for GvisorInstance {
     fn drop(&mut self) {
         self.executions.interrupt();
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.remove();
-        }
+        self.groups.kill_all();
     }
 }
 
@@ -269,17 +264,11 @@ impl GvisorInstance {
 
     async fn run(&self, request: ExecRequest) -> Result<ExecOutput, SandboxError> {
         let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
-        let cgroup = match &self.cgroup {
-            Some(parent) => {
-                let cgroup = parent.child(&format!("exec-{n}"))?;
-                let mut limits = request.limits;
-                limits.memory_bytes += GVISOR_OVERHEAD_BYTES;
-                limits.processes_count += GVISOR_HOST_TASKS_COUNT;
-                cgroup.limit(&limits)?;
-                Some(cgroup)
-            }
-            None => None,
-        };
+        let mut host_limits = request.limits;
+        host_limits.memory_bytes += GVISOR_OVERHEAD_BYTES;
+        host_limits.processes_count += GVISOR_HOST_TASKS_COUNT;
+        let group = self.groups.start(n, &host_limits)?;
+        let cgroup = group.as_ref().map(|group| group.cgroup.as_ref());
         let (ipc, listener) = match request.result_channel {
             true => {
                 let (dir, listener) = self.dir.result_socket(n, Some((SANDBOX_UID, SANDBOX_GID)))?;
@@ -305,8 +294,7 @@ impl GvisorInstance {
             cwd: self.dir.path.clone(),
             user: None,
         };
-        let reaper =
-            RunscReaper { cgroup: cgroup.as_ref(), oom_before: cgroup.as_ref().map_or(0, Cgroup::oom_kills) };
+        let reaper = RunscReaper { cgroup, oom_before: cgroup.map_or(0, Cgroup::oom_kills) };
         let interrupts = self.executions.interrupts();
         let outcome =
             host_exec::run(process, request.stdin, &request.limits, listener, interrupts, &reaper).await;
@@ -320,9 +308,7 @@ impl GvisorInstance {
             .stderr(std::process::Stdio::null())
             .status()
             .await;
-        if let Some(cgroup) = &cgroup {
-            cgroup.remove();
-        }
+        drop(group);
         let _ = std::fs::remove_dir_all(&bundle);
         if let Some(ipc) = ipc {
             let _ = std::fs::remove_dir_all(ipc);
@@ -340,23 +326,19 @@ impl Instance for GvisorInstance {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        host_exec::freeze(self.cgroup.as_ref())
+        self.groups.freeze()
     }
 
     fn resume(&self) -> Result<(), SandboxError> {
-        host_exec::thaw(self.cgroup.as_ref())
+        self.groups.thaw()
     }
 
     fn destroy(&self) -> InstanceFuture<'_, Result<(), SandboxError>> {
         Box::pin(async move {
-            if let Some(cgroup) = &self.cgroup {
-                cgroup.kill_all();
-            }
+            let _ = self.groups.thaw();
+            self.groups.kill_all();
             // Running executions see the interrupt, kill their process and end.
             self.executions.interrupt_and_wait().await;
-            if let Some(cgroup) = &self.cgroup {
-                cgroup.remove();
-            }
             host_exec::remove_dir(&self.dir.path)
         })
     }

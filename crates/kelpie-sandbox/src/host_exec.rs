@@ -20,7 +20,6 @@ use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 
 use crate::backend::{exit_code_of, Captured, ExecOutput, KillReason};
-use crate::cgroup::Cgroup;
 use crate::error::SandboxError;
 use crate::limits::{ExecLimits, EXEC_RESULT_BYTES_MAX, EXEC_STDIN_BYTES_MAX};
 
@@ -103,20 +102,6 @@ impl Executions {
             idle.await;
         }
     }
-}
-
-/// Freezes a sandbox's cgroup; an error where there is none.
-pub(crate) fn freeze(cgroup: Option<&Cgroup>) -> Result<(), SandboxError> {
-    let cgroup = cgroup.ok_or_else(|| SandboxError::Control {
-        what: "pause",
-        reason: "pausing needs a cgroup freezer, and this machine gives none".into(),
-    })?;
-    cgroup.freeze()
-}
-
-/// Thaws a sandbox's cgroup, if it has one.
-pub(crate) fn thaw(cgroup: Option<&Cgroup>) -> Result<(), SandboxError> {
-    cgroup.map_or(Ok(()), Cgroup::thaw)
 }
 
 /// Removes a sandbox's directory; one already gone is not an error.

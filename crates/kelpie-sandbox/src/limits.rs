@@ -32,8 +32,6 @@ pub const EXEC_OUTPUT_BYTES_MAX: u64 = 64 * MIB_BYTES;
 pub const EXEC_FILE_SIZE_BYTES_DEFAULT: u64 = 64 * MIB_BYTES;
 pub const EXEC_FILE_SIZE_BYTES_MIN: u64 = KIB_BYTES;
 pub const EXEC_FILE_SIZE_BYTES_MAX: u64 = 4 * 1024 * MIB_BYTES;
-/// Share of one core the execution may use, in percent (its CPU cgroup).
-pub const EXEC_CPU_PERCENT_DEFAULT: u64 = 100;
 /// Largest result an execution may send on its result channel.
 pub const EXEC_RESULT_BYTES_MAX: u64 = 16 * MIB_BYTES;
 /// Largest input written to an execution's stdin.

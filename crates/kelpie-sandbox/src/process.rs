@@ -26,7 +26,7 @@ use crate::backend::{
     Backend, BackendKind, ExecOutput, ExecRequest, Instance, InstanceFuture, Mount, SandboxSpec,
     RESULT_SOCKET_ENV, RESULT_SOCKET_PATH, SANDBOX_WORK_DIR,
 };
-use crate::cgroup::{self, Cgroup, CgroupMode};
+use crate::cgroup::{self, Cgroup, CgroupMode, ExecGroups};
 use crate::error::SandboxError;
 use crate::host_exec::{self, Executions, HostProcess, Reaper};
 use crate::limits::{ExecLimits, SANDBOX_TMP_SIZE_BYTES};
@@ -320,8 +320,8 @@ impl SandboxDir {
 struct ProcessInstance {
     shared: Arc<Shared>,
     spec: SandboxSpec,
-    /// Field order matters: the cgroup (killing what runs) goes before the directory.
-    cgroup: Option<Cgroup>,
+    /// Field order matters: the cgroups (killing what runs) go before the directory.
+    groups: ExecGroups,
     dir: SandboxDir,
     next_exec: AtomicU64,
     executions: Executions,
@@ -330,9 +330,7 @@ struct ProcessInstance {
 impl Drop for ProcessInstance {
     fn drop(&mut self) {
         self.executions.interrupt();
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.remove();
-        }
+        self.groups.kill_all();
     }
 }
 
@@ -348,14 +346,11 @@ impl ProcessInstance {
             }
         }
         let dir = SandboxDir::create(&shared.dir, id, shared.user)?;
-        let cgroup = match &shared.cgroups {
-            Ok(mode) => Some(Cgroup::create(mode, id)?),
-            Err(_) => None,
-        };
+        let groups = ExecGroups::new(shared.cgroups.clone().ok(), id);
         Ok(ProcessInstance {
             shared,
             spec,
-            cgroup,
+            groups,
             dir,
             next_exec: AtomicU64::new(0),
             executions: Executions::new(),
@@ -395,14 +390,8 @@ impl ProcessInstance {
 
     async fn run(&self, request: ExecRequest) -> Result<ExecOutput, SandboxError> {
         let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
-        let cgroup = match &self.cgroup {
-            Some(parent) => {
-                let cgroup = parent.child(&format!("exec-{n}"))?;
-                cgroup.limit(&request.limits)?;
-                Some(cgroup)
-            }
-            None => None,
-        };
+        let group = self.groups.start(n, &request.limits)?;
+        let cgroup = group.as_ref().map(|group| group.cgroup.as_ref());
         let (ipc, listener) = match request.result_channel {
             true => {
                 let (dir, listener) = self.dir.result_socket(n, self.shared.user)?;
@@ -415,12 +404,11 @@ impl ProcessInstance {
         let process = HostProcess {
             program: PathBuf::from("/bin/sh"),
             args: self.command(&request, &binds, ipc.is_some()),
-            env: self.launch_env(&request.limits, cgroup.as_ref()),
+            env: self.launch_env(&request.limits, cgroup),
             cwd: self.dir.path.clone(),
             user: None,
         };
-        let reaper =
-            ExecReaper { cgroup: cgroup.as_ref(), oom_before: cgroup.as_ref().map_or(0, Cgroup::oom_kills) };
+        let reaper = ExecReaper { cgroup, oom_before: cgroup.map_or(0, Cgroup::oom_kills) };
         let interrupts = self.executions.interrupts();
         let outcome =
             host_exec::run(process, request.stdin, &request.limits, listener, interrupts, &reaper).await;
@@ -523,23 +511,19 @@ impl Instance for ProcessInstance {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        host_exec::freeze(self.cgroup.as_ref())
+        self.groups.freeze()
     }
 
     fn resume(&self) -> Result<(), SandboxError> {
-        host_exec::thaw(self.cgroup.as_ref())
+        self.groups.thaw()
     }
 
     fn destroy(&self) -> InstanceFuture<'_, Result<(), SandboxError>> {
         Box::pin(async move {
-            if let Some(cgroup) = &self.cgroup {
-                cgroup.kill_all();
-            }
+            let _ = self.groups.thaw();
+            self.groups.kill_all();
             // Running executions see the interrupt, kill their process and end.
             self.executions.interrupt_and_wait().await;
-            if let Some(cgroup) = &self.cgroup {
-                cgroup.remove();
-            }
             host_exec::remove_dir(&self.dir.path)
         })
     }

@@ -88,19 +88,23 @@ pub fn assert_nothing_left(root: &Path, id: &str) {
     assert!(!dir.exists(), "{} was left", dir.display());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&*root.to_string_lossy()), "a mount under {} was left", root.display());
-    for gvisor in [false, true] {
-        let name = if gvisor { format!("gvisor-{id}") } else { id.to_string() };
-        for cgroup in cgroup_dirs(&name) {
-            assert!(!cgroup.exists(), "cgroup {} was left", cgroup.display());
-        }
+    for prefix in [format!("{id}-"), format!("gvisor-{id}-")] {
+        let left = cgroups_starting(&prefix);
+        assert!(left.is_empty(), "cgroups were left: {left:?}");
     }
 }
 
-/// Where the cgroup of sandbox `name` would be.
-pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    match cgroup::detect() {
-        Ok(CgroupMode::V2 { parent }) => vec![parent.join(name)],
-        Ok(CgroupMode::V1 { parents }) => parents.iter().map(|(_, parent)| parent.join(name)).collect(),
+/// The sandbox cgroups whose names start with `prefix`.
+pub fn cgroups_starting(prefix: &str) -> Vec<PathBuf> {
+    let parents = match cgroup::detect() {
+        Ok(CgroupMode::V2 { parent }) => vec![parent],
+        Ok(CgroupMode::V1 { parents }) => parents.into_iter().map(|(_, parent)| parent).collect(),
         Err(_) => Vec::new(),
-    }
+    };
+    parents
+        .iter()
+        .flat_map(|parent| std::fs::read_dir(parent).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(prefix)))
+        .collect()
 }

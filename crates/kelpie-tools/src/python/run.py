@@ -11,11 +11,10 @@
 # runner makes itself non-dumpable so the child cannot reach the runner's
 # descriptors through /proc. Whatever the tool prints stays its stdout and
 # stderr; it cannot forge the outcome.
-import ast
+import _socket
 import ctypes
 import json
 import os
-import socket
 import sys
 
 PR_SET_DUMPABLE = 4
@@ -45,6 +44,8 @@ def call_tool(payload):
 
 
 def run_code(payload):
+    import ast  # only the code interpreter needs it
+
     try:
         sys.path[:0] = payload.get("paths", [])
         tree = ast.parse(payload["code"], "<code>", "exec")
@@ -67,7 +68,7 @@ def describe(status):
 
 def main():
     payload = json.loads(sys.stdin.buffer.read())
-    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     channel.connect(os.environ["KELPIE_RESULT_SOCKET"])
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     read_end, write_end = os.pipe()
