@@ -204,3 +204,38 @@ def test_export_then_import_through_the_client(client):
     assert texts == [("user_message", "remember me"), ("assistant_message", "echo: remember me")]
     client.agents.delete(copy_id)
     client.agents.delete(agent.id)
+
+
+READ_TOKEN = '''import os
+
+def read_token() -> str:
+    """Read the token the agent gives its tools.
+
+    Returns:
+        str: the token, or "missing"
+    """
+    return os.environ.get("MY_TOKEN", "missing") + " " + os.environ.get("OPENAI_API_KEY", "no-server-key")
+'''
+
+
+def test_agent_secrets_reach_the_sandboxed_tool_and_are_never_echoed(client):
+    tool = client.tools.create(source_code=READ_TOKEN)
+    agent = client.agents.create(
+        name="py-secrets",
+        model="openai-proxy/fake-gpt",
+        secrets={"MY_TOKEN": "t0k3n-secret"},
+        tool_ids=[tool.id],
+    )
+    # Write-only: the key is listed, the value never comes back.
+    for state in (agent, client.agents.retrieve(agent.id)):
+        assert [(s.key, s.value) for s in state.secrets] == [("MY_TOKEN", "")]
+        assert "t0k3n-secret" not in state.model_dump_json()
+    response = client.agents.messages.create(
+        agent.id, messages=[{"role": "user", "content": "/call read_token {}"}]
+    )
+    returned = response.messages[2]
+    assert returned.message_type == "tool_return_message" and returned.status == "success"
+    # The tool got its secret and none of the server's environment.
+    assert returned.tool_return == "t0k3n-secret no-server-key"
+    client.agents.delete(agent.id)
+    client.tools.delete(tool.id)

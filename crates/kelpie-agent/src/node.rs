@@ -199,6 +199,7 @@ pub fn tool_runner(config: &SandboxConfig) -> ToolRunner {
     }
     let mut settings = RunnerSettings::new(config.python.clone(), config.dir.join("pip"));
     settings.pip_index_url = config.pip_index_url.clone();
+    settings.warm_sandboxes_count = config.warm_count;
     ToolRunner::new(backend, settings)
 }
 

@@ -82,6 +82,8 @@ fn service(node: &SimNode, seen: Arc<Mutex<Vec<String>>>) -> (AgentService, Arc<
     let backend = Arc::new(SimBackend::new(node));
     let mut settings = RunnerSettings::new("/usr/bin/python3", "/nonexistent/pip".into());
     settings.limits = ExecLimits { wall_ms: TOOL_WALL_MS, ..ExecLimits::default() };
+    // Warm sandboxes start on spawned tasks; the simulation spawns none.
+    settings.warm_sandboxes_count = 0;
     let runner = Arc::new(ToolRunner::new(Arc::clone(&backend) as _, settings));
     let env = node.env();
     let runtimes =

@@ -31,6 +31,7 @@
 //! | `sandbox.dir` | `KELPIE_SANDBOX_DIR` | `<temp dir>/kelpie-sandbox-<hash of the data dir>` |
 //! | `sandbox.python` | `KELPIE_SANDBOX_PYTHON` | `/usr/bin/python3` |
 //! | `sandbox.pip_index_url` | `KELPIE_PIP_INDEX_URL` | none (pip's default index) |
+//! | `sandbox.warm_count` | `KELPIE_SANDBOX_WARM` | 2 |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,6 +46,9 @@ use crate::limits::CONFIG_FILE_SIZE_BYTES_MAX;
 /// Most connections one node keeps to PostgreSQL.
 pub const DATABASE_POOL_SIZE_COUNT_MAX: u32 = 256;
 const DATABASE_POOL_SIZE_COUNT_DEFAULT: u32 = 16;
+/// Most sandboxes kept started ahead of the tool calls that will use them.
+pub const SANDBOX_WARM_COUNT_MAX: usize = 64;
+const SANDBOX_WARM_COUNT_DEFAULT: usize = 2;
 
 /// Every known field, with the environment variable that sets it.
 pub const FIELDS: &[(&str, &str)] = &[
@@ -67,6 +71,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("sandbox.dir", "KELPIE_SANDBOX_DIR"),
     ("sandbox.python", "KELPIE_SANDBOX_PYTHON"),
     ("sandbox.pip_index_url", "KELPIE_PIP_INDEX_URL"),
+    ("sandbox.warm_count", "KELPIE_SANDBOX_WARM"),
 ];
 
 /// Where a configuration value came from.
@@ -188,6 +193,8 @@ pub struct SandboxConfig {
     /// The Python interpreter tools run with, a path the sandbox can see.
     pub python: String,
     pub pip_index_url: Option<String>,
+    /// Sandboxes kept started ahead of tool calls (0: every call starts one).
+    pub warm_count: usize,
 }
 
 /// The validated configuration of one Kelpie server process.
@@ -426,7 +433,13 @@ impl ConfigLayers {
                 ));
             }
         }
-        Ok(SandboxConfig { backend, dir, python, pip_index_url })
+        let warm_count = self.parse("sandbox.warm_count", &SANDBOX_WARM_COUNT_DEFAULT.to_string(), |v| {
+            match v.parse::<usize>() {
+                Ok(n) if n <= SANDBOX_WARM_COUNT_MAX => Ok(n),
+                _ => Err(format!("{v:?} is not a whole number from 0 to {SANDBOX_WARM_COUNT_MAX}")),
+            }
+        })?;
+        Ok(SandboxConfig { backend, dir, python, pip_index_url, warm_count })
     }
 
     fn optional(&self, field: &'static str) -> Option<String> {
@@ -500,6 +513,7 @@ mod tests {
                 dir: default_sandbox_dir(Path::new("./kelpie-data")),
                 python: "/usr/bin/python3".into(),
                 pip_index_url: None,
+                warm_count: 2,
             }
         );
     }
@@ -569,6 +583,7 @@ mod tests {
             ("sandbox.backend", "docker", "config field `sandbox.backend` (from flag --bind): \"docker\" is not one of \"process\", \"gvisor\", \"none\""),
             ("sandbox.python", "python3", "config field `sandbox.python` (from flag --bind): \"python3\" must be an absolute path"),
             ("sandbox.pip_index_url", "file:///x", "config field `sandbox.pip_index_url` (from flag --bind): \"file:///x\" must start with http:// or https://"),
+            ("sandbox.warm_count", "65", "config field `sandbox.warm_count` (from flag --bind): \"65\" is not a whole number from 0 to 64"),
         ];
         for (field, value, message) in cases {
             let mut layers = ConfigLayers::new();

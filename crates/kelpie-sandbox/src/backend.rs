@@ -67,7 +67,7 @@ pub struct ExecRequest {
     /// `LANG` (and [`RESULT_SOCKET_ENV`] with a result channel): nothing of
     /// the server's own environment is passed on.
     pub env: Vec<(String, String)>,
-    pub stdin: Vec<u8>,
+    pub stdin: Input,
     pub limits: ExecLimits,
     /// Opens the result channel: a Unix socket at the path in
     /// [`RESULT_SOCKET_ENV`] whose first connection is read as the result.
@@ -80,10 +80,50 @@ impl ExecRequest {
             program: program.into(),
             args,
             env: Vec::new(),
-            stdin: Vec::new(),
+            stdin: Input::Now(Vec::new()),
             limits: ExecLimits::default(),
             result_channel: false,
         }
+    }
+}
+
+/// What an execution reads on stdin.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// These bytes, written as it starts.
+    Now(Vec<u8>),
+    /// Bytes that arrive later: the program starts at once and waits for
+    /// them (a pre-started program), and its wall time counts from their
+    /// arrival. Sending nothing (dropping the sender) interrupts it.
+    Later(DeferredInput),
+}
+
+impl PartialEq for Input {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Input::Now(a), Input::Now(b)) => a == b,
+            (Input::Later(a), Input::Later(b)) => Arc::ptr_eq(&a.0, &b.0),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Input {}
+
+/// The receiving end of an [`Input::Later`], taken once by the execution.
+#[derive(Debug, Clone)]
+pub struct DeferredInput(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Vec<u8>>>>>);
+
+impl DeferredInput {
+    /// The input and the sender that delivers it.
+    pub fn channel() -> (DeferredInput, tokio::sync::oneshot::Sender<Vec<u8>>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (DeferredInput(Arc::new(std::sync::Mutex::new(Some(receiver)))), sender)
+    }
+
+    /// The receiver, the first time only.
+    pub fn take(&self) -> Option<tokio::sync::oneshot::Receiver<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

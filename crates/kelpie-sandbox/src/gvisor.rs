@@ -28,9 +28,14 @@ use crate::limits::SANDBOX_TMP_SIZE_BYTES;
 use crate::process::{check_id, find_program, is_root, prepare_dir, remove_idle_dir, SandboxDir};
 use crate::rootfs::{self, RootEntry, SANDBOX_GID, SANDBOX_HOSTNAME, SANDBOX_PATH, SANDBOX_UID};
 
-/// Host threads and processes gVisor itself needs besides the program's
-/// (its kernel's Go threads, the gofer, the ptrace stubs).
-pub const GVISOR_HOST_TASKS_COUNT: u64 = 512;
+/// Host threads and processes gVisor needs for each process of the program:
+/// on the ptrace platform a guest process costs about 11 host tasks (its
+/// stub, the kernel's tracer threads); measured 729 host tasks for 64 guest
+/// processes.
+pub const GVISOR_HOST_TASKS_PER_PROCESS_COUNT: u64 = 16;
+/// Host threads and processes gVisor itself needs (its kernel's Go threads,
+/// the gofer).
+pub const GVISOR_HOST_TASKS_BASE_COUNT: u64 = 256;
 /// Memory gVisor's own kernel needs besides the program's.
 pub const GVISOR_OVERHEAD_BYTES: u64 = 256 * crate::limits::MIB_BYTES;
 const ETC_DIR: &str = "etc";
@@ -266,7 +271,8 @@ impl GvisorInstance {
         let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
         let mut host_limits = request.limits;
         host_limits.memory_bytes += GVISOR_OVERHEAD_BYTES;
-        host_limits.processes_count += GVISOR_HOST_TASKS_COUNT;
+        host_limits.processes_count = request.limits.processes_count * GVISOR_HOST_TASKS_PER_PROCESS_COUNT
+            + GVISOR_HOST_TASKS_BASE_COUNT;
         let group = self.groups.start(n, &host_limits)?;
         let cgroup = group.as_ref().map(|group| group.cgroup.as_ref());
         let (ipc, listener) = match request.result_channel {

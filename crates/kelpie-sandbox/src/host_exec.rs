@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 
-use crate::backend::{exit_code_of, Captured, ExecOutput, KillReason};
+use crate::backend::{exit_code_of, Captured, ExecOutput, Input, KillReason};
 use crate::error::SandboxError;
 use crate::limits::{ExecLimits, EXEC_RESULT_BYTES_MAX, EXEC_STDIN_BYTES_MAX};
 
@@ -154,23 +154,43 @@ fn take<T: Default>(slot: &Mutex<T>) -> T {
     std::mem::take(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// Runs `process` with `stdin` under `limits` until it exits, its wall time
-/// runs out or the sandbox is interrupted.
-pub(crate) async fn run(
-    process: HostProcess,
-    stdin: Vec<u8>,
-    limits: &ExecLimits,
-    result: Option<UnixListener>,
-    mut interrupts: Interrupts,
-    reaper: &dyn Reaper,
-) -> Result<ExecOutput, SandboxError> {
+fn check_stdin(stdin: &[u8]) -> Result<(), SandboxError> {
     if stdin.len() as u64 > EXEC_STDIN_BYTES_MAX {
         return Err(SandboxError::InvalidRequest(format!(
             "stdin is {} bytes, over EXEC_STDIN_BYTES_MAX = {EXEC_STDIN_BYTES_MAX}",
             stdin.len()
         )));
     }
-    let started = Instant::now();
+    Ok(())
+}
+
+/// Waits for a deferred input; `None` when it will never come (its sender
+/// dropped) or the sandbox was interrupted first.
+async fn arrival(input: Input, interrupts: &mut Interrupts) -> Option<Vec<u8>> {
+    let receiver = match input {
+        Input::Now(bytes) => return Some(bytes),
+        Input::Later(deferred) => deferred.take()?,
+    };
+    tokio::select! {
+        bytes = receiver => bytes.ok(),
+        () = interrupted(&mut interrupts.interrupted) => None,
+    }
+}
+
+/// Runs `process` with `input` on stdin under `limits` until it exits, its
+/// wall time runs out or the sandbox is interrupted. The wall time counts
+/// from the input's arrival.
+pub(crate) async fn run(
+    process: HostProcess,
+    input: Input,
+    limits: &ExecLimits,
+    result: Option<UnixListener>,
+    mut interrupts: Interrupts,
+    reaper: &dyn Reaper,
+) -> Result<ExecOutput, SandboxError> {
+    if let Input::Now(bytes) = &input {
+        check_stdin(bytes)?;
+    }
     let mut command = Command::new(&process.program);
     command
         .args(&process.args)
@@ -200,14 +220,26 @@ pub(crate) async fn run(
     if let Some(listener) = result {
         readers.spawn(first_result(listener, Arc::clone(&answer)));
     }
-    if let Some(mut pipe) = child.stdin.take() {
-        readers.spawn(async move {
-            // A program that exits without reading its input is not our error.
-            let _ = pipe.write_all(&stdin).await;
-        });
+    let stdin = child.stdin.take();
+    let mut killed = None;
+    let arrived = arrival(input, &mut interrupts).await.filter(|bytes| check_stdin(bytes).is_ok());
+    let started = Instant::now();
+    match (stdin, arrived) {
+        (Some(mut pipe), Some(bytes)) => {
+            readers.spawn(async move {
+                // A program that exits without reading its input is not our error.
+                let _ = pipe.write_all(&bytes).await;
+            });
+        }
+        // Never delivered: the program is not wanted any more.
+        (_, None) => {
+            killed = Some(KillReason::Interrupted);
+            reaper.kill_all(pid);
+            let _ = child.start_kill();
+        }
+        (None, Some(_)) => {}
     }
     let wall = Duration::from_millis(limits.wall_ms);
-    let mut killed = None;
     let status = tokio::select! {
         status = child.wait() => status,
         () = tokio::time::sleep(wall) => {

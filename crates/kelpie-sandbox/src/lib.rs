@@ -30,7 +30,8 @@ pub mod sim;
 pub mod unsandboxed;
 
 pub use backend::{
-    Backend, BackendKind, Captured, ExecOutput, ExecRequest, Instance, KillReason, Mount, SandboxSpec,
+    Backend, BackendKind, Captured, DeferredInput, ExecOutput, ExecRequest, Input, Instance, KillReason,
+    Mount, SandboxSpec,
 };
 pub use error::SandboxError;
 pub use lifecycle::{SandboxState, Transition};

@@ -45,7 +45,8 @@ const LAUNCH_SCRIPT: &str = r#"for f in $KELPIE_CGROUP_PROCS; do echo $$ > "$f" 
 ulimit -c 0 && ulimit -f "$KELPIE_FSIZE_BLOCKS" && ulimit -t "$KELPIE_CPU_SECONDS" || exit 125
 if [ -n "$KELPIE_AS_KIB" ]; then ulimit -v "$KELPIE_AS_KIB" || exit 125; fi
 if [ -n "$KELPIE_NPROC" ]; then ulimit -p "$KELPIE_NPROC" || exit 125; fi
-exec /usr/bin/env -i "$@""#;
+unset KELPIE_CGROUP_PROCS KELPIE_FSIZE_BLOCKS KELPIE_CPU_SECONDS KELPIE_AS_KIB KELPIE_NPROC PATH
+exec "$@""#;
 /// Bytes per block of `ulimit -f`.
 const ULIMIT_BLOCK_BYTES: u64 = 512;
 /// The sandbox's own directories bound into it: its `/etc`, its `/work`,

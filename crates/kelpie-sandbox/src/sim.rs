@@ -14,7 +14,7 @@ use kelpie_dst::{SandboxError as SimError, SimNode, SimSandbox};
 use serde_json::{json, Value};
 
 use crate::backend::{
-    Backend, BackendKind, Captured, ExecOutput, ExecRequest, Instance, InstanceFuture, KillReason,
+    Backend, BackendKind, Captured, ExecOutput, ExecRequest, Input, Instance, InstanceFuture, KillReason,
     SandboxSpec,
 };
 use crate::error::SandboxError;
@@ -95,7 +95,10 @@ fn ended(
 impl Instance for SimInstance {
     fn exec(&self, request: ExecRequest) -> InstanceFuture<'_, Result<ExecOutput, SandboxError>> {
         Box::pin(async move {
-            let payload: Value = serde_json::from_slice(&request.stdin).unwrap_or(Value::Null);
+            let payload: Value = match &request.stdin {
+                Input::Now(bytes) => serde_json::from_slice(bytes).unwrap_or(Value::Null),
+                Input::Later(_) => Value::Null,
+            };
             let command = format!("echo {}", payload["args"]);
             let mut sandbox = self.sandbox.lock().await;
             sandbox.set_exec_timeout_ms(request.limits.wall_ms);

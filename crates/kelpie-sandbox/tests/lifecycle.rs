@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use kelpie_sandbox::lifecycle::Refused;
 use kelpie_sandbox::{
-    Backend, ExecLimits, ExecRequest, KillReason, Sandbox, SandboxError, SandboxSpec, SandboxState,
-    Transition,
+    Backend, DeferredInput, ExecLimits, ExecRequest, Input, KillReason, Sandbox, SandboxError, SandboxSpec,
+    SandboxState, Transition,
 };
 
 fn python(code: &str) -> ExecRequest {
@@ -170,5 +170,44 @@ async fn a_dropped_call_and_a_dropped_sandbox_leave_nothing_behind() {
     drop(sandbox);
     support::wait_until(|| !support::process_with(marker)).await;
     support::assert_nothing_left(dir.path(), "dropped");
+    support::assert_no_zombies();
+}
+
+#[tokio::test]
+async fn a_program_waits_for_deferred_input_and_its_wall_time_starts_when_it_arrives() {
+    let (dir, backend) = support::process_backend();
+    let sandbox = Sandbox::new("deferred", SandboxSpec::default(), backend);
+    sandbox.create().await.unwrap();
+    let echo = || {
+        let mut request = python("import sys; print(sys.stdin.read().upper())");
+        request.limits = ExecLimits { wall_ms: 300, ..ExecLimits::default() };
+        request
+    };
+    // Idle for longer than its wall time before the input comes: not killed.
+    let (input, sender) = DeferredInput::channel();
+    let waiting = sandbox.exec(ExecRequest { stdin: Input::Later(input), ..echo() });
+    let deliver = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        sender.send(b"late".to_vec()).unwrap();
+    };
+    let (out, ()) = tokio::join!(waiting, deliver);
+    let out = out.unwrap();
+    assert_eq!((out.exit_code, out.killed, out.stdout.text()), (0, None, "LATE\n".to_string()));
+    // Input that will never come: the program is interrupted, not left waiting.
+    let (input, sender) = DeferredInput::channel();
+    let abandoned = sandbox.exec(ExecRequest { stdin: Input::Later(input), ..echo() });
+    let give_up = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(sender);
+    };
+    let (out, ()) = tokio::join!(abandoned, give_up);
+    assert_eq!(out.unwrap().killed, Some(KillReason::Interrupted));
+    // Input over the stdin limit is refused like immediate input would be.
+    let (input, sender) = DeferredInput::channel();
+    sender.send(vec![b'x'; kelpie_sandbox::limits::EXEC_STDIN_BYTES_MAX as usize + 1]).unwrap();
+    let out = sandbox.exec(ExecRequest { stdin: Input::Later(input), ..echo() }).await.unwrap();
+    assert_eq!(out.killed, Some(KillReason::Interrupted));
+    sandbox.destroy().await.unwrap();
+    support::assert_nothing_left(dir.path(), "deferred");
     support::assert_no_zombies();
 }

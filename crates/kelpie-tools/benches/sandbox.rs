@@ -1,7 +1,10 @@
 //! What sandboxing costs a tool call. One trivial Python tool called through
-//! the tool runner on each backend (`none`, `process`, `gvisor`): latency of
-//! sequential calls (p50, p99), throughput with 4 calls in flight, and the
-//! overhead of each backend over the unsandboxed call. Then where the
+//! the tool runner on each backend (`none`, `process`, `gvisor`), each with
+//! every call starting its sandbox (cold) and with warm sandboxes (the
+//! default): latency of sequential calls with a pause between them, as the
+//! model's turn gives a real agent (p50, p99), throughput with 4 calls in
+//! flight back to back with the machine's CPU time per call, and the
+//! overhead of each over the unsandboxed call of the same shape. Then where the
 //! process backend's time goes: the bare interpreter start, bubblewrap
 //! starting a trivial program, and the cgroup made and removed per call.
 //!
@@ -24,6 +27,10 @@ const SEQUENTIAL_CALLS_COUNT: usize = 200;
 const CONCURRENT_CALLS_COUNT: usize = 200;
 const IN_FLIGHT_COUNT: usize = 4;
 const WARMUP_CALLS_COUNT: usize = 5;
+/// The pause between sequential calls: the model's turn between tool calls.
+const PAUSE_BETWEEN_CALLS_MS: u64 = 20;
+/// Warm sandboxes in the warm configuration (the runner's default).
+const WARM_COUNT: usize = kelpie_tools::runner::WARM_SANDBOXES_COUNT_DEFAULT;
 const TOOL: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
@@ -42,6 +49,25 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     calls_per_s: f64,
+    /// Machine-wide CPU time (all processes and the kernel) per call while
+    /// calls run back to back: what bounds throughput on 2 cores.
+    cpu_ms_per_call: f64,
+}
+
+/// Busy CPU time of the whole machine so far (`/proc/stat`), in milliseconds.
+fn machine_busy_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; ticks of 10 ms (USER_HZ = 100).
+    let busy: f64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    busy * 10.0
 }
 
 async fn measure(runner: Arc<ToolRunner>) -> Figures {
@@ -50,12 +76,14 @@ async fn measure(runner: Arc<ToolRunner>) -> Figures {
     }
     let mut latencies = Vec::with_capacity(SEQUENTIAL_CALLS_COUNT);
     for n in 0..SEQUENTIAL_CALLS_COUNT {
+        tokio::time::sleep(Duration::from_millis(PAUSE_BETWEEN_CALLS_MS)).await;
         let started = Instant::now();
         call(&runner, n).await;
         latencies.push(started.elapsed());
     }
     latencies.sort();
     let started = Instant::now();
+    let busy_before_ms = machine_busy_ms();
     let workers: Vec<_> = (0..IN_FLIGHT_COUNT)
         .map(|worker| {
             let runner = Arc::clone(&runner);
@@ -70,14 +98,22 @@ async fn measure(runner: Arc<ToolRunner>) -> Figures {
         worker.await.unwrap();
     }
     let calls_per_s = CONCURRENT_CALLS_COUNT as f64 / started.elapsed().as_secs_f64();
-    Figures { p50_ms: percentile(&latencies, 0.5), p99_ms: percentile(&latencies, 0.99), calls_per_s }
+    let cpu_ms_per_call = (machine_busy_ms() - busy_before_ms) / CONCURRENT_CALLS_COUNT as f64;
+    runner.shutdown().await;
+    Figures {
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        calls_per_s,
+        cpu_ms_per_call,
+    }
 }
 
-fn runner(backend: Arc<dyn Backend>, dir: &Path) -> Arc<ToolRunner> {
+fn runner(backend: Arc<dyn Backend>, dir: &Path, warm_count: usize) -> Arc<ToolRunner> {
     if let Err(err) = backend.check_available() {
         panic!("the {} backend is unavailable: {err}", backend.kind().name());
     }
-    let settings = RunnerSettings::new("/usr/bin/python3", dir.join("pip"));
+    let mut settings = RunnerSettings::new("/usr/bin/python3", dir.join("pip"));
+    settings.warm_sandboxes_count = warm_count;
     Arc::new(ToolRunner::new(backend, settings))
 }
 
@@ -114,32 +150,33 @@ fn cgroup_ms(runs: usize) -> Option<f64> {
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let backends: Vec<(&str, Arc<dyn Backend>)> = vec![
-        ("none", Arc::new(UnsandboxedBackend::open(dir.path().join("none")))),
-        ("process", Arc::new(ProcessBackend::open(dir.path().join("process")))),
-        ("gvisor", Arc::new(GvisorBackend::open(dir.path().join("gvisor")))),
+    type Open = fn(std::path::PathBuf) -> Arc<dyn Backend>;
+    let backends: [(&str, Open); 3] = [
+        ("none", |dir| Arc::new(UnsandboxedBackend::open(dir))),
+        ("process", |dir| Arc::new(ProcessBackend::open(dir))),
+        ("gvisor", |dir| Arc::new(GvisorBackend::open(dir))),
     ];
-    let mut baseline_ms = None;
-    println!("backend | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight)");
-    let mut baseline_p99 = 0.0;
-    for (name, backend) in backends {
-        let figures = measure(runner(backend, &dir.path().join(name))).await;
-        let (base50, base99) = match baseline_ms {
-            None => {
-                baseline_ms = Some(figures.p50_ms);
-                baseline_p99 = figures.p99_ms;
-                (figures.p50_ms, figures.p99_ms)
-            }
-            Some(base) => (base, baseline_p99),
-        };
-        println!(
-            "{name} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0}",
-            figures.p50_ms,
-            figures.p99_ms,
-            figures.p50_ms - base50,
-            figures.p99_ms - base99,
-            figures.calls_per_s
-        );
+    // The unsandboxed call's p50 and p99 for each shape, cold and warm:
+    // each sandboxed shape is compared with the same shape unsandboxed.
+    let mut baselines: [Option<(f64, f64)>; 2] = [None, None];
+    println!(
+        "backend | sandboxes | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight) | CPU per call"
+    );
+    for (name, open) in backends {
+        for (baseline, (shape, warm_count)) in baselines.iter_mut().zip([("cold", 0), ("warm", WARM_COUNT)]) {
+            let dir = dir.path().join(format!("{name}-{shape}"));
+            let figures = measure(runner(open(dir.join("run")), &dir, warm_count)).await;
+            let (base50, base99) = *baseline.get_or_insert((figures.p50_ms, figures.p99_ms));
+            println!(
+                "{name} | {shape} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0} | {:.1} ms",
+                figures.p50_ms,
+                figures.p99_ms,
+                figures.p50_ms - base50,
+                figures.p99_ms - base99,
+                figures.calls_per_s,
+                figures.cpu_ms_per_call
+            );
+        }
     }
     let runs = 50;
     println!("\nwhere a process-backend call's time goes (median of {runs}):");

@@ -8,7 +8,8 @@
 //!   transaction); this crate only describes them.
 //! - [`python`]: the scripts a custom tool runs with and their protocol.
 //! - [`pip`]: a tool's `pip_requirements`, checked and installed once.
-//! - [`runner`]: runs all of the above in sandboxes.
+//! - [`runner`]: runs all of the above in sandboxes, the common calls in
+//!   sandboxes started ahead of them (`warm`).
 //!
 //! Never depends on the agent or the server.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod pip;
 pub mod python;
 pub mod runner;
+mod warm;
 
 pub use builtin::{builtin_tool, builtin_tools, BuiltinTool, RUN_CODE, SEND_MESSAGE};
 pub use error::ToolError;

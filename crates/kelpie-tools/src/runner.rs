@@ -9,16 +9,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kelpie_sandbox::{
-    Backend, BackendKind, ExecLimits, ExecOutput, ExecRequest, KillReason, Mount, Sandbox, SandboxSpec,
+    Backend, BackendKind, ExecLimits, ExecOutput, ExecRequest, Input, KillReason, Mount, Sandbox, SandboxSpec,
 };
 use serde_json::{json, Value};
 
 use crate::error::ToolError;
 use crate::pip::{self, PipCache, PipRequirement, PIP_INSTALL_WALL_MS_MAX, SITE_PACKAGES_SANDBOX_PATH};
 use crate::python::{self, SourceInfo, CODE_BYTES_MAX, INTROSPECT_SCRIPT, RUN_SCRIPT, TOOL_SOURCE_BYTES_MAX};
+use crate::warm::{run_once, WarmPool};
 
 /// Longest a tool call may run before it is killed, in milliseconds.
 pub const TOOL_EXECUTION_TIMEOUT_MS: u64 = 30_000;
+/// Sandboxes kept started ahead of calls ([`crate::warm`]) by default.
+pub const WARM_SANDBOXES_COUNT_DEFAULT: usize = 2;
 /// Longest the schema derivation of a source may take, in milliseconds.
 pub const SCHEMA_DERIVATION_TIMEOUT_MS: u64 = 10_000;
 /// Most environment variables a tool call is given.
@@ -43,6 +46,9 @@ pub struct RunnerSettings {
     pub pip_dir: PathBuf,
     /// The package index pip installs from (`None`: pip's default, PyPI).
     pub pip_index_url: Option<String>,
+    /// Sandboxes kept started ahead of calls; 0 starts every call cold
+    /// (and spawns no task, as a simulation needs).
+    pub warm_sandboxes_count: usize,
 }
 
 impl RunnerSettings {
@@ -57,6 +63,7 @@ impl RunnerSettings {
             limits: ExecLimits { wall_ms: TOOL_EXECUTION_TIMEOUT_MS, ..ExecLimits::default() },
             pip_dir,
             pip_index_url: None,
+            warm_sandboxes_count: WARM_SANDBOXES_COUNT_DEFAULT,
         }
     }
 }
@@ -91,6 +98,7 @@ pub struct ToolRunner {
     next: AtomicU64,
     /// Serializes installs of one set, so concurrent creates install it once.
     installs: tokio::sync::Mutex<()>,
+    warm: WarmPool,
 }
 
 static RUNNERS_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -131,6 +139,8 @@ impl ToolRunner {
     pub fn new(backend: Arc<dyn Backend>, settings: RunnerSettings) -> Self {
         let pip = PipCache { dir: settings.pip_dir.clone() };
         let prefix = format!("k{}r{}", std::process::id(), RUNNERS_COUNT.fetch_add(1, Ordering::SeqCst));
+        let warm =
+            WarmPool::new(Arc::clone(&backend), python_request(&settings), settings.warm_sandboxes_count);
         ToolRunner {
             backend,
             settings,
@@ -138,7 +148,12 @@ impl ToolRunner {
             prefix,
             next: AtomicU64::new(0),
             installs: tokio::sync::Mutex::new(()),
+            warm,
         }
+    }
+
+    fn next_id(&self) -> String {
+        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::SeqCst))
     }
 
     pub fn backend_kind(&self) -> BackendKind {
@@ -159,25 +174,29 @@ impl ToolRunner {
         &self.prefix
     }
 
-    /// Removes what the runner keeps on disk but its installed packages
-    /// (the sandboxes dir; the packages dir when nothing is installed).
-    pub fn shutdown(&self) {
+    /// Ends the warm sandboxes and removes what the runner keeps on disk but
+    /// its installed packages (the sandboxes dir; the packages dir when
+    /// nothing is installed).
+    pub async fn shutdown(&self) {
+        self.warm.drain().await;
         self.backend.shutdown();
         let _ = std::fs::remove_dir(&self.settings.pip_dir);
     }
 
     /// Runs `request` in a sandbox made for it and destroyed after, whatever
-    /// happens (a cancelled call drops the sandbox, which removes it too).
+    /// happens (a cancelled call drops the sandbox, which removes it too);
+    /// a warm one when one fits.
     async fn execute(&self, spec: SandboxSpec, request: ExecRequest) -> Result<ExecOutput, ToolError> {
         self.backend.check_available()?;
-        let id = format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::SeqCst));
-        let sandbox = Sandbox::new(id, spec, Arc::clone(&self.backend));
-        sandbox.create().await?;
-        let output = sandbox.exec(request).await;
-        let destroyed = sandbox.destroy().await;
-        let output = output?;
-        destroyed?;
-        Ok(output)
+        if let (true, Input::Now(stdin)) = (self.warm.fits(&spec, &request), &request.stdin) {
+            self.warm.fill(|| self.next_id());
+            let warm = self.warm.run(stdin.clone()).await;
+            self.warm.fill(|| self.next_id());
+            if let Some(output) = warm {
+                return output;
+            }
+        }
+        run_once(Sandbox::new(self.next_id(), spec, Arc::clone(&self.backend)), request).await
     }
 
     /// Parses `source` in a sandbox (nothing in it is executed).
@@ -187,7 +206,7 @@ impl ToolRunner {
         }
         let mut request =
             ExecRequest::new(&self.settings.python, vec!["-I".into(), "-c".into(), INTROSPECT_SCRIPT.into()]);
-        request.stdin = source.as_bytes().to_vec();
+        request.stdin = Input::Now(source.as_bytes().to_vec());
         request.limits = ExecLimits { wall_ms: SCHEMA_DERIVATION_TIMEOUT_MS, ..self.settings.limits };
         let output = self.execute(SandboxSpec::default(), request).await?;
         let name = "schema derivation";
@@ -227,23 +246,17 @@ impl ToolRunner {
                 writable: false,
             });
         }
-        let payload = json!({"source": call.source, "name": call.name, "args": call.args, "paths": paths});
-        self.run_python(call.name, spec, payload, call.env).await
+        let env: serde_json::Map<String, Value> =
+            call.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let payload =
+            json!({"source": call.source, "name": call.name, "args": call.args, "paths": paths, "env": env});
+        self.run_python(call.name, spec, payload).await
     }
 
-    async fn run_python(
-        &self,
-        name: &str,
-        spec: SandboxSpec,
-        payload: Value,
-        env: &[(String, String)],
-    ) -> Result<ToolRun, ToolError> {
-        let mut request =
-            ExecRequest::new(&self.settings.python, vec!["-I".into(), "-c".into(), RUN_SCRIPT.into()]);
-        request.stdin = payload.to_string().into_bytes();
-        request.env = env.to_vec();
-        request.limits = self.settings.limits;
-        request.result_channel = true;
+    /// Runs `run.py` with `payload` (whose `env` the tool gets).
+    async fn run_python(&self, name: &str, spec: SandboxSpec, payload: Value) -> Result<ToolRun, ToolError> {
+        let mut request = python_request(&self.settings);
+        request.stdin = Input::Now(payload.to_string().into_bytes());
         let output = self.execute(spec, request).await?;
         check_killed(name, &output, &self.settings.limits)?;
         let (stdout, stderr) = (output.stdout.text(), output.stderr.text());
@@ -271,7 +284,11 @@ impl ToolRunner {
             return Err(ToolError::SourceTooLarge { bytes: code.len(), limit: CODE_BYTES_MAX });
         }
         match language {
-            "python" => self.run_python("run_code", SandboxSpec::default(), json!({"code": code}), env).await,
+            "python" => {
+                let env: serde_json::Map<String, Value> =
+                    env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                self.run_python("run_code", SandboxSpec::default(), json!({"code": code, "env": env})).await
+            }
             "js" | "javascript" => {
                 let node =
                     self.settings.node.clone().ok_or_else(|| ToolError::Language(language.to_string()))?;
@@ -375,6 +392,16 @@ impl ToolRunner {
         };
         Err(ToolError::PipInstall { package: pip::failed_package(&stderr, requirements), reason })
     }
+}
+
+/// The request that runs `run.py` (its payload on stdin, the tool's
+/// environment in the payload): the same for every call, so it can start
+/// before the call it serves.
+fn python_request(settings: &RunnerSettings) -> ExecRequest {
+    let mut request = ExecRequest::new(&settings.python, vec!["-I".into(), "-c".into(), RUN_SCRIPT.into()]);
+    request.limits = settings.limits;
+    request.result_channel = true;
+    request
 }
 
 /// The error of an execution the sandbox ended early, if it did.

@@ -1,6 +1,7 @@
-//! 1 000 consecutive tool calls on the process backend leave nothing behind:
-//! no process, no mount, no sandbox directory, no cgroup. The only test in
-//! its binary, so no other sandbox runs meanwhile.
+//! 1 000 consecutive tool calls on the process backend leave nothing behind
+//! but the warm sandboxes waiting for the next calls, and the runner's
+//! shutdown ends those: no process, no mount, no sandbox directory, no
+//! cgroup. The only test in its binary, so no other sandbox runs meanwhile.
 //!
 //! Needs bubblewrap; fails (never skips) without it.
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use kelpie_sandbox::cgroup::{self, CgroupMode};
 use kelpie_sandbox::process::{ProcessBackend, SANDBOX_HOST_UID};
 use kelpie_sandbox::Backend;
+use kelpie_tools::runner::WARM_SANDBOXES_COUNT_DEFAULT;
 use kelpie_tools::{RunnerSettings, ToolCall, ToolRunner};
 use serde_json::json;
 
@@ -68,6 +70,19 @@ async fn a_thousand_calls_leave_no_process_mount_directory_or_cgroup() {
             println!("{} calls", n + 1);
         }
     }
+    // Between calls: the shared /etc and the warm sandboxes, nothing else.
+    let waiting: Vec<String> = std::fs::read_dir(dir.path().join("run"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "etc")
+        .collect();
+    assert!(waiting.len() <= WARM_SANDBOXES_COUNT_DEFAULT, "more sandboxes than warm ones: {waiting:?}");
+    assert!(waiting.iter().all(|name| name.starts_with(runner.sandbox_prefix())), "{waiting:?}");
+    // One cgroup per execution, under each hierarchy on cgroup v1.
+    let cgroups: std::collections::BTreeSet<String> =
+        cgroups_named(runner.sandbox_prefix()).into_iter().collect();
+    assert!(cgroups.len() <= WARM_SANDBOXES_COUNT_DEFAULT, "more cgroups than warm sandboxes: {cgroups:?}");
+    runner.shutdown().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SETTLE_MS_MAX);
     while sandbox_processes() != before {
         assert!(
@@ -79,12 +94,6 @@ async fn a_thousand_calls_leave_no_process_mount_directory_or_cgroup() {
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&*dir.path().to_string_lossy()), "a mount was left");
-    let left: Vec<String> = std::fs::read_dir(dir.path().join("run"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["etc"], "only the shared /etc stays while the backend lives");
     assert_eq!(cgroups_named(runner.sandbox_prefix()), Vec::<String>::new(), "a cgroup was left");
-    runner.shutdown();
     assert!(!dir.path().join("run").exists(), "shutdown removes the sandboxes dir");
 }

@@ -88,6 +88,8 @@ async fn a_call_sees_only_the_environment_it_is_given() {
     let args = json!({});
     let call = ToolCall { source, name: "env", args: &args, env: &env, network: false, requirements: &[] };
     assert_eq!(runner.run_tool(call.clone()).await.unwrap().result, "{\"MY_TOKEN\": \"t0k3n\"}");
+    // The next call, on another (warm) sandbox, does not inherit it.
+    assert_eq!(runner.run_tool(ToolCall { env: &[], ..call.clone() }).await.unwrap().result, "{}");
     for (key, reason) in
         [("PATH", "is set by the sandbox"), ("KELPIE_X", "is set by the sandbox"), ("1A", "must be 1..=")]
     {
@@ -215,4 +217,75 @@ async fn pip_requirements_install_once_and_are_importable_by_the_tool() {
         .collect();
     assert_eq!(sets.len(), 1, "{sets:?}");
     drop(index);
+}
+
+/// Whether a process on this host has `marker` in its command line.
+fn process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(marker))
+    })
+}
+
+/// Seconds since the tool's interpreter (run.py, the parent of the process
+/// running the tool) started, and whether a file an earlier call wrote is
+/// there (then writes it).
+const AGE: &str = "import os\ndef age() -> list:\n    ticks = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(') ', 1)[1].split()[19])\n    up = float(open('/proc/uptime').read().split()[0])\n    seen = os.path.exists('/work/mark')\n    open('/work/mark', 'w').close()\n    return [up - ticks / os.sysconf('SC_CLK_TCK'), seen]\n";
+
+#[tokio::test]
+async fn warm_sandboxes_serve_one_call_each_and_cancelled_calls_end_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
+    settings.warm_sandboxes_count = 1;
+    // Shorter than the idle time below: a warm sandbox's clock starts with its call.
+    settings.limits = ExecLimits { wall_ms: 2_000, ..settings.limits };
+    let runner = ToolRunner::new(Arc::new(ProcessBackend::open(dir.path().join("run"))), settings);
+    let age = |run: ToolRun| -> (f64, bool) {
+        let value: Value = serde_json::from_str(&run.result).unwrap();
+        (value[0].as_f64().unwrap(), value[1].as_bool().unwrap())
+    };
+    let (_, seen) = age(call(&runner, AGE, "age", json!({})).await.unwrap());
+    assert!(!seen);
+    // The sandbox started after the first call has waited for this one.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let (waited_s, seen) = age(call(&runner, AGE, "age", json!({})).await.unwrap());
+    assert!(waited_s >= 2.0, "the call ran on a sandbox started {waited_s} s before it, not a warm one");
+    assert!(!seen, "a warm sandbox serves one call: nothing of an earlier call is left in it");
+    // A network call does not fit the warm shape and starts its own sandbox.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let args = json!({});
+    let networked =
+        ToolCall { source: AGE, name: "age", args: &args, env: &[], network: true, requirements: &[] };
+    let (waited_s, _) = age(runner.run_tool(networked).await.unwrap());
+    assert!(waited_s < 1.0, "a networked call ran on a sandbox {waited_s} s old");
+    runner.shutdown().await;
+    assert!(!dir.path().join("run").exists(), "shutdown ends the warm sandboxes and removes their dir");
+
+    // A call given up while it runs ends its sandbox and the program in it,
+    // long before its wall time would.
+    let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
+    settings.warm_sandboxes_count = 1;
+    settings.limits = ExecLimits { wall_ms: 120_000, ..settings.limits };
+    let runner = ToolRunner::new(Arc::new(ProcessBackend::open(dir.path().join("run"))), settings);
+    let marker = "kelpie-warm-cancel-marker";
+    let nap = format!("import subprocess\ndef nap() -> str:\n    subprocess.run(['/bin/sh', '-c', 'sleep 60 # {marker}'])\n    return 'woke'\n");
+    let running = call(&runner, &nap, "nap", json!({}));
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(700), running).await.is_err());
+    let sandboxes = || -> Vec<String> {
+        std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "etc")
+            .collect()
+    };
+    assert!(process_with(marker), "the call was running when given up");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The call took the only warm sandbox; it goes with its program.
+    while !sandboxes().is_empty() || process_with(marker) {
+        assert!(std::time::Instant::now() < deadline, "a cancelled call's sandbox stayed: {:?}", sandboxes());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    runner.shutdown().await;
+    assert!(!dir.path().join("run").exists(), "shutdown ends the warm sandboxes and removes their dir");
 }

@@ -195,6 +195,6 @@ impl ToolService {
 
     pub async fn shutdown(&self) {
         self.store.shutdown().await;
-        self.runner.shutdown();
+        self.runner.shutdown().await;
     }
 }
