@@ -1,5 +1,7 @@
 """The official `letta-client` against a running `kelpie serve` and the fake LLM."""
 
+import json
+
 import pytest
 from letta_client import Letta, NotFoundError, APIStatusError
 
@@ -239,3 +241,35 @@ def test_agent_secrets_reach_the_sandboxed_tool_and_are_never_echoed(client):
     assert returned.tool_return == "t0k3n-secret no-server-key"
     client.agents.delete(agent.id)
     client.tools.delete(tool.id)
+
+
+LONG_HISTORY_COUNT = 10_500  # past one storage scan (SCAN_ROWS_COUNT_MAX = 10 000)
+
+
+def test_an_agent_past_ten_thousand_messages_pages_to_the_end_searches_and_deletes(client):
+    source = _agent(client, "py-long-source")
+    file = json.loads(client.agents.export_file(source.id))
+    file["messages"] = [
+        {"id": f"m-{i}", "seq": 0, "created_ms": 1_000 + i, "run_id": None, "step_id": None,
+         "body": {"role": "user", "content": f"line {i} w{i}x"}}
+        for i in range(LONG_HISTORY_COUNT)
+    ]
+    imported = client.agents.import_file(file=("long.json", json.dumps(file).encode(), "application/json"))
+    agent_id = imported.agent_ids[0]
+    expected = [f"line {i} w{i}x" for i in range(LONG_HISTORY_COUNT)]
+    # The client's auto-pager walks every page to the end, both ways.
+    assert [m.content for m in client.agents.messages.list(agent_id, order="asc", limit=1000)] == expected
+    newest = [m.content for m in client.agents.messages.list(agent_id, order="desc", limit=700)]
+    assert newest == expected[::-1]
+    # conversation_search finds one of the oldest messages.
+    response = client.agents.messages.create(
+        agent_id, messages=[{"role": "user", "content": '/call conversation_search {"query": "w7x"}'}]
+    )
+    assert json.loads(response.messages[2].tool_return) == ["line 7 w7x"]
+    # The export holds it all; the delete is immediate.
+    exported = json.loads(client.agents.export_file(agent_id))
+    assert len(exported["messages"]) == LONG_HISTORY_COUNT + 5  # and the turn: user, call, return, reply, its return
+    client.agents.delete(agent_id)
+    with pytest.raises(NotFoundError):
+        client.agents.retrieve(agent_id)
+    client.agents.delete(source.id)

@@ -2,9 +2,10 @@
 //!
 //! Layers, each using only the ones before it:
 //! - [`limits`], [`ids`], [`model`], [`page`], [`letta`], [`requests`],
-//!   [`error`]: the agent domain's limits, ids and times, the persisted
-//!   records, cursor pages, Letta's wire shapes, the request bodies the
-//!   service takes, and the errors;
+//!   [`error`], [`agent_file`]: the agent domain's limits, ids and times,
+//!   the persisted records, cursor pages, Letta's wire shapes, the request
+//!   bodies the service takes, the errors, and the export file format with
+//!   its streaming reader;
 //! - [`actors`]: the virtual actors and their commands — one per agent, the
 //!   agent directory shards, the shared block store, the custom tool store and
 //!   one per run. Each command is one transaction;
@@ -19,6 +20,7 @@
 //! service and maps [`error::ServiceError`] to status codes.
 
 pub mod actors;
+pub mod agent_file;
 pub mod cluster;
 pub mod error;
 pub mod ids;

@@ -8,3 +8,24 @@ pub const AGENT_STEPS_COUNT_DEFAULT: u32 = 10;
 pub const AGENT_STEPS_COUNT_MAX: u32 = 50;
 /// Most recent messages put into the prompt, before the context-window cut.
 pub const PROMPT_MESSAGES_COUNT_MAX: usize = 100;
+
+/// Most rows one store read of an agent's messages or passages returns (a
+/// page of a list, a batch of an export); lists longer than this are read
+/// page by page.
+pub const STORE_PAGE_COUNT_MAX: usize = 1_000;
+/// Distinct words of one message kept in its search index (the first
+/// ones); a message's later words are found by reading, not the index.
+pub const MESSAGE_INDEXED_WORDS_COUNT_MAX: usize = 256;
+/// Longest word kept in the search index, in bytes; longer runs of letters
+/// are not indexed.
+pub const SEARCH_WORD_BYTES_MAX: usize = 64;
+/// Most candidate messages one conversation search reads.
+pub const CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX: usize = 5_000;
+/// Keys of ended generations one reclaim invocation deletes.
+pub const RECLAIM_BATCH_KEYS_COUNT: usize = 2_000;
+
+const _: () = assert!(STORE_PAGE_COUNT_MAX <= kelpie_storage::limits::SCAN_ROWS_COUNT_MAX);
+const _: () = assert!(
+    RECLAIM_BATCH_KEYS_COUNT < kelpie_core::limits::TRANSACTION_OPS_COUNT_MAX,
+    "a reclaim batch fits one transaction"
+);

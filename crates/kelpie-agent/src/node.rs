@@ -26,6 +26,7 @@ use kelpie_tools::{RunnerSettings, ToolRunner};
 use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
 use crate::actors::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
 use crate::actors::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
+use crate::actors::reclaim::{ReclaimActor, RECLAIM_ACTOR};
 use crate::actors::run_store::{RunActor, RUN_NAMESPACE};
 use crate::actors::sandbox_config_store::{SandboxConfigActor, SANDBOX_CONFIG_ACTOR};
 use crate::actors::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
@@ -96,6 +97,9 @@ impl AgentNode {
             tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
         }
         let sandbox_dir = config.sandbox.dir.clone();
+        // Resumes reclaiming what deletes and abandoned imports left, and
+        // keeps doing it for later ones.
+        service.reclaimer.start();
         Ok(AgentNode { service: Arc::new(service), cluster, handler: Mutex::new(Some(handler)), sandbox_dir })
     }
 
@@ -154,7 +158,8 @@ pub fn agent_service(
             .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(runtimes.tool_store.clone()))
             .with_namespace(RUN_NAMESPACE, Arc::new(runtimes.runs.clone()))
             .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone()))
-            .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone())),
+            .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone()))
+            .with_namespace(RECLAIM_ACTOR.0, Arc::new(runtimes.reclaim.clone())),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -178,6 +183,7 @@ pub fn agent_runtimes(
         blocks: parts.runtime(BlockStoreActor)?,
         tool_store: parts.runtime(ToolStoreActor)?,
         sandbox_configs: parts.runtime(SandboxConfigActor)?,
+        reclaim: parts.runtime(ReclaimActor)?,
     })
 }
 

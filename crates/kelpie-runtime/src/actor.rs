@@ -9,7 +9,10 @@
 use std::future::Future;
 
 use kelpie_core::{ActorId, Env, NodeId, Result};
-use kelpie_storage::{KeyRange, Transaction};
+use std::ops::Bound;
+
+use kelpie_storage::types::prefix_successor;
+use kelpie_storage::{KeyRange, ScanOrder, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -65,11 +68,35 @@ pub struct ActorContext<'a, S> {
     txn: &'a mut Transaction,
 }
 
+fn strip_user_prefix(rows: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    rows.into_iter().map(|(key, value)| (key[USER_KEY_PREFIX.len()..].to_vec(), value)).collect()
+}
+
 fn user_key(key: &[u8]) -> Vec<u8> {
     let mut full = Vec::with_capacity(USER_KEY_PREFIX.len() + key.len());
     full.extend_from_slice(USER_KEY_PREFIX);
     full.extend_from_slice(key);
     full
+}
+
+/// `range` over a handler's keys as the same range over stored keys.
+fn user_range(range: &KeyRange) -> KeyRange {
+    let map = |bound: &Bound<Vec<u8>>| match bound {
+        Bound::Included(key) => Bound::Included(user_key(key)),
+        Bound::Excluded(key) => Bound::Excluded(user_key(key)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let start = match map(&range.start) {
+        Bound::Unbounded => Bound::Included(USER_KEY_PREFIX.to_vec()),
+        bound => bound,
+    };
+    let end = match map(&range.end) {
+        Bound::Unbounded => {
+            Bound::Excluded(prefix_successor(USER_KEY_PREFIX).expect("the user prefix has a successor"))
+        }
+        bound => bound,
+    };
+    KeyRange { start, end }
 }
 
 impl<'a, S> ActorContext<'a, S> {
@@ -98,8 +125,22 @@ impl<'a, S> ActorContext<'a, S> {
     }
 
     /// Extra keys starting with `prefix`, in key order, prefix included.
+    /// Fails past `SCAN_ROWS_COUNT_MAX` rows: for ranges that can grow
+    /// without bound, use [`Self::kv_scan_page`].
     pub async fn kv_scan_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let rows = self.txn.scan(KeyRange::prefix(user_key(prefix))).await?;
-        Ok(rows.into_iter().map(|(key, value)| (key[USER_KEY_PREFIX.len()..].to_vec(), value)).collect())
+        Ok(strip_user_prefix(rows))
+    }
+
+    /// At most `limit` extra keys of `range` (over this handler's keys),
+    /// from the end `order` names and in that order: O(limit + log n).
+    pub async fn kv_scan_page(
+        &mut self,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rows = self.txn.scan_page(user_range(range), order, limit).await?;
+        Ok(strip_user_prefix(rows))
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use kelpie_agent::node::{open_storage, AgentNode, NodeError};
+use kelpie_agent::AgentService;
 use kelpie_core::config::KelpieConfig;
 use thiserror::Error;
 
@@ -52,6 +53,11 @@ pub struct BoundServer {
 impl BoundServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| self.state.config.bind)
+    }
+
+    /// The agent service behind the routes (for embedders and tests).
+    pub fn service(&self) -> Arc<AgentService> {
+        Arc::clone(&self.state.service)
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests

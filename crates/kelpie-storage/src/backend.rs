@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use kelpie_core::{ActorId, NodeId, Result};
 
-use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, Placement, ScanPage, StoredRows, Versioned};
 
 /// A boxed, sendable future borrowing from its receiver.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -24,9 +24,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The committed value of `key` in `actor`'s key space.
     fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>>;
 
-    /// Committed rows of `range` in key order: at most
-    /// `SCAN_ROWS_COUNT_MAX + 1` of them, so callers can tell the limit was hit.
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>>;
+    /// Committed rows of `page.range`: the first `page.limit` from the end
+    /// `page.order` names, in that order. Costs O(limit + log n): a backend
+    /// reads no row past the limit.
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>>;
 
     /// Validates and applies `request` atomically and durably.
     fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>>;

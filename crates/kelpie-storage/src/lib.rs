@@ -38,4 +38,6 @@ pub use memory::MemoryBackend;
 pub use postgres::{connect_pool, LeasedPlacement, PostgresBackend};
 pub use redb_store::RedbBackend;
 pub use storage::{Storage, Transaction};
-pub use types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, Versioned};
+pub use types::{
+    ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, ScanOrder, ScanPage, Versioned,
+};

@@ -15,7 +15,9 @@ use crate::backend::{Backend, BoxFut};
 use crate::commit_check::{check_commit, observe, CommitView};
 use crate::limits::SCAN_ROWS_COUNT_MAX;
 use crate::placement::{check_put, decide_claim};
-use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+use crate::types::{
+    ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, ScanOrder, ScanPage, StoredRows, Versioned,
+};
 
 #[derive(Debug, Default)]
 struct MemoryState {
@@ -42,16 +44,19 @@ impl MemoryBackend {
     }
 }
 
-fn scan_rows(rows: Option<&BTreeMap<Vec<u8>, Versioned>>, range: &KeyRange) -> StoredRows {
+fn scan_rows(rows: Option<&BTreeMap<Vec<u8>, Versioned>>, page: &ScanPage) -> StoredRows {
     let Some(rows) = rows else { return Vec::new() };
+    let range = &page.range;
     let bounds = (as_slice_bound(&range.start), as_slice_bound(&range.end));
     if bounds_are_empty(range) {
         return Vec::new();
     }
-    rows.range::<[u8], _>(bounds)
-        .take(SCAN_ROWS_COUNT_MAX + 1)
-        .map(|(key, stored)| (key.clone(), stored.clone()))
-        .collect()
+    let clone = |(key, stored): (&Vec<u8>, &Versioned)| (key.clone(), stored.clone());
+    let inside = rows.range::<[u8], _>(bounds);
+    match page.order {
+        ScanOrder::Ascending => inside.take(page.limit).map(clone).collect(),
+        ScanOrder::Descending => inside.rev().take(page.limit).map(clone).collect(),
+    }
 }
 
 fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -85,7 +90,8 @@ impl CommitView for StateView<'_> {
     }
 
     fn scan_versions(&self, range: &KeyRange) -> Result<Vec<(Vec<u8>, u64)>> {
-        let rows = scan_rows(self.state.kv.get(self.actor), range);
+        let page = ScanPage::new(range.clone(), ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
+        let rows = scan_rows(self.state.kv.get(self.actor), &page);
         Ok(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect())
     }
 
@@ -126,8 +132,8 @@ impl Backend for MemoryBackend {
         Box::pin(async move { Ok(found) })
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
-        let rows = scan_rows(self.lock().kv.get(actor), range);
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
+        let rows = scan_rows(self.lock().kv.get(actor), page);
         Box::pin(async move { Ok(rows) })
     }
 

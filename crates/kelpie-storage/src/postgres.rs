@@ -36,7 +36,9 @@ use crate::limits::{
     POSTGRES_TCP_USER_TIMEOUT_MS, SCAN_ROWS_COUNT_MAX,
 };
 use crate::placement::{check_put, decide_claim};
-use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+use crate::types::{
+    ClaimOutcome, CommitInfo, CommitRequest, Placement, ScanOrder, ScanPage, StoredRows, Versioned,
+};
 
 /// The schema version this code writes and understands.
 const SCHEMA_VERSION: i32 = 1;
@@ -265,13 +267,14 @@ async fn store_leased_placement(
     Ok(())
 }
 
-/// Rows of `range` (at most `SCAN_ROWS_COUNT_MAX + 1`), with or without values.
+/// The rows of `page`, from the primary key's index (so O(limit + log n)).
 async fn scan_in(
     client: &impl deadpool_postgres::GenericClient,
     actor: &str,
-    range: &KeyRange,
+    page: &ScanPage,
 ) -> Result<StoredRows> {
-    let limit = (SCAN_ROWS_COUNT_MAX + 1) as i64;
+    let range = &page.range;
+    let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
     let mut sql = String::from("SELECT key, value, version FROM kelpie_kv WHERE actor_id = $1");
     let mut bounds: Vec<&[u8]> = Vec::new();
     for (bound, included, excluded) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
@@ -283,7 +286,10 @@ async fn scan_in(
         bounds.push(key.as_slice());
         sql.push_str(&format!(" AND key {op} ${}", bounds.len() + 2));
     }
-    sql.push_str(" ORDER BY key LIMIT $2");
+    sql.push_str(match page.order {
+        ScanOrder::Ascending => " ORDER BY key LIMIT $2",
+        ScanOrder::Descending => " ORDER BY key DESC LIMIT $2",
+    });
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&actor, &limit];
     params.extend(bounds.iter().map(|key| key as &(dyn ToSql + Sync)));
     let rows = client.query(sql.as_str(), &params).await.map_err(pg_error("scan"))?;
@@ -319,7 +325,8 @@ async fn observe_in(
         }
     }
     for scan in &request.scans {
-        let rows = scan_in(txn, &actor, &scan.range).await?;
+        let page = ScanPage::new(scan.range.clone(), ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
+        let rows = scan_in(txn, &actor, &page).await?;
         observation.scan_rows.push(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect());
     }
     if request.fence.is_some() {
@@ -454,10 +461,10 @@ impl Backend for PostgresBackend {
         })
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
         Box::pin(async move {
             let client = self.client().await?;
-            scan_in(&client, &actor.to_string(), range).await
+            scan_in(&client, &actor.to_string(), page).await
         })
     }
 

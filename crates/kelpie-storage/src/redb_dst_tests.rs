@@ -23,8 +23,9 @@ use kelpie_core::env::ChaChaRngSource;
 use kelpie_core::{ActorId, RngSource};
 use redb::{Database, StorageBackend};
 
+use crate::limits::SCAN_ROWS_COUNT_MAX;
 use crate::redb_store::{commit_batch, create_tables, read_rows, Op, OpOutput};
-use crate::types::{CommitInfo, CommitRequest, KeyRange};
+use crate::types::{CommitInfo, CommitRequest, KeyRange, ScanOrder, ScanPage};
 
 const SEEDS_COUNT: u64 = 500;
 const STEPS_PER_SEED_COUNT: usize = 40;
@@ -199,7 +200,12 @@ fn commit_of(actor_index: usize, seq: u64) -> Op {
 /// Durability and AtomicVisibility for every actor.
 fn check_invariants(db: &Database, models: &[ActorModel], seed: u64) {
     for (index, model) in models.iter().enumerate() {
-        let rows = read_rows(db, &actor(index), &KeyRange::prefix(Vec::new())).expect("read after restart");
+        let rows = read_rows(
+            db,
+            &actor(index),
+            &ScanPage::new(KeyRange::prefix(Vec::new()), ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1),
+        )
+        .expect("read after restart");
         let seqs: Vec<u64> = rows
             .iter()
             .map(|(_, stored)| String::from_utf8_lossy(&stored.value).parse().expect("value is a sequence"))

@@ -29,7 +29,9 @@ use crate::backend::{Backend, BoxFut};
 use crate::commit_check::{check_commit, observe, CommitView};
 use crate::limits::{GROUP_COMMIT_QUEUE_DEPTH_MAX, SCAN_ROWS_COUNT_MAX};
 use crate::placement::{check_put, decide_claim};
-use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+use crate::types::{
+    ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, ScanOrder, ScanPage, StoredRows, Versioned,
+};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
@@ -131,25 +133,36 @@ fn decode_placement(actor: &ActorId, bytes: &[u8]) -> Result<Placement> {
     Ok(Placement { actor_id: actor.clone(), node_id, epoch })
 }
 
-/// Rows of `range`, from any readable redb table of the `kv` layout.
+/// The rows of `page`, from any readable redb table of the `kv` layout.
 fn scan_table(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     actor: &ActorId,
-    range: &KeyRange,
+    page: &ScanPage,
 ) -> Result<StoredRows> {
-    let (start, end) = row_bounds(actor, range);
+    let (start, end) = row_bounds(actor, &page.range);
     if !bounds_nonempty(&start, &end) {
         return Ok(Vec::new());
     }
     let prefix_len = actor_prefix(actor).len();
     let bounds = (start.as_ref().map(Vec::as_slice), end.as_ref().map(Vec::as_slice));
+    let inside = io!("scan", table.range::<&[u8]>(bounds))?;
+    let entries: Box<dyn Iterator<Item = _>> = match page.order {
+        ScanOrder::Ascending => Box::new(inside),
+        ScanOrder::Descending => Box::new(inside.rev()),
+    };
     let mut rows = Vec::new();
-    for entry in io!("scan", table.range::<&[u8]>(bounds))?.take(SCAN_ROWS_COUNT_MAX + 1) {
+    for entry in entries.take(page.limit) {
         let (key, row) = io!("scan", entry)?;
         assert!(key.value().len() >= prefix_len, "range stays inside the actor prefix");
         rows.push((key.value()[prefix_len..].to_vec(), decode_row(row.value())?));
     }
     Ok(rows)
+}
+
+/// The page a commit validates a scanned range with: enough rows to see
+/// any difference from what the transaction saw.
+fn validation_page(range: &KeyRange) -> ScanPage {
+    ScanPage::new(range.clone(), ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1)
 }
 
 /// redb panics on an inverted range; such a range holds no keys.
@@ -199,7 +212,7 @@ impl CommitView for WriteView<'_> {
     }
 
     fn scan_versions(&self, range: &KeyRange) -> Result<Vec<(Vec<u8>, u64)>> {
-        let rows = scan_table(self.kv, self.actor, range)?;
+        let rows = scan_table(self.kv, self.actor, &validation_page(range))?;
         Ok(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect())
     }
 
@@ -418,11 +431,11 @@ impl RedbBackend {
     }
 }
 
-/// Committed rows of `range` from a fresh read snapshot.
-pub(crate) fn read_rows(db: &Database, actor: &ActorId, range: &KeyRange) -> Result<StoredRows> {
+/// Committed rows of `page` from a fresh read snapshot.
+pub(crate) fn read_rows(db: &Database, actor: &ActorId, page: &ScanPage) -> Result<StoredRows> {
     let txn = io!("begin read", db.begin_read())?;
     let table = io!("open kv", txn.open_table(KV))?;
-    scan_table(&table, actor, range)
+    scan_table(&table, actor, page)
 }
 
 pub(crate) fn create_tables(db: &Database) -> Result<()> {
@@ -463,8 +476,8 @@ impl Backend for RedbBackend {
         Box::pin(async move { found })
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
-        let rows = read_rows(&self.db, actor, range);
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
+        let rows = read_rows(&self.db, actor, page);
         Box::pin(async move { rows })
     }
 

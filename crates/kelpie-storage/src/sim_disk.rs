@@ -23,7 +23,7 @@ use tokio::sync::RwLock;
 
 use crate::backend::{Backend, BoxFut};
 use crate::memory::MemoryBackend;
-use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, KeyRange, Placement, StoredRows, Versioned};
+use crate::types::{ClaimOutcome, CommitInfo, CommitRequest, Placement, ScanPage, StoredRows, Versioned};
 
 const RECORD_KEY_PREFIX: &[u8] = b"r/";
 const RECORD_TAG_COMMIT: u8 = b'C';
@@ -126,11 +126,11 @@ impl Backend for SimDiskBackend {
         })
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
         Box::pin(async move {
             let _read = self.gate.read().await;
             self.check_alive()?;
-            self.index.scan(actor, range).await
+            self.index.scan(actor, page).await
         })
     }
 

@@ -17,7 +17,7 @@ use crate::memory::MemoryBackend;
 use crate::postgres::PostgresBackend;
 use crate::redb_store::RedbBackend;
 use crate::txn::{check_key, KeySpace, TxnBuffer};
-use crate::types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement};
+use crate::types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, ScanOrder, ScanPage};
 
 /// A handle to one store. Cheap to clone; all clones share the backend.
 #[derive(Clone)]
@@ -112,6 +112,20 @@ impl Transaction {
         self.scan_in(range.clamped_to_user_keys()).await
     }
 
+    /// At most `limit` rows of `range`, from the end `order` names and in
+    /// that order, with this transaction's writes applied. Costs
+    /// O(limit + log n) however large the range; walk a range of any size
+    /// page by page, each starting past the last key of the one before.
+    /// `limit` is 1..=`SCAN_ROWS_COUNT_MAX`.
+    pub async fn scan_page(
+        &mut self,
+        range: KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_page_in(ScanPage::new(range.clamped_to_user_keys(), order, limit)).await
+    }
+
     /// Buffers `key = value`, checking the key, value and transaction limits.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
         self.buffer.write(key.into(), Some(value.into()), KeySpace::User)
@@ -158,7 +172,9 @@ impl Transaction {
     }
 
     pub(crate) async fn scan_in(&mut self, range: KeyRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let rows = self.backend.scan(self.buffer.actor_id(), &range).await?;
+        let page = ScanPage::new(range, ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
+        let rows = self.backend.scan(self.buffer.actor_id(), &page).await?;
+        let range = page.range;
         if rows.len() > SCAN_ROWS_COUNT_MAX {
             return Err(Error::LimitExceeded {
                 what: format!("scan of actor {} row count", self.actor_id()),
@@ -168,6 +184,30 @@ impl Transaction {
             });
         }
         Ok(self.buffer.record_scan(range, rows))
+    }
+
+    pub(crate) async fn scan_page_in(&mut self, page: ScanPage) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if !(1..=SCAN_ROWS_COUNT_MAX).contains(&page.limit) {
+            return Err(Error::validation(
+                "scan limit",
+                format!("{} is not in 1..={SCAN_ROWS_COUNT_MAX} (SCAN_ROWS_COUNT_MAX)", page.limit),
+            ));
+        }
+        // Rows this transaction deleted come back from the backend and are
+        // dropped below: fetch that many more so a full page stays full.
+        let fetch = ScanPage { limit: page.limit + self.buffer.deletes_in(&page.range), ..page.clone() };
+        let mut rows = self.backend.scan(self.buffer.actor_id(), &fetch).await?;
+        assert!(rows.len() <= fetch.limit, "a backend returns at most the page's limit");
+        let covered = fetch.covered(rows.len(), rows.last().map(|(key, _)| key.as_slice()));
+        if page.order == ScanOrder::Descending {
+            rows.reverse();
+        }
+        let mut merged = self.buffer.record_scan(covered, rows);
+        if page.order == ScanOrder::Descending {
+            merged.reverse();
+        }
+        merged.truncate(page.limit);
+        Ok(merged)
     }
 
     pub(crate) fn write_in(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, space: KeySpace) -> Result<()> {

@@ -87,18 +87,20 @@ fn free_loopback_port() -> io::Result<u16> {
 }
 
 impl PostgresServer {
-    /// Starts a fresh server, or returns `Ok(None)` after printing why when
-    /// the PostgreSQL binaries are not installed.
-    pub fn start() -> io::Result<Option<Self>> {
+    /// Starts a fresh server. A machine without the PostgreSQL binaries is
+    /// an error, never a skip: a test that needs PostgreSQL fails without it.
+    pub fn start() -> io::Result<Self> {
         let Some(bin_dir) = find_postgres_bin_dir() else {
-            eprintln!("SKIPPED: PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in /usr/lib/postgresql/*/bin");
-            return Ok(None);
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in /usr/lib/postgresql/*/bin: install the Debian `postgresql` package",
+            ));
         };
         let run_as = if is_root()? { Some(unprivileged_user()?) } else { None };
         let mut last_error = io::Error::other("no start attempt made");
         for _ in 0..POSTGRES_START_ATTEMPTS_COUNT_MAX {
             match Self::start_once(&bin_dir, run_as.clone()) {
-                Ok(server) => return Ok(Some(server)),
+                Ok(server) => return Ok(server),
                 Err(err) => last_error = err,
             }
         }

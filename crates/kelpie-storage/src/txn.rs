@@ -100,6 +100,11 @@ impl TxnBuffer {
         self.reads.entry(key.to_vec()).or_insert(version);
     }
 
+    /// How many of the transaction's own deletes fall inside `range`.
+    pub(crate) fn deletes_in(&self, range: &KeyRange) -> usize {
+        self.writes.iter().filter(|(key, value)| value.is_none() && range.contains(key)).count()
+    }
+
     /// Remembers a scan and merges the transaction's own writes into its rows.
     pub(crate) fn record_scan(&mut self, range: KeyRange, rows: StoredRows) -> Vec<(Vec<u8>, Vec<u8>)> {
         assert!(rows.windows(2).all(|pair| pair[0].0 < pair[1].0), "scan rows must be sorted and unique");

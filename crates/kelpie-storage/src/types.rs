@@ -78,8 +78,51 @@ impl KeyRange {
     }
 }
 
+/// Which end of a range a bounded scan starts from, and so the order of
+/// the rows it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanOrder {
+    /// Smallest key first.
+    Ascending,
+    /// Largest key first.
+    Descending,
+}
+
+/// A bounded scan: at most `limit` rows of `range`, taken from the end
+/// `order` names and returned in that order. The way to walk a range of
+/// any size: each page starts past the last key of the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub range: KeyRange,
+    pub order: ScanOrder,
+    pub limit: usize,
+}
+
+impl ScanPage {
+    pub fn new(range: KeyRange, order: ScanOrder, limit: usize) -> Self {
+        ScanPage { range, order, limit }
+    }
+
+    /// The range the rows returned account for: the whole range when fewer
+    /// than `limit` rows came back (the range is exhausted), else the part
+    /// from the starting end through the last row returned.
+    pub fn covered(&self, rows_count: usize, last_key: Option<&[u8]>) -> KeyRange {
+        match last_key {
+            Some(last) if rows_count >= self.limit => match self.order {
+                ScanOrder::Ascending => {
+                    KeyRange { start: self.range.start.clone(), end: Bound::Included(last.to_vec()) }
+                }
+                ScanOrder::Descending => {
+                    KeyRange { start: Bound::Included(last.to_vec()), end: self.range.end.clone() }
+                }
+            },
+            _ => self.range.clone(),
+        }
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`, if any.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut successor = prefix.to_vec();
     while let Some(last) = successor.pop() {
         if last < u8::MAX {
@@ -167,6 +210,23 @@ mod tests {
         let all_ff = KeyRange::prefix(vec![0xFF, 0xFF]);
         assert_eq!(all_ff.end, Bound::Unbounded);
         assert_eq!(KeyRange::prefix(b"a\xff".to_vec()).end, Bound::Excluded(b"b".to_vec()));
+    }
+
+    #[test]
+    fn a_full_page_covers_up_to_its_last_row_and_a_short_one_the_whole_range() {
+        let range = KeyRange::between(b"a".to_vec(), b"z".to_vec());
+        let up = ScanPage::new(range.clone(), ScanOrder::Ascending, 2);
+        assert_eq!(
+            up.covered(2, Some(b"c")),
+            KeyRange { start: Bound::Included(b"a".to_vec()), end: Bound::Included(b"c".to_vec()) }
+        );
+        assert_eq!(up.covered(1, Some(b"c")), range);
+        assert_eq!(up.covered(0, None), range);
+        let down = ScanPage::new(range.clone(), ScanOrder::Descending, 2);
+        assert_eq!(
+            down.covered(2, Some(b"m")),
+            KeyRange { start: Bound::Included(b"m".to_vec()), end: Bound::Excluded(b"z".to_vec()) }
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 // Tests sit outside the deterministic boundary: they may spawn tokio tasks.
 #![allow(clippy::disallowed_methods)]
 
+use std::ops::Bound;
 use std::path::PathBuf;
 
 use kelpie_core::limits::{
@@ -15,7 +16,9 @@ use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_storage::limits::SCAN_ROWS_COUNT_MAX;
 use kelpie_storage::test_support::PostgresServer;
 use kelpie_storage::wal::{Wal, WalApplier, WalOutcome, WalStatus};
-use kelpie_storage::{BoxFut, ClaimOutcome, FenceCondition, KeyRange, Placement, Storage, Transaction};
+use kelpie_storage::{
+    BoxFut, ClaimOutcome, FenceCondition, KeyRange, Placement, ScanOrder, Storage, Transaction,
+};
 
 /// How to open the store under test, again and again.
 enum Fixture {
@@ -330,6 +333,113 @@ async fn scans_past_the_row_limit_are_refused(fixture: &Fixture) {
     assert_eq!(txn.scan(KeyRange::prefix("row/1/")).await.unwrap().len(), SCAN_ROWS_COUNT_MAX / 2 + 1);
 }
 
+fn keys(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
+    rows.iter().map(|(key, _)| String::from_utf8(key.clone()).unwrap()).collect()
+}
+
+/// Walks `range` page by page from the end `order` names, each page
+/// starting past the last key of the one before; the keys in walk order.
+async fn walk(
+    storage: &Storage,
+    a: &ActorId,
+    range: &KeyRange,
+    order: ScanOrder,
+    page: usize,
+) -> Vec<String> {
+    let mut txn = storage.begin(a.clone());
+    let mut range = range.clone();
+    let mut walked = Vec::new();
+    loop {
+        let rows = txn.scan_page(range.clone(), order, page).await.unwrap();
+        assert!(rows.len() <= page);
+        walked.extend(keys(&rows));
+        let Some((last, _)) = rows.last() else { break };
+        match order {
+            ScanOrder::Ascending => range.start = Bound::Excluded(last.clone()),
+            ScanOrder::Descending => range.end = Bound::Excluded(last.clone()),
+        }
+    }
+    walked
+}
+
+async fn paged_scans_walk_a_range_past_the_scan_limit_both_ways(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("paged");
+    let total = SCAN_ROWS_COUNT_MAX + 700;
+    let expected: Vec<String> = (0..total).map(|i| format!("row/{i:06}")).collect();
+    for chunk in expected.chunks(TRANSACTION_OPS_COUNT_MAX / 2) {
+        let mut txn = storage.begin(a.clone());
+        for key in chunk {
+            txn.put(key.as_str(), key.as_str()).unwrap();
+        }
+        txn.commit(None).await.unwrap();
+    }
+    let mut txn = storage.begin(a.clone());
+    txn.put("row!", "before the prefix").unwrap();
+    txn.put("rox", "after the prefix").unwrap();
+    txn.commit(None).await.unwrap();
+    let range = KeyRange::prefix("row/");
+    // The whole range is past what one scan may return; pages walk it all.
+    assert!(storage.begin(a.clone()).scan(range.clone()).await.is_err());
+    assert_eq!(walk(&storage, &a, &range, ScanOrder::Ascending, 1_000).await, expected);
+    let mut reversed = expected.clone();
+    reversed.reverse();
+    assert_eq!(walk(&storage, &a, &range, ScanOrder::Descending, 999).await, reversed);
+    // The newest and oldest pages, and a page from a cursor, with values.
+    let mut txn = storage.begin(a.clone());
+    let newest = txn.scan_page(range.clone(), ScanOrder::Descending, 3).await.unwrap();
+    assert_eq!(keys(&newest), reversed[..3]);
+    assert_eq!(newest[0].1, expected[total - 1].as_bytes());
+    let after = KeyRange { start: Bound::Excluded(b"row/005000".to_vec()), end: range.end.clone() };
+    assert_eq!(
+        keys(&txn.scan_page(after, ScanOrder::Ascending, 2).await.unwrap()),
+        ["row/005001", "row/005002"]
+    );
+    let before = KeyRange { start: range.start.clone(), end: Bound::Excluded(b"row/000002".to_vec()) };
+    assert_eq!(
+        keys(&txn.scan_page(before, ScanOrder::Descending, 10).await.unwrap()),
+        ["row/000001", "row/000000"]
+    );
+    for bad in [0, SCAN_ROWS_COUNT_MAX + 1] {
+        let err = txn.scan_page(range.clone(), ScanOrder::Ascending, bad).await.unwrap_err();
+        assert!(matches!(err, Error::Validation { .. }), "limit {bad}: {err}");
+    }
+}
+
+async fn paged_scans_merge_own_writes_and_validate_what_they_covered(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("paged-own");
+    let mut txn = storage.begin(a.clone());
+    for i in 0..10 {
+        txn.put(format!("m/{i}"), "stored").unwrap();
+    }
+    txn.commit(None).await.unwrap();
+    let mut txn = storage.begin(a.clone());
+    txn.delete("m/0").unwrap();
+    txn.delete("m/1").unwrap();
+    txn.put("m/2", "mine").unwrap();
+    // Two of the first rows are deleted here: the page is still full.
+    let rows = txn.scan_page(KeyRange::prefix("m/"), ScanOrder::Ascending, 3).await.unwrap();
+    assert_eq!(rows, vec![kv("m/2", "mine"), kv("m/3", "stored"), kv("m/4", "stored")]);
+    let newest = txn.scan_page(KeyRange::prefix("m/"), ScanOrder::Descending, 2).await.unwrap();
+    assert_eq!(keys(&newest), ["m/9", "m/8"]);
+    // A row another commit adds beyond what the pages covered does not
+    // conflict; one inside them does.
+    let mut other = storage.begin(a.clone());
+    other.put("m/55", "outside both pages").unwrap();
+    other.commit(None).await.unwrap();
+    txn.put("w", "1").unwrap();
+    txn.commit(None).await.unwrap();
+    let mut txn = storage.begin(a.clone());
+    txn.scan_page(KeyRange::prefix("m/"), ScanOrder::Ascending, 2).await.unwrap();
+    txn.put("w", "2").unwrap();
+    let mut other = storage.begin(a.clone());
+    other.put("m/22", "inside the page").unwrap();
+    other.commit(None).await.unwrap();
+    let err = txn.commit(None).await.unwrap_err();
+    assert!(matches!(err, Error::TransactionConflict { .. }), "{err}");
+}
+
 async fn committed_state_survives_reopening_the_store(fixture: &Fixture) {
     let a = actor("durable");
     {
@@ -465,7 +575,7 @@ macro_rules! conformance_suite {
         /// One test for all cases, so the whole suite shares one server.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn postgres_passes_the_conformance_suite() {
-            let Some(server) = PostgresServer::start().expect("start PostgreSQL") else { return };
+            let server = PostgresServer::start().expect("start PostgreSQL");
             $(
                 let url = server.create_database(stringify!($case)).expect("create database");
                 $case(&Fixture::Postgres(url)).await;
@@ -488,6 +598,8 @@ conformance_suite!(
     placements_only_move_forward,
     limits_are_enforced_naming_the_limit,
     scans_past_the_row_limit_are_refused,
+    paged_scans_walk_a_range_past_the_scan_limit_both_ways,
+    paged_scans_merge_own_writes_and_validate_what_they_covered,
     committed_state_survives_reopening_the_store,
     concurrent_commits_from_many_actors_all_land,
     wal_operations_take_effect_once_per_idempotency_key,

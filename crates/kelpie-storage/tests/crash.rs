@@ -128,7 +128,7 @@ async fn redb_keeps_every_acknowledged_commit_across_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_every_acknowledged_commit_across_sigkill() {
-    let Some(server) = PostgresServer::start().expect("start PostgreSQL") else { return };
+    let server = PostgresServer::start().expect("start PostgreSQL");
     let seed = seed();
     println!("seed {seed} (replay with KELPIE_CRASH_SEED={seed})");
     let rng = ChaChaRngSource::from_seed(seed);

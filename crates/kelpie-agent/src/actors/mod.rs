@@ -6,7 +6,8 @@
 //! - [`block_store`]: every shared block and the agents holding it;
 //! - [`tool_store`]: every custom tool;
 //! - [`sandbox_config_store`]: the sandbox configuration and its variables;
-//! - [`run_store`]: one per run (`runs/<run id>`), its record.
+//! - [`run_store`]: one per run (`runs/<run id>`), its record;
+//! - [`reclaim`]: the agents whose storage awaits reclaiming.
 //!
 //! None of them calls another actor or the network: the agent service
 //! composes them.
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod block_store;
 pub mod directory;
+pub mod reclaim;
 pub mod run_store;
 pub mod sandbox_config_store;
 pub mod tool_store;

@@ -16,16 +16,19 @@ use serde_json::Value;
 
 use super::agent_actors::AgentActors;
 use super::directory::AgentDirectory;
+use super::reclaim::Reclaimer;
 use super::shared_blocks::SharedBlocks;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply};
+use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply, PageSpec};
 use crate::actors::directory::DirectoryEntry;
+use crate::actors::reclaim::PendingKind;
 use crate::actors::tool_store::ToolRecord;
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{id_from_key, new_id};
 use crate::letta::{block_json, letta_messages};
+use crate::limits::STORE_PAGE_COUNT_MAX;
 use crate::model::{check_name_and_tags, AgentRecord, BlockPatch};
-use crate::page::{json_id, paginate, Page};
+use crate::page::{paginate, Page};
 use crate::requests::{CreateAgent, UpdateAgent, UpdateBlock};
 
 /// Longest idempotency key accepted, in bytes.
@@ -45,6 +48,7 @@ pub struct Agents {
     actors: Arc<AgentActors>,
     directory: Arc<AgentDirectory>,
     blocks: Arc<SharedBlocks>,
+    reclaimer: Arc<Reclaimer>,
     tools: Arc<ToolService>,
     catalog: ModelCatalog,
     env: Env,
@@ -59,11 +63,12 @@ impl Agents {
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
         blocks: Arc<SharedBlocks>,
+        reclaimer: Arc<Reclaimer>,
         tools: Arc<ToolService>,
         catalog: ModelCatalog,
         env: Env,
     ) -> Self {
-        Agents { actors, directory, blocks, tools, catalog, env }
+        Agents { actors, directory, blocks, reclaimer, tools, catalog, env }
     }
 
     fn build_record(
@@ -210,8 +215,11 @@ impl Agents {
         self.actors.render(&updated).await
     }
 
+    /// Gone at once, whatever its size: not found, not listed, its id
+    /// free; its messages and passages are reclaimed in the background.
     pub async fn delete(&self, agent_id: &str) -> ServiceResult<Value> {
         self.actors.record(agent_id).await?;
+        self.reclaimer.note(agent_id, PendingKind::Ended).await?;
         self.directory.unregister(agent_id).await?;
         self.actors.invoke(agent_id, AgentCommand::Delete).await?;
         self.blocks.unlink_agent(agent_id).await?;
@@ -253,19 +261,49 @@ impl Agents {
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let lock = self.actors.turn_lock(agent_id);
         let _turn = lock.lock().await;
+        self.reclaimer.note(agent_id, PendingKind::Ended).await?;
         let AgentReply::Agent(agent) = agent_ref.invoke(AgentCommand::ResetMessages).await? else {
             return Err(unexpected("reset messages"));
         };
         self.actors.render(&agent).await
     }
 
+    /// One page of the agent's messages as Letta renders them. A stored
+    /// message renders as none (a `send_message` return), one, or several
+    /// sharing its id, so stored messages are read a page at a time until
+    /// `limit` rendered ones are found or the list ends.
     pub async fn list_messages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
-        let AgentReply::Messages(messages) = self.actors.invoke(agent_id, AgentCommand::Messages).await?
-        else {
-            return Err(unexpected("messages"));
+        let mut spec = PageSpec {
+            after: page.after.clone(),
+            before: page.before.clone(),
+            limit: page.limit,
+            descending: page.descending,
         };
-        let rendered: Vec<Value> = messages.iter().flat_map(letta_messages).collect();
-        Ok(paginate(rendered, json_id, page))
+        let mut rendered: Vec<Value> = Vec::new();
+        loop {
+            let command = AgentCommand::MessagePage(spec.clone());
+            let AgentReply::Messages(messages) = self.actors.invoke(agent_id, command).await? else {
+                return Err(unexpected("messages"));
+            };
+            for message in &messages {
+                let mut parts = letta_messages(message);
+                if page.descending {
+                    parts.reverse();
+                }
+                rendered.extend(parts);
+            }
+            match messages.last() {
+                Some(last)
+                    if messages.len() == spec.limit.min(STORE_PAGE_COUNT_MAX)
+                        && rendered.len() < page.limit =>
+                {
+                    spec.after = Some(last.id.clone());
+                }
+                _ => break,
+            }
+        }
+        rendered.truncate(page.limit);
+        Ok(rendered)
     }
 
     /// Attaches or detaches tool `tool_id`.

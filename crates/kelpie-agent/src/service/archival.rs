@@ -18,11 +18,12 @@ use kelpie_memory::{score_passages, Passage};
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
-use crate::actors::agent::{AgentCommand, AgentReply};
+use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::letta::{passage_json, search_result_json};
+use crate::limits::STORE_PAGE_COUNT_MAX;
 use crate::model::AgentRecord;
-use crate::page::{json_id, paginate, Page};
+use crate::page::Page;
 use crate::requests::{CreatePassage, PassageSearch};
 
 /// Results an archival search returns when the client does not say.
@@ -102,9 +103,15 @@ impl Archival {
         self.passages(agent_id, command, passage_json).await
     }
 
+    /// One page of the agent's passages: O(limit + log n).
     pub async fn list(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
-        let all = self.passages(agent_id, AgentCommand::Passages, passage_json).await?;
-        Ok(paginate(all, json_id, page))
+        let spec = PageSpec {
+            after: page.after.clone(),
+            before: page.before.clone(),
+            limit: page.limit,
+            descending: page.descending,
+        };
+        self.passages(agent_id, AgentCommand::PassagePage(spec), passage_json).await
     }
 
     /// The archival search route: `top_k` passages nearest `query`.
@@ -129,6 +136,25 @@ impl Archival {
         Ok(passages.iter().map(|passage| render(&agent, passage)).collect())
     }
 
+    /// Every passage of the agent, oldest first, read page by page.
+    async fn all_passages(&self, agent_id: &str) -> ServiceResult<(AgentRecord, Vec<Passage>)> {
+        let mut all: Vec<Passage> = Vec::new();
+        loop {
+            let after = all.last().map(|passage| passage.id.clone());
+            let spec = PageSpec { after, limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
+            let AgentReply::Passages { agent, passages } =
+                self.actors.invoke(agent_id, AgentCommand::PassagePage(spec)).await?
+            else {
+                return Err(unexpected("passages"));
+            };
+            let full = passages.len() == STORE_PAGE_COUNT_MAX;
+            all.extend(passages);
+            if !full {
+                return Ok((*agent, all));
+            }
+        }
+    }
+
     pub async fn delete(&self, agent_id: &str, passage_id: &str) -> ServiceResult<()> {
         self.actors.invoke(agent_id, AgentCommand::DeletePassage { id: passage_id.to_string() }).await?;
         Ok(())
@@ -142,11 +168,7 @@ impl Archival {
         let Some(agent_id) = request.agent_id.as_deref() else {
             return Err(ServiceError::Invalid("agent_id is required".into()));
         };
-        let AgentReply::Passages { agent, passages } =
-            self.actors.invoke(agent_id, AgentCommand::Passages).await?
-        else {
-            return Err(unexpected("passages"));
-        };
+        let (agent, passages) = self.all_passages(agent_id).await?;
         let wanted = request.tags.unwrap_or_default();
         let matching: Vec<Passage> =
             passages.into_iter().filter(|passage| tags_match(passage, &wanted, match_all)).collect();

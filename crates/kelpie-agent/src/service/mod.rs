@@ -17,6 +17,8 @@
 //! - [`archival::Archival`]: archival memory (passages and their search);
 //! - [`turn::Turns`]: the agent loop;
 //! - [`runs::Runs`]: turns in the background, as runs;
+//! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
+//!   resets and abandoned imports leave in storage;
 //! - [`transfer::Transfer`]: export and import of agents.
 
 pub mod agent_actors;
@@ -24,6 +26,7 @@ pub mod agents;
 pub mod archival;
 pub mod directory;
 mod locks;
+pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
 pub mod shared_blocks;
@@ -43,6 +46,7 @@ use kelpie_tools::ToolRunner;
 use crate::actors::agent::AgentActor;
 use crate::actors::block_store::BlockStoreActor;
 use crate::actors::directory::DirectoryActor;
+use crate::actors::reclaim::ReclaimActor;
 use crate::actors::run_store::RunActor;
 use crate::actors::sandbox_config_store::SandboxConfigActor;
 use crate::actors::tool_store::ToolStoreActor;
@@ -51,6 +55,7 @@ use agent_actors::AgentActors;
 use agents::Agents;
 use archival::Archival;
 use directory::AgentDirectory;
+use reclaim::Reclaimer;
 use runs::Runs;
 use sandbox_configs::SandboxConfigs;
 use shared_blocks::SharedBlocks;
@@ -66,6 +71,7 @@ pub struct AgentRuntimes {
     pub blocks: Runtime<BlockStoreActor>,
     pub tool_store: Runtime<ToolStoreActor>,
     pub sandbox_configs: Runtime<SandboxConfigActor>,
+    pub reclaim: Runtime<ReclaimActor>,
 }
 
 pub struct AgentService {
@@ -78,6 +84,7 @@ pub struct AgentService {
     pub turns: Arc<Turns>,
     pub runs: Runs,
     pub transfer: Transfer,
+    pub reclaimer: Arc<Reclaimer>,
     directory: Arc<AgentDirectory>,
     actors: Arc<AgentActors>,
     env: Env,
@@ -96,10 +103,12 @@ impl AgentService {
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
+        let reclaimer = Arc::new(Reclaimer::new(runtimes.reclaim, Arc::clone(&actors), env.clone()));
         let agents = Agents::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&blocks),
+            Arc::clone(&reclaimer),
             Arc::clone(&tools),
             catalog.clone(),
             env.clone(),
@@ -113,8 +122,14 @@ impl AgentService {
             env.clone(),
         ));
         let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());
-        let transfer =
-            Transfer::new(Arc::clone(&actors), Arc::clone(&directory), Arc::clone(&tools), llm, env.clone());
+        let transfer = Transfer::new(
+            Arc::clone(&actors),
+            Arc::clone(&directory),
+            Arc::clone(&tools),
+            Arc::clone(&reclaimer),
+            llm,
+            env.clone(),
+        );
         AgentService {
             tools,
             sandbox_configs,
@@ -125,6 +140,7 @@ impl AgentService {
             turns,
             runs,
             transfer,
+            reclaimer,
             directory,
             actors,
             env,
@@ -160,6 +176,7 @@ impl AgentService {
     /// is already committed).
     pub async fn shutdown(&self) {
         self.runs.abort_all();
+        self.reclaimer.shutdown().await;
         self.actors.shutdown().await;
         self.runs.shutdown().await;
         self.directory.shutdown().await;

@@ -1,10 +1,12 @@
-//! Agent export and import as one JSON file (our own format, not Letta's
-//! `.af` agent file): the agent record, its messages and passages, and the
-//! custom tools it has attached.
+//! Agent export and import as one JSON file ([`crate::agent_file`]), both
+//! streamed: an agent of any size goes out page by page and comes in batch
+//! by batch, in bounded memory.
 //!
 //! Import creates a new agent (new ids for it, its blocks, messages and
-//! passages) with its whole history in one actor invocation, so a failed
-//! import leaves nothing behind but the custom tools it upserted.
+//! passages). Its history is written in bounded batches while the agent is
+//! invisible (not found, not listed); it appears only when the whole file
+//! was read. A failed or abandoned import is on the reclaim list from its
+//! start, so nothing of it stays (but the custom tools it upserted).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,25 +14,33 @@ use std::sync::Arc;
 use kelpie_core::Env;
 use kelpie_llm::ChatModel;
 use kelpie_memory::{Block, CoreMemory, Passage};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
 use super::directory::AgentDirectory;
+use super::reclaim::Reclaimer;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentCommand, AgentReply, ImportedAgent};
+use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
 use crate::actors::directory::DirectoryEntry;
+use crate::actors::reclaim::PendingKind;
 use crate::actors::tool_store::ToolRecord;
+use crate::agent_file::{FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
+use crate::limits::{MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
-/// The version written into every export; import refuses any other.
-pub const AGENT_FILE_VERSION: u32 = 1;
 /// Suffix of an imported agent's name unless the client asks otherwise.
 const COPY_SUFFIX: &str = "_copy";
+/// Storage operations one import batch may take (a message costs its two
+/// keys and its indexed words), well inside one transaction.
+const IMPORT_BATCH_OPS_COUNT_MAX: usize = 6_000;
+/// Bytes of messages and passages one import batch may carry.
+const IMPORT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// The exported file.
+/// The exported file, whole (tests and small tools read it this way).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentFile {
     pub kelpie_agent_file_version: u32,
@@ -52,8 +62,18 @@ pub struct Transfer {
     actors: Arc<AgentActors>,
     directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
+    reclaimer: Arc<Reclaimer>,
     llm: Arc<dyn ChatModel>,
     env: Env,
+}
+
+fn encode(value: &impl Serialize) -> ServiceResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ServiceError::Invalid(format!("cannot encode the agent file: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> ServiceResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ServiceError::Invalid(format!("not a kelpie agent file: {what}: {e}")))
 }
 
 impl Transfer {
@@ -61,21 +81,16 @@ impl Transfer {
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
         tools: Arc<ToolService>,
+        reclaimer: Arc<Reclaimer>,
         llm: Arc<dyn ChatModel>,
         env: Env,
     ) -> Self {
-        Transfer { actors, directory, tools, llm, env }
+        Transfer { actors, directory, tools, reclaimer, llm, env }
     }
 
-    pub async fn export(&self, agent_id: &str) -> ServiceResult<Value> {
+    /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
+    pub async fn export(&self, agent_id: &str) -> ServiceResult<AgentExport> {
         let agent = self.actors.record(agent_id).await?;
-        let actor = self.actors.agent_ref(agent_id)?;
-        let AgentReply::Messages(messages) = actor.invoke(AgentCommand::Messages).await? else {
-            return Err(unexpected("messages"));
-        };
-        let AgentReply::Passages { passages, .. } = actor.invoke(AgentCommand::Passages).await? else {
-            return Err(unexpected("passages"));
-        };
         let custom_tools: Vec<ToolRecord> = self
             .tools
             .custom_tools()
@@ -83,66 +98,392 @@ impl Transfer {
             .into_iter()
             .filter(|tool| agent.tool_ids.contains(&tool.id))
             .collect();
-        let file = AgentFile {
-            kelpie_agent_file_version: AGENT_FILE_VERSION,
-            agent,
-            messages,
-            passages,
+        Ok(AgentExport {
+            actors: Arc::clone(&self.actors),
+            agent_id: agent_id.to_string(),
+            agent: Some(agent),
             custom_tools,
-        };
-        serde_json::to_value(&file)
-            .map_err(|e| ServiceError::Invalid(format!("cannot encode the agent file: {e}")))
+            phase: ExportPhase::Head,
+        })
     }
 
-    /// Creates a new agent from an exported file; answers `{"agent_ids": [id]}`.
-    pub async fn import(&self, file: &[u8], options: ImportOptions) -> ServiceResult<Value> {
-        let file: AgentFile = serde_json::from_slice(file)
-            .map_err(|e| ServiceError::Invalid(format!("not a kelpie agent file: {e}")))?;
-        if file.kelpie_agent_file_version != AGENT_FILE_VERSION {
-            return Err(ServiceError::Invalid(format!(
-                "agent file version {} is not {AGENT_FILE_VERSION}",
-                file.kelpie_agent_file_version
-            )));
+    /// The whole export as one value (small agents, tests).
+    pub async fn export_value(&self, agent_id: &str) -> ServiceResult<Value> {
+        let mut export = self.export(agent_id).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = export.next_chunk().await? {
+            bytes.extend(chunk);
         }
-        let mut tool_ids = BTreeMap::new();
-        for tool in file.custom_tools {
-            let old_id = tool.id.clone();
-            tool_ids.insert(old_id, self.tools.upsert_record(tool).await?.id);
-        }
-        let mut imported = self.fresh_agent(file.agent, file.messages, file.passages, &tool_ids, &options)?;
-        // Re-embedded with the agent's embedding: a file's vectors are not trusted.
-        let texts: Vec<String> = imported.passages.iter().map(|passage| passage.text.clone()).collect();
-        let vectors = self.llm.embed(&imported.record.embedding, &texts).await?;
-        for (passage, vector) in imported.passages.iter_mut().zip(vectors) {
-            passage.embedding = vector;
-        }
-        let entry = DirectoryEntry {
-            id: imported.record.id.clone(),
-            name: imported.record.name.clone(),
-            tags: imported.record.tags.clone(),
-        };
-        let agent_id = entry.id.clone();
-        self.actors.invoke(&agent_id, AgentCommand::Import(Box::new(imported))).await?;
-        self.directory.register(entry).await?;
-        Ok(json!({"agent_ids": [agent_id]}))
+        decode("the export", &bytes)
     }
 
-    /// The file's agent with new ids everywhere, checked as a create is.
-    fn fresh_agent(
-        &self,
-        mut record: AgentRecord,
-        messages: Vec<StoredMessage>,
-        passages: Vec<Passage>,
-        tool_ids: &BTreeMap<String, String>,
-        options: &ImportOptions,
-    ) -> ServiceResult<ImportedAgent> {
-        let rng = self.env.rng.as_ref();
-        record.id = new_id("agent", rng);
-        record.name = match &options.override_name {
+    /// Starts an import; feed it the file with [`AgentImport::feed`].
+    pub fn import(&self, options: ImportOptions) -> AgentImport {
+        AgentImport {
+            parts: ImportParts {
+                actors: Arc::clone(&self.actors),
+                directory: Arc::clone(&self.directory),
+                tools: Arc::clone(&self.tools),
+                reclaimer: Arc::clone(&self.reclaimer),
+                llm: Arc::clone(&self.llm),
+                env: self.env.clone(),
+            },
+            options,
+            reader: FileReader::new(),
+            version_seen: false,
+            pending_agent: None,
+            pending_tools: Vec::new(),
+            begun: None,
+            tool_ids: BTreeMap::new(),
+            messages: Vec::new(),
+            passages: Vec::new(),
+            batch_ops: 0,
+            batch_bytes: 0,
+            messages_imported: false,
+            ended: false,
+        }
+    }
+
+    /// Imports a file held whole in memory; answers `{"agent_ids": [id]}`.
+    pub async fn import_bytes(&self, file: &[u8], options: ImportOptions) -> ServiceResult<Value> {
+        let mut import = self.import(options);
+        import.feed(file).await?;
+        import.finish().await
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ExportPhase {
+    Head,
+    Messages { after: Option<String> },
+    Passages { after: Option<String> },
+    Tail,
+    Done,
+}
+
+/// An export in progress: the file a piece at a time, each piece one page
+/// of messages or passages.
+pub struct AgentExport {
+    actors: Arc<AgentActors>,
+    agent_id: String,
+    agent: Option<AgentRecord>,
+    custom_tools: Vec<ToolRecord>,
+    phase: ExportPhase,
+}
+
+/// The items of a page, comma-separated, a comma first unless it is the
+/// list's first page.
+fn join_items(items: &[impl Serialize], first_page: bool) -> ServiceResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 || !first_page {
+            bytes.push(b',');
+        }
+        bytes.extend(encode(item)?);
+    }
+    Ok(bytes)
+}
+
+impl AgentExport {
+    /// The next piece of the file; `None` once it is all out.
+    pub async fn next_chunk(&mut self) -> ServiceResult<Option<Vec<u8>>> {
+        let page = |after: &Option<String>| PageSpec {
+            after: after.clone(),
+            limit: STORE_PAGE_COUNT_MAX,
+            ..PageSpec::default()
+        };
+        let chunk = match self.phase.clone() {
+            ExportPhase::Head => {
+                let agent = self.agent.take().ok_or_else(|| unexpected("export head"))?;
+                let mut bytes =
+                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agent\":").into_bytes();
+                bytes.extend(encode(&agent)?);
+                bytes.extend_from_slice(b",\"messages\":[");
+                self.phase = ExportPhase::Messages { after: None };
+                bytes
+            }
+            ExportPhase::Messages { after } => {
+                let command = AgentCommand::MessagePage(page(&after));
+                let AgentReply::Messages(messages) = self.actors.invoke(&self.agent_id, command).await?
+                else {
+                    return Err(unexpected("export messages"));
+                };
+                let mut bytes = join_items(&messages, after.is_none())?;
+                match messages.last() {
+                    Some(last) if messages.len() == STORE_PAGE_COUNT_MAX => {
+                        self.phase = ExportPhase::Messages { after: Some(last.id.clone()) };
+                    }
+                    _ => {
+                        bytes.extend_from_slice(b"],\"passages\":[");
+                        self.phase = ExportPhase::Passages { after: None };
+                    }
+                }
+                bytes
+            }
+            ExportPhase::Passages { after } => {
+                let command = AgentCommand::PassagePage(page(&after));
+                let AgentReply::Passages { passages, .. } =
+                    self.actors.invoke(&self.agent_id, command).await?
+                else {
+                    return Err(unexpected("export passages"));
+                };
+                let mut bytes = join_items(&passages, after.is_none())?;
+                match passages.last() {
+                    Some(last) if passages.len() == STORE_PAGE_COUNT_MAX => {
+                        self.phase = ExportPhase::Passages { after: Some(last.id.clone()) };
+                    }
+                    _ => {
+                        bytes.extend_from_slice(b"],");
+                        self.phase = ExportPhase::Tail;
+                    }
+                }
+                bytes
+            }
+            ExportPhase::Tail => {
+                let mut bytes = b"\"custom_tools\":".to_vec();
+                bytes.extend(encode(&self.custom_tools)?);
+                bytes.push(b'}');
+                self.phase = ExportPhase::Done;
+                bytes
+            }
+            ExportPhase::Done => return Ok(None),
+        };
+        Ok(Some(chunk))
+    }
+}
+
+/// What an import uses of the service.
+struct ImportParts {
+    actors: Arc<AgentActors>,
+    directory: Arc<AgentDirectory>,
+    tools: Arc<ToolService>,
+    reclaimer: Arc<Reclaimer>,
+    llm: Arc<dyn ChatModel>,
+    env: Env,
+}
+
+/// The agent an import has begun: its record and its reclaim entry.
+struct Begun {
+    record: AgentRecord,
+    pending: PendingKind,
+    /// When the entry's lease was last renewed (wall clock).
+    renewed_ms: u64,
+}
+
+/// An import in progress. Feed it the file in chunks of any size, then
+/// [`AgentImport::finish`]; dropping it unfinished leaves the agent to the
+/// reclaimer once its lease runs out.
+pub struct AgentImport {
+    parts: ImportParts,
+    options: ImportOptions,
+    reader: FileReader,
+    version_seen: bool,
+    /// The agent's raw value, read before the version.
+    pending_agent: Option<Vec<u8>>,
+    /// Custom tools read before the version, raw.
+    pending_tools: Vec<Vec<u8>>,
+    begun: Option<Begun>,
+    /// Custom tool id in the file → its id on this server.
+    tool_ids: BTreeMap<String, String>,
+    messages: Vec<StoredMessage>,
+    passages: Vec<Passage>,
+    batch_ops: usize,
+    batch_bytes: usize,
+    messages_imported: bool,
+    ended: bool,
+}
+
+impl AgentImport {
+    /// Options read from the form after the file still apply.
+    pub fn set_options(&mut self, options: ImportOptions) {
+        self.options = options;
+    }
+
+    /// Reads `chunk` of the file, writing complete batches as they fill.
+    pub async fn feed(&mut self, chunk: &[u8]) -> ServiceResult<()> {
+        let outcome = self.feed_inner(chunk).await;
+        if outcome.is_err() {
+            self.abandon().await;
+        }
+        outcome
+    }
+
+    async fn feed_inner(&mut self, chunk: &[u8]) -> ServiceResult<()> {
+        self.reader.feed(chunk).map_err(ServiceError::Invalid)?;
+        while let Some(event) = self.reader.next_event() {
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
+
+    /// The file is complete: writes the last batch and makes the agent
+    /// visible; answers `{"agent_ids": [id]}`.
+    pub async fn finish(mut self) -> ServiceResult<Value> {
+        let outcome = self.finish_inner().await;
+        if outcome.is_err() {
+            self.abandon().await;
+        }
+        outcome
+    }
+
+    async fn finish_inner(&mut self) -> ServiceResult<Value> {
+        self.reader.finish().map_err(ServiceError::Invalid)?;
+        if !self.ended {
+            return Err(ServiceError::Invalid("not a kelpie agent file: it is incomplete".into()));
+        }
+        if !self.version_seen {
+            return Err(ServiceError::Invalid(
+                "not a kelpie agent file: no kelpie_agent_file_version".into(),
+            ));
+        }
+        self.flush().await?;
+        let begun = self
+            .begun
+            .as_ref()
+            .ok_or_else(|| ServiceError::Invalid("not a kelpie agent file: no agent".into()))?;
+        let mut record = begun.record.clone();
+        record.name = match &self.options.override_name {
             Some(name) => name.clone(),
-            None if options.append_copy_suffix => format!("{}{COPY_SUFFIX}", record.name),
+            None if self.options.append_copy_suffix => format!("{}{COPY_SUFFIX}", record.name),
             None => record.name,
         };
+        check_name_and_tags(&record.name, &record.tags)?;
+        // A custom tool not in the file cannot be attached on this server.
+        let builtins = kelpie_tools::builtin_tools();
+        let tool_ids: Vec<String> = record
+            .tool_ids
+            .iter()
+            .filter_map(|id| match builtins.iter().any(|tool| tool.id == id) {
+                true => Some(id.clone()),
+                false => self.tool_ids.get(id).cloned(),
+            })
+            .collect();
+        let entry =
+            DirectoryEntry { id: record.id.clone(), name: record.name.clone(), tags: record.tags.clone() };
+        // Listed before it is visible: the listing skips an agent it cannot
+        // read, and an abandoned import leaves only that stale entry.
+        self.parts.directory.register(entry).await?;
+        let finish = AgentCommand::ImportFinish {
+            name: record.name.clone(),
+            tool_ids,
+            drop_messages: self.options.strip_messages && self.messages_imported,
+        };
+        self.parts.actors.invoke(&record.id, finish).await?;
+        self.parts.reclaimer.forget(&record.id, begun.pending.clone()).await?;
+        Ok(json!({"agent_ids": [record.id]}))
+    }
+
+    /// Gives the import up (the upload broke): what was written is left to
+    /// the reclaimer now, not at lease expiry.
+    pub async fn cancel(mut self) {
+        self.abandon().await;
+    }
+
+    async fn abandon(&mut self) {
+        let Some(begun) = self.begun.take() else { return };
+        let id = begun.record.id;
+        let outcome = async {
+            self.parts.reclaimer.note(&id, PendingKind::Ended).await?;
+            self.parts.actors.invoke(&id, AgentCommand::AbandonImport).await?;
+            ServiceResult::Ok(())
+        }
+        .await;
+        if let Err(err) = outcome {
+            tracing::warn!(%err, agent_id = %id, "an abandoned import is left to its lease");
+        }
+    }
+
+    async fn handle(&mut self, event: FileEvent) -> ServiceResult<()> {
+        match event {
+            FileEvent::Field { key, value } if key == "kelpie_agent_file_version" => {
+                let version: u32 = decode("kelpie_agent_file_version", &value)?;
+                if version != AGENT_FILE_VERSION {
+                    return Err(ServiceError::Invalid(format!(
+                        "agent file version {version} is not {AGENT_FILE_VERSION}"
+                    )));
+                }
+                self.version_seen = true;
+                if let Some(agent) = self.pending_agent.take() {
+                    self.begin_from(&agent).await?;
+                }
+                for tool in std::mem::take(&mut self.pending_tools) {
+                    self.upsert_tool(&tool).await?;
+                }
+            }
+            // The version is checked before anything else, whatever the
+            // order of the fields (a file re-serialized with sorted keys has
+            // `agent` first): an agent before it waits for it.
+            FileEvent::Field { key, value } if key == "agent" => {
+                if self.begun.is_some() || self.pending_agent.is_some() {
+                    return Err(ServiceError::Invalid("not a kelpie agent file: two agents".into()));
+                }
+                match self.version_seen {
+                    true => self.begin_from(&value).await?,
+                    false => self.pending_agent = Some(value),
+                }
+            }
+            FileEvent::Item { key, value } if key == "messages" => {
+                self.check_begun("messages")?;
+                if self.options.strip_messages {
+                    return Ok(());
+                }
+                let message: StoredMessage = decode("a message", &value)?;
+                let message = StoredMessage { id: new_id("message", self.parts.env.rng.as_ref()), ..message };
+                self.batch_ops += 2 + MESSAGE_INDEXED_WORDS_COUNT_MAX.min(value.len() / 2 + 1);
+                self.batch_bytes += value.len();
+                self.messages.push(message);
+                self.flush_if_full().await?;
+            }
+            FileEvent::Item { key, value } if key == "passages" => {
+                self.check_begun("passages")?;
+                let passage: Passage = decode("a passage", &value)?;
+                let passage = Passage { id: new_id("passage", self.parts.env.rng.as_ref()), ..passage };
+                self.batch_ops += 2;
+                self.batch_bytes += value.len();
+                self.passages.push(passage);
+                self.flush_if_full().await?;
+            }
+            FileEvent::Item { key, value } if key == "custom_tools" => match self.version_seen {
+                true => self.upsert_tool(&value).await?,
+                false => self.pending_tools.push(value),
+            },
+            FileEvent::End => self.ended = true,
+            // Fields this version does not know are ignored, as before.
+            FileEvent::Field { .. } | FileEvent::Item { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn upsert_tool(&mut self, value: &[u8]) -> ServiceResult<()> {
+        let tool: ToolRecord = decode("a custom tool", value)?;
+        let old_id = tool.id.clone();
+        let new = self.parts.tools.upsert_record(tool).await?;
+        self.tool_ids.insert(old_id, new.id);
+        Ok(())
+    }
+
+    async fn begin_from(&mut self, agent: &[u8]) -> ServiceResult<()> {
+        let record = self.fresh_record(decode("agent", agent)?)?;
+        self.begin(record).await
+    }
+
+    fn check_begun(&self, what: &str) -> ServiceResult<()> {
+        if self.pending_agent.is_some() {
+            return Err(ServiceError::Invalid(format!(
+                "not a kelpie agent file: {what} before kelpie_agent_file_version"
+            )));
+        }
+        match self.begun {
+            Some(_) => Ok(()),
+            None => Err(ServiceError::Invalid(format!("not a kelpie agent file: {what} before the agent"))),
+        }
+    }
+
+    /// The file's agent with new ids for it and its blocks, checked as a
+    /// create is (the name is settled at the end, when every option is known).
+    fn fresh_record(&self, mut record: AgentRecord) -> ServiceResult<AgentRecord> {
+        let rng = self.parts.env.rng.as_ref();
+        record.id = new_id("agent", rng);
         check_name_and_tags(&record.name, &record.tags)?;
         let mut blocks = Vec::new();
         for old in record.memory.blocks() {
@@ -153,23 +494,54 @@ impl Transfer {
             blocks.push(block);
         }
         record.memory = CoreMemory::new(blocks)?;
-        // A custom tool not in the file cannot be attached on this server.
-        let builtins = kelpie_tools::builtin_tools();
-        record.tool_ids = record
-            .tool_ids
-            .iter()
-            .filter_map(|id| match builtins.iter().any(|tool| tool.id == id) {
-                true => Some(id.clone()),
-                false => tool_ids.get(id).cloned(),
-            })
-            .collect();
-        let messages = if options.strip_messages { Vec::new() } else { messages };
-        let messages = messages
-            .into_iter()
-            .map(|message| StoredMessage { id: new_id("message", rng), ..message })
-            .collect();
-        let passages =
-            passages.into_iter().map(|passage| Passage { id: new_id("passage", rng), ..passage }).collect();
-        Ok(ImportedAgent { record, messages, passages })
+        Ok(record)
+    }
+
+    /// Puts the agent on the reclaim list, then begins it, invisible.
+    async fn begin(&mut self, record: AgentRecord) -> ServiceResult<()> {
+        let pending = self.parts.reclaimer.import_kind();
+        self.parts.reclaimer.note(&record.id, pending.clone()).await?;
+        let now = self.parts.env.clock.wall_ms();
+        self.begun = Some(Begun { record: record.clone(), pending, renewed_ms: now });
+        let id = record.id.clone();
+        self.parts.actors.invoke(&id, AgentCommand::ImportBegin(Box::new(record))).await?;
+        Ok(())
+    }
+
+    async fn flush_if_full(&mut self) -> ServiceResult<()> {
+        if self.batch_ops >= IMPORT_BATCH_OPS_COUNT_MAX || self.batch_bytes >= IMPORT_BATCH_BYTES_MAX {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered messages and passages as one batch, passages
+    /// embedded again with the agent's embedding (a file's vectors are not
+    /// trusted), and renews the import's lease when half of it is gone.
+    async fn flush(&mut self) -> ServiceResult<()> {
+        let Some(begun) = &mut self.begun else { return Ok(()) };
+        if self.messages.is_empty() && self.passages.is_empty() {
+            return Ok(());
+        }
+        let mut passages = std::mem::take(&mut self.passages);
+        if !passages.is_empty() {
+            let texts: Vec<String> = passages.iter().map(|passage| passage.text.clone()).collect();
+            let vectors = self.parts.llm.embed(&begun.record.embedding, &texts).await?;
+            for (passage, vector) in passages.iter_mut().zip(vectors) {
+                passage.embedding = vector;
+            }
+        }
+        let messages = std::mem::take(&mut self.messages);
+        self.messages_imported |= !messages.is_empty();
+        let batch = AgentCommand::ImportBatch { messages, passages };
+        self.parts.actors.invoke(&begun.record.id, batch).await?;
+        (self.batch_ops, self.batch_bytes) = (0, 0);
+        let now = self.parts.env.clock.wall_ms();
+        if now.saturating_sub(begun.renewed_ms) > super::reclaim::IMPORT_LEASE_MS / 2 {
+            let renewed = self.parts.reclaimer.import_kind();
+            self.parts.reclaimer.note(&begun.record.id, renewed.clone()).await?;
+            (begun.pending, begun.renewed_ms) = (renewed, now);
+        }
+        Ok(())
     }
 }

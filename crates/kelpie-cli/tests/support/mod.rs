@@ -59,9 +59,9 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// `None` when this machine has no PostgreSQL binaries (the caller skips).
-    pub fn start() -> Option<Harness> {
-        let postgres = PostgresServer::start().expect("start PostgreSQL")?;
+    /// Fails (never skips) when this machine has no PostgreSQL binaries.
+    pub fn start() -> Harness {
+        let postgres = PostgresServer::start().expect("start PostgreSQL");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_WORKER_THREADS_COUNT)
             .enable_all()
@@ -72,7 +72,7 @@ impl Harness {
         let client =
             reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)).build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        Some(Harness { postgres, runtime, fake, llm_url, dir, client })
+        Harness { postgres, runtime, fake, llm_url, dir, client }
     }
 
     /// A fresh database; returns its URL.

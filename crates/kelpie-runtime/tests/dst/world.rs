@@ -18,7 +18,7 @@ use kelpie_dst::SimNode;
 use kelpie_registry::{CasResult, PlacementRecord, PlacementStore, StoragePlacementStore};
 use kelpie_storage::types::{CommitRequest, StoredRows};
 use kelpie_storage::{
-    Backend, BoxFut, ClaimOutcome, CommitInfo, KeyRange, MemoryBackend, Placement, Storage, Versioned,
+    Backend, BoxFut, ClaimOutcome, CommitInfo, MemoryBackend, Placement, ScanPage, Storage, Versioned,
 };
 
 /// Key under which the runtime stores an actor's serialized state.
@@ -148,10 +148,10 @@ impl Backend for NodeBackend {
         })
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
         Box::pin(async move {
             self.probe("scan").await?;
-            self.database.backend.scan(actor, range).await
+            self.database.backend.scan(actor, page).await
         })
     }
 
@@ -196,8 +196,8 @@ impl Backend for DirectBackend {
         self.0.backend.get(actor, key)
     }
 
-    fn scan<'a>(&'a self, actor: &'a ActorId, range: &'a KeyRange) -> BoxFut<'a, Result<StoredRows>> {
-        self.0.backend.scan(actor, range)
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
+        self.0.backend.scan(actor, page)
     }
 
     fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {

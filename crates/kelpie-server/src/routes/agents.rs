@@ -1,33 +1,37 @@
 //! `/v1/agents/`: create, list (pagination, name and tag filters),
 //! retrieve, modify, delete; tool attach and detach; reset-messages.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use super::multipart;
+use super::multipart::{self, FormEvent, FormReader};
 use crate::api::{repeated_param, AgentListQuery, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::{CreateAgent, UpdateAgent};
-use kelpie_agent::service::transfer::ImportOptions;
+use kelpie_agent::service::transfer::{AgentExport, AgentImport, ImportOptions};
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-/// Largest agent file an import accepts, in bytes.
-const IMPORT_FILE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest import body (the agent file and the form around it), in bytes.
+/// The file streams through in bounded memory; this only bounds the work
+/// one request may ask for.
+const IMPORT_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// Largest form field other than the file, in bytes.
+const FORM_FIELD_BYTES_MAX: usize = 64 * 1024;
 /// Agents per page when the client does not say.
 const AGENT_PAGE_COUNT_DEFAULT: usize = 50;
 
 pub fn router() -> Router<AppState> {
-    // Only the import takes a body larger than axum's default limit.
-    let import = Router::new()
-        .route("/v1/agents/import", post(import))
-        .layer(DefaultBodyLimit::max(IMPORT_FILE_BYTES_MAX));
+    // Only the import takes a body larger than axum's default limit; it
+    // streams, and counts its own bytes against IMPORT_BODY_BYTES_MAX.
+    let import = Router::new().route("/v1/agents/import", post(import)).layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/v1/agents/", get(list).post(create))
         .route("/v1/agents", get(list).post(create))
@@ -116,16 +120,27 @@ async fn reset_messages(
     Ok(Json(state.service.agents.reset_messages(&agent_id).await?))
 }
 
-/// The agent as one JSON file ([`kelpie_agent::service::transfer::AgentFile`]).
-async fn export(
-    State(state): State<AppState>,
-    Path(agent_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.transfer.export(&agent_id).await?))
+/// The agent as one JSON file ([`kelpie_agent::agent_file`]), streamed a
+/// page of messages or passages at a time. An error after the first bytes
+/// cuts the body short (the file is then invalid, never silently partial).
+async fn export(State(state): State<AppState>, Path(agent_id): Path<String>) -> Result<Response, ApiError> {
+    let export = state.service.transfer.export(&agent_id).await?;
+    let chunks = futures::stream::unfold(Some(export), |export: Option<AgentExport>| async move {
+        let mut export = export?;
+        match export.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(Bytes::from(chunk)), Some(export))),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%err, "export cut short");
+                Some((Err(std::io::Error::other(err.to_string())), None))
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(chunks)).into_response())
 }
 
-fn form_flag(fields: &[multipart::FormField], name: &str, default: bool) -> Result<bool, ApiError> {
-    match fields.iter().find(|field| field.name == name).map(|field| field.content.as_slice()) {
+fn form_flag(fields: &[(String, Vec<u8>)], name: &str, default: bool) -> Result<bool, ApiError> {
+    match fields.iter().find(|(field, _)| field == name).map(|(_, content)| content.as_slice()) {
         None => Ok(default),
         Some(b"true") => Ok(true),
         Some(b"false") => Ok(false),
@@ -135,34 +150,93 @@ fn form_flag(fields: &[multipart::FormField], name: &str, default: bool) -> Resu
     }
 }
 
+fn form_options(fields: &[(String, Vec<u8>)]) -> Result<ImportOptions, ApiError> {
+    let override_name =
+        match fields.iter().find(|(name, _)| name == "override_name") {
+            Some((_, content)) => Some(String::from_utf8(content.clone()).map_err(|_| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "override_name must be UTF-8")
+            })?),
+            None => None,
+        };
+    Ok(ImportOptions {
+        override_name,
+        append_copy_suffix: form_flag(fields, "append_copy_suffix", true)?,
+        strip_messages: form_flag(fields, "strip_messages", false)?,
+    })
+}
+
 /// Letta's form: `file` (the agent file), `override_name`,
-/// `append_copy_suffix` (default true), `strip_messages` (default false).
+/// `append_copy_suffix` (default true), `strip_messages` (default false),
+/// in any order. The file streams into the import as it arrives.
 async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let unprocessable = |detail: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
     let boundary = multipart::boundary(content_type)
         .ok_or_else(|| unprocessable("expected a multipart/form-data body with a file field".into()))?;
-    let fields = multipart::parse(&body, &boundary).map_err(unprocessable)?;
-    let file = fields
-        .iter()
-        .find(|field| field.name == "file")
-        .ok_or_else(|| unprocessable("the form has no file field".into()))?;
-    let override_name = match fields.iter().find(|field| field.name == "override_name") {
-        Some(field) => Some(
-            String::from_utf8(field.content.clone())
-                .map_err(|_| unprocessable("override_name must be UTF-8".into()))?,
-        ),
-        None => None,
+    let mut form = FormReader::new(&boundary);
+    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut import: Option<AgentImport> = None;
+    let mut in_file = false;
+    let mut received: u64 = 0;
+    let mut body = body.into_data_stream();
+    let outcome: Result<(), ApiError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+            received += chunk.len() as u64;
+            if received > IMPORT_BODY_BYTES_MAX {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("an import body is at most {IMPORT_BODY_BYTES_MAX} bytes"),
+                ));
+            }
+            for event in form.feed(&chunk).map_err(unprocessable)? {
+                match event {
+                    FormEvent::Part { name } if name == "file" => {
+                        if import.is_some() {
+                            return Err(unprocessable("the form has two file fields".into()));
+                        }
+                        import = Some(state.service.transfer.import(form_options(&fields)?));
+                        in_file = true;
+                    }
+                    FormEvent::Part { name } => fields.push((name, Vec::new())),
+                    FormEvent::Data(bytes) if in_file => {
+                        import.as_mut().expect("a file part is open").feed(&bytes).await?;
+                    }
+                    FormEvent::Data(bytes) => {
+                        let (name, content) = fields.last_mut().expect("a part is open");
+                        content.extend_from_slice(&bytes);
+                        if content.len() > FORM_FIELD_BYTES_MAX {
+                            return Err(unprocessable(format!(
+                                "form field {name} is over {FORM_FIELD_BYTES_MAX} bytes"
+                            )));
+                        }
+                    }
+                    FormEvent::PartEnd => in_file = false,
+                }
+            }
+        }
+        form.finish().map_err(unprocessable)
+    }
+    .await;
+    let Some(mut import) = import else {
+        outcome?;
+        return Err(unprocessable("the form has no file field".into()));
     };
-    let options = ImportOptions {
-        override_name,
-        append_copy_suffix: form_flag(&fields, "append_copy_suffix", true)?,
-        strip_messages: form_flag(&fields, "strip_messages", false)?,
-    };
-    Ok(Json(state.service.transfer.import(&file.content, options).await?))
+    if let Err(err) = outcome {
+        import.cancel().await;
+        return Err(err);
+    }
+    match form_options(&fields) {
+        Ok(options) => import.set_options(options),
+        Err(err) => {
+            import.cancel().await;
+            return Err(err);
+        }
+    }
+    Ok(Json(import.finish().await?))
 }

@@ -1,22 +1,33 @@
-//! A small `multipart/form-data` reader for the one upload route (agent
-//! import): fields by name, each as bytes. The whole body is already in
-//! memory under the route's body limit; this only splits it.
+//! A small streaming `multipart/form-data` reader for the one upload route
+//! (agent import). Fed the body in chunks of any size, it hands back each
+//! part's name and then its content in pieces, so a file of any size passes
+//! through in bounded memory. Sans-IO: the route does the reading.
 
 /// Most parts one form may have.
 const FORM_PARTS_COUNT_MAX: usize = 32;
+/// Longest header block of one part, in bytes.
+const PART_HEADERS_BYTES_MAX: usize = 8 * 1024;
 
-/// One form field: its name and raw content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FormField {
-    pub name: String,
-    pub content: Vec<u8>,
+/// What the reader found, in body order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormEvent {
+    /// A part begins: its field name.
+    Part { name: String },
+    /// Some of the current part's content.
+    Data(Vec<u8>),
+    /// The current part is complete.
+    PartEnd,
 }
 
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if from > haystack.len() {
-        return None;
-    }
-    haystack[from..].windows(needle.len()).position(|window| window == needle).map(|at| at + from)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the first delimiter (a preamble is skipped).
+    Preamble,
+    /// Right after a delimiter: `--` (the end) or a line break.
+    AfterDelimiter,
+    Headers,
+    Content,
+    Done,
 }
 
 /// The boundary of a `multipart/form-data; boundary=...` content type.
@@ -41,56 +52,192 @@ fn field_name(headers: &str) -> Option<String> {
     Some(disposition[start..end].to_string())
 }
 
-/// Every field of `body`, in order; an error says what is malformed.
-pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<FormField>, String> {
-    let delimiter = format!("--{boundary}").into_bytes();
-    let mut at = find(body, &delimiter, 0).ok_or("multipart body has no boundary")? + delimiter.len();
-    let mut fields = Vec::new();
-    while !body[at..].starts_with(b"--") {
-        if fields.len() == FORM_PARTS_COUNT_MAX {
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+pub struct FormReader {
+    /// `\r\n--boundary`: what ends a part's content.
+    closing: Vec<u8>,
+    state: State,
+    buffer: Vec<u8>,
+    parts_count: usize,
+    events: Vec<FormEvent>,
+}
+
+impl FormReader {
+    pub fn new(boundary: &str) -> Self {
+        FormReader {
+            closing: format!("\r\n--{boundary}").into_bytes(),
+            state: State::Preamble,
+            // The first delimiter may open the body without a line break.
+            buffer: b"\r\n".to_vec(),
+            parts_count: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads `chunk`; returns the events it completed.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<FormEvent>, String> {
+        self.buffer.extend_from_slice(chunk);
+        loop {
+            let progressed = match self.state {
+                State::Preamble => self.preamble(),
+                State::AfterDelimiter => self.after_delimiter()?,
+                State::Headers => self.headers()?,
+                State::Content => self.content(),
+                State::Done => {
+                    self.buffer.clear();
+                    false
+                }
+            };
+            if !progressed {
+                return Ok(std::mem::take(&mut self.events));
+            }
+        }
+    }
+
+    /// The body is over: an error unless the closing delimiter was read.
+    pub fn finish(&self) -> Result<(), String> {
+        match self.state {
+            State::Done => Ok(()),
+            State::Preamble => Err("multipart body has no boundary".into()),
+            _ => Err("multipart part not closed".into()),
+        }
+    }
+
+    fn preamble(&mut self) -> bool {
+        match find(&self.buffer, &self.closing) {
+            Some(at) => {
+                self.buffer.drain(..at + self.closing.len());
+                self.state = State::AfterDelimiter;
+                true
+            }
+            None => {
+                // Keep only what could be the start of a delimiter.
+                let keep = self.closing.len().min(self.buffer.len());
+                self.buffer.drain(..self.buffer.len() - keep);
+                false
+            }
+        }
+    }
+
+    fn after_delimiter(&mut self) -> Result<bool, String> {
+        if self.buffer.len() < 2 {
+            return Ok(false);
+        }
+        if self.buffer.starts_with(b"--") {
+            self.state = State::Done;
+            return Ok(true);
+        }
+        if !self.buffer.starts_with(b"\r\n") {
+            return Err("multipart delimiter not followed by a line break".into());
+        }
+        self.buffer.drain(..2);
+        self.state = State::Headers;
+        Ok(true)
+    }
+
+    fn headers(&mut self) -> Result<bool, String> {
+        let Some(end) = find(&self.buffer, b"\r\n\r\n") else {
+            if self.buffer.len() > PART_HEADERS_BYTES_MAX {
+                return Err("multipart part headers not ended".into());
+            }
+            return Ok(false);
+        };
+        if self.parts_count == FORM_PARTS_COUNT_MAX {
             return Err(format!("a form has at most {FORM_PARTS_COUNT_MAX} parts"));
         }
-        let head_start = find(body, b"\r\n", at).ok_or("multipart part without headers")? + 2;
-        let head_end = find(body, b"\r\n\r\n", head_start).ok_or("multipart part headers not ended")?;
-        let headers = String::from_utf8_lossy(&body[head_start..head_end]);
+        let headers = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
         let name = field_name(&headers).ok_or("multipart part without a name")?;
-        let content_start = head_end + 4;
-        let mut closing = b"\r\n".to_vec();
-        closing.extend_from_slice(&delimiter);
-        let content_end = find(body, &closing, content_start).ok_or("multipart part not closed")?;
-        fields.push(FormField { name, content: body[content_start..content_end].to_vec() });
-        at = content_end + closing.len();
+        self.buffer.drain(..end + 4);
+        self.parts_count += 1;
+        self.events.push(FormEvent::Part { name });
+        self.state = State::Content;
+        Ok(true)
     }
-    Ok(fields)
+
+    fn content(&mut self) -> bool {
+        match find(&self.buffer, &self.closing) {
+            Some(at) => {
+                if at > 0 {
+                    self.events.push(FormEvent::Data(self.buffer[..at].to_vec()));
+                }
+                self.buffer.drain(..at + self.closing.len());
+                self.events.push(FormEvent::PartEnd);
+                self.state = State::AfterDelimiter;
+                true
+            }
+            None => {
+                // Everything but a possible start of the delimiter is content.
+                let safe = self.buffer.len().saturating_sub(self.closing.len());
+                if safe > 0 {
+                    self.events.push(FormEvent::Data(self.buffer.drain(..safe).collect()));
+                }
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const BODY: &[u8] = b"preamble\r\n--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.json\"\r\n\
+Content-Type: application/json\r\n\r\n{\"a\":\"--xy\r\n--xy\"}\r\n--xyz\r\nContent-Disposition: form-data; name=\"strip_messages\"\r\n\r\ntrue\r\n--xyz--\r\n";
+
+    /// The parts of `body` read in chunks of `size`: (name, content).
+    fn parts(body: &[u8], size: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut reader = FormReader::new("xyz");
+        let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut open = false;
+        for chunk in body.chunks(size) {
+            for event in reader.feed(chunk)? {
+                match event {
+                    FormEvent::Part { name } => {
+                        assert!(!open);
+                        open = true;
+                        parts.push((name, Vec::new()));
+                    }
+                    FormEvent::Data(bytes) => parts.last_mut().unwrap().1.extend(bytes),
+                    FormEvent::PartEnd => open = false,
+                }
+            }
+        }
+        reader.finish()?;
+        Ok(parts)
+    }
+
     #[test]
-    fn reads_fields_and_boundary() {
-        let content_type = "multipart/form-data; boundary=\"xyz\"";
-        assert_eq!(boundary(content_type).as_deref(), Some("xyz"));
+    fn reads_fields_whatever_the_chunk_size() {
+        assert_eq!(boundary("multipart/form-data; boundary=\"xyz\"").as_deref(), Some("xyz"));
         assert_eq!(boundary("application/json"), None);
-        let body = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.json\"\r\n\
-Content-Type: application/json\r\n\r\n{\"a\":1}\r\n--xyz\r\nContent-Disposition: form-data; name=\"strip_messages\"\r\n\r\ntrue\r\n--xyz--\r\n";
-        let fields = parse(body, "xyz").unwrap();
-        assert_eq!(fields.len(), 2);
-        assert_eq!(
-            (fields[0].name.as_str(), fields[0].content.as_slice()),
-            ("file", b"{\"a\":1}".as_slice())
-        );
-        assert_eq!(
-            (fields[1].name.as_str(), fields[1].content.as_slice()),
-            ("strip_messages", b"true".as_slice())
-        );
+        let expected = vec![
+            ("file".to_string(), b"{\"a\":\"--xy\r\n--xy\"}".to_vec()),
+            ("strip_messages".to_string(), b"true".to_vec()),
+        ];
+        for size in 1..=BODY.len() {
+            assert_eq!(parts(BODY, size).unwrap(), expected, "chunks of {size}");
+        }
+        let clean = b"--xyz\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nabc\r\n--xy\r\n--xyz--";
+        for size in 1..=clean.len() {
+            assert_eq!(parts(clean, size).unwrap(), vec![("f".to_string(), b"abc\r\n--xy".to_vec())]);
+        }
     }
 
     #[test]
     fn malformed_bodies_are_errors() {
-        assert_eq!(parse(b"nothing here", "xyz").unwrap_err(), "multipart body has no boundary");
+        assert_eq!(parts(b"nothing here", 4).unwrap_err(), "multipart body has no boundary");
         let unclosed = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc";
-        assert_eq!(parse(unclosed, "xyz").unwrap_err(), "multipart part not closed");
+        assert_eq!(parts(unclosed, 4).unwrap_err(), "multipart part not closed");
+        let nameless = b"--xyz\r\nContent-Type: text/plain\r\n\r\nabc\r\n--xyz--";
+        assert_eq!(parts(nameless, 4).unwrap_err(), "multipart part without a name");
+        let mut many = Vec::new();
+        for _ in 0..=FORM_PARTS_COUNT_MAX {
+            many.extend_from_slice(b"--xyz\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n");
+        }
+        many.extend_from_slice(b"--xyz--");
+        assert!(parts(&many, 64).unwrap_err().contains("at most 32 parts"));
     }
 }

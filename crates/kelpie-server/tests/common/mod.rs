@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 pub struct Running {
     pub base: String,
     pub http: reqwest::Client,
+    pub service: std::sync::Arc<kelpie_agent::AgentService>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -43,11 +44,12 @@ pub async fn start_with_base_url(data_dir: &Path, base_url: &str, extra: &[(&str
     layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
     let server = kelpie_server::bind(layers.resolve().unwrap()).await.unwrap();
     let base = format!("http://{}", server.local_addr());
+    let service = server.service();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server.run(async { drop(stopped.await) }).await.unwrap();
     });
-    Running { base, http: reqwest::Client::new(), stop: Some(stop), task }
+    Running { base, http: reqwest::Client::new(), service, stop: Some(stop), task }
 }
 
 impl Running {

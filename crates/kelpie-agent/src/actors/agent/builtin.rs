@@ -16,7 +16,7 @@ use kelpie_tools::builtin::{
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::Value;
 
-use super::store::{agent_mut, all_messages, insert_passage, search_passages, Ctx};
+use super::store::{agent_mut, insert_passage, search_messages, search_passages, Ctx};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::model::TextEmbedding;
 use kelpie_llm::ToolCall;
@@ -55,11 +55,14 @@ fn clip(text: String) -> String {
     text.chars().take(TOOL_RETURN_CHARS_MAX).collect()
 }
 
-/// Runs built-in tool `call`; `(result, ok)`.
+/// Runs built-in tool `call` of the step whose first message is
+/// `step_first_seq` (a search looks only before it: the step's own
+/// messages are in the prompt already); `(result, ok)`.
 pub(super) async fn run_builtin(
     ctx: &mut Ctx<'_>,
     call: &ToolCall,
     embeddings: &[TextEmbedding],
+    step_first_seq: u64,
 ) -> Result<(String, bool)> {
     let args: Value = match serde_json::from_str(&call.arguments) {
         Ok(args @ Value::Object(_)) => args,
@@ -74,9 +77,9 @@ pub(super) async fn run_builtin(
         WORKING_MEMORY_SET => working_memory_set(ctx, &args),
         WORKING_MEMORY_GET => working_memory_get(ctx, &args),
         WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
-        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings)?,
+        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings).await?,
         ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args, embeddings).await?,
-        CONVERSATION_SEARCH => conversation_search(ctx, &args).await?,
+        CONVERSATION_SEARCH => conversation_search(ctx, &args, step_first_seq).await?,
         other => Err(format!("tool {other} is not available to this agent")),
     };
     Ok(match outcome {
@@ -165,13 +168,17 @@ fn embedding_of<'a>(embeddings: &'a [TextEmbedding], text: &str) -> std::result:
         .ok_or_else(|| "no embedding was computed for this text".to_string())
 }
 
-fn archival_insert(ctx: &mut Ctx<'_>, args: &Value, embeddings: &[TextEmbedding]) -> Result<ToolResult> {
+async fn archival_insert(
+    ctx: &mut Ctx<'_>,
+    args: &Value,
+    embeddings: &[TextEmbedding],
+) -> Result<ToolResult> {
     let (content, embedding) = match arg(args, "content").and_then(|c| Ok((c, embedding_of(embeddings, c)?)))
     {
         Ok((content, embedding)) => (content.to_string(), embedding.to_vec()),
         Err(e) => return Ok(Err(e)),
     };
-    let passage = insert_passage(ctx, content, Vec::new(), embedding)?;
+    let passage = insert_passage(ctx, content, Vec::new(), embedding).await?;
     Ok(Ok(format!("Stored passage {}.", passage.id)))
 }
 
@@ -189,18 +196,16 @@ async fn archival_search(
     Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
 }
 
-async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value) -> Result<ToolResult> {
+async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value, below_seq: u64) -> Result<ToolResult> {
     let query = match arg(args, "query") {
         Ok(query) => query.to_lowercase(),
         Err(e) => return Ok(Err(e)),
     };
     let limit = count_arg(args, "limit");
-    let messages = all_messages(ctx).await?;
-    let hits: Vec<String> = messages
+    let hits: Vec<String> = search_messages(ctx, &query, limit, below_seq)
+        .await?
         .iter()
         .map(|message| message.searchable_text())
-        .filter(|text| text.to_lowercase().contains(&query))
-        .take(limit)
         .collect();
     Ok(Ok(serde_json::to_string(&hits).unwrap_or_default()))
 }

@@ -14,8 +14,8 @@ use kelpie_memory::{Block, CoreMemory, MemoryError, Passage};
 use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
-pub use store::AgentActorState;
-use store::{agent, agent_mut, Ctx, MESSAGE_PREFIXES, PASSAGE_PREFIXES};
+use store::{agent, agent_mut, Ctx};
+pub use store::{AgentActorState, Counts, PageSpec};
 
 use crate::error::memory_error;
 use crate::model::{AgentRecord, BlockPatch, MessageBody, StoredMessage, TextEmbedding};
@@ -67,21 +67,31 @@ pub struct StepInput {
     pub embeddings: Vec<TextEmbedding>,
 }
 
-/// An agent read from an export file, to create with its history in one
-/// transaction; every id in it is already new.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportedAgent {
-    pub record: AgentRecord,
-    pub messages: Vec<StoredMessage>,
-    pub passages: Vec<Passage>,
-}
-
 #[derive(Serialize, Deserialize)]
 pub enum AgentCommand {
     Create(Box<AgentRecord>),
-    /// Creates the agent with its messages and passages, atomically.
-    Import(Box<ImportedAgent>),
+    /// Starts an import: the agent exists but stays invisible (not found)
+    /// until [`AgentCommand::ImportFinish`].
+    ImportBegin(Box<AgentRecord>),
+    /// Appends part of an importing agent's history, in order; every id in
+    /// it is already new.
+    ImportBatch {
+        messages: Vec<StoredMessage>,
+        passages: Vec<Passage>,
+    },
+    /// Makes an imported agent visible under `name`, with `tool_ids`;
+    /// `drop_messages` leaves the messages it was given to reclaim.
+    ImportFinish {
+        name: String,
+        tool_ids: Vec<String>,
+        drop_messages: bool,
+    },
+    /// Gives up an import that never finished: everything it wrote is left
+    /// to reclaim. Nothing happens to an agent that is not importing.
+    AbandonImport,
     Get,
+    /// How many messages and passages the agent holds.
+    Counts,
     Update(AgentPatch),
     Delete,
     UpdateBlock {
@@ -97,7 +107,8 @@ pub enum AgentCommand {
     /// Replaces the copy of a shared block with its new canonical version;
     /// nothing happens when the agent no longer holds it.
     SyncBlock(Box<Block>),
-    Messages,
+    /// One page of messages.
+    MessagePage(PageSpec),
     /// Deletes every message; passages and memory stay.
     ResetMessages,
     Recent {
@@ -109,7 +120,8 @@ pub enum AgentCommand {
         tags: Vec<String>,
         embedding: Vec<f32>,
     },
-    Passages,
+    /// One page of passages.
+    PassagePage(PageSpec),
     SearchPassages {
         query_embedding: Vec<f32>,
         top_k: usize,
@@ -117,14 +129,29 @@ pub enum AgentCommand {
     DeletePassage {
         id: String,
     },
+    /// Deletes up to `keys_max` keys a reset or delete left behind.
+    Reclaim {
+        keys_max: usize,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum AgentReply {
     Agent(Box<AgentRecord>),
     Messages(Vec<StoredMessage>),
-    Step { agent: Box<AgentRecord>, messages: Vec<StoredMessage> },
-    Passages { agent: Box<AgentRecord>, passages: Vec<Passage> },
+    Step {
+        agent: Box<AgentRecord>,
+        messages: Vec<StoredMessage>,
+    },
+    Passages {
+        agent: Box<AgentRecord>,
+        passages: Vec<Passage>,
+    },
+    Counts(Counts),
+    /// Whether nothing is left to reclaim.
+    Reclaimed {
+        done: bool,
+    },
     Done,
 }
 
@@ -138,26 +165,37 @@ impl Actor for AgentActor {
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
-            AgentCommand::Import(imported) => import(ctx, *imported),
+            AgentCommand::ImportBegin(record) => import_begin(ctx, *record),
+            AgentCommand::ImportBatch { messages, passages } => import_batch(ctx, messages, passages).await,
+            AgentCommand::ImportFinish { name, tool_ids, drop_messages } => {
+                import_finish(ctx, name, tool_ids, drop_messages).await
+            }
+            AgentCommand::AbandonImport => abandon_import(ctx).await,
             AgentCommand::Get => Ok(AgentReply::Agent(Box::new(agent(ctx)?))),
+            AgentCommand::Counts => {
+                agent(ctx)?;
+                Ok(AgentReply::Counts(store::ensure_counted(ctx).await?))
+            }
             AgentCommand::Update(patch) => update(ctx, patch),
             AgentCommand::Delete => delete(ctx).await,
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
             AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
             AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
             AgentCommand::SyncBlock(block) => edit_memory(ctx, |memory| memory.sync(*block).map(drop)),
-            AgentCommand::Messages => Ok(AgentReply::Messages(store::all_messages(ctx).await?)),
+            AgentCommand::MessagePage(page) => {
+                Ok(AgentReply::Messages(store::message_page(ctx, &page).await?))
+            }
             AgentCommand::ResetMessages => reset_messages(ctx).await,
             AgentCommand::Recent { count_max } => {
                 Ok(AgentReply::Messages(store::recent_messages(ctx, count_max).await?))
             }
             AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
             AgentCommand::InsertPassage { text, tags, embedding } => {
-                let passage = store::insert_passage(ctx, text, tags, embedding)?;
+                let passage = store::insert_passage(ctx, text, tags, embedding).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
             }
-            AgentCommand::Passages => {
-                let passages = store::all_passages(ctx).await?;
+            AgentCommand::PassagePage(page) => {
+                let passages = store::passage_page(ctx, &page).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
             }
             AgentCommand::SearchPassages { query_embedding, top_k } => {
@@ -168,6 +206,9 @@ impl Actor for AgentActor {
                 store::delete_passage(ctx, &id).await?;
                 Ok(AgentReply::Done)
             }
+            AgentCommand::Reclaim { keys_max } => {
+                Ok(AgentReply::Reclaimed { done: store::reclaim_batch(ctx, keys_max).await? })
+            }
         }
     }
 }
@@ -175,29 +216,73 @@ impl Actor for AgentActor {
 /// Creates the agent; if it exists (a repeated idempotency key: random
 /// ids never collide), answers the existing agent unchanged.
 fn create(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
+    if ctx.state.importing {
+        return Err(Error::Internal(format!("agent {} is being imported", record.id)));
+    }
     if let Some(existing) = &ctx.state.agent {
         return Ok(AgentReply::Agent(Box::new(existing.clone())));
     }
     assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
-    ctx.state.agent = Some(record.clone());
+    ctx.state.begin_agent(record.clone());
     Ok(AgentReply::Agent(Box::new(record)))
 }
 
-/// Creates an imported agent with its history; messages and passages keep
-/// their order and times and get sequence numbers here.
-fn import(ctx: &mut Ctx<'_>, imported: ImportedAgent) -> Result<AgentReply> {
+fn import_begin(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
     if ctx.state.agent.is_some() {
-        return Err(Error::Internal(format!("imported agent {} already exists", imported.record.id)));
+        return Err(Error::Internal(format!("imported agent {} already exists", record.id)));
     }
-    assert_eq!(imported.record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
-    ctx.state.agent = Some(imported.record.clone());
-    for message in imported.messages {
-        store::put_message(ctx, message)?;
+    assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
+    ctx.state.begin_agent(record);
+    ctx.state.importing = true;
+    Ok(AgentReply::Done)
+}
+
+/// Messages and passages keep their order and times; they get sequence
+/// numbers here.
+async fn import_batch(
+    ctx: &mut Ctx<'_>,
+    messages: Vec<StoredMessage>,
+    passages: Vec<Passage>,
+) -> Result<AgentReply> {
+    if !ctx.state.importing {
+        return Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id())));
     }
-    for passage in &imported.passages {
-        store::put_passage(ctx, passage)?;
+    for message in messages {
+        store::put_message(ctx, message).await?;
     }
-    Ok(AgentReply::Agent(Box::new(imported.record)))
+    for passage in &passages {
+        store::put_passage(ctx, passage).await?;
+    }
+    Ok(AgentReply::Done)
+}
+
+async fn import_finish(
+    ctx: &mut Ctx<'_>,
+    name: String,
+    tool_ids: Vec<String>,
+    drop_messages: bool,
+) -> Result<AgentReply> {
+    if !ctx.state.importing {
+        return Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id())));
+    }
+    if drop_messages {
+        store::end_message_generation(ctx).await?;
+    }
+    ctx.state.importing = false;
+    let agent = agent_mut(ctx)?;
+    agent.name = name;
+    agent.tool_ids = tool_ids;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+async fn abandon_import(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+    if ctx.state.importing {
+        store::end_message_generation(ctx).await?;
+        store::end_passage_generation(ctx).await?;
+        ctx.state.agent = None;
+        ctx.state.importing = false;
+    }
+    Ok(AgentReply::Done)
 }
 
 fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
@@ -228,17 +313,19 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
 
+/// Gone at once: the agent is not found from now on and its id is free;
+/// its messages and passages are left to [`AgentCommand::Reclaim`].
 async fn delete(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
     agent(ctx)?;
-    store::delete_prefixes(ctx, &MESSAGE_PREFIXES).await?;
-    store::delete_prefixes(ctx, &PASSAGE_PREFIXES).await?;
+    store::end_message_generation(ctx).await?;
+    store::end_passage_generation(ctx).await?;
     ctx.state.agent = None;
     Ok(AgentReply::Done)
 }
 
 async fn reset_messages(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
     agent(ctx)?;
-    store::delete_prefixes(ctx, &MESSAGE_PREFIXES).await?;
+    store::end_message_generation(ctx).await?;
     let now = ctx.env.clock.wall_ms();
     let agent = agent_mut(ctx)?;
     agent.updated_ms = now;
@@ -278,14 +365,15 @@ fn edit_memory(
 
 async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
     agent(ctx)?;
+    let first_seq = ctx.state.next_seq;
     let ids = (step.run_id.as_str(), step.step_id.as_str());
     let mut messages = Vec::new();
     for content in &step.user_messages {
         let body = MessageBody::User { content: content.clone() };
-        messages.push(store::append_message(ctx, ids, body, None)?);
+        messages.push(store::append_message(ctx, ids, body, None).await?);
     }
     let assistant_id = Some(step.assistant_message_id.clone());
-    messages.push(store::append_message(ctx, ids, step.assistant.clone(), assistant_id)?);
+    messages.push(store::append_message(ctx, ids, step.assistant.clone(), assistant_id).await?);
     let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
@@ -294,13 +382,13 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
             match step.external.iter().find(|done| done.tool_call_id == call.id) {
                 Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
                 None => {
-                    let (result, ok) = builtin::run_builtin(ctx, call, &step.embeddings).await?;
+                    let (result, ok) = builtin::run_builtin(ctx, call, &step.embeddings, first_seq).await?;
                     (result, ok, None, None)
                 }
             };
         let (tool_call_id, name) = (call.id.clone(), call.name.clone());
         let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
-        messages.push(store::append_message(ctx, ids, body, None)?);
+        messages.push(store::append_message(ctx, ids, body, None).await?);
     }
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;

@@ -1,15 +1,38 @@
 //! The agent actor's storage layout and the reads and writes its commands
-//! and built-in tools are made of. The state is the agent record and the
-//! next sequence number; messages (`m/<seq>`) and passages (`p/<seq>`) are
-//! extra keys with id-to-seq indexes (`mi/<id>`, `pi/<id>`). Everything here
-//! runs inside one invocation, so it commits with the command that called it.
+//! and built-in tools are made of. Everything here runs inside one
+//! invocation, so it commits with the command that called it.
+//!
+//! The state is the agent record, counters and generations. Messages and
+//! passages are extra keys, each kind under its own generation's prefix:
+//!
+//! | key | value |
+//! |---|---|
+//! | `<messages>m/<seq>` | a message |
+//! | `<messages>mi/<id>` | the message's seq (the id index) |
+//! | `<messages>w/<word>/<seq>` | nothing: message `seq` holds `word` (the search index) |
+//! | `<passages>p/<seq>` | a passage |
+//! | `<passages>pi/<id>` | the passage's seq |
+//!
+//! `<seq>` is 16 hex digits, so key order is sequence order and every list
+//! is a bounded range read: O(limit + log n) whatever the history's size.
+//! Generation 0 has an empty prefix (the layout before generations); a
+//! reset or delete starts a new generation and leaves the old prefix to
+//! [`reclaim_batch`], which deletes it in bounded batches.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use kelpie_core::{Error, Result};
 use kelpie_memory::{rank_passages, Passage};
 use kelpie_runtime::ActorContext;
+use kelpie_storage::{KeyRange, ScanOrder};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::new_id;
+use crate::limits::{
+    CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, SEARCH_WORD_BYTES_MAX,
+    STORE_PAGE_COUNT_MAX,
+};
 use crate::model::{AgentRecord, MessageBody, StoredMessage};
 
 /// What the agent actor persists as its state.
@@ -18,35 +41,103 @@ pub struct AgentActorState {
     pub agent: Option<AgentRecord>,
     /// Next sequence number of a message or passage.
     pub next_seq: u64,
+    /// Generation of the message keys; a reset or delete starts a new one.
+    #[serde(default)]
+    pub message_generation: u64,
+    /// Generation of the passage keys; a delete starts a new one.
+    #[serde(default)]
+    pub passage_generation: u64,
+    /// Key prefixes of ended generations, still to delete, oldest first.
+    #[serde(default)]
+    pub reclaim: Vec<String>,
+    /// Messages and passages held, counted as they are written. `None` in
+    /// a state written before counting (counted once, on first use).
+    #[serde(default)]
+    pub counts: Option<Counts>,
+    /// Messages below this seq were written before the search index and
+    /// are searched by reading them. `None` in a state written before the
+    /// index (set on first use).
+    #[serde(default)]
+    pub unindexed_below_seq: Option<u64>,
+    /// Set while an import writes the agent's history in batches: the agent
+    /// is not visible until the import finishes.
+    #[serde(default)]
+    pub importing: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub messages: u64,
+    pub passages: u64,
+}
+
+impl AgentActorState {
+    /// The state of a new agent: counted and indexed from the start, in a
+    /// generation after any the actor held before.
+    pub(crate) fn begin_agent(&mut self, record: AgentRecord) {
+        assert!(self.agent.is_none(), "an agent begins in an actor holding none");
+        self.agent = Some(record);
+        self.counts = Some(Counts::default());
+        self.unindexed_below_seq = Some(self.next_seq);
+    }
 }
 
 pub(crate) type Ctx<'a> = ActorContext<'a, AgentActorState>;
-
-/// Key prefixes of messages and their id index.
-pub(crate) const MESSAGE_PREFIXES: [&str; 2] = ["m/", "mi/"];
-/// Key prefixes of passages and their id index.
-pub(crate) const PASSAGE_PREFIXES: [&str; 2] = ["p/", "pi/"];
 
 fn not_found(ctx: &Ctx<'_>) -> Error {
     Error::NotFound { kind: "agent", id: ctx.actor_id.id().to_string() }
 }
 
-/// The agent, or not found when this actor holds none.
+/// The agent, or not found when this actor holds none (or is importing it).
 pub(crate) fn agent(ctx: &Ctx<'_>) -> Result<AgentRecord> {
-    ctx.state.agent.clone().ok_or_else(|| not_found(ctx))
+    match &ctx.state.agent {
+        Some(agent) if !ctx.state.importing => Ok(agent.clone()),
+        _ => Err(not_found(ctx)),
+    }
 }
 
 pub(crate) fn agent_mut<'s>(ctx: &'s mut Ctx<'_>) -> Result<&'s mut AgentRecord> {
     let missing = not_found(ctx);
+    if ctx.state.importing {
+        return Err(missing);
+    }
     ctx.state.agent.as_mut().ok_or(missing)
 }
 
-fn seq_key(prefix: &str, seq: u64) -> Vec<u8> {
-    format!("{prefix}/{seq:016x}").into_bytes()
+/// The key prefix of generation `generation` of `kind` (`m` or `p`).
+fn generation_prefix(kind: char, generation: u64) -> String {
+    match generation {
+        0 => String::new(),
+        n => format!("{kind}g{n:08x}/"),
+    }
 }
 
-fn index_key(prefix: &str, id: &str) -> Vec<u8> {
-    format!("{prefix}/{id}").into_bytes()
+/// The prefixes generation 0 (no prefix of its own) keeps `kind` under.
+fn legacy_prefixes(kind: char) -> &'static [&'static str] {
+    match kind {
+        'm' => &["m/", "mi/", "w/"],
+        _ => &["p/", "pi/"],
+    }
+}
+
+fn messages(ctx: &Ctx<'_>) -> String {
+    generation_prefix('m', ctx.state.message_generation)
+}
+
+fn passages(ctx: &Ctx<'_>) -> String {
+    generation_prefix('p', ctx.state.passage_generation)
+}
+
+fn seq_key(space: &str, kind: &str, seq: u64) -> Vec<u8> {
+    format!("{space}{kind}/{seq:016x}").into_bytes()
+}
+
+fn index_key(space: &str, kind: &str, id: &str) -> Vec<u8> {
+    format!("{space}{kind}/{id}").into_bytes()
+}
+
+fn word_key(space: &str, word: &str, seq: u64) -> Vec<u8> {
+    format!("{space}w/{word}/{seq:016x}").into_bytes()
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -58,42 +149,88 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T>
         .map_err(|e| Error::Corruption { location: what.to_string(), reason: e.to_string() })
 }
 
+fn decode_seq(bytes: &[u8], what: &str) -> Result<u64> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::Corruption { location: what.to_string(), reason: "not 8 bytes".into() })?;
+    Ok(u64::from_be_bytes(array))
+}
+
 fn next_seq(ctx: &mut Ctx<'_>) -> u64 {
     let seq = ctx.state.next_seq;
     ctx.state.next_seq += 1;
     seq
 }
 
-/// Every message of the agent, oldest first.
-pub(crate) async fn all_messages(ctx: &mut Ctx<'_>) -> Result<Vec<StoredMessage>> {
-    agent(ctx)?;
-    let rows = ctx.kv_scan_prefix(b"m/").await?;
-    rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
-}
-
-/// The newest messages among the last `count_max` sequence numbers.
-pub(crate) async fn recent_messages(ctx: &mut Ctx<'_>, count_max: usize) -> Result<Vec<StoredMessage>> {
-    agent(ctx)?;
-    let first = ctx.state.next_seq.saturating_sub(count_max as u64);
-    let mut messages = Vec::new();
-    for seq in first..ctx.state.next_seq {
-        if let Some(bytes) = ctx.kv_get(&seq_key("m", seq)).await? {
-            messages.push(decode::<StoredMessage>(&bytes, "agent message")?);
+/// Counts a state written before counting, once: pages through its keys.
+pub(crate) async fn ensure_counted(ctx: &mut Ctx<'_>) -> Result<Counts> {
+    if let Some(counts) = ctx.state.counts {
+        return Ok(counts);
+    }
+    let mut counts = Counts::default();
+    for (kind, total) in [("m", &mut counts.messages), ("p", &mut counts.passages)] {
+        let space = if kind == "m" { messages(ctx) } else { passages(ctx) };
+        let mut range = KeyRange::prefix(format!("{space}{kind}/"));
+        loop {
+            let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, STORE_PAGE_COUNT_MAX).await?;
+            *total += rows.len() as u64;
+            match rows.last() {
+                Some((key, _)) if rows.len() == STORE_PAGE_COUNT_MAX => {
+                    range.start = Bound::Excluded(key.clone())
+                }
+                _ => break,
+            }
         }
     }
-    Ok(messages)
+    ctx.state.counts = Some(counts);
+    Ok(counts)
 }
 
-/// Stores `message` under the next sequence number (which it takes).
-pub(crate) fn put_message(ctx: &mut Ctx<'_>, mut message: StoredMessage) -> Result<StoredMessage> {
+/// Marks a state written before the search index: its messages so far are
+/// searched by reading them.
+pub(crate) fn ensure_index_watermark(ctx: &mut Ctx<'_>) {
+    if ctx.state.unindexed_below_seq.is_none() {
+        ctx.state.unindexed_below_seq = Some(ctx.state.next_seq);
+    }
+}
+
+fn counts_mut<'s>(ctx: &'s mut Ctx<'_>) -> &'s mut Counts {
+    ctx.state.counts.as_mut().expect("counted before anything is written")
+}
+
+/// The words of `text` a search index holds: lower-cased runs of letters
+/// and digits, each at most `SEARCH_WORD_BYTES_MAX` bytes (longer runs are
+/// not indexed), distinct, in order of first appearance.
+pub(crate) fn words(text: &str) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut words = Vec::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let word = word.to_lowercase();
+        if word.len() <= SEARCH_WORD_BYTES_MAX && seen.insert(word.clone()) {
+            words.push(word);
+        }
+    }
+    words
+}
+
+/// Stores `message` under the next sequence number (which it takes), with
+/// its id and the first `MESSAGE_INDEXED_WORDS_COUNT_MAX` of its words.
+pub(crate) async fn put_message(ctx: &mut Ctx<'_>, mut message: StoredMessage) -> Result<StoredMessage> {
+    ensure_counted(ctx).await?;
+    ensure_index_watermark(ctx);
     message.seq = next_seq(ctx);
-    ctx.kv_put(&seq_key("m", message.seq), encode(&message)?)?;
-    ctx.kv_put(&index_key("mi", &message.id), message.seq.to_be_bytes().to_vec())?;
+    let space = messages(ctx);
+    ctx.kv_put(&seq_key(&space, "m", message.seq), encode(&message)?)?;
+    ctx.kv_put(&index_key(&space, "mi", &message.id), message.seq.to_be_bytes().to_vec())?;
+    for word in words(&message.searchable_text()).into_iter().take(MESSAGE_INDEXED_WORDS_COUNT_MAX) {
+        ctx.kv_put(&word_key(&space, &word, message.seq), Vec::new())?;
+    }
+    counts_mut(ctx).messages += 1;
     Ok(message)
 }
 
 /// A new message of a step, with `id` or a new one, stored now.
-pub(crate) fn append_message(
+pub(crate) async fn append_message(
     ctx: &mut Ctx<'_>,
     (run_id, step_id): (&str, &str),
     body: MessageBody,
@@ -107,19 +244,155 @@ pub(crate) fn append_message(
         step_id: Some(step_id.to_string()),
         body,
     };
-    put_message(ctx, message)
+    put_message(ctx, message).await
+}
+
+/// Which slice of a list a page is: after and before the item with those
+/// ids (an unknown id selects nothing), at most `limit`, oldest first
+/// unless `descending`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageSpec {
+    pub after: Option<String>,
+    pub before: Option<String>,
+    pub limit: usize,
+    pub descending: bool,
+}
+
+/// The seq of item `id` in the index under `index`, if it exists.
+async fn seq_of(ctx: &mut Ctx<'_>, space: &str, index: &str, id: &str) -> Result<Option<u64>> {
+    match ctx.kv_get(&index_key(space, index, id)).await? {
+        Some(bytes) => Ok(Some(decode_seq(&bytes, index)?)),
+        None => Ok(None),
+    }
+}
+
+/// The range of `kind` keys a page selects, or `None` when a cursor names
+/// an item that does not exist.
+async fn page_range(
+    ctx: &mut Ctx<'_>,
+    (space, kind, index): (&str, &str, &str),
+    page: &PageSpec,
+) -> Result<Option<KeyRange>> {
+    let mut range = KeyRange::prefix(format!("{space}{kind}/"));
+    // In descending order `after` is the newer end and `before` the older.
+    let (newer, older) = match page.descending {
+        false => (&page.before, &page.after),
+        true => (&page.after, &page.before),
+    };
+    if let Some(id) = older {
+        let Some(seq) = seq_of(ctx, space, index, id).await? else { return Ok(None) };
+        range.start = Bound::Excluded(seq_key(space, kind, seq));
+    }
+    if let Some(id) = newer {
+        let Some(seq) = seq_of(ctx, space, index, id).await? else { return Ok(None) };
+        range.end = Bound::Excluded(seq_key(space, kind, seq));
+    }
+    Ok(Some(range))
+}
+
+fn order(descending: bool) -> ScanOrder {
+    if descending {
+        ScanOrder::Descending
+    } else {
+        ScanOrder::Ascending
+    }
+}
+
+/// One page of the agent's messages.
+pub(crate) async fn message_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<Vec<StoredMessage>> {
+    agent(ctx)?;
+    let limit = page.limit.clamp(1, STORE_PAGE_COUNT_MAX);
+    let space = messages(ctx);
+    let Some(range) = page_range(ctx, (&space, "m", "mi"), page).await? else { return Ok(Vec::new()) };
+    let rows = ctx.kv_scan_page(&range, order(page.descending), limit).await?;
+    rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
+}
+
+/// The newest `count_max` messages, oldest first.
+pub(crate) async fn recent_messages(ctx: &mut Ctx<'_>, count_max: usize) -> Result<Vec<StoredMessage>> {
+    let page = PageSpec { limit: count_max, descending: true, ..PageSpec::default() };
+    let mut newest = message_page(ctx, &page).await?;
+    newest.reverse();
+    Ok(newest)
+}
+
+/// Up to `limit` messages below seq `below_seq` whose text contains
+/// `query` (case-insensitive), newest first. Candidates come from the search index (the messages
+/// holding the query's longest word), so the cost follows the matches, not
+/// the history: at most `CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX` are read.
+pub(crate) async fn search_messages(
+    ctx: &mut Ctx<'_>,
+    query: &str,
+    limit: usize,
+    below_seq: u64,
+) -> Result<Vec<StoredMessage>> {
+    agent(ctx)?;
+    ensure_index_watermark(ctx);
+    let needle = query.to_lowercase();
+    let Some(driver) = words(query).into_iter().max_by_key(|word| word.len()) else {
+        return Ok(Vec::new());
+    };
+    let space = messages(ctx);
+    let unindexed_below = ctx.state.unindexed_below_seq.unwrap_or(0).min(below_seq);
+    let mut hits = Vec::new();
+    let mut candidates_read = 0;
+    let mut range = KeyRange::prefix(format!("{space}w/{driver}/"));
+    range.end = Bound::Excluded(word_key(&space, &driver, below_seq));
+    'indexed: while hits.len() < limit && candidates_read < CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX {
+        let rows = ctx.kv_scan_page(&range, ScanOrder::Descending, STORE_PAGE_COUNT_MAX).await?;
+        for (key, _) in &rows {
+            let hex = &key[key.len() - 16..];
+            let seq = u64::from_str_radix(std::str::from_utf8(hex).unwrap_or_default(), 16)
+                .map_err(|e| Error::Corruption { location: "search index".into(), reason: e.to_string() })?;
+            candidates_read += 1;
+            if let Some(message) = read_message(ctx, &space, seq).await? {
+                if message.searchable_text().to_lowercase().contains(&needle) {
+                    hits.push(message);
+                }
+            }
+            if hits.len() >= limit || candidates_read >= CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX {
+                break 'indexed;
+            }
+        }
+        match rows.last() {
+            Some((key, _)) if rows.len() == STORE_PAGE_COUNT_MAX => range.end = Bound::Excluded(key.clone()),
+            _ => break,
+        }
+    }
+    // Messages written before the index existed are read one by one.
+    let mut seq = unindexed_below;
+    while hits.len() < limit && seq > 0 && candidates_read < CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX {
+        seq -= 1;
+        candidates_read += 1;
+        if let Some(message) = read_message(ctx, &space, seq).await? {
+            if message.searchable_text().to_lowercase().contains(&needle) {
+                hits.push(message);
+            }
+        }
+    }
+    Ok(hits)
+}
+
+async fn read_message(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option<StoredMessage>> {
+    match ctx.kv_get(&seq_key(space, "m", seq)).await? {
+        Some(bytes) => Ok(Some(decode(&bytes, "agent message")?)),
+        None => Ok(None),
+    }
 }
 
 /// Stores `passage` under the next sequence number.
-pub(crate) fn put_passage(ctx: &mut Ctx<'_>, passage: &Passage) -> Result<()> {
+pub(crate) async fn put_passage(ctx: &mut Ctx<'_>, passage: &Passage) -> Result<()> {
+    ensure_counted(ctx).await?;
     let seq = next_seq(ctx);
-    ctx.kv_put(&seq_key("p", seq), encode(passage)?)?;
-    ctx.kv_put(&index_key("pi", &passage.id), seq.to_be_bytes().to_vec())?;
+    let space = passages(ctx);
+    ctx.kv_put(&seq_key(&space, "p", seq), encode(passage)?)?;
+    ctx.kv_put(&index_key(&space, "pi", &passage.id), seq.to_be_bytes().to_vec())?;
+    counts_mut(ctx).passages += 1;
     Ok(())
 }
 
 /// A new passage with a new id, stored now.
-pub(crate) fn insert_passage(
+pub(crate) async fn insert_passage(
     ctx: &mut Ctx<'_>,
     text: String,
     tags: Vec<String>,
@@ -134,15 +407,33 @@ pub(crate) fn insert_passage(
         tags,
         created_ms: ctx.env.clock.wall_ms(),
     };
-    put_passage(ctx, &passage)?;
+    put_passage(ctx, &passage).await?;
     Ok(passage)
 }
 
-/// Every passage of the agent, oldest first.
-pub(crate) async fn all_passages(ctx: &mut Ctx<'_>) -> Result<Vec<Passage>> {
+/// One page of the agent's passages.
+pub(crate) async fn passage_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<Vec<Passage>> {
     agent(ctx)?;
-    let rows = ctx.kv_scan_prefix(b"p/").await?;
+    let limit = page.limit.clamp(1, STORE_PAGE_COUNT_MAX);
+    let space = passages(ctx);
+    let Some(range) = page_range(ctx, (&space, "p", "pi"), page).await? else { return Ok(Vec::new()) };
+    let rows = ctx.kv_scan_page(&range, order(page.descending), limit).await?;
     rows.iter().map(|(_, value)| decode(value, "agent passage")).collect()
+}
+
+/// Every passage of the agent, oldest first, read page by page.
+pub(crate) async fn all_passages(ctx: &mut Ctx<'_>) -> Result<Vec<Passage>> {
+    let mut all: Vec<Passage> = Vec::new();
+    loop {
+        let after = all.last().map(|passage| passage.id.clone());
+        let page = PageSpec { after, limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
+        let batch = passage_page(ctx, &page).await?;
+        let full = batch.len() == STORE_PAGE_COUNT_MAX;
+        all.extend(batch);
+        if !full {
+            return Ok(all);
+        }
+    }
 }
 
 /// The `top_k` passages nearest `query_embedding`, best first.
@@ -159,25 +450,64 @@ pub(crate) async fn search_passages(
 /// Deletes passage `id`; not found when the agent has no such passage.
 pub(crate) async fn delete_passage(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
     agent(ctx)?;
-    let Some(seq) = ctx.kv_get(&index_key("pi", id)).await? else {
+    ensure_counted(ctx).await?;
+    let space = passages(ctx);
+    let Some(seq) = seq_of(ctx, &space, "pi", id).await? else {
         return Err(Error::NotFound { kind: "passage", id: id.to_string() });
     };
-    let seq =
-        u64::from_be_bytes(seq.as_slice().try_into().map_err(|_| Error::Corruption {
-            location: "passage index".into(),
-            reason: "not 8 bytes".into(),
-        })?);
-    ctx.kv_delete(&seq_key("p", seq))?;
-    ctx.kv_delete(&index_key("pi", id))?;
+    ctx.kv_delete(&seq_key(&space, "p", seq))?;
+    ctx.kv_delete(&index_key(&space, "pi", id))?;
+    counts_mut(ctx).passages -= 1;
     Ok(())
 }
 
-/// Deletes every key under `prefixes`.
-pub(crate) async fn delete_prefixes(ctx: &mut Ctx<'_>, prefixes: &[&str]) -> Result<()> {
-    for prefix in prefixes {
-        for (key, _) in ctx.kv_scan_prefix(prefix.as_bytes()).await? {
-            ctx.kv_delete(&key)?;
+/// Ends the current message generation: the agent holds no message from
+/// now on, and the old ones wait for [`reclaim_batch`].
+pub(crate) async fn end_message_generation(ctx: &mut Ctx<'_>) -> Result<()> {
+    ensure_counted(ctx).await?;
+    let generation = ctx.state.message_generation;
+    push_reclaim(ctx, 'm', generation);
+    ctx.state.message_generation = generation + 1;
+    counts_mut(ctx).messages = 0;
+    ctx.state.unindexed_below_seq = Some(ctx.state.next_seq);
+    Ok(())
+}
+
+/// Ends the current passage generation, as [`end_message_generation`].
+pub(crate) async fn end_passage_generation(ctx: &mut Ctx<'_>) -> Result<()> {
+    ensure_counted(ctx).await?;
+    let generation = ctx.state.passage_generation;
+    push_reclaim(ctx, 'p', generation);
+    ctx.state.passage_generation = generation + 1;
+    counts_mut(ctx).passages = 0;
+    Ok(())
+}
+
+fn push_reclaim(ctx: &mut Ctx<'_>, kind: char, generation: u64) {
+    match generation {
+        0 => ctx.state.reclaim.extend(legacy_prefixes(kind).iter().map(|p| p.to_string())),
+        n => ctx.state.reclaim.push(generation_prefix(kind, n)),
+    }
+}
+
+/// Deletes up to `keys_max` keys of ended generations; `true` when none
+/// is left.
+pub(crate) async fn reclaim_batch(ctx: &mut Ctx<'_>, keys_max: usize) -> Result<bool> {
+    assert!(keys_max > 0, "a reclaim batch deletes something");
+    let mut budget = keys_max;
+    while budget > 0 {
+        let Some(prefix) = ctx.state.reclaim.first().cloned() else { break };
+        let page = budget.min(STORE_PAGE_COUNT_MAX);
+        let range = KeyRange::prefix(prefix.into_bytes());
+        let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, page).await?;
+        for (key, _) in &rows {
+            ctx.kv_delete(key)?;
+        }
+        budget -= rows.len();
+        if rows.len() < page {
+            // A short page: nothing of this prefix is left.
+            ctx.state.reclaim.remove(0);
         }
     }
-    Ok(())
+    Ok(ctx.state.reclaim.is_empty())
 }
