@@ -265,11 +265,35 @@ def test_an_agent_past_ten_thousand_messages_pages_to_the_end_searches_and_delet
     response = client.agents.messages.create(
         agent_id, messages=[{"role": "user", "content": '/call conversation_search {"query": "w7x"}'}]
     )
-    assert json.loads(response.messages[2].tool_return) == ["line 7 w7x"]
-    # The export holds it all; the delete is immediate.
+    returned = [m for m in response.messages if m.message_type == "tool_return_message"]
+    assert json.loads(returned[0].tool_return) == ["line 7 w7x"]
+    # The window held more messages than a step reads: the turn compacted it
+    # first, and its summary is the turn's first message.
+    assert "The following is a summary of the previous messages:" in response.messages[0].content
+    # The export holds it all (and the turn: summary, user, call, return,
+    # reply, its return); the delete is immediate.
     exported = json.loads(client.agents.export_file(agent_id))
-    assert len(exported["messages"]) == LONG_HISTORY_COUNT + 5  # and the turn: user, call, return, reply, its return
+    assert len(exported["messages"]) == LONG_HISTORY_COUNT + 6
     client.agents.delete(agent_id)
     with pytest.raises(NotFoundError):
         client.agents.retrieve(agent_id)
     client.agents.delete(source.id)
+
+
+def test_compaction_through_the_client_keeps_every_message(client):
+    agent = client.agents.create(
+        name="py-compact",
+        model="openai-proxy/fake-gpt",
+        context_window_limit=4000,
+        memory_blocks=[{"label": "human", "value": "Name: Ana."}],
+    )
+    assert agent.compaction_settings.mode == "sliding_window"
+    for item in range(6):
+        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": f"note {item}"}])
+    done = client.agents.messages.compact(agent.id, compaction_settings={"mode": "all"})
+    assert done.summary.startswith("Summary of ") and done.num_messages_after == 2
+    listed = list(client.agents.messages.list(agent.id, order="asc", limit=50))
+    notes = [m.content for m in listed if m.message_type == "user_message" and m.content.startswith("note")]
+    assert notes == [f"note {item}" for item in range(6)], "compaction deletes nothing"
+    assert "The following is a summary of the previous messages:" in listed[-1].content
+    client.agents.delete(agent.id)

@@ -30,6 +30,9 @@ pub enum ServiceError {
     Tool(#[from] kelpie_tools::ToolError),
     #[error("{0}")]
     Invalid(String),
+    /// A well-formed request that cannot be done in the agent's state.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]

@@ -86,6 +86,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
         "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
         "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
         "timezone": "UTC", "max_files_open": 5, "per_file_view_window_char_limit": 15000, "hidden": null,
+        "compaction_settings": crate::context::settings_json(agent),
     });
     with(core, rest)
 }
@@ -175,7 +176,7 @@ fn secrets_json(agent: &AgentRecord) -> Vec<Value> {
 /// return is not shown, as Letta does not show it).
 pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
     match &message.body {
-        MessageBody::User { content } => {
+        MessageBody::User { content } | MessageBody::Summary { content, .. } => {
             vec![with(envelope(message, "user_message"), json!({"content": content}))]
         }
         MessageBody::Assistant { content, tool_calls } => assistant_parts(message, content, tool_calls),
@@ -188,6 +189,37 @@ pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
             }),
         )],
     }
+}
+
+/// A stored message as Letta's internal `Message` (the shape
+/// `GET /v1/agents/{id}/context` lists), with its role and text.
+pub fn internal_message_json(agent_id: &str, message: &StoredMessage) -> Value {
+    let text = |text: &str| json!([{"type": "text", "text": text}]);
+    let (role, content, tool_calls, tool_call_id, name) = match &message.body {
+        MessageBody::User { content } => ("user", text(content), Value::Null, Value::Null, Value::Null),
+        MessageBody::Summary { content, .. } => {
+            ("summary", text(content), Value::Null, Value::Null, Value::Null)
+        }
+        MessageBody::Assistant { content, tool_calls } => {
+            let calls: Vec<Value> = tool_calls
+                .iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .collect();
+            let content = content.as_deref().map_or(json!([]), text);
+            ("assistant", content, Value::Array(calls), Value::Null, Value::Null)
+        }
+        MessageBody::Tool { tool_call_id, name, result, .. } => {
+            ("tool", text(result), Value::Null, json!(tool_call_id), json!(name))
+        }
+    };
+    json!({
+        "id": message.id, "agent_id": agent_id, "role": role, "content": content, "name": name,
+        "tool_calls": tool_calls, "tool_call_id": tool_call_id, "step_id": message.step_id,
+        "run_id": message.run_id, "otid": uuid_part(&message.id),
+        "created_at": rfc3339_micros(message.created_ms), "updated_at": rfc3339_micros(message.created_ms),
+        "model": null, "created_by_id": null, "last_updated_by_id": null, "tool_returns": null, "group_id": null,
+        "sender_id": null, "batch_item_id": null, "conversation_id": null, "is_err": null,
+    })
 }
 
 pub fn passage_json(agent: &AgentRecord, passage: &Passage) -> Value {

@@ -2,10 +2,11 @@
 //!
 //! Layers, each using only the ones before it:
 //! - [`limits`], [`ids`], [`model`], [`page`], [`letta`], [`requests`],
-//!   [`error`], [`agent_file`]: the agent domain's limits, ids and times,
-//!   the persisted records, cursor pages, Letta's wire shapes, the request
-//!   bodies the service takes, the errors, and the export file format with
-//!   its streaming reader;
+//!   [`error`], [`agent_file`], [`context`]: the agent domain's limits, ids
+//!   and times, the persisted records, cursor pages, Letta's wire shapes,
+//!   the request bodies the service takes, the errors, the export file
+//!   format with its streaming reader, and the context window (token
+//!   estimates, compaction's decisions and texts);
 //! - [`actors`]: the virtual actors and their commands — one per agent, the
 //!   agent directory shards, the shared block store, the custom tool store and
 //!   one per run. Each command is one transaction;
@@ -22,6 +23,7 @@
 pub mod actors;
 pub mod agent_file;
 pub mod cluster;
+pub mod context;
 pub mod error;
 pub mod ids;
 pub mod letta;

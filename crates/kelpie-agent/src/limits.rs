@@ -6,8 +6,10 @@ pub const TOOL_RETURN_CHARS_MAX: usize = 50_000;
 pub const AGENT_STEPS_COUNT_DEFAULT: u32 = 10;
 /// Most steps of the agent loop per request.
 pub const AGENT_STEPS_COUNT_MAX: u32 = 50;
-/// Most recent messages put into the prompt, before the context-window cut.
-pub const PROMPT_MESSAGES_COUNT_MAX: usize = 100;
+/// Most in-context messages a step reads; a window holding this many is
+/// compacted even when its tokens would fit (so a step's reads stay
+/// bounded whatever the history).
+pub const PROMPT_MESSAGES_COUNT_MAX: usize = 500;
 
 /// Most rows one store read of an agent's messages or passages returns (a
 /// page of a list, a batch of an export); lists longer than this are read

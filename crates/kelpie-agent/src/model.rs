@@ -38,6 +38,10 @@ pub struct AgentRecord {
     /// `secrets`). Never rendered back with their values.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// How the agent's context is compacted (Letta's `compaction_settings`);
+    /// `None` uses the defaults.
+    #[serde(default)]
+    pub compaction: Option<CompactionSettings>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -63,6 +67,57 @@ pub enum MessageBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stderr: Option<String>,
     },
+    /// The summary a compaction wrote of the messages it moved out of the
+    /// context window: `summary` as the model wrote it, `content` the
+    /// message the agent reads (and Letta's clients list as a user message).
+    Summary {
+        summary: String,
+        content: String,
+    },
+}
+
+/// How a compaction chooses what to summarize (Letta's names; the
+/// `self_compact_*` modes summarize as their plain counterparts do).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactionMode {
+    /// The oldest messages, until the rest fits comfortably.
+    #[default]
+    SlidingWindow,
+    /// Every message in the context window.
+    All,
+    SelfCompactSlidingWindow,
+    SelfCompactAll,
+}
+
+impl CompactionMode {
+    pub fn is_sliding(self) -> bool {
+        matches!(self, CompactionMode::SlidingWindow | CompactionMode::SelfCompactSlidingWindow)
+    }
+}
+
+/// Letta's `CompactionSettings`, as stored: `None` fields take defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionSettings {
+    /// The model handle that writes summaries (default: the agent's own).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub model_settings: Option<Value>,
+    /// The summarizer's instructions (default: Kelpie's, per mode).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub prompt_acknowledgement: bool,
+    /// Longest summary kept, in characters (default 50 000; `null` in a
+    /// request keeps the default).
+    #[serde(default)]
+    pub clip_chars: Option<u64>,
+    #[serde(default)]
+    pub mode: CompactionMode,
+    /// Share of the window the first eviction starts from (default 0.3).
+    #[serde(default)]
+    pub sliding_window_percentage: Option<f64>,
 }
 
 /// One persisted message of an agent's conversation.
@@ -90,6 +145,7 @@ impl StoredMessage {
                 text
             }
             MessageBody::Tool { result, .. } => result.clone(),
+            MessageBody::Summary { summary, .. } => summary.clone(),
         }
     }
 }
@@ -153,6 +209,7 @@ mod tests {
             embedding,
             tool_ids: Vec::new(),
             secrets: BTreeMap::new(),
+            compaction: None,
             created_ms: 1,
             updated_ms: 2,
         };

@@ -9,6 +9,8 @@ use kelpie_tools::pip::PipRequirement;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::model::CompactionSettings;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CreateBlock {
     pub label: String,
@@ -44,6 +46,7 @@ pub struct CreateAgent {
     pub secrets: Option<BTreeMap<String, String>>,
     /// Letta's older name for `secrets`; `secrets` wins when both are given.
     pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
+    pub compaction_settings: Option<CompactionSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,6 +60,15 @@ pub struct UpdateAgent {
     /// Replaces every environment variable of the agent's tool calls.
     pub secrets: Option<BTreeMap<String, String>>,
     pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
+    /// Merged into the stored settings: only the fields given change.
+    pub compaction_settings: Option<Value>,
+}
+
+/// The body of `POST /v1/agents/{id}/summarize` (Letta's `CompactionRequest`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SummarizeRequest {
+    /// Merged over the agent's settings for this compaction only.
+    pub compaction_settings: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

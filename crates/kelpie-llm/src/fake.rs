@@ -5,7 +5,9 @@
 //! - from the user with text `/call <tool> <json args>`: a tool call of
 //!   `<tool>` with those arguments (and a short reasoning text);
 //! - from the user with any other text, or from a tool: a `send_message`
-//!   call whose message is `echo: <the last user text>`.
+//!   call whose message is `echo: <the last user text>`;
+//! - a summarizer's (no tools, the last message a `<transcript>`): the text
+//!   `Summary of <n> lines: <the first line>`.
 //!
 //! `POST /v1/embeddings` answers a 3-dimension one-hot vector per input:
 //! texts naming a cat (`cat`, `kitten`, `feline`) on axis 0, a car (`car`,
@@ -46,6 +48,8 @@ pub const FAKE_STREAM_BREAK_DELAY_MS: u64 = 50;
 
 enum Scripted {
     Status(u16),
+    /// An error status with this error message.
+    Error(u16, String),
     Reply(Value),
     /// The default answer, streamed, cut off after this many SSE events.
     BrokenStream {
@@ -104,6 +108,11 @@ impl FakeLlm {
         self.lock().queue.push_back(Scripted::Status(status));
     }
 
+    /// Queues one error answer: `status` with `{"error": {"message": message}}`.
+    pub fn push_error(&self, status: u16, message: &str) {
+        self.lock().queue.push_back(Scripted::Error(status, message.to_string()));
+    }
+
     /// Queues one streamed answer (the default one) whose connection is
     /// closed, without `[DONE]`, after `events_count` SSE events.
     pub fn push_broken_stream(&self, events_count: usize) {
@@ -159,6 +168,12 @@ fn default_answer(request: &Value) -> Value {
     let messages = request["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(message_text).unwrap_or_default();
     let last_is_user = messages.last().is_some_and(|m| m["role"] == "user");
+    let no_tools = request["tools"].as_array().is_none_or(Vec::is_empty);
+    if let Some(transcript) = last_user.strip_prefix("<transcript>\n").filter(|_| no_tools && last_is_user) {
+        let lines: Vec<&str> = transcript.lines().take_while(|line| *line != "</transcript>").collect();
+        let first = lines.first().copied().unwrap_or_default();
+        return completion(Some(&format!("Summary of {} lines: {first}", lines.len())), &[]);
+    }
     if let Some(directive) = last_user.strip_prefix("/call ").filter(|_| last_is_user) {
         let (tool, args) = directive.split_once(' ').unwrap_or((directive, "{}"));
         let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
@@ -181,6 +196,10 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (code, Json(json!({"error": {"message": format!("scripted failure {status}")}})))
                 .into_response();
+        }
+        Some(Scripted::Error(status, message)) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (code, Json(json!({"error": {"message": message}}))).into_response();
         }
         Some(Scripted::Reply(answer)) => answer,
         Some(Scripted::BrokenStream { events_count }) => {

@@ -26,6 +26,30 @@ pub enum LlmError {
     NotConfigured { provider: String },
 }
 
+/// Phrases with which providers refuse a prompt longer than the model's
+/// context window (OpenAI, Anthropic, vLLM, llama.cpp, Ollama word it so).
+const CONTEXT_OVERFLOW_PHRASES: [&str; 6] = [
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "prompt is too long",
+    "too many tokens",
+    "exceeds the context",
+];
+
+impl LlmError {
+    /// Whether the provider refused the prompt as too long for the model.
+    pub fn is_context_overflow(&self) -> bool {
+        match self {
+            LlmError::Status { status: 400 | 413, body, .. } => {
+                let body = body.to_lowercase();
+                CONTEXT_OVERFLOW_PHRASES.iter().any(|phrase| body.contains(phrase))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One request to a provider may take this long.
 pub const LLM_REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// Attempts per request, the first included.
@@ -162,5 +186,16 @@ mod tests {
         assert!(!is_retriable(&status(401)));
         assert!(is_retriable(&LlmError::Transport { endpoint: "e".into(), reason: "refused".into() }));
         assert!(!is_retriable(&LlmError::NotConfigured { provider: "anthropic".into() }));
+    }
+
+    #[test]
+    fn a_prompt_refused_as_too_long_is_recognized() {
+        let refused =
+            |status, body: &str| LlmError::Status { endpoint: "e".into(), status, body: body.into() };
+        assert!(refused(400, r#"{"error":{"code":"context_length_exceeded"}}"#).is_context_overflow());
+        assert!(refused(400, "This model's maximum context length is 8192 tokens").is_context_overflow());
+        assert!(refused(400, "prompt is too long: 210000 tokens > 200000 maximum").is_context_overflow());
+        assert!(!refused(400, "invalid tool schema").is_context_overflow());
+        assert!(!refused(500, "maximum context length").is_context_overflow());
     }
 }

@@ -61,6 +61,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Tool(tool) if tool.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Tool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Invalid(_) | ServiceError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Refused(_) => StatusCode::BAD_REQUEST,
             ServiceError::Memory(MemoryError::BlockNotFound { .. }) => StatusCode::NOT_FOUND,
             ServiceError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Llm(_) => StatusCode::BAD_GATEWAY,

@@ -23,6 +23,7 @@ use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply, PageSpec};
 use crate::actors::directory::DirectoryEntry;
 use crate::actors::reclaim::PendingKind;
 use crate::actors::tool_store::ToolRecord;
+use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{id_from_key, new_id};
 use crate::letta::{block_json, letta_messages};
@@ -111,7 +112,10 @@ impl Agents {
         )?;
         let secrets = request.secrets.or(request.tool_exec_environment_variables).unwrap_or_default();
         check_secrets(&secrets)?;
-        Ok(AgentRecord {
+        if let Some(settings) = &request.compaction_settings {
+            context::check_settings(settings).map_err(ServiceError::Invalid)?;
+        }
+        let record = AgentRecord {
             id,
             name,
             system: request.system.unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string()),
@@ -124,9 +128,12 @@ impl Agents {
             embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
             tool_ids,
             secrets,
+            compaction: request.compaction_settings,
             created_ms: now,
             updated_ms: now,
-        })
+        };
+        context::check_fixed_fits(&record).map_err(ServiceError::Invalid)?;
+        Ok(record)
     }
 
     /// Creates an agent. With an idempotency key its id comes from the key,
@@ -199,6 +206,13 @@ impl Agents {
         if let Some(secrets) = &secrets {
             check_secrets(secrets)?;
         }
+        let compaction = match &request.compaction_settings {
+            Some(changes) => Some(
+                context::merge_settings(current.compaction.as_ref(), changes)
+                    .map_err(ServiceError::Invalid)?,
+            ),
+            None => None,
+        };
         let patch = AgentPatch {
             name: request.name,
             system: request.system,
@@ -207,8 +221,9 @@ impl Agents {
             tags: request.tags,
             tool_ids: request.tool_ids,
             secrets,
+            compaction,
         };
-        let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(patch)).await?;
+        let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(Box::new(patch))).await?;
         if updated.name != current.name || updated.tags != current.tags {
             self.directory.update(entry_of(&updated)).await?;
         }

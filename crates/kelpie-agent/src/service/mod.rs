@@ -119,6 +119,7 @@ impl AgentService {
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
             Arc::clone(&llm),
+            catalog.clone(),
             env.clone(),
         ));
         let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());

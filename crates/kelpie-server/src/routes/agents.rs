@@ -15,7 +15,7 @@ use super::multipart::{self, FormEvent, FormReader};
 use crate::api::{repeated_param, AgentListQuery, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
-use kelpie_agent::requests::{CreateAgent, UpdateAgent};
+use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateAgent};
 use kelpie_agent::service::transfer::{AgentExport, AgentImport, ImportOptions};
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -40,6 +40,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/tools/detach/{tool_id}", patch(detach_tool))
         .route("/v1/agents/{agent_id}/reset-messages", patch(reset_messages))
         .route("/v1/agents/{agent_id}/export", get(export))
+        .route("/v1/agents/{agent_id}/summarize", post(summarize))
+        .route("/v1/agents/{agent_id}/context", get(context_window))
         .merge(import)
 }
 
@@ -118,6 +120,29 @@ async fn reset_messages(
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.agents.reset_messages(&agent_id).await?))
+}
+
+/// Letta's optional `CompactionRequest`: an empty body, `null` or
+/// `{"compaction_settings": {...}}`.
+async fn summarize(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: SummarizeRequest = match body.iter().all(u8::is_ascii_whitespace) {
+        true => SummarizeRequest::default(),
+        false => serde_json::from_slice::<Option<SummarizeRequest>>(&body)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid body: {e}")))?
+            .unwrap_or_default(),
+    };
+    Ok(Json(state.service.turns.summarize(&agent_id, request).await?))
+}
+
+async fn context_window(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.turns.context_window(&agent_id).await?))
 }
 
 /// The agent as one JSON file ([`kelpie_agent::agent_file`]), streamed a

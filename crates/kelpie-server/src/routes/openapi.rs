@@ -134,6 +134,20 @@ pub const ROUTES: &[RouteDoc] = &[
         "AgentState",
     ),
     route(
+        "post",
+        "/v1/agents/{agent_id}/summarize",
+        "Summarize the oldest messages of the context window now (compaction_settings over the agent's)",
+        Some("CompactionRequest"),
+        "CompactionResponse",
+    ),
+    route(
+        "get",
+        "/v1/agents/{agent_id}/context",
+        "The context window: what the next prompt holds and its estimated tokens",
+        None,
+        "ContextWindowOverview",
+    ),
+    route(
         "get",
         "/v1/agents/{agent_id}/export",
         "Export the agent, its messages, passages and custom tools as one JSON file",

@@ -8,6 +8,7 @@
 use kelpie_core::Result;
 use kelpie_memory::core::INSERT_LINE_END;
 use kelpie_memory::working::{MS_PER_SECOND, WORKING_TTL_MS_MAX};
+use kelpie_memory::{CoreMemory, MemoryError};
 use kelpie_tools::builtin::{
     ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH, CONVERSATION_SEARCH, CORE_MEMORY_APPEND,
     CORE_MEMORY_REPLACE, MEMORY_INSERT, MEMORY_REPLACE, WORKING_MEMORY_DELETE, WORKING_MEMORY_GET,
@@ -88,32 +89,43 @@ pub(super) async fn run_builtin(
     })
 }
 
+/// Applies a memory tool's `edit` to a copy of core memory, kept only if
+/// it succeeds and the system prompt and core memory still leave room for a
+/// conversation in the context window; else the model reads why.
+fn edit_core<T>(
+    ctx: &mut Ctx<'_>,
+    edit: impl FnOnce(&mut CoreMemory) -> Result<T, MemoryError>,
+) -> Result<T, String> {
+    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
+    let mut memory = agent.memory.clone();
+    let out = edit(&mut memory).map_err(|e| e.to_string())?;
+    crate::context::check_fits(&agent.system, &memory, agent.llm.context_window)?;
+    agent.memory = memory;
+    Ok(out)
+}
+
 fn core_memory_append(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     let (label, content) = (arg(args, "label")?, arg(args, "content")?);
-    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
-    agent.memory.append(label, content).map_err(|e| e.to_string())?;
+    edit_core(ctx, |memory| memory.append(label, content).map(drop))?;
     Ok(format!("Appended to block {label}."))
 }
 
 fn core_memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     let (label, old, new) = (arg(args, "label")?, arg(args, "old_content")?, arg(args, "new_content")?);
-    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
-    agent.memory.replace(label, old, new).map_err(|e| e.to_string())?;
+    edit_core(ctx, |memory| memory.replace(label, old, new).map(drop))?;
     Ok(format!("Replaced text in block {label}."))
 }
 
 fn memory_insert(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     let (label, text) = (arg(args, "label")?, arg(args, "new_string")?);
     let insert_line = int_arg(args, "insert_line")?.unwrap_or(INSERT_LINE_END);
-    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
-    let block = agent.memory.insert_lines(label, text, insert_line).map_err(|e| e.to_string())?;
+    let block = edit_core(ctx, |memory| memory.insert_lines(label, text, insert_line).cloned())?;
     Ok(format!("Inserted into block {label}; it now reads:\n{}", block.value))
 }
 
 fn memory_replace(ctx: &mut Ctx<'_>, args: &Value) -> ToolResult {
     let (label, old, new) = (arg(args, "label")?, arg(args, "old_string")?, arg(args, "new_string")?);
-    let agent = agent_mut(ctx).map_err(|e| e.to_string())?;
-    let block = agent.memory.replace_unique(label, old, new).map_err(|e| e.to_string())?;
+    let block = edit_core(ctx, |memory| memory.replace_unique(label, old, new).cloned())?;
     Ok(format!("Replaced text in block {label}; it now reads:\n{}", block.value))
 }
 

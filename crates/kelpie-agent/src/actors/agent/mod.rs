@@ -15,10 +15,10 @@ use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
 use store::{agent, agent_mut, Ctx};
-pub use store::{AgentActorState, Counts, PageSpec};
+pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 
 use crate::error::memory_error;
-use crate::model::{AgentRecord, BlockPatch, MessageBody, StoredMessage, TextEmbedding};
+use crate::model::{AgentRecord, BlockPatch, CompactionSettings, MessageBody, StoredMessage, TextEmbedding};
 
 /// Namespace of agent actor ids: `agents/<agent id>`.
 pub const AGENT_NAMESPACE: &str = "agents";
@@ -35,6 +35,9 @@ pub struct AgentPatch {
     /// Replaces the agent's tool environment.
     #[serde(default)]
     pub secrets: Option<std::collections::BTreeMap<String, String>>,
+    /// Replaces the compaction settings.
+    #[serde(default)]
+    pub compaction: Option<CompactionSettings>,
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool,
@@ -92,7 +95,7 @@ pub enum AgentCommand {
     Get,
     /// How many messages and passages the agent holds.
     Counts,
-    Update(AgentPatch),
+    Update(Box<AgentPatch>),
     Delete,
     UpdateBlock {
         label: String,
@@ -111,8 +114,17 @@ pub enum AgentCommand {
     MessagePage(PageSpec),
     /// Deletes every message; passages and memory stay.
     ResetMessages,
-    Recent {
+    /// The context window: its newest `count_max` messages, the summary
+    /// before them, and how many messages the agent holds.
+    InContext {
         count_max: usize,
+    },
+    /// Moves the window's start to `start_seq` and stores the summary of
+    /// what left it (`summary` as written, `content` as the agent reads it).
+    Compact {
+        start_seq: u64,
+        summary: String,
+        content: String,
     },
     CommitStep(Box<StepInput>),
     InsertPassage {
@@ -148,6 +160,12 @@ pub enum AgentReply {
         passages: Vec<Passage>,
     },
     Counts(Counts),
+    InContext {
+        messages: Vec<StoredMessage>,
+        summary: Option<String>,
+        summary_content: Option<String>,
+        counts: Counts,
+    },
     /// Whether nothing is left to reclaim.
     Reclaimed {
         done: bool,
@@ -176,7 +194,7 @@ impl Actor for AgentActor {
                 agent(ctx)?;
                 Ok(AgentReply::Counts(store::ensure_counted(ctx).await?))
             }
-            AgentCommand::Update(patch) => update(ctx, patch),
+            AgentCommand::Update(patch) => update(ctx, *patch),
             AgentCommand::Delete => delete(ctx).await,
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
             AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
@@ -186,8 +204,20 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Messages(store::message_page(ctx, &page).await?))
             }
             AgentCommand::ResetMessages => reset_messages(ctx).await,
-            AgentCommand::Recent { count_max } => {
-                Ok(AgentReply::Messages(store::recent_messages(ctx, count_max).await?))
+            AgentCommand::InContext { count_max } => {
+                let messages = store::recent_messages(ctx, count_max).await?;
+                let counts = store::ensure_counted(ctx).await?;
+                let context = ctx.state.context.clone();
+                Ok(AgentReply::InContext {
+                    messages,
+                    summary: context.summary,
+                    summary_content: context.summary_content,
+                    counts,
+                })
+            }
+            AgentCommand::Compact { start_seq, summary, content } => {
+                let message = store::compact(ctx, start_seq, summary, content).await?;
+                Ok(AgentReply::Messages(vec![message]))
             }
             AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
             AgentCommand::InsertPassage { text, tags, embedding } => {
@@ -309,6 +339,10 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     if let Some(secrets) = patch.secrets {
         agent.secrets = secrets;
     }
+    if patch.compaction.is_some() {
+        agent.compaction = patch.compaction;
+    }
+    check_fits(agent)?;
     agent.updated_ms = now;
     Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
@@ -344,6 +378,7 @@ fn update_block(ctx: &mut Ctx<'_>, label: &str, patch: BlockPatch) -> Result<Age
         memory.set_value(label, value).map_err(memory_error)?;
     }
     memory.set_details(label, patch.description, patch.read_only).map_err(memory_error)?;
+    check_fits(&AgentRecord { memory: memory.clone(), ..agent.clone() })?;
     agent.memory = memory;
     agent.updated_ms = now;
     Ok(AgentReply::Agent(Box::new(agent.clone())))
@@ -358,9 +393,16 @@ fn edit_memory(
     let agent = agent_mut(ctx)?;
     let mut memory = agent.memory.clone();
     edit(&mut memory).map_err(memory_error)?;
+    check_fits(&AgentRecord { memory: memory.clone(), ..agent.clone() })?;
     agent.memory = memory;
     agent.updated_ms = now;
     Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+/// Refuses a system prompt and core memory that would leave no room in the
+/// context window for a conversation.
+fn check_fits(agent: &AgentRecord) -> Result<()> {
+    crate::context::check_fixed_fits(agent).map_err(|reason| Error::validation("context window", reason))
 }
 
 async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {

@@ -63,6 +63,20 @@ pub struct AgentActorState {
     /// is not visible until the import finishes.
     #[serde(default)]
     pub importing: bool,
+    /// What of the conversation is in the context window.
+    #[serde(default)]
+    pub context: ContextState,
+}
+
+/// The part of the conversation in the context window: the messages from
+/// `start_seq` on, after the summary of those before it, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextState {
+    pub start_seq: u64,
+    /// The latest summary, as the model wrote it.
+    pub summary: Option<String>,
+    /// The message holding it, as the agent reads it.
+    pub summary_content: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,12 +322,53 @@ pub(crate) async fn message_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<V
     rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
 }
 
-/// The newest `count_max` messages, oldest first.
+/// The newest `count_max` messages of the context window (from its start
+/// on; summaries excluded, they are shown from the state), oldest first.
 pub(crate) async fn recent_messages(ctx: &mut Ctx<'_>, count_max: usize) -> Result<Vec<StoredMessage>> {
-    let page = PageSpec { limit: count_max, descending: true, ..PageSpec::default() };
-    let mut newest = message_page(ctx, &page).await?;
+    agent(ctx)?;
+    let space = messages(ctx);
+    let mut range = KeyRange::prefix(format!("{space}m/"));
+    range.start = Bound::Included(seq_key(&space, "m", ctx.state.context.start_seq));
+    let rows =
+        ctx.kv_scan_page(&range, ScanOrder::Descending, count_max.clamp(1, STORE_PAGE_COUNT_MAX)).await?;
+    let mut newest: Vec<StoredMessage> = rows
+        .iter()
+        .map(|(_, value)| decode::<StoredMessage>(value, "agent message"))
+        .filter(|message| !matches!(message, Ok(StoredMessage { body: MessageBody::Summary { .. }, .. })))
+        .collect::<Result<_>>()?;
     newest.reverse();
     Ok(newest)
+}
+
+/// Moves the context window's start to `start_seq` (the messages before it
+/// leave the window) and stores the summary of what left, as a message.
+pub(crate) async fn compact(
+    ctx: &mut Ctx<'_>,
+    start_seq: u64,
+    summary: String,
+    content: String,
+) -> Result<StoredMessage> {
+    agent(ctx)?;
+    if start_seq < ctx.state.context.start_seq || start_seq > ctx.state.next_seq {
+        return Err(Error::validation(
+            "compaction",
+            format!(
+                "the window may start at {}..={}, not {start_seq}",
+                ctx.state.context.start_seq, ctx.state.next_seq
+            ),
+        ));
+    }
+    let message = StoredMessage {
+        id: new_id("message", ctx.env.rng.as_ref()),
+        seq: 0,
+        created_ms: ctx.env.clock.wall_ms(),
+        run_id: None,
+        step_id: None,
+        body: MessageBody::Summary { summary: summary.clone(), content: content.clone() },
+    };
+    let message = put_message(ctx, message).await?;
+    ctx.state.context = ContextState { start_seq, summary: Some(summary), summary_content: Some(content) };
+    Ok(message)
 }
 
 /// Up to `limit` messages below seq `below_seq` whose text contains
@@ -470,6 +525,7 @@ pub(crate) async fn end_message_generation(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.state.message_generation = generation + 1;
     counts_mut(ctx).messages = 0;
     ctx.state.unindexed_below_seq = Some(ctx.state.next_seq);
+    ctx.state.context = ContextState { start_seq: ctx.state.next_seq, ..ContextState::default() };
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! same transaction), and repeat until the agent replies or the step limit
 //! is reached. The whole turn holds the agent's turn lock.
 
+pub mod compaction;
 mod external;
 mod prompt;
 pub mod token_stream;
@@ -12,7 +13,9 @@ pub mod token_stream;
 use std::sync::Arc;
 
 use kelpie_core::Env;
+use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::{ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, TokenUsage, ToolCall};
+use kelpie_runtime::ActorRef;
 use kelpie_tools::builtin::{ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH};
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::{json, Value};
@@ -20,13 +23,19 @@ use serde_json::{json, Value};
 use super::agent_actors::AgentActors;
 use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentCommand, AgentReply, StepInput};
+use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, StepInput};
+use crate::actors::tool_store::ToolRecord;
+use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
-use crate::model::{MessageBody, StoredMessage, TextEmbedding};
-use prompt::build_request;
+use crate::model::{
+    AgentRecord, CompactionMode, CompactionSettings, MessageBody, StoredMessage, TextEmbedding,
+};
+use crate::requests::SummarizeRequest;
+use compaction::{Compacted, CompactionInput};
+use prompt::PromptParts;
 use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 
 /// What a turn produced.
@@ -100,11 +109,47 @@ fn archival_text(call: &ToolCall) -> Option<String> {
     args[field].as_str().map(str::to_string)
 }
 
+/// Compactions one step may run before it sends what fits.
+const STEP_COMPACTIONS_COUNT_MAX: u32 = 3;
+/// Times a step compacts everything and retries after the provider refused
+/// its prompt as too long.
+const OVERFLOW_RETRIES_COUNT_MAX: u32 = 2;
+
+/// The context window as a turn holds it between steps.
+struct Window {
+    /// In-context messages, oldest first.
+    history: Vec<StoredMessage>,
+    /// The summary message of what left the window.
+    summary: Option<String>,
+    summary_content: Option<String>,
+    /// Messages stored outside the window.
+    hidden: u64,
+}
+
+fn prompt_parts<'a>(
+    agent: &'a AgentRecord,
+    custom: &'a [ToolRecord],
+    window: &'a Window,
+    pending: &'a [String],
+    now_ms: u64,
+) -> PromptParts<'a> {
+    PromptParts {
+        agent,
+        custom,
+        history: &window.history,
+        summary: window.summary_content.as_deref(),
+        hidden: window.hidden,
+        pending,
+        now_ms,
+    }
+}
+
 pub struct Turns {
     actors: Arc<AgentActors>,
     tools: Arc<ToolService>,
     sandbox_configs: Arc<SandboxConfigs>,
     llm: Arc<dyn ChatModel>,
+    catalog: ModelCatalog,
     env: Env,
 }
 
@@ -114,9 +159,52 @@ impl Turns {
         tools: Arc<ToolService>,
         sandbox_configs: Arc<SandboxConfigs>,
         llm: Arc<dyn ChatModel>,
+        catalog: ModelCatalog,
         env: Env,
     ) -> Self {
-        Turns { actors, tools, sandbox_configs, llm, env }
+        Turns { actors, tools, sandbox_configs, llm, catalog, env }
+    }
+
+    /// The context window of agent `agent_ref` as stored.
+    async fn window(&self, agent_ref: &ActorRef<AgentActor>) -> ServiceResult<Window> {
+        let AgentReply::InContext { messages, summary, summary_content, counts } =
+            agent_ref.invoke_local(AgentCommand::InContext { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
+        else {
+            return Err(unexpected("context window"));
+        };
+        let hidden = counts.messages.saturating_sub(messages.len() as u64);
+        Ok(Window { history: messages, summary, summary_content, hidden })
+    }
+
+    /// Compacts `window` with `settings` (for a prompt whose other parts
+    /// take `fixed_tokens`); the compaction, or `None` when nothing could be
+    /// summarized.
+    async fn compact(
+        &self,
+        agent_ref: &ActorRef<AgentActor>,
+        agent: &AgentRecord,
+        window: &mut Window,
+        fixed_tokens: u64,
+        settings: &CompactionSettings,
+    ) -> ServiceResult<Option<Compacted>> {
+        let input = CompactionInput {
+            agent,
+            history: &window.history,
+            previous_summary: window.summary.as_deref(),
+            fixed_tokens,
+            settings,
+            now_ms: self.env.clock.wall_ms(),
+        };
+        let done = compaction::compact(self.llm.as_ref(), &self.catalog, agent_ref, input).await?;
+        if let Some(done) = &done {
+            window.hidden += (window.history.len() - done.kept.len()) as u64;
+            window.history = done.kept.clone();
+            window.summary = Some(done.summary.clone());
+            if let MessageBody::Summary { content, .. } = &done.message.body {
+                window.summary_content = Some(content.clone());
+            }
+        }
+        Ok(done)
     }
 
     /// Runs one turn for `inputs` (the user's messages). Each step's Letta
@@ -146,11 +234,7 @@ impl Turns {
         let lock = self.actors.turn_lock(agent_id);
         let _turn = lock.lock().await;
         let mut agent = self.actors.record(agent_id).await?;
-        let AgentReply::Messages(mut history) =
-            agent_ref.invoke_local(AgentCommand::Recent { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
-        else {
-            return Err(unexpected("recent messages"));
-        };
+        let mut window = self.window(&agent_ref).await?;
         let custom = self.tools.custom_tools().await?;
         let sandbox = self.sandbox_configs.tool_settings().await?;
         let mut pending = inputs;
@@ -163,10 +247,18 @@ impl Turns {
         while outcome.step_count < max_steps {
             let step_id = new_id("step", self.env.rng.as_ref());
             let assistant_message_id = new_id("message", self.env.rng.as_ref());
-            let now_ms = self.env.clock.wall_ms();
-            let envelope = assistant_envelope(&assistant_message_id, run_id, &step_id, now_ms);
-            let request = build_request(&agent, &custom, &history, &pending, now_ms);
-            let (answer, streamed) = self.call_llm(&agent.llm.provider, &request, events, envelope).await?;
+            let (answer, streamed) = self
+                .step_answer(
+                    &agent_ref,
+                    &agent,
+                    &custom,
+                    &mut window,
+                    &pending,
+                    (run_id, &step_id, &assistant_message_id),
+                    events,
+                    &mut outcome,
+                )
+                .await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
@@ -192,13 +284,157 @@ impl Turns {
             };
             agent = *updated;
             emit_step(&mut outcome, &messages, events, streamed.as_ref());
-            history.extend(messages);
+            window.history.extend(messages);
             if replied {
                 outcome.stop_reason = "end_turn";
                 break;
             }
         }
         Ok(outcome)
+    }
+
+    /// `POST /v1/agents/{id}/summarize`: compacts the context window now,
+    /// with the agent's settings and `request`'s changes over them (for this
+    /// compaction only); `{summary, num_messages_before, num_messages_after}`.
+    pub async fn summarize(&self, agent_id: &str, request: SummarizeRequest) -> ServiceResult<Value> {
+        let agent_ref = self.actors.agent_ref(agent_id)?;
+        let lock = self.actors.turn_lock(agent_id);
+        let _turn = lock.lock().await;
+        let agent = self.actors.record(agent_id).await?;
+        let settings = match &request.compaction_settings {
+            Some(changes) => {
+                context::merge_settings(agent.compaction.as_ref(), changes).map_err(ServiceError::Invalid)?
+            }
+            None => agent.compaction.clone().unwrap_or_default(),
+        };
+        let custom = self.tools.custom_tools().await?;
+        let mut window = self.window(&agent_ref).await?;
+        let fixed_tokens =
+            prompt_parts(&agent, &custom, &window, &[], self.env.clock.wall_ms()).fixed_tokens();
+        match self.compact(&agent_ref, &agent, &mut window, fixed_tokens, &settings).await? {
+            Some(done) => Ok(json!({
+                "summary": done.summary, "num_messages_before": done.before, "num_messages_after": done.after,
+            })),
+            None => Err(ServiceError::Refused(
+                "there is nothing to summarize: no message is in the context window".into(),
+            )),
+        }
+    }
+
+    /// `GET /v1/agents/{id}/context`: Letta's `ContextWindowOverview` of the
+    /// prompt the agent's next step would send (estimated tokens).
+    pub async fn context_window(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent_ref = self.actors.agent_ref(agent_id)?;
+        let agent = self.actors.record(agent_id).await?;
+        let custom = self.tools.custom_tools().await?;
+        let window = self.window(&agent_ref).await?;
+        let AgentReply::Counts(counts) = agent_ref.invoke_local(AgentCommand::Counts).await? else {
+            return Err(unexpected("counts"));
+        };
+        let now_ms = self.env.clock.wall_ms();
+        let parts = prompt_parts(&agent, &custom, &window, &[], now_ms);
+        let history = match parts.tokens() > agent.llm.context_window {
+            true => parts.fitting_history(),
+            false => &window.history[..],
+        };
+        let core = format!("{}\n{}", context::core_memory_text(&agent), agent.working.render(now_ms));
+        let hidden = window.hidden + (window.history.len() - history.len()) as u64;
+        let metadata = context::metadata_text(&agent, history.len(), hidden, now_ms);
+        let functions: Vec<Value> = prompt::tool_schemas(&agent, &custom)
+            .into_iter()
+            .map(|schema| json!({"type": "function", "function": schema}))
+            .collect();
+        let tokens = context::tokens_of;
+        let message_tokens: u64 = history.iter().map(context::message_tokens).sum();
+        let summary_tokens = window.summary_content.as_deref().map_or(0, tokens);
+        let functions_tokens = tokens(&Value::Array(functions.clone()).to_string());
+        let counted =
+            [tokens(&agent.system), tokens(&core), tokens(&metadata), summary_tokens, functions_tokens];
+        let messages: Vec<Value> =
+            history.iter().map(|message| crate::letta::internal_message_json(agent_id, message)).collect();
+        Ok(json!({
+            "context_window_size_max": agent.llm.context_window,
+            "context_window_size_current": counted.iter().sum::<u64>() + message_tokens,
+            "num_messages": 1 + usize::from(window.summary_content.is_some()) + history.len(),
+            "num_archival_memory": counts.passages,
+            "num_recall_memory": counts.messages,
+            "num_tokens_external_memory_summary": tokens(&metadata), "external_memory_summary": metadata,
+            "num_tokens_system": tokens(&agent.system), "system_prompt": agent.system,
+            "num_tokens_core_memory": tokens(&core), "core_memory": core,
+            "num_tokens_memory_filesystem": 0, "memory_filesystem": null,
+            "num_tokens_tool_usage_rules": 0, "tool_usage_rules": null,
+            "num_tokens_directories": 0, "directories": null,
+            "num_tokens_summary_memory": summary_tokens, "summary_memory": window.summary_content,
+            "num_tokens_functions_definitions": functions_tokens, "functions_definitions": functions,
+            "num_tokens_messages": message_tokens, "messages": messages,
+        }))
+    }
+
+    /// The answer of one step. The prompt is compacted first when it would
+    /// fill the window past the trigger (or the window holds as many
+    /// messages as a prompt reads), and compacted wholly and sent again when
+    /// the provider refuses it as too long; when no compaction can make
+    /// room, the newest messages that fit are sent. Summaries go to the
+    /// outcome and the stream as they are stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn step_answer<'e>(
+        &self,
+        agent_ref: &ActorRef<AgentActor>,
+        agent: &AgentRecord,
+        custom: &[ToolRecord],
+        window: &mut Window,
+        pending: &[String],
+        (run_id, step_id, message_id): (&str, &str, &str),
+        events: Option<&'e TurnEvents>,
+        outcome: &mut TurnOutcome,
+    ) -> ServiceResult<(ChatResponse, Option<TokenRenderer<'e>>)> {
+        let stored = agent.compaction.clone().unwrap_or_default();
+        let (mut compactions, mut overflows, mut force_all) = (0, 0, false);
+        loop {
+            let now_ms = self.env.clock.wall_ms();
+            let (full, fixed_tokens) = {
+                let parts = prompt_parts(agent, custom, window, pending, now_ms);
+                (
+                    window.history.len() >= PROMPT_MESSAGES_COUNT_MAX || parts.over_trigger(),
+                    parts.fixed_tokens(),
+                )
+            };
+            if force_all || (full && compactions < STEP_COMPACTIONS_COUNT_MAX) {
+                let settings = match force_all {
+                    true => CompactionSettings { mode: CompactionMode::All, ..stored.clone() },
+                    false => stored.clone(),
+                };
+                (compactions, force_all) = (compactions + 1, false);
+                match self.compact(agent_ref, agent, window, fixed_tokens, &settings).await {
+                    Ok(Some(done)) => {
+                        emit_step(outcome, std::slice::from_ref(&done.message), events, None);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    // No turn fails because its history grew: without a
+                    // summary, the newest messages that fit are sent.
+                    Err(err) => tracing::warn!(%err, agent_id = %agent.id, "compaction failed"),
+                }
+            }
+            let request = {
+                let parts = prompt_parts(agent, custom, window, pending, now_ms);
+                let sent = match parts.tokens() > agent.llm.context_window {
+                    true => parts.fitting_history(),
+                    false => &window.history[..],
+                };
+                parts.request(sent)
+            };
+            let envelope = assistant_envelope(message_id, run_id, step_id, now_ms);
+            match self.call_llm(&agent.llm.provider, &request, events, envelope).await {
+                Err(ServiceError::Llm(err))
+                    if err.is_context_overflow() && overflows < OVERFLOW_RETRIES_COUNT_MAX =>
+                {
+                    tracing::warn!(%err, agent_id = %agent.id, "the provider refused the prompt as too long; compacting");
+                    (overflows, force_all) = (overflows + 1, true);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One LLM call of a step: streamed into `events` as partial messages

@@ -1,78 +1,32 @@
-//! The prompt of one step: the system message (system prompt, rendered
-//! core memory, live working memory, statistics), the newest messages that
-//! fit the context window, the pending user messages, and the schemas of the
-//! agent's tools, in OpenAI's chat shape (the Anthropic client translates).
+//! The prompt of one step: the system message (system prompt, rendered core
+//! memory, live working memory, statistics), the summary of what left the
+//! context window, the messages in it, the pending user messages, and the
+//! schemas of the agent's tools, in OpenAI's chat shape (the Anthropic
+//! client translates). Sizes are estimated with [`crate::context`].
 
 use kelpie_llm::ChatRequest;
 use kelpie_tools::builtin_tools;
 use serde_json::{json, Value};
 
 use crate::actors::tool_store::ToolRecord;
-use crate::limits::PROMPT_MESSAGES_COUNT_MAX;
+use crate::context::{self, chat_message, message_tokens, system_text, tokens_of};
 use crate::model::{AgentRecord, MessageBody, StoredMessage};
 
-/// Characters per token assumed when fitting messages into the context window.
-const CHARS_PER_TOKEN_COUNT: u64 = 4;
-/// Share of the context window (percent) the prompt may fill; the rest is
-/// left for the answer.
-const PROMPT_WINDOW_PERCENT_MAX: u64 = 75;
-
-fn openai_message(message: &StoredMessage) -> Value {
-    match &message.body {
-        MessageBody::User { content } => json!({"role": "user", "content": content}),
-        MessageBody::Assistant { content, tool_calls } => {
-            let mut out = json!({"role": "assistant", "content": content});
-            if !tool_calls.is_empty() {
-                out["tool_calls"] = tool_calls
-                    .iter()
-                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                    .collect();
-            }
-            out
-        }
-        MessageBody::Tool { tool_call_id, result, .. } => {
-            json!({"role": "tool", "tool_call_id": tool_call_id, "content": result})
-        }
-    }
+/// Everything a prompt is made of.
+pub(super) struct PromptParts<'a> {
+    pub agent: &'a AgentRecord,
+    pub custom: &'a [ToolRecord],
+    /// The in-context messages, oldest first.
+    pub history: &'a [StoredMessage],
+    /// The summary message of what left the window, as the agent reads it.
+    pub summary: Option<&'a str>,
+    /// Messages stored outside the window.
+    pub hidden: u64,
+    pub pending: &'a [String],
+    pub now_ms: u64,
 }
 
-/// The system message: prompt, core memory, working memory live at `now_ms`
-/// (from the service's clock) and statistics.
-fn system_text(agent: &AgentRecord, shown: usize, now_ms: u64) -> String {
-    format!(
-        "{}\n\n<memory_blocks>\n{}</memory_blocks>\n{}<memory_metadata>\nRecent messages in view: {shown}\nWorking memory entries: {}\n</memory_metadata>",
-        agent.system,
-        agent.memory.render(),
-        agent.working.render(now_ms),
-        agent.working.len(now_ms),
-    )
-}
-
-/// The newest messages that fit the window, starting at a user message so
-/// no tool result is cut from its call.
-fn fit_history<'a>(
-    agent: &AgentRecord,
-    history: &'a [StoredMessage],
-    extra_chars: u64,
-    now_ms: u64,
-) -> &'a [StoredMessage] {
-    let budget_chars = agent.llm.context_window * CHARS_PER_TOKEN_COUNT * PROMPT_WINDOW_PERCENT_MAX / 100;
-    let mut used = extra_chars + system_text(agent, 0, now_ms).len() as u64;
-    let mut start = history.len();
-    for (index, message) in history.iter().enumerate().rev().take(PROMPT_MESSAGES_COUNT_MAX) {
-        used += openai_message(message).to_string().len() as u64;
-        if used > budget_chars {
-            break;
-        }
-        start = index;
-    }
-    while start < history.len() && !matches!(history[start].body, MessageBody::User { .. }) {
-        start += 1;
-    }
-    &history[start..]
-}
-
-fn tool_schemas(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<Value> {
+pub(super) fn tool_schemas(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<Value> {
     let builtins = builtin_tools();
     agent
         .tool_ids
@@ -84,23 +38,62 @@ fn tool_schemas(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<Value> {
         .collect()
 }
 
-pub(super) fn build_request(
-    agent: &AgentRecord,
-    custom: &[ToolRecord],
-    history: &[StoredMessage],
-    pending: &[String],
-    now_ms: u64,
-) -> ChatRequest {
-    let pending_chars: u64 = pending.iter().map(|text| text.len() as u64).sum();
-    let shown = fit_history(agent, history, pending_chars, now_ms);
-    let mut messages = vec![json!({"role": "system", "content": system_text(agent, shown.len(), now_ms)})];
-    messages.extend(shown.iter().map(openai_message));
-    messages.extend(pending.iter().map(|text| json!({"role": "user", "content": text})));
-    ChatRequest {
-        model: agent.llm.model.clone(),
-        messages,
-        tools: tool_schemas(agent, custom),
-        max_tokens: agent.llm.max_tokens,
-        temperature: agent.llm.temperature,
+impl PromptParts<'_> {
+    /// Estimated tokens of everything but the history.
+    pub fn fixed_tokens(&self) -> u64 {
+        let system = tokens_of(&system_text(self.agent, self.history.len(), self.hidden, self.now_ms));
+        let summary = self.summary.map_or(0, tokens_of);
+        let pending: u64 = self.pending.iter().map(|text| tokens_of(text)).sum();
+        let tools = tokens_of(&Value::Array(tool_schemas(self.agent, self.custom)).to_string());
+        system + summary + pending + tools
+    }
+
+    /// Estimated tokens of the whole prompt.
+    pub fn tokens(&self) -> u64 {
+        self.fixed_tokens() + self.history.iter().map(message_tokens).sum::<u64>()
+    }
+
+    /// The newest messages of the history that fit the whole window beside
+    /// the rest of the prompt, from a user message on: what is sent when
+    /// even a compaction could not make room.
+    pub fn fitting_history(&self) -> &[StoredMessage] {
+        let budget = self.agent.llm.context_window.saturating_sub(self.fixed_tokens());
+        let mut used = 0;
+        let mut start = self.history.len();
+        for (index, message) in self.history.iter().enumerate().rev() {
+            used += message_tokens(message);
+            if used > budget {
+                break;
+            }
+            start = index;
+        }
+        while start < self.history.len() && !matches!(self.history[start].body, MessageBody::User { .. }) {
+            start += 1;
+        }
+        &self.history[start..]
+    }
+
+    pub fn request(&self, history: &[StoredMessage]) -> ChatRequest {
+        let agent = self.agent;
+        let hidden = self.hidden + (self.history.len() - history.len()) as u64;
+        let system = system_text(agent, history.len(), hidden, self.now_ms);
+        let mut messages = vec![json!({"role": "system", "content": system})];
+        if let Some(summary) = self.summary {
+            messages.push(json!({"role": "user", "content": summary}));
+        }
+        messages.extend(history.iter().map(chat_message));
+        messages.extend(self.pending.iter().map(|text| json!({"role": "user", "content": text})));
+        ChatRequest {
+            model: agent.llm.model.clone(),
+            messages,
+            tools: tool_schemas(agent, self.custom),
+            max_tokens: agent.llm.max_tokens,
+            temperature: agent.llm.temperature,
+        }
+    }
+
+    /// Whether the prompt must be compacted before it is sent.
+    pub fn over_trigger(&self) -> bool {
+        context::over_trigger(self.tokens(), self.agent.llm.context_window)
     }
 }
