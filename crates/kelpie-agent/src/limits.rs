@@ -25,6 +25,15 @@ pub const SEARCH_WORD_BYTES_MAX: usize = 64;
 pub const CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX: usize = 5_000;
 /// Keys of ended generations one reclaim invocation deletes.
 pub const RECLAIM_BATCH_KEYS_COUNT: usize = 2_000;
+/// Candidates an archival search ranks by their codes, per result, before
+/// ranking them exactly.
+pub const ARCHIVAL_RERANK_FACTOR: usize = 4;
+/// More candidates a tag-filtered archival search takes, as a factor: the
+/// filter applies to the `ARCHIVAL_RERANK_FACTOR × this × top_k` nearest.
+pub const ARCHIVAL_TAGGED_CANDIDATES_FACTOR: usize = 10;
+/// Memory the archival indexes of one node's active agents may hold, in
+/// bytes; an index that would pass it evicts the others (rebuilt on use).
+pub const ARCHIVAL_INDEX_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 const _: () = assert!(STORE_PAGE_COUNT_MAX <= kelpie_storage::limits::SCAN_ROWS_COUNT_MAX);
 const _: () = assert!(

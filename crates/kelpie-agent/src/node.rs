@@ -177,7 +177,7 @@ pub fn agent_runtimes(
 ) -> Result<AgentRuntimes, kelpie_core::Error> {
     let parts = RuntimeParts { storage, placement, env, config };
     Ok(AgentRuntimes {
-        agents: parts.runtime(AgentActor)?,
+        agents: parts.runtime(AgentActor::default())?,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
         blocks: parts.runtime(BlockStoreActor)?,

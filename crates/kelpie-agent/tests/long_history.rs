@@ -2,8 +2,9 @@
 //! return (`SCAN_ROWS_COUNT_MAX`), more passages than one page
 //! (`STORE_PAGE_COUNT_MAX`), an import of more operations than one
 //! transaction (`TRANSACTION_OPS_COUNT_MAX`), reclaimed in more batches
-//! than one (`RECLAIM_BATCH_KEYS_COUNT`). The real agent service over real
-//! storage (a redb file), no LLM call (the history comes in by import).
+//! than one (`RECLAIM_BATCH_KEYS_COUNT`), archival search through the index
+//! against exact ranking. The real agent service over real storage (a redb
+//! file), no LLM call (the history comes in by import, embeddings are local).
 
 use std::ops::Bound;
 
@@ -186,8 +187,9 @@ async fn a_reset_and_a_recreated_idempotent_agent_start_empty_while_the_old_keys
     assert_eq!(service.archival.list(&id, &page(None, 100, false)).await.unwrap().len(), 10, "passages stay");
     assert_eq!(service.reclaimer.run_once().await.unwrap(), 1);
     let keys = stored_keys(&storage, &id).await;
-    assert!(keys.iter().all(|key| key == "s" || key.starts_with("u/p")), "only state and passages: {keys:?}");
-    assert_eq!(keys.len(), 1 + 2 * 10);
+    let passage_key = |key: &String| key.starts_with("u/p") || key.starts_with("u/q");
+    assert!(keys.iter().all(|key| key == "s" || passage_key(key)), "only state and passages: {keys:?}");
+    assert_eq!(keys.len(), 1 + 3 * 10, "a passage, its id and its search code, each");
 
     // An agent created with an idempotency key, deleted, created again with
     // the same key: the same id, a new empty agent, while the old one's
@@ -253,5 +255,133 @@ async fn failed_and_abandoned_imports_leave_nothing_visible_and_are_reclaimed() 
     assert_eq!(service.reclaimer.run_once().await.unwrap(), 1);
     assert_eq!(stored_keys(&storage, &stopped).await, ["s"]);
     assert!(matches!(service.agents.get(&stopped).await, Err(ServiceError::AgentNotFound(_))));
+    service.shutdown().await;
+}
+
+/// A passage text of a few words from a small vocabulary, so many passages
+/// share words (and scores tie) as real notes do.
+fn note(i: usize) -> String {
+    const VOCABULARY: &str = "lighthouse key stone blue harbor ferry tide north garden violin chess tea \
+                              winter bridge lamp river salt rope anchor gull storm map bell";
+    let words: Vec<&str> = VOCABULARY.split_whitespace().collect();
+    assert_eq!(words.len(), 23);
+    let word = |n: usize| words[n % words.len()];
+    format!("{} {} {} {}", word(i), word(i / 23), word(i * 7 + 3), i % 97)
+}
+
+/// `(text, score)` of the `k` best passages by exact cosine, as brute force ranks them.
+fn exact_top(texts: &[String], query: &str, k: usize) -> Vec<(String, f32)> {
+    let query = kelpie_memory::embed_local(query);
+    let mut scored: Vec<(usize, f32)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| (i, kelpie_memory::cosine(&kelpie_memory::embed_local(text), &query)))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.into_iter().take(k).map(|(i, score)| (texts[i].clone(), score)).collect()
+}
+
+async fn search(
+    service: &AgentService,
+    id: &str,
+    query: &str,
+    tags: Option<Vec<String>>,
+) -> Vec<(String, f32)> {
+    let request = kelpie_agent::requests::PassageSearch {
+        query: Some(query.into()),
+        agent_id: Some(id.into()),
+        tags,
+        limit: Some(10),
+        ..Default::default()
+    };
+    let found = service.archival.search_passages(request).await.unwrap();
+    found
+        .iter()
+        .map(|hit| (hit["passage"]["text"].as_str().unwrap().into(), hit["score"].as_f64().unwrap() as f32))
+        .collect()
+}
+
+/// The same scores, best first (ties may list equal passages in any order).
+fn assert_same_scores(found: &[(String, f32)], exact: &[(String, f32)], query: &str) {
+    assert_eq!(found.len(), exact.len(), "{query}");
+    for ((_, got), (_, want)) in found.iter().zip(exact) {
+        assert!((got - want).abs() < 1e-5, "{query}: {found:?} vs {exact:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archival_search_through_the_index_ranks_as_brute_force_across_changes_and_restarts() {
+    const COUNT: usize = 2 * STORE_PAGE_COUNT_MAX + 300;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path());
+    let mut texts: Vec<String> = (0..COUNT).map(note).collect();
+    let passages: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let tags = if i % 10 == 0 { vec!["tenth"] } else { vec![] };
+            json!({"id": format!("p-{i}"), "text": text, "tags": tags, "created_ms": 5,
+                   "embedding": kelpie_memory::embed_local(text)})
+        })
+        .collect();
+    let file = big_file(&service, Vec::new(), passages).await;
+    let answer = service.transfer.import_bytes(&file, ImportOptions::default()).await.unwrap();
+    let id = answer["agent_ids"][0].as_str().unwrap().to_string();
+
+    let queries: Vec<String> =
+        (0..40).map(|q| note(q * 31 + 5)).chain(["blue harbor".into(), "gull".into()]).collect();
+    for query in &queries {
+        assert_same_scores(&search(&service, &id, query, None).await, &exact_top(&texts, query, 10), query);
+    }
+    // Tag-filtered: only tagged passages, in the order of their scores.
+    let tenth: Vec<String> = texts.iter().step_by(10).cloned().collect();
+    for query in queries.iter().take(10) {
+        let found = search(&service, &id, query, Some(vec!["tenth".into()])).await;
+        assert!(found.iter().all(|(text, _)| tenth.contains(text)), "{found:?}");
+        assert_same_scores(&found, &exact_top(&tenth, query, 10), query);
+    }
+
+    // A passage added and one deleted after the index is built.
+    let added = kelpie_agent::requests::CreatePassage { text: "zebra crossing at dawn".into(), tags: None };
+    service.archival.insert(&id, added).await.unwrap();
+    texts.push("zebra crossing at dawn".into());
+    assert_eq!(search(&service, &id, "zebra dawn", None).await[0].0, "zebra crossing at dawn");
+    let best = search(&service, &id, &queries[0], None).await[0].0.clone();
+    let listed = service.archival.list(&id, &page(None, 1_000, false)).await.unwrap();
+    let doomed =
+        listed.iter().find(|p| p["text"] == best.as_str()).unwrap()["id"].as_str().unwrap().to_string();
+    service.archival.delete(&id, &doomed).await.unwrap();
+    let position = texts.iter().position(|text| *text == best).unwrap();
+    texts.remove(position);
+    let found = search(&service, &id, &queries[0], None).await;
+    assert!(found.iter().all(|(text, _)| *text != best), "a deleted passage is never found");
+    assert_same_scores(&found, &exact_top(&texts, &queries[0], 10), &queries[0]);
+    let before_restart: Vec<Vec<(String, f32)>> = {
+        let mut all = Vec::new();
+        for query in &queries {
+            all.push(search(&service, &id, query, None).await);
+        }
+        all
+    };
+    service.shutdown().await;
+
+    // Restarted, with the codes of some passages lost (as for passages
+    // stored before codes were kept): the index is rebuilt from what is
+    // stored and answers the same.
+    let mut txn = storage.begin(ActorId::new("agents", &id).unwrap());
+    let mut codes = 0;
+    for key in stored_keys(&storage, &id).await.iter().filter(|key| key.starts_with("u/q/")).step_by(3) {
+        txn.delete(key.as_bytes().to_vec()).unwrap();
+        codes += 1;
+    }
+    assert!(codes > 500, "{codes} codes dropped");
+    txn.commit(None).await.unwrap();
+    let service = self::service(&storage, dir.path());
+    for (query, before) in queries.iter().zip(&before_restart) {
+        let after = search(&service, &id, query, None).await;
+        assert_same_scores(&after, before, query);
+        assert_same_scores(&after, &exact_top(&texts, query, 10), query);
+    }
     service.shutdown().await;
 }

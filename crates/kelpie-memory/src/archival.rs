@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Length of a local embedding vector.
 pub const LOCAL_EMBEDDING_DIMENSIONS_COUNT: usize = 256;
-/// Most results one search returns.
+/// Most results one archival search returns.
 pub const ARCHIVAL_SEARCH_RESULTS_COUNT_MAX: usize = 100;
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -54,31 +54,6 @@ pub fn embed_local(text: &str) -> Vec<f32> {
     vector
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return 0.0;
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Indices of `passages` ranked by similarity to `query` (best first, ties
-/// by position), at most `top_k` (capped at [`ARCHIVAL_SEARCH_RESULTS_COUNT_MAX`]).
-pub fn rank_passages(passages: &[Passage], query: &[f32], top_k: usize) -> Vec<usize> {
-    score_passages(passages, query, top_k).into_iter().map(|(index, _)| index).collect()
-}
-
-/// [`rank_passages`] with each passage's cosine similarity to `query`.
-pub fn score_passages(passages: &[Passage], query: &[f32], top_k: usize) -> Vec<(usize, f32)> {
-    let mut scored: Vec<(f32, usize)> = passages
-        .iter()
-        .enumerate()
-        .map(|(index, passage)| (cosine(&passage.embedding, query), index))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.truncate(top_k.min(ARCHIVAL_SEARCH_RESULTS_COUNT_MAX));
-    scored.into_iter().map(|(score, index)| (index, score)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,24 +79,19 @@ mod tests {
     }
 
     #[test]
-    fn search_ranks_passages_sharing_words_first() {
-        let passages = vec![
-            passage("p1", "Ana likes chess and tea."),
-            passage("p2", "The lighthouse key is under the blue stone."),
-            passage("p3", "Bo plays the violin."),
+    fn passages_sharing_words_rank_first() {
+        use crate::index::{Code, PassageIndex};
+        let texts = [
+            "Ana likes chess and tea.",
+            "The lighthouse key is under the blue stone.",
+            "Bo plays the violin.",
         ];
-        let ranked = rank_passages(&passages, &embed_local("where is the lighthouse key"), 2);
-        assert_eq!(ranked.len(), 2);
-        assert_eq!(passages[ranked[0]].id, "p2");
-        let ranked = rank_passages(&passages, &embed_local("chess"), 1);
-        assert_eq!(passages[ranked[0]].id, "p1");
-    }
-
-    #[test]
-    fn top_k_is_capped() {
-        let passages: Vec<Passage> = (0..150).map(|i| passage(&format!("p{i}"), "same words")).collect();
-        let ranked = rank_passages(&passages, &embed_local("same"), 1_000);
-        assert_eq!(ranked.len(), ARCHIVAL_SEARCH_RESULTS_COUNT_MAX);
-        assert_eq!(ranked[0], 0, "ties keep insertion order");
+        let mut index = PassageIndex::new();
+        for (seq, text) in texts.iter().enumerate() {
+            assert!(index.insert(seq as u64, &Code::of(&passage("p", text).embedding).unwrap()));
+        }
+        let nearest = |query: &str| index.search(&Code::of(&embed_local(query)).unwrap(), 2);
+        assert_eq!(nearest("where is the lighthouse key")[0].0, 1);
+        assert_eq!(nearest("chess")[0].0, 0);
     }
 }

@@ -9,14 +9,19 @@
 //! - [`working`]: a key-value scratchpad whose entries expire after a TTL;
 //!   time is passed in, and expired entries never count toward its limits.
 //! - [`archival`]: archival passages and the local, network-free embedding
-//!   (feature-hashed bag of words) with cosine-ranked search.
+//!   (feature-hashed bag of words);
+//! - [`index`]: the archival search index (quantized codes, scanned whole).
 //!
 //! Never depends on the server.
 
 pub mod archival;
 pub mod core;
+pub mod index;
 pub mod working;
 
-pub use archival::{embed_local, rank_passages, score_passages, Passage, LOCAL_EMBEDDING_DIMENSIONS_COUNT};
+pub use archival::{
+    embed_local, Passage, ARCHIVAL_SEARCH_RESULTS_COUNT_MAX, LOCAL_EMBEDDING_DIMENSIONS_COUNT,
+};
 pub use core::{Block, CoreMemory, MemoryError};
+pub use index::{cosine, Code, PassageIndex};
 pub use working::{WorkingEntry, WorkingLimits, WorkingMemory, WorkingMemoryError};

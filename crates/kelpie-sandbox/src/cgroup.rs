@@ -88,11 +88,16 @@ fn detect_v1() -> Result<CgroupMode, String> {
     Ok(CgroupMode::V1 { parents })
 }
 
+/// Probes made by this process so far: each probe gets its own name, so
+/// backends opened at once (tests in parallel) never collide on one.
+static PROBES_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The cgroup hierarchy sandboxes can use here, proven by creating and
 /// removing a probe cgroup; why none can, otherwise.
 pub fn detect() -> Result<CgroupMode, String> {
     let mode = detect_v2().or_else(|v2| detect_v1().map_err(|v1| format!("{v2}; {v1}")))?;
-    let probe = Cgroup::create(&mode, &format!("probe-{}", std::process::id()))
+    let n = PROBES_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = Cgroup::create(&mode, &format!("probe-{}-{n}", std::process::id()))
         .map_err(|e| format!("cannot create a cgroup: {e}"))?;
     probe.remove();
     Ok(mode)
@@ -329,6 +334,33 @@ impl ExecGroups {
     pub fn kill_all(&self) {
         for (_, cgroup) in &self.lock().groups {
             cgroup.kill_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backends opened at once each probe the hierarchy; none may see
+    /// another's probe and conclude there are no cgroups. Needs cgroups
+    /// (as every sandbox test here does): fails without them.
+    #[test]
+    fn concurrent_detections_all_find_the_hierarchy() {
+        const THREADS_COUNT: usize = 16;
+        let expected = detect().expect("this machine has cgroups");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS_COUNT));
+        let threads: Vec<_> = (0..THREADS_COUNT)
+            .map(|_| {
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    detect()
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), Ok(expected.clone()));
         }
     }
 }

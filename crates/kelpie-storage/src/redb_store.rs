@@ -38,6 +38,11 @@ const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placement
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_LAST_VERSION: &str = "last_version";
 const VERSION_SIZE_BYTES: usize = 8;
+/// Pages redb keeps in memory, in bytes. Its own default is 1 GiB, which a
+/// node with a large agent fills; the OS page cache holds the rest of the
+/// file. 32 MiB keeps a server with a 1 000 000-message agent under 200 MiB
+/// (docs/benchmarks.md, long-lived agents).
+pub const REDB_CACHE_SIZE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Rounds of "drain the queue, yield, look again" before a batch is closed.
 const GROUP_COMMIT_GATHER_ROUNDS_COUNT_MAX: usize = 16;
@@ -402,7 +407,7 @@ impl RedbBackend {
             std::fs::create_dir_all(parent)
                 .map_err(|err| Error::StorageIo { operation: "create data dir", reason: err.to_string() })?;
         }
-        let db = io!("open", Database::create(path))?;
+        let db = io!("open", redb::Builder::new().set_cache_size(REDB_CACHE_SIZE_BYTES).create(path))?;
         Self::start(db)
     }
 

@@ -23,6 +23,9 @@ const KEYS_PER_COMMIT_COUNT: usize = 3;
 const KILL_DELAY_MS_MAX: u64 = 150;
 /// Longest wait for the writer's first acknowledgement.
 const FIRST_ACK_WAIT_MS_MAX: u64 = 20_000;
+/// Attempts at reading a writer's rows and head without a commit landing between.
+const SETTLE_ATTEMPTS_COUNT_MAX: usize = 200;
+const SETTLE_PAUSE_MS: u64 = 10;
 
 fn seed() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -65,19 +68,34 @@ fn run_and_kill(args: &[&str], rng: &ChaChaRngSource) -> BTreeMap<usize, u64> {
     reader.join().expect("stdout reader")
 }
 
+/// The writer's rows and head, read when no commit lands between the two
+/// reads. A killed client's last COMMIT may still be running in the
+/// PostgreSQL server (it completes whole), and each read of a transaction
+/// is its own statement, so the head is read before and after the rows
+/// until both agree.
+async fn settled_rows_and_head(storage: &Storage, actor: ActorId) -> (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>) {
+    let head_of =
+        |bytes: Option<Vec<u8>>| bytes.map(|head| String::from_utf8(head).unwrap().parse::<u64>().unwrap());
+    for _ in 0..SETTLE_ATTEMPTS_COUNT_MAX {
+        let mut txn = storage.begin(actor.clone());
+        let before = head_of(txn.get(b"head").await.unwrap());
+        let rows = txn.scan(KeyRange::prefix("t/")).await.unwrap();
+        let after = head_of(txn.get(b"head").await.unwrap());
+        if before == after {
+            return (rows, after);
+        }
+        tokio::time::sleep(Duration::from_millis(SETTLE_PAUSE_MS)).await;
+    }
+    panic!("{actor}: the head kept changing after the writer was killed");
+}
+
 /// Every acknowledged commit is there in full; every present one is whole;
 /// present commits form a gap-free sequence whose end `head` names.
 async fn check_store(storage: &Storage, tag: &str, acked: &BTreeMap<usize, u64>) -> u64 {
     let mut commits_seen = 0;
     for writer in 0..WRITERS_COUNT {
         let actor = ActorId::new(format!("crash-{tag}"), format!("w{writer}")).unwrap();
-        let mut txn = storage.begin(actor);
-        let rows = txn.scan(KeyRange::prefix("t/")).await.unwrap();
-        let head = txn
-            .get(b"head")
-            .await
-            .unwrap()
-            .map(|head| String::from_utf8(head).unwrap().parse::<u64>().unwrap());
+        let (rows, head) = settled_rows_and_head(storage, actor).await;
         assert_eq!(
             rows.len() % KEYS_PER_COMMIT_COUNT,
             0,

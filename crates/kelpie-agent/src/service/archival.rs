@@ -10,15 +10,18 @@
 //! `POST /v1/passages/search` is scoped by `agent_id` and reads only that
 //! agent's actor, whose key space holds its own passages and nothing else; a
 //! request without an agent is refused rather than searching every agent.
+//! A search by query goes through the agent's archival index (see
+//! `actors::agent::archive`); a listing by tags alone pages through the
+//! passages until it has `limit` of them.
 
 use std::sync::Arc;
 
 use kelpie_llm::{ChatModel, EmbeddingSettings};
-use kelpie_memory::{score_passages, Passage};
+use kelpie_memory::Passage;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
-use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
+use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, TagFilter};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::letta::{passage_json, search_result_json};
 use crate::limits::STORE_PAGE_COUNT_MAX;
@@ -33,18 +36,6 @@ const ARCHIVAL_SEARCH_COUNT_DEFAULT: usize = 10;
 const PASSAGE_SEARCH_COUNT_DEFAULT: usize = 50;
 /// Most results one search answers.
 const PASSAGE_SEARCH_COUNT_MAX: usize = kelpie_memory::archival::ARCHIVAL_SEARCH_RESULTS_COUNT_MAX;
-
-/// Whether `passage` has the wanted tags (`all`: every one, else any one).
-fn tags_match(passage: &Passage, wanted: &[String], all: bool) -> bool {
-    if wanted.is_empty() {
-        return true;
-    }
-    if all {
-        wanted.iter().all(|tag| passage.tags.contains(tag))
-    } else {
-        wanted.iter().any(|tag| passage.tags.contains(tag))
-    }
-}
 
 /// The checked limit and tag mode of a request.
 fn check(request: &PassageSearch) -> ServiceResult<(usize, bool)> {
@@ -119,8 +110,9 @@ impl Archival {
         let agent = self.actors.record(agent_id).await?;
         let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, &query).await?;
         let top_k = top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT);
-        let command = AgentCommand::SearchPassages { query_embedding, top_k };
-        let results = self.passages(agent_id, command, |_, passage| search_result_json(passage)).await?;
+        let filter = TagFilter::default();
+        let (_, found) = self.search_scored(agent_id, query_embedding, top_k, filter).await?;
+        let results: Vec<Value> = found.iter().map(|(passage, _)| search_result_json(passage)).collect();
         Ok(json!({"count": results.len(), "results": results}))
     }
 
@@ -136,21 +128,43 @@ impl Archival {
         Ok(passages.iter().map(|passage| render(&agent, passage)).collect())
     }
 
-    /// Every passage of the agent, oldest first, read page by page.
-    async fn all_passages(&self, agent_id: &str) -> ServiceResult<(AgentRecord, Vec<Passage>)> {
-        let mut all: Vec<Passage> = Vec::new();
+    async fn search_scored(
+        &self,
+        agent_id: &str,
+        query_embedding: Vec<f32>,
+        top_k: usize,
+        filter: TagFilter,
+    ) -> ServiceResult<(AgentRecord, Vec<(Passage, f32)>)> {
+        let command = AgentCommand::SearchPassages { query_embedding, top_k, filter };
+        let AgentReply::Scored { agent, results } = self.actors.invoke(agent_id, command).await? else {
+            return Err(unexpected("scored passages"));
+        };
+        Ok((*agent, results))
+    }
+
+    /// The first `limit` passages passing `filter`, oldest first, read page
+    /// by page until there are enough.
+    async fn first_matching(
+        &self,
+        agent_id: &str,
+        filter: &TagFilter,
+        limit: usize,
+    ) -> ServiceResult<(AgentRecord, Vec<(Passage, f32)>)> {
+        let mut found = Vec::new();
+        let mut after = None;
         loop {
-            let after = all.last().map(|passage| passage.id.clone());
-            let spec = PageSpec { after, limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
+            let spec = PageSpec { after: after.clone(), limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
             let AgentReply::Passages { agent, passages } =
                 self.actors.invoke(agent_id, AgentCommand::PassagePage(spec)).await?
             else {
                 return Err(unexpected("passages"));
             };
             let full = passages.len() == STORE_PAGE_COUNT_MAX;
-            all.extend(passages);
-            if !full {
-                return Ok((*agent, all));
+            after = passages.last().map(|passage| passage.id.clone());
+            found.extend(passages.into_iter().filter(|p| filter.matches(p)).map(|p| (p, 0.0)));
+            if !full || found.len() >= limit {
+                found.truncate(limit);
+                return Ok((*agent, found));
             }
         }
     }
@@ -168,23 +182,19 @@ impl Archival {
         let Some(agent_id) = request.agent_id.as_deref() else {
             return Err(ServiceError::Invalid("agent_id is required".into()));
         };
-        let (agent, passages) = self.all_passages(agent_id).await?;
-        let wanted = request.tags.unwrap_or_default();
-        let matching: Vec<Passage> =
-            passages.into_iter().filter(|passage| tags_match(passage, &wanted, match_all)).collect();
-        let scored: Vec<(usize, f32)> = match request.query.as_deref().filter(|q| !q.trim().is_empty()) {
+        let filter = TagFilter { tags: request.tags.unwrap_or_default(), all: match_all };
+        let (agent, scored) = match request.query.as_deref().filter(|q| !q.trim().is_empty()) {
             Some(query) => {
+                let agent = self.actors.record(agent_id).await?;
                 let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, query).await?;
-                score_passages(&matching, &query_embedding, limit)
+                self.search_scored(agent_id, query_embedding, limit, filter).await?
             }
-            None => (0..matching.len().min(limit)).map(|index| (index, 0.0)).collect(),
+            None => self.first_matching(agent_id, &filter, limit).await?,
         };
         assert!(scored.len() <= limit, "a search answers at most its limit");
         Ok(scored
-            .into_iter()
-            .map(|(index, score)| {
-                json!({"passage": passage_json(&agent, &matching[index]), "score": score, "metadata": {}})
-            })
+            .iter()
+            .map(|(passage, score)| json!({"passage": passage_json(&agent, passage), "score": score, "metadata": {}}))
             .collect())
     }
 }

@@ -22,6 +22,7 @@ use super::agent_actors::AgentActors;
 use super::directory::AgentDirectory;
 use super::reclaim::Reclaimer;
 use super::tools::ToolService;
+use crate::actors::agent::store::{self, PASSAGE_KEYS_COUNT};
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
 use crate::actors::directory::DirectoryEntry;
 use crate::actors::reclaim::PendingKind;
@@ -429,7 +430,9 @@ impl AgentImport {
                 }
                 let message: StoredMessage = decode("a message", &value)?;
                 let message = StoredMessage { id: new_id("message", self.parts.env.rng.as_ref()), ..message };
-                self.batch_ops += 2 + MESSAGE_INDEXED_WORDS_COUNT_MAX.min(value.len() / 2 + 1);
+                // Its row, its id and one search-index key per word.
+                let words = store::words(&message.searchable_text()).len();
+                self.batch_ops += 2 + MESSAGE_INDEXED_WORDS_COUNT_MAX.min(words);
                 self.batch_bytes += value.len();
                 self.messages.push(message);
                 self.flush_if_full().await?;
@@ -438,7 +441,7 @@ impl AgentImport {
                 self.check_begun("passages")?;
                 let passage: Passage = decode("a passage", &value)?;
                 let passage = Passage { id: new_id("passage", self.parts.env.rng.as_ref()), ..passage };
-                self.batch_ops += 2;
+                self.batch_ops += PASSAGE_KEYS_COUNT;
                 self.batch_bytes += value.len();
                 self.passages.push(passage);
                 self.flush_if_full().await?;

@@ -17,7 +17,8 @@ use kelpie_tools::builtin::{
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::Value;
 
-use super::store::{agent_mut, insert_passage, search_messages, search_passages, Ctx};
+use super::archive::{ArchivalIndexes, TagFilter};
+use super::store::{agent_mut, insert_passage, search_messages, Ctx};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::model::TextEmbedding;
 use kelpie_llm::ToolCall;
@@ -61,6 +62,7 @@ fn clip(text: String) -> String {
 /// messages are in the prompt already); `(result, ok)`.
 pub(super) async fn run_builtin(
     ctx: &mut Ctx<'_>,
+    indexes: &ArchivalIndexes,
     call: &ToolCall,
     embeddings: &[TextEmbedding],
     step_first_seq: u64,
@@ -78,8 +80,8 @@ pub(super) async fn run_builtin(
         WORKING_MEMORY_SET => working_memory_set(ctx, &args),
         WORKING_MEMORY_GET => working_memory_get(ctx, &args),
         WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
-        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, &args, embeddings).await?,
-        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, &args, embeddings).await?,
+        ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, indexes, &args, embeddings).await?,
+        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, indexes, &args, embeddings).await?,
         CONVERSATION_SEARCH => conversation_search(ctx, &args, step_first_seq).await?,
         other => Err(format!("tool {other} is not available to this agent")),
     };
@@ -182,6 +184,7 @@ fn embedding_of<'a>(embeddings: &'a [TextEmbedding], text: &str) -> std::result:
 
 async fn archival_insert(
     ctx: &mut Ctx<'_>,
+    indexes: &ArchivalIndexes,
     args: &Value,
     embeddings: &[TextEmbedding],
 ) -> Result<ToolResult> {
@@ -190,12 +193,13 @@ async fn archival_insert(
         Ok((content, embedding)) => (content.to_string(), embedding.to_vec()),
         Err(e) => return Ok(Err(e)),
     };
-    let passage = insert_passage(ctx, content, Vec::new(), embedding).await?;
+    let passage = insert_passage(ctx, indexes, content, Vec::new(), embedding).await?;
     Ok(Ok(format!("Stored passage {}.", passage.id)))
 }
 
 async fn archival_search(
     ctx: &mut Ctx<'_>,
+    indexes: &ArchivalIndexes,
     args: &Value,
     embeddings: &[TextEmbedding],
 ) -> Result<ToolResult> {
@@ -203,8 +207,9 @@ async fn archival_search(
         Ok(embedding) => embedding.to_vec(),
         Err(e) => return Ok(Err(e)),
     };
-    let passages = search_passages(ctx, &query_embedding, count_arg(args, "top_k")).await?;
-    let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+    let top_k = count_arg(args, "top_k");
+    let found = indexes.search(ctx, &query_embedding, top_k, &TagFilter::default()).await?;
+    let texts: Vec<&str> = found.iter().map(|(passage, _)| passage.text.as_str()).collect();
     Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
 }
 

@@ -6,6 +6,7 @@
 //! below, which uses [`store`] (the key layout and the reads and writes) and,
 //! for a step, [`builtin`] (the built-in tools, run inside the step).
 
+mod archive;
 mod builtin;
 pub(crate) mod store;
 
@@ -14,7 +15,8 @@ use kelpie_memory::{Block, CoreMemory, MemoryError, Passage};
 use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
-use store::{agent, agent_mut, Ctx};
+pub use archive::TagFilter;
+use store::{agent, agent_mut, Ctx, PassageChanges};
 pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 
 use crate::error::memory_error;
@@ -134,9 +136,12 @@ pub enum AgentCommand {
     },
     /// One page of passages.
     PassagePage(PageSpec),
+    /// The `top_k` passages nearest the query that pass `filter`.
     SearchPassages {
         query_embedding: Vec<f32>,
         top_k: usize,
+        #[serde(default)]
+        filter: TagFilter,
     },
     DeletePassage {
         id: String,
@@ -159,6 +164,11 @@ pub enum AgentReply {
         agent: Box<AgentRecord>,
         passages: Vec<Passage>,
     },
+    /// Passages of a search, best first, with their cosine similarity.
+    Scored {
+        agent: Box<AgentRecord>,
+        results: Vec<(Passage, f32)>,
+    },
     Counts(Counts),
     InContext {
         messages: Vec<StoredMessage>,
@@ -173,29 +183,41 @@ pub enum AgentReply {
     Done,
 }
 
-pub struct AgentActor;
+/// The agent actor, with the archival indexes of the agents active here.
+#[derive(Default)]
+pub struct AgentActor {
+    indexes: archive::ArchivalIndexes,
+}
 
 impl Actor for AgentActor {
     type State = AgentActorState;
     type Message = AgentCommand;
     type Reply = AgentReply;
 
+    async fn on_deactivate(&self, ctx: &mut Ctx<'_>) -> Result<()> {
+        self.indexes.forget(ctx.actor_id);
+        Ok(())
+    }
+
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
+        let indexes = &self.indexes;
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
             AgentCommand::ImportBegin(record) => import_begin(ctx, *record),
-            AgentCommand::ImportBatch { messages, passages } => import_batch(ctx, messages, passages).await,
+            AgentCommand::ImportBatch { messages, passages } => {
+                import_batch(ctx, indexes, messages, passages).await
+            }
             AgentCommand::ImportFinish { name, tool_ids, drop_messages } => {
                 import_finish(ctx, name, tool_ids, drop_messages).await
             }
-            AgentCommand::AbandonImport => abandon_import(ctx).await,
+            AgentCommand::AbandonImport => abandon_import(ctx, indexes).await,
             AgentCommand::Get => Ok(AgentReply::Agent(Box::new(agent(ctx)?))),
             AgentCommand::Counts => {
                 agent(ctx)?;
                 Ok(AgentReply::Counts(store::ensure_counted(ctx).await?))
             }
             AgentCommand::Update(patch) => update(ctx, *patch),
-            AgentCommand::Delete => delete(ctx).await,
+            AgentCommand::Delete => delete(ctx, indexes).await,
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
             AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
             AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
@@ -219,21 +241,21 @@ impl Actor for AgentActor {
                 let message = store::compact(ctx, start_seq, summary, content).await?;
                 Ok(AgentReply::Messages(vec![message]))
             }
-            AgentCommand::CommitStep(step) => commit_step(ctx, *step).await,
+            AgentCommand::CommitStep(step) => commit_step(ctx, indexes, *step).await,
             AgentCommand::InsertPassage { text, tags, embedding } => {
-                let passage = store::insert_passage(ctx, text, tags, embedding).await?;
+                let passage = store::insert_passage(ctx, indexes, text, tags, embedding).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
             }
             AgentCommand::PassagePage(page) => {
                 let passages = store::passage_page(ctx, &page).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
             }
-            AgentCommand::SearchPassages { query_embedding, top_k } => {
-                let passages = store::search_passages(ctx, &query_embedding, top_k).await?;
-                Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages })
+            AgentCommand::SearchPassages { query_embedding, top_k, filter } => {
+                let results = indexes.search(ctx, &query_embedding, top_k, &filter).await?;
+                Ok(AgentReply::Scored { agent: Box::new(agent(ctx)?), results })
             }
             AgentCommand::DeletePassage { id } => {
-                store::delete_passage(ctx, &id).await?;
+                store::delete_passage(ctx, indexes, &id).await?;
                 Ok(AgentReply::Done)
             }
             AgentCommand::Reclaim { keys_max } => {
@@ -271,6 +293,7 @@ fn import_begin(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
 /// numbers here.
 async fn import_batch(
     ctx: &mut Ctx<'_>,
+    indexes: &archive::ArchivalIndexes,
     messages: Vec<StoredMessage>,
     passages: Vec<Passage>,
 ) -> Result<AgentReply> {
@@ -281,7 +304,7 @@ async fn import_batch(
         store::put_message(ctx, message).await?;
     }
     for passage in &passages {
-        store::put_passage(ctx, passage).await?;
+        store::put_passage(ctx, indexes, passage).await?;
     }
     Ok(AgentReply::Done)
 }
@@ -305,10 +328,10 @@ async fn import_finish(
     Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
 
-async fn abandon_import(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+async fn abandon_import(ctx: &mut Ctx<'_>, indexes: &archive::ArchivalIndexes) -> Result<AgentReply> {
     if ctx.state.importing {
         store::end_message_generation(ctx).await?;
-        store::end_passage_generation(ctx).await?;
+        store::end_passage_generation(ctx, indexes).await?;
         ctx.state.agent = None;
         ctx.state.importing = false;
     }
@@ -349,10 +372,10 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
 
 /// Gone at once: the agent is not found from now on and its id is free;
 /// its messages and passages are left to [`AgentCommand::Reclaim`].
-async fn delete(ctx: &mut Ctx<'_>) -> Result<AgentReply> {
+async fn delete(ctx: &mut Ctx<'_>, indexes: &archive::ArchivalIndexes) -> Result<AgentReply> {
     agent(ctx)?;
     store::end_message_generation(ctx).await?;
-    store::end_passage_generation(ctx).await?;
+    store::end_passage_generation(ctx, indexes).await?;
     ctx.state.agent = None;
     Ok(AgentReply::Done)
 }
@@ -405,7 +428,11 @@ fn check_fits(agent: &AgentRecord) -> Result<()> {
     crate::context::check_fixed_fits(agent).map_err(|reason| Error::validation("context window", reason))
 }
 
-async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
+async fn commit_step(
+    ctx: &mut Ctx<'_>,
+    indexes: &archive::ArchivalIndexes,
+    step: StepInput,
+) -> Result<AgentReply> {
     agent(ctx)?;
     let first_seq = ctx.state.next_seq;
     let ids = (step.run_id.as_str(), step.step_id.as_str());
@@ -424,7 +451,8 @@ async fn commit_step(ctx: &mut Ctx<'_>, step: StepInput) -> Result<AgentReply> {
             match step.external.iter().find(|done| done.tool_call_id == call.id) {
                 Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
                 None => {
-                    let (result, ok) = builtin::run_builtin(ctx, call, &step.embeddings, first_seq).await?;
+                    let (result, ok) =
+                        builtin::run_builtin(ctx, indexes, call, &step.embeddings, first_seq).await?;
                     (result, ok, None, None)
                 }
             };

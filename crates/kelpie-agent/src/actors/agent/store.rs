@@ -12,6 +12,7 @@
 //! | `<messages>w/<word>/<seq>` | nothing: message `seq` holds `word` (the search index) |
 //! | `<passages>p/<seq>` | a passage |
 //! | `<passages>pi/<id>` | the passage's seq |
+//! | `<passages>q/<seq>` | the passage's search code (`kelpie_memory::Code`; empty when its embedding has no direction) |
 //!
 //! `<seq>` is 16 hex digits, so key order is sequence order and every list
 //! is a bounded range read: O(limit + log n) whatever the history's size.
@@ -23,7 +24,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use kelpie_core::{Error, Result};
-use kelpie_memory::{rank_passages, Passage};
+use kelpie_memory::{Code, Passage};
 use kelpie_runtime::ActorContext;
 use kelpie_storage::{KeyRange, ScanOrder};
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,10 @@ pub struct AgentActorState {
     /// What of the conversation is in the context window.
     #[serde(default)]
     pub context: ContextState,
+    /// Drawn afresh at every change to the passages: an archival index
+    /// built for another token is stale (see `archive`).
+    #[serde(default)]
+    pub passage_token: u64,
 }
 
 /// The part of the conversation in the context window: the messages from
@@ -97,6 +102,22 @@ impl AgentActorState {
 }
 
 pub(crate) type Ctx<'a> = ActorContext<'a, AgentActorState>;
+
+/// A change to an agent's passages, as an index of them sees it.
+pub(crate) enum Change<'a> {
+    Insert { seq: u64, code: Option<&'a Code> },
+    Remove { seq: u64 },
+}
+
+/// What keeps something derived from the passages (the archival index,
+/// `archive`) in step with each change made here.
+pub(crate) trait PassageChanges: Sync {
+    /// `change` was just made (and the state's `passage_token` is still
+    /// the one from before it).
+    fn changed(&self, ctx: &mut Ctx<'_>, change: Change<'_>);
+    /// The agent's passages are gone (a new generation).
+    fn forget(&self, actor_id: &kelpie_core::ActorId);
+}
 
 fn not_found(ctx: &Ctx<'_>) -> Error {
     Error::NotFound { kind: "agent", id: ctx.actor_id.id().to_string() }
@@ -130,7 +151,7 @@ fn generation_prefix(kind: char, generation: u64) -> String {
 fn legacy_prefixes(kind: char) -> &'static [&'static str] {
     match kind {
         'm' => &["m/", "mi/", "w/"],
-        _ => &["p/", "pi/"],
+        _ => &["p/", "pi/", "q/"],
     }
 }
 
@@ -154,11 +175,31 @@ fn word_key(space: &str, word: &str, seq: u64) -> Vec<u8> {
     format!("{space}w/{word}/{seq:016x}").into_bytes()
 }
 
+/// Keys one stored passage takes.
+pub(crate) const PASSAGE_KEYS_COUNT: usize = 3;
+
+/// The seq a `…/<seq>` key ends with.
+pub(crate) fn seq_of_key(key: &[u8]) -> Result<u64> {
+    let corrupt = || Error::Corruption { location: "agent key".into(), reason: "no seq at its end".into() };
+    let hex = key.len().checked_sub(16).map(|start| &key[start..]).ok_or_else(corrupt)?;
+    u64::from_str_radix(std::str::from_utf8(hex).map_err(|_| corrupt())?, 16).map_err(|_| corrupt())
+}
+
+/// Every stored search code of the current passages.
+pub(crate) fn code_range(ctx: &Ctx<'_>) -> KeyRange {
+    KeyRange::prefix(format!("{}q/", passages(ctx)))
+}
+
+/// Every current passage.
+pub(crate) fn passage_range(ctx: &Ctx<'_>) -> KeyRange {
+    KeyRange::prefix(format!("{}p/", passages(ctx)))
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode: {e}")))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::Corruption { location: what.to_string(), reason: e.to_string() })
 }
@@ -396,9 +437,7 @@ pub(crate) async fn search_messages(
     'indexed: while hits.len() < limit && candidates_read < CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX {
         let rows = ctx.kv_scan_page(&range, ScanOrder::Descending, STORE_PAGE_COUNT_MAX).await?;
         for (key, _) in &rows {
-            let hex = &key[key.len() - 16..];
-            let seq = u64::from_str_radix(std::str::from_utf8(hex).unwrap_or_default(), 16)
-                .map_err(|e| Error::Corruption { location: "search index".into(), reason: e.to_string() })?;
+            let seq = seq_of_key(key)?;
             candidates_read += 1;
             if let Some(message) = read_message(ctx, &space, seq).await? {
                 if message.searchable_text().to_lowercase().contains(&needle) {
@@ -435,20 +474,28 @@ async fn read_message(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option
     }
 }
 
-/// Stores `passage` under the next sequence number.
-pub(crate) async fn put_passage(ctx: &mut Ctx<'_>, passage: &Passage) -> Result<()> {
+/// Stores `passage` under the next sequence number, with its search code.
+pub(crate) async fn put_passage(
+    ctx: &mut Ctx<'_>,
+    indexes: &dyn PassageChanges,
+    passage: &Passage,
+) -> Result<()> {
     ensure_counted(ctx).await?;
     let seq = next_seq(ctx);
     let space = passages(ctx);
+    let code = Code::of(&passage.embedding);
     ctx.kv_put(&seq_key(&space, "p", seq), encode(passage)?)?;
     ctx.kv_put(&index_key(&space, "pi", &passage.id), seq.to_be_bytes().to_vec())?;
+    ctx.kv_put(&seq_key(&space, "q", seq), code.as_ref().map(Code::to_bytes).unwrap_or_default())?;
     counts_mut(ctx).passages += 1;
+    indexes.changed(ctx, Change::Insert { seq, code: code.as_ref() });
     Ok(())
 }
 
 /// A new passage with a new id, stored now.
 pub(crate) async fn insert_passage(
     ctx: &mut Ctx<'_>,
+    indexes: &dyn PassageChanges,
     text: String,
     tags: Vec<String>,
     embedding: Vec<f32>,
@@ -462,8 +509,17 @@ pub(crate) async fn insert_passage(
         tags,
         created_ms: ctx.env.clock.wall_ms(),
     };
-    put_passage(ctx, &passage).await?;
+    put_passage(ctx, indexes, &passage).await?;
     Ok(passage)
+}
+
+/// Passage `seq` of the current generation, if stored.
+pub(crate) async fn read_passage(ctx: &mut Ctx<'_>, seq: u64) -> Result<Option<Passage>> {
+    let space = passages(ctx);
+    match ctx.kv_get(&seq_key(&space, "p", seq)).await? {
+        Some(bytes) => Ok(Some(decode(&bytes, "agent passage")?)),
+        None => Ok(None),
+    }
 }
 
 /// One page of the agent's passages.
@@ -476,34 +532,8 @@ pub(crate) async fn passage_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<V
     rows.iter().map(|(_, value)| decode(value, "agent passage")).collect()
 }
 
-/// Every passage of the agent, oldest first, read page by page.
-pub(crate) async fn all_passages(ctx: &mut Ctx<'_>) -> Result<Vec<Passage>> {
-    let mut all: Vec<Passage> = Vec::new();
-    loop {
-        let after = all.last().map(|passage| passage.id.clone());
-        let page = PageSpec { after, limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
-        let batch = passage_page(ctx, &page).await?;
-        let full = batch.len() == STORE_PAGE_COUNT_MAX;
-        all.extend(batch);
-        if !full {
-            return Ok(all);
-        }
-    }
-}
-
-/// The `top_k` passages nearest `query_embedding`, best first.
-pub(crate) async fn search_passages(
-    ctx: &mut Ctx<'_>,
-    query_embedding: &[f32],
-    top_k: usize,
-) -> Result<Vec<Passage>> {
-    let passages = all_passages(ctx).await?;
-    let ranked = rank_passages(&passages, query_embedding, top_k);
-    Ok(ranked.into_iter().map(|index| passages[index].clone()).collect())
-}
-
 /// Deletes passage `id`; not found when the agent has no such passage.
-pub(crate) async fn delete_passage(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
+pub(crate) async fn delete_passage(ctx: &mut Ctx<'_>, indexes: &dyn PassageChanges, id: &str) -> Result<()> {
     agent(ctx)?;
     ensure_counted(ctx).await?;
     let space = passages(ctx);
@@ -512,7 +542,9 @@ pub(crate) async fn delete_passage(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
     };
     ctx.kv_delete(&seq_key(&space, "p", seq))?;
     ctx.kv_delete(&index_key(&space, "pi", id))?;
+    ctx.kv_delete(&seq_key(&space, "q", seq))?;
     counts_mut(ctx).passages -= 1;
+    indexes.changed(ctx, Change::Remove { seq });
     Ok(())
 }
 
@@ -530,12 +562,14 @@ pub(crate) async fn end_message_generation(ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 /// Ends the current passage generation, as [`end_message_generation`].
-pub(crate) async fn end_passage_generation(ctx: &mut Ctx<'_>) -> Result<()> {
+pub(crate) async fn end_passage_generation(ctx: &mut Ctx<'_>, indexes: &dyn PassageChanges) -> Result<()> {
     ensure_counted(ctx).await?;
     let generation = ctx.state.passage_generation;
     push_reclaim(ctx, 'p', generation);
     ctx.state.passage_generation = generation + 1;
     counts_mut(ctx).passages = 0;
+    indexes.forget(ctx.actor_id);
+    ctx.state.passage_token = ctx.env.rng.next_u64();
     Ok(())
 }
 
