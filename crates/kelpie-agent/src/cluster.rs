@@ -58,14 +58,11 @@ impl ClusterNode {
     /// Joins the cluster on `database_url` as `node_id`, reachable at
     /// `advertise`; the transport will listen on `listen`.
     pub async fn start(
-        database_url: &str,
+        (database_url, backend): (&str, Arc<PostgresBackend>),
         node_id: NodeId,
         (advertise, listen): (SocketAddr, SocketAddr),
         env: Env,
     ) -> Result<ClusterNode, NodeError> {
-        let storage_error =
-            |e: kelpie_core::Error| NodeError::Storage { backend: "postgres", reason: e.to_string() };
-        let backend = Arc::new(PostgresBackend::connect(database_url).await.map_err(storage_error)?);
         let directory: Arc<dyn PlacementDirectory> = Arc::new(PostgresRegistry::new(backend));
         let cluster_error = |e: kelpie_cluster::ClusterError| NodeError::Cluster(e.to_string());
         let table = NodeTable::connect(database_url).await.map_err(cluster_error)?;

@@ -53,6 +53,14 @@ impl From<Error> for ServiceError {
     }
 }
 
+impl ServiceError {
+    /// The node that should serve this could not be reached (or is
+    /// leaving): nothing was done, and trying again later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ServiceError::Core(Error::NodeUnavailable { .. } | Error::ShuttingDown { .. }))
+    }
+}
+
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
 /// Why a node could not start or stop.

@@ -8,6 +8,7 @@
 //! reach this node's actors by namespace through the [`NodeHandler`].
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kelpie_cluster::{HttpForwardHandler, NodeHandler};
 use kelpie_core::config::{KelpieConfig, SandboxBackend, SandboxConfig, StorageConfig};
@@ -20,7 +21,7 @@ use kelpie_sandbox::gvisor::GvisorBackend;
 use kelpie_sandbox::process::ProcessBackend;
 use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
 use kelpie_sandbox::Backend;
-use kelpie_storage::Storage;
+use kelpie_storage::{PostgresBackend, Storage};
 use kelpie_tools::{RunnerSettings, ToolRunner};
 
 use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
@@ -34,20 +35,35 @@ use crate::cluster::ClusterNode;
 pub use crate::error::NodeError;
 use crate::service::{AgentRuntimes, AgentService};
 
+/// The storage a node opened: its actors' data and, on PostgreSQL, the
+/// connection pool, which a cluster's placement leases share (one pool of
+/// `storage.pool_size` connections per node, not one per use).
+#[derive(Clone)]
+pub struct NodeStorage {
+    pub storage: Storage,
+    postgres: Option<Arc<PostgresBackend>>,
+}
+
 /// Prepares the data dir and opens the configured storage.
-pub async fn open_storage(config: &KelpieConfig) -> Result<Storage, NodeError> {
+pub async fn open_storage(config: &KelpieConfig) -> Result<NodeStorage, NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let (opened, backend) = match &config.storage {
-        StorageConfig::Memory => (Ok(Storage::memory()), "memory"),
-        StorageConfig::Redb { path } => (Storage::open_redb(path), "redb"),
-        StorageConfig::Postgres { database_url, .. } => {
-            (Storage::connect_postgres(database_url).await, "postgres")
+    let failed = |backend| move |e: kelpie_core::Error| NodeError::Storage { backend, reason: e.to_string() };
+    match &config.storage {
+        StorageConfig::Memory => Ok(NodeStorage { storage: Storage::memory(), postgres: None }),
+        StorageConfig::Redb { path } => {
+            Ok(NodeStorage { storage: Storage::open_redb(path).map_err(failed("redb"))?, postgres: None })
         }
-    };
-    opened.map_err(|e| NodeError::Storage { backend, reason: e.to_string() })
+        StorageConfig::Postgres { database_url, pool_size } => {
+            let backend = PostgresBackend::connect_sized(database_url, *pool_size as usize)
+                .await
+                .map_err(failed("postgres"))?;
+            let backend = Arc::new(backend);
+            Ok(NodeStorage { storage: Storage::from_backend(backend.clone()), postgres: Some(backend) })
+        }
+    }
 }
 
 /// Where the agent service's actors are placed: on this node only, or in a
@@ -58,6 +74,13 @@ pub enum Placement {
     Local,
     Cluster { directory: Arc<dyn PlacementDirectory>, remote: Arc<kelpie_cluster::ClusterRemote> },
 }
+
+/// How long start-up waits for a peer that holds an actor it needs and
+/// does not answer yet (a peer starting at the same moment), in ms.
+pub const STARTUP_UNAVAILABLE_WAIT_MS: u64 = 60_000;
+/// First pause between start-up attempts, in ms; doubled up to the max.
+const STARTUP_RETRY_PAUSE_MS_MIN: u64 = 50;
+const STARTUP_RETRY_PAUSE_MS_MAX: u64 = 1_000;
 
 /// The running agent service of this node and its part in a cluster.
 pub struct AgentNode {
@@ -71,13 +94,14 @@ pub struct AgentNode {
 }
 
 impl AgentNode {
-    /// Joins the cluster when configured, builds the agent service over
-    /// `storage` and moves agents of an unsharded directory into its shards.
-    pub async fn start(config: &KelpieConfig, storage: &Storage) -> Result<AgentNode, NodeError> {
-        let (cluster, placement) = match (&config.cluster, &config.storage) {
-            (Some(cluster), StorageConfig::Postgres { database_url, .. }) => {
+    /// Joins the cluster when configured and builds the agent service over
+    /// `storage`. Nothing is served yet: [`Self::listen`] follows.
+    pub async fn start(config: &KelpieConfig, opened: &NodeStorage) -> Result<AgentNode, NodeError> {
+        let storage = &opened.storage;
+        let (cluster, placement) = match (&config.cluster, &config.storage, &opened.postgres) {
+            (Some(cluster), StorageConfig::Postgres { database_url, .. }, Some(backend)) => {
                 let node = ClusterNode::start(
-                    database_url,
+                    (database_url, Arc::clone(backend)),
                     config.node_id.clone(),
                     (cluster.advertise, cluster.listen),
                     Env::production(),
@@ -87,32 +111,59 @@ impl AgentNode {
                     Placement::Cluster { directory: node.directory.clone(), remote: node.remote.clone() };
                 (Some(Arc::new(node)), placement)
             }
-            (Some(_), _) => return Err(NodeError::Cluster("a cluster needs PostgreSQL storage".into())),
-            (None, _) => (None, Placement::Local),
+            (Some(_), _, _) => return Err(NodeError::Cluster("a cluster needs PostgreSQL storage".into())),
+            (None, _, _) => (None, Placement::Local),
         };
         let (service, handler) = agent_service(config, storage, &placement)?;
-        let migrated =
-            service.migrate_legacy_directory().await.map_err(|e| NodeError::Service(e.to_string()))?;
-        if migrated > 0 {
-            tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
-        }
         let sandbox_dir = config.sandbox.dir.clone();
-        // Resumes reclaiming what deletes and abandoned imports left, and
-        // keeps doing it for later ones.
-        service.reclaimer.start();
         Ok(AgentNode { service: Arc::new(service), cluster, handler: Mutex::new(Some(handler)), sandbox_dir })
     }
 
-    /// In a cluster, starts answering other nodes (actor invocations, and
-    /// whole HTTP requests through `http`) and rebalancing agents onto nodes
-    /// that join. Alone, nothing to do.
+    /// Starts answering: in a cluster, other nodes (actor invocations, and
+    /// whole HTTP requests through `http`) and rebalancing agents onto
+    /// nodes that join. Then moves agents of an unsharded directory into
+    /// its shards and starts reclaiming what deletes and abandoned imports
+    /// left.
+    ///
+    /// Nodes may start at the same moment: the actors the start-up touches
+    /// may be held by a node that is itself starting, so this node answers
+    /// its peers before touching them, and waits (up to
+    /// `STARTUP_UNAVAILABLE_WAIT_MS`) while the holder is not answering yet.
     pub async fn listen(&self, http: Arc<dyn HttpForwardHandler>) -> Result<(), NodeError> {
-        let Some(cluster) = &self.cluster else { return Ok(()) };
-        let handler = self.handler.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let handler = handler.ok_or_else(|| NodeError::Cluster("the node listens already".into()))?;
-        cluster.listen(handler, http).await?;
-        cluster.start_rebalancing(Arc::clone(&self.service));
+        if let Some(cluster) = &self.cluster {
+            let handler = self.handler.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let handler = handler.ok_or_else(|| NodeError::Cluster("the node listens already".into()))?;
+            cluster.listen(handler, http).await?;
+            cluster.start_rebalancing(Arc::clone(&self.service));
+        }
+        let migrated = self.migrate_legacy_directory().await?;
+        if migrated > 0 {
+            tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
+        }
+        self.service.reclaimer.start();
         Ok(())
+    }
+
+    /// The legacy directory's migration, tried again while the node that
+    /// holds one of its actors cannot be reached (a peer still starting).
+    async fn migrate_legacy_directory(&self) -> Result<usize, NodeError> {
+        let clock = self.service.env().clock.clone();
+        let started_ms = clock.monotonic_ms();
+        let mut pause_ms = STARTUP_RETRY_PAUSE_MS_MIN;
+        loop {
+            match self.service.migrate_legacy_directory().await {
+                Ok(migrated) => return Ok(migrated),
+                Err(err)
+                    if err.is_unavailable()
+                        && clock.monotonic_ms().saturating_sub(started_ms) < STARTUP_UNAVAILABLE_WAIT_MS =>
+                {
+                    tracing::info!(%err, pause_ms, "a peer holding a directory actor is not answering yet");
+                    clock.sleep(Duration::from_millis(pause_ms)).await;
+                    pause_ms = (pause_ms * 2).min(STARTUP_RETRY_PAUSE_MS_MAX);
+                }
+                Err(err) => return Err(NodeError::Service(err.to_string())),
+            }
+        }
     }
 
     /// Stops the agent service. In a cluster, leaving is a drain: the node

@@ -197,15 +197,23 @@ impl ClusterRemote {
         Ok(receiver)
     }
 
+    /// The node to send to. A cached view that cannot route the request
+    /// (an owner that joined or came back since it was read) is read
+    /// afresh once before the request is refused.
     async fn resolve(&self, target: Option<NodeId>) -> Result<(NodeId, SocketAddr)> {
-        let members = self.members().await?;
         let self_node = self.membership.node_id().clone();
         let rng = self.env.rng.clone();
-        let pick = |count: usize| rng.gen_range(0, count as u64) as usize;
-        resolve_target(&self_node, target.as_ref(), &members, pick).map_err(|reason| Error::NodeUnavailable {
-            node_id: target.clone().unwrap_or_else(|| self_node.clone()),
-            reason,
-        })
+        let mut refused = String::new();
+        for _ in 0..2 {
+            let members = self.members().await?;
+            let pick = |count: usize| rng.gen_range(0, count as u64) as usize;
+            match resolve_target(&self_node, target.as_ref(), &members, pick) {
+                Ok(resolved) => return Ok(resolved),
+                Err(reason) => refused = reason,
+            }
+            *self.lock_view() = None;
+        }
+        Err(Error::NodeUnavailable { node_id: target.unwrap_or(self_node), reason: refused })
     }
 }
 

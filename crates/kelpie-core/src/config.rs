@@ -18,7 +18,7 @@
 //! | `api_key` | `KELPIE_API_KEY` | none (no auth) |
 //! | `storage.backend` | `KELPIE_STORAGE` | `redb`, or `postgres` when a URL is given |
 //! | `storage.database_url` | `KELPIE_DATABASE_URL` | none |
-//! | `storage.pool_size` | `KELPIE_DATABASE_POOL_SIZE` | 16 |
+//! | `storage.pool_size` | `KELPIE_DATABASE_POOL_SIZE` | 12 |
 //! | `cluster.enabled` | `KELPIE_CLUSTER` | `false` |
 //! | `cluster.advertise` | `KELPIE_ADVERTISE` | none |
 //! | `cluster.listen` | `KELPIE_CLUSTER_LISTEN` | the advertise address |
@@ -45,7 +45,10 @@ use crate::limits::CONFIG_FILE_SIZE_BYTES_MAX;
 
 /// Most connections one node keeps to PostgreSQL.
 pub const DATABASE_POOL_SIZE_COUNT_MAX: u32 = 256;
-const DATABASE_POOL_SIZE_COUNT_DEFAULT: u32 = 16;
+/// Connections one node keeps to PostgreSQL when not told: with the 4 of
+/// its membership heartbeats, 16 a node, so PostgreSQL's default
+/// `max_connections` (100) holds six nodes.
+const DATABASE_POOL_SIZE_COUNT_DEFAULT: u32 = 12;
 /// Most sandboxes kept started ahead of the tool calls that will use them.
 pub const SANDBOX_WARM_COUNT_MAX: usize = 64;
 const SANDBOX_WARM_COUNT_DEFAULT: usize = 2;
@@ -559,7 +562,7 @@ mod tests {
             config.storage,
             StorageConfig::Postgres {
                 database_url: "postgres://u@127.0.0.1:5432/kelpie".into(),
-                pool_size: 16
+                pool_size: DATABASE_POOL_SIZE_COUNT_DEFAULT
             }
         );
     }

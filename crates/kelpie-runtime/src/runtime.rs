@@ -35,6 +35,9 @@ pub const ACTIVE_ACTORS_COUNT_MAX_DEFAULT: usize = 100_000;
 
 /// Times one invocation may find its activation closing and start over.
 const DISPATCH_ATTEMPTS_COUNT_MAX: u32 = 4;
+/// Times a clustered invocation looks up an unowned actor's owner again
+/// after another node won the claim.
+const ROUTE_ATTEMPTS_COUNT_MAX: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -239,17 +242,29 @@ impl<A: Actor> Runtime<A> {
         if self.is_active(actor_id) {
             return self.invoke_local(actor_id, message).await;
         }
-        let owner = self.shared.directory.live_owner(actor_id).await?;
-        let target = match owner {
-            Some(owner) if &owner.node_id == self.node_id() => {
-                return self.invoke_local(actor_id, message).await
-            }
-            Some(owner) => Some(owner.node_id),
-            None if remote.accepts_activations() && !self.is_shutting_down() => {
-                return self.invoke_local(actor_id, message).await;
-            }
-            None => None,
-        };
+        let mut target = None;
+        for _ in 0..ROUTE_ATTEMPTS_COUNT_MAX {
+            let owner = self.shared.directory.live_owner(actor_id).await?;
+            target = match owner {
+                Some(owner) if &owner.node_id == self.node_id() => {
+                    return self.invoke_local(actor_id, message).await
+                }
+                Some(owner) => Some(owner.node_id),
+                None if remote.accepts_activations() && !self.is_shutting_down() => {
+                    // Claim it here first, without the message: another
+                    // node may claim it in between (nodes starting
+                    // together ask for the same actors), and then the
+                    // message goes to that node instead.
+                    match self.touch(actor_id).await {
+                        Ok(()) => return self.invoke_local(actor_id, message).await,
+                        Err(Error::NodeUnavailable { .. }) if !self.is_active(actor_id) => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+                None => None,
+            };
+            break;
+        }
         let payload = (codec.encode_message)(actor_id, &message)?;
         let reply = remote.forward(target.clone(), actor_id.clone(), payload).await?;
         (codec.decode_reply)(actor_id, &reply).map_err(|err| match err {

@@ -123,7 +123,13 @@ impl PostgresBackend {
     /// Connects to `url` (a `postgres://` URL or key=value string) and
     /// creates or migrates the schema.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = connect_pool(url, POSTGRES_POOL_CONNECTIONS_COUNT_MAX)?;
+        Self::connect_sized(url, POSTGRES_POOL_CONNECTIONS_COUNT_MAX).await
+    }
+
+    /// [`Self::connect`] with at most `pool_size` connections open.
+    pub async fn connect_sized(url: &str, pool_size: usize) -> Result<Self> {
+        assert!(pool_size > 0, "a pool holds a connection");
+        let pool = connect_pool(url, pool_size)?;
         let backend = PostgresBackend { pool };
         backend.migrate().await?;
         Ok(backend)

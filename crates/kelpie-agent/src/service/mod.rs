@@ -155,6 +155,11 @@ impl AgentService {
 
     /// Moves the agents of a data dir from before the directory was sharded
     /// into the shards; how many were moved.
+    /// The environment (clock, rng, spawner) the service runs on.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
     pub async fn migrate_legacy_directory(&self) -> ServiceResult<usize> {
         self.directory.migrate_legacy().await
     }

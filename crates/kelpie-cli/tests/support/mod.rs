@@ -116,6 +116,12 @@ impl NodeProcess {
 
     /// Starts the process and waits until it listens for HTTP.
     pub fn spawn(&mut self, database_url: &str, llm_url: &str, data_dir: &Path) {
+        self.start(database_url, llm_url, data_dir).wait();
+    }
+
+    /// Starts the process; the answer says when it listens for HTTP (or
+    /// that it exited first, with what it printed).
+    pub fn start(&mut self, database_url: &str, llm_url: &str, data_dir: &Path) -> Readiness {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelpie"));
         for (name, _) in std::env::vars() {
@@ -142,24 +148,46 @@ impl NodeProcess {
         let name = self.name.clone();
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
+            let mut printed = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening on http://") {
                     if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
+                        let _ = tx.send(Ok(()));
                     }
                 }
                 if line.contains("ERROR") || line.contains("panicked") {
                     eprintln!("[{name}] {line}");
                 }
+                if ready.is_some() {
+                    printed.push(line);
+                }
+            }
+            if let Some(tx) = ready {
+                let _ = tx.send(Err(printed.join("\n")));
             }
         });
-        ready_rx.recv_timeout(Duration::from_millis(STARTUP_TIMEOUT_MS)).expect("node never listened");
+        Readiness { name: self.name.clone(), ready: ready_rx }
     }
 
     /// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`, ...).
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal}");
+    }
+
+    /// Picks new free ports (after a port it was given was taken in the
+    /// meantime by another socket of this machine).
+    pub fn move_ports(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        self.http = free_loopback_addr();
+        self.advertise = free_loopback_addr();
+    }
+
+    /// Reaps a process that exited by itself.
+    pub fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
     }
 
     /// SIGKILL, then reap.
@@ -185,6 +213,32 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Whether a started node came to listen for HTTP.
+pub struct Readiness {
+    name: String,
+    ready: std::sync::mpsc::Receiver<Result<(), String>>,
+}
+
+impl Readiness {
+    /// Waits until the node listens; panics with what it printed when it
+    /// exited first, or after `STARTUP_TIMEOUT_MS`.
+    pub fn wait(self) {
+        let name = self.name.clone();
+        if let Err(printed) = self.outcome() {
+            panic!("{name} exited before listening:\n{printed}");
+        }
+    }
+
+    /// Waits until the node listens (`Ok`) or exits first (`Err` with what
+    /// it printed); panics after `STARTUP_TIMEOUT_MS`.
+    pub fn outcome(self) -> Result<(), String> {
+        match self.ready.recv_timeout(Duration::from_millis(STARTUP_TIMEOUT_MS)) {
+            Ok(outcome) => outcome,
+            Err(_) => panic!("{} never listened", self.name),
+        }
+    }
+}
+
 /// The answer to one `POST /v1/agents/{id}/messages`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
@@ -198,8 +252,10 @@ pub struct Delivery {
 pub async fn create_agent(client: &reqwest::Client, url: &str, name: &str) -> String {
     let body = json!({"name": name, "memory_blocks": [{"label": "human", "value": "tester"}]});
     let response = client.post(format!("{url}/v1/agents/")).json(&body).send().await.expect("create agent");
-    assert!(response.status().is_success(), "create {name} through {url}: {}", response.status());
-    let created: Value = response.json().await.expect("agent JSON");
+    let status = response.status();
+    let text = response.text().await.expect("answer body");
+    assert!(status.is_success(), "create {name} through {url}: {status} {text}");
+    let created: Value = serde_json::from_str(&text).expect("agent JSON");
     created["id"].as_str().expect("agent id").to_string()
 }
 
