@@ -29,8 +29,8 @@ use kelpie_cluster::forward::{encode_forwarded, encode_request};
 use kelpie_cluster::rebalance::{self, REBALANCE_INTERVAL_MS};
 use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
 use kelpie_cluster::{
-    ClusterRemote, HttpForwardHandler, Member, MemberView, MembershipConfig, NodeHandler, NodeTable,
-    RequestKind, TcpServer, TcpTransport, TransportConfig,
+    ClusterRemote, ClusterSecret, HttpForwardHandler, Member, MemberView, MembershipConfig, NodeHandler,
+    NodeTable, RequestKind, TcpServer, TcpTransport, TransportConfig,
 };
 use kelpie_core::limits::{HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS};
 use kelpie_core::{ActorId, Env, NodeId};
@@ -49,6 +49,8 @@ pub struct ClusterNode {
     /// The transport server, started once the router exists.
     server: Mutex<Option<TcpServer>>,
     listen: SocketAddr,
+    /// How the transport speaks, both ways (limits, the cluster secret).
+    transport_config: TransportConfig,
     /// The rebalancing loop runs while this is set.
     rebalancing: AtomicBool,
     env: Env,
@@ -56,13 +58,15 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// Joins the cluster on `database_url` as `node_id`, reachable at
-    /// `advertise`; the transport will listen on `listen`.
+    /// `advertise`; the transport will listen on `listen`, and every
+    /// connection either way proves `secret` (none: a trusted network).
     pub async fn start(
         (database_url, backend): (&str, Arc<PostgresBackend>),
         node_id: NodeId,
-        (advertise, listen): (SocketAddr, SocketAddr),
+        (advertise, listen, secret): (SocketAddr, SocketAddr, Option<ClusterSecret>),
         env: Env,
     ) -> Result<ClusterNode, NodeError> {
+        let transport_config = TransportConfig { secret, ..TransportConfig::default() };
         let directory: Arc<dyn PlacementDirectory> = Arc::new(PostgresRegistry::new(backend));
         let cluster_error = |e: kelpie_cluster::ClusterError| NodeError::Cluster(e.to_string());
         let table = NodeTable::connect(database_url).await.map_err(cluster_error)?;
@@ -70,7 +74,7 @@ impl ClusterNode {
         let member = Member::join(table, env.clone(), node_id.clone(), advertise, membership)
             .await
             .map_err(cluster_error)?;
-        let transport = Arc::new(TcpTransport::new(env.clone(), TransportConfig::default()));
+        let transport = Arc::new(TcpTransport::new(env.clone(), transport_config.clone()));
         let remote = Arc::new(ClusterRemote::new(
             Arc::new(member.clone()),
             transport,
@@ -84,6 +88,7 @@ impl ClusterNode {
             directory,
             server: Mutex::new(None),
             listen,
+            transport_config,
             rebalancing: AtomicBool::new(false),
             env,
         })
@@ -98,7 +103,7 @@ impl ClusterNode {
     ) -> Result<(), NodeError> {
         let handler = handler.with_http(http);
         let server =
-            TcpServer::bind(self.listen, Arc::new(handler), self.env.clone(), TransportConfig::default())
+            TcpServer::bind(self.listen, Arc::new(handler), self.env.clone(), self.transport_config.clone())
                 .await
                 .map_err(|e| NodeError::Bind { addr: self.listen, reason: e.to_string() })?;
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);

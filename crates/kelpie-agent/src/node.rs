@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kelpie_cluster::{HttpForwardHandler, NodeHandler};
+use kelpie_cluster::{ClusterSecret, HttpForwardHandler, NodeHandler};
 use kelpie_core::config::{KelpieConfig, SandboxBackend, SandboxConfig, StorageConfig};
 use kelpie_core::Env;
 use kelpie_llm::catalog::ModelCatalog;
@@ -100,10 +100,14 @@ impl AgentNode {
         let storage = &opened.storage;
         let (cluster, placement) = match (&config.cluster, &config.storage, &opened.postgres) {
             (Some(cluster), StorageConfig::Postgres { database_url, .. }, Some(backend)) => {
+                let secret = cluster.secret.as_deref().map(|secret| ClusterSecret::new(secret.as_bytes()));
+                if secret.is_none() {
+                    tracing::warn!("cluster.trusted_network is set: the cluster transport runs any peer's commands unauthenticated");
+                }
                 let node = ClusterNode::start(
                     (database_url, Arc::clone(backend)),
                     config.node_id.clone(),
-                    (cluster.advertise, cluster.listen),
+                    (cluster.advertise, cluster.listen, secret),
                     Env::production(),
                 )
                 .await?;

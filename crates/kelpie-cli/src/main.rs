@@ -76,6 +76,10 @@ struct ServeArgs {
     /// Address the cluster transport listens on [default: the advertise address].
     #[arg(long, value_name = "IP:PORT")]
     cluster_listen: Option<String>,
+    /// Run the cluster transport without a shared secret (KELPIE_CLUSTER_SECRET):
+    /// only where nothing but the cluster's nodes can reach it.
+    #[arg(long)]
+    cluster_trusted_network: bool,
     /// Model handle used when an agent names none.
     #[arg(long, value_name = "HANDLE")]
     default_model: Option<String>,
@@ -88,7 +92,7 @@ impl ServeArgs {
             layers.add_file(path)?;
         }
         layers.add_env(std::env::vars());
-        let flags: [(&str, &str, Option<&str>); 9] = [
+        let flags: [(&str, &str, Option<&str>); 10] = [
             ("data_dir", "--data-dir", self.data_dir.as_deref()),
             ("bind", "--bind", self.bind.as_deref()),
             ("node_id", "--node-id", self.node_id.as_deref()),
@@ -97,6 +101,11 @@ impl ServeArgs {
             ("cluster.enabled", "--cluster", self.cluster.then_some("true")),
             ("cluster.advertise", "--advertise", self.advertise.as_deref()),
             ("cluster.listen", "--cluster-listen", self.cluster_listen.as_deref()),
+            (
+                "cluster.trusted_network",
+                "--cluster-trusted-network",
+                self.cluster_trusted_network.then_some("true"),
+            ),
             ("llm.default_model", "--default-model", self.default_model.as_deref()),
         ];
         for (field, flag, value) in flags {

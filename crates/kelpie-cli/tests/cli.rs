@@ -54,6 +54,28 @@ fn invalid_config_is_rejected_before_serving() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("config field `bind` (from flag --bind)"), "flag beats env: {stderr}");
+
+    // A cluster without a shared secret is refused unless the network is declared trusted.
+    let cluster = [
+        "serve",
+        "--cluster",
+        "--database-url",
+        "postgres://k@127.0.0.1:1/k",
+        "--advertise",
+        "127.0.0.1:7100",
+    ];
+    let out = kelpie().args(cluster).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("config field `cluster.secret` (from the default): is required in a cluster"),
+        "{stderr}"
+    );
+    let out = kelpie().args(cluster).env("KELPIE_CLUSTER_SECRET", "short").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is 5 bytes; at least 16 are needed"), "{stderr}");
+    assert!(!stderr.contains("short"), "the secret is never printed: {stderr}");
 }
 
 #[test]

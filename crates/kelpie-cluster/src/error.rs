@@ -16,6 +16,10 @@ pub enum ClusterError {
     Connect { peer: SocketAddr, reason: String },
     #[error("connection to {peer} failed: {reason}")]
     Io { peer: SocketAddr, reason: String },
+    /// The cluster handshake with the peer failed: it does not hold this
+    /// cluster's secret, or does not speak the handshake.
+    #[error("authenticating with {peer} failed: {reason}")]
+    Auth { peer: SocketAddr, reason: String },
     #[error(
         "frame of {size_bytes} bytes exceeds FRAME_SIZE_BYTES_MAX ({limit_bytes}) on the link to {peer}"
     )]

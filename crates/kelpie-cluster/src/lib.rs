@@ -5,8 +5,9 @@
 //!   driver over a [`NodeStore`] ([`node_table`] on PostgreSQL, or
 //!   [`MemoryNodeStore`]).
 //! - [`transport`]: the [`Transport`] trait and its TCP client; [`server`]
-//!   the TCP server; [`frame`] (wire format) and [`backoff`] (reconnect
-//!   timing) are their sans-IO parts.
+//!   the TCP server; [`frame`] (wire format), [`auth`] (the mutual
+//!   handshake on every connection, by a shared cluster secret) and
+//!   [`backoff`] (reconnect timing) are their sans-IO parts.
 //! - [`forward`]: carrying the runtime's routing out: [`ClusterRemote`]
 //!   (the runtime's `Remote` over a transport) and the receiving
 //!   [`NodeHandler`].
@@ -17,6 +18,7 @@
 //! `kelpie-registry`; this crate asks it, never duplicates it. Time, tasks
 //! and randomness come from `kelpie_core::Env`. Never depends on the server.
 
+pub mod auth;
 pub mod backoff;
 pub mod error;
 pub mod forward;
@@ -29,6 +31,7 @@ pub mod rebalance;
 pub mod server;
 pub mod transport;
 
+pub use auth::ClusterSecret;
 pub use error::{ClusterError, ClusterResult};
 pub use forward::{ClusterRemote, HttpForwardHandler, Membership, NodeHandler, RequestKind};
 pub use member::{Member, MemberView};

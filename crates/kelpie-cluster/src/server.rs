@@ -10,15 +10,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kelpie_core::Env;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::auth::{self, ClusterSecret, ServerHandshake, HELLO_BYTES, PROOF_BYTES};
 use crate::error::{ClusterError, ClusterResult};
 use crate::frame::{self, Envelope, FrameKind};
 use crate::transport::{
-    read_frame, ReadEnd, RequestHandler, TransportConfig, STREAM_CHUNKS_BUFFERED_COUNT_MAX,
+    read_frame, within_handshake, ReadEnd, RequestHandler, TransportConfig, STREAM_CHUNKS_BUFFERED_COUNT_MAX,
 };
 
 /// A listening server; stops accepting and closes its connections when
@@ -93,6 +94,18 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::warn!(%peer, "set_nodelay: {err}");
     }
+    let mut stream = stream;
+    if let Some(secret) = &shared.config.secret {
+        let authenticated = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => return,
+            authenticated = authenticate_client(&shared.env, &mut stream, secret) => authenticated,
+        };
+        if let Err(reason) = authenticated {
+            // Not a word more is read from this peer.
+            return tracing::warn!(%peer, "transport connection refused: {reason}");
+        }
+    }
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let slots = Arc::new(Semaphore::new(shared.config.in_flight_requests_max));
@@ -118,6 +131,24 @@ async fn serve_connection(
             }),
         );
     }
+}
+
+/// The server's side of the handshake: `Ok` once the peer proved it holds
+/// the cluster's secret.
+async fn authenticate_client(
+    env: &Env,
+    stream: &mut TcpStream,
+    secret: &ClusterSecret,
+) -> Result<(), String> {
+    let mut hello = [0u8; HELLO_BYTES];
+    within_handshake(env, stream.read_exact(&mut hello)).await?;
+    let (handshake, challenge) =
+        ServerHandshake::accept(secret.clone(), &hello, auth::nonce(env.rng.as_ref()))
+            .map_err(|err| err.to_string())?;
+    within_handshake(env, stream.write_all(&challenge)).await?;
+    let mut proof = [0u8; PROOF_BYTES];
+    within_handshake(env, stream.read_exact(&mut proof)).await?;
+    handshake.finish(&proof).map_err(|err| err.to_string())
 }
 
 async fn answer(

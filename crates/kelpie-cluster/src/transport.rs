@@ -23,6 +23,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{self, ClientHandshake, ClusterSecret, CHALLENGE_BYTES, HANDSHAKE_TIMEOUT_MS};
 use crate::backoff::Backoff;
 use crate::error::{ClusterError, ClusterResult};
 use crate::frame::{self, Envelope, FrameError, FrameKind, ENVELOPE_SIZE_BYTES, FRAME_HEADER_SIZE_BYTES};
@@ -87,10 +88,14 @@ pub trait RequestHandler: Send + Sync + 'static {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub in_flight_requests_max: usize,
     pub connect_timeout_ms: u64,
+    /// When set, every connection begins with the mutual handshake of
+    /// [`crate::auth`] (client and server must agree); `None` speaks frames
+    /// at once (a network the operator declared trusted).
+    pub secret: Option<ClusterSecret>,
 }
 
 impl Default for TransportConfig {
@@ -98,8 +103,36 @@ impl Default for TransportConfig {
         TransportConfig {
             in_flight_requests_max: IN_FLIGHT_REQUESTS_COUNT_MAX,
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            secret: None,
         }
     }
+}
+
+/// `io` within [`HANDSHAKE_TIMEOUT_MS`], as a reason on failure.
+pub(crate) async fn within_handshake<T>(
+    env: &Env,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    let timeout = env.clock.sleep(Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
+    tokio::select! {
+        biased;
+        done = io => done.map_err(|err| err.to_string()),
+        () = timeout => Err(format!("the handshake took over {HANDSHAKE_TIMEOUT_MS} ms")),
+    }
+}
+
+/// The client's side of the handshake on a fresh connection.
+async fn authenticate_to_server(
+    env: &Env,
+    stream: &mut TcpStream,
+    secret: &ClusterSecret,
+) -> Result<(), String> {
+    let (handshake, hello) = ClientHandshake::start(secret.clone(), auth::nonce(env.rng.as_ref()));
+    within_handshake(env, stream.write_all(&hello)).await?;
+    let mut challenge = [0u8; CHALLENGE_BYTES];
+    within_handshake(env, stream.read_exact(&mut challenge)).await?;
+    let proof = handshake.answer(&challenge).map_err(|err| err.to_string())?;
+    within_handshake(env, stream.write_all(&proof)).await
 }
 
 /// How a frame read ended when it did not yield an envelope.
@@ -320,6 +353,12 @@ impl TcpTransport {
             () = timeout => return Err(ClusterError::Connect { peer, reason: format!("no connection in {timeout_ms} ms") }),
         };
         stream.set_nodelay(true).map_err(|err| ClusterError::Connect { peer, reason: err.to_string() })?;
+        let mut stream = stream;
+        if let Some(secret) = &self.config.secret {
+            authenticate_to_server(&self.env, &mut stream, secret)
+                .await
+                .map_err(|reason| ClusterError::Auth { peer, reason })?;
+        }
         Ok(stream)
     }
 }

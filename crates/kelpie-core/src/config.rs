@@ -22,6 +22,8 @@
 //! | `cluster.enabled` | `KELPIE_CLUSTER` | `false` |
 //! | `cluster.advertise` | `KELPIE_ADVERTISE` | none |
 //! | `cluster.listen` | `KELPIE_CLUSTER_LISTEN` | the advertise address |
+//! | `cluster.secret` | `KELPIE_CLUSTER_SECRET` | none: required in a cluster unless trusted_network |
+//! | `cluster.trusted_network` | `KELPIE_CLUSTER_TRUSTED_NETWORK` | `false` |
 //! | `llm.openai_base_url` | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
 //! | `llm.openai_api_key` | `OPENAI_API_KEY` | none |
 //! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
@@ -65,6 +67,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("cluster.enabled", "KELPIE_CLUSTER"),
     ("cluster.advertise", "KELPIE_ADVERTISE"),
     ("cluster.listen", "KELPIE_CLUSTER_LISTEN"),
+    ("cluster.secret", "KELPIE_CLUSTER_SECRET"),
+    ("cluster.trusted_network", "KELPIE_CLUSTER_TRUSTED_NETWORK"),
     ("llm.openai_base_url", "OPENAI_BASE_URL"),
     ("llm.openai_api_key", "OPENAI_API_KEY"),
     ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
@@ -131,13 +135,30 @@ impl fmt::Display for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The address other nodes reach this node's transport on.
     pub advertise: SocketAddr,
     /// The address the transport listens on; differs from `advertise`
     /// behind NAT or a proxy.
     pub listen: SocketAddr,
+    /// What every node of the cluster shares to prove itself to the others
+    /// on each transport connection; `None` only when the operator said the
+    /// network is trusted (`cluster.trusted_network`).
+    pub secret: Option<String>,
+}
+
+/// Shortest cluster secret accepted, in bytes.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("advertise", &self.advertise)
+            .field("listen", &self.listen)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -364,11 +385,7 @@ impl ConfigLayers {
     }
 
     fn resolve_cluster(&self, storage: &StorageConfig) -> Result<Option<ClusterConfig>, ConfigError> {
-        let enabled = self.parse("cluster.enabled", "false", |v| match v {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            _ => Err(format!("{v:?} is not a boolean (true/false)")),
-        })?;
+        let enabled = self.boolean("cluster.enabled")?;
         if !enabled {
             return Ok(None);
         }
@@ -389,7 +406,25 @@ impl ConfigLayers {
             Some(_) => self.parse("cluster.listen", "", address)?,
             None => advertise,
         };
-        Ok(Some(ClusterConfig { advertise, listen }))
+        let trusted = self.boolean("cluster.trusted_network")?;
+        let secret = match self.optional("cluster.secret") {
+            Some(secret) if secret.len() < CLUSTER_SECRET_BYTES_MIN => {
+                return Err(self.invalid(
+                    "cluster.secret",
+                    &format!("is {} bytes; at least {CLUSTER_SECRET_BYTES_MIN} are needed", secret.len()),
+                ))
+            }
+            Some(secret) => Some(secret),
+            None if trusted => None,
+            None => {
+                return Err(self.invalid(
+                    "cluster.secret",
+                    "is required in a cluster: every node must share it (KELPIE_CLUSTER_SECRET), or set \
+                     cluster.trusted_network = true if nothing else can reach the cluster transport",
+                ))
+            }
+        };
+        Ok(Some(ClusterConfig { advertise, listen, secret }))
     }
 
     fn resolve_llm(&self) -> Result<LlmConfig, ConfigError> {
@@ -443,6 +478,15 @@ impl ConfigLayers {
             }
         })?;
         Ok(SandboxConfig { backend, dir, python, pip_index_url, warm_count })
+    }
+
+    /// A boolean field, `false` when not set.
+    fn boolean(&self, field: &'static str) -> Result<bool, ConfigError> {
+        self.parse(field, "false", |v| match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("{v:?} is not a boolean (true/false)")),
+        })
     }
 
     fn optional(&self, field: &'static str) -> Option<String> {
@@ -626,17 +670,53 @@ mod tests {
         );
 
         layers.add_env(env(&[("KELPIE_ADVERTISE", "127.0.0.1:7001")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config field `cluster.secret` (from the default): is required in a cluster"),
+            "{err}"
+        );
+        layers.add_env(env(&[("KELPIE_CLUSTER_SECRET", "too short")]));
+        let err = layers.resolve().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config field `cluster.secret` (from environment variable KELPIE_CLUSTER_SECRET): is 9 bytes; at least 16 are needed"
+        );
+        let secret = "a secret of 24 bytes....";
+        layers.add_env(env(&[("KELPIE_CLUSTER_SECRET", secret)]));
         let config = layers.resolve().unwrap();
         let advertise: SocketAddr = "127.0.0.1:7001".parse().unwrap();
-        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen: advertise }));
+        let secret = Some(secret.to_string());
+        assert_eq!(
+            config.cluster,
+            Some(ClusterConfig { advertise, listen: advertise, secret: secret.clone() })
+        );
+        assert!(!format!("{config:?}").contains("a secret of"), "the secret is never printed");
 
         layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "0.0.0.0:7101")]));
         let config = layers.resolve().unwrap();
         let listen: SocketAddr = "0.0.0.0:7101".parse().unwrap();
-        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen }));
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen, secret }));
         layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "nowhere")]));
         let err = layers.resolve().unwrap_err();
         assert!(err.to_string().starts_with("config field `cluster.listen`"), "{err}");
+    }
+
+    #[test]
+    fn a_trusted_network_needs_no_cluster_secret() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[
+            ("KELPIE_CLUSTER", "true"),
+            ("KELPIE_DATABASE_URL", "postgres://h/db"),
+            ("KELPIE_ADVERTISE", "127.0.0.1:7001"),
+            ("KELPIE_CLUSTER_TRUSTED_NETWORK", "true"),
+        ]));
+        let advertise: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen: advertise, secret: None }));
+        layers.add_env(env(&[("KELPIE_CLUSTER_TRUSTED_NETWORK", "perhaps")]));
+        let err = layers.resolve().unwrap_err();
+        assert!(err.to_string().starts_with("config field `cluster.trusted_network`"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ async fn start_node(
         ("storage.database_url", url),
         ("cluster.enabled", "true"),
         ("cluster.advertise", advertise.as_str()),
+        ("cluster.secret", "a secret the two nodes share"),
     ];
     common::start_with(&dir.join(name), fake, &fields).await
 }

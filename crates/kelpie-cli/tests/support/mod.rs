@@ -22,6 +22,8 @@ use kelpie_llm::fake::FakeLlm;
 use kelpie_storage::test_support::PostgresServer;
 use serde_json::{json, Value};
 
+/// What every node the harness starts shares to authenticate its transport.
+pub const CLUSTER_SECRET: &str = "the test cluster's shared secret";
 /// Upper bound on one HTTP request of a client; only to avoid hangs.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Upper bound on a node's start-up (until it listens for HTTP).
@@ -35,9 +37,19 @@ const HISTORY_RETRY_PAUSE_MS: u64 = 200;
 /// Worker threads of the in-process runtime (fake LLM, proxies, clients).
 const RUNTIME_WORKER_THREADS_COUNT: usize = 2;
 
-/// A free TCP port on 127.0.0.1 (free when asked; taken again only by us).
+/// A free TCP port on 127.0.0.1 (free when asked), never one this process
+/// handed out before: two nodes of a test never get the same port, even
+/// after the first released it (a restarted node's old address must not
+/// become another node's).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// 127.0.0.1 on a free port.
@@ -139,6 +151,7 @@ impl NodeProcess {
             .env("OPENAI_BASE_URL", llm_url)
             .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
             .env("KELPIE_LOG", "warn")
+            .env("KELPIE_CLUSTER_SECRET", CLUSTER_SECRET)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kelpie");
