@@ -157,7 +157,23 @@ fn minority_node_commits_nothing_and_majority_takes_over_then_it_rejoins_and_for
     });
     let cut_at = Instant::now();
 
-    // (a) The minority answers nothing as committed.
+    // (a) The minority serves no read of the agents it held once a lease
+    // has passed since the cut: its activations cannot prove their leases
+    // (their memory may be stale by then: the majority may have taken the
+    // agents over). The blocks route reads the agent actor alone, and
+    // nothing else was sent to n3 since the cut.
+    let lease = Duration::from_millis(LEASE_DURATION_MS);
+    std::thread::sleep(lease.saturating_sub(cut_at.elapsed()));
+    runtime.block_on(async {
+        for agent in &n3_agents {
+            let blocks = format!("{}/v1/agents/{agent}/core-memory/blocks", nodes[2].url());
+            let response = client.get(blocks).send().await;
+            let status = response.map(|r| r.status().as_u16()).unwrap_or(0);
+            assert_eq!(status, 503, "a read of {agent} through the cut-off n3, a lease after the cut");
+        }
+    });
+
+    // (a') The minority answers nothing as committed.
     runtime.block_on(send_through_cut_off_n3(&mut run, &n3_agents));
 
     // (b) The majority keeps serving its own agents at once and takes over

@@ -7,9 +7,14 @@
 //! in-memory state goes back to its value before the message, so memory and
 //! storage never disagree. A `Fenced` commit or a failed lease renewal means
 //! another activation may exist: this one stops at once, committing nothing.
-//! An invocation that changed nothing commits nothing; its reply came from
-//! this activation's memory, which a stale activation may still answer from,
-//! but never write from.
+//! An invocation that changed nothing commits nothing; its reply comes from
+//! this activation's memory. So that such a read is never stale by more
+//! than a lease, an activation answers only while its lease is proven: the
+//! last claim or renewal the registry granted was sent less than
+//! `LEASE_SERVE_PERCENT` of a lease ago (the registry stamped the lease no
+//! earlier than it was sent, so no other node can have claimed the actor
+//! before then). Past that (the registry cannot be reached) the activation
+//! ends without saving, and the request answers `NodeUnavailable`.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -26,6 +31,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::actor::{Actor, ActorContext, STATE_KEY};
 use crate::lifecycle::{Lifecycle, LifecycleEvent};
 use crate::runtime::Shared;
+
+/// Share of a lease (percent) after a granted claim or renewal was sent
+/// during which an activation answers; the rest is margin for clock rates.
+pub const LEASE_SERVE_PERCENT: u64 = 90;
 
 pub(crate) enum Command<A: Actor> {
     Invoke {
@@ -44,7 +53,10 @@ struct Active<S> {
     state: S,
     saved: Vec<u8>,
     last_activity_ms: u64,
+    /// When the last renewal was tried (granted or not).
     last_renewal_ms: u64,
+    /// When the last claim or renewal that the registry granted was sent.
+    lease_proven_ms: u64,
     /// Set when ownership was lost: nothing more may be committed.
     lost: bool,
 }
@@ -110,6 +122,7 @@ fn transition(lifecycle: &mut Lifecycle, event: LifecycleEvent) {
 
 async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Active<A::State>> {
     let node_id = &shared.config.node_id;
+    let claim_sent_ms = shared.env.clock.monotonic_ms();
     let epoch = match shared.directory.claim(actor_id, node_id).await? {
         LeaseOutcome::Claimed(record) => record.epoch,
         LeaseOutcome::HeldByOther(record) => {
@@ -138,6 +151,7 @@ async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Ac
         saved,
         last_activity_ms: now_ms,
         last_renewal_ms: now_ms,
+        lease_proven_ms: claim_sent_ms,
         lost: false,
     };
     let before = state.clone();
@@ -164,14 +178,22 @@ async fn serve<A: Actor>(
         let now_ms = shared.env.clock.monotonic_ms();
         let idle_left_ms = (active.last_activity_ms + idle_ms).saturating_sub(now_ms);
         let renew_left_ms = (active.last_renewal_ms + renew_ms).saturating_sub(now_ms);
+        let proven_left_ms = (active.lease_proven_ms + serve_window_ms(shared)).saturating_sub(now_ms);
         if idle_left_ms == 0 {
+            return;
+        }
+        if proven_left_ms == 0 {
+            // The registry has not confirmed the lease for most of a lease:
+            // another node may own the actor by now. Stop, saving nothing.
+            active.lost = true;
             return;
         }
         if renew_left_ms == 0 {
             renew(shared, actor_id, active).await;
             continue;
         }
-        let wake = shared.env.clock.sleep(Duration::from_millis(idle_left_ms.min(renew_left_ms)));
+        let wake_ms = idle_left_ms.min(renew_left_ms).min(proven_left_ms);
+        let wake = shared.env.clock.sleep(Duration::from_millis(wake_ms));
         tokio::select! {
             biased;
             command = inbox.recv() => match command {
@@ -181,6 +203,11 @@ async fn serve<A: Actor>(
                     // a lost lease stops it here rather than at the fence.
                     if shared.env.clock.monotonic_ms().saturating_sub(active.last_renewal_ms) >= renew_ms {
                         renew(shared, actor_id, active).await;
+                    }
+                    if !active.lost && !lease_proven(shared, active) {
+                        active.lost = true;
+                        let _ = reply.send(Err(unproven(shared, actor_id, active)));
+                        return;
                     }
                     let _ = reply.send(invoke(shared, actor_id, active, message).await);
                     active.last_activity_ms = shared.env.clock.monotonic_ms();
@@ -195,10 +222,32 @@ async fn serve<A: Actor>(
     }
 }
 
+/// How long after a granted claim or renewal was sent an activation still
+/// answers, in ms.
+fn serve_window_ms<A: Actor>(shared: &Shared<A>) -> u64 {
+    (shared.directory.lease_ms() * LEASE_SERVE_PERCENT / 100).max(1)
+}
+
+fn lease_proven<A: Actor>(shared: &Shared<A>, active: &Active<A::State>) -> bool {
+    shared.env.clock.monotonic_ms().saturating_sub(active.lease_proven_ms) < serve_window_ms(shared)
+}
+
+fn unproven<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &Active<A::State>) -> Error {
+    let unconfirmed_ms = shared.env.clock.monotonic_ms().saturating_sub(active.lease_proven_ms);
+    Error::NodeUnavailable {
+        node_id: shared.config.node_id.clone(),
+        reason: format!("the lease on actor {actor_id} has not been confirmed for {unconfirmed_ms} ms"),
+    }
+}
+
 async fn renew<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &mut Active<A::State>) {
     let node_id = &shared.config.node_id;
+    let sent_ms = shared.env.clock.monotonic_ms();
     match shared.directory.renew(actor_id, node_id, active.epoch).await {
-        Ok(LeaseOutcome::Renewed(_)) => active.last_renewal_ms = shared.env.clock.monotonic_ms(),
+        Ok(LeaseOutcome::Renewed(_)) => {
+            active.last_renewal_ms = shared.env.clock.monotonic_ms();
+            active.lease_proven_ms = sent_ms;
+        }
         Ok(_) => active.lost = true,
         // A storage hiccup: try again at the next interval; the lease has
         // two more intervals before it runs out.

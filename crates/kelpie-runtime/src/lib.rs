@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod remote;
 pub mod runtime;
 
+pub use activation::LEASE_SERVE_PERCENT;
 pub use actor::{Actor, ActorContext};
 pub use lifecycle::{ActivationState, Lifecycle, LifecycleEvent};
 pub use remote::{EncodedInvoker, Remote};

@@ -32,14 +32,16 @@ impl From<Error> for ApiError {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::TransactionConflict { .. } => StatusCode::CONFLICT,
             Error::MailboxFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::NodeUnavailable { .. } | Error::ShuttingDown { .. } | Error::StorageIo { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            // Fenced: this node's activation lost the actor to another node;
+            // the request may be sent again and reaches the new owner.
+            Error::NodeUnavailable { .. }
+            | Error::ShuttingDown { .. }
+            | Error::StorageIo { .. }
+            | Error::Fenced { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::InvocationTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Fenced { .. }
-            | Error::Corruption { .. }
-            | Error::ActorFailed { .. }
-            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Corruption { .. } | Error::ActorFailed { .. } | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::new(status, err.to_string())
     }
