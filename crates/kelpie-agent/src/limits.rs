@@ -35,7 +35,16 @@ pub const ARCHIVAL_TAGGED_CANDIDATES_FACTOR: usize = 10;
 /// bytes; an index that would pass it evicts the others (rebuilt on use).
 pub const ARCHIVAL_INDEX_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Newest messages of an active agent's context window held in memory
+/// between turns (the most a prompt takes).
+pub const WINDOW_CACHED_MESSAGES_COUNT_MAX: usize = PROMPT_MESSAGES_COUNT_MAX;
+/// Memory the cached windows of one node's active agents may hold, in
+/// bytes (their messages as stored); past it the least recently used are
+/// dropped (read again on use).
+pub const WINDOW_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 const _: () = assert!(STORE_PAGE_COUNT_MAX <= kelpie_storage::limits::SCAN_ROWS_COUNT_MAX);
+const _: () = assert!(WINDOW_CACHED_MESSAGES_COUNT_MAX <= STORE_PAGE_COUNT_MAX);
 const _: () = assert!(
     RECLAIM_BATCH_KEYS_COUNT < kelpie_core::limits::TRANSACTION_OPS_COUNT_MAX,
     "a reclaim batch fits one transaction"

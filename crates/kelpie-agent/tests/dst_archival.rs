@@ -1,14 +1,19 @@
-//! DST of archival search under storage read faults. Each turn's step
-//! stores a passage and searches for it in the same invocation
+//! DST of the agent actor's in-memory caches (the archival index and the
+//! context window) under storage read faults. Each turn's step stores its
+//! messages and a passage and searches for it in the same invocation
 //! (`archival_memory_insert` then `archival_memory_search`), so a read
-//! fault during the search aborts a step whose insert already reached the
-//! in-memory index. Properties checked after every turn:
+//! fault during the search aborts a step whose messages already reached
+//! the cached window and whose insert already reached the in-memory index.
+//! Properties checked after every turn:
 //! - a search answers only passages the store holds (an aborted insert is
 //!   never found), with the scores brute force gives over what is stored;
-//! - a committed insert is found by its own text.
+//! - a committed insert is found by its own text;
+//! - every prompt holds the user messages of every earlier turn that is
+//!   stored and of none that is not (an aborted step never reaches a later
+//!   prompt through the cached window).
 //!
-//! Over the seed sweep, some aborted step must have left the index ahead of
-//! the store (else the property above was never put to the test).
+//! Over the seed sweep, some aborted step must have left the caches ahead
+//! of the store (else the properties above were never put to the test).
 //!
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-agent --test dst_archival`.
 
@@ -98,10 +103,15 @@ impl Backend for FaultyReads {
     }
 }
 
+/// The contents of every prompt's messages, in the order sent.
+type Prompts = Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
 /// Answers a user message with an insert and a search of its text in one
 /// step, and the tool results with a reply.
-fn responder(calls: Arc<AtomicU64>) -> impl Fn(&LlmRequest) -> LlmResponse + Send + Sync {
+fn responder(calls: Arc<AtomicU64>, prompts: Prompts) -> impl Fn(&LlmRequest) -> LlmResponse + Send + Sync {
     move |request: &LlmRequest| {
+        let contents = request.messages.iter().map(|m| m.content.clone()).collect();
+        prompts.lock().unwrap().push(contents);
         let last = request.messages.last().expect("a request has messages");
         let id = || format!("call-{}", calls.fetch_add(1, Ordering::SeqCst));
         if last.role == "tool" {
@@ -122,14 +132,17 @@ fn responder(calls: Arc<AtomicU64>) -> impl Fn(&LlmRequest) -> LlmResponse + Sen
     }
 }
 
-fn service(node: &SimNode) -> AgentService {
+fn service(node: &SimNode, prompts: Prompts) -> AgentService {
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("dst".into());
     layers.set("llm.openai_base_url", "http://127.0.0.1:9/v1", flag.clone()).unwrap();
     layers.set("llm.default_model", "openai-proxy/sim-gpt", flag).unwrap();
     let llm_config = layers.resolve().unwrap().llm;
     let catalog = ModelCatalog::new(llm_config.clone(), LlmClients::from_config(&llm_config).unwrap());
-    let model = SimChatModel::new(SimLlmClient::with_responder(node, responder(Arc::new(AtomicU64::new(0)))));
+    let model = SimChatModel::new(SimLlmClient::with_responder(
+        node,
+        responder(Arc::new(AtomicU64::new(0)), prompts),
+    ));
     let mut settings = RunnerSettings::new("/usr/bin/python3", "/nonexistent/pip".into());
     settings.warm_sandboxes_count = 0;
     let runner = Arc::new(ToolRunner::new(Arc::new(SimBackend::new(node)), settings));
@@ -164,7 +177,8 @@ struct Seen {
 }
 
 async fn scenario(node: SimNode) -> Result<Seen, String> {
-    let service = service(&node);
+    let prompts = Prompts::default();
+    let service = service(&node, Arc::clone(&prompts));
     let request = CreateAgent {
         name: Some("dst".into()),
         model: Some("openai-proxy/sim-gpt".into()),
@@ -173,9 +187,38 @@ async fn scenario(node: SimNode) -> Result<Seen, String> {
     let agent = retried!(service.agents.create(request.clone(), Some("dst-agent")).await)?;
     let agent_id = agent["id"].as_str().unwrap().to_string();
     let mut seen = Seen::default();
+    let marker = |turn: usize| format!("note {turn} about the ");
     for turn in 0..TURNS_COUNT {
-        let text = format!("note {turn} about the {} harbor", ["north", "south", "old"][turn % 3]);
+        let text = format!("{}{} harbor", marker(turn), ["north", "south", "old"][turn % 3]);
+        prompts.lock().unwrap().clear();
         let outcome = service.turns.run(&agent_id, vec![text.clone()], None, None).await;
+
+        // The user messages stored so far: each earlier turn's must be in
+        // every prompt of this turn exactly when it is stored.
+        let mut stored_users: Vec<String> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = Page { before: None, after: after.clone(), limit: 50, descending: false };
+            let listed = retried!(service.agents.list_messages(&agent_id, &page).await)?;
+            after = listed.last().map(|m| m["id"].as_str().unwrap().to_string());
+            for message in listed.iter().filter(|m| m["message_type"] == "user_message") {
+                stored_users.push(message["content"].as_str().unwrap_or_default().to_string());
+            }
+            if listed.len() < 50 {
+                break;
+            }
+        }
+        for prompt in prompts.lock().unwrap().iter() {
+            for earlier in 0..turn {
+                let is_stored = stored_users.iter().any(|content| content.contains(&marker(earlier)));
+                let prompted = prompt.iter().any(|content| content.contains(&marker(earlier)));
+                if is_stored != prompted {
+                    return Err(format!(
+                        "turn {turn}: turn {earlier}'s message is stored: {is_stored}, in the prompt: {prompted}"
+                    ));
+                }
+            }
+        }
 
         // What is stored, read page by page.
         let mut stored: Vec<(String, Vec<f32>)> = Vec::new();

@@ -9,6 +9,7 @@
 mod archive;
 mod builtin;
 pub(crate) mod store;
+mod window;
 
 use kelpie_core::{Error, Result};
 use kelpie_memory::{Block, CoreMemory, MemoryError, Passage};
@@ -183,10 +184,12 @@ pub enum AgentReply {
     Done,
 }
 
-/// The agent actor, with the archival indexes of the agents active here.
+/// The agent actor, with the archival indexes and the context windows of
+/// the agents active here.
 #[derive(Default)]
 pub struct AgentActor {
     indexes: archive::ArchivalIndexes,
+    windows: window::RecentWindows,
 }
 
 impl Actor for AgentActor {
@@ -196,16 +199,17 @@ impl Actor for AgentActor {
 
     async fn on_deactivate(&self, ctx: &mut Ctx<'_>) -> Result<()> {
         self.indexes.forget(ctx.actor_id);
+        self.windows.forget(ctx.actor_id);
         Ok(())
     }
 
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
-        let indexes = &self.indexes;
+        let (indexes, windows) = (&self.indexes, &self.windows);
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
             AgentCommand::ImportBegin(record) => import_begin(ctx, *record),
             AgentCommand::ImportBatch { messages, passages } => {
-                import_batch(ctx, indexes, messages, passages).await
+                import_batch(ctx, (indexes, windows), messages, passages).await
             }
             AgentCommand::ImportFinish { name, tool_ids, drop_messages } => {
                 import_finish(ctx, name, tool_ids, drop_messages).await
@@ -217,7 +221,10 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Counts(store::ensure_counted(ctx).await?))
             }
             AgentCommand::Update(patch) => update(ctx, *patch),
-            AgentCommand::Delete => delete(ctx, indexes).await,
+            AgentCommand::Delete => {
+                windows.forget(ctx.actor_id);
+                delete(ctx, indexes).await
+            }
             AgentCommand::UpdateBlock { label, patch } => update_block(ctx, &label, patch),
             AgentCommand::AttachBlock(block) => edit_memory(ctx, |memory| memory.attach(*block).map(drop)),
             AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
@@ -227,7 +234,7 @@ impl Actor for AgentActor {
             }
             AgentCommand::ResetMessages => reset_messages(ctx).await,
             AgentCommand::InContext { count_max } => {
-                let messages = store::recent_messages(ctx, count_max).await?;
+                let messages = windows.recent(ctx, count_max).await?;
                 let counts = store::ensure_counted(ctx).await?;
                 let context = ctx.state.context.clone();
                 Ok(AgentReply::InContext {
@@ -238,10 +245,10 @@ impl Actor for AgentActor {
                 })
             }
             AgentCommand::Compact { start_seq, summary, content } => {
-                let message = store::compact(ctx, start_seq, summary, content).await?;
+                let message = store::compact(ctx, windows, start_seq, summary, content).await?;
                 Ok(AgentReply::Messages(vec![message]))
             }
-            AgentCommand::CommitStep(step) => commit_step(ctx, indexes, *step).await,
+            AgentCommand::CommitStep(step) => commit_step(ctx, (indexes, windows), *step).await,
             AgentCommand::InsertPassage { text, tags, embedding } => {
                 let passage = store::insert_passage(ctx, indexes, text, tags, embedding).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
@@ -293,7 +300,7 @@ fn import_begin(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
 /// numbers here.
 async fn import_batch(
     ctx: &mut Ctx<'_>,
-    indexes: &archive::ArchivalIndexes,
+    (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
     messages: Vec<StoredMessage>,
     passages: Vec<Passage>,
 ) -> Result<AgentReply> {
@@ -301,7 +308,7 @@ async fn import_batch(
         return Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id())));
     }
     for message in messages {
-        store::put_message(ctx, message).await?;
+        store::put_message(ctx, windows, message).await?;
     }
     for passage in &passages {
         store::put_passage(ctx, indexes, passage).await?;
@@ -430,7 +437,7 @@ fn check_fits(agent: &AgentRecord) -> Result<()> {
 
 async fn commit_step(
     ctx: &mut Ctx<'_>,
-    indexes: &archive::ArchivalIndexes,
+    (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
     step: StepInput,
 ) -> Result<AgentReply> {
     agent(ctx)?;
@@ -439,10 +446,10 @@ async fn commit_step(
     let mut messages = Vec::new();
     for content in &step.user_messages {
         let body = MessageBody::User { content: content.clone() };
-        messages.push(store::append_message(ctx, ids, body, None).await?);
+        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
     }
     let assistant_id = Some(step.assistant_message_id.clone());
-    messages.push(store::append_message(ctx, ids, step.assistant.clone(), assistant_id).await?);
+    messages.push(store::append_message(ctx, windows, ids, step.assistant.clone(), assistant_id).await?);
     let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
@@ -458,7 +465,7 @@ async fn commit_step(
             };
         let (tool_call_id, name) = (call.id.clone(), call.name.clone());
         let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
-        messages.push(store::append_message(ctx, ids, body, None).await?);
+        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
     }
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;

@@ -71,6 +71,10 @@ pub struct AgentActorState {
     /// built for another token is stale (see `archive`).
     #[serde(default)]
     pub passage_token: u64,
+    /// Drawn afresh at every message stored: a cached window read or
+    /// extended for another token is stale (see `window`).
+    #[serde(default)]
+    pub message_token: u64,
 }
 
 /// The part of the conversation in the context window: the messages from
@@ -117,6 +121,14 @@ pub(crate) trait PassageChanges: Sync {
     fn changed(&self, ctx: &mut Ctx<'_>, change: Change<'_>);
     /// The agent's passages are gone (a new generation).
     fn forget(&self, actor_id: &kelpie_core::ActorId);
+}
+
+/// What keeps the cached context window (`window`) in step with each
+/// message stored here.
+pub(crate) trait MessageChanges: Sync {
+    /// `message` (`bytes` long, encoded) was just stored, and the state's
+    /// `message_token` is still the one from before it.
+    fn stored(&self, ctx: &mut Ctx<'_>, message: &StoredMessage, bytes: usize);
 }
 
 fn not_found(ctx: &Ctx<'_>) -> Error {
@@ -270,23 +282,31 @@ pub(crate) fn words(text: &str) -> Vec<String> {
 
 /// Stores `message` under the next sequence number (which it takes), with
 /// its id and the first `MESSAGE_INDEXED_WORDS_COUNT_MAX` of its words.
-pub(crate) async fn put_message(ctx: &mut Ctx<'_>, mut message: StoredMessage) -> Result<StoredMessage> {
+pub(crate) async fn put_message(
+    ctx: &mut Ctx<'_>,
+    windows: &dyn MessageChanges,
+    mut message: StoredMessage,
+) -> Result<StoredMessage> {
     ensure_counted(ctx).await?;
     ensure_index_watermark(ctx);
     message.seq = next_seq(ctx);
     let space = messages(ctx);
-    ctx.kv_put(&seq_key(&space, "m", message.seq), encode(&message)?)?;
+    let encoded = encode(&message)?;
+    let bytes = encoded.len();
+    ctx.kv_put(&seq_key(&space, "m", message.seq), encoded)?;
     ctx.kv_put(&index_key(&space, "mi", &message.id), message.seq.to_be_bytes().to_vec())?;
     for word in words(&message.searchable_text()).into_iter().take(MESSAGE_INDEXED_WORDS_COUNT_MAX) {
         ctx.kv_put(&word_key(&space, &word, message.seq), Vec::new())?;
     }
     counts_mut(ctx).messages += 1;
+    windows.stored(ctx, &message, bytes);
     Ok(message)
 }
 
 /// A new message of a step, with `id` or a new one, stored now.
 pub(crate) async fn append_message(
     ctx: &mut Ctx<'_>,
+    windows: &dyn MessageChanges,
     (run_id, step_id): (&str, &str),
     body: MessageBody,
     id: Option<String>,
@@ -299,7 +319,7 @@ pub(crate) async fn append_message(
         step_id: Some(step_id.to_string()),
         body,
     };
-    put_message(ctx, message).await
+    put_message(ctx, windows, message).await
 }
 
 /// Which slice of a list a page is: after and before the item with those
@@ -363,28 +383,21 @@ pub(crate) async fn message_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<V
     rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
 }
 
-/// The newest `count_max` messages of the context window (from its start
-/// on; summaries excluded, they are shown from the state), oldest first.
-pub(crate) async fn recent_messages(ctx: &mut Ctx<'_>, count_max: usize) -> Result<Vec<StoredMessage>> {
-    agent(ctx)?;
-    let space = messages(ctx);
-    let mut range = KeyRange::prefix(format!("{space}m/"));
-    range.start = Bound::Included(seq_key(&space, "m", ctx.state.context.start_seq));
-    let rows =
-        ctx.kv_scan_page(&range, ScanOrder::Descending, count_max.clamp(1, STORE_PAGE_COUNT_MAX)).await?;
-    let mut newest: Vec<StoredMessage> = rows
-        .iter()
-        .map(|(_, value)| decode::<StoredMessage>(value, "agent message"))
-        .filter(|message| !matches!(message, Ok(StoredMessage { body: MessageBody::Summary { .. }, .. })))
-        .collect::<Result<_>>()?;
-    newest.reverse();
-    Ok(newest)
+/// The key range of the agent's current messages.
+pub(crate) fn message_range(ctx: &Ctx<'_>) -> KeyRange {
+    KeyRange::prefix(format!("{}m/", messages(ctx)))
+}
+
+/// The key of the agent's message `seq`.
+pub(crate) fn message_key(ctx: &Ctx<'_>, seq: u64) -> Vec<u8> {
+    seq_key(&messages(ctx), "m", seq)
 }
 
 /// Moves the context window's start to `start_seq` (the messages before it
 /// leave the window) and stores the summary of what left, as a message.
 pub(crate) async fn compact(
     ctx: &mut Ctx<'_>,
+    windows: &dyn MessageChanges,
     start_seq: u64,
     summary: String,
     content: String,
@@ -407,7 +420,7 @@ pub(crate) async fn compact(
         step_id: None,
         body: MessageBody::Summary { summary: summary.clone(), content: content.clone() },
     };
-    let message = put_message(ctx, message).await?;
+    let message = put_message(ctx, windows, message).await?;
     ctx.state.context = ContextState { start_seq, summary: Some(summary), summary_content: Some(content) };
     Ok(message)
 }
