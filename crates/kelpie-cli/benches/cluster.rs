@@ -3,10 +3,13 @@
 //!
 //! 1. Message round trips per second, p50 and p99, for 1, 2 and 3 nodes:
 //!    a fresh cluster each, `AGENTS_COUNT` agents, `CLIENTS_COUNT`
-//!    concurrent clients each sending to a random agent through a random
-//!    node (so with n nodes about (n-1)/n of the requests are forwarded).
-//!    Also the PostgreSQL transactions per round trip (`pg_stat_database`,
-//!    heartbeats and lease renewals of the period included).
+//!    concurrent clients each sending to a random agent, first through the
+//!    node that owns it, then through a random node (so with n nodes about
+//!    (n-1)/n of the requests are forwarded). Also the PostgreSQL
+//!    statements (each one round trip: Kelpie does not pipeline) and
+//!    transactions per message round trip, from `pg_stat_statements` and
+//!    `pg_stat_database`; heartbeats and lease renewals of the period are
+//!    included.
 //! 2. Forwarding overhead per hop: agents owned by n1, one client sending
 //!    alternately to n1 directly and to n2, which forwards to n1.
 //! 3. Failover with the default timeouts: SIGKILL the owner of a freshly
@@ -30,8 +33,8 @@ use kelpie_core::limits::{HEARTBEAT_TIMEOUT_MS, LEASE_DURATION_MS};
 use support::{cluster_members, create_agent, send_message, Harness, Lcg, NodeProcess};
 
 const NODES_COUNT_MAX: usize = 3;
-const AGENTS_COUNT: usize = 100;
-const CLIENTS_COUNT: usize = 4;
+const AGENTS_COUNT: usize = 300;
+const CLIENTS_COUNT: usize = 16;
 /// How long the clients send, per cluster size.
 const MEASURE_MS: u64 = 8_000;
 /// Round trips per path for the per-hop overhead.
@@ -49,7 +52,8 @@ const STATS_FLUSH_WAIT_MS: u64 = 1_500;
 const WAIT_TIMEOUT_MS: u64 = 60_000;
 
 fn main() {
-    let harness = Harness::start();
+    let harness = Harness::start_with("cluster bench", &["shared_preload_libraries=pg_stat_statements"])
+        .expect("the cluster bench needs PostgreSQL");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!(
         "cluster bench: {cores} cores shared by every node, PostgreSQL and this process (clients, fake LLM)"
@@ -63,10 +67,15 @@ fn main() {
         let database_url = harness.database(&database);
         let nodes = start_nodes(&harness, &database_url, nodes_count);
         let agents = create_agents(&harness, &nodes);
-        let committed_before = committed_transactions(&harness, &database);
-        let run = measure_round_trips(&harness, &nodes, &agents);
-        let committed = committed_before.zip(committed_transactions(&harness, &database)).map(|(b, a)| a - b);
-        throughput.push((nodes_count, run, committed));
+        for routing in [Routing::Owner, Routing::Random] {
+            reset_statements(&harness, &database);
+            let committed_before = committed_transactions(&harness, &database);
+            let run = measure_round_trips(&harness, &nodes, &agents, routing);
+            let committed =
+                committed_before.zip(committed_transactions(&harness, &database)).map(|(b, a)| a - b);
+            let statements = statements(&harness, &database);
+            throughput.push(Throughput { nodes_count, routing, run, committed, statements });
+        }
         if nodes_count == NODES_COUNT_MAX {
             three = Some((nodes, database_url));
         } else {
@@ -86,19 +95,42 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
-/// Transactions committed in database `name` so far (`pg_stat_database`,
-/// read-only ones included), after waiting for the statistics to be
-/// published; `None` if `psql` cannot tell.
-fn committed_transactions(harness: &Harness, name: &str) -> Option<u64> {
-    std::thread::sleep(Duration::from_millis(STATS_FLUSH_WAIT_MS));
+/// What `query` answers in database `name` (unaligned, tuples only);
+/// `None` if `psql` cannot tell.
+fn psql(harness: &Harness, name: &str, query: &str) -> Option<String> {
     let psql = kelpie_storage::test_support::find_postgres_bin_dir()?.join("psql");
     let port = harness.postgres.port().to_string();
-    let query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
     let output = Command::new(psql)
         .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", name, "-Atc", query])
         .output()
         .ok()?;
-    String::from_utf8(output.stdout).ok()?.trim().parse().ok()
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Transactions committed in database `name` so far (`pg_stat_database`,
+/// read-only ones included), after waiting for the statistics to be
+/// published.
+fn committed_transactions(harness: &Harness, name: &str) -> Option<u64> {
+    std::thread::sleep(Duration::from_millis(STATS_FLUSH_WAIT_MS));
+    let query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    psql(harness, name, query)?.parse().ok()
+}
+
+/// Starts counting statements in database `name` afresh.
+fn reset_statements(harness: &Harness, name: &str) {
+    let reset = "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()";
+    psql(harness, name, reset).expect("pg_stat_statements (the bench starts PostgreSQL with it loaded)");
+}
+
+/// Statements run in database `name` since the reset: (all, commits).
+/// Every statement is one client round trip.
+fn statements(harness: &Harness, name: &str) -> Option<(u64, u64)> {
+    let query = "SELECT coalesce(sum(s.calls), 0), coalesce(sum(s.calls) FILTER (WHERE s.query LIKE '%kelpie_commit(%'), 0)
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                 WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'";
+    let answer = psql(harness, name, query)?;
+    let (all, commits) = answer.split_once('|')?;
+    Some((all.parse().ok()?, commits.parse().ok()?))
 }
 
 fn start_nodes(harness: &Harness, database_url: &str, nodes_count: usize) -> Vec<NodeProcess> {
@@ -137,7 +169,25 @@ fn wait_all_live(harness: &Harness, nodes: &[NodeProcess]) {
 
 /// Creates the agents through the nodes in turn and sends each one message
 /// through its creator, so every agent is active somewhere before timing.
-fn create_agents(harness: &Harness, nodes: &[NodeProcess]) -> Vec<String> {
+/// Which node a client sends each request to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// The node the agent is active on (its creator).
+    Owner,
+    /// Any node, chosen at random.
+    Random,
+}
+
+struct Throughput {
+    nodes_count: usize,
+    routing: Routing,
+    run: RoundTrips,
+    committed: Option<u64>,
+    statements: Option<(u64, u64)>,
+}
+
+/// Each agent with the index of the node it was created through.
+fn create_agents(harness: &Harness, nodes: &[NodeProcess]) -> Vec<(String, usize)> {
     harness.runtime.block_on(async {
         let mut agents = Vec::new();
         for i in 0..AGENTS_COUNT {
@@ -145,7 +195,7 @@ fn create_agents(harness: &Harness, nodes: &[NodeProcess]) -> Vec<String> {
             let agent = create_agent(&harness.client, &url, &format!("bench-{i}")).await;
             let delivery = send_message(&harness.client, &url, &agent, "warm-up").await;
             assert!(delivery.acked, "warm-up of {agent}: {delivery:?}");
-            agents.push(agent);
+            agents.push((agent, i % nodes.len()));
         }
         agents
     })
@@ -160,7 +210,12 @@ struct RoundTrips {
     latencies: Vec<Duration>,
 }
 
-fn measure_round_trips(harness: &Harness, nodes: &[NodeProcess], agents: &[String]) -> RoundTrips {
+fn measure_round_trips(
+    harness: &Harness,
+    nodes: &[NodeProcess],
+    agents: &[(String, usize)],
+    routing: Routing,
+) -> RoundTrips {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let (failed, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let urls: Vec<(String, String)> = nodes.iter().map(|n| (n.name.clone(), n.url())).collect();
@@ -174,8 +229,11 @@ fn measure_round_trips(harness: &Harness, nodes: &[NodeProcess], agents: &[Strin
                 let mut rng = Lcg(client_index as u64 + 1);
                 let mut sequence = 0;
                 while Instant::now() < deadline {
-                    let agent = &agents[rng.next(agents.len())];
-                    let (name, url) = &urls[rng.next(urls.len())];
+                    let (agent, owner) = &agents[rng.next(agents.len())];
+                    let (name, url) = match routing {
+                        Routing::Owner => &urls[*owner],
+                        Routing::Random => &urls[rng.next(urls.len())],
+                    };
                     let text = format!("c{client_index}-{sequence}");
                     sequence += 1;
                     let sent_at = Instant::now();
@@ -294,23 +352,29 @@ fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1_000.0)
 }
 
-fn print_report(throughput: &[(usize, RoundTrips, Option<u64>)], hop: &Hop, failovers: &[Duration]) {
+fn print_report(throughput: &[Throughput], hop: &Hop, failovers: &[Duration]) {
     println!();
-    println!("message round trips: {AGENTS_COUNT} agents, {CLIENTS_COUNT} clients, {MEASURE_MS} ms per size, random node per request");
-    println!(
-        "| nodes | round trips/s | p50 | p99 | forwarded | failed | PostgreSQL transactions per round trip |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (nodes_count, run, committed) in throughput {
-        let per_round_trip = committed.map(|c| format!("{:.1}", c as f64 / run.acked_count.max(1) as f64));
+    println!("message round trips: {AGENTS_COUNT} agents, {CLIENTS_COUNT} clients, {MEASURE_MS} ms per run");
+    println!("| nodes | sent to | round trips/s | p50 | p99 | forwarded | failed | PostgreSQL statements (= round trips) per message | of which commits | transactions per message |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for Throughput { nodes_count, routing, run, committed, statements } in throughput {
+        let per = |count: u64| format!("{:.2}", count as f64 / run.acked_count.max(1) as f64);
+        let (all, commits) = match statements {
+            Some((all, commits)) => (per(*all), per(*commits)),
+            None => ("?".into(), "?".into()),
+        };
+        let sent_to = match routing {
+            Routing::Owner => "owner",
+            Routing::Random => "random node",
+        };
         println!(
-            "| {nodes_count} | {:.0} | {} | {} | {:.0} % | {} | {} |",
+            "| {nodes_count} | {sent_to} | {:.0} | {} | {} | {:.0} % | {} | {all} | {commits} | {} |",
             run.acked_count as f64 / run.elapsed.as_secs_f64(),
             ms(percentile(&run.latencies, 0.50)),
             ms(percentile(&run.latencies, 0.99)),
             100.0 * run.forwarded_count as f64 / run.acked_count.max(1) as f64,
             run.failed_count,
-            per_round_trip.unwrap_or_else(|| "?".into())
+            committed.map(per).unwrap_or_else(|| "?".into())
         );
     }
     println!();

@@ -95,7 +95,7 @@ impl Run<'_> {
 
 #[test]
 fn minority_node_commits_nothing_and_majority_takes_over_then_it_rejoins_and_forwards() {
-    let harness = Harness::start();
+    let Some(harness) = Harness::start("cluster_partition") else { return };
     let database_url = harness.database("cluster_partition");
     let (runtime, client) = (&harness.runtime, &harness.client);
 

@@ -49,7 +49,7 @@ struct Ledger {
 
 #[test]
 fn three_processes_survive_kill_and_freeze_without_losing_or_doubling_a_message() {
-    let harness = Harness::start();
+    let Some(harness) = Harness::start("cluster_processes") else { return };
     let database_url = harness.database("cluster_processes");
     let (runtime, client) = (&harness.runtime, &harness.client);
 

@@ -84,7 +84,7 @@ fn check_all_serve(harness: &Harness, nodes: &[NodeProcess], expected: &[String]
 
 #[test]
 fn nodes_started_stopped_and_killed_together_all_serve() {
-    let harness = Harness::start();
+    let Some(harness) = Harness::start("cluster_startup") else { return };
     let mut last = None;
     for round in 0..ROUNDS_COUNT {
         // The previous round's nodes are killed first (dropping a node kills it).

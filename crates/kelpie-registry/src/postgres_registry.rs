@@ -16,20 +16,83 @@
 //!
 //! A released placement keeps its node and epoch with no lease, so the next
 //! claim anywhere gets a larger epoch.
+//!
+//! Renewals are batched: one node's renewals that arrive while a batch is
+//! in flight wait for it and then go together, as one SQL transaction
+//! ([`PostgresBackend::update_leased_placements`], five round trips) that
+//! decides each with the same `lease::step`. The runtime renews its
+//! activations at shared instants (`kelpie_runtime`), so they arrive
+//! together.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kelpie_core::limits::LEASE_DURATION_MS;
-use kelpie_core::{ActorId, NodeId, Result};
+use kelpie_core::{ActorId, Error, NodeId, Result};
 use kelpie_storage::{LeasedPlacement, Placement, PostgresBackend};
+use tokio::sync::oneshot;
 
 use crate::directory::{live_owner_at, LiveOwner};
 use crate::lease::{self, Holder, LeaseCommand, LeaseOutcome, PlacementRecord, LEASE_DURATION_MS_MAX};
+
+/// Most renewals sent in one SQL transaction.
+pub const RENEWAL_BATCH_COUNT_MAX: usize = 512;
 
 #[derive(Clone)]
 pub struct PostgresRegistry {
     backend: Arc<PostgresBackend>,
     lease_ms: u64,
+    renewals: Arc<Mutex<Renewals>>,
+}
+
+/// A renewal waiting for its batch.
+struct PendingRenewal {
+    actor_id: ActorId,
+    node_id: NodeId,
+    epoch: u64,
+    reply: oneshot::Sender<Result<LeaseOutcome>>,
+}
+
+/// Renewals waiting, and whether a caller is sending batches.
+#[derive(Default)]
+struct Renewals {
+    queue: Vec<PendingRenewal>,
+    sending: bool,
+    /// Batches sent so far (for tests and operators).
+    batches_count: u64,
+}
+
+impl Renewals {
+    /// The next batch: the oldest renewals, each actor once (a second
+    /// renewal of an actor waits for the next batch).
+    fn take_batch(&mut self) -> Vec<PendingRenewal> {
+        let mut batch: Vec<PendingRenewal> = Vec::new();
+        let mut rest = Vec::new();
+        for pending in self.queue.drain(..) {
+            let duplicate = batch.iter().any(|taken| taken.actor_id == pending.actor_id);
+            if duplicate || batch.len() == RENEWAL_BATCH_COUNT_MAX {
+                rest.push(pending);
+            } else {
+                batch.push(pending);
+            }
+        }
+        self.queue = rest;
+        batch
+    }
+}
+
+/// Held by the caller sending batches: if its future is dropped mid-way,
+/// the renewals still waiting are answered with an error (retried by their
+/// activations) and the next caller sends batches again.
+struct SendingGuard<'a> {
+    renewals: &'a Mutex<Renewals>,
+}
+
+impl Drop for SendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut renewals = self.renewals.lock().expect("renewals lock");
+        renewals.sending = false;
+        renewals.queue.clear();
+    }
 }
 
 impl PostgresRegistry {
@@ -40,11 +103,16 @@ impl PostgresRegistry {
 
     pub fn with_lease(backend: Arc<PostgresBackend>, lease_ms: u64) -> Self {
         assert!(lease_ms > 0 && lease_ms <= LEASE_DURATION_MS_MAX, "lease {lease_ms} ms out of range");
-        PostgresRegistry { backend, lease_ms }
+        PostgresRegistry { backend, lease_ms, renewals: Arc::default() }
     }
 
     pub fn lease_ms(&self) -> u64 {
         self.lease_ms
+    }
+
+    /// How many renewal batches this registry has sent.
+    pub fn renewal_batches_count(&self) -> u64 {
+        self.renewals.lock().expect("renewals lock").batches_count
     }
 
     pub async fn claim(&self, actor_id: &ActorId, node_id: &NodeId) -> Result<LeaseOutcome> {
@@ -52,9 +120,74 @@ impl PostgresRegistry {
         self.apply(actor_id, move |now_ms| LeaseCommand::Claim { node_id, now_ms, lease_ms }).await
     }
 
+    /// Renews in a batch with the other renewals waiting (see the module
+    /// doc); the answer is the one `lease::step` gives for this renewal.
     pub async fn renew(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> Result<LeaseOutcome> {
-        let (node_id, lease_ms) = (node_id.clone(), self.lease_ms);
-        self.apply(actor_id, move |now_ms| LeaseCommand::Renew { node_id, epoch, now_ms, lease_ms }).await
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingRenewal { actor_id: actor_id.clone(), node_id: node_id.clone(), epoch, reply };
+        let send = {
+            let mut renewals = self.renewals.lock().expect("renewals lock");
+            renewals.queue.push(pending);
+            !std::mem::replace(&mut renewals.sending, true)
+        };
+        if send {
+            self.send_renewals().await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::StorageIo {
+                operation: "lease renew",
+                reason: "the renewal batch was abandoned".into(),
+            })
+        })
+    }
+
+    /// Sends batches until no renewal waits.
+    async fn send_renewals(&self) {
+        let guard = SendingGuard { renewals: &self.renewals };
+        loop {
+            let batch = {
+                let mut renewals = self.renewals.lock().expect("renewals lock");
+                if renewals.queue.is_empty() {
+                    renewals.sending = false;
+                    std::mem::forget(guard);
+                    return;
+                }
+                renewals.batches_count += 1;
+                renewals.take_batch()
+            };
+            let actors: Vec<ActorId> = batch.iter().map(|pending| pending.actor_id.clone()).collect();
+            let lease_ms = self.lease_ms;
+            let mut commands = batch.iter();
+            let decided = self
+                .backend
+                .update_leased_placements(&actors, |actor, current, now_ms| {
+                    let pending = commands.next().expect("one decision per renewal");
+                    assert_eq!(&pending.actor_id, actor, "decisions come in the order given");
+                    let command = LeaseCommand::Renew {
+                        node_id: pending.node_id.clone(),
+                        epoch: pending.epoch,
+                        now_ms,
+                        lease_ms,
+                    };
+                    let record = current.map(record_of);
+                    let (next, outcome) = lease::step(actor, record.as_ref(), &command);
+                    (next.map(|next| leased_of(next, current)), outcome)
+                })
+                .await;
+            match decided {
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), batch.len(), "one answer per renewal");
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = pending.reply.send(Ok(outcome));
+                    }
+                }
+                Err(err) => {
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
     }
 
     pub async fn release(&self, actor_id: &ActorId, node_id: &NodeId, epoch: u64) -> Result<LeaseOutcome> {

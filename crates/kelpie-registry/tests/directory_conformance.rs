@@ -214,12 +214,59 @@ async fn zombie_commit_is_fenced_after_takeover(server: &PostgresServer) {
     assert_eq!(read.get(b"k").await.unwrap(), Some(b"from n2".to_vec()));
 }
 
+/// Renewals sent at once go in batches (fewer SQL transactions than
+/// renewals, each batch past `RENEWAL_BATCH_COUNT_MAX` split), and each
+/// gets the answer `lease::step` gives it alone: the holders' leases are
+/// extended, a stale holder in the same batch is refused and changes
+/// nothing, and a second renewal of one actor waits for the next batch.
+async fn concurrent_renewals_are_batched_and_each_decided(server: &PostgresServer) {
+    const ACTORS_COUNT: usize = kelpie_registry::postgres_registry::RENEWAL_BATCH_COUNT_MAX + 88;
+    let registry = PostgresRegistry::with_lease(connect(server, "renewals").await, SCENARIO_LEASE_MS);
+    let n1 = node("n1");
+    let mut records = Vec::new();
+    for index in 0..ACTORS_COUNT {
+        records.push(claimed(registry.claim(&actor(&format!("renewed-{index}")), &n1).await.unwrap()));
+    }
+    let stale = actor("renewed-0");
+    let mut tasks = Vec::new();
+    for record in &records {
+        let (registry, a, n1, epoch) = (registry.clone(), record.actor_id.clone(), n1.clone(), record.epoch);
+        tasks.push(tokio::spawn(async move { registry.renew(&a, &n1, epoch).await.unwrap() }));
+    }
+    let (registry_stale, stale_node) = (registry.clone(), node("n9"));
+    let stale_task = tokio::spawn(async move { registry_stale.renew(&stale, &stale_node, 1).await.unwrap() });
+    let (registry_again, again, n1_again) = (registry.clone(), records[1].actor_id.clone(), n1.clone());
+    let again_task = tokio::spawn(async move { registry_again.renew(&again, &n1_again, 1).await.unwrap() });
+    for (task, before) in tasks.into_iter().zip(&records) {
+        let LeaseOutcome::Renewed(after) = task.await.unwrap() else {
+            panic!("{} not renewed", before.actor_id)
+        };
+        assert_eq!((after.epoch, &after.holder.as_ref().unwrap().node_id), (before.epoch, &n1));
+        assert!(expiry(&after) >= expiry(before), "{}: the lease did not move forward", before.actor_id);
+        // Stored as answered (renewed-1 was renewed a second time since).
+        let stored = registry.lookup(&before.actor_id).await.unwrap().unwrap();
+        assert_eq!((stored.epoch, &stored.holder.as_ref().unwrap().node_id), (after.epoch, &n1));
+        assert!(expiry(&stored) >= expiry(&after));
+    }
+    let stale_outcome = stale_task.await.unwrap();
+    let LeaseOutcome::NotHolder { current: Some(current) } = stale_outcome else {
+        panic!("a stale renewal was answered {stale_outcome:?}")
+    };
+    assert_eq!(current.holder.unwrap().node_id, n1, "the stale renewal changed nothing");
+    assert!(matches!(again_task.await.unwrap(), LeaseOutcome::Renewed(_)));
+    let batches = registry.renewal_batches_count();
+    let renewals = ACTORS_COUNT as u64 + 2;
+    assert!(batches >= 2, "{renewals} renewals cannot fit one batch of at most RENEWAL_BATCH_COUNT_MAX");
+    assert!(batches * 4 <= renewals, "{renewals} renewals sent at once went in {batches} batches");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_registry_follows_lease_step_on_the_database_clock() {
-    let server = PostgresServer::start().expect("start PostgreSQL");
+    let Some(server) = PostgresServer::start_or_skip("postgres_registry_follows_lease_step") else { return };
     let registry = PostgresRegistry::with_lease(connect(&server, "lifecycle").await, SCENARIO_LEASE_MS);
     lease_lifecycle_matches_lease_step(&registry, &real_time()).await;
     epochs_strictly_increase_across_claims(&registry).await;
     concurrent_claims_have_exactly_one_winner(&server).await;
     zombie_commit_is_fenced_after_takeover(&server).await;
+    concurrent_renewals_are_batched_and_each_decided(&server).await;
 }

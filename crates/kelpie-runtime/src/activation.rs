@@ -36,6 +36,13 @@ use crate::runtime::Shared;
 /// during which an activation answers; the rest is margin for clock rates.
 pub const LEASE_SERVE_PERCENT: u64 = 90;
 
+/// Renewals fall due on a grid of this many parts of the renewal interval
+/// (shared by every activation of the process), so a node's renewals go
+/// out together and the registry can send them as one batch. A renewal is
+/// thus up to a quarter interval late: at most 1.25 intervals after the
+/// last, well inside the `LEASE_SERVE_PERCENT` window of 3 intervals.
+const RENEW_GRID_PARTS_COUNT: u64 = 4;
+
 pub(crate) enum Command<A: Actor> {
     Invoke {
         message: A::Message,
@@ -177,7 +184,7 @@ async fn serve<A: Actor>(
     while !active.lost {
         let now_ms = shared.env.clock.monotonic_ms();
         let idle_left_ms = (active.last_activity_ms + idle_ms).saturating_sub(now_ms);
-        let renew_left_ms = (active.last_renewal_ms + renew_ms).saturating_sub(now_ms);
+        let renew_left_ms = renew_due_ms(active.last_renewal_ms, renew_ms).saturating_sub(now_ms);
         let proven_left_ms = (active.lease_proven_ms + serve_window_ms(shared)).saturating_sub(now_ms);
         if idle_left_ms == 0 {
             return;
@@ -201,7 +208,7 @@ async fn serve<A: Actor>(
                     // A node that was paused or cut off wakes with the renewal
                     // overdue and this message already queued: renew first, so
                     // a lost lease stops it here rather than at the fence.
-                    if shared.env.clock.monotonic_ms().saturating_sub(active.last_renewal_ms) >= renew_ms {
+                    if shared.env.clock.monotonic_ms() >= renew_due_ms(active.last_renewal_ms, renew_ms) {
                         renew(shared, actor_id, active).await;
                     }
                     if !active.lost && !lease_proven(shared, active) {
@@ -220,6 +227,15 @@ async fn serve<A: Actor>(
             () = wake => {}
         }
     }
+}
+
+/// When the renewal after one at `last_ms` falls due: an interval later,
+/// rounded up to the process-wide grid (see `RENEW_GRID_PARTS_COUNT`).
+fn renew_due_ms(last_ms: u64, renew_ms: u64) -> u64 {
+    let grid_ms = (renew_ms / RENEW_GRID_PARTS_COUNT).max(1);
+    let due_ms = (last_ms + renew_ms).div_ceil(grid_ms) * grid_ms;
+    assert!(due_ms >= last_ms + renew_ms && due_ms < last_ms + renew_ms + grid_ms);
+    due_ms
 }
 
 /// How long after a granted claim or renewal was sent an activation still

@@ -96,7 +96,8 @@ fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Middleware: sends a request about an agent another live node owns to
-/// that node and returns its answer; everything else is served here.
+/// that node and returns its answer; everything else, and every request
+/// for an agent active here, is served here.
 pub async fn forward_agent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.clone() else { return next.run(request).await };
     let Some(agent_id) = agent_id_of(request.uri().path()) else { return next.run(request).await };
@@ -114,6 +115,11 @@ pub async fn forward_agent_requests(State(state): State<AppState>, request: Requ
         return serve_here(next, request).await;
     }
     let Ok(actor_id) = ActorId::new(AGENT_NAMESPACE, agent_id) else { return next.run(request).await };
+    // Active here: this node holds the lease (an activation that cannot
+    // prove it any more answers 503, and the retry is routed afresh).
+    if state.service.is_agent_active(&actor_id) {
+        return serve_here(next, request).await;
+    }
     let owner = match cluster.directory.live_owner(&actor_id).await {
         Ok(Some(owner)) if owner.node_id != cluster.node_id => owner.node_id,
         Ok(_) => return serve_here(next, request).await,

@@ -20,6 +20,7 @@
 //! stores the result atomically. A placement written without a lease (`put`,
 //! `claim`) clears any lease left on the row.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,12 +31,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::backend::{Backend, BoxFut};
-use crate::commit_check::{check_commit, CommitObservation};
 use crate::limits::{
     POSTGRES_CONNECT_TIMEOUT_MS, POSTGRES_POOL_CONNECTIONS_COUNT_MAX, POSTGRES_POOL_WAIT_TIMEOUT_MS,
     POSTGRES_TCP_USER_TIMEOUT_MS, SCAN_ROWS_COUNT_MAX,
 };
 use crate::placement::{check_put, decide_claim};
+use crate::txn::key_text;
 use crate::types::{
     ClaimOutcome, CommitInfo, CommitRequest, Placement, ScanOrder, ScanPage, StoredRows, Versioned,
 };
@@ -66,6 +67,91 @@ CREATE TABLE IF NOT EXISTS kelpie_placements (
 );
 ALTER TABLE kelpie_placements ADD COLUMN IF NOT EXISTS lease_expires_at TIMESTAMPTZ;
 CREATE SEQUENCE IF NOT EXISTS kelpie_commit_version;
+CREATE OR REPLACE FUNCTION kelpie_commit(
+    p_actor TEXT, p_fence_node TEXT, p_fence_epoch BIGINT,
+    p_read_keys BYTEA[], p_read_versions BIGINT[],
+    p_scan_lo BYTEA[], p_scan_lo_incl BOOLEAN[], p_scan_hi BYTEA[], p_scan_hi_incl BOOLEAN[],
+    p_scan_seen_ends INT[], p_seen_keys BYTEA[], p_seen_versions BIGINT[], p_scan_limit INT,
+    p_put_keys BYTEA[], p_put_values BYTEA[], p_delete_keys BYTEA[],
+    OUT outcome TEXT, OUT commit_version BIGINT, OUT conflict_key BYTEA)
+LANGUAGE plpgsql AS $commit$
+DECLARE
+    held RECORD;
+    seen_from INT := 1;
+    cur_keys BYTEA[];
+    cur_versions BIGINT[];
+    n INT;
+BEGIN
+    commit_version := 0;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_actor, 0));
+    IF p_fence_node IS NOT NULL THEN
+        SELECT node_id, epoch INTO held FROM kelpie_placements WHERE actor_id = p_actor;
+        IF NOT FOUND OR held.node_id <> p_fence_node OR held.epoch <> p_fence_epoch THEN
+            outcome := 'fenced';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT r.k INTO conflict_key
+    FROM unnest(p_read_keys, p_read_versions) AS r(k, v)
+    LEFT JOIN kelpie_kv kv ON kv.actor_id = p_actor AND kv.key = r.k
+    WHERE kv.version IS DISTINCT FROM r.v
+    ORDER BY r.k LIMIT 1;
+    IF FOUND THEN
+        outcome := 'conflict';
+        RETURN;
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_scan_seen_ends, 1), 0) LOOP
+        -- Bounds as index conditions: the low one is always given (the
+        -- empty key when unbounded); an unbounded high one is its own query.
+        IF p_scan_hi[i] IS NULL THEN
+            SELECT coalesce(array_agg(t.key ORDER BY t.key), '{}'),
+                   coalesce(array_agg(t.version ORDER BY t.key), '{}')
+            INTO cur_keys, cur_versions
+            FROM (SELECT kv.key, kv.version FROM kelpie_kv kv
+                  WHERE kv.actor_id = p_actor AND kv.key >= p_scan_lo[i]
+                    AND (p_scan_lo_incl[i] OR kv.key <> p_scan_lo[i])
+                  ORDER BY kv.key LIMIT p_scan_limit) AS t;
+        ELSE
+            SELECT coalesce(array_agg(t.key ORDER BY t.key), '{}'),
+                   coalesce(array_agg(t.version ORDER BY t.key), '{}')
+            INTO cur_keys, cur_versions
+            FROM (SELECT kv.key, kv.version FROM kelpie_kv kv
+                  WHERE kv.actor_id = p_actor AND kv.key >= p_scan_lo[i] AND kv.key <= p_scan_hi[i]
+                    AND (p_scan_lo_incl[i] OR kv.key <> p_scan_lo[i])
+                    AND (p_scan_hi_incl[i] OR kv.key <> p_scan_hi[i])
+                  ORDER BY kv.key LIMIT p_scan_limit) AS t;
+        END IF;
+        n := p_scan_seen_ends[i] - seen_from + 1;
+        IF cur_keys IS DISTINCT FROM coalesce(p_seen_keys[seen_from : p_scan_seen_ends[i]], '{}')
+           OR cur_versions IS DISTINCT FROM coalesce(p_seen_versions[seen_from : p_scan_seen_ends[i]], '{}') THEN
+            -- The first key at which the two scans disagree.
+            FOR j IN 1 .. greatest(n, coalesce(array_length(cur_keys, 1), 0)) LOOP
+                IF j > n THEN
+                    conflict_key := cur_keys[j];
+                ELSIF j > coalesce(array_length(cur_keys, 1), 0) THEN
+                    conflict_key := p_seen_keys[seen_from + j - 1];
+                ELSIF cur_keys[j] <> p_seen_keys[seen_from + j - 1]
+                      OR cur_versions[j] <> p_seen_versions[seen_from + j - 1] THEN
+                    conflict_key := least(cur_keys[j], p_seen_keys[seen_from + j - 1]);
+                END IF;
+                EXIT WHEN conflict_key IS NOT NULL;
+            END LOOP;
+            outcome := 'conflict';
+            RETURN;
+        END IF;
+        seen_from := p_scan_seen_ends[i] + 1;
+    END LOOP;
+    outcome := 'ok';
+    IF coalesce(array_length(p_put_keys, 1), 0) + coalesce(array_length(p_delete_keys, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    commit_version := nextval('kelpie_commit_version');
+    INSERT INTO kelpie_kv (actor_id, key, value, version)
+    SELECT p_actor, t.k, t.v, commit_version FROM unnest(p_put_keys, p_put_values) AS t(k, v)
+    ON CONFLICT (actor_id, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version;
+    DELETE FROM kelpie_kv WHERE actor_id = p_actor AND key = ANY(p_delete_keys);
+END
+$commit$;
 ";
 
 fn pg_error(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
@@ -176,11 +262,21 @@ impl PostgresBackend {
     }
 }
 
+/// `sql` prepared on this connection once, then reused: a statement costs
+/// one round trip instead of two (parse, then execute).
+async fn prepared(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    operation: &'static str,
+) -> Result<tokio_postgres::Statement> {
+    client.prepare_cached(sql).await.map_err(pg_error(operation))
+}
+
 /// Takes the actor's mutation lock for the rest of the SQL transaction.
 async fn lock_actor(txn: &deadpool_postgres::Transaction<'_>, actor: &str) -> Result<()> {
-    txn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&actor])
-        .await
-        .map_err(pg_error("lock actor"))?;
+    let statement =
+        prepared(txn, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "lock actor").await?;
+    txn.execute(&statement, &[&actor]).await.map_err(pg_error("lock actor"))?;
     Ok(())
 }
 
@@ -188,10 +284,14 @@ async fn placement_in(
     client: &impl deadpool_postgres::GenericClient,
     actor: &ActorId,
 ) -> Result<Option<Placement>> {
-    let row = client
-        .query_opt("SELECT node_id, epoch FROM kelpie_placements WHERE actor_id = $1", &[&actor.to_string()])
-        .await
-        .map_err(pg_error("placement read"))?;
+    let statement = prepared(
+        client,
+        "SELECT node_id, epoch FROM kelpie_placements WHERE actor_id = $1",
+        "placement read",
+    )
+    .await?;
+    let row =
+        client.query_opt(&statement, &[&actor.to_string()]).await.map_err(pg_error("placement read"))?;
     let Some(row) = row else { return Ok(None) };
     let location = format!("placement of {actor}");
     let node_id = NodeId::new(row.get::<_, String>(0))
@@ -200,10 +300,12 @@ async fn placement_in(
 }
 
 async fn store_placement(txn: &deadpool_postgres::Transaction<'_>, placement: &Placement) -> Result<()> {
-    txn.execute(
-        "INSERT INTO kelpie_placements (actor_id, node_id, epoch) VALUES ($1, $2, $3)
+    let sql = "INSERT INTO kelpie_placements (actor_id, node_id, epoch) VALUES ($1, $2, $3)
          ON CONFLICT (actor_id) DO UPDATE
-         SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch, lease_expires_at = NULL",
+         SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch, lease_expires_at = NULL";
+    let statement = prepared(txn, sql, "placement write").await?;
+    txn.execute(
+        &statement,
         &[&placement.actor_id.to_string(), &placement.node_id.as_str(), &to_i64(placement.epoch)?],
     )
     .await
@@ -235,19 +337,36 @@ async fn leased_placement_in(
         "SELECT p.node_id, p.epoch, (extract(epoch FROM p.lease_expires_at) * 1000)::BIGINT, {DB_NOW_MS_SQL}
          FROM (SELECT 1) AS one LEFT JOIN kelpie_placements p ON p.actor_id = $1"
     );
-    let row = client.query_one(sql.as_str(), &[&actor.to_string()]).await.map_err(pg_error("lease read"))?;
-    let location = format!("leased placement of {actor}");
-    let now_ms = u64::try_from(row.get::<_, i64>(3)).map_err(|_| Error::Corruption {
+    let statement = prepared(client, &sql, "lease read").await?;
+    let row = client.query_one(&statement, &[&actor.to_string()]).await.map_err(pg_error("lease read"))?;
+    let now_ms = db_ms(row.get(3))?;
+    Ok((leased_of_row(actor, row.get(0), row.get(1), row.get(2))?, now_ms))
+}
+
+/// The database's time as read by [`DB_NOW_MS_SQL`].
+fn db_ms(ms: i64) -> Result<u64> {
+    u64::try_from(ms).map_err(|_| Error::Corruption {
         location: "database clock".to_string(),
         reason: "clock_timestamp() before 1970".to_string(),
-    })?;
-    let Some(node_id) = row.get::<_, Option<String>>(0) else { return Ok((None, now_ms)) };
+    })
+}
+
+/// A placement row's columns (node, epoch, lease expiry in ms; all `None`
+/// when there is no row) as a [`LeasedPlacement`].
+fn leased_of_row(
+    actor: &ActorId,
+    node_id: Option<String>,
+    epoch: Option<i64>,
+    lease_expires_at_ms: Option<i64>,
+) -> Result<Option<LeasedPlacement>> {
+    let location = format!("leased placement of {actor}");
+    let Some(node_id) = node_id else { return Ok(None) };
     let node_id = NodeId::new(node_id)
         .map_err(|err| Error::Corruption { location: location.clone(), reason: err.to_string() })?;
-    let epoch = to_u64(row.get(1), &location)?;
-    let lease_expires_at_ms = row.get::<_, Option<i64>>(2).map(|ms| to_u64(ms, &location)).transpose()?;
+    let epoch = to_u64(epoch.unwrap_or(0), &location)?;
+    let lease_expires_at_ms = lease_expires_at_ms.map(|ms| to_u64(ms, &location)).transpose()?;
     let placement = Placement { actor_id: actor.clone(), node_id, epoch };
-    Ok((Some(LeasedPlacement { placement, lease_expires_at_ms }), now_ms))
+    Ok(Some(LeasedPlacement { placement, lease_expires_at_ms }))
 }
 
 async fn store_leased_placement(
@@ -256,11 +375,13 @@ async fn store_leased_placement(
 ) -> Result<()> {
     let placement = &leased.placement;
     let expires_ms = leased.lease_expires_at_ms.map(to_i64).transpose()?;
-    txn.execute(
-        "INSERT INTO kelpie_placements (actor_id, node_id, epoch, lease_expires_at)
+    let sql = "INSERT INTO kelpie_placements (actor_id, node_id, epoch, lease_expires_at)
          VALUES ($1, $2, $3, 'epoch'::TIMESTAMPTZ + $4::BIGINT * INTERVAL '1 millisecond')
          ON CONFLICT (actor_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch,
-             lease_expires_at = EXCLUDED.lease_expires_at",
+             lease_expires_at = EXCLUDED.lease_expires_at";
+    let statement = prepared(txn, sql, "lease write").await?;
+    txn.execute(
+        &statement,
         &[
             &placement.actor_id.to_string(),
             &placement.node_id.as_str(),
@@ -298,7 +419,8 @@ async fn scan_in(
     });
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&actor, &limit];
     params.extend(bounds.iter().map(|key| key as &(dyn ToSql + Sync)));
-    let rows = client.query(sql.as_str(), &params).await.map_err(pg_error("scan"))?;
+    let statement = prepared(client, &sql, "scan").await?;
+    let rows = client.query(&statement, &params).await.map_err(pg_error("scan"))?;
     rows.into_iter()
         .map(|row| {
             let version = to_u64(row.get(2), "kelpie_kv row")?;
@@ -307,88 +429,116 @@ async fn scan_in(
         .collect()
 }
 
-/// Observes, under the actor lock, everything `request` depends on.
-async fn observe_in(
-    txn: &deadpool_postgres::Transaction<'_>,
-    request: &CommitRequest,
-) -> Result<CommitObservation> {
-    let actor = request.actor_id.to_string();
-    let mut observation = CommitObservation::default();
-    if !request.reads.is_empty() {
-        let keys: Vec<&[u8]> = request.reads.keys().map(Vec::as_slice).collect();
-        let rows = txn
-            .query(
-                "SELECT key, version FROM kelpie_kv WHERE actor_id = $1 AND key = ANY($2)",
-                &[&actor, &keys],
-            )
-            .await
-            .map_err(pg_error("commit read"))?;
-        for key in request.reads.keys() {
-            observation.read_versions.insert(key.clone(), None);
-        }
-        for row in rows {
-            observation.read_versions.insert(row.get(0), Some(to_u64(row.get(1), "kelpie_kv row")?));
-        }
-    }
-    for scan in &request.scans {
-        let page = ScanPage::new(scan.range.clone(), ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
-        let rows = scan_in(txn, &actor, &page).await?;
-        observation.scan_rows.push(rows.into_iter().map(|(key, stored)| (key, stored.version)).collect());
-    }
-    if request.fence.is_some() {
-        observation.placement = placement_in(txn, &request.actor_id).await?;
-    }
-    Ok(observation)
-}
+/// The statement running a whole commit on the server (the function
+/// `kelpie_commit`, created with the schema): one round trip.
+const COMMIT_SQL: &str = "SELECT outcome, commit_version, conflict_key FROM kelpie_commit(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
-async fn apply_writes(txn: &deadpool_postgres::Transaction<'_>, request: &CommitRequest) -> Result<u64> {
-    let actor = request.actor_id.to_string();
-    let row = txn
-        .query_one("SELECT nextval('kelpie_commit_version')", &[])
-        .await
-        .map_err(pg_error("next version"))?;
-    let version: i64 = row.get(0);
-    let mut keys: Vec<&[u8]> = Vec::new();
-    let mut values: Vec<&[u8]> = Vec::new();
-    let mut deleted: Vec<&[u8]> = Vec::new();
-    for (key, value) in &request.writes {
-        match value {
-            Some(value) => {
-                keys.push(key);
-                values.push(value);
-            }
-            None => deleted.push(key),
-        }
+/// A scan bound as the commit function takes it: the key (`None`:
+/// unbounded) and whether it is included. An unbounded low end is the
+/// empty key, included (the smallest key there is).
+fn scan_bound(bound: &Bound<Vec<u8>>, low: bool) -> (Option<&[u8]>, bool) {
+    match bound {
+        Bound::Included(key) => (Some(key.as_slice()), true),
+        Bound::Excluded(key) => (Some(key.as_slice()), false),
+        Bound::Unbounded if low => (Some(&[]), true),
+        Bound::Unbounded => (None, false),
     }
-    if !keys.is_empty() {
-        txn.execute(
-            "INSERT INTO kelpie_kv (actor_id, key, value, version)
-             SELECT $1, k, v, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
-             ON CONFLICT (actor_id, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version",
-            &[&actor, &keys, &values, &version],
-        )
-        .await
-        .map_err(pg_error("commit write"))?;
-    }
-    if !deleted.is_empty() {
-        txn.execute("DELETE FROM kelpie_kv WHERE actor_id = $1 AND key = ANY($2)", &[&actor, &deleted])
-            .await
-            .map_err(pg_error("commit delete"))?;
-    }
-    to_u64(version, "kelpie_commit_version")
 }
 
 impl PostgresBackend {
+    /// Validates and applies `request` in one round trip: `kelpie_commit`
+    /// takes the actor lock, checks the fence, the read versions and the
+    /// scanned rows in the order `check_commit` does (the conformance suite
+    /// holds every backend to the same answers), and writes under one new
+    /// version.
     async fn commit_request(&self, request: CommitRequest) -> Result<CommitInfo> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error("begin"))?;
-        lock_actor(&txn, &request.actor_id.to_string()).await?;
-        let observation = observe_in(&txn, &request).await?;
-        // On a failed check the SQL transaction is dropped, which rolls it back.
-        check_commit(&request, &observation)?;
-        let version = if request.is_read_only() { 0 } else { apply_writes(&txn, &request).await? };
-        txn.commit().await.map_err(pg_error("commit"))?;
-        Ok(CommitInfo { version })
+        let actor = request.actor_id.to_string();
+        let (fence_node, fence_epoch) = match &request.fence {
+            Some(fence) => {
+                assert_eq!(fence.actor_id, request.actor_id, "a fence guards the committing actor");
+                (Some(fence.node_id.as_str()), Some(to_i64(fence.epoch)?))
+            }
+            None => (None, None),
+        };
+        let read_keys: Vec<&[u8]> = request.reads.keys().map(Vec::as_slice).collect();
+        let read_versions: Vec<Option<i64>> =
+            request.reads.values().map(|seen| seen.map(to_i64).transpose()).collect::<Result<_>>()?;
+        let (mut lows, mut low_incl, mut highs, mut high_incl) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut seen_ends, mut seen_keys, mut seen_versions) = (Vec::new(), Vec::new(), Vec::new());
+        for scan in &request.scans {
+            let (low, low_included) = scan_bound(&scan.range.start, true);
+            let (high, high_included) = scan_bound(&scan.range.end, false);
+            lows.push(low);
+            low_incl.push(low_included);
+            highs.push(high);
+            high_incl.push(high_included);
+            for (key, version) in &scan.seen {
+                seen_keys.push(key.as_slice());
+                seen_versions.push(to_i64(*version)?);
+            }
+            seen_ends.push(i32::try_from(seen_keys.len()).expect("a scan observation fits i32"));
+        }
+        let scan_limit = i32::try_from(SCAN_ROWS_COUNT_MAX + 1).expect("the scan cap fits i32");
+        let (mut put_keys, mut put_values, mut delete_keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in &request.writes {
+            match value {
+                Some(value) => {
+                    put_keys.push(key.as_slice());
+                    put_values.push(value.as_slice());
+                }
+                None => delete_keys.push(key.as_slice()),
+            }
+        }
+        let client = self.client().await?;
+        let statement = prepared(&client, COMMIT_SQL, "prepare commit").await?;
+        let params: [&(dyn ToSql + Sync); 16] = [
+            &actor,
+            &fence_node,
+            &fence_epoch,
+            &read_keys,
+            &read_versions,
+            &lows,
+            &low_incl,
+            &highs,
+            &high_incl,
+            &seen_ends,
+            &seen_keys,
+            &seen_versions,
+            &scan_limit,
+            &put_keys,
+            &put_values,
+            &delete_keys,
+        ];
+        let row = client.query_one(&statement, &params).await.map_err(pg_error("commit"))?;
+        let (outcome, version): (String, i64) = (row.get(0), row.get(1));
+        match outcome.as_str() {
+            "ok" if request.is_read_only() => {
+                assert_eq!(version, 0, "a read-only commit takes no version");
+                Ok(CommitInfo { version: 0 })
+            }
+            "ok" => Ok(CommitInfo { version: to_u64(version, "kelpie_commit_version")? }),
+            "fenced" => {
+                let fence = request.fence.as_ref().expect("only a fenced commit is refused as fenced");
+                Err(Error::Fenced {
+                    actor_id: fence.actor_id.clone(),
+                    node_id: fence.node_id.clone(),
+                    epoch: fence.epoch,
+                })
+            }
+            "conflict" => {
+                let key: Option<Vec<u8>> = row.get(2);
+                Err(Error::TransactionConflict {
+                    actor_id: request.actor_id.clone(),
+                    key: key_text(&key.unwrap_or_default()),
+                })
+            }
+            other => Err(Error::Corruption {
+                location: "kelpie_commit".to_string(),
+                reason: format!("unknown outcome {other:?}"),
+            }),
+        }
     }
 
     async fn put_placement_inner(&self, placement: Placement) -> Result<()> {
@@ -447,6 +597,87 @@ impl PostgresBackend {
     }
 }
 
+/// Lease decisions of many actors in one SQL transaction, for
+/// [`PostgresBackend::update_leased_placements`].
+const LOCK_MANY_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended(a, 0))
+     FROM unnest($1::TEXT[]) WITH ORDINALITY AS t(a, n) ORDER BY n";
+
+impl PostgresBackend {
+    /// [`Self::update_leased_placement`] for many actors in one SQL
+    /// transaction of five round trips whatever their number: takes every
+    /// actor's lock (in actor order, so two batches never deadlock, and a
+    /// one-actor transaction holds one lock), reads every row with one
+    /// reading of the database's clock, lets `decide` choose each next row,
+    /// stores the changed ones and commits. `decide` sees the actors in the
+    /// order given; the answers come back in that order. The actors must be
+    /// distinct.
+    pub async fn update_leased_placements<T, F>(&self, actors: &[ActorId], mut decide: F) -> Result<Vec<T>>
+    where
+        F: FnMut(&ActorId, Option<&LeasedPlacement>, u64) -> (Option<LeasedPlacement>, T) + Send,
+        T: Send,
+    {
+        let mut order: Vec<usize> = (0..actors.len()).collect();
+        order.sort_by(|a, b| actors[*a].cmp(&actors[*b]));
+        assert!(order.windows(2).all(|w| actors[w[0]] != actors[w[1]]), "a batch names each actor once");
+        let sorted: Vec<String> = order.iter().map(|i| actors[*i].to_string()).collect();
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error("begin"))?;
+        let lock = prepared(&txn, LOCK_MANY_SQL, "lock actors").await?;
+        txn.execute(&lock, &[&sorted]).await.map_err(pg_error("lock actors"))?;
+        let read_sql = format!(
+            "WITH now AS (SELECT {DB_NOW_MS_SQL} AS ms)
+             SELECT t.a, p.node_id, p.epoch, (extract(epoch FROM p.lease_expires_at) * 1000)::BIGINT, now.ms
+             FROM unnest($1::TEXT[]) AS t(a) CROSS JOIN now LEFT JOIN kelpie_placements p ON p.actor_id = t.a"
+        );
+        let read = prepared(&txn, &read_sql, "lease read").await?;
+        let rows = txn.query(&read, &[&sorted]).await.map_err(pg_error("lease read"))?;
+        let mut current: BTreeMap<String, Option<LeasedPlacement>> = BTreeMap::new();
+        let mut now_ms = 0;
+        for row in rows {
+            let actor: String = row.get(0);
+            let actor_id = ActorId::from_str(&actor).map_err(|err| Error::Corruption {
+                location: "kelpie_placements".to_string(),
+                reason: format!("actor id {actor:?}: {err}"),
+            })?;
+            now_ms = db_ms(row.get(4))?;
+            let leased = leased_of_row(&actor_id, row.get(1), row.get(2), row.get(3))?;
+            current.insert(actor, leased);
+        }
+        let mut decided = Vec::with_capacity(actors.len());
+        let mut writes: Vec<LeasedPlacement> = Vec::new();
+        for actor_id in actors {
+            let before = current.get(&actor_id.to_string()).cloned().flatten();
+            let (next, answer) = decide(actor_id, before.as_ref(), now_ms);
+            if let Some(next) = next {
+                assert_eq!(&next.placement.actor_id, actor_id, "lease decision for another actor");
+                check_put(before.as_ref().map(|c| &c.placement), &next.placement)?;
+                writes.push(next);
+            }
+            decided.push(answer);
+        }
+        if !writes.is_empty() {
+            let ids: Vec<String> = writes.iter().map(|w| w.placement.actor_id.to_string()).collect();
+            let nodes: Vec<&str> = writes.iter().map(|w| w.placement.node_id.as_str()).collect();
+            let epochs: Vec<i64> = writes.iter().map(|w| to_i64(w.placement.epoch)).collect::<Result<_>>()?;
+            let expiries: Vec<Option<i64>> = writes
+                .iter()
+                .map(|w| w.lease_expires_at_ms.map(to_i64).transpose())
+                .collect::<Result<_>>()?;
+            let sql = "INSERT INTO kelpie_placements (actor_id, node_id, epoch, lease_expires_at)
+                 SELECT a, n, e, 'epoch'::TIMESTAMPTZ + x * INTERVAL '1 millisecond'
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) AS t(a, n, e, x)
+                 ON CONFLICT (actor_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch,
+                     lease_expires_at = EXCLUDED.lease_expires_at";
+            let write = prepared(&txn, sql, "lease write").await?;
+            txn.execute(&write, &[&ids, &nodes, &epochs, &expiries])
+                .await
+                .map_err(pg_error("lease write"))?;
+        }
+        txn.commit().await.map_err(pg_error("commit"))?;
+        Ok(decided)
+    }
+}
+
 impl Backend for PostgresBackend {
     fn name(&self) -> &'static str {
         "postgres"
@@ -455,13 +686,10 @@ impl Backend for PostgresBackend {
     fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT value, version FROM kelpie_kv WHERE actor_id = $1 AND key = $2",
-                    &[&actor.to_string(), &key],
-                )
-                .await
-                .map_err(pg_error("get"))?;
+            let sql = "SELECT value, version FROM kelpie_kv WHERE actor_id = $1 AND key = $2";
+            let statement = prepared(&client, sql, "get").await?;
+            let row =
+                client.query_opt(&statement, &[&actor.to_string(), &key]).await.map_err(pg_error("get"))?;
             row.map(|row| Ok(Versioned { value: row.get(0), version: to_u64(row.get(1), "kelpie_kv row")? }))
                 .transpose()
         })

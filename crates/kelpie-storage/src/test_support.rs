@@ -86,10 +86,48 @@ fn free_loopback_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The environment variable that lets PostgreSQL-needing tests skip on a
+/// machine without PostgreSQL. An explicit opt-out for local runs; CI never
+/// sets it, so there a missing PostgreSQL fails those tests.
+pub const SKIP_POSTGRES_ENV: &str = "KELPIE_SKIP_POSTGRES";
+
+/// Whether a test skips after failing to start PostgreSQL with `kind`:
+/// only when the binaries are missing and the opt-out is exactly `1`.
+fn skips(opt_out: Option<&str>, kind: io::ErrorKind) -> bool {
+    opt_out == Some("1") && kind == io::ErrorKind::NotFound
+}
+
 impl PostgresServer {
+    /// Starts a server for `test`, or `None` (printing why) when this
+    /// machine has no PostgreSQL and `KELPIE_SKIP_POSTGRES=1` asks to skip.
+    /// Any other failure to start, or no PostgreSQL without the opt-out,
+    /// panics: the test fails.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        Self::start_with_or_skip(test, &[])
+    }
+
+    /// [`Self::start_or_skip`] with extra server settings.
+    pub fn start_with_or_skip(test: &str, settings: &[&str]) -> Option<Self> {
+        let opt_out = std::env::var(SKIP_POSTGRES_ENV).ok();
+        match Self::start_with(settings) {
+            Ok(server) => Some(server),
+            Err(err) if skips(opt_out.as_deref(), err.kind()) => {
+                eprintln!("{test}: SKIPPED ({SKIP_POSTGRES_ENV}=1 and no PostgreSQL: {err})");
+                None
+            }
+            Err(err) => panic!("{test}: cannot start PostgreSQL (set {SKIP_POSTGRES_ENV}=1 to skip where it is not installed): {err}"),
+        }
+    }
+
     /// Starts a fresh server. A machine without the PostgreSQL binaries is
     /// an error, never a skip: a test that needs PostgreSQL fails without it.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra server settings (`name=value`, as
+    /// `postgres -c` takes them), e.g. for a benchmark's statistics.
+    pub fn start_with(settings: &[&str]) -> io::Result<Self> {
         let Some(bin_dir) = find_postgres_bin_dir() else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -99,7 +137,7 @@ impl PostgresServer {
         let run_as = if is_root()? { Some(unprivileged_user()?) } else { None };
         let mut last_error = io::Error::other("no start attempt made");
         for _ in 0..POSTGRES_START_ATTEMPTS_COUNT_MAX {
-            match Self::start_once(&bin_dir, run_as.clone()) {
+            match Self::start_once(&bin_dir, run_as.clone(), settings) {
                 Ok(server) => return Ok(server),
                 Err(err) => last_error = err,
             }
@@ -107,7 +145,7 @@ impl PostgresServer {
         Err(last_error)
     }
 
-    fn start_once(bin_dir: &Path, run_as: Option<String>) -> io::Result<Self> {
+    fn start_once(bin_dir: &Path, run_as: Option<String>, settings: &[&str]) -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("kelpie-pg-").tempdir()?;
         if let Some(user) = &run_as {
             run(Command::new("chown").arg(user).arg(dir.path()), "chown data dir")?;
@@ -119,7 +157,11 @@ impl PostgresServer {
             "initdb",
             &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
         )?;
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", server.dir.path().display());
+        let mut options =
+            format!("-p {port} -k {} -c listen_addresses=127.0.0.1", server.dir.path().display());
+        for setting in settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
         let log = server.dir.path().join("server.log").display().to_string();
         server.pg("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "-t", "30", "start"]).map_err(
             |err| {
@@ -176,5 +218,19 @@ impl Drop for PostgresServer {
         if let Err(err) = self.pg("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
             eprintln!("could not stop the test PostgreSQL server: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_missing_binaries_with_the_explicit_opt_out_skip() {
+        assert!(skips(Some("1"), io::ErrorKind::NotFound));
+        assert!(!skips(None, io::ErrorKind::NotFound), "no opt-out: the test fails");
+        assert!(!skips(Some("0"), io::ErrorKind::NotFound));
+        assert!(!skips(Some("yes"), io::ErrorKind::NotFound));
+        assert!(!skips(Some("1"), io::ErrorKind::Other), "a server that fails to start fails the test");
     }
 }

@@ -98,6 +98,10 @@ impl AgentActors {
         self.runtime.active_actors()
     }
 
+    pub fn is_active(&self, actor_id: &ActorId) -> bool {
+        self.runtime.is_active(actor_id)
+    }
+
     /// Deactivates `actor_id` here under its turn lock, then runs
     /// `complete` (the target's claim) before letting turns proceed: a turn
     /// in progress finishes here first, the next one waits for the move.

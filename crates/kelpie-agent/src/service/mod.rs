@@ -169,6 +169,12 @@ impl AgentService {
         self.actors.active()
     }
 
+    /// Whether agent `actor_id` is active on this node (so a request for
+    /// it is served here without asking the directory who owns it).
+    pub fn is_agent_active(&self, actor_id: &ActorId) -> bool {
+        self.actors.is_active(actor_id)
+    }
+
     /// Deactivates agent `actor_id` here under its turn lock, then runs
     /// `complete` (the target node's claim) before letting turns proceed.
     pub async fn hand_off<F>(&self, actor_id: &ActorId, complete: F) -> Result<()>

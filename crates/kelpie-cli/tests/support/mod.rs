@@ -71,9 +71,15 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Fails (never skips) when this machine has no PostgreSQL binaries.
-    pub fn start() -> Harness {
-        let postgres = PostgresServer::start().expect("start PostgreSQL");
+    /// Fails when this machine has no PostgreSQL binaries, unless
+    /// `KELPIE_SKIP_POSTGRES=1` asks to skip (`None`).
+    pub fn start(test: &str) -> Option<Harness> {
+        Self::start_with(test, &[])
+    }
+
+    /// [`Self::start`] with extra PostgreSQL settings (`name=value`).
+    pub fn start_with(test: &str, postgres_settings: &[&str]) -> Option<Harness> {
+        let postgres = PostgresServer::start_with_or_skip(test, postgres_settings)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_WORKER_THREADS_COUNT)
             .enable_all()
@@ -84,7 +90,7 @@ impl Harness {
         let client =
             reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)).build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        Harness { postgres, runtime, fake, llm_url, dir, client }
+        Some(Harness { postgres, runtime, fake, llm_url, dir, client })
     }
 
     /// A fresh database; returns its URL.
