@@ -391,3 +391,19 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "unknown payload".to_string());
     format!("handler panicked: {text}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_fall_due_on_the_shared_grid_at_most_a_quarter_interval_late() {
+        // Interval 3 300 ms: grid 825 ms.
+        assert_eq!(renew_due_ms(0, 3_300), 3_300);
+        assert_eq!(renew_due_ms(1, 3_300), 4_125);
+        assert_eq!(renew_due_ms(700, 3_300), 4_125, "two activations a grid step apart renew together");
+        assert_eq!(renew_due_ms(826, 3_300), 4_950);
+        // A tiny interval still has a grid of 1 ms.
+        assert_eq!(renew_due_ms(5, 3), 8);
+    }
+}
