@@ -96,6 +96,11 @@ pub enum Input {
     /// them (a pre-started program), and its wall time counts from their
     /// arrival. Sending nothing (dropping the sender) interrupts it.
     Later(DeferredInput),
+    /// A conversation with a long-lived program (an MCP server on stdio):
+    /// its stdin is copied from the session's reader as bytes arrive, and
+    /// its stdout to the session's writer instead of being captured. The
+    /// program's stdin closes when the reader ends.
+    Session(SessionPipes),
 }
 
 impl PartialEq for Input {
@@ -103,6 +108,7 @@ impl PartialEq for Input {
         match (self, other) {
             (Input::Now(a), Input::Now(b)) => a == b,
             (Input::Later(a), Input::Later(b)) => Arc::ptr_eq(&a.0, &b.0),
+            (Input::Session(a), Input::Session(b)) => Arc::ptr_eq(&a.0, &b.0),
             _ => false,
         }
     }
@@ -123,6 +129,34 @@ impl DeferredInput {
 
     /// The receiver, the first time only.
     pub fn take(&self) -> Option<tokio::sync::oneshot::Receiver<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The byte streams of an [`Input::Session`]: what the program reads, and
+/// where what it writes goes.
+pub type SessionReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+pub type SessionWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The pipes of an [`Input::Session`], taken once by the execution.
+#[derive(Clone)]
+pub struct SessionPipes(Arc<std::sync::Mutex<Option<(SessionReader, SessionWriter)>>>);
+
+impl std::fmt::Debug for SessionPipes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionPipes")
+    }
+}
+
+impl SessionPipes {
+    /// A session reading the program's stdin from `input` and writing its
+    /// stdout to `output`.
+    pub fn new(input: SessionReader, output: SessionWriter) -> Self {
+        SessionPipes(Arc::new(std::sync::Mutex::new(Some((input, output)))))
+    }
+
+    /// The pipes, the first time only.
+    pub fn take(&self) -> Option<(SessionReader, SessionWriter)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

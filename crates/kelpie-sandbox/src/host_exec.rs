@@ -170,6 +170,8 @@ async fn arrival(input: Input, interrupts: &mut Interrupts) -> Option<Vec<u8>> {
     let receiver = match input {
         Input::Now(bytes) => return Some(bytes),
         Input::Later(deferred) => deferred.take()?,
+        // A session's input is copied as it flows, never awaited whole.
+        Input::Session(_) => return Some(Vec::new()),
     };
     tokio::select! {
         bytes = receiver => bytes.ok(),
@@ -179,7 +181,8 @@ async fn arrival(input: Input, interrupts: &mut Interrupts) -> Option<Vec<u8>> {
 
 /// Runs `process` with `input` on stdin under `limits` until it exits, its
 /// wall time runs out or the sandbox is interrupted. The wall time counts
-/// from the input's arrival.
+/// from the input's arrival (from the start for a session, whose stdout
+/// goes to the session instead of being captured).
 pub(crate) async fn run(
     process: HostProcess,
     input: Input,
@@ -209,35 +212,71 @@ pub(crate) async fn run(
         program: process.program.display().to_string(),
         reason: e.to_string(),
     };
+    let session = match &input {
+        Input::Session(pipes) => Some(pipes.take().ok_or_else(|| {
+            SandboxError::InvalidRequest("a session's pipes serve one execution only".into())
+        })?),
+        _ => None,
+    };
     let mut child = command.spawn().map_err(spawn_error)?;
     let pid = child.id();
     let stdout = Arc::new(Mutex::new(Captured::default()));
     let stderr = Arc::new(Mutex::new(Captured::default()));
     let answer = Arc::new(Mutex::new(None));
     let mut readers = tokio::task::JoinSet::new();
-    readers.spawn(capture(child.stdout.take(), limits.output_bytes, Arc::clone(&stdout)));
+    // Feeds a session's stdin; never awaited (the other side may never end).
+    let mut feeder = tokio::task::JoinSet::new();
+    let (session_reader, session_writer) = match session {
+        Some((reader, writer)) => (Some(reader), Some(writer)),
+        None => (None, None),
+    };
+    match (session_writer, child.stdout.take()) {
+        (Some(mut writer), Some(mut out)) => {
+            readers.spawn(async move {
+                let _ = tokio::io::copy(&mut out, &mut writer).await;
+                let _ = writer.shutdown().await;
+            });
+        }
+        (_, out) => {
+            readers.spawn(capture(out, limits.output_bytes, Arc::clone(&stdout)));
+        }
+    }
     readers.spawn(capture(child.stderr.take(), limits.output_bytes, Arc::clone(&stderr)));
     if let Some(listener) = result {
         readers.spawn(first_result(listener, Arc::clone(&answer)));
     }
     let stdin = child.stdin.take();
     let mut killed = None;
-    let arrived = arrival(input, &mut interrupts).await.filter(|bytes| check_stdin(bytes).is_ok());
+    let arrived = match session_reader {
+        Some(mut reader) => {
+            if let Some(mut pipe) = stdin {
+                feeder.spawn(async move {
+                    let _ = tokio::io::copy(&mut reader, &mut pipe).await;
+                });
+            }
+            None
+        }
+        None => {
+            let arrived = arrival(input, &mut interrupts).await.filter(|bytes| check_stdin(bytes).is_ok());
+            match (stdin, arrived) {
+                (Some(pipe), Some(bytes)) => Some((pipe, bytes)),
+                // Never delivered: the program is not wanted any more.
+                (_, None) => {
+                    killed = Some(KillReason::Interrupted);
+                    reaper.kill_all(pid);
+                    let _ = child.start_kill();
+                    None
+                }
+                (None, Some(_)) => None,
+            }
+        }
+    };
     let started = Instant::now();
-    match (stdin, arrived) {
-        (Some(mut pipe), Some(bytes)) => {
-            readers.spawn(async move {
-                // A program that exits without reading its input is not our error.
-                let _ = pipe.write_all(&bytes).await;
-            });
-        }
-        // Never delivered: the program is not wanted any more.
-        (_, None) => {
-            killed = Some(KillReason::Interrupted);
-            reaper.kill_all(pid);
-            let _ = child.start_kill();
-        }
-        (None, Some(_)) => {}
+    if let Some((mut pipe, bytes)) = arrived {
+        readers.spawn(async move {
+            // A program that exits without reading its input is not our error.
+            let _ = pipe.write_all(&bytes).await;
+        });
     }
     let wall = Duration::from_millis(limits.wall_ms);
     let status = tokio::select! {
@@ -258,6 +297,7 @@ pub(crate) async fn run(
     .map_err(|e| SandboxError::Io(format!("waiting for {}: {e}", process.program.display())))?;
     // The main process is gone: nothing it started may outlive it.
     reaper.kill_all(None);
+    feeder.abort_all();
     let drained = tokio::time::timeout(Duration::from_millis(DRAIN_AFTER_EXIT_MS_MAX), async {
         while readers.join_next().await.is_some() {}
     })

@@ -31,7 +31,7 @@ pub mod unsandboxed;
 
 pub use backend::{
     Backend, BackendKind, Captured, DeferredInput, ExecOutput, ExecRequest, Input, Instance, KillReason,
-    Mount, SandboxSpec,
+    Mount, SandboxSpec, SessionPipes,
 };
 pub use error::SandboxError;
 pub use lifecycle::{SandboxState, Transition};

@@ -97,7 +97,7 @@ impl Instance for SimInstance {
         Box::pin(async move {
             let payload: Value = match &request.stdin {
                 Input::Now(bytes) => serde_json::from_slice(bytes).unwrap_or(Value::Null),
-                Input::Later(_) => Value::Null,
+                Input::Later(_) | Input::Session(_) => Value::Null,
             };
             let command = format!("echo {}", payload["args"]);
             let mut sandbox = self.sandbox.lock().await;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use kelpie_sandbox::lifecycle::Refused;
 use kelpie_sandbox::{
     Backend, DeferredInput, ExecLimits, ExecRequest, Input, KillReason, Sandbox, SandboxError, SandboxSpec,
-    SandboxState, Transition,
+    SandboxState, SessionPipes, Transition,
 };
 
 fn python(code: &str) -> ExecRequest {
@@ -209,5 +209,41 @@ async fn a_program_waits_for_deferred_input_and_its_wall_time_starts_when_it_arr
     assert_eq!(out.killed, Some(KillReason::Interrupted));
     sandbox.destroy().await.unwrap();
     support::assert_nothing_left(dir.path(), "deferred");
+    support::assert_no_zombies();
+}
+
+#[tokio::test]
+async fn a_session_talks_with_a_program_line_by_line_until_its_input_ends() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (dir, backend) = support::process_backend();
+    let sandbox = Arc::new(Sandbox::new("session", SandboxSpec::default(), backend));
+    sandbox.create().await.unwrap();
+    let (mut to_program, program_stdin) = tokio::io::duplex(4096);
+    let (program_stdout, from_program) = tokio::io::duplex(4096);
+    let pipes = SessionPipes::new(Box::new(program_stdin), Box::new(program_stdout));
+    // Answers each line as it comes: a conversation, not one input.
+    let request = ExecRequest {
+        stdin: Input::Session(pipes.clone()),
+        ..python("import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\nprint('bye', file=sys.stderr)")
+    };
+    let running = {
+        let sandbox = Arc::clone(&sandbox);
+        tokio::spawn(async move { sandbox.exec(request).await })
+    };
+    let mut lines = BufReader::new(from_program).lines();
+    for word in ["kelp", "otter", "urchin"] {
+        to_program.write_all(format!("{word}\n").as_bytes()).await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap(), Some(word.to_uppercase()));
+    }
+    drop(to_program);
+    let out = running.await.unwrap().unwrap();
+    assert_eq!((out.exit_code, out.killed), (0, None));
+    assert_eq!((out.stdout.text(), out.stderr.text()), (String::new(), "bye\n".to_string()));
+    assert_eq!(lines.next_line().await.unwrap(), None, "the program's stdout ended with it");
+    // The pipes serve one execution only.
+    let again = sandbox.exec(ExecRequest { stdin: Input::Session(pipes), ..python("1") }).await;
+    assert!(matches!(again, Err(SandboxError::InvalidRequest(reason)) if reason.contains("one execution")));
+    sandbox.destroy().await.unwrap();
+    support::assert_nothing_left(dir.path(), "session");
     support::assert_no_zombies();
 }

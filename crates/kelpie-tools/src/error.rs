@@ -28,6 +28,8 @@ pub enum ToolError {
         "language {0:?} is not available on this server (it runs python and, where node is installed, js)"
     )]
     Language(String),
+    #[error("command {0}")]
+    Program(String),
     #[error("environment variable {0}")]
     BadEnvironment(String),
     #[error(transparent)]

@@ -9,12 +9,16 @@
 //! - [`python`]: the scripts a custom tool runs with and their protocol.
 //! - [`pip`]: a tool's `pip_requirements`, checked and installed once.
 //! - [`runner`]: runs all of the above in sandboxes, the common calls in
-//!   sandboxes started ahead of them (`warm`).
+//!   sandboxes started ahead of them (`warm`), and long-lived programs
+//!   spoken to over stdio (sessions).
+//! - [`mcp`]: the MCP client (stdio servers in sandboxes, streamable HTTP,
+//!   legacy SSE), with restarts and the URL check against internal addresses.
 //!
 //! Never depends on the agent or the server.
 
 pub mod builtin;
 pub mod error;
+pub mod mcp;
 pub mod pip;
 pub mod python;
 pub mod runner;

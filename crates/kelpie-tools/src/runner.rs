@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kelpie_sandbox::{
-    Backend, BackendKind, ExecLimits, ExecOutput, ExecRequest, Input, KillReason, Mount, Sandbox, SandboxSpec,
+    Backend, BackendKind, ExecLimits, ExecOutput, ExecRequest, Input, KillReason, Mount, Sandbox,
+    SandboxSpec, SessionPipes,
 };
 use serde_json::{json, Value};
 
@@ -32,6 +33,25 @@ pub const TOOL_ENV_VALUE_BYTES_MAX: usize = 32 * 1024;
 /// Names a tool's environment may not set: the sandbox sets them.
 const RESERVED_ENV: [&str; 4] = ["PATH", "HOME", "TMPDIR", "LANG"];
 const RESERVED_ENV_PREFIX: &str = "KELPIE_";
+
+/// A long-lived program in a sandbox of its own (a stdio MCP server),
+/// spoken to over its stdin and stdout (handed out beside it). Dropping it
+/// kills the program and removes its sandbox.
+pub struct Session {
+    /// The execution: ends when the program does, with its captured stderr.
+    pub ended: tokio::task::JoinHandle<Result<ExecOutput, ToolError>>,
+    /// Longest the program may run, in milliseconds (its wall time).
+    pub wall_ms: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ended.abort();
+    }
+}
+
+/// Bytes buffered in each direction between a session and its program.
+pub const SESSION_PIPE_BYTES: usize = 256 * 1024;
 
 /// How the runner runs things.
 #[derive(Debug, Clone)]
@@ -271,6 +291,35 @@ impl ToolRunner {
         }
     }
 
+    /// Starts `program` (a path in the sandbox, or a name found on the
+    /// sandbox's `PATH`) with `args` and only `env` for a conversation over
+    /// its stdin and stdout; it runs until the [`Session`] is dropped, it
+    /// exits, or its wall time (the longest a sandbox allows) ends. Returns
+    /// the session, a writer to the program's stdin and a reader of its stdout.
+    pub fn start_session(
+        &self,
+        program: &str,
+        args: Vec<String>,
+        env: &[(String, String)],
+        network: bool,
+    ) -> Result<(Session, tokio::io::DuplexStream, tokio::io::DuplexStream), ToolError> {
+        check_env(env)?;
+        self.backend.check_available()?;
+        let program = resolve_program(program)?;
+        let (stdin, program_stdin) = tokio::io::duplex(SESSION_PIPE_BYTES);
+        let (program_stdout, stdout) = tokio::io::duplex(SESSION_PIPE_BYTES);
+        let mut request = ExecRequest::new(program, args);
+        request.env = env.to_vec();
+        request.stdin = Input::Session(SessionPipes::new(Box::new(program_stdin), Box::new(program_stdout)));
+        let wall_ms = kelpie_sandbox::limits::EXEC_WALL_MS_MAX;
+        request.limits =
+            ExecLimits { wall_ms, cpu_ms: kelpie_sandbox::limits::EXEC_CPU_MS_MAX, ..self.settings.limits };
+        let spec = SandboxSpec { network, mounts: Vec::new() };
+        let sandbox = Sandbox::new(self.next_id(), spec, Arc::clone(&self.backend));
+        let ended = tokio::spawn(run_once(sandbox, request));
+        Ok((Session { ended, wall_ms }, stdin, stdout))
+    }
+
     /// The code interpreter: `code` in `language` (python, or js where node
     /// is installed), without network.
     pub async fn run_code(
@@ -392,6 +441,30 @@ impl ToolRunner {
         };
         Err(ToolError::PipInstall { package: pip::failed_package(&stderr, requirements), reason })
     }
+}
+
+/// `program` as a path inside the sandbox: kept when absolute, else looked
+/// up on the sandbox's `PATH` (whose directories are the host's, read-only).
+fn resolve_program(program: &str) -> Result<String, ToolError> {
+    if program.is_empty() || program.contains('\0') {
+        return Err(ToolError::Program(format!("{program:?} is not a command")));
+    }
+    if program.starts_with('/') {
+        return Ok(program.to_string());
+    }
+    if program.contains('/') {
+        return Err(ToolError::Program(format!("{program:?}: give a command name or an absolute path")));
+    }
+    kelpie_sandbox::rootfs::SANDBOX_PATH
+        .split(':')
+        .map(|dir| format!("{dir}/{program}"))
+        .find(|candidate| std::path::Path::new(candidate).is_file())
+        .ok_or_else(|| {
+            ToolError::Program(format!(
+                "{program:?} is not found on the sandbox's PATH ({})",
+                kelpie_sandbox::rootfs::SANDBOX_PATH
+            ))
+        })
 }
 
 /// The request that runs `run.py` (its payload on stdin, the tool's

@@ -1,0 +1,162 @@
+//! Where an MCP server URL may point. A URL a user gives is fetched by the
+//! server, so unless the configuration allows private addresses, one whose
+//! host resolves to a loopback, private, link-local or otherwise internal
+//! address is refused (SSRF): checked when the server is registered and
+//! again at every connection, so a name that later resolves elsewhere is
+//! caught too.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::McpError;
+
+/// Longest MCP server URL, in bytes.
+pub const MCP_URL_BYTES_MAX: usize = 2_048;
+
+/// Whether `address` is not on the public internet.
+pub fn is_internal(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => is_internal_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_internal_v4(v4),
+            None => is_internal_v6(v6),
+        },
+    }
+}
+
+fn is_internal_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        // Carrier-grade NAT (100.64.0.0/10) and benchmarking (198.18.0.0/15).
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 198 && (18..20).contains(&b))
+        || a >= 240
+}
+
+fn is_internal_v6(v6: Ipv6Addr) -> bool {
+    let first = v6.segments()[0];
+    v6.is_loopback()
+        || v6.is_unspecified()
+        || v6.is_multicast()
+        // Unique local (fc00::/7) and link-local (fe80::/10).
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+}
+
+/// The scheme, host and port of an `http(s)` URL.
+pub fn parse(url: &str) -> Result<(String, String, u16), McpError> {
+    let bad = |reason: &str| McpError::BadConfig(format!("server_url {url:?} {reason}"));
+    if url.len() > MCP_URL_BYTES_MAX {
+        return Err(bad(&format!("is over MCP_URL_BYTES_MAX = {MCP_URL_BYTES_MAX} bytes")));
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("is not an absolute http(s) URL"))?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad("must start with http:// or https://")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(bad("must not carry credentials; use auth_header and auth_token"));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or_else(|| bad("has an unclosed [ in its host"))?;
+        let port = after.strip_prefix(':').map(str::to_string);
+        (host.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port.to_string())),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let port = match port {
+        Some(port) => port.parse::<u16>().map_err(|_| bad("has a bad port"))?,
+        None => default_port,
+    };
+    Ok((scheme.to_ascii_lowercase(), host, port))
+}
+
+/// Checks `url` is http(s) and, unless `allow_internal`, that every address
+/// its host resolves to is public.
+pub async fn check(url: &str, allow_internal: bool) -> Result<(), McpError> {
+    let (_, host, port) = parse(url)?;
+    if allow_internal {
+        return Ok(());
+    }
+    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(address) => vec![address],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| McpError::BadConfig(format!("server_url {url:?}: cannot resolve {host}: {e}")))?
+            .map(|socket| socket.ip())
+            .collect(),
+    };
+    match addresses.iter().find(|address| is_internal(**address)) {
+        Some(address) => Err(McpError::InternalAddress { url: url.to_string(), address: *address }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn urls_are_parsed_with_default_ports_and_bad_ones_refused() {
+        assert_eq!(
+            parse("https://mcp.example.com/mcp").unwrap(),
+            ("https".into(), "mcp.example.com".into(), 443)
+        );
+        assert_eq!(parse("http://[::1]:8080/sse").unwrap(), ("http".into(), "::1".into(), 8080));
+        assert_eq!(parse("HTTP://h:81").unwrap(), ("http".into(), "h".into(), 81));
+        for bad in ["ftp://h/", "h/mcp", "http://user:pw@h/", "http://:80/", "http://h:99999/"] {
+            assert!(matches!(parse(bad), Err(McpError::BadConfig(_))), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_unless_allowed() {
+        let refused = check("http://127.0.0.1:9/mcp", false).await.unwrap_err();
+        assert_eq!(
+            refused,
+            McpError::InternalAddress {
+                url: "http://127.0.0.1:9/mcp".into(),
+                address: "127.0.0.1".parse().unwrap()
+            }
+        );
+        let by_name = check("http://localhost:9/mcp", false).await.unwrap_err();
+        assert!(matches!(by_name, McpError::InternalAddress { .. }), "{by_name:?}");
+        check("http://127.0.0.1:9/mcp", true).await.unwrap();
+    }
+}
