@@ -36,26 +36,47 @@ def _wait_healthy(base_url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError("kelpie serve did not become healthy in time")
 
 
-@pytest.fixture(scope="session")
-def kelpie_url():
+def start_kelpie(extra_env=None):
+    """The fake LLM and a `kelpie serve` on it: (base_url, stop)."""
     fake = subprocess.Popen([os.environ["KELPIE_FAKE_LLM_BIN"]], stdout=subprocess.PIPE, text=True)
     fake_url = fake.stdout.readline().strip()
     assert fake_url.startswith("http://127.0.0.1:"), fake_url
     port = _free_port()
     data_dir = tempfile.mkdtemp(prefix="kelpie-pytest-")
     env = dict(os.environ, OPENAI_BASE_URL=fake_url, KELPIE_DEFAULT_MODEL="openai-proxy/fake-gpt",
-               OPENAI_API_KEY="sk-server-secret")
+               OPENAI_API_KEY="sk-server-secret", **(extra_env or {}))
     env.pop("KELPIE_API_KEY", None)
     server = subprocess.Popen(
         [os.environ["KELPIE_BIN"], "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data_dir],
         env=env,
     )
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, server)
-        yield base_url
-    finally:
+
+    def stop():
         server.terminate()
         server.wait(timeout=30)
         fake.terminate()
         fake.wait(timeout=10)
+
+    try:
+        _wait_healthy(base_url, server)
+    except Exception:
+        stop()
+        raise
+    return base_url, stop
+
+
+@pytest.fixture(scope="session")
+def kelpie_url():
+    base_url, stop = start_kelpie()
+    try:
+        yield base_url
+    finally:
+        stop()
+
+
+@pytest.fixture()
+def client(kelpie_url):
+    from letta_client import Letta
+
+    return Letta(base_url=kelpie_url)

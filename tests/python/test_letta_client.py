@@ -3,12 +3,7 @@
 import json
 
 import pytest
-from letta_client import Letta, NotFoundError, APIStatusError
-
-
-@pytest.fixture()
-def client(kelpie_url):
-    return Letta(base_url=kelpie_url)
+from letta_client import APIStatusError, NotFoundError
 
 
 def _agent(client, name, tags=None):

@@ -26,6 +26,12 @@ pub enum ServiceError {
     SandboxEnvNotFound(String),
     #[error("a tool named {0:?} already exists")]
     ToolNameTaken(String),
+    #[error("MCP server with ID {0} not found")]
+    McpServerNotFound(String),
+    #[error("an MCP server named {0:?} already exists")]
+    McpServerNameTaken(String),
+    #[error(transparent)]
+    Mcp(#[from] kelpie_tools::mcp::McpError),
     #[error(transparent)]
     Tool(#[from] kelpie_tools::ToolError),
     #[error("{0}")]
@@ -48,6 +54,7 @@ impl From<Error> for ServiceError {
         match err {
             Error::NotFound { kind: "agent", id } => ServiceError::AgentNotFound(id),
             Error::NotFound { kind: "tool", id } => ServiceError::ToolNotFound(id),
+            Error::NotFound { kind: "mcp server", id } => ServiceError::McpServerNotFound(id),
             other => ServiceError::Core(other),
         }
     }

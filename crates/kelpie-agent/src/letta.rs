@@ -5,7 +5,7 @@ use kelpie_memory::{Block, Passage};
 use kelpie_tools::{BuiltinTool, SEND_MESSAGE};
 use serde_json::{json, Value};
 
-use crate::actors::tool_store::ToolRecord;
+use crate::actors::tool_store::{McpServerConfig, McpServerRecord, ToolRecord};
 use crate::model::{AgentRecord, MessageBody, StoredMessage};
 use kelpie_llm::ToolCall;
 
@@ -33,15 +33,69 @@ pub fn builtin_tool_json(tool: &BuiltinTool) -> Value {
 }
 
 pub fn custom_tool_json(tool: &ToolRecord) -> Value {
+    let mut metadata = tool.metadata.clone().unwrap_or_else(|| json!({}));
+    let (tool_type, source_code) = match &tool.mcp {
+        Some(source) => {
+            if let Some(object) = metadata.as_object_mut() {
+                object.insert(
+                    "mcp".into(),
+                    json!({"server_name": source.server_name, "server_id": source.server_id}),
+                );
+            }
+            ("external_mcp", None)
+        }
+        None => ("custom", Some(&tool.source_code)),
+    };
     json!({
-        "id": tool.id, "tool_type": "custom", "description": tool.description, "source_type": "python",
-        "name": tool.name, "tags": tool.tags, "source_code": tool.source_code, "json_schema": tool.json_schema,
+        "id": tool.id, "tool_type": tool_type, "description": tool.description, "source_type": "python",
+        "name": tool.name, "tags": tool.tags, "source_code": source_code, "json_schema": tool.json_schema,
         "args_json_schema": null, "return_char_limit": tool.return_char_limit,
         "pip_requirements": (!tool.pip_requirements.is_empty()).then_some(&tool.pip_requirements),
         "npm_requirements": null, "default_requires_approval": null,
         "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
-        "metadata_": tool.metadata.clone().unwrap_or_else(|| json!({})), "project_id": null,
+        "metadata_": metadata, "project_id": null,
     })
+}
+
+/// What a secret is shown as when it is too short to show any of it.
+pub const SECRET_MASK: &str = "****";
+/// Characters of a secret's end shown, when it is long enough.
+const SECRET_SHOWN_CHARS: usize = 4;
+/// Shortest secret whose end is shown.
+const SECRET_SHOWN_FROM_CHARS: usize = 12;
+
+/// A secret as the API shows it: never whole, at most its last 4 characters.
+pub fn mask_secret(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < SECRET_SHOWN_FROM_CHARS {
+        return SECRET_MASK.to_string();
+    }
+    let tail: String = chars[chars.len() - SECRET_SHOWN_CHARS..].iter().collect();
+    format!("{SECRET_MASK}{tail}")
+}
+
+/// Letta's `StdioMCPServer`, `SSEMCPServer` or `StreamableHTTPMCPServer`,
+/// secrets masked.
+pub fn mcp_server_json(server: &McpServerRecord) -> Value {
+    let masked = |map: &std::collections::BTreeMap<String, String>| -> Value {
+        map.iter().map(|(k, v)| (k.clone(), json!(mask_secret(v)))).collect::<serde_json::Map<_, _>>().into()
+    };
+    match &server.config {
+        McpServerConfig::Stdio { command, args, env } => json!({
+            "id": server.id, "server_name": server.server_name, "mcp_server_type": "stdio",
+            "command": command, "args": args, "env": masked(env),
+        }),
+        McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http) => {
+            let kind =
+                if matches!(server.config, McpServerConfig::Sse(_)) { "sse" } else { "streamable_http" };
+            json!({
+                "id": server.id, "server_name": server.server_name, "mcp_server_type": kind,
+                "server_url": http.server_url, "auth_header": http.auth_header,
+                "auth_token": http.auth_token.as_deref().map(mask_secret),
+                "custom_headers": masked(&http.custom_headers),
+            })
+        }
+    }
 }
 
 fn llm_config_json(agent: &AgentRecord) -> Value {

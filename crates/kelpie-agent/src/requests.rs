@@ -124,3 +124,32 @@ pub struct PassageSearch {
     pub start_date: Option<String>,
     pub end_date: Option<String>,
 }
+
+/// The `config` of `POST /v1/mcp-servers/` and `PATCH /v1/mcp-servers/{id}`:
+/// Letta's three shapes in one (`mcp_server_type` picks; without it, a
+/// `command` means stdio and a `server_url` streamable HTTP).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct McpServerConfigIn {
+    pub mcp_server_type: Option<String>,
+    pub command: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub server_url: Option<String>,
+    pub auth_header: Option<String>,
+    pub auth_token: Option<String>,
+    pub custom_headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `POST /v1/mcp-servers/`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateMcpServer {
+    pub server_name: String,
+    pub config: McpServerConfigIn,
+}
+
+/// `PATCH /v1/mcp-servers/{id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateMcpServer {
+    pub server_name: Option<String>,
+    pub config: Option<McpServerConfigIn>,
+}

@@ -106,6 +106,7 @@ fn probe_tool() -> ToolRecord {
         pip_requirements: Vec::new(),
         created_ms: 0,
         updated_ms: 0,
+        mcp: None,
     }
 }
 

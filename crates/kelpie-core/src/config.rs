@@ -34,6 +34,8 @@
 //! | `sandbox.python` | `KELPIE_SANDBOX_PYTHON` | `/usr/bin/python3` |
 //! | `sandbox.pip_index_url` | `KELPIE_PIP_INDEX_URL` | none (pip's default index) |
 //! | `sandbox.warm_count` | `KELPIE_SANDBOX_WARM` | 2 |
+//! | `mcp.allow_internal_urls` | `KELPIE_MCP_ALLOW_INTERNAL_URLS` | `false`: MCP server URLs on loopback, private or link-local addresses are refused |
+//! | `mcp.stdio_network` | `KELPIE_MCP_STDIO_NETWORK` | `false`: stdio MCP servers run without network |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,6 +81,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("sandbox.python", "KELPIE_SANDBOX_PYTHON"),
     ("sandbox.pip_index_url", "KELPIE_PIP_INDEX_URL"),
     ("sandbox.warm_count", "KELPIE_SANDBOX_WARM"),
+    ("mcp.allow_internal_urls", "KELPIE_MCP_ALLOW_INTERNAL_URLS"),
+    ("mcp.stdio_network", "KELPIE_MCP_STDIO_NETWORK"),
 ];
 
 /// Where a configuration value came from.
@@ -219,6 +223,10 @@ pub struct SandboxConfig {
     pub pip_index_url: Option<String>,
     /// Sandboxes kept started ahead of tool calls (0: every call starts one).
     pub warm_count: usize,
+    /// MCP server URLs may resolve to internal addresses (else refused).
+    pub mcp_allow_internal_urls: bool,
+    /// stdio MCP servers' sandboxes get the network.
+    pub mcp_stdio_network: bool,
 }
 
 /// The validated configuration of one Kelpie server process.
@@ -477,7 +485,15 @@ impl ConfigLayers {
                 _ => Err(format!("{v:?} is not a whole number from 0 to {SANDBOX_WARM_COUNT_MAX}")),
             }
         })?;
-        Ok(SandboxConfig { backend, dir, python, pip_index_url, warm_count })
+        Ok(SandboxConfig {
+            backend,
+            dir,
+            python,
+            pip_index_url,
+            warm_count,
+            mcp_allow_internal_urls: self.boolean("mcp.allow_internal_urls")?,
+            mcp_stdio_network: self.boolean("mcp.stdio_network")?,
+        })
     }
 
     /// A boolean field, `false` when not set.
@@ -561,8 +577,15 @@ mod tests {
                 python: "/usr/bin/python3".into(),
                 pip_index_url: None,
                 warm_count: 2,
+                mcp_allow_internal_urls: false,
+                mcp_stdio_network: false,
             }
         );
+        let mut layers = ConfigLayers::new();
+        layers.add_toml("[mcp]\nallow_internal_urls = true\n", Path::new("k.toml")).unwrap();
+        layers.add_env(env(&[("KELPIE_MCP_STDIO_NETWORK", "1")]));
+        let sandbox = layers.resolve().unwrap().sandbox;
+        assert_eq!((sandbox.mcp_allow_internal_urls, sandbox.mcp_stdio_network), (true, true));
     }
 
     #[test]

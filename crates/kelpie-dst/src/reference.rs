@@ -146,7 +146,7 @@ async fn boot(node: SimNode, acked: AckedCommits) {
         let peer = &peers[env.rng.gen_range(0, peers.len() as u64) as usize];
         let sent = node.send(peer, encode(MESSAGE_PING, seq, env.clock.wall_ms()));
         assert!(sent.is_ok(), "peers are members of the simulation");
-        if seq % REFERENCE_COMMIT_EVERY_PINGS == 0 {
+        if seq.is_multiple_of(REFERENCE_COMMIT_EVERY_PINGS) {
             commit_once(&node, seq, &acked).await;
         }
     }

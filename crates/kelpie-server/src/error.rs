@@ -55,8 +55,11 @@ impl From<ServiceError> for ApiError {
             | ServiceError::ToolNotFound(_)
             | ServiceError::RunNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
-            | ServiceError::SandboxEnvNotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::ToolNameTaken(_) => StatusCode::CONFLICT,
+            | ServiceError::SandboxEnvNotFound(_)
+            | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::ToolNameTaken(_) | ServiceError::McpServerNameTaken(_) => StatusCode::CONFLICT,
+            ServiceError::Mcp(mcp) if mcp.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Mcp(_) => StatusCode::BAD_GATEWAY,
             ServiceError::Tool(ToolError::Sandbox(SandboxError::Unavailable { .. })) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -69,6 +69,8 @@ pub struct RunnerSettings {
     /// Sandboxes kept started ahead of calls; 0 starts every call cold
     /// (and spawns no task, as a simulation needs).
     pub warm_sandboxes_count: usize,
+    /// What MCP servers may reach.
+    pub mcp: crate::mcp::types::McpSettings,
 }
 
 impl RunnerSettings {
@@ -84,6 +86,7 @@ impl RunnerSettings {
             pip_dir,
             pip_index_url: None,
             warm_sandboxes_count: WARM_SANDBOXES_COUNT_DEFAULT,
+            mcp: crate::mcp::types::McpSettings::default(),
         }
     }
 }
@@ -445,7 +448,7 @@ impl ToolRunner {
 
 /// `program` as a path inside the sandbox: kept when absolute, else looked
 /// up on the sandbox's `PATH` (whose directories are the host's, read-only).
-fn resolve_program(program: &str) -> Result<String, ToolError> {
+pub fn resolve_program(program: &str) -> Result<String, ToolError> {
     if program.is_empty() || program.contains('\0') {
         return Err(ToolError::Program(format!("{program:?} is not a command")));
     }

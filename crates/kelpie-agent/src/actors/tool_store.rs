@@ -1,6 +1,7 @@
-//! The custom tool store: one actor holding every custom tool record in its
-//! state, so create, upsert, modify and delete are each one transaction and
-//! tool names stay unique. Built-in tools are not stored; they come from
+//! The custom tool store: one actor holding every custom tool record and
+//! every registered MCP server in its state, so create, upsert, modify and
+//! delete are each one transaction, tool names stay unique, and a server's
+//! tools come and go with it. Built-in tools are not stored; they come from
 //! kelpie-tools and are the same on every server.
 
 use kelpie_core::{Error, Result};
@@ -11,8 +12,45 @@ use serde_json::Value;
 
 /// The store's own actor id (namespace, id).
 pub const TOOL_STORE_ACTOR: (&str, &str) = ("tool-store", "all");
-/// Most custom tools a server holds.
+/// Most custom tools (MCP tools included) a server holds.
 pub const CUSTOM_TOOLS_COUNT_MAX: usize = 1_000;
+/// Most MCP servers registered.
+pub const MCP_SERVERS_COUNT_MAX: usize = 100;
+
+/// The MCP server an MCP tool is called on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpToolSource {
+    pub server_id: String,
+    pub server_name: String,
+}
+
+/// How an MCP server is reached, as registered (secrets included: tokens,
+/// header values, environment values are never rendered in full).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum McpServerConfig {
+    Stdio { command: String, args: Vec<String>, env: std::collections::BTreeMap<String, String> },
+    StreamableHttp(McpHttpConfig),
+    Sse(McpHttpConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpHttpConfig {
+    pub server_url: String,
+    /// The header the token goes in (`Authorization` when only a token is given).
+    pub auth_header: Option<String>,
+    pub auth_token: Option<String>,
+    pub custom_headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A registered MCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerRecord {
+    pub id: String,
+    pub server_name: String,
+    pub config: McpServerConfig,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
 
 /// A custom Python tool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +70,9 @@ pub struct ToolRecord {
     pub pip_requirements: Vec<PipRequirement>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Set for a tool of an MCP server: calls go to that server.
+    #[serde(default)]
+    pub mcp: Option<McpToolSource>,
 }
 
 /// The `metadata_` key that lets a tool reach the network from its sandbox.
@@ -49,6 +90,8 @@ impl ToolRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ToolStoreState {
     pub tools: Vec<ToolRecord>,
+    #[serde(default)]
+    pub mcp_servers: Vec<McpServerRecord>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +107,22 @@ pub enum ToolCommand {
         id: String,
     },
     List,
+    /// Registers a server; its name must be new.
+    McpCreate(Box<McpServerRecord>),
+    /// Replaces the server with the same id; renaming renames its tools' source.
+    McpReplace(Box<McpServerRecord>),
+    /// Removes a server and every tool of it.
+    McpDelete {
+        id: String,
+    },
+    McpList,
+    /// Makes the server's tools exactly `tools` (by name: kept ids, new
+    /// ones added, missing ones removed). A name another tool holds is
+    /// skipped and reported.
+    McpSyncTools {
+        server_id: String,
+        tools: Vec<ToolRecord>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +132,15 @@ pub enum ToolReply {
     /// Another tool already has this name; nothing changed.
     NameTaken(String),
     Done,
+    McpServer(Box<McpServerRecord>),
+    McpServers(Vec<McpServerRecord>),
+    /// What a sync did, by tool name.
+    McpSynced {
+        added: Vec<String>,
+        updated: Vec<String>,
+        removed: Vec<String>,
+        skipped: Vec<String>,
+    },
 }
 
 pub struct ToolStoreActor;
@@ -119,6 +187,83 @@ fn replace(ctx: &mut Ctx<'_>, tool: ToolRecord) -> Result<ToolReply> {
     Ok(ToolReply::Tool(Box::new(tool)))
 }
 
+fn mcp_not_found(id: &str) -> Error {
+    Error::NotFound { kind: "mcp server", id: id.to_string() }
+}
+
+fn mcp_create(ctx: &mut Ctx<'_>, server: McpServerRecord) -> Result<ToolReply> {
+    if ctx.state.mcp_servers.iter().any(|s| s.server_name == server.server_name) {
+        return Ok(ToolReply::NameTaken(server.server_name));
+    }
+    if ctx.state.mcp_servers.len() >= MCP_SERVERS_COUNT_MAX {
+        return Err(Error::LimitExceeded {
+            what: "MCP servers".into(),
+            actual: ctx.state.mcp_servers.len() as u64 + 1,
+            limit_name: "MCP_SERVERS_COUNT_MAX",
+            limit: MCP_SERVERS_COUNT_MAX as u64,
+        });
+    }
+    ctx.state.mcp_servers.push(server.clone());
+    Ok(ToolReply::McpServer(Box::new(server)))
+}
+
+fn mcp_replace(ctx: &mut Ctx<'_>, server: McpServerRecord) -> Result<ToolReply> {
+    let state = &mut *ctx.state;
+    if state.mcp_servers.iter().any(|s| s.server_name == server.server_name && s.id != server.id) {
+        return Ok(ToolReply::NameTaken(server.server_name));
+    }
+    let existing =
+        state.mcp_servers.iter_mut().find(|s| s.id == server.id).ok_or_else(|| mcp_not_found(&server.id))?;
+    *existing = server.clone();
+    for tool in &mut state.tools {
+        if let Some(source) = tool.mcp.as_mut().filter(|source| source.server_id == server.id) {
+            source.server_name = server.server_name.clone();
+        }
+    }
+    Ok(ToolReply::McpServer(Box::new(server)))
+}
+
+fn mcp_sync(ctx: &mut Ctx<'_>, server_id: &str, tools: Vec<ToolRecord>) -> Result<ToolReply> {
+    let state = &mut *ctx.state;
+    if !state.mcp_servers.iter().any(|s| s.id == server_id) {
+        return Err(mcp_not_found(server_id));
+    }
+    let of_server = |tool: &ToolRecord| tool.mcp.as_ref().is_some_and(|source| source.server_id == server_id);
+    let (mut added, mut updated, mut removed, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    state.tools.retain(|tool| {
+        let keep = !of_server(tool) || tools.iter().any(|new| new.name == tool.name);
+        if !keep {
+            removed.push(tool.name.clone());
+        }
+        keep
+    });
+    for mut tool in tools {
+        assert!(
+            tool.mcp.as_ref().is_some_and(|source| source.server_id == server_id),
+            "a tool of the server"
+        );
+        match state.tools.iter_mut().find(|existing| existing.name == tool.name) {
+            Some(existing) if of_server(existing) => {
+                if existing.json_schema != tool.json_schema || existing.description != tool.description {
+                    tool.id = existing.id.clone();
+                    tool.created_ms = existing.created_ms;
+                    tool.tags = existing.tags.clone();
+                    tool.metadata = existing.metadata.clone();
+                    *existing = tool.clone();
+                    updated.push(tool.name);
+                }
+            }
+            Some(_) => skipped.push(tool.name),
+            None => {
+                check_room(&state.tools)?;
+                added.push(tool.name.clone());
+                state.tools.push(tool);
+            }
+        }
+    }
+    Ok(ToolReply::McpSynced { added, updated, removed, skipped })
+}
+
 impl Actor for ToolStoreActor {
     type State = ToolStoreState;
     type Message = ToolCommand;
@@ -145,6 +290,19 @@ impl Actor for ToolStoreActor {
                 Ok(ToolReply::Done)
             }
             ToolCommand::List => Ok(ToolReply::Tools(ctx.state.tools.clone())),
+            ToolCommand::McpCreate(server) => mcp_create(ctx, *server),
+            ToolCommand::McpReplace(server) => mcp_replace(ctx, *server),
+            ToolCommand::McpDelete { id } => {
+                let before = ctx.state.mcp_servers.len();
+                ctx.state.mcp_servers.retain(|s| s.id != id);
+                if ctx.state.mcp_servers.len() == before {
+                    return Err(mcp_not_found(&id));
+                }
+                ctx.state.tools.retain(|tool| tool.mcp.as_ref().is_none_or(|source| source.server_id != id));
+                Ok(ToolReply::Done)
+            }
+            ToolCommand::McpList => Ok(ToolReply::McpServers(ctx.state.mcp_servers.clone())),
+            ToolCommand::McpSyncTools { server_id, tools } => mcp_sync(ctx, &server_id, tools),
         }
     }
 }

@@ -241,8 +241,17 @@ impl Agents {
         Ok(serde_json::json!({"message": format!("Agent id={agent_id} successfully deleted")}))
     }
 
-    pub async fn list_blocks(&self, agent_id: &str) -> ServiceResult<Vec<Value>> {
-        Ok(self.actors.record(agent_id).await?.memory.blocks().iter().map(block_json).collect())
+    /// The `page` of the agent's attached tools, in attach order.
+    pub async fn list_tools(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let agent = self.get(agent_id).await?;
+        let tools = agent["tools"].as_array().cloned().unwrap_or_default();
+        Ok(paginate(tools, crate::page::json_id, page))
+    }
+
+    /// The `page` of the agent's core memory blocks, in their order.
+    pub async fn list_blocks(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let blocks = self.actors.record(agent_id).await?.memory.blocks().iter().map(block_json).collect();
+        Ok(paginate(blocks, crate::page::json_id, page))
     }
 
     pub async fn get_block(&self, agent_id: &str, label: &str) -> ServiceResult<Value> {

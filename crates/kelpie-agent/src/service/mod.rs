@@ -6,6 +6,7 @@
 //! The parts, each using only those listed before it:
 //! - [`tools::ToolService`]: built-in and custom tools, and the runner that
 //!   runs tool code in sandboxes;
+//! - [`mcp::McpServers`]: MCP servers, their tools and their clients;
 //! - [`sandbox_configs::SandboxConfigs`]: the sandbox configuration and the
 //!   environment every tool call gets;
 //! - [`directory::AgentDirectory`]: the agent listing (shards, creation order);
@@ -26,6 +27,8 @@ pub mod agents;
 pub mod archival;
 pub mod directory;
 mod locks;
+pub mod mcp;
+pub mod mcp_clients;
 pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
@@ -76,6 +79,7 @@ pub struct AgentRuntimes {
 
 pub struct AgentService {
     pub tools: Arc<ToolService>,
+    pub mcp_servers: mcp::McpServers,
     pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
     pub agents: Agents,
@@ -99,6 +103,7 @@ impl AgentService {
         runner: Arc<ToolRunner>,
     ) -> Self {
         let tools = Arc::new(ToolService::new(runtimes.tool_store, Arc::clone(&runner), env.clone()));
+        let mcp_servers = mcp::McpServers::new(Arc::clone(&tools), env.clone());
         let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
@@ -133,6 +138,7 @@ impl AgentService {
         );
         AgentService {
             tools,
+            mcp_servers,
             sandbox_configs,
             catalog,
             agents,

@@ -12,16 +12,54 @@ use kelpie_tools::builtin_tools;
 use kelpie_tools::ToolRunner;
 use serde_json::{json, Value};
 
-use crate::actors::tool_store::{ToolCommand, ToolRecord, ToolReply, ToolStoreActor, TOOL_STORE_ACTOR};
+use kelpie_tools::mcp::{McpCallResult, McpError};
+
+use crate::actors::tool_store::{
+    McpServerRecord, ToolCommand, ToolRecord, ToolReply, ToolStoreActor, TOOL_STORE_ACTOR,
+};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
 use crate::letta::{builtin_tool_json, custom_tool_json};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
+use crate::page::{json_id, paginate, Page};
 use crate::requests::{CreateTool, UpdateTool};
+use crate::service::mcp_clients::McpClients;
+
+/// The filters of `GET /v1/tools/` and `/v1/tools/count` (Letta's); an
+/// empty list filters nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ToolFilter {
+    pub name: Option<String>,
+    pub names: Vec<String>,
+    pub ids: Vec<String>,
+    /// Case-insensitive part of the name.
+    pub search: Option<String>,
+    pub tool_types: Vec<String>,
+    pub exclude_tool_types: Vec<String>,
+    /// Only Letta's own tools (`tool_type` starting with `letta`).
+    pub only_letta_tools: bool,
+}
+
+impl ToolFilter {
+    /// Whether rendered tool `tool` passes.
+    pub fn selects(&self, tool: &Value) -> bool {
+        let name = tool["name"].as_str().unwrap_or_default();
+        let id = tool["id"].as_str().unwrap_or_default();
+        let kind = tool["tool_type"].as_str().unwrap_or_default();
+        self.name.as_deref().is_none_or(|wanted| wanted == name)
+            && (self.names.is_empty() || self.names.iter().any(|n| n == name))
+            && (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
+            && self.search.as_deref().is_none_or(|part| name.to_lowercase().contains(&part.to_lowercase()))
+            && (self.tool_types.is_empty() || self.tool_types.iter().any(|t| t == kind))
+            && !self.exclude_tool_types.iter().any(|t| t == kind)
+            && (!self.only_letta_tools || kind.starts_with("letta"))
+    }
+}
 
 pub struct ToolService {
     store: Runtime<ToolStoreActor>,
     runner: Arc<ToolRunner>,
+    mcp: McpClients,
     env: Env,
 }
 
@@ -53,7 +91,35 @@ fn schema_name(schema: &Value) -> String {
 
 impl ToolService {
     pub(crate) fn new(store: Runtime<ToolStoreActor>, runner: Arc<ToolRunner>, env: Env) -> Self {
-        ToolService { store, runner, env }
+        ToolService { store, runner, mcp: McpClients::default(), env }
+    }
+
+    /// A command to the tool store, its reply as it is.
+    pub(crate) async fn command(&self, command: ToolCommand) -> ServiceResult<ToolReply> {
+        let actor_id = ActorId::new(TOOL_STORE_ACTOR.0, TOOL_STORE_ACTOR.1)?;
+        Ok(self.store.invoke(&actor_id, command).await?)
+    }
+
+    /// Every registered MCP server.
+    pub async fn mcp_servers(&self) -> ServiceResult<Vec<McpServerRecord>> {
+        match self.command(ToolCommand::McpList).await? {
+            ToolReply::McpServers(servers) => Ok(servers),
+            _ => Err(unexpected("an MCP server command")),
+        }
+    }
+
+    pub(crate) fn mcp_clients(&self) -> &McpClients {
+        &self.mcp
+    }
+
+    /// Calls MCP tool `tool` with `args` on its server.
+    pub async fn call_mcp(&self, tool: &ToolRecord, args: &Value) -> Result<McpCallResult, McpError> {
+        let source = tool.mcp.as_ref().ok_or_else(|| McpError::NoSuchTool(tool.name.clone()))?;
+        let servers = self.mcp_servers().await.map_err(|e| McpError::Connect(e.to_string()))?;
+        let server = servers.iter().find(|server| server.id == source.server_id).ok_or_else(|| {
+            McpError::Connect(format!("MCP server {} is no longer registered", source.server_name))
+        })?;
+        self.mcp.client(server, &self.runner).await.call_tool(&tool.name, args).await
     }
 
     /// What runs tool code: tool calls, the code interpreter, installs.
@@ -62,8 +128,7 @@ impl ToolService {
     }
 
     async fn invoke(&self, command: ToolCommand) -> ServiceResult<ToolReply> {
-        let actor_id = ActorId::new(TOOL_STORE_ACTOR.0, TOOL_STORE_ACTOR.1)?;
-        match self.store.invoke(&actor_id, command).await? {
+        match self.command(command).await? {
             ToolReply::NameTaken(name) => Err(ServiceError::ToolNameTaken(name)),
             reply => Ok(reply),
         }
@@ -89,6 +154,66 @@ impl ToolService {
         let mut all: Vec<Value> = builtin_tools().iter().map(builtin_tool_json).collect();
         all.extend(self.custom_tools().await?.iter().map(custom_tool_json));
         Ok(all)
+    }
+
+    /// The tools `filter` selects, built-in first, then custom in creation order.
+    pub async fn list_filtered(&self, filter: &ToolFilter) -> ServiceResult<Vec<Value>> {
+        Ok(self.list().await?.into_iter().filter(|tool| filter.selects(tool)).collect())
+    }
+
+    /// `POST /v1/tools/search`: tools ranked by the share of `query`'s words
+    /// found in their name and description (every tool when no query), at
+    /// most `limit`, as Letta's `ToolSearchResult`s.
+    pub async fn search(
+        &self,
+        query: Option<&str>,
+        filter: &ToolFilter,
+        tags: &[String],
+        limit: usize,
+    ) -> ServiceResult<Vec<Value>> {
+        let words: Vec<String> =
+            query.unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
+        let mut scored: Vec<(f64, Value)> = self
+            .list_filtered(filter)
+            .await?
+            .into_iter()
+            .filter(|tool| {
+                tags.is_empty()
+                    || tool["tags"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|tag| tags.iter().any(|w| tag == w)))
+            })
+            .filter_map(|tool| {
+                let text = format!(
+                    "{} {}",
+                    tool["name"].as_str().unwrap_or_default(),
+                    tool["description"].as_str().unwrap_or_default()
+                )
+                .to_lowercase();
+                let score = match words.is_empty() {
+                    true => 1.0,
+                    false => {
+                        words.iter().filter(|w| text.contains(w.as_str())).count() as f64 / words.len() as f64
+                    }
+                };
+                (score > 0.0).then_some((score, tool))
+            })
+            .collect();
+        // Stable: equal scores keep the listing's order.
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(scored
+            .into_iter()
+            .take(limit)
+            .enumerate()
+            .map(|(rank, (score, tool))| {
+                json!({"tool": tool, "combined_score": score, "fts_rank": rank + 1, "vector_rank": null, "embedded_text": null})
+            })
+            .collect())
+    }
+
+    /// The `page` of the tools `filter` selects.
+    pub async fn list_page(&self, filter: &ToolFilter, page: &Page) -> ServiceResult<Vec<Value>> {
+        Ok(paginate(self.list_filtered(filter).await?, json_id, page))
     }
 
     pub async fn get(&self, tool_id: &str) -> ServiceResult<Value> {
@@ -122,6 +247,7 @@ impl ToolService {
             pip_requirements,
             created_ms: now,
             updated_ms: now,
+            mcp: None,
         };
         let command = if upsert { ToolCommand::Upsert } else { ToolCommand::Create };
         self.stored(command(Box::new(record))).await
@@ -150,6 +276,11 @@ impl ToolService {
             .into_iter()
             .find(|tool| tool.id == tool_id)
             .ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))?;
+        if tool.mcp.is_some() && (request.source_code.is_some() || request.json_schema.is_some()) {
+            return Err(ServiceError::Invalid(format!(
+                "tool {tool_id} comes from an MCP server: its schema changes with the server (refresh it)"
+            )));
+        }
         if request.source_code.is_some() || request.json_schema.is_some() {
             let source = request.source_code.unwrap_or(tool.source_code);
             tool.json_schema = self.runner.tool_schema(&source, request.json_schema).await?;
@@ -194,6 +325,7 @@ impl ToolService {
     }
 
     pub async fn shutdown(&self) {
+        self.mcp.shutdown().await;
         self.store.shutdown().await;
         self.runner.shutdown().await;
     }

@@ -6,7 +6,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
 
-use super::extract::ApiJson;
+use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::api::PageQuery;
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::UpdateBlock;
@@ -18,11 +19,16 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/core-memory/blocks/{label}", get(retrieve).patch(modify))
 }
 
+/// Blocks per page when the client does not say.
+const BLOCK_PAGE_COUNT_DEFAULT: usize = 50;
+
 async fn list(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.service.agents.list_blocks(&agent_id).await?))
+    let page = page_of(&page_query, BLOCK_PAGE_COUNT_DEFAULT, false)?;
+    Ok(Json(state.service.agents.list_blocks(&agent_id, &page).await?))
 }
 
 async fn retrieve(

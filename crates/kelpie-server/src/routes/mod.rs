@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod extract;
 pub mod health;
+pub mod mcp;
 pub mod messages;
 pub mod models;
 pub mod multipart;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(passages::router())
         .merge(models::router())
         .merge(tools::router())
+        .merge(mcp::router())
         .merge(openapi::router())
         .merge(runs::router())
         .merge(sandbox_config::router())

@@ -1,26 +1,120 @@
-//! `/v1/tools/`: list, retrieve, create and upsert (custom Python tools from
-//! `source_code`), modify and delete. Built-in tools are listed first and
+//! `/v1/tools/`: list (filtered, paged), count, search, retrieve, create and
+//! upsert (custom Python tools from `source_code`), modify and delete; and
+//! `GET /v1/agents/{agent_id}/tools`. Built-in tools are listed first and
 //! cannot be changed.
 
-use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::extract::ApiJson;
+use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::api::{repeated_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::{CreateTool, UpdateTool};
+use kelpie_agent::service::tools::ToolFilter;
+
+/// Tools per page when the client does not say.
+const TOOL_PAGE_COUNT_DEFAULT: usize = 50;
+/// Search results when the client does not say, and the most it may ask.
+const TOOL_SEARCH_COUNT_DEFAULT: usize = 10;
+const TOOL_SEARCH_COUNT_MAX: usize = 100;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tools/", get(list).post(create).put(upsert))
         .route("/v1/tools", get(list).post(create).put(upsert))
+        .route("/v1/tools/count", get(count))
+        .route("/v1/tools/search", post(search))
         .route("/v1/tools/{tool_id}", get(retrieve).patch(modify).delete(remove))
+        .route("/v1/agents/{agent_id}/tools", get(agent_tools))
+        .route("/v1/agents/{agent_id}/tools/", get(agent_tools))
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(state.service.tools.list().await?))
+/// The single-valued filters; the list ones may repeat or hold commas and
+/// are read from the raw query.
+#[derive(Debug, Default, Deserialize)]
+struct ToolListQuery {
+    name: Option<String>,
+    search: Option<String>,
+    return_only_letta_tools: Option<bool>,
+}
+
+fn listed(raw: Option<&str>, name: &str) -> Vec<String> {
+    repeated_param(raw, name)
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn filter_of(query: ToolListQuery, raw: Option<&str>) -> ToolFilter {
+    ToolFilter {
+        name: query.name,
+        names: listed(raw, "names"),
+        ids: listed(raw, "tool_ids"),
+        search: query.search,
+        tool_types: listed(raw, "tool_types"),
+        exclude_tool_types: listed(raw, "exclude_tool_types"),
+        only_letta_tools: query.return_only_letta_tools.unwrap_or(false),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ToolListQuery>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let page = page_of(&page_query, TOOL_PAGE_COUNT_DEFAULT, false)?;
+    let filter = filter_of(query, raw.as_deref());
+    Ok(Json(state.service.tools.list_page(&filter, &page).await?))
+}
+
+async fn count(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ToolListQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<usize>, ApiError> {
+    let filter = filter_of(query, raw.as_deref());
+    Ok(Json(state.service.tools.list_filtered(&filter).await?.len()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SearchTools {
+    query: Option<String>,
+    limit: Option<usize>,
+    tool_types: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
+
+async fn search(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SearchTools>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let limit = request.limit.unwrap_or(TOOL_SEARCH_COUNT_DEFAULT);
+    if limit == 0 || limit > TOOL_SEARCH_COUNT_MAX {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("limit {limit} is outside 1..={TOOL_SEARCH_COUNT_MAX}"),
+        ));
+    }
+    let filter = ToolFilter { tool_types: request.tool_types.unwrap_or_default(), ..ToolFilter::default() };
+    let tags = request.tags.unwrap_or_default();
+    Ok(Json(state.service.tools.search(request.query.as_deref(), &filter, &tags, limit).await?))
+}
+
+async fn agent_tools(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let page = page_of(&page_query, TOOL_PAGE_COUNT_DEFAULT, false)?;
+    Ok(Json(state.service.agents.list_tools(&agent_id, &page).await?))
 }
 
 async fn retrieve(

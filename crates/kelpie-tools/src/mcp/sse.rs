@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
-use super::{McpError, MCP_MESSAGE_BYTES_MAX};
+use crate::mcp::types::{McpError, MCP_MESSAGE_BYTES_MAX};
 use crate::runner::SESSION_PIPE_BYTES;
 
 /// One server-sent event.

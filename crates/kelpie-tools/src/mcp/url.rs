@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::McpError;
+use crate::mcp::types::McpError;
 
 /// Longest MCP server URL, in bytes.
 pub const MCP_URL_BYTES_MAX: usize = 2_048;

@@ -1,5 +1,6 @@
-//! The tool calls of a step that run outside the agent actor, each in a
-//! sandbox: custom Python tools and the code interpreter (`run_code`). They
+//! The tool calls of a step that run outside the agent actor: custom Python
+//! tools and the code interpreter (`run_code`), each in a sandbox, and MCP
+//! tools, on their server (a stdio one in its own sandbox). They
 //! run before the step is committed and their results are committed with it.
 //! Every failure (a raised error, a timeout, a sandbox that cannot start) is
 //! a failed tool result the LLM sees; none aborts the step, and none touches
@@ -16,6 +17,7 @@ use crate::actors::tool_store::ToolRecord;
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::model::AgentRecord;
 use crate::service::sandbox_configs::ToolSandboxSettings;
+use crate::service::tools::ToolService;
 
 fn clip_chars(text: String, chars_max: usize) -> String {
     if text.chars().count() <= chars_max {
@@ -65,12 +67,13 @@ fn finished(
 /// Runs the calls among `calls` that are the agent's custom tools or its
 /// code interpreter; built-in memory tools are left to the actor.
 pub(crate) async fn run_external_calls(
-    runner: &ToolRunner,
+    tools: &ToolService,
     agent: &AgentRecord,
     custom: &[ToolRecord],
     settings: &ToolSandboxSettings,
     calls: &[ToolCall],
 ) -> Vec<ExternalResult> {
+    let runner: &ToolRunner = tools.runner();
     let env = tool_env(settings, agent);
     let run_code_attached =
         builtin_tool(RUN_CODE).is_some_and(|tool| agent.tool_ids.iter().any(|id| id == tool.id));
@@ -89,6 +92,22 @@ pub(crate) async fn run_external_calls(
             }
         };
         let result = match tool {
+            Some(tool) if tool.mcp.is_some() => {
+                let outcome = tools.call_mcp(tool, &args).await;
+                let outcome = match outcome {
+                    Ok(result) => Ok(ToolRun {
+                        ok: !result.is_error,
+                        result: result.text,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    }),
+                    Err(error) => Err(format!("tool {} failed: {error}", tool.name)),
+                };
+                finished(call, outcome, tool.return_char_limit, |run| match run.ok {
+                    true => run.result.clone(),
+                    false => format!("tool {} failed: {}", tool.name, run.result),
+                })
+            }
             Some(tool) => {
                 let mut requirements = tool.pip_requirements.clone();
                 requirements.extend(settings.requirements.iter().cloned());

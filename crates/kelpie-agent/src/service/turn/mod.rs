@@ -264,9 +264,9 @@ impl Turns {
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
             let replied = answer.tool_calls.is_empty()
                 || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
-            let runner = self.tools.runner();
             let external =
-                external::run_external_calls(runner, &agent, &custom, &sandbox, &answer.tool_calls).await;
+                external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &answer.tool_calls)
+                    .await;
             let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
                 run_id: run_id.to_string(),

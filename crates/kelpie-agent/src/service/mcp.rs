@@ -1,0 +1,391 @@
+//! MCP servers: registering them (stdio, streamable HTTP, SSE), their tools
+//! kept as tool records of the tool store (`tool_type` `external_mcp`, so
+//! agents attach and call them like any tool), and the clients that reach
+//! them (`mcp_clients`, one per server, rebuilt when its config changes).
+//!
+//! Registering checks the config (a URL on an internal address is refused
+//! unless configured; a stdio command must be on the sandbox's PATH), stores
+//! the server, then lists its tools; a server that cannot be reached yet is
+//! kept, and `refresh` lists its tools later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kelpie_core::Env;
+use kelpie_tools::mcp::{url, McpCallResult, McpError, McpTool, McpTransport};
+use serde_json::{json, Value};
+
+use crate::actors::tool_store::{
+    McpHttpConfig, McpServerConfig, McpServerRecord, McpToolSource, ToolCommand, ToolRecord, ToolReply,
+};
+use crate::error::{unexpected, ServiceError, ServiceResult};
+use crate::ids::new_id;
+use crate::letta::{custom_tool_json, mcp_server_json, SECRET_MASK};
+use crate::limits::TOOL_RETURN_CHARS_MAX;
+use crate::requests::{CreateMcpServer, McpServerConfigIn, UpdateMcpServer};
+use crate::service::mcp_clients::{http_headers, transport};
+use crate::service::tools::ToolService;
+
+/// Longest server name, in characters.
+pub const MCP_SERVER_NAME_CHARS_MAX: usize = 128;
+/// Most arguments of a stdio command.
+pub const MCP_ARGS_COUNT_MAX: usize = 64;
+/// Longest argument, in bytes.
+pub const MCP_ARG_BYTES_MAX: usize = 64 * 1024;
+/// Most custom headers of an HTTP server.
+pub const MCP_HEADERS_COUNT_MAX: usize = 32;
+
+fn invalid(reason: String) -> ServiceError {
+    ServiceError::Invalid(reason)
+}
+
+fn check_name(name: &str) -> ServiceResult<()> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MCP_SERVER_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "server_name must be 1..={MCP_SERVER_NAME_CHARS_MAX} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `given` unless it is the masked form of `old` (a client sending back
+/// what it was shown), in which case `old` is kept.
+fn unmasked(given: String, old: Option<&String>) -> String {
+    match old {
+        Some(old) if given == crate::letta::mask_secret(old) || given == SECRET_MASK => old.clone(),
+        _ => given,
+    }
+}
+
+/// The config `input` describes, over `old` (an update) when given.
+fn build_config(input: McpServerConfigIn, old: Option<&McpServerConfig>) -> ServiceResult<McpServerConfig> {
+    let kind = match (input.mcp_server_type.as_deref(), old) {
+        (Some(kind), _) => kind.to_string(),
+        (None, Some(McpServerConfig::Stdio { .. })) => "stdio".into(),
+        (None, Some(McpServerConfig::StreamableHttp(_))) => "streamable_http".into(),
+        (None, Some(McpServerConfig::Sse(_))) => "sse".into(),
+        (None, None) if input.command.is_some() => "stdio".into(),
+        (None, None) => "streamable_http".into(),
+    };
+    match kind.as_str() {
+        "stdio" => {
+            let (old_command, old_args, old_env) = match old {
+                Some(McpServerConfig::Stdio { command, args, env }) => {
+                    (Some(command.clone()), args.clone(), env.clone())
+                }
+                _ => (None, Vec::new(), BTreeMap::new()),
+            };
+            let command = input
+                .command
+                .or(old_command)
+                .ok_or_else(|| invalid("a stdio MCP server needs a command".into()))?;
+            let args = input.args.unwrap_or(old_args);
+            if args.len() > MCP_ARGS_COUNT_MAX
+                || args.iter().any(|a| a.len() > MCP_ARG_BYTES_MAX || a.contains('\0'))
+            {
+                return Err(invalid(format!(
+                    "args: at most {MCP_ARGS_COUNT_MAX}, each at most {MCP_ARG_BYTES_MAX} bytes without NUL"
+                )));
+            }
+            let env = match input.env {
+                Some(env) => env
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = unmasked(v, old_env.get(&k));
+                        (k, v)
+                    })
+                    .collect(),
+                None => old_env,
+            };
+            let pairs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            kelpie_tools::runner::check_env(&pairs)?;
+            Ok(McpServerConfig::Stdio { command, args, env })
+        }
+        "streamable_http" | "sse" => {
+            let old_http = match old {
+                Some(McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http)) => {
+                    Some(http.clone())
+                }
+                _ => None,
+            };
+            let server_url = input
+                .server_url
+                .or(old_http.as_ref().map(|h| h.server_url.clone()))
+                .ok_or_else(|| invalid(format!("an {kind} MCP server needs a server_url")))?;
+            url::parse(&server_url)?;
+            let auth_token = match input.auth_token {
+                Some(token) => Some(unmasked(token, old_http.as_ref().and_then(|h| h.auth_token.as_ref()))),
+                None => old_http.as_ref().and_then(|h| h.auth_token.clone()),
+            };
+            let auth_header = input.auth_header.or(old_http.as_ref().and_then(|h| h.auth_header.clone()));
+            let old_headers = old_http.map(|h| h.custom_headers).unwrap_or_default();
+            let custom_headers: BTreeMap<String, String> = match input.custom_headers {
+                Some(headers) => headers
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = unmasked(v, old_headers.get(&k));
+                        (k, v)
+                    })
+                    .collect(),
+                None => old_headers,
+            };
+            if custom_headers.len() > MCP_HEADERS_COUNT_MAX {
+                return Err(invalid(format!("custom_headers: at most {MCP_HEADERS_COUNT_MAX}")));
+            }
+            let http = McpHttpConfig { server_url, auth_header, auth_token, custom_headers };
+            // Header names and values must be sendable.
+            for (name, value) in http_headers(&http) {
+                let ok = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                    && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+                if !ok {
+                    return Err(invalid(format!("header {name:?} or its value is not valid in HTTP")));
+                }
+            }
+            Ok(match kind.as_str() {
+                "sse" => McpServerConfig::Sse(http),
+                _ => McpServerConfig::StreamableHttp(http),
+            })
+        }
+        other => Err(invalid(format!(
+            "mcp_server_type {other:?} is not one of \"stdio\", \"sse\", \"streamable_http\""
+        ))),
+    }
+}
+
+/// Letta's `ToolExecutionResult` of a call.
+pub fn execution_result(outcome: &Result<McpCallResult, McpError>) -> Value {
+    match outcome {
+        Ok(result) => json!({
+            "status": if result.is_error { "error" } else { "success" }, "func_return": result.text,
+            "agent_state": null, "stdout": [], "stderr": [], "sandbox_config_fingerprint": null,
+        }),
+        Err(error) => json!({
+            "status": "error", "func_return": error.to_string(), "agent_state": null,
+            "stdout": [], "stderr": [error.to_string()], "sandbox_config_fingerprint": null,
+        }),
+    }
+}
+
+/// The `/v1/mcp-servers` operations.
+pub struct McpServers {
+    tools: Arc<ToolService>,
+    env: Env,
+}
+
+impl McpServers {
+    pub(crate) fn new(tools: Arc<ToolService>, env: Env) -> Self {
+        McpServers { tools, env }
+    }
+
+    async fn all(&self) -> ServiceResult<Vec<McpServerRecord>> {
+        self.tools.mcp_servers().await
+    }
+
+    async fn record(&self, id: &str) -> ServiceResult<McpServerRecord> {
+        self.all()
+            .await?
+            .into_iter()
+            .find(|server| server.id == id)
+            .ok_or_else(|| ServiceError::McpServerNotFound(id.to_string()))
+    }
+
+    async fn stored(&self, command: ToolCommand) -> ServiceResult<McpServerRecord> {
+        match self.tools.command(command).await? {
+            ToolReply::McpServer(server) => Ok(*server),
+            ToolReply::NameTaken(name) => Err(ServiceError::McpServerNameTaken(name)),
+            _ => Err(unexpected("an MCP server command")),
+        }
+    }
+
+    /// Refuses a URL on an internal address now rather than at first use.
+    async fn check_reachable(&self, config: &McpServerConfig) -> ServiceResult<()> {
+        if let McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http) = config {
+            url::check(&http.server_url, self.tools.runner().settings().mcp.allow_internal_urls).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, request: CreateMcpServer) -> ServiceResult<Value> {
+        check_name(&request.server_name)?;
+        let config = build_config(request.config, None)?;
+        self.check_reachable(&config).await?;
+        if let McpTransport::Stdio { command, .. } = transport(&config) {
+            kelpie_tools::runner::resolve_program(&command)?;
+        }
+        let now = self.env.clock.wall_ms();
+        let record = McpServerRecord {
+            id: new_id("mcp_server", self.env.rng.as_ref()),
+            server_name: request.server_name,
+            config,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let record = self.stored(ToolCommand::McpCreate(Box::new(record))).await?;
+        if let Err(error) = self.sync(&record).await {
+            tracing::warn!(server = %record.server_name, %error, "MCP server registered; its tools could not be listed yet (refresh later)");
+        }
+        Ok(mcp_server_json(&record))
+    }
+
+    pub async fn list(&self) -> ServiceResult<Vec<Value>> {
+        Ok(self.all().await?.iter().map(mcp_server_json).collect())
+    }
+
+    pub async fn get(&self, id: &str) -> ServiceResult<Value> {
+        Ok(mcp_server_json(&self.record(id).await?))
+    }
+
+    pub async fn update(&self, id: &str, request: UpdateMcpServer) -> ServiceResult<Value> {
+        let mut record = self.record(id).await?;
+        if let Some(name) = request.server_name {
+            check_name(&name)?;
+            record.server_name = name;
+        }
+        if let Some(config) = request.config {
+            record.config = build_config(config, Some(&record.config))?;
+            self.check_reachable(&record.config).await?;
+        }
+        record.updated_ms = self.env.clock.wall_ms();
+        let record = self.stored(ToolCommand::McpReplace(Box::new(record))).await?;
+        if let Err(error) = self.sync(&record).await {
+            tracing::warn!(server = %record.server_name, %error, "MCP server updated; its tools could not be listed");
+        }
+        Ok(mcp_server_json(&record))
+    }
+
+    /// Removes the server and its tools.
+    pub async fn delete(&self, id: &str) -> ServiceResult<()> {
+        self.tools.command(ToolCommand::McpDelete { id: id.to_string() }).await?;
+        self.tools.mcp_clients().forget(id).await;
+        Ok(())
+    }
+
+    /// The server's tools, as stored.
+    pub async fn tools(&self, id: &str) -> ServiceResult<Vec<Value>> {
+        self.record(id).await?;
+        let tools = self.tools.custom_tools().await?;
+        Ok(tools.iter().filter(|tool| is_of(tool, id)).map(custom_tool_json).collect())
+    }
+
+    async fn tool(&self, id: &str, tool_id: &str) -> ServiceResult<ToolRecord> {
+        self.record(id).await?;
+        let tools = self.tools.custom_tools().await?;
+        tools
+            .into_iter()
+            .find(|tool| tool.id == tool_id && is_of(tool, id))
+            .ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))
+    }
+
+    pub async fn get_tool(&self, id: &str, tool_id: &str) -> ServiceResult<Value> {
+        Ok(custom_tool_json(&self.tool(id, tool_id).await?))
+    }
+
+    /// Runs the tool once, outside any agent.
+    pub async fn run_tool(&self, id: &str, tool_id: &str, args: Value) -> ServiceResult<Value> {
+        let tool = self.tool(id, tool_id).await?;
+        let args = if args.is_null() { json!({}) } else { args };
+        Ok(execution_result(&self.tools.call_mcp(&tool, &args).await))
+    }
+
+    /// Lists the server's tools again and stores them: new ones added,
+    /// changed ones updated, vanished ones removed.
+    pub async fn refresh(&self, id: &str) -> ServiceResult<Value> {
+        let record = self.record(id).await?;
+        self.sync(&record).await
+    }
+
+    async fn sync(&self, server: &McpServerRecord) -> ServiceResult<Value> {
+        let listed = self.tools.mcp_clients().client(server, self.tools.runner()).await.list_tools().await?;
+        let now = self.env.clock.wall_ms();
+        let records = listed.iter().map(|tool| self.tool_record(server, tool, now)).collect();
+        let command = ToolCommand::McpSyncTools { server_id: server.id.clone(), tools: records };
+        match self.tools.command(command).await? {
+            ToolReply::McpSynced { added, updated, removed, skipped } => {
+                if !skipped.is_empty() {
+                    tracing::warn!(server = %server.server_name, ?skipped, "MCP tools skipped: their names are taken by other tools");
+                }
+                Ok(json!({"added": added, "updated": updated, "deleted": removed, "skipped": skipped}))
+            }
+            _ => Err(unexpected("an MCP sync")),
+        }
+    }
+
+    fn tool_record(&self, server: &McpServerRecord, tool: &McpTool, now: u64) -> ToolRecord {
+        ToolRecord {
+            id: new_id("tool", self.env.rng.as_ref()),
+            name: tool.name.clone(),
+            description: tool.description.clone(),
+            source_code: String::new(),
+            json_schema: tool.json_schema(),
+            tags: vec![format!("mcp:{}", server.server_name)],
+            return_char_limit: TOOL_RETURN_CHARS_MAX,
+            metadata: tool.annotations.as_ref().map(|annotations| json!({"mcp_annotations": annotations})),
+            pip_requirements: Vec::new(),
+            created_ms: now,
+            updated_ms: now,
+            mcp: Some(McpToolSource {
+                server_id: server.id.clone(),
+                server_name: server.server_name.clone(),
+            }),
+        }
+    }
+}
+
+fn is_of(tool: &ToolRecord, server_id: &str) -> bool {
+    tool.mcp.as_ref().is_some_and(|source| source.server_id == server_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(value: Value) -> McpServerConfigIn {
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        McpServerConfigIn {
+            mcp_server_type: text("mcp_server_type"),
+            command: text("command"),
+            server_url: text("server_url"),
+            auth_token: text("auth_token"),
+            ..McpServerConfigIn::default()
+        }
+    }
+
+    #[test]
+    fn configs_are_inferred_checked_and_keep_secrets_sent_back_masked() {
+        let stdio = build_config(input(json!({"command": "mcp-server-everything"})), None).unwrap();
+        assert!(
+            matches!(stdio, McpServerConfig::Stdio { ref command, .. } if command == "mcp-server-everything")
+        );
+        let http = build_config(
+            input(json!({"server_url": "https://mcp.example.com/mcp", "auth_token": "sk-0123456789abcdef"})),
+            None,
+        )
+        .unwrap();
+        let McpServerConfig::StreamableHttp(ref config) = http else { panic!("{http:?}") };
+        assert_eq!(
+            http_headers(config),
+            [("Authorization".to_string(), "Bearer sk-0123456789abcdef".to_string())]
+        );
+        // The masked token coming back leaves the real one in place.
+        let masked = crate::letta::mask_secret("sk-0123456789abcdef");
+        assert_eq!(masked, "****cdef");
+        let again = build_config(input(json!({"auth_token": masked})), Some(&http)).unwrap();
+        assert_eq!(again, http);
+        for bad in [
+            json!({"mcp_server_type": "stdio"}),
+            json!({"mcp_server_type": "sse"}),
+            json!({"server_url": "ftp://x/"}),
+            json!({"mcp_server_type": "websocket", "server_url": "https://x/"}),
+        ] {
+            assert!(
+                matches!(
+                    build_config(input(bad.clone()), None),
+                    Err(ServiceError::Invalid(_) | ServiceError::Mcp(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

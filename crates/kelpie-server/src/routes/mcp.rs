@@ -1,0 +1,103 @@
+//! `/v1/mcp-servers/`: register MCP servers (stdio, SSE, streamable HTTP),
+//! list, retrieve, modify and delete them, list and run their tools, and
+//! refresh their tool lists. Secrets come back masked.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::extract::ApiJson;
+use crate::error::ApiError;
+use crate::state::AppState;
+use kelpie_agent::requests::{CreateMcpServer, UpdateMcpServer};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/mcp-servers/", get(list).post(create))
+        .route("/v1/mcp-servers", get(list).post(create))
+        .route("/v1/mcp-servers/{server_id}", get(retrieve).patch(modify).delete(remove))
+        .route("/v1/mcp-servers/{server_id}/tools", get(tools))
+        .route("/v1/mcp-servers/{server_id}/tools/{tool_id}", get(tool))
+        .route("/v1/mcp-servers/{server_id}/tools/{tool_id}/run", post(run))
+        .route("/v1/mcp-servers/{server_id}/refresh", patch(refresh))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateMcpServer>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.create(request).await?))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(state.service.mcp_servers.list().await?))
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.get(&server_id).await?))
+}
+
+async fn modify(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    ApiJson(request): ApiJson<UpdateMcpServer>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.update(&server_id, request).await?))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.service.mcp_servers.delete(&server_id).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn tools(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(state.service.mcp_servers.tools(&server_id).await?))
+}
+
+async fn tool(
+    State(state): State<AppState>,
+    Path((server_id, tool_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.get_tool(&server_id, &tool_id).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RunTool {
+    #[serde(default)]
+    args: Value,
+}
+
+/// The body is optional: none runs the tool without arguments.
+async fn run(
+    State(state): State<AppState>,
+    Path((server_id, tool_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let args = match body.is_empty() {
+        true => Value::Null,
+        false => {
+            serde_json::from_slice::<RunTool>(&body)
+                .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
+                .args
+        }
+    };
+    Ok(Json(state.service.mcp_servers.run_tool(&server_id, &tool_id, args).await?))
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.refresh(&server_id).await?))
+}

@@ -1,0 +1,247 @@
+"""MCP servers and the tool surface through the official `letta-client`.
+
+MCP servers nobody on the team wrote: the npm reference server
+`mcp-server-everything` over stdio (run by Kelpie in its sandbox) and over
+SSE, and a server on the Python `mcp` package over streamable HTTP. Every
+list route is walked to its end through the SDK's auto-pager.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from letta_client import APIStatusError, Letta, NotFoundError
+
+from conftest import _free_port, start_kelpie
+
+EVERYTHING = "mcp-server-everything"
+PY_SERVER = os.path.join(os.path.dirname(__file__), "fixtures", "py_mcp_server.py")
+LISTEN_TIMEOUT_S = 30
+
+
+def _wait_listening(port, proc, what):
+    deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def _serve(command, env, what):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [arg.replace("{port}", str(port)) for arg in command],
+        env=dict(os.environ, PORT=str(port), **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_listening(port, proc, what)
+    return port, proc
+
+
+def _everything():
+    path = shutil.which(EVERYTHING)
+    assert path, f"{EVERYTHING} is needed: npm install -g @modelcontextprotocol/server-everything"
+    return path
+
+
+@pytest.fixture(scope="module")
+def mcp_client():
+    """A server whose MCP URLs may be on loopback (where the test servers are)."""
+    url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true"})
+    try:
+        yield Letta(base_url=url)
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def py_mcp_url():
+    port, proc = _serve([sys.executable, PY_SERVER, "streamable-http", "{port}"], {}, "the Python MCP server")
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def everything_sse_url():
+    port, proc = _serve([_everything(), "sse"], {}, f"{EVERYTHING} sse")
+    try:
+        yield f"http://127.0.0.1:{port}/sse"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _agent(client, name):
+    return client.agents.create(
+        name=name,
+        model="openai-proxy/fake-gpt",
+        memory_blocks=[{"label": "human", "value": "Name: Ana."}, {"label": "persona", "value": "Terse."}],
+    )
+
+
+def _call(client, agent_id, tool, args):
+    """Has the fake LLM call `tool`; answers the tool return message."""
+    response = client.agents.messages.create(
+        agent_id, messages=[{"role": "user", "content": f"/call {tool} {json.dumps(args)}"}]
+    )
+    returns = [m for m in response.messages if m.message_type == "tool_return_message"]
+    assert len(returns) == 1, [m.message_type for m in response.messages]
+    return returns[0]
+
+
+def test_a_stdio_server_runs_sandboxed_and_its_tools_serve_agents(mcp_client):
+    _everything()
+    client = mcp_client
+    server = client.mcp_servers.create(
+        server_name="everything",
+        config={
+            "mcp_server_type": "stdio",
+            "command": EVERYTHING,
+            "args": ["stdio"],
+            "env": {"API_TOKEN": "tok-1234567890abcdef"},
+        },
+    )
+    assert server.mcp_server_type == "stdio" and server.command == EVERYTHING
+    assert server.env == {"API_TOKEN": "****cdef"}, "secrets are never echoed back whole"
+    tools = {tool.name: tool for tool in client.mcp_servers.tools.list(server.id)}
+    assert {"echo", "get-sum", "get-env"} <= set(tools)
+    assert tools["echo"].tool_type == "external_mcp"
+    assert tools["echo"].metadata["mcp"] == {"server_name": "everything", "server_id": server.id}
+    assert client.mcp_servers.tools.retrieve(tools["echo"].id, mcp_server_id=server.id).name == "echo"
+
+    ran = client.mcp_servers.tools.run(tools["echo"].id, mcp_server_id=server.id, args={"message": "kelp"})
+    assert (ran.status, ran.func_return) == ("success", "Echo: kelp")
+    # The server got the secret it was configured with and nothing of Kelpie's.
+    env = json.loads(client.mcp_servers.tools.run(tools["get-env"].id, mcp_server_id=server.id).func_return)
+    assert env["API_TOKEN"] == "tok-1234567890abcdef"
+    assert "OPENAI_API_KEY" not in env and "KELPIE_MCP_ALLOW_INTERNAL_URLS" not in env
+    assert env["HOME"] == "/work", "it runs in the sandbox"
+
+    agent = _agent(client, "mcp-stdio-agent")
+    client.agents.tools.attach(tools["get-sum"].id, agent_id=agent.id)
+    assert tools["get-sum"].id in [t.id for t in client.agents.tools.list(agent.id)]
+    returned = _call(client, agent.id, "get-sum", {"a": 2, "b": 3})
+    assert returned.status == "success" and "5" in returned.tool_return, returned.tool_return
+
+    renamed = client.mcp_servers.update(server.id, server_name="everything-2", config={"mcp_server_type": "stdio"})
+    assert renamed.server_name == "everything-2" and renamed.env == {"API_TOKEN": "****cdef"}
+    env = json.loads(client.mcp_servers.tools.run(tools["get-env"].id, mcp_server_id=server.id).func_return)
+    assert env["API_TOKEN"] == "tok-1234567890abcdef", "the masked value sent back kept the secret"
+    assert [s.id for s in client.mcp_servers.list()].count(server.id) == 1
+    refreshed = client.mcp_servers.refresh(server.id)
+    assert refreshed["added"] == [] and refreshed["deleted"] == []
+
+    client.mcp_servers.delete(server.id)
+    with pytest.raises(NotFoundError):
+        client.mcp_servers.retrieve(server.id)
+    with pytest.raises(NotFoundError):
+        client.tools.retrieve(tools["echo"].id)
+    # The agent's tool is gone with its server: a call is an error the model sees.
+    returned = _call(client, agent.id, "get-sum", {"a": 1, "b": 1})
+    assert returned.status == "error"
+    client.agents.delete(agent.id)
+
+
+def test_http_servers_python_sdk_over_streamable_http_and_the_reference_over_sse(
+    mcp_client, py_mcp_url, everything_sse_url
+):
+    client = mcp_client
+    server = client.mcp_servers.create(
+        server_name="py-http",
+        config={"mcp_server_type": "streamable_http", "server_url": py_mcp_url, "auth_token": "secret-token-abcd1234"},
+    )
+    assert server.mcp_server_type == "streamable_http" and server.auth_token == "****1234"
+    tools = {tool.name: tool for tool in client.mcp_servers.tools.list(server.id)}
+    assert set(tools) == {"add", "shout", "fail"}
+    assert tools["add"].json_schema["parameters"]["properties"]["a"]["type"] == "integer"
+    ran = client.mcp_servers.tools.run(tools["add"].id, mcp_server_id=server.id, args={"a": 2, "b": 40})
+    assert (ran.status, ran.func_return) == ("success", "42")
+    failed = client.mcp_servers.tools.run(tools["fail"].id, mcp_server_id=server.id, args={"reason": "no kelp"})
+    # The Python SDK reports a raised error without its text.
+    assert (failed.status, failed.func_return) == ("error", "Error executing tool fail")
+
+    agent = _agent(client, "mcp-http-agent")
+    client.agents.tools.attach(tools["shout"].id, agent_id=agent.id)
+    returned = _call(client, agent.id, "shout", {"text": "otters"})
+    assert (returned.status, returned.tool_return) == ("success", "OTTERS!")
+
+    sse = client.mcp_servers.create(
+        server_name="everything-sse", config={"mcp_server_type": "sse", "server_url": everything_sse_url}
+    )
+    assert sse.mcp_server_type == "sse"
+    echo = next(t for t in client.mcp_servers.tools.list(sse.id) if t.name == "echo")
+    ran = client.mcp_servers.tools.run(echo.id, mcp_server_id=sse.id, args={"message": "over sse"})
+    assert (ran.status, ran.func_return) == ("success", "Echo: over sse")
+    # A name another server's tool holds is not taken over.
+    with pytest.raises(APIStatusError) as taken:
+        client.mcp_servers.create(
+            server_name="py-http", config={"mcp_server_type": "streamable_http", "server_url": py_mcp_url}
+        )
+    assert taken.value.status_code == 409
+    client.agents.delete(agent.id)
+    client.mcp_servers.delete(server.id)
+    client.mcp_servers.delete(sse.id)
+
+
+def test_bad_servers_are_refused_with_reasons(client):
+    """On a server with the default config: internal URLs are refused (SSRF)."""
+    with pytest.raises(APIStatusError) as internal:
+        client.mcp_servers.create(
+            server_name="inside",
+            config={"mcp_server_type": "streamable_http", "server_url": "http://127.0.0.1:9/mcp"},
+        )
+    assert internal.value.status_code == 422 and "internal address" in str(internal.value.body)
+    with pytest.raises(APIStatusError) as missing:
+        client.mcp_servers.create(server_name="nothing", config={"mcp_server_type": "stdio", "command": "no-such-mcp", "args": []})
+    assert missing.value.status_code == 422 and "not found" in str(missing.value.body)
+    with pytest.raises(APIStatusError) as bad_url:
+        client.mcp_servers.create(server_name="ftp", config={"mcp_server_type": "sse", "server_url": "ftp://h/"})
+    assert bad_url.value.status_code == 422
+    with pytest.raises(NotFoundError):
+        client.mcp_servers.retrieve("mcp_server-00000000-0000-4000-8000-000000000000")
+    assert [s.server_name for s in client.mcp_servers.list()] == []
+
+
+def _custom_tool(name):
+    return f'def {name}(x: int) -> int:\n    """Returns x.\n\n    Args:\n        x (int): a number\n    """\n    return x\n'
+
+
+def test_every_list_route_pages_to_its_end_through_the_auto_pager(client):
+    created = [client.tools.create(source_code=_custom_tool(f"pager_tool_{i}")) for i in range(7)]
+    everything = [t.id for t in client.tools.list(limit=1000)]
+    paged = [t.id for t in client.tools.list(limit=2)]
+    assert paged == everything and len(set(paged)) == len(paged)
+    assert {t.id for t in created} <= set(paged)
+    newest_first = [t.id for t in client.tools.list(limit=3, order="desc")]
+    assert newest_first == list(reversed(everything))
+    assert [t.name for t in client.tools.list(name="pager_tool_3")] == ["pager_tool_3"]
+    assert len(list(client.tools.list(search="PAGER_TOOL", limit=2))) == 7
+    assert client.get("/v1/tools/count", cast_to=int) == len(everything)
+    hits = client.tools.search(query="returns x", limit=3)
+    assert len(hits) == 3 and all(h.tool.name.startswith("pager_tool_") for h in hits)
+
+    agent = _agent(client, "pager-agent")
+    for tool in created:
+        client.agents.tools.attach(tool.id, agent_id=agent.id)
+    attached = [t.id for t in client.agents.tools.list(agent.id)]
+    paged = [t.id for t in client.agents.tools.list(agent.id, limit=2)]
+    assert paged == attached and {t.id for t in created} <= set(paged)
+    blocks = [b.label for b in client.agents.blocks.list(agent.id, limit=1)]
+    assert blocks == ["human", "persona"]
+    client.agents.delete(agent.id)
+    for tool in created:
+        client.tools.delete(tool.id)
