@@ -4,7 +4,10 @@
 //! and p99 of the whole round trip (client, transport, the server's own
 //! work), then 8 calls in flight at once on one connection. The server's
 //! own work for `echo` is a few microseconds of JavaScript, so the round
-//! trip is the overhead, bounded above. The first call (connection,
+//! trip bounds the overhead above; a bare client of the same server (JSON
+//! lines on the pipes of an unsandboxed process; one kept-alive HTTP
+//! connection) gives the server's own time, and the difference is what
+//! Kelpie's client and sandbox add. The first call (connection,
 //! initialize, and for stdio the sandbox and node's start) is reported
 //! apart.
 //!
@@ -55,7 +58,92 @@ fn http_server(transport: &str) -> (Server, u16) {
     (Server(child), port)
 }
 
-async fn measure(name: &str, client: McpClient) {
+fn p50_p99(mut times: Vec<Duration>) -> (f64, f64) {
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+fn call_line(id: usize) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": id.to_string()}}})
+    .to_string()
+}
+
+fn initialize_line() -> String {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+        "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+    .to_string()
+}
+
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// The server alone over stdio: JSON lines on the pipes of an unsandboxed process.
+fn bare_stdio() -> (f64, f64) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new("mcp-server-everything")
+        .arg("stdio")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "{}", initialize_line()).unwrap();
+    stdout.read_line(&mut line).unwrap();
+    writeln!(stdin, "{INITIALIZED}").unwrap();
+    let mut times = Vec::new();
+    for id in 1..=WARMUP_CALLS_COUNT + CALLS_COUNT {
+        let started = Instant::now();
+        writeln!(stdin, "{}", call_line(id)).unwrap();
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            if line.contains(&format!("\"id\":{id}")) {
+                break;
+            }
+        }
+        if id > WARMUP_CALLS_COUNT {
+            times.push(started.elapsed());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    p50_p99(times)
+}
+
+/// The server alone over streamable HTTP: one kept-alive connection.
+async fn bare_http(url: &str) -> (f64, f64) {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let post = |body: String, session: Option<&str>| {
+        let mut request = http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session).header("mcp-protocol-version", "2025-06-18");
+        }
+        request.send()
+    };
+    let response = post(initialize_line(), None).await.unwrap();
+    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    response.text().await.unwrap();
+    post(INITIALIZED.to_string(), Some(&session)).await.unwrap().text().await.unwrap();
+    let mut times = Vec::new();
+    for id in 1..=WARMUP_CALLS_COUNT + CALLS_COUNT {
+        let started = Instant::now();
+        let text = post(call_line(id), Some(&session)).await.unwrap().text().await.unwrap();
+        assert!(text.contains(&format!("Echo: {id}")), "{text}");
+        if id > WARMUP_CALLS_COUNT {
+            times.push(started.elapsed());
+        }
+    }
+    p50_p99(times)
+}
+
+async fn measure(name: &str, client: McpClient, bare: Option<(f64, f64)>) {
     let started = Instant::now();
     client.call_tool("echo", &json!({"message": "first"})).await.expect("first call");
     let first_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -85,11 +173,17 @@ async fn measure(name: &str, client: McpClient) {
     }
     while tasks.join_next().await.is_some() {}
     let rate = CALLS_COUNT as f64 / started.elapsed().as_secs_f64();
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     println!(
-        "{name:>16}: first call {first_ms:7.1} ms; round trip p50 {:.2} ms, p99 {:.2} ms; {IN_FLIGHT_COUNT} in flight: {rate:.0} calls/s",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
+        "{name:>16}: first call {first_ms:7.1} ms; round trip p50 {p50:.2} ms, p99 {p99:.2} ms; {IN_FLIGHT_COUNT} in flight: {rate:.0} calls/s"
     );
+    if let Some((bare_p50, bare_p99)) = bare {
+        println!(
+            "{:>16}  the server alone p50 {bare_p50:.2} ms, p99 {bare_p99:.2} ms: Kelpie adds p50 {:.2} ms",
+            "",
+            p50 - bare_p50
+        );
+    }
     client.close().await;
 }
 
@@ -108,13 +202,16 @@ async fn main() {
         args: vec!["stdio".into()],
         env: Vec::new(),
     };
-    measure("stdio (sandbox)", McpClient::new(stdio, McpSettings::default(), Arc::clone(&runner))).await;
+    let bare = bare_stdio();
+    let client = McpClient::new(stdio, McpSettings::default(), Arc::clone(&runner));
+    measure("stdio (sandbox)", client, Some(bare)).await;
     let (_http, port) = http_server("streamableHttp");
-    let http =
-        McpTransport::StreamableHttp { url: format!("http://127.0.0.1:{port}/mcp"), headers: Vec::new() };
-    measure("streamable HTTP", McpClient::new(http, local, Arc::clone(&runner))).await;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let bare = bare_http(&url).await;
+    let http = McpTransport::StreamableHttp { url, headers: Vec::new() };
+    measure("streamable HTTP", McpClient::new(http, local, Arc::clone(&runner)), Some(bare)).await;
     let (_sse, port) = http_server("sse");
     let sse = McpTransport::Sse { url: format!("http://127.0.0.1:{port}/sse"), headers: Vec::new() };
-    measure("SSE", McpClient::new(sse, local, Arc::clone(&runner))).await;
+    measure("SSE", McpClient::new(sse, local, Arc::clone(&runner)), None).await;
     runner.shutdown().await;
 }

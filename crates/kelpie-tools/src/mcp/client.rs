@@ -120,7 +120,7 @@ impl McpClient {
                 config.custom_headers = header_map(headers)?;
                 config.max_sse_event_size = MCP_MESSAGE_BYTES_MAX;
                 config.max_json_response_size = MCP_MESSAGE_BYTES_MAX;
-                let transport = StreamableHttpClientTransport::from_config(config);
+                let transport = StreamableHttpClientTransport::with_client(http_client()?, config);
                 let served = tokio::time::timeout(timeout, ().serve(transport)).await;
                 match served {
                     Ok(Ok(service)) => Ok(Connection { service, session: None, started: Instant::now() }),
@@ -269,6 +269,19 @@ impl McpClient {
             let _ = service.close_with_timeout(Duration::from_millis(1_000)).await;
         }
     }
+}
+
+/// The HTTP client of a streamable-HTTP connection: keeps its connections
+/// (the SDK's default opens one per message), without Nagle's delay, and
+/// follows no redirect (a redirect could lead a request to an address the
+/// URL check did not see).
+fn http_client() -> Result<reqwest_mcp::Client, McpError> {
+    reqwest_mcp::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(MCP_CONNECT_TIMEOUT_MS))
+        .redirect(reqwest_mcp::redirect::Policy::none())
+        .build()
+        .map_err(|e| McpError::Connect(format!("cannot build the HTTP client: {e}")))
 }
 
 fn header_map(
