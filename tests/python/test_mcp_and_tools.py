@@ -245,3 +245,49 @@ def test_every_list_route_pages_to_its_end_through_the_auto_pager(client):
     client.agents.delete(agent.id)
     for tool in created:
         client.tools.delete(tool.id)
+
+
+def test_tool_rules_shape_the_loop(client):
+    agent = client.agents.create(
+        name="ruled",
+        model="openai-proxy/fake-gpt",
+        memory_blocks=[{"label": "human", "value": "Name: Ana."}],
+        tool_rules=[
+            {"type": "exit_loop", "tool_name": "core_memory_append"},
+            {"type": "run_first", "tool_name": "conversation_search"},
+        ],
+    )
+    assert [(r.type, r.tool_name) for r in agent.tool_rules] == [
+        ("exit_loop", "core_memory_append"),
+        ("run_first", "conversation_search"),
+    ]
+    # The first call must be conversation_search: anything else is refused, never run.
+    refused = client.agents.messages.create(
+        agent.id,
+        messages=[{"role": "user", "content": '/call core_memory_append {"label": "human", "content": "Likes tea."}'}],
+    )
+    returns = [m for m in refused.messages if m.message_type == "tool_return_message"]
+    assert [r.status for r in returns] == ["error"]
+    assert "allowed now: [conversation_search]" in returns[0].tool_return
+    # The next step offered only conversation_search; the model answered in text instead.
+    assert refused.messages[-1].message_type == "assistant_message"
+    assert "Likes tea." not in client.agents.blocks.retrieve("human", agent_id=agent.id).value
+    # conversation_search first, then anything; core_memory_append ends the turn at once.
+    first = client.agents.messages.create(
+        agent.id, messages=[{"role": "user", "content": '/call conversation_search {"query": "tea"}'}]
+    )
+    assert first.stop_reason.stop_reason == "end_turn"
+    assert [m.message_type for m in first.messages][-1] == "assistant_message"
+    client.agents.update(agent.id, tool_rules=[{"type": "exit_loop", "tool_name": "core_memory_append"}])
+    ended = client.agents.messages.create(
+        agent.id,
+        messages=[{"role": "user", "content": '/call core_memory_append {"label": "human", "content": "Likes tea."}'}],
+    )
+    kinds = [m.message_type for m in ended.messages]
+    assert kinds == ["reasoning_message", "tool_call_message", "tool_return_message"], kinds
+    assert "Likes tea." in client.agents.blocks.retrieve("human", agent_id=agent.id).value
+    # Approvals are not built: a rule asking for one is refused rather than ignored.
+    with pytest.raises(APIStatusError) as approval:
+        client.agents.update(agent.id, tool_rules=[{"type": "requires_approval", "tool_name": "core_memory_append"}])
+    assert approval.value.status_code == 422 and "requires_approval" in str(approval.value.body)
+    client.agents.delete(agent.id)

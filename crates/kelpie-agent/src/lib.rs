@@ -33,6 +33,7 @@ pub mod node;
 pub mod page;
 pub mod requests;
 pub mod service;
+pub mod tool_rules;
 
 pub use error::{ServiceError, ServiceResult};
 pub use service::AgentService;

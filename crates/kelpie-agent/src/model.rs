@@ -42,6 +42,9 @@ pub struct AgentRecord {
     /// `None` uses the defaults.
     #[serde(default)]
     pub compaction: Option<CompactionSettings>,
+    /// Letta's `tool_rules`, enforced by the loop ([`crate::tool_rules`]).
+    #[serde(default)]
+    pub tool_rules: Vec<crate::tool_rules::ToolRule>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -210,6 +213,7 @@ mod tests {
             tool_ids: Vec::new(),
             secrets: BTreeMap::new(),
             compaction: None,
+            tool_rules: Vec::new(),
             created_ms: 1,
             updated_ms: 2,
         };

@@ -47,6 +47,8 @@ pub struct CreateAgent {
     /// Letta's older name for `secrets`; `secrets` wins when both are given.
     pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
     pub compaction_settings: Option<CompactionSettings>,
+    /// Letta's tool rules, read by [`crate::tool_rules::parse_rules`].
+    pub tool_rules: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -62,6 +64,8 @@ pub struct UpdateAgent {
     pub tool_exec_environment_variables: Option<BTreeMap<String, String>>,
     /// Merged into the stored settings: only the fields given change.
     pub compaction_settings: Option<Value>,
+    /// Replaces the agent's tool rules.
+    pub tool_rules: Option<Vec<Value>>,
 }
 
 /// The body of `POST /v1/agents/{id}/summarize` (Letta's `CompactionRequest`).

@@ -115,6 +115,8 @@ impl Agents {
         if let Some(settings) = &request.compaction_settings {
             context::check_settings(settings).map_err(ServiceError::Invalid)?;
         }
+        let tool_rules = crate::tool_rules::parse_rules(&request.tool_rules.unwrap_or_default())
+            .map_err(ServiceError::Invalid)?;
         let record = AgentRecord {
             id,
             name,
@@ -129,6 +131,7 @@ impl Agents {
             tool_ids,
             secrets,
             compaction: request.compaction_settings,
+            tool_rules,
             created_ms: now,
             updated_ms: now,
         };
@@ -213,7 +216,12 @@ impl Agents {
             ),
             None => None,
         };
+        let tool_rules = match &request.tool_rules {
+            Some(rules) => Some(crate::tool_rules::parse_rules(rules).map_err(ServiceError::Invalid)?),
+            None => None,
+        };
         let patch = AgentPatch {
+            tool_rules,
             name: request.name,
             system: request.system,
             description: request.description,

@@ -41,6 +41,9 @@ pub struct AgentPatch {
     /// Replaces the compaction settings.
     #[serde(default)]
     pub compaction: Option<CompactionSettings>,
+    /// Replaces the tool rules.
+    #[serde(default)]
+    pub tool_rules: Option<Vec<crate::tool_rules::ToolRule>>,
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool,
@@ -371,6 +374,9 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     }
     if patch.compaction.is_some() {
         agent.compaction = patch.compaction;
+    }
+    if let Some(rules) = patch.tool_rules {
+        agent.tool_rules = rules;
     }
     check_fits(agent)?;
     agent.updated_ms = now;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::agent_actors::AgentActors;
 use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, StepInput};
+use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ExternalResult, StepInput};
 use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -34,6 +34,7 @@ use crate::model::{
     AgentRecord, CompactionMode, CompactionSettings, MessageBody, StoredMessage, TextEmbedding,
 };
 use crate::requests::SummarizeRequest;
+use crate::tool_rules::{AfterStep, RuleSolver};
 use compaction::{Compacted, CompactionInput};
 use prompt::PromptParts;
 use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
@@ -238,6 +239,7 @@ impl Turns {
         let custom = self.tools.custom_tools().await?;
         let sandbox = self.sandbox_configs.tool_settings().await?;
         let mut pending = inputs;
+        let mut rules = RuleSolver::new(agent.tool_rules.clone());
         let mut outcome = TurnOutcome {
             messages: Vec::new(),
             stop_reason: "max_steps",
@@ -247,10 +249,12 @@ impl Turns {
         while outcome.step_count < max_steps {
             let step_id = new_id("step", self.env.rng.as_ref());
             let assistant_message_id = new_id("message", self.env.rng.as_ref());
+            let attached = attached_names(&agent, &custom);
+            let step_agent = offered_tools(&agent, &custom, &rules, &attached);
             let (answer, streamed) = self
                 .step_answer(
                     &agent_ref,
-                    &agent,
+                    step_agent.as_ref(),
                     &custom,
                     &mut window,
                     &pending,
@@ -262,11 +266,13 @@ impl Turns {
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
-            let replied = answer.tool_calls.is_empty()
-                || answer.tool_calls.iter().any(|call| call.name == SEND_MESSAGE);
-            let external =
-                external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &answer.tool_calls)
-                    .await;
+            let (allowed_calls, refused) = screen_calls(&rules, &attached, &answer.tool_calls);
+            let replied =
+                answer.tool_calls.is_empty() || allowed_calls.iter().any(|call| call.name == SEND_MESSAGE);
+            let mut external =
+                external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &allowed_calls).await;
+            let refused_ids: Vec<String> = refused.iter().map(|r| r.tool_call_id.clone()).collect();
+            external.extend(refused);
             let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
                 run_id: run_id.to_string(),
@@ -284,8 +290,23 @@ impl Turns {
             };
             agent = *updated;
             emit_step(&mut outcome, &messages, events, streamed.as_ref());
+            let ended = match rules.is_empty() {
+                true => replied,
+                false => {
+                    let mut step_names = Vec::new();
+                    for message in &messages {
+                        if let MessageBody::Tool { tool_call_id, name, result, .. } = &message.body {
+                            if !refused_ids.contains(tool_call_id) {
+                                rules.called(name, result);
+                                step_names.push(name.clone());
+                            }
+                        }
+                    }
+                    rules.after_step(&step_names, replied) == AfterStep::End
+                }
+            };
             window.history.extend(messages);
-            if replied {
+            if ended {
                 outcome.stop_reason = "end_turn";
                 break;
             }
@@ -471,4 +492,72 @@ impl Turns {
         let vectors = self.llm.embed(settings, &texts).await?;
         Ok(texts.into_iter().zip(vectors).collect())
     }
+}
+
+/// The names of the agent's attached tools, in attach order.
+fn attached_names(agent: &AgentRecord, custom: &[ToolRecord]) -> Vec<String> {
+    let builtins = kelpie_tools::builtin_tools();
+    agent
+        .tool_ids
+        .iter()
+        .filter_map(|id| match builtins.iter().find(|tool| tool.id == id) {
+            Some(builtin) => Some(builtin.name.to_string()),
+            None => custom.iter().find(|tool| &tool.id == id).map(|tool| tool.name.clone()),
+        })
+        .collect()
+}
+
+/// The agent as one step sees it: with tool rules, only the tools they
+/// allow now are offered to the model.
+fn offered_tools<'a>(
+    agent: &'a AgentRecord,
+    custom: &[ToolRecord],
+    rules: &RuleSolver,
+    attached: &[String],
+) -> std::borrow::Cow<'a, AgentRecord> {
+    if rules.is_empty() {
+        return std::borrow::Cow::Borrowed(agent);
+    }
+    let allowed = rules.allowed(attached);
+    let builtins = kelpie_tools::builtin_tools();
+    let name_of = |id: &String| -> Option<String> {
+        match builtins.iter().find(|tool| tool.id == id) {
+            Some(builtin) => Some(builtin.name.to_string()),
+            None => custom.iter().find(|tool| &tool.id == id).map(|tool| tool.name.clone()),
+        }
+    };
+    let mut restricted = agent.clone();
+    restricted.tool_ids.retain(|id| name_of(id).is_some_and(|name| allowed.contains(&name)));
+    std::borrow::Cow::Owned(restricted)
+}
+
+/// Splits a step's calls into those the rules allow (in order, each
+/// counted before the next is judged) and refusals, as failed results the
+/// model sees. Without rules every call goes ahead.
+fn screen_calls(
+    rules: &RuleSolver,
+    attached: &[String],
+    calls: &[ToolCall],
+) -> (Vec<ToolCall>, Vec<ExternalResult>) {
+    if rules.is_empty() {
+        return (calls.to_vec(), Vec::new());
+    }
+    let mut probe = rules.clone();
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+    for call in calls {
+        match probe.refusal(&call.name, attached) {
+            Some(reason) => refused.push(ExternalResult {
+                tool_call_id: call.id.clone(),
+                result: reason,
+                ok: false,
+                stdout: None,
+                stderr: None,
+            }),
+            None => {
+                probe.called(&call.name, "");
+                allowed.push(call.clone());
+            }
+        }
+    }
+    (allowed, refused)
 }
