@@ -291,3 +291,61 @@ def test_tool_rules_shape_the_loop(client):
         client.agents.update(agent.id, tool_rules=[{"type": "requires_approval", "tool_name": "core_memory_append"}])
     assert approval.value.status_code == 422 and "requires_approval" in str(approval.value.body)
     client.agents.delete(agent.id)
+
+
+PLUS_ONE = '''def plus_one(x: int) -> int:
+    """Adds one.
+
+    Args:
+        x (int): a number
+    """
+    import os
+    print(os.environ.get("GREETING"))
+    if x < 0:
+        raise ValueError("negative")
+    return x + 1
+'''
+
+
+def test_older_mcp_routes_by_server_name(mcp_client, py_mcp_url):
+    c = mcp_client
+    config = {"server_name": "legacy-py", "type": "streamable_http", "server_url": py_mcp_url,
+              "auth_token": "legacy-token-5678abcd"}
+    configs = c.put("/v1/tools/mcp/servers", body=config, cast_to=object)
+    assert [(x["server_name"], x["type"], x["auth_token"]) for x in configs] == [
+        ("legacy-py", "streamable_http", "****abcd")
+    ]
+    assert set(c.get("/v1/tools/mcp/servers", cast_to=object)) == {"legacy-py"}
+    live = c.get("/v1/tools/mcp/servers/legacy-py/tools", cast_to=object)
+    assert {t["name"] for t in live} == {"add", "shout", "fail"}
+    assert live[0]["inputSchema"]["type"] == "object"
+    tool = c.post("/v1/tools/mcp/servers/legacy-py/add", cast_to=object)
+    assert (tool["name"], tool["tool_type"]) == ("add", "external_mcp")
+    ran = c.post("/v1/tools/mcp/servers/legacy-py/tools/shout/execute", body={"args": {"text": "hi"}}, cast_to=object)
+    assert (ran["status"], ran["func_return"]) == ("success", "HI!")
+    tested = c.post("/v1/tools/mcp/servers/test",
+                    body={"server_name": "x", "type": "streamable_http", "server_url": py_mcp_url}, cast_to=object)
+    assert {t["name"] for t in tested["tools"]} == {"add", "shout", "fail"}
+    assert set(c.get("/v1/tools/mcp/servers", cast_to=object)) == {"legacy-py"}, "a test stores nothing"
+    renamed = c.patch("/v1/tools/mcp/servers/legacy-py", body={"server_name": "legacy-py2"}, cast_to=object)
+    assert (renamed["server_name"], renamed["auth_token"]) == ("legacy-py2", "****abcd")
+    assert c.delete("/v1/tools/mcp/servers/legacy-py2", cast_to=object) == []
+    with pytest.raises(NotFoundError):
+        c.get("/v1/tools/mcp/servers/legacy-py2/tools", cast_to=object)
+
+
+def test_run_a_tool_from_source_generate_its_schema_and_list_base_tools(client):
+    ran = client.post("/v1/tools/run", body={"source_code": PLUS_ONE, "args": {"x": 41}, "env_vars": {"GREETING": "hello"}},
+                      cast_to=object)
+    assert (ran["message_type"], ran["status"], ran["tool_return"]) == ("tool_return_message", "success", "42")
+    assert ran["stdout"] == ["hello\n"]
+    raised = client.post("/v1/tools/run", body={"source_code": PLUS_ONE, "args": {"x": -1}}, cast_to=object)
+    assert raised["status"] == "error" and "negative" in raised["tool_return"]
+    with pytest.raises(APIStatusError) as bad:
+        client.post("/v1/tools/run", body={"source_code": "def broken(:", "args": {}}, cast_to=object)
+    assert bad.value.status_code == 422
+    schema = client.post("/v1/tools/generate-schema", body={"code": PLUS_ONE}, cast_to=object)
+    assert schema["name"] == "plus_one" and schema["parameters"]["properties"]["x"]["type"] == "integer"
+    base = client.post("/v1/tools/add-base-tools", cast_to=object)
+    assert "send_message" in [t["name"] for t in base] and all(t["tool_type"].startswith("letta") for t in base)
+    assert not any(t.name == "plus_one" for t in client.tools.list(limit=1000)), "run stores nothing"

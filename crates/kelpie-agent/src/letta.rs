@@ -57,6 +57,17 @@ pub fn custom_tool_json(tool: &ToolRecord) -> Value {
     })
 }
 
+/// A `tool_return_message` of a call made outside any agent (`POST /v1/tools/run`).
+pub fn loose_tool_return_json(id: &str, now_ms: u64, run: &kelpie_tools::ToolRun) -> Value {
+    let lines = |text: &str| if text.is_empty() { Value::Null } else { json!([text]) };
+    json!({
+        "id": id, "date": rfc3339_seconds(now_ms), "name": null, "message_type": "tool_return_message",
+        "otid": uuid_part(id), "sender_id": null, "step_id": null, "is_err": null, "seq_id": null,
+        "run_id": null, "tool_return": run.result, "status": if run.ok { "success" } else { "error" },
+        "tool_call_id": "null", "stdout": lines(&run.stdout), "stderr": lines(&run.stderr),
+    })
+}
+
 /// What a secret is shown as when it is too short to show any of it.
 pub const SECRET_MASK: &str = "****";
 /// Characters of a secret's end shown, when it is long enough.

@@ -157,3 +157,25 @@ pub struct UpdateMcpServer {
     pub server_name: Option<String>,
     pub config: Option<McpServerConfigIn>,
 }
+
+/// `POST /v1/tools/run`: a function run once from its source.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunToolFromSource {
+    pub source_code: String,
+    #[serde(default)]
+    pub args: Value,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    /// The function to call; the source's schema names it when absent.
+    pub name: Option<String>,
+    pub source_type: Option<String>,
+    pub json_schema: Option<Value>,
+    pub pip_requirements: Option<Vec<PipRequirement>>,
+}
+
+/// `POST /v1/tools/generate-schema`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeInput {
+    pub code: String,
+    pub source_type: Option<String>,
+}

@@ -253,6 +253,25 @@ impl SimTool {
         !self.server_down.load(Ordering::SeqCst)
     }
 
+    /// Starts a crashed MCP server again, as a client does before its next
+    /// call: after a start latency, or, under `McpServerSlowStart`, not
+    /// within the tool's timeout (it stays down).
+    pub async fn start_mcp_server(&self) -> Result<(), ToolError> {
+        let server = self.mcp_server.clone().expect("a tool with an MCP server");
+        let index = Some(self.node.index());
+        if self.node.executor().fault(FaultKind::McpServerSlowStart, index).is_some() {
+            self.node.clock().sleep(Duration::from_millis(self.timeout_ms)).await;
+            return Err(ToolError::Timeout {
+                tool: format!("MCP server {server} start"),
+                timeout_ms: self.timeout_ms,
+            });
+        }
+        let latency = self.node.rng().between_inclusive(SIM_TOOL_LATENCY_MS_MIN, SIM_TOOL_LATENCY_MS_MAX);
+        self.node.clock().sleep(Duration::from_millis(latency)).await;
+        self.restart_mcp_server();
+        Ok(())
+    }
+
     /// Brings a crashed MCP server back.
     pub fn restart_mcp_server(&self) {
         assert!(self.mcp_server.is_some(), "tool {} has no MCP server", self.name);

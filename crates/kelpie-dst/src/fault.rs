@@ -86,6 +86,9 @@ pub enum Fault {
     SnapshotCreateFailure,
     /// Restoring a sandbox snapshot fails.
     SnapshotRestoreFailure,
+    /// A (re)starting MCP server takes longer than the tool's timeout to
+    /// answer; it stays down.
+    McpServerSlowStart,
 }
 
 macro_rules! fault_kinds {
@@ -143,6 +146,7 @@ fault_kinds! {
     SandboxExecTimeout => "sandbox_exec_timeout", "agent";
     SnapshotCreateFailure => "snapshot_create_failure", "agent";
     SnapshotRestoreFailure => "snapshot_restore_failure", "agent";
+    McpServerSlowStart => "mcp_server_slow_start", "agent";
 }
 
 // The injector keeps a bit per kind in a u64.
@@ -193,6 +197,7 @@ impl Fault {
             Fault::SandboxExecTimeout => FaultKind::SandboxExecTimeout,
             Fault::SnapshotCreateFailure => FaultKind::SnapshotCreateFailure,
             Fault::SnapshotRestoreFailure => FaultKind::SnapshotRestoreFailure,
+            Fault::McpServerSlowStart => FaultKind::McpServerSlowStart,
         }
     }
 }
@@ -328,7 +333,7 @@ mod tests {
 
     #[test]
     fn kinds_are_complete_named_and_categorised() {
-        assert_eq!(FaultKind::ALL.len(), 31);
+        assert_eq!(FaultKind::ALL.len(), 32);
         assert_eq!(Fault::NetworkDelay { extra_ms_max: 3 }.kind(), FaultKind::NetworkDelay);
         assert_eq!(FaultKind::CrashAfterWrite.name(), "crash_after_write");
         assert_eq!(FaultKind::CpuStarvation.category(), "resource");

@@ -441,6 +441,39 @@ fn mcp_server_crash_fails_calls_until_restarted() {
     assert_eq!(results, vec![down.clone(), down, Ok("ABC".to_string())]);
 }
 
+#[test]
+fn mcp_server_slow_start_times_out_the_start_and_leaves_it_down() {
+    let rules = vec![
+        FaultRule::new(Fault::McpServerCrash, 1.0).at_most(1),
+        FaultRule::new(Fault::McpServerSlowStart, 1.0).at_most(1),
+    ];
+    let mut sim = sim_with(rules, 1);
+    let (starts, calls, took_ms) = run_on(&mut sim, 0, |node| async move {
+        let tool = SimTool::new(&node, "upper", |args: &str| Ok(args.to_uppercase()))
+            .with_timeout_ms(2_000)
+            .via_mcp_server("text-tools");
+        let crashed = tool.call("abc").await;
+        let start = node.clock().monotonic_ns();
+        let slow = tool.start_mcp_server().await;
+        let took = elapsed_ms(&node, start);
+        let up = tool.server_up();
+        let started = tool.start_mcp_server().await;
+        (vec![slow, started], vec![crashed, Ok(up.to_string()), tool.call("abc").await], took)
+    })
+    .unwrap();
+    assert_eq!(
+        starts,
+        vec![
+            Err(ToolError::Timeout { tool: "MCP server text-tools start".into(), timeout_ms: 2_000 }),
+            Ok(())
+        ]
+    );
+    let down = Err(ToolError::McpServerDown { tool: "upper".into(), server: "text-tools".into() });
+    assert_eq!(calls, vec![down, Ok("false".to_string()), Ok("ABC".to_string())]);
+    assert_eq!(took_ms, 2_000, "the slow start took the whole timeout");
+    assert_eq!(sim.fault_count(FaultKind::McpServerSlowStart), 1);
+}
+
 fn sandbox_run(rules: Vec<FaultRule>) -> Vec<Result<String, SandboxError>> {
     let mut sim = sim_with(rules, 1);
     run_on(&mut sim, 0, |node| async move {

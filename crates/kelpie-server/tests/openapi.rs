@@ -13,6 +13,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/cluster.rs"),
     include_str!("../src/routes/health.rs"),
     include_str!("../src/routes/mcp.rs"),
+    include_str!("../src/routes/mcp_legacy.rs"),
     include_str!("../src/routes/messages.rs"),
     include_str!("../src/routes/models.rs"),
     include_str!("../src/routes/openapi.rs"),

@@ -258,7 +258,7 @@ impl McpServers {
     /// Removes the server and its tools.
     pub async fn delete(&self, id: &str) -> ServiceResult<()> {
         self.tools.command(ToolCommand::McpDelete { id: id.to_string() }).await?;
-        self.tools.mcp_clients().forget(id).await;
+        self.tools.mcp().forget(id).await;
         Ok(())
     }
 
@@ -297,7 +297,7 @@ impl McpServers {
     }
 
     async fn sync(&self, server: &McpServerRecord) -> ServiceResult<Value> {
-        let listed = self.tools.mcp_clients().client(server, self.tools.runner()).await.list_tools().await?;
+        let listed = self.tools.mcp().list_tools(server).await?;
         let now = self.env.clock.wall_ms();
         let records = listed.iter().map(|tool| self.tool_record(server, tool, now)).collect();
         let command = ToolCommand::McpSyncTools { server_id: server.id.clone(), tools: records };
@@ -331,6 +331,160 @@ impl McpServers {
             }),
         }
     }
+}
+
+/// Letta's older `/v1/tools/mcp/servers` routes, by server name. Registering
+/// here stores the server's tools too, as the newer routes do; "adding" one
+/// of its tools answers the stored tool.
+impl McpServers {
+    async fn named(&self, name: &str) -> ServiceResult<McpServerRecord> {
+        self.all()
+            .await?
+            .into_iter()
+            .find(|server| server.server_name == name)
+            .ok_or_else(|| ServiceError::McpServerNotFound(name.to_string()))
+    }
+
+    /// `{server_name: config}` of every server (`GET /v1/tools/mcp/servers`).
+    pub async fn legacy_list(&self) -> ServiceResult<Value> {
+        let servers = self.all().await?;
+        Ok(servers
+            .iter()
+            .map(|server| (server.server_name.clone(), legacy_config_json(server)))
+            .collect::<serde_json::Map<_, _>>()
+            .into())
+    }
+
+    async fn legacy_configs(&self) -> ServiceResult<Value> {
+        Ok(self.all().await?.iter().map(legacy_config_json).collect::<Vec<_>>().into())
+    }
+
+    /// `PUT /v1/tools/mcp/servers`: registers a server; answers every config.
+    pub async fn legacy_add(&self, config: Value) -> ServiceResult<Value> {
+        let (server_name, config) = legacy_request(config)?;
+        self.create(CreateMcpServer { server_name, config }).await?;
+        self.legacy_configs().await
+    }
+
+    /// `PATCH /v1/tools/mcp/servers/{name}`.
+    pub async fn legacy_update(&self, name: &str, body: Value) -> ServiceResult<Value> {
+        let server = self.named(name).await?;
+        let new_name = body["server_name"].as_str().map(str::to_string);
+        let nested = ["stdio_config", "sse_config", "streamable_http_config"]
+            .iter()
+            .find_map(|key| body.get(*key).filter(|v| v.is_object()).cloned());
+        let mut fields = nested.unwrap_or(body);
+        if let Some(object) = fields.as_object_mut() {
+            object.remove("server_name");
+            if let Some(kind) = object.remove("type") {
+                object.insert("mcp_server_type".into(), kind);
+            }
+            // Letta's older update bodies call the token `token`.
+            if let Some(token) = object.remove("token") {
+                object.insert("auth_token".into(), token);
+            }
+        }
+        let config: McpServerConfigIn =
+            serde_json::from_value(fields).map_err(|e| invalid(format!("MCP server update: {e}")))?;
+        self.update(&server.id, UpdateMcpServer { server_name: new_name, config: Some(config) }).await?;
+        let updated = self.record(&server.id).await?;
+        Ok(legacy_config_json(&updated))
+    }
+
+    /// `DELETE /v1/tools/mcp/servers/{name}`: answers the configs left.
+    pub async fn legacy_delete(&self, name: &str) -> ServiceResult<Value> {
+        let server = self.named(name).await?;
+        self.delete(&server.id).await?;
+        self.legacy_configs().await
+    }
+
+    /// `GET /v1/tools/mcp/servers/{name}/tools`: the server's tools as it
+    /// lists them now (MCP's own shape).
+    pub async fn legacy_tools(&self, name: &str) -> ServiceResult<Vec<Value>> {
+        let server = self.named(name).await?;
+        let listed = self.tools.mcp().list_tools(&server).await?;
+        Ok(listed.iter().map(mcp_tool_json).collect())
+    }
+
+    /// `POST /v1/tools/mcp/servers/{name}/{tool_name}`: the server's tool as a
+    /// Letta tool (listed again from the server when not stored yet).
+    pub async fn legacy_add_tool(&self, name: &str, tool_name: &str) -> ServiceResult<Value> {
+        let server = self.named(name).await?;
+        let stored = |tools: Vec<ToolRecord>| {
+            tools.into_iter().find(|tool| is_of(tool, &server.id) && tool.name == tool_name)
+        };
+        if let Some(tool) = stored(self.tools.custom_tools().await?) {
+            return Ok(custom_tool_json(&tool));
+        }
+        self.sync(&server).await?;
+        stored(self.tools.custom_tools().await?)
+            .map(|tool| custom_tool_json(&tool))
+            .ok_or_else(|| McpError::NoSuchTool(tool_name.to_string()).into())
+    }
+
+    /// `POST /v1/tools/mcp/servers/{name}/resync`.
+    pub async fn legacy_resync(&self, name: &str) -> ServiceResult<Value> {
+        let server = self.named(name).await?;
+        self.sync(&server).await
+    }
+
+    /// `POST /v1/tools/mcp/servers/{name}/tools/{tool_name}/execute`.
+    pub async fn legacy_execute(&self, name: &str, tool_name: &str, args: Value) -> ServiceResult<Value> {
+        let server = self.named(name).await?;
+        let args = if args.is_null() { json!({}) } else { args };
+        Ok(execution_result(&self.tools.mcp().call_tool(&server, tool_name, &args).await))
+    }
+
+    /// `POST /v1/tools/mcp/servers/test` (and `connect`): connects with a
+    /// config without storing it; answers its tools or the reason it failed.
+    pub async fn legacy_test(&self, config: Value) -> ServiceResult<Value> {
+        let (_, config) = legacy_request(config)?;
+        let config = build_config(config, None)?;
+        self.check_reachable(&config).await?;
+        let client = kelpie_tools::mcp::McpClient::new(
+            transport(&config),
+            self.tools.runner().settings().mcp,
+            Arc::clone(self.tools.runner()),
+        );
+        let listed = client.list_tools().await;
+        client.close().await;
+        let tools = listed?;
+        Ok(json!({"status": "success", "tools": tools.iter().map(mcp_tool_json).collect::<Vec<_>>()}))
+    }
+}
+
+/// A legacy body (`server_name`, `type`, and the config's fields at the top).
+fn legacy_request(body: Value) -> ServiceResult<(String, McpServerConfigIn)> {
+    let mut fields = body;
+    let object =
+        fields.as_object_mut().ok_or_else(|| invalid("an MCP server config must be an object".into()))?;
+    let name = object
+        .remove("server_name")
+        .and_then(|name| name.as_str().map(str::to_string))
+        .ok_or_else(|| invalid("server_name is required".into()))?;
+    if let Some(kind) = object.remove("type") {
+        object.insert("mcp_server_type".into(), kind);
+    }
+    let config = serde_json::from_value(fields).map_err(|e| invalid(format!("MCP server config: {e}")))?;
+    Ok((name, config))
+}
+
+/// Letta's older `StdioServerConfig` / `SSEServerConfig` /
+/// `StreamableHTTPServerConfig`, secrets masked.
+fn legacy_config_json(server: &McpServerRecord) -> Value {
+    let mut value = mcp_server_json(server);
+    if let Some(object) = value.as_object_mut() {
+        object.remove("id");
+        if let Some(kind) = object.remove("mcp_server_type") {
+            object.insert("type".into(), kind);
+        }
+    }
+    value
+}
+
+/// A tool in MCP's own shape (`inputSchema`).
+fn mcp_tool_json(tool: &McpTool) -> Value {
+    json!({"name": tool.name, "description": tool.description, "inputSchema": tool.input_schema, "annotations": tool.annotations})
 }
 
 fn is_of(tool: &ToolRecord, server_id: &str) -> bool {

@@ -1,23 +1,77 @@
-//! The MCP client of each registered server in use ([`McpClients`]), made
-//! from the server's config and made anew when the config changes.
+//! What reaches MCP servers ([`McpConnector`]): in production the MCP
+//! client of each registered server in use ([`McpClients`]), made from the
+//! server's config and made anew when the config changes; in the
+//! deterministic simulation, a simulated server with injected faults.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use kelpie_tools::mcp::{McpClient, McpTransport};
+use kelpie_tools::mcp::{McpCallResult, McpClient, McpError, McpTool, McpTransport};
 use kelpie_tools::ToolRunner;
+use serde_json::Value;
 
 use crate::actors::tool_store::{McpHttpConfig, McpServerConfig, McpServerRecord};
 
+/// A future borrowing what it was called with.
+pub type McpFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Lists and calls the tools of registered MCP servers.
+pub trait McpConnector: Send + Sync + 'static {
+    fn list_tools<'a>(&'a self, server: &'a McpServerRecord)
+        -> McpFuture<'a, Result<Vec<McpTool>, McpError>>;
+    fn call_tool<'a>(
+        &'a self,
+        server: &'a McpServerRecord,
+        tool: &'a str,
+        args: &'a Value,
+    ) -> McpFuture<'a, Result<McpCallResult, McpError>>;
+    /// Ends what is kept for server `server_id` (it was deleted).
+    fn forget<'a>(&'a self, server_id: &'a str) -> McpFuture<'a, ()>;
+    fn shutdown(&self) -> McpFuture<'_, ()>;
+}
+
 /// The client of each server in use, keyed by server id.
-#[derive(Default)]
 pub struct McpClients {
+    runner: Arc<ToolRunner>,
     clients: tokio::sync::Mutex<BTreeMap<String, (McpServerConfig, Arc<McpClient>)>>,
 }
 
+impl McpConnector for McpClients {
+    fn list_tools<'a>(
+        &'a self,
+        server: &'a McpServerRecord,
+    ) -> McpFuture<'a, Result<Vec<McpTool>, McpError>> {
+        Box::pin(async move { self.client(server).await.list_tools().await })
+    }
+
+    fn call_tool<'a>(
+        &'a self,
+        server: &'a McpServerRecord,
+        tool: &'a str,
+        args: &'a Value,
+    ) -> McpFuture<'a, Result<McpCallResult, McpError>> {
+        Box::pin(async move { self.client(server).await.call_tool(tool, args).await })
+    }
+
+    fn forget<'a>(&'a self, server_id: &'a str) -> McpFuture<'a, ()> {
+        Box::pin(McpClients::forget(self, server_id))
+    }
+
+    fn shutdown(&self) -> McpFuture<'_, ()> {
+        Box::pin(McpClients::shutdown(self))
+    }
+}
+
 impl McpClients {
+    pub fn new(runner: Arc<ToolRunner>) -> Self {
+        McpClients { runner, clients: tokio::sync::Mutex::new(BTreeMap::new()) }
+    }
+
     /// The client of `server`, made anew when its config changed.
-    pub async fn client(&self, server: &McpServerRecord, runner: &Arc<ToolRunner>) -> Arc<McpClient> {
+    pub async fn client(&self, server: &McpServerRecord) -> Arc<McpClient> {
+        let runner = &self.runner;
         let mut clients = self.clients.lock().await;
         if let Some((config, client)) = clients.get(&server.id) {
             if *config == server.config {

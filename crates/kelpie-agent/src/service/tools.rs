@@ -22,8 +22,9 @@ use crate::ids::new_id;
 use crate::letta::{builtin_tool_json, custom_tool_json};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::page::{json_id, paginate, Page};
-use crate::requests::{CreateTool, UpdateTool};
-use crate::service::mcp_clients::McpClients;
+use crate::requests::{CodeInput, CreateTool, RunToolFromSource, UpdateTool};
+use crate::service::mcp_clients::{McpClients, McpConnector};
+use kelpie_tools::{ToolError, ToolRun};
 
 /// The filters of `GET /v1/tools/` and `/v1/tools/count` (Letta's); an
 /// empty list filters nothing.
@@ -59,7 +60,7 @@ impl ToolFilter {
 pub struct ToolService {
     store: Runtime<ToolStoreActor>,
     runner: Arc<ToolRunner>,
-    mcp: McpClients,
+    mcp: std::sync::RwLock<Arc<dyn McpConnector>>,
     env: Env,
 }
 
@@ -91,7 +92,8 @@ fn schema_name(schema: &Value) -> String {
 
 impl ToolService {
     pub(crate) fn new(store: Runtime<ToolStoreActor>, runner: Arc<ToolRunner>, env: Env) -> Self {
-        ToolService { store, runner, mcp: McpClients::default(), env }
+        let mcp: Arc<dyn McpConnector> = Arc::new(McpClients::new(Arc::clone(&runner)));
+        ToolService { store, runner, mcp: std::sync::RwLock::new(mcp), env }
     }
 
     /// A command to the tool store, its reply as it is.
@@ -108,8 +110,14 @@ impl ToolService {
         }
     }
 
-    pub(crate) fn mcp_clients(&self) -> &McpClients {
-        &self.mcp
+    /// What reaches MCP servers.
+    pub fn mcp(&self) -> Arc<dyn McpConnector> {
+        Arc::clone(&self.mcp.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces what reaches MCP servers (a simulated server in DST).
+    pub fn set_mcp_connector(&self, connector: Arc<dyn McpConnector>) {
+        *self.mcp.write().unwrap_or_else(|p| p.into_inner()) = connector;
     }
 
     /// Calls MCP tool `tool` with `args` on its server.
@@ -119,7 +127,7 @@ impl ToolService {
         let server = servers.iter().find(|server| server.id == source.server_id).ok_or_else(|| {
             McpError::Connect(format!("MCP server {} is no longer registered", source.server_name))
         })?;
-        self.mcp.client(server, &self.runner).await.call_tool(&tool.name, args).await
+        self.mcp().call_tool(server, &tool.name, args).await
     }
 
     /// What runs tool code: tool calls, the code interpreter, installs.
@@ -225,6 +233,66 @@ impl ToolService {
         tool.map(custom_tool_json).ok_or_else(|| ServiceError::ToolNotFound(tool_id.to_string()))
     }
 
+    fn check_python(source_type: Option<&str>) -> ServiceResult<()> {
+        match source_type {
+            None | Some("python") => Ok(()),
+            Some(other) => {
+                Err(ServiceError::Invalid(format!("source_type {other:?}: only \"python\" tools run here")))
+            }
+        }
+    }
+
+    /// `POST /v1/tools/run`: calls the source's function once with `args`
+    /// in a sandbox of its own, with only `env_vars` for environment and
+    /// without network; nothing is stored. A raised error, a timeout or a
+    /// memory kill is an `error` result; a source that does not parse is 422.
+    pub async fn run_from_source(&self, request: RunToolFromSource) -> ServiceResult<Value> {
+        Self::check_python(request.source_type.as_deref())?;
+        let name = match request.name {
+            Some(name) => name,
+            None => schema_name(&self.runner.tool_schema(&request.source_code, request.json_schema).await?),
+        };
+        let requirements = self.install(request.pip_requirements.unwrap_or_default()).await?;
+        let args = if request.args.is_null() { json!({}) } else { request.args };
+        if !args.is_object() {
+            return Err(ServiceError::Invalid("args must be a JSON object".into()));
+        }
+        let env: Vec<(String, String)> = request.env_vars.into_iter().collect();
+        let call = kelpie_tools::ToolCall {
+            source: &request.source_code,
+            name: &name,
+            args: &args,
+            env: &env,
+            network: false,
+            requirements: &requirements,
+        };
+        let run = match self.runner.run_tool(call).await {
+            Ok(run) => run,
+            Err(
+                error @ (ToolError::Timeout { .. }
+                | ToolError::MemoryLimit { .. }
+                | ToolError::NoResult { .. }),
+            ) => {
+                ToolRun { ok: false, result: error.to_string(), stdout: String::new(), stderr: String::new() }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let id = new_id("message", self.env.rng.as_ref());
+        Ok(crate::letta::loose_tool_return_json(&id, self.env.clock.wall_ms(), &run))
+    }
+
+    /// `POST /v1/tools/generate-schema`: the schema a tool of `code` would get.
+    pub async fn generate_schema(&self, request: CodeInput) -> ServiceResult<Value> {
+        Self::check_python(request.source_type.as_deref())?;
+        Ok(self.runner.tool_schema(&request.code, None).await?)
+    }
+
+    /// `POST /v1/tools/add-base-tools`: the built-in tools, which every
+    /// server has (nothing to add).
+    pub fn base_tools(&self) -> Vec<Value> {
+        builtin_tools().iter().map(builtin_tool_json).collect()
+    }
+
     /// `POST /v1/tools/` (`upsert = false`) and `PUT /v1/tools/`.
     pub async fn create(&self, request: CreateTool, upsert: bool) -> ServiceResult<Value> {
         let schema = self.runner.tool_schema(&request.source_code, request.json_schema).await?;
@@ -325,7 +393,7 @@ impl ToolService {
     }
 
     pub async fn shutdown(&self) {
-        self.mcp.shutdown().await;
+        self.mcp().shutdown().await;
         self.store.shutdown().await;
         self.runner.shutdown().await;
     }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod extract;
 pub mod health;
 pub mod mcp;
+pub mod mcp_legacy;
 pub mod messages;
 pub mod models;
 pub mod multipart;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router())
         .merge(tools::router())
         .merge(mcp::router())
+        .merge(mcp_legacy::router())
         .merge(openapi::router())
         .merge(runs::router())
         .merge(sandbox_config::router())

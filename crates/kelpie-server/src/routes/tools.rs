@@ -13,7 +13,7 @@ use super::extract::{page_of, ApiJson, ApiQuery};
 use crate::api::{repeated_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
-use kelpie_agent::requests::{CreateTool, UpdateTool};
+use kelpie_agent::requests::{CodeInput, CreateTool, RunToolFromSource, UpdateTool};
 use kelpie_agent::service::tools::ToolFilter;
 
 /// Tools per page when the client does not say.
@@ -28,6 +28,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tools", get(list).post(create).put(upsert))
         .route("/v1/tools/count", get(count))
         .route("/v1/tools/search", post(search))
+        .route("/v1/tools/run", post(run_from_source))
+        .route("/v1/tools/generate-schema", post(generate_schema))
+        .route("/v1/tools/add-base-tools", post(add_base_tools))
         .route("/v1/tools/{tool_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools", get(agent_tools))
         .route("/v1/agents/{agent_id}/tools/", get(agent_tools))
@@ -106,6 +109,24 @@ async fn search(
     let filter = ToolFilter { tool_types: request.tool_types.unwrap_or_default(), ..ToolFilter::default() };
     let tags = request.tags.unwrap_or_default();
     Ok(Json(state.service.tools.search(request.query.as_deref(), &filter, &tags, limit).await?))
+}
+
+async fn run_from_source(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RunToolFromSource>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.tools.run_from_source(request).await?))
+}
+
+async fn generate_schema(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CodeInput>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.tools.generate_schema(request).await?))
+}
+
+async fn add_base_tools(State(state): State<AppState>) -> Json<Vec<Value>> {
+    Json(state.service.tools.base_tools())
 }
 
 async fn agent_tools(
