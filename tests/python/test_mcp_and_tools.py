@@ -349,3 +349,43 @@ def test_run_a_tool_from_source_generate_its_schema_and_list_base_tools(client):
     base = client.post("/v1/tools/add-base-tools", cast_to=object)
     assert "send_message" in [t["name"] for t in base] and all(t["tool_type"].startswith("letta") for t in base)
     assert not any(t.name == "plus_one" for t in client.tools.list(limit=1000)), "run stores nothing"
+
+
+async def _kelpie_over_mcp(session):
+    """What any MCP client can do with Kelpie: create an agent, talk to it, read it."""
+    await session.initialize()
+    names = [tool.name for tool in (await session.list_tools()).tools]
+    assert names == ["list_agents", "create_agent", "send_message", "read_memory"]
+    created = await session.call_tool("create_agent", {"name": "py-mcp-client", "human": "Ana likes kelp."})
+    assert not created.is_error, created
+    agent_id = json.loads(created.content[0].text)["id"]
+    reply = await session.call_tool("send_message", {"agent_id": agent_id, "message": "hi from mcp"})
+    assert (reply.is_error, reply.content[0].text) == (False, "echo: hi from mcp")
+    memory = json.loads((await session.call_tool("read_memory", {"agent_id": agent_id})).content[0].text)
+    assert {"label": "human", "value": "Ana likes kelp.", "limit": memory[0]["limit"]} in memory
+    missing = await session.call_tool("read_memory", {"agent_id": "agent-00000000-0000-4000-8000-000000000000"})
+    assert missing.is_error and "404" in missing.content[0].text
+    return agent_id
+
+
+def test_kelpie_serves_its_agents_to_the_python_mcp_sdk_over_stdio_and_http(kelpie_url, client):
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def over_stdio():
+        params = StdioServerParameters(command=os.environ["KELPIE_BIN"], args=["mcp", "--url", kelpie_url])
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                return await _kelpie_over_mcp(session)
+
+    async def over_http():
+        async with streamable_http_client(f"{kelpie_url}/mcp") as (read, write):
+            async with ClientSession(read, write) as session:
+                return await _kelpie_over_mcp(session)
+
+    for run in (over_stdio, over_http):
+        agent_id = anyio.run(run)
+        assert client.agents.retrieve(agent_id).name == "py-mcp-client"
+        client.agents.delete(agent_id)

@@ -25,6 +25,20 @@ enum Command {
     /// Inspect a cluster through one of its nodes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Serve Kelpie's agents as an MCP server on stdin/stdout (tools:
+    /// list_agents, create_agent, send_message, read_memory), through the
+    /// server at --url. Servers also answer MCP over HTTP at /mcp.
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args)]
+struct McpArgs {
+    /// Base URL of the Kelpie server's HTTP API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8283")]
+    url: String,
+    /// Bearer token, when the server requires one [env: KELPIE_API_KEY].
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +143,63 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
+        Command::Mcp(args) => mcp(args),
+    }
+}
+
+/// Kelpie's REST API over HTTP, for `kelpie mcp`.
+struct HttpGateway {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+}
+
+impl kelpie_server::mcp_server::ApiGateway for HttpGateway {
+    fn call<'a>(
+        &'a self,
+        method: reqwest::Method,
+        path: &'a str,
+        body: Option<serde_json::Value>,
+    ) -> kelpie_server::mcp_server::GatewayFuture<'a> {
+        Box::pin(async move {
+            let mut request = self.http.request(method, format!("{}{path}", self.base));
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.map_err(|e| format!("cannot reach {}: {e}", self.base))?;
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+            if bytes.len() > kelpie_server::mcp_server::MCP_GATEWAY_BODY_BYTES_MAX {
+                return Err(format!("the answer is {} bytes, over MCP_GATEWAY_BODY_BYTES_MAX", bytes.len()));
+            }
+            kelpie_server::mcp_server::answer(status, &bytes)
+        })
+    }
+}
+
+fn mcp(args: McpArgs) -> ExitCode {
+    let api_key = args.api_key.or_else(|| std::env::var("KELPIE_API_KEY").ok()).filter(|key| !key.is_empty());
+    let gateway = HttpGateway {
+        http: reqwest::Client::new(),
+        base: args.url.trim_end_matches('/').to_string(),
+        api_key,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kelpie: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kelpie_server::mcp_server::serve_stdio(std::sync::Arc::new(gateway))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kelpie mcp: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

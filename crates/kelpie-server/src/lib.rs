@@ -12,6 +12,7 @@
 pub mod api;
 pub mod error;
 pub mod forward;
+pub mod mcp_server;
 pub mod routes;
 pub mod state;
 
@@ -63,6 +64,11 @@ impl BoundServer {
     /// Serves until `shutdown` completes, then finishes in-flight requests
     /// and shuts the node down (in a cluster: drains it and leaves).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let token = self.state.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            token.cancel();
+        };
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -85,6 +91,7 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
         config: Arc::new(config),
         service: Arc::clone(&node.service),
         cluster: node.cluster.clone(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     };
     node.listen(Arc::new(forward::HttpForwarder::new(app(state.clone())))).await?;
     Ok(BoundServer { listener, state, node })

@@ -17,4 +17,6 @@ pub struct AppState {
     pub service: Arc<AgentService>,
     /// This node's part in a cluster; `None` when running alone.
     pub cluster: Option<Arc<ClusterNode>>,
+    /// Cancelled when the server stops: ends the MCP endpoint's open streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }

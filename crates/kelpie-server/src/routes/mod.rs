@@ -28,7 +28,23 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The API with the MCP endpoint (`/mcp`, behind the same bearer token).
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    let gateway =
+        std::sync::Arc::new(crate::mcp_server::RouterGateway::new(api.clone(), state.config.api_key.clone()));
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    if !state.config.bind.ip().is_unspecified() {
+        hosts.push(state.config.bind.ip().to_string());
+    }
+    let mcp = crate::mcp_server::http_service(gateway, hosts, state.shutdown.clone());
+    let endpoint =
+        Router::new().nest_service("/mcp", mcp).layer(middleware::from_fn_with_state(state, require_api_key));
+    api.merge(endpoint)
+}
+
+/// Every REST route, behind the bearer-token check and cluster forwarding.
+fn api_router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(agents::router())
