@@ -286,10 +286,10 @@ def test_tool_rules_shape_the_loop(client):
     kinds = [m.message_type for m in ended.messages]
     assert kinds == ["reasoning_message", "tool_call_message", "tool_return_message"], kinds
     assert "Likes tea." in client.agents.blocks.retrieve("human", agent_id=agent.id).value
-    # Approvals are not built: a rule asking for one is refused rather than ignored.
-    with pytest.raises(APIStatusError) as approval:
-        client.agents.update(agent.id, tool_rules=[{"type": "requires_approval", "tool_name": "core_memory_append"}])
-    assert approval.value.status_code == 422 and "requires_approval" in str(approval.value.body)
+    # A rule of an unknown type is refused, not ignored.
+    with pytest.raises(APIStatusError) as unknown:
+        client.agents.update(agent.id, tool_rules=[{"type": "teleport", "tool_name": "core_memory_append"}])
+    assert unknown.value.status_code == 422 and "teleport" in str(unknown.value.body)
     client.agents.delete(agent.id)
 
 
@@ -389,3 +389,114 @@ def test_kelpie_serves_its_agents_to_the_python_mcp_sdk_over_stdio_and_http(kelp
         agent_id = anyio.run(run)
         assert client.agents.retrieve(agent_id).name == "py-mcp-client"
         client.agents.delete(agent_id)
+
+
+SECRET_CODE = '''def get_secret_code(input_text: str) -> str:
+    """Returns the secret code of a text.
+
+    Args:
+        input_text (str): the text
+    """
+    return "code-" + input_text[::-1]
+'''
+
+
+def test_tool_approvals_are_requested_then_approved_denied_or_answered_by_the_client(client):
+    tool = client.tools.create(source_code=SECRET_CODE, default_requires_approval=True)
+    assert tool.default_requires_approval is True
+    agent = _agent(client, "approvals")
+    client.agents.tools.attach(tool.id, agent_id=agent.id)
+    rules = [(r.type, r.tool_name) for r in client.agents.retrieve(agent.id).tool_rules]
+    assert ("requires_approval", "get_secret_code") in rules
+
+    def ask():
+        response = client.agents.messages.create(
+            agent.id, messages=[{"role": "user", "content": '/call get_secret_code {"input_text": "kelp"}'}]
+        )
+        request = response.messages[-1]
+        assert request.message_type == "approval_request_message", [m.message_type for m in response.messages]
+        assert request.tool_call.name == "get_secret_code" and len(request.tool_calls) == 1
+        assert response.stop_reason.stop_reason == "requires_approval"
+        return request.tool_call.tool_call_id
+
+    def answer(*approvals, **legacy):
+        return client.agents.messages.create(
+            agent.id, messages=[{"type": "approval", "approvals": list(approvals), **legacy}]
+        )
+
+    with pytest.raises(APIStatusError) as none_pending:
+        answer({"type": "approval", "approve": True, "tool_call_id": "call-nothing"})
+    assert none_pending.value.status_code == 400
+    assert "No tool call is currently awaiting approval" in str(none_pending.value.body)
+
+    call_id = ask()
+    with pytest.raises(APIStatusError) as pending:
+        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hi"}])
+    assert "Please approve or deny the pending request before continuing" in str(pending.value.body)
+    with pytest.raises(APIStatusError) as wrong:
+        answer({"type": "approval", "approve": True, "tool_call_id": "call-not-pending"})
+    assert "Invalid tool call IDs" in str(wrong.value.body)
+
+    # Approved (the older fields are overridden by approvals): it runs, then the turn goes on.
+    done = answer({"type": "approval", "approve": True, "tool_call_id": call_id}, approve=False,
+                  approval_request_id="fake")
+    kinds = [m.message_type for m in done.messages]
+    assert kinds[:2] == ["approval_response_message", "tool_return_message"] and kinds[-1] == "assistant_message"
+    assert done.messages[0].approvals[0].approve is True and done.messages[0].approval_request_id == call_id
+    assert (done.messages[1].status, done.messages[1].tool_return) == ("success", "code-plek")
+    listed = [m.message_type for m in client.agents.messages.list(agent.id, limit=20)]
+    assert listed.index("approval_request_message") < listed.index("approval_response_message")
+
+    # Denied: the model is told why, nothing runs.
+    call_id = ask()
+    denied = answer({"type": "approval", "approve": False, "tool_call_id": call_id, "reason": "not before lunch"})
+    assert denied.messages[0].approvals[0].reason == "not before lunch"
+    assert denied.messages[1].status == "error" and "not before lunch" in denied.messages[1].tool_return
+
+    # Run by the client: its return is the result.
+    call_id = ask()
+    ran = answer({"type": "tool", "tool_call_id": call_id, "tool_return": "code-from-the-client", "status": "success"})
+    assert (ran.messages[1].status, ran.messages[1].tool_return) == ("success", "code-from-the-client")
+
+    # Older form: one decision for every pending call.
+    ask()
+    legacy = client.agents.messages.create(agent.id, messages=[{"type": "approval", "approve": True}])
+    assert legacy.messages[1].tool_return == "code-plek"
+
+    # Approval turned off for this agent: the tool runs at once.
+    client.agents.tools.update_approval("get_secret_code", agent_id=agent.id, body_requires_approval=False)
+    direct = client.agents.messages.create(
+        agent.id, messages=[{"role": "user", "content": '/call get_secret_code {"input_text": "otter"}'}]
+    )
+    returns = [m for m in direct.messages if m.message_type == "tool_return_message"]
+    assert [r.tool_return for r in returns] == ["code-retto"]
+    client.agents.delete(agent.id)
+    client.tools.delete(tool.id)
+
+
+READ_SECRET = '''def read_secret(label: str) -> str:
+    """Reads the agent's secret.
+
+    Args:
+        label (str): a prefix
+    """
+    import os
+    return label + os.environ.get("AGENT_SECRET", "missing")
+'''
+
+
+def test_an_agents_tool_runs_once_with_the_agents_environment(client):
+    tool = client.tools.create(source_code=READ_SECRET)
+    agent = client.agents.create(name="tool-runner", model="openai-proxy/fake-gpt", secrets={"AGENT_SECRET": "s3cr3t"},
+                                 tool_ids=[tool.id])
+    ran = client.agents.tools.run("read_secret", agent_id=agent.id, args={"label": "got "})
+    assert (ran.status, ran.func_return) == ("success", "got s3cr3t")
+    assert not any("read_secret" in str(m) for m in client.agents.messages.list(agent.id)), "nothing is stored"
+    with pytest.raises(APIStatusError) as builtin:
+        client.agents.tools.run("core_memory_append", agent_id=agent.id, args={"label": "human", "content": "x"})
+    assert builtin.value.status_code == 422 and "runs only in its loop" in str(builtin.value.body)
+    with pytest.raises(APIStatusError) as unattached:
+        client.agents.tools.run("roll_nothing", agent_id=agent.id)
+    assert unattached.value.status_code == 422 and "not attached" in str(unattached.value.body)
+    client.agents.delete(agent.id)
+    client.tools.delete(tool.id)

@@ -77,7 +77,7 @@ pub fn chat_message(message: &StoredMessage) -> Value {
         MessageBody::User { content } | MessageBody::Summary { content, .. } => {
             json!({"role": "user", "content": content})
         }
-        MessageBody::Assistant { content, tool_calls } => {
+        MessageBody::Assistant { content, tool_calls, .. } => {
             let mut out = json!({"role": "assistant", "content": content});
             if !tool_calls.is_empty() {
                 out["tool_calls"] = tool_calls
@@ -90,7 +90,14 @@ pub fn chat_message(message: &StoredMessage) -> Value {
         MessageBody::Tool { tool_call_id, result, .. } => {
             json!({"role": "tool", "tool_call_id": tool_call_id, "content": result})
         }
+        // Not part of a prompt: the calls' results that follow say it all.
+        MessageBody::ApprovalResponse { .. } => Value::Null,
     }
+}
+
+/// Whether a message is sent to the model as part of the history.
+pub fn in_prompt(message: &StoredMessage) -> bool {
+    !matches!(message.body, MessageBody::ApprovalResponse { .. })
 }
 
 /// Estimated tokens of a message in a prompt.
@@ -255,7 +262,7 @@ pub fn transcript(previous_summary: Option<&str>, evicted: &[StoredMessage], cha
     for message in evicted {
         match &message.body {
             MessageBody::User { content } => lines.push(format!("[user] {content}")),
-            MessageBody::Assistant { content, tool_calls } => {
+            MessageBody::Assistant { content, tool_calls, .. } => {
                 let mut line = format!("[assistant] {}", content.as_deref().unwrap_or_default());
                 for call in tool_calls {
                     line.push_str(&format!(" -> {}({})", call.name, call.arguments));
@@ -266,7 +273,7 @@ pub fn transcript(previous_summary: Option<&str>, evicted: &[StoredMessage], cha
             MessageBody::Tool { name, result, .. } => {
                 lines.push(format!("[tool {name}] {}", clip(result, TRANSCRIPT_TOOL_RESULT_CHARS_MAX)))
             }
-            MessageBody::Summary { .. } => {}
+            MessageBody::Summary { .. } | MessageBody::ApprovalResponse { .. } => {}
         }
     }
     let text = lines.join("\n");
@@ -321,7 +328,14 @@ mod tests {
     }
 
     fn reply(seq: u64, text: &str) -> StoredMessage {
-        message(seq, MessageBody::Assistant { content: Some(text.into()), tool_calls: Vec::new() })
+        message(
+            seq,
+            MessageBody::Assistant {
+                content: Some(text.into()),
+                tool_calls: Vec::new(),
+                awaiting_approval: false,
+            },
+        )
     }
 
     /// `turns` user/assistant pairs, each message about `tokens` tokens.
@@ -354,7 +368,14 @@ mod tests {
             kelpie_llm::ToolCall { id: "c".into(), name: "lookup".into(), arguments: "{\"q\":1}".into() };
         let evicted = vec![
             user(0, "hello"),
-            message(1, MessageBody::Assistant { content: Some("checking".into()), tool_calls: vec![call] }),
+            message(
+                1,
+                MessageBody::Assistant {
+                    content: Some("checking".into()),
+                    tool_calls: vec![call],
+                    awaiting_approval: false,
+                },
+            ),
             message(
                 2,
                 MessageBody::Tool {

@@ -51,7 +51,7 @@ pub fn custom_tool_json(tool: &ToolRecord) -> Value {
         "name": tool.name, "tags": tool.tags, "source_code": source_code, "json_schema": tool.json_schema,
         "args_json_schema": null, "return_char_limit": tool.return_char_limit,
         "pip_requirements": (!tool.pip_requirements.is_empty()).then_some(&tool.pip_requirements),
-        "npm_requirements": null, "default_requires_approval": null,
+        "npm_requirements": null, "default_requires_approval": tool.default_requires_approval,
         "enable_parallel_execution": false, "created_by_id": null, "last_updated_by_id": null,
         "metadata_": metadata, "project_id": null,
     })
@@ -185,7 +185,12 @@ pub fn send_message_text(call: &ToolCall) -> Option<String> {
     args.get("message").and_then(Value::as_str).map(str::to_string)
 }
 
-fn assistant_parts(message: &StoredMessage, content: &Option<String>, calls: &[ToolCall]) -> Vec<Value> {
+fn assistant_parts(
+    message: &StoredMessage,
+    content: &Option<String>,
+    calls: &[ToolCall],
+    awaiting_approval: bool,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let text = content.as_deref().filter(|text| !text.trim().is_empty());
     match (text, calls.is_empty()) {
@@ -197,6 +202,20 @@ fn assistant_parts(message: &StoredMessage, content: &Option<String>, calls: &[T
             json!({"reasoning": text, "source": "reasoner_model", "signature": null}),
         )),
         (None, _) => {}
+    }
+    if awaiting_approval {
+        // Letta's approval request: the first held call, and all of them.
+        let held: Vec<Value> = calls
+            .iter()
+            .map(|call| json!({"name": call.name, "arguments": call.arguments, "tool_call_id": call.id}))
+            .collect();
+        if let Some(first) = held.first() {
+            out.push(with(
+                envelope(message, "approval_request_message"),
+                json!({"tool_call": first, "tool_calls": held}),
+            ));
+        }
+        return out;
     }
     for call in calls {
         match send_message_text(call).filter(|_| call.name == SEND_MESSAGE) {
@@ -246,7 +265,25 @@ pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {
         MessageBody::User { content } | MessageBody::Summary { content, .. } => {
             vec![with(envelope(message, "user_message"), json!({"content": content}))]
         }
-        MessageBody::Assistant { content, tool_calls } => assistant_parts(message, content, tool_calls),
+        MessageBody::Assistant { content, tool_calls, awaiting_approval } => {
+            assistant_parts(message, content, tool_calls, *awaiting_approval)
+        }
+        MessageBody::ApprovalResponse { decisions } => {
+            let first = decisions.first();
+            let (approve, reason) = match first.map(|d| &d.verdict) {
+                Some(crate::model::ApprovalVerdict::Deny { reason }) => (false, reason.clone()),
+                Some(crate::model::ApprovalVerdict::Approve { reason }) => (true, reason.clone()),
+                _ => (true, None),
+            };
+            let approvals: Vec<Value> = decisions.iter().map(|d| d.to_json()).collect();
+            vec![with(
+                envelope(message, "approval_response_message"),
+                json!({
+                    "approval_request_id": first.map(|d| d.tool_call_id.clone()), "approve": approve,
+                    "reason": reason, "approvals": approvals,
+                }),
+            )]
+        }
         MessageBody::Tool { name, .. } if name == SEND_MESSAGE => vec![],
         MessageBody::Tool { tool_call_id, result, ok, stdout, stderr, .. } => vec![with(
             envelope(message, "tool_return_message"),
@@ -267,7 +304,17 @@ pub fn internal_message_json(agent_id: &str, message: &StoredMessage) -> Value {
         MessageBody::Summary { content, .. } => {
             ("summary", text(content), Value::Null, Value::Null, Value::Null)
         }
-        MessageBody::Assistant { content, tool_calls } => {
+        MessageBody::ApprovalResponse { decisions } => {
+            let approvals: Vec<Value> = decisions.iter().map(|d| d.to_json()).collect();
+            (
+                "approval",
+                json!([{"type": "text", "text": Value::Array(approvals).to_string()}]),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            )
+        }
+        MessageBody::Assistant { content, tool_calls, .. } => {
             let calls: Vec<Value> = tool_calls
                 .iter()
                 .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))

@@ -58,6 +58,15 @@ pub enum MessageBody {
     Assistant {
         content: Option<String>,
         tool_calls: Vec<ToolCall>,
+        /// Its calls wait for the client's approval (Letta's approval
+        /// request): none ran; an [`MessageBody::ApprovalResponse`] and
+        /// their results follow once the client answers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        awaiting_approval: bool,
+    },
+    /// The client's answer to an approval request, one decision per held call.
+    ApprovalResponse {
+        decisions: Vec<ApprovalDecision>,
     },
     Tool {
         tool_call_id: String,
@@ -139,7 +148,7 @@ impl StoredMessage {
     pub fn searchable_text(&self) -> String {
         match &self.body {
             MessageBody::User { content } => content.clone(),
-            MessageBody::Assistant { content, tool_calls } => {
+            MessageBody::Assistant { content, tool_calls, .. } => {
                 let mut text = content.clone().unwrap_or_default();
                 for call in tool_calls {
                     text.push(' ');
@@ -149,6 +158,41 @@ impl StoredMessage {
             }
             MessageBody::Tool { result, .. } => result.clone(),
             MessageBody::Summary { summary, .. } => summary.clone(),
+            MessageBody::ApprovalResponse { .. } => String::new(),
+        }
+    }
+}
+
+/// What the client decided for one held tool call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    pub tool_call_id: String,
+    pub verdict: ApprovalVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApprovalVerdict {
+    /// Run it (`approve: true`).
+    Approve { reason: Option<String> },
+    /// Do not run it; the model is told why (`approve: false`).
+    Deny { reason: Option<String> },
+    /// The client ran it itself and gives its return (`type: "tool"`).
+    ClientReturn { tool_return: String, ok: bool },
+}
+
+impl ApprovalDecision {
+    /// Letta's `ApprovalReturn` / `ToolReturn` of this decision.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.verdict {
+            ApprovalVerdict::Approve { reason } | ApprovalVerdict::Deny { reason } => serde_json::json!({
+                "type": "approval", "tool_call_id": self.tool_call_id, "reason": reason,
+                "approve": matches!(self.verdict, ApprovalVerdict::Approve { .. }),
+            }),
+            ApprovalVerdict::ClientReturn { tool_return, ok } => serde_json::json!({
+                "type": "tool", "tool_call_id": self.tool_call_id, "tool_return": tool_return,
+                "status": if *ok { "success" } else { "error" },
+            }),
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct CreateTool {
     /// Not in Letta's create body, but in its update's; accepted here too.
     #[serde(rename = "metadata_")]
     pub metadata: Option<Value>,
+    /// Agents it is attached to ask the client's approval before calling it.
+    pub default_requires_approval: Option<bool>,
 }
 
 /// `PATCH /v1/tools/{tool_id}`.
@@ -108,6 +110,7 @@ pub struct UpdateTool {
     pub pip_requirements: Option<Vec<PipRequirement>>,
     #[serde(rename = "metadata_")]
     pub metadata: Option<Value>,
+    pub default_requires_approval: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

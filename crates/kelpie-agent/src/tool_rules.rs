@@ -13,11 +13,11 @@
 //! | `parent_last_tool` | its `children` only right after it |
 //! | `max_count_per_step` | at most `max_count_limit` calls of it in one turn |
 //! | `required_before_exit` | the turn does not end until it has been called |
+//! | `requires_approval` | a call of it waits for the client's approval (the loop stops; see `service::turn`) |
 //!
 //! A step offers the model only the allowed tools' schemas; a call of
 //! another tool is refused with the reason (an error the model sees), never
-//! run. Approval rules (`requires_approval`) are refused at create: the loop
-//! has no approvals yet, and running such a tool unasked would be worse.
+//! run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +62,10 @@ pub enum ToolRule {
     RequiredBeforeExit {
         tool_name: String,
     },
+    /// A call of it waits for the client's approval.
+    RequiresApproval {
+        tool_name: String,
+    },
 }
 
 impl ToolRule {
@@ -74,7 +78,8 @@ impl ToolRule {
             | ToolRule::Conditional { tool_name, .. }
             | ToolRule::ParentLastTool { tool_name, .. }
             | ToolRule::MaxCountPerStep { tool_name, .. }
-            | ToolRule::RequiredBeforeExit { tool_name } => tool_name,
+            | ToolRule::RequiredBeforeExit { tool_name }
+            | ToolRule::RequiresApproval { tool_name } => tool_name,
         }
     }
 
@@ -90,7 +95,7 @@ impl ToolRule {
 
 /// Reads `rules` as given to create or modify an agent: Letta's shapes,
 /// unknown fields (`prompt_template`, `args`) ignored; an unknown `type`,
-/// `requires_approval`, or a count of 0 is refused with the reason.
+/// or a count of 0 is refused with the reason.
 pub fn parse_rules(rules: &[Value]) -> Result<Vec<ToolRule>, String> {
     if rules.len() > TOOL_RULES_COUNT_MAX {
         return Err(format!(
@@ -100,10 +105,6 @@ pub fn parse_rules(rules: &[Value]) -> Result<Vec<ToolRule>, String> {
     }
     let mut parsed = Vec::with_capacity(rules.len());
     for rule in rules {
-        let kind = rule["type"].as_str().unwrap_or_default();
-        if kind == "requires_approval" {
-            return Err("tool rule requires_approval is not supported yet: this server has no tool approvals, and it will not run such a tool unasked".into());
-        }
         let mut clean = rule.clone();
         if let Some(object) = clean.as_object_mut() {
             object.retain(|key, _| !matches!(key.as_str(), "prompt_template" | "args" | "child_arg_nodes"));
@@ -118,6 +119,11 @@ pub fn parse_rules(rules: &[Value]) -> Result<Vec<ToolRule>, String> {
         parsed.push(rule);
     }
     Ok(parsed)
+}
+
+/// Whether a call of `name` waits for the client's approval.
+pub fn requires_approval(rules: &[ToolRule], name: &str) -> bool {
+    rules.iter().any(|rule| matches!(rule, ToolRule::RequiresApproval { tool_name } if tool_name == name))
 }
 
 /// What a turn has called so far, against the agent's rules.
@@ -330,9 +336,8 @@ mod tests {
             rules[1].to_json(),
             json!({"type": "exit_loop", "tool_name": "send_message", "prompt_template": null})
         );
-        assert!(parse_rules(&[json!({"type": "requires_approval", "tool_name": "a"})])
-            .unwrap_err()
-            .contains("not supported"));
+        let approval = parse_rules(&[json!({"type": "requires_approval", "tool_name": "a"})]).unwrap();
+        assert!(requires_approval(&approval, "a") && !requires_approval(&approval, "b"));
         assert!(parse_rules(&[json!({"type": "teleport", "tool_name": "a"})]).is_err());
         assert!(parse_rules(&[
             json!({"type": "max_count_per_step", "tool_name": "a", "max_count_limit": 0})

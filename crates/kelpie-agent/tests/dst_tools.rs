@@ -107,6 +107,7 @@ fn probe_tool() -> ToolRecord {
         created_ms: 0,
         updated_ms: 0,
         mcp: None,
+        default_requires_approval: false,
     }
 }
 

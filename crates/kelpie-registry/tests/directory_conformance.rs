@@ -221,7 +221,10 @@ async fn zombie_commit_is_fenced_after_takeover(server: &PostgresServer) {
 /// nothing, and a second renewal of one actor waits for the next batch.
 async fn concurrent_renewals_are_batched_and_each_decided(server: &PostgresServer) {
     const ACTORS_COUNT: usize = kelpie_registry::postgres_registry::RENEWAL_BATCH_COUNT_MAX + 88;
-    let registry = PostgresRegistry::with_lease(connect(server, "renewals").await, SCENARIO_LEASE_MS);
+    // Claiming some 600 actors one by one takes seconds on a loaded machine:
+    // the lease must outlast it, or the first ones expire before they renew.
+    const RENEWALS_LEASE_MS: u64 = kelpie_registry::lease::LEASE_DURATION_MS_MAX;
+    let registry = PostgresRegistry::with_lease(connect(server, "renewals").await, RENEWALS_LEASE_MS);
     let n1 = node("n1");
     let mut records = Vec::new();
     for index in 0..ACTORS_COUNT {

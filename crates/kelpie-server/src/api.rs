@@ -5,6 +5,7 @@
 //! send many we do not use.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use kelpie_agent::page::{Page, PAGE_LIMIT_COUNT_MAX};
 
@@ -30,10 +31,38 @@ impl Content {
     }
 }
 
+/// One input message: a user message (`role`, `content`), or an answer to
+/// an approval request (`type: "approval"` with `approvals`, or Letta's
+/// older `approve` and `reason` for every pending call).
 #[derive(Debug, Clone, Deserialize)]
 pub struct MessageCreate {
-    pub role: String,
-    pub content: Content,
+    pub role: Option<String>,
+    pub content: Option<Content>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub approvals: Option<Vec<ApprovalItem>>,
+    pub approve: Option<bool>,
+    pub reason: Option<String>,
+}
+
+/// One decision of an approval message: `type: "approval"` (`approve`,
+/// `reason`) or `type: "tool"` (the client ran it: `tool_return`, `status`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApprovalItem {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub tool_call_id: String,
+    pub approve: Option<bool>,
+    pub reason: Option<String>,
+    pub tool_return: Option<Value>,
+    pub status: Option<String>,
+}
+
+/// `PATCH /v1/agents/{id}/tools/approval/{tool_name}`: in the body
+/// (preferred) or the query.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApprovalSetting {
+    pub requires_approval: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

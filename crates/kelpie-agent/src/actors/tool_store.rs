@@ -73,6 +73,9 @@ pub struct ToolRecord {
     /// Set for a tool of an MCP server: calls go to that server.
     #[serde(default)]
     pub mcp: Option<McpToolSource>,
+    /// Agents it is attached to get a `requires_approval` rule for it.
+    #[serde(default)]
+    pub default_requires_approval: bool,
 }
 
 /// The `metadata_` key that lets a tool reach the network from its sandbox.

@@ -31,6 +31,7 @@ use crate::limits::STORE_PAGE_COUNT_MAX;
 use crate::model::{check_name_and_tags, AgentRecord, BlockPatch};
 use crate::page::{paginate, Page};
 use crate::requests::{CreateAgent, UpdateAgent, UpdateBlock};
+use crate::tool_rules::ToolRule;
 
 /// Longest idempotency key accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
@@ -115,8 +116,9 @@ impl Agents {
         if let Some(settings) = &request.compaction_settings {
             context::check_settings(settings).map_err(ServiceError::Invalid)?;
         }
-        let tool_rules = crate::tool_rules::parse_rules(&request.tool_rules.unwrap_or_default())
+        let mut tool_rules = crate::tool_rules::parse_rules(&request.tool_rules.unwrap_or_default())
             .map_err(ServiceError::Invalid)?;
+        approval_rules_of(&mut tool_rules, &tool_ids, custom);
         let record = AgentRecord {
             id,
             name,
@@ -341,13 +343,48 @@ impl Agents {
     /// Attaches or detaches tool `tool_id`.
     pub async fn set_tool(&self, agent_id: &str, tool_id: &str, attach: bool) -> ServiceResult<Value> {
         let current = self.actors.record(agent_id).await?;
-        initial_tool_ids(Vec::new(), vec![tool_id.to_string()], &self.tools.custom_tools().await?)?;
+        let custom = self.tools.custom_tools().await?;
+        initial_tool_ids(Vec::new(), vec![tool_id.to_string()], &custom)?;
         let mut tool_ids: Vec<String> = current.tool_ids.into_iter().filter(|id| id != tool_id).collect();
         if attach {
             tool_ids.push(tool_id.to_string());
         }
-        let request = UpdateAgent { tool_ids: Some(tool_ids), ..UpdateAgent::default() };
+        let mut rules = current.tool_rules;
+        let before = rules.len();
+        approval_rules_of(&mut rules, &[tool_id.to_string()], &custom);
+        let tool_rules = (rules.len() != before).then(|| rules.iter().map(ToolRule::to_json).collect());
+        let request = UpdateAgent { tool_ids: Some(tool_ids), tool_rules, ..UpdateAgent::default() };
         self.update(agent_id, request).await
+    }
+
+    /// `PATCH /v1/agents/{id}/tools/approval/{tool_name}`: whether calls of
+    /// `tool_name` wait for the client's approval (a `requires_approval` rule).
+    pub async fn set_approval(
+        &self,
+        agent_id: &str,
+        tool_name: &str,
+        required: bool,
+    ) -> ServiceResult<Value> {
+        let current = self.actors.record(agent_id).await?;
+        let mut rules = current.tool_rules;
+        rules.retain(
+            |rule| !matches!(rule, ToolRule::RequiresApproval { tool_name: name } if name == tool_name),
+        );
+        if required {
+            rules.push(ToolRule::RequiresApproval { tool_name: tool_name.to_string() });
+        }
+        let tool_rules = Some(rules.iter().map(ToolRule::to_json).collect());
+        self.update(agent_id, UpdateAgent { tool_rules, ..UpdateAgent::default() }).await
+    }
+}
+
+/// Adds a `requires_approval` rule for each tool among `tool_ids` whose
+/// `default_requires_approval` is set and that has none yet.
+fn approval_rules_of(rules: &mut Vec<ToolRule>, tool_ids: &[String], custom: &[ToolRecord]) {
+    for tool in custom.iter().filter(|tool| tool.default_requires_approval && tool_ids.contains(&tool.id)) {
+        if !crate::tool_rules::requires_approval(rules, &tool.name) {
+            rules.push(ToolRule::RequiresApproval { tool_name: tool.name.clone() });
+        }
     }
 }
 

@@ -329,6 +329,7 @@ impl McpServers {
                 server_id: server.id.clone(),
                 server_name: server.server_name.clone(),
             }),
+            default_requires_approval: false,
         }
     }
 }

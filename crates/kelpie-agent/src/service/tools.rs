@@ -316,6 +316,7 @@ impl ToolService {
             created_ms: now,
             updated_ms: now,
             mcp: None,
+            default_requires_approval: request.default_requires_approval.unwrap_or(false),
         };
         let command = if upsert { ToolCommand::Upsert } else { ToolCommand::Create };
         self.stored(command(Box::new(record))).await
@@ -366,6 +367,8 @@ impl ToolService {
             tool.return_char_limit = check_return_limit(request.return_char_limit)?;
         }
         tool.metadata = request.metadata.or(tool.metadata);
+        tool.default_requires_approval =
+            request.default_requires_approval.unwrap_or(tool.default_requires_approval);
         if let Some(requirements) = request.pip_requirements {
             tool.pip_requirements = self.install(requirements).await?;
         }

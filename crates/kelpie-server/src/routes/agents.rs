@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
 use super::multipart::{self, FormEvent, FormReader};
-use crate::api::{repeated_param, AgentListQuery, PageQuery};
+use crate::api::{repeated_param, AgentListQuery, ApprovalSetting, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateAgent};
@@ -38,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools/attach/{tool_id}", patch(attach_tool))
         .route("/v1/agents/{agent_id}/tools/detach/{tool_id}", patch(detach_tool))
+        .route("/v1/agents/{agent_id}/tools/approval/{tool_name}", patch(set_approval))
+        .route("/v1/agents/{agent_id}/tools/{tool_name}/run", post(run_tool))
         .route("/v1/agents/{agent_id}/reset-messages", patch(reset_messages))
         .route("/v1/agents/{agent_id}/export", get(export))
         .route("/v1/agents/{agent_id}/summarize", post(summarize))
@@ -111,6 +113,42 @@ async fn detach_tool(
     Path((agent_id, tool_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.agents.set_tool(&agent_id, &tool_id, false).await?))
+}
+
+/// The setting is read from the body (Letta's preferred place) or the query.
+async fn set_approval(
+    State(state): State<AppState>,
+    Path((agent_id, tool_name)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<ApprovalSetting>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let from_body = match body.iter().all(u8::is_ascii_whitespace) {
+        true => None,
+        false => {
+            serde_json::from_slice::<ApprovalSetting>(&body)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
+                .requires_approval
+        }
+    };
+    let required = from_body.or(query.requires_approval).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "requires_approval (true or false) is required")
+    })?;
+    Ok(Json(state.service.agents.set_approval(&agent_id, &tool_name, required).await?))
+}
+
+/// The body (`{"args": {...}}`) is optional.
+async fn run_tool(
+    State(state): State<AppState>,
+    Path((agent_id, tool_name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let args = match body.iter().all(u8::is_ascii_whitespace) {
+        true => Value::Null,
+        false => serde_json::from_slice::<Value>(&body)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?["args"]
+            .clone(),
+    };
+    Ok(Json(state.service.turns.run_tool(&agent_id, &tool_name, args).await?))
 }
 
 /// Letta can add default first messages (`add_default_initial_messages`);

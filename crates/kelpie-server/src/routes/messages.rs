@@ -21,11 +21,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{CancelRuns, PageQuery, SendMessages};
+use crate::api::{ApprovalItem, CancelRuns, MessageCreate, PageQuery, SendMessages};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::ids::new_id;
+use kelpie_agent::model::{ApprovalDecision, ApprovalVerdict};
 use kelpie_agent::service::turn::token_stream::TurnEvents;
+use kelpie_agent::service::turn::ApprovalAnswer;
 
 /// Messages per page when the client does not say.
 const MESSAGE_PAGE_COUNT_DEFAULT: usize = 100;
@@ -39,21 +41,112 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/messages/cancel", post(cancel))
 }
 
-fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
-    let mut texts = Vec::new();
-    for message in request.messages.unwrap_or_default() {
-        if message.role != "user" && message.role != "system" {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("message role {:?} cannot be sent; use \"user\"", message.role),
-            ));
+fn unprocessable(reason: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason)
+}
+
+/// What a send asks for: a turn on the user's messages, or the answer to
+/// a pending approval request.
+enum TurnRequest {
+    Texts(Vec<String>),
+    Approval(ApprovalAnswer),
+}
+
+fn decision_of(item: ApprovalItem) -> Result<ApprovalDecision, ApiError> {
+    let verdict = match item.kind.as_deref().unwrap_or("approval") {
+        "approval" => match item.approve {
+            Some(true) => ApprovalVerdict::Approve { reason: item.reason },
+            Some(false) => ApprovalVerdict::Deny { reason: item.reason },
+            None => return Err(unprocessable(format!("approval of {} needs approve", item.tool_call_id))),
+        },
+        "tool" => {
+            let tool_return = match item.tool_return {
+                Some(Value::String(text)) => text,
+                Some(other) => other.to_string(),
+                None => {
+                    return Err(unprocessable(format!(
+                        "tool return of {} needs tool_return",
+                        item.tool_call_id
+                    )))
+                }
+            };
+            let ok = match item.status.as_deref().unwrap_or("success") {
+                "success" => true,
+                "error" => false,
+                other => {
+                    return Err(unprocessable(format!(
+                        "status {other:?} is neither \"success\" nor \"error\""
+                    )))
+                }
+            };
+            ApprovalVerdict::ClientReturn { tool_return, ok }
         }
-        texts.push(message.content.into_text());
+        other => {
+            return Err(unprocessable(format!(
+                "approval type {other:?} is neither \"approval\" nor \"tool\""
+            )))
+        }
+    };
+    Ok(ApprovalDecision { tool_call_id: item.tool_call_id, verdict })
+}
+
+fn turn_request(request: SendMessages) -> Result<TurnRequest, ApiError> {
+    let messages = request.messages.unwrap_or_default();
+    if messages.iter().any(|message| message.kind.as_deref() == Some("approval")) {
+        let [message] = <[MessageCreate; 1]>::try_from(messages)
+            .map_err(|_| unprocessable("an approval message must be the only message sent".into()))?;
+        if request.input.is_some() {
+            return Err(unprocessable("an approval message must be the only message sent".into()));
+        }
+        let answer = match (message.approvals, message.approve) {
+            (Some(items), _) => {
+                ApprovalAnswer::Each(items.into_iter().map(decision_of).collect::<Result<_, _>>()?)
+            }
+            (None, Some(approve)) => ApprovalAnswer::All { approve, reason: message.reason },
+            (None, None) => {
+                return Err(unprocessable("an approval message needs approvals or approve".into()))
+            }
+        };
+        return Ok(TurnRequest::Approval(answer));
+    }
+    let mut texts = Vec::new();
+    for message in messages {
+        let role = message.role.unwrap_or_default();
+        if role != "user" && role != "system" {
+            return Err(unprocessable(format!("message role {role:?} cannot be sent; use \"user\"")));
+        }
+        let content = message.content.ok_or_else(|| unprocessable("a user message needs content".into()))?;
+        texts.push(content.into_text());
     }
     if let Some(input) = request.input {
         texts.push(input.into_text());
     }
-    Ok(texts)
+    Ok(TurnRequest::Texts(texts))
+}
+
+/// Only user messages start a background run.
+fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
+    match turn_request(request)? {
+        TurnRequest::Texts(texts) => Ok(texts),
+        TurnRequest::Approval(_) => Err(unprocessable(
+            "an approval is answered with /messages or /messages/stream, not as a background run".into(),
+        )),
+    }
+}
+
+async fn run_turn(
+    state: &AppState,
+    agent_id: &str,
+    request: TurnRequest,
+    max_steps: Option<u32>,
+    events: Option<&TurnEvents>,
+) -> Result<kelpie_agent::service::turn::TurnOutcome, kelpie_agent::error::ServiceError> {
+    match request {
+        TurnRequest::Texts(texts) => state.service.turns.run(agent_id, texts, max_steps, events).await,
+        TurnRequest::Approval(answer) => {
+            state.service.turns.answer_approval(agent_id, answer, max_steps, events).await
+        }
+    }
 }
 
 async fn send(
@@ -65,7 +158,7 @@ async fn send(
         return stream(State(state), Path(agent_id), ApiJson(request)).await;
     }
     let max_steps = request.max_steps;
-    let outcome = state.service.turns.run(&agent_id, user_texts(request)?, max_steps, None).await?;
+    let outcome = run_turn(&state, &agent_id, turn_request(request)?, max_steps, None).await?;
     Ok(Json(json!({
         "messages": outcome.messages,
         "stop_reason": outcome.stop_reason_json(),
@@ -120,7 +213,7 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let max_steps = request.max_steps;
     let stream_tokens = request.stream_tokens;
-    let texts = user_texts(request)?;
+    let turn = turn_request(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
     state.service.agents.get(&agent_id).await?;
     let (chunks, body) = mpsc::unbounded_channel::<String>();
@@ -135,7 +228,7 @@ async fn stream(
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.service.turns.run(&agent_id, texts, max_steps, Some(&events)).await;
+        let outcome = run_turn(&state, &agent_id, turn, max_steps, Some(&events)).await;
         drop(events);
         let _ = forward.await;
         match outcome {

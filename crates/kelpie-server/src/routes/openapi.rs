@@ -51,6 +51,8 @@ pub const ROUTES: &[RouteDoc] = &[
     route("delete", "/v1/agents/{agent_id}", "Delete an agent and its messages and passages", None, "object"),
     route("patch", "/v1/agents/{agent_id}/tools/attach/{tool_id}", "Attach a tool", None, "AgentState"),
     route("patch", "/v1/agents/{agent_id}/tools/detach/{tool_id}", "Detach a tool", None, "AgentState"),
+    route("post", "/v1/agents/{agent_id}/tools/{tool_name}/run", "Run one of the agent's tools once with its environment", Some("ToolExecuteRequest"), "ToolExecutionResult"),
+    route("patch", "/v1/agents/{agent_id}/tools/approval/{tool_name}", "Whether calls of a tool wait for approval (requires_approval in body or query)", Some("ModifyApprovalRequest"), "AgentState"),
     route("get", "/v1/agents/{agent_id}/core-memory/blocks", "List core memory blocks", None, "Block[]"),
     route("get", "/v1/agents/{agent_id}/core-memory/blocks/{label}", "Retrieve a block", None, "Block"),
     route(

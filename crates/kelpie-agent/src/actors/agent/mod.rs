@@ -12,6 +12,7 @@ pub(crate) mod store;
 mod window;
 
 use kelpie_core::{Error, Result};
+use kelpie_llm::ToolCall;
 use kelpie_memory::{Block, CoreMemory, MemoryError, Passage};
 use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,25 @@ pub struct StepInput {
     /// Embeddings of the texts the step's archival tool calls store or
     /// search for, computed by the service with the agent's embedding.
     pub embeddings: Vec<TextEmbedding>,
+    /// The answer's calls wait for the client's approval: stored as an
+    /// approval request, none run.
+    #[serde(default)]
+    pub hold_calls: bool,
+}
+
+/// The client's answer to a pending approval request, to persist with the
+/// results of the held calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalInput {
+    pub run_id: String,
+    pub step_id: String,
+    pub decisions: Vec<crate::model::ApprovalDecision>,
+    /// The held calls, in their order.
+    pub calls: Vec<ToolCall>,
+    /// Results decided outside the actor (denied, run by the client, run
+    /// in a sandbox or on an MCP server); the others are built-in tools run here.
+    pub external: Vec<ExternalResult>,
+    pub embeddings: Vec<TextEmbedding>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +153,9 @@ pub enum AgentCommand {
         content: String,
     },
     CommitStep(Box<StepInput>),
+    /// Stores the answer to the pending approval request and the held
+    /// calls' results; answers [`AgentReply::Step`].
+    CommitApproval(Box<ApprovalInput>),
     InsertPassage {
         text: String,
         tags: Vec<String>,
@@ -252,6 +275,7 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Messages(vec![message]))
             }
             AgentCommand::CommitStep(step) => commit_step(ctx, (indexes, windows), *step).await,
+            AgentCommand::CommitApproval(input) => commit_approval(ctx, (indexes, windows), *input).await,
             AgentCommand::InsertPassage { text, tags, embedding } => {
                 let passage = store::insert_passage(ctx, indexes, text, tags, embedding).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
@@ -441,6 +465,61 @@ fn check_fits(agent: &AgentRecord) -> Result<()> {
     crate::context::check_fixed_fits(agent).map_err(|reason| Error::validation("context window", reason))
 }
 
+/// Calls whose results a commit stores, with what was decided for them
+/// outside the actor.
+struct ToolResults<'a> {
+    calls: &'a [ToolCall],
+    external: &'a [ExternalResult],
+    embeddings: &'a [TextEmbedding],
+}
+
+/// Stores a result for each call: the one decided outside (`external`),
+/// else the built-in tool's, run here.
+async fn run_calls(
+    ctx: &mut Ctx<'_>,
+    (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
+    ids: (&str, &str),
+    results: ToolResults<'_>,
+    first_seq: u64,
+    messages: &mut Vec<StoredMessage>,
+) -> Result<()> {
+    for call in results.calls {
+        let (result, ok, stdout, stderr) =
+            match results.external.iter().find(|done| done.tool_call_id == call.id) {
+                Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
+                None => {
+                    let (result, ok) =
+                        builtin::run_builtin(ctx, indexes, call, results.embeddings, first_seq).await?;
+                    (result, ok, None, None)
+                }
+            };
+        let (tool_call_id, name) = (call.id.clone(), call.name.clone());
+        let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
+        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
+    }
+    Ok(())
+}
+
+/// Stores the client's answer to the pending approval request, then the
+/// held calls' results.
+async fn commit_approval(
+    ctx: &mut Ctx<'_>,
+    (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
+    input: ApprovalInput,
+) -> Result<AgentReply> {
+    agent(ctx)?;
+    let first_seq = ctx.state.next_seq;
+    let ids = (input.run_id.as_str(), input.step_id.as_str());
+    let body = MessageBody::ApprovalResponse { decisions: input.decisions.clone() };
+    let mut messages = vec![store::append_message(ctx, windows, ids, body, None).await?];
+    let results =
+        ToolResults { calls: &input.calls, external: &input.external, embeddings: &input.embeddings };
+    run_calls(ctx, (indexes, windows), ids, results, first_seq, &mut messages).await?;
+    let now = ctx.env.clock.wall_ms();
+    agent_mut(ctx)?.updated_ms = now;
+    Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
+}
+
 async fn commit_step(
     ctx: &mut Ctx<'_>,
     (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
@@ -455,23 +534,17 @@ async fn commit_step(
         messages.push(store::append_message(ctx, windows, ids, body, None).await?);
     }
     let assistant_id = Some(step.assistant_message_id.clone());
-    messages.push(store::append_message(ctx, windows, ids, step.assistant.clone(), assistant_id).await?);
+    let mut assistant = step.assistant.clone();
+    if let MessageBody::Assistant { awaiting_approval, .. } = &mut assistant {
+        *awaiting_approval = step.hold_calls;
+    }
+    messages.push(store::append_message(ctx, windows, ids, assistant, assistant_id).await?);
     let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
-    for call in tool_calls {
-        let (result, ok, stdout, stderr) =
-            match step.external.iter().find(|done| done.tool_call_id == call.id) {
-                Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
-                None => {
-                    let (result, ok) =
-                        builtin::run_builtin(ctx, indexes, call, &step.embeddings, first_seq).await?;
-                    (result, ok, None, None)
-                }
-            };
-        let (tool_call_id, name) = (call.id.clone(), call.name.clone());
-        let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
-        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
+    if !step.hold_calls {
+        let calls = ToolResults { calls: tool_calls, external: &step.external, embeddings: &step.embeddings };
+        run_calls(ctx, (indexes, windows), ids, calls, first_seq, &mut messages).await?;
     }
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;

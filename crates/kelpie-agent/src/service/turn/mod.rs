@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::agent_actors::AgentActors;
 use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ExternalResult, StepInput};
+use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ApprovalInput, ExternalResult, StepInput};
 use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -31,7 +31,8 @@ use crate::ids::new_id;
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::model::{
-    AgentRecord, CompactionMode, CompactionSettings, MessageBody, StoredMessage, TextEmbedding,
+    AgentRecord, ApprovalDecision, ApprovalVerdict, CompactionMode, CompactionSettings, MessageBody,
+    StoredMessage, TextEmbedding,
 };
 use crate::requests::SummarizeRequest;
 use crate::tool_rules::{AfterStep, RuleSolver};
@@ -49,6 +50,15 @@ pub struct TurnOutcome {
 }
 
 impl TurnOutcome {
+    fn new() -> Self {
+        TurnOutcome {
+            messages: Vec::new(),
+            stop_reason: "max_steps",
+            usage: TokenUsage::default(),
+            step_count: 0,
+        }
+    }
+
     pub fn usage_json(&self) -> Value {
         let total = self.usage.prompt_tokens + self.usage.completion_tokens;
         json!({
@@ -66,14 +76,20 @@ impl TurnOutcome {
 
 /// The step limit of a turn, after checking the turn's input.
 pub(crate) fn check_turn_input(inputs: &[String], max_steps: Option<u32>) -> ServiceResult<u32> {
+    let max_steps = check_max_steps(max_steps)?;
+    if inputs.is_empty() || inputs.iter().any(|text| text.trim().is_empty()) {
+        return Err(ServiceError::Invalid("messages must hold at least one non-empty user message".into()));
+    }
+    Ok(max_steps)
+}
+
+/// `max_steps`, or the default, within its range.
+fn check_max_steps(max_steps: Option<u32>) -> ServiceResult<u32> {
     let max_steps = max_steps.unwrap_or(AGENT_STEPS_COUNT_DEFAULT);
     if max_steps == 0 || max_steps > AGENT_STEPS_COUNT_MAX {
         return Err(ServiceError::Invalid(format!(
             "max_steps {max_steps} is outside 1..={AGENT_STEPS_COUNT_MAX}"
         )));
-    }
-    if inputs.is_empty() || inputs.iter().any(|text| text.trim().is_empty()) {
-        return Err(ServiceError::Invalid("messages must hold at least one non-empty user message".into()));
     }
     Ok(max_steps)
 }
@@ -234,54 +250,166 @@ impl Turns {
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let lock = self.actors.turn_lock(agent_id);
         let _turn = lock.lock().await;
-        let mut agent = self.actors.record(agent_id).await?;
+        let agent = self.actors.record(agent_id).await?;
         let mut window = self.window(&agent_ref).await?;
+        if held_calls(&window).is_some() {
+            return Err(ServiceError::Refused(
+                "a tool call is waiting for approval: Please approve or deny the pending request before continuing"
+                    .into(),
+            ));
+        }
         let custom = self.tools.custom_tools().await?;
         let sandbox = self.sandbox_configs.tool_settings().await?;
-        let mut pending = inputs;
-        let mut rules = RuleSolver::new(agent.tool_rules.clone());
-        let mut outcome = TurnOutcome {
-            messages: Vec::new(),
-            stop_reason: "max_steps",
-            usage: TokenUsage::default(),
-            step_count: 0,
+        let mut outcome = TurnOutcome::new();
+        let turn = TurnParts { run_id, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
+        self.steps(&turn, agent, &mut window, inputs, max_steps, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Answers the agent's pending approval request (Letta's `approval`
+    /// message): approved calls run, denied ones tell the model why, calls
+    /// the client ran take its return; then the turn goes on as any turn.
+    pub async fn answer_approval(
+        &self,
+        agent_id: &str,
+        answer: ApprovalAnswer,
+        max_steps: Option<u32>,
+        events: Option<&TurnEvents>,
+    ) -> ServiceResult<TurnOutcome> {
+        let run_id = new_id("run", self.env.rng.as_ref());
+        let max_steps = check_max_steps(max_steps)?;
+        let agent_ref = self.actors.agent_ref(agent_id)?;
+        let lock = self.actors.turn_lock(agent_id);
+        let _turn = lock.lock().await;
+        let agent = self.actors.record(agent_id).await?;
+        let mut window = self.window(&agent_ref).await?;
+        let held = held_calls(&window)
+            .ok_or_else(|| ServiceError::Refused("No tool call is currently awaiting approval".into()))?;
+        let decisions = answer.decisions_for(&held).map_err(ServiceError::Refused)?;
+        let custom = self.tools.custom_tools().await?;
+        let sandbox = self.sandbox_configs.tool_settings().await?;
+        let approved: Vec<ToolCall> = held
+            .iter()
+            .filter(|call| {
+                decisions.iter().any(|d| {
+                    d.tool_call_id == call.id && matches!(d.verdict, ApprovalVerdict::Approve { .. })
+                })
+            })
+            .cloned()
+            .collect();
+        let mut external =
+            external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &approved).await;
+        for decision in &decisions {
+            let (result, ok) = match &decision.verdict {
+                ApprovalVerdict::Approve { .. } => continue,
+                ApprovalVerdict::Deny { reason } => (
+                    format!(
+                        "Error: request to call tool denied. User reason: {}",
+                        reason.as_deref().unwrap_or("none given")
+                    ),
+                    false,
+                ),
+                ApprovalVerdict::ClientReturn { tool_return, ok } => (tool_return.clone(), *ok),
+            };
+            external.push(ExternalResult {
+                tool_call_id: decision.tool_call_id.clone(),
+                result,
+                ok,
+                stdout: None,
+                stderr: None,
+            });
+        }
+        let embeddings = self.embed_tool_texts(&agent.embedding, &approved).await?;
+        let input = ApprovalInput {
+            run_id: run_id.clone(),
+            step_id: new_id("step", self.env.rng.as_ref()),
+            decisions,
+            calls: held,
+            external,
+            embeddings,
         };
+        let AgentReply::Step { agent, messages } =
+            agent_ref.invoke_local(AgentCommand::CommitApproval(Box::new(input))).await?
+        else {
+            return Err(unexpected("commit approval"));
+        };
+        let mut outcome = TurnOutcome::new();
+        emit_step(&mut outcome, &messages, events, None);
+        window.history.extend(messages);
+        let turn =
+            TurnParts { run_id: &run_id, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
+        self.steps(&turn, *agent, &mut window, Vec::new(), max_steps, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// The agent loop: steps until the agent replies, a rule ends the turn,
+    /// a call waits for approval, or `max_steps`.
+    async fn steps(
+        &self,
+        turn: &TurnParts<'_>,
+        mut agent: AgentRecord,
+        window: &mut Window,
+        mut pending: Vec<String>,
+        max_steps: u32,
+        outcome: &mut TurnOutcome,
+    ) -> ServiceResult<()> {
+        let (agent_ref, custom, events) = (turn.agent_ref, turn.custom, turn.events);
+        let mut rules = RuleSolver::new(agent.tool_rules.clone());
         while outcome.step_count < max_steps {
             let step_id = new_id("step", self.env.rng.as_ref());
             let assistant_message_id = new_id("message", self.env.rng.as_ref());
-            let attached = attached_names(&agent, &custom);
-            let step_agent = offered_tools(&agent, &custom, &rules, &attached);
+            let attached = attached_names(&agent, custom);
+            let step_agent = offered_tools(&agent, custom, &rules, &attached);
             let (answer, streamed) = self
                 .step_answer(
-                    &agent_ref,
+                    agent_ref,
                     step_agent.as_ref(),
-                    &custom,
-                    &mut window,
+                    custom,
+                    window,
                     &pending,
-                    (run_id, &step_id, &assistant_message_id),
+                    (turn.run_id, &step_id, &assistant_message_id),
                     events,
-                    &mut outcome,
+                    outcome,
                 )
                 .await?;
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
             let (allowed_calls, refused) = screen_calls(&rules, &attached, &answer.tool_calls);
+            let hold = allowed_calls
+                .iter()
+                .any(|call| crate::tool_rules::requires_approval(&agent.tool_rules, &call.name));
             let replied =
                 answer.tool_calls.is_empty() || allowed_calls.iter().any(|call| call.name == SEND_MESSAGE);
-            let mut external =
-                external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &allowed_calls).await;
+            let (external, embeddings) = match hold {
+                true => (Vec::new(), Vec::new()),
+                false => {
+                    let mut external = external::run_external_calls(
+                        &self.tools,
+                        &agent,
+                        custom,
+                        turn.sandbox,
+                        &allowed_calls,
+                    )
+                    .await;
+                    external.extend(refused.iter().cloned());
+                    (external, self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?)
+                }
+            };
             let refused_ids: Vec<String> = refused.iter().map(|r| r.tool_call_id.clone()).collect();
-            external.extend(refused);
-            let embeddings = self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?;
             let step = StepInput {
-                run_id: run_id.to_string(),
+                run_id: turn.run_id.to_string(),
                 step_id,
                 user_messages: std::mem::take(&mut pending),
-                assistant: MessageBody::Assistant { content: answer.content, tool_calls: answer.tool_calls },
+                assistant: MessageBody::Assistant {
+                    content: answer.content,
+                    tool_calls: answer.tool_calls,
+                    awaiting_approval: false,
+                },
                 assistant_message_id,
                 external,
                 embeddings,
+                hold_calls: hold,
             };
             let AgentReply::Step { agent: updated, messages } =
                 agent_ref.invoke_local(AgentCommand::CommitStep(Box::new(step))).await?
@@ -289,7 +417,12 @@ impl Turns {
                 return Err(unexpected("commit step"));
             };
             agent = *updated;
-            emit_step(&mut outcome, &messages, events, streamed.as_ref());
+            emit_step(outcome, &messages, events, streamed.as_ref());
+            if hold {
+                window.history.extend(messages);
+                outcome.stop_reason = "requires_approval";
+                break;
+            }
             let ended = match rules.is_empty() {
                 true => replied,
                 false => {
@@ -311,7 +444,46 @@ impl Turns {
                 break;
             }
         }
-        Ok(outcome)
+        Ok(())
+    }
+
+    /// `POST /v1/agents/{id}/tools/{tool_name}/run`: calls one of the
+    /// agent's tools once with `args`, with the agent's environment, outside
+    /// any turn (nothing is stored); Letta's `ToolExecutionResult`. Built-in
+    /// tools that edit the agent's memory run only in its loop.
+    pub async fn run_tool(&self, agent_id: &str, tool_name: &str, args: Value) -> ServiceResult<Value> {
+        let agent = self.actors.record(agent_id).await?;
+        let custom = self.tools.custom_tools().await?;
+        if !attached_names(&agent, &custom).iter().any(|name| name == tool_name) {
+            return Err(ServiceError::Invalid(format!(
+                "tool {tool_name} is not attached to agent {agent_id}"
+            )));
+        }
+        let external_tool =
+            tool_name == kelpie_tools::RUN_CODE || custom.iter().any(|tool| tool.name == tool_name);
+        if !external_tool {
+            return Err(ServiceError::Invalid(format!(
+                "built-in tool {tool_name} works on the agent's memory and runs only in its loop"
+            )));
+        }
+        let args = if args.is_null() { json!({}) } else { args };
+        let call = ToolCall {
+            id: new_id("call", self.env.rng.as_ref()),
+            name: tool_name.to_string(),
+            arguments: args.to_string(),
+        };
+        let sandbox = self.sandbox_configs.tool_settings().await?;
+        let results = external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &[call]).await;
+        let result = results.into_iter().next().ok_or_else(|| unexpected("a tool run"))?;
+        let lines = |text: Option<String>| match text.filter(|t| !t.is_empty()) {
+            Some(text) => json!([text]),
+            None => json!([]),
+        };
+        Ok(json!({
+            "status": if result.ok { "success" } else { "error" }, "func_return": result.result,
+            "stdout": lines(result.stdout), "stderr": lines(result.stderr),
+            "agent_state": null, "sandbox_config_fingerprint": null,
+        }))
     }
 
     /// `POST /v1/agents/{id}/summarize`: compacts the context window now,
@@ -491,6 +663,76 @@ impl Turns {
         }
         let vectors = self.llm.embed(settings, &texts).await?;
         Ok(texts.into_iter().zip(vectors).collect())
+    }
+}
+
+/// What every step of one turn shares.
+struct TurnParts<'a> {
+    run_id: &'a str,
+    agent_ref: &'a ActorRef<AgentActor>,
+    custom: &'a [ToolRecord],
+    sandbox: &'a crate::service::sandbox_configs::ToolSandboxSettings,
+    events: Option<&'a TurnEvents>,
+}
+
+/// The calls waiting for approval: those of the newest message when it is
+/// an approval request (nothing has answered it).
+fn held_calls(window: &Window) -> Option<Vec<ToolCall>> {
+    match window.history.last().map(|message| &message.body) {
+        Some(MessageBody::Assistant { tool_calls, awaiting_approval: true, .. }) => Some(tool_calls.clone()),
+        _ => None,
+    }
+}
+
+/// The client's answer to an approval request.
+#[derive(Debug, Clone)]
+pub enum ApprovalAnswer {
+    /// One decision per call (Letta's `approvals`).
+    Each(Vec<ApprovalDecision>),
+    /// The same decision for every held call (Letta's older `approve`,
+    /// `reason`).
+    All { approve: bool, reason: Option<String> },
+}
+
+impl ApprovalAnswer {
+    /// A decision for every held call: the given ones, which must name held
+    /// calls, once each; a held call not named runs as if approved.
+    fn decisions_for(self, held: &[ToolCall]) -> Result<Vec<ApprovalDecision>, String> {
+        let given = match self {
+            ApprovalAnswer::All { approve, reason } => held
+                .iter()
+                .map(|call| ApprovalDecision {
+                    tool_call_id: call.id.clone(),
+                    verdict: match approve {
+                        true => ApprovalVerdict::Approve { reason: reason.clone() },
+                        false => ApprovalVerdict::Deny { reason: reason.clone() },
+                    },
+                })
+                .collect(),
+            ApprovalAnswer::Each(decisions) => decisions,
+        };
+        let unknown: Vec<&str> = given
+            .iter()
+            .filter(|d| !held.iter().any(|call| call.id == d.tool_call_id))
+            .map(|d| d.tool_call_id.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            let expected: Vec<&str> = held.iter().map(|call| call.id.as_str()).collect();
+            return Err(format!("Invalid tool call IDs: {unknown:?}; the pending calls are {expected:?}"));
+        }
+        let mut decisions = Vec::with_capacity(held.len());
+        for call in held {
+            let mut for_call = given.iter().filter(|d| d.tool_call_id == call.id);
+            let decision = for_call.next().cloned().unwrap_or_else(|| ApprovalDecision {
+                tool_call_id: call.id.clone(),
+                verdict: ApprovalVerdict::Approve { reason: None },
+            });
+            if for_call.next().is_some() {
+                return Err(format!("tool call {} has more than one decision", call.id));
+            }
+            decisions.push(decision);
+        }
+        Ok(decisions)
     }
 }
 

@@ -81,7 +81,7 @@ impl PromptParts<'_> {
         if let Some(summary) = self.summary {
             messages.push(json!({"role": "user", "content": summary}));
         }
-        messages.extend(history.iter().map(chat_message));
+        messages.extend(history.iter().filter(|m| context::in_prompt(m)).map(chat_message));
         messages.extend(self.pending.iter().map(|text| json!({"role": "user", "content": text})));
         ChatRequest {
             model: agent.llm.model.clone(),

@@ -255,7 +255,7 @@ pub(super) fn assistant_envelope(id: &str, run_id: &str, step_id: &str, now_ms: 
         created_ms: now_ms,
         run_id: Some(run_id.to_string()),
         step_id: Some(step_id.to_string()),
-        body: MessageBody::Assistant { content: None, tool_calls: Vec::new() },
+        body: MessageBody::Assistant { content: None, tool_calls: Vec::new(), awaiting_approval: false },
     }
 }
 
