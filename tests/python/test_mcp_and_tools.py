@@ -242,6 +242,17 @@ def test_every_list_route_pages_to_its_end_through_the_auto_pager(client):
     assert paged == attached and {t.id for t in created} <= set(paged)
     blocks = [b.label for b in client.agents.blocks.list(agent.id, limit=1)]
     assert blocks == ["human", "persona"]
+    for i in range(3):
+        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": f"page me {i}"}])
+    history = [m.id for m in client.agents.messages.list(agent.id, limit=1000)]
+    assert [m.id for m in client.agents.messages.list(agent.id, limit=2)] == history and len(history) >= 6
+    agents = [a.id for a in client.agents.list(limit=1000)]
+    assert [a.id for a in client.agents.list(limit=1)] == agents and agent.id in agents
+    standalone = [client.blocks.create(label=f"pager-{i}", value=str(i)).id for i in range(5)]
+    paged_blocks = [b.id for b in client.blocks.list(limit=2) if b.id in standalone]
+    assert paged_blocks == standalone
+    for block_id in standalone:
+        client.blocks.delete(block_id)
     client.agents.delete(agent.id)
     for tool in created:
         client.tools.delete(tool.id)
