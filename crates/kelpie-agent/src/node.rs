@@ -28,7 +28,7 @@ use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
 use crate::actors::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
 use crate::actors::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
 use crate::actors::reclaim::{ReclaimActor, RECLAIM_ACTOR};
-use crate::actors::run_store::{RunActor, RUN_NAMESPACE};
+use crate::actors::run_store::{RunActor, RunIndexActor, RUN_INDEX_ACTOR, RUN_NAMESPACE};
 use crate::actors::sandbox_config_store::{SandboxConfigActor, SANDBOX_CONFIG_ACTOR};
 use crate::actors::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
 use crate::cluster::ClusterNode;
@@ -145,6 +145,15 @@ impl AgentNode {
             tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
         }
         self.service.reclaimer.start();
+        match self.service.runs.recover().await {
+            Ok(0) => {}
+            Ok(recovered) => {
+                tracing::warn!(recovered, "runs left in flight by the last stop were marked failed")
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot recover the runs left in flight; they are tried at the next start")
+            }
+        }
         Ok(())
     }
 
@@ -212,6 +221,7 @@ pub fn agent_service(
             .with_namespace(DIRECTORY_NAMESPACE, Arc::new(runtimes.directory.clone()))
             .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(runtimes.tool_store.clone()))
             .with_namespace(RUN_NAMESPACE, Arc::new(runtimes.runs.clone()))
+            .with_namespace(RUN_INDEX_ACTOR.0, Arc::new(runtimes.run_index.clone()))
             .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone()))
             .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone()))
             .with_namespace(RECLAIM_ACTOR.0, Arc::new(runtimes.reclaim.clone())),
@@ -235,6 +245,7 @@ pub fn agent_runtimes(
         agents: parts.runtime(AgentActor::default())?,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
+        run_index: parts.runtime(RunIndexActor)?,
         blocks: parts.runtime(BlockStoreActor)?,
         tool_store: parts.runtime(ToolStoreActor)?,
         sandbox_configs: parts.runtime(SandboxConfigActor)?,

@@ -71,6 +71,7 @@ pub struct AgentRuntimes {
     pub agents: Runtime<AgentActor>,
     pub directory: Runtime<DirectoryActor>,
     pub runs: Runtime<RunActor>,
+    pub run_index: Runtime<crate::actors::run_store::RunIndexActor>,
     pub blocks: Runtime<BlockStoreActor>,
     pub tool_store: Runtime<ToolStoreActor>,
     pub sandbox_configs: Runtime<SandboxConfigActor>,
@@ -127,7 +128,13 @@ impl AgentService {
             catalog.clone(),
             env.clone(),
         ));
-        let runs = Runs::new(Arc::clone(&actors), Arc::clone(&turns), runtimes.runs, env.clone());
+        let runs = Runs::new(
+            Arc::clone(&actors),
+            Arc::clone(&turns),
+            runtimes.runs,
+            runtimes.run_index,
+            env.clone(),
+        );
         let transfer = Transfer::new(
             Arc::clone(&actors),
             Arc::clone(&directory),

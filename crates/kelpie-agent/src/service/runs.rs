@@ -4,8 +4,10 @@
 //! (`runs/<run id>`, [`crate::actors::run_store`]) whose state is its record,
 //! so runs survive restarts.
 //!
-//! A run in `running` state when the server stops stays `running` in
-//! storage; its committed steps are kept (each step is atomic). Cancel
+//! A run in flight is in the run index with the node that runs it. When
+//! that node stops (or is killed) and starts again, it marks the runs it
+//! left in flight `failed`, with the reason, before serving: none stays
+//! `running`; their committed steps are kept (each step is atomic). Cancel
 //! aborts the background task between or during steps: a step is either
 //! committed or not, never half.
 //!
@@ -24,7 +26,10 @@ use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
 use super::turn::{check_turn_input, Turns};
-use crate::actors::run_store::{run_json, RunActor, RunCommand, RunRecord, RUN_NAMESPACE};
+use crate::actors::run_store::{
+    run_json, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand, RunIndexReply, RunRecord,
+    RUN_INDEX_ACTOR, RUN_NAMESPACE,
+};
 use crate::error::{ServiceError, ServiceResult};
 use crate::ids::new_id;
 
@@ -38,14 +43,32 @@ pub struct Runs {
 /// needs to record its end.
 struct RunRecords {
     runtime: Runtime<RunActor>,
+    index: Runtime<RunIndexActor>,
     active: ActiveRuns,
     env: Env,
 }
+
+/// What a run left in flight by a stopped server is marked failed with.
+pub const RUN_INTERRUPTED_ERROR: &str =
+    "the server stopped while the run was in flight; the steps it committed are kept";
 
 impl RunRecords {
     async fn put(&self, run: RunRecord) -> ServiceResult<RunRecord> {
         let actor_id = ActorId::new(RUN_NAMESPACE, &run.id)?;
         Ok(self.runtime.invoke(&actor_id, RunCommand::Put(Box::new(run))).await?)
+    }
+
+    async fn index(&self, command: RunIndexCommand) -> ServiceResult<RunIndexReply> {
+        let actor_id = ActorId::new(RUN_INDEX_ACTOR.0, RUN_INDEX_ACTOR.1)?;
+        Ok(self.index.invoke(&actor_id, command).await?)
+    }
+
+    /// Takes a finished run out of the index; a failure leaves it there
+    /// for the next start's recovery, which finds its final record.
+    async fn unindex(&self, run_id: &str) {
+        if let Err(err) = self.index(RunIndexCommand::Remove { run_id: run_id.to_string() }).await {
+            tracing::warn!(error = %err, run_id, "cannot take a finished run out of the run index");
+        }
     }
 
     /// Writes the final state of `run` unless a cancel already did.
@@ -61,8 +84,10 @@ impl RunRecords {
                 run.error = Some(err.to_string());
             }
         }
-        if let Err(err) = self.put(run).await {
-            tracing::warn!(error = %err, "cannot record the end of a run");
+        let run_id = run.id.clone();
+        match self.put(run).await {
+            Ok(_) => self.unindex(&run_id).await,
+            Err(err) => tracing::warn!(error = %err, "cannot record the end of a run"),
         }
     }
 }
@@ -72,9 +97,10 @@ impl Runs {
         actors: Arc<AgentActors>,
         turns: Arc<Turns>,
         runtime: Runtime<RunActor>,
+        index: Runtime<RunIndexActor>,
         env: Env,
     ) -> Self {
-        let records = Arc::new(RunRecords { runtime, active: ActiveRuns::default(), env });
+        let records = Arc::new(RunRecords { runtime, index, active: ActiveRuns::default(), env });
         Runs { actors, turns, records }
     }
 
@@ -107,7 +133,23 @@ impl Runs {
             created_ms: env.clock.wall_ms(),
             completed_ms: None,
         };
-        run = self.records.put(run).await?;
+        let in_flight = InFlightRun {
+            run_id: run.id.clone(),
+            agent_id: agent_id.to_string(),
+            node_id: self.records.runtime.node_id().as_str().to_string(),
+            created_ms: run.created_ms,
+        };
+        // Indexed first: a run record is never `running` without an entry
+        // that lets a restart find it.
+        self.records.index(RunIndexCommand::Add(in_flight)).await?;
+        let run_id = run.id.clone();
+        run = match self.records.put(run).await {
+            Ok(run) => run,
+            Err(err) => {
+                self.records.unindex(&run_id).await;
+                return Err(err);
+            }
+        };
         let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
         let task_run = run.clone();
         let spawner = Arc::clone(&self.records.env.spawner);
@@ -132,9 +174,55 @@ impl Runs {
             (run.status, run.stop_reason) = ("cancelled".into(), Some("cancelled".into()));
             run.completed_ms = Some(self.records.env.clock.wall_ms());
             self.records.put(run).await?;
+            self.records.unindex(&run_id).await;
             cancelled.insert(run_id, json!("cancelled"));
         }
         Ok(Value::Object(cancelled))
+    }
+
+    /// Marks failed the runs this node left in flight when it last stopped
+    /// (in the index under its node id, not running here); how many. A run
+    /// whose record already ended only leaves the index.
+    pub async fn recover(&self) -> ServiceResult<usize> {
+        let RunIndexReply::Runs(runs) = self.records.index(RunIndexCommand::List).await? else {
+            return Err(crate::error::unexpected("a run index command"));
+        };
+        let node = self.records.runtime.node_id().as_str().to_string();
+        let mut recovered = 0;
+        for entry in runs.into_iter().filter(|run| run.node_id == node) {
+            if self.records.active.contains(&entry.run_id) {
+                continue;
+            }
+            let actor_id = ActorId::new(RUN_NAMESPACE, &entry.run_id)?;
+            match self.records.runtime.invoke(&actor_id, RunCommand::Get).await {
+                Ok(mut run) if run.status == "running" || run.status == "created" => {
+                    (run.status, run.stop_reason) = ("failed".into(), Some("error".into()));
+                    run.error = Some(RUN_INTERRUPTED_ERROR.into());
+                    run.completed_ms = Some(self.records.env.clock.wall_ms());
+                    self.records.put(run).await?;
+                    recovered += 1;
+                }
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+            self.records.unindex(&entry.run_id).await;
+        }
+        Ok(recovered)
+    }
+
+    /// `GET /v1/runs/active`: the runs in flight (of `agent_id` when given),
+    /// oldest first.
+    pub async fn active(&self, agent_id: Option<&str>) -> ServiceResult<Vec<Value>> {
+        let RunIndexReply::Runs(mut runs) = self.records.index(RunIndexCommand::List).await? else {
+            return Err(crate::error::unexpected("a run index command"));
+        };
+        runs.retain(|run| agent_id.is_none_or(|id| run.agent_id == id));
+        runs.sort_by_key(|run| (run.created_ms, run.run_id.clone()));
+        let mut listed = Vec::with_capacity(runs.len());
+        for entry in runs {
+            listed.push(self.get(&entry.run_id).await?);
+        }
+        Ok(listed)
     }
 
     /// Aborts every background run (at shutdown).
@@ -172,6 +260,10 @@ impl ActiveRuns {
         let (handle, registration) = AbortHandle::new_pair();
         spawner.spawn("background-run", Box::pin(Abortable::new(task, registration).map(drop)));
         table.insert(run_id.to_string(), (agent_id.to_string(), handle));
+    }
+
+    fn contains(&self, run_id: &str) -> bool {
+        self.lock().contains_key(run_id)
     }
 
     fn take(&self, run_id: &str) -> Option<(String, AbortHandle)> {

@@ -163,6 +163,7 @@ pub const ROUTES: &[RouteDoc] = &[
         Some("Body_import_agent"),
         "ImportedAgentsResponse",
     ),
+    route("get", "/v1/runs/active", "Runs in flight (agent_id filter), oldest first", None, "Run[]"),
     route("get", "/v1/runs/{run_id}", "Retrieve a run", None, "Run"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(

@@ -1,4 +1,5 @@
-//! `/v1/runs/{run_id}`: a run started by `POST .../messages/async`.
+//! `/v1/runs/{run_id}`: a run started by `POST .../messages/async`;
+//! `/v1/runs/active`: the runs in flight.
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -9,7 +10,22 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/runs/{run_id}", get(retrieve)).route("/v1/runs/{run_id}/", get(retrieve))
+    Router::new()
+        .route("/v1/runs/active", get(active))
+        .route("/v1/runs/{run_id}", get(retrieve))
+        .route("/v1/runs/{run_id}/", get(retrieve))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ActiveQuery {
+    agent_id: Option<String>,
+}
+
+async fn active(
+    State(state): State<AppState>,
+    super::extract::ApiQuery(query): super::extract::ApiQuery<ActiveQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(state.service.runs.active(query.agent_id.as_deref()).await?))
 }
 
 async fn retrieve(

@@ -1,0 +1,136 @@
+//! Background runs survive a kill -9 of the server: 50 runs in flight (10
+//! agents, each run calling a custom tool that naps in its sandbox), the
+//! server killed, started again on the same data dir. Every run ends
+//! `completed` or `failed` (with the reason), none stays `running`, the run
+//! index is empty, and no user message is stored twice.
+//!
+//! Needs bubblewrap (the tool runs sandboxed); fails without it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kelpie_llm::fake::FakeLlm;
+use serde_json::{json, Value};
+
+const AGENTS_COUNT: usize = 10;
+const RUNS_PER_AGENT_COUNT: usize = 5;
+const NAP: &str = "def nap(seconds: int, tag: str) -> str:\n    \"\"\"Naps.\n\n    Args:\n        seconds (int): how long\n        tag (str): which call\n    \"\"\"\n    import time\n    time.sleep(seconds)\n    return \"rested \" + tag\n";
+
+/// `kelpie serve` on a free port of 127.0.0.1 over `data_dir`; its base URL.
+fn serve(data_dir: &std::path::Path, llm: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kelpie"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()])
+        .env("OPENAI_BASE_URL", llm)
+        .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
+        .env("KELPIE_LOG", "warn,kelpie=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while stderr.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, format!("http://{addr}"))
+}
+
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> Value {
+    let mut request = http.request(method, &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {value}");
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
+    let fake = FakeLlm::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let (mut server, base) = serve(&data_dir, &fake.base_url());
+    let tool =
+        call(&http, reqwest::Method::POST, format!("{base}/v1/tools/"), Some(json!({"source_code": NAP})))
+            .await;
+    let mut runs = Vec::new();
+    let mut texts = Vec::new();
+    for agent in 0..AGENTS_COUNT {
+        let body = json!({"name": format!("napper-{agent}"), "tool_ids": [tool["id"]]});
+        let created = call(&http, reqwest::Method::POST, format!("{base}/v1/agents/"), Some(body)).await;
+        let agent_id = created["id"].as_str().unwrap().to_string();
+        for n in 0..RUNS_PER_AGENT_COUNT {
+            let text = format!("/call nap {{\"seconds\": 20, \"tag\": \"{agent}-{n}\"}}");
+            let body = json!({"messages": [{"role": "user", "content": text}]});
+            let url = format!("{base}/v1/agents/{agent_id}/messages/async");
+            let run = call(&http, reqwest::Method::POST, url, Some(body)).await;
+            assert_eq!(run["status"], "running");
+            runs.push((agent_id.clone(), run["id"].as_str().unwrap().to_string()));
+            texts.push(text);
+        }
+    }
+    let active = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/active"), None).await;
+    assert_eq!(active.as_array().unwrap().len(), AGENTS_COUNT * RUNS_PER_AGENT_COUNT, "all in flight");
+
+    // Killed while every run is in flight (each waits on its tool's nap or its agent's turn lock).
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut server, base) = serve(&data_dir, &fake.base_url());
+    let started = Instant::now();
+    let mut failed = 0;
+    for (_, run_id) in &runs {
+        let run = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{run_id}"), None).await;
+        match run["status"].as_str() {
+            Some("failed") => {
+                assert!(run["metadata"]["error"].as_str().unwrap().contains("the server stopped"), "{run}");
+                assert!(run["completed_at"].is_string(), "{run}");
+                failed += 1;
+            }
+            Some("completed") => {}
+            other => panic!("run {run_id} is {other:?} after the restart: {run}"),
+        }
+    }
+    assert!(failed > 0, "the kill interrupted runs");
+    assert!(started.elapsed() < Duration::from_secs(10), "recovered at start, not after");
+    let active = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/active"), None).await;
+    assert_eq!(active, json!([]), "no run is left in flight");
+    // Each message stored at most once (an interrupted run may have stored none).
+    for (agent_id, _) in runs.iter().step_by(RUNS_PER_AGENT_COUNT) {
+        let url = format!("{base}/v1/agents/{agent_id}/messages?limit=1000");
+        let messages = call(&http, reqwest::Method::GET, url, None).await;
+        for text in &texts {
+            let stored = messages
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| {
+                    m["message_type"] == "user_message" && m["content"].as_str() == Some(text.as_str())
+                })
+                .count();
+            assert!(stored <= 1, "{text} stored {stored} times");
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
