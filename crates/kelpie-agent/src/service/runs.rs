@@ -232,6 +232,7 @@ impl Runs {
 
     pub async fn shutdown(&self) {
         self.records.runtime.shutdown().await;
+        self.records.index.shutdown().await;
     }
 }
 
