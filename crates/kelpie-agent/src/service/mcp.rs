@@ -543,4 +543,29 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn configs_past_their_limits_are_refused() {
+        let args = McpServerConfigIn {
+            command: Some("/usr/bin/env".into()),
+            args: Some(vec!["a".into(); MCP_ARGS_COUNT_MAX + 1]),
+            ..McpServerConfigIn::default()
+        };
+        assert!(matches!(build_config(args, None), Err(ServiceError::Invalid(r)) if r.contains("args")));
+        let headers = McpServerConfigIn {
+            server_url: Some("https://mcp.example.com/mcp".into()),
+            custom_headers: Some(
+                (0..=MCP_HEADERS_COUNT_MAX).map(|i| (format!("x-h{i}"), "v".into())).collect(),
+            ),
+            ..McpServerConfigIn::default()
+        };
+        assert!(
+            matches!(build_config(headers, None), Err(ServiceError::Invalid(r)) if r.contains("custom_headers"))
+        );
+        assert!(matches!(
+            check_name(&"n".repeat(MCP_SERVER_NAME_CHARS_MAX + 1)),
+            Err(ServiceError::Invalid(_))
+        ));
+        assert!(check_name(&"n".repeat(MCP_SERVER_NAME_CHARS_MAX)).is_ok());
+    }
 }

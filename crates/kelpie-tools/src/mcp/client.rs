@@ -193,10 +193,29 @@ impl McpClient {
         }
     }
 
-    async fn healthy(&self) {
-        let mut state = self.state.lock().await;
-        state.failures = 0;
-        state.retry_at = None;
+    /// What a request on `connection` answered: a success resets the
+    /// failure count; a broken transport drops the connection (a protocol
+    /// error from a live server does not).
+    async fn settle<T>(
+        &self,
+        connection: &Arc<Connection>,
+        answer: Result<T, ServiceError>,
+    ) -> Result<T, McpError> {
+        match answer {
+            Ok(value) => {
+                let mut state = self.state.lock().await;
+                state.failures = 0;
+                state.retry_at = None;
+                Ok(value)
+            }
+            Err(error) => {
+                let error = service_error(error);
+                if !matches!(error, McpError::Protocol(_)) {
+                    self.broken(connection, &error).await;
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Every tool the server offers (at most [`MCP_TOOLS_COUNT_MAX`]).
@@ -208,17 +227,7 @@ impl McpClient {
         )
         .await
         .map_err(|_| McpError::Timeout { what: "listing tools".into(), timeout_ms: MCP_LIST_TIMEOUT_MS })?;
-        let tools = match listed {
-            Ok(tools) => tools,
-            Err(error) => {
-                let error = service_error(error);
-                if !matches!(error, McpError::Protocol(_)) {
-                    self.broken(&connection, &error).await;
-                }
-                return Err(error);
-            }
-        };
-        self.healthy().await;
+        let tools = self.settle(&connection, listed).await?;
         if tools.len() > MCP_TOOLS_COUNT_MAX {
             return Err(McpError::Protocol(format!(
                 "the server offers {} tools, over MCP_TOOLS_COUNT_MAX = {MCP_TOOLS_COUNT_MAX}",
@@ -246,17 +255,7 @@ impl McpClient {
         )
         .await
         .map_err(|_| McpError::Timeout { what: format!("tool {name}"), timeout_ms: MCP_CALL_TIMEOUT_MS })?;
-        let result = match called {
-            Ok(result) => result,
-            Err(error) => {
-                let error = service_error(error);
-                if !matches!(error, McpError::Protocol(_)) {
-                    self.broken(&connection, &error).await;
-                }
-                return Err(error);
-            }
-        };
-        self.healthy().await;
+        let result = self.settle(&connection, called).await?;
         let value = serde_json::to_value(&result).map_err(|e| McpError::Protocol(e.to_string()))?;
         Ok(McpCallResult { is_error: result.is_error == Some(true), text: result_text(&value) })
     }
