@@ -258,6 +258,33 @@ fn secrets_json(agent: &AgentRecord) -> Vec<Value> {
         .collect()
 }
 
+/// Renders `messages` (in page order) as Letta messages until at least
+/// `limit` are rendered, whole stored messages only: the parts one stored
+/// message renders as share its id, and a page that ended inside them
+/// would make the next page (after that id) skip the rest. Parts come in
+/// page order too (reversed when `descending`). Also how many stored
+/// messages were used.
+pub fn render_page<'m>(
+    messages: impl IntoIterator<Item = &'m StoredMessage>,
+    limit: usize,
+    descending: bool,
+) -> (Vec<Value>, usize) {
+    let mut rendered = Vec::new();
+    let mut used = 0;
+    for message in messages {
+        if rendered.len() >= limit {
+            break;
+        }
+        let mut parts = letta_messages(message);
+        if descending {
+            parts.reverse();
+        }
+        rendered.extend(parts);
+        used += 1;
+    }
+    (rendered, used)
+}
+
 /// One persisted message as zero or more Letta messages (a `send_message`
 /// return is not shown, as Letta does not show it).
 pub fn letta_messages(message: &StoredMessage) -> Vec<Value> {

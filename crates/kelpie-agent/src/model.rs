@@ -132,6 +132,127 @@ pub struct CompactionSettings {
     pub sliding_window_percentage: Option<f64>,
 }
 
+/// The process that runs a run: the node and the boot of its server
+/// process (drawn at every start), so a run found open under another boot
+/// was left by a process that is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOwner {
+    pub node_id: String,
+    pub boot_id: String,
+}
+
+/// Letta's `RunStatus` (`created` is never stored: a run is stored running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status Letta names `name`, if any (`created` is `running` here).
+    pub fn parse(name: &str) -> Option<RunStatus> {
+        match name {
+            "created" | "running" => Some(RunStatus::Running),
+            "completed" => Some(RunStatus::Completed),
+            "failed" => Some(RunStatus::Failed),
+            "cancelled" => Some(RunStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// How a run began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub run_id: String,
+    /// Started by `messages/async` (Letta's `background`).
+    pub background: bool,
+    pub created_ms: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub stop_reason: String,
+    pub error: Option<String>,
+}
+
+impl RunEnd {
+    pub fn completed(stop_reason: &str) -> RunEnd {
+        RunEnd { status: RunStatus::Completed, stop_reason: stop_reason.to_string(), error: None }
+    }
+
+    pub fn failed(error: String) -> RunEnd {
+        RunEnd { status: RunStatus::Failed, stop_reason: "error".into(), error: Some(error) }
+    }
+
+    pub fn cancelled() -> RunEnd {
+        RunEnd { status: RunStatus::Cancelled, stop_reason: "cancelled".into(), error: None }
+    }
+}
+
+/// One step of a run: one LLM call and what it led to, committed with its
+/// messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    pub created_ms: u64,
+    /// The model handle that answered; `None` for a step that only stored
+    /// the client's answer to an approval request.
+    pub model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Seqs of the messages the step stored, in order.
+    pub message_seqs: Vec<u64>,
+}
+
+/// A run as its agent stores it, with its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub agent_id: String,
+    pub seq: u64,
+    pub status: RunStatus,
+    pub stop_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_ms: u64,
+    pub completed_ms: Option<u64>,
+    pub background: bool,
+    pub owner: RunOwner,
+    pub steps: Vec<StepRecord>,
+}
+
+impl RunRecord {
+    pub fn prompt_tokens(&self) -> u64 {
+        self.steps.iter().map(|step| step.prompt_tokens).sum()
+    }
+
+    pub fn completion_tokens(&self) -> u64 {
+        self.steps.iter().map(|step| step.completion_tokens).sum()
+    }
+}
+
+/// A run still running, as the agent's state lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRun {
+    pub run_id: String,
+    pub seq: u64,
+    pub owner: RunOwner,
+}
+
 /// One persisted message of an agent's conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredMessage {

@@ -242,7 +242,8 @@ pub fn agent_runtimes(
 ) -> Result<AgentRuntimes, kelpie_core::Error> {
     let parts = RuntimeParts { storage, placement, env, config };
     Ok(AgentRuntimes {
-        agents: parts.runtime(AgentActor::default())?,
+        // Drawn at every start: the runs this process begins are its own.
+        agents: parts.runtime(AgentActor::new(crate::ids::new_id("boot", env.rng.as_ref())))?,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
         run_index: parts.runtime(RunIndexActor)?,

@@ -24,6 +24,7 @@ use std::time::Duration;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::{CreateAgent, PassageSearch};
+use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::AgentService;
 use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_core::{ActorId, Error, NodeId, Result as CoreResult};
@@ -191,7 +192,8 @@ async fn scenario(node: SimNode) -> Result<Seen, String> {
     for turn in 0..TURNS_COUNT {
         let text = format!("{}{} harbor", marker(turn), ["north", "south", "old"][turn % 3]);
         prompts.lock().unwrap().clear();
-        let outcome = service.turns.run(&agent_id, vec![text.clone()], None, None).await;
+        let outcome =
+            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None).await;
 
         // The user messages stored so far: each earlier turn's must be in
         // every prompt of this turn exactly when it is stored.

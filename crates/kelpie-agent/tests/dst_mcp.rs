@@ -25,6 +25,7 @@ use kelpie_agent::actors::tool_store::McpServerRecord;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::requests::{CreateAgent, CreateMcpServer, McpServerConfigIn};
 use kelpie_agent::service::mcp_clients::{McpConnector, McpFuture};
+use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::AgentService;
 use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_dst::agent::ToolError as SimToolError;
@@ -188,7 +189,8 @@ async fn scenario(node: SimNode, seen: Arc<Mutex<Vec<String>>>) -> Result<usize,
     for turn in 0..TURNS_COUNT {
         let before = state_of(&service.agents.get(&agent_id).await.map_err(|e| e.to_string())?);
         let text = format!("kelp {turn}");
-        let outcome = service.turns.run(&agent_id, vec![text.clone()], None, None).await;
+        let outcome =
+            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None).await;
         let outcome = outcome.map_err(|e| format!("turn {turn} failed: {e}"))?;
         let returns: Vec<&Value> =
             outcome.messages.iter().filter(|m| m["message_type"] == "tool_return_message").collect();

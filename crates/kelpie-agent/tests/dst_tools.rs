@@ -23,6 +23,7 @@ use std::time::Duration;
 use kelpie_agent::actors::tool_store::ToolRecord;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::requests::CreateAgent;
+use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::AgentService;
 use kelpie_core::config::ConfigLayers;
 use kelpie_core::config::Origin;
@@ -134,7 +135,8 @@ async fn scenario(node: SimNode, seen: Arc<Mutex<Vec<String>>>) -> Result<usize,
     for turn in 0..TURNS_COUNT {
         let before = state_of(&service.agents.get(&agent_id).await.map_err(|e| e.to_string())?);
         let text = format!("probe {turn}");
-        let outcome = service.turns.run(&agent_id, vec![text.clone()], None, None).await;
+        let outcome =
+            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None).await;
         let outcome = outcome.map_err(|e| format!("turn {turn} failed: {e}"))?;
         let returns: Vec<&Value> =
             outcome.messages.iter().filter(|m| m["message_type"] == "tool_return_message").collect();

@@ -1,8 +1,9 @@
-//! Background runs survive a kill -9 of the server: 50 runs in flight (10
-//! agents, each run calling a custom tool that naps in its sandbox), the
-//! server killed, started again on the same data dir. Every run ends
-//! `completed` or `failed` (with the reason), none stays `running`, the run
-//! index is empty, and no user message is stored twice.
+//! Runs survive a kill -9 of the server: 50 background runs in flight (10
+//! agents, each run calling a custom tool that naps in its sandbox) and a
+//! synchronous turn waiting on the same nap, the server killed, started
+//! again on the same data dir. Every run ends `completed` or `failed` (with
+//! the reason), none stays `running`, the run index is empty, and no user
+//! message is stored twice.
 //!
 //! Needs bubblewrap (the tool runs sandboxed); fails without it.
 
@@ -92,12 +93,35 @@ async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
     }
     let active = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/active"), None).await;
     assert_eq!(active.as_array().unwrap().len(), AGENTS_COUNT * RUNS_PER_AGENT_COUNT, "all in flight");
+    // A synchronous turn in flight, its client waiting.
+    let body = json!({"name": "waiter", "tool_ids": [tool["id"]]});
+    let created = call(&http, reqwest::Method::POST, format!("{base}/v1/agents/"), Some(body)).await;
+    let waiter = created["id"].as_str().unwrap().to_string();
+    let text = "/call nap {\"seconds\": 20, \"tag\": \"sync\"}";
+    let body = json!({"messages": [{"role": "user", "content": text}]});
+    let request = http.post(format!("{base}/v1/agents/{waiter}/messages")).json(&body).send();
+    let waiting = tokio::spawn(request);
+    let url = format!("{base}/v1/runs/?agent_id={waiter}&active=true");
+    let waited = Instant::now();
+    let sync_run = loop {
+        let active = call(&http, reqwest::Method::GET, url.clone(), None).await;
+        if let Some(run) = active.as_array().unwrap().first() {
+            break run["id"].as_str().unwrap().to_string();
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "the synchronous run never showed as active");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // Killed while every run is in flight (each waits on its tool's nap or its agent's turn lock).
     server.kill().unwrap();
     server.wait().unwrap();
+    assert!(waiting.await.unwrap().is_err(), "the synchronous turn's connection died with the server");
     let (mut server, base) = serve(&data_dir, &fake.base_url());
     let started = Instant::now();
+    // The synchronous run ends failed the moment its agent is next reached.
+    let run = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{sync_run}"), None).await;
+    assert_eq!((run["status"].as_str(), run["background"].as_bool()), (Some("failed"), Some(false)), "{run}");
+    assert!(run["metadata"]["error"].as_str().unwrap().contains("the server stopped"), "{run}");
     let mut failed = 0;
     for (_, run_id) in &runs {
         let run = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{run_id}"), None).await;
@@ -115,6 +139,8 @@ async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
     assert!(started.elapsed() < Duration::from_secs(10), "recovered at start, not after");
     let active = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/active"), None).await;
     assert_eq!(active, json!([]), "no run is left in flight");
+    let running = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/?active=true"), None).await;
+    assert_eq!(running, json!([]), "no run of any agent is running");
     // Each message stored at most once (an interrupted run may have stored none).
     for (agent_id, _) in runs.iter().step_by(RUNS_PER_AGENT_COUNT) {
         let url = format!("{base}/v1/agents/{agent_id}/messages?limit=1000");

@@ -147,6 +147,18 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Every value of `name` in a query string (`tags=a&tags=b`).
+/// Every value of query parameter `name`, given repeated or comma-separated,
+/// trimmed, empty ones dropped.
+pub fn listed_param(query: Option<&str>, name: &str) -> Vec<String> {
+    repeated_param(query, name)
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn repeated_param(query: Option<&str>, name: &str) -> Vec<String> {
     query
         .unwrap_or_default()

@@ -176,3 +176,206 @@ async fn bad_run_input_is_4xx_with_detail() {
     }
     server.shutdown().await;
 }
+
+fn run_path(run_id: &str, rest: &str) -> String {
+    format!("/v1/runs/{run_id}{rest}")
+}
+
+fn ids(items: &Value) -> Vec<String> {
+    items.as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn every_turn_is_a_run_with_its_steps_messages_and_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent_id = server.create_agent("runs", &[]).await;
+    // Two steps: a tool call, then the reply.
+    let reply = server.say(&agent_id, "/call archival_memory_insert {\"content\": \"tea at five\"}").await;
+    let run_id = reply["messages"][0]["run_id"].as_str().unwrap().to_string();
+    assert!(reply["messages"].as_array().unwrap().iter().all(|m| m["run_id"] == run_id.as_str()), "{reply}");
+    assert_eq!(reply["usage"]["run_ids"], json!([run_id]));
+    assert_eq!(reply["usage"]["step_count"], 2);
+    let run = server.ok("GET", &run_path(&run_id, ""), None).await;
+    assert_eq!(
+        (run["status"].as_str(), run["stop_reason"].as_str(), run["background"].as_bool()),
+        (Some("completed"), Some("end_turn"), Some(false))
+    );
+    assert_eq!(run["metadata"]["run_type"], "send_message");
+    // The run's messages are the turn's, with the user's first.
+    let messages = server.ok("GET", &run_path(&run_id, "/messages"), None).await;
+    let mut expected = vec![messages[0]["id"].as_str().unwrap().to_string()];
+    assert_eq!(messages[0]["message_type"], "user_message");
+    expected.extend(ids(&reply["messages"]));
+    assert_eq!(ids(&messages), expected);
+    let page = server.ok("GET", &run_path(&run_id, "/messages?limit=2&order=desc"), None).await;
+    assert_eq!(ids(&page), expected.iter().rev().take(2).cloned().collect::<Vec<_>>());
+    // Steps carry the tokens the usage adds up.
+    let steps = server.ok("GET", &run_path(&run_id, "/steps?order=asc"), None).await;
+    assert_eq!(steps.as_array().unwrap().len(), 2, "{steps}");
+    let step_ids: Vec<&str> =
+        reply["messages"].as_array().unwrap().iter().map(|m| m["step_id"].as_str().unwrap()).collect();
+    assert_eq!(steps[0]["id"].as_str(), step_ids.first().copied());
+    assert_eq!(steps[1]["id"].as_str(), step_ids.last().copied());
+    assert_eq!(
+        (steps[0]["run_id"].as_str(), steps[0]["agent_id"].as_str()),
+        (Some(run_id.as_str()), Some(agent_id.as_str()))
+    );
+    assert_eq!(steps[0]["model_handle"], "openai-proxy/fake-gpt");
+    let usage = server.ok("GET", &run_path(&run_id, "/usage"), None).await;
+    let step_tokens: u64 =
+        steps.as_array().unwrap().iter().map(|s| s["total_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(usage["total_tokens"].as_u64(), Some(step_tokens));
+    assert_eq!(usage["total_tokens"], reply["usage"]["total_tokens"]);
+    assert!(step_tokens > 0, "{usage}");
+    // A streamed turn is a run too, and so is a background one.
+    let body = json!({"messages": [{"role": "user", "content": "streamed"}]});
+    let (status, _) =
+        server.call("POST", &format!("/v1/agents/{agent_id}/messages/stream"), Some(body)).await;
+    assert_eq!(status, 200);
+    let body = json!({"messages": [{"role": "user", "content": "later"}]});
+    let background = server.ok("POST", &format!("/v1/agents/{agent_id}/messages/async"), Some(body)).await;
+    let background_id = background["id"].as_str().unwrap().to_string();
+    wait_for_status(&server, &background_id, "completed").await;
+    let listed = server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}"), None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed[0]["id"].as_str(), Some(background_id.as_str()), "newest first by default");
+    assert_eq!(listed[2]["id"].as_str(), Some(run_id.as_str()));
+    let only_background =
+        server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}&background=true"), None).await;
+    assert_eq!(ids(&only_background), vec![background_id.clone()]);
+    let failed =
+        server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}&statuses=failed,cancelled"), None).await;
+    assert_eq!(failed, json!([]));
+    let completed = server
+        .ok("GET", &format!("/v1/runs/?agent_id={agent_id}&statuses=completed&order=asc&limit=1"), None)
+        .await;
+    assert_eq!(ids(&completed), vec![run_id.clone()]);
+    // Deleting a run forgets it; its messages stay with the agent.
+    let before = server.ok("GET", &format!("/v1/agents/{agent_id}/messages"), None).await;
+    server.ok("DELETE", &run_path(&run_id, ""), None).await;
+    let (status, _) = server.call("GET", &run_path(&run_id, ""), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.call("GET", &run_path(&run_id, "/steps"), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.ok("GET", &format!("/v1/agents/{agent_id}/messages"), None).await, before);
+    assert_eq!(
+        server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}"), None).await.as_array().unwrap().len(),
+        2
+    );
+    // Runs survive a restart.
+    server.shutdown().await;
+    let server = common::start(dir.path(), &fake).await;
+    let run = server.ok("GET", &run_path(&background_id, ""), None).await;
+    assert_eq!(run["status"], "completed");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_turn_is_a_failed_run_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent_id = server.create_agent("fails", &[]).await;
+    fake.push_error(400, "the model fell over");
+    let body = json!({"messages": [{"role": "user", "content": "hello"}]});
+    let (status, _) = server.call("POST", &format!("/v1/agents/{agent_id}/messages"), Some(body)).await;
+    assert!(status >= 500, "{status}");
+    let runs = server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}&statuses=failed"), None).await;
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs[0]["stop_reason"], "error");
+    let error = runs[0]["metadata"]["error"].as_str().unwrap();
+    assert!(error.contains("the model fell over"), "{error}");
+    let run_id = runs[0]["id"].as_str().unwrap();
+    assert_eq!(server.ok("GET", &run_path(run_id, "/messages"), None).await, json!([]));
+    assert_eq!(server.ok("GET", &run_path(run_id, "/steps"), None).await, json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn synchronous_and_streaming_turns_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = std::sync::Arc::new(common::start(dir.path(), &fake).await);
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": NAP}))).await;
+    let body = json!({"name": "c", "model": "openai-proxy/fake-gpt", "tool_ids": [tool["id"]]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let agent_id = agent["id"].as_str().unwrap().to_string();
+    for route in ["messages", "messages/stream"] {
+        let (task_server, path) = (std::sync::Arc::clone(&server), format!("/v1/agents/{agent_id}/{route}"));
+        // The first step (a reply that calls nap) commits; the nap is cut.
+        let body = json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 60}"}]});
+        let turn = tokio::spawn(async move { task_server.call("POST", &path, Some(body)).await });
+        let mut waited_ms = 0;
+        let run = loop {
+            let active = server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}&active=true"), None).await;
+            if let Some(run) = active.as_array().unwrap().first() {
+                break run.clone();
+            }
+            assert!(waited_ms < RUN_WAIT_MS_MAX, "no run became active");
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+            waited_ms += POLL_INTERVAL_MS;
+        };
+        let run_id = run["id"].as_str().unwrap();
+        assert_eq!(run["background"], false);
+        let cancelled = server.ok("POST", &format!("/v1/agents/{agent_id}/messages/cancel"), None).await;
+        assert_eq!(cancelled, json!({run_id: "cancelled"}), "{route}");
+        let (status, answer) = turn.await.unwrap();
+        assert_eq!(status, 200, "{route}: {answer}");
+        let text = answer.as_str().map(str::to_string).unwrap_or_else(|| answer.to_string());
+        assert!(text.contains("\"stop_reason\":\"cancelled\""), "{route}: {text}");
+        let run = server.ok("GET", &run_path(run_id, ""), None).await;
+        assert_eq!(
+            (run["status"].as_str(), run["stop_reason"].as_str()),
+            (Some("cancelled"), Some("cancelled"))
+        );
+        // The step that calls nap commits with the call's result: cut
+        // during the call, it left nothing.
+        assert_eq!(server.ok("GET", &run_path(run_id, "/messages"), None).await, json!([]), "{route}");
+        assert_eq!(server.ok("GET", &run_path(run_id, "/steps"), None).await, json!([]), "{route}");
+    }
+    let reply = server.say(&agent_id, "still there?").await;
+    assert_eq!(reply["messages"].as_array().unwrap().last().unwrap()["content"], "echo: still there?");
+    std::sync::Arc::into_inner(server).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_of_several_agents_page_in_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let (a, b) = (server.create_agent("a", &[]).await, server.create_agent("b", &[]).await);
+    let mut made = Vec::new();
+    for round in 0..6 {
+        for agent_id in [&a, &b] {
+            let reply = server.say(agent_id, &format!("turn {round}")).await;
+            made.push(reply["messages"][0]["run_id"].as_str().unwrap().to_string());
+        }
+    }
+    // Without agent_id every agent's runs are listed; both cursors work.
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.as_ref().map(|id| format!("&after={id}")).unwrap_or_default();
+        let page = server.ok("GET", &format!("/v1/runs/?order=asc&limit=5{cursor}"), None).await;
+        let page = ids(&page);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        walked.extend(page);
+    }
+    assert_eq!(walked, made);
+    let newest = server.ok("GET", &format!("/v1/runs/?agent_ids={a}&agent_ids={b}&limit=3"), None).await;
+    assert_eq!(ids(&newest), made.iter().rev().take(3).cloned().collect::<Vec<_>>());
+    let before = server.ok("GET", &format!("/v1/runs/?order=asc&before={}", made[3]), None).await;
+    assert_eq!(ids(&before), made[..3].to_vec());
+    let one_agent =
+        server.ok("GET", &format!("/v1/runs/?agent_id={b}&order=asc&after={}", made[1]), None).await;
+    assert_eq!(ids(&one_agent), made.iter().skip(3).step_by(2).cloned().collect::<Vec<_>>());
+    let (status, body) = server.call("GET", "/v1/runs/?statuses=finished", None).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("finished"), "{body}");
+    server.shutdown().await;
+}

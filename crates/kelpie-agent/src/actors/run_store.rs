@@ -1,7 +1,12 @@
-//! The run actor: one virtual actor per run (`runs/<run id>`) whose state is
-//! the run's record, so runs survive restarts; the record's wire shape; and
-//! the run index (`run-index/all`): every run in flight with the node that
-//! runs it, so a node that starts again finds the runs it left running.
+//! The run actors: one virtual actor per run (`runs/<run id>`) that says
+//! which agent holds the run (the run and its steps live with the agent,
+//! `actors::agent::runs`), so a run is found by its id alone; the record's
+//! wire shape; and the run index (`run-index/all`): every background run in
+//! flight with the node that runs it, so a node that starts again finds the
+//! runs it left running.
+//!
+//! Runs stored before runs moved into their agents keep their whole record
+//! here (`RunState::run`) and are still read.
 
 use std::collections::BTreeMap;
 
@@ -11,15 +16,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ids::rfc3339_micros;
+use crate::model::{RunOwner, RunRecord, RunStatus};
 
 /// Namespace of the run actors.
 pub const RUN_NAMESPACE: &str = "runs";
 
+/// A run's whole record as it was stored before runs moved into their
+/// agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
+pub struct LegacyRunRecord {
     pub id: String,
     pub agent_id: String,
-    /// `created`, `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
     pub stop_reason: Option<String>,
     pub error: Option<String>,
@@ -27,15 +34,51 @@ pub struct RunRecord {
     pub completed_ms: Option<u64>,
 }
 
+impl LegacyRunRecord {
+    /// The record in today's shape (a background run, no steps kept).
+    pub fn upgrade(self) -> RunRecord {
+        RunRecord {
+            status: RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed),
+            id: self.id,
+            agent_id: self.agent_id,
+            seq: 0,
+            stop_reason: self.stop_reason,
+            error: self.error,
+            created_ms: self.created_ms,
+            completed_ms: self.completed_ms,
+            background: true,
+            owner: RunOwner { node_id: String::new(), boot_id: String::new() },
+            steps: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunState {
-    pub run: Option<RunRecord>,
+    /// A record stored before runs moved into their agents.
+    #[serde(default)]
+    pub run: Option<LegacyRunRecord>,
+    /// The agent holding the run.
+    #[serde(default)]
+    pub agent_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum RunCommand {
-    Put(Box<RunRecord>),
+    /// Records that agent `agent_id` holds the run.
+    Point {
+        agent_id: String,
+    },
     Get,
+    /// Forgets the run.
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RunLocation {
+    Agent(String),
+    Legacy(LegacyRunRecord),
+    Unknown,
 }
 
 pub struct RunActor;
@@ -43,20 +86,23 @@ pub struct RunActor;
 impl Actor for RunActor {
     type State = RunState;
     type Message = RunCommand;
-    type Reply = RunRecord;
+    type Reply = RunLocation;
 
-    async fn handle(&self, ctx: &mut ActorContext<'_, RunState>, command: RunCommand) -> Result<RunRecord> {
+    async fn handle(&self, ctx: &mut ActorContext<'_, RunState>, command: RunCommand) -> Result<RunLocation> {
         match command {
-            RunCommand::Put(run) => {
-                assert_eq!(run.id, ctx.actor_id.id(), "a run record lives in its own actor");
-                ctx.state.run = Some((*run).clone());
-                Ok(*run)
+            RunCommand::Point { agent_id } => {
+                ctx.state.agent_id = Some(agent_id.clone());
+                Ok(RunLocation::Agent(agent_id))
             }
-            RunCommand::Get => ctx
-                .state
-                .run
-                .clone()
-                .ok_or_else(|| Error::NotFound { kind: "run", id: ctx.actor_id.id().to_string() }),
+            RunCommand::Get => Ok(match (&ctx.state.agent_id, &ctx.state.run) {
+                (Some(agent_id), _) => RunLocation::Agent(agent_id.clone()),
+                (None, Some(run)) => RunLocation::Legacy(run.clone()),
+                (None, None) => RunLocation::Unknown,
+            }),
+            RunCommand::Delete => {
+                *ctx.state = RunState::default();
+                Ok(RunLocation::Unknown)
+            }
         }
     }
 }
@@ -134,14 +180,16 @@ impl Actor for RunIndexActor {
 
 /// Letta's `Run`.
 pub fn run_json(run: &RunRecord) -> Value {
+    let run_type = if run.background { "send_message_async" } else { "send_message" };
+    let duration_ns = run.completed_ms.map(|done| done.saturating_sub(run.created_ms) * 1_000_000);
     json!({
-        "id": run.id, "status": run.status, "created_at": rfc3339_micros(run.created_ms),
+        "id": run.id, "status": run.status.as_str(), "created_at": rfc3339_micros(run.created_ms),
         "completed_at": run.completed_ms.map(rfc3339_micros), "agent_id": run.agent_id,
-        "conversation_id": null, "base_template_id": null, "background": true,
-        "metadata": {"run_type": "send_message_async", "error": run.error},
+        "conversation_id": null, "base_template_id": null, "background": run.background,
+        "metadata": {"run_type": run_type, "error": run.error},
         "request_config": {"use_assistant_message": true, "assistant_message_tool_name": "send_message",
                            "assistant_message_tool_kwarg": "message", "include_return_message_types": null},
         "stop_reason": run.stop_reason, "callback_url": null, "callback_sent_at": null,
-        "callback_status_code": null, "callback_error": null, "ttft_ns": null, "total_duration_ns": null,
+        "callback_status_code": null, "callback_error": null, "ttft_ns": null, "total_duration_ns": duration_ns,
     })
 }

@@ -26,7 +26,7 @@ use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{id_from_key, new_id};
-use crate::letta::{block_json, letta_messages};
+use crate::letta::{block_json, render_page};
 use crate::limits::STORE_PAGE_COUNT_MAX;
 use crate::model::{check_name_and_tags, AgentRecord, BlockPatch};
 use crate::page::{paginate, Page};
@@ -319,13 +319,8 @@ impl Agents {
             let AgentReply::Messages(messages) = self.actors.invoke(agent_id, command).await? else {
                 return Err(unexpected("messages"));
             };
-            for message in &messages {
-                let mut parts = letta_messages(message);
-                if page.descending {
-                    parts.reverse();
-                }
-                rendered.extend(parts);
-            }
+            let (parts, _) = render_page(&messages, page.limit - rendered.len(), page.descending);
+            rendered.extend(parts);
             match messages.last() {
                 Some(last)
                     if messages.len() == spec.limit.min(STORE_PAGE_COUNT_MAX)
@@ -336,7 +331,6 @@ impl Agents {
                 _ => break,
             }
         }
-        rendered.truncate(page.limit);
         Ok(rendered)
     }
 

@@ -130,9 +130,9 @@ impl AgentService {
         ));
         let runs = Runs::new(
             Arc::clone(&actors),
+            Arc::clone(&directory),
             Arc::clone(&turns),
-            runtimes.runs,
-            runtimes.run_index,
+            (runtimes.runs, runtimes.run_index),
             env.clone(),
         );
         let transfer = Transfer::new(
@@ -197,10 +197,10 @@ impl AgentService {
         self.actors.hand_off(actor_id, complete).await
     }
 
-    /// Stops the background runs and finishes every activation (their state
-    /// is already committed).
+    /// Stops the runs in flight (each records its end) and finishes every
+    /// activation (their state is already committed).
     pub async fn shutdown(&self) {
-        self.runs.abort_all();
+        self.runs.stop_all().await;
         self.reclaimer.shutdown().await;
         self.actors.shutdown().await;
         self.runs.shutdown().await;

@@ -1,61 +1,111 @@
-//! Runs: `POST .../messages/async` starts a turn in the background and
-//! answers with a run; `GET /v1/runs/{id}` reads it; `POST
-//! .../messages/cancel` aborts active runs. Each run is a virtual actor
-//! (`runs/<run id>`, [`crate::actors::run_store`]) whose state is its record,
-//! so runs survive restarts.
+//! Runs: every turn is one. `POST .../messages` and `.../messages/stream`
+//! run it while the client waits; `POST .../messages/async` answers the
+//! run at once and runs it in the background. A run and its steps live
+//! with their agent (`actors::agent::runs`): each step is written into the
+//! run in the commit that stores the step's messages. The run actor
+//! `runs/<id>` only says which agent holds the run.
 //!
-//! A run in flight is in the run index with the node that runs it. When
-//! that node stops (or is killed) and starts again, it marks the runs it
-//! left in flight `failed`, with the reason, before serving: none stays
-//! `running`; their committed steps are kept (each step is atomic). Cancel
-//! aborts the background task between or during steps: a step is either
-//! committed or not, never half.
+//! Every run executes as a task of its own, in a table of active runs, so
+//! a client that goes away does not stop it half-recorded; the task ends
+//! the run (completed, failed with the error, or cancelled) unless the last
+//! step's commit already did. A synchronous run is stored running while
+//! its first LLM call is made, so it is listed as active from the start. Cancel reaches any active run, synchronous
+//! or not: the turn stops between or during steps (a step is either
+//! committed or not, never half) and the run ends `cancelled` unless its
+//! end was already committed.
 //!
-//! Active runs are tracked in a table; whoever removes a run from it
-//! (the finishing task or a cancel) writes its final status, so a run is
-//! never both completed and cancelled.
+//! A run whose process dies is ended failed by the next command its agent
+//! gets on whichever node (the agent knows which process owns each open
+//! run); the background runs a node leaves in flight are in the run index,
+//! and that node ends them as soon as it starts again, without waiting for
+//! a request.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::future::{AbortHandle, Abortable};
+use futures::future::{select, Either};
 use futures::FutureExt;
-use kelpie_core::{ActorId, Env, Error, TaskSpawner};
+use kelpie_core::{ActorId, Env, Error};
 use kelpie_runtime::Runtime;
 use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
 
 use super::agent_actors::AgentActors;
-use super::turn::{check_turn_input, Turns};
+use super::directory::AgentDirectory;
+use super::turn::token_stream::TurnEvents;
+use super::turn::{check_turn_input, ApprovalAnswer, TurnOutcome, TurnRun, Turns};
+use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, RunFilter, RUN_INTERRUPTED_ERROR};
 use crate::actors::run_store::{
-    run_json, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand, RunIndexReply, RunRecord,
+    run_json, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand, RunIndexReply, RunLocation,
     RUN_INDEX_ACTOR, RUN_NAMESPACE,
 };
-use crate::error::{ServiceError, ServiceResult};
-use crate::ids::new_id;
+use crate::error::{unexpected, ServiceError, ServiceResult};
+use crate::ids::{new_id, rfc3339_micros};
+use crate::letta::{letta_messages, render_page};
+use crate::model::{MessageBody, RunEnd, RunRecord, RunStart, RunStatus};
+use crate::page::{paginate, Page};
+
+/// What a run left in flight by a server that shut down ends with.
+pub const RUN_SHUTDOWN_ERROR: &str =
+    "the server shut down while the run was in flight; the steps it committed are kept";
+/// Longest a shutdown waits for the runs it stops to record their end.
+pub const RUN_SHUTDOWN_WAIT_MS: u64 = 5_000;
+/// Most agents a run list without an agent filter looks through.
+pub const RUN_LIST_AGENTS_COUNT_MAX: usize = 1_000;
+
+/// What a turn is asked to do.
+pub enum TurnInput {
+    /// The user's messages.
+    Texts(Vec<String>),
+    /// The answer to the agent's pending approval request.
+    Approval(ApprovalAnswer),
+}
+
+/// `GET /v1/runs/`: which runs, and which page of them.
+#[derive(Debug, Clone)]
+pub struct RunQuery {
+    /// Runs of these agents (all agents when empty).
+    pub agent_ids: Vec<String>,
+    pub filter: RunFilter,
+    /// Only runs still running.
+    pub active: bool,
+    pub page: Page,
+}
 
 pub struct Runs {
     actors: Arc<AgentActors>,
+    directory: Arc<AgentDirectory>,
     turns: Arc<Turns>,
     records: Arc<RunRecords>,
 }
 
-/// The run actors and the table of active runs: what a background run
-/// needs to record its end.
+/// What a run's task needs to record the run: the run actors, the run
+/// index, the table of active runs.
 struct RunRecords {
+    actors: Arc<AgentActors>,
     runtime: Runtime<RunActor>,
     index: Runtime<RunIndexActor>,
     active: ActiveRuns,
     env: Env,
 }
 
-/// What a run left in flight by a stopped server is marked failed with.
-pub const RUN_INTERRUPTED_ERROR: &str =
-    "the server stopped while the run was in flight; the steps it committed are kept";
-
 impl RunRecords {
-    async fn put(&self, run: RunRecord) -> ServiceResult<RunRecord> {
-        let actor_id = ActorId::new(RUN_NAMESPACE, &run.id)?;
-        Ok(self.runtime.invoke(&actor_id, RunCommand::Put(Box::new(run))).await?)
+    async fn point(&self, run_id: &str, agent_id: &str) -> ServiceResult<()> {
+        let actor_id = ActorId::new(RUN_NAMESPACE, run_id)?;
+        self.runtime.invoke(&actor_id, RunCommand::Point { agent_id: agent_id.to_string() }).await?;
+        Ok(())
+    }
+
+    /// Stores where run `start` of `agent_id` is, then the run as running:
+    /// a run listed anywhere is found by its id.
+    async fn begin(&self, agent_id: &str, start: &RunStart) -> ServiceResult<RunRecord> {
+        self.actors.agent_ref(agent_id)?;
+        self.point(&start.run_id, agent_id).await?;
+        match self.actors.invoke(agent_id, AgentCommand::StartRun(start.clone())).await? {
+            AgentReply::Run(Some(run)) => Ok(*run),
+            _ => Err(unexpected("start run")),
+        }
     }
 
     async fn index(&self, command: RunIndexCommand) -> ServiceResult<RunIndexReply> {
@@ -64,57 +114,112 @@ impl RunRecords {
     }
 
     /// Takes a finished run out of the index; a failure leaves it there
-    /// for the next start's recovery, which finds its final record.
+    /// for the next start's recovery, which finds it ended.
     async fn unindex(&self, run_id: &str) {
         if let Err(err) = self.index(RunIndexCommand::Remove { run_id: run_id.to_string() }).await {
             tracing::warn!(error = %err, run_id, "cannot take a finished run out of the run index");
         }
     }
 
-    /// Writes the final state of `run` unless a cancel already did.
-    async fn finish(&self, mut run: RunRecord, outcome: ServiceResult<&'static str>) {
-        if self.active.take(&run.id).is_none() {
-            return;
-        }
-        run.completed_ms = Some(self.env.clock.wall_ms());
-        match outcome {
-            Ok(stop_reason) => (run.status, run.stop_reason) = ("completed".into(), Some(stop_reason.into())),
-            Err(err) => {
-                (run.status, run.stop_reason) = ("failed".into(), Some("error".into()));
-                run.error = Some(err.to_string());
-            }
-        }
-        let run_id = run.id.clone();
-        match self.put(run).await {
-            Ok(_) => self.unindex(&run_id).await,
-            Err(err) => tracing::warn!(error = %err, "cannot record the end of a run"),
+    /// Ends run `start` of `agent_id` with `end` unless it already ended;
+    /// the run as stored.
+    async fn end(&self, agent_id: &str, start: &RunStart, end: RunEnd) -> ServiceResult<RunRecord> {
+        let command = AgentCommand::EndRun { start: start.clone(), end };
+        match self.actors.invoke(agent_id, command).await? {
+            AgentReply::Run(Some(run)) => Ok(*run),
+            _ => Err(unexpected("end run")),
         }
     }
+
+    /// What a turn that was cancelled (or stopped by a shutdown) answers:
+    /// the messages its committed steps stored, and the run's end as stored.
+    async fn stopped_outcome(
+        &self,
+        agent_id: &str,
+        start: &RunStart,
+        end: RunEnd,
+    ) -> ServiceResult<TurnOutcome> {
+        let run = self.end(agent_id, start, end).await?;
+        let AgentReply::RunMessages { messages, .. } =
+            self.actors.invoke(agent_id, AgentCommand::RunMessages { run_id: run.id.clone() }).await?
+        else {
+            return Err(unexpected("run messages"));
+        };
+        let mut outcome = TurnOutcome {
+            run_id: run.id.clone(),
+            messages: Vec::new(),
+            stop_reason: static_stop_reason(run.stop_reason.as_deref().unwrap_or("cancelled")),
+            usage: kelpie_llm::TokenUsage {
+                prompt_tokens: run.prompt_tokens(),
+                completion_tokens: run.completion_tokens(),
+            },
+            step_count: run.steps.iter().filter(|step| step.model.is_some()).count() as u32,
+            run_ended: true,
+        };
+        for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
+            outcome.messages.extend(letta_messages(message));
+        }
+        Ok(outcome)
+    }
+}
+
+/// The stop reason of Letta's `StopReasonType` named `name`.
+fn static_stop_reason(name: &str) -> &'static str {
+    const REASONS: [&str; 13] = [
+        "end_turn",
+        "error",
+        "llm_api_error",
+        "invalid_llm_response",
+        "invalid_tool_call",
+        "max_steps",
+        "max_tokens_exceeded",
+        "no_tool_call",
+        "tool_rule",
+        "cancelled",
+        "insufficient_credits",
+        "requires_approval",
+        "context_window_overflow_in_system_prompt",
+    ];
+    REASONS.iter().find(|reason| **reason == name).copied().unwrap_or("error")
 }
 
 impl Runs {
     pub(crate) fn new(
         actors: Arc<AgentActors>,
+        directory: Arc<AgentDirectory>,
         turns: Arc<Turns>,
-        runtime: Runtime<RunActor>,
-        index: Runtime<RunIndexActor>,
+        (runtime, index): (Runtime<RunActor>, Runtime<RunIndexActor>),
         env: Env,
     ) -> Self {
-        let records = Arc::new(RunRecords { runtime, index, active: ActiveRuns::default(), env });
-        Runs { actors, turns, records }
+        let records = Arc::new(RunRecords {
+            actors: Arc::clone(&actors),
+            runtime,
+            index,
+            active: ActiveRuns::default(),
+            env,
+        });
+        Runs { actors, directory, turns, records }
     }
 
-    pub async fn get(&self, run_id: &str) -> ServiceResult<Value> {
-        let not_found = || ServiceError::RunNotFound(run_id.to_string());
-        let actor_id = ActorId::new(RUN_NAMESPACE, run_id).map_err(|_| not_found())?;
-        match self.records.runtime.invoke(&actor_id, RunCommand::Get).await {
-            Ok(run) => Ok(run_json(&run)),
-            Err(Error::NotFound { .. }) => Err(not_found()),
-            Err(err) => Err(err.into()),
+    /// Runs a turn of `agent_id` as a run while the caller waits (its
+    /// messages go to `events` as they are committed); the turn goes on to
+    /// its end if the caller stops waiting.
+    pub async fn run_turn(
+        &self,
+        agent_id: &str,
+        input: TurnInput,
+        max_steps: Option<u32>,
+        events: Option<TurnEvents>,
+    ) -> ServiceResult<TurnOutcome> {
+        if let TurnInput::Texts(texts) = &input {
+            check_turn_input(texts, max_steps)?;
         }
+        let start = self.new_start(false);
+        let finished = self.spawn(agent_id, start, input, max_steps, events);
+        finished.await.unwrap_or(Err(ServiceError::Core(Error::ShuttingDown { component: "runs" })))
     }
 
-    /// Starts a turn in the background; the run as created.
+    /// Starts a turn in the background; the run as stored, running.
     pub async fn start(
         &self,
         agent_id: &str,
@@ -123,69 +228,314 @@ impl Runs {
     ) -> ServiceResult<Value> {
         check_turn_input(&inputs, max_steps)?;
         self.actors.record(agent_id).await?;
-        let env = &self.records.env;
-        let mut run = RunRecord {
-            id: new_id("run", env.rng.as_ref()),
-            agent_id: agent_id.to_string(),
-            status: "running".into(),
-            stop_reason: None,
-            error: None,
-            created_ms: env.clock.wall_ms(),
-            completed_ms: None,
-        };
+        let start = self.new_start(true);
         let in_flight = InFlightRun {
-            run_id: run.id.clone(),
+            run_id: start.run_id.clone(),
             agent_id: agent_id.to_string(),
             node_id: self.records.runtime.node_id().as_str().to_string(),
-            created_ms: run.created_ms,
+            created_ms: start.created_ms,
         };
-        // Indexed first: a run record is never `running` without an entry
-        // that lets a restart find it.
+        // Indexed first: a background run is never running without an
+        // entry that lets its node's restart find it.
         self.records.index(RunIndexCommand::Add(in_flight)).await?;
-        let run_id = run.id.clone();
-        run = match self.records.put(run).await {
+        let run = match self.records.begin(agent_id, &start).await {
             Ok(run) => run,
             Err(err) => {
-                self.records.unindex(&run_id).await;
+                self.records.unindex(&start.run_id).await;
                 return Err(err);
             }
         };
-        let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
-        let task_run = run.clone();
-        let spawner = Arc::clone(&self.records.env.spawner);
-        self.records.active.spawn(spawner.as_ref(), &run.id, agent_id, async move {
-            let outcome = turns
-                .run_as(&task_run.id, &task_run.agent_id, inputs, max_steps, None)
-                .await
-                .map(|outcome| outcome.stop_reason);
-            records.finish(task_run, outcome).await;
-        });
+        // The caller does not wait: the run's end is read from the run.
+        drop(self.spawn(agent_id, start, TurnInput::Texts(inputs), max_steps, None));
         Ok(run_json(&run))
     }
 
+    fn new_start(&self, background: bool) -> RunStart {
+        let env = &self.records.env;
+        RunStart { run_id: new_id("run", env.rng.as_ref()), background, created_ms: env.clock.wall_ms() }
+    }
+
+    /// Runs the turn as a task in the table of active runs; its outcome.
+    fn spawn(
+        &self,
+        agent_id: &str,
+        start: RunStart,
+        input: TurnInput,
+        max_steps: Option<u32>,
+        events: Option<TurnEvents>,
+    ) -> oneshot::Receiver<ServiceResult<TurnOutcome>> {
+        let (reply, finished) = oneshot::channel();
+        let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
+        let agent_id = agent_id.to_string();
+        let control = self.records.active.add(&start.run_id, &agent_id);
+        let (mut stop, ended) = control;
+        let task = async move {
+            // A synchronous run is stored (where it is, then running) while
+            // its first LLM call is made; the turn's commits wait for that.
+            let begun = {
+                let (records, agent_id, start) = (Arc::clone(&records), agent_id.clone(), start.clone());
+                async move {
+                    if !start.background {
+                        if let Err(err) = records.begin(&agent_id, &start).await {
+                            tracing::debug!(error = %err, run_id = start.run_id, "cannot store a run as begun");
+                        }
+                    }
+                }
+                .boxed()
+                .shared()
+            };
+            let run = TurnRun { start: start.clone(), begun };
+            let turn = async {
+                let (_, outcome) = futures::join!(run.begun.clone(), async {
+                    match input {
+                        TurnInput::Texts(texts) => {
+                            turns.run_as(&run, &agent_id, texts, max_steps, events.as_ref()).await
+                        }
+                        TurnInput::Approval(answer) => {
+                            turns.answer_approval(&run, &agent_id, answer, max_steps, events.as_ref()).await
+                        }
+                    }
+                });
+                outcome
+            };
+            let turn = AssertUnwindSafe(turn).catch_unwind();
+            let stopped = async {
+                let end = stop.wait_for(Option::is_some).await.map(|end| end.clone());
+                end.ok().flatten()
+            };
+            let result = match select(Box::pin(turn), Box::pin(stopped)).await {
+                Either::Left((Ok(Ok(outcome)), _)) => match outcome.run_ended {
+                    true => Ok(outcome),
+                    false => records
+                        .end(&agent_id, &start, RunEnd::completed(outcome.stop_reason))
+                        .await
+                        .map(|_| outcome),
+                },
+                Either::Left((Ok(Err(err)), _)) => {
+                    if let Err(end_err) =
+                        records.end(&agent_id, &start, RunEnd::failed(err.to_string())).await
+                    {
+                        tracing::debug!(error = %end_err, run_id = start.run_id, "cannot record a failed run");
+                    }
+                    Err(err)
+                }
+                Either::Left((Err(_panic), _)) => {
+                    let err = ServiceError::Core(Error::Internal("the turn panicked".into()));
+                    if let Err(end_err) =
+                        records.end(&agent_id, &start, RunEnd::failed(err.to_string())).await
+                    {
+                        tracing::warn!(error = %end_err, run_id = start.run_id, "cannot record a failed run");
+                    }
+                    Err(err)
+                }
+                Either::Right((end, _)) => {
+                    let end = end.unwrap_or_else(|| RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
+                    records.stopped_outcome(&agent_id, &start, end).await
+                }
+            };
+            if start.background {
+                records.unindex(&start.run_id).await;
+            }
+            records.active.remove(&start.run_id);
+            let _ = ended.send(true);
+            let _ = reply.send(result);
+        };
+        self.records.env.spawner.spawn("run", Box::pin(task));
+        finished
+    }
+
     /// Cancels `run_ids` of `agent_id` (every active run of it when
-    /// `None`); `{run_id: "cancelled"}` for each run stopped.
+    /// `None`) and waits until each has recorded its end;
+    /// `{run_id: "cancelled"}` for each run stopped.
     pub async fn cancel(&self, agent_id: &str, run_ids: Option<Vec<String>>) -> ServiceResult<Value> {
         self.actors.record(agent_id).await?;
+        let stopping = self.records.active.stop(Some(agent_id), run_ids.as_deref(), RunEnd::cancelled());
         let mut cancelled = serde_json::Map::new();
-        for run_id in self.records.active.cancel(agent_id, run_ids.as_deref()) {
-            let actor_id = ActorId::new(RUN_NAMESPACE, &run_id)?;
-            let mut run = self.records.runtime.invoke(&actor_id, RunCommand::Get).await?;
-            (run.status, run.stop_reason) = ("cancelled".into(), Some("cancelled".into()));
-            run.completed_ms = Some(self.records.env.clock.wall_ms());
-            self.records.put(run).await?;
-            self.records.unindex(&run_id).await;
+        for (run_id, mut ended) in stopping {
+            let _ = ended.wait_for(|ended| *ended).await;
             cancelled.insert(run_id, json!("cancelled"));
         }
         Ok(Value::Object(cancelled))
     }
 
-    /// Marks failed the runs this node left in flight when it last stopped
-    /// (in the index under its node id, not running here); how many. A run
-    /// whose record already ended only leaves the index.
+    /// The run `run_id` as stored (a run of an older layout is upgraded).
+    pub async fn record(&self, run_id: &str) -> ServiceResult<RunRecord> {
+        let not_found = || ServiceError::RunNotFound(run_id.to_string());
+        let actor_id = ActorId::new(RUN_NAMESPACE, run_id).map_err(|_| not_found())?;
+        let agent_id = match self.records.runtime.invoke(&actor_id, RunCommand::Get).await? {
+            RunLocation::Agent(agent_id) => agent_id,
+            RunLocation::Legacy(run) => return Ok(run.upgrade()),
+            RunLocation::Unknown => return Err(not_found()),
+        };
+        match self.actors.invoke(&agent_id, AgentCommand::GetRun { run_id: run_id.to_string() }).await {
+            Ok(AgentReply::Run(Some(run))) => Ok(*run),
+            Ok(AgentReply::Run(None)) | Err(ServiceError::AgentNotFound(_)) => Err(not_found()),
+            Ok(_) => Err(unexpected("get run")),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn get(&self, run_id: &str) -> ServiceResult<Value> {
+        Ok(run_json(&self.record(run_id).await?))
+    }
+
+    /// `GET /v1/runs/`: the runs of the agents asked for (of every agent,
+    /// up to [`RUN_LIST_AGENTS_COUNT_MAX`] of them, when none is named),
+    /// oldest first unless the page is descending.
+    pub async fn list(&self, query: RunQuery) -> ServiceResult<Vec<Value>> {
+        let mut filter = query.filter.clone();
+        if query.active {
+            filter.statuses = Some(vec![RunStatus::Running]);
+        }
+        let agent_ids = match query.agent_ids.is_empty() {
+            false => query.agent_ids.clone(),
+            true => {
+                let entries = self.directory.entries().await?;
+                if entries.len() > RUN_LIST_AGENTS_COUNT_MAX {
+                    return Err(ServiceError::Invalid(format!(
+                        "listing runs without agent_id looks through at most RUN_LIST_AGENTS_COUNT_MAX = \
+                         {RUN_LIST_AGENTS_COUNT_MAX} agents and there are {}; give agent_id",
+                        entries.len()
+                    )));
+                }
+                entries.into_iter().map(|entry| entry.id).collect()
+            }
+        };
+        let limit = query.page.limit.max(1);
+        if let [agent_id] = agent_ids.as_slice() {
+            let page = PageSpec {
+                after: query.page.after.clone(),
+                before: query.page.before.clone(),
+                limit,
+                descending: query.page.descending,
+            };
+            return Ok(self.agent_runs(agent_id, page, &filter).await?.iter().map(run_json).collect());
+        }
+        // Over several agents the cursors are places in the merged order
+        // (creation time, then id): each agent is read from its start in the
+        // page's order until it passes the page.
+        let place = |run: &RunRecord| (run.created_ms, run.id.clone());
+        let after = match &query.page.after {
+            Some(id) => Some(place(&self.record(id).await?)),
+            None => None,
+        };
+        let before = match &query.page.before {
+            Some(id) => Some(place(&self.record(id).await?)),
+            None => None,
+        };
+        let descending = query.page.descending;
+        // `a` comes before `b` in the page's order.
+        let precedes = |a: &(u64, String), b: &(u64, String)| if descending { a > b } else { a < b };
+        let mut runs = Vec::new();
+        for agent_id in &agent_ids {
+            let mut spec = PageSpec { after: None, before: None, limit, descending };
+            let (mut taken, mut read) = (0, 0);
+            'agent: loop {
+                let page = match self.agent_runs(agent_id, spec.clone(), &filter).await {
+                    Ok(page) => page,
+                    // Deleted since the directory was read.
+                    Err(ServiceError::AgentNotFound(_)) => break,
+                    Err(err) => return Err(err),
+                };
+                read += page.len();
+                let last = page.last().map(|run| run.id.clone());
+                let short = page.len() < spec.limit;
+                for run in page {
+                    let key = place(&run);
+                    if after.as_ref().is_some_and(|after| !precedes(after, &key)) {
+                        continue;
+                    }
+                    if before.as_ref().is_some_and(|before| !precedes(&key, before)) || taken >= limit {
+                        break 'agent;
+                    }
+                    runs.push(run);
+                    taken += 1;
+                }
+                match last {
+                    Some(last) if !short && read < crate::actors::agent::RUN_SCAN_ROWS_COUNT_MAX => {
+                        spec.after = Some(last)
+                    }
+                    _ => break,
+                }
+            }
+        }
+        runs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        if descending {
+            runs.reverse();
+        }
+        runs.truncate(limit);
+        Ok(runs.iter().map(run_json).collect())
+    }
+
+    async fn agent_runs(
+        &self,
+        agent_id: &str,
+        page: PageSpec,
+        filter: &RunFilter,
+    ) -> ServiceResult<Vec<RunRecord>> {
+        match self.actors.invoke(agent_id, AgentCommand::RunPage { page, filter: filter.clone() }).await? {
+            AgentReply::Runs(runs) => Ok(runs),
+            _ => Err(unexpected("run page")),
+        }
+    }
+
+    /// `GET /v1/runs/{id}/messages`: the Letta messages the run stored, paged.
+    pub async fn messages(&self, run_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let run = self.record(run_id).await?;
+        let AgentReply::RunMessages { messages, .. } =
+            self.actors.invoke(&run.agent_id, AgentCommand::RunMessages { run_id: run.id.clone() }).await?
+        else {
+            return Err(unexpected("run messages"));
+        };
+        let every = Page { limit: usize::MAX, ..page.clone() };
+        let selected = paginate(messages, |message| message.id.as_str(), &every);
+        Ok(render_page(&selected, page.limit, page.descending).0)
+    }
+
+    /// `GET /v1/runs/{id}/usage`: Letta's `UsageStatistics` of the run.
+    pub async fn usage(&self, run_id: &str) -> ServiceResult<Value> {
+        let run = self.record(run_id).await?;
+        let (prompt, completion) = (run.prompt_tokens(), run.completion_tokens());
+        Ok(json!({
+            "completion_tokens": completion, "prompt_tokens": prompt, "total_tokens": prompt + completion,
+            "prompt_tokens_details": null, "completion_tokens_details": null,
+        }))
+    }
+
+    /// `GET /v1/runs/{id}/steps`: Letta's `Step`s of the run, paged.
+    pub async fn steps(&self, run_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let run = self.record(run_id).await?;
+        let steps: Vec<Value> = run.steps.iter().map(|step| step_json(&run, step)).collect();
+        Ok(paginate(steps, crate::page::json_id, page))
+    }
+
+    /// `DELETE /v1/runs/{id}`: cancels the run if it is active, then
+    /// forgets it (the messages it stored stay with the agent).
+    pub async fn delete(&self, run_id: &str) -> ServiceResult<()> {
+        let run = self.record(run_id).await?;
+        let stopping =
+            self.records.active.stop(None, Some(std::slice::from_ref(&run.id)), RunEnd::cancelled());
+        for (_, mut ended) in stopping {
+            let _ = ended.wait_for(|ended| *ended).await;
+        }
+        if !run.owner.node_id.is_empty() {
+            match self.actors.invoke(&run.agent_id, AgentCommand::DeleteRun { run_id: run.id.clone() }).await
+            {
+                Ok(_) | Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let actor_id = ActorId::new(RUN_NAMESPACE, run_id)?;
+        self.records.runtime.invoke(&actor_id, RunCommand::Delete).await?;
+        Ok(())
+    }
+
+    /// Ends failed the background runs this node left in flight when it
+    /// last stopped (in the index under its node id, not running here);
+    /// how many. A run whose record already ended only leaves the index.
     pub async fn recover(&self) -> ServiceResult<usize> {
         let RunIndexReply::Runs(runs) = self.records.index(RunIndexCommand::List).await? else {
-            return Err(crate::error::unexpected("a run index command"));
+            return Err(unexpected("a run index command"));
         };
         let node = self.records.runtime.node_id().as_str().to_string();
         let mut recovered = 0;
@@ -193,41 +543,56 @@ impl Runs {
             if self.records.active.contains(&entry.run_id) {
                 continue;
             }
-            let actor_id = ActorId::new(RUN_NAMESPACE, &entry.run_id)?;
-            match self.records.runtime.invoke(&actor_id, RunCommand::Get).await {
-                Ok(mut run) if run.status == "running" || run.status == "created" => {
-                    (run.status, run.stop_reason) = ("failed".into(), Some("error".into()));
-                    run.error = Some(RUN_INTERRUPTED_ERROR.into());
-                    run.completed_ms = Some(self.records.env.clock.wall_ms());
-                    self.records.put(run).await?;
+            match self.record(&entry.run_id).await {
+                Ok(run) if run.status == RunStatus::Running => {
+                    let start =
+                        RunStart { run_id: run.id.clone(), background: true, created_ms: run.created_ms };
+                    self.records
+                        .end(&run.agent_id, &start, RunEnd::failed(RUN_INTERRUPTED_ERROR.into()))
+                        .await?;
                     recovered += 1;
                 }
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(err) => return Err(err.into()),
+                Ok(_) | Err(ServiceError::RunNotFound(_)) | Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => return Err(err),
             }
             self.records.unindex(&entry.run_id).await;
         }
         Ok(recovered)
     }
 
-    /// `GET /v1/runs/active`: the runs in flight (of `agent_id` when given),
-    /// oldest first.
+    /// `GET /v1/runs/active`: the background runs in flight (of `agent_id`
+    /// when given), oldest first.
     pub async fn active(&self, agent_id: Option<&str>) -> ServiceResult<Vec<Value>> {
         let RunIndexReply::Runs(mut runs) = self.records.index(RunIndexCommand::List).await? else {
-            return Err(crate::error::unexpected("a run index command"));
+            return Err(unexpected("a run index command"));
         };
         runs.retain(|run| agent_id.is_none_or(|id| run.agent_id == id));
         runs.sort_by_key(|run| (run.created_ms, run.run_id.clone()));
         let mut listed = Vec::with_capacity(runs.len());
         for entry in runs {
-            listed.push(self.get(&entry.run_id).await?);
+            match self.record(&entry.run_id).await {
+                Ok(run) if run.status == RunStatus::Running => listed.push(run_json(&run)),
+                Ok(_) | Err(ServiceError::RunNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
         }
         Ok(listed)
     }
 
-    /// Aborts every background run (at shutdown).
-    pub fn abort_all(&self) {
-        self.records.active.abort_all();
+    /// Stops every active run (at shutdown): each ends failed with
+    /// [`RUN_SHUTDOWN_ERROR`] unless its end is already committed; waits
+    /// up to [`RUN_SHUTDOWN_WAIT_MS`] for them to record it.
+    pub async fn stop_all(&self) {
+        let stopping = self.records.active.stop(None, None, RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
+        let all_ended = futures::future::join_all(
+            stopping
+                .into_iter()
+                .map(|(_, mut ended)| async move { ended.wait_for(|ended| *ended).await.map(drop) }),
+        );
+        let timeout = self.records.env.clock.sleep(std::time::Duration::from_millis(RUN_SHUTDOWN_WAIT_MS));
+        if let Either::Right(_) = select(Box::pin(all_ended), timeout).await {
+            tracing::warn!(wait_ms = RUN_SHUTDOWN_WAIT_MS, "runs still recording their end at shutdown");
+        }
     }
 
     pub async fn shutdown(&self) {
@@ -236,60 +601,86 @@ impl Runs {
     }
 }
 
-/// Background runs in flight: run id → (agent id, abort handle).
+/// Letta's `Step`.
+fn step_json(run: &RunRecord, step: &crate::model::StepRecord) -> Value {
+    let model = step.model.as_deref();
+    let provider = model.and_then(|handle| handle.split_once('/')).map(|(provider, _)| provider);
+    json!({
+        "id": step.id, "origin": null, "organization_id": null, "provider_id": null, "run_id": run.id,
+        "agent_id": run.agent_id, "provider_name": provider, "provider_category": provider.map(|_| "base"),
+        "model": model.and_then(|handle| handle.split_once('/')).map(|(_, name)| name), "model_handle": model,
+        "model_endpoint": null, "context_window_limit": null, "completion_tokens": step.completion_tokens,
+        "prompt_tokens": step.prompt_tokens, "total_tokens": step.prompt_tokens + step.completion_tokens,
+        "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null,
+        "completion_tokens_details": null, "prompt_tokens_details": null, "stop_reason": null, "tags": [],
+        "tid": null, "trace_id": null, "request_id": null, "messages": [], "feedback": null, "project_id": null,
+        "error_type": null, "error_data": null, "status": "success",
+        "created_at": rfc3339_micros(step.created_ms),
+    })
+}
+
+/// Runs in flight on this node: run id → its agent and the channels that
+/// stop it and tell it ended.
 #[derive(Default)]
 struct ActiveRuns {
-    table: std::sync::Mutex<BTreeMap<String, (String, AbortHandle)>>,
+    table: std::sync::Mutex<BTreeMap<String, ActiveRun>>,
+}
+
+struct ActiveRun {
+    agent_id: String,
+    /// Set to the end a stop asks for.
+    stop: watch::Sender<Option<RunEnd>>,
+    /// Becomes `true` once the run's task recorded its end.
+    ended: watch::Receiver<bool>,
 }
 
 impl ActiveRuns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, AbortHandle)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ActiveRun>> {
         self.table.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Spawns `task` as run `run_id` on `spawner`, abortable; the table is
-    /// locked until the run is in it, so even a task that ends at once finds
-    /// itself there.
-    fn spawn(
-        &self,
-        spawner: &dyn TaskSpawner,
-        run_id: &str,
-        agent_id: &str,
-        task: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        let mut table = self.lock();
-        let (handle, registration) = AbortHandle::new_pair();
-        spawner.spawn("background-run", Box::pin(Abortable::new(task, registration).map(drop)));
-        table.insert(run_id.to_string(), (agent_id.to_string(), handle));
+    /// Adds run `run_id`; the task's ends of its channels.
+    fn add(&self, run_id: &str, agent_id: &str) -> (watch::Receiver<Option<RunEnd>>, watch::Sender<bool>) {
+        let (stop, stop_rx) = watch::channel(None);
+        let (ended_tx, ended) = watch::channel(false);
+        let previous =
+            self.lock().insert(run_id.to_string(), ActiveRun { agent_id: agent_id.to_string(), stop, ended });
+        assert!(previous.is_none(), "run ids are never reused");
+        (stop_rx, ended_tx)
     }
 
     fn contains(&self, run_id: &str) -> bool {
         self.lock().contains_key(run_id)
     }
 
-    fn take(&self, run_id: &str) -> Option<(String, AbortHandle)> {
-        self.lock().remove(run_id)
+    fn remove(&self, run_id: &str) {
+        self.lock().remove(run_id);
     }
 
-    /// Removes and aborts the matching runs of `agent_id`; their ids.
-    fn cancel(&self, agent_id: &str, run_ids: Option<&[String]>) -> Vec<String> {
-        let mut table = self.lock();
-        let chosen: Vec<String> = table
-            .iter()
-            .filter(|(id, (agent, _))| agent == agent_id && run_ids.is_none_or(|ids| ids.contains(id)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &chosen {
-            if let Some((_, handle)) = table.remove(id) {
-                handle.abort();
+    /// Asks the matching runs (of `agent_id` if given, among `run_ids` if
+    /// given) to stop with `end`; their ids and the receivers that tell
+    /// when each ended.
+    fn stop(
+        &self,
+        agent_id: Option<&str>,
+        run_ids: Option<&[String]>,
+        end: RunEnd,
+    ) -> Vec<(String, watch::Receiver<bool>)> {
+        let table = self.lock();
+        let mut stopping = Vec::new();
+        for (run_id, run) in table.iter() {
+            if agent_id.is_none_or(|id| run.agent_id == id) && run_ids.is_none_or(|ids| ids.contains(run_id))
+            {
+                run.stop.send_if_modified(|current| {
+                    let first = current.is_none();
+                    if first {
+                        *current = Some(end.clone());
+                    }
+                    first
+                });
+                stopping.push((run_id.clone(), run.ended.clone()));
             }
         }
-        chosen
-    }
-
-    fn abort_all(&self) {
-        for (_, (_, handle)) in std::mem::take(&mut *self.lock()) {
-            handle.abort();
-        }
+        stopping
     }
 }

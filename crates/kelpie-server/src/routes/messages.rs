@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::ids::new_id;
 use kelpie_agent::model::{ApprovalDecision, ApprovalVerdict};
+use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::turn::token_stream::TurnEvents;
 use kelpie_agent::service::turn::ApprovalAnswer;
 
@@ -43,13 +44,6 @@ pub fn router() -> Router<AppState> {
 
 fn unprocessable(reason: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason)
-}
-
-/// What a send asks for: a turn on the user's messages, or the answer to
-/// a pending approval request.
-enum TurnRequest {
-    Texts(Vec<String>),
-    Approval(ApprovalAnswer),
 }
 
 fn decision_of(item: ApprovalItem) -> Result<ApprovalDecision, ApiError> {
@@ -90,7 +84,7 @@ fn decision_of(item: ApprovalItem) -> Result<ApprovalDecision, ApiError> {
     Ok(ApprovalDecision { tool_call_id: item.tool_call_id, verdict })
 }
 
-fn turn_request(request: SendMessages) -> Result<TurnRequest, ApiError> {
+fn turn_request(request: SendMessages) -> Result<TurnInput, ApiError> {
     let messages = request.messages.unwrap_or_default();
     if messages.iter().any(|message| message.kind.as_deref() == Some("approval")) {
         let [message] = <[MessageCreate; 1]>::try_from(messages)
@@ -107,7 +101,7 @@ fn turn_request(request: SendMessages) -> Result<TurnRequest, ApiError> {
                 return Err(unprocessable("an approval message needs approvals or approve".into()))
             }
         };
-        return Ok(TurnRequest::Approval(answer));
+        return Ok(TurnInput::Approval(answer));
     }
     let mut texts = Vec::new();
     for message in messages {
@@ -121,31 +115,16 @@ fn turn_request(request: SendMessages) -> Result<TurnRequest, ApiError> {
     if let Some(input) = request.input {
         texts.push(input.into_text());
     }
-    Ok(TurnRequest::Texts(texts))
+    Ok(TurnInput::Texts(texts))
 }
 
 /// Only user messages start a background run.
 fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
     match turn_request(request)? {
-        TurnRequest::Texts(texts) => Ok(texts),
-        TurnRequest::Approval(_) => Err(unprocessable(
+        TurnInput::Texts(texts) => Ok(texts),
+        TurnInput::Approval(_) => Err(unprocessable(
             "an approval is answered with /messages or /messages/stream, not as a background run".into(),
         )),
-    }
-}
-
-async fn run_turn(
-    state: &AppState,
-    agent_id: &str,
-    request: TurnRequest,
-    max_steps: Option<u32>,
-    events: Option<&TurnEvents>,
-) -> Result<kelpie_agent::service::turn::TurnOutcome, kelpie_agent::error::ServiceError> {
-    match request {
-        TurnRequest::Texts(texts) => state.service.turns.run(agent_id, texts, max_steps, events).await,
-        TurnRequest::Approval(answer) => {
-            state.service.turns.answer_approval(agent_id, answer, max_steps, events).await
-        }
     }
 }
 
@@ -158,7 +137,7 @@ async fn send(
         return stream(State(state), Path(agent_id), ApiJson(request)).await;
     }
     let max_steps = request.max_steps;
-    let outcome = run_turn(&state, &agent_id, turn_request(request)?, max_steps, None).await?;
+    let outcome = state.service.runs.run_turn(&agent_id, turn_request(request)?, max_steps, None).await?;
     Ok(Json(json!({
         "messages": outcome.messages,
         "stop_reason": outcome.stop_reason_json(),
@@ -228,8 +207,7 @@ async fn stream(
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = run_turn(&state, &agent_id, turn, max_steps, Some(&events)).await;
-        drop(events);
+        let outcome = state.service.runs.run_turn(&agent_id, turn, max_steps, Some(events)).await;
         let _ = forward.await;
         match outcome {
             Ok(outcome) => {

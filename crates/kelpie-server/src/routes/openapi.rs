@@ -124,7 +124,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route(
         "post",
         "/v1/agents/{agent_id}/messages/cancel",
-        "Cancel active background runs",
+        "Cancel active runs (synchronous, streaming or background)",
         Some("CancelAgentRunRequest"),
         "object",
     ),
@@ -163,8 +163,13 @@ pub const ROUTES: &[RouteDoc] = &[
         Some("Body_import_agent"),
         "ImportedAgentsResponse",
     ),
-    route("get", "/v1/runs/active", "Runs in flight (agent_id filter), oldest first", None, "Run[]"),
+    route("get", "/v1/runs/", "List runs (agent_id, statuses, background, stop_reason, active filters; paged)", None, "Run[]"),
+    route("get", "/v1/runs/active", "Background runs in flight (agent_id filter), oldest first", None, "Run[]"),
     route("get", "/v1/runs/{run_id}", "Retrieve a run", None, "Run"),
+    route("delete", "/v1/runs/{run_id}", "Delete a run (cancelled first if active; its messages stay)", None, "null"),
+    route("get", "/v1/runs/{run_id}/messages", "The messages a run stored, paged", None, "LettaMessage[]"),
+    route("get", "/v1/runs/{run_id}/usage", "Token usage of a run", None, "UsageStatistics"),
+    route("get", "/v1/runs/{run_id}/steps", "The steps of a run, paged", None, "Step[]"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(
         "post",

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::extract::{page_of, ApiJson, ApiQuery};
-use crate::api::{repeated_param, PageQuery};
+use crate::api::{listed_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::{CodeInput, CreateTool, RunToolFromSource, UpdateTool};
@@ -45,24 +45,14 @@ struct ToolListQuery {
     return_only_letta_tools: Option<bool>,
 }
 
-fn listed(raw: Option<&str>, name: &str) -> Vec<String> {
-    repeated_param(raw, name)
-        .iter()
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 fn filter_of(query: ToolListQuery, raw: Option<&str>) -> ToolFilter {
     ToolFilter {
         name: query.name,
-        names: listed(raw, "names"),
-        ids: listed(raw, "tool_ids"),
+        names: listed_param(raw, "names"),
+        ids: listed_param(raw, "tool_ids"),
         search: query.search,
-        tool_types: listed(raw, "tool_types"),
-        exclude_tool_types: listed(raw, "exclude_tool_types"),
+        tool_types: listed_param(raw, "tool_types"),
+        exclude_tool_types: listed_param(raw, "exclude_tool_types"),
         only_letta_tools: query.return_only_letta_tools.unwrap_or(false),
     }
 }

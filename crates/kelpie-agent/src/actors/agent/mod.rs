@@ -8,6 +8,7 @@
 
 mod archive;
 mod builtin;
+mod runs;
 pub(crate) mod store;
 mod window;
 
@@ -18,11 +19,17 @@ use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
 pub use archive::TagFilter;
+pub use runs::{
+    RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_SCAN_ROWS_COUNT_MAX, RUN_STEPS_COUNT_MAX,
+};
 use store::{agent, agent_mut, Ctx, PassageChanges};
 pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 
 use crate::error::memory_error;
-use crate::model::{AgentRecord, BlockPatch, CompactionSettings, MessageBody, StoredMessage, TextEmbedding};
+use crate::model::{
+    AgentRecord, BlockPatch, CompactionSettings, MessageBody, RunEnd, RunRecord, RunStart, StepRecord,
+    StoredMessage, TextEmbedding,
+};
 
 /// Namespace of agent actor ids: `agents/<agent id>`.
 pub const AGENT_NAMESPACE: &str = "agents";
@@ -64,8 +71,16 @@ pub struct ExternalResult {
 /// user's messages, first step only) and the LLM's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepInput {
-    pub run_id: String,
+    /// The run the step belongs to (begun by its first step if new).
+    pub run: RunStart,
     pub step_id: String,
+    /// The model handle that answered, and the tokens it counted.
+    pub model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The run ends with this step (known before the commit when the loop
+    /// has no tool rules to consult).
+    pub end: Option<RunEnd>,
     pub user_messages: Vec<String>,
     pub assistant: MessageBody,
     /// The id the assistant message is stored under, chosen before the LLM
@@ -85,7 +100,7 @@ pub struct StepInput {
 /// results of the held calls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalInput {
-    pub run_id: String,
+    pub run: RunStart,
     pub step_id: String,
     pub decisions: Vec<crate::model::ApprovalDecision>,
     /// The held calls, in their order.
@@ -177,6 +192,30 @@ pub enum AgentCommand {
     Reclaim {
         keys_max: usize,
     },
+    /// Stores a run as running before its first step (a background run is
+    /// visible at once); answers [`AgentReply::Run`].
+    StartRun(RunStart),
+    /// Ends a run unless it already ended; answers the run as stored.
+    EndRun {
+        start: RunStart,
+        end: RunEnd,
+    },
+    GetRun {
+        run_id: String,
+    },
+    /// One page of the agent's runs that pass the filter.
+    RunPage {
+        page: PageSpec,
+        filter: RunFilter,
+    },
+    /// A run and the messages it stored.
+    RunMessages {
+        run_id: String,
+    },
+    /// Forgets an ended run; answers whether it existed.
+    DeleteRun {
+        run_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -207,15 +246,32 @@ pub enum AgentReply {
     Reclaimed {
         done: bool,
     },
+    Run(Option<Box<RunRecord>>),
+    Runs(Vec<RunRecord>),
+    RunMessages {
+        run: Option<Box<RunRecord>>,
+        messages: Vec<StoredMessage>,
+    },
+    Deleted(bool),
     Done,
 }
 
 /// The agent actor, with the archival indexes and the context windows of
-/// the agents active here.
+/// the agents active here, and the boot id of this process (the owner of
+/// the runs it begins).
 #[derive(Default)]
 pub struct AgentActor {
     indexes: archive::ArchivalIndexes,
     windows: window::RecentWindows,
+    boot_id: String,
+}
+
+impl AgentActor {
+    /// The agent actor of a process whose boot is `boot_id`.
+    pub fn new(boot_id: String) -> AgentActor {
+        assert!(!boot_id.is_empty(), "a process has a boot id");
+        AgentActor { boot_id, ..AgentActor::default() }
+    }
 }
 
 impl Actor for AgentActor {
@@ -230,7 +286,17 @@ impl Actor for AgentActor {
     }
 
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
-        let (indexes, windows) = (&self.indexes, &self.windows);
+        let (indexes, windows, boot_id) = (&self.indexes, &self.windows, self.boot_id.as_str());
+        if !ctx.state.open_runs.is_empty() {
+            let recovered = runs::recover_stale(ctx, boot_id).await?;
+            if recovered > 0 {
+                tracing::info!(
+                    agent_id = ctx.actor_id.id(),
+                    recovered,
+                    "ended runs a gone process left open"
+                );
+            }
+        }
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
             AgentCommand::ImportBegin(record) => import_begin(ctx, *record),
@@ -274,8 +340,10 @@ impl Actor for AgentActor {
                 let message = store::compact(ctx, windows, start_seq, summary, content).await?;
                 Ok(AgentReply::Messages(vec![message]))
             }
-            AgentCommand::CommitStep(step) => commit_step(ctx, (indexes, windows), *step).await,
-            AgentCommand::CommitApproval(input) => commit_approval(ctx, (indexes, windows), *input).await,
+            AgentCommand::CommitStep(step) => commit_step(ctx, (indexes, windows), boot_id, *step).await,
+            AgentCommand::CommitApproval(input) => {
+                commit_approval(ctx, (indexes, windows), boot_id, *input).await
+            }
             AgentCommand::InsertPassage { text, tags, embedding } => {
                 let passage = store::insert_passage(ctx, indexes, text, tags, embedding).await?;
                 Ok(AgentReply::Passages { agent: Box::new(agent(ctx)?), passages: vec![passage] })
@@ -295,6 +363,28 @@ impl Actor for AgentActor {
             AgentCommand::Reclaim { keys_max } => {
                 Ok(AgentReply::Reclaimed { done: store::reclaim_batch(ctx, keys_max).await? })
             }
+            AgentCommand::StartRun(start) => {
+                agent(ctx)?;
+                Ok(AgentReply::Run(Some(Box::new(runs::begin(ctx, boot_id, &start).await?))))
+            }
+            AgentCommand::EndRun { start, end } => {
+                agent(ctx)?;
+                Ok(AgentReply::Run(Some(Box::new(runs::end(ctx, boot_id, &start, end).await?))))
+            }
+            AgentCommand::GetRun { run_id } => {
+                Ok(AgentReply::Run(runs::get(ctx, &run_id).await?.map(Box::new)))
+            }
+            AgentCommand::RunPage { page, filter } => {
+                Ok(AgentReply::Runs(runs::page(ctx, &page, &filter).await?))
+            }
+            AgentCommand::RunMessages { run_id } => match runs::get(ctx, &run_id).await? {
+                Some(run) => {
+                    let messages = runs::messages(ctx, &run).await?;
+                    Ok(AgentReply::RunMessages { run: Some(Box::new(run)), messages })
+                }
+                None => Ok(AgentReply::RunMessages { run: None, messages: Vec::new() }),
+            },
+            AgentCommand::DeleteRun { run_id } => Ok(AgentReply::Deleted(runs::delete(ctx, &run_id).await?)),
         }
     }
 }
@@ -505,16 +595,27 @@ async fn run_calls(
 async fn commit_approval(
     ctx: &mut Ctx<'_>,
     (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
+    boot_id: &str,
     input: ApprovalInput,
 ) -> Result<AgentReply> {
     agent(ctx)?;
+    runs::begin(ctx, boot_id, &input.run).await?;
     let first_seq = ctx.state.next_seq;
-    let ids = (input.run_id.as_str(), input.step_id.as_str());
+    let ids = (input.run.run_id.as_str(), input.step_id.as_str());
     let body = MessageBody::ApprovalResponse { decisions: input.decisions.clone() };
     let mut messages = vec![store::append_message(ctx, windows, ids, body, None).await?];
     let results =
         ToolResults { calls: &input.calls, external: &input.external, embeddings: &input.embeddings };
     run_calls(ctx, (indexes, windows), ids, results, first_seq, &mut messages).await?;
+    let step = StepRecord {
+        id: input.step_id.clone(),
+        created_ms: ctx.env.clock.wall_ms(),
+        model: None,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        message_seqs: messages.iter().map(|m| m.seq).collect(),
+    };
+    runs::record_step(ctx, boot_id, &input.run, step, None).await?;
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
@@ -523,11 +624,14 @@ async fn commit_approval(
 async fn commit_step(
     ctx: &mut Ctx<'_>,
     (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
+    boot_id: &str,
     step: StepInput,
 ) -> Result<AgentReply> {
     agent(ctx)?;
+    // Refused before anything is stored when the run already ended.
+    runs::begin(ctx, boot_id, &step.run).await?;
     let first_seq = ctx.state.next_seq;
-    let ids = (step.run_id.as_str(), step.step_id.as_str());
+    let ids = (step.run.run_id.as_str(), step.step_id.as_str());
     let mut messages = Vec::new();
     for content in &step.user_messages {
         let body = MessageBody::User { content: content.clone() };
@@ -546,6 +650,15 @@ async fn commit_step(
         let calls = ToolResults { calls: tool_calls, external: &step.external, embeddings: &step.embeddings };
         run_calls(ctx, (indexes, windows), ids, calls, first_seq, &mut messages).await?;
     }
+    let record = StepRecord {
+        id: step.step_id.clone(),
+        created_ms: ctx.env.clock.wall_ms(),
+        model: step.model.clone(),
+        prompt_tokens: step.prompt_tokens,
+        completion_tokens: step.completion_tokens,
+        message_seqs: messages.iter().map(|m| m.seq).collect(),
+    };
+    runs::record_step(ctx, boot_id, &step.run, record, step.end.clone()).await?;
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })

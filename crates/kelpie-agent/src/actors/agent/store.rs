@@ -10,6 +10,8 @@
 //! | `<messages>m/<seq>` | a message |
 //! | `<messages>mi/<id>` | the message's seq (the id index) |
 //! | `<messages>w/<word>/<seq>` | nothing: message `seq` holds `word` (the search index) |
+//! | `<messages>r/<seq>` | a run with its steps (`runs`) |
+//! | `<messages>ri/<id>` | the run's seq |
 //! | `<passages>p/<seq>` | a passage |
 //! | `<passages>pi/<id>` | the passage's seq |
 //! | `<passages>q/<seq>` | the passage's search code (`kelpie_memory::Code`; empty when its embedding has no direction) |
@@ -34,7 +36,7 @@ use crate::limits::{
     CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, SEARCH_WORD_BYTES_MAX,
     STORE_PAGE_COUNT_MAX,
 };
-use crate::model::{AgentRecord, MessageBody, StoredMessage};
+use crate::model::{AgentRecord, MessageBody, OpenRun, StoredMessage};
 
 /// What the agent actor persists as its state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -75,6 +77,11 @@ pub struct AgentActorState {
     /// extended for another token is stale (see `window`).
     #[serde(default)]
     pub message_token: u64,
+    /// The runs of this agent still running, with the process running
+    /// each (`runs`): one a later activation finds under another process
+    /// was left by a process that is gone.
+    #[serde(default)]
+    pub open_runs: Vec<OpenRun>,
 }
 
 /// The part of the conversation in the context window: the messages from
@@ -162,12 +169,12 @@ fn generation_prefix(kind: char, generation: u64) -> String {
 /// The prefixes generation 0 (no prefix of its own) keeps `kind` under.
 fn legacy_prefixes(kind: char) -> &'static [&'static str] {
     match kind {
-        'm' => &["m/", "mi/", "w/"],
+        'm' => &["m/", "mi/", "w/", "r/", "ri/"],
         _ => &["p/", "pi/", "q/"],
     }
 }
 
-fn messages(ctx: &Ctx<'_>) -> String {
+pub(crate) fn messages(ctx: &Ctx<'_>) -> String {
     generation_prefix('m', ctx.state.message_generation)
 }
 
@@ -175,11 +182,11 @@ fn passages(ctx: &Ctx<'_>) -> String {
     generation_prefix('p', ctx.state.passage_generation)
 }
 
-fn seq_key(space: &str, kind: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn seq_key(space: &str, kind: &str, seq: u64) -> Vec<u8> {
     format!("{space}{kind}/{seq:016x}").into_bytes()
 }
 
-fn index_key(space: &str, kind: &str, id: &str) -> Vec<u8> {
+pub(crate) fn index_key(space: &str, kind: &str, id: &str) -> Vec<u8> {
     format!("{space}{kind}/{id}").into_bytes()
 }
 
@@ -207,7 +214,7 @@ pub(crate) fn passage_range(ctx: &Ctx<'_>) -> KeyRange {
     KeyRange::prefix(format!("{}p/", passages(ctx)))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode: {e}")))
 }
 
@@ -223,7 +230,7 @@ fn decode_seq(bytes: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn next_seq(ctx: &mut Ctx<'_>) -> u64 {
+pub(crate) fn next_seq(ctx: &mut Ctx<'_>) -> u64 {
     let seq = ctx.state.next_seq;
     ctx.state.next_seq += 1;
     seq
@@ -334,7 +341,7 @@ pub struct PageSpec {
 }
 
 /// The seq of item `id` in the index under `index`, if it exists.
-async fn seq_of(ctx: &mut Ctx<'_>, space: &str, index: &str, id: &str) -> Result<Option<u64>> {
+pub(crate) async fn seq_of(ctx: &mut Ctx<'_>, space: &str, index: &str, id: &str) -> Result<Option<u64>> {
     match ctx.kv_get(&index_key(space, index, id)).await? {
         Some(bytes) => Ok(Some(decode_seq(&bytes, index)?)),
         None => Ok(None),
@@ -343,7 +350,7 @@ async fn seq_of(ctx: &mut Ctx<'_>, space: &str, index: &str, id: &str) -> Result
 
 /// The range of `kind` keys a page selects, or `None` when a cursor names
 /// an item that does not exist.
-async fn page_range(
+pub(crate) async fn page_range(
     ctx: &mut Ctx<'_>,
     (space, kind, index): (&str, &str, &str),
     page: &PageSpec,
@@ -365,7 +372,7 @@ async fn page_range(
     Ok(Some(range))
 }
 
-fn order(descending: bool) -> ScanOrder {
+pub(crate) fn order(descending: bool) -> ScanOrder {
     if descending {
         ScanOrder::Descending
     } else {
@@ -571,6 +578,8 @@ pub(crate) async fn end_message_generation(ctx: &mut Ctx<'_>) -> Result<()> {
     counts_mut(ctx).messages = 0;
     ctx.state.unindexed_below_seq = Some(ctx.state.next_seq);
     ctx.state.context = ContextState { start_seq: ctx.state.next_seq, ..ContextState::default() };
+    // The runs are kept with the messages they made, and go with them.
+    ctx.state.open_runs.clear();
     Ok(())
 }
 

@@ -12,6 +12,8 @@ pub mod token_stream;
 
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt;
 use kelpie_core::Env;
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::{ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, TokenUsage, ToolCall};
@@ -31,8 +33,8 @@ use crate::ids::new_id;
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::model::{
-    AgentRecord, ApprovalDecision, ApprovalVerdict, CompactionMode, CompactionSettings, MessageBody,
-    StoredMessage, TextEmbedding,
+    AgentRecord, ApprovalDecision, ApprovalVerdict, CompactionMode, CompactionSettings, MessageBody, RunEnd,
+    RunStart, StoredMessage, TextEmbedding,
 };
 use crate::requests::SummarizeRequest;
 use crate::tool_rules::{AfterStep, RuleSolver};
@@ -40,18 +42,39 @@ use compaction::{Compacted, CompactionInput};
 use prompt::PromptParts;
 use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 
+/// The run a turn is, and what its commits wait for: the run being found
+/// by its id (see [`crate::service::runs`]), so no commit makes a run
+/// visible that its id does not lead to.
+pub struct TurnRun {
+    pub start: RunStart,
+    pub begun: Shared<BoxFuture<'static, ()>>,
+}
+
+impl TurnRun {
+    /// A run whose commits wait for nothing.
+    pub fn ready(start: RunStart) -> TurnRun {
+        TurnRun { start, begun: futures::future::ready(()).boxed().shared() }
+    }
+}
+
 /// What a turn produced.
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
+    /// The run the turn is.
+    pub run_id: String,
     pub messages: Vec<Value>,
     pub stop_reason: &'static str,
     pub usage: TokenUsage,
     pub step_count: u32,
+    /// The run's end was committed with its last step.
+    pub run_ended: bool,
 }
 
 impl TurnOutcome {
-    fn new() -> Self {
+    fn new(run_id: &str) -> Self {
         TurnOutcome {
+            run_id: run_id.to_string(),
+            run_ended: false,
             messages: Vec::new(),
             stop_reason: "max_steps",
             usage: TokenUsage::default(),
@@ -64,7 +87,7 @@ impl TurnOutcome {
         json!({
             "message_type": "usage_statistics", "completion_tokens": self.usage.completion_tokens,
             "prompt_tokens": self.usage.prompt_tokens, "total_tokens": total, "step_count": self.step_count,
-            "run_ids": null, "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "run_ids": [self.run_id], "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
             "context_tokens": total,
         })
     }
@@ -224,23 +247,14 @@ impl Turns {
         Ok(done)
     }
 
-    /// Runs one turn for `inputs` (the user's messages). Each step's Letta
-    /// messages go to `events` as soon as they are committed.
-    pub async fn run(
-        &self,
-        agent_id: &str,
-        inputs: Vec<String>,
-        max_steps: Option<u32>,
-        events: Option<&TurnEvents>,
-    ) -> ServiceResult<TurnOutcome> {
-        let run_id = new_id("run", self.env.rng.as_ref());
-        self.run_as(&run_id, agent_id, inputs, max_steps, events).await
-    }
-
-    /// [`Self::run`] with the run id its messages are tagged with.
+    /// Runs one turn for `inputs` (the user's messages) as run `run`. Each
+    /// step's Letta messages go to `events` as soon as they are committed.
+    /// A run not already begun is begun by its first step's commit; it is
+    /// ended here only when `outcome.run_ended` (else by the caller,
+    /// [`crate::service::runs::Runs`]).
     pub async fn run_as(
         &self,
-        run_id: &str,
+        run: &TurnRun,
         agent_id: &str,
         inputs: Vec<String>,
         max_steps: Option<u32>,
@@ -260,8 +274,8 @@ impl Turns {
         }
         let custom = self.tools.custom_tools().await?;
         let sandbox = self.sandbox_configs.tool_settings().await?;
-        let mut outcome = TurnOutcome::new();
-        let turn = TurnParts { run_id, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
+        let mut outcome = TurnOutcome::new(&run.start.run_id);
+        let turn = TurnParts { run, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
         self.steps(&turn, agent, &mut window, inputs, max_steps, &mut outcome).await?;
         Ok(outcome)
     }
@@ -271,12 +285,12 @@ impl Turns {
     /// the client ran take its return; then the turn goes on as any turn.
     pub async fn answer_approval(
         &self,
+        run: &TurnRun,
         agent_id: &str,
         answer: ApprovalAnswer,
         max_steps: Option<u32>,
         events: Option<&TurnEvents>,
     ) -> ServiceResult<TurnOutcome> {
-        let run_id = new_id("run", self.env.rng.as_ref());
         let max_steps = check_max_steps(max_steps)?;
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let lock = self.actors.turn_lock(agent_id);
@@ -321,23 +335,23 @@ impl Turns {
         }
         let embeddings = self.embed_tool_texts(&agent.embedding, &approved).await?;
         let input = ApprovalInput {
-            run_id: run_id.clone(),
+            run: run.start.clone(),
             step_id: new_id("step", self.env.rng.as_ref()),
             decisions,
             calls: held,
             external,
             embeddings,
         };
+        run.begun.clone().await;
         let AgentReply::Step { agent, messages } =
             agent_ref.invoke_local(AgentCommand::CommitApproval(Box::new(input))).await?
         else {
             return Err(unexpected("commit approval"));
         };
-        let mut outcome = TurnOutcome::new();
+        let mut outcome = TurnOutcome::new(&run.start.run_id);
         emit_step(&mut outcome, &messages, events, None);
         window.history.extend(messages);
-        let turn =
-            TurnParts { run_id: &run_id, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
+        let turn = TurnParts { run, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
         self.steps(&turn, *agent, &mut window, Vec::new(), max_steps, &mut outcome).await?;
         Ok(outcome)
     }
@@ -367,7 +381,7 @@ impl Turns {
                     custom,
                     window,
                     &pending,
-                    (turn.run_id, &step_id, &assistant_message_id),
+                    (&turn.run.start.run_id, &step_id, &assistant_message_id),
                     events,
                     outcome,
                 )
@@ -397,9 +411,21 @@ impl Turns {
                 }
             };
             let refused_ids: Vec<String> = refused.iter().map(|r| r.tool_call_id.clone()).collect();
+            // Without tool rules the loop knows now whether the turn ends
+            // with this step, and the run's end rides on its commit.
+            let end = match (hold, rules.is_empty(), replied) {
+                (true, _, _) => Some("requires_approval"),
+                (false, true, true) => Some("end_turn"),
+                (false, true, false) if outcome.step_count >= max_steps => Some("max_steps"),
+                _ => None,
+            };
             let step = StepInput {
-                run_id: turn.run_id.to_string(),
+                run: turn.run.start.clone(),
                 step_id,
+                model: Some(agent.llm.handle.clone()),
+                prompt_tokens: answer.usage.prompt_tokens,
+                completion_tokens: answer.usage.completion_tokens,
+                end: end.map(RunEnd::completed),
                 user_messages: std::mem::take(&mut pending),
                 assistant: MessageBody::Assistant {
                     content: answer.content,
@@ -411,12 +437,14 @@ impl Turns {
                 embeddings,
                 hold_calls: hold,
             };
+            turn.run.begun.clone().await;
             let AgentReply::Step { agent: updated, messages } =
                 agent_ref.invoke_local(AgentCommand::CommitStep(Box::new(step))).await?
             else {
                 return Err(unexpected("commit step"));
             };
             agent = *updated;
+            outcome.run_ended = end.is_some();
             emit_step(outcome, &messages, events, streamed.as_ref());
             if hold {
                 window.history.extend(messages);
@@ -668,7 +696,7 @@ impl Turns {
 
 /// What every step of one turn shares.
 struct TurnParts<'a> {
-    run_id: &'a str,
+    run: &'a TurnRun,
     agent_ref: &'a ActorRef<AgentActor>,
     custom: &'a [ToolRecord],
     sandbox: &'a crate::service::sandbox_configs::ToolSandboxSettings,

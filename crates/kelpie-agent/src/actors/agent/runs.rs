@@ -1,0 +1,264 @@
+//! Runs as their agent stores them: every turn is a run, and each of its
+//! steps is written into the run's record in the same commit as the
+//! step's messages, so a step is in the run exactly when its messages are
+//! stored. The run's end rides on its last step's commit when the loop
+//! knows before the commit that the turn ends there.
+//!
+//! A run is open (in the state's `open_runs`) from its first write to its
+//! end, under the process that runs it ([`RunOwner`]: node and boot).
+//! Turns of an agent run only where its actor is active, so an open run
+//! that an activation finds under another process was left by a process
+//! that stopped, crashed or lost the agent: [`recover_stale`] ends it
+//! failed before the activation does anything else.
+
+use std::ops::Bound;
+
+use kelpie_core::{Error, Result};
+
+use super::store::{self, decode, encode, Ctx, PageSpec};
+use crate::limits::{AGENT_STEPS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
+use crate::model::{OpenRun, RunEnd, RunOwner, RunRecord, RunStart, RunStatus, StepRecord};
+
+/// What a run left open by a process that is gone ends with.
+pub const RUN_INTERRUPTED_ERROR: &str =
+    "the server stopped while the run was in flight; the steps it committed are kept";
+/// Most steps one run holds: the loop's step limit and the commit of an
+/// approval answer.
+pub const RUN_STEPS_COUNT_MAX: usize = AGENT_STEPS_COUNT_MAX as usize + 1;
+/// Most runs of one agent open at once. The turn lock lets one turn run
+/// at a time, so more is a bug or runs left by gone processes, which the
+/// next command ends.
+pub const OPEN_RUNS_COUNT_MAX: usize = 64;
+/// Most run rows one list request reads while filtering.
+pub const RUN_SCAN_ROWS_COUNT_MAX: usize = 10_000;
+
+/// Which runs a list selects, besides its page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunFilter {
+    /// Any of these statuses (all when `None`).
+    pub statuses: Option<Vec<RunStatus>>,
+    pub background: Option<bool>,
+    pub stop_reason: Option<String>,
+}
+
+impl RunFilter {
+    pub fn accepts(&self, run: &RunRecord) -> bool {
+        self.statuses.as_ref().is_none_or(|statuses| statuses.contains(&run.status))
+            && self.background.is_none_or(|background| background == run.background)
+            && self.stop_reason.as_ref().is_none_or(|reason| run.stop_reason.as_ref() == Some(reason))
+    }
+}
+
+fn run_key(ctx: &Ctx<'_>, seq: u64) -> Vec<u8> {
+    store::seq_key(&store::messages(ctx), "r", seq)
+}
+
+fn owner_here(ctx: &Ctx<'_>, boot_id: &str) -> RunOwner {
+    RunOwner { node_id: ctx.node_id.as_str().to_string(), boot_id: boot_id.to_string() }
+}
+
+async fn load(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Option<RunRecord>> {
+    let space = store::messages(ctx);
+    let Some(seq) = store::seq_of(ctx, &space, "ri", run_id).await? else { return Ok(None) };
+    match ctx.kv_get(&run_key(ctx, seq)).await? {
+        Some(bytes) => Ok(Some(decode(&bytes, "agent run")?)),
+        None => Err(Error::Corruption {
+            location: format!("run {run_id}"),
+            reason: format!("its index names seq {seq}, which holds no run"),
+        }),
+    }
+}
+
+fn save(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<()> {
+    assert!(run.steps.len() <= RUN_STEPS_COUNT_MAX, "a run holds at most RUN_STEPS_COUNT_MAX steps");
+    let key = run_key(ctx, run.seq);
+    ctx.kv_put(&key, encode(run)?)
+}
+
+/// The open run `start` names, created (running, owned by this process)
+/// when it does not exist; refused when it already ended (cancelled, or
+/// ended by a recovery), so nothing is added to an ended run.
+pub(crate) async fn begin(ctx: &mut Ctx<'_>, boot_id: &str, start: &RunStart) -> Result<RunRecord> {
+    if let Some(run) = load(ctx, &start.run_id).await? {
+        if run.status != RunStatus::Running {
+            return Err(Error::validation(
+                "run",
+                format!("run {} is {} and takes no more steps", run.id, run.status.as_str()),
+            ));
+        }
+        return Ok(run);
+    }
+    if ctx.state.open_runs.len() >= OPEN_RUNS_COUNT_MAX {
+        return Err(Error::LimitExceeded {
+            what: format!("open runs of agent {}", ctx.actor_id.id()),
+            actual: ctx.state.open_runs.len() as u64 + 1,
+            limit_name: "OPEN_RUNS_COUNT_MAX",
+            limit: OPEN_RUNS_COUNT_MAX as u64,
+        });
+    }
+    let seq = store::next_seq(ctx);
+    let run = RunRecord {
+        id: start.run_id.clone(),
+        agent_id: ctx.actor_id.id().to_string(),
+        seq,
+        status: RunStatus::Running,
+        stop_reason: None,
+        error: None,
+        created_ms: start.created_ms,
+        completed_ms: None,
+        background: start.background,
+        owner: owner_here(ctx, boot_id),
+        steps: Vec::new(),
+    };
+    save(ctx, &run)?;
+    let space = store::messages(ctx);
+    ctx.kv_put(&store::index_key(&space, "ri", &run.id), seq.to_be_bytes().to_vec())?;
+    ctx.state.open_runs.push(OpenRun { run_id: run.id.clone(), seq, owner: run.owner.clone() });
+    Ok(run)
+}
+
+/// Adds `step` to the open run `start` names (created if new), and ends
+/// the run with `end` if given; all in the caller's commit.
+pub(crate) async fn record_step(
+    ctx: &mut Ctx<'_>,
+    boot_id: &str,
+    start: &RunStart,
+    step: StepRecord,
+    end: Option<RunEnd>,
+) -> Result<RunRecord> {
+    let mut run = begin(ctx, boot_id, start).await?;
+    if run.steps.len() >= RUN_STEPS_COUNT_MAX {
+        return Err(Error::LimitExceeded {
+            what: format!("steps of run {}", run.id),
+            actual: run.steps.len() as u64 + 1,
+            limit_name: "RUN_STEPS_COUNT_MAX",
+            limit: RUN_STEPS_COUNT_MAX as u64,
+        });
+    }
+    run.steps.push(step);
+    match end {
+        Some(end) => finish(ctx, &mut run, end)?,
+        None => save(ctx, &run)?,
+    }
+    Ok(run)
+}
+
+fn finish(ctx: &mut Ctx<'_>, run: &mut RunRecord, end: RunEnd) -> Result<()> {
+    assert_eq!(run.status, RunStatus::Running, "only a running run ends");
+    assert_ne!(end.status, RunStatus::Running, "a run ends in a final status");
+    run.status = end.status;
+    run.stop_reason = Some(end.stop_reason);
+    run.error = end.error;
+    run.completed_ms = Some(ctx.env.clock.wall_ms());
+    ctx.state.open_runs.retain(|open| open.run_id != run.id);
+    save(ctx, run)
+}
+
+/// Ends run `start.run_id` with `end` unless it already ended (the first
+/// end wins: a cancel racing the last step's commit changes nothing); a
+/// run that never stored a step is created to hold its end. The run as
+/// stored.
+pub(crate) async fn end(
+    ctx: &mut Ctx<'_>,
+    boot_id: &str,
+    start: &RunStart,
+    end: RunEnd,
+) -> Result<RunRecord> {
+    if let Some(run) = load(ctx, &start.run_id).await? {
+        if run.status != RunStatus::Running {
+            return Ok(run);
+        }
+    }
+    let mut run = begin(ctx, boot_id, start).await?;
+    finish(ctx, &mut run, end)?;
+    Ok(run)
+}
+
+/// Ends failed every open run that another process left; how many.
+pub(crate) async fn recover_stale(ctx: &mut Ctx<'_>, boot_id: &str) -> Result<usize> {
+    let here = owner_here(ctx, boot_id);
+    let stale: Vec<OpenRun> = ctx.state.open_runs.iter().filter(|open| open.owner != here).cloned().collect();
+    for open in &stale {
+        match ctx.kv_get(&run_key(ctx, open.seq)).await? {
+            Some(bytes) => {
+                let mut run: RunRecord = decode(&bytes, "agent run")?;
+                if run.status == RunStatus::Running {
+                    finish(ctx, &mut run, RunEnd::failed(RUN_INTERRUPTED_ERROR.into()))?;
+                }
+            }
+            None => ctx.state.open_runs.retain(|o| o.run_id != open.run_id),
+        }
+        ctx.state.open_runs.retain(|o| o.run_id != open.run_id);
+    }
+    Ok(stale.len())
+}
+
+/// Run `run_id` of this agent, if it has it.
+pub(crate) async fn get(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Option<RunRecord>> {
+    store::agent(ctx)?;
+    load(ctx, run_id).await
+}
+
+/// One page of the agent's runs that pass `filter`, in creation order
+/// (`page.after`/`before` are run ids). At most
+/// [`RUN_SCAN_ROWS_COUNT_MAX`] rows are read, so a filter that few runs
+/// pass may answer a short page.
+pub(crate) async fn page(ctx: &mut Ctx<'_>, page: &PageSpec, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+    store::agent(ctx)?;
+    let limit = page.limit.clamp(1, STORE_PAGE_COUNT_MAX);
+    let space = store::messages(ctx);
+    let Some(mut range) = store::page_range(ctx, (&space, "r", "ri"), page).await? else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    while found.len() < limit && scanned < RUN_SCAN_ROWS_COUNT_MAX {
+        let batch = (RUN_SCAN_ROWS_COUNT_MAX - scanned).min(STORE_PAGE_COUNT_MAX);
+        let rows = ctx.kv_scan_page(&range, store::order(page.descending), batch).await?;
+        scanned += rows.len();
+        for (_, value) in &rows {
+            let run: RunRecord = decode(value, "agent run")?;
+            if filter.accepts(&run) && found.len() < limit {
+                found.push(run);
+            }
+        }
+        match rows.last() {
+            Some((key, _)) if rows.len() == batch => match page.descending {
+                false => range.start = Bound::Excluded(key.clone()),
+                true => range.end = Bound::Excluded(key.clone()),
+            },
+            _ => break,
+        }
+    }
+    Ok(found)
+}
+
+/// The messages run `run` stored, in order (those a reset since removed
+/// are gone).
+pub(crate) async fn messages(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<Vec<crate::model::StoredMessage>> {
+    let mut messages = Vec::new();
+    for seq in run.steps.iter().flat_map(|step| step.message_seqs.iter().copied()) {
+        if let Some(bytes) = ctx.kv_get(&store::message_key(ctx, seq)).await? {
+            messages.push(decode(&bytes, "agent message")?);
+        }
+    }
+    Ok(messages)
+}
+
+/// Forgets run `run_id` (its messages stay); whether it existed. A
+/// running run is refused: cancel it first.
+pub(crate) async fn delete(ctx: &mut Ctx<'_>, run_id: &str) -> Result<bool> {
+    store::agent(ctx)?;
+    let Some(run) = load(ctx, run_id).await? else { return Ok(false) };
+    if run.status == RunStatus::Running {
+        return Err(Error::validation(
+            "run",
+            format!("run {run_id} is running; cancel it before deleting it"),
+        ));
+    }
+    let key = run_key(ctx, run.seq);
+    ctx.kv_delete(&key)?;
+    let space = store::messages(ctx);
+    ctx.kv_delete(&store::index_key(&space, "ri", run_id))?;
+    Ok(true)
+}
