@@ -64,3 +64,31 @@ def test_runs_list_pages_to_the_end_with_filters(client):
     # Every agent's runs, through the pager: ours in order among them.
     everything = [run.id for run in client.runs.list(order="asc", limit=5)]
     assert [run_id for run_id in everything if run_id in made] == made
+
+
+def test_a_run_stream_resumes_where_the_client_left_off(client):
+    agent = _agent(client, "py-run-stream")
+    reply = _say(client, agent.id, '/call archival_memory_insert {"content": "the key is under the mat"}')
+    run_id = reply.messages[0].run_id
+    events = list(client.runs.messages.stream(run_id))
+    kinds = [event.message_type for event in events]
+    assert kinds[0] == "ping"
+    assert kinds[1:] == [m.message_type for m in reply.messages] + ["stop_reason", "usage_statistics"]
+    numbered = [event for event in events if event.message_type != "ping"]
+    cut = 2
+    resumed = list(client.runs.messages.stream(run_id, starting_after=cut, include_pings=False))
+    assert [event.message_type for event in resumed] == [event.message_type for event in numbered[cut:]]
+    assert resumed[-1].message_type == "usage_statistics"
+    assert resumed[-1].total_tokens == reply.usage.total_tokens
+
+
+def test_a_message_retried_with_its_otid_runs_once(client):
+    agent = _agent(client, "py-run-otid")
+    message = {"role": "user", "content": "only once, please", "otid": "4c0b2f65-retry"}
+    first = client.agents.messages.create(agent_id=agent.id, messages=[message])
+    retried = client.agents.messages.create(agent_id=agent.id, messages=[message])
+    assert [m.id for m in retried.messages] == [m.id for m in first.messages]
+    assert retried.usage.run_ids == first.usage.run_ids
+    stored = [m for m in client.agents.messages.list(agent.id) if m.message_type == "user_message"]
+    assert [m.content for m in stored] == ["only once, please"]
+    assert len(list(client.runs.list(agent_id=agent.id))) == 1

@@ -180,6 +180,10 @@ pub struct RunStart {
     /// Started by `messages/async` (Letta's `background`).
     pub background: bool,
     pub created_ms: u64,
+    /// The client's key for the turn (`Idempotency-Key`, or the `otid` of
+    /// its first message): a turn sent again with it runs once.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// How a run ended.
@@ -233,6 +237,8 @@ pub struct RunRecord {
     pub background: bool,
     pub owner: RunOwner,
     pub steps: Vec<StepRecord>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 impl RunRecord {

@@ -193,7 +193,7 @@ async fn scenario(node: SimNode) -> Result<Seen, String> {
         let text = format!("{}{} harbor", marker(turn), ["north", "south", "old"][turn % 3]);
         prompts.lock().unwrap().clear();
         let outcome =
-            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None).await;
+            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None, None).await;
 
         // The user messages stored so far: each earlier turn's must be in
         // every prompt of this turn exactly when it is stored.

@@ -190,7 +190,7 @@ async fn scenario(node: SimNode, seen: Arc<Mutex<Vec<String>>>) -> Result<usize,
         let before = state_of(&service.agents.get(&agent_id).await.map_err(|e| e.to_string())?);
         let text = format!("kelp {turn}");
         let outcome =
-            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None).await;
+            service.runs.run_turn(&agent_id, TurnInput::Texts(vec![text.clone()]), None, None, None).await;
         let outcome = outcome.map_err(|e| format!("turn {turn} failed: {e}"))?;
         let returns: Vec<&Value> =
             outcome.messages.iter().filter(|m| m["message_type"] == "tool_return_message").collect();

@@ -36,6 +36,9 @@ impl Content {
 /// older `approve` and `reason` for every pending call).
 #[derive(Debug, Clone, Deserialize)]
 pub struct MessageCreate {
+    /// The client's id for the message: the first message's is the turn's
+    /// idempotency key when no `Idempotency-Key` header is sent.
+    pub otid: Option<String>,
     pub role: Option<String>,
     pub content: Option<Content>,
     #[serde(rename = "type")]

@@ -379,3 +379,134 @@ async fn runs_of_several_agents_page_in_one_order() {
     assert!(body["detail"].as_str().unwrap().contains("finished"), "{body}");
     server.shutdown().await;
 }
+
+/// The `data:` events of an SSE body, `[DONE]` as a string.
+fn sse_events(body: &Value) -> Vec<Value> {
+    body.as_str()
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|chunk| chunk.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_stream_resumes_from_its_cursor_and_follows_a_run_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": NAP}))).await;
+    let body = json!({"name": "s", "model": "openai-proxy/fake-gpt", "tool_ids": [tool["id"]]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let agent_id = agent["id"].as_str().unwrap();
+    // An ended run: everything at once, numbered from 1.
+    let reply = server.say(agent_id, "/call nap {\"seconds\": 0}").await;
+    let run_id = reply["messages"][0]["run_id"].as_str().unwrap().to_string();
+    let whole = sse_events(&server.ok("POST", &run_path(&run_id, "/stream"), Some(json!({}))).await);
+    assert_eq!(whole[0]["message_type"], "ping");
+    assert_eq!(whole.last().unwrap(), "[DONE]");
+    let numbered: Vec<&Value> = whole.iter().filter(|event| event.get("seq_id").is_some()).collect();
+    let seq_ids: Vec<u64> = numbered.iter().map(|event| event["seq_id"].as_u64().unwrap()).collect();
+    assert_eq!(seq_ids, (1..=numbered.len() as u64).collect::<Vec<_>>());
+    let kinds: Vec<&str> = numbered.iter().map(|event| event["message_type"].as_str().unwrap()).collect();
+    let mut expected: Vec<&str> =
+        reply["messages"].as_array().unwrap().iter().map(|m| m["message_type"].as_str().unwrap()).collect();
+    expected.extend(["stop_reason", "usage_statistics"]);
+    assert_eq!(kinds, expected);
+    assert!(numbered.iter().all(|event| event["run_id"] == run_id.as_str()));
+    // Resumed after seq 3: the rest, no ping when asked for none.
+    let body = json!({"starting_after": 3, "include_pings": false});
+    let rest = sse_events(&server.ok("POST", &run_path(&run_id, "/stream"), Some(body)).await);
+    assert_eq!(rest.len(), numbered.len() - 3 + 1, "{rest:?}");
+    assert_eq!(rest[0]["seq_id"], 4);
+    assert_eq!(&rest[..rest.len() - 1], &numbered[3..].iter().map(|e| (*e).clone()).collect::<Vec<_>>()[..]);
+    // A run still going is followed until it ends.
+    let body = json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 1}"}]});
+    let run = server.ok("POST", &format!("/v1/agents/{agent_id}/messages/async"), Some(body)).await;
+    let live = run["id"].as_str().unwrap();
+    let body = json!({"poll_interval": 0.05});
+    let followed = sse_events(&server.ok("POST", &run_path(live, "/stream"), Some(body)).await);
+    let returned: Vec<&Value> =
+        followed.iter().filter(|e| e["message_type"] == "tool_return_message").collect();
+    assert_eq!(returned.len(), 1, "{followed:?}");
+    assert_eq!(returned[0]["tool_return"], "rested");
+    let stop = followed.iter().find(|e| e["message_type"] == "stop_reason").unwrap();
+    assert_eq!(stop["stop_reason"], "end_turn");
+    assert_eq!(server.ok("GET", &run_path(live, ""), None).await["status"], "completed");
+    let (status, body) = server.call("POST", "/v1/runs/run-nope/stream", Some(json!({}))).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) =
+        server.call("POST", &run_path(&run_id, "/stream"), Some(json!({"starting_after": "x"}))).await;
+    assert_eq!(status, 422, "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_turn_sent_again_with_its_key_runs_once_and_answers_the_first_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = std::sync::Arc::new(common::start(dir.path(), &fake).await);
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": NAP}))).await;
+    let body = json!({"name": "k", "model": "openai-proxy/fake-gpt", "tool_ids": [tool["id"]]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let agent_id = agent["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/agents/{agent_id}/messages");
+    // The same otid sent twice at once, the first still napping: one run.
+    let body =
+        json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 1}", "otid": "retry-1"}]});
+    let sends: Vec<_> = (0..2)
+        .map(|_| {
+            let (server, path, body) = (std::sync::Arc::clone(&server), path.clone(), body.clone());
+            tokio::spawn(async move { server.ok("POST", &path, Some(body)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(send.await.unwrap());
+    }
+    assert_eq!(answers[0]["messages"], answers[1]["messages"]);
+    assert_eq!(answers[0]["stop_reason"], answers[1]["stop_reason"]);
+    let run_id = answers[0]["messages"][0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(answers[1]["usage"]["run_ids"], json!([run_id]));
+    // Sent again later with the same key: the same answer, nothing stored.
+    let again = server.ok("POST", &path, Some(body)).await;
+    assert_eq!(again["messages"], answers[0]["messages"]);
+    let messages = server.ok("GET", &format!("/v1/agents/{agent_id}/messages"), None).await;
+    let users = messages.as_array().unwrap().iter().filter(|m| m["message_type"] == "user_message").count();
+    assert_eq!(users, 1, "{messages}");
+    assert_eq!(
+        server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}"), None).await.as_array().unwrap().len(),
+        1
+    );
+    // The header is a key too, streaming and background alike.
+    let keyed = |key: &str| {
+        let request =
+            server.http.post(format!("{}{path}/stream", server.base)).header("Idempotency-Key", key);
+        request.json(&json!({"messages": [{"role": "user", "content": "streamed once"}]})).send()
+    };
+    let first = keyed("stream-1").await.unwrap().text().await.unwrap();
+    let second = keyed("stream-1").await.unwrap().text().await.unwrap();
+    let messages_of = |text: &str| -> Vec<Value> {
+        text.split("\n\n")
+            .filter_map(|chunk| chunk.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter(|event| event["message_type"] != "ping")
+            .collect()
+    };
+    assert_eq!(messages_of(&first), messages_of(&second));
+    let async_path = format!("{}{path}/async", server.base);
+    let body = json!({"messages": [{"role": "user", "content": "later, once"}]});
+    let start = || server.http.post(&async_path).header("Idempotency-Key", "bg-1").json(&body).send();
+    let one: Value = start().await.unwrap().json().await.unwrap();
+    let two: Value = start().await.unwrap().json().await.unwrap();
+    assert_eq!(one["id"], two["id"]);
+    wait_for_status(&server, one["id"].as_str().unwrap(), "completed").await;
+    let runs = server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}"), None).await;
+    assert_eq!(runs.as_array().unwrap().len(), 3, "{runs}");
+    let long = "k".repeat(257);
+    let body = json!({"messages": [{"role": "user", "content": "x", "otid": long}]});
+    let (status, answer) = server.call("POST", &path, Some(body)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("1..=256 bytes"), "{answer}");
+    std::sync::Arc::into_inner(server).unwrap().shutdown().await;
+}

@@ -49,6 +49,7 @@ impl LegacyRunRecord {
             background: true,
             owner: RunOwner { node_id: String::new(), boot_id: String::new() },
             steps: Vec::new(),
+            idempotency_key: None,
         }
     }
 }

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 use super::agent_actors::AgentActors;
+use super::agents::IDEMPOTENCY_KEY_BYTES_MAX;
 use super::directory::AgentDirectory;
 use super::turn::token_stream::TurnEvents;
 use super::turn::{check_turn_input, ApprovalAnswer, TurnOutcome, TurnRun, Turns};
@@ -51,6 +52,10 @@ pub const RUN_SHUTDOWN_ERROR: &str =
     "the server shut down while the run was in flight; the steps it committed are kept";
 /// Longest a shutdown waits for the runs it stops to record their end.
 pub const RUN_SHUTDOWN_WAIT_MS: u64 = 5_000;
+/// Shortest and longest wait between two reads of a run that a resumed
+/// stream follows (Letta's `poll_interval`, default 0.1 s).
+pub const RUN_STREAM_POLL_MS_MIN: u64 = 20;
+pub const RUN_STREAM_POLL_MS_MAX: u64 = 5_000;
 /// Most agents a run list without an agent filter looks through.
 pub const RUN_LIST_AGENTS_COUNT_MAX: usize = 1_000;
 
@@ -145,21 +150,42 @@ impl RunRecords {
         else {
             return Err(unexpected("run messages"));
         };
-        let mut outcome = TurnOutcome {
-            run_id: run.id.clone(),
-            messages: Vec::new(),
-            stop_reason: static_stop_reason(run.stop_reason.as_deref().unwrap_or("cancelled")),
-            usage: kelpie_llm::TokenUsage {
-                prompt_tokens: run.prompt_tokens(),
-                completion_tokens: run.completion_tokens(),
-            },
-            step_count: run.steps.iter().filter(|step| step.model.is_some()).count() as u32,
-            run_ended: true,
-        };
+        let mut outcome = ended_outcome(&run);
         for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
             outcome.messages.extend(letta_messages(message));
         }
         Ok(outcome)
+    }
+}
+
+/// A key within `1..=IDEMPOTENCY_KEY_BYTES_MAX` bytes, if any.
+fn check_idempotency_key(key: Option<&str>) -> ServiceResult<()> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
+            Err(ServiceError::Invalid(format!(
+                "an idempotency key (Idempotency-Key or the first message's otid) must be \
+             1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes, not {}",
+                key.len()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The outcome an ended run stored (its messages not included).
+fn ended_outcome(run: &RunRecord) -> TurnOutcome {
+    assert_ne!(run.status, RunStatus::Running, "only an ended run has an outcome");
+    TurnOutcome {
+        run_id: run.id.clone(),
+        messages: Vec::new(),
+        stop_reason: static_stop_reason(run.stop_reason.as_deref().unwrap_or("error")),
+        usage: kelpie_llm::TokenUsage {
+            prompt_tokens: run.prompt_tokens(),
+            completion_tokens: run.completion_tokens(),
+        },
+        // Steps with a model are LLM calls; an approval's commit is not.
+        step_count: run.steps.iter().filter(|step| step.model.is_some()).count() as u32,
+        run_ended: true,
     }
 }
 
@@ -204,19 +230,72 @@ impl Runs {
     /// Runs a turn of `agent_id` as a run while the caller waits (its
     /// messages go to `events` as they are committed); the turn goes on to
     /// its end if the caller stops waiting.
+    ///
+    /// With an idempotency key, the run is stored before the turn starts;
+    /// a turn whose key another run of the agent already has does not run
+    /// again: it waits for that run to end and answers what it stored.
     pub async fn run_turn(
         &self,
         agent_id: &str,
         input: TurnInput,
         max_steps: Option<u32>,
         events: Option<TurnEvents>,
+        idempotency_key: Option<String>,
     ) -> ServiceResult<TurnOutcome> {
         if let TurnInput::Texts(texts) = &input {
             check_turn_input(texts, max_steps)?;
         }
-        let start = self.new_start(false);
-        let finished = self.spawn(agent_id, start, input, max_steps, events);
+        check_idempotency_key(idempotency_key.as_deref())?;
+        let keyed = idempotency_key.is_some();
+        let start = self.new_start(false, idempotency_key);
+        if keyed {
+            let run = self.records.begin(agent_id, &start).await?;
+            if run.id != start.run_id {
+                return self.replay(run, events.as_ref()).await;
+            }
+        }
+        let finished = self.spawn(agent_id, start, input, max_steps, events, keyed);
         finished.await.unwrap_or(Err(ServiceError::Core(Error::ShuttingDown { component: "runs" })))
+    }
+
+    /// What run `run` (begun by an earlier send with the same key) answers
+    /// once it ended; its messages go to `events` too.
+    async fn replay(&self, run: RunRecord, events: Option<&TurnEvents>) -> ServiceResult<TurnOutcome> {
+        let run = self.wait_ended(run).await?;
+        let AgentReply::RunMessages { messages, .. } =
+            self.actors.invoke(&run.agent_id, AgentCommand::RunMessages { run_id: run.id.clone() }).await?
+        else {
+            return Err(unexpected("run messages"));
+        };
+        let mut outcome = ended_outcome(&run);
+        for message in messages.iter().filter(|m| !matches!(m.body, MessageBody::User { .. })) {
+            for rendered in letta_messages(message) {
+                if let Some(events) = events {
+                    let _ = events.sender.send(rendered.clone());
+                }
+                outcome.messages.push(rendered);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// `run` once it has ended: waits on it when it runs here, else reads
+    /// it again every `RUN_STREAM_POLL_MS_MIN` × 5 ms (a run of a process
+    /// that is gone is ended by its agent when read).
+    async fn wait_ended(&self, mut run: RunRecord) -> ServiceResult<RunRecord> {
+        while run.status == RunStatus::Running {
+            match self.records.active.ended(&run.id) {
+                Some(mut ended) => {
+                    let _ = ended.wait_for(|ended| *ended).await;
+                }
+                None => {
+                    let pause = std::time::Duration::from_millis(RUN_STREAM_POLL_MS_MIN * 5);
+                    self.records.env.clock.sleep(pause).await;
+                }
+            }
+            run = self.record(&run.id).await?;
+        }
+        Ok(run)
     }
 
     /// Starts a turn in the background; the run as stored, running.
@@ -225,10 +304,12 @@ impl Runs {
         agent_id: &str,
         inputs: Vec<String>,
         max_steps: Option<u32>,
+        idempotency_key: Option<String>,
     ) -> ServiceResult<Value> {
         check_turn_input(&inputs, max_steps)?;
+        check_idempotency_key(idempotency_key.as_deref())?;
         self.actors.record(agent_id).await?;
-        let start = self.new_start(true);
+        let start = self.new_start(true, idempotency_key);
         let in_flight = InFlightRun {
             run_id: start.run_id.clone(),
             agent_id: agent_id.to_string(),
@@ -239,23 +320,35 @@ impl Runs {
         // entry that lets its node's restart find it.
         self.records.index(RunIndexCommand::Add(in_flight)).await?;
         let run = match self.records.begin(agent_id, &start).await {
-            Ok(run) => run,
+            Ok(run) if run.id == start.run_id => run,
+            Ok(earlier) => {
+                // An earlier send with this key started it.
+                self.records.unindex(&start.run_id).await;
+                return Ok(run_json(&earlier));
+            }
             Err(err) => {
                 self.records.unindex(&start.run_id).await;
                 return Err(err);
             }
         };
         // The caller does not wait: the run's end is read from the run.
-        drop(self.spawn(agent_id, start, TurnInput::Texts(inputs), max_steps, None));
+        drop(self.spawn(agent_id, start, TurnInput::Texts(inputs), max_steps, None, true));
         Ok(run_json(&run))
     }
 
-    fn new_start(&self, background: bool) -> RunStart {
+    fn new_start(&self, background: bool, idempotency_key: Option<String>) -> RunStart {
         let env = &self.records.env;
-        RunStart { run_id: new_id("run", env.rng.as_ref()), background, created_ms: env.clock.wall_ms() }
+        RunStart {
+            run_id: new_id("run", env.rng.as_ref()),
+            background,
+            created_ms: env.clock.wall_ms(),
+            idempotency_key,
+        }
     }
 
     /// Runs the turn as a task in the table of active runs; its outcome.
+    /// `begun`: the run is already stored (else it is stored while the
+    /// turn makes its first LLM call).
     fn spawn(
         &self,
         agent_id: &str,
@@ -263,6 +356,7 @@ impl Runs {
         input: TurnInput,
         max_steps: Option<u32>,
         events: Option<TurnEvents>,
+        begun: bool,
     ) -> oneshot::Receiver<ServiceResult<TurnOutcome>> {
         let (reply, finished) = oneshot::channel();
         let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
@@ -275,7 +369,7 @@ impl Runs {
             let begun = {
                 let (records, agent_id, start) = (Arc::clone(&records), agent_id.clone(), start.clone());
                 async move {
-                    if !start.background {
+                    if !begun {
                         if let Err(err) = records.begin(&agent_id, &start).await {
                             tracing::debug!(error = %err, run_id = start.run_id, "cannot store a run as begun");
                         }
@@ -492,6 +586,60 @@ impl Runs {
         Ok(render_page(&selected, page.limit, page.descending).0)
     }
 
+    /// `POST /v1/runs/{id}/stream`: the run's events after `starting_after`
+    /// (events are numbered from 1 by `seq_id`) go to `sink` as Letta's
+    /// messages, then, once the run has ended, its `stop_reason` and
+    /// `usage_statistics`. A run still going is read again every
+    /// `poll_ms`, so a client that lost a stream resumes it where it left
+    /// off. Ends early, without error, when `sink` is closed.
+    pub async fn follow(
+        &self,
+        run_id: &str,
+        starting_after: u64,
+        poll_ms: u64,
+        sink: &tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> ServiceResult<()> {
+        let poll_ms = poll_ms.clamp(RUN_STREAM_POLL_MS_MIN, RUN_STREAM_POLL_MS_MAX);
+        let mut sent = starting_after;
+        loop {
+            let run = self.record(run_id).await?;
+            let AgentReply::RunMessages { messages, .. } = self
+                .actors
+                .invoke(&run.agent_id, AgentCommand::RunMessages { run_id: run.id.clone() })
+                .await?
+            else {
+                return Err(unexpected("run messages"));
+            };
+            let mut events: Vec<Value> = messages
+                .iter()
+                .filter(|m| !matches!(m.body, MessageBody::User { .. }))
+                .flat_map(letta_messages)
+                .collect();
+            let ended = run.status != RunStatus::Running;
+            if ended {
+                let outcome = ended_outcome(&run);
+                events.push(outcome.stop_reason_json());
+                events.push(outcome.usage_json());
+            }
+            for (index, mut event) in events.into_iter().enumerate() {
+                let seq_id = index as u64 + 1;
+                if seq_id <= sent {
+                    continue;
+                }
+                event["seq_id"] = json!(seq_id);
+                event["run_id"] = json!(run.id);
+                if sink.send(event).is_err() {
+                    return Ok(());
+                }
+                sent = seq_id;
+            }
+            if ended {
+                return Ok(());
+            }
+            self.records.env.clock.sleep(std::time::Duration::from_millis(poll_ms)).await;
+        }
+    }
+
     /// `GET /v1/runs/{id}/usage`: Letta's `UsageStatistics` of the run.
     pub async fn usage(&self, run_id: &str) -> ServiceResult<Value> {
         let run = self.record(run_id).await?;
@@ -545,8 +693,12 @@ impl Runs {
             }
             match self.record(&entry.run_id).await {
                 Ok(run) if run.status == RunStatus::Running => {
-                    let start =
-                        RunStart { run_id: run.id.clone(), background: true, created_ms: run.created_ms };
+                    let start = RunStart {
+                        run_id: run.id.clone(),
+                        background: true,
+                        created_ms: run.created_ms,
+                        idempotency_key: run.idempotency_key.clone(),
+                    };
                     self.records
                         .end(&run.agent_id, &start, RunEnd::failed(RUN_INTERRUPTED_ERROR.into()))
                         .await?;
@@ -651,6 +803,11 @@ impl ActiveRuns {
 
     fn contains(&self, run_id: &str) -> bool {
         self.lock().contains_key(run_id)
+    }
+
+    /// What tells when run `run_id` ended, if it runs here.
+    fn ended(&self, run_id: &str) -> Option<watch::Receiver<bool>> {
+        self.lock().get(run_id).map(|run| run.ended.clone())
     }
 
     fn remove(&self, run_id: &str) {

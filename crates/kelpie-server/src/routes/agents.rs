@@ -18,7 +18,6 @@ use crate::state::AppState;
 use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateAgent};
 use kelpie_agent::service::transfer::{AgentExport, AgentImport, ImportOptions};
 
-const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Largest import body (the agent file and the form around it), in bytes.
 /// The file streams through in bounded memory; this only bounds the work
 /// one request may ask for.
@@ -54,17 +53,8 @@ async fn create(
     headers: HeaderMap,
     ApiJson(request): ApiJson<CreateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    let key = match headers.get(IDEMPOTENCY_KEY_HEADER).map(|value| value.to_str()) {
-        None => None,
-        Some(Ok(key)) => Some(key),
-        Some(Err(_)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Idempotency-Key must be visible ASCII",
-            ))
-        }
-    };
-    Ok(Json(state.service.agents.create(request, key).await?))
+    let key = super::extract::idempotency_key(&headers)?;
+    Ok(Json(state.service.agents.create(request, key.as_deref()).await?))
 }
 
 async fn list(

@@ -45,3 +45,17 @@ pub fn page_of(
         .page(default_limit, default_descending)
         .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason))
 }
+
+/// The header of an idempotency key (agent creation, message turns).
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if sent; a 422 when it is not visible ASCII.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER).map(|value| value.to_str()) {
+        None => Ok(None),
+        Some(Ok(key)) => Ok(Some(key.to_string())),
+        Some(Err(_)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key must be visible ASCII"))
+        }
+    }
+}

@@ -12,15 +12,15 @@ use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::header;
 use axum::http::StatusCode;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::extract::{page_of, ApiJson, ApiQuery};
+use super::extract::{idempotency_key, page_of, ApiJson, ApiQuery};
 use crate::api::{ApprovalItem, CancelRuns, MessageCreate, PageQuery, SendMessages};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -84,6 +84,17 @@ fn decision_of(item: ApprovalItem) -> Result<ApprovalDecision, ApiError> {
     Ok(ApprovalDecision { tool_call_id: item.tool_call_id, verdict })
 }
 
+/// The turn's idempotency key: the `Idempotency-Key` header, else the
+/// `otid` of its first message.
+fn turn_key(headers: &HeaderMap, request: &SendMessages) -> Result<Option<String>, ApiError> {
+    match idempotency_key(headers)? {
+        Some(key) => Ok(Some(key)),
+        None => {
+            Ok(request.messages.as_ref().and_then(|messages| messages.first()).and_then(|m| m.otid.clone()))
+        }
+    }
+}
+
 fn turn_request(request: SendMessages) -> Result<TurnInput, ApiError> {
     let messages = request.messages.unwrap_or_default();
     if messages.iter().any(|message| message.kind.as_deref() == Some("approval")) {
@@ -131,13 +142,16 @@ fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
 async fn send(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Response, ApiError> {
     if request.streaming {
-        return stream(State(state), Path(agent_id), ApiJson(request)).await;
+        return stream(State(state), Path(agent_id), headers, ApiJson(request)).await;
     }
     let max_steps = request.max_steps;
-    let outcome = state.service.runs.run_turn(&agent_id, turn_request(request)?, max_steps, None).await?;
+    let key = turn_key(&headers, &request)?;
+    let outcome =
+        state.service.runs.run_turn(&agent_id, turn_request(request)?, max_steps, None, key).await?;
     Ok(Json(json!({
         "messages": outcome.messages,
         "stop_reason": outcome.stop_reason_json(),
@@ -151,10 +165,12 @@ async fn send(
 async fn send_async(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Json<Value>, ApiError> {
     let max_steps = request.max_steps;
-    Ok(Json(state.service.runs.start(&agent_id, user_texts(request)?, max_steps).await?))
+    let key = turn_key(&headers, &request)?;
+    Ok(Json(state.service.runs.start(&agent_id, user_texts(request)?, max_steps, key).await?))
 }
 
 /// The body is optional (no body cancels every active run of the agent).
@@ -181,16 +197,31 @@ async fn list(
     Ok(Json(state.service.agents.list_messages(&agent_id, &page).await?))
 }
 
-fn sse(event: &Value) -> String {
+pub(super) fn sse(event: &Value) -> String {
     format!("data: {event}\n\n")
+}
+
+/// A `text/event-stream` response of the chunks `body` receives, ended
+/// when every sender is gone.
+pub(super) fn sse_response(body: mpsc::UnboundedReceiver<String>) -> Response {
+    let stream = futures::stream::unfold(body, |mut body| async move {
+        body.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), body))
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn stream(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<SendMessages>,
 ) -> Result<Response, ApiError> {
     let max_steps = request.max_steps;
+    let key = turn_key(&headers, &request)?;
     let stream_tokens = request.stream_tokens;
     let turn = turn_request(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
@@ -207,7 +238,7 @@ async fn stream(
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.service.runs.run_turn(&agent_id, turn, max_steps, Some(events)).await;
+        let outcome = state.service.runs.run_turn(&agent_id, turn, max_steps, Some(events), key).await;
         let _ = forward.await;
         match outcome {
             Ok(outcome) => {
@@ -222,12 +253,5 @@ async fn stream(
         }
         let _ = chunks.send("data: [DONE]\n\n".to_string());
     });
-    let stream = futures::stream::unfold(body, |mut body| async move {
-        body.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), body))
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(sse_response(body))
 }

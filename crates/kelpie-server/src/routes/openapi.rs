@@ -170,6 +170,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/v1/runs/{run_id}/messages", "The messages a run stored, paged", None, "LettaMessage[]"),
     route("get", "/v1/runs/{run_id}/usage", "Token usage of a run", None, "UsageStatistics"),
     route("get", "/v1/runs/{run_id}/steps", "The steps of a run, paged", None, "Step[]"),
+    route("post", "/v1/runs/{run_id}/stream", "Follow a run's events from starting_after (SSE, seq_id on each)", Some("RetrieveStreamRequest"), "text/event-stream"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(
         "post",

@@ -2,9 +2,11 @@
 //! list with Letta's filters, the runs in flight, one run, its messages,
 //! usage and steps, and delete.
 
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use kelpie_agent::actors::agent::RunFilter;
 use kelpie_agent::model::RunStatus;
@@ -30,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{run_id}/messages", get(messages))
         .route("/v1/runs/{run_id}/usage", get(usage))
         .route("/v1/runs/{run_id}/steps", get(steps))
+        .route("/v1/runs/{run_id}/stream", post(stream))
 }
 
 fn unprocessable(reason: String) -> ApiError {
@@ -127,4 +130,63 @@ async fn steps(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let page = page_of(&page_query, RUN_PAGE_COUNT_DEFAULT, true)?;
     Ok(Json(state.service.runs.steps(&run_id, &page).await?))
+}
+
+/// Letta's `RetrieveStreamRequest` (the body may be empty).
+#[derive(Debug, Default, Deserialize)]
+struct RetrieveStream {
+    #[serde(default)]
+    starting_after: u64,
+    #[serde(default)]
+    include_pings: Option<bool>,
+    /// Seconds between reads of a run still going (default 0.1).
+    #[serde(default)]
+    poll_interval: Option<f64>,
+}
+
+/// Follows a run's events from `starting_after`: what is stored at once,
+/// then each step as it commits, then the end (see `Runs::follow`).
+async fn stream(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: RetrieveStream = match body.iter().all(u8::is_ascii_whitespace) {
+        true => RetrieveStream::default(),
+        false => serde_json::from_slice(&body).map_err(|e| unprocessable(e.to_string()))?,
+    };
+    let poll_seconds = request.poll_interval.unwrap_or(0.1);
+    if !poll_seconds.is_finite() || poll_seconds < 0.0 {
+        return Err(unprocessable(format!("poll_interval {poll_seconds} is not a number of seconds")));
+    }
+    // An unknown run is a plain 404 before the stream starts.
+    state.service.runs.get(&run_id).await?;
+    let (chunks, body) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if request.include_pings.unwrap_or(true) {
+        let ping = serde_json::json!({"id": kelpie_agent::ids::new_id("ping", state.service.rng()), "message_type": "ping"});
+        let _ = chunks.send(super::messages::sse(&ping));
+    }
+    tokio::spawn(async move {
+        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let forward_chunks = chunks.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                if forward_chunks.send(super::messages::sse(&event)).is_err() {
+                    break;
+                }
+            }
+        });
+        let poll_ms = (poll_seconds * 1_000.0) as u64;
+        let followed = state.service.runs.follow(&run_id, request.starting_after, poll_ms, &events).await;
+        drop(events);
+        let _ = forward.await;
+        if let Err(err) = followed {
+            let err = ApiError::from(err);
+            let event = serde_json::json!({"message_type": "error", "error_type": "internal_error",
+                                           "message": err.detail, "detail": err.detail});
+            let _ = chunks.send(super::messages::sse(&event));
+        }
+        let _ = chunks.send("data: [DONE]\n\n".to_string());
+    });
+    Ok(super::messages::sse_response(body))
 }

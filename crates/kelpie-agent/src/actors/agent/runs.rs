@@ -75,10 +75,34 @@ fn save(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<()> {
     ctx.kv_put(&key, encode(run)?)
 }
 
+/// The run begun with idempotency key `key`, if any.
+pub(crate) async fn by_key(ctx: &mut Ctx<'_>, key: &str) -> Result<Option<RunRecord>> {
+    let space = store::messages(ctx);
+    match ctx.kv_get(&store::index_key(&space, "k", key)).await? {
+        Some(bytes) => {
+            let run_id = String::from_utf8(bytes).map_err(|_| Error::Corruption {
+                location: format!("idempotency key {key}"),
+                reason: "its run id is not UTF-8".into(),
+            })?;
+            load(ctx, &run_id).await
+        }
+        None => Ok(None),
+    }
+}
+
 /// The open run `start` names, created (running, owned by this process)
 /// when it does not exist; refused when it already ended (cancelled, or
-/// ended by a recovery), so nothing is added to an ended run.
+/// ended by a recovery), so nothing is added to an ended run. When
+/// `start` has an idempotency key another run already holds, that run is
+/// answered instead (its id differs from `start`'s) and nothing is written.
 pub(crate) async fn begin(ctx: &mut Ctx<'_>, boot_id: &str, start: &RunStart) -> Result<RunRecord> {
+    if let Some(key) = &start.idempotency_key {
+        if let Some(run) = by_key(ctx, key).await? {
+            if run.id != start.run_id {
+                return Ok(run);
+            }
+        }
+    }
     if let Some(run) = load(ctx, &start.run_id).await? {
         if run.status != RunStatus::Running {
             return Err(Error::validation(
@@ -109,10 +133,14 @@ pub(crate) async fn begin(ctx: &mut Ctx<'_>, boot_id: &str, start: &RunStart) ->
         background: start.background,
         owner: owner_here(ctx, boot_id),
         steps: Vec::new(),
+        idempotency_key: start.idempotency_key.clone(),
     };
     save(ctx, &run)?;
     let space = store::messages(ctx);
     ctx.kv_put(&store::index_key(&space, "ri", &run.id), seq.to_be_bytes().to_vec())?;
+    if let Some(key) = &run.idempotency_key {
+        ctx.kv_put(&store::index_key(&space, "k", key), run.id.clone().into_bytes())?;
+    }
     ctx.state.open_runs.push(OpenRun { run_id: run.id.clone(), seq, owner: run.owner.clone() });
     Ok(run)
 }
@@ -127,6 +155,9 @@ pub(crate) async fn record_step(
     end: Option<RunEnd>,
 ) -> Result<RunRecord> {
     let mut run = begin(ctx, boot_id, start).await?;
+    if run.id != start.run_id {
+        return Err(duplicate(start, &run));
+    }
     if run.steps.len() >= RUN_STEPS_COUNT_MAX {
         return Err(Error::LimitExceeded {
             what: format!("steps of run {}", run.id),
@@ -141,6 +172,13 @@ pub(crate) async fn record_step(
         None => save(ctx, &run)?,
     }
     Ok(run)
+}
+
+fn duplicate(start: &RunStart, holder: &RunRecord) -> Error {
+    Error::validation(
+        "run",
+        format!("run {} has the idempotency key of run {}, which runs that turn", start.run_id, holder.id),
+    )
 }
 
 fn finish(ctx: &mut Ctx<'_>, run: &mut RunRecord, end: RunEnd) -> Result<()> {
@@ -170,6 +208,9 @@ pub(crate) async fn end(
         }
     }
     let mut run = begin(ctx, boot_id, start).await?;
+    if run.id != start.run_id {
+        return Err(duplicate(start, &run));
+    }
     finish(ctx, &mut run, end)?;
     Ok(run)
 }
@@ -260,5 +301,8 @@ pub(crate) async fn delete(ctx: &mut Ctx<'_>, run_id: &str) -> Result<bool> {
     ctx.kv_delete(&key)?;
     let space = store::messages(ctx);
     ctx.kv_delete(&store::index_key(&space, "ri", run_id))?;
+    if let Some(key) = &run.idempotency_key {
+        ctx.kv_delete(&store::index_key(&space, "k", key))?;
+    }
     Ok(true)
 }

@@ -12,6 +12,7 @@
 //! | `<messages>w/<word>/<seq>` | nothing: message `seq` holds `word` (the search index) |
 //! | `<messages>r/<seq>` | a run with its steps (`runs`) |
 //! | `<messages>ri/<id>` | the run's seq |
+//! | `<messages>k/<key>` | the id of the run begun with idempotency key `key` |
 //! | `<passages>p/<seq>` | a passage |
 //! | `<passages>pi/<id>` | the passage's seq |
 //! | `<passages>q/<seq>` | the passage's search code (`kelpie_memory::Code`; empty when its embedding has no direction) |
@@ -169,7 +170,7 @@ fn generation_prefix(kind: char, generation: u64) -> String {
 /// The prefixes generation 0 (no prefix of its own) keeps `kind` under.
 fn legacy_prefixes(kind: char) -> &'static [&'static str] {
     match kind {
-        'm' => &["m/", "mi/", "w/", "r/", "ri/"],
+        'm' => &["m/", "mi/", "w/", "r/", "ri/", "k/"],
         _ => &["p/", "pi/", "q/"],
     }
 }

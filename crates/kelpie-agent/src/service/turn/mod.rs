@@ -13,7 +13,6 @@ pub mod token_stream;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, Shared};
-use futures::FutureExt;
 use kelpie_core::Env;
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::{ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, TokenUsage, ToolCall};
@@ -48,13 +47,6 @@ use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 pub struct TurnRun {
     pub start: RunStart,
     pub begun: Shared<BoxFuture<'static, ()>>,
-}
-
-impl TurnRun {
-    /// A run whose commits wait for nothing.
-    pub fn ready(start: RunStart) -> TurnRun {
-        TurnRun { start, begun: futures::future::ready(()).boxed().shared() }
-    }
 }
 
 /// What a turn produced.
