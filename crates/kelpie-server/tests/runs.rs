@@ -510,3 +510,63 @@ async fn a_turn_sent_again_with_its_key_runs_once_and_answers_the_first_result()
     assert!(answer["detail"].as_str().unwrap().contains("1..=256 bytes"), "{answer}");
     std::sync::Arc::into_inner(server).unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn past_the_open_runs_of_one_agent_a_new_run_is_refused_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": NAP}))).await;
+    let body = json!({"name": "busy", "model": "openai-proxy/fake-gpt", "tool_ids": [tool["id"]]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let agent_id = agent["id"].as_str().unwrap();
+    let path = format!("/v1/agents/{agent_id}/messages/async");
+    // The first naps; the others wait for its turn lock: all stay open.
+    let body = json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 60}"}]});
+    for _ in 0..kelpie_agent::actors::agent::OPEN_RUNS_COUNT_MAX {
+        server.ok("POST", &path, Some(body.clone())).await;
+    }
+    let (status, answer) = server.call("POST", &path, Some(body)).await;
+    assert!((400..500).contains(&status), "{status} {answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(detail.contains("OPEN_RUNS_COUNT_MAX"), "{detail}");
+    let active =
+        server.ok("GET", &format!("/v1/runs/?agent_id={agent_id}&active=true&limit=1000"), None).await;
+    assert_eq!(active.as_array().unwrap().len(), kelpie_agent::actors::agent::OPEN_RUNS_COUNT_MAX);
+    let cancelled = server.ok("POST", &format!("/v1/agents/{agent_id}/messages/cancel"), None).await;
+    assert_eq!(cancelled.as_object().unwrap().len(), kelpie_agent::actors::agent::OPEN_RUNS_COUNT_MAX);
+    // Room again once they ended.
+    let body = json!({"messages": [{"role": "user", "content": "free now"}]});
+    let run = server.ok("POST", &path, Some(body)).await;
+    wait_for_status(&server, run["id"].as_str().unwrap(), "completed").await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn listing_runs_of_every_agent_past_the_agent_limit_asks_for_agent_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = std::sync::Arc::new(common::start(dir.path(), &fake).await);
+    let agents_count = kelpie_agent::service::runs::RUN_LIST_AGENTS_COUNT_MAX + 1;
+    let creators: Vec<_> = (0..4)
+        .map(|worker| {
+            let server = std::sync::Arc::clone(&server);
+            tokio::spawn(async move {
+                for n in (worker..agents_count).step_by(4) {
+                    server.ok("POST", "/v1/agents/", Some(json!({"name": format!("a{n}")}))).await;
+                }
+            })
+        })
+        .collect();
+    for creator in creators {
+        creator.await.unwrap();
+    }
+    let (status, answer) = server.call("GET", "/v1/runs/", None).await;
+    assert_eq!(status, 422, "{answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("RUN_LIST_AGENTS_COUNT_MAX = 1000") && detail.contains("give agent_id"),
+        "{detail}"
+    );
+    std::sync::Arc::into_inner(server).unwrap().shutdown().await;
+}
