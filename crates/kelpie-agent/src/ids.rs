@@ -78,6 +78,13 @@ pub fn rfc3339_seconds(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", secs / 3_600, secs / 60 % 60, secs % 60)
 }
 
+/// FNV-1a (64 bits) of `text`: a hash every server and release agrees on,
+/// for placing keys in fixed shards.
+pub fn fnv1a_64(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

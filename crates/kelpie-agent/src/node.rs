@@ -28,7 +28,9 @@ use crate::actors::agent::{AgentActor, AGENT_NAMESPACE};
 use crate::actors::block_store::{BlockStoreActor, BLOCK_STORE_ACTOR};
 use crate::actors::directory::{DirectoryActor, DIRECTORY_NAMESPACE};
 use crate::actors::reclaim::{ReclaimActor, RECLAIM_ACTOR};
-use crate::actors::run_store::{RunActor, RunIndexActor, RUN_INDEX_ACTOR, RUN_NAMESPACE};
+use crate::actors::run_store::{
+    RunActor, RunIndexActor, RunPointerActor, RUN_INDEX_ACTOR, RUN_NAMESPACE, RUN_POINTER_NAMESPACE,
+};
 use crate::actors::sandbox_config_store::{SandboxConfigActor, SANDBOX_CONFIG_ACTOR};
 use crate::actors::tool_store::{ToolStoreActor, TOOL_STORE_ACTOR};
 use crate::cluster::ClusterNode;
@@ -222,6 +224,7 @@ pub fn agent_service(
             .with_namespace(TOOL_STORE_ACTOR.0, Arc::new(runtimes.tool_store.clone()))
             .with_namespace(RUN_NAMESPACE, Arc::new(runtimes.runs.clone()))
             .with_namespace(RUN_INDEX_ACTOR.0, Arc::new(runtimes.run_index.clone()))
+            .with_namespace(RUN_POINTER_NAMESPACE, Arc::new(runtimes.run_pointers.clone()))
             .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone()))
             .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone()))
             .with_namespace(RECLAIM_ACTOR.0, Arc::new(runtimes.reclaim.clone())),
@@ -246,6 +249,7 @@ pub fn agent_runtimes(
         agents: parts.runtime(AgentActor::new(crate::ids::new_id("boot", env.rng.as_ref())))?,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
+        run_pointers: parts.runtime(RunPointerActor)?,
         run_index: parts.runtime(RunIndexActor)?,
         blocks: parts.runtime(BlockStoreActor)?,
         tool_store: parts.runtime(ToolStoreActor)?,

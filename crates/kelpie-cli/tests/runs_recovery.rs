@@ -93,12 +93,15 @@ async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
     }
     let active = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/active"), None).await;
     assert_eq!(active.as_array().unwrap().len(), AGENTS_COUNT * RUNS_PER_AGENT_COUNT, "all in flight");
-    // A synchronous turn in flight, its client waiting.
+    // A synchronous turn in flight, its client waiting: its first step
+    // (a memory insert) committed, its second napping. Every background
+    // run already made its LLM call, so these two answers are the turn's.
+    fake.push_reply(None, &[("archival_memory_insert", json!({"content": "before the kill"}))]);
+    fake.push_reply(None, &[("nap", json!({"seconds": 20, "tag": "sync"}))]);
     let body = json!({"name": "waiter", "tool_ids": [tool["id"]]});
     let created = call(&http, reqwest::Method::POST, format!("{base}/v1/agents/"), Some(body)).await;
     let waiter = created["id"].as_str().unwrap().to_string();
-    let text = "/call nap {\"seconds\": 20, \"tag\": \"sync\"}";
-    let body = json!({"messages": [{"role": "user", "content": text}]});
+    let body = json!({"messages": [{"role": "user", "content": "two steps"}]});
     let request = http.post(format!("{base}/v1/agents/{waiter}/messages")).json(&body).send();
     let waiting = tokio::spawn(request);
     let url = format!("{base}/v1/runs/?agent_id={waiter}&active=true");
@@ -106,9 +109,17 @@ async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
     let sync_run = loop {
         let active = call(&http, reqwest::Method::GET, url.clone(), None).await;
         if let Some(run) = active.as_array().unwrap().first() {
-            break run["id"].as_str().unwrap().to_string();
+            let run_id = run["id"].as_str().unwrap().to_string();
+            let steps =
+                call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{run_id}/steps"), None).await;
+            if steps.as_array().unwrap().len() == 1 {
+                break run_id;
+            }
         }
-        assert!(waited.elapsed() < Duration::from_secs(20), "the synchronous run never showed as active");
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the synchronous run never committed its first step"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
@@ -122,6 +133,8 @@ async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {
     let run = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{sync_run}"), None).await;
     assert_eq!((run["status"].as_str(), run["background"].as_bool()), (Some("failed"), Some(false)), "{run}");
     assert!(run["metadata"]["error"].as_str().unwrap().contains("the server stopped"), "{run}");
+    let steps = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{sync_run}/steps"), None).await;
+    assert_eq!(steps.as_array().unwrap().len(), 1, "its committed step is kept: {steps}");
     let mut failed = 0;
     for (_, run_id) in &runs {
         let run = call(&http, reqwest::Method::GET, format!("{base}/v1/runs/{run_id}"), None).await;

@@ -570,3 +570,46 @@ async fn listing_runs_of_every_agent_past_the_agent_limit_asks_for_agent_id() {
     );
     std::sync::Arc::into_inner(server).unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn at_shutdown_a_waiting_turn_completes_and_a_background_run_ends_failed_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": NAP}))).await;
+    let body = json!({"name": "late", "model": "openai-proxy/fake-gpt", "tool_ids": [tool["id"]]});
+    let waiting_agent =
+        server.ok("POST", "/v1/agents/", Some(body.clone())).await["id"].as_str().unwrap().to_string();
+    let background_agent =
+        server.ok("POST", "/v1/agents/", Some(body)).await["id"].as_str().unwrap().to_string();
+    let body = json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 60}"}]});
+    let background =
+        server.ok("POST", &format!("/v1/agents/{background_agent}/messages/async"), Some(body)).await;
+    let background_id = background["id"].as_str().unwrap().to_string();
+    // A client waits on a turn that naps 1 s; the shutdown begins meanwhile.
+    let body = json!({"messages": [{"role": "user", "content": "/call nap {\"seconds\": 1}"}]});
+    let request =
+        server.http.post(format!("{}/v1/agents/{waiting_agent}/messages", server.base)).json(&body).send();
+    let waiting = tokio::spawn(request);
+    let active = format!("/v1/runs/?agent_id={waiting_agent}&active=true");
+    while server.ok("GET", &active, None).await.as_array().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+    let base = server.base.clone();
+    server.shutdown().await;
+    let answer: Value = waiting.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answer["stop_reason"]["stop_reason"], "end_turn", "the waiting turn completed: {answer}");
+    let returned =
+        answer["messages"].as_array().unwrap().iter().find(|m| m["message_type"] == "tool_return_message");
+    assert_eq!(returned.unwrap()["tool_return"], "rested");
+    assert!(
+        reqwest::get(format!("{base}/v1/health/")).await.is_err(),
+        "no request is served after the shutdown"
+    );
+    let server = common::start(dir.path(), &fake).await;
+    let run = server.ok("GET", &run_path(&background_id, ""), None).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["metadata"]["error"].as_str().unwrap();
+    assert!(error.contains("the server shut down while the run was in flight"), "{error}");
+    server.shutdown().await;
+}

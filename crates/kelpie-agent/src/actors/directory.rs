@@ -73,9 +73,7 @@ type Ctx<'a> = ActorContext<'a, DirectoryState>;
 /// The shard actor id (`shard-<k>`) holding the entry of `agent_id`:
 /// FNV-1a of the id, so every server and release agrees.
 pub fn shard_of(agent_id: &str) -> String {
-    let hash = agent_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::ids::fnv1a_64(agent_id);
     shard_name(usize::try_from(hash % DIRECTORY_SHARDS_COUNT as u64).expect("shard index fits usize"))
 }
 

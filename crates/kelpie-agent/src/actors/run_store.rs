@@ -1,12 +1,12 @@
-//! The run actors: one virtual actor per run (`runs/<run id>`) that says
-//! which agent holds the run (the run and its steps live with the agent,
+//! Where runs are found: the run pointers (`run-ids/shard-<k>`, 64 shard
+//! actors, a row per run naming the agent that holds the run and its steps,
 //! `actors::agent::runs`), so a run is found by its id alone; the record's
 //! wire shape; and the run index (`run-index/all`): every background run in
 //! flight with the node that runs it, so a node that starts again finds the
 //! runs it left running.
 //!
 //! Runs stored before runs moved into their agents keep their whole record
-//! here (`RunState::run`) and are still read.
+//! in an actor of their own (`runs/<run id>`) and are still read.
 
 use std::collections::BTreeMap;
 
@@ -15,11 +15,21 @@ use kelpie_runtime::{Actor, ActorContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::ids::rfc3339_micros;
+use crate::ids::{fnv1a_64, rfc3339_micros};
 use crate::model::{RunOwner, RunRecord, RunStatus};
 
-/// Namespace of the run actors.
+/// Namespace of the actors of runs stored before runs moved into their agents.
 pub const RUN_NAMESPACE: &str = "runs";
+/// Namespace of the run pointer shards.
+pub const RUN_POINTER_NAMESPACE: &str = "run-ids";
+/// Shards the run pointers are spread over (fixed forever: a run's shard
+/// is FNV-1a of its id modulo this).
+pub const RUN_POINTER_SHARDS_COUNT: u64 = 64;
+
+/// The pointer shard (actor id) holding run `run_id`.
+pub fn run_pointer_shard(run_id: &str) -> String {
+    format!("shard-{}", fnv1a_64(run_id) % RUN_POINTER_SHARDS_COUNT)
+}
 
 /// A run's whole record as it was stored before runs moved into their
 /// agents.
@@ -56,53 +66,89 @@ impl LegacyRunRecord {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunState {
-    /// A record stored before runs moved into their agents.
-    #[serde(default)]
     pub run: Option<LegacyRunRecord>,
-    /// The agent holding the run.
-    #[serde(default)]
-    pub agent_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum RunCommand {
-    /// Records that agent `agent_id` holds the run.
-    Point {
-        agent_id: String,
-    },
     Get,
     /// Forgets the run.
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum RunLocation {
-    Agent(String),
-    Legacy(LegacyRunRecord),
-    Unknown,
-}
-
+/// The actor of a run stored before runs moved into their agents.
 pub struct RunActor;
 
 impl Actor for RunActor {
     type State = RunState;
     type Message = RunCommand;
-    type Reply = RunLocation;
+    type Reply = Option<LegacyRunRecord>;
 
-    async fn handle(&self, ctx: &mut ActorContext<'_, RunState>, command: RunCommand) -> Result<RunLocation> {
+    async fn handle(
+        &self,
+        ctx: &mut ActorContext<'_, RunState>,
+        command: RunCommand,
+    ) -> Result<Option<LegacyRunRecord>> {
         match command {
-            RunCommand::Point { agent_id } => {
-                ctx.state.agent_id = Some(agent_id.clone());
-                Ok(RunLocation::Agent(agent_id))
+            RunCommand::Get => Ok(ctx.state.run.clone()),
+            RunCommand::Delete => Ok(ctx.state.run.take()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum RunPointerCommand {
+    /// Records that agent `agent_id` holds run `run_id`.
+    Put {
+        run_id: String,
+        agent_id: String,
+    },
+    Get {
+        run_id: String,
+    },
+    Delete {
+        run_id: String,
+    },
+}
+
+/// A shard of run pointers: a row per run (key: the run id, value: the
+/// agent id).
+pub struct RunPointerActor;
+
+impl Actor for RunPointerActor {
+    type State = ();
+    type Message = RunPointerCommand;
+    /// The agent holding the run, if known.
+    type Reply = Option<String>;
+
+    async fn handle(
+        &self,
+        ctx: &mut ActorContext<'_, ()>,
+        command: RunPointerCommand,
+    ) -> Result<Option<String>> {
+        let agent_of = |bytes: Vec<u8>, run_id: &str| {
+            String::from_utf8(bytes).map_err(|_| Error::Corruption {
+                location: format!("run pointer {run_id}"),
+                reason: "the agent id is not UTF-8".into(),
+            })
+        };
+        match command {
+            RunPointerCommand::Put { run_id, agent_id } => {
+                assert_eq!(
+                    run_pointer_shard(&run_id),
+                    ctx.actor_id.id(),
+                    "a run's pointer lives in its shard"
+                );
+                ctx.kv_put(run_id.as_bytes(), agent_id.clone().into_bytes())?;
+                Ok(Some(agent_id))
             }
-            RunCommand::Get => Ok(match (&ctx.state.agent_id, &ctx.state.run) {
-                (Some(agent_id), _) => RunLocation::Agent(agent_id.clone()),
-                (None, Some(run)) => RunLocation::Legacy(run.clone()),
-                (None, None) => RunLocation::Unknown,
-            }),
-            RunCommand::Delete => {
-                *ctx.state = RunState::default();
-                Ok(RunLocation::Unknown)
+            RunPointerCommand::Get { run_id } => match ctx.kv_get(run_id.as_bytes()).await? {
+                Some(bytes) => Ok(Some(agent_of(bytes, &run_id)?)),
+                None => Ok(None),
+            },
+            RunPointerCommand::Delete { run_id } => {
+                ctx.kv_delete(run_id.as_bytes())?;
+                Ok(None)
             }
         }
     }
@@ -193,4 +239,22 @@ pub fn run_json(run: &RunRecord) -> Value {
         "stop_reason": run.stop_reason, "callback_url": null, "callback_sent_at": null,
         "callback_status_code": null, "callback_error": null, "ttft_ns": null, "total_duration_ns": duration_ns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_pointer_shard_is_fixed_and_runs_spread_over_every_shard() {
+        // FNV-1a, so every release places a run where earlier ones did.
+        assert_eq!(run_pointer_shard("run-00000000-0000-4000-8000-000000000000"), "shard-53");
+        assert_eq!(fnv1a_64(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64("a"), 0xaf63_dc4c_8601_ec8c);
+        let mut used = std::collections::BTreeSet::new();
+        for n in 0..2_000 {
+            used.insert(run_pointer_shard(&format!("run-{n:08x}-0000-4000-8000-000000000000")));
+        }
+        assert_eq!(used.len() as u64, RUN_POINTER_SHARDS_COUNT);
+    }
 }

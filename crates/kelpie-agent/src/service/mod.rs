@@ -71,6 +71,7 @@ pub struct AgentRuntimes {
     pub agents: Runtime<AgentActor>,
     pub directory: Runtime<DirectoryActor>,
     pub runs: Runtime<RunActor>,
+    pub run_pointers: Runtime<crate::actors::run_store::RunPointerActor>,
     pub run_index: Runtime<crate::actors::run_store::RunIndexActor>,
     pub blocks: Runtime<BlockStoreActor>,
     pub tool_store: Runtime<ToolStoreActor>,
@@ -132,7 +133,7 @@ impl AgentService {
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&turns),
-            (runtimes.runs, runtimes.run_index),
+            (runtimes.runs, runtimes.run_pointers, runtimes.run_index),
             env.clone(),
         );
         let transfer = Transfer::new(

@@ -38,13 +38,13 @@ use super::turn::token_stream::TurnEvents;
 use super::turn::{check_turn_input, ApprovalAnswer, TurnOutcome, TurnRun, Turns};
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, RunFilter, RUN_INTERRUPTED_ERROR};
 use crate::actors::run_store::{
-    run_json, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand, RunIndexReply, RunLocation,
-    RUN_INDEX_ACTOR, RUN_NAMESPACE,
+    run_json, run_pointer_shard, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand,
+    RunIndexReply, RunPointerActor, RunPointerCommand, RUN_INDEX_ACTOR, RUN_NAMESPACE, RUN_POINTER_NAMESPACE,
 };
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_id, rfc3339_micros};
 use crate::letta::{letta_messages, render_page};
-use crate::model::{MessageBody, RunEnd, RunRecord, RunStart, RunStatus};
+use crate::model::{MessageBody, RunEnd, RunOwner, RunRecord, RunStart, RunStatus};
 use crate::page::{paginate, Page};
 
 /// What a run left in flight by a server that shut down ends with.
@@ -89,6 +89,11 @@ pub struct Runs {
 /// index, the table of active runs.
 struct RunRecords {
     actors: Arc<AgentActors>,
+    pointers: Runtime<RunPointerActor>,
+    /// This node, as the owner of the runs it runs (the boot id is the
+    /// agent actors' business; this one only labels unstored runs).
+    owner: RunOwner,
+    /// The actors of runs stored before runs moved into their agents.
     runtime: Runtime<RunActor>,
     index: Runtime<RunIndexActor>,
     active: ActiveRuns,
@@ -96,10 +101,15 @@ struct RunRecords {
 }
 
 impl RunRecords {
+    async fn pointer(&self, command: RunPointerCommand, run_id: &str) -> ServiceResult<Option<String>> {
+        let actor_id = ActorId::new(RUN_POINTER_NAMESPACE, run_pointer_shard(run_id))?;
+        Ok(self.pointers.invoke(&actor_id, command).await?)
+    }
+
+    /// Records that `agent_id` holds run `run_id`.
     async fn point(&self, run_id: &str, agent_id: &str) -> ServiceResult<()> {
-        let actor_id = ActorId::new(RUN_NAMESPACE, run_id)?;
-        self.runtime.invoke(&actor_id, RunCommand::Point { agent_id: agent_id.to_string() }).await?;
-        Ok(())
+        let command = RunPointerCommand::Put { run_id: run_id.to_string(), agent_id: agent_id.to_string() };
+        self.pointer(command, run_id).await.map(drop)
     }
 
     /// Stores where run `start` of `agent_id` is, then the run as running:
@@ -214,11 +224,14 @@ impl Runs {
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
         turns: Arc<Turns>,
-        (runtime, index): (Runtime<RunActor>, Runtime<RunIndexActor>),
+        (runtime, pointers, index): (Runtime<RunActor>, Runtime<RunPointerActor>, Runtime<RunIndexActor>),
         env: Env,
     ) -> Self {
+        let owner = RunOwner { node_id: runtime.node_id().as_str().to_string(), boot_id: String::new() };
         let records = Arc::new(RunRecords {
             actors: Arc::clone(&actors),
+            pointers,
+            owner,
             runtime,
             index,
             active: ActiveRuns::default(),
@@ -361,17 +374,19 @@ impl Runs {
         let (reply, finished) = oneshot::channel();
         let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
         let agent_id = agent_id.to_string();
-        let control = self.records.active.add(&start.run_id, &agent_id);
-        let (mut stop, ended) = control;
+        let owner = self.records.owner.clone();
+        let (mut stop, ended) = self.records.active.add(&start, &agent_id, owner);
         let task = async move {
-            // A synchronous run is stored (where it is, then running) while
-            // its first LLM call is made; the turn's commits wait for that.
+            // Where a synchronous run is is stored while its first LLM call
+            // is made; the commit that first stores the run waits for it,
+            // so a stored run is always found by its id. Until then the run
+            // is read from the table of active runs.
             let begun = {
                 let (records, agent_id, start) = (Arc::clone(&records), agent_id.clone(), start.clone());
                 async move {
                     if !begun {
-                        if let Err(err) = records.begin(&agent_id, &start).await {
-                            tracing::debug!(error = %err, run_id = start.run_id, "cannot store a run as begun");
+                        if let Err(err) = records.point(&start.run_id, &agent_id).await {
+                            tracing::warn!(error = %err, run_id = start.run_id, "cannot record where a run is");
                         }
                     }
                 }
@@ -424,7 +439,13 @@ impl Runs {
                 }
                 Either::Right((end, _)) => {
                     let end = end.unwrap_or_else(|| RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
-                    records.stopped_outcome(&agent_id, &start, end).await
+                    let cancelled = end.status == RunStatus::Cancelled;
+                    let outcome = records.stopped_outcome(&agent_id, &start, end).await;
+                    match cancelled {
+                        true => outcome,
+                        // Stopped by a shutdown: a waiting client gets a 503.
+                        false => Err(ServiceError::Core(Error::ShuttingDown { component: "runs" })),
+                    }
                 }
             };
             if start.background {
@@ -453,17 +474,28 @@ impl Runs {
     }
 
     /// The run `run_id` as stored (a run of an older layout is upgraded).
+    /// A run that runs here and has not stored a step yet is read from the
+    /// table of active runs.
     pub async fn record(&self, run_id: &str) -> ServiceResult<RunRecord> {
         let not_found = || ServiceError::RunNotFound(run_id.to_string());
-        let actor_id = ActorId::new(RUN_NAMESPACE, run_id).map_err(|_| not_found())?;
-        let agent_id = match self.records.runtime.invoke(&actor_id, RunCommand::Get).await? {
-            RunLocation::Agent(agent_id) => agent_id,
-            RunLocation::Legacy(run) => return Ok(run.upgrade()),
-            RunLocation::Unknown => return Err(not_found()),
+        let get = RunPointerCommand::Get { run_id: run_id.to_string() };
+        let agent_id = match self.records.pointer(get, run_id).await? {
+            Some(agent_id) => agent_id,
+            None => {
+                if let Some(run) = self.records.active.unstored(run_id) {
+                    return Ok(run);
+                }
+                // A run stored before runs moved into their agents.
+                let actor_id = ActorId::new(RUN_NAMESPACE, run_id).map_err(|_| not_found())?;
+                let legacy = self.records.runtime.invoke(&actor_id, RunCommand::Get).await?;
+                return legacy.map(|run| run.upgrade()).ok_or_else(not_found);
+            }
         };
         match self.actors.invoke(&agent_id, AgentCommand::GetRun { run_id: run_id.to_string() }).await {
             Ok(AgentReply::Run(Some(run))) => Ok(*run),
-            Ok(AgentReply::Run(None)) | Err(ServiceError::AgentNotFound(_)) => Err(not_found()),
+            Ok(AgentReply::Run(None)) | Err(ServiceError::AgentNotFound(_)) => {
+                self.records.active.unstored(run_id).ok_or_else(not_found)
+            }
             Ok(_) => Err(unexpected("get run")),
             Err(err) => Err(err),
         }
@@ -496,6 +528,17 @@ impl Runs {
             }
         };
         let limit = query.page.limit.max(1);
+        // Runs here that have not stored a step yet: newer than every
+        // stored run of their agent.
+        let mut unstored = Vec::new();
+        for run in self.records.active.unstored_of(&query.agent_ids) {
+            let command = AgentCommand::GetRun { run_id: run.id.clone() };
+            if filter.accepts(&run)
+                && matches!(self.actors.invoke(&run.agent_id, command).await, Ok(AgentReply::Run(None)))
+            {
+                unstored.push(run);
+            }
+        }
         if let [agent_id] = agent_ids.as_slice() {
             let page = PageSpec {
                 after: query.page.after.clone(),
@@ -503,7 +546,21 @@ impl Runs {
                 limit,
                 descending: query.page.descending,
             };
-            return Ok(self.agent_runs(agent_id, page, &filter).await?.iter().map(run_json).collect());
+            let stored = self.agent_runs(agent_id, page, &filter).await?;
+            unstored.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            let runs = match query.page.descending {
+                // Newest first: they open the first page.
+                true if query.page.after.is_none() => {
+                    unstored.reverse();
+                    unstored.into_iter().chain(stored).collect()
+                }
+                // Oldest first: they close the last page.
+                false if query.page.before.is_none() && stored.len() < limit => {
+                    stored.into_iter().chain(unstored).collect()
+                }
+                _ => stored,
+            };
+            return Ok(runs.iter().take(limit).map(run_json).collect());
         }
         // Over several agents the cursors are places in the merged order
         // (creation time, then id): each agent is read from its start in the
@@ -551,6 +608,14 @@ impl Runs {
                     }
                     _ => break,
                 }
+            }
+        }
+        for run in unstored {
+            let key = place(&run);
+            let inside = after.as_ref().is_none_or(|after| precedes(after, &key))
+                && before.as_ref().is_none_or(|before| precedes(&key, before));
+            if inside && agent_ids.contains(&run.agent_id) {
+                runs.push(run);
             }
         }
         runs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
@@ -666,15 +731,17 @@ impl Runs {
         for (_, mut ended) in stopping {
             let _ = ended.wait_for(|ended| *ended).await;
         }
-        if !run.owner.node_id.is_empty() {
-            match self.actors.invoke(&run.agent_id, AgentCommand::DeleteRun { run_id: run.id.clone() }).await
-            {
-                Ok(_) | Err(ServiceError::AgentNotFound(_)) => {}
-                Err(err) => return Err(err),
-            }
+        // A run of the older layout has no owner; its record is its actor.
+        if run.owner.node_id.is_empty() {
+            let actor_id = ActorId::new(RUN_NAMESPACE, run_id)?;
+            self.records.runtime.invoke(&actor_id, RunCommand::Delete).await?;
+            return Ok(());
         }
-        let actor_id = ActorId::new(RUN_NAMESPACE, run_id)?;
-        self.records.runtime.invoke(&actor_id, RunCommand::Delete).await?;
+        match self.actors.invoke(&run.agent_id, AgentCommand::DeleteRun { run_id: run.id.clone() }).await {
+            Ok(_) | Err(ServiceError::AgentNotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+        self.records.pointer(RunPointerCommand::Delete { run_id: run.id.clone() }, run_id).await?;
         Ok(())
     }
 
@@ -749,6 +816,7 @@ impl Runs {
 
     pub async fn shutdown(&self) {
         self.records.runtime.shutdown().await;
+        self.records.pointers.shutdown().await;
         self.records.index.shutdown().await;
     }
 }
@@ -780,6 +848,8 @@ struct ActiveRuns {
 
 struct ActiveRun {
     agent_id: String,
+    /// The run as it is before its first commit stores it.
+    unstored: RunRecord,
     /// Set to the end a stop asks for.
     stop: watch::Sender<Option<RunEnd>>,
     /// Becomes `true` once the run's task recorded its end.
@@ -792,13 +862,45 @@ impl ActiveRuns {
     }
 
     /// Adds run `run_id`; the task's ends of its channels.
-    fn add(&self, run_id: &str, agent_id: &str) -> (watch::Receiver<Option<RunEnd>>, watch::Sender<bool>) {
+    fn add(
+        &self,
+        start: &RunStart,
+        agent_id: &str,
+        owner: RunOwner,
+    ) -> (watch::Receiver<Option<RunEnd>>, watch::Sender<bool>) {
         let (stop, stop_rx) = watch::channel(None);
         let (ended_tx, ended) = watch::channel(false);
-        let previous =
-            self.lock().insert(run_id.to_string(), ActiveRun { agent_id: agent_id.to_string(), stop, ended });
+        let unstored = RunRecord {
+            id: start.run_id.clone(),
+            agent_id: agent_id.to_string(),
+            seq: 0,
+            status: RunStatus::Running,
+            stop_reason: None,
+            error: None,
+            created_ms: start.created_ms,
+            completed_ms: None,
+            background: start.background,
+            owner,
+            steps: Vec::new(),
+            idempotency_key: start.idempotency_key.clone(),
+        };
+        let run = ActiveRun { agent_id: agent_id.to_string(), unstored, stop, ended };
+        let previous = self.lock().insert(start.run_id.clone(), run);
         assert!(previous.is_none(), "run ids are never reused");
         (stop_rx, ended_tx)
+    }
+
+    /// Run `run_id` as it is before its first commit, if it runs here.
+    fn unstored(&self, run_id: &str) -> Option<RunRecord> {
+        self.lock().get(run_id).map(|run| run.unstored.clone())
+    }
+
+    /// The runs here of the agents in `agent_ids` (of every agent when
+    /// empty), as they are before their first commit.
+    fn unstored_of(&self, agent_ids: &[String]) -> Vec<RunRecord> {
+        let table = self.lock();
+        let runs = table.values().filter(|run| agent_ids.is_empty() || agent_ids.contains(&run.agent_id));
+        runs.map(|run| run.unstored.clone()).collect()
     }
 
     fn contains(&self, run_id: &str) -> bool {
