@@ -251,6 +251,35 @@ impl RunRecord {
     }
 }
 
+/// The runs this process is running now (their tasks are alive), shared by
+/// the run service, which adds each before anything stores it and removes
+/// it when its task ends, and the agent actors, which end any open run of
+/// this process that is not here: a task that ended without recording its
+/// run's end.
+#[derive(Debug, Default)]
+pub struct LiveRuns {
+    runs: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl LiveRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.runs.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn insert(&self, run_id: &str) {
+        let fresh = self.lock().insert(run_id.to_string());
+        assert!(fresh, "run ids are never reused");
+    }
+
+    pub fn remove(&self, run_id: &str) {
+        self.lock().remove(run_id);
+    }
+
+    pub fn contains(&self, run_id: &str) -> bool {
+        self.lock().contains(run_id)
+    }
+}
+
 /// A run still running, as the agent's state lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenRun {

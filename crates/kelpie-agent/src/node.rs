@@ -244,9 +244,12 @@ pub fn agent_runtimes(
     config: &RuntimeConfig,
 ) -> Result<AgentRuntimes, kelpie_core::Error> {
     let parts = RuntimeParts { storage, placement, env, config };
+    let live_runs = Arc::new(crate::model::LiveRuns::default());
+    // The boot id is drawn at every start: the runs this process begins are its own.
+    let boot_id = crate::ids::new_id("boot", env.rng.as_ref());
     Ok(AgentRuntimes {
-        // Drawn at every start: the runs this process begins are its own.
-        agents: parts.runtime(AgentActor::new(crate::ids::new_id("boot", env.rng.as_ref())))?,
+        agents: parts.runtime(AgentActor::new(boot_id, Arc::clone(&live_runs)))?,
+        live_runs,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
         run_pointers: parts.runtime(RunPointerActor)?,

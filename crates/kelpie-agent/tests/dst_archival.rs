@@ -5,6 +5,10 @@
 //! fault during the search aborts a step whose messages already reached
 //! the cached window and whose insert already reached the in-memory index.
 //! Properties checked after every turn:
+//! - no run is left running once its turn returned (a run whose end could
+//!   not be stored is ended by the agent's next command), a turn that
+//!   succeeded has a completed run, and the user messages stored are
+//!   exactly those the runs' steps hold;
 //! - a search answers only passages the store holds (an aborted insert is
 //!   never found), with the scores brute force gives over what is stored;
 //! - a committed insert is found by its own text;
@@ -21,10 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kelpie_agent::actors::agent::RunFilter;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::{CreateAgent, PassageSearch};
-use kelpie_agent::service::runs::TurnInput;
+use kelpie_agent::service::runs::{RunQuery, TurnInput};
 use kelpie_agent::AgentService;
 use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_core::{ActorId, Error, NodeId, Result as CoreResult};
@@ -220,6 +225,44 @@ async fn scenario(node: SimNode) -> Result<Seen, String> {
                     ));
                 }
             }
+        }
+
+        // Runs: none is left running once its turn returned (a run whose
+        // end could not be stored is ended by the agent's next command),
+        // the turn's run ended as the turn did, and the user messages
+        // stored are exactly those the runs' steps hold.
+        let all = Page { before: None, after: None, limit: 1_000, descending: false };
+        let query = RunQuery {
+            agent_ids: vec![agent_id.clone()],
+            filter: RunFilter::default(),
+            active: false,
+            page: all.clone(),
+        };
+        let runs = retried!(service.runs.list(query.clone()).await)?;
+        let mut run_users: Vec<String> = Vec::new();
+        for run in &runs {
+            let run_id = run["id"].as_str().unwrap();
+            if run["status"] == "running" {
+                return Err(format!("turn {turn}: run {run_id} is still running after its turn returned"));
+            }
+            let messages = retried!(service.runs.messages(run_id, &all).await)?;
+            for message in messages.iter().filter(|m| m["message_type"] == "user_message") {
+                run_users.push(message["content"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        if let Ok(outcome) = &outcome {
+            let run = runs.iter().find(|run| run["id"] == outcome.run_id.as_str());
+            if run.map(|run| run["status"].clone()) != Some(json!("completed")) {
+                return Err(format!("turn {turn} succeeded but its run {} is {run:?}", outcome.run_id));
+            }
+        }
+        let (mut by_runs, mut by_messages) = (run_users.clone(), stored_users.clone());
+        by_runs.sort();
+        by_messages.sort();
+        if by_runs != by_messages {
+            return Err(format!(
+                "turn {turn}: runs hold user messages {by_runs:?}, the agent {by_messages:?}"
+            ));
         }
 
         // What is stored, read page by page.

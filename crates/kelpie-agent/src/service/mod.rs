@@ -72,6 +72,8 @@ pub struct AgentRuntimes {
     pub directory: Runtime<DirectoryActor>,
     pub runs: Runtime<RunActor>,
     pub run_pointers: Runtime<crate::actors::run_store::RunPointerActor>,
+    /// The runs this process is running, shared with the agent actors.
+    pub live_runs: Arc<crate::model::LiveRuns>,
     pub run_index: Runtime<crate::actors::run_store::RunIndexActor>,
     pub blocks: Runtime<BlockStoreActor>,
     pub tool_store: Runtime<ToolStoreActor>,
@@ -134,6 +136,7 @@ impl AgentService {
             Arc::clone(&directory),
             Arc::clone(&turns),
             (runtimes.runs, runtimes.run_pointers, runtimes.run_index),
+            runtimes.live_runs,
             env.clone(),
         );
         let transfer = Transfer::new(

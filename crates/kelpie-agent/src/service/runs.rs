@@ -44,7 +44,7 @@ use crate::actors::run_store::{
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_id, rfc3339_micros};
 use crate::letta::{letta_messages, render_page};
-use crate::model::{MessageBody, RunEnd, RunOwner, RunRecord, RunStart, RunStatus};
+use crate::model::{LiveRuns, MessageBody, RunEnd, RunOwner, RunRecord, RunStart, RunStatus};
 use crate::page::{paginate, Page};
 
 /// What a run left in flight by a server that shut down ends with.
@@ -90,6 +90,9 @@ pub struct Runs {
 struct RunRecords {
     actors: Arc<AgentActors>,
     pointers: Runtime<RunPointerActor>,
+    /// The runs whose tasks are alive here (the agent actors end any open
+    /// run of this process not in it).
+    live: Arc<LiveRuns>,
     /// This node, as the owner of the runs it runs (the boot id is the
     /// agent actors' business; this one only labels unstored runs).
     owner: RunOwner,
@@ -168,6 +171,26 @@ impl RunRecords {
     }
 }
 
+/// A run's place among the live runs, from before anything stores it until
+/// its task ends (or it never starts).
+struct LiveRun {
+    live: Arc<LiveRuns>,
+    run_id: String,
+}
+
+impl LiveRun {
+    fn new(live: &Arc<LiveRuns>, run_id: &str) -> LiveRun {
+        live.insert(run_id);
+        LiveRun { live: Arc::clone(live), run_id: run_id.to_string() }
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        self.live.remove(&self.run_id);
+    }
+}
+
 /// A key within `1..=IDEMPOTENCY_KEY_BYTES_MAX` bytes, if any.
 fn check_idempotency_key(key: Option<&str>) -> ServiceResult<()> {
     match key {
@@ -199,6 +222,18 @@ fn ended_outcome(run: &RunRecord) -> TurnOutcome {
     }
 }
 
+/// What a run stopped before anything of it could be stored answers.
+fn unstored_outcome(run_id: &str, end: &RunEnd) -> TurnOutcome {
+    TurnOutcome {
+        run_id: run_id.to_string(),
+        messages: Vec::new(),
+        stop_reason: static_stop_reason(&end.stop_reason),
+        usage: kelpie_llm::TokenUsage::default(),
+        step_count: 0,
+        run_ended: true,
+    }
+}
+
 /// The stop reason of Letta's `StopReasonType` named `name`.
 fn static_stop_reason(name: &str) -> &'static str {
     const REASONS: [&str; 13] = [
@@ -225,12 +260,14 @@ impl Runs {
         directory: Arc<AgentDirectory>,
         turns: Arc<Turns>,
         (runtime, pointers, index): (Runtime<RunActor>, Runtime<RunPointerActor>, Runtime<RunIndexActor>),
+        live: Arc<LiveRuns>,
         env: Env,
     ) -> Self {
         let owner = RunOwner { node_id: runtime.node_id().as_str().to_string(), boot_id: String::new() };
         let records = Arc::new(RunRecords {
             actors: Arc::clone(&actors),
             pointers,
+            live,
             owner,
             runtime,
             index,
@@ -261,13 +298,14 @@ impl Runs {
         check_idempotency_key(idempotency_key.as_deref())?;
         let keyed = idempotency_key.is_some();
         let start = self.new_start(false, idempotency_key);
+        let live = LiveRun::new(&self.records.live, &start.run_id);
         if keyed {
             let run = self.records.begin(agent_id, &start).await?;
             if run.id != start.run_id {
                 return self.replay(run, events.as_ref()).await;
             }
         }
-        let finished = self.spawn(agent_id, start, input, max_steps, events, keyed);
+        let finished = self.spawn(agent_id, (start, live), input, max_steps, events, keyed);
         finished.await.unwrap_or(Err(ServiceError::Core(Error::ShuttingDown { component: "runs" })))
     }
 
@@ -323,6 +361,7 @@ impl Runs {
         check_idempotency_key(idempotency_key.as_deref())?;
         self.actors.record(agent_id).await?;
         let start = self.new_start(true, idempotency_key);
+        let live = LiveRun::new(&self.records.live, &start.run_id);
         let in_flight = InFlightRun {
             run_id: start.run_id.clone(),
             agent_id: agent_id.to_string(),
@@ -345,7 +384,7 @@ impl Runs {
             }
         };
         // The caller does not wait: the run's end is read from the run.
-        drop(self.spawn(agent_id, start, TurnInput::Texts(inputs), max_steps, None, true));
+        drop(self.spawn(agent_id, (start, live), TurnInput::Texts(inputs), max_steps, None, true));
         Ok(run_json(&run))
     }
 
@@ -365,7 +404,7 @@ impl Runs {
     fn spawn(
         &self,
         agent_id: &str,
-        start: RunStart,
+        (start, live): (RunStart, LiveRun),
         input: TurnInput,
         max_steps: Option<u32>,
         events: Option<TurnEvents>,
@@ -384,10 +423,12 @@ impl Runs {
             let begun = {
                 let (records, agent_id, start) = (Arc::clone(&records), agent_id.clone(), start.clone());
                 async move {
-                    if !begun {
-                        if let Err(err) = records.point(&start.run_id, &agent_id).await {
-                            tracing::warn!(error = %err, run_id = start.run_id, "cannot record where a run is");
-                        }
+                    match begun {
+                        true => Ok(()),
+                        false => records
+                            .point(&start.run_id, &agent_id)
+                            .await
+                            .map_err(|err| format!("cannot record where run {} is: {err}", start.run_id)),
                     }
                 }
                 .boxed()
@@ -412,35 +453,48 @@ impl Runs {
                 let end = stop.wait_for(Option::is_some).await.map(|end| end.clone());
                 end.ok().flatten()
             };
-            let result = match select(Box::pin(turn), Box::pin(stopped)).await {
-                Either::Left((Ok(Ok(outcome)), _)) => match outcome.run_ended {
+            let finished = match select(Box::pin(turn), Box::pin(stopped)).await {
+                Either::Left((Ok(outcome), _)) => Ok(outcome),
+                Either::Left((Err(_panic), _)) => Err(None),
+                Either::Right((end, _)) => Err(Some(end)),
+            };
+            // A run is stored only where its id leads: when where it is
+            // could not be recorded, nothing of it is stored, its end neither.
+            let pointed = run.begun.clone().await.is_ok();
+            let end = |end: RunEnd| {
+                let (records, agent_id, start) = (&records, &agent_id, &start);
+                async move {
+                    match pointed {
+                        true => records.end(agent_id, start, end).await.map(Some),
+                        false => Ok(None),
+                    }
+                }
+            };
+            let result = match finished {
+                Ok(Ok(outcome)) => match outcome.run_ended {
                     true => Ok(outcome),
-                    false => records
-                        .end(&agent_id, &start, RunEnd::completed(outcome.stop_reason))
-                        .await
-                        .map(|_| outcome),
+                    false => end(RunEnd::completed(outcome.stop_reason)).await.map(|_| outcome),
                 },
-                Either::Left((Ok(Err(err)), _)) => {
-                    if let Err(end_err) =
-                        records.end(&agent_id, &start, RunEnd::failed(err.to_string())).await
-                    {
+                Ok(Err(err)) => {
+                    if let Err(end_err) = end(RunEnd::failed(err.to_string())).await {
                         tracing::debug!(error = %end_err, run_id = start.run_id, "cannot record a failed run");
                     }
                     Err(err)
                 }
-                Either::Left((Err(_panic), _)) => {
+                Err(None) => {
                     let err = ServiceError::Core(Error::Internal("the turn panicked".into()));
-                    if let Err(end_err) =
-                        records.end(&agent_id, &start, RunEnd::failed(err.to_string())).await
-                    {
+                    if let Err(end_err) = end(RunEnd::failed(err.to_string())).await {
                         tracing::warn!(error = %end_err, run_id = start.run_id, "cannot record a failed run");
                     }
                     Err(err)
                 }
-                Either::Right((end, _)) => {
+                Err(Some(end)) => {
                     let end = end.unwrap_or_else(|| RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
                     let cancelled = end.status == RunStatus::Cancelled;
-                    let outcome = records.stopped_outcome(&agent_id, &start, end).await;
+                    let outcome = match pointed {
+                        true => records.stopped_outcome(&agent_id, &start, end).await,
+                        false => Ok(unstored_outcome(&start.run_id, &end)),
+                    };
                     match cancelled {
                         true => outcome,
                         // Stopped by a shutdown: a waiting client gets a 503.
@@ -452,6 +506,7 @@ impl Runs {
                 records.unindex(&start.run_id).await;
             }
             records.active.remove(&start.run_id);
+            drop(live);
             let _ = ended.send(true);
             let _ = reply.send(result);
         };

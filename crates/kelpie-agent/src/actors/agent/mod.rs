@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use archive::TagFilter;
 pub use runs::{
-    RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_SCAN_ROWS_COUNT_MAX, RUN_STEPS_COUNT_MAX,
+    RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_LOST_ERROR, RUN_SCAN_ROWS_COUNT_MAX,
+    RUN_STEPS_COUNT_MAX,
 };
 use store::{agent, agent_mut, Ctx, PassageChanges};
 pub use store::{AgentActorState, ContextState, Counts, PageSpec};
@@ -264,13 +265,15 @@ pub struct AgentActor {
     indexes: archive::ArchivalIndexes,
     windows: window::RecentWindows,
     boot_id: String,
+    live: std::sync::Arc<crate::model::LiveRuns>,
 }
 
 impl AgentActor {
-    /// The agent actor of a process whose boot is `boot_id`.
-    pub fn new(boot_id: String) -> AgentActor {
+    /// The agent actor of a process whose boot is `boot_id` and whose live
+    /// runs are `live`.
+    pub fn new(boot_id: String, live: std::sync::Arc<crate::model::LiveRuns>) -> AgentActor {
         assert!(!boot_id.is_empty(), "a process has a boot id");
-        AgentActor { boot_id, ..AgentActor::default() }
+        AgentActor { boot_id, live, ..AgentActor::default() }
     }
 }
 
@@ -288,13 +291,9 @@ impl Actor for AgentActor {
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
         let (indexes, windows, boot_id) = (&self.indexes, &self.windows, self.boot_id.as_str());
         if !ctx.state.open_runs.is_empty() {
-            let recovered = runs::recover_stale(ctx, boot_id).await?;
+            let recovered = runs::recover_stale(ctx, boot_id, &self.live).await?;
             if recovered > 0 {
-                tracing::info!(
-                    agent_id = ctx.actor_id.id(),
-                    recovered,
-                    "ended runs a gone process left open"
-                );
+                tracing::info!(agent_id = ctx.actor_id.id(), recovered, "ended runs no live task runs");
             }
         }
         match command {

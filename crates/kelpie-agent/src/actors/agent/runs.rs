@@ -17,11 +17,15 @@ use kelpie_core::{Error, Result};
 
 use super::store::{self, decode, encode, Ctx, PageSpec};
 use crate::limits::{AGENT_STEPS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
-use crate::model::{OpenRun, RunEnd, RunOwner, RunRecord, RunStart, RunStatus, StepRecord};
+use crate::model::{LiveRuns, OpenRun, RunEnd, RunOwner, RunRecord, RunStart, RunStatus, StepRecord};
 
 /// What a run left open by a process that is gone ends with.
 pub const RUN_INTERRUPTED_ERROR: &str =
     "the server stopped while the run was in flight; the steps it committed are kept";
+/// What a run ends with whose task ended without recording its end (the
+/// end's own commit failed).
+pub const RUN_LOST_ERROR: &str =
+    "the run stopped without its end being stored (a storage error); the steps it committed are kept";
 /// Most steps one run holds: the loop's step limit and the commit of an
 /// approval answer.
 pub const RUN_STEPS_COUNT_MAX: usize = AGENT_STEPS_COUNT_MAX as usize + 1;
@@ -215,16 +219,25 @@ pub(crate) async fn end(
     Ok(run)
 }
 
-/// Ends failed every open run that another process left; how many.
-pub(crate) async fn recover_stale(ctx: &mut Ctx<'_>, boot_id: &str) -> Result<usize> {
+/// Ends failed every open run that no live task runs: one another process
+/// left, or one of this process whose task ended without recording its
+/// end. How many.
+pub(crate) async fn recover_stale(ctx: &mut Ctx<'_>, boot_id: &str, live: &LiveRuns) -> Result<usize> {
     let here = owner_here(ctx, boot_id);
-    let stale: Vec<OpenRun> = ctx.state.open_runs.iter().filter(|open| open.owner != here).cloned().collect();
+    let stale: Vec<OpenRun> = ctx
+        .state
+        .open_runs
+        .iter()
+        .filter(|open| open.owner != here || !live.contains(&open.run_id))
+        .cloned()
+        .collect();
     for open in &stale {
         match ctx.kv_get(&run_key(ctx, open.seq)).await? {
             Some(bytes) => {
                 let mut run: RunRecord = decode(&bytes, "agent run")?;
                 if run.status == RunStatus::Running {
-                    finish(ctx, &mut run, RunEnd::failed(RUN_INTERRUPTED_ERROR.into()))?;
+                    let error = if open.owner == here { RUN_LOST_ERROR } else { RUN_INTERRUPTED_ERROR };
+                    finish(ctx, &mut run, RunEnd::failed(error.into()))?;
                 }
             }
             None => ctx.state.open_runs.retain(|o| o.run_id != open.run_id),

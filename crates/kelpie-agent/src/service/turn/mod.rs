@@ -46,7 +46,9 @@ use token_stream::{assistant_envelope, TokenRenderer, TurnEvents};
 /// visible that its id does not lead to.
 pub struct TurnRun {
     pub start: RunStart,
-    pub begun: Shared<BoxFuture<'static, ()>>,
+    /// Resolves once the run can be stored: `Err` with the reason when it
+    /// cannot (then the turn stores nothing and fails).
+    pub begun: Shared<BoxFuture<'static, Result<(), String>>>,
 }
 
 /// What a turn produced.
@@ -334,7 +336,7 @@ impl Turns {
             external,
             embeddings,
         };
-        run.begun.clone().await;
+        run.begun.clone().await.map_err(|reason| ServiceError::Core(kelpie_core::Error::Internal(reason)))?;
         let AgentReply::Step { agent, messages } =
             agent_ref.invoke_local(AgentCommand::CommitApproval(Box::new(input))).await?
         else {
@@ -429,7 +431,11 @@ impl Turns {
                 embeddings,
                 hold_calls: hold,
             };
-            turn.run.begun.clone().await;
+            turn.run
+                .begun
+                .clone()
+                .await
+                .map_err(|reason| ServiceError::Core(kelpie_core::Error::Internal(reason)))?;
             let AgentReply::Step { agent: updated, messages } =
                 agent_ref.invoke_local(AgentCommand::CommitStep(Box::new(step))).await?
             else {
