@@ -265,6 +265,9 @@ pub struct Delivery {
     pub acked: bool,
     /// `x-kelpie-served-by`, when the node answered at all.
     pub served_by: Option<String>,
+    /// Why it was not acknowledged: the transport error, or the status and
+    /// the start of the body (empty when acknowledged).
+    pub why: String,
 }
 
 /// Creates an agent with one `human` block through `url`; returns its id.
@@ -278,27 +281,34 @@ pub async fn create_agent(client: &reqwest::Client, url: &str, name: &str) -> St
     created["id"].as_str().expect("agent id").to_string()
 }
 
+/// Characters of an unacknowledged answer's body kept in [`Delivery::why`].
+const DELIVERY_WHY_CHARS_MAX: usize = 400;
+
 /// Sends `text` to `agent` through `url`. Transport errors and error
 /// statuses are unacknowledged deliveries, not panics: they are what the
 /// fault tests provoke.
 pub async fn send_message(client: &reqwest::Client, url: &str, agent: &str, text: &str) -> Delivery {
     let body = json!({"messages": [{"role": "user", "content": text}]});
-    let Ok(response) = client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await
-    else {
-        return Delivery { acked: false, served_by: None };
+    let response = match client.post(format!("{url}/v1/agents/{agent}/messages")).json(&body).send().await {
+        Ok(response) => response,
+        Err(err) => return Delivery { acked: false, served_by: None, why: format!("transport: {err}") },
     };
     let served_by =
         response.headers().get("x-kelpie-served-by").and_then(|v| v.to_str().ok()).map(str::to_string);
-    if !response.status().is_success() {
-        return Delivery { acked: false, served_by };
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let start: String = body.chars().take(DELIVERY_WHY_CHARS_MAX).collect();
+    if !status.is_success() {
+        return Delivery { acked: false, served_by, why: format!("{status}: {start}") };
     }
-    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    let reply: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let acked = reply["messages"]
         .as_array()
         .into_iter()
         .flatten()
         .any(|m| m["message_type"] == "assistant_message" && m["content"] == format!("echo: {text}"));
-    Delivery { acked, served_by }
+    let why = if acked { String::new() } else { format!("{status} without the echo: {start}") };
+    Delivery { acked, served_by, why }
 }
 
 /// The user and assistant messages of `agent`'s history, oldest first, as
