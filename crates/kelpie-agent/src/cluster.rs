@@ -29,8 +29,8 @@ use kelpie_cluster::forward::{encode_forwarded, encode_request};
 use kelpie_cluster::rebalance::{self, REBALANCE_INTERVAL_MS};
 use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
 use kelpie_cluster::{
-    ClusterRemote, ClusterSecret, HttpForwardHandler, Member, MemberView, MembershipConfig, NodeHandler,
-    NodeTable, RequestKind, TcpServer, TcpTransport, TransportConfig,
+    ClusterRemote, ClusterSecret, HttpForwardHandler, Liveness, Member, MemberView, MembershipConfig,
+    NodeHandler, NodeTable, RequestKind, TcpServer, TcpTransport, TransportConfig,
 };
 use kelpie_core::limits::{HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS};
 use kelpie_core::{ActorId, Env, NodeId};
@@ -174,6 +174,22 @@ impl ClusterNode {
                     continue;
                 }
                 let Ok(members) = node.remote.members().await else { continue };
+                // The background runs of nodes that failed or left are
+                // ended here, without waiting for a request to their agents.
+                let gone: BTreeSet<String> = members
+                    .iter()
+                    .filter(|view| !matches!(view.liveness, Liveness::Live))
+                    .map(|view| view.row.node_id.as_str().to_string())
+                    .collect();
+                if !gone.is_empty() {
+                    match agents.runs.recover_orphans(&gone).await {
+                        Ok(0) => {}
+                        Ok(recovered) => {
+                            tracing::info!(recovered, ?gone, "ended the runs of nodes that are gone")
+                        }
+                        Err(err) => tracing::debug!(%err, "the runs of nodes that are gone are tried again"),
+                    }
+                }
                 let routable = rebalance::routable_nodes(&members);
                 let newcomers: BTreeSet<NodeId> = match &known {
                     Some(known) => routable.difference(known).cloned().collect(),

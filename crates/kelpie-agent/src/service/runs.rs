@@ -834,6 +834,33 @@ impl Runs {
         Ok(recovered)
     }
 
+    /// The durable reminder of a node failure: for every background run in
+    /// the index under a node of `gone` (failed or left, per membership),
+    /// reads the run through its agent, which ends it failed once the
+    /// agent is active on a live node (the read activates it there after
+    /// the dead node's lease), and takes every run that has ended out of
+    /// the index. How many it took out; a run whose agent cannot be
+    /// reached yet stays for the next round.
+    pub async fn recover_orphans(&self, gone: &std::collections::BTreeSet<String>) -> ServiceResult<usize> {
+        let RunIndexReply::Runs(runs) = self.records.index(RunIndexCommand::List).await? else {
+            return Err(unexpected("a run index command"));
+        };
+        let mut recovered = 0;
+        for entry in runs.into_iter().filter(|run| gone.contains(&run.node_id)) {
+            match self.record(&entry.run_id).await {
+                Ok(run) if run.status == RunStatus::Running => continue,
+                Ok(_) | Err(ServiceError::RunNotFound(_)) | Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, run_id = entry.run_id, "an orphaned run is not reachable yet");
+                    continue;
+                }
+            }
+            self.records.unindex(&entry.run_id).await;
+            recovered += 1;
+        }
+        Ok(recovered)
+    }
+
     /// `GET /v1/runs/active`: the background runs in flight (of `agent_id`
     /// when given), oldest first.
     pub async fn active(&self, agent_id: Option<&str>) -> ServiceResult<Vec<Value>> {
