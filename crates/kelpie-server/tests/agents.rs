@@ -76,6 +76,12 @@ async fn list_paginates_with_after_before_and_filters_by_tags() {
     assert_eq!(names(&even), ["a0", "a2", "a4"]);
     let both = server.ok("GET", "/v1/agents/?tags=even&tags=odd&match_all_tags=true", None).await;
     assert_eq!(names(&both), Vec::<String>::new());
+    // The count routes count what the list would list (not an agent named "count").
+    assert_eq!(server.ok("GET", "/v1/agents/count", None).await, 5);
+    assert_eq!(server.ok("GET", "/v1/agents/count?tags=even", None).await, 3);
+    assert_eq!(server.ok("GET", "/v1/agents/count?tags=even&tags=odd", None).await, 5);
+    assert_eq!(server.ok("GET", "/v1/agents/count?tags=even&tags=odd&match_all_tags=true", None).await, 0);
+    assert_eq!(server.ok("GET", "/v1/agents/count?name=a3", None).await, 1);
     let (status, body) = server.call("GET", "/v1/agents/?limit=0", None).await;
     assert_eq!((status, body["detail"].as_str().unwrap()), (422, "limit 0 is outside 1..=1000"));
     server.shutdown().await;

@@ -404,8 +404,9 @@ async fn a_run_stream_resumes_from_its_cursor_and_follows_a_run_to_its_end() {
     let run_id = reply["messages"][0]["run_id"].as_str().unwrap().to_string();
     let whole = sse_events(&server.ok("POST", &run_path(&run_id, "/stream"), Some(json!({}))).await);
     assert_eq!(whole[0]["message_type"], "ping");
+    assert!(whole[0]["date"].as_str().is_some_and(|date| date.ends_with('Z')), "{}", whole[0]);
     assert_eq!(whole.last().unwrap(), "[DONE]");
-    let numbered: Vec<&Value> = whole.iter().filter(|event| event.get("seq_id").is_some()).collect();
+    let numbered: Vec<&Value> = whole.iter().filter(|event| event["seq_id"].is_u64()).collect();
     let seq_ids: Vec<u64> = numbered.iter().map(|event| event["seq_id"].as_u64().unwrap()).collect();
     assert_eq!(seq_ids, (1..=numbered.len() as u64).collect::<Vec<_>>());
     let kinds: Vec<&str> = numbered.iter().map(|event| event["message_type"].as_str().unwrap()).collect();

@@ -159,6 +159,35 @@ impl Agents {
         Ok(self.actors.render_agent(&created, &custom))
     }
 
+    /// The listed agents with `name` (when given) and the `tags` (all of
+    /// them or any one), in creation order, as the directory holds them.
+    async fn matching(
+        &self,
+        name: Option<&str>,
+        tags: &[String],
+        match_all: bool,
+    ) -> ServiceResult<Vec<DirectoryEntry>> {
+        let entries = self.directory.entries().await?;
+        Ok(entries
+            .into_iter()
+            .filter(|entry| name.is_none_or(|name| entry.name == name))
+            .filter(|entry| {
+                tags.is_empty()
+                    || if match_all {
+                        tags.iter().all(|tag| entry.tags.contains(tag))
+                    } else {
+                        tags.iter().any(|tag| entry.tags.contains(tag))
+                    }
+            })
+            .collect())
+    }
+
+    /// `GET /v1/agents/count`: how many agents [`Self::list`] would list
+    /// with the same filters (read from the directory alone).
+    pub async fn count(&self, name: Option<&str>, tags: &[String], match_all: bool) -> ServiceResult<usize> {
+        Ok(self.matching(name, tags, match_all).await?.len())
+    }
+
     pub async fn get(&self, agent_id: &str) -> ServiceResult<Value> {
         self.actors.render(&self.actors.record(agent_id).await?).await
     }
@@ -172,19 +201,7 @@ impl Agents {
         match_all: bool,
         page: &Page,
     ) -> ServiceResult<Vec<Value>> {
-        let entries = self.directory.entries().await?;
-        let matching: Vec<DirectoryEntry> = entries
-            .into_iter()
-            .filter(|entry| name.is_none_or(|name| entry.name == name))
-            .filter(|entry| {
-                tags.is_empty()
-                    || if match_all {
-                        tags.iter().all(|tag| entry.tags.contains(tag))
-                    } else {
-                        tags.iter().any(|tag| entry.tags.contains(tag))
-                    }
-            })
-            .collect();
+        let matching = self.matching(name, tags, match_all).await?;
         let custom = self.tools.custom_tools().await?;
         let mut agents = Vec::new();
         for entry in paginate(matching, |entry| entry.id.as_str(), page) {

@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/agents/", get(list).post(create))
         .route("/v1/agents", get(list).post(create))
+        .route("/v1/agents/count", get(count))
         .route("/v1/agents/{agent_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools/attach/{tool_id}", patch(attach_tool))
         .route("/v1/agents/{agent_id}/tools/detach/{tool_id}", patch(detach_tool))
@@ -55,6 +56,16 @@ async fn create(
 ) -> Result<Json<Value>, ApiError> {
     let key = super::extract::idempotency_key(&headers)?;
     Ok(Json(state.service.agents.create(request, key.as_deref()).await?))
+}
+
+async fn count(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<AgentListQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<usize>, ApiError> {
+    let tags = repeated_param(raw.as_deref(), "tags");
+    let match_all = query.match_all_tags.unwrap_or(false);
+    Ok(Json(state.service.agents.count(query.name.as_deref(), &tags, match_all).await?))
 }
 
 async fn list(

@@ -197,6 +197,13 @@ async fn list(
     Ok(Json(state.service.agents.list_messages(&agent_id, &page).await?))
 }
 
+/// Letta's `LettaPing`, the first event of a stream.
+pub(super) fn ping(state: &AppState) -> Value {
+    let date = kelpie_agent::ids::rfc3339_micros(state.service.env().clock.wall_ms());
+    json!({"id": new_id("ping", state.service.rng()), "date": date, "name": null, "message_type": "ping",
+           "otid": null, "sender_id": null, "step_id": null, "is_err": null, "seq_id": null, "run_id": null})
+}
+
 pub(super) fn sse(event: &Value) -> String {
     format!("data: {event}\n\n")
 }
@@ -227,8 +234,7 @@ async fn stream(
     // Unknown agents fail before the stream starts, with a plain 404.
     state.service.agents.get(&agent_id).await?;
     let (chunks, body) = mpsc::unbounded_channel::<String>();
-    let ping = json!({"id": new_id("ping", state.service.rng()), "message_type": "ping"});
-    let _ = chunks.send(sse(&ping));
+    let _ = chunks.send(sse(&ping(&state)));
     tokio::spawn(async move {
         let (sender, mut events_rx) = mpsc::unbounded_channel::<Value>();
         let events = TurnEvents { sender, stream_tokens };

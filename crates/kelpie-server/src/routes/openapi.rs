@@ -46,6 +46,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "AgentState[]",
     ),
     route("post", "/v1/agents/", "Create an agent", Some("CreateAgentRequest"), "AgentState"),
+    route("get", "/v1/agents/count", "How many agents match (name, tags, match_all_tags)", None, "integer"),
     route("get", "/v1/agents/{agent_id}", "Retrieve an agent", None, "AgentState"),
     route("patch", "/v1/agents/{agent_id}", "Modify an agent", Some("UpdateAgent"), "AgentState"),
     route("delete", "/v1/agents/{agent_id}", "Delete an agent and its messages and passages", None, "object"),

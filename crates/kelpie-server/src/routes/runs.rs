@@ -163,8 +163,7 @@ async fn stream(
     state.service.runs.get(&run_id).await?;
     let (chunks, body) = tokio::sync::mpsc::unbounded_channel::<String>();
     if request.include_pings.unwrap_or(true) {
-        let ping = serde_json::json!({"id": kelpie_agent::ids::new_id("ping", state.service.rng()), "message_type": "ping"});
-        let _ = chunks.send(super::messages::sse(&ping));
+        let _ = chunks.send(super::messages::sse(&super::messages::ping(&state)));
     }
     tokio::spawn(async move {
         let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
