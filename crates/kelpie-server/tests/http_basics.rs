@@ -78,8 +78,15 @@ async fn api_key_is_required_when_configured() {
     let body: Value = right.json().await.unwrap();
     assert_eq!(body, serde_json::json!([]));
 
-    let health = client.get(format!("{}/v1/health/", server.base)).send().await.unwrap();
-    assert_eq!(health.status(), 200, "health needs no key");
+    for open in ["/v1/health/", "/v1/health", "/v1/ready/", "/v1/ready"] {
+        let answer = client.get(format!("{}{open}", server.base)).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{open} needs no key");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["status"], "ok", "{open}");
+    }
+    // Only those exact paths: a path that merely starts like one needs the key.
+    let near = client.get(format!("{}/v1/healthz", server.base)).send().await.unwrap();
+    assert_eq!(near.status(), 401, "/v1/healthz is not the health check");
     server.shutdown().await;
 }
 

@@ -1,4 +1,7 @@
-//! `GET /v1/health/`: liveness, in Letta's shape.
+//! `GET /v1/health/`: liveness, and `GET /v1/ready/`: readiness, in
+//! Letta's shape. The server answers once its node has started (storage
+//! open, runs recovered) and stops accepting connections when it shuts
+//! down, so answering at all is being ready.
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,8 +15,15 @@ pub struct Health {
     pub status: &'static str,
 }
 
+/// The paths answered without the bearer token (exactly these).
+pub const OPEN_PATHS: [&str; 4] = ["/v1/health/", "/v1/health", "/v1/ready/", "/v1/ready"];
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/health/", get(health)).route("/v1/health", get(health))
+    Router::new()
+        .route("/v1/health/", get(health))
+        .route("/v1/health", get(health))
+        .route("/v1/ready/", get(health))
+        .route("/v1/ready", get(health))
 }
 
 async fn health() -> Json<Health> {

@@ -74,13 +74,13 @@ async fn unknown_route(request: Request) -> ApiError {
     )
 }
 
-/// When `KELPIE_API_KEY` is set, every request but the health check needs
-/// `Authorization: Bearer <key>`.
+/// When `KELPIE_API_KEY` is set, every request but the health and
+/// readiness checks (exactly their paths) needs `Authorization: Bearer <key>`.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
-    if request.uri().path().starts_with("/v1/health") {
+    if health::OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request

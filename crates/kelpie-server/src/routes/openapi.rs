@@ -37,6 +37,7 @@ const fn route(
 pub const ROUTES: &[RouteDoc] = &[
     route("get", "/openapi.json", "This document", None, "OpenAPI"),
     route("get", "/v1/health/", "Liveness and version", None, "Health"),
+    route("get", "/v1/ready/", "Readiness: answers once the node has started", None, "Health"),
     route("get", "/v1/cluster/nodes", "Cluster members as this node sees them (Kelpie only)", None, "ClusterNodes"),
     route(
         "get",
