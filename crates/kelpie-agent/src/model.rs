@@ -242,6 +242,25 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Run `start` of `agent_id` as it begins: running, no step yet, under
+    /// `owner`, at `seq` (0 while not stored).
+    pub fn running(start: &RunStart, agent_id: &str, seq: u64, owner: RunOwner) -> RunRecord {
+        RunRecord {
+            id: start.run_id.clone(),
+            agent_id: agent_id.to_string(),
+            seq,
+            status: RunStatus::Running,
+            stop_reason: None,
+            error: None,
+            created_ms: start.created_ms,
+            completed_ms: None,
+            background: start.background,
+            owner,
+            steps: Vec::new(),
+            idempotency_key: start.idempotency_key.clone(),
+        }
+    }
+
     pub fn prompt_tokens(&self) -> u64 {
         self.steps.iter().map(|step| step.prompt_tokens).sum()
     }

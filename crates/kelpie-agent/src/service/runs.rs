@@ -952,20 +952,7 @@ impl ActiveRuns {
     ) -> (watch::Receiver<Option<RunEnd>>, watch::Sender<bool>) {
         let (stop, stop_rx) = watch::channel(None);
         let (ended_tx, ended) = watch::channel(false);
-        let unstored = RunRecord {
-            id: start.run_id.clone(),
-            agent_id: agent_id.to_string(),
-            seq: 0,
-            status: RunStatus::Running,
-            stop_reason: None,
-            error: None,
-            created_ms: start.created_ms,
-            completed_ms: None,
-            background: start.background,
-            owner,
-            steps: Vec::new(),
-            idempotency_key: start.idempotency_key.clone(),
-        };
+        let unstored = RunRecord::running(start, agent_id, 0, owner);
         let run = ActiveRun { agent_id: agent_id.to_string(), unstored, stop, ended };
         let previous = self.lock().insert(start.run_id.clone(), run);
         assert!(previous.is_none(), "run ids are never reused");

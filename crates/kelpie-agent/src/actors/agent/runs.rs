@@ -125,20 +125,7 @@ pub(crate) async fn begin(ctx: &mut Ctx<'_>, boot_id: &str, start: &RunStart) ->
         });
     }
     let seq = store::next_seq(ctx);
-    let run = RunRecord {
-        id: start.run_id.clone(),
-        agent_id: ctx.actor_id.id().to_string(),
-        seq,
-        status: RunStatus::Running,
-        stop_reason: None,
-        error: None,
-        created_ms: start.created_ms,
-        completed_ms: None,
-        background: start.background,
-        owner: owner_here(ctx, boot_id),
-        steps: Vec::new(),
-        idempotency_key: start.idempotency_key.clone(),
-    };
+    let run = RunRecord::running(start, ctx.actor_id.id(), seq, owner_here(ctx, boot_id));
     save(ctx, &run)?;
     let space = store::messages(ctx);
     ctx.kv_put(&store::index_key(&space, "ri", &run.id), seq.to_be_bytes().to_vec())?;
