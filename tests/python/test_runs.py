@@ -92,3 +92,31 @@ def test_a_message_retried_with_its_otid_runs_once(client):
     stored = [m for m in client.agents.messages.list(agent.id) if m.message_type == "user_message"]
     assert [m.content for m in stored] == ["only once, please"]
     assert len(list(client.runs.list(agent_id=agent.id))) == 1
+
+
+def test_steps_are_found_by_id_listed_to_the_end_and_take_feedback(client):
+    agent = _agent(client, "py-steps")
+    replies = [_say(client, agent.id, f"turn {n}") for n in range(5)]
+    made = [reply.messages[-1].step_id for reply in replies]
+
+    listed = [step.id for step in client.steps.list(agent_id=agent.id, order="asc", limit=2)]
+    assert listed == made
+    newest_first = [step.id for step in client.steps.list(agent_id=agent.id, limit=3)]
+    assert newest_first == list(reversed(made))
+
+    step = client.steps.retrieve(made[1])
+    assert (step.id, step.agent_id, step.run_id) == (made[1], agent.id, replies[1].messages[0].run_id)
+    assert step.model_handle == "openai-proxy/fake-gpt"
+    metrics = client.steps.metrics.retrieve(made[1])
+    assert metrics.run_id == step.run_id and metrics.step_ns >= metrics.llm_request_ns > 0
+    assert client.steps.trace.retrieve(made[1]) is None
+    messages = list(client.steps.messages.list(made[1]))
+    assert [m.id for m in messages if m.message_type != "user_message"] == [m.id for m in replies[1].messages]
+
+    updated = client.steps.feedback.create(made[1], feedback="negative", tags=["slow"])
+    assert (updated.feedback, updated.tags) == ("negative", ["slow"])
+    assert [s.id for s in client.steps.list(agent_id=agent.id, feedback="negative")] == [made[1]]
+    assert [s.id for s in client.steps.list(agent_id=agent.id, tags=["slow"])] == [made[1]]
+
+    with pytest.raises(NotFoundError):
+        client.steps.retrieve("step-00000000-0000-4000-8000-000000000000")

@@ -221,6 +221,67 @@ pub struct StepRecord {
     pub completion_tokens: u64,
     /// Seqs of the messages the step stored, in order.
     pub message_seqs: Vec<u64>,
+    /// How long the step's parts took (`None` for an approval's commit and
+    /// for steps stored before timings were kept).
+    #[serde(default)]
+    pub timing: Option<StepTiming>,
+    /// The client's feedback on the step (Letta's `positive`/`negative`).
+    #[serde(default)]
+    pub feedback: Option<StepFeedback>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The transaction id a client attached to the step.
+    #[serde(default)]
+    pub tid: Option<String>,
+}
+
+/// Where a step's time went, measured by the agent loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Wall time the step began (ms since the Unix epoch).
+    pub start_ms: u64,
+    /// Building the prompt and the model's answer.
+    pub llm_request_ns: u64,
+    /// Running the step's sandboxed and MCP tool calls and embedding the
+    /// texts its archival calls store or search for (built-in tools run
+    /// inside the step's commit and are not counted here).
+    pub tool_execution_ns: u64,
+    /// From the step's start until its commit was sent.
+    pub step_ns: u64,
+}
+
+/// What `PATCH /v1/steps/{id}/...` changes; `None` leaves a field as is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepPatch {
+    /// `Some(None)` clears the feedback.
+    pub feedback: Option<Option<StepFeedback>>,
+    pub tags: Option<Vec<String>>,
+    pub tid: Option<String>,
+}
+
+/// Letta's `FeedbackType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepFeedback {
+    Positive,
+    Negative,
+}
+
+impl StepFeedback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepFeedback::Positive => "positive",
+            StepFeedback::Negative => "negative",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StepFeedback> {
+        match name {
+            "positive" => Some(StepFeedback::Positive),
+            "negative" => Some(StepFeedback::Negative),
+            _ => None,
+        }
+    }
 }
 
 /// A run as its agent stores it, with its steps.

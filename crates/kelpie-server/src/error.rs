@@ -54,6 +54,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::BlockNotFound(_)
             | ServiceError::ToolNotFound(_)
             | ServiceError::RunNotFound(_)
+            | ServiceError::StepNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,

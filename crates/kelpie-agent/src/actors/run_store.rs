@@ -241,6 +241,40 @@ pub fn run_json(run: &RunRecord) -> Value {
     })
 }
 
+/// Letta's `Step`.
+pub fn step_json(run: &RunRecord, step: &crate::model::StepRecord) -> Value {
+    let model = step.model.as_deref();
+    let provider = model.and_then(|handle| handle.split_once('/')).map(|(provider, _)| provider);
+    json!({
+        "id": step.id, "origin": null, "organization_id": null, "provider_id": null, "run_id": run.id,
+        "agent_id": run.agent_id, "provider_name": provider, "provider_category": provider.map(|_| "base"),
+        "model": model.and_then(|handle| handle.split_once('/')).map(|(_, name)| name), "model_handle": model,
+        "model_endpoint": null, "context_window_limit": null, "completion_tokens": step.completion_tokens,
+        "prompt_tokens": step.prompt_tokens, "total_tokens": step.prompt_tokens + step.completion_tokens,
+        "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null,
+        "completion_tokens_details": null, "prompt_tokens_details": null, "stop_reason": null, "tags": step.tags,
+        "tid": step.tid, "trace_id": null, "request_id": null, "messages": [],
+        "feedback": step.feedback.map(|feedback| feedback.as_str()), "project_id": null,
+        "error_type": null, "error_data": null, "status": "success",
+        "created_at": rfc3339_micros(step.created_ms),
+    })
+}
+
+/// Letta's `StepMetrics` of a step: its timings where the loop measured
+/// them (an approval's commit calls no model: its timings are null).
+pub fn step_metrics_json(run: &RunRecord, step: &crate::model::StepRecord) -> Value {
+    let timing = step.timing;
+    json!({
+        "id": step.id, "organization_id": null, "provider_id": null, "run_id": run.id, "agent_id": run.agent_id,
+        "step_start_ns": timing.map(|t| t.start_ms.saturating_mul(1_000_000)),
+        "llm_request_start_ns": timing.map(|t| t.start_ms.saturating_mul(1_000_000)),
+        "llm_request_ns": timing.map(|t| t.llm_request_ns),
+        "tool_execution_ns": timing.map(|t| t.tool_execution_ns),
+        "step_ns": timing.map(|t| t.step_ns),
+        "base_template_id": null, "template_id": null, "project_id": null,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

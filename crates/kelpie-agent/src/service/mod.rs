@@ -17,7 +17,8 @@
 //!   core memory blocks and messages;
 //! - [`archival::Archival`]: archival memory (passages and their search);
 //! - [`turn::Turns`]: the agent loop;
-//! - [`runs::Runs`]: turns in the background, as runs;
+//! - [`runs::Runs`]: every turn as a durable run (sync, streaming, background);
+//! - [`steps::Steps`]: the steps of the runs, found by id;
 //! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
 //!   resets and abandoned imports leave in storage;
 //! - [`transfer::Transfer`]: export and import of agents.
@@ -33,6 +34,7 @@ pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
 pub mod shared_blocks;
+pub mod steps;
 pub mod tools;
 pub mod transfer;
 pub mod turn;
@@ -163,6 +165,11 @@ impl AgentService {
             actors,
             env,
         }
+    }
+
+    /// The steps of the runs (`/v1/steps/`).
+    pub fn steps(&self) -> steps::Steps<'_> {
+        steps::Steps::new(&self.runs, &self.actors)
     }
 
     /// The randomness ids are drawn from.

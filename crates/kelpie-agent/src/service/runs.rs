@@ -38,11 +38,12 @@ use super::turn::token_stream::TurnEvents;
 use super::turn::{check_turn_input, ApprovalAnswer, TurnOutcome, TurnRun, Turns};
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, RunFilter, RUN_INTERRUPTED_ERROR};
 use crate::actors::run_store::{
-    run_json, run_pointer_shard, InFlightRun, RunActor, RunCommand, RunIndexActor, RunIndexCommand,
-    RunIndexReply, RunPointerActor, RunPointerCommand, RUN_INDEX_ACTOR, RUN_NAMESPACE, RUN_POINTER_NAMESPACE,
+    run_json, run_pointer_shard, step_json, InFlightRun, RunActor, RunCommand, RunIndexActor,
+    RunIndexCommand, RunIndexReply, RunPointerActor, RunPointerCommand, RUN_INDEX_ACTOR, RUN_NAMESPACE,
+    RUN_POINTER_NAMESPACE,
 };
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::{new_id, rfc3339_micros};
+use crate::ids::new_run_id;
 use crate::letta::{letta_messages, render_page};
 use crate::model::{LiveRuns, MessageBody, RunEnd, RunOwner, RunRecord, RunStart, RunStatus};
 use crate::page::{paginate, Page};
@@ -218,6 +219,7 @@ fn ended_outcome(run: &RunRecord) -> TurnOutcome {
         },
         // Steps with a model are LLM calls; an approval's commit is not.
         step_count: run.steps.iter().filter(|step| step.model.is_some()).count() as u32,
+        steps_begun: run.steps.len(),
         run_ended: true,
     }
 }
@@ -230,6 +232,7 @@ fn unstored_outcome(run_id: &str, end: &RunEnd) -> TurnOutcome {
         stop_reason: static_stop_reason(&end.stop_reason),
         usage: kelpie_llm::TokenUsage::default(),
         step_count: 0,
+        steps_begun: 0,
         run_ended: true,
     }
 }
@@ -391,7 +394,7 @@ impl Runs {
     fn new_start(&self, background: bool, idempotency_key: Option<String>) -> RunStart {
         let env = &self.records.env;
         RunStart {
-            run_id: new_id("run", env.rng.as_ref()),
+            run_id: new_run_id(env.rng.as_ref()),
             background,
             created_ms: env.clock.wall_ms(),
             idempotency_key,
@@ -564,6 +567,11 @@ impl Runs {
     /// up to [`RUN_LIST_AGENTS_COUNT_MAX`] of them, when none is named),
     /// oldest first unless the page is descending.
     pub async fn list(&self, query: RunQuery) -> ServiceResult<Vec<Value>> {
+        Ok(self.list_records(query).await?.iter().map(run_json).collect())
+    }
+
+    /// The runs of [`Runs::list`], as stored.
+    pub async fn list_records(&self, query: RunQuery) -> ServiceResult<Vec<RunRecord>> {
         let mut filter = query.filter.clone();
         if query.active {
             filter.statuses = Some(vec![RunStatus::Running]);
@@ -615,7 +623,7 @@ impl Runs {
                 }
                 _ => stored,
             };
-            return Ok(runs.iter().take(limit).map(run_json).collect());
+            return Ok(runs.into_iter().take(limit).collect());
         }
         // Over several agents the cursors are places in the merged order
         // (creation time, then id): each agent is read from its start in the
@@ -678,7 +686,7 @@ impl Runs {
             runs.reverse();
         }
         runs.truncate(limit);
-        Ok(runs.iter().map(run_json).collect())
+        Ok(runs)
     }
 
     async fn agent_runs(
@@ -901,24 +909,6 @@ impl Runs {
         self.records.pointers.shutdown().await;
         self.records.index.shutdown().await;
     }
-}
-
-/// Letta's `Step`.
-fn step_json(run: &RunRecord, step: &crate::model::StepRecord) -> Value {
-    let model = step.model.as_deref();
-    let provider = model.and_then(|handle| handle.split_once('/')).map(|(provider, _)| provider);
-    json!({
-        "id": step.id, "origin": null, "organization_id": null, "provider_id": null, "run_id": run.id,
-        "agent_id": run.agent_id, "provider_name": provider, "provider_category": provider.map(|_| "base"),
-        "model": model.and_then(|handle| handle.split_once('/')).map(|(_, name)| name), "model_handle": model,
-        "model_endpoint": null, "context_window_limit": null, "completion_tokens": step.completion_tokens,
-        "prompt_tokens": step.prompt_tokens, "total_tokens": step.prompt_tokens + step.completion_tokens,
-        "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null,
-        "completion_tokens_details": null, "prompt_tokens_details": null, "stop_reason": null, "tags": [],
-        "tid": null, "trace_id": null, "request_id": null, "messages": [], "feedback": null, "project_id": null,
-        "error_type": null, "error_data": null, "status": "success",
-        "created_at": rfc3339_micros(step.created_ms),
-    })
 }
 
 /// Runs in flight on this node: run id → its agent and the channels that

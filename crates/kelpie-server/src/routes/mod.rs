@@ -17,6 +17,7 @@ pub mod passages;
 pub mod runs;
 pub mod sandbox_config;
 pub mod shared_blocks;
+pub mod steps;
 pub mod tools;
 
 use axum::extract::{Request, State};
@@ -59,6 +60,7 @@ fn api_router(state: AppState) -> Router {
         .merge(mcp_legacy::router())
         .merge(openapi::router())
         .merge(runs::router())
+        .merge(steps::router())
         .merge(sandbox_config::router())
         .merge(cluster::router())
         .fallback(unknown_route)

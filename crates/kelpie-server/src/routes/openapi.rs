@@ -173,6 +173,13 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/v1/runs/{run_id}/usage", "Token usage of a run", None, "UsageStatistics"),
     route("get", "/v1/runs/{run_id}/steps", "The steps of a run, paged", None, "Step[]"),
     route("post", "/v1/runs/{run_id}/stream", "Follow a run's events from starting_after (SSE, seq_id on each)", Some("RetrieveStreamRequest"), "text/event-stream"),
+    route("get", "/v1/steps/", "List steps (agent_id, model, start_date, end_date, feedback, has_feedback, tags, trace_ids; paged, newest first)", None, "Step[]"),
+    route("get", "/v1/steps/{step_id}", "Retrieve a step", None, "Step"),
+    route("get", "/v1/steps/{step_id}/metrics", "Where a step's time went", None, "StepMetrics"),
+    route("get", "/v1/steps/{step_id}/trace", "A step's provider trace: null (Kelpie keeps none)", None, "ProviderTrace"),
+    route("get", "/v1/steps/{step_id}/messages", "The messages a step stored, paged", None, "LettaMessage[]"),
+    route("patch", "/v1/steps/{step_id}/feedback", "Set a step's feedback and tags", Some("ModifyFeedbackRequest"), "Step"),
+    route("patch", "/v1/steps/{step_id}/transaction/{transaction_id}", "Set a step's transaction id", None, "Step"),
     route("get", "/v1/agents/{agent_id}/archival-memory", "List passages", None, "Passage[]"),
     route(
         "post",

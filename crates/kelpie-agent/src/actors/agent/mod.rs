@@ -28,8 +28,8 @@ pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 
 use crate::error::memory_error;
 use crate::model::{
-    AgentRecord, BlockPatch, CompactionSettings, MessageBody, RunEnd, RunRecord, RunStart, StepRecord,
-    StoredMessage, TextEmbedding,
+    AgentRecord, BlockPatch, CompactionSettings, MessageBody, RunEnd, RunRecord, RunStart, StepPatch,
+    StepRecord, StepTiming, StoredMessage, TextEmbedding,
 };
 
 /// Namespace of agent actor ids: `agents/<agent id>`.
@@ -95,6 +95,8 @@ pub struct StepInput {
     /// approval request, none run.
     #[serde(default)]
     pub hold_calls: bool,
+    #[serde(default)]
+    pub timing: Option<StepTiming>,
 }
 
 /// The client's answer to a pending approval request, to persist with the
@@ -216,6 +218,14 @@ pub enum AgentCommand {
     /// Forgets an ended run; answers whether it existed.
     DeleteRun {
         run_id: String,
+    },
+    /// Sets what a client may change on a stored step (feedback, tags,
+    /// transaction id); answers the run, `None` when the agent has no such
+    /// run or the run no such step.
+    UpdateStep {
+        run_id: String,
+        step_id: String,
+        patch: StepPatch,
     },
 }
 
@@ -384,6 +394,9 @@ impl Actor for AgentActor {
                 None => Ok(AgentReply::RunMessages { run: None, messages: Vec::new() }),
             },
             AgentCommand::DeleteRun { run_id } => Ok(AgentReply::Deleted(runs::delete(ctx, &run_id).await?)),
+            AgentCommand::UpdateStep { run_id, step_id, patch } => {
+                Ok(AgentReply::Run(runs::update_step(ctx, &run_id, &step_id, patch).await?.map(Box::new)))
+            }
         }
     }
 }
@@ -613,6 +626,10 @@ async fn commit_approval(
         prompt_tokens: 0,
         completion_tokens: 0,
         message_seqs: messages.iter().map(|m| m.seq).collect(),
+        timing: None,
+        feedback: None,
+        tags: Vec::new(),
+        tid: None,
     };
     runs::record_step(ctx, boot_id, &input.run, step, None).await?;
     let now = ctx.env.clock.wall_ms();
@@ -656,6 +673,10 @@ async fn commit_step(
         prompt_tokens: step.prompt_tokens,
         completion_tokens: step.completion_tokens,
         message_seqs: messages.iter().map(|m| m.seq).collect(),
+        timing: step.timing,
+        feedback: None,
+        tags: Vec::new(),
+        tid: None,
     };
     runs::record_step(ctx, boot_id, &step.run, record, step.end.clone()).await?;
     let now = ctx.env.clock.wall_ms();

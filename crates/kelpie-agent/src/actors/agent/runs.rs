@@ -17,7 +17,9 @@ use kelpie_core::{Error, Result};
 
 use super::store::{self, decode, encode, Ctx, PageSpec};
 use crate::limits::{AGENT_STEPS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
-use crate::model::{LiveRuns, OpenRun, RunEnd, RunOwner, RunRecord, RunStart, RunStatus, StepRecord};
+use crate::model::{
+    LiveRuns, OpenRun, RunEnd, RunOwner, RunRecord, RunStart, RunStatus, StepPatch, StepRecord,
+};
 
 /// What a run left open by a process that is gone ends with.
 pub const RUN_INTERRUPTED_ERROR: &str =
@@ -284,6 +286,30 @@ pub(crate) async fn messages(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<Vec<c
         }
     }
     Ok(messages)
+}
+
+/// Applies `patch` to step `step_id` of run `run_id`; the run as stored,
+/// `None` when there is no such run or step.
+pub(crate) async fn update_step(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    step_id: &str,
+    patch: StepPatch,
+) -> Result<Option<RunRecord>> {
+    store::agent(ctx)?;
+    let Some(mut run) = load(ctx, run_id).await? else { return Ok(None) };
+    let Some(step) = run.steps.iter_mut().find(|step| step.id == step_id) else { return Ok(None) };
+    if let Some(feedback) = patch.feedback {
+        step.feedback = feedback;
+    }
+    if let Some(tags) = patch.tags {
+        step.tags = tags;
+    }
+    if let Some(tid) = patch.tid {
+        step.tid = Some(tid);
+    }
+    save(ctx, &run)?;
+    Ok(Some(run))
 }
 
 /// Forgets run `run_id` (its messages stay); whether it existed. A

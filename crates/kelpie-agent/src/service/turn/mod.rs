@@ -28,12 +28,12 @@ use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ApprovalInput, 
 use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::new_id;
+use crate::ids::{new_id, step_id};
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::model::{
     AgentRecord, ApprovalDecision, ApprovalVerdict, CompactionMode, CompactionSettings, MessageBody, RunEnd,
-    RunStart, StoredMessage, TextEmbedding,
+    RunStart, StepTiming, StoredMessage, TextEmbedding,
 };
 use crate::requests::SummarizeRequest;
 use crate::tool_rules::{AfterStep, RuleSolver};
@@ -60,6 +60,8 @@ pub struct TurnOutcome {
     pub stop_reason: &'static str,
     pub usage: TokenUsage,
     pub step_count: u32,
+    /// Steps of the run given an id so far (the next step's index).
+    pub steps_begun: usize,
     /// The run's end was committed with its last step.
     pub run_ended: bool,
 }
@@ -73,6 +75,7 @@ impl TurnOutcome {
             stop_reason: "max_steps",
             usage: TokenUsage::default(),
             step_count: 0,
+            steps_begun: 0,
         }
     }
 
@@ -330,7 +333,7 @@ impl Turns {
         let embeddings = self.embed_tool_texts(&agent.embedding, &approved).await?;
         let input = ApprovalInput {
             run: run.start.clone(),
-            step_id: new_id("step", self.env.rng.as_ref()),
+            step_id: step_id(&run.start.run_id, 0),
             decisions,
             calls: held,
             external,
@@ -343,6 +346,7 @@ impl Turns {
             return Err(unexpected("commit approval"));
         };
         let mut outcome = TurnOutcome::new(&run.start.run_id);
+        outcome.steps_begun = 1;
         emit_step(&mut outcome, &messages, events, None);
         window.history.extend(messages);
         let turn = TurnParts { run, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
@@ -364,7 +368,10 @@ impl Turns {
         let (agent_ref, custom, events) = (turn.agent_ref, turn.custom, turn.events);
         let mut rules = RuleSolver::new(agent.tool_rules.clone());
         while outcome.step_count < max_steps {
-            let step_id = new_id("step", self.env.rng.as_ref());
+            let step_id = step_id(&outcome.run_id, outcome.steps_begun);
+            outcome.steps_begun += 1;
+            let clock = &self.env.clock;
+            let (start_ms, start_ns) = (clock.wall_ms(), clock.monotonic_ns());
             let assistant_message_id = new_id("message", self.env.rng.as_ref());
             let attached = attached_names(&agent, custom);
             let step_agent = offered_tools(&agent, custom, &rules, &attached);
@@ -380,6 +387,7 @@ impl Turns {
                     outcome,
                 )
                 .await?;
+            let llm_request_ns = clock.monotonic_ns().saturating_sub(start_ns);
             outcome.step_count += 1;
             outcome.usage.prompt_tokens += answer.usage.prompt_tokens;
             outcome.usage.completion_tokens += answer.usage.completion_tokens;
@@ -389,6 +397,7 @@ impl Turns {
                 .any(|call| crate::tool_rules::requires_approval(&agent.tool_rules, &call.name));
             let replied =
                 answer.tool_calls.is_empty() || allowed_calls.iter().any(|call| call.name == SEND_MESSAGE);
+            let tools_start_ns = clock.monotonic_ns();
             let (external, embeddings) = match hold {
                 true => (Vec::new(), Vec::new()),
                 false => {
@@ -404,6 +413,7 @@ impl Turns {
                     (external, self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?)
                 }
             };
+            let tool_execution_ns = clock.monotonic_ns().saturating_sub(tools_start_ns);
             let refused_ids: Vec<String> = refused.iter().map(|r| r.tool_call_id.clone()).collect();
             // Without tool rules the loop knows now whether the turn ends
             // with this step, and the run's end rides on its commit.
@@ -430,6 +440,12 @@ impl Turns {
                 external,
                 embeddings,
                 hold_calls: hold,
+                timing: Some(StepTiming {
+                    start_ms,
+                    llm_request_ns,
+                    tool_execution_ns,
+                    step_ns: clock.monotonic_ns().saturating_sub(start_ns),
+                }),
             };
             turn.run
                 .begun
