@@ -4,14 +4,14 @@
 //! and each planted bug is refuted with a printed counterexample.
 
 use kelpie_dst::models::activation::{ActivationBug, ActivationModel};
+use kelpie_dst::models::idempotent_create::{CreateBug, IdempotentCreateModel};
 use kelpie_dst::models::membership::{MembershipBug, MembershipModel};
 use kelpie_dst::models::migration::{MigrationBug, MigrationModel};
 use kelpie_dst::models::transactions::{TransactionsModel, TxnBug};
-use kelpie_dst::models::wal::{WalBug, WalModel};
 use kelpie_dst::models::{check_exhaustively, find_counterexample};
 use kelpie_dst::properties::{
-    ATOMIC_VISIBILITY, FENCING_TOKEN_MONOTONIC, LEASE_UNIQUENESS, MEMBERSHIP_INCARNATION,
-    MIGRATION_OWNERSHIP_CONSISTENCY, NO_DUPLICATE_AGENTS, SERIALIZABLE_ISOLATION,
+    ATOMIC_VISIBILITY, CREATED_AGENT_RETRIEVABLE, FENCING_TOKEN_MONOTONIC, LEASE_UNIQUENESS,
+    MEMBERSHIP_INCARNATION, MIGRATION_OWNERSHIP_CONSISTENCY, NO_DUPLICATE_AGENTS, SERIALIZABLE_ISOLATION,
 };
 
 /// The last action of a rendered counterexample (the line before the final state).
@@ -41,20 +41,30 @@ fn activation_claim_ignoring_live_lease_grants_two_leases() {
 }
 
 #[test]
-fn wal_model_holds_every_property() {
-    let explored = check_exhaustively("wal", WalModel { bug: None });
-    assert_eq!(explored.unique_states, 665);
+fn idempotent_create_model_holds_every_property() {
+    let explored = check_exhaustively("idempotent-create", IdempotentCreateModel { bug: None });
+    assert_eq!(explored.unique_states, 146);
 }
 
 #[test]
-fn wal_apply_before_append_creates_a_duplicate_agent_after_a_crash() {
+fn a_random_id_per_attempt_creates_a_duplicate_agent_after_a_crash() {
     let trace = find_counterexample(
-        "wal/apply-before-append",
-        WalModel { bug: Some(WalBug::ApplyBeforeAppend) },
+        "idempotent-create/random-id-per-attempt",
+        IdempotentCreateModel { bug: Some(CreateBug::RandomIdPerAttempt) },
         NO_DUPLICATE_AGENTS,
     );
     assert!(trace.iter().any(|line| line.ends_with("Crash")), "{trace:?}");
-    assert!(last_action(&trace).starts_with("Submit("), "{trace:?}");
+    assert!(last_action(&trace).starts_with("Commit("), "{trace:?}");
+}
+
+#[test]
+fn answering_before_the_commit_acknowledges_an_agent_never_stored() {
+    let trace = find_counterexample(
+        "idempotent-create/answer-before-commit",
+        IdempotentCreateModel { bug: Some(CreateBug::AnswerBeforeCommit) },
+        CREATED_AGENT_RETRIEVABLE,
+    );
+    assert!(last_action(&trace).starts_with("Answer("), "{trace:?}");
 }
 
 #[test]

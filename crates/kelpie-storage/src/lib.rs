@@ -1,4 +1,4 @@
-//! Transactional per-actor key-value storage with fenced commits and a WAL.
+//! Transactional per-actor key-value storage with fenced commits.
 //!
 //! - [`Storage`] is the handle; [`Storage::begin`] opens a [`Transaction`] over
 //!   one actor's keys (get, scan, put, delete, commit, abort). Keys are
@@ -10,8 +10,6 @@
 //!   checked in that same step against the actor's [`Placement`].
 //! - Backends: [`MemoryBackend`] (tests, DST), [`RedbBackend`] (embedded,
 //!   single-node default, group commit), [`PostgresBackend`] (cluster).
-//! - [`wal`]: idempotent operations recorded before they are applied, with a
-//!   recovery coordinator that finishes pending ones at start-up.
 //!
 //! Never depends on the runtime or server.
 
@@ -31,7 +29,6 @@ mod storage;
 pub mod test_support;
 mod txn;
 pub mod types;
-pub mod wal;
 
 pub use backend::{Backend, BoxFut};
 pub use memory::MemoryBackend;

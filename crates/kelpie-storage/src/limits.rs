@@ -5,19 +5,6 @@
 /// Most rows one scan may return; a larger range must be scanned in pieces.
 pub const SCAN_ROWS_COUNT_MAX: usize = 10_000;
 
-/// Longest WAL idempotency key, in bytes.
-pub const WAL_IDEMPOTENCY_KEY_SIZE_BYTES_MAX: usize = 256;
-
-/// Completed or failed WAL entries kept per actor to answer repeated
-/// idempotency keys; older ones are compacted away.
-pub const WAL_RETAINED_ENTRIES_COUNT_MAX: usize = 1_024;
-
-/// Attempts to apply a WAL entry when its commit meets a retriable conflict.
-pub const WAL_APPLY_ATTEMPTS_COUNT_MAX: usize = 8;
-
-/// Pending WAL entries one recovery pass reads at a time.
-pub const WAL_RECOVERY_BATCH_COUNT_MAX: usize = 256;
-
 /// Connections in one PostgreSQL pool.
 pub const POSTGRES_POOL_CONNECTIONS_COUNT_MAX: usize = 16;
 /// Longest wait for a new PostgreSQL connection (TCP connect and startup).
@@ -32,7 +19,4 @@ pub const POSTGRES_TCP_USER_TIMEOUT_MS: u64 = 5_000;
 /// Commit requests queued for the redb group committer before callers wait.
 pub const GROUP_COMMIT_QUEUE_DEPTH_MAX: usize = 4 * kelpie_core::limits::GROUP_COMMIT_BATCH_COUNT_MAX;
 
-const _: () = assert!(WAL_RECOVERY_BATCH_COUNT_MAX <= SCAN_ROWS_COUNT_MAX);
-const _: () =
-    assert!(WAL_IDEMPOTENCY_KEY_SIZE_BYTES_MAX < kelpie_core::limits::STORAGE_KEY_SIZE_BYTES_MAX / 2);
-const _: () = assert!(WAL_APPLY_ATTEMPTS_COUNT_MAX > 0 && POSTGRES_POOL_CONNECTIONS_COUNT_MAX > 0);
+const _: () = assert!(POSTGRES_POOL_CONNECTIONS_COUNT_MAX > 0);

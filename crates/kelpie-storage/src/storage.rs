@@ -16,7 +16,7 @@ use crate::limits::SCAN_ROWS_COUNT_MAX;
 use crate::memory::MemoryBackend;
 use crate::postgres::PostgresBackend;
 use crate::redb_store::RedbBackend;
-use crate::txn::{check_key, KeySpace, TxnBuffer};
+use crate::txn::{check_key, TxnBuffer};
 use crate::types::{ClaimOutcome, CommitInfo, FenceCondition, KeyRange, Placement, ScanOrder, ScanPage};
 
 /// A handle to one store. Cheap to clone; all clones share the backend.
@@ -103,13 +103,30 @@ impl Transaction {
     /// The value of `key`: this transaction's own write if it made one, else
     /// the committed value (whose version is validated at commit).
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get_in(key, KeySpace::User).await
+        check_key(key)?;
+        if let Some(local) = self.buffer.local(key) {
+            return Ok(local.map(<[u8]>::to_vec));
+        }
+        let stored = self.backend.get(self.buffer.actor_id(), key).await?;
+        self.buffer.record_read(key, stored.as_ref().map(|stored| stored.version));
+        Ok(stored.map(|stored| stored.value))
     }
 
     /// Rows of `range` in key order, with this transaction's writes applied.
     /// Fails with `LimitExceeded` past `SCAN_ROWS_COUNT_MAX` stored rows.
     pub async fn scan(&mut self, range: KeyRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.scan_in(range.clamped_to_user_keys()).await
+        let page = ScanPage::new(range, ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
+        let rows = self.backend.scan(self.buffer.actor_id(), &page).await?;
+        let range = page.range;
+        if rows.len() > SCAN_ROWS_COUNT_MAX {
+            return Err(Error::LimitExceeded {
+                what: format!("scan of actor {} row count", self.actor_id()),
+                actual: rows.len() as u64,
+                limit_name: "SCAN_ROWS_COUNT_MAX",
+                limit: SCAN_ROWS_COUNT_MAX as u64,
+            });
+        }
+        Ok(self.buffer.record_scan(range, rows))
     }
 
     /// At most `limit` rows of `range`, from the end `order` names and in
@@ -123,17 +140,38 @@ impl Transaction {
         order: ScanOrder,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.scan_page_in(ScanPage::new(range.clamped_to_user_keys(), order, limit)).await
+        let page = ScanPage::new(range, order, limit);
+        if !(1..=SCAN_ROWS_COUNT_MAX).contains(&page.limit) {
+            return Err(Error::validation(
+                "scan limit",
+                format!("{} is not in 1..={SCAN_ROWS_COUNT_MAX} (SCAN_ROWS_COUNT_MAX)", page.limit),
+            ));
+        }
+        // Rows this transaction deleted come back from the backend and are
+        // dropped below: fetch that many more so a full page stays full.
+        let fetch = ScanPage { limit: page.limit + self.buffer.deletes_in(&page.range), ..page.clone() };
+        let mut rows = self.backend.scan(self.buffer.actor_id(), &fetch).await?;
+        assert!(rows.len() <= fetch.limit, "a backend returns at most the page's limit");
+        let covered = fetch.covered(rows.len(), rows.last().map(|(key, _)| key.as_slice()));
+        if page.order == ScanOrder::Descending {
+            rows.reverse();
+        }
+        let mut merged = self.buffer.record_scan(covered, rows);
+        if page.order == ScanOrder::Descending {
+            merged.reverse();
+        }
+        merged.truncate(page.limit);
+        Ok(merged)
     }
 
     /// Buffers `key = value`, checking the key, value and transaction limits.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
-        self.buffer.write(key.into(), Some(value.into()), KeySpace::User)
+        self.buffer.write(key.into(), Some(value.into()))
     }
 
     /// Buffers the deletion of `key` (deleting an absent key is not an error).
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<()> {
-        self.buffer.write(key.into(), None, KeySpace::User)
+        self.buffer.write(key.into(), None)
     }
 
     /// Validates and applies every buffered write atomically and durably.
@@ -160,57 +198,4 @@ impl Transaction {
 
     /// Discards every buffered write. Dropping the transaction does the same.
     pub fn abort(self) {}
-
-    pub(crate) async fn get_in(&mut self, key: &[u8], space: KeySpace) -> Result<Option<Vec<u8>>> {
-        check_key(key, space)?;
-        if let Some(local) = self.buffer.local(key) {
-            return Ok(local.map(<[u8]>::to_vec));
-        }
-        let stored = self.backend.get(self.buffer.actor_id(), key).await?;
-        self.buffer.record_read(key, stored.as_ref().map(|stored| stored.version));
-        Ok(stored.map(|stored| stored.value))
-    }
-
-    pub(crate) async fn scan_in(&mut self, range: KeyRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let page = ScanPage::new(range, ScanOrder::Ascending, SCAN_ROWS_COUNT_MAX + 1);
-        let rows = self.backend.scan(self.buffer.actor_id(), &page).await?;
-        let range = page.range;
-        if rows.len() > SCAN_ROWS_COUNT_MAX {
-            return Err(Error::LimitExceeded {
-                what: format!("scan of actor {} row count", self.actor_id()),
-                actual: rows.len() as u64,
-                limit_name: "SCAN_ROWS_COUNT_MAX",
-                limit: SCAN_ROWS_COUNT_MAX as u64,
-            });
-        }
-        Ok(self.buffer.record_scan(range, rows))
-    }
-
-    pub(crate) async fn scan_page_in(&mut self, page: ScanPage) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if !(1..=SCAN_ROWS_COUNT_MAX).contains(&page.limit) {
-            return Err(Error::validation(
-                "scan limit",
-                format!("{} is not in 1..={SCAN_ROWS_COUNT_MAX} (SCAN_ROWS_COUNT_MAX)", page.limit),
-            ));
-        }
-        // Rows this transaction deleted come back from the backend and are
-        // dropped below: fetch that many more so a full page stays full.
-        let fetch = ScanPage { limit: page.limit + self.buffer.deletes_in(&page.range), ..page.clone() };
-        let mut rows = self.backend.scan(self.buffer.actor_id(), &fetch).await?;
-        assert!(rows.len() <= fetch.limit, "a backend returns at most the page's limit");
-        let covered = fetch.covered(rows.len(), rows.last().map(|(key, _)| key.as_slice()));
-        if page.order == ScanOrder::Descending {
-            rows.reverse();
-        }
-        let mut merged = self.buffer.record_scan(covered, rows);
-        if page.order == ScanOrder::Descending {
-            merged.reverse();
-        }
-        merged.truncate(page.limit);
-        Ok(merged)
-    }
-
-    pub(crate) fn write_in(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, space: KeySpace) -> Result<()> {
-        self.buffer.write(key, value, space)
-    }
 }

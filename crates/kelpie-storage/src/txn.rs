@@ -15,21 +15,10 @@ use kelpie_core::limits::{
 };
 use kelpie_core::{ActorId, Error, Result};
 
-use crate::types::{
-    CommitRequest, FenceCondition, KeyRange, ScanObservation, StoredRows, RESERVED_KEY_PREFIX_BYTE,
-};
+use crate::types::{CommitRequest, FenceCondition, KeyRange, ScanObservation, StoredRows};
 
-/// Which part of an actor's key space an operation addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeySpace {
-    /// Actor state: keys must not start with the reserved byte.
-    User,
-    /// The crate's own records (the WAL): keys must start with it.
-    Reserved,
-}
-
-/// Checks a key against its size limit and its key space.
-pub(crate) fn check_key(key: &[u8], space: KeySpace) -> Result<()> {
+/// Checks a key against its size limit.
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.len() > STORAGE_KEY_SIZE_BYTES_MAX {
         return Err(Error::LimitExceeded {
             what: format!("key of {} bytes", key.len()),
@@ -38,18 +27,7 @@ pub(crate) fn check_key(key: &[u8], space: KeySpace) -> Result<()> {
             limit: STORAGE_KEY_SIZE_BYTES_MAX as u64,
         });
     }
-    let reserved = key.first() == Some(&RESERVED_KEY_PREFIX_BYTE);
-    match space {
-        KeySpace::User if reserved => Err(Error::validation(
-            "storage key",
-            format!("keys starting with byte {RESERVED_KEY_PREFIX_BYTE:#04x} are reserved for the WAL"),
-        )),
-        KeySpace::Reserved => {
-            assert!(reserved, "internal key outside the reserved key space");
-            Ok(())
-        }
-        KeySpace::User => Ok(()),
-    }
+    Ok(())
 }
 
 /// Display form of a key for error messages: UTF-8 when it is, else escaped.
@@ -122,8 +100,8 @@ impl TxnBuffer {
     }
 
     /// Buffers a write (`None` deletes), enforcing every transaction limit.
-    pub(crate) fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, space: KeySpace) -> Result<()> {
-        check_key(&key, space)?;
+    pub(crate) fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+        check_key(&key)?;
         let value_len = value.as_ref().map_or(0, Vec::len);
         if value_len > STORAGE_VALUE_SIZE_BYTES_MAX {
             return Err(Error::LimitExceeded {
@@ -183,8 +161,8 @@ mod tests {
     #[test]
     fn writes_are_visible_locally_and_deletes_shadow_rows() {
         let mut txn = buffer();
-        txn.write(b"a".to_vec(), Some(b"1".to_vec()), KeySpace::User).unwrap();
-        txn.write(b"b".to_vec(), None, KeySpace::User).unwrap();
+        txn.write(b"a".to_vec(), Some(b"1".to_vec())).unwrap();
+        txn.write(b"b".to_vec(), None).unwrap();
         assert_eq!(txn.local(b"a"), Some(Some(&b"1"[..])));
         assert_eq!(txn.local(b"b"), Some(None));
         assert_eq!(txn.local(b"c"), None);
@@ -202,19 +180,10 @@ mod tests {
     #[test]
     fn overwrites_count_bytes_once() {
         let mut txn = buffer();
-        txn.write(b"k".to_vec(), Some(vec![0; 100]), KeySpace::User).unwrap();
-        txn.write(b"k".to_vec(), Some(vec![0; 10]), KeySpace::User).unwrap();
+        txn.write(b"k".to_vec(), Some(vec![0; 100])).unwrap();
+        txn.write(b"k".to_vec(), Some(vec![0; 10])).unwrap();
         assert_eq!(txn.write_bytes, 11);
         assert_eq!(txn.ops_count, 2);
-    }
-
-    #[test]
-    fn reserved_keys_are_refused_to_users() {
-        let mut txn = buffer();
-        let err = txn.write(vec![RESERVED_KEY_PREFIX_BYTE, 1], Some(vec![]), KeySpace::User).unwrap_err();
-        assert!(matches!(err, Error::Validation { .. }), "{err}");
-        txn.write(vec![RESERVED_KEY_PREFIX_BYTE, 1], Some(vec![]), KeySpace::Reserved).unwrap();
-        assert_eq!(txn.local(&[RESERVED_KEY_PREFIX_BYTE, 1]), Some(Some(&[][..])));
     }
 
     #[test]

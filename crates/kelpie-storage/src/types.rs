@@ -11,10 +11,6 @@ use std::ops::Bound;
 
 use kelpie_core::{ActorId, NodeId};
 
-/// The first byte of every key the crate reserves for itself (the WAL). User
-/// keys may not start with it, so internal records never mix with actor state.
-pub const RESERVED_KEY_PREFIX_BYTE: u8 = 0xFF;
-
 /// A stored value with the commit version that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
@@ -62,19 +58,6 @@ impl KeyRange {
             Bound::Unbounded => true,
         };
         after_start && before_end
-    }
-
-    /// The same range with its end clamped below the reserved key space.
-    pub(crate) fn clamped_to_user_keys(&self) -> KeyRange {
-        let reserved = vec![RESERVED_KEY_PREFIX_BYTE];
-        let end = match &self.end {
-            Bound::Unbounded => Bound::Excluded(reserved),
-            Bound::Included(end) | Bound::Excluded(end) if end.as_slice() >= reserved.as_slice() => {
-                Bound::Excluded(reserved)
-            }
-            other => other.clone(),
-        };
-        KeyRange { start: self.start.clone(), end }
     }
 }
 
@@ -227,14 +210,5 @@ mod tests {
             down.covered(2, Some(b"m")),
             KeyRange { start: Bound::Included(b"m".to_vec()), end: Bound::Excluded(b"z".to_vec()) }
         );
-    }
-
-    #[test]
-    fn clamping_keeps_reserved_keys_out_of_user_scans() {
-        let clamped = KeyRange::prefix(Vec::new()).clamped_to_user_keys();
-        assert!(clamped.contains(b"\xfe\xff"));
-        assert!(!clamped.contains(&[RESERVED_KEY_PREFIX_BYTE, 1]));
-        let narrow = KeyRange::between(b"a".to_vec(), b"c".to_vec()).clamped_to_user_keys();
-        assert_eq!(narrow.end, Bound::Excluded(b"c".to_vec()));
     }
 }

@@ -15,10 +15,7 @@ use kelpie_core::limits::{
 use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_storage::limits::SCAN_ROWS_COUNT_MAX;
 use kelpie_storage::test_support::PostgresServer;
-use kelpie_storage::wal::{Wal, WalApplier, WalOutcome, WalStatus};
-use kelpie_storage::{
-    BoxFut, ClaimOutcome, FenceCondition, KeyRange, Placement, ScanOrder, Storage, Transaction,
-};
+use kelpie_storage::{ClaimOutcome, FenceCondition, KeyRange, Placement, ScanOrder, Storage};
 
 /// How to open the store under test, again and again.
 enum Fixture {
@@ -311,10 +308,12 @@ async fn limits_are_enforced_naming_the_limit(fixture: &Fixture) {
         large.put(format!("chunk{i}"), vec![1u8; chunk - 16]).unwrap();
     }
     assert_eq!(limit_of(large.put("overflow", vec![1u8; chunk]).unwrap_err()), "TRANSACTION_SIZE_BYTES_MAX");
-    let err = txn.put(vec![0xFF, b'w'], "x").unwrap_err();
-    assert!(matches!(err, Error::Validation { .. }), "reserved WAL key space: {err}");
+    // No byte is reserved: a key may start with any, 0xFF included.
+    txn.put(vec![0xFF, b'w'], "x").unwrap();
     txn.commit(None).await.unwrap();
     assert_eq!(read(&storage, &a, &"k".repeat(STORAGE_KEY_SIZE_BYTES_MAX)).await, Some(b"fits".to_vec()));
+    let rows = storage.begin(a.clone()).scan(KeyRange::prefix(vec![0xFF])).await.unwrap();
+    assert_eq!(rows, vec![(vec![0xFF, b'w'], b"x".to_vec())]);
 }
 
 async fn scans_past_the_row_limit_are_refused(fixture: &Fixture) {
@@ -484,73 +483,6 @@ async fn concurrent_commits_from_many_actors_all_land(fixture: &Fixture) {
     }
 }
 
-/// Adds the number in `op` to the `counter` key and returns the new total.
-struct CounterApplier;
-
-impl WalApplier for CounterApplier {
-    fn apply<'a>(
-        &'a self,
-        txn: &'a mut Transaction,
-        op: &'a [u8],
-    ) -> BoxFut<'a, kelpie_core::Result<Vec<u8>>> {
-        Box::pin(async move {
-            let delta: u64 = std::str::from_utf8(op)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or_else(|| Error::validation("op", "not a number"))?;
-            let current = txn
-                .get(b"counter")
-                .await?
-                .map_or(0, |bytes| String::from_utf8_lossy(&bytes).parse().unwrap_or(0));
-            let total = current + delta;
-            txn.put("counter", total.to_string())?;
-            Ok(total.to_string().into_bytes())
-        })
-    }
-}
-
-async fn wal_operations_take_effect_once_per_idempotency_key(fixture: &Fixture) {
-    let storage = fixture.open().await;
-    let wal = Wal::new(storage.clone());
-    let a = actor("wal");
-    let first = wal.execute(&a, "req-1", b"5".to_vec(), &CounterApplier, None).await.unwrap();
-    assert_eq!(first, WalOutcome::Completed(b"5".to_vec()));
-    let repeat = wal.execute(&a, "req-1", b"5".to_vec(), &CounterApplier, None).await.unwrap();
-    assert_eq!(repeat, first, "a repeated key answers the first result");
-    assert_eq!(read(&storage, &a, "counter").await, Some(b"5".to_vec()), "and has no second effect");
-    let failed = wal.execute(&a, "req-2", b"not-a-number".to_vec(), &CounterApplier, None).await.unwrap();
-    assert!(matches!(&failed, WalOutcome::Failed(reason) if reason.contains("not a number")), "{failed:?}");
-    assert_eq!(wal.entry(&a, "req-2").await.unwrap().map(|e| e.status), Some(WalStatus::Failed));
-    assert_eq!(read(&storage, &a, "counter").await, Some(b"5".to_vec()));
-    assert_eq!(
-        storage.begin(a.clone()).scan(KeyRange::prefix("")).await.unwrap(),
-        vec![kv("counter", "5")],
-        "WAL records stay out of user scans"
-    );
-}
-
-async fn wal_replays_an_operation_appended_before_a_crash(fixture: &Fixture) {
-    let a = actor("wal-crash");
-    {
-        let storage = fixture.open().await;
-        let wal = Wal::new(storage);
-        let entry = wal.append(&a, "req-7", b"7".to_vec(), None).await.unwrap();
-        assert_eq!(entry.status, WalStatus::Pending);
-        // Crash here: appended, never applied.
-    }
-    let storage = fixture.open().await;
-    let wal = Wal::new(storage.clone());
-    assert_eq!(read(&storage, &a, "counter").await, None);
-    let report = wal.recover(&CounterApplier).await.unwrap();
-    assert_eq!(report.replayed_count, 1);
-    assert_eq!(read(&storage, &a, "counter").await, Some(b"7".to_vec()));
-    let again = wal.recover(&CounterApplier).await.unwrap();
-    assert_eq!(again.replayed_count, 0, "recovery is idempotent");
-    let repeat = wal.execute(&a, "req-7", b"7".to_vec(), &CounterApplier, None).await.unwrap();
-    assert_eq!(repeat, WalOutcome::Completed(b"7".to_vec()));
-    assert_eq!(read(&storage, &a, "counter").await, Some(b"7".to_vec()), "exactly once");
-}
-
 macro_rules! conformance_suite {
     ($($case:ident),+ $(,)?) => {
         mod memory {
@@ -602,6 +534,4 @@ conformance_suite!(
     paged_scans_merge_own_writes_and_validate_what_they_covered,
     committed_state_survives_reopening_the_store,
     concurrent_commits_from_many_actors_all_land,
-    wal_operations_take_effect_once_per_idempotency_key,
-    wal_replays_an_operation_appended_before_a_crash,
 );

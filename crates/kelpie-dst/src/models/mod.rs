@@ -14,10 +14,10 @@
 //! harness below.
 
 pub mod activation;
+pub mod idempotent_create;
 pub mod membership;
 pub mod migration;
 pub mod transactions;
-pub mod wal;
 
 use std::fmt::Debug;
 use std::hash::Hash;

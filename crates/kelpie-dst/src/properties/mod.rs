@@ -5,7 +5,7 @@
 //!
 //! Each property is a plain function over *observations*: small structs that
 //! say what an outside observer can see of the system (activations and their
-//! epochs, placement records, the order of commits, WAL entry statuses,
+//! epochs, placement records, the order of commits, agents and their create keys,
 //! transactions and what they read). A model builds the observation from its
 //! state; a scenario builds it from the real runtime, registry and storage.
 //! The structs are generic over the actor and node identifiers (`A`, `N`) so a
@@ -45,10 +45,6 @@ pub const ATOMIC_VISIBILITY: &str = "AtomicVisibility";
 pub const READ_YOUR_WRITES: &str = "ReadYourWrites";
 /// Conflicting transactions do not both commit.
 pub const SERIALIZABLE_ISOLATION: &str = "SerializableIsolation";
-/// A WAL entry only moves Pending -> Complete | Failed.
-pub const WAL_STATUS_MONOTONIC: &str = "WalStatusMonotonic";
-/// A WAL operation takes effect at most once, and exactly once when Complete.
-pub const WAL_IDEMPOTENCY: &str = "WalIdempotency";
 /// During a migration exactly one of source and target owns the actor.
 pub const MIGRATION_OWNERSHIP_CONSISTENCY: &str = "MigrationOwnershipConsistency";
 /// Activation states follow the allowed transitions only.
@@ -76,8 +72,6 @@ pub const ALL_PROPERTIES: &[&str] = &[
     ATOMIC_VISIBILITY,
     READ_YOUR_WRITES,
     SERIALIZABLE_ISOLATION,
-    WAL_STATUS_MONOTONIC,
-    WAL_IDEMPOTENCY,
     MIGRATION_OWNERSHIP_CONSISTENCY,
     LIFECYCLE_ORDERING,
     GRACEFUL_SHUTDOWN,

@@ -1,4 +1,4 @@
-//! Properties of transactional storage and the write-ahead log.
+//! Properties of transactional storage.
 //!
 //! Versions: every committed transaction gets a commit sequence number
 //! (`seq`, strictly positive, increasing in commit order); a stored value
@@ -8,8 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    violation, Ident, PropertyResult, ATOMIC_VISIBILITY, DURABILITY, READ_YOUR_WRITES,
-    SERIALIZABLE_ISOLATION, WAL_IDEMPOTENCY, WAL_STATUS_MONOTONIC,
+    violation, Ident, PropertyResult, ATOMIC_VISIBILITY, DURABILITY, READ_YOUR_WRITES, SERIALIZABLE_ISOLATION,
 };
 
 /// A value and the commit sequence number of its writer.
@@ -111,65 +110,6 @@ pub fn serializable_isolation<K: Ident>(txns: &[ObservedTxn<K>]) -> PropertyResu
     Ok(())
 }
 
-/// Status of a WAL entry (the WAL's own states, plus not yet appended).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum WalPhase {
-    Pending,
-    Complete,
-    Failed,
-}
-
-/// WalStatusMonotonic: each entry's status history starts at Pending and
-/// moves at most once, to Complete or Failed. `history` lists
-/// `(entry, status)` in the order the statuses were observed; repeats of the
-/// same status are fine.
-pub fn wal_status_monotonic<K: Ident>(history: &[(K, WalPhase)]) -> PropertyResult {
-    let mut last: BTreeMap<&K, WalPhase> = BTreeMap::new();
-    for (key, status) in history {
-        let allowed = match last.get(key) {
-            None => *status == WalPhase::Pending,
-            Some(previous) => previous == status || *previous == WalPhase::Pending,
-        };
-        if !allowed {
-            return violation(
-                WAL_STATUS_MONOTONIC,
-                format!("entry {key:?}: {:?} -> {status:?}", last.get(key)),
-            );
-        }
-        last.insert(key, *status);
-    }
-    Ok(())
-}
-
-/// One idempotency key: its entry (if appended) and how many times its
-/// effect was applied to state.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObservedWalEntry<K> {
-    pub key: K,
-    pub status: Option<WalPhase>,
-    pub effects_applied_count: u64,
-}
-
-/// WalIdempotency: an operation's effect is applied at most once, and it is
-/// applied exactly when its entry is Complete (effect and status change are
-/// one atomic commit, so neither can be seen without the other).
-pub fn wal_idempotency<K: Ident>(entries: &[ObservedWalEntry<K>]) -> PropertyResult {
-    for entry in entries {
-        let complete = entry.status == Some(WalPhase::Complete);
-        let expected = u64::from(complete);
-        if entry.effects_applied_count != expected {
-            return violation(
-                WAL_IDEMPOTENCY,
-                format!(
-                    "{:?} ({:?}) applied {} times, expected {expected}",
-                    entry.key, entry.status, entry.effects_applied_count
-                ),
-            );
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,38 +164,5 @@ mod tests {
         let lost_update = [txn(&[('x', 0)], &['x'], Some(1)), txn(&[('x', 0)], &['x'], Some(2))];
         let err = serializable_isolation(&lost_update).unwrap_err();
         assert!(err.detail.contains("transaction 1 wrote it before 2"), "{err}");
-    }
-
-    #[test]
-    fn wal_status_moves_once_from_pending() {
-        use WalPhase::*;
-        assert_eq!(
-            wal_status_monotonic(&[(1, Pending), (1, Pending), (1, Complete), (2, Pending), (2, Failed)]),
-            Ok(())
-        );
-        assert!(wal_status_monotonic(&[(1, Complete)]).is_err());
-        assert!(wal_status_monotonic(&[(1, Pending), (1, Complete), (1, Pending)]).is_err());
-        let err = wal_status_monotonic(&[(1, Pending), (1, Failed), (1, Complete)]).unwrap_err();
-        assert_eq!(err.property, WAL_STATUS_MONOTONIC);
-    }
-
-    #[test]
-    fn wal_effect_is_applied_exactly_when_complete() {
-        let entry =
-            |status, effects_applied_count| ObservedWalEntry { key: 'k', status, effects_applied_count };
-        assert_eq!(
-            wal_idempotency(&[
-                entry(Some(WalPhase::Complete), 1),
-                entry(Some(WalPhase::Pending), 0),
-                entry(None, 0)
-            ]),
-            Ok(())
-        );
-        assert!(wal_idempotency(&[entry(Some(WalPhase::Complete), 2)]).is_err());
-        assert!(wal_idempotency(&[entry(None, 1)]).is_err());
-        assert_eq!(
-            wal_idempotency(&[entry(Some(WalPhase::Failed), 1)]).unwrap_err().property,
-            WAL_IDEMPOTENCY
-        );
     }
 }
