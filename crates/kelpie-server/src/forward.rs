@@ -100,7 +100,10 @@ fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 /// for an agent active here, is served here.
 pub async fn forward_agent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.clone() else { return next.run(request).await };
-    let Some(agent_id) = agent_id_of(request.uri().path()) else { return next.run(request).await };
+    let Some(agent_id) = agent_id_of(request.uri().path()).map(str::to_string) else {
+        return next.run(request).await;
+    };
+    let agent_id = agent_id.as_str();
     let serve_here = |next: Next, request: Request| {
         let node_id = cluster.node_id.to_string();
         async move {
@@ -121,24 +124,43 @@ pub async fn forward_agent_requests(State(state): State<AppState>, request: Requ
         return serve_here(next, request).await;
     }
     let owner = match cluster.directory.live_owner(&actor_id).await {
-        Ok(Some(owner)) if owner.node_id != cluster.node_id => owner.node_id,
-        Ok(_) => return serve_here(next, request).await,
+        Ok(Some(owner)) if owner.node_id != cluster.node_id => (owner.node_id, request),
+        Ok(_) => {
+            // No live owner: the agent is activated here before the request
+            // runs, unless another node claimed it since the read. Then the
+            // activation is refused having done nothing, and the request
+            // goes to that node.
+            if state.service.activate_agent(&actor_id).await.is_ok() {
+                return serve_here(next, request).await;
+            }
+            match cluster.directory.live_owner(&actor_id).await {
+                Ok(Some(owner)) if owner.node_id != cluster.node_id => {
+                    tracing::debug!(agent_id, owner = %owner.node_id, "claimed elsewhere meanwhile; forwarding");
+                    (owner.node_id, request)
+                }
+                // The request meets the same refusal, with its reason.
+                _ => return serve_here(next, request).await,
+            }
+        }
         Err(err) => return ApiError::from(err).into_response(),
     };
+    let (owner, request) = owner;
     match forward(&cluster, owner, request).await {
         Ok(response) => response,
         Err(api_error) => api_error.into_response(),
     }
 }
 
+fn too_large(err: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body over {FORWARDED_BODY_BYTES_MAX} bytes: {err}"),
+    )
+}
+
 async fn forward(cluster: &ClusterNode, owner: NodeId, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = to_bytes(body, FORWARDED_BODY_BYTES_MAX).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {FORWARDED_BODY_BYTES_MAX} bytes: {e}"),
-        )
-    })?;
+    let body = to_bytes(body, FORWARDED_BODY_BYTES_MAX).await.map_err(too_large)?;
     let mut headers = header_pairs(&parts.headers);
     headers.push((FORWARDED_HEADER.to_string(), cluster.node_id.to_string()));
     let head = RequestHead {

@@ -102,6 +102,11 @@ impl AgentActors {
         self.runtime.is_active(actor_id)
     }
 
+    /// Activates `actor_id` here without a command (claims its placement).
+    pub async fn activate(&self, actor_id: &ActorId) -> kelpie_core::Result<()> {
+        self.runtime.touch(actor_id).await
+    }
+
     /// Deactivates `actor_id` here under its turn lock, then runs
     /// `complete` (the target's claim) before letting turns proceed: a turn
     /// in progress finishes here first, the next one waits for the move.
