@@ -31,6 +31,7 @@ pub mod limits;
 pub mod model;
 pub mod node;
 pub mod page;
+pub mod planted;
 pub mod requests;
 pub mod service;
 pub mod tool_rules;

@@ -247,9 +247,11 @@ pub fn agent_runtimes(
     let live_runs = Arc::new(crate::model::LiveRuns::default());
     // The boot id is drawn at every start: the runs this process begins are its own.
     let boot_id = crate::ids::new_id("boot", env.rng.as_ref());
+    let planted = crate::planted::Planted::default();
     Ok(AgentRuntimes {
-        agents: parts.runtime(AgentActor::new(boot_id, Arc::clone(&live_runs)))?,
+        agents: parts.runtime(AgentActor::new(boot_id, Arc::clone(&live_runs), planted.clone()))?,
         live_runs,
+        planted,
         directory: parts.runtime(DirectoryActor)?,
         runs: parts.runtime(RunActor)?,
         run_pointers: parts.runtime(RunPointerActor)?,

@@ -54,6 +54,7 @@ pub struct Agents {
     tools: Arc<ToolService>,
     catalog: ModelCatalog,
     env: Env,
+    planted: crate::planted::Planted,
 }
 
 fn entry_of(agent: &AgentRecord) -> DirectoryEntry {
@@ -68,9 +69,9 @@ impl Agents {
         reclaimer: Arc<Reclaimer>,
         tools: Arc<ToolService>,
         catalog: ModelCatalog,
-        env: Env,
+        (env, planted): (Env, crate::planted::Planted),
     ) -> Self {
-        Agents { actors, directory, blocks, reclaimer, tools, catalog, env }
+        Agents { actors, directory, blocks, reclaimer, tools, catalog, env, planted }
     }
 
     fn build_record(
@@ -80,7 +81,8 @@ impl Agents {
         idempotency_key: Option<&str>,
     ) -> ServiceResult<AgentRecord> {
         let now = self.env.clock.wall_ms();
-        let id = match idempotency_key {
+        let planted = self.planted.has(crate::planted::PlantedBug::CreateIgnoresIdempotencyKey);
+        let id = match idempotency_key.filter(|_| !planted) {
             Some(key) => id_from_key("agent", key),
             None => new_id("agent", self.env.rng.as_ref()),
         };
@@ -154,6 +156,18 @@ impl Agents {
         let record = self.build_record(request, &custom, idempotency_key)?;
         let entry = entry_of(&record);
         let agent_id = record.id.clone();
+        if self.planted.has(crate::planted::PlantedBug::CreateAnswersBeforeCommit) {
+            let (actors, directory, answer) =
+                (Arc::clone(&self.actors), Arc::clone(&self.directory), record.clone());
+            let commit = async move {
+                let create = AgentCommand::Create(Box::new(record));
+                if actors.invoke_for_agent(&agent_id, create).await.is_ok() {
+                    let _ = directory.register(entry).await;
+                }
+            };
+            self.env.spawner.spawn("planted-create", Box::pin(commit));
+            return Ok(self.actors.render_agent(&answer, &custom));
+        }
         let created = self.actors.invoke_for_agent(&agent_id, AgentCommand::Create(Box::new(record))).await?;
         self.directory.register(entry).await?;
         Ok(self.actors.render_agent(&created, &custom))

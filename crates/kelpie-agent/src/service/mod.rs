@@ -81,6 +81,8 @@ pub struct AgentRuntimes {
     pub tool_store: Runtime<ToolStoreActor>,
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
+    /// The defect a test planted in this service, if any (see [`crate::planted`]).
+    pub planted: crate::planted::Planted,
 }
 
 pub struct AgentService {
@@ -98,6 +100,7 @@ pub struct AgentService {
     directory: Arc<AgentDirectory>,
     actors: Arc<AgentActors>,
     env: Env,
+    planted: crate::planted::Planted,
 }
 
 impl AgentService {
@@ -122,7 +125,7 @@ impl AgentService {
             Arc::clone(&reclaimer),
             Arc::clone(&tools),
             catalog.clone(),
-            env.clone(),
+            (env.clone(), runtimes.planted.clone()),
         );
         let archival = Archival::new(Arc::clone(&actors), Arc::clone(&llm));
         let turns = Arc::new(Turns::new(
@@ -140,6 +143,7 @@ impl AgentService {
             (runtimes.runs, runtimes.run_pointers, runtimes.run_index),
             runtimes.live_runs,
             env.clone(),
+            runtimes.planted.clone(),
         );
         let transfer = Transfer::new(
             Arc::clone(&actors),
@@ -164,6 +168,7 @@ impl AgentService {
             directory,
             actors,
             env,
+            planted: runtimes.planted,
         }
     }
 
@@ -199,6 +204,12 @@ impl AgentService {
         self.actors.is_active(actor_id)
     }
 
+    /// Activates agent `actor_id` here (claims it) without running anything;
+    /// refused when another node holds it.
+    pub async fn activate_agent(&self, actor_id: &ActorId) -> Result<()> {
+        self.actors.activate(actor_id).await
+    }
+
     /// Deactivates agent `actor_id` here under its turn lock, then runs
     /// `complete` (the target node's claim) before letting turns proceed.
     pub async fn hand_off<F>(&self, actor_id: &ActorId, complete: F) -> Result<()>
@@ -213,7 +224,9 @@ impl AgentService {
     pub async fn shutdown(&self) {
         self.runs.stop_all().await;
         self.reclaimer.shutdown().await;
-        self.actors.shutdown().await;
+        if !self.planted.has(crate::planted::PlantedBug::ShutdownLeavesAgentsServing) {
+            self.actors.shutdown().await;
+        }
         self.runs.shutdown().await;
         self.directory.shutdown().await;
         self.blocks.shutdown().await;

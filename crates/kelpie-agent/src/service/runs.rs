@@ -84,6 +84,7 @@ pub struct Runs {
     directory: Arc<AgentDirectory>,
     turns: Arc<Turns>,
     records: Arc<RunRecords>,
+    planted: crate::planted::Planted,
 }
 
 /// What a run's task needs to record the run: the run actors, the run
@@ -265,6 +266,7 @@ impl Runs {
         (runtime, pointers, index): (Runtime<RunActor>, Runtime<RunPointerActor>, Runtime<RunIndexActor>),
         live: Arc<LiveRuns>,
         env: Env,
+        planted: crate::planted::Planted,
     ) -> Self {
         let owner = RunOwner { node_id: runtime.node_id().as_str().to_string(), boot_id: String::new() };
         let records = Arc::new(RunRecords {
@@ -277,7 +279,7 @@ impl Runs {
             active: ActiveRuns::default(),
             env,
         });
-        Runs { actors, directory, turns, records }
+        Runs { actors, directory, turns, records, planted }
     }
 
     /// Runs a turn of `agent_id` as a run while the caller waits (its
@@ -299,6 +301,8 @@ impl Runs {
             check_turn_input(texts, max_steps)?;
         }
         check_idempotency_key(idempotency_key.as_deref())?;
+        let forget_key = self.planted.has(crate::planted::PlantedBug::TurnIgnoresIdempotencyKey);
+        let idempotency_key = idempotency_key.filter(|_| !forget_key);
         let keyed = idempotency_key.is_some();
         let start = self.new_start(false, idempotency_key);
         let live = LiveRun::new(&self.records.live, &start.run_id);
@@ -418,6 +422,7 @@ impl Runs {
         let agent_id = agent_id.to_string();
         let owner = self.records.owner.clone();
         let (mut stop, ended) = self.records.active.add(&start, &agent_id, owner);
+        let never_answer = self.planted.has(crate::planted::PlantedBug::StoppedTurnNeverAnswers);
         let task = async move {
             // Where a synchronous run is is stored while its first LLM call
             // is made; the commit that first stores the run waits for it,
@@ -511,6 +516,10 @@ impl Runs {
             records.active.remove(&start.run_id);
             drop(live);
             let _ = ended.send(true);
+            let shut_down = matches!(&result, Err(ServiceError::Core(Error::ShuttingDown { .. })));
+            if never_answer && shut_down {
+                std::future::pending::<()>().await;
+            }
             let _ = reply.send(result);
         };
         self.records.env.spawner.spawn("run", Box::pin(task));

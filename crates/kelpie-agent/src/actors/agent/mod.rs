@@ -276,14 +276,19 @@ pub struct AgentActor {
     windows: window::RecentWindows,
     boot_id: String,
     live: std::sync::Arc<crate::model::LiveRuns>,
+    planted: crate::planted::Planted,
 }
 
 impl AgentActor {
     /// The agent actor of a process whose boot is `boot_id` and whose live
     /// runs are `live`.
-    pub fn new(boot_id: String, live: std::sync::Arc<crate::model::LiveRuns>) -> AgentActor {
+    pub fn new(
+        boot_id: String,
+        live: std::sync::Arc<crate::model::LiveRuns>,
+        planted: crate::planted::Planted,
+    ) -> AgentActor {
         assert!(!boot_id.is_empty(), "a process has a boot id");
-        AgentActor { boot_id, live, ..AgentActor::default() }
+        AgentActor { boot_id, live, planted, ..AgentActor::default() }
     }
 }
 
@@ -300,7 +305,8 @@ impl Actor for AgentActor {
 
     async fn handle(&self, ctx: &mut Ctx<'_>, command: AgentCommand) -> Result<AgentReply> {
         let (indexes, windows, boot_id) = (&self.indexes, &self.windows, self.boot_id.as_str());
-        if !ctx.state.open_runs.is_empty() {
+        let skip_recovery = self.planted.has(crate::planted::PlantedBug::SkipStaleRunRecovery);
+        if !ctx.state.open_runs.is_empty() && !skip_recovery {
             let recovered = runs::recover_stale(ctx, boot_id, &self.live).await?;
             if recovered > 0 {
                 tracing::info!(agent_id = ctx.actor_id.id(), recovered, "ended runs no live task runs");
