@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kelpie_core::limits::LEASE_DURATION_MS;
 use serde_json::{json, Value};
-use support::{send_message, Harness, NodeProcess};
+use support::{call as ok, send_message, Harness, NodeProcess};
 
 const NODES_COUNT: usize = 3;
 const AGENTS_COUNT: usize = 12;
@@ -56,12 +56,6 @@ async fn json_call(
         response.headers().get("x-kelpie-served-by").and_then(|v| v.to_str().ok()).map(str::to_string);
     let status = response.status();
     (status, served_by, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn ok(client: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> Value {
-    let (status, _, value) = json_call(client, method, url.clone(), body).await;
-    assert!(status.is_success(), "{url}: {status} {value}");
-    value
 }
 
 /// The ids of the runs `GET /v1/runs/active` lists through `url`.

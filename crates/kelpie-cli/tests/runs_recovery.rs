@@ -7,63 +7,17 @@
 //!
 //! Needs bubblewrap (the tool runs sandboxed); fails without it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kelpie_llm::fake::FakeLlm;
-use serde_json::{json, Value};
+use serde_json::json;
+use support::{call, serve};
 
 const AGENTS_COUNT: usize = 10;
 const RUNS_PER_AGENT_COUNT: usize = 5;
 const NAP: &str = "def nap(seconds: int, tag: str) -> str:\n    \"\"\"Naps.\n\n    Args:\n        seconds (int): how long\n        tag (str): which call\n    \"\"\"\n    import time\n    time.sleep(seconds)\n    return \"rested \" + tag\n";
-
-/// `kelpie serve` on a free port of 127.0.0.1 over `data_dir`; its base URL.
-fn serve(data_dir: &std::path::Path, llm: &str) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kelpie"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()])
-        .env("OPENAI_BASE_URL", llm)
-        .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
-        .env("KELPIE_LOG", "warn,kelpie=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the server exited before listening");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining its stderr so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while stderr.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    (child, format!("http://{addr}"))
-}
-
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> Value {
-    let mut request = http.request(method, &url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let value: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{url}: {status} {value}");
-    value
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_in_flight_at_a_kill_end_failed_or_completed_after_the_restart() {

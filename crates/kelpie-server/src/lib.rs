@@ -10,6 +10,7 @@
 //! completes. What is and is not served yet: `docs/server.md`.
 
 pub mod api;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod mcp_server;
@@ -56,6 +57,13 @@ impl BoundServer {
         self.listener.local_addr().unwrap_or_else(|_| self.state.config.bind)
     }
 
+    /// Sets the least time the drain at shutdown lasts (default
+    /// `drain::SHUTDOWN_DRAIN_MS_MIN`): an embedder whose clients hold no
+    /// keep-alive connections (tests) may stop at once.
+    pub fn set_drain_least_ms(&self, least_ms: u64) {
+        self.state.drain.set_least_ms(least_ms);
+    }
+
     /// The agent service behind the routes (for embedders and tests).
     pub fn service(&self) -> Arc<AgentService> {
         Arc::clone(&self.state.service)
@@ -65,8 +73,11 @@ impl BoundServer {
     /// and shuts the node down (in a cluster: drains it and leaves).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let token = self.state.shutdown.clone();
+        let drain = Arc::clone(&self.state.drain);
         let shutdown = async move {
             shutdown.await;
+            // New requests get 503 while those in flight end (drain.rs).
+            drain.drain().await;
             token.cancel();
         };
         let served = axum::serve(self.listener, app(self.state))
@@ -92,6 +103,7 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
         service: Arc::clone(&node.service),
         cluster: node.cluster.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        drain: Arc::default(),
     };
     node.listen(Arc::new(forward::HttpForwarder::new(app(state.clone())))).await?;
     Ok(BoundServer { listener, state, node })

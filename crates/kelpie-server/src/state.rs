@@ -19,4 +19,6 @@ pub struct AppState {
     pub cluster: Option<Arc<ClusterNode>>,
     /// Cancelled when the server stops: ends the MCP endpoint's open streams.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Requests in flight, and whether the server drains (shuts down).
+    pub drain: Arc<crate::drain::Drain>,
 }

@@ -115,3 +115,32 @@ async fn bind_failure_names_the_address() {
     assert!(err.to_string().starts_with(&format!("cannot listen on {taken}: ")), "{err}");
     first.shutdown().await;
 }
+
+#[tokio::test]
+async fn while_draining_readiness_and_requests_answer_503_and_liveness_200() {
+    let mut server = start(None).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{}/v1/ready/", server.base)).send().await.unwrap().status(), 200);
+    // The default drain lasts SHUTDOWN_DRAIN_MS_MIN with nothing in flight.
+    server.stop.take().unwrap().send(()).unwrap();
+    let mut seen_draining = false;
+    for _ in 0..100 {
+        let ready = http.get(format!("{}/v1/ready/", server.base)).send().await.unwrap();
+        if ready.status() == 503 {
+            let connection = ready.headers().get("connection").map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(connection.as_deref(), Some("close"));
+            let body: Value = ready.json().await.unwrap();
+            assert_eq!(body["detail"], "the server is shutting down");
+            let health = http.get(format!("{}/v1/health/", server.base)).send().await.unwrap();
+            assert_eq!(health.status(), 200, "liveness answers while draining");
+            let agents = http.get(format!("{}/v1/agents/", server.base)).send().await.unwrap();
+            assert_eq!(agents.status(), 503);
+            seen_draining = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen_draining, "the server drained before closing");
+    server.task.await.unwrap();
+    assert!(http.get(format!("{}/v1/health/", server.base)).send().await.unwrap_err().is_connect());
+}

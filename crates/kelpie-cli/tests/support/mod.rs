@@ -1,8 +1,9 @@
-//! The harness shared by the multi-process cluster tests and the cluster
+//! The harness shared by the multi-process tests and the cluster
 //! benchmark: a real PostgreSQL, the fake LLM in this process, real
 //! `kelpie serve --cluster` processes on loopback (spawned, signalled,
 //! killed), a fault-injecting TCP proxy, and the client calls the tests make
-//! (create an agent, send a message and see who served it, read a history).
+//! (create an agent, send a message and see who served it, read a history);
+//! and one `kelpie serve` on the embedded store ([`serve`]).
 //!
 //! Tests include it with `mod support;`, benches with
 //! `#[path = "../tests/support/mod.rs"] mod support;`. Each includer uses a
@@ -371,4 +372,57 @@ impl Lcg {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 33) % below as u64) as usize
     }
+}
+
+/// `kelpie serve` on a free port of 127.0.0.1 over `data_dir`; its base URL.
+pub fn serve(data_dir: &std::path::Path, llm: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kelpie"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KELPIE_") || name.starts_with("OPENAI_") || name.starts_with("ANTHROPIC_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()])
+        .env("OPENAI_BASE_URL", llm)
+        .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
+        .env("KELPIE_LOG", "warn,kelpie=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while stderr.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, format!("http://{addr}"))
+}
+
+/// `method url` with a JSON `body`; the answer's JSON, asserting a success status.
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Value {
+    let mut request = http.request(method, &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap_or_else(|err| panic!("{url}: {err}"));
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {value}");
+    value
 }

@@ -1,7 +1,7 @@
 //! `GET /v1/health/`: liveness, and `GET /v1/ready/`: readiness, in
 //! Letta's shape. The server answers once its node has started (storage
-//! open, runs recovered) and stops accepting connections when it shuts
-//! down, so answering at all is being ready.
+//! open, runs recovered); while it drains at shutdown readiness answers
+//! 503 and liveness 200 (`crate::drain`).
 
 use axum::routing::get;
 use axum::{Json, Router};

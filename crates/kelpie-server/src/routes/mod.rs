@@ -66,6 +66,7 @@ fn api_router(state: AppState) -> Router {
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_agent_requests))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::drain::drain_requests))
         .with_state(state)
 }
 

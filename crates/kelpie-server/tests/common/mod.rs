@@ -43,6 +43,8 @@ pub async fn start_with_base_url(data_dir: &Path, base_url: &str, extra: &[(&str
     layers.set("llm.openai_base_url", base_url, flag.clone()).unwrap();
     layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
     let server = kelpie_server::bind(layers.resolve().unwrap()).await.unwrap();
+    // These tests send nothing while stopping: no drain time is needed.
+    server.set_drain_least_ms(0);
     let base = format!("http://{}", server.local_addr());
     let service = server.service();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
