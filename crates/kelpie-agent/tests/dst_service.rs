@@ -1,7 +1,8 @@
 //! Server DST: the whole agent service (its actors, turns, runs, archival
 //! memory) on one simulated node whose storage is the simulated disk, with
 //! a simulated LLM (latency, timeouts, provider 5xx, rate limits, malformed
-//! tool calls), disk read and write faults (a failed write crashes the
+//! tool calls, streams cut part-way), a custom tool in simulated sandboxes
+//! that fail to boot, crash, cannot start or time out, disk read and write faults (a failed write crashes the
 //! process, as a failed fsync does), crashes at any moment and restarts,
 //! and clean shutdowns under load. Each boot opens the disk, builds the
 //! service and recovers the runs it left, as `kelpie serve` does.
@@ -40,8 +41,8 @@
 //! of an earlier boot (that process is gone), and the disk refuses the
 //! calls of one.
 //!
-//! Not here yet: streamed turns cut mid-answer, tool calls in sandboxes
-//! (`dst_tools.rs` covers sandbox faults), more than one node.
+//! Not here yet: more than one node (`kelpie-cluster`'s DST has the
+//! cluster protocol alone).
 //!
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-agent --test dst_service`
 //! (`DST_VERBOSE=1` prints each turn and boot).
@@ -53,11 +54,13 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use kelpie_agent::actors::agent::RunFilter;
+use kelpie_agent::actors::tool_store::ToolRecord;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::planted::PlantedBug;
 use kelpie_agent::requests::{CreateAgent, PassageSearch};
 use kelpie_agent::service::runs::{RunQuery, TurnInput};
+use kelpie_agent::service::turn::token_stream::TurnEvents;
 use kelpie_agent::{AgentService, ServiceError};
 use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_core::{ActorId, NodeId, Result as CoreResult};
@@ -65,14 +68,15 @@ use kelpie_dst::properties::{
     created_agent_retrievable, no_duplicate_agents, search_isolation, ObservedAgent, ObservedSearch,
 };
 use kelpie_dst::{
-    replay_command, seeds_to_run, DeterministicRng, Fault, FaultRule, LlmRequest, LlmResponse, LlmToolCall,
-    SimHandle, SimLlmClient, SimNode, Simulation,
+    replay_command, seeds_to_run, DeterministicRng, Fault, FaultKind, FaultRule, LlmRequest, LlmResponse,
+    LlmToolCall, SimHandle, SimLlmClient, SimNode, Simulation,
 };
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::sim::SimChatModel;
 use kelpie_llm::LlmClients;
 use kelpie_runtime::RuntimeConfig;
 use kelpie_sandbox::sim::SimBackend;
+use kelpie_sandbox::ExecLimits;
 use kelpie_storage::sim_disk::SimDiskBackend;
 use kelpie_storage::types::{CommitRequest, StoredRows};
 use kelpie_storage::{Backend, BoxFut, Storage};
@@ -80,6 +84,10 @@ use kelpie_storage::{ClaimOutcome, CommitInfo, Placement as StoredPlacement, Sca
 use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::json;
 
+/// The probe tool's id, the same in every boot.
+const PROBE_TOOL_ID: &str = "tool-00000000-0000-4000-8000-00000000dead";
+/// Longest a probe call may run in its sandbox.
+const TOOL_WALL_MS: u64 = 2_000;
 /// Seeds of the sweep: the CI budget.
 const SEEDS_COUNT: u64 = 500;
 /// Client operations per seed.
@@ -254,12 +262,34 @@ fn responder(request: &LlmRequest) -> LlmResponse {
         tool_calls: vec![LlmToolCall { id: "call-1".into(), name: name.into(), arguments }],
         ..LlmResponse::default()
     };
-    if text.starts_with("remember ") {
+    if text.starts_with("probe ") {
+        call("probe", json!({"text": text}).to_string())
+    } else if text.starts_with("remember ") {
         call("archival_memory_insert", json!({"content": text}).to_string())
     } else if text.starts_with("garbled ") {
         call("archival_memory_insert", "{\"content\": unquoted".into())
     } else {
         reply(format!("echo: {text}"))
+    }
+}
+
+/// The custom tool agents carry: it runs in a (simulated) sandbox.
+fn probe_tool() -> ToolRecord {
+    ToolRecord {
+        id: PROBE_TOOL_ID.into(),
+        name: "probe".into(),
+        description: Some("Echoes its text.".into()),
+        source_code: "def probe(text: str) -> str:\n    return text\n".into(),
+        json_schema: json!({"name": "probe", "description": "Echoes its text.",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}),
+        tags: Vec::new(),
+        return_char_limit: 10_000,
+        metadata: None,
+        pip_requirements: Vec::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        mcp: None,
+        default_requires_approval: false,
     }
 }
 
@@ -274,6 +304,7 @@ fn build_service(node: &SimNode, storage: &Storage, bug: Option<Bug>) -> CoreRes
     let catalog = ModelCatalog::new(llm_config, clients);
     let model = SimChatModel::new(SimLlmClient::with_responder(node, responder));
     let mut settings = RunnerSettings::new("/usr/bin/python3", "/nonexistent/pip".into());
+    settings.limits = ExecLimits { wall_ms: TOOL_WALL_MS, ..ExecLimits::default() };
     settings.warm_sandboxes_count = 0;
     let runner = Arc::new(ToolRunner::new(Arc::new(SimBackend::new(node)), settings));
     let env = node.env();
@@ -307,6 +338,8 @@ struct Ledger {
     retries: Vec<(String, String)>,
     /// Runs this boot started and has not seen end.
     open_runs: BTreeSet<String>,
+    /// Streamed turns answered in full.
+    streamed_acked: usize,
     boot: u64,
 }
 
@@ -314,6 +347,11 @@ struct Ledger {
 #[derive(Default, Debug)]
 struct Seen {
     acked_turns: usize,
+    streamed: usize,
+    /// Streamed turns answered in full, and the LLM streams cut.
+    streamed_acked: usize,
+    streams_cut: u64,
+    sandbox_faults: u64,
     boots: u64,
     shutdowns: usize,
     searches: usize,
@@ -434,6 +472,7 @@ impl Client {
         let request = CreateAgent {
             name: Some(key.into()),
             model: Some("openai-proxy/sim-gpt".into()),
+            tool_ids: Some(vec![PROBE_TOOL_ID.into()]),
             ..CreateAgent::default()
         };
         let service = Arc::clone(service);
@@ -473,9 +512,13 @@ impl Client {
         let Some((key, agent)) = self.pick_agent() else { return self.create(&service).await };
         match self.rng.index_below(100) {
             0..=14 => self.create(&service).await?,
-            15..=44 => {
+            15..=34 => {
                 let text = self.text("say", &key);
                 self.turn(&service, &agent, text).await;
+            }
+            35..=44 => {
+                seen.streamed += 1;
+                self.streamed_turn(&service, &agent, &key).await?;
             }
             45..=54 => {
                 // A failed turn sent again, or an answered one (its answer lost).
@@ -501,7 +544,11 @@ impl Client {
                 let text = self.text("garbled", &key);
                 self.turn(&service, &agent, text).await;
             }
-            71..=80 => {
+            71..=74 => {
+                let text = self.text("probe", &key);
+                self.turn(&service, &agent, text).await;
+            }
+            75..=80 => {
                 let text = self.text("later", &key);
                 self.ledger.sent.insert(text.clone(), agent.clone());
                 let service = Arc::clone(&service);
@@ -522,6 +569,55 @@ impl Client {
                 self.shutdown_under_load(&service).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A turn streamed token by token (its LLM answer streamed too, and
+    /// maybe cut part-way): answered in full, its events carry the reply
+    /// the agent stores; cut, it fails like any failed turn.
+    async fn streamed_turn(
+        &mut self,
+        service: &Arc<AgentService>,
+        agent: &str,
+        key: &str,
+    ) -> Result<(), Violation> {
+        let text = self.text("say", key);
+        self.ledger.sent.insert(text.clone(), agent.to_string());
+        let (service, owned_agent, owned_text) = (Arc::clone(service), agent.to_string(), text.clone());
+        let answer = self
+            .on_node(async move {
+                let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+                let events_out = Some(TurnEvents { sender, stream_tokens: true });
+                let input = TurnInput::Texts(vec![owned_text.clone()]);
+                let outcome =
+                    service.runs.run_turn(&owned_agent, input, None, events_out, Some(owned_text)).await;
+                let mut seen = Vec::new();
+                while let Ok(event) = events.try_recv() {
+                    seen.push(event);
+                }
+                (outcome, seen)
+            })
+            .await;
+        let Some((Ok(outcome), events)) = answer else {
+            self.ledger.retries.push((agent.to_string(), text));
+            return Ok(());
+        };
+        if outcome.stop_reason != "end_turn" {
+            self.ledger.retries.push((agent.to_string(), text));
+            return Ok(());
+        }
+        let reply = format!("echo: {text}");
+        let replied = events
+            .iter()
+            .any(|event| event["message_type"] == "assistant_message" && event["content"] == reply.as_str());
+        if !replied {
+            return violation(
+                "AgentDataIntact",
+                format!("streamed {text:?} was answered without its reply event: {events:?}"),
+            );
+        }
+        self.ledger.acked.insert(text, agent.to_string());
+        self.ledger.streamed_acked += 1;
         Ok(())
     }
 
@@ -793,6 +889,11 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
         FaultRule::new(Fault::LlmFailure, 0.05),
         FaultRule::new(Fault::LlmTimeout, 0.02),
         FaultRule::new(Fault::LlmRateLimited { retry_after_ms: 200 }, 0.02),
+        FaultRule::new(Fault::LlmStreamCut, 0.15),
+        FaultRule::new(Fault::SandboxBootFailure, 0.05),
+        FaultRule::new(Fault::SandboxCrash, 0.05),
+        FaultRule::new(Fault::SandboxExecFailure, 0.05),
+        FaultRule::new(Fault::SandboxExecTimeout, 0.05),
     ] {
         builder = builder.fault(rule);
     }
@@ -829,6 +930,11 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
                     handle.crash_node(0);
                     return;
                 };
+                // Every boot registers the custom tool (an idempotent upsert).
+                if service.tools.upsert_record(probe_tool()).await.is_err() {
+                    handle.crash_node(0);
+                    return;
+                }
                 // As `kelpie serve` starts: runs left in flight are ended
                 // before requests are served (a failure leaves them to
                 // their agents' next command).
@@ -855,6 +961,7 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
                 client.check().await?;
             }
             seen.acked_turns = client.ledger.acked.len();
+            seen.streamed_acked = client.ledger.streamed_acked;
             Ok::<(), Violation>(())
         };
         let ran = run.await;
@@ -868,6 +975,16 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
     let mut sim = sim;
     let report = sim.run_until_idle(Duration::from_secs(SIM_LIMIT_SECS));
     let boots_count = boots.load(std::sync::atomic::Ordering::SeqCst);
+    let streams_cut = sim.fault_count(FaultKind::LlmStreamCut);
+    let sandbox_faults: u64 = [
+        FaultKind::SandboxBootFailure,
+        FaultKind::SandboxCrash,
+        FaultKind::SandboxExecFailure,
+        FaultKind::SandboxExecTimeout,
+    ]
+    .into_iter()
+    .map(|kind| sim.fault_count(kind))
+    .sum();
     let result = match report {
         Err(failure) => violation("Simulation", format!("{failure:?}")),
         Ok(_) => outcome.lock().unwrap().take().unwrap_or_else(|| {
@@ -880,6 +997,8 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
     (
         result.map(|mut seen| {
             seen.boots = boots_count;
+            seen.streams_cut = streams_cut;
+            seen.sandbox_faults = sandbox_faults;
             seen
         }),
         boots_count,
@@ -897,6 +1016,10 @@ fn the_service_keeps_every_invariant_through_faults_crashes_and_shutdowns() {
                 totals.boots += seen.boots;
                 totals.shutdowns += seen.shutdowns;
                 totals.searches += seen.searches;
+                totals.streamed += seen.streamed;
+                totals.streamed_acked += seen.streamed_acked;
+                totals.streams_cut += seen.streams_cut;
+                totals.sandbox_faults += seen.sandbox_faults;
             }
             Err(broken) => panic!(
                 "seed {seed}: {} violated: {}\nreplay: {}",
@@ -911,6 +1034,11 @@ fn the_service_keeps_every_invariant_through_faults_crashes_and_shutdowns() {
         assert!(totals.acked_turns > 1_000, "turns were answered: {totals:?}");
         assert!(totals.boots > 2 * SEEDS_COUNT, "restarts were exercised: {totals:?}");
         assert!(totals.shutdowns > 100 && totals.searches > 500, "{totals:?}");
+        assert!(
+            totals.streams_cut > 50 && totals.streamed_acked > 500,
+            "streams were cut and answered: {totals:?}"
+        );
+        assert!(totals.sandbox_faults > 50, "sandboxed tools failed: {totals:?}");
     }
 }
 

@@ -173,6 +173,14 @@ impl SimLlmClient {
         self.reply(request)
     }
 
+    /// The fault point of a streamed answer: whether this stream stops
+    /// part-way ([`FaultKind::LlmStreamCut`]). The streaming adapter asks
+    /// once per streamed call, after the answer is complete, and delivers
+    /// only a part of it when the answer is yes.
+    pub fn stream_cut(&self) -> bool {
+        self.node.executor().fault(FaultKind::LlmStreamCut, Some(self.node.index())).is_some()
+    }
+
     fn reply(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         let mut guard = self.replies.lock().unwrap_or_else(|poison| poison.into_inner());
         let (replies, calls) = &mut *guard;

@@ -89,6 +89,9 @@ pub enum Fault {
     /// A (re)starting MCP server takes longer than the tool's timeout to
     /// answer; it stays down.
     McpServerSlowStart,
+    /// A streamed LLM answer stops part-way: the client got some of it and
+    /// the call fails.
+    LlmStreamCut,
 }
 
 macro_rules! fault_kinds {
@@ -147,6 +150,7 @@ fault_kinds! {
     SnapshotCreateFailure => "snapshot_create_failure", "agent";
     SnapshotRestoreFailure => "snapshot_restore_failure", "agent";
     McpServerSlowStart => "mcp_server_slow_start", "agent";
+    LlmStreamCut => "llm_stream_cut", "agent";
 }
 
 // The injector keeps a bit per kind in a u64.
@@ -198,6 +202,7 @@ impl Fault {
             Fault::SnapshotCreateFailure => FaultKind::SnapshotCreateFailure,
             Fault::SnapshotRestoreFailure => FaultKind::SnapshotRestoreFailure,
             Fault::McpServerSlowStart => FaultKind::McpServerSlowStart,
+            Fault::LlmStreamCut => FaultKind::LlmStreamCut,
         }
     }
 }
@@ -333,7 +338,7 @@ mod tests {
 
     #[test]
     fn kinds_are_complete_named_and_categorised() {
-        assert_eq!(FaultKind::ALL.len(), 32);
+        assert_eq!(FaultKind::ALL.len(), 33);
         assert_eq!(Fault::NetworkDelay { extra_ms_max: 3 }.kind(), FaultKind::NetworkDelay);
         assert_eq!(FaultKind::CrashAfterWrite.name(), "crash_after_write");
         assert_eq!(FaultKind::CpuStarvation.category(), "resource");

@@ -388,6 +388,21 @@ fn llm_failure_is_a_provider_error() {
 }
 
 #[test]
+fn llm_stream_cut_fires_at_the_stream_fault_point_only() {
+    let mut sim = sim_with(vec![FaultRule::new(Fault::LlmStreamCut, 1.0).at_most(1)], 1);
+    let cut = run_on(&mut sim, 0, |node| async move {
+        let client = SimLlmClient::scripted(&node, vec![LlmResponse::text("hello")]);
+        // A whole answer first: the cut is the stream's, not the call's.
+        let reply = client.complete(&LlmRequest::default()).await;
+        (reply, client.stream_cut(), client.stream_cut())
+    })
+    .unwrap();
+    assert_eq!(cut.0.unwrap().content.as_deref(), Some("hello"));
+    assert_eq!((cut.1, cut.2), (true, false), "fires once (at_most 1)");
+    assert_eq!(sim.fault_count(FaultKind::LlmStreamCut), 1);
+}
+
+#[test]
 fn llm_rate_limited_says_when_to_retry() {
     let (reply, _) = ask_llm(vec![FaultRule::new(Fault::LlmRateLimited { retry_after_ms: 1_500 }, 1.0)]);
     let error = reply.unwrap_err();

@@ -11,7 +11,7 @@ use crate::chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
 use crate::clients::{ChatModel, ModelFuture};
 use crate::http::LlmError;
 use crate::settings::EmbeddingSettings;
-use crate::stream::ChatDelta;
+use crate::stream::{ChatDelta, StreamError};
 
 /// The endpoint simulated errors name.
 pub const SIM_ENDPOINT: &str = "sim://llm";
@@ -94,14 +94,31 @@ impl ChatModel for SimChatModel {
     ) -> ModelFuture<'a, ChatResponse> {
         Box::pin(async move {
             let response = self.chat(provider, request).await?;
+            // A cut stream delivers the first half of its text (or the
+            // start of its first call) and fails, as a provider whose
+            // connection drops mid-answer.
+            let cut = self.client.stream_cut();
             if let Some(text) = &response.content {
-                on_delta(ChatDelta::Text(text.clone()));
+                let piece: String = match cut {
+                    true => text.chars().take(text.chars().count() / 2).collect(),
+                    false => text.clone(),
+                };
+                on_delta(ChatDelta::Text(piece));
             }
             for (index, call) in response.tool_calls.iter().enumerate() {
                 on_delta(ChatDelta::ToolCallStart { index, id: call.id.clone(), name: call.name.clone() });
+                if cut {
+                    break;
+                }
                 on_delta(ChatDelta::ToolCallArguments { index, fragment: call.arguments.clone() });
             }
-            Ok(response)
+            match cut {
+                true => Err(LlmError::Stream {
+                    endpoint: SIM_ENDPOINT.to_string(),
+                    error: StreamError::Incomplete,
+                }),
+                false => Ok(response),
+            }
         })
     }
 
