@@ -292,3 +292,26 @@ def test_compaction_through_the_client_keeps_every_message(client):
     assert notes == [f"note {item}" for item in range(6)], "compaction deletes nothing"
     assert "The following is a summary of the previous messages:" in listed[-1].content
     client.agents.delete(agent.id)
+
+
+def test_letta_agent_files_import_through_the_sdk(client):
+    import pathlib
+
+    fixtures = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "letta-agent-files"
+    for name in ["memgpt_agent_with_convo.af", "deep_research_agent.af", "loop.af"]:
+        raw = (fixtures / name).read_bytes()
+        file = json.loads(raw)
+        agent = file["agents"][0]
+        imported = client.agents.import_file(file=(name, raw, "application/json"), append_copy_suffix=False)
+        [agent_id] = imported.agent_ids
+        state = client.agents.retrieve(agent_id)
+        assert (state.name, state.system) == (agent["name"], agent["system"])
+        blocks = {block.label: block for block in client.agents.blocks.list(agent_id)}
+        for block in file["blocks"]:
+            assert blocks[block["label"]].value == block["value"]
+            assert blocks[block["label"]].limit == block["limit"]
+        custom = [tool["name"] for tool in file["tools"] if tool["tool_type"] == "custom"]
+        attached = {tool.name for tool in client.agents.tools.list(agent_id)}
+        assert set(custom) <= attached
+        reply = client.agents.messages.create(agent_id=agent_id, messages=[{"role": "user", "content": "hi"}])
+        assert any(message.message_type == "assistant_message" for message in reply.messages)

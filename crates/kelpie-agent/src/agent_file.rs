@@ -21,6 +21,17 @@ pub const AGENT_FILE_VALUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The top-level fields whose value is a list read element by element.
 pub const LIST_FIELDS: [&str; 3] = ["messages", "passages", "custom_tools"];
 
+/// The file, whole (tests, small tools, and the conversion of Letta's
+/// agent files, [`crate::letta_af`], build it this way).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AgentFile {
+    pub kelpie_agent_file_version: u32,
+    pub agent: crate::model::AgentRecord,
+    pub messages: Vec<crate::model::StoredMessage>,
+    pub passages: Vec<kelpie_memory::Passage>,
+    pub custom_tools: Vec<crate::actors::tool_store::ToolRecord>,
+}
+
 /// What the reader found, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileEvent {

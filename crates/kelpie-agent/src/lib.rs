@@ -27,6 +27,7 @@ pub mod context;
 pub mod error;
 pub mod ids;
 pub mod letta;
+pub mod letta_af;
 pub mod limits;
 pub mod model;
 pub mod node;

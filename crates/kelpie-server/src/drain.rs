@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Least time new requests are answered 503 before the listener closes:
 /// clients on keep-alive connections learn of the shutdown by an answer.
@@ -114,8 +113,8 @@ impl Drain {
 
 /// Middleware: counts requests in flight; while draining answers new ones
 /// 503 with `Connection: close` (liveness excepted).
-pub async fn drain_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let drain = &state.drain;
+pub async fn drain_requests(State(drain): State<Arc<Drain>>, request: Request, next: Next) -> Response {
+    let drain = &drain;
     if drain.is_draining() && !LIVENESS_PATHS.contains(&request.uri().path()) {
         let mut response =
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response();

@@ -197,3 +197,187 @@ async fn attached_custom_tool_travels_with_the_file() {
     assert!(recreated.as_array().unwrap().iter().any(|t| t["id"] == custom[0]["id"]), "{recreated}");
     server.shutdown().await;
 }
+
+/// Real Letta agent files (`tests/fixtures/letta-agent-files`, as published).
+const LETTA_AGENT_FILES: [&str; 3] = ["memgpt_agent_with_convo.af", "deep_research_agent.af", "loop.af"];
+
+fn letta_agent_file(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/letta-agent-files")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// What Kelpie shows of the file's messages, in order: (message_type, the
+/// text or tool name it carries).
+fn expected_messages(agent: &Value) -> Vec<(String, String)> {
+    let text = |content: &Value| match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""),
+        _ => String::new(),
+    };
+    let mut expected = Vec::new();
+    for message in agent["messages"].as_array().unwrap() {
+        match message["role"].as_str().unwrap() {
+            "user" => expected.push(("user_message".to_string(), text(&message["content"]))),
+            "assistant" => {
+                for call in message["tool_calls"].as_array().into_iter().flatten() {
+                    let name = call["function"]["name"].as_str().unwrap();
+                    let args: Value =
+                        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                    match name {
+                        "send_message" => expected
+                            .push(("assistant_message".into(), args["message"].as_str().unwrap().into())),
+                        _ => expected.push(("tool_call_message".into(), name.to_string())),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    expected
+}
+
+#[tokio::test]
+async fn letta_agent_files_import_block_by_block_tool_by_tool_message_by_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let builtins: Vec<String> =
+        kelpie_tools::builtin_tools().iter().map(|tool| tool.name.to_string()).collect();
+    for name in LETTA_AGENT_FILES {
+        let raw = letta_agent_file(name);
+        let file: Value = serde_json::from_slice(&raw).unwrap();
+        let agent = &file["agents"][0];
+        let (status, answer) =
+            import(&server, form(&[("file", &raw), ("append_copy_suffix", b"false")])).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        let id = answer["agent_ids"][0].as_str().unwrap().to_string();
+        let warnings: Vec<String> = answer["warnings"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        let imported = server.ok("GET", &format!("/v1/agents/{id}"), None).await;
+        assert_eq!(imported["name"], agent["name"], "{name}");
+        assert_eq!(imported["system"], agent["system"], "{name}");
+        assert_eq!(imported["description"], agent["description"], "{name}");
+
+        // Blocks: every one the agent links, as the file has it.
+        let blocks = server.ok("GET", &format!("/v1/agents/{id}/core-memory/blocks"), None).await;
+        let linked: Vec<&Value> = agent["block_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|block_id| file["blocks"].as_array().unwrap().iter().find(|b| b["id"] == *block_id).unwrap())
+            .collect();
+        assert_eq!(blocks.as_array().unwrap().len(), linked.len(), "{name}: {blocks}");
+        for want in linked {
+            let got = blocks.as_array().unwrap().iter().find(|b| b["label"] == want["label"]).unwrap();
+            for field in ["value", "limit", "description", "read_only"] {
+                assert_eq!(got[field], want[field], "{name}: block {} field {field}", want["label"]);
+            }
+        }
+
+        // Tools: custom ones with their source; Letta's own by name when
+        // Kelpie has them, else named in a warning.
+        let tools = server.ok("GET", &format!("/v1/agents/{id}/tools"), None).await;
+        let attached: Vec<&str> =
+            tools.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        for tool_id in agent["tool_ids"].as_array().unwrap() {
+            let want = file["tools"].as_array().unwrap().iter().find(|t| t["id"] == *tool_id).unwrap();
+            let tool_name = want["name"].as_str().unwrap();
+            if want["tool_type"] == "custom" {
+                let got = tools.as_array().unwrap().iter().find(|t| t["name"] == tool_name).unwrap();
+                assert_eq!(got["source_code"], want["source_code"], "{name}: tool {tool_name}");
+                assert_eq!(got["tool_type"], "custom", "{name}: tool {tool_name}");
+            } else if builtins.iter().any(|b| b == tool_name) {
+                assert!(attached.contains(&tool_name), "{name}: built-in {tool_name} attached: {attached:?}");
+            } else {
+                assert!(!attached.contains(&tool_name), "{name}: {tool_name}");
+                assert!(
+                    warnings.iter().any(|w| w.contains(tool_name)),
+                    "{name}: {tool_name} named in {warnings:?}"
+                );
+            }
+        }
+
+        // Messages: the file's, in order.
+        let messages =
+            server.ok("GET", &format!("/v1/agents/{id}/messages?limit=1000&order=asc"), None).await;
+        let shown: Vec<(String, String)> = messages
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| {
+                let kind = m["message_type"].as_str()?.to_string();
+                let carried = match kind.as_str() {
+                    "tool_call_message" => m["tool_call"]["name"].as_str()?.to_string(),
+                    "user_message" | "assistant_message" => m["content"].as_str()?.to_string(),
+                    _ => return None,
+                };
+                Some((kind, carried))
+            })
+            .collect();
+        assert_eq!(shown, expected_messages(agent), "{name}");
+
+        // The file's model, or this server's default when it has not that
+        // one (the warning says so).
+        let handle = imported["llm_config"]["handle"].as_str().unwrap();
+        let file_model = agent["llm_config"]["model"].as_str().unwrap();
+        match handle.ends_with(file_model) {
+            true => assert!(!warnings.iter().any(|w| w.starts_with("model")), "{name}: {warnings:?}"),
+            false => {
+                assert!(warnings.iter().any(|w| w.contains(file_model)), "{name}: {handle} {warnings:?}")
+            }
+        }
+        // The imported agent takes a turn.
+        let reply = server.say(&id, "hello again").await;
+        assert!(
+            reply["messages"].as_array().unwrap().iter().any(|m| m["message_type"] == "assistant_message"),
+            "{reply}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn letta_agent_files_kelpie_cannot_import_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let file: Value = serde_json::from_slice(&letta_agent_file("memgpt_agent_with_convo.af")).unwrap();
+    let mut two = file.clone();
+    two["agents"].as_array_mut().unwrap().push(file["agents"][0].clone());
+    let mut grouped = file.clone();
+    grouped["groups"] = json!([{"id": "group-0", "agent_ids": ["agent-0"]}]);
+    let mut dangling = file.clone();
+    dangling["agents"][0]["block_ids"] = json!(["block-404"]);
+    let mut no_agents = file.clone();
+    no_agents["agents"] = json!([]);
+    for (case, body, says) in [
+        ("two agents", two, "2 agents"),
+        ("groups", grouped, "groups"),
+        ("a dangling block", dangling, "block-404"),
+        ("no agent", no_agents, "0 agents"),
+    ] {
+        let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&body).unwrap())])).await;
+        assert_eq!(status, 422, "{case}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(says), "{case}: {answer}");
+    }
+    // A model the client names instead of the file's must exist here.
+    let raw = letta_agent_file("loop.af");
+    let body = form(&[("file", &raw), ("override_model_handle", b"nowhere/model-x")]);
+    let (status, answer) = import(&server, body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("nowhere"), "{answer}");
+    // Nothing of the refused files is listed.
+    assert_eq!(server.ok("GET", "/v1/agents/", None).await, json!([]));
+    // An override that exists replaces the file's model.
+    let body = form(&[("file", &raw), ("override_model_handle", b"openai-proxy/other-model")]);
+    let (status, answer) = import(&server, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["agent_ids"][0].as_str().unwrap();
+    let agent = server.ok("GET", &format!("/v1/agents/{id}"), None).await;
+    assert_eq!(agent["llm_config"]["handle"], "openai-proxy/other-model");
+    server.shutdown().await;
+}

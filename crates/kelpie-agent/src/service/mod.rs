@@ -150,7 +150,7 @@ impl AgentService {
             Arc::clone(&directory),
             Arc::clone(&tools),
             Arc::clone(&reclaimer),
-            llm,
+            (llm, catalog.clone()),
             env.clone(),
         );
         AgentService {

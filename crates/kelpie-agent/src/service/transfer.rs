@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kelpie_core::Env;
+use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::ChatModel;
 use kelpie_memory::{Block, CoreMemory, Passage};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
@@ -41,22 +42,16 @@ const IMPORT_BATCH_OPS_COUNT_MAX: usize = 6_000;
 /// Bytes of messages and passages one import batch may carry.
 const IMPORT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// The exported file, whole (tests and small tools read it this way).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentFile {
-    pub kelpie_agent_file_version: u32,
-    pub agent: AgentRecord,
-    pub messages: Vec<StoredMessage>,
-    pub passages: Vec<Passage>,
-    pub custom_tools: Vec<ToolRecord>,
-}
-
 /// The import form's options besides the file (Letta's names).
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     pub override_name: Option<String>,
     pub append_copy_suffix: bool,
     pub strip_messages: bool,
+    /// The model and embedding a Letta agent file's agent gets instead of
+    /// those it names (`override_model_handle`, `override_embedding_handle`).
+    pub model: Option<String>,
+    pub embedding: Option<String>,
 }
 
 pub struct Transfer {
@@ -65,6 +60,7 @@ pub struct Transfer {
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     llm: Arc<dyn ChatModel>,
+    catalog: ModelCatalog,
     env: Env,
 }
 
@@ -83,10 +79,10 @@ impl Transfer {
         directory: Arc<AgentDirectory>,
         tools: Arc<ToolService>,
         reclaimer: Arc<Reclaimer>,
-        llm: Arc<dyn ChatModel>,
+        (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
         env: Env,
     ) -> Self {
-        Transfer { actors, directory, tools, reclaimer, llm, env }
+        Transfer { actors, directory, tools, reclaimer, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -127,6 +123,7 @@ impl Transfer {
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
                 llm: Arc::clone(&self.llm),
+                catalog: self.catalog.clone(),
                 env: self.env.clone(),
             },
             options,
@@ -142,6 +139,8 @@ impl Transfer {
             batch_bytes: 0,
             messages_imported: false,
             ended: false,
+            letta: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -260,6 +259,7 @@ struct ImportParts {
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     llm: Arc<dyn ChatModel>,
+    catalog: ModelCatalog,
     env: Env,
 }
 
@@ -292,6 +292,11 @@ pub struct AgentImport {
     batch_bytes: usize,
     messages_imported: bool,
     ended: bool,
+    /// The fields of a Letta agent file (`.af`), raw, read whole and
+    /// converted into Kelpie's file at the end ([`crate::letta_af`]).
+    letta: BTreeMap<String, Vec<u8>>,
+    /// What a converted Letta file left out.
+    warnings: Vec<String>,
 }
 
 impl AgentImport {
@@ -329,6 +334,9 @@ impl AgentImport {
 
     async fn finish_inner(&mut self) -> ServiceResult<Value> {
         self.reader.finish().map_err(ServiceError::Invalid)?;
+        if self.ended && !self.version_seen && self.letta.contains_key("agents") {
+            self.import_letta().await?;
+        }
         if !self.ended {
             return Err(ServiceError::Invalid("not a kelpie agent file: it is incomplete".into()));
         }
@@ -371,7 +379,80 @@ impl AgentImport {
         };
         self.parts.actors.invoke(&record.id, finish).await?;
         self.parts.reclaimer.forget(&record.id, begun.pending.clone()).await?;
-        Ok(json!({"agent_ids": [record.id]}))
+        Ok(match self.warnings.is_empty() {
+            true => json!({"agent_ids": [record.id]}),
+            // What a Letta file held that this import left out.
+            false => json!({"agent_ids": [record.id], "warnings": self.warnings}),
+        })
+    }
+
+    /// Converts the Letta agent file read so far into Kelpie's and reads
+    /// that as the file.
+    async fn import_letta(&mut self) -> ServiceResult<()> {
+        let mut fields = BTreeMap::new();
+        for (key, raw) in std::mem::take(&mut self.letta) {
+            let value: Value = serde_json::from_slice(&raw)
+                .map_err(|e| ServiceError::Invalid(format!("not a Letta agent file: {key}: {e}")))?;
+            fields.insert(key, value);
+        }
+        // Converted in a scope of its own: nothing of it is held across an await.
+        let converted = {
+            let catalog = &self.parts.catalog;
+            let (model, embedding_handle) = (self.options.model.clone(), self.options.embedding.clone());
+            // An override the client asked for must exist here.
+            if let Some(handle) = &model {
+                catalog.resolve_llm(Some(handle))?;
+            }
+            if let Some(handle) = &embedding_handle {
+                catalog.resolve_embedding(Some(handle))?;
+            }
+            let llm = |handle: Option<&str>| match catalog.resolve_llm(model.as_deref().or(handle)) {
+                Ok(settings) => (settings, None),
+                Err(err) => {
+                    let fallback = catalog.resolve_llm(None).unwrap_or_else(|_| {
+                        catalog
+                            .resolve_llm(Some("openai/gpt-4o-mini"))
+                            .expect("an OpenAI-compatible model resolves")
+                    });
+                    let why = format!(
+                        "model {handle:?} is not available here ({err}); the agent uses {}",
+                        fallback.handle
+                    );
+                    (fallback, Some(why))
+                }
+            };
+            let embedding = |handle: Option<&str>| match catalog
+                .resolve_embedding(embedding_handle.as_deref().or(handle))
+            {
+                Ok(settings) => (settings, None),
+                Err(err) => {
+                    let local = catalog.resolve_embedding(None).expect("the local embedding always resolves");
+                    let why = format!(
+                        "embedding {handle:?} is not available here ({err}); the agent uses {}",
+                        local.handle
+                    );
+                    (local, Some(why))
+                }
+            };
+            let resolvers = crate::letta_af::Resolvers {
+                llm: &llm,
+                embedding: &embedding,
+                builtins: kelpie_tools::builtin_tools()
+                    .into_iter()
+                    .map(|tool| (tool.name.to_string(), tool.id.to_string()))
+                    .collect(),
+                now_ms: self.parts.env.clock.wall_ms(),
+            };
+            crate::letta_af::convert(&fields, &resolvers).map_err(|reason| {
+                ServiceError::Invalid(format!("cannot import this Letta agent file: {reason}"))
+            })?
+        };
+        self.warnings = converted.warnings;
+        let bytes = encode(&converted.file)?;
+        self.reader = FileReader::new();
+        self.ended = false;
+        self.feed_inner(&bytes).await?;
+        self.reader.finish().map_err(ServiceError::Invalid)
     }
 
     /// Gives the import up (the upload broke): what was written is left to
@@ -450,6 +531,11 @@ impl AgentImport {
                 true => self.upsert_tool(&value).await?,
                 false => self.pending_tools.push(value),
             },
+            FileEvent::Field { key, value }
+                if !self.version_seen && crate::letta_af::LETTA_FIELDS.contains(&key.as_str()) =>
+            {
+                self.letta.insert(key, value);
+            }
             FileEvent::End => self.ended = true,
             // Fields this version does not know are ignored, as before.
             FileEvent::Field { .. } | FileEvent::Item { .. } => {}

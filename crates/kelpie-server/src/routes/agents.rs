@@ -214,18 +214,23 @@ fn form_flag(fields: &[(String, Vec<u8>)], name: &str, default: bool) -> Result<
     }
 }
 
+/// The text of form field `name` (the first of `names` present), if sent.
+fn form_text(fields: &[(String, Vec<u8>)], names: &[&str]) -> Result<Option<String>, ApiError> {
+    let Some((name, content)) = fields.iter().find(|(field, _)| names.contains(&field.as_str())) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(content.clone())
+        .map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{name} must be UTF-8")))?;
+    Ok(Some(text).filter(|text| !text.is_empty()))
+}
+
 fn form_options(fields: &[(String, Vec<u8>)]) -> Result<ImportOptions, ApiError> {
-    let override_name =
-        match fields.iter().find(|(name, _)| name == "override_name") {
-            Some((_, content)) => Some(String::from_utf8(content.clone()).map_err(|_| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "override_name must be UTF-8")
-            })?),
-            None => None,
-        };
     Ok(ImportOptions {
-        override_name,
+        override_name: form_text(fields, &["override_name", "name"])?,
         append_copy_suffix: form_flag(fields, "append_copy_suffix", true)?,
         strip_messages: form_flag(fields, "strip_messages", false)?,
+        model: form_text(fields, &["override_model_handle", "model"])?,
+        embedding: form_text(fields, &["override_embedding_handle", "embedding"])?,
     })
 }
 

@@ -66,7 +66,10 @@ fn api_router(state: AppState) -> Router {
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_agent_requests))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
-        .layer(middleware::from_fn_with_state(state.clone(), crate::drain::drain_requests))
+        .layer(middleware::from_fn_with_state(
+            std::sync::Arc::clone(&state.drain),
+            crate::drain::drain_requests,
+        ))
         .with_state(state)
 }
 

@@ -1,0 +1,303 @@
+//! Letta's agent file (`.af`, `AgentFileSchema`): read into Kelpie's own
+//! [`AgentFile`], which the import then stores as it stores any. Pure: no
+//! I/O; the model and embedding a file names are resolved by the caller.
+//!
+//! What maps how:
+//! - the file's one agent (a file with several, or with groups, is
+//!   refused: import them one agent at a time);
+//! - its blocks (`block_ids` into the file's `blocks`, and inline
+//!   `memory_blocks`), with label, value, limit, description, read-only;
+//! - its tools (`tool_ids` into the file's `tools`): `custom` tools are
+//!   imported with their source and schema; Letta's own tools are matched
+//!   by name to Kelpie's built-ins, and one Kelpie does not have is left
+//!   out with a warning;
+//! - tool rules, system prompt, description, metadata, tags, secrets;
+//! - messages in file order: user, assistant (text and tool calls) and
+//!   tool results; system messages (Kelpie renders the system prompt
+//!   itself) and other roles are left out, the latter with a warning;
+//! - files and folders (sources) are not imported yet, with a warning.
+
+use std::collections::BTreeMap;
+
+use kelpie_llm::settings::{EmbeddingSettings, LlmSettings};
+use kelpie_memory::{Block, CoreMemory, WorkingMemory};
+use kelpie_tools::pip::PipRequirement;
+use serde_json::Value;
+
+use crate::actors::tool_store::ToolRecord;
+use crate::agent_file::{AgentFile, AGENT_FILE_VERSION};
+use crate::ids::parse_iso_ms;
+use crate::model::{AgentRecord, MessageBody, StoredMessage};
+
+/// The top-level fields of Letta's `AgentFileSchema`.
+pub const LETTA_FIELDS: [&str; 9] =
+    ["agents", "groups", "blocks", "files", "sources", "tools", "mcp_servers", "metadata", "created_at"];
+/// Return limit of an imported tool that does not say.
+const TOOL_RETURN_CHARS_DEFAULT: usize = 50_000;
+
+/// What converting a file found besides the agent: what was left out.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub file: AgentFile,
+    pub warnings: Vec<String>,
+}
+
+/// Settings for the handle a file names, and, when another had to be
+/// chosen, why.
+pub type Resolve<'a, T> = &'a dyn Fn(Option<&str>) -> (T, Option<String>);
+
+/// How the caller resolves the file's model and embedding on this server.
+pub struct Resolvers<'a> {
+    pub llm: Resolve<'a, LlmSettings>,
+    pub embedding: Resolve<'a, EmbeddingSettings>,
+    /// Built-in tools by name → id.
+    pub builtins: BTreeMap<String, String>,
+    pub now_ms: u64,
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|part| part["text"].as_str()).collect::<Vec<_>>().join("")
+        }
+        _ => String::new(),
+    }
+}
+
+fn string(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_string)
+}
+
+/// Every record of list `name` of the file, by its `id`.
+fn by_id<'a>(fields: &'a BTreeMap<String, Value>, name: &str) -> BTreeMap<&'a str, &'a Value> {
+    let items = fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    items.iter().filter_map(|item| Some((item["id"].as_str()?, item))).collect()
+}
+
+fn block_of(raw: &Value, index: usize) -> Result<Block, String> {
+    let label = string(&raw["label"]).ok_or_else(|| format!("block {index} has no label"))?;
+    let value = string(&raw["value"]).unwrap_or_default();
+    let mut block = Block::new(format!("block-{index}"), label.clone(), value, raw["limit"].as_u64())
+        .map_err(|e| format!("block {label:?}: {e}"))?;
+    block.description = string(&raw["description"]);
+    block.read_only = raw["read_only"].as_bool().unwrap_or(false);
+    Ok(block)
+}
+
+fn tool_of(raw: &Value, now_ms: u64) -> Result<ToolRecord, String> {
+    let name = string(&raw["name"]).ok_or("a tool has no name")?;
+    let id = string(&raw["id"]).ok_or_else(|| format!("tool {name:?} has no id"))?;
+    let source_code = string(&raw["source_code"]).unwrap_or_default();
+    if source_code.trim().is_empty() {
+        return Err(format!("custom tool {name:?} has no source code"));
+    }
+    let pip_requirements = raw["pip_requirements"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|requirement| {
+            Some(PipRequirement {
+                name: string(&requirement["name"])?,
+                version: string(&requirement["version"]),
+            })
+        })
+        .collect();
+    Ok(ToolRecord {
+        id,
+        name: name.clone(),
+        description: string(&raw["description"]),
+        source_code,
+        json_schema: raw["json_schema"].clone(),
+        tags: raw["tags"].as_array().map(|tags| tags.iter().filter_map(string).collect()).unwrap_or_default(),
+        return_char_limit: raw["return_char_limit"]
+            .as_u64()
+            .map_or(TOOL_RETURN_CHARS_DEFAULT, |n| n as usize),
+        metadata: raw["metadata_"].as_object().filter(|m| !m.is_empty()).map(|m| Value::Object(m.clone())),
+        pip_requirements,
+        created_ms: now_ms,
+        updated_ms: now_ms,
+        mcp: None,
+        default_requires_approval: raw["default_requires_approval"].as_bool().unwrap_or(false),
+    })
+}
+
+/// The messages of `agent`, in file order, as Kelpie stores them.
+fn messages_of(agent: &Value, now_ms: u64, warnings: &mut Vec<String>) -> Vec<StoredMessage> {
+    let raw = agent["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    // A tool result names its tool through the call it answers.
+    let mut call_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
+    let mut messages = Vec::new();
+    for message in raw {
+        let created_ms = message["created_at"].as_str().and_then(parse_iso_ms).unwrap_or(now_ms);
+        let content = text_of(&message["content"]);
+        let body = match message["role"].as_str().unwrap_or_default() {
+            "system" => continue,
+            "user" => MessageBody::User { content },
+            "assistant" => {
+                let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
+                let tool_calls: Vec<kelpie_llm::ToolCall> = calls
+                    .iter()
+                    .filter_map(|call| {
+                        Some(kelpie_llm::ToolCall {
+                            id: string(&call["id"])?,
+                            name: string(&call["function"]["name"])?,
+                            arguments: string(&call["function"]["arguments"]).unwrap_or_else(|| "{}".into()),
+                        })
+                    })
+                    .collect();
+                for call in &tool_calls {
+                    call_names.insert(call.id.clone(), call.name.clone());
+                }
+                let content = (!content.is_empty()).then_some(content);
+                MessageBody::Assistant { content, tool_calls, awaiting_approval: false }
+            }
+            "tool" => {
+                let tool_call_id = string(&message["tool_call_id"]).unwrap_or_default();
+                let tool_return = &message["tool_returns"][0];
+                let name = string(&message["name"])
+                    .or_else(|| call_names.get(&tool_call_id).cloned())
+                    .unwrap_or_default();
+                let result = match content.is_empty() {
+                    true => string(&tool_return["func_response"]).unwrap_or_default(),
+                    false => content,
+                };
+                MessageBody::Tool {
+                    tool_call_id,
+                    name,
+                    result,
+                    ok: tool_return["status"].as_str().is_none_or(|status| status == "success"),
+                    stdout: None,
+                    stderr: None,
+                }
+            }
+            other => {
+                *skipped.entry(other.to_string()).or_default() += 1;
+                continue;
+            }
+        };
+        let id = string(&message["id"]).unwrap_or_default();
+        messages.push(StoredMessage { id, seq: 0, created_ms, run_id: None, step_id: None, body });
+    }
+    for (role, count) in skipped {
+        warnings.push(format!("{count} message(s) with role {role:?} were not imported"));
+    }
+    messages
+}
+
+/// Converts the fields of a Letta agent file (raw JSON by field name).
+pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> Result<Converted, String> {
+    let agents = fields.get("agents").and_then(Value::as_array).ok_or("an agent file without agents")?;
+    let [agent] = agents.as_slice() else {
+        return Err(format!("the file holds {} agents; Kelpie imports one agent per file", agents.len()));
+    };
+    let groups = fields.get("groups").and_then(Value::as_array).map_or(0, Vec::len);
+    if groups > 0 {
+        return Err(format!("the file holds {groups} groups; Kelpie does not import groups yet"));
+    }
+    let mut warnings = Vec::new();
+    for (field, what) in
+        [("files", "files"), ("sources", "folders (sources)"), ("mcp_servers", "MCP servers")]
+    {
+        let count = fields.get(field).and_then(Value::as_array).map_or(0, Vec::len);
+        if count > 0 {
+            warnings.push(format!("{count} {what} were not imported: Kelpie does not import them yet"));
+        }
+    }
+    // Blocks: those the agent links, then those it declares inline.
+    let blocks_by_id = by_id(fields, "blocks");
+    let mut raw_blocks = Vec::new();
+    for id in agent["block_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let id = id.as_str().unwrap_or_default();
+        raw_blocks.push(
+            *blocks_by_id.get(id).ok_or_else(|| format!("the agent names block {id:?}, not in the file"))?,
+        );
+    }
+    raw_blocks.extend(agent["memory_blocks"].as_array().map(Vec::as_slice).unwrap_or_default());
+    let blocks: Vec<Block> =
+        raw_blocks.iter().enumerate().map(|(index, raw)| block_of(raw, index)).collect::<Result<_, _>>()?;
+    let memory = CoreMemory::new(blocks).map_err(|e| e.to_string())?;
+    // Tools: custom ones come along; Letta's own map to Kelpie's by name.
+    let tools_by_id = by_id(fields, "tools");
+    let (mut tool_ids, mut custom_tools, mut left_out) = (Vec::new(), Vec::new(), Vec::new());
+    for id in agent["tool_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let id = id.as_str().unwrap_or_default();
+        let raw =
+            tools_by_id.get(id).ok_or_else(|| format!("the agent names tool {id:?}, not in the file"))?;
+        let name = raw["name"].as_str().unwrap_or_default();
+        match (raw["tool_type"].as_str(), resolvers.builtins.get(name)) {
+            (Some("custom"), _) => {
+                let tool = tool_of(raw, resolvers.now_ms)?;
+                tool_ids.push(tool.id.clone());
+                custom_tools.push(tool);
+            }
+            (_, Some(builtin)) => tool_ids.push(builtin.clone()),
+            (_, None) => left_out.push(name.to_string()),
+        }
+    }
+    if !left_out.is_empty() {
+        warnings.push(format!("Letta tools Kelpie does not have were not attached: {}", left_out.join(", ")));
+    }
+    let rules = agent["tool_rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let tool_rules = crate::tool_rules::parse_rules(rules)?;
+    // The model and embedding the file names, or this server's choice.
+    let handle = |config: &Value| {
+        string(&config["handle"]).or_else(|| {
+            let provider = config["provider_name"].as_str().or(config["model_endpoint_type"].as_str())?;
+            Some(format!("{provider}/{}", config["model"].as_str()?))
+        })
+    };
+    let llm_handle = string(&agent["model"]).or_else(|| handle(&agent["llm_config"]));
+    let (mut llm, why) = (resolvers.llm)(llm_handle.as_deref());
+    warnings.extend(why);
+    if let Some(window) = agent["llm_config"]["context_window"].as_u64() {
+        llm.context_window = window;
+    }
+    let embedding_handle =
+        string(&agent["embedding"]).or_else(|| string(&agent["embedding_config"]["handle"]));
+    let (embedding, why) = (resolvers.embedding)(embedding_handle.as_deref());
+    warnings.extend(why);
+    let secrets_of = |value: &Value| -> BTreeMap<String, String> {
+        value
+            .as_object()
+            .map(Vec::from_iter)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+            .collect()
+    };
+    let mut secrets = secrets_of(&agent["tool_exec_environment_variables"]);
+    secrets.extend(secrets_of(&agent["secrets"]));
+    let record = AgentRecord {
+        id: string(&agent["id"]).unwrap_or_else(|| "agent-0".into()),
+        name: string(&agent["name"]).unwrap_or_else(|| "imported".into()),
+        system: string(&agent["system"]).unwrap_or_default(),
+        description: string(&agent["description"]),
+        metadata: agent["metadata"].as_object().map(|m| Value::Object(m.clone())),
+        tags: agent["tags"]
+            .as_array()
+            .map(|tags| tags.iter().filter_map(string).collect())
+            .unwrap_or_default(),
+        memory,
+        working: WorkingMemory::default(),
+        llm,
+        embedding,
+        tool_ids,
+        secrets,
+        compaction: None,
+        tool_rules,
+        created_ms: resolvers.now_ms,
+        updated_ms: resolvers.now_ms,
+    };
+    let messages = messages_of(agent, resolvers.now_ms, &mut warnings);
+    let file = AgentFile {
+        kelpie_agent_file_version: AGENT_FILE_VERSION,
+        agent: record,
+        messages,
+        passages: Vec::new(),
+        custom_tools,
+    };
+    Ok(Converted { file, warnings })
+}
