@@ -268,7 +268,7 @@ def test_an_agent_past_ten_thousand_messages_pages_to_the_end_searches_and_delet
     # The export holds it all (and the turn: summary, user, call, return,
     # reply, its return); the delete is immediate.
     exported = json.loads(client.agents.export_file(agent_id))
-    assert len(exported["messages"]) == LONG_HISTORY_COUNT + 6
+    assert len(exported["kelpie_messages"]) == LONG_HISTORY_COUNT + 6
     client.agents.delete(agent_id)
     with pytest.raises(NotFoundError):
         client.agents.retrieve(agent_id)
@@ -315,3 +315,33 @@ def test_letta_agent_files_import_through_the_sdk(client):
         assert set(custom) <= attached
         reply = client.agents.messages.create(agent_id=agent_id, messages=[{"role": "user", "content": "hi"}])
         assert any(message.message_type == "assistant_message" for message in reply.messages)
+
+
+def test_an_export_validates_against_letta_agent_file_schema(client):
+    import pathlib
+
+    import jsonschema
+
+    fixtures = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
+    schema = json.loads((fixtures / "letta-agent-file-schema.json").read_text())
+    agent = _agent(client, "py-export")
+    client.agents.messages.create(agent_id=agent.id, messages=[{"role": "user", "content": "hello"}])
+    client.agents.messages.create(
+        agent_id=agent.id,
+        messages=[{"role": "user", "content": '/call archival_memory_insert {"content": "tea at five"}'}],
+    )
+    exported = json.loads(client.agents.export_file(agent.id))
+    jsonschema.validate(exported, schema)
+    # The shared Letta files validate too: the schema is the one they were written in.
+    for name in ["memgpt_agent_with_convo.af", "deep_research_agent.af", "loop.af"]:
+        jsonschema.validate(json.loads((fixtures / "letta-agent-files" / name).read_text()), schema)
+    [letta_agent] = exported["agents"]
+    assert letta_agent["name"] == "py-export"
+    roles = [message["role"] for message in letta_agent["messages"]]
+    assert roles.count("user") == 2 and "tool" in roles
+    # Without Kelpie's parts the file imports as Letta's, through the SDK.
+    letta_only = {key: value for key, value in exported.items() if not key.startswith("kelpie_")}
+    imported = client.agents.import_file(file=("a.af", json.dumps(letta_only).encode(), "application/json"))
+    [copy_id] = imported.agent_ids
+    copy_blocks = {b.label: b.value for b in client.agents.blocks.list(copy_id)}
+    assert copy_blocks == {b.label: b.value for b in client.agents.blocks.list(agent.id)}

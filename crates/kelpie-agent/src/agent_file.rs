@@ -1,9 +1,14 @@
-//! The agent file (our own export format, not Letta's `.af`): one JSON
-//! object
+//! The agent file: one JSON object holding Kelpie's whole agent,
 //!
 //! ```text
-//! {"kelpie_agent_file_version":1,"agent":{...},"messages":[...],"passages":[...],"custom_tools":[...]}
+//! {"kelpie_agent_file_version":1,"kelpie_agent":{...},"kelpie_messages":[...],
+//!  "kelpie_passages":[...],"kelpie_custom_tools":[...]}
 //! ```
+//!
+//! (files of earlier releases name these `agent`, `messages`, `passages`,
+//! `custom_tools`; both are read). Exports also carry Letta's agent file
+//! fields beside them (`agents`, `blocks`, `tools`, ...; see
+//! [`crate::letta_af`]), which an import of a Kelpie file skips.
 //!
 //! written and read a piece at a time, so an agent of any size is exported
 //! and imported in bounded memory. [`FileReader`] is the sans-IO reader:
@@ -19,7 +24,8 @@ pub const AGENT_FILE_VERSION: u32 = 1;
 /// in bytes: a message or passage is far smaller.
 pub const AGENT_FILE_VALUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The top-level fields whose value is a list read element by element.
-pub const LIST_FIELDS: [&str; 3] = ["messages", "passages", "custom_tools"];
+pub const LIST_FIELDS: [&str; 6] =
+    ["messages", "passages", "custom_tools", "kelpie_messages", "kelpie_passages", "kelpie_custom_tools"];
 
 /// The file, whole (tests, small tools, and the conversion of Letta's
 /// agent files, [`crate::letta_af`], build it this way).
@@ -74,6 +80,10 @@ struct Capture {
     escaped: bool,
     /// Whether this is an element of a list (else a field's value).
     item: bool,
+    /// A skipped field's value: read through, not kept.
+    skip: bool,
+    /// Bytes of the value read so far.
+    len: usize,
 }
 
 /// The sans-IO agent file reader.
@@ -85,6 +95,8 @@ pub struct FileReader {
     current_key: String,
     capture: Option<Capture>,
     events: VecDeque<FileEvent>,
+    /// Top-level fields whose values are read through without being kept.
+    skipped: std::collections::BTreeSet<String>,
 }
 
 impl Default for FileReader {
@@ -106,7 +118,14 @@ impl FileReader {
             current_key: String::new(),
             capture: None,
             events: VecDeque::new(),
+            skipped: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// The values of fields `keys` met from now on are read through (of
+    /// any size) and yield no event.
+    pub fn skip_fields(&mut self, keys: &[&str]) {
+        self.skipped.extend(keys.iter().map(|key| key.to_string()));
     }
 
     /// Reads `chunk`; the events it completed come from [`Self::next_event`].
@@ -177,7 +196,8 @@ impl FileReader {
                 Ok(())
             }
             State::Value => {
-                self.capture = Some(Capture::default());
+                let skip = self.skipped.contains(&self.current_key);
+                self.capture = Some(Capture { skip, ..Capture::default() });
                 self.capture_byte(byte)
             }
             State::List { .. } if space => Ok(()),
@@ -215,14 +235,17 @@ impl FileReader {
         let capture = self.capture.as_mut().expect("capturing");
         let scalar_end = capture.depth == 0
             && !capture.in_string
-            && !capture.bytes.is_empty()
+            && capture.len > 0
             && (byte.is_ascii_whitespace() || matches!(byte, b',' | b'}' | b']'));
         if scalar_end {
             self.complete()?;
             return self.step(byte);
         }
-        capture.bytes.push(byte);
-        if capture.bytes.len() > AGENT_FILE_VALUE_BYTES_MAX {
+        capture.len += 1;
+        if !capture.skip {
+            capture.bytes.push(byte);
+        }
+        if !capture.skip && capture.bytes.len() > AGENT_FILE_VALUE_BYTES_MAX {
             return Err(invalid(format!(
                 "a value of {:?} is over AGENT_FILE_VALUE_BYTES_MAX = {AGENT_FILE_VALUE_BYTES_MAX} bytes",
                 self.current_key
@@ -261,7 +284,9 @@ impl FileReader {
     fn complete(&mut self) -> Result<(), String> {
         let capture = self.capture.take().expect("capturing");
         let key = self.current_key.clone();
-        if capture.item {
+        if capture.skip {
+            self.state = State::CommaOrEnd;
+        } else if capture.item {
             self.events.push_back(FileEvent::Item { key, value: capture.bytes });
             self.state = State::List { first: false, after_item: true };
         } else {
@@ -300,6 +325,38 @@ mod tests {
     const FILE: &str = r#" {"kelpie_agent_file_version": 1, "agent": {"name": "a \"q\" }]", "n": [1, {"x": null}]},
         "messages": [ {"id": "m1", "t": "[,]"} ,{"id":"m2"}], "passages": [], "extra": true,
         "custom_tools": [{"id": "t\\"}], "last": -1.5e3 } "#;
+
+    #[test]
+    fn skipped_fields_of_any_size_yield_nothing_and_the_rest_is_read() {
+        let mut reader = FileReader::new();
+        reader.skip_fields(&["agents"]);
+        reader.feed(b"{\"agents\": [{\"messages\": [\"").unwrap();
+        // Past the limit a kept value may have: a skipped one is not held.
+        let chunk = vec![b'a'; 1024 * 1024];
+        for _ in 0..=(AGENT_FILE_VALUE_BYTES_MAX / chunk.len()) {
+            reader.feed(&chunk).unwrap();
+        }
+        reader.feed(b"\", {\"x\": \"]}\"}]}], \"kelpie_messages\": [1, 2], \"agent\": {\"a\": 1}}").unwrap();
+        reader.finish().unwrap();
+        let mut events = Vec::new();
+        while let Some(event) = reader.next_event() {
+            events.push(event);
+        }
+        assert_eq!(
+            events,
+            vec![
+                FileEvent::Item { key: "kelpie_messages".into(), value: b"1".to_vec() },
+                FileEvent::Item { key: "kelpie_messages".into(), value: b"2".to_vec() },
+                FileEvent::Field { key: "agent".into(), value: b"{\"a\": 1}".to_vec() },
+                FileEvent::End,
+            ]
+        );
+        // Not skipped, the same value is refused past the limit.
+        let mut kept = FileReader::new();
+        kept.feed(b"{\"agents\": \"").unwrap();
+        let refused = (0..=(AGENT_FILE_VALUE_BYTES_MAX / chunk.len())).find_map(|_| kept.feed(&chunk).err());
+        assert!(refused.is_some_and(|err| err.contains("AGENT_FILE_VALUE_BYTES_MAX")));
+    }
 
     #[test]
     fn every_field_and_element_comes_out_whole_whatever_the_chunk_size() {

@@ -109,11 +109,11 @@ pub fn mcp_server_json(server: &McpServerRecord) -> Value {
     }
 }
 
-fn llm_config_json(agent: &AgentRecord) -> Value {
+pub fn llm_config_json(agent: &AgentRecord) -> Value {
     let llm = &agent.llm;
     json!({
         "model": llm.model, "display_name": llm.model, "model_endpoint_type": llm.provider,
-        "model_endpoint": llm.endpoint, "provider_name": llm.provider, "provider_category": "base",
+        "model_endpoint": llm.endpoint, "provider_name": llm.handle.split_once('/').map_or(llm.provider.as_str(), |(provider, _)| provider), "provider_category": "base",
         "model_wrapper": null, "context_window": llm.context_window, "put_inner_thoughts_in_kwargs": false,
         "handle": llm.handle, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
         "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0,
@@ -121,10 +121,23 @@ fn llm_config_json(agent: &AgentRecord) -> Value {
     })
 }
 
+/// Letta's `embedding_endpoint_type` of an embedding handle: the provider
+/// when Letta's enum has it, else "openai" (the built-in local embedding).
+pub fn embedding_endpoint_type(handle: &str) -> &str {
+    match handle.split_once('/') {
+        Some(("anthropic" | "ollama" | "azure" | "mistral" | "together" | "vllm", _)) => {
+            handle.split_once('/').map_or("openai", |(provider, _)| provider)
+        }
+        _ => "openai",
+    }
+}
+
 pub fn embedding_config_json(agent: &AgentRecord) -> Value {
     let embedding = &agent.embedding;
     json!({
-        "embedding_endpoint_type": embedding.handle.split_once('/').map_or("kelpie", |(provider, _)| provider),
+        // Letta's enum has no in-process embedding; like Letta's own free
+        // embedding, the built-in one reports "openai" (with no endpoint).
+        "embedding_endpoint_type": embedding_endpoint_type(&embedding.handle),
         "embedding_endpoint": null,
         "embedding_model": embedding.model, "embedding_dim": embedding.dim, "embedding_chunk_size": 300,
         "handle": embedding.handle, "batch_size": 32,
@@ -144,7 +157,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
         "message_ids": [],
         "llm_config": llm_config_json(agent), "embedding_config": embedding_config_json(agent),
         "model": agent.llm.handle, "embedding": agent.embedding.handle,
-        "memory": {"agent_type": "letta_v1_agent", "git_enabled": false, "blocks": blocks, "file_blocks": [], "prompt_template": null},
+        "memory": {"agent_type": "letta_v1_agent", "git_enabled": false, "blocks": blocks, "file_blocks": [], "prompt_template": ""},
         "blocks": blocks, "tools": tools, "sources": [],
     });
     let rest = json!({

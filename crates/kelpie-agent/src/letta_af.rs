@@ -1,8 +1,10 @@
-//! Letta's agent file (`.af`, `AgentFileSchema`): read into Kelpie's own
-//! [`AgentFile`], which the import then stores as it stores any. Pure: no
-//! I/O; the model and embedding a file names are resolved by the caller.
+//! Letta's agent file (`.af`, `AgentFileSchema`), both ways. Import: read
+//! into Kelpie's own [`AgentFile`], which the import then stores as it
+//! stores any. Export: [`letta_parts`] and [`letta_message`] render the
+//! Letta fields an export writes beside Kelpie's. Pure: no I/O; the model
+//! and embedding a file names are resolved by the caller.
 //!
-//! What maps how:
+//! What an import maps how:
 //! - the file's one agent (a file with several, or with groups, is
 //!   refused: import them one agent at a time);
 //! - its blocks (`block_ids` into the file's `blocks`, and inline
@@ -136,6 +138,7 @@ fn messages_of(agent: &Value, now_ms: u64, warnings: &mut Vec<String>) -> Vec<St
         let body = match message["role"].as_str().unwrap_or_default() {
             "system" => continue,
             "user" => MessageBody::User { content },
+            "summary" => MessageBody::Summary { summary: content.clone(), content },
             "assistant" => {
                 let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
                 let tool_calls: Vec<kelpie_llm::ToolCall> = calls
@@ -300,4 +303,116 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         custom_tools,
     };
     Ok(Converted { file, warnings })
+}
+
+/// The parts of Letta's agent file an export writes around the agent's
+/// messages (which it streams): the agent object without them, and the
+/// file's blocks and tools. Ids are the file's own (`block-<n>`,
+/// `tool-<n>`), as Letta's exports number them. Secrets are not written.
+pub struct LettaParts {
+    pub agent: Value,
+    pub blocks: Value,
+    pub tools: Value,
+}
+
+/// Letta's rendering of `record` (attached `custom` tools given whole).
+pub fn letta_parts(record: &AgentRecord, custom: &[ToolRecord]) -> LettaParts {
+    let blocks: Vec<Value> = record
+        .memory
+        .blocks()
+        .iter()
+        .enumerate()
+        .map(|(index, block)| {
+            serde_json::json!({
+                "id": format!("block-{index}"), "label": block.label, "value": block.value, "limit": block.limit,
+                "description": block.description, "read_only": block.read_only, "metadata": {},
+                "is_template": false, "preserve_on_migration": false,
+            })
+        })
+        .collect();
+    let builtins = kelpie_tools::builtin_tools();
+    let mut tools = Vec::new();
+    for id in &record.tool_ids {
+        let file_id = format!("tool-{}", tools.len());
+        let tool = match (
+            builtins.iter().find(|tool| tool.id == id),
+            custom.iter().find(|tool| tool.id == *id),
+        ) {
+            (Some(builtin), _) => serde_json::json!({
+                "id": file_id, "name": builtin.name, "tool_type": builtin.tool_type, "description": builtin.description,
+                "source_type": "python", "source_code": null, "json_schema": builtin.json_schema, "tags": [],
+                "return_char_limit": TOOL_RETURN_CHARS_DEFAULT, "pip_requirements": null,
+                "default_requires_approval": false,
+            }),
+            (None, Some(tool)) => serde_json::json!({
+                "id": file_id, "name": tool.name, "tool_type": "custom", "description": tool.description,
+                "source_type": "python", "source_code": tool.source_code, "json_schema": tool.json_schema,
+                "tags": tool.tags, "return_char_limit": tool.return_char_limit,
+                "pip_requirements": tool.pip_requirements.iter()
+                    .map(|r| serde_json::json!({"name": r.name, "version": r.version}))
+                    .collect::<Vec<_>>(),
+                "default_requires_approval": tool.default_requires_approval,
+                "metadata_": tool.metadata.clone().unwrap_or_else(|| serde_json::json!({})),
+            }),
+            // An MCP tool or one deleted since: not in the file.
+            (None, None) => continue,
+        };
+        tools.push(tool);
+    }
+    let agent = serde_json::json!({
+        "id": "agent-0", "name": record.name, "system": record.system, "description": record.description,
+        "metadata": record.metadata, "tags": record.tags, "agent_type": "letta_v1_agent",
+        "llm_config": crate::letta::llm_config_json(record),
+        "embedding_config": crate::letta::embedding_config_json(record),
+        "model": record.llm.handle, "embedding": record.embedding.handle,
+        "block_ids": (0..blocks.len()).map(|index| format!("block-{index}")).collect::<Vec<_>>(),
+        "tool_ids": tools.iter().map(|tool| tool["id"].clone()).collect::<Vec<_>>(),
+        "tool_rules": record.tool_rules.iter().map(|rule| rule.to_json()).collect::<Vec<_>>(),
+        "memory_blocks": [], "tools": [], "source_ids": [], "folder_ids": [], "identity_ids": [],
+        "include_base_tools": false, "include_multi_agent_tools": false, "include_base_tool_rules": false,
+        "message_buffer_autoclear": false, "enable_sleeptime": false, "hidden": null,
+        "in_context_message_ids": [], "files_agents": [], "group_ids": [],
+    });
+    LettaParts { agent, blocks: Value::Array(blocks), tools: Value::Array(tools) }
+}
+
+fn text_content(text: &str) -> Value {
+    serde_json::json!([{"type": "text", "text": text}])
+}
+
+/// Letta's `MessageSchema` of a stored message; `None` for what Letta's
+/// file cannot say (an answer to an approval request).
+pub fn letta_message(message: &StoredMessage) -> Option<Value> {
+    let created_at = crate::ids::rfc3339_micros(message.created_ms);
+    let mut value = match &message.body {
+        MessageBody::User { content } => {
+            serde_json::json!({"role": "user", "content": text_content(content)})
+        }
+        MessageBody::Summary { content, .. } => {
+            serde_json::json!({"role": "summary", "content": text_content(content)})
+        }
+        MessageBody::Assistant { content, tool_calls, .. } => {
+            let calls: Vec<Value> = tool_calls
+                .iter()
+                .map(|call| {
+                    serde_json::json!({"id": call.id, "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments}})
+                })
+                .collect();
+            let content = content.as_deref().map_or_else(|| serde_json::json!([]), text_content);
+            serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls})
+        }
+        MessageBody::Tool { tool_call_id, name, result, ok, .. } => serde_json::json!({
+            "role": "tool", "content": text_content(result), "name": name, "tool_call_id": tool_call_id,
+            "tool_returns": [{"tool_call_id": tool_call_id, "status": if *ok { "success" } else { "error" },
+                              "func_response": result}],
+        }),
+        MessageBody::ApprovalResponse { .. } => return None,
+    };
+    let object = value.as_object_mut().expect("a message renders as an object");
+    object.insert("type".into(), "message".into());
+    object.insert("id".into(), message.id.clone().into());
+    object.insert("agent_id".into(), "agent-0".into());
+    object.insert("created_at".into(), created_at.into());
+    Some(value)
 }

@@ -27,6 +27,24 @@ pub struct LlmConfigIn {
     pub context_window: Option<u64>,
 }
 
+/// Letta's `embedding_config` on create: its handle (or provider and
+/// model) chooses the embedding, as `embedding` does.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingConfigIn {
+    pub handle: Option<String>,
+    pub embedding_model: Option<String>,
+    pub embedding_endpoint_type: Option<String>,
+}
+
+impl EmbeddingConfigIn {
+    /// The handle it names: `handle`, else `<endpoint type>/<model>`.
+    pub fn handle(&self) -> Option<String> {
+        self.handle.clone().or_else(|| {
+            Some(format!("{}/{}", self.embedding_endpoint_type.as_deref()?, self.embedding_model.as_deref()?))
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CreateAgent {
     pub name: Option<String>,
@@ -40,6 +58,7 @@ pub struct CreateAgent {
     pub model: Option<String>,
     pub llm_config: Option<LlmConfigIn>,
     pub embedding: Option<String>,
+    pub embedding_config: Option<EmbeddingConfigIn>,
     pub context_window_limit: Option<u64>,
     pub max_tokens: Option<u64>,
     /// Environment variables of the agent's tool calls (Letta's `secrets`).

@@ -70,8 +70,8 @@ fn passage(i: usize) -> Value {
 async fn big_file(service: &AgentService, messages: Vec<Value>, passages: Vec<Value>) -> Vec<u8> {
     let source = create(service, "source").await;
     let mut file = service.transfer.export_value(&source).await.unwrap();
-    file["messages"] = Value::Array(messages);
-    file["passages"] = Value::Array(passages);
+    file["kelpie_messages"] = Value::Array(messages);
+    file["kelpie_passages"] = Value::Array(passages);
     serde_json::to_vec(&file).unwrap()
 }
 
@@ -152,9 +152,9 @@ async fn a_history_past_every_limit_is_listed_exported_deleted_and_reclaimed() {
     }
     assert!(chunks > MESSAGES_COUNT / STORE_PAGE_COUNT_MAX, "{chunks} chunks");
     let exported: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(exported["messages"].as_array().unwrap().len(), MESSAGES_COUNT);
-    assert_eq!(exported["passages"].as_array().unwrap().len(), PASSAGES_COUNT);
-    assert_eq!(exported["messages"][7]["body"]["content"], expected[7]);
+    assert_eq!(exported["kelpie_messages"].as_array().unwrap().len(), MESSAGES_COUNT);
+    assert_eq!(exported["kelpie_passages"].as_array().unwrap().len(), PASSAGES_COUNT);
+    assert_eq!(exported["kelpie_messages"][7]["body"]["content"], expected[7]);
 
     // Deleted: gone at once; its keys go in batches, in the background.
     let keys_before = stored_keys(&storage, &id).await.len();

@@ -186,8 +186,10 @@ impl ModelCatalog {
     pub async fn embedding_models(&self) -> Vec<Value> {
         let mut models = vec![json!({
             "handle": LOCAL_EMBEDDING_HANDLE, "name": LOCAL_EMBEDDING_MODEL, "display_name": LOCAL_EMBEDDING_MODEL,
-            "provider_type": "kelpie", "provider_name": "kelpie", "model_type": "embedding",
-            "embedding_endpoint_type": "kelpie", "embedding_endpoint": null, "embedding_model": LOCAL_EMBEDDING_MODEL,
+            // Letta's enums have no in-process embedding: like Letta's own
+            // free embedding it reports "openai", named by its handle.
+            "provider_type": "openai", "provider_name": "kelpie", "model_type": "embedding",
+            "embedding_endpoint_type": "openai", "embedding_endpoint": null, "embedding_model": LOCAL_EMBEDDING_MODEL,
             "embedding_dim": LOCAL_EMBEDDING_DIMENSIONS_COUNT, "embedding_chunk_size": EMBEDDING_CHUNK_CHARS_COUNT,
             "batch_size": 32, "azure_endpoint": null, "azure_version": null, "azure_deployment": null,
         })];

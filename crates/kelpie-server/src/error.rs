@@ -1,6 +1,7 @@
 //! Mapping of domain errors to HTTP responses, in one place.
 //!
-//! Every error body is Letta's shape: `{"detail": "..."}`.
+//! Every error body is Letta's shape: `{"detail": "..."}` (a 422 also has
+//! Letta's `trace_id`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -78,8 +79,14 @@ impl From<ServiceError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// `{"detail"}`; a 422 also carries Letta's `trace_id` (empty: Kelpie
+    /// keeps no traces), as Letta's validation errors do.
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "detail": self.detail }))).into_response()
+        let body = match self.status {
+            StatusCode::UNPROCESSABLE_ENTITY => serde_json::json!({ "trace_id": "", "detail": self.detail }),
+            _ => serde_json::json!({ "detail": self.detail }),
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -87,6 +94,19 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use kelpie_core::ActorId;
+
+    #[tokio::test]
+    async fn a_422_carries_letta_trace_id_and_others_only_detail() {
+        for (status, body) in [
+            (StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"trace_id": "", "detail": "bad"})),
+            (StatusCode::NOT_FOUND, serde_json::json!({"detail": "bad"})),
+        ] {
+            let response = ApiError::new(status, "bad").into_response();
+            assert_eq!(response.status(), status);
+            let bytes = axum::body::to_bytes(response.into_body(), 1_024).await.unwrap();
+            assert_eq!(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(), body);
+        }
+    }
 
     #[test]
     fn domain_errors_map_to_letta_status_codes() {

@@ -171,6 +171,10 @@ async fn models_list_handles_that_work_on_create() {
     let body = json!({"name": "m", "model": handles[0], "embedding": embeddings[0]["handle"]});
     let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
     assert_eq!(agent["model"], "openai-proxy/fake-gpt");
+    // The agent's llm_config names its provider as the models list does.
+    assert_eq!(agent["llm_config"]["provider_name"], models[0]["provider_name"]);
+    assert_eq!(agent["llm_config"]["handle"], models[0]["handle"]);
+    assert_eq!(agent["memory"]["prompt_template"], "", "Letta's schema wants a string");
     let tools = server.ok("GET", "/v1/tools/", None).await;
     assert_eq!(tools.as_array().unwrap().len(), 12, "every built-in tool, run_code included");
     assert_eq!(agent["tools"].as_array().unwrap().len(), 11, "every built-in tool but run_code is attached");

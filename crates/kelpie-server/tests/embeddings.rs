@@ -84,7 +84,7 @@ async fn import_reembeds_passages_with_the_agents_openai_embedding() {
         server.ok("POST", &format!("/v1/agents/{id}/archival-memory"), Some(json!({"text": text}))).await;
     }
     let mut exported = server.ok("GET", &format!("/v1/agents/{id}/export"), None).await;
-    for passage in exported["passages"].as_array_mut().unwrap() {
+    for passage in exported["kelpie_passages"].as_array_mut().unwrap() {
         passage["embedding"] = json!([0.0, 0.0, 1.0]);
     }
     let mut form = format!(
@@ -148,6 +148,29 @@ async fn embedding_listing_adds_the_providers_embedding_models_and_each_works_on
         let agent = create_agent(&server, Some(handle)).await;
         assert_eq!(agent["embedding"], *handle);
     }
+    // Every listed model is in Letta's enums, and its embedding_config, as
+    // an agent shows it, creates an agent with that embedding again.
+    const ENDPOINT_TYPES: [&str; 6] = ["openai", "anthropic", "ollama", "azure", "mistral", "vllm"];
+    for model in listed.as_array().unwrap() {
+        assert!(ENDPOINT_TYPES.contains(&model["embedding_endpoint_type"].as_str().unwrap()), "{model}");
+        assert_eq!(model["provider_type"], "openai", "{model}");
+        let shown = create_agent(&server, model["handle"].as_str()).await["embedding_config"].clone();
+        assert!(ENDPOINT_TYPES.contains(&shown["embedding_endpoint_type"].as_str().unwrap()), "{shown}");
+        let body = json!({"name": "by-config", "model": "openai-proxy/fake-gpt", "embedding_config": shown});
+        let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+        assert_eq!(agent["embedding"], model["handle"], "an explicit embedding_config is kept");
+    }
+    // Without a handle the provider and model name it; an unknown one is 422 with Letta's trace_id.
+    let config = json!({"embedding_endpoint_type": "openai", "embedding_model": "text-embedding-3-small"});
+    let body = json!({"name": "by-parts", "model": "openai-proxy/fake-gpt", "embedding_config": config});
+    assert_eq!(
+        server.ok("POST", "/v1/agents/", Some(body)).await["embedding"],
+        "openai/text-embedding-3-small"
+    );
+    let config = json!({"handle": "cohere/embed", "embedding_model": "embed"});
+    let body = json!({"name": "unknown", "model": "openai-proxy/fake-gpt", "embedding_config": config});
+    let (status, error) = server.call("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!((status, error["trace_id"].as_str()), (422, Some("")), "{error}");
     server.shutdown().await;
 }
 

@@ -144,7 +144,7 @@ async fn export_and_import_bad_input_is_4xx_with_detail() {
     // A file whose block is over its limit is refused; no agent is created.
     let ana = server.create_agent("ana", &[]).await;
     let mut exported = server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await;
-    exported["agent"]["memory"]["blocks"][0]["value"] = json!("x".repeat(101));
+    exported["kelpie_agent"]["memory"]["blocks"][0]["value"] = json!("x".repeat(101));
     exported["kelpie_agent_file_version"] = json!(1);
     let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&exported).unwrap())])).await;
     assert_eq!(status, 422, "{answer}");
@@ -169,7 +169,7 @@ async fn attached_custom_tool_travels_with_the_file() {
     let tool_id = tool["id"].as_str().unwrap().to_string();
     server.ok("PATCH", &format!("/v1/agents/{ana}/tools/attach/{tool_id}"), None).await;
     let exported = server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await;
-    assert_eq!(exported["custom_tools"][0]["name"], "roll_die");
+    assert_eq!(exported["kelpie_custom_tools"][0]["name"], "roll_die");
     let file = serde_json::to_vec(&exported).unwrap();
 
     // The tool still exists: the copy gets the same tool, by name.
@@ -379,5 +379,72 @@ async fn letta_agent_files_kelpie_cannot_import_are_refused_with_the_reason() {
     let id = answer["agent_ids"][0].as_str().unwrap();
     let agent = server.ok("GET", &format!("/v1/agents/{id}"), None).await;
     assert_eq!(agent["llm_config"]["handle"], "openai-proxy/other-model");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_export_is_a_letta_agent_file_that_imports_without_kelpie_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let ana = server.create_agent("ana", &[]).await;
+    let tool = server.ok("POST", "/v1/tools/", Some(json!({"source_code": ROLL_DIE}))).await;
+    server
+        .ok("PATCH", &format!("/v1/agents/{ana}/tools/attach/{}", tool["id"].as_str().unwrap()), None)
+        .await;
+    server.say(&ana, "hello there").await;
+    server.say(&ana, "/call core_memory_append {\"label\": \"human\", \"content\": \"Likes chess.\"}").await;
+    let exported = server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await;
+
+    // Letta's part: the agent, its blocks and tools by the file's ids, its messages.
+    let agent = &exported["agents"][0];
+    assert_eq!((agent["name"].as_str(), agent["id"].as_str()), (Some("ana"), Some("agent-0")));
+    for list in ["groups", "files", "sources", "mcp_servers"] {
+        assert_eq!(exported[list], json!([]), "{list}");
+    }
+    let blocks = exported["blocks"].as_array().unwrap();
+    assert_eq!(agent["block_ids"].as_array().unwrap().len(), blocks.len());
+    let human = blocks.iter().find(|b| b["label"] == "human").unwrap();
+    assert_eq!(human["value"], "Name: Ana.\nLikes chess.");
+    let tools = exported["tools"].as_array().unwrap();
+    assert_eq!(agent["tool_ids"].as_array().unwrap().len(), tools.len());
+    let roll = tools.iter().find(|t| t["name"] == "roll_die").unwrap();
+    assert_eq!((roll["tool_type"].as_str(), roll["source_code"].as_str()), (Some("custom"), Some(ROLL_DIE)));
+    let roles: Vec<&str> =
+        agent["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "user").count(), 2, "{roles:?}");
+    assert!(roles.contains(&"tool"), "{roles:?}");
+    assert!(agent.get("secrets").is_none_or(Value::is_null), "secrets stay out of the Letta part");
+
+    // Without Kelpie's parts it is a Letta file, and imports as one.
+    let mut letta = exported.clone();
+    letta.as_object_mut().unwrap().retain(|key, _| !key.starts_with("kelpie_"));
+    let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&letta).unwrap())])).await;
+    assert_eq!(status, 200, "{answer}");
+    let copy = answer["agent_ids"][0].as_str().unwrap().to_string();
+    let original = server.ok("GET", &format!("/v1/agents/{ana}"), None).await;
+    let imported = server.ok("GET", &format!("/v1/agents/{copy}"), None).await;
+    let block_fields = ["label", "value", "limit", "description", "read_only"];
+    assert_eq!(strip_ids(&imported["blocks"], &block_fields), strip_ids(&original["blocks"], &block_fields));
+    let names = |agent: &Value| {
+        let mut names: Vec<String> = agent["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&imported), names(&original));
+    let message_fields = ["message_type", "content", "tool_call", "tool_return", "status"];
+    let messages_of = |id: String| {
+        let server = &server;
+        async move { server.ok("GET", &format!("/v1/agents/{id}/messages?limit=1000"), None).await }
+    };
+    assert_eq!(
+        strip_ids(&messages_of(copy).await, &message_fields),
+        strip_ids(&messages_of(ana).await, &message_fields)
+    );
     server.shutdown().await;
 }

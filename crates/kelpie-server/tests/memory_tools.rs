@@ -286,7 +286,7 @@ async fn working_memory_travels_with_export_and_import() {
     let args = json!({"key": "goal", "value": "finish the essay", "ttl_seconds": 3600});
     call_tool(&server, &id, "working_memory_set", args).await;
     let exported = server.ok("GET", &format!("/v1/agents/{id}/export"), None).await;
-    assert_eq!(exported["agent"]["working"]["entries"]["goal"]["value"], "finish the essay");
+    assert_eq!(exported["kelpie_agent"]["working"]["entries"]["goal"]["value"], "finish the essay");
 
     let boundary = "kelpie-memory-tools";
     let mut body = format!(

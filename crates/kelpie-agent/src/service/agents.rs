@@ -131,7 +131,10 @@ impl Agents {
             memory: CoreMemory::new(blocks)?,
             working: WorkingMemory::default(),
             llm,
-            embedding: self.catalog.resolve_embedding(request.embedding.as_deref())?,
+            embedding: {
+                let from_config = request.embedding_config.as_ref().and_then(|config| config.handle());
+                self.catalog.resolve_embedding(request.embedding.as_deref().or(from_config.as_deref()))?
+            },
             tool_ids,
             secrets,
             compaction: request.compaction_settings,

@@ -31,6 +31,7 @@ use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
+use crate::letta_af::{letta_message, letta_parts, LettaParts};
 use crate::limits::{MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
@@ -101,6 +102,7 @@ impl Transfer {
             agent: Some(agent),
             custom_tools,
             phase: ExportPhase::Head,
+            letta: None,
         })
     }
 
@@ -155,8 +157,19 @@ impl Transfer {
 #[derive(Debug, Clone, PartialEq)]
 enum ExportPhase {
     Head,
-    Messages { after: Option<String> },
-    Passages { after: Option<String> },
+    /// The messages in Letta's form, inside the file's agent; `written`:
+    /// whether any is out (some have no Letta form).
+    LettaMessages {
+        after: Option<String>,
+        written: bool,
+    },
+    LettaTail,
+    Messages {
+        after: Option<String>,
+    },
+    Passages {
+        after: Option<String>,
+    },
     Tail,
     Done,
 }
@@ -169,6 +182,8 @@ pub struct AgentExport {
     agent: Option<AgentRecord>,
     custom_tools: Vec<ToolRecord>,
     phase: ExportPhase,
+    /// The Letta parts written around the Letta messages.
+    letta: Option<LettaParts>,
 }
 
 /// The items of a page, comma-separated, a comma first unless it is the
@@ -193,12 +208,57 @@ impl AgentExport {
             ..PageSpec::default()
         };
         let chunk = match self.phase.clone() {
+            // Letta's agent file first, Kelpie's whole agent after it under
+            // `kelpie_*` keys (the version first, so an import skips the
+            // Letta part without holding it).
             ExportPhase::Head => {
-                let agent = self.agent.take().ok_or_else(|| unexpected("export head"))?;
+                let agent = self.agent.as_ref().ok_or_else(|| unexpected("export head"))?;
+                let parts = letta_parts(agent, &self.custom_tools);
+                let head = encode(&parts.agent)?;
                 let mut bytes =
-                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agent\":").into_bytes();
-                bytes.extend(encode(&agent)?);
+                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[").into_bytes();
+                bytes.extend_from_slice(&head[..head.len() - 1]);
                 bytes.extend_from_slice(b",\"messages\":[");
+                self.letta = Some(parts);
+                self.phase = ExportPhase::LettaMessages { after: None, written: false };
+                bytes
+            }
+            ExportPhase::LettaMessages { after, mut written } => {
+                let command = AgentCommand::MessagePage(page(&after));
+                let AgentReply::Messages(messages) = self.actors.invoke(&self.agent_id, command).await?
+                else {
+                    return Err(unexpected("export messages"));
+                };
+                let mut bytes = Vec::new();
+                for letta in messages.iter().filter_map(letta_message) {
+                    if written {
+                        bytes.push(b',');
+                    }
+                    bytes.extend(encode(&letta)?);
+                    written = true;
+                }
+                self.phase = match messages.last() {
+                    Some(last) if messages.len() == STORE_PAGE_COUNT_MAX => {
+                        ExportPhase::LettaMessages { after: Some(last.id.clone()), written }
+                    }
+                    _ => ExportPhase::LettaTail,
+                };
+                bytes
+            }
+            ExportPhase::LettaTail => {
+                let parts = self.letta.take().ok_or_else(|| unexpected("export letta tail"))?;
+                let agent = self.agent.take().ok_or_else(|| unexpected("export agent"))?;
+                let mut bytes = b"]}],\"groups\":[],\"blocks\":".to_vec();
+                bytes.extend(encode(&parts.blocks)?);
+                bytes.extend_from_slice(b",\"files\":[],\"sources\":[],\"tools\":");
+                bytes.extend(encode(&parts.tools)?);
+                bytes.extend_from_slice(b",\"mcp_servers\":[],\"metadata\":");
+                bytes.extend(encode(
+                    &json!({"exported_by": format!("kelpie {}", env!("CARGO_PKG_VERSION"))}),
+                )?);
+                bytes.extend_from_slice(b",\"kelpie_agent\":");
+                bytes.extend(encode(&agent)?);
+                bytes.extend_from_slice(b",\"kelpie_messages\":[");
                 self.phase = ExportPhase::Messages { after: None };
                 bytes
             }
@@ -214,7 +274,7 @@ impl AgentExport {
                         self.phase = ExportPhase::Messages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],\"passages\":[");
+                        bytes.extend_from_slice(b"],\"kelpie_passages\":[");
                         self.phase = ExportPhase::Passages { after: None };
                     }
                 }
@@ -240,7 +300,7 @@ impl AgentExport {
                 bytes
             }
             ExportPhase::Tail => {
-                let mut bytes = b"\"custom_tools\":".to_vec();
+                let mut bytes = b"\"kelpie_custom_tools\":".to_vec();
                 bytes.extend(encode(&self.custom_tools)?);
                 bytes.push(b'}');
                 self.phase = ExportPhase::Done;
@@ -476,6 +536,17 @@ impl AgentImport {
     }
 
     async fn handle(&mut self, event: FileEvent) -> ServiceResult<()> {
+        // Kelpie's parts under their `kelpie_` names (beside a Letta file's
+        // parts, as exports write them) are read as the plain names.
+        let unprefixed = |key: String| match key.strip_prefix("kelpie_") {
+            Some(name @ ("agent" | "messages" | "passages" | "custom_tools")) => name.to_string(),
+            _ => key,
+        };
+        let event = match event {
+            FileEvent::Field { key, value } => FileEvent::Field { key: unprefixed(key), value },
+            FileEvent::Item { key, value } => FileEvent::Item { key: unprefixed(key), value },
+            FileEvent::End => FileEvent::End,
+        };
         match event {
             FileEvent::Field { key, value } if key == "kelpie_agent_file_version" => {
                 let version: u32 = decode("kelpie_agent_file_version", &value)?;
@@ -485,6 +556,10 @@ impl AgentImport {
                     )));
                 }
                 self.version_seen = true;
+                // A Kelpie file: the Letta parts an export writes beside it
+                // are not read (nor held).
+                self.reader.skip_fields(&crate::letta_af::LETTA_FIELDS);
+                self.letta.clear();
                 if let Some(agent) = self.pending_agent.take() {
                     self.begin_from(&agent).await?;
                 }
