@@ -54,6 +54,28 @@ async fn a_step_is_found_by_its_id_with_its_metrics_messages_and_feedback() {
         assert!(start_ms <= created_ms && created_ms - start_ms < 60_000, "{metrics} {step}");
         assert_eq!(server.ok("GET", &format!("/v1/steps/{step_id}/trace"), None).await, Value::Null);
     }
+    // The run's metrics: its steps, its time, the tools it ran.
+    let metrics = server.ok("GET", &format!("/v1/runs/{run_id}/metrics"), None).await;
+    assert_eq!((metrics["id"].as_str(), metrics["num_steps"].as_u64()), (Some(&*run_id), Some(2)));
+    let agent = server.ok("GET", &format!("/v1/agents/{agent_id}"), None).await;
+    let tool_id = |name: &str| {
+        agent["tools"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()["id"].clone()
+    };
+    let in_use_order = json!([tool_id("archival_memory_insert"), tool_id("send_message")]);
+    assert_eq!(metrics["tools_used"], in_use_order);
+    let run = server.ok("GET", &format!("/v1/runs/{run_id}"), None).await;
+    assert_eq!(metrics["run_ns"], run["total_duration_ns"]);
+    let created_ms = run["created_at"].as_str().and_then(kelpie_agent::ids::parse_iso_ms).unwrap();
+    assert_eq!(metrics["run_start_ns"].as_u64(), Some(created_ms * 1_000_000));
+    let (status, body) = server.call("GET", &format!("/v1/runs/{run_id}/trace"), None).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("/v1/steps/"), "{body}");
+    let (status, _) =
+        server.call("GET", "/v1/runs/run-00000000-0000-4000-8000-000000000000/metrics", None).await;
+    assert_eq!(status, 404);
+    let (status, _) =
+        server.call("GET", "/v1/runs/run-00000000-0000-4000-8000-000000000000/trace", None).await;
+    assert_eq!(status, 404);
     // Each step's messages are the part of the run's messages it stored.
     let run_messages = ids(&server.ok("GET", &format!("/v1/runs/{run_id}/messages"), None).await);
     let mut by_step = Vec::new();

@@ -787,6 +787,44 @@ impl Runs {
         }))
     }
 
+    /// `GET /v1/runs/{id}/metrics`: Letta's `RunMetrics`: when the run
+    /// began and how long it took (null while running), its steps, and the
+    /// ids of the tools it ran (as the agent has them now; a tool detached
+    /// or deleted since is left out).
+    pub async fn metrics(&self, run_id: &str) -> ServiceResult<Value> {
+        let run = self.record(run_id).await?;
+        let AgentReply::RunMessages { messages, .. } =
+            self.actors.invoke(&run.agent_id, AgentCommand::RunMessages { run_id: run.id.clone() }).await?
+        else {
+            return Err(unexpected("run messages"));
+        };
+        let mut used: Vec<&str> = Vec::new();
+        for message in &messages {
+            if let MessageBody::Tool { name, .. } = &message.body {
+                if !used.contains(&name.as_str()) {
+                    used.push(name);
+                }
+            }
+        }
+        let tools = match self.actors.record(&run.agent_id).await {
+            Ok(agent) => self.actors.render(&agent).await?["tools"].clone(),
+            Err(ServiceError::AgentNotFound(_)) => json!([]),
+            Err(err) => return Err(err),
+        };
+        let tool_ids: Vec<Value> = used
+            .iter()
+            .filter_map(|name| tools.as_array()?.iter().find(|tool| tool["name"] == *name))
+            .map(|tool| tool["id"].clone())
+            .collect();
+        let run_ns =
+            run.completed_ms.map(|done| done.saturating_sub(run.created_ms).saturating_mul(1_000_000));
+        Ok(json!({
+            "id": run.id, "organization_id": null, "agent_id": run.agent_id, "project_id": null,
+            "run_start_ns": run.created_ms.saturating_mul(1_000_000), "run_ns": run_ns,
+            "num_steps": run.steps.len(), "tools_used": tool_ids, "template_id": null, "base_template_id": null,
+        }))
+    }
+
     /// `GET /v1/runs/{id}/steps`: Letta's `Step`s of the run, paged.
     pub async fn steps(&self, run_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
         let run = self.record(run_id).await?;

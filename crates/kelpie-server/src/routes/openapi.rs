@@ -172,6 +172,8 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/v1/runs/{run_id}/messages", "The messages a run stored, paged", None, "LettaMessage[]"),
     route("get", "/v1/runs/{run_id}/usage", "Token usage of a run", None, "UsageStatistics"),
     route("get", "/v1/runs/{run_id}/steps", "The steps of a run, paged", None, "Step[]"),
+    route("get", "/v1/runs/{run_id}/metrics", "When a run began, how long it took, its steps and the tools it ran", None, "RunMetrics"),
+    route("get", "/v1/runs/{run_id}/trace", "501: Kelpie keeps no OpenTelemetry traces (Letta without ClickHouse answers the same)", None, "object[]"),
     route("post", "/v1/runs/{run_id}/stream", "Follow a run's events from starting_after (SSE, seq_id on each)", Some("RetrieveStreamRequest"), "text/event-stream"),
     route("get", "/v1/steps/", "List steps (agent_id, model, start_date, end_date, feedback, has_feedback, tags, trace_ids; paged, newest first)", None, "Step[]"),
     route("get", "/v1/steps/{step_id}", "Retrieve a step", None, "Step"),

@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{run_id}/messages", get(messages))
         .route("/v1/runs/{run_id}/usage", get(usage))
         .route("/v1/runs/{run_id}/steps", get(steps))
+        .route("/v1/runs/{run_id}/metrics", get(metrics))
+        .route("/v1/runs/{run_id}/trace", get(trace))
         .route("/v1/runs/{run_id}/stream", post(stream))
 }
 
@@ -121,6 +123,21 @@ async fn messages(
 
 async fn usage(State(state): State<AppState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.runs.usage(&run_id).await?))
+}
+
+async fn metrics(State(state): State<AppState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.runs.metrics(&run_id).await?))
+}
+
+/// Letta serves a run's OpenTelemetry spans from ClickHouse and answers 501
+/// without it; Kelpie keeps no spans, and answers so (after 404 for an
+/// unknown run). Each step's timings are at `GET /v1/steps/{id}/metrics`.
+async fn trace(State(state): State<AppState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.service.runs.get(&run_id).await?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "Kelpie keeps no OpenTelemetry traces; each step's timings are at GET /v1/steps/{step_id}/metrics",
+    ))
 }
 
 async fn steps(
