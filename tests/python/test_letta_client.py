@@ -345,3 +345,25 @@ def test_an_export_validates_against_letta_agent_file_schema(client):
     [copy_id] = imported.agent_ids
     copy_blocks = {b.label: b.value for b in client.agents.blocks.list(copy_id)}
     assert copy_blocks == {b.label: b.value for b in client.agents.blocks.list(agent.id)}
+
+
+def test_tags_block_agents_and_core_memory_through_the_sdk(client):
+    first = client.agents.create(name="py-tags-1", model="openai-proxy/fake-gpt", tags=["py-x", "py-y"])
+    second = client.agents.create(name="py-tags-2", model="openai-proxy/fake-gpt", tags=["py-y", "py-z"])
+    # The SDK answers tags as a plain list: page with `after` by hand.
+    tags, after = [], None
+    while True:
+        page = client.tags.list(query_text="py-", limit=2, **({"after": after} if after else {}))
+        if not page:
+            break
+        tags.extend(page)
+        after = page[-1]
+    assert tags == ["py-x", "py-y", "py-z"]
+    assert client.tags.list(name="py-z") == ["py-z"]
+    block = client.blocks.create(label="py-team", value="We ship.")
+    for agent in (first, second):
+        client.agents.blocks.attach(block.id, agent_id=agent.id)
+    assert [agent.id for agent in client.blocks.agents.list(block.id, limit=1)] == [first.id, second.id]
+    # The SDK has no core-memory method: the raw call, as a user makes it.
+    memory = client.get(f"/v1/agents/{first.id}/core-memory", cast_to=object)
+    assert "py-team" in [block["label"] for block in memory["blocks"]]

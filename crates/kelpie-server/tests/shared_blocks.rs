@@ -175,3 +175,61 @@ async fn concurrent_changes_leave_every_copy_equal_to_the_store_and_survive_rest
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_block_lists_its_agents_blocks_count_tags_and_core_memory_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let ana = server.create_agent("ana", &["b", "a"]).await;
+    let bo = server.create_agent("bo", &["a", "c"]).await;
+    server.create_agent("cy", &[]).await;
+    let block = server.ok("POST", "/v1/blocks/", Some(json!({"label": "team", "value": "We ship."}))).await;
+    server.ok("POST", "/v1/blocks/", Some(json!({"label": "other", "value": "x"}))).await;
+    let block_id = block["id"].as_str().unwrap();
+    for agent in [&ana, &bo] {
+        server.ok("PATCH", &format!("/v1/agents/{agent}/core-memory/blocks/attach/{block_id}"), None).await;
+    }
+    // The block's agents, paged to the end one at a time.
+    let ids = |items: &Value| -> Vec<String> {
+        items.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect()
+    };
+    let all = server.ok("GET", &format!("/v1/blocks/{block_id}/agents"), None).await;
+    assert_eq!(ids(&all), vec![ana.clone(), bo.clone()]);
+    let first = server.ok("GET", &format!("/v1/blocks/{block_id}/agents?limit=1"), None).await;
+    let second = server
+        .ok("GET", &format!("/v1/blocks/{block_id}/agents?limit=1&after={}", ids(&first)[0]), None)
+        .await;
+    let third = server
+        .ok("GET", &format!("/v1/blocks/{block_id}/agents?limit=1&after={}", ids(&second)[0]), None)
+        .await;
+    assert_eq!((ids(&first), ids(&second), third), (vec![ana.clone()], vec![bo.clone()], json!([])));
+    // Deleted agents drop out; an unknown block is 404.
+    server.ok("DELETE", &format!("/v1/agents/{bo}"), None).await;
+    assert_eq!(
+        ids(&server.ok("GET", &format!("/v1/blocks/{block_id}/agents"), None).await),
+        vec![ana.clone()]
+    );
+    let (status, _) = server.call("GET", "/v1/blocks/block-nope/agents", None).await;
+    assert_eq!(status, 404);
+    // Counts.
+    assert_eq!(server.ok("GET", "/v1/blocks/count", None).await, json!(2));
+    assert_eq!(server.ok("GET", "/v1/blocks/count?label=team", None).await, json!(1));
+    // Tags: distinct, in order, filtered, paged.
+    assert_eq!(server.ok("GET", "/v1/tags/", None).await, json!(["a", "b"]), "bo's tags left with it");
+    assert_eq!(server.ok("GET", "/v1/tags/?query_text=b", None).await, json!(["b"]));
+    assert_eq!(server.ok("GET", "/v1/tags/?limit=1&after=a", None).await, json!(["b"]));
+    // Core memory as the agent shows it.
+    let memory = server.ok("GET", &format!("/v1/agents/{ana}/core-memory"), None).await;
+    let agent = server.ok("GET", &format!("/v1/agents/{ana}"), None).await;
+    assert_eq!(memory, agent["memory"]);
+    assert!(memory["blocks"].as_array().unwrap().iter().any(|b| b["label"] == "team"));
+    // POST export answers as GET.
+    let (get, post) = (
+        server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await,
+        server.ok("POST", &format!("/v1/agents/{ana}/export"), Some(json!({}))).await,
+    );
+    assert_eq!(get["kelpie_agent"]["id"], post["kelpie_agent"]["id"]);
+    assert_eq!(get["agents"][0]["name"], post["agents"][0]["name"]);
+    server.shutdown().await;
+}

@@ -209,6 +209,29 @@ impl Agents {
         self.actors.render(&self.actors.record(agent_id).await?).await
     }
 
+    /// `GET /v1/agents/{id}/core-memory`: Letta's `Memory` of the agent.
+    pub async fn core_memory(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent = self.actors.record(agent_id).await?;
+        Ok(self.actors.render_agent(&agent, &[])["memory"].clone())
+    }
+
+    /// `GET /v1/tags/`: the distinct tags of the agents, in order, those
+    /// holding `query_text` (and equal to `name`) when given, paged by tag.
+    pub async fn tags(
+        &self,
+        (query_text, name): (Option<&str>, Option<&str>),
+        page: &Page,
+    ) -> ServiceResult<Vec<String>> {
+        let entries = self.directory.entries().await?;
+        let tags: std::collections::BTreeSet<String> = entries
+            .into_iter()
+            .flat_map(|entry| entry.tags)
+            .filter(|tag| query_text.is_none_or(|text| tag.contains(text)))
+            .filter(|tag| name.is_none_or(|name| tag == name))
+            .collect();
+        Ok(paginate(tags.into_iter().collect(), |tag| tag.as_str(), page))
+    }
+
     /// The listed agents with `name` (when given) and the `tags` (all of them
     /// or any one), the page of them `page` selects.
     pub async fn list(

@@ -92,6 +92,30 @@ impl SharedBlocks {
         Ok(paginate(matching, json_id, page))
     }
 
+    /// `GET /v1/blocks/count`: how many standalone blocks (with `label`).
+    pub async fn count(&self, label: Option<&str>) -> ServiceResult<usize> {
+        let BlockReply::Blocks(all) = self.block_store(BlockCommand::List).await? else {
+            return Err(unexpected("block list"));
+        };
+        Ok(all.iter().filter(|shared| label.is_none_or(|label| shared.block.label == label)).count())
+    }
+
+    /// `GET /v1/blocks/{id}/agents`: the agents the block is attached to,
+    /// in attach order, paged by agent id (an agent deleted meanwhile is
+    /// left out).
+    pub async fn agents(&self, block_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        let shared = self.shared_block(BlockCommand::Get { id: block_id.to_string() }).await?;
+        let mut agents = Vec::new();
+        for agent_id in paginate(shared.agent_ids.clone(), |id| id.as_str(), page) {
+            match self.actors.record(&agent_id).await {
+                Ok(agent) => agents.push(self.actors.render(&agent).await?),
+                Err(ServiceError::AgentNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(agents)
+    }
+
     pub async fn get(&self, block_id: &str) -> ServiceResult<Value> {
         let shared = self.shared_block(BlockCommand::Get { id: block_id.to_string() }).await?;
         Ok(block_json(&shared.block))

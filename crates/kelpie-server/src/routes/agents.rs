@@ -35,16 +35,45 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/", get(list).post(create))
         .route("/v1/agents", get(list).post(create))
         .route("/v1/agents/count", get(count))
+        .route("/v1/tags", get(tags))
+        .route("/v1/tags/", get(tags))
         .route("/v1/agents/{agent_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools/attach/{tool_id}", patch(attach_tool))
         .route("/v1/agents/{agent_id}/tools/detach/{tool_id}", patch(detach_tool))
         .route("/v1/agents/{agent_id}/tools/approval/{tool_name}", patch(set_approval))
         .route("/v1/agents/{agent_id}/tools/{tool_name}/run", post(run_tool))
         .route("/v1/agents/{agent_id}/reset-messages", patch(reset_messages))
-        .route("/v1/agents/{agent_id}/export", get(export))
+        .route("/v1/agents/{agent_id}/export", get(export).post(export))
         .route("/v1/agents/{agent_id}/summarize", post(summarize))
         .route("/v1/agents/{agent_id}/context", get(context_window))
         .merge(import)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TagQuery {
+    query_text: Option<String>,
+    /// Only this tag (Letta's `name`).
+    name: Option<String>,
+    order_by: Option<String>,
+}
+
+/// Tags per page when the client does not say.
+const TAG_PAGE_COUNT_DEFAULT: usize = 50;
+
+async fn tags(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<TagQuery>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let page = page_of(&page_query, TAG_PAGE_COUNT_DEFAULT, false)?;
+    if let Some(order_by) = query.order_by.as_deref().filter(|by| *by != "name") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("order_by {order_by:?} is not \"name\""),
+        ));
+    }
+    let filters = (query.query_text.as_deref(), query.name.as_deref());
+    Ok(Json(state.service.agents.tags(filters, &page).await?))
 }
 
 /// Letta has no idempotency key on create; we accept the usual

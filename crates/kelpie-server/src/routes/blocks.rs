@@ -14,6 +14,7 @@ use kelpie_agent::requests::UpdateBlock;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/agents/{agent_id}/core-memory", get(core_memory))
         .route("/v1/agents/{agent_id}/core-memory/blocks", get(list))
         .route("/v1/agents/{agent_id}/core-memory/blocks/", get(list))
         .route("/v1/agents/{agent_id}/core-memory/blocks/{label}", get(retrieve).patch(modify))
@@ -21,6 +22,13 @@ pub fn router() -> Router<AppState> {
 
 /// Blocks per page when the client does not say.
 const BLOCK_PAGE_COUNT_DEFAULT: usize = 50;
+
+async fn core_memory(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.agents.core_memory(&agent_id).await?))
+}
 
 async fn list(
     State(state): State<AppState>,

@@ -20,9 +20,27 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/blocks/", get(list).post(create))
         .route("/v1/blocks", get(list).post(create))
+        .route("/v1/blocks/count", get(count))
         .route("/v1/blocks/{block_id}", get(retrieve).patch(modify).delete(remove))
+        .route("/v1/blocks/{block_id}/agents", get(agents))
         .route("/v1/agents/{agent_id}/core-memory/blocks/attach/{block_id}", patch(attach))
         .route("/v1/agents/{agent_id}/core-memory/blocks/detach/{block_id}", patch(detach))
+}
+
+async fn count(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<BlockListQuery>,
+) -> Result<Json<usize>, ApiError> {
+    Ok(Json(state.service.blocks.count(query.label.as_deref()).await?))
+}
+
+async fn agents(
+    State(state): State<AppState>,
+    Path(block_id): Path<String>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let page = page_of(&page_query, BLOCK_PAGE_COUNT_DEFAULT, false)?;
+    Ok(Json(state.service.blocks.agents(&block_id, &page).await?))
 }
 
 async fn create(
