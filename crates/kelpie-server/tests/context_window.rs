@@ -263,3 +263,36 @@ async fn a_system_prompt_or_core_memory_that_could_never_fit_is_refused() {
     assert_eq!(agent["memory"]["blocks"][0]["value"], "Name: Ana.");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn recompile_answers_the_system_prompt_the_next_step_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = server.create_agent("ana", &[]).await;
+    server.say(&agent, "hello").await;
+    let body = json!({"value": "Name: Ana. Plays chess."});
+    server.ok("PATCH", &format!("/v1/agents/{agent}/core-memory/blocks/human"), Some(body)).await;
+    let prompt = server.ok("POST", &format!("/v1/agents/{agent}/recompile"), None).await;
+    let prompt = prompt.as_str().unwrap().to_string();
+    let system =
+        server.ok("GET", &format!("/v1/agents/{agent}"), None).await["system"].as_str().unwrap().to_string();
+    assert!(prompt.starts_with(&system), "{prompt}");
+    assert!(prompt.contains("Name: Ana. Plays chess."), "the edit is in: {prompt}");
+    // "hello", the reply's call and its return.
+    assert!(prompt.contains("Recent messages in view: 3"), "{prompt}");
+    let again =
+        server.ok("POST", &format!("/v1/agents/{agent}/system-prompt/recompile?dry_run=true"), None).await;
+    assert_eq!(again.as_str(), Some(prompt.as_str()));
+    // The next step sends it (its counts then take in the turn's own message).
+    server.say(&agent, "again").await;
+    let requests = fake.requests();
+    let sent = requests.last().unwrap()["messages"][0]["content"].as_str().unwrap().to_string();
+    let before_counts = |text: &str| text.split("<memory_metadata>").next().unwrap().to_string();
+    assert_eq!(before_counts(&sent), before_counts(&prompt));
+    assert!(sent.len() > system.len() + 100, "{sent}");
+    let (status, _) =
+        server.call("POST", "/v1/agents/agent-00000000-0000-4000-8000-000000000000/recompile", None).await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}

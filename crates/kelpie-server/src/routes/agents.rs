@@ -46,6 +46,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/export", get(export).post(export))
         .route("/v1/agents/{agent_id}/summarize", post(summarize))
         .route("/v1/agents/{agent_id}/context", get(context_window))
+        .route("/v1/agents/{agent_id}/recompile", post(recompile))
+        .route("/v1/agents/{agent_id}/system-prompt/recompile", post(recompile))
         .merge(import)
 }
 
@@ -74,6 +76,15 @@ async fn tags(
     }
     let filters = (query.query_text.as_deref(), query.name.as_deref());
     Ok(Json(state.service.agents.tags(filters, &page).await?))
+}
+
+/// Letta's `update_timestamp` and `dry_run` change nothing here: the
+/// prompt is built at every step and never stored.
+async fn recompile(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    Ok(Json(state.service.turns.system_prompt(&agent_id).await?))
 }
 
 /// Letta has no idempotency key on create; we accept the usual

@@ -48,6 +48,8 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     route("post", "/v1/agents/", "Create an agent", Some("CreateAgentRequest"), "AgentState"),
     route("get", "/v1/agents/count", "How many agents match (name, tags, match_all_tags)", None, "integer"),
+    route("post", "/v1/agents/{agent_id}/recompile", "The system prompt the agent's next step sends (built at every step; nothing stored)", None, "string"),
+    route("post", "/v1/agents/{agent_id}/system-prompt/recompile", "As /recompile", None, "string"),
     route("get", "/v1/tags/", "The distinct tags of the agents (query_text; paged by tag)", None, "string[]"),
     route("get", "/v1/agents/{agent_id}/core-memory", "The agent's core memory (Letta's Memory)", None, "Memory"),
     route("post", "/v1/agents/{agent_id}/export", "Export the agent (as GET; the request body is not read)", Some("ExportAgentRequest"), "string"),

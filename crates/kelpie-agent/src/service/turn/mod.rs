@@ -51,6 +51,16 @@ pub struct TurnRun {
     pub begun: Shared<BoxFuture<'static, Result<(), String>>>,
 }
 
+/// The parts of an agent's next prompt ([`Turns::next_prompt`]).
+struct NextPrompt {
+    agent: AgentRecord,
+    custom: Vec<ToolRecord>,
+    window: Window,
+    shown: usize,
+    hidden: u64,
+    now_ms: u64,
+}
+
 /// What a turn produced.
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
@@ -556,24 +566,40 @@ impl Turns {
         }
     }
 
-    /// `GET /v1/agents/{id}/context`: Letta's `ContextWindowOverview` of the
-    /// prompt the agent's next step would send (estimated tokens).
-    pub async fn context_window(&self, agent_id: &str) -> ServiceResult<Value> {
+    /// What the agent's next step would put in its prompt: the messages in
+    /// view (the newest `shown` of the window) and how many stay out.
+    async fn next_prompt(&self, agent_id: &str) -> ServiceResult<NextPrompt> {
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let agent = self.actors.record(agent_id).await?;
         let custom = self.tools.custom_tools().await?;
         let window = self.window(&agent_ref).await?;
+        let now_ms = self.env.clock.wall_ms();
+        let parts = prompt_parts(&agent, &custom, &window, &[], now_ms);
+        let shown = match parts.tokens() > agent.llm.context_window {
+            true => parts.fitting_history().len(),
+            false => window.history.len(),
+        };
+        let hidden = window.hidden + (window.history.len() - shown) as u64;
+        Ok(NextPrompt { agent, custom, window, shown, hidden, now_ms })
+    }
+
+    /// `POST /v1/agents/{id}/recompile`: the system prompt the agent's next
+    /// step sends. Kelpie builds it at every step, so nothing is stored.
+    pub async fn system_prompt(&self, agent_id: &str) -> ServiceResult<String> {
+        let next = self.next_prompt(agent_id).await?;
+        Ok(context::system_text(&next.agent, next.shown, next.hidden, next.now_ms))
+    }
+
+    /// `GET /v1/agents/{id}/context`: Letta's `ContextWindowOverview` of the
+    /// prompt the agent's next step would send (estimated tokens).
+    pub async fn context_window(&self, agent_id: &str) -> ServiceResult<Value> {
+        let agent_ref = self.actors.agent_ref(agent_id)?;
         let AgentReply::Counts(counts) = agent_ref.invoke_local(AgentCommand::Counts).await? else {
             return Err(unexpected("counts"));
         };
-        let now_ms = self.env.clock.wall_ms();
-        let parts = prompt_parts(&agent, &custom, &window, &[], now_ms);
-        let history = match parts.tokens() > agent.llm.context_window {
-            true => parts.fitting_history(),
-            false => &window.history[..],
-        };
+        let NextPrompt { agent, custom, window, shown, hidden, now_ms } = self.next_prompt(agent_id).await?;
+        let history = &window.history[window.history.len() - shown..];
         let core = format!("{}\n{}", context::core_memory_text(&agent), agent.working.render(now_ms));
-        let hidden = window.hidden + (window.history.len() - history.len()) as u64;
         let metadata = context::metadata_text(&agent, history.len(), hidden, now_ms);
         let functions: Vec<Value> = prompt::tool_schemas(&agent, &custom)
             .into_iter()
