@@ -149,7 +149,7 @@ fn translate_messages(messages: &[Value]) -> (String, Vec<Value>) {
     (system.join("\n\n"), out)
 }
 
-fn request_body(request: &ChatRequest) -> Value {
+pub(crate) fn request_body(request: &ChatRequest) -> Value {
     let (system, messages) = translate_messages(&request.messages);
     let tools: Vec<Value> = request
         .tools

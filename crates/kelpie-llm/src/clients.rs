@@ -124,3 +124,12 @@ impl LlmClients {
         }
     }
 }
+
+/// The body `request` is sent as to `provider` (the Anthropic Messages
+/// shape for `anthropic`, else OpenAI's chat completions), as JSON.
+pub fn provider_payload(provider: &str, request: &ChatRequest) -> serde_json::Value {
+    match provider {
+        PROVIDER_ANTHROPIC => crate::anthropic::request_body(request),
+        _ => crate::openai::request_body(request),
+    }
+}

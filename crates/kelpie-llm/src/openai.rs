@@ -104,7 +104,7 @@ impl OpenAiClient {
     }
 }
 
-fn request_body(request: &ChatRequest) -> Value {
+pub(crate) fn request_body(request: &ChatRequest) -> Value {
     let tools: Vec<Value> =
         request.tools.iter().map(|schema| json!({"type": "function", "function": schema})).collect();
     let mut body = json!({

@@ -296,3 +296,70 @@ async fn recompile_answers_the_system_prompt_the_next_step_sends() {
     assert_eq!(status, 404);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn preview_shows_the_next_request_and_generate_asks_the_model_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = server.create_agent("ana", &[]).await;
+    server.say(&agent, "hello").await;
+    let messages_path = format!("/v1/agents/{agent}/messages?limit=1000");
+    let stored = server.ok("GET", &messages_path, None).await;
+    let asked = fake.requests().len();
+    let body = json!({"messages": [{"role": "user", "content": "preview me"}]});
+    let preview = server
+        .ok("POST", &format!("/v1/agents/{agent}/messages/preview-raw-payload"), Some(body.clone()))
+        .await;
+    assert_eq!(preview["model"], "fake-gpt");
+    assert_eq!(preview["messages"][0]["role"], "system");
+    assert_eq!(preview["messages"].as_array().unwrap().last().unwrap()["content"], "preview me");
+    assert!(preview["tools"].as_array().unwrap().iter().any(|t| t["function"]["name"] == "send_message"));
+    assert_eq!(
+        (fake.requests().len(), server.ok("GET", &messages_path, None).await),
+        (asked, stored.clone())
+    );
+    // Sent for real, the first request is the previewed one.
+    server.ok("POST", &format!("/v1/agents/{agent}/messages"), Some(body)).await;
+    let sent = fake.requests()[asked].clone();
+    assert_eq!(
+        (&sent["messages"], &sent["tools"], &sent["model"]),
+        (&preview["messages"], &preview["tools"], &preview["model"])
+    );
+
+    // generate: the model alone, nothing stored.
+    let stored = server.ok("GET", &messages_path, None).await;
+    fake.push_reply(Some("Brief answer."), &[]);
+    let body = json!({"prompt": "Say something", "system_prompt": "Be brief."});
+    let answer = server.ok("POST", &format!("/v1/agents/{agent}/generate"), Some(body)).await;
+    assert_eq!(
+        (answer["content"].as_str(), answer["model"].as_str()),
+        (Some("Brief answer."), Some("openai-proxy/fake-gpt"))
+    );
+    assert!(answer["usage"]["total_tokens"].as_u64().unwrap() > 0, "{answer}");
+    let request = fake.requests().last().unwrap().clone();
+    assert_eq!(
+        request["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something"}])
+    );
+    assert!(request.get("tools").is_none(), "{request}");
+    assert_eq!(server.ok("GET", &messages_path, None).await, stored);
+    let cases = [
+        (json!({"prompt": ""}), 422),
+        (json!({"prompt": "x", "override_model": "nowhere/x"}), 422),
+        (json!({"prompt": "x", "response_schema": {"type": "object"}}), 422),
+    ];
+    for (body, status) in cases {
+        let (got, answer) = server.call("POST", &format!("/v1/agents/{agent}/generate"), Some(body)).await;
+        assert_eq!(got, status, "{answer}");
+    }
+    let (got, _) = server
+        .call(
+            "POST",
+            &format!("/v1/agents/{agent}/messages/preview-raw-payload"),
+            Some(json!({"messages": []})),
+        )
+        .await;
+    assert_eq!(got, 422);
+    server.shutdown().await;
+}

@@ -53,6 +53,7 @@ async fn a_step_is_found_by_its_id_with_its_metrics_messages_and_feedback() {
         let start_ms = metrics["step_start_ns"].as_u64().unwrap() / 1_000_000;
         assert!(start_ms <= created_ms && created_ms - start_ms < 60_000, "{metrics} {step}");
         assert_eq!(server.ok("GET", &format!("/v1/steps/{step_id}/trace"), None).await, Value::Null);
+        assert_eq!(server.ok("GET", &format!("/v1/telemetry/{step_id}"), None).await, Value::Null);
     }
     // The run's metrics: its steps, its time, the tools it ran.
     let metrics = server.ok("GET", &format!("/v1/runs/{run_id}/metrics"), None).await;
@@ -110,6 +111,8 @@ async fn a_step_is_found_by_its_id_with_its_metrics_messages_and_feedback() {
     assert_eq!((step["feedback"].clone(), step["tags"].clone()), (Value::Null, json!(["good", "fast"])));
     // A deleted run's steps are gone.
     server.ok("DELETE", &format!("/v1/runs/{run_id}"), None).await;
+    let (status, _) = server.call("GET", &format!("/v1/telemetry/{first}"), None).await;
+    assert_eq!(status, 404);
     for path in ["", "/metrics", "/trace", "/messages"] {
         let (status, body) = server.call("GET", &format!("/v1/steps/{first}{path}"), None).await;
         assert_eq!(status, 404, "{path} {body}");

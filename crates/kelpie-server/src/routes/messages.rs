@@ -40,6 +40,44 @@ pub fn router() -> Router<AppState> {
         .route("/v1/agents/{agent_id}/messages/stream", post(stream))
         .route("/v1/agents/{agent_id}/messages/async", post(send_async))
         .route("/v1/agents/{agent_id}/messages/cancel", post(cancel))
+        .route("/v1/agents/{agent_id}/messages/preview-raw-payload", post(preview_payload))
+        .route("/v1/agents/{agent_id}/generate", post(generate))
+}
+
+/// The body the agent's next step would send its provider with these
+/// user messages (nothing is sent or stored).
+async fn preview_payload(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ApiJson(request): ApiJson<SendMessages>,
+) -> Result<Json<Value>, ApiError> {
+    let texts = user_texts(request)?;
+    Ok(Json(state.service.turns.preview_payload(&agent_id, &texts).await?))
+}
+
+/// Letta's `GenerateRequest`.
+#[derive(Debug, serde::Deserialize)]
+struct GenerateRequest {
+    prompt: String,
+    #[serde(default)]
+    system_prompt: Option<String>,
+    #[serde(default)]
+    override_model: Option<String>,
+    #[serde(default)]
+    response_schema: Option<Value>,
+}
+
+/// One completion from the agent's model: no memory, tools or storage.
+async fn generate(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ApiJson(request): ApiJson<GenerateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if request.response_schema.is_some() {
+        return Err(unprocessable("response_schema (structured output) is not supported yet".into()));
+    }
+    let options = (request.system_prompt.as_deref(), request.override_model.as_deref());
+    Ok(Json(state.service.turns.generate(&agent_id, &request.prompt, options).await?))
 }
 
 fn unprocessable(reason: String) -> ApiError {

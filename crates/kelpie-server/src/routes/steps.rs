@@ -34,6 +34,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/steps/{step_id}/messages", get(messages))
         .route("/v1/steps/{step_id}/feedback", patch(feedback))
         .route("/v1/steps/{step_id}/transaction/{transaction_id}", patch(transaction))
+        // Letta's deprecated name of a step's trace.
+        .route("/v1/telemetry/{step_id}", get(trace))
 }
 
 fn unprocessable(reason: String) -> ApiError {

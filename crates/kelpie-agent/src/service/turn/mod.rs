@@ -583,6 +583,58 @@ impl Turns {
         Ok(NextPrompt { agent, custom, window, shown, hidden, now_ms })
     }
 
+    /// `POST /v1/agents/{id}/messages/preview-raw-payload`: the body the
+    /// agent's next step would send its provider with `texts` as the new
+    /// user messages; nothing is sent or stored.
+    pub async fn preview_payload(&self, agent_id: &str, texts: &[String]) -> ServiceResult<Value> {
+        check_turn_input(texts, None)?;
+        let next = self.next_prompt(agent_id).await?;
+        let parts = prompt_parts(&next.agent, &next.custom, &next.window, texts, next.now_ms);
+        let history = &next.window.history[next.window.history.len() - next.shown..];
+        let request = parts.request(history);
+        Ok(kelpie_llm::clients::provider_payload(&next.agent.llm.provider, &request))
+    }
+
+    /// `POST /v1/agents/{id}/generate`: one completion of `prompt` (after
+    /// `system_prompt` when given) from the agent's model, or from
+    /// `override_model`: no memory, no tools, nothing stored.
+    pub async fn generate(
+        &self,
+        agent_id: &str,
+        prompt: &str,
+        (system_prompt, override_model): (Option<&str>, Option<&str>),
+    ) -> ServiceResult<Value> {
+        if prompt.is_empty() {
+            return Err(ServiceError::Invalid("prompt must not be empty".into()));
+        }
+        let agent = self.actors.record(agent_id).await?;
+        let llm = match override_model {
+            Some(handle) => self.catalog.resolve_llm(Some(handle))?,
+            None => agent.llm.clone(),
+        };
+        let mut messages = Vec::new();
+        if let Some(system) = system_prompt {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        let request = ChatRequest {
+            model: llm.model.clone(),
+            messages,
+            tools: Vec::new(),
+            max_tokens: llm.max_tokens,
+            temperature: llm.temperature,
+        };
+        let answer = self.llm.chat(&llm.provider, &request).await?;
+        let usage = &answer.usage;
+        Ok(json!({
+            "content": answer.content.unwrap_or_default(), "model": llm.handle,
+            "usage": {"message_type": "usage_statistics", "completion_tokens": usage.completion_tokens,
+                      "prompt_tokens": usage.prompt_tokens,
+                      "total_tokens": usage.prompt_tokens + usage.completion_tokens, "step_count": 1,
+                      "run_ids": null},
+        }))
+    }
+
     /// `POST /v1/agents/{id}/recompile`: the system prompt the agent's next
     /// step sends. Kelpie builds it at every step, so nothing is stored.
     pub async fn system_prompt(&self, agent_id: &str) -> ServiceResult<String> {
