@@ -367,3 +367,19 @@ def test_tags_block_agents_and_core_memory_through_the_sdk(client):
     # The SDK has no core-memory method: the raw call, as a user makes it.
     memory = client.get(f"/v1/agents/{first.id}/core-memory", cast_to=object)
     assert "py-team" in [block["label"] for block in memory["blocks"]]
+
+
+def test_identities_attach_and_detach_through_the_sdk(client):
+    agent = _agent(client, "py-identity")
+    # This SDK has no identity CRUD: created over HTTP, as a user would.
+    identity = client.post(
+        "/v1/identities/",
+        body={"identifier_key": "py-user-1", "name": "Py User", "identity_type": "user"},
+        cast_to=object,
+    )
+    client.agents.identities.attach(identity["id"], agent_id=agent.id)
+    assert client.agents.retrieve(agent.id).identity_ids == [identity["id"]]
+    linked = client.get(f"/v1/identities/{identity['id']}/agents", cast_to=object)
+    assert [a["id"] for a in linked] == [agent.id]
+    client.agents.identities.detach(identity["id"], agent_id=agent.id)
+    assert client.agents.retrieve(agent.id).identity_ids == []

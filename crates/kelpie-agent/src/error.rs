@@ -16,6 +16,8 @@ pub enum ServiceError {
     AgentNotFound(String),
     #[error("Run with ID {0} not found")]
     RunNotFound(String),
+    #[error("Identity with ID {0} not found")]
+    IdentityNotFound(String),
     #[error("Step with ID {0} not found")]
     StepNotFound(String),
     #[error("Block with ID {0} not found")]

@@ -162,7 +162,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
     });
     let rest = json!({
         "tool_exec_environment_variables": secrets_json(agent), "secrets": secrets_json(agent), "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
-        "identity_ids": [], "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
+        "identity_ids": agent.identity_ids, "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
         "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
         "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
         "timezone": "UTC", "max_files_open": 5, "per_file_view_window_char_limit": 15000, "hidden": null,

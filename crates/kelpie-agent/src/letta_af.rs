@@ -291,6 +291,7 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         secrets,
         compaction: None,
         tool_rules,
+        identity_ids: Vec::new(),
         created_ms: resolvers.now_ms,
         updated_ms: resolvers.now_ms,
     };

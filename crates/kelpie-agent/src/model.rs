@@ -45,6 +45,10 @@ pub struct AgentRecord {
     /// Letta's `tool_rules`, enforced by the loop ([`crate::tool_rules`]).
     #[serde(default)]
     pub tool_rules: Vec<crate::tool_rules::ToolRule>,
+    /// The identities the agent belongs to (their store holds the same
+    /// links; see `service::identities`).
+    #[serde(default)]
+    pub identity_ids: Vec<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -494,6 +498,7 @@ mod tests {
             secrets: BTreeMap::new(),
             compaction: None,
             tool_rules: Vec::new(),
+            identity_ids: Vec::new(),
             created_ms: 1,
             updated_ms: 2,
         };

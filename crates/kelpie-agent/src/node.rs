@@ -227,7 +227,11 @@ pub fn agent_service(
             .with_namespace(RUN_POINTER_NAMESPACE, Arc::new(runtimes.run_pointers.clone()))
             .with_namespace(BLOCK_STORE_ACTOR.0, Arc::new(runtimes.blocks.clone()))
             .with_namespace(SANDBOX_CONFIG_ACTOR.0, Arc::new(runtimes.sandbox_configs.clone()))
-            .with_namespace(RECLAIM_ACTOR.0, Arc::new(runtimes.reclaim.clone())),
+            .with_namespace(RECLAIM_ACTOR.0, Arc::new(runtimes.reclaim.clone()))
+            .with_namespace(
+                crate::actors::identity_store::IDENTITY_STORE_ACTOR.0,
+                Arc::new(runtimes.identities.clone()),
+            ),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -260,6 +264,7 @@ pub fn agent_runtimes(
         tool_store: parts.runtime(ToolStoreActor)?,
         sandbox_configs: parts.runtime(SandboxConfigActor)?,
         reclaim: parts.runtime(ReclaimActor)?,
+        identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
     })
 }
 

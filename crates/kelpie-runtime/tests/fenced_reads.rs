@@ -136,6 +136,11 @@ async fn a_cut_off_activation_stops_answering_reads_within_the_lease() {
         "refused only at {:?}",
         refused.1
     );
+    // The refusal is answered as the activation ends: its slot goes just after.
+    let ending_until = Instant::now() + Duration::from_millis(LEASE_MS);
+    while runtime.is_active(&actor) && Instant::now() < ending_until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(!runtime.is_active(&actor), "the activation ended");
     // Still cut off: nothing is served, the actor cannot be claimed.
     assert!(runtime.invoke(&actor, None).await.is_err());

@@ -56,6 +56,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::ToolNotFound(_)
             | ServiceError::RunNotFound(_)
             | ServiceError::StepNotFound(_)
+            | ServiceError::IdentityNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,

@@ -20,6 +20,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/passages.rs"),
     include_str!("../src/routes/runs.rs"),
     include_str!("../src/routes/steps.rs"),
+    include_str!("../src/routes/identities.rs"),
     include_str!("../src/routes/sandbox_config.rs"),
     include_str!("../src/routes/shared_blocks.rs"),
     include_str!("../src/routes/tools.rs"),

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod block_store;
 pub mod directory;
+pub mod identity_store;
 pub mod reclaim;
 pub mod run_store;
 pub mod sandbox_config_store;

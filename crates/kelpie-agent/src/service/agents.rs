@@ -139,6 +139,7 @@ impl Agents {
             secrets,
             compaction: request.compaction_settings,
             tool_rules,
+            identity_ids: Vec::new(),
             created_ms: now,
             updated_ms: now,
         };
@@ -289,6 +290,7 @@ impl Agents {
             tool_ids: request.tool_ids,
             secrets,
             compaction,
+            identity: None,
         };
         let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(Box::new(patch))).await?;
         if updated.name != current.name || updated.tags != current.tags {

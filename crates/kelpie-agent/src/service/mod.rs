@@ -27,6 +27,7 @@ pub mod agent_actors;
 pub mod agents;
 pub mod archival;
 pub mod directory;
+pub mod identities;
 mod locks;
 pub mod mcp;
 pub mod mcp_clients;
@@ -81,6 +82,7 @@ pub struct AgentRuntimes {
     pub tool_store: Runtime<ToolStoreActor>,
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
+    pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
     pub planted: crate::planted::Planted,
 }
@@ -92,6 +94,7 @@ pub struct AgentService {
     pub catalog: ModelCatalog,
     pub agents: Agents,
     pub blocks: Arc<SharedBlocks>,
+    pub identities: identities::Identities,
     pub archival: Archival,
     pub turns: Arc<Turns>,
     pub runs: Runs,
@@ -127,6 +130,12 @@ impl AgentService {
             catalog.clone(),
             (env.clone(), runtimes.planted.clone()),
         );
+        let identities = identities::Identities::new(
+            runtimes.identities,
+            Arc::clone(&actors),
+            Arc::clone(&blocks),
+            env.clone(),
+        );
         let archival = Archival::new(Arc::clone(&actors), Arc::clone(&llm));
         let turns = Arc::new(Turns::new(
             Arc::clone(&actors),
@@ -160,6 +169,7 @@ impl AgentService {
             catalog,
             agents,
             blocks,
+            identities,
             archival,
             turns,
             runs,
@@ -204,6 +214,20 @@ impl AgentService {
         self.actors.is_active(actor_id)
     }
 
+    /// Deletes agent `agent_id`, and forgets it in the identities.
+    pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
+        let deleted = self.agents.delete(agent_id).await?;
+        self.identities.forget(agent_id).await?;
+        Ok(deleted)
+    }
+
+    /// Deletes standalone block `block_id`, and forgets it in the identities.
+    pub async fn delete_block(&self, block_id: &str) -> ServiceResult<serde_json::Value> {
+        let deleted = self.blocks.delete(block_id).await?;
+        self.identities.forget(block_id).await?;
+        Ok(deleted)
+    }
+
     /// Activates agent `actor_id` here (claims it) without running anything;
     /// refused when another node holds it.
     pub async fn activate_agent(&self, actor_id: &ActorId) -> Result<()> {
@@ -230,6 +254,7 @@ impl AgentService {
         self.runs.shutdown().await;
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
+        self.identities.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;
     }

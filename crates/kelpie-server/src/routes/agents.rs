@@ -139,7 +139,7 @@ async fn remove(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.agents.delete(&agent_id).await?))
+    Ok(Json(state.service.delete_agent(&agent_id).await?))
 }
 
 async fn attach_tool(

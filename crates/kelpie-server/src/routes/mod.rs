@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod extract;
 pub mod health;
+pub mod identities;
 pub mod mcp;
 pub mod mcp_legacy;
 pub mod messages;
@@ -51,6 +52,7 @@ fn api_router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(blocks::router())
         .merge(shared_blocks::router())
+        .merge(identities::router())
         .merge(messages::router())
         .merge(archival::router())
         .merge(passages::router())

@@ -78,7 +78,7 @@ async fn remove(
     State(state): State<AppState>,
     Path(block_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.blocks.delete(&block_id).await?))
+    Ok(Json(state.service.delete_block(&block_id).await?))
 }
 
 async fn attach(

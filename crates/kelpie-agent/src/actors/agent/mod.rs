@@ -53,6 +53,9 @@ pub struct AgentPatch {
     /// Replaces the tool rules.
     #[serde(default)]
     pub tool_rules: Option<Vec<crate::tool_rules::ToolRule>>,
+    /// Links (`true`) or unlinks the agent and an identity.
+    #[serde(default)]
+    pub identity: Option<(String, bool)>,
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool,
@@ -497,6 +500,12 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     }
     if let Some(tags) = patch.tags {
         agent.tags = tags;
+    }
+    if let Some((identity_id, linked)) = patch.identity {
+        agent.identity_ids.retain(|id| *id != identity_id);
+        if linked {
+            agent.identity_ids.push(identity_id);
+        }
     }
     if let Some(tool_ids) = patch.tool_ids {
         agent.tool_ids = tool_ids;
