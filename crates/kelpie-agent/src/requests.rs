@@ -59,6 +59,9 @@ pub struct CreateAgent {
     pub llm_config: Option<LlmConfigIn>,
     pub embedding: Option<String>,
     pub embedding_config: Option<EmbeddingConfigIn>,
+    /// Identities the new agent is linked to (each must exist).
+    #[serde(default)]
+    pub identity_ids: Option<Vec<String>>,
     pub context_window_limit: Option<u64>,
     pub max_tokens: Option<u64>,
     /// Environment variables of the agent's tool calls (Letta's `secrets`).

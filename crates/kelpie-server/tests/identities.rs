@@ -152,5 +152,20 @@ async fn identities_list_with_filters_to_the_end_and_bad_input_is_4xx() {
         assert!(answer["detail"].is_string(), "{answer}");
     }
     assert_eq!(server.ok("GET", "/v1/identities/count", None).await, json!(7), "nothing refused was stored");
+    // An agent created with identity_ids is linked at once; an unknown one
+    // is refused before anything is created.
+    let body =
+        json!({"name": "linked", "model": "openai-proxy/fake-gpt", "identity_ids": [made[1], made[2]]});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(agent["identity_ids"], json!([made[1], made[2]]));
+    let agent_id = agent["id"].as_str().unwrap();
+    assert_eq!(
+        ids(&server.ok("GET", &format!("/v1/identities/{}/agents", made[2]), None).await),
+        vec![agent_id.to_string()]
+    );
+    let body = json!({"name": "orphan", "model": "openai-proxy/fake-gpt", "identity_ids": ["identity-nope"]});
+    let (status, _) = server.call("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.ok("GET", "/v1/agents/?name=orphan", None).await, json!([]));
     server.shutdown().await;
 }

@@ -214,6 +214,26 @@ impl AgentService {
         self.actors.is_active(actor_id)
     }
 
+    /// Creates an agent (see [`Agents::create`]) and links it to the
+    /// identities the request names, which must exist (404 before anything
+    /// is created).
+    pub async fn create_agent(
+        &self,
+        request: crate::requests::CreateAgent,
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<serde_json::Value> {
+        let identity_ids = request.identity_ids.clone().unwrap_or_default();
+        for identity_id in &identity_ids {
+            self.identities.get(identity_id).await?;
+        }
+        let mut agent = self.agents.create(request, idempotency_key).await?;
+        let agent_id = agent["id"].as_str().unwrap_or_default().to_string();
+        for identity_id in &identity_ids {
+            agent = self.identities.link_agent(&agent_id, identity_id, true).await?;
+        }
+        Ok(agent)
+    }
+
     /// Deletes agent `agent_id`, and forgets it in the identities.
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;

@@ -95,7 +95,7 @@ async fn create(
     ApiJson(request): ApiJson<CreateAgent>,
 ) -> Result<Json<Value>, ApiError> {
     let key = super::extract::idempotency_key(&headers)?;
-    Ok(Json(state.service.agents.create(request, key.as_deref()).await?))
+    Ok(Json(state.service.create_agent(request, key.as_deref()).await?))
 }
 
 async fn count(
