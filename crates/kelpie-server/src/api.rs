@@ -122,6 +122,8 @@ impl PageQuery {
 pub struct AgentListQuery {
     pub name: Option<String>,
     pub match_all_tags: Option<bool>,
+    /// Only the agents of this identity.
+    pub identity_id: Option<String>,
 }
 
 fn percent_decode(text: &str) -> String {

@@ -163,6 +163,12 @@ async fn identities_list_with_filters_to_the_end_and_bad_input_is_4xx() {
         ids(&server.ok("GET", &format!("/v1/identities/{}/agents", made[2]), None).await),
         vec![agent_id.to_string()]
     );
+    // The agent list of one identity.
+    let listed = server.ok("GET", &format!("/v1/agents/?identity_id={}", made[1]), None).await;
+    assert_eq!(ids(&listed), vec![agent_id.to_string()]);
+    assert_eq!(server.ok("GET", &format!("/v1/agents/?identity_id={}", made[0]), None).await, json!([]));
+    let (status, _) = server.call("GET", "/v1/agents/?identity_id=identity-nope", None).await;
+    assert_eq!(status, 404);
     let body = json!({"name": "orphan", "model": "openai-proxy/fake-gpt", "identity_ids": ["identity-nope"]});
     let (status, _) = server.call("POST", "/v1/agents/", Some(body)).await;
     assert_eq!(status, 404);

@@ -242,7 +242,21 @@ impl Agents {
         match_all: bool,
         page: &Page,
     ) -> ServiceResult<Vec<Value>> {
-        let matching = self.matching(name, tags, match_all).await?;
+        self.list_among(name, (tags, match_all), None, page).await
+    }
+
+    /// [`Self::list`] of the agents `among` names only (all when `None`).
+    pub async fn list_among(
+        &self,
+        name: Option<&str>,
+        (tags, match_all): (&[String], bool),
+        among: Option<&[String]>,
+        page: &Page,
+    ) -> ServiceResult<Vec<Value>> {
+        let mut matching = self.matching(name, tags, match_all).await?;
+        if let Some(among) = among {
+            matching.retain(|entry| among.contains(&entry.id));
+        }
         let custom = self.tools.custom_tools().await?;
         let mut agents = Vec::new();
         for entry in paginate(matching, |entry| entry.id.as_str(), page) {

@@ -234,6 +234,25 @@ impl AgentService {
         Ok(agent)
     }
 
+    /// `GET /v1/agents/`: [`Agents::list`], of the agents of identity
+    /// `identity_id` only when given (404 for an unknown identity).
+    pub async fn list_agents(
+        &self,
+        (name, tags, match_all): (Option<&str>, &[String], bool),
+        identity_id: Option<&str>,
+        page: &crate::page::Page,
+    ) -> ServiceResult<Vec<serde_json::Value>> {
+        let among = match identity_id {
+            Some(identity_id) => {
+                let identity = self.identities.get(identity_id).await?;
+                let ids = identity["agent_ids"].as_array().cloned().unwrap_or_default();
+                Some(ids.iter().filter_map(|id| id.as_str().map(str::to_string)).collect::<Vec<_>>())
+            }
+            None => None,
+        };
+        self.agents.list_among(name, (tags, match_all), among.as_deref(), page).await
+    }
+
     /// Deletes agent `agent_id`, and forgets it in the identities.
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;

@@ -117,7 +117,8 @@ async fn list(
     let page = page_of(&page_query, AGENT_PAGE_COUNT_DEFAULT, false)?;
     let tags = repeated_param(raw.as_deref(), "tags");
     let match_all = query.match_all_tags.unwrap_or(false);
-    Ok(Json(state.service.agents.list(query.name.as_deref(), &tags, match_all, &page).await?))
+    let filters = (query.name.as_deref(), tags.as_slice(), match_all);
+    Ok(Json(state.service.list_agents(filters, query.identity_id.as_deref(), &page).await?))
 }
 
 async fn retrieve(
