@@ -47,6 +47,8 @@
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-agent --test dst_service`
 //! (`DST_VERBOSE=1` prints each turn and boot).
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -54,7 +56,6 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use kelpie_agent::actors::agent::RunFilter;
-use kelpie_agent::actors::tool_store::ToolRecord;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::planted::PlantedBug;
@@ -84,8 +85,6 @@ use kelpie_storage::{ClaimOutcome, CommitInfo, Placement as StoredPlacement, Sca
 use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::json;
 
-/// The probe tool's id, the same in every boot.
-const PROBE_TOOL_ID: &str = "tool-00000000-0000-4000-8000-00000000dead";
 /// Longest a probe call may run in its sandbox.
 const TOOL_WALL_MS: u64 = 2_000;
 /// Seeds of the sweep: the CI budget.
@@ -273,26 +272,6 @@ fn responder(request: &LlmRequest) -> LlmResponse {
     }
 }
 
-/// The custom tool agents carry: it runs in a (simulated) sandbox.
-fn probe_tool() -> ToolRecord {
-    ToolRecord {
-        id: PROBE_TOOL_ID.into(),
-        name: "probe".into(),
-        description: Some("Echoes its text.".into()),
-        source_code: "def probe(text: str) -> str:\n    return text\n".into(),
-        json_schema: json!({"name": "probe", "description": "Echoes its text.",
-            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}),
-        tags: Vec::new(),
-        return_char_limit: 10_000,
-        metadata: None,
-        pip_requirements: Vec::new(),
-        created_ms: 0,
-        updated_ms: 0,
-        mcp: None,
-        default_requires_approval: false,
-    }
-}
-
 fn build_service(node: &SimNode, storage: &Storage, bug: Option<Bug>) -> CoreResult<AgentService> {
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("dst".into());
@@ -472,7 +451,7 @@ impl Client {
         let request = CreateAgent {
             name: Some(key.into()),
             model: Some("openai-proxy/sim-gpt".into()),
-            tool_ids: Some(vec![PROBE_TOOL_ID.into()]),
+            tool_ids: Some(vec![support::PROBE_TOOL_ID.into()]),
             ..CreateAgent::default()
         };
         let service = Arc::clone(service);
@@ -931,7 +910,7 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
                     return;
                 };
                 // Every boot registers the custom tool (an idempotent upsert).
-                if service.tools.upsert_record(probe_tool()).await.is_err() {
+                if service.tools.upsert_record(support::probe_tool()).await.is_err() {
                     handle.crash_node(0);
                     return;
                 }

@@ -15,12 +15,13 @@
 //!
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-agent --test dst_tools`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kelpie_agent::actors::tool_store::ToolRecord;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::requests::CreateAgent;
 use kelpie_agent::service::runs::TurnInput;
@@ -93,25 +94,6 @@ fn service(node: &SimNode, seen: Arc<Mutex<Vec<String>>>) -> (AgentService, Arc<
     (AgentService::new(runtimes, env, Arc::new(model), catalog, runner), backend)
 }
 
-fn probe_tool() -> ToolRecord {
-    ToolRecord {
-        id: "tool-00000000-0000-4000-8000-000000000001".into(),
-        name: "probe".into(),
-        description: Some("Echoes its text.".into()),
-        source_code: "def probe(text: str) -> str:\n    return text\n".into(),
-        json_schema: json!({"name": "probe", "description": "Echoes its text.",
-            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}),
-        tags: Vec::new(),
-        return_char_limit: 10_000,
-        metadata: None,
-        pip_requirements: Vec::new(),
-        created_ms: 0,
-        updated_ms: 0,
-        mcp: None,
-        default_requires_approval: false,
-    }
-}
-
 /// The agent as the API shows it, minus what every step changes.
 fn state_of(agent: &Value) -> Value {
     let mut agent = agent.clone();
@@ -122,7 +104,7 @@ fn state_of(agent: &Value) -> Value {
 /// Runs the scenario; failures are reported as the first broken property.
 async fn scenario(node: SimNode, seen: Arc<Mutex<Vec<String>>>) -> Result<usize, String> {
     let (service, backend) = service(&node, Arc::clone(&seen));
-    let tool = service.tools.upsert_record(probe_tool()).await.map_err(|e| e.to_string())?;
+    let tool = service.tools.upsert_record(support::probe_tool()).await.map_err(|e| e.to_string())?;
     let request = CreateAgent {
         name: Some("dst".into()),
         model: Some("openai-proxy/sim-gpt".into()),
