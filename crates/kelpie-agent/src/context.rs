@@ -47,12 +47,15 @@ pub fn tokens_of(text: &str) -> u64 {
     (text.len() as u64).div_ceil(BYTES_PER_TOKEN_COUNT)
 }
 
-/// The system message: prompt, core memory, working memory live at
+/// The system message: prompt, core memory, the attached folders with the
+/// open files (see [`crate::files`]), working memory live at
 /// `now_ms`, and statistics (`shown` messages in view, `hidden` stored
 /// outside the window).
 pub fn system_text(agent: &AgentRecord, shown: usize, hidden: u64, now_ms: u64) -> String {
+    let directories = crate::files::directories_text(&agent.folders, &agent.open_files, agent.file_limits());
+    let directories = if directories.is_empty() { directories } else { directories + "\n" };
     format!(
-        "{}\n\n{}\n{}{}",
+        "{}\n\n{}\n{directories}{}{}",
         agent.system,
         core_memory_text(agent),
         agent.working.render(now_ms),

@@ -30,6 +30,18 @@ pub enum ServiceError {
     SandboxEnvNotFound(String),
     #[error("a tool named {0:?} already exists")]
     ToolNameTaken(String),
+    #[error("Folder with ID {0} not found")]
+    FolderNotFound(String),
+    #[error("File with ID {0} not found")]
+    FileNotFound(String),
+    #[error("a folder named {0:?} already exists")]
+    FolderNameTaken(String),
+    /// An upload of a type no parser reads (HTTP 415).
+    #[error("{0}")]
+    UnsupportedType(String),
+    /// A body over a named limit (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("MCP server with ID {0} not found")]
     McpServerNotFound(String),
     #[error("an MCP server named {0:?} already exists")]
@@ -59,6 +71,8 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "agent", id } => ServiceError::AgentNotFound(id),
             Error::NotFound { kind: "tool", id } => ServiceError::ToolNotFound(id),
             Error::NotFound { kind: "mcp server", id } => ServiceError::McpServerNotFound(id),
+            Error::NotFound { kind: "folder", id } => ServiceError::FolderNotFound(id),
+            Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
             other => ServiceError::Core(other),
         }
     }

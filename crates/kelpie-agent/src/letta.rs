@@ -133,7 +133,11 @@ pub fn embedding_endpoint_type(handle: &str) -> &str {
 }
 
 pub fn embedding_config_json(agent: &AgentRecord) -> Value {
-    let embedding = &agent.embedding;
+    embedding_settings_json(&agent.embedding)
+}
+
+/// Letta's `EmbeddingConfig` of `embedding`.
+pub fn embedding_settings_json(embedding: &kelpie_llm::EmbeddingSettings) -> Value {
     json!({
         // Letta's enum has no in-process embedding; like Letta's own free
         // embedding, the built-in one reports "openai" (with no endpoint).
@@ -145,8 +149,21 @@ pub fn embedding_config_json(agent: &AgentRecord) -> Value {
     })
 }
 
+/// Letta's `Source` of a folder as an agent holds it.
+pub fn agent_folder_json(folder: &crate::files::AgentFolder) -> Value {
+    json!({
+        "id": folder.id, "name": folder.name, "description": folder.description,
+        "instructions": folder.instructions, "metadata": folder.metadata,
+        "embedding_config": embedding_settings_json(&folder.embedding),
+        "organization_id": null, "created_by_id": null, "last_updated_by_id": null,
+        "created_at": rfc3339_micros(folder.created_ms), "updated_at": rfc3339_micros(folder.updated_ms),
+        "vector_db_provider": "native",
+    })
+}
+
 /// Letta's `AgentState`; `tools` are the attached tools, already rendered.
 pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
+    let (files_open, window_chars) = agent.file_limits();
     let blocks: Vec<Value> = agent.memory.blocks().iter().map(block_json).collect();
     let core = json!({
         "id": agent.id, "name": agent.name, "system": agent.system, "agent_type": "letta_v1_agent",
@@ -158,14 +175,15 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
         "llm_config": llm_config_json(agent), "embedding_config": embedding_config_json(agent),
         "model": agent.llm.handle, "embedding": agent.embedding.handle,
         "memory": {"agent_type": "letta_v1_agent", "git_enabled": false, "blocks": blocks, "file_blocks": [], "prompt_template": ""},
-        "blocks": blocks, "tools": tools, "sources": [],
+        "blocks": blocks, "tools": tools,
+        "sources": agent.folders.iter().map(agent_folder_json).collect::<Vec<_>>(),
     });
     let rest = json!({
         "tool_exec_environment_variables": secrets_json(agent), "secrets": secrets_json(agent), "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
         "identity_ids": agent.identity_ids, "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
         "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
         "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
-        "timezone": "UTC", "max_files_open": 5, "per_file_view_window_char_limit": 15000, "hidden": null,
+        "timezone": "UTC", "max_files_open": files_open, "per_file_view_window_char_limit": window_chars, "hidden": null,
         "compaction_settings": crate::context::settings_json(agent),
     });
     with(core, rest)

@@ -292,6 +292,10 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         compaction: None,
         tool_rules,
         identity_ids: Vec::new(),
+        folders: Vec::new(),
+        open_files: Vec::new(),
+        max_files_open: None,
+        file_window_chars: None,
         created_ms: resolvers.now_ms,
         updated_ms: resolvers.now_ms,
     };

@@ -2,17 +2,19 @@
 //!
 //! Layers, each using only the ones before it:
 //! - [`limits`], [`ids`], [`model`], [`page`], [`letta`], [`requests`],
-//!   [`error`], [`agent_file`], [`context`]: the agent domain's limits, ids
-//!   and times, the persisted records, cursor pages, Letta's wire shapes,
-//!   the request bodies the service takes, the errors, the export file
-//!   format with its streaming reader, and the context window (token
-//!   estimates, compaction's decisions and texts);
+//!   [`error`], [`agent_file`], [`context`], [`files`], [`documents`]: the
+//!   agent domain's limits, ids and times, the persisted records, cursor
+//!   pages, Letta's wire shapes, the request bodies the service takes, the
+//!   errors, the export file format with its streaming reader, the context
+//!   window (token estimates, compaction's decisions and texts), an agent's
+//!   view of its folders' files, and the parsing and chunking of uploads;
 //! - [`actors`]: the virtual actors and their commands — one per agent, the
-//!   agent directory shards, the shared block store, the custom tool store and
-//!   one per run. Each command is one transaction;
+//!   agent directory shards, the shared block store, the custom tool store,
+//!   one per run, the folder store and one per folder. Each command is one
+//!   transaction;
 //! - [`service`]: [`service::AgentService`], the one entry point of the HTTP
 //!   layer, made of small services (agents, shared blocks, archival memory,
-//!   turns, runs, transfer, tools) that route each operation to actors;
+//!   turns, runs, transfer, tools, folders) that route each operation to actors;
 //! - [`cluster`] and [`node`]: this node's part in a cluster (membership,
 //!   planned moves of agents) and the wiring of storage, placement and runtimes
 //!   into a running service.
@@ -24,7 +26,9 @@ pub mod actors;
 pub mod agent_file;
 pub mod cluster;
 pub mod context;
+pub mod documents;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod letta;
 pub mod letta_af;

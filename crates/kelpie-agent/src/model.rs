@@ -49,8 +49,29 @@ pub struct AgentRecord {
     /// links; see `service::identities`).
     #[serde(default)]
     pub identity_ids: Vec<String>,
+    /// Attached folders (Letta's sources), as the prompt shows them.
+    #[serde(default)]
+    pub folders: Vec<crate::files::AgentFolder>,
+    /// Files open in the context, least recently used first.
+    #[serde(default)]
+    pub open_files: Vec<crate::files::OpenFile>,
+    /// Letta's `max_files_open`; `None` takes the default of the context window.
+    #[serde(default)]
+    pub max_files_open: Option<u32>,
+    /// Letta's `per_file_view_window_char_limit`; `None` as above.
+    #[serde(default)]
+    pub file_window_chars: Option<u64>,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+impl AgentRecord {
+    /// `(max_files_open, per_file_view_window_char_limit)`: as set, else
+    /// Letta's defaults for the context window.
+    pub fn file_limits(&self) -> (u32, u64) {
+        let (open, chars) = crate::files::default_limits(self.llm.context_window);
+        (self.max_files_open.unwrap_or(open), self.file_window_chars.unwrap_or(chars))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -499,6 +520,10 @@ mod tests {
             compaction: None,
             tool_rules: Vec::new(),
             identity_ids: Vec::new(),
+            folders: Vec::new(),
+            open_files: Vec::new(),
+            max_files_open: None,
+            file_window_chars: None,
             created_ms: 1,
             updated_ms: 2,
         };

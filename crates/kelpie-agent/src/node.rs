@@ -147,6 +147,7 @@ impl AgentNode {
             tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
         }
         self.service.reclaimer.start();
+        self.service.documents.start();
         match self.service.runs.recover().await {
             Ok(0) => {}
             Ok(recovered) => {
@@ -231,7 +232,12 @@ pub fn agent_service(
             .with_namespace(
                 crate::actors::identity_store::IDENTITY_STORE_ACTOR.0,
                 Arc::new(runtimes.identities.clone()),
-            ),
+            )
+            .with_namespace(
+                crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
+                Arc::new(runtimes.folder_store.clone()),
+            )
+            .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone())),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -265,6 +271,8 @@ pub fn agent_runtimes(
         sandbox_configs: parts.runtime(SandboxConfigActor)?,
         reclaim: parts.runtime(ReclaimActor)?,
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
+        folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
+        folders: parts.runtime(crate::actors::folder::FolderActor::default())?,
     })
 }
 

@@ -8,13 +8,13 @@
 //! from `/proc/self/status`. The server runs in this process, so the figure
 //! also holds the HTTP clients and the fake LLM, both small and fixed.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_llm::fake::FakeLlm;
 use serde_json::{json, Value};
+use support::{percentiles_ms, start_server, Bench};
 
 const CLIENTS_COUNT: usize = 4;
 const CREATES_COUNT: usize = 400;
@@ -35,13 +35,10 @@ struct Report {
 
 impl Report {
     fn print(mut self, name: &str) {
-        self.latencies.sort();
-        let at = |q: f64| self.latencies[((self.latencies.len() as f64 - 1.0) * q) as usize];
+        let (p50, p99) = percentiles_ms(&mut self.latencies);
         println!(
-            "{name}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} ops, {} clients)",
+            "{name}: {:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({} ops, {} clients)",
             self.ops as f64 / self.elapsed.as_secs_f64(),
-            at(0.50).as_secs_f64() * 1e3,
-            at(0.99).as_secs_f64() * 1e3,
             self.ops,
             CLIENTS_COUNT
         );
@@ -81,29 +78,6 @@ where
         latencies.extend(task.await.expect("client task"));
     }
     Report { ops, elapsed: started.elapsed(), latencies }
-}
-
-/// The server under test with what must outlive it: its data dir and the fake LLM.
-struct Bench {
-    base: Arc<String>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-    _fake: FakeLlm,
-}
-
-async fn start_server() -> Bench {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("fake llm");
-    let mut layers = ConfigLayers::new();
-    let flag = Origin::Flag("bench".into());
-    layers.set("bind", "127.0.0.1:0", flag.clone()).expect("bind");
-    layers.set("data_dir", dir.path().to_str().expect("utf-8 path"), flag.clone()).expect("data dir");
-    layers.set("llm.openai_base_url", fake.base_url(), flag.clone()).expect("base url");
-    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).expect("model");
-    let server = kelpie_server::bind(layers.resolve().expect("config")).await.expect("server");
-    let base = Arc::new(format!("http://{}", server.local_addr()));
-    tokio::spawn(server.run(std::future::pending()));
-    Bench { base, http: reqwest::Client::new(), _dir: dir, _fake: fake }
 }
 
 /// Creates `count` agents named `bench-{i}`, one memory block each.

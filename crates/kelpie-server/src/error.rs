@@ -59,8 +59,14 @@ impl From<ServiceError> for ApiError {
             | ServiceError::IdentityNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
+            | ServiceError::FolderNotFound(_)
+            | ServiceError::FileNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::ToolNameTaken(_) | ServiceError::McpServerNameTaken(_) => StatusCode::CONFLICT,
+            ServiceError::ToolNameTaken(_)
+            | ServiceError::McpServerNameTaken(_)
+            | ServiceError::FolderNameTaken(_) => StatusCode::CONFLICT,
+            ServiceError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Mcp(mcp) if mcp.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::Mcp(_) => StatusCode::BAD_GATEWAY,
             ServiceError::Tool(ToolError::Sandbox(SandboxError::Unavailable { .. })) => {

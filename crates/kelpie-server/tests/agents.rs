@@ -176,8 +176,16 @@ async fn models_list_handles_that_work_on_create() {
     assert_eq!(agent["llm_config"]["handle"], models[0]["handle"]);
     assert_eq!(agent["memory"]["prompt_template"], "", "Letta's schema wants a string");
     let tools = server.ok("GET", "/v1/tools/", None).await;
-    assert_eq!(tools.as_array().unwrap().len(), 12, "every built-in tool, run_code included");
-    assert_eq!(agent["tools"].as_array().unwrap().len(), 11, "every built-in tool but run_code is attached");
+    assert_eq!(
+        tools.as_array().unwrap().len(),
+        15,
+        "every built-in tool, run_code and the file tools included"
+    );
+    assert_eq!(
+        agent["tools"].as_array().unwrap().len(),
+        11,
+        "every built-in tool but run_code and the file tools is attached"
+    );
     server.shutdown().await;
 }
 

@@ -21,6 +21,8 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/runs.rs"),
     include_str!("../src/routes/steps.rs"),
     include_str!("../src/routes/identities.rs"),
+    include_str!("../src/routes/folders.rs"),
+    include_str!("../src/routes/jobs.rs"),
     include_str!("../src/routes/sandbox_config.rs"),
     include_str!("../src/routes/shared_blocks.rs"),
     include_str!("../src/routes/tools.rs"),

@@ -34,8 +34,8 @@ async fn create_derives_schema_and_crud_round_trips() {
     assert_eq!(server.ok("GET", &format!("/v1/tools/{id}"), None).await, created);
     let listed = server.ok("GET", "/v1/tools/", None).await;
     let names: Vec<&str> = listed.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 13, "{names:?}");
-    assert_eq!(names[12], "roll_die");
+    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names[15], "roll_die");
 
     let patched = server
         .ok("PATCH", &format!("/v1/tools/{id}"), Some(json!({"description": "Roll it.", "tags": []})))

@@ -19,6 +19,11 @@ pub const WORKING_MEMORY_SET: &str = "working_memory_set";
 pub const WORKING_MEMORY_GET: &str = "working_memory_get";
 pub const WORKING_MEMORY_DELETE: &str = "working_memory_delete";
 pub const RUN_CODE: &str = "run_code";
+pub const OPEN_FILES: &str = "open_files";
+pub const GREP_FILES: &str = "grep_files";
+pub const SEMANTIC_SEARCH_FILES: &str = "semantic_search_files";
+/// The file tools: attached with an agent's first folder, detached with its last.
+pub const FILE_TOOLS: [&str; 3] = [OPEN_FILES, GREP_FILES, SEMANTIC_SEARCH_FILES];
 /// The languages `run_code` offers (js only where node is installed).
 pub const RUN_CODE_LANGUAGES: [&str; 2] = ["python", "js"];
 
@@ -28,6 +33,8 @@ pub const TOOL_TYPE_CORE: &str = "letta_core";
 pub const TOOL_TYPE_MEMORY_CORE: &str = "letta_memory_core";
 /// Letta's `ToolType` of `memory_insert`/`memory_replace`.
 pub const TOOL_TYPE_SLEEPTIME_CORE: &str = "letta_sleeptime_core";
+/// Letta's `ToolType` of the file tools.
+pub const TOOL_TYPE_FILES_CORE: &str = "letta_files_core";
 /// Letta's `ToolType` for server-provided tools outside its core sets; ours
 /// for the working memory tools.
 pub const TOOL_TYPE_BUILTIN: &str = "letta_builtin";
@@ -180,6 +187,59 @@ pub fn builtin_tools() -> Vec<BuiltinTool> {
                 &["code", "language"],
             )
         },
+        BuiltinTool {
+            default_attached: false,
+            ..tool(
+                (OPEN_FILES, "tool-00000000-0000-4000-8000-6b656c70000d", TOOL_TYPE_FILES_CORE),
+                "Open files of your folders into your context, whole or a window of lines, so their \
+                 text shows in your directories. Past your limit of open files the least recently used \
+                 close. Name files as your directories list them: folder/file.",
+                json!({
+                    "file_requests": {
+                        "type": "array",
+                        "description": "The files to open.",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "file_name": string_param("Name of the file, folder/file."),
+                                "offset": integer_param("First line to show, counted from 0 (default 0)."),
+                                "length": integer_param("How many lines to show (default: to the end)."),
+                            },
+                            "required": ["file_name"],
+                        },
+                    },
+                    "close_all_others": {"type": "boolean", "description": "Close every other open file first (default false)."},
+                }),
+                &["file_requests"],
+            )
+        },
+        BuiltinTool {
+            default_attached: false,
+            ..tool(
+                (GREP_FILES, "tool-00000000-0000-4000-8000-6b656c70000e", TOOL_TYPE_FILES_CORE),
+                "Search the lines of every file in your folders with a regular expression \
+                 (case-insensitive); answers the matching lines with their neighbours.",
+                json!({
+                    "pattern": string_param("The regular expression to look for."),
+                    "include": string_param("Only files whose name matches this (a regex, or a glob such as *.md)."),
+                    "context_lines": integer_param("Lines shown before and after each match (default 1)."),
+                    "offset": integer_param("Skip this many matches (to page through many)."),
+                }),
+                &["pattern"],
+            )
+        },
+        BuiltinTool {
+            default_attached: false,
+            ..tool(
+                (SEMANTIC_SEARCH_FILES, "tool-00000000-0000-4000-8000-6b656c70000f", TOOL_TYPE_FILES_CORE),
+                "Search the files in your folders by meaning; answers the passages nearest the query.",
+                json!({
+                    "query": string_param("What to look for."),
+                    "limit": integer_param("How many passages to return (default 5, at most 50)."),
+                }),
+                &["query"],
+            )
+        },
     ]
 }
 
@@ -195,7 +255,7 @@ mod tests {
     #[test]
     fn builtin_tools_have_unique_names_and_ids_and_valid_schemas() {
         let tools = builtin_tools();
-        assert_eq!(tools.len(), 12);
+        assert_eq!(tools.len(), 15);
         for (index, tool) in tools.iter().enumerate() {
             assert!(tools[..index].iter().all(|other| other.name != tool.name && other.id != tool.id));
             assert_eq!(tool.json_schema["name"], tool.name);
@@ -220,5 +280,15 @@ mod tests {
         assert!(!run_code.default_attached);
         assert_eq!(tools.iter().filter(|tool| tool.default_attached).count(), 11);
         assert_eq!(run_code.json_schema["parameters"]["required"], json!(["code", "language"]));
+        for name in FILE_TOOLS {
+            let tool = builtin_tool(name).unwrap();
+            assert!(!tool.default_attached, "{name} comes with a folder");
+            assert_eq!(tool.tool_type, TOOL_TYPE_FILES_CORE);
+        }
+        assert_eq!(
+            builtin_tool(OPEN_FILES).unwrap().json_schema["parameters"]["properties"]["file_requests"]
+                ["items"]["required"],
+            json!(["file_name"])
+        );
     }
 }

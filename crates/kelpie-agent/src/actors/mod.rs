@@ -7,7 +7,10 @@
 //! - [`tool_store`]: every custom tool;
 //! - [`sandbox_config_store`]: the sandbox configuration and its variables;
 //! - [`run_store`]: one per run (`runs/<run id>`), its record;
-//! - [`reclaim`]: the agents whose storage awaits reclaiming.
+//! - [`reclaim`]: the agents whose storage awaits reclaiming;
+//! - [`folder_store`]: every folder's record and the agents it is attached to;
+//! - [`folder`]: one per folder (`folder/<folder id>`): its files, their
+//!   text and passages.
 //!
 //! None of them calls another actor or the network: the agent service
 //! composes them.
@@ -15,6 +18,8 @@
 pub mod agent;
 pub mod block_store;
 pub mod directory;
+pub mod folder;
+pub mod folder_store;
 pub mod identity_store;
 pub mod reclaim;
 pub mod run_store;

@@ -140,6 +140,10 @@ impl Agents {
             compaction: request.compaction_settings,
             tool_rules,
             identity_ids: Vec::new(),
+            folders: Vec::new(),
+            open_files: Vec::new(),
+            max_files_open: None,
+            file_window_chars: None,
             created_ms: now,
             updated_ms: now,
         };

@@ -21,12 +21,19 @@
 //! - [`steps::Steps`]: the steps of the runs, found by id;
 //! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
 //!   resets and abandoned imports leave in storage;
-//! - [`transfer::Transfer`]: export and import of agents.
+//! - [`transfer::Transfer`]: export and import of agents;
+//! - [`folders::Folders`]: folders and their files (upload, list, delete);
+//! - [`agent_files::AgentFiles`]: an agent's folders, open files and file tools;
+//! - [`documents::Documents`]: processing uploads into text and passages,
+//!   in the background, resumed after a crash.
 
 pub mod agent_actors;
+pub mod agent_files;
 pub mod agents;
 pub mod archival;
 pub mod directory;
+pub mod documents;
+pub mod folders;
 pub mod identities;
 mod locks;
 pub mod mcp;
@@ -83,6 +90,8 @@ pub struct AgentRuntimes {
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
+    pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
+    pub folders: Runtime<crate::actors::folder::FolderActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
     pub planted: crate::planted::Planted,
 }
@@ -100,6 +109,9 @@ pub struct AgentService {
     pub runs: Runs,
     pub transfer: Transfer,
     pub reclaimer: Arc<Reclaimer>,
+    pub folders: Arc<folders::Folders>,
+    pub agent_files: Arc<agent_files::AgentFiles>,
+    pub documents: Arc<documents::Documents>,
     directory: Arc<AgentDirectory>,
     actors: Arc<AgentActors>,
     env: Env,
@@ -137,8 +149,27 @@ impl AgentService {
             env.clone(),
         );
         let archival = Archival::new(Arc::clone(&actors), Arc::clone(&llm));
+        let folders = Arc::new(folders::Folders::new(
+            runtimes.folder_store,
+            runtimes.folders,
+            catalog.clone(),
+            env.clone(),
+        ));
+        let agent_files = Arc::new(agent_files::AgentFiles::new(
+            Arc::clone(&folders),
+            Arc::clone(&actors),
+            Arc::clone(&llm),
+            env.clone(),
+        ));
+        let documents = Arc::new(documents::Documents::new(
+            Arc::clone(&folders),
+            Arc::clone(&agent_files),
+            Arc::clone(&llm),
+            env.clone(),
+        ));
         let turns = Arc::new(Turns::new(
             Arc::clone(&actors),
+            Arc::clone(&agent_files),
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
             Arc::clone(&llm),
@@ -175,6 +206,9 @@ impl AgentService {
             runs,
             transfer,
             reclaimer,
+            folders,
+            agent_files,
+            documents,
             directory,
             actors,
             env,
@@ -257,6 +291,7 @@ impl AgentService {
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;
         self.identities.forget(agent_id).await?;
+        self.agent_files.forget_agent(agent_id).await?;
         Ok(deleted)
     }
 
@@ -287,6 +322,7 @@ impl AgentService {
     pub async fn shutdown(&self) {
         self.runs.stop_all().await;
         self.reclaimer.shutdown().await;
+        self.documents.shutdown().await;
         if !self.planted.has(crate::planted::PlantedBug::ShutdownLeavesAgentsServing) {
             self.actors.shutdown().await;
         }
@@ -294,6 +330,7 @@ impl AgentService {
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
         self.identities.shutdown().await;
+        self.folders.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;
     }

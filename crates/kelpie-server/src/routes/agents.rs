@@ -306,14 +306,14 @@ async fn import(
             }
             for event in form.feed(&chunk).map_err(unprocessable)? {
                 match event {
-                    FormEvent::Part { name } if name == "file" => {
+                    FormEvent::Part { name, .. } if name == "file" => {
                         if import.is_some() {
                             return Err(unprocessable("the form has two file fields".into()));
                         }
                         import = Some(state.service.transfer.import(form_options(&fields)?));
                         in_file = true;
                     }
-                    FormEvent::Part { name } => fields.push((name, Vec::new())),
+                    FormEvent::Part { name, .. } => fields.push((name, Vec::new())),
                     FormEvent::Data(bytes) if in_file => {
                         import.as_mut().expect("a file part is open").feed(&bytes).await?;
                     }

@@ -6,8 +6,10 @@ pub mod archival;
 pub mod blocks;
 pub mod cluster;
 pub mod extract;
+pub mod folders;
 pub mod health;
 pub mod identities;
+pub mod jobs;
 pub mod mcp;
 pub mod mcp_legacy;
 pub mod messages;
@@ -53,6 +55,8 @@ fn api_router(state: AppState) -> Router {
         .merge(blocks::router())
         .merge(shared_blocks::router())
         .merge(identities::router())
+        .merge(folders::router())
+        .merge(jobs::router())
         .merge(messages::router())
         .merge(archival::router())
         .merge(passages::router())

@@ -11,8 +11,9 @@ const PART_HEADERS_BYTES_MAX: usize = 8 * 1024;
 /// What the reader found, in body order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FormEvent {
-    /// A part begins: its field name.
-    Part { name: String },
+    /// A part begins: its field name, and for a file its name and type
+    /// as the client gave them.
+    Part { name: String, file_name: Option<String>, content_type: Option<String> },
     /// Some of the current part's content.
     Data(Vec<u8>),
     /// The current part is complete.
@@ -43,13 +44,49 @@ pub fn boundary(content_type: &str) -> Option<String> {
     })
 }
 
-/// The `name` of a part from its header block.
-fn field_name(headers: &str) -> Option<String> {
-    let disposition =
-        headers.lines().find(|line| line.to_ascii_lowercase().starts_with("content-disposition:"))?;
-    let start = disposition.find("name=\"")? + "name=\"".len();
-    let end = disposition[start..].find('"')? + start;
-    Some(disposition[start..end].to_string())
+/// The parameter `key` of a `Content-Disposition` value (`name`,
+/// `filename`), quoted or not; a key is matched whole, so `name` is never
+/// read out of `filename`.
+fn disposition_param(disposition: &str, key: &str) -> Option<String> {
+    let params = disposition.split_once(';')?.1;
+    let mut rest = params;
+    while !rest.is_empty() {
+        let (param, after) = split_param(rest.trim_start());
+        if let Some((k, v)) = param.split_once('=') {
+            if k.trim().eq_ignore_ascii_case(key) {
+                let v = v.trim();
+                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+                return Some(v.replace("\\\"", "\"").replace("\\\\", "\\"));
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The first `;`-separated parameter of `text` (a `;` inside quotes does
+/// not separate) and what follows it.
+fn split_param(text: &str) -> (&str, &str) {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => return (&text[..at], &text[at + 1..]),
+            _ => {}
+        }
+    }
+    (text, "")
+}
+
+/// The value of header `name` in a part's header block.
+fn header<'h>(headers: &'h str, name: &str) -> Option<&'h str> {
+    headers.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -149,10 +186,13 @@ impl FormReader {
             return Err(format!("a form has at most {FORM_PARTS_COUNT_MAX} parts"));
         }
         let headers = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
-        let name = field_name(&headers).ok_or("multipart part without a name")?;
+        let disposition = header(&headers, "content-disposition").unwrap_or_default();
+        let name = disposition_param(disposition, "name").ok_or("multipart part without a name")?;
+        let file_name = disposition_param(disposition, "filename");
+        let content_type = header(&headers, "content-type").map(str::to_string);
         self.buffer.drain(..end + 4);
         self.parts_count += 1;
-        self.events.push(FormEvent::Part { name });
+        self.events.push(FormEvent::Part { name, file_name, content_type });
         self.state = State::Content;
         Ok(true)
     }
@@ -195,7 +235,7 @@ Content-Type: application/json\r\n\r\n{\"a\":\"--xy\r\n--xy\"}\r\n--xyz\r\nConte
         for chunk in body.chunks(size) {
             for event in reader.feed(chunk)? {
                 match event {
-                    FormEvent::Part { name } => {
+                    FormEvent::Part { name, .. } => {
                         assert!(!open);
                         open = true;
                         parts.push((name, Vec::new()));
@@ -224,6 +264,27 @@ Content-Type: application/json\r\n\r\n{\"a\":\"--xy\r\n--xy\"}\r\n--xyz\r\nConte
         for size in 1..=clean.len() {
             assert_eq!(parts(clean, size).unwrap(), vec![("f".to_string(), b"abc\r\n--xy".to_vec())]);
         }
+    }
+
+    #[test]
+    fn parts_carry_their_file_name_and_type() {
+        let body = b"--xyz\r\nContent-Disposition: form-data; filename=\"we;ird \\\"name\\\".md\"; name=\"file\"\r\n\
+content-type: text/markdown\r\n\r\n# hi\r\n--xyz\r\nContent-Disposition: form-data; name=plain\r\n\r\nx\r\n--xyz--";
+        let mut reader = FormReader::new("xyz");
+        let events = reader.feed(body).unwrap();
+        reader.finish().unwrap();
+        let starts: Vec<_> = events.into_iter().filter(|e| matches!(e, FormEvent::Part { .. })).collect();
+        assert_eq!(
+            starts,
+            vec![
+                FormEvent::Part {
+                    name: "file".into(),
+                    file_name: Some("we;ird \"name\".md".into()),
+                    content_type: Some("text/markdown".into()),
+                },
+                FormEvent::Part { name: "plain".into(), file_name: None, content_type: None },
+            ]
+        );
     }
 
     #[test]

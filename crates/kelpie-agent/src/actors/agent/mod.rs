@@ -100,6 +100,10 @@ pub struct StepInput {
     pub hold_calls: bool,
     #[serde(default)]
     pub timing: Option<StepTiming>,
+    /// Changes to the open files the step's file tools made (applied after
+    /// its calls, with the step).
+    #[serde(default)]
+    pub file_ops: Vec<crate::files::FileOp>,
 }
 
 /// The client's answer to a pending approval request, to persist with the
@@ -115,6 +119,9 @@ pub struct ApprovalInput {
     /// in a sandbox or on an MCP server); the others are built-in tools run here.
     pub external: Vec<ExternalResult>,
     pub embeddings: Vec<TextEmbedding>,
+    /// Changes to the open files the approved file tool calls made.
+    #[serde(default)]
+    pub file_ops: Vec<crate::files::FileOp>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -230,6 +237,15 @@ pub enum AgentCommand {
         step_id: String,
         patch: StepPatch,
     },
+    /// Attaches or refreshes (`Some`) or detaches (`None`) folder
+    /// `folder_id`: the file tools come with the first folder and go with
+    /// the last; a detached folder's files close.
+    SetFolder {
+        folder_id: String,
+        folder: Option<Box<crate::files::AgentFolder>>,
+    },
+    /// Changes the open files; answers the names of the files closed.
+    FileOps(Vec<crate::files::FileOp>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -267,6 +283,11 @@ pub enum AgentReply {
         messages: Vec<StoredMessage>,
     },
     Deleted(bool),
+    /// Names of the files an operation closed, and the agent after it.
+    FilesClosed {
+        agent: Box<AgentRecord>,
+        closed: Vec<String>,
+    },
     Done,
 }
 
@@ -331,6 +352,11 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Counts(store::ensure_counted(ctx).await?))
             }
             AgentCommand::Update(patch) => update(ctx, *patch),
+            AgentCommand::SetFolder { folder_id, folder } => set_folder(ctx, &folder_id, folder.map(|f| *f)),
+            AgentCommand::FileOps(ops) => {
+                let closed = file_ops(ctx, ops)?;
+                Ok(AgentReply::FilesClosed { agent: Box::new(agent(ctx)?), closed })
+            }
             AgentCommand::Delete => {
                 windows.forget(ctx.actor_id);
                 delete(ctx, indexes).await
@@ -524,6 +550,59 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     Ok(AgentReply::Agent(Box::new(agent.clone())))
 }
 
+fn set_folder(
+    ctx: &mut Ctx<'_>,
+    folder_id: &str,
+    folder: Option<crate::files::AgentFolder>,
+) -> Result<AgentReply> {
+    let now = ctx.env.clock.wall_ms();
+    let agent = agent_mut(ctx)?;
+    let file_tools: Vec<&str> = kelpie_tools::builtin::FILE_TOOLS
+        .iter()
+        .filter_map(|name| kelpie_tools::builtin_tool(name).map(|tool| tool.id))
+        .collect();
+    match folder {
+        Some(folder) => {
+            match agent.folders.iter_mut().find(|f| f.id == folder_id) {
+                Some(held) => *held = folder,
+                None => agent.folders.push(folder),
+            }
+            for id in &file_tools {
+                if !agent.tool_ids.iter().any(|held| held == id) {
+                    agent.tool_ids.push(id.to_string());
+                }
+            }
+        }
+        None => {
+            agent.folders.retain(|f| f.id != folder_id);
+            agent.open_files.retain(|f| f.folder_id != folder_id);
+            if agent.folders.is_empty() {
+                agent.tool_ids.retain(|id| !file_tools.contains(&id.as_str()));
+            }
+        }
+    }
+    agent.updated_ms = now;
+    Ok(AgentReply::Agent(Box::new(agent.clone())))
+}
+
+/// Applies `ops` to the open files; the names of the files closed.
+fn file_ops(ctx: &mut Ctx<'_>, ops: Vec<crate::files::FileOp>) -> Result<Vec<String>> {
+    let agent = agent_mut(ctx)?;
+    let (max_open, _) = agent.file_limits();
+    let mut closed = Vec::new();
+    for op in ops {
+        // A file of a folder no longer attached is not opened.
+        if let crate::files::FileOp::Open(file) = &op {
+            if !agent.folders.iter().any(|folder| folder.id == file.folder_id) {
+                continue;
+            }
+        }
+        closed.extend(crate::files::apply(&mut agent.open_files, op, max_open));
+    }
+    closed.retain(|name| !agent.open_files.iter().any(|file| &file.file_name == name));
+    Ok(closed)
+}
+
 /// Gone at once: the agent is not found from now on and its id is free;
 /// its messages and passages are left to [`AgentCommand::Reclaim`].
 async fn delete(ctx: &mut Ctx<'_>, indexes: &archive::ArchivalIndexes) -> Result<AgentReply> {
@@ -647,6 +726,7 @@ async fn commit_approval(
         tid: None,
     };
     runs::record_step(ctx, boot_id, &input.run, step, None).await?;
+    file_ops(ctx, input.file_ops)?;
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
@@ -694,6 +774,9 @@ async fn commit_step(
         tid: None,
     };
     runs::record_step(ctx, boot_id, &step.run, record, step.end.clone()).await?;
+    if !step.hold_calls {
+        file_ops(ctx, step.file_ops)?;
+    }
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })

@@ -22,6 +22,7 @@ use kelpie_tools::SEND_MESSAGE;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::agent_files::AgentFiles;
 use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
 use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ApprovalInput, ExternalResult, StepInput};
@@ -193,6 +194,7 @@ fn prompt_parts<'a>(
 
 pub struct Turns {
     actors: Arc<AgentActors>,
+    agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
     sandbox_configs: Arc<SandboxConfigs>,
     llm: Arc<dyn ChatModel>,
@@ -203,13 +205,14 @@ pub struct Turns {
 impl Turns {
     pub(crate) fn new(
         actors: Arc<AgentActors>,
+        agent_files: Arc<AgentFiles>,
         tools: Arc<ToolService>,
         sandbox_configs: Arc<SandboxConfigs>,
         llm: Arc<dyn ChatModel>,
         catalog: ModelCatalog,
         env: Env,
     ) -> Self {
-        Turns { actors, tools, sandbox_configs, llm, catalog, env }
+        Turns { actors, agent_files, tools, sandbox_configs, llm, catalog, env }
     }
 
     /// The context window of agent `agent_ref` as stored.
@@ -320,6 +323,8 @@ impl Turns {
             .collect();
         let mut external =
             external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &approved).await;
+        let (file_results, file_ops) = self.agent_files.run_calls(&agent, &approved).await;
+        external.extend(file_results);
         for decision in &decisions {
             let (result, ok) = match &decision.verdict {
                 ApprovalVerdict::Approve { .. } => continue,
@@ -348,6 +353,7 @@ impl Turns {
             calls: held,
             external,
             embeddings,
+            file_ops,
         };
         run.begun.clone().await.map_err(|reason| ServiceError::Core(kelpie_core::Error::Internal(reason)))?;
         let AgentReply::Step { agent, messages } =
@@ -408,8 +414,8 @@ impl Turns {
             let replied =
                 answer.tool_calls.is_empty() || allowed_calls.iter().any(|call| call.name == SEND_MESSAGE);
             let tools_start_ns = clock.monotonic_ns();
-            let (external, embeddings) = match hold {
-                true => (Vec::new(), Vec::new()),
+            let (external, embeddings, file_ops) = match hold {
+                true => (Vec::new(), Vec::new(), Vec::new()),
                 false => {
                     let mut external = external::run_external_calls(
                         &self.tools,
@@ -419,8 +425,10 @@ impl Turns {
                         &allowed_calls,
                     )
                     .await;
+                    let (file_results, file_ops) = self.agent_files.run_calls(&agent, &allowed_calls).await;
+                    external.extend(file_results);
                     external.extend(refused.iter().cloned());
-                    (external, self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?)
+                    (external, self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?, file_ops)
                 }
             };
             let tool_execution_ns = clock.monotonic_ns().saturating_sub(tools_start_ns);
@@ -456,6 +464,7 @@ impl Turns {
                     tool_execution_ns,
                     step_ns: clock.monotonic_ns().saturating_sub(start_ns),
                 }),
+                file_ops,
             };
             turn.run
                 .begun
@@ -501,8 +510,9 @@ impl Turns {
 
     /// `POST /v1/agents/{id}/tools/{tool_name}/run`: calls one of the
     /// agent's tools once with `args`, with the agent's environment, outside
-    /// any turn (nothing is stored); Letta's `ToolExecutionResult`. Built-in
-    /// tools that edit the agent's memory run only in its loop.
+    /// any turn (nothing is stored but what `open_files` opens); Letta's
+    /// `ToolExecutionResult`. Built-in tools that edit the agent's memory run
+    /// only in its loop.
     pub async fn run_tool(&self, agent_id: &str, tool_name: &str, args: Value) -> ServiceResult<Value> {
         let agent = self.actors.record(agent_id).await?;
         let custom = self.tools.custom_tools().await?;
@@ -511,8 +521,10 @@ impl Turns {
                 "tool {tool_name} is not attached to agent {agent_id}"
             )));
         }
-        let external_tool =
-            tool_name == kelpie_tools::RUN_CODE || custom.iter().any(|tool| tool.name == tool_name);
+        let file_tool = kelpie_tools::builtin::FILE_TOOLS.contains(&tool_name);
+        let external_tool = file_tool
+            || tool_name == kelpie_tools::RUN_CODE
+            || custom.iter().any(|tool| tool.name == tool_name);
         if !external_tool {
             return Err(ServiceError::Invalid(format!(
                 "built-in tool {tool_name} works on the agent's memory and runs only in its loop"
@@ -524,8 +536,14 @@ impl Turns {
             name: tool_name.to_string(),
             arguments: args.to_string(),
         };
-        let sandbox = self.sandbox_configs.tool_settings().await?;
-        let results = external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &[call]).await;
+        let results = match file_tool {
+            // Outside a turn, what `open_files` changes is applied at once.
+            true => vec![self.agent_files.run_tool(&agent, &call).await?],
+            false => {
+                let sandbox = self.sandbox_configs.tool_settings().await?;
+                external::run_external_calls(&self.tools, &agent, &custom, &sandbox, &[call]).await
+            }
+        };
         let result = results.into_iter().next().ok_or_else(|| unexpected("a tool run"))?;
         let lines = |text: Option<String>| match text.filter(|t| !t.is_empty()) {
             Some(text) => json!([text]),
@@ -653,6 +671,8 @@ impl Turns {
         let history = &window.history[window.history.len() - shown..];
         let core = format!("{}\n{}", context::core_memory_text(&agent), agent.working.render(now_ms));
         let metadata = context::metadata_text(&agent, history.len(), hidden, now_ms);
+        let directories =
+            crate::files::directories_text(&agent.folders, &agent.open_files, agent.file_limits());
         let functions: Vec<Value> = prompt::tool_schemas(&agent, &custom)
             .into_iter()
             .map(|schema| json!({"type": "function", "function": schema}))
@@ -661,8 +681,14 @@ impl Turns {
         let message_tokens: u64 = history.iter().map(context::message_tokens).sum();
         let summary_tokens = window.summary_content.as_deref().map_or(0, tokens);
         let functions_tokens = tokens(&Value::Array(functions.clone()).to_string());
-        let counted =
-            [tokens(&agent.system), tokens(&core), tokens(&metadata), summary_tokens, functions_tokens];
+        let counted = [
+            tokens(&agent.system),
+            tokens(&core),
+            tokens(&metadata),
+            tokens(&directories),
+            summary_tokens,
+            functions_tokens,
+        ];
         let messages: Vec<Value> =
             history.iter().map(|message| crate::letta::internal_message_json(agent_id, message)).collect();
         Ok(json!({
@@ -676,7 +702,8 @@ impl Turns {
             "num_tokens_core_memory": tokens(&core), "core_memory": core,
             "num_tokens_memory_filesystem": 0, "memory_filesystem": null,
             "num_tokens_tool_usage_rules": 0, "tool_usage_rules": null,
-            "num_tokens_directories": 0, "directories": null,
+            "num_tokens_directories": tokens(&directories),
+            "directories": (!directories.is_empty()).then_some(directories.as_str()),
             "num_tokens_summary_memory": summary_tokens, "summary_memory": window.summary_content,
             "num_tokens_functions_definitions": functions_tokens, "functions_definitions": functions,
             "num_tokens_messages": message_tokens, "messages": messages,
