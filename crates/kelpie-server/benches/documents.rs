@@ -204,7 +204,7 @@ async fn many_files(bench: Arc<Bench>) {
             &bench,
             reqwest::Method::POST,
             &tool("semantic_search_files"),
-            Some(json!({"query": query, "limit": 5})),
+            Some(json!({"args": {"query": query, "limit": 5}})),
         )
         .await;
         latencies.push(begun.elapsed());
@@ -217,7 +217,7 @@ async fn many_files(bench: Arc<Bench>) {
         let begun = Instant::now();
         let pattern = format!("Serial 00{:02}", n * 3);
         let result =
-            request(&bench, reqwest::Method::POST, &tool("grep_files"), Some(json!({"pattern": pattern})))
+            request(&bench, reqwest::Method::POST, &tool("grep_files"), Some(json!({"args": {"pattern": pattern}})))
                 .await;
         latencies.push(begun.elapsed());
         assert!(result["func_return"].as_str().expect("text").starts_with("Found"), "{result}");

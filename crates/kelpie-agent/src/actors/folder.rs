@@ -13,6 +13,8 @@
 //! | `t/<seq>.<attempt>/<page>` | the parsed text, a page of whole lines per key ([`TextPage`]) |
 //! | `p/<seq>.<attempt>/<chunk>` | a passage ([`FilePassage`]) |
 //! | `q/<seq>.<attempt>/<chunk>` | the passage's search code |
+//! | `w/<seq>` | nothing: the file is not processed to its end yet |
+//! | `r/<n>` | a key prefix to delete (the `n`-th queued) |
 //!
 //! `<seq>` and `<chunk>` are 16 hex digits, `<attempt>` 2. Each processing
 //! attempt of a file writes under its own prefix, so a crashed attempt's
@@ -64,6 +66,8 @@ pub const GREP_MATCHES_COUNT_MAX: usize = 1_000;
 pub const GREP_TEXT_CHARS_MAX: u64 = 200 * 1024 * 1024;
 /// Candidates a semantic search ranks by their codes, per result.
 const SEARCH_RERANK_FACTOR: usize = 4;
+/// Unfinished files one claim reads per page while looking for one to take.
+const CLAIM_SCAN_COUNT: usize = 64;
 /// Bits of a passage's index key given to its chunk number.
 const CHUNK_BITS: u32 = 24;
 
@@ -171,10 +175,11 @@ pub struct FolderState {
     pub files_count: u64,
     /// Bytes of the listed files.
     pub files_bytes: u64,
-    /// Files received and not yet processed to the end, oldest first.
-    pub unfinished: Vec<u64>,
-    /// Key prefixes still to delete, oldest first.
-    pub reclaim: Vec<String>,
+    /// Files received and not processed to the end (each a `w/<seq>` key).
+    pub unfinished_count: u64,
+    /// Key prefixes still to delete (each an `r/<n>` key), and the next `n`.
+    pub reclaim_count: u64,
+    pub next_reclaim: u64,
     /// The folder is deleted: everything it holds is to reclaim.
     pub deleted: bool,
     /// Changes with every write of codes (see `actors::agent::archive`):
@@ -471,20 +476,47 @@ fn suffixed(name: &str, n: u64) -> String {
     }
 }
 
+fn unfinished_key(seq: u64) -> Vec<u8> {
+    format!("w/{seq:016x}").into_bytes()
+}
+
+fn mark_unfinished(ctx: &mut Ctx<'_>, seq: u64) -> Result<()> {
+    ctx.kv_put(&unfinished_key(seq), Vec::new())?;
+    ctx.state.unfinished_count += 1;
+    Ok(())
+}
+
+async fn unmark_unfinished(ctx: &mut Ctx<'_>, seq: u64) -> Result<()> {
+    if ctx.kv_get(&unfinished_key(seq)).await?.is_some() {
+        ctx.kv_delete(&unfinished_key(seq))?;
+        ctx.state.unfinished_count -= 1;
+    }
+    Ok(())
+}
+
+/// Queues the keys under `prefix` for deletion.
+fn queue_reclaim(ctx: &mut Ctx<'_>, prefix: String) -> Result<()> {
+    let key = format!("r/{:016x}", ctx.state.next_reclaim).into_bytes();
+    ctx.kv_put(&key, prefix.into_bytes())?;
+    ctx.state.next_reclaim += 1;
+    ctx.state.reclaim_count += 1;
+    Ok(())
+}
+
 /// Unlists a file and queues everything it holds for reclaiming.
-fn remove_file(ctx: &mut Ctx<'_>, record: &FileRecord) -> Result<()> {
+async fn remove_file(ctx: &mut Ctx<'_>, record: &FileRecord) -> Result<()> {
     ctx.kv_delete(&file_key(record.seq))?;
     ctx.kv_delete(&id_key(&record.id))?;
     ctx.kv_delete(&name_key(&record.file_name))?;
-    ctx.state.unfinished.retain(|seq| *seq != record.seq);
+    unmark_unfinished(ctx, record.seq).await?;
     if record.status != FileStatus::Receiving {
         ctx.state.files_count -= 1;
         ctx.state.files_bytes = ctx.state.files_bytes.saturating_sub(record.size_bytes);
     }
-    ctx.state.reclaim.push(format!("u/{:016x}/", record.seq));
+    queue_reclaim(ctx, format!("u/{:016x}/", record.seq))?;
     for attempt in 1..=record.attempt {
         for kind in ['t', 'p', 'q'] {
-            ctx.state.reclaim.push(attempt_prefix(kind, record.seq, attempt));
+            queue_reclaim(ctx, attempt_prefix(kind, record.seq, attempt))?;
         }
     }
     ctx.state.passage_token = ctx.env.rng.next_u64();
@@ -502,7 +534,7 @@ async fn begin_file(
     if record.original_file_name.is_empty() || record.original_file_name.len() > FILE_NAME_BYTES_MAX {
         return Err(Error::validation("file_name", format!("must be 1..={FILE_NAME_BYTES_MAX} bytes")));
     }
-    if ctx.state.files_count + ctx.state.unfinished.len() as u64 >= FOLDER_FILES_COUNT_MAX {
+    if ctx.state.files_count >= FOLDER_FILES_COUNT_MAX {
         return Err(Error::LimitExceeded {
             what: "files in the folder".into(),
             actual: ctx.state.files_count + 1,
@@ -525,7 +557,7 @@ async fn begin_file(
                     ))
                 }
                 DuplicateHandling::Replace => {
-                    remove_file(ctx, &existing)?;
+                    remove_file(ctx, &existing).await?;
                     replaced = Some(Box::new(existing));
                 }
                 DuplicateHandling::Suffix => {
@@ -549,56 +581,70 @@ async fn begin_file(
     ctx.kv_put(&id_key(&record.id), encode(&record.seq)?)?;
     ctx.kv_put(&name_key(&record.file_name), encode(&record.seq)?)?;
     // A receiving file is unfinished: a crash before its end reclaims it.
-    ctx.state.unfinished.push(record.seq);
+    mark_unfinished(ctx, record.seq)?;
     Ok(FolderReply::Began { record: Box::new(record), replaced })
 }
 
 async fn claim_next(ctx: &mut Ctx<'_>, worker: String, now_ms: u64) -> Result<FolderReply> {
-    for seq in ctx.state.unfinished.clone() {
-        let Some(mut record) = record_at(ctx, seq).await? else {
-            ctx.state.unfinished.retain(|s| *s != seq);
-            continue;
-        };
-        if record.status == FileStatus::Receiving {
-            // Its upload has not ended: dropped once no chunk has arrived
-            // for UPLOAD_IDLE_MS (a live upload writes a chunk far sooner).
-            if record.updated_ms + UPLOAD_IDLE_MS < now_ms {
-                remove_file(ctx, &record)?;
-            }
-            continue;
-        }
-        if let Some((_, until)) = &record.lease {
-            if *until > now_ms {
-                continue;
+    let mut range = KeyRange::prefix("w/".to_string());
+    loop {
+        let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, CLAIM_SCAN_COUNT).await?;
+        for (key, _) in &rows {
+            let seq = crate::actors::agent::store::seq_of_key(key)?;
+            if let Some(record) = claim(ctx, seq, &worker, now_ms).await? {
+                return Ok(FolderReply::File(Box::new(record)));
             }
         }
-        if record.attempt >= FILE_ATTEMPTS_COUNT_MAX {
-            record.status = FileStatus::Error;
-            record.error_message =
-                Some(format!("processing was interrupted {FILE_ATTEMPTS_COUNT_MAX} times; giving up"));
-            record.lease = None;
-            record.updated_ms = now_ms;
-            put_record(ctx, &record)?;
-            ctx.state.unfinished.retain(|s| *s != seq);
-            continue;
+        match rows.last() {
+            Some((key, _)) if rows.len() == CLAIM_SCAN_COUNT => range.start = Bound::Excluded(key.clone()),
+            _ => return Ok(FolderReply::NoFile),
         }
-        // The previous attempt's output, if any, is never read again.
-        if record.attempt > 0 {
-            for kind in ['t', 'p', 'q'] {
-                ctx.state.reclaim.push(attempt_prefix(kind, seq, record.attempt));
-            }
-            ctx.state.passage_token = ctx.env.rng.next_u64();
+    }
+}
+
+/// Claims unfinished file `seq` for `worker` when no live claim holds it
+/// (a new attempt); drops an abandoned upload and gives up a file
+/// interrupted too often.
+async fn claim(ctx: &mut Ctx<'_>, seq: u64, worker: &str, now_ms: u64) -> Result<Option<FileRecord>> {
+    let Some(mut record) = record_at(ctx, seq).await? else {
+        unmark_unfinished(ctx, seq).await?;
+        return Ok(None);
+    };
+    if record.status == FileStatus::Receiving {
+        // Its upload has not ended: dropped once no chunk has arrived
+        // for UPLOAD_IDLE_MS (a live upload writes a chunk far sooner).
+        if record.updated_ms + UPLOAD_IDLE_MS < now_ms {
+            remove_file(ctx, &record).await?;
         }
-        record.attempt += 1;
-        record.status = FileStatus::Parsing;
-        record.lease = Some((worker, now_ms + PROCESSING_LEASE_MS));
-        record.total_chunks = None;
-        record.chunks_embedded = None;
+        return Ok(None);
+    }
+    if record.lease.as_ref().is_some_and(|(_, until)| *until > now_ms) {
+        return Ok(None);
+    }
+    if record.attempt >= FILE_ATTEMPTS_COUNT_MAX {
+        record.status = FileStatus::Error;
+        record.error_message = Some(format!("processing was interrupted {FILE_ATTEMPTS_COUNT_MAX} times; giving up"));
+        record.lease = None;
         record.updated_ms = now_ms;
         put_record(ctx, &record)?;
-        return Ok(FolderReply::File(Box::new(record)));
+        unmark_unfinished(ctx, seq).await?;
+        return Ok(None);
     }
-    Ok(FolderReply::NoFile)
+    // The previous attempt's output, if any, is never read again.
+    if record.attempt > 0 {
+        for kind in ['t', 'p', 'q'] {
+            queue_reclaim(ctx, attempt_prefix(kind, seq, record.attempt))?;
+        }
+        ctx.state.passage_token = ctx.env.rng.next_u64();
+    }
+    record.attempt += 1;
+    record.status = FileStatus::Parsing;
+    record.lease = Some((worker.to_string(), now_ms + PROCESSING_LEASE_MS));
+    record.total_chunks = None;
+    record.chunks_embedded = None;
+    record.updated_ms = now_ms;
+    put_record(ctx, &record)?;
+    Ok(Some(record))
 }
 
 fn bounded_limit(limit: usize) -> usize {
@@ -897,7 +943,6 @@ async fn list_passages(
 
 async fn reclaim(ctx: &mut Ctx<'_>, keys_max: usize) -> Result<bool> {
     let keys_max = keys_max.clamp(1, RECLAIM_BATCH_KEYS_COUNT);
-    let mut deleted = 0;
     if ctx.state.deleted {
         let rows = ctx.kv_scan_page(&KeyRange::prefix(String::new()), ScanOrder::Ascending, keys_max).await?;
         for (key, _) in &rows {
@@ -905,9 +950,15 @@ async fn reclaim(ctx: &mut Ctx<'_>, keys_max: usize) -> Result<bool> {
         }
         return Ok(rows.len() < keys_max);
     }
-    while let Some(prefix) = ctx.state.reclaim.first().cloned() {
-        let rows =
-            ctx.kv_scan_page(&KeyRange::prefix(prefix), ScanOrder::Ascending, keys_max - deleted).await?;
+    let mut deleted = 0;
+    loop {
+        let queued = ctx.kv_scan_page(&KeyRange::prefix("r/".to_string()), ScanOrder::Ascending, 1).await?;
+        let Some((queue_key, prefix)) = queued.into_iter().next() else { return Ok(true) };
+        let prefix = String::from_utf8(prefix).map_err(|_| Error::Corruption {
+            location: "folder reclaim queue".into(),
+            reason: "a prefix that is not UTF-8".into(),
+        })?;
+        let rows = ctx.kv_scan_page(&KeyRange::prefix(prefix), ScanOrder::Ascending, keys_max - deleted).await?;
         for (key, _) in &rows {
             ctx.kv_delete(key)?;
         }
@@ -915,9 +966,9 @@ async fn reclaim(ctx: &mut Ctx<'_>, keys_max: usize) -> Result<bool> {
         if deleted == keys_max {
             return Ok(false);
         }
-        ctx.state.reclaim.remove(0);
+        ctx.kv_delete(&queue_key)?;
+        ctx.state.reclaim_count -= 1;
     }
-    Ok(true)
 }
 
 impl Actor for FolderActor {
@@ -937,7 +988,7 @@ impl Actor for FolderActor {
                 Ok(FolderReply::Reclaimed { done })
             }
             FolderCommand::HasWork => Ok(FolderReply::Work(
-                deleted || !ctx.state.unfinished.is_empty() || !ctx.state.reclaim.is_empty(),
+                deleted || ctx.state.unfinished_count > 0 || ctx.state.reclaim_count > 0,
             )),
             _ if deleted => Err(Error::NotFound { kind: "folder", id: folder_id }),
             FolderCommand::BeginFile { record, duplicate } => begin_file(ctx, *record, duplicate).await,
@@ -967,7 +1018,7 @@ impl Actor for FolderActor {
             }
             FolderCommand::AbortFile { seq } => {
                 if let Some(record) = record_at(ctx, seq).await? {
-                    remove_file(ctx, &record)?;
+                    remove_file(ctx, &record).await?;
                 }
                 Ok(FolderReply::Done)
             }
@@ -1008,9 +1059,9 @@ impl Actor for FolderActor {
                 renew(&mut record, now_ms);
                 if record.status.is_final() {
                     record.lease = None;
-                    ctx.state.unfinished.retain(|s| *s != seq);
+                    unmark_unfinished(ctx, seq).await?;
                     // The upload is no longer needed once processed.
-                    ctx.state.reclaim.push(format!("u/{seq:016x}/"));
+                    queue_reclaim(ctx, format!("u/{seq:016x}/"))?;
                     ctx.state.passage_token = ctx.env.rng.next_u64();
                 }
                 put_record(ctx, &record)?;
@@ -1054,13 +1105,13 @@ impl Actor for FolderActor {
             }
             FolderCommand::DeleteFile { id } => {
                 let record = record_by_id(ctx, &id).await?;
-                remove_file(ctx, &record)?;
+                remove_file(ctx, &record).await?;
                 Ok(FolderReply::File(Box::new(record)))
             }
             FolderCommand::DeleteAll => {
                 ctx.state.deleted = true;
-                ctx.state.unfinished.clear();
-                ctx.state.reclaim.clear();
+                ctx.state.unfinished_count = 0;
+                ctx.state.reclaim_count = 0;
                 self.indexes.lock().expect("folder index lock").remove(ctx.actor_id);
                 Ok(FolderReply::Done)
             }

@@ -180,6 +180,9 @@ impl AgentFiles {
     /// current and the file opens in each (as Letta does).
     pub(crate) async fn file_completed(&self, folder_id: &str, file: &FileRecord) -> ServiceResult<()> {
         let folder = self.folders.record(folder_id).await?;
+        if folder.agent_ids.is_empty() {
+            return Ok(());
+        }
         let snapshot = self.folders.snapshot(&folder).await?;
         for agent_id in &folder.agent_ids {
             let agent = match self.set_folder(agent_id, folder_id, Some(snapshot.clone())).await {
