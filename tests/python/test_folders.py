@@ -8,6 +8,8 @@ import pytest
 from letta_client import APIStatusError, NotFoundError
 
 PROCESSING_TIMEOUT_S = 30
+# More than the 50 files of a folder the prompt names (PROMPT_FOLDER_FILES_COUNT_MAX).
+FILES_COUNT = 57
 
 
 def _pdf(pages):
@@ -126,6 +128,13 @@ def test_upload_attach_search_open_detach_delete(client, kelpie_url):
     assert client.agents.files.open(files["guide.md"].id, agent_id=agent.id) == []
     assert [f.file_id for f in client.agents.files.list(agent.id, is_open=True)] == [files["guide.md"].id]
 
+    # A copy made by export and import is attached to nothing.
+    exported = client.agents.export_file(agent.id)
+    copy_id = client.agents.import_file(file=("agent.json", exported.encode(), "application/json")).agent_ids[0]
+    assert client.agents.retrieve(copy_id).sources == []
+    assert list(client.agents.files.list(copy_id)) == []
+    assert httpx.get(f"{kelpie_url}/v1/folders/{folder.id}/agents").json() == [agent.id]
+
     detached = client.agents.folders.detach(folder.id, agent_id=agent.id)
     assert not {"open_files", "grep_files", "semantic_search_files"} & {t.name for t in detached.tools}
     assert list(client.agents.files.list(agent.id)) == []
@@ -169,7 +178,7 @@ def test_uploads_refuse_bad_types_and_handle_duplicates(client, kelpie_url):
 def test_a_folder_of_many_files_pages_to_the_end(client, kelpie_url):
     folder = client.folders.create(name="py-many")
     ids = []
-    for n in range(23):
+    for n in range(FILES_COUNT):
         uploaded = client.folders.files.upload(folder.id, file=(f"f{n:02}.txt", f"file number {n}".encode(), "text/plain"))
         ids.append(uploaded.id)
     for file_id in ids:
@@ -182,9 +191,15 @@ def test_a_folder_of_many_files_pages_to_the_end(client, kelpie_url):
     assert sorted(through_pager) == sorted(ids)
     # Opened at attach up to the agent's limit (5 for a 32k window), no more.
     assert len(list(client.agents.files.list(agent.id, is_open=True))) == 5
+    # The prompt names the first 50 files (5 open, 45 closed) and counts the rest.
+    # (letta-client 1.x has no method for Letta's context route.)
+    directories = httpx.get(f"{kelpie_url}/v1/agents/{agent.id}/context").json()["directories"]
+    assert directories.count('<file status="open"') == 5
+    assert directories.count('<file status="closed"') == 45
+    assert f'<more_files count="{FILES_COUNT - 50}">' in directories
     metadata = httpx.get(
         f"{kelpie_url}/v1/folders/metadata", params={"include_detailed_per_source_metadata": "true"}
     ).json()
     mine = [s for s in metadata["sources"] if s["source_id"] == folder.id][0]
-    assert mine["file_count"] == 23 and len(mine["files"]) == 23
+    assert mine["file_count"] == FILES_COUNT and len(mine["files"]) == FILES_COUNT
     assert httpx.get(f"{kelpie_url}/v1/folders/count").json() == metadata["total_sources"]

@@ -2,14 +2,17 @@
 //! by the test: a worker's claim and its lease (a second worker waits, then
 //! takes the file over as a new attempt, and the first one's writes are
 //! refused and never searched), an upload abandoned mid-way, a folder
-//! deleted with more keys than one reclaim batch, and listing more files
-//! than one store page, both ways, by cursor.
+//! deleted with more keys than one reclaim batch, listing more files than
+//! one store page, both ways, by cursor, a file interrupted more often than
+//! `FILE_ATTEMPTS_COUNT_MAX`, a grep past `GREP_MATCHES_COUNT_MAX` and a
+//! folder past `FOLDER_FILES_COUNT_MAX`.
 
 use std::ops::Bound;
 
 use kelpie_agent::actors::folder::{
     DuplicateHandling, FilePassage, FileRecord, FileStatus, FolderActor, FolderCommand, FolderReply,
-    Progress, TextPage, FOLDER_NAMESPACE, PROCESSING_LEASE_MS, UPLOAD_IDLE_MS,
+    Progress, TextPage, FILE_ATTEMPTS_COUNT_MAX, FOLDER_FILES_COUNT_MAX, FOLDER_NAMESPACE,
+    GREP_MATCHES_COUNT_MAX, PROCESSING_LEASE_MS, UPLOAD_IDLE_MS,
 };
 use kelpie_agent::limits::{RECLAIM_BATCH_KEYS_COUNT, STORE_PAGE_COUNT_MAX};
 use kelpie_agent::node::{agent_runtimes, Placement};
@@ -312,4 +315,83 @@ async fn files_past_one_store_page_are_listed_by_cursor_both_ways() {
         panic!("stats")
     };
     assert_eq!((files_count, files_bytes), (count as u64, count as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_interrupted_too_often_ends_in_error_and_greps_stop_at_their_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let runtime = folders(&storage);
+    let seq = received(&runtime, 1, b"x").await;
+    for attempt in 1..=FILE_ATTEMPTS_COUNT_MAX {
+        let now_ms = T0_MS + u64::from(attempt) * 2 * PROCESSING_LEASE_MS;
+        let claim = FolderCommand::ClaimNext { worker: format!("w{attempt}"), now_ms };
+        let FolderReply::File(file) = send(&runtime, claim).await.unwrap() else { panic!("claim {attempt}") };
+        assert_eq!(file.attempt, attempt);
+    }
+    let now_ms = T0_MS + 100 * PROCESSING_LEASE_MS;
+    let claim = FolderCommand::ClaimNext { worker: "last".into(), now_ms };
+    assert!(matches!(send(&runtime, claim).await.unwrap(), FolderReply::NoFile));
+    let FolderReply::Files(files) =
+        send(&runtime, FolderCommand::ListFiles { after: None, before: None, limit: 5, descending: false })
+            .await
+            .unwrap()
+    else {
+        panic!("files")
+    };
+    assert_eq!((files[0].seq, files[0].status), (seq, FileStatus::Error));
+    assert!(files[0].error_message.as_deref().unwrap().contains("interrupted 5 times"), "{:?}", files[0]);
+    assert!(
+        matches!(send(&runtime, FolderCommand::HasWork).await.unwrap(), FolderReply::Work(true)),
+        "to reclaim"
+    );
+
+    // A file with more matching lines than one grep collects.
+    let seq = received(&runtime, 2, b"x").await;
+    let claim = FolderCommand::ClaimNext { worker: "w".into(), now_ms };
+    let FolderReply::File(file) = send(&runtime, claim).await.unwrap() else { panic!("claimed") };
+    assert_eq!(file.seq, seq);
+    let lines = GREP_MATCHES_COUNT_MAX + 200;
+    let text: Vec<String> = (0..lines).map(|n| format!("match {n}")).collect();
+    let page = TextPage { first_line: 1, text: text.join("\n") };
+    let write = FolderCommand::WriteText { seq, attempt: 1, page: 0, text: page, now_ms };
+    send(&runtime, write).await.unwrap();
+    let mut progress = done(FileStatus::Completed);
+    progress.lines_count = lines as u64;
+    send(&runtime, FolderCommand::SetProgress { seq, attempt: 1, progress, now_ms }).await.unwrap();
+    let grep = FolderCommand::Grep {
+        pattern: "MATCH \\d+".into(),
+        include: Some("f2".into()),
+        context_lines: 1,
+        matches_max: usize::MAX,
+    };
+    let FolderReply::Matches { matches, files_searched, more } = send(&runtime, grep).await.unwrap() else {
+        panic!("matches")
+    };
+    assert_eq!((matches.len(), files_searched, more), (GREP_MATCHES_COUNT_MAX, 1, true));
+    assert_eq!(matches[1].context, vec![(1, "match 0".into()), (2, "match 1".into()), (3, "match 2".into())]);
+    let bad = FolderCommand::Grep { pattern: "(".into(), include: None, context_lines: 0, matches_max: 1 };
+    assert!(send(&runtime, bad).await.unwrap_err().to_string().contains("Invalid regex pattern"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_takes_files_up_to_its_limit() {
+    let runtime = folders(&Storage::memory());
+    for n in 0..FOLDER_FILES_COUNT_MAX as usize {
+        let begin =
+            FolderCommand::BeginFile { record: Box::new(record(n)), duplicate: DuplicateHandling::Error };
+        let FolderReply::Began { record, .. } = send(&runtime, begin).await.unwrap() else { panic!("began") };
+        let end = FolderCommand::EndUpload { seq: record.seq, size_bytes: 1, now_ms: T0_MS };
+        send(&runtime, end).await.unwrap();
+    }
+    let one_more = FolderCommand::BeginFile {
+        record: Box::new(record(FOLDER_FILES_COUNT_MAX as usize)),
+        duplicate: DuplicateHandling::Error,
+    };
+    let refused = send(&runtime, one_more).await.unwrap_err().to_string();
+    assert!(refused.contains("FOLDER_FILES_COUNT_MAX"), "{refused}");
+    let FolderReply::Stats { files_count, .. } = send(&runtime, FolderCommand::Stats).await.unwrap() else {
+        panic!("stats")
+    };
+    assert_eq!(files_count, FOLDER_FILES_COUNT_MAX);
 }

@@ -216,9 +216,13 @@ async fn many_files(bench: Arc<Bench>) {
     for n in 0..GREPS_COUNT {
         let begun = Instant::now();
         let pattern = format!("Serial 00{:02}", n * 3);
-        let result =
-            request(&bench, reqwest::Method::POST, &tool("grep_files"), Some(json!({"args": {"pattern": pattern}})))
-                .await;
+        let result = request(
+            &bench,
+            reqwest::Method::POST,
+            &tool("grep_files"),
+            Some(json!({"args": {"pattern": pattern}})),
+        )
+        .await;
         latencies.push(begun.elapsed());
         assert!(result["func_return"].as_str().expect("text").starts_with("Found"), "{result}");
     }

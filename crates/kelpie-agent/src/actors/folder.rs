@@ -39,7 +39,7 @@ use crate::limits::{RECLAIM_BATCH_KEYS_COUNT, STORE_PAGE_COUNT_MAX};
 /// Namespace of the folder actors (`folder/<folder id>`).
 pub const FOLDER_NAMESPACE: &str = "folder";
 /// Most files one folder holds.
-pub const FOLDER_FILES_COUNT_MAX: u64 = 100_000;
+pub const FOLDER_FILES_COUNT_MAX: u64 = 50_000;
 /// Largest file accepted, in bytes.
 pub const FILE_BYTES_MAX: u64 = 128 * 1024 * 1024;
 /// Bytes of an upload stored per key (and per commit while receiving).
@@ -623,7 +623,8 @@ async fn claim(ctx: &mut Ctx<'_>, seq: u64, worker: &str, now_ms: u64) -> Result
     }
     if record.attempt >= FILE_ATTEMPTS_COUNT_MAX {
         record.status = FileStatus::Error;
-        record.error_message = Some(format!("processing was interrupted {FILE_ATTEMPTS_COUNT_MAX} times; giving up"));
+        record.error_message =
+            Some(format!("processing was interrupted {FILE_ATTEMPTS_COUNT_MAX} times; giving up"));
         record.lease = None;
         record.updated_ms = now_ms;
         put_record(ctx, &record)?;
@@ -958,7 +959,8 @@ async fn reclaim(ctx: &mut Ctx<'_>, keys_max: usize) -> Result<bool> {
             location: "folder reclaim queue".into(),
             reason: "a prefix that is not UTF-8".into(),
         })?;
-        let rows = ctx.kv_scan_page(&KeyRange::prefix(prefix), ScanOrder::Ascending, keys_max - deleted).await?;
+        let rows =
+            ctx.kv_scan_page(&KeyRange::prefix(prefix), ScanOrder::Ascending, keys_max - deleted).await?;
         for (key, _) in &rows {
             ctx.kv_delete(key)?;
         }

@@ -15,10 +15,11 @@ use serde_json::Value;
 
 /// The store's own actor id (namespace, id).
 pub const FOLDER_STORE_ACTOR: (&str, &str) = ("folder-store", "all");
-/// Most folders a server holds.
-pub const FOLDERS_COUNT_MAX: usize = 10_000;
+/// Most folders a server holds (every change to one rewrites the store's
+/// state, which holds them all).
+pub const FOLDERS_COUNT_MAX: usize = 1_000;
 /// Most agents one folder is attached to.
-pub const FOLDER_AGENTS_COUNT_MAX: usize = 10_000;
+pub const FOLDER_AGENTS_COUNT_MAX: usize = 1_000;
 /// Longest folder name, in bytes.
 pub const FOLDER_NAME_BYTES_MAX: usize = 256;
 /// Longest description or instructions, in bytes.

@@ -170,18 +170,19 @@ impl FileUpload<'_> {
         let FolderReply::File(record) = self.folders.folder(&self.folder.id, command).await? else {
             return Err(unexpected("end upload"));
         };
-        self.folders.set_busy(&self.folder.id, true).await?;
+        // The folder is busy since the upload began.
         self.folders.work.notify_one();
         Ok(file_json(&record, Some(&self.folder.name), None))
     }
 
-    /// Drops what was received.
+    /// Drops what was received (the worker reclaims its chunks).
     pub async fn cancel(self) {
         let command = FolderCommand::AbortFile { seq: self.record.seq };
         if let Err(err) = self.folders.folder(&self.folder.id, command).await {
             // Left receiving: the worker drops it after UPLOAD_IDLE_MS.
             tracing::warn!(%err, "dropping a cancelled upload failed");
         }
+        self.folders.work.notify_one();
     }
 }
 
@@ -219,6 +220,15 @@ impl Folders {
     pub(crate) async fn set_busy(&self, folder_id: &str, busy: bool) -> ServiceResult<()> {
         self.store(FolderStoreCommand::SetBusy { id: folder_id.to_string(), busy }).await?;
         Ok(())
+    }
+
+    /// Whether folder `folder_id` has work left: files to process or keys
+    /// to reclaim (a deleted folder until it is reclaimed and forgotten).
+    pub async fn has_work(&self, folder_id: &str) -> ServiceResult<bool> {
+        match self.folder(folder_id, FolderCommand::HasWork).await? {
+            FolderReply::Work(work) => Ok(work),
+            _ => Err(unexpected("folder work")),
+        }
     }
 
     /// Folder `id`'s record.
@@ -425,6 +435,9 @@ impl Folders {
             created_ms: now,
             updated_ms: now,
         };
+        // Busy before the first byte is stored: an upload cut off by a crash
+        // is found and dropped by the worker after the restart.
+        self.set_busy(folder_id, true).await?;
         let command = FolderCommand::BeginFile { record: Box::new(record), duplicate };
         match self.folder(folder_id, command).await? {
             FolderReply::Began { record, .. } => Ok(UploadStart::Upload(Box::new(FileUpload {

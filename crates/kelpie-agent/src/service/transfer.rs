@@ -644,7 +644,8 @@ impl AgentImport {
     }
 
     /// The file's agent with new ids for it and its blocks, checked as a
-    /// create is (the name is settled at the end, when every option is known).
+    /// create is (the name is settled at the end, when every option is known),
+    /// linked to no folder or identity.
     fn fresh_record(&self, mut record: AgentRecord) -> ServiceResult<AgentRecord> {
         let rng = self.parts.env.rng.as_ref();
         record.id = new_id("agent", rng);
@@ -658,6 +659,11 @@ impl AgentImport {
             blocks.push(block);
         }
         record.memory = CoreMemory::new(blocks)?;
+        // Links live in their stores too, which know only the source agent:
+        // the copy starts without folders, open files and identities.
+        record.folders.clear();
+        record.open_files.clear();
+        record.identity_ids.clear();
         Ok(record)
     }
 
