@@ -197,6 +197,16 @@ def test_a_folder_of_many_files_pages_to_the_end(client, kelpie_url):
     assert directories.count('<file status="open"') == 5
     assert directories.count('<file status="closed"') == 45
     assert f'<more_files count="{FILES_COUNT - 50}">' in directories
+    # The agent's own limit of open files, at create and after a change.
+    small = client.agents.create(name="py-small-reader", model="openai-proxy/fake-gpt", max_files_open=3)
+    assert small.max_files_open == 3
+    client.agents.folders.attach(folder.id, agent_id=small.id)
+    assert len(list(client.agents.files.list(small.id, is_open=True))) == 3
+    assert client.agents.update(small.id, max_files_open=2).max_files_open == 2
+    assert len(list(client.agents.files.list(small.id, is_open=True))) == 2
+    with pytest.raises(APIStatusError) as refused:
+        client.agents.update(small.id, max_files_open=0)
+    assert refused.value.status_code == 422
     metadata = httpx.get(
         f"{kelpie_url}/v1/folders/metadata", params={"include_detailed_per_source_metadata": "true"}
     ).json()

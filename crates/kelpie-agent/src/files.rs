@@ -71,6 +71,21 @@ pub enum FileOp {
     },
 }
 
+/// Checks a client's `max_files_open` and `per_file_view_window_char_limit`;
+/// the reason when refused.
+pub fn check_limits(max_open: Option<u32>, window_chars: Option<u64>) -> Result<(), String> {
+    if max_open.is_some_and(|n| n == 0 || n > FILES_OPEN_COUNT_MAX) {
+        return Err(format!("max_files_open must be 1..={FILES_OPEN_COUNT_MAX} (FILES_OPEN_COUNT_MAX)"));
+    }
+    if window_chars.is_some_and(|n| n < TRUNCATED_NOTE.len() as u64 || n > FILE_WINDOW_CHARS_MAX) {
+        return Err(format!(
+            "per_file_view_window_char_limit must be {}..={FILE_WINDOW_CHARS_MAX} (FILE_WINDOW_CHARS_MAX)",
+            TRUNCATED_NOTE.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Letta's defaults of `max_files_open` and `per_file_view_window_char_limit`
 /// for a context window of `tokens`.
 pub fn default_limits(tokens: u64) -> (u32, u64) {
@@ -261,6 +276,13 @@ mod tests {
         assert_eq!(truncate_visible("short", 200), "short");
         assert_eq!(default_limits(30_000), (5, 15_000));
         assert_eq!(default_limits(1_000_000), (15, 40_000));
+        assert_eq!(check_limits(Some(5), Some(15_000)), Ok(()));
+        assert!(check_limits(Some(0), None).unwrap_err().contains("FILES_OPEN_COUNT_MAX"));
+        assert!(check_limits(Some(FILES_OPEN_COUNT_MAX + 1), None).is_err());
+        assert!(check_limits(None, Some(FILE_WINDOW_CHARS_MAX + 1))
+            .unwrap_err()
+            .contains("FILE_WINDOW_CHARS_MAX"));
+        assert!(check_limits(None, Some(10)).is_err(), "too small to hold the truncation note");
     }
 
     #[test]

@@ -273,6 +273,16 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
     };
     let mut secrets = secrets_of(&agent["tool_exec_environment_variables"]);
     secrets.extend(secrets_of(&agent["secrets"]));
+    // The file's limits of open files, when Kelpie takes them.
+    let max_files_open = agent["max_files_open"].as_u64().and_then(|n| u32::try_from(n).ok());
+    let window_chars = agent["per_file_view_window_char_limit"].as_u64();
+    let (max_files_open, file_window_chars) = match crate::files::check_limits(max_files_open, window_chars) {
+        Ok(()) => (max_files_open, window_chars),
+        Err(why) => {
+            warnings.push(format!("file limits left at their defaults: {why}"));
+            (None, None)
+        }
+    };
     let record = AgentRecord {
         id: string(&agent["id"]).unwrap_or_else(|| "agent-0".into()),
         name: string(&agent["name"]).unwrap_or_else(|| "imported".into()),
@@ -294,8 +304,8 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         identity_ids: Vec::new(),
         folders: Vec::new(),
         open_files: Vec::new(),
-        max_files_open: None,
-        file_window_chars: None,
+        max_files_open,
+        file_window_chars,
         created_ms: resolvers.now_ms,
         updated_ms: resolvers.now_ms,
     };

@@ -258,6 +258,7 @@ pub fn agent_runtimes(
     // The boot id is drawn at every start: the runs this process begins are its own.
     let boot_id = crate::ids::new_id("boot", env.rng.as_ref());
     let planted = crate::planted::Planted::default();
+    let folders = crate::actors::folder::FolderActor::new(planted.clone());
     Ok(AgentRuntimes {
         agents: parts.runtime(AgentActor::new(boot_id, Arc::clone(&live_runs), planted.clone()))?,
         live_runs,
@@ -272,7 +273,7 @@ pub fn agent_runtimes(
         reclaim: parts.runtime(ReclaimActor)?,
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
-        folders: parts.runtime(crate::actors::folder::FolderActor::default())?,
+        folders: parts.runtime(folders)?,
     })
 }
 

@@ -23,6 +23,11 @@ pub enum PlantedBug {
     SkipStaleRunRecovery,
     /// Shutdown leaves the agent actors serving.
     ShutdownLeavesAgentsServing,
+    /// A folder's search ranks every passage it holds a code for without
+    /// checking that its file is completed with the attempt that wrote it,
+    /// so a file still being embedded, or an interrupted attempt's output,
+    /// is searched.
+    SearchSkipsFileStatus,
 }
 
 /// The bug planted in one service, if any; shared by its parts.

@@ -64,6 +64,9 @@ pub struct CreateAgent {
     pub identity_ids: Option<Vec<String>>,
     pub context_window_limit: Option<u64>,
     pub max_tokens: Option<u64>,
+    /// Letta's limits of the agent's open files (see `crate::files`).
+    pub max_files_open: Option<u32>,
+    pub per_file_view_window_char_limit: Option<u64>,
     /// Environment variables of the agent's tool calls (Letta's `secrets`).
     pub secrets: Option<BTreeMap<String, String>>,
     /// Letta's older name for `secrets`; `secrets` wins when both are given.
@@ -88,6 +91,8 @@ pub struct UpdateAgent {
     pub compaction_settings: Option<Value>,
     /// Replaces the agent's tool rules.
     pub tool_rules: Option<Vec<Value>>,
+    pub max_files_open: Option<u32>,
+    pub per_file_view_window_char_limit: Option<u64>,
 }
 
 /// The body of `POST /v1/agents/{id}/summarize` (Letta's `CompactionRequest`).

@@ -261,6 +261,9 @@ async fn letta_agent_files_import_block_by_block_tool_by_tool_message_by_message
         assert_eq!(imported["name"], agent["name"], "{name}");
         assert_eq!(imported["system"], agent["system"], "{name}");
         assert_eq!(imported["description"], agent["description"], "{name}");
+        for field in ["max_files_open", "per_file_view_window_char_limit"] {
+            assert_eq!(imported[field], agent[field], "{name}: {field}");
+        }
 
         // Blocks: every one the agent links, as the file has it.
         let blocks = server.ok("GET", &format!("/v1/agents/{id}/core-memory/blocks"), None).await;

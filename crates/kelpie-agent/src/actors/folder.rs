@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::agent::store::{decode, encode};
 use crate::limits::{RECLAIM_BATCH_KEYS_COUNT, STORE_PAGE_COUNT_MAX};
+use crate::planted::{Planted, PlantedBug};
 
 /// Namespace of the folder actors (`folder/<folder id>`).
 pub const FOLDER_NAMESPACE: &str = "folder";
@@ -360,9 +361,10 @@ struct CachedIndex {
 }
 
 /// The folder actor, with the search indexes of the folders active here.
-#[derive(Default)]
 pub struct FolderActor {
     indexes: Mutex<BTreeMap<ActorId, CachedIndex>>,
+    /// The defect a test planted, if any (see [`crate::planted`]).
+    planted: Planted,
 }
 
 type Ctx<'a> = ActorContext<'a, FolderState>;
@@ -507,7 +509,13 @@ fn queue_reclaim(ctx: &mut Ctx<'_>, prefix: String) -> Result<()> {
 async fn remove_file(ctx: &mut Ctx<'_>, record: &FileRecord) -> Result<()> {
     ctx.kv_delete(&file_key(record.seq))?;
     ctx.kv_delete(&id_key(&record.id))?;
-    ctx.kv_delete(&name_key(&record.file_name))?;
+    // The name passes to a file begun while this one was still receiving
+    // (an upload tried again after a crash): it is that file's then.
+    if let Some(bytes) = ctx.kv_get(&name_key(&record.file_name)).await? {
+        if seq_of(&bytes)? == record.seq {
+            ctx.kv_delete(&name_key(&record.file_name))?;
+        }
+    }
     unmark_unfinished(ctx, record.seq).await?;
     if record.status != FileStatus::Receiving {
         ctx.state.files_count -= 1;
@@ -629,6 +637,13 @@ async fn claim(ctx: &mut Ctx<'_>, seq: u64, worker: &str, now_ms: u64) -> Result
         record.updated_ms = now_ms;
         put_record(ctx, &record)?;
         unmark_unfinished(ctx, seq).await?;
+        // Final, as after the worker's last write: neither the upload nor
+        // the last interrupted attempt's output is read again.
+        queue_reclaim(ctx, format!("u/{seq:016x}/"))?;
+        for kind in ['t', 'p', 'q'] {
+            queue_reclaim(ctx, attempt_prefix(kind, seq, record.attempt))?;
+        }
+        ctx.state.passage_token = ctx.env.rng.next_u64();
         return Ok(None);
     }
     // The previous attempt's output, if any, is never read again.
@@ -828,6 +843,10 @@ async fn grep(
 }
 
 impl FolderActor {
+    pub fn new(planted: Planted) -> Self {
+        FolderActor { indexes: Mutex::default(), planted }
+    }
+
     /// The index of the folder's codes, cached while its token holds.
     async fn candidates(&self, ctx: &mut Ctx<'_>, query: &Code, count: usize) -> Result<Vec<u64>> {
         let token = ctx.state.passage_token;
@@ -874,9 +893,10 @@ impl FolderActor {
             if let std::collections::btree_map::Entry::Vacant(entry) = records.entry(seq) {
                 entry.insert(record_at(ctx, seq).await?);
             }
-            let live = records[&seq]
-                .as_ref()
-                .is_some_and(|r| r.attempt == attempt && r.status == FileStatus::Completed);
+            let live = self.planted.has(PlantedBug::SearchSkipsFileStatus)
+                || records[&seq]
+                    .as_ref()
+                    .is_some_and(|r| r.attempt == attempt && r.status == FileStatus::Completed);
             if !live {
                 continue;
             }

@@ -121,6 +121,8 @@ impl Agents {
         let mut tool_rules = crate::tool_rules::parse_rules(&request.tool_rules.unwrap_or_default())
             .map_err(ServiceError::Invalid)?;
         approval_rules_of(&mut tool_rules, &tool_ids, custom);
+        crate::files::check_limits(request.max_files_open, request.per_file_view_window_char_limit)
+            .map_err(ServiceError::Invalid)?;
         let record = AgentRecord {
             id,
             name,
@@ -142,8 +144,8 @@ impl Agents {
             identity_ids: Vec::new(),
             folders: Vec::new(),
             open_files: Vec::new(),
-            max_files_open: None,
-            file_window_chars: None,
+            max_files_open: request.max_files_open,
+            file_window_chars: request.per_file_view_window_char_limit,
             created_ms: now,
             updated_ms: now,
         };
@@ -298,7 +300,10 @@ impl Agents {
             Some(rules) => Some(crate::tool_rules::parse_rules(rules).map_err(ServiceError::Invalid)?),
             None => None,
         };
+        crate::files::check_limits(request.max_files_open, request.per_file_view_window_char_limit)
+            .map_err(ServiceError::Invalid)?;
         let patch = AgentPatch {
+            file_limits: (request.max_files_open, request.per_file_view_window_char_limit),
             tool_rules,
             name: request.name,
             system: request.system,

@@ -56,6 +56,10 @@ pub struct AgentPatch {
     /// Links (`true`) or unlinks the agent and an identity.
     #[serde(default)]
     pub identity: Option<(String, bool)>,
+    /// Sets `max_files_open` and `per_file_view_window_char_limit` (each
+    /// when given); past the new limit the least recently used files close.
+    #[serde(default)]
+    pub file_limits: (Option<u32>, Option<u64>),
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool,
@@ -544,6 +548,16 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     }
     if let Some(rules) = patch.tool_rules {
         agent.tool_rules = rules;
+    }
+    let (max_open, window_chars) = patch.file_limits;
+    if max_open.is_some() {
+        agent.max_files_open = max_open;
+        let (max_open, _) = agent.file_limits();
+        let excess = agent.open_files.len().saturating_sub(max_open as usize);
+        agent.open_files.drain(..excess);
+    }
+    if window_chars.is_some() {
+        agent.file_window_chars = window_chars;
     }
     check_fits(agent)?;
     agent.updated_ms = now;
