@@ -5,7 +5,7 @@
 //! so a restarted server finds that work without reading every folder.
 //! A folder's files live in its own actor (`actors::folder`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use kelpie_core::{Error, Result};
 use kelpie_llm::EmbeddingSettings;
@@ -61,8 +61,10 @@ impl FolderRecord {
 pub struct FolderStoreState {
     /// In creation order.
     pub folders: Vec<FolderRecord>,
-    /// Folders with work left (processing or reclaiming), deleted ones too.
-    pub busy: BTreeSet<String>,
+    /// Folders with work left (processing or reclaiming), deleted ones too,
+    /// each with a generation that every `MarkBusy` advances, so a worker
+    /// clears only the mark it saw (a file begun since keeps it busy).
+    pub busy: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,9 +90,14 @@ pub enum FolderStoreCommand {
     ForgetAgent {
         agent_id: String,
     },
-    SetBusy {
+    /// Marks the folder busy (a new generation of the mark).
+    MarkBusy {
         id: String,
-        busy: bool,
+    },
+    /// Clears the mark if it is still of `generation`.
+    ClearBusy {
+        id: String,
+        generation: u64,
     },
     Busy,
 }
@@ -99,7 +106,8 @@ pub enum FolderStoreCommand {
 pub enum FolderStoreReply {
     Folder(Box<FolderRecord>),
     Folders(Vec<FolderRecord>),
-    Busy(Vec<String>),
+    /// The busy folders with the generation of their mark.
+    Busy(Vec<(String, u64)>),
     /// Another folder has this name; nothing changed.
     NameTaken(String),
     Done,
@@ -166,7 +174,7 @@ impl Actor for FolderStoreActor {
             FolderStoreCommand::Delete { id } => {
                 let folder = find(ctx.state, &id)?.clone();
                 ctx.state.folders.retain(|other| other.id != id);
-                ctx.state.busy.insert(id);
+                *ctx.state.busy.entry(id).or_insert(0) += 1;
                 Ok(FolderStoreReply::Folder(Box::new(folder)))
             }
             FolderStoreCommand::Attach { id, agent_id, attached } => {
@@ -191,14 +199,19 @@ impl Actor for FolderStoreActor {
                 }
                 Ok(FolderStoreReply::Done)
             }
-            FolderStoreCommand::SetBusy { id, busy } => {
-                match busy {
-                    true => ctx.state.busy.insert(id),
-                    false => ctx.state.busy.remove(&id),
-                };
+            FolderStoreCommand::MarkBusy { id } => {
+                *ctx.state.busy.entry(id).or_insert(0) += 1;
                 Ok(FolderStoreReply::Done)
             }
-            FolderStoreCommand::Busy => Ok(FolderStoreReply::Busy(ctx.state.busy.iter().cloned().collect())),
+            FolderStoreCommand::ClearBusy { id, generation } => {
+                if ctx.state.busy.get(&id) == Some(&generation) {
+                    ctx.state.busy.remove(&id);
+                }
+                Ok(FolderStoreReply::Done)
+            }
+            FolderStoreCommand::Busy => {
+                Ok(FolderStoreReply::Busy(ctx.state.busy.iter().map(|(id, g)| (id.clone(), *g)).collect()))
+            }
         }
     }
 }

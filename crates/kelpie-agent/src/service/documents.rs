@@ -184,7 +184,7 @@ impl Documents {
             return Err(unexpected("busy folders"));
         };
         let mut finished = 0;
-        for folder_id in busy {
+        for (folder_id, generation) in busy {
             let folder = match self.folders.record(&folder_id).await {
                 Ok(folder) => Some(folder),
                 Err(ServiceError::FolderNotFound(_)) => None,
@@ -219,7 +219,10 @@ impl Documents {
             // A deleted folder's actor stays "deleted"; once reclaimed it
             // has nothing left to do here.
             if !left || folder.is_none() {
-                self.folders.set_busy(&folder_id, false).await?;
+                // Only the mark this pass saw: an upload begun since marked
+                // it again and keeps it.
+                let clear = FolderStoreCommand::ClearBusy { id: folder_id.clone(), generation };
+                self.folders.store(clear).await?;
             }
         }
         Ok(finished)

@@ -217,8 +217,9 @@ impl Folders {
         Ok(self.folders.invoke(&actor_id, command).await?)
     }
 
-    pub(crate) async fn set_busy(&self, folder_id: &str, busy: bool) -> ServiceResult<()> {
-        self.store(FolderStoreCommand::SetBusy { id: folder_id.to_string(), busy }).await?;
+    /// Marks folder `folder_id` as having work for the worker.
+    pub(crate) async fn mark_busy(&self, folder_id: &str) -> ServiceResult<()> {
+        self.store(FolderStoreCommand::MarkBusy { id: folder_id.to_string() }).await?;
         Ok(())
     }
 
@@ -437,7 +438,7 @@ impl Folders {
         };
         // Busy before the first byte is stored: an upload cut off by a crash
         // is found and dropped by the worker after the restart.
-        self.set_busy(folder_id, true).await?;
+        self.mark_busy(folder_id).await?;
         let command = FolderCommand::BeginFile { record: Box::new(record), duplicate };
         match self.folder(folder_id, command).await? {
             FolderReply::Began { record, .. } => Ok(UploadStart::Upload(Box::new(FileUpload {
@@ -527,7 +528,7 @@ impl Folders {
         else {
             return Err(unexpected("delete file"));
         };
-        self.set_busy(folder_id, true).await?;
+        self.mark_busy(folder_id).await?;
         self.work.notify_one();
         Ok(*file)
     }
