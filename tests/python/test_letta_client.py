@@ -383,3 +383,51 @@ def test_identities_attach_and_detach_through_the_sdk(client):
     assert [a["id"] for a in linked] == [agent.id]
     client.agents.identities.detach(identity["id"], agent_id=agent.id)
     assert client.agents.retrieve(agent.id).identity_ids == []
+
+
+def test_messages_are_edited_and_the_next_prompt_reads_the_edit(client, kelpie_url):
+    import httpx
+
+    agent = _agent(client, "py-edit")
+    reply = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "my cat is called Biscuit"}])
+    user = [m for m in client.agents.messages.list(agent.id, order="asc") if m.message_type == "user_message"][0]
+    url = f"{kelpie_url}/v1/agents/{agent.id}/messages"
+
+    edited = httpx.patch(f"{url}/{user.id}", json={"message_type": "user_message", "content": "my cat is called Pumpkin"})
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["id"], edited.json()["content"]) == (user.id, "my cat is called Pumpkin")
+    listed = [m for m in client.agents.messages.list(agent.id, order="asc") if m.id == user.id]
+    assert listed[0].content == "my cat is called Pumpkin"
+    # The next step's prompt holds the edit (the cached window was dropped).
+    payload = httpx.post(f"{url}/preview-raw-payload", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    users = [m["content"] for m in payload["messages"] if m["role"] == "user"]
+    assert users == ["my cat is called Pumpkin", "hi"], users
+    # conversation_search finds the new words, not the old ones.
+    found = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": '/call conversation_search {"query": "Pumpkin"}'}])
+    result = [m for m in found.messages if m.message_type == "tool_return_message"][0].tool_return
+    assert "Pumpkin" in result
+    gone = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": '/call conversation_search {"query": "Biscuit"}'}])
+    result = [m for m in gone.messages if m.message_type == "tool_return_message"][0].tool_return
+    # Only the assistant's echo of the old text is left; the user message
+    # no longer holds the word.
+    hits = json.loads(result)
+    assert len(hits) == 1 and "echo: my cat is called Biscuit" in hits[0], hits
+
+    assistant = [m for m in reply.messages if m.message_type == "assistant_message"][0]
+    changed = httpx.patch(f"{url}/{assistant.id}", json={"message_type": "assistant_message", "content": [{"type": "text", "text": "Noted!"}]})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["message_type"] == "assistant_message" and changed.json()["content"] == "Noted!"
+    assert [m.content for m in client.agents.messages.list(agent.id) if m.id == assistant.id and m.message_type == "assistant_message"] == ["Noted!"]
+    # A /call answer of the fake LLM carries reasoning beside its tool call.
+    reasoning = [m for m in found.messages if m.message_type == "reasoning_message"][0]
+    thought = httpx.patch(f"{url}/{reasoning.id}", json={"message_type": "reasoning_message", "reasoning": "Remember the cat."})
+    assert thought.status_code == 200, thought.text
+    assert thought.json()["reasoning"] == "Remember the cat."
+    assert [m.reasoning for m in client.agents.messages.list(agent.id) if m.id == reasoning.id and m.message_type == "reasoning_message"] == ["Remember the cat."]
+
+    system = httpx.patch(f"{url}/{user.id}", json={"message_type": "system_message", "content": "x"})
+    assert system.status_code == 422 and "system prompt" in system.json()["detail"]
+    wrong = httpx.patch(f"{url}/{user.id}", json={"message_type": "assistant_message", "content": "x"})
+    assert wrong.status_code == 422 and "not an assistant message" in wrong.json()["detail"]
+    missing = httpx.patch(f"{url}/message-00000000-0000-4000-8000-000000000000", json={"content": "x"})
+    assert missing.status_code == 404

@@ -30,6 +30,8 @@ pub enum ServiceError {
     SandboxEnvNotFound(String),
     #[error("a tool named {0:?} already exists")]
     ToolNameTaken(String),
+    #[error("Message with ID {0} not found")]
+    MessageNotFound(String),
     #[error("Folder with ID {0} not found")]
     FolderNotFound(String),
     #[error("File with ID {0} not found")]
@@ -72,6 +74,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "tool", id } => ServiceError::ToolNotFound(id),
             Error::NotFound { kind: "mcp server", id } => ServiceError::McpServerNotFound(id),
             Error::NotFound { kind: "folder", id } => ServiceError::FolderNotFound(id),
+            Error::NotFound { kind: "message", id } => ServiceError::MessageNotFound(id),
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
             other => ServiceError::Core(other),
         }

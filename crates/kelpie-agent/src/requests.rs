@@ -95,6 +95,54 @@ pub struct UpdateAgent {
     pub per_file_view_window_char_limit: Option<u64>,
 }
 
+/// The body of `PATCH /v1/agents/{id}/messages/{message_id}` (any of
+/// Letta's `Update*Message`): `content` is a string or a list of text
+/// parts; a reasoning edit carries `reasoning`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModifyMessage {
+    pub message_type: Option<String>,
+    pub content: Option<Value>,
+    pub reasoning: Option<String>,
+}
+
+impl ModifyMessage {
+    /// The Letta message type edited and the edit.
+    pub fn edit(self) -> crate::ServiceResult<(&'static str, crate::actors::agent::MessageEdit)> {
+        use crate::actors::agent::MessageEdit;
+        let invalid = |reason: &str| crate::ServiceError::Invalid(reason.to_string());
+        let text = |content: Option<Value>| -> crate::ServiceResult<String> {
+            match content {
+                Some(Value::String(text)) => Ok(text),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|part| match (part["type"].as_str(), part["text"].as_str()) {
+                        (Some("text") | None, Some(text)) => Ok(text.to_string()),
+                        _ => Err(invalid("only text content parts can be set")),
+                    })
+                    .collect::<crate::ServiceResult<Vec<String>>>()
+                    .map(|texts| texts.join("")),
+                _ => Err(invalid("content is required: a string or a list of text parts")),
+            }
+        };
+        match self.message_type.as_deref() {
+            Some("user_message") => Ok(("user_message", MessageEdit::User(text(self.content)?))),
+            Some("assistant_message") => Ok(("assistant_message", MessageEdit::Assistant(text(self.content)?))),
+            Some("reasoning_message") | None if self.reasoning.is_some() => Ok((
+                "reasoning_message",
+                MessageEdit::Reasoning(self.reasoning.expect("checked")),
+            )),
+            Some("system_message") => Err(invalid(
+                "system messages are built from the agent's system prompt and memory at every step; \
+                 change the system prompt or the memory blocks instead",
+            )),
+            Some(other) => Err(invalid(&format!(
+                "message_type {other:?} cannot be edited: user_message, assistant_message or reasoning_message"
+            ))),
+            None => Ok(("user_message", MessageEdit::User(text(self.content)?))),
+        }
+    }
+}
+
 /// The body of `POST /v1/agents/{id}/summarize` (Letta's `CompactionRequest`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SummarizeRequest {
@@ -208,4 +256,71 @@ pub struct RunToolFromSource {
 pub struct CodeInput {
     pub code: String,
     pub source_type: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::agent::MessageEdit;
+    use crate::model::MessageBody;
+    use kelpie_llm::ToolCall;
+    use serde_json::json;
+
+    fn edit_of(body: Value) -> crate::ServiceResult<(&'static str, MessageEdit)> {
+        serde_json::from_value::<ModifyMessage>(body).unwrap().edit()
+    }
+
+    #[test]
+    fn edits_are_read_from_each_of_lettas_update_shapes() {
+        let (kind, edit) = edit_of(json!({"message_type": "user_message", "content": "hi"})).unwrap();
+        assert_eq!(kind, "user_message");
+        let mut body = MessageBody::User { content: "old".into() };
+        edit.apply(&mut body).unwrap();
+        assert_eq!(body, MessageBody::User { content: "hi".into() });
+
+        let parts = json!({"message_type": "assistant_message", "content": [{"type": "text", "text": "a"}, {"text": "b"}]});
+        let (kind, edit) = edit_of(parts).unwrap();
+        assert_eq!(kind, "assistant_message");
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "send_message".into(),
+            arguments: r#"{"message":"old"}"#.into(),
+        };
+        let mut body = MessageBody::Assistant {
+            content: Some("thinking".into()),
+            tool_calls: vec![call],
+            awaiting_approval: false,
+        };
+        edit.apply(&mut body).unwrap();
+        let MessageBody::Assistant { content, tool_calls, .. } = &body else { panic!("assistant") };
+        assert_eq!(content.as_deref(), Some("thinking"), "the reasoning stays");
+        assert_eq!(
+            serde_json::from_str::<Value>(&tool_calls[0].arguments).unwrap(),
+            json!({"message": "ab"})
+        );
+
+        let (kind, edit) = edit_of(json!({"reasoning": "why"})).unwrap();
+        assert_eq!(kind, "reasoning_message");
+        edit.apply(&mut body).unwrap();
+        let MessageBody::Assistant { content, .. } = &body else { panic!("assistant") };
+        assert_eq!(content.as_deref(), Some("why"));
+
+        let (_, edit) = edit_of(json!({"message_type": "user_message", "content": "x"})).unwrap();
+        assert_eq!(edit.apply(&mut body).unwrap_err(), "the message is not a user message");
+        let tool_only =
+            ToolCall { id: "c2".into(), name: "archival_memory_search".into(), arguments: "{}".into() };
+        let mut body =
+            MessageBody::Assistant { content: None, tool_calls: vec![tool_only], awaiting_approval: false };
+        let (_, edit) = edit_of(json!({"message_type": "assistant_message", "content": "x"})).unwrap();
+        assert!(edit.apply(&mut body).unwrap_err().contains("no assistant reply"));
+
+        for refused in [
+            json!({"message_type": "system_message", "content": "x"}),
+            json!({"message_type": "tool_return_message", "content": "x"}),
+            json!({"message_type": "user_message"}),
+            json!({"message_type": "user_message", "content": [{"type": "image", "url": "x"}]}),
+        ] {
+            assert!(matches!(edit_of(refused.clone()), Err(crate::ServiceError::Invalid(_))), "{refused}");
+        }
+    }
 }

@@ -60,6 +60,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
             | ServiceError::FolderNotFound(_)
+            | ServiceError::MessageNotFound(_)
             | ServiceError::FileNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_)

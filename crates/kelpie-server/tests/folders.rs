@@ -47,6 +47,11 @@ async fn an_upload_past_the_file_limit_is_refused_as_it_streams_and_leaves_nothi
     // the answer or the connection closed under its remaining body.
     if let Ok(response) = response {
         assert_eq!(response.status(), 413);
+        assert_eq!(
+            response.headers()["connection"],
+            "close",
+            "the unread rest of the body is not waited for"
+        );
         let detail: serde_json::Value = response.json().await.unwrap();
         assert!(detail["detail"].as_str().unwrap().contains("FILE_BYTES_MAX"), "{detail}");
     }

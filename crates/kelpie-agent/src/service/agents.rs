@@ -384,6 +384,29 @@ impl Agents {
         self.actors.render(&agent).await
     }
 
+    /// `PATCH /v1/agents/{id}/messages/{message_id}`: changes the text of a
+    /// user message, an assistant's reply or its reasoning (Letta's
+    /// `UpdateUserMessage`, `UpdateAssistantMessage`, `UpdateReasoningMessage`);
+    /// the message as Letta renders that part of it. System messages are
+    /// built at each step, not stored, so they cannot be edited (422).
+    pub async fn modify_message(
+        &self,
+        agent_id: &str,
+        message_id: &str,
+        request: crate::requests::ModifyMessage,
+    ) -> ServiceResult<Value> {
+        let (message_type, edit) = request.edit()?;
+        let command = AgentCommand::EditMessage { id: message_id.to_string(), edit };
+        let AgentReply::Messages(mut messages) = self.actors.invoke(agent_id, command).await? else {
+            return Err(unexpected("edit message"));
+        };
+        let message = messages.pop().ok_or_else(|| unexpected("edited message"))?;
+        crate::letta::letta_messages(&message)
+            .into_iter()
+            .find(|part| part["message_type"] == message_type)
+            .ok_or_else(|| unexpected("edited message rendering"))
+    }
+
     /// One page of the agent's messages as Letta renders them. A stored
     /// message renders as none (a `send_message` return), one, or several
     /// sharing its id, so stored messages are read a page at a time until

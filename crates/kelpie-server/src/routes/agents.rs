@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::extract::{page_of, ApiJson, ApiQuery};
+use super::extract::{page_of, unread_body_error, ApiJson, ApiQuery};
 use super::multipart::{self, FormEvent, FormReader};
 use crate::api::{repeated_param, AgentListQuery, ApprovalSetting, PageQuery};
 use crate::error::ApiError;
@@ -282,7 +282,7 @@ async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let unprocessable = |detail: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
     let boundary = multipart::boundary(content_type)
@@ -334,12 +334,14 @@ async fn import(
     }
     .await;
     let Some(mut import) = import else {
-        outcome?;
+        if let Err(err) = outcome {
+            return Ok(unread_body_error(err));
+        }
         return Err(unprocessable("the form has no file field".into()));
     };
     if let Err(err) = outcome {
         import.cancel().await;
-        return Err(err);
+        return Ok(unread_body_error(err));
     }
     match form_options(&fields) {
         Ok(options) => import.set_options(options),
@@ -348,5 +350,5 @@ async fn import(
             return Err(err);
         }
     }
-    Ok(Json(import.finish().await?))
+    Ok(Json(import.finish().await?).into_response())
 }

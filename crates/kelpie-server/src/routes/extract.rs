@@ -59,3 +59,16 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
         }
     }
 }
+
+/// An error answered before the request body was read to its end: the
+/// connection is closed after it (`Connection: close`), so the client does
+/// not send its next request on a connection whose unread body the server
+/// drops.
+pub fn unread_body_error(err: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = err.into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
+}

@@ -14,7 +14,7 @@ use kelpie_agent::service::folders::{FolderInput, UploadStart};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::extract::{page_of, ApiJson, ApiQuery};
+use super::extract::{page_of, unread_body_error, ApiJson, ApiQuery};
 use super::multipart::{self, FormEvent, FormReader};
 use crate::api::PageQuery;
 use crate::error::ApiError;
@@ -270,9 +270,9 @@ async fn upload(
         (Ok(None), None) => Err(unprocessable("the form has no file field".into())),
         (Err(err), Some(upload)) => {
             upload.cancel().await;
-            Err(err)
+            Ok(unread_body_error(err))
         }
-        (Err(err), None) => Err(err),
+        (Err(err), None) => Ok(unread_body_error(err)),
     }
 }
 

@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/agents/{agent_id}/messages", get(list).post(send))
         .route("/v1/agents/{agent_id}/messages/", get(list).post(send))
+        .route("/v1/agents/{agent_id}/messages/{message_id}", patch(modify))
         .route("/v1/agents/{agent_id}/messages/stream", post(stream))
         .route("/v1/agents/{agent_id}/messages/async", post(send_async))
         .route("/v1/agents/{agent_id}/messages/cancel", post(cancel))
@@ -298,4 +299,13 @@ async fn stream(
         let _ = chunks.send("data: [DONE]\n\n".to_string());
     });
     Ok(sse_response(body))
+}
+
+/// `PATCH /v1/agents/{id}/messages/{message_id}`: Letta's modify message.
+async fn modify(
+    State(state): State<AppState>,
+    Path((agent_id, message_id)): Path<(String, String)>,
+    ApiJson(request): ApiJson<kelpie_agent::requests::ModifyMessage>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.agents.modify_message(&agent_id, &message_id, request).await?))
 }

@@ -105,6 +105,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route("patch", "/v1/agents/{agent_id}/files/close-all", "Close every open file", None, "string[]"),
     route("patch", "/v1/agents/{agent_id}/files/{file_id}/open", "Open a whole file; the files closed to make room", None, "string[]"),
     route("patch", "/v1/agents/{agent_id}/files/{file_id}/close", "Close a file", None, "object"),
+    route("patch", "/v1/agents/{agent_id}/messages/{message_id}", "Edit a user message, an assistant reply or its reasoning", Some("UpdateUserMessage"), "LettaMessageUnion"),
     route("get", "/v1/jobs/", "Jobs of type job: none (Letta 0.16.8 creates none either)", None, "Job[]"),
     route("get", "/v1/jobs/active", "Active jobs: none", None, "Job[]"),
     route("get", "/v1/jobs/{job_id}", "A job: always not found", None, "Job"),

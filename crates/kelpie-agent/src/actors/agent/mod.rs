@@ -250,6 +250,61 @@ pub enum AgentCommand {
     },
     /// Changes the open files; answers the names of the files closed.
     FileOps(Vec<crate::files::FileOp>),
+    /// Changes the text of a stored message (Letta's modify message);
+    /// answers [`AgentReply::Messages`] with the message after.
+    EditMessage {
+        id: String,
+        edit: MessageEdit,
+    },
+}
+
+/// What an edit of a stored message changes: a user message's text, an
+/// assistant's reply (its `send_message` text, or its text without tool
+/// calls), or an assistant's reasoning (its text beside tool calls).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MessageEdit {
+    User(String),
+    Assistant(String),
+    Reasoning(String),
+}
+
+impl MessageEdit {
+    /// Applies the edit to `body`; why not when the body is of another kind.
+    pub fn apply(self, body: &mut MessageBody) -> std::result::Result<(), String> {
+        match (self, body) {
+            (MessageEdit::User(text), MessageBody::User { content }) => *content = text,
+            (MessageEdit::Assistant(text), MessageBody::Assistant { content, tool_calls, .. }) => {
+                let no_calls = tool_calls.is_empty();
+                match tool_calls.iter_mut().find(|call| call.name == kelpie_tools::SEND_MESSAGE) {
+                    Some(call) => {
+                        let mut args: serde_json::Value =
+                            serde_json::from_str(&call.arguments).unwrap_or_else(|_| serde_json::json!({}));
+                        if !args.is_object() {
+                            args = serde_json::json!({});
+                        }
+                        args["message"] = serde_json::Value::String(text);
+                        call.arguments = args.to_string();
+                    }
+                    None if no_calls => *content = Some(text),
+                    None => return Err("this message has no assistant reply to edit".into()),
+                }
+            }
+            (MessageEdit::Reasoning(text), MessageBody::Assistant { content, tool_calls, .. })
+                if !tool_calls.is_empty() =>
+            {
+                *content = Some(text)
+            }
+            (edit, _) => {
+                let kind = match edit {
+                    MessageEdit::User(_) => "a user message",
+                    MessageEdit::Assistant(_) => "an assistant message",
+                    MessageEdit::Reasoning(_) => "a reasoning message",
+                };
+                return Err(format!("the message is not {kind}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -357,6 +412,9 @@ impl Actor for AgentActor {
             }
             AgentCommand::Update(patch) => update(ctx, *patch),
             AgentCommand::SetFolder { folder_id, folder } => set_folder(ctx, &folder_id, folder.map(|f| *f)),
+            AgentCommand::EditMessage { id, edit } => {
+                Ok(AgentReply::Messages(vec![store::edit_message(ctx, &id, |body| edit.apply(body)).await?]))
+            }
             AgentCommand::FileOps(ops) => {
                 let closed = file_ops(ctx, ops)?;
                 Ok(AgentReply::FilesClosed { agent: Box::new(agent(ctx)?), closed })

@@ -488,6 +488,33 @@ pub(crate) async fn search_messages(
     Ok(hits)
 }
 
+/// Replaces the body of message `id` with what `edit` makes of it, keeping
+/// its seq, id and time; its search words are replaced too, and the cached
+/// window is left to be read again (its token changes). The message after.
+pub(crate) async fn edit_message(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    edit: impl FnOnce(&mut MessageBody) -> std::result::Result<(), String>,
+) -> Result<StoredMessage> {
+    agent(ctx)?;
+    ensure_index_watermark(ctx);
+    let space = messages(ctx);
+    let missing = || Error::NotFound { kind: "message", id: id.to_string() };
+    let seq = seq_of(ctx, &space, "mi", id).await?.ok_or_else(missing)?;
+    let mut message = read_message(ctx, &space, seq).await?.ok_or_else(missing)?;
+    let before = words(&message.searchable_text());
+    edit(&mut message.body).map_err(|reason| Error::validation("message", reason))?;
+    for word in before.into_iter().take(MESSAGE_INDEXED_WORDS_COUNT_MAX) {
+        ctx.kv_delete(&word_key(&space, &word, seq))?;
+    }
+    for word in words(&message.searchable_text()).into_iter().take(MESSAGE_INDEXED_WORDS_COUNT_MAX) {
+        ctx.kv_put(&word_key(&space, &word, seq), Vec::new())?;
+    }
+    ctx.kv_put(&seq_key(&space, "m", seq), encode(&message)?)?;
+    ctx.state.message_token = ctx.env.rng.next_u64();
+    Ok(message)
+}
+
 async fn read_message(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option<StoredMessage>> {
     match ctx.kv_get(&seq_key(space, "m", seq)).await? {
         Some(bytes) => Ok(Some(decode(&bytes, "agent message")?)),
