@@ -107,10 +107,10 @@ pub struct ModifyMessage {
 
 impl ModifyMessage {
     /// The Letta message type edited and the edit.
-    pub fn edit(self) -> crate::ServiceResult<(&'static str, crate::actors::agent::MessageEdit)> {
+    pub fn edit(self) -> crate::error::ServiceResult<(&'static str, crate::actors::agent::MessageEdit)> {
         use crate::actors::agent::MessageEdit;
-        let invalid = |reason: &str| crate::ServiceError::Invalid(reason.to_string());
-        let text = |content: Option<Value>| -> crate::ServiceResult<String> {
+        let invalid = |reason: &str| crate::error::ServiceError::Invalid(reason.to_string());
+        let text = |content: Option<Value>| -> crate::error::ServiceResult<String> {
             match content {
                 Some(Value::String(text)) => Ok(text),
                 Some(Value::Array(parts)) => parts
@@ -119,7 +119,7 @@ impl ModifyMessage {
                         (Some("text") | None, Some(text)) => Ok(text.to_string()),
                         _ => Err(invalid("only text content parts can be set")),
                     })
-                    .collect::<crate::ServiceResult<Vec<String>>>()
+                    .collect::<crate::error::ServiceResult<Vec<String>>>()
                     .map(|texts| texts.join("")),
                 _ => Err(invalid("content is required: a string or a list of text parts")),
             }
@@ -266,7 +266,7 @@ mod tests {
     use kelpie_llm::ToolCall;
     use serde_json::json;
 
-    fn edit_of(body: Value) -> crate::ServiceResult<(&'static str, MessageEdit)> {
+    fn edit_of(body: Value) -> crate::error::ServiceResult<(&'static str, MessageEdit)> {
         serde_json::from_value::<ModifyMessage>(body).unwrap().edit()
     }
 
@@ -320,7 +320,10 @@ mod tests {
             json!({"message_type": "user_message"}),
             json!({"message_type": "user_message", "content": [{"type": "image", "url": "x"}]}),
         ] {
-            assert!(matches!(edit_of(refused.clone()), Err(crate::ServiceError::Invalid(_))), "{refused}");
+            assert!(
+                matches!(edit_of(refused.clone()), Err(crate::error::ServiceError::Invalid(_))),
+                "{refused}"
+            );
         }
     }
 }

@@ -142,9 +142,22 @@ enum Bug {
 struct Disk {
     inner: SimDiskBackend,
     bug: Option<BackendBug>,
-    node: SimNode,
-    boot: u64,
-    boots: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the process that opened the disk still runs: cleared when its
+    /// boot task is dropped (the node crashed), so its code, which the
+    /// simulator may still run on a client's task, writes nothing, even
+    /// before the next boot's code has run.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// One boot's process: alive from its boot until its boot task is dropped.
+struct Process {
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Disk {
@@ -159,7 +172,7 @@ impl Disk {
     }
 
     fn alive(&self) -> CoreResult<()> {
-        match self.node.is_up() && self.boots.load(std::sync::atomic::Ordering::SeqCst) == self.boot {
+        match self.alive.load(std::sync::atomic::Ordering::SeqCst) {
             true => Ok(()),
             false => Err(kelpie_core::Error::StorageIo {
                 operation: "dst disk",
@@ -884,8 +897,9 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
         sim.on_boot(0, move |node| {
             let (handle, slot, boots) = (handle.clone(), Arc::clone(&slot), Arc::clone(&boots));
             async move {
-                // This boot's number; a later boot's makes this one's disk refuse.
                 let boot = boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                // Its disk refuses every call once this task is dropped.
+                let process = Process { alive: Arc::new(std::sync::atomic::AtomicBool::new(true)) };
                 let fatal_handle = handle.clone();
                 let fatal = Box::new(move || fatal_handle.crash_node(0));
                 let Ok(disk) = SimDiskBackend::open(node.storage().clone(), fatal).await else {
@@ -897,13 +911,7 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
                     Some(Bug::Backend(bug)) => Some(bug),
                     _ => None,
                 };
-                let disk = Disk {
-                    inner: disk,
-                    bug: backend_bug,
-                    node: node.clone(),
-                    boot,
-                    boots: Arc::clone(&boots),
-                };
+                let disk = Disk { inner: disk, bug: backend_bug, alive: Arc::clone(&process.alive) };
                 let storage = Storage::from_backend(Arc::new(disk));
                 let Ok(service) = build_service(&node, &storage, bug) else {
                     handle.crash_node(0);
@@ -919,6 +927,9 @@ fn run_seed(seed: u64, bug: Option<Bug>) -> (Result<Seen, Violation>, u64) {
                 // their agents' next command).
                 let _ = service.runs.recover().await;
                 *slot.lock().unwrap() = Some(Boot { service: Arc::new(service), number: boot });
+                // The process runs until the node crashes.
+                futures::future::pending::<()>().await;
+                drop(process);
             }
         });
     }
