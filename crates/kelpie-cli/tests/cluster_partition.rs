@@ -33,6 +33,9 @@ use support::{
 const AGENTS_COUNT: usize = 12;
 /// Messages per agent before the cut, each through another node.
 const WARMUP_ROUNDS_COUNT: usize = 3;
+/// Times a warm-up message answered 503 (retriable) is sent again.
+const WARMUP_RETRIES_COUNT_MAX: usize = 5;
+const WARMUP_RETRY_PAUSE_MS: u64 = 100;
 /// Requests through n3 for each of its agents, right after the cut and again
 /// after the majority took them over.
 const MINORITY_ATTEMPTS_COUNT: usize = 2;
@@ -134,7 +137,17 @@ fn minority_node_commits_nothing_and_majority_takes_over_then_it_rejoins_and_for
     runtime.block_on(async {
         for round in 0..WARMUP_ROUNDS_COUNT {
             for (i, agent) in agents.iter().enumerate() {
-                let delivery = run.send(Phase::Warmup, names[(i + round) % 3], agent).await;
+                // A 503 says "send again": a node that had the agent active
+                // can meet it moved away by the rebalancer as the request
+                // arrives; nothing was stored, and the retry is routed afresh.
+                let mut delivery = run.send(Phase::Warmup, names[(i + round) % 3], agent).await;
+                for _ in 0..WARMUP_RETRIES_COUNT_MAX {
+                    if delivery.acked || !delivery.why.starts_with("503") {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(WARMUP_RETRY_PAUSE_MS)).await;
+                    delivery = run.send(Phase::Warmup, names[(i + round) % 3], agent).await;
+                }
                 assert!(delivery.acked, "warm-up message to {agent}: {delivery:?}");
             }
         }
