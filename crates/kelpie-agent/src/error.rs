@@ -18,6 +18,8 @@ pub enum ServiceError {
     RunNotFound(String),
     #[error("Identity with ID {0} not found")]
     IdentityNotFound(String),
+    #[error("Batch job with ID {0} not found")]
+    BatchNotFound(String),
     #[error("Step with ID {0} not found")]
     StepNotFound(String),
     #[error("Block with ID {0} not found")]

@@ -49,6 +49,29 @@ pub fn run_of_step(step_id: &str, steps_count_max: usize) -> Option<(String, usi
     Some((uuid_id("run", high, (low & !0xffff) | tag), index))
 }
 
+/// A new message id `message-<uuid>` for a message of `agent_id`: the
+/// first 64 bits of the agent's uuid, then 62 random bits, so
+/// [`message_agent_prefix`] finds the agent from the message id alone
+/// (`GET /v1/messages/{id}`), without an index written by every step. An
+/// agent id that is not a uuid gets a wholly random message id.
+pub fn new_message_id(agent_id: &str, rng: &dyn RngSource) -> String {
+    match parse_uuid(uuid_part(agent_id)) {
+        Some((agent_high, _)) if agent_id.starts_with("agent-") => {
+            uuid_id("message", agent_high, rng.next_u64())
+        }
+        _ => new_id("message", rng),
+    }
+}
+
+/// The start (`agent-<first 64 bits>-`) every agent id has whose messages
+/// [`new_message_id`] could have named `message_id`; `None` for an id that
+/// is not a uuid.
+pub fn message_agent_prefix(message_id: &str) -> Option<String> {
+    let uuid = message_id.strip_prefix("message-")?;
+    parse_uuid(uuid)?;
+    Some(format!("agent-{}-", &uuid[..18]))
+}
+
 /// The two halves of a canonical lowercase uuid, `None` for anything else.
 fn parse_uuid(uuid: &str) -> Option<(u64, u64)> {
     let bytes = uuid.as_bytes();
@@ -266,6 +289,27 @@ mod tests {
         assert_eq!(run_of_step("step-00000000-0000-4000-8000-00000000000G", 64), None);
         // A run id Kelpie did not make still gives distinct step ids.
         assert_eq!(step_id("run-x", 3), "step-x-3");
+    }
+
+    #[test]
+    fn a_message_id_names_the_start_of_its_agent_id() {
+        let rng = ChaChaRngSource::from_seed(5);
+        for _ in 0..200 {
+            let agent = new_id("agent", &rng);
+            let message = new_message_id(&agent, &rng);
+            assert_eq!(message.len(), "message-".len() + 36, "{message}");
+            assert_eq!(&uuid_part(&message)[14..15], "4", "{message}");
+            assert!(matches!(&uuid_part(&message)[19..20], "8" | "9" | "a" | "b"), "{message}");
+            let prefix = message_agent_prefix(&message).expect("a uuid message id");
+            assert!(agent.starts_with(&prefix), "{agent} starts with {prefix}");
+            assert_eq!(prefix.len(), "agent-".len() + 19);
+            assert_ne!(new_message_id(&agent, &rng), message, "62 random bits per message");
+        }
+        // An agent id Kelpie did not make still gets message ids.
+        let loose = new_message_id("agent-x", &rng);
+        assert!(loose.starts_with("message-") && message_agent_prefix(&loose).is_some());
+        assert_eq!(message_agent_prefix("message-1"), None);
+        assert_eq!(message_agent_prefix("run-00000000-0000-4000-8000-000000000000"), None);
     }
 
     #[test]

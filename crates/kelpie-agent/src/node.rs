@@ -157,6 +157,13 @@ impl AgentNode {
                 tracing::warn!(%err, "cannot recover the runs left in flight; they are tried at the next start")
             }
         }
+        match self.service.batches.recover().await {
+            Ok(0) => {}
+            Ok(followed) => tracing::info!(followed, "following the batches the last stop left running"),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the running batches; they are followed at the next start")
+            }
+        }
         Ok(())
     }
 
@@ -237,7 +244,12 @@ pub fn agent_service(
                 crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
                 Arc::new(runtimes.folder_store.clone()),
             )
-            .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone())),
+            .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone()))
+            .with_namespace(crate::actors::batch::BATCH_NAMESPACE, Arc::new(runtimes.batches.clone()))
+            .with_namespace(
+                crate::actors::batch::BATCH_INDEX_ACTOR.0,
+                Arc::new(runtimes.batch_index.clone()),
+            ),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -274,6 +286,8 @@ pub fn agent_runtimes(
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
         folders: parts.runtime(folders)?,
+        batches: parts.runtime(crate::actors::batch::BatchActor)?,
+        batch_index: parts.runtime(crate::actors::batch::BatchIndexActor)?,
     })
 }
 

@@ -23,6 +23,9 @@ pub const DIRECTORY_SHARDS_COUNT: usize = 16;
 /// Creation stamps available per wall-clock millisecond before stamps run
 /// ahead of the clock (they stay strictly increasing either way).
 pub const CREATION_STAMPS_PER_MS_COUNT: u64 = 1_024;
+/// Most ids one shard answers for a prefix (a message id names 64 bits of
+/// its agent's id: more than one match is already a rare coincidence).
+pub const PREFIX_MATCHES_COUNT_MAX: usize = 16;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DirectoryState {
@@ -57,11 +60,17 @@ pub enum DirectoryCommand {
     List,
     /// The largest stamp this shard has registered.
     LastStamp,
+    /// The ids of this shard starting with `prefix`, at most
+    /// [`PREFIX_MATCHES_COUNT_MAX`], in id order.
+    FindPrefix {
+        prefix: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum DirectoryReply {
     Entries(Vec<StampedEntry>),
+    Ids(Vec<String>),
     LastStamp(u64),
     Done,
 }
@@ -170,6 +179,19 @@ impl Actor for DirectoryActor {
             }
             DirectoryCommand::List => return Ok(DirectoryReply::Entries(list(ctx).await?)),
             DirectoryCommand::LastStamp => return Ok(DirectoryReply::LastStamp(ctx.state.last_stamp)),
+            DirectoryCommand::FindPrefix { prefix } => {
+                let range = kelpie_storage::KeyRange::prefix(id_key(&prefix));
+                let rows = ctx
+                    .kv_scan_page(&range, kelpie_storage::ScanOrder::Ascending, PREFIX_MATCHES_COUNT_MAX)
+                    .await?;
+                let ids = rows
+                    .into_iter()
+                    .map(|(key, _)| {
+                        String::from_utf8(key[2..].to_vec()).map_err(|e| corrupt("id key", e.to_string()))
+                    })
+                    .collect::<Result<_>>()?;
+                return Ok(DirectoryReply::Ids(ids));
+            }
         }
         Ok(DirectoryReply::Done)
     }

@@ -10,12 +10,15 @@
 //! - [`reclaim`]: the agents whose storage awaits reclaiming;
 //! - [`folder_store`]: every folder's record and the agents it is attached to;
 //! - [`folder`]: one per folder (`folder/<folder id>`): its files, their
-//!   text and passages.
+//!   text and passages;
+//! - [`batch`]: one per message batch (`batch/<job id>`), and the index of
+//!   the running ones.
 //!
 //! None of them calls another actor or the network: the agent service
 //! composes them.
 
 pub mod agent;
+pub mod batch;
 pub mod block_store;
 pub mod directory;
 pub mod folder;

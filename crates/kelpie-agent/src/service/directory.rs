@@ -90,6 +90,21 @@ impl AgentDirectory {
         Ok(stamp)
     }
 
+    /// The listed agents whose ids start with `prefix` (every shard is
+    /// asked: an id's shard is a hash of the whole id).
+    pub async fn find_prefix(&self, prefix: &str) -> ServiceResult<Vec<String>> {
+        let replies = futures::future::try_join_all((0..DIRECTORY_SHARDS_COUNT).map(|index| {
+            self.shard(shard_name(index), DirectoryCommand::FindPrefix { prefix: prefix.to_string() })
+        }))
+        .await?;
+        let mut ids = Vec::new();
+        for reply in replies {
+            let DirectoryReply::Ids(found) = reply else { return Err(unexpected("find prefix")) };
+            ids.extend(found);
+        }
+        Ok(ids)
+    }
+
     /// Every listed agent, in creation order.
     pub async fn entries(&self) -> ServiceResult<Vec<DirectoryEntry>> {
         let replies = futures::future::try_join_all(

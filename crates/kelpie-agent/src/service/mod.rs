@@ -19,6 +19,8 @@
 //! - [`turn::Turns`]: the agent loop;
 //! - [`runs::Runs`]: every turn as a durable run (sync, streaming, background);
 //! - [`steps::Steps`]: the steps of the runs, found by id;
+//! - [`batches::Batches`]: message batches, a background run per agent;
+//! - [`messages::Messages`]: messages across agents, by id and by search;
 //! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
 //!   resets and abandoned imports leave in storage;
 //! - [`transfer::Transfer`]: export and import of agents;
@@ -31,6 +33,7 @@ pub mod agent_actors;
 pub mod agent_files;
 pub mod agents;
 pub mod archival;
+pub mod batches;
 pub mod directory;
 pub mod documents;
 pub mod folders;
@@ -38,6 +41,7 @@ pub mod identities;
 mod locks;
 pub mod mcp;
 pub mod mcp_clients;
+pub mod messages;
 pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
@@ -92,6 +96,8 @@ pub struct AgentRuntimes {
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
     pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
     pub folders: Runtime<crate::actors::folder::FolderActor>,
+    pub batches: Runtime<crate::actors::batch::BatchActor>,
+    pub batch_index: Runtime<crate::actors::batch::BatchIndexActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
     pub planted: crate::planted::Planted,
 }
@@ -106,7 +112,9 @@ pub struct AgentService {
     pub identities: identities::Identities,
     pub archival: Archival,
     pub turns: Arc<Turns>,
-    pub runs: Runs,
+    pub runs: Arc<Runs>,
+    pub batches: Arc<batches::Batches>,
+    pub messages: messages::Messages,
     pub transfer: Transfer,
     pub reclaimer: Arc<Reclaimer>,
     pub folders: Arc<folders::Folders>,
@@ -176,7 +184,7 @@ impl AgentService {
             catalog.clone(),
             env.clone(),
         ));
-        let runs = Runs::new(
+        let runs = Arc::new(Runs::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&turns),
@@ -184,7 +192,15 @@ impl AgentService {
             runtimes.live_runs,
             env.clone(),
             runtimes.planted.clone(),
+        ));
+        let batches = batches::Batches::new(
+            (runtimes.batches, runtimes.batch_index),
+            Arc::clone(&runs),
+            Arc::clone(&actors),
+            tools.runner().settings().mcp.allow_internal_urls,
+            env.clone(),
         );
+        let messages = messages::Messages::new(Arc::clone(&actors), Arc::clone(&directory));
         let transfer = Transfer::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
@@ -204,6 +220,8 @@ impl AgentService {
             archival,
             turns,
             runs,
+            batches,
+            messages,
             transfer,
             reclaimer,
             folders,
@@ -320,6 +338,9 @@ impl AgentService {
     /// Stops the runs in flight (each records its end) and finishes every
     /// activation (their state is already committed).
     pub async fn shutdown(&self) {
+        // Watchers first: one woken by the runs' stop could post a callback
+        // the stop then cuts short of being recorded (and sent again).
+        self.batches.shutdown().await;
         self.runs.stop_all().await;
         self.reclaimer.shutdown().await;
         self.documents.shutdown().await;

@@ -356,6 +356,11 @@ impl Runs {
         Ok(run)
     }
 
+    /// Run `run_id` once it has ended (see `wait_ended`).
+    pub async fn wait_until_ended(&self, run_id: &str) -> ServiceResult<RunRecord> {
+        self.wait_ended(self.record(run_id).await?).await
+    }
+
     /// Starts a turn in the background; the run as stored, running.
     pub async fn start(
         &self,

@@ -30,7 +30,7 @@ use crate::actors::reclaim::PendingKind;
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::new_id;
+use crate::ids::{new_id, new_message_id};
 use crate::letta_af::{letta_message, letta_parts, LettaParts};
 use crate::limits::{MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
@@ -585,7 +585,9 @@ impl AgentImport {
                     return Ok(());
                 }
                 let message: StoredMessage = decode("a message", &value)?;
-                let message = StoredMessage { id: new_id("message", self.parts.env.rng.as_ref()), ..message };
+                let agent_id = self.begun.as_ref().map(|begun| begun.record.id.as_str()).unwrap_or_default();
+                let id = new_message_id(agent_id, self.parts.env.rng.as_ref());
+                let message = StoredMessage { id, ..message };
                 // Its row, its id and one search-index key per word.
                 let words = store::words(&message.searchable_text()).len();
                 self.batch_ops += 2 + MESSAGE_INDEXED_WORDS_COUNT_MAX.min(words);

@@ -2,7 +2,9 @@
 //! check and a JSON 404 for unknown routes.
 
 pub mod agents;
+pub mod all_messages;
 pub mod archival;
+pub mod batches;
 pub mod blocks;
 pub mod cluster;
 pub mod extract;
@@ -58,6 +60,8 @@ fn api_router(state: AppState) -> Router {
         .merge(folders::router())
         .merge(jobs::router())
         .merge(messages::router())
+        .merge(batches::router())
+        .merge(all_messages::router())
         .merge(archival::router())
         .merge(passages::router())
         .merge(models::router())

@@ -256,6 +256,18 @@ pub enum AgentCommand {
         id: String,
         edit: MessageEdit,
     },
+    /// The stored message `id` ([`AgentReply::Messages`], empty when the
+    /// agent has none).
+    GetMessage {
+        id: String,
+    },
+    /// At most `limit` stored messages whose text holds `query` (case
+    /// aside), newest first, through the word index (as
+    /// `conversation_search`).
+    SearchMessages {
+        query: String,
+        limit: usize,
+    },
 }
 
 /// What an edit of a stored message changes: a user message's text, an
@@ -414,6 +426,10 @@ impl Actor for AgentActor {
             AgentCommand::SetFolder { folder_id, folder } => set_folder(ctx, &folder_id, folder.map(|f| *f)),
             AgentCommand::EditMessage { id, edit } => {
                 Ok(AgentReply::Messages(vec![store::edit_message(ctx, &id, |body| edit.apply(body)).await?]))
+            }
+            AgentCommand::GetMessage { id } => Ok(AgentReply::Messages(store::get_message(ctx, &id).await?)),
+            AgentCommand::SearchMessages { query, limit } => {
+                Ok(AgentReply::Messages(store::search_messages(ctx, &query, limit, u64::MAX).await?))
             }
             AgentCommand::FileOps(ops) => {
                 let closed = file_ops(ctx, ops)?;

@@ -32,7 +32,7 @@ use kelpie_runtime::ActorContext;
 use kelpie_storage::{KeyRange, ScanOrder};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::new_id;
+use crate::ids::{new_id, new_message_id};
 use crate::limits::{
     CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, SEARCH_WORD_BYTES_MAX,
     STORE_PAGE_COUNT_MAX,
@@ -320,7 +320,7 @@ pub(crate) async fn append_message(
     id: Option<String>,
 ) -> Result<StoredMessage> {
     let message = StoredMessage {
-        id: id.unwrap_or_else(|| new_id("message", ctx.env.rng.as_ref())),
+        id: id.unwrap_or_else(|| new_message_id(ctx.actor_id.id(), ctx.env.rng.as_ref())),
         seq: 0,
         created_ms: ctx.env.clock.wall_ms(),
         run_id: Some(run_id.to_string()),
@@ -421,7 +421,7 @@ pub(crate) async fn compact(
         ));
     }
     let message = StoredMessage {
-        id: new_id("message", ctx.env.rng.as_ref()),
+        id: new_message_id(ctx.actor_id.id(), ctx.env.rng.as_ref()),
         seq: 0,
         created_ms: ctx.env.clock.wall_ms(),
         run_id: None,
@@ -513,6 +513,14 @@ pub(crate) async fn edit_message(
     ctx.kv_put(&seq_key(&space, "m", seq), encode(&message)?)?;
     ctx.state.message_token = ctx.env.rng.next_u64();
     Ok(message)
+}
+
+/// The stored message `id`, if the agent has it (none or one).
+pub(crate) async fn get_message(ctx: &mut Ctx<'_>, id: &str) -> Result<Vec<StoredMessage>> {
+    agent(ctx)?;
+    let space = messages(ctx);
+    let Some(seq) = seq_of(ctx, &space, "mi", id).await? else { return Ok(Vec::new()) };
+    Ok(read_message(ctx, &space, seq).await?.into_iter().collect())
 }
 
 async fn read_message(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option<StoredMessage>> {

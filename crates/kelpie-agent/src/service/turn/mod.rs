@@ -29,7 +29,7 @@ use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ApprovalInput, 
 use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::{new_id, step_id};
+use crate::ids::{new_id, new_message_id, step_id};
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::model::{
@@ -388,7 +388,7 @@ impl Turns {
             outcome.steps_begun += 1;
             let clock = &self.env.clock;
             let (start_ms, start_ns) = (clock.wall_ms(), clock.monotonic_ns());
-            let assistant_message_id = new_id("message", self.env.rng.as_ref());
+            let assistant_message_id = new_message_id(&agent.id, self.env.rng.as_ref());
             let attached = attached_names(&agent, custom);
             let step_agent = offered_tools(&agent, custom, &rules, &attached);
             let (answer, streamed) = self
