@@ -18,6 +18,8 @@ pub enum ServiceError {
     RunNotFound(String),
     #[error("Identity with ID {0} not found")]
     IdentityNotFound(String),
+    #[error("Group with ID {0} not found")]
+    GroupNotFound(String),
     #[error("Step with ID {0} not found")]
     StepNotFound(String),
     #[error("Block with ID {0} not found")]
@@ -76,6 +78,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "folder", id } => ServiceError::FolderNotFound(id),
             Error::NotFound { kind: "message", id } => ServiceError::MessageNotFound(id),
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
+            Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
             other => ServiceError::Core(other),
         }
     }

@@ -57,6 +57,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::RunNotFound(_)
             | ServiceError::StepNotFound(_)
             | ServiceError::IdentityNotFound(_)
+            | ServiceError::GroupNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
             | ServiceError::FolderNotFound(_)

@@ -25,7 +25,9 @@
 //! - [`folders::Folders`]: folders and their files (upload, list, delete);
 //! - [`agent_files::AgentFiles`]: an agent's folders, open files and file tools;
 //! - [`documents::Documents`]: processing uploads into text and passages,
-//!   in the background, resumed after a crash.
+//!   in the background, resumed after a crash;
+//! - [`groups::Groups`]: multi-agent groups, their sleeptime agents after
+//!   their manager's turns and their round robin turns.
 
 pub mod agent_actors;
 pub mod agent_files;
@@ -34,6 +36,7 @@ pub mod archival;
 pub mod directory;
 pub mod documents;
 pub mod folders;
+pub mod groups;
 pub mod identities;
 mod locks;
 pub mod mcp;
@@ -90,6 +93,7 @@ pub struct AgentRuntimes {
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
+    pub groups: Runtime<crate::actors::group_store::GroupStoreActor>,
     pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
     pub folders: Runtime<crate::actors::folder::FolderActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
@@ -101,12 +105,13 @@ pub struct AgentService {
     pub mcp_servers: mcp::McpServers,
     pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
-    pub agents: Agents,
+    pub agents: Arc<Agents>,
     pub blocks: Arc<SharedBlocks>,
+    pub groups: Arc<groups::Groups>,
     pub identities: identities::Identities,
     pub archival: Archival,
     pub turns: Arc<Turns>,
-    pub runs: Runs,
+    pub runs: Arc<Runs>,
     pub transfer: Transfer,
     pub reclaimer: Arc<Reclaimer>,
     pub folders: Arc<folders::Folders>,
@@ -130,10 +135,10 @@ impl AgentService {
         let mcp_servers = mcp::McpServers::new(Arc::clone(&tools), env.clone());
         let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
-        let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
+        let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools), runtimes.groups.clone()));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
         let reclaimer = Arc::new(Reclaimer::new(runtimes.reclaim, Arc::clone(&actors), env.clone()));
-        let agents = Agents::new(
+        let agents = Arc::new(Agents::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&blocks),
@@ -141,7 +146,7 @@ impl AgentService {
             Arc::clone(&tools),
             catalog.clone(),
             (env.clone(), runtimes.planted.clone()),
-        );
+        ));
         let identities = identities::Identities::new(
             runtimes.identities,
             Arc::clone(&actors),
@@ -176,7 +181,7 @@ impl AgentService {
             catalog.clone(),
             env.clone(),
         ));
-        let runs = Runs::new(
+        let runs = Arc::new(Runs::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&turns),
@@ -184,6 +189,13 @@ impl AgentService {
             runtimes.live_runs,
             env.clone(),
             runtimes.planted.clone(),
+        ));
+        let groups = groups::Groups::new(
+            runtimes.groups,
+            Arc::clone(&actors),
+            (Arc::clone(&agents), Arc::clone(&blocks)),
+            Arc::clone(&runs),
+            env.clone(),
         );
         let transfer = Transfer::new(
             Arc::clone(&actors),
@@ -200,6 +212,7 @@ impl AgentService {
             catalog,
             agents,
             blocks,
+            groups,
             identities,
             archival,
             turns,
@@ -287,18 +300,20 @@ impl AgentService {
         self.agents.list_among(name, (tags, match_all), among.as_deref(), page).await
     }
 
-    /// Deletes agent `agent_id`, and forgets it in the identities.
+    /// Deletes agent `agent_id`, and forgets it in the identities and groups.
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;
         self.identities.forget(agent_id).await?;
+        self.groups.forget_agent(agent_id).await?;
         self.agent_files.forget_agent(agent_id).await?;
         Ok(deleted)
     }
 
-    /// Deletes standalone block `block_id`, and forgets it in the identities.
+    /// Deletes standalone block `block_id`, and forgets it in the identities and groups.
     pub async fn delete_block(&self, block_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.blocks.delete(block_id).await?;
         self.identities.forget(block_id).await?;
+        self.groups.forget_block(block_id).await?;
         Ok(deleted)
     }
 
@@ -330,6 +345,7 @@ impl AgentService {
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
         self.identities.shutdown().await;
+        self.groups.shutdown().await;
         self.folders.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;

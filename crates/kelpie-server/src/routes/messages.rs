@@ -169,7 +169,7 @@ fn turn_request(request: SendMessages) -> Result<TurnInput, ApiError> {
 }
 
 /// Only user messages start a background run.
-fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
+pub(crate) fn user_texts(request: SendMessages) -> Result<Vec<String>, ApiError> {
     match turn_request(request)? {
         TurnInput::Texts(texts) => Ok(texts),
         TurnInput::Approval(_) => Err(unprocessable(
