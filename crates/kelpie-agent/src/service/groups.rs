@@ -40,7 +40,7 @@ use super::turn::TurnOutcome;
 use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply};
 use crate::actors::group_store::{
     GroupCommand, GroupRecord, GroupReply, GroupRun, GroupStoreActor, GROUP_STORE_ACTOR,
-    GROUP_TURNS_COUNT_MAX,
+    GROUP_TURNS_COUNT_MAX, MANAGER_TYPES,
 };
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
@@ -133,6 +133,12 @@ fn record_of(create: GroupCreate, id: String, created_ms: u64) -> ServiceResult<
         min_message_buffer_length: None,
     });
     let kind = config.manager_type.as_str();
+    if !MANAGER_TYPES.contains(&kind) {
+        return Err(ServiceError::Invalid(format!(
+            "manager_config.manager_type {kind:?} is none of {}",
+            MANAGER_TYPES.join(", ")
+        )));
+    }
     let mut record = GroupRecord {
         id,
         manager_type: config.manager_type.clone(),
