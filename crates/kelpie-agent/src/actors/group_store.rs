@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The store's own actor id (namespace, id).
 pub const GROUP_STORE_ACTOR: (&str, &str) = ("group-store", "all");
 /// Most groups a server holds.
-pub const GROUPS_COUNT_MAX: usize = 10_000;
+pub const GROUPS_COUNT_MAX: usize = 1_000;
 /// Most member agents of one group.
 pub const GROUP_AGENTS_COUNT_MAX: usize = 64;
 /// Most standalone blocks one group shares.
