@@ -20,6 +20,8 @@ pub enum ServiceError {
     IdentityNotFound(String),
     #[error("Batch job with ID {0} not found")]
     BatchNotFound(String),
+    #[error("Group with ID {0} not found")]
+    GroupNotFound(String),
     #[error("Step with ID {0} not found")]
     StepNotFound(String),
     #[error("Block with ID {0} not found")]
@@ -78,6 +80,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "folder", id } => ServiceError::FolderNotFound(id),
             Error::NotFound { kind: "message", id } => ServiceError::MessageNotFound(id),
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
+            Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
             other => ServiceError::Core(other),
         }
     }

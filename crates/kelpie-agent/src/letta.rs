@@ -181,7 +181,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
     let rest = json!({
         "tool_exec_environment_variables": secrets_json(agent), "secrets": secrets_json(agent), "project_id": null, "template_id": null, "base_template_id": null, "deployment_id": null, "entity_id": null,
         "identity_ids": agent.identity_ids, "identities": [], "pending_approval": null, "message_buffer_autoclear": false,
-        "enable_sleeptime": null, "multi_agent_group": null, "managed_group": null, "response_format": null,
+        "enable_sleeptime": agent.enable_sleeptime, "multi_agent_group": null, "managed_group": null, "response_format": null,
         "last_run_completion": null, "last_run_duration_ms": null, "last_stop_reason": null,
         "timezone": "UTC", "max_files_open": files_open, "per_file_view_window_char_limit": window_chars, "hidden": null,
         "compaction_settings": crate::context::settings_json(agent),
@@ -391,6 +391,20 @@ pub fn internal_message_json(agent_id: &str, message: &StoredMessage) -> Value {
         "created_at": rfc3339_micros(message.created_ms), "updated_at": rfc3339_micros(message.created_ms),
         "model": null, "created_by_id": null, "last_updated_by_id": null, "tool_returns": null, "group_id": null,
         "sender_id": null, "batch_item_id": null, "conversation_id": null, "is_err": null,
+    })
+}
+
+/// Letta's `Group`.
+pub fn group_json(group: &crate::actors::group_store::GroupRecord) -> Value {
+    json!({
+        "id": group.id, "manager_type": group.manager_type, "agent_ids": group.agent_ids,
+        "description": group.description, "project_id": group.project_id, "template_id": null,
+        "base_template_id": null, "deployment_id": null, "shared_block_ids": group.shared_block_ids,
+        "manager_agent_id": group.manager_agent_id, "termination_token": group.termination_token,
+        "max_turns": group.max_turns, "sleeptime_agent_frequency": group.sleeptime_agent_frequency,
+        "turns_counter": group.turns_counter, "last_processed_message_id": group.last_processed_message_id,
+        "max_message_buffer_length": group.max_message_buffer_length,
+        "min_message_buffer_length": group.min_message_buffer_length, "hidden": group.hidden,
     })
 }
 

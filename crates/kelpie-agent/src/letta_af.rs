@@ -306,6 +306,8 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         open_files: Vec::new(),
         max_files_open,
         file_window_chars,
+        enable_sleeptime: None,
+        managed_group: None,
         created_ms: resolvers.now_ms,
         updated_ms: resolvers.now_ms,
     };

@@ -61,6 +61,14 @@ pub struct AgentRecord {
     /// Letta's `per_file_view_window_char_limit`; `None` as above.
     #[serde(default)]
     pub file_window_chars: Option<u64>,
+    /// Letta's `enable_sleeptime`: a sleeptime group this agent manages
+    /// runs after its turns only when set.
+    #[serde(default)]
+    pub enable_sleeptime: Option<bool>,
+    /// The group this agent manages (Letta's `managed_group`), by id; the
+    /// group store holds the same link (see `service::groups`).
+    #[serde(default)]
+    pub managed_group: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -524,6 +532,8 @@ mod tests {
             open_files: Vec::new(),
             max_files_open: None,
             file_window_chars: None,
+            enable_sleeptime: None,
+            managed_group: None,
             created_ms: 1,
             updated_ms: 2,
         };

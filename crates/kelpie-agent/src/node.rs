@@ -241,6 +241,10 @@ pub fn agent_service(
                 Arc::new(runtimes.identities.clone()),
             )
             .with_namespace(
+                crate::actors::group_store::GROUP_STORE_ACTOR.0,
+                Arc::new(runtimes.groups.clone()),
+            )
+            .with_namespace(
                 crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
                 Arc::new(runtimes.folder_store.clone()),
             )
@@ -284,6 +288,7 @@ pub fn agent_runtimes(
         sandbox_configs: parts.runtime(SandboxConfigActor)?,
         reclaim: parts.runtime(ReclaimActor)?,
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
+        groups: parts.runtime(crate::actors::group_store::GroupStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
         folders: parts.runtime(folders)?,
         batches: parts.runtime(crate::actors::batch::BatchActor)?,

@@ -74,6 +74,9 @@ pub struct CreateAgent {
     pub compaction_settings: Option<CompactionSettings>,
     /// Letta's tool rules, read by [`crate::tool_rules::parse_rules`].
     pub tool_rules: Option<Vec<Value>>,
+    /// Letta's `enable_sleeptime`: a sleeptime group the agent manages runs
+    /// after its turns only when set.
+    pub enable_sleeptime: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,6 +96,7 @@ pub struct UpdateAgent {
     pub tool_rules: Option<Vec<Value>>,
     pub max_files_open: Option<u32>,
     pub per_file_view_window_char_limit: Option<u64>,
+    pub enable_sleeptime: Option<bool>,
 }
 
 /// The body of `PATCH /v1/agents/{id}/messages/{message_id}` (any of

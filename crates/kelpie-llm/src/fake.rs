@@ -3,7 +3,9 @@
 //!
 //! Its default behaviour, for a request whose last message is
 //! - from the user with text `/call <tool> <json args>`: a tool call of
-//!   `<tool>` with those arguments (and a short reasoning text);
+//!   `<tool>` with those arguments (and a short reasoning text); the same
+//!   for a sleeptime agent's transcript (it holds `<system-reminder>`) from
+//!   its last line `user: /sleeptime-call <tool> <json args>`;
 //! - from the user with any other text, or from a tool: a `send_message`
 //!   call whose message is `echo: <the last user text>`;
 //! - a summarizer's (no tools, the last message a `<transcript>`): the text
@@ -174,7 +176,14 @@ fn default_answer(request: &Value) -> Value {
         let first = lines.first().copied().unwrap_or_default();
         return completion(Some(&format!("Summary of {} lines: {first}", lines.len())), &[]);
     }
-    if let Some(directive) = last_user.strip_prefix("/call ").filter(|_| last_is_user) {
+    // A sleeptime agent's transcript calls what its user's last
+    // `/sleeptime-call <tool> <json args>` line asks (the primary agent
+    // only echoes that line).
+    let sleeptime = match last_user.contains("<system-reminder>") {
+        true => last_user.lines().rev().find_map(|line| line.strip_prefix("user: /sleeptime-call ")),
+        false => None,
+    };
+    if let Some(directive) = sleeptime.or_else(|| last_user.strip_prefix("/call ")).filter(|_| last_is_user) {
         let (tool, args) = directive.split_once(' ').unwrap_or((directive, "{}"));
         let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
         return completion(Some(&format!("Calling {tool}.")), &[(tool, args)]);

@@ -58,6 +58,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::StepNotFound(_)
             | ServiceError::IdentityNotFound(_)
             | ServiceError::BatchNotFound(_)
+            | ServiceError::GroupNotFound(_)
             | ServiceError::SandboxConfigNotFound(_)
             | ServiceError::SandboxEnvNotFound(_)
             | ServiceError::FolderNotFound(_)

@@ -23,6 +23,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/runs.rs"),
     include_str!("../src/routes/steps.rs"),
     include_str!("../src/routes/identities.rs"),
+    include_str!("../src/routes/groups.rs"),
     include_str!("../src/routes/folders.rs"),
     include_str!("../src/routes/jobs.rs"),
     include_str!("../src/routes/sandbox_config.rs"),

@@ -9,6 +9,7 @@
 //! - [`run_store`]: one per run (`runs/<run id>`), its record;
 //! - [`reclaim`]: the agents whose storage awaits reclaiming;
 //! - [`folder_store`]: every folder's record and the agents it is attached to;
+//! - [`group_store`]: every multi-agent group, its members and its runs;
 //! - [`folder`]: one per folder (`folder/<folder id>`): its files, their
 //!   text and passages;
 //! - [`batch`]: one per message batch (`batch/<job id>`), and the index of
@@ -23,6 +24,7 @@ pub mod block_store;
 pub mod directory;
 pub mod folder;
 pub mod folder_store;
+pub mod group_store;
 pub mod identity_store;
 pub mod reclaim;
 pub mod run_store;

@@ -1,7 +1,8 @@
 //! The agent actors as every other part of the service reaches them: a
 //! reference by agent id (an id that cannot be an agent's is not found, not
 //! a bad request), the agent's record, its rendering as Letta's
-//! `AgentState`, and the per-agent turn lock.
+//! `AgentState` (with the group it manages, read from the group store),
+//! and the per-agent turn lock.
 //!
 //! Message turns of one agent are serialized by that lock, held for the
 //! whole turn (the LLM calls happen outside the actor, between the actor
@@ -20,6 +21,7 @@ use serde_json::Value;
 use super::locks::KeyedLocks;
 use super::tools::ToolService;
 use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, AGENT_NAMESPACE};
+use crate::actors::group_store::{GroupCommand, GroupReply, GroupStoreActor, GROUP_STORE_ACTOR};
 use crate::actors::tool_store::ToolRecord;
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::letta::{agent_json, builtin_tool_json, custom_tool_json};
@@ -28,12 +30,35 @@ use crate::model::AgentRecord;
 pub struct AgentActors {
     runtime: Runtime<AgentActor>,
     tools: Arc<ToolService>,
+    /// Read to show the group an agent manages.
+    groups: Runtime<GroupStoreActor>,
     turn_locks: KeyedLocks,
 }
 
 impl AgentActors {
-    pub(crate) fn new(runtime: Runtime<AgentActor>, tools: Arc<ToolService>) -> Self {
-        AgentActors { runtime, tools, turn_locks: KeyedLocks::default() }
+    pub(crate) fn new(
+        runtime: Runtime<AgentActor>,
+        tools: Arc<ToolService>,
+        groups: Runtime<GroupStoreActor>,
+    ) -> Self {
+        AgentActors { runtime, tools, groups, turn_locks: KeyedLocks::default() }
+    }
+
+    /// `rendered` (agent `agent` as Letta shows it) with the group it
+    /// manages in `managed_group` and `multi_agent_group`.
+    pub async fn with_group(&self, agent: &AgentRecord, mut rendered: Value) -> ServiceResult<Value> {
+        let Some(group_id) = &agent.managed_group else { return Ok(rendered) };
+        let actor_id = ActorId::new(GROUP_STORE_ACTOR.0, GROUP_STORE_ACTOR.1)?;
+        let group = match self.groups.invoke(&actor_id, GroupCommand::Get { id: group_id.clone() }).await {
+            Ok(GroupReply::Group(group)) => crate::letta::group_json(&group),
+            // Deleted while the agent's link was being cleared.
+            Err(kelpie_core::Error::NotFound { .. }) => Value::Null,
+            Ok(_) => return Err(unexpected("group get")),
+            Err(err) => return Err(err.into()),
+        };
+        rendered["managed_group"] = group.clone();
+        rendered["multi_agent_group"] = group;
+        Ok(rendered)
     }
 
     /// The actor of `agent_id`; not found for an id no agent can have.
@@ -85,7 +110,8 @@ impl AgentActors {
 
     /// [`Self::render_agent`] with the custom tools read now.
     pub async fn render(&self, agent: &AgentRecord) -> ServiceResult<Value> {
-        Ok(self.render_agent(agent, &self.tools.custom_tools().await?))
+        let rendered = self.render_agent(agent, &self.tools.custom_tools().await?);
+        self.with_group(agent, rendered).await
     }
 
     /// The lock that serializes the turns of `agent_id`.

@@ -146,6 +146,8 @@ impl Agents {
             open_files: Vec::new(),
             max_files_open: request.max_files_open,
             file_window_chars: request.per_file_view_window_char_limit,
+            enable_sleeptime: request.enable_sleeptime,
+            managed_group: None,
             created_ms: now,
             updated_ms: now,
         };
@@ -267,7 +269,10 @@ impl Agents {
         let mut agents = Vec::new();
         for entry in paginate(matching, |entry| entry.id.as_str(), page) {
             match self.actors.record(&entry.id).await {
-                Ok(agent) => agents.push(self.actors.render_agent(&agent, &custom)),
+                Ok(agent) => {
+                    let rendered = self.actors.render_agent(&agent, &custom);
+                    agents.push(self.actors.with_group(&agent, rendered).await?);
+                }
                 // Deleted between the directory read and now.
                 Err(ServiceError::AgentNotFound(_)) => {}
                 Err(err) => return Err(err),
@@ -314,6 +319,8 @@ impl Agents {
             secrets,
             compaction,
             identity: None,
+            enable_sleeptime: request.enable_sleeptime,
+            managed_group: None,
         };
         let updated = self.actors.invoke_for_agent(agent_id, AgentCommand::Update(Box::new(patch))).await?;
         if updated.name != current.name || updated.tags != current.tags {

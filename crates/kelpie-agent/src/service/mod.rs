@@ -27,7 +27,9 @@
 //! - [`folders::Folders`]: folders and their files (upload, list, delete);
 //! - [`agent_files::AgentFiles`]: an agent's folders, open files and file tools;
 //! - [`documents::Documents`]: processing uploads into text and passages,
-//!   in the background, resumed after a crash.
+//!   in the background, resumed after a crash;
+//! - [`groups::Groups`]: multi-agent groups, their sleeptime agents after
+//!   their manager's turns and their round robin turns.
 
 pub mod agent_actors;
 pub mod agent_files;
@@ -37,6 +39,7 @@ pub mod batches;
 pub mod directory;
 pub mod documents;
 pub mod folders;
+pub mod groups;
 pub mod identities;
 mod locks;
 pub mod mcp;
@@ -94,6 +97,7 @@ pub struct AgentRuntimes {
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
+    pub groups: Runtime<crate::actors::group_store::GroupStoreActor>,
     pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
     pub folders: Runtime<crate::actors::folder::FolderActor>,
     pub batches: Runtime<crate::actors::batch::BatchActor>,
@@ -107,8 +111,9 @@ pub struct AgentService {
     pub mcp_servers: mcp::McpServers,
     pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
-    pub agents: Agents,
+    pub agents: Arc<Agents>,
     pub blocks: Arc<SharedBlocks>,
+    pub groups: Arc<groups::Groups>,
     pub identities: identities::Identities,
     pub archival: Archival,
     pub turns: Arc<Turns>,
@@ -138,10 +143,10 @@ impl AgentService {
         let mcp_servers = mcp::McpServers::new(Arc::clone(&tools), env.clone());
         let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
-        let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
+        let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools), runtimes.groups.clone()));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
         let reclaimer = Arc::new(Reclaimer::new(runtimes.reclaim, Arc::clone(&actors), env.clone()));
-        let agents = Agents::new(
+        let agents = Arc::new(Agents::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
             Arc::clone(&blocks),
@@ -149,7 +154,7 @@ impl AgentService {
             Arc::clone(&tools),
             catalog.clone(),
             (env.clone(), runtimes.planted.clone()),
-        );
+        ));
         let identities = identities::Identities::new(
             runtimes.identities,
             Arc::clone(&actors),
@@ -200,6 +205,13 @@ impl AgentService {
             tools.runner().settings().mcp.allow_internal_urls,
             env.clone(),
         );
+        let groups = groups::Groups::new(
+            runtimes.groups,
+            Arc::clone(&actors),
+            (Arc::clone(&agents), Arc::clone(&blocks)),
+            Arc::clone(&runs),
+            env.clone(),
+        );
         let messages = messages::Messages::new(Arc::clone(&actors), Arc::clone(&directory));
         let transfer = Transfer::new(
             Arc::clone(&actors),
@@ -216,6 +228,7 @@ impl AgentService {
             catalog,
             agents,
             blocks,
+            groups,
             identities,
             archival,
             turns,
@@ -305,18 +318,20 @@ impl AgentService {
         self.agents.list_among(name, (tags, match_all), among.as_deref(), page).await
     }
 
-    /// Deletes agent `agent_id`, and forgets it in the identities.
+    /// Deletes agent `agent_id`, and forgets it in the identities and groups.
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;
         self.identities.forget(agent_id).await?;
+        self.groups.forget_agent(agent_id).await?;
         self.agent_files.forget_agent(agent_id).await?;
         Ok(deleted)
     }
 
-    /// Deletes standalone block `block_id`, and forgets it in the identities.
+    /// Deletes standalone block `block_id`, and forgets it in the identities and groups.
     pub async fn delete_block(&self, block_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.blocks.delete(block_id).await?;
         self.identities.forget(block_id).await?;
+        self.groups.forget_block(block_id).await?;
         Ok(deleted)
     }
 
@@ -351,6 +366,7 @@ impl AgentService {
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
         self.identities.shutdown().await;
+        self.groups.shutdown().await;
         self.folders.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;

@@ -60,6 +60,21 @@ pub const RUN_STREAM_POLL_MS_MAX: u64 = 5_000;
 /// Most agents a run list without an agent filter looks through.
 pub const RUN_LIST_AGENTS_COUNT_MAX: usize = 1_000;
 
+/// What runs after a user's turn of an agent that manages a sleeptime
+/// group ([`TurnOutcome::sleeptime_group`]), before the turn is answered:
+/// the ids of the runs it started (the groups service implements it; set
+/// once with [`Runs::set_after_turn`], as the groups come after the runs).
+pub trait AfterTurn: Send + Sync {
+    fn after_turn<'a>(
+        &'a self,
+        agent_id: &'a str,
+        outcome: &'a TurnOutcome,
+    ) -> futures::future::BoxFuture<'a, Vec<String>>;
+}
+
+/// The hook of [`AfterTurn`], empty until set.
+type AfterTurnHook = Arc<std::sync::OnceLock<Arc<dyn AfterTurn>>>;
+
 /// What a turn is asked to do.
 pub enum TurnInput {
     /// The user's messages.
@@ -84,6 +99,7 @@ pub struct Runs {
     directory: Arc<AgentDirectory>,
     turns: Arc<Turns>,
     records: Arc<RunRecords>,
+    after_turn: AfterTurnHook,
     planted: crate::planted::Planted,
 }
 
@@ -222,6 +238,8 @@ fn ended_outcome(run: &RunRecord) -> TurnOutcome {
         step_count: run.steps.iter().filter(|step| step.model.is_some()).count() as u32,
         steps_begun: run.steps.len(),
         run_ended: true,
+        sleeptime_group: None,
+        follow_up_run_ids: Vec::new(),
     }
 }
 
@@ -235,6 +253,8 @@ fn unstored_outcome(run_id: &str, end: &RunEnd) -> TurnOutcome {
         step_count: 0,
         steps_begun: 0,
         run_ended: true,
+        sleeptime_group: None,
+        follow_up_run_ids: Vec::new(),
     }
 }
 
@@ -279,7 +299,20 @@ impl Runs {
             active: ActiveRuns::default(),
             env,
         });
-        Runs { actors, directory, turns, records, planted }
+        Runs { actors, directory, turns, records, after_turn: AfterTurnHook::default(), planted }
+    }
+
+    /// Sets what runs after the turns of sleeptime groups' managers; only
+    /// the first call counts.
+    pub fn set_after_turn(&self, hook: Arc<dyn AfterTurn>) {
+        let set = self.after_turn.set(hook).is_ok();
+        debug_assert!(set, "the after-turn hook is set once");
+    }
+
+    /// Run `run_id` once it has ended.
+    pub async fn wait_end(&self, run_id: &str) -> ServiceResult<RunRecord> {
+        let run = self.record(run_id).await?;
+        self.wait_ended(run).await
     }
 
     /// Runs a turn of `agent_id` as a run while the caller waits (its
@@ -424,6 +457,8 @@ impl Runs {
     ) -> oneshot::Receiver<ServiceResult<TurnOutcome>> {
         let (reply, finished) = oneshot::channel();
         let (turns, records) = (Arc::clone(&self.turns), Arc::clone(&self.records));
+        let after_turn = Arc::clone(&self.after_turn);
+        let user_turn = matches!(input, TurnInput::Texts(_));
         let agent_id = agent_id.to_string();
         let owner = self.records.owner.clone();
         let (mut stop, ended) = self.records.active.add(&start, &agent_id, owner);
@@ -484,10 +519,19 @@ impl Runs {
                 }
             };
             let result = match finished {
-                Ok(Ok(outcome)) => match outcome.run_ended {
-                    true => Ok(outcome),
-                    false => end(RunEnd::completed(outcome.stop_reason)).await.map(|_| outcome),
-                },
+                Ok(Ok(outcome)) => {
+                    let ended = match outcome.run_ended {
+                        true => Ok(outcome),
+                        false => end(RunEnd::completed(outcome.stop_reason)).await.map(|_| outcome),
+                    };
+                    match (ended, after_turn.get()) {
+                        (Ok(mut outcome), Some(hook)) if user_turn && outcome.sleeptime_group.is_some() => {
+                            outcome.follow_up_run_ids = hook.after_turn(&agent_id, &outcome).await;
+                            Ok(outcome)
+                        }
+                        (ended, _) => ended,
+                    }
+                }
                 Ok(Err(err)) => {
                     if let Err(end_err) = end(RunEnd::failed(err.to_string())).await {
                         tracing::debug!(error = %end_err, run_id = start.run_id, "cannot record a failed run");

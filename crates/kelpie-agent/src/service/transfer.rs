@@ -647,10 +647,12 @@ impl AgentImport {
 
     /// The file's agent with new ids for it and its blocks, checked as a
     /// create is (the name is settled at the end, when every option is known),
-    /// linked to no folder or identity.
+    /// linked to no folder, identity or group.
     fn fresh_record(&self, mut record: AgentRecord) -> ServiceResult<AgentRecord> {
         let rng = self.parts.env.rng.as_ref();
         record.id = new_id("agent", rng);
+        // A group's manager is an agent of this server, not of a file.
+        record.managed_group = None;
         check_name_and_tags(&record.name, &record.tags)?;
         let mut blocks = Vec::new();
         for old in record.memory.blocks() {

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod extract;
 pub mod folders;
+pub mod groups;
 pub mod health;
 pub mod identities;
 pub mod jobs;
@@ -57,6 +58,7 @@ fn api_router(state: AppState) -> Router {
         .merge(blocks::router())
         .merge(shared_blocks::router())
         .merge(identities::router())
+        .merge(groups::router())
         .merge(folders::router())
         .merge(jobs::router())
         .merge(messages::router())

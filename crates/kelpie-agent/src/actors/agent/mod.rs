@@ -60,6 +60,12 @@ pub struct AgentPatch {
     /// when given); past the new limit the least recently used files close.
     #[serde(default)]
     pub file_limits: (Option<u32>, Option<u64>),
+    /// Sets Letta's `enable_sleeptime`.
+    #[serde(default)]
+    pub enable_sleeptime: Option<bool>,
+    /// Sets (`Some(Some(id))`) or clears the group the agent manages.
+    #[serde(default)]
+    pub managed_group: Option<Option<String>>,
 }
 
 /// The outcome of a tool the server ran outside the actor (a custom tool,
@@ -613,6 +619,12 @@ fn update(ctx: &mut Ctx<'_>, patch: AgentPatch) -> Result<AgentReply> {
     }
     if let Some(tool_ids) = patch.tool_ids {
         agent.tool_ids = tool_ids;
+    }
+    if patch.enable_sleeptime.is_some() {
+        agent.enable_sleeptime = patch.enable_sleeptime;
+    }
+    if let Some(group) = patch.managed_group {
+        agent.managed_group = group;
     }
     if let Some(secrets) = patch.secrets {
         agent.secrets = secrets;

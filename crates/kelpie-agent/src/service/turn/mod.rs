@@ -75,6 +75,12 @@ pub struct TurnOutcome {
     pub steps_begun: usize,
     /// The run's end was committed with its last step.
     pub run_ended: bool,
+    /// The group the agent manages, when it has `enable_sleeptime` set:
+    /// its sleeptime agents may follow the turn (see `service::groups`).
+    pub sleeptime_group: Option<String>,
+    /// The runs started after the turn (sleeptime agents'), named in the
+    /// usage's `run_ids` after the turn's own.
+    pub follow_up_run_ids: Vec<String>,
 }
 
 impl TurnOutcome {
@@ -87,15 +93,19 @@ impl TurnOutcome {
             usage: TokenUsage::default(),
             step_count: 0,
             steps_begun: 0,
+            sleeptime_group: None,
+            follow_up_run_ids: Vec::new(),
         }
     }
 
     pub fn usage_json(&self) -> Value {
         let total = self.usage.prompt_tokens + self.usage.completion_tokens;
+        let mut run_ids = vec![self.run_id.clone()];
+        run_ids.extend(self.follow_up_run_ids.iter().cloned());
         json!({
             "message_type": "usage_statistics", "completion_tokens": self.usage.completion_tokens,
             "prompt_tokens": self.usage.prompt_tokens, "total_tokens": total, "step_count": self.step_count,
-            "run_ids": [self.run_id], "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "run_ids": run_ids, "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
             "context_tokens": total,
         })
     }
@@ -285,6 +295,8 @@ impl Turns {
         let custom = self.tools.custom_tools().await?;
         let sandbox = self.sandbox_configs.tool_settings().await?;
         let mut outcome = TurnOutcome::new(&run.start.run_id);
+        outcome.sleeptime_group =
+            agent.managed_group.clone().filter(|_| agent.enable_sleeptime == Some(true));
         let turn = TurnParts { run, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
         self.steps(&turn, agent, &mut window, inputs, max_steps, &mut outcome).await?;
         Ok(outcome)
