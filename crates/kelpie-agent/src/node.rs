@@ -148,6 +148,7 @@ impl AgentNode {
         }
         self.service.reclaimer.start();
         self.service.documents.start();
+        self.service.archives.start();
         match self.service.runs.recover().await {
             Ok(0) => {}
             Ok(recovered) => {
@@ -237,7 +238,12 @@ pub fn agent_service(
                 crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
                 Arc::new(runtimes.folder_store.clone()),
             )
-            .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone())),
+            .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone()))
+            .with_namespace(
+                crate::actors::archive_store::ARCHIVE_STORE_ACTOR.0,
+                Arc::new(runtimes.archive_store.clone()),
+            )
+            .with_namespace(crate::actors::archive::ARCHIVE_NAMESPACE, Arc::new(runtimes.archives.clone())),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -274,6 +280,8 @@ pub fn agent_runtimes(
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
         folders: parts.runtime(folders)?,
+        archive_store: parts.runtime(crate::actors::archive_store::ArchiveStoreActor)?,
+        archives: parts.runtime(crate::actors::archive::ArchiveActor::default())?,
     })
 }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/agents.rs"),
     include_str!("../src/routes/archival.rs"),
+    include_str!("../src/routes/archives.rs"),
     include_str!("../src/routes/blocks.rs"),
     include_str!("../src/routes/cluster.rs"),
     include_str!("../src/routes/health.rs"),

@@ -10,12 +10,17 @@
 //! - [`reclaim`]: the agents whose storage awaits reclaiming;
 //! - [`folder_store`]: every folder's record and the agents it is attached to;
 //! - [`folder`]: one per folder (`folder/<folder id>`): its files, their
-//!   text and passages.
+//!   text and passages;
+//! - [`archive_store`]: every archive's record and the agents it is
+//!   attached to;
+//! - [`archive`]: one per archive (`archive/<archive id>`): its passages.
 //!
 //! None of them calls another actor or the network: the agent service
 //! composes them.
 
 pub mod agent;
+pub mod archive;
+pub mod archive_store;
 pub mod block_store;
 pub mod directory;
 pub mod folder;

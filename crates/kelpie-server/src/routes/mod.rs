@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod archival;
+pub mod archives;
 pub mod blocks;
 pub mod cluster;
 pub mod extract;
@@ -59,6 +60,7 @@ fn api_router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(messages::router())
         .merge(archival::router())
+        .merge(archives::router())
         .merge(passages::router())
         .merge(models::router())
         .merge(tools::router())
