@@ -162,6 +162,10 @@ fn delete(ctx: &mut Ctx<'_>, id: &str) -> Result<ArchiveRecord> {
 fn attach(ctx: &mut Ctx<'_>, id: &str, agent_id: String, attached: bool) -> Result<ArchiveRecord> {
     let held = ctx.state.archives.iter().filter(|a| a.id != id && a.agent_ids.contains(&agent_id)).count();
     let archive = find(ctx.state, id)?;
+    if attached && archive.agent_ids.contains(&agent_id) {
+        // Attached already: nothing changes (it keeps its place).
+        return Ok(archive.clone());
+    }
     archive.agent_ids.retain(|other| *other != agent_id);
     if attached {
         if archive.agent_ids.len() >= ARCHIVE_AGENTS_COUNT_MAX {
