@@ -40,6 +40,8 @@ pub enum ServiceError {
     FolderNotFound(String),
     #[error("File with ID {0} not found")]
     FileNotFound(String),
+    #[error("Archive with ID {0} not found")]
+    ArchiveNotFound(String),
     #[error("a folder named {0:?} already exists")]
     FolderNameTaken(String),
     /// An upload of a type no parser reads (HTTP 415).
@@ -81,6 +83,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "message", id } => ServiceError::MessageNotFound(id),
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
             Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
+            Error::NotFound { kind: "archive", id } => ServiceError::ArchiveNotFound(id),
             other => ServiceError::Core(other),
         }
     }

@@ -470,6 +470,16 @@ impl ApprovalDecision {
 /// agent actor with a step.
 pub type TextEmbedding = (String, Vec<f32>);
 
+/// What the archives an agent has attached found for one query of its
+/// `archival_memory_search` calls: texts with their scores, best first,
+/// searched by the service before the step (an actor calls no other
+/// actor) and ranked by the agent's actor together with its own passages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveHits {
+    pub query: String,
+    pub found: Vec<(String, f32)>,
+}
+
 /// Changes to a block; `None` leaves a field as it is. Applied by the agent
 /// actor to its copy and by the block store to a shared block's canonical
 /// version, each refusing (nothing changed) what breaks the block's limits.

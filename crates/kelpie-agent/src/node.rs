@@ -148,6 +148,7 @@ impl AgentNode {
         }
         self.service.reclaimer.start();
         self.service.documents.start();
+        self.service.archives.start();
         match self.service.runs.recover().await {
             Ok(0) => {}
             Ok(recovered) => {
@@ -250,10 +251,12 @@ pub fn agent_service(
             )
             .with_namespace(crate::actors::folder::FOLDER_NAMESPACE, Arc::new(runtimes.folders.clone()))
             .with_namespace(crate::actors::batch::BATCH_NAMESPACE, Arc::new(runtimes.batches.clone()))
+            .with_namespace(crate::actors::batch::BATCH_INDEX_ACTOR.0, Arc::new(runtimes.batch_index.clone()))
             .with_namespace(
-                crate::actors::batch::BATCH_INDEX_ACTOR.0,
-                Arc::new(runtimes.batch_index.clone()),
-            ),
+                crate::actors::archive_store::ARCHIVE_STORE_ACTOR.0,
+                Arc::new(runtimes.archive_store.clone()),
+            )
+            .with_namespace(crate::actors::archive::ARCHIVE_NAMESPACE, Arc::new(runtimes.archives.clone())),
     };
     let llm = LlmClients::from_config(&config.llm).map_err(|e| NodeError::Service(e.to_string()))?;
     let catalog = ModelCatalog::new(config.llm.clone(), llm.clone());
@@ -293,6 +296,8 @@ pub fn agent_runtimes(
         folders: parts.runtime(folders)?,
         batches: parts.runtime(crate::actors::batch::BatchActor)?,
         batch_index: parts.runtime(crate::actors::batch::BatchIndexActor)?,
+        archive_store: parts.runtime(crate::actors::archive_store::ArchiveStoreActor)?,
+        archives: parts.runtime(crate::actors::archive::ArchiveActor::default())?,
     })
 }
 

@@ -211,6 +211,39 @@ pub struct PassageSearch {
     pub end_date: Option<String>,
 }
 
+/// `POST /v1/archives/` (Letta's `ArchiveCreateRequest`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateArchive {
+    pub name: String,
+    pub description: Option<String>,
+    /// The embedding handle; `embedding_config` is Letta's older way.
+    pub embedding: Option<String>,
+    pub embedding_config: Option<EmbeddingConfigIn>,
+}
+
+/// `PATCH /v1/archives/{id}` (Letta's `ArchiveUpdateRequest`): only what is given changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModifyArchive {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// One passage of `POST /v1/archives/{id}/passages` (Letta's `PassageCreateRequest`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateArchivePassage {
+    pub text: String,
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    pub tags: Option<Vec<String>>,
+    /// ISO 8601; now when absent.
+    pub created_at: Option<String>,
+}
+
+/// `POST /v1/archives/{id}/passages/batch` (Letta's `PassageBatchCreateRequest`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateArchivePassages {
+    pub passages: Vec<CreateArchivePassage>,
+}
+
 /// The `config` of `POST /v1/mcp-servers/` and `PATCH /v1/mcp-servers/{id}`:
 /// Letta's three shapes in one (`mcp_server_type` picks; without it, a
 /// `command` means stdio and a `server_url` streamable HTTP).

@@ -64,6 +64,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::FolderNotFound(_)
             | ServiceError::MessageNotFound(_)
             | ServiceError::FileNotFound(_)
+            | ServiceError::ArchiveNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_)
             | ServiceError::McpServerNameTaken(_)

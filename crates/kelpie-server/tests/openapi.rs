@@ -11,6 +11,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/all_messages.rs"),
     include_str!("../src/routes/archival.rs"),
     include_str!("../src/routes/batches.rs"),
+    include_str!("../src/routes/archives.rs"),
     include_str!("../src/routes/blocks.rs"),
     include_str!("../src/routes/cluster.rs"),
     include_str!("../src/routes/health.rs"),

@@ -57,11 +57,11 @@ async fn passage_search_bad_input_is_4xx_with_detail() {
     let server = common::start(dir.path(), &fake).await;
     let ana = server.create_agent("ana", &[]).await;
     let cases = [
-        (json!({"query": "x"}), 422, "agent_id is required"),
+        (json!({"query": "x"}), 422, "agent_id or archive_id is required"),
         (json!({"agent_id": "agent-missing", "query": "x"}), 404, "Agent with ID agent-missing not found"),
         (json!({"agent_id": ana, "limit": 0}), 422, "limit 0 is outside 1..=100"),
         (json!({"agent_id": ana, "tag_match_mode": "some"}), 422, "tag_match_mode \"some\" is neither"),
-        (json!({"agent_id": ana, "archive_id": "archive-1"}), 422, "archive_id is not supported"),
+        (json!({"agent_id": ana, "archive_id": "archive-1"}), 404, "Archive with ID archive-1 not found"),
         (json!({"agent_id": 5}), 422, "agent_id"),
     ];
     for (body, status, detail) in cases {

@@ -14,11 +14,16 @@
 //!   text and passages;
 //! - [`batch`]: one per message batch (`batch/<job id>`), and the index of
 //!   the running ones.
+//! - [`archive_store`]: every archive's record and the agents it is
+//!   attached to;
+//! - [`archive`]: one per archive (`archive/<archive id>`): its passages.
 //!
 //! None of them calls another actor or the network: the agent service
 //! composes them.
 
 pub mod agent;
+pub mod archive;
+pub mod archive_store;
 pub mod batch;
 pub mod block_store;
 pub mod directory;

@@ -7,12 +7,13 @@
 //! ranks the vectors it is given, so every vector of one agent comes from
 //! one embedding.
 //!
-//! `POST /v1/passages/search` is scoped by `agent_id` and reads only that
-//! agent's actor, whose key space holds its own passages and nothing else; a
-//! request without an agent is refused rather than searching every agent.
-//! A search by query goes through the agent's archival index (see
-//! `actors::agent::archive`); a listing by tags alone pages through the
-//! passages until it has `limit` of them.
+//! `POST /v1/passages/search` is scoped by `agent_id` (the agent's own
+//! passages and those of the archives it has attached) or by `archive_id`
+//! (that archive's passages); a request with neither is refused rather
+//! than searching everything. A search by query goes through the archival
+//! indexes (see `actors::agent::archive` and `actors::archive`); a listing
+//! by tags alone pages through the passages until it has `limit` of them
+//! (an agent's own, or the archive's).
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use kelpie_memory::Passage;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::archives::{archive_passage_json, Archives, SharedHit};
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, TagFilter};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::letta::{passage_json, search_result_json};
@@ -39,9 +41,6 @@ const PASSAGE_SEARCH_COUNT_MAX: usize = kelpie_memory::archival::ARCHIVAL_SEARCH
 
 /// The checked limit and tag mode of a request.
 fn check(request: &PassageSearch) -> ServiceResult<(usize, bool)> {
-    if request.archive_id.is_some() {
-        return Err(ServiceError::Invalid("archive_id is not supported; search by agent_id".into()));
-    }
     if request.start_date.is_some() || request.end_date.is_some() {
         return Err(ServiceError::Invalid("start_date and end_date are not supported".into()));
     }
@@ -65,7 +64,23 @@ fn check(request: &PassageSearch) -> ServiceResult<(usize, bool)> {
 
 pub struct Archival {
     actors: Arc<AgentActors>,
+    archives: Arc<Archives>,
     llm: Arc<dyn ChatModel>,
+}
+
+/// An agent's own passages and what its archives found, merged best first
+/// (own first on equal scores), at most `limit`.
+fn merged<'a>(
+    own: &'a [(Passage, f32)],
+    shared: &'a [SharedHit],
+    limit: usize,
+) -> Vec<(f32, Result<&'a Passage, &'a SharedHit>)> {
+    let mut all: Vec<(f32, Result<&Passage, &SharedHit>)> =
+        own.iter().map(|(p, score)| (*score, Ok(p))).collect();
+    all.extend(shared.iter().map(|hit| (hit.score, Err(hit))));
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    all.truncate(limit);
+    all
 }
 
 /// The embedding of one text.
@@ -76,8 +91,22 @@ async fn embed_one(llm: &dyn ChatModel, settings: &EmbeddingSettings, text: &str
 }
 
 impl Archival {
-    pub(crate) fn new(actors: Arc<AgentActors>, llm: Arc<dyn ChatModel>) -> Self {
-        Archival { actors, llm }
+    pub(crate) fn new(actors: Arc<AgentActors>, archives: Arc<Archives>, llm: Arc<dyn ChatModel>) -> Self {
+        Archival { actors, archives, llm }
+    }
+
+    /// What agent `agent`'s attached archives find for `query` (embedded
+    /// with the agent's embedding as `vector`).
+    async fn shared(
+        &self,
+        agent: &AgentRecord,
+        (query, vector): (&str, &[f32]),
+        limit: usize,
+        filter: &TagFilter,
+    ) -> ServiceResult<Vec<SharedHit>> {
+        let archives = self.archives.of_agent(&agent.id).await?;
+        let known = Some((&agent.embedding, vector));
+        self.archives.search(archives, (query, known), limit, filter).await
     }
 
     pub async fn insert(&self, agent_id: &str, request: CreatePassage) -> ServiceResult<Vec<Value>> {
@@ -111,8 +140,15 @@ impl Archival {
         let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, &query).await?;
         let top_k = top_k.unwrap_or(ARCHIVAL_SEARCH_COUNT_DEFAULT);
         let filter = TagFilter::default();
+        let shared = self.shared(&agent, (&query, &query_embedding), top_k, &filter).await?;
         let (_, found) = self.search_scored(agent_id, query_embedding, top_k, filter).await?;
-        let results: Vec<Value> = found.iter().map(|(passage, _)| search_result_json(passage)).collect();
+        let results: Vec<Value> = merged(&found, &shared, top_k)
+            .into_iter()
+            .map(|(_, item)| match item {
+                Ok(passage) => search_result_json(passage),
+                Err(hit) => search_result_json(&hit.as_passage()),
+            })
+            .collect();
         Ok(json!({"count": results.len(), "results": results}))
     }
 
@@ -176,25 +212,60 @@ impl Archival {
 
     /// `POST /v1/passages/search`: `[{passage, score, metadata}]`, best
     /// first; without a query, every matching passage oldest first with
-    /// score 0.
+    /// score 0. Scoped by `archive_id` when given, else by `agent_id`.
     pub async fn search_passages(&self, request: PassageSearch) -> ServiceResult<Vec<Value>> {
         let (limit, match_all) = check(&request)?;
+        let filter = TagFilter { tags: request.tags.clone().unwrap_or_default(), all: match_all };
+        let query = request.query.as_deref().filter(|q| !q.trim().is_empty());
+        if let Some(archive_id) = request.archive_id.as_deref() {
+            return self.search_archive(archive_id, query, limit, &filter).await;
+        }
         let Some(agent_id) = request.agent_id.as_deref() else {
-            return Err(ServiceError::Invalid("agent_id is required".into()));
+            return Err(ServiceError::Invalid("agent_id or archive_id is required".into()));
         };
-        let filter = TagFilter { tags: request.tags.unwrap_or_default(), all: match_all };
-        let (agent, scored) = match request.query.as_deref().filter(|q| !q.trim().is_empty()) {
+        let (agent, scored, shared) = match query {
             Some(query) => {
                 let agent = self.actors.record(agent_id).await?;
                 let query_embedding = embed_one(self.llm.as_ref(), &agent.embedding, query).await?;
-                self.search_scored(agent_id, query_embedding, limit, filter).await?
+                let shared = self.shared(&agent, (query, &query_embedding), limit, &filter).await?;
+                let (agent, scored) = self.search_scored(agent_id, query_embedding, limit, filter).await?;
+                (agent, scored, shared)
             }
-            None => self.first_matching(agent_id, &filter, limit).await?,
+            None => {
+                let (agent, found) = self.first_matching(agent_id, &filter, limit).await?;
+                (agent, found, Vec::new())
+            }
         };
-        assert!(scored.len() <= limit, "a search answers at most its limit");
-        Ok(scored
+        let results = merged(&scored, &shared, limit);
+        assert!(results.len() <= limit, "a search answers at most its limit");
+        Ok(results
+            .into_iter()
+            .map(|(score, item)| {
+                let passage = match item {
+                    Ok(passage) => passage_json(&agent, passage),
+                    Err(hit) => archive_passage_json(&hit.passage, &hit.archive),
+                };
+                json!({"passage": passage, "score": score, "metadata": {}})
+            })
+            .collect())
+    }
+
+    /// `POST /v1/passages/search` of one archive.
+    async fn search_archive(
+        &self,
+        archive_id: &str,
+        query: Option<&str>,
+        limit: usize,
+        filter: &TagFilter,
+    ) -> ServiceResult<Vec<Value>> {
+        let archive = self.archives.record(archive_id).await?;
+        let hits = match query {
+            Some(query) => self.archives.search(vec![archive], (query, None), limit, filter).await?,
+            None => self.archives.first_matching(&archive, filter, limit).await?,
+        };
+        Ok(hits
             .iter()
-            .map(|(passage, score)| json!({"passage": passage_json(&agent, passage), "score": score, "metadata": {}}))
+            .map(|hit| json!({"passage": archive_passage_json(&hit.passage, &hit.archive), "score": hit.score, "metadata": {}}))
             .collect())
     }
 }

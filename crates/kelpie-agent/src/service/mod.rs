@@ -15,6 +15,8 @@
 //! - [`shared_blocks::SharedBlocks`]: standalone blocks and their copies in agents;
 //! - [`agents::Agents`]: create, read, list, modify and delete agents, their
 //!   core memory blocks and messages;
+//! - [`archives::Archives`]: archives, shared collections of passages that
+//!   agents attach and search beside their own;
 //! - [`archival::Archival`]: archival memory (passages and their search);
 //! - [`turn::Turns`]: the agent loop;
 //! - [`runs::Runs`]: every turn as a durable run (sync, streaming, background);
@@ -35,6 +37,7 @@ pub mod agent_actors;
 pub mod agent_files;
 pub mod agents;
 pub mod archival;
+pub mod archives;
 pub mod batches;
 pub mod directory;
 pub mod documents;
@@ -102,6 +105,8 @@ pub struct AgentRuntimes {
     pub folders: Runtime<crate::actors::folder::FolderActor>,
     pub batches: Runtime<crate::actors::batch::BatchActor>,
     pub batch_index: Runtime<crate::actors::batch::BatchIndexActor>,
+    pub archive_store: Runtime<crate::actors::archive_store::ArchiveStoreActor>,
+    pub archives: Runtime<crate::actors::archive::ArchiveActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
     pub planted: crate::planted::Planted,
 }
@@ -116,6 +121,7 @@ pub struct AgentService {
     pub groups: Arc<groups::Groups>,
     pub identities: identities::Identities,
     pub archival: Archival,
+    pub archives: Arc<archives::Archives>,
     pub turns: Arc<Turns>,
     pub runs: Arc<Runs>,
     pub batches: Arc<batches::Batches>,
@@ -161,7 +167,14 @@ impl AgentService {
             Arc::clone(&blocks),
             env.clone(),
         );
-        let archival = Archival::new(Arc::clone(&actors), Arc::clone(&llm));
+        let archives = Arc::new(archives::Archives::new(
+            (runtimes.archive_store, runtimes.archives),
+            Arc::clone(&actors),
+            Arc::clone(&llm),
+            catalog.clone(),
+            env.clone(),
+        ));
+        let archival = Archival::new(Arc::clone(&actors), Arc::clone(&archives), Arc::clone(&llm));
         let folders = Arc::new(folders::Folders::new(
             runtimes.folder_store,
             runtimes.folders,
@@ -182,7 +195,7 @@ impl AgentService {
         ));
         let turns = Arc::new(Turns::new(
             Arc::clone(&actors),
-            Arc::clone(&agent_files),
+            (Arc::clone(&agent_files), Arc::clone(&archives)),
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
             Arc::clone(&llm),
@@ -231,6 +244,7 @@ impl AgentService {
             groups,
             identities,
             archival,
+            archives,
             turns,
             runs,
             batches,
@@ -318,11 +332,13 @@ impl AgentService {
         self.agents.list_among(name, (tags, match_all), among.as_deref(), page).await
     }
 
-    /// Deletes agent `agent_id`, and forgets it in the identities and groups.
+    /// Deletes agent `agent_id`, and forgets it in the identities, the
+    /// groups, the archives and the folders.
     pub async fn delete_agent(&self, agent_id: &str) -> ServiceResult<serde_json::Value> {
         let deleted = self.agents.delete(agent_id).await?;
         self.identities.forget(agent_id).await?;
         self.groups.forget_agent(agent_id).await?;
+        self.archives.forget_agent(agent_id).await?;
         self.agent_files.forget_agent(agent_id).await?;
         Ok(deleted)
     }
@@ -368,6 +384,7 @@ impl AgentService {
         self.identities.shutdown().await;
         self.groups.shutdown().await;
         self.folders.shutdown().await;
+        self.archives.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;
     }

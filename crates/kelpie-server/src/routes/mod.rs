@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod all_messages;
 pub mod archival;
+pub mod archives;
 pub mod batches;
 pub mod blocks;
 pub mod cluster;
@@ -65,6 +66,7 @@ fn api_router(state: AppState) -> Router {
         .merge(batches::router())
         .merge(all_messages::router())
         .merge(archival::router())
+        .merge(archives::router())
         .merge(passages::router())
         .merge(models::router())
         .merge(tools::router())

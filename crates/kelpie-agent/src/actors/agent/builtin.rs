@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::archive::{ArchivalIndexes, TagFilter};
 use super::store::{agent_mut, insert_passage, search_messages, Ctx};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
-use crate::model::TextEmbedding;
+use crate::model::{ArchiveHits, TextEmbedding};
 use kelpie_llm::ToolCall;
 
 /// Results a search tool returns when the LLM does not say.
@@ -64,7 +64,7 @@ pub(super) async fn run_builtin(
     ctx: &mut Ctx<'_>,
     indexes: &ArchivalIndexes,
     call: &ToolCall,
-    embeddings: &[TextEmbedding],
+    (embeddings, archive_hits): (&[TextEmbedding], &[ArchiveHits]),
     step_first_seq: u64,
 ) -> Result<(String, bool)> {
     let args: Value = match serde_json::from_str(&call.arguments) {
@@ -81,7 +81,7 @@ pub(super) async fn run_builtin(
         WORKING_MEMORY_GET => working_memory_get(ctx, &args),
         WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
         ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, indexes, &args, embeddings).await?,
-        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, indexes, &args, embeddings).await?,
+        ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, indexes, &args, (embeddings, archive_hits)).await?,
         CONVERSATION_SEARCH => conversation_search(ctx, &args, step_first_seq).await?,
         other => Err(format!("tool {other} is not available to this agent")),
     };
@@ -197,20 +197,36 @@ async fn archival_insert(
     Ok(Ok(format!("Stored passage {}.", passage.id)))
 }
 
+/// The agent's own passages nearest the query, ranked by score with what
+/// its attached archives found for the same query.
 async fn archival_search(
     ctx: &mut Ctx<'_>,
     indexes: &ArchivalIndexes,
     args: &Value,
-    embeddings: &[TextEmbedding],
+    (embeddings, archive_hits): (&[TextEmbedding], &[ArchiveHits]),
 ) -> Result<ToolResult> {
-    let query_embedding = match arg(args, "query").and_then(|q| embedding_of(embeddings, q)) {
-        Ok(embedding) => embedding.to_vec(),
-        Err(e) => return Ok(Err(e)),
-    };
-    let top_k = count_arg(args, "top_k");
+    let (query, query_embedding) =
+        match arg(args, "query").and_then(|q| Ok((q, embedding_of(embeddings, q)?))) {
+            Ok((query, embedding)) => (query, embedding.to_vec()),
+            Err(e) => return Ok(Err(e)),
+        };
+    let top_k = archival_top_k(args);
     let found = indexes.search(ctx, &query_embedding, top_k, &TagFilter::default()).await?;
-    let texts: Vec<&str> = found.iter().map(|(passage, _)| passage.text.as_str()).collect();
+    let mut ranked: Vec<(&str, f32)> =
+        found.iter().map(|(passage, score)| (passage.text.as_str(), *score)).collect();
+    let shared = archive_hits.iter().filter(|hits| hits.query == query).flat_map(|hits| hits.found.iter());
+    ranked.extend(shared.map(|(text, score)| (text.as_str(), *score)));
+    // Stable: on equal scores the agent's own passages come first.
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(top_k);
+    let texts: Vec<&str> = ranked.into_iter().map(|(text, _)| text).collect();
     Ok(Ok(serde_json::to_string(&texts).unwrap_or_default()))
+}
+
+/// The `top_k` of an `archival_memory_search` call (the service asks the
+/// attached archives for as many).
+pub(crate) fn archival_top_k(args: &Value) -> usize {
+    count_arg(args, "top_k")
 }
 
 async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value, below_seq: u64) -> Result<ToolResult> {

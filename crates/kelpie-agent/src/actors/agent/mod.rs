@@ -7,7 +7,7 @@
 //! for a step, [`builtin`] (the built-in tools, run inside the step).
 
 mod archive;
-mod builtin;
+pub(crate) mod builtin;
 mod runs;
 pub(crate) mod store;
 mod window;
@@ -104,6 +104,9 @@ pub struct StepInput {
     /// Embeddings of the texts the step's archival tool calls store or
     /// search for, computed by the service with the agent's embedding.
     pub embeddings: Vec<TextEmbedding>,
+    /// What the agent's attached archives found for its archival searches.
+    #[serde(default)]
+    pub archive_hits: Vec<crate::model::ArchiveHits>,
     /// The answer's calls wait for the client's approval: stored as an
     /// approval request, none run.
     #[serde(default)]
@@ -129,6 +132,8 @@ pub struct ApprovalInput {
     /// in a sandbox or on an MCP server); the others are built-in tools run here.
     pub external: Vec<ExternalResult>,
     pub embeddings: Vec<TextEmbedding>,
+    #[serde(default)]
+    pub archive_hits: Vec<crate::model::ArchiveHits>,
     /// Changes to the open files the approved file tool calls made.
     #[serde(default)]
     pub file_ops: Vec<crate::files::FileOp>,
@@ -767,6 +772,7 @@ struct ToolResults<'a> {
     calls: &'a [ToolCall],
     external: &'a [ExternalResult],
     embeddings: &'a [TextEmbedding],
+    archive_hits: &'a [crate::model::ArchiveHits],
 }
 
 /// Stores a result for each call: the one decided outside (`external`),
@@ -784,8 +790,14 @@ async fn run_calls(
             match results.external.iter().find(|done| done.tool_call_id == call.id) {
                 Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
                 None => {
-                    let (result, ok) =
-                        builtin::run_builtin(ctx, indexes, call, results.embeddings, first_seq).await?;
+                    let (result, ok) = builtin::run_builtin(
+                        ctx,
+                        indexes,
+                        call,
+                        (results.embeddings, results.archive_hits),
+                        first_seq,
+                    )
+                    .await?;
                     (result, ok, None, None)
                 }
             };
@@ -810,8 +822,12 @@ async fn commit_approval(
     let ids = (input.run.run_id.as_str(), input.step_id.as_str());
     let body = MessageBody::ApprovalResponse { decisions: input.decisions.clone() };
     let mut messages = vec![store::append_message(ctx, windows, ids, body, None).await?];
-    let results =
-        ToolResults { calls: &input.calls, external: &input.external, embeddings: &input.embeddings };
+    let results = ToolResults {
+        calls: &input.calls,
+        external: &input.external,
+        embeddings: &input.embeddings,
+        archive_hits: &input.archive_hits,
+    };
     run_calls(ctx, (indexes, windows), ids, results, first_seq, &mut messages).await?;
     let step = StepRecord {
         id: input.step_id.clone(),
@@ -858,7 +874,12 @@ async fn commit_step(
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
     if !step.hold_calls {
-        let calls = ToolResults { calls: tool_calls, external: &step.external, embeddings: &step.embeddings };
+        let calls = ToolResults {
+            calls: tool_calls,
+            external: &step.external,
+            embeddings: &step.embeddings,
+            archive_hits: &step.archive_hits,
+        };
         run_calls(ctx, (indexes, windows), ids, calls, first_seq, &mut messages).await?;
     }
     let record = StepRecord {

@@ -23,9 +23,12 @@ use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
 use super::agent_files::AgentFiles;
+use super::archives::Archives;
 use super::sandbox_configs::SandboxConfigs;
 use super::tools::ToolService;
-use crate::actors::agent::{AgentActor, AgentCommand, AgentReply, ApprovalInput, ExternalResult, StepInput};
+use crate::actors::agent::{
+    AgentActor, AgentCommand, AgentReply, ApprovalInput, ExternalResult, StepInput, TagFilter,
+};
 use crate::actors::tool_store::ToolRecord;
 use crate::context;
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -33,8 +36,8 @@ use crate::ids::{new_id, new_message_id, step_id};
 use crate::letta::letta_messages;
 use crate::limits::{AGENT_STEPS_COUNT_DEFAULT, AGENT_STEPS_COUNT_MAX, PROMPT_MESSAGES_COUNT_MAX};
 use crate::model::{
-    AgentRecord, ApprovalDecision, ApprovalVerdict, CompactionMode, CompactionSettings, MessageBody, RunEnd,
-    RunStart, StepTiming, StoredMessage, TextEmbedding,
+    AgentRecord, ApprovalDecision, ApprovalVerdict, ArchiveHits, CompactionMode, CompactionSettings,
+    MessageBody, RunEnd, RunStart, StepTiming, StoredMessage, TextEmbedding,
 };
 use crate::requests::SummarizeRequest;
 use crate::tool_rules::{AfterStep, RuleSolver};
@@ -205,6 +208,7 @@ fn prompt_parts<'a>(
 pub struct Turns {
     actors: Arc<AgentActors>,
     agent_files: Arc<AgentFiles>,
+    archives: Arc<Archives>,
     tools: Arc<ToolService>,
     sandbox_configs: Arc<SandboxConfigs>,
     llm: Arc<dyn ChatModel>,
@@ -215,14 +219,14 @@ pub struct Turns {
 impl Turns {
     pub(crate) fn new(
         actors: Arc<AgentActors>,
-        agent_files: Arc<AgentFiles>,
+        (agent_files, archives): (Arc<AgentFiles>, Arc<Archives>),
         tools: Arc<ToolService>,
         sandbox_configs: Arc<SandboxConfigs>,
         llm: Arc<dyn ChatModel>,
         catalog: ModelCatalog,
         env: Env,
     ) -> Self {
-        Turns { actors, agent_files, tools, sandbox_configs, llm, catalog, env }
+        Turns { actors, agent_files, archives, tools, sandbox_configs, llm, catalog, env }
     }
 
     /// The context window of agent `agent_ref` as stored.
@@ -358,6 +362,7 @@ impl Turns {
             });
         }
         let embeddings = self.embed_tool_texts(&agent.embedding, &approved).await?;
+        let archive_hits = self.search_archives(&agent, &approved, &embeddings).await?;
         let input = ApprovalInput {
             run: run.start.clone(),
             step_id: step_id(&run.start.run_id, 0),
@@ -365,6 +370,7 @@ impl Turns {
             calls: held,
             external,
             embeddings,
+            archive_hits,
             file_ops,
         };
         run.begun.clone().await.map_err(|reason| ServiceError::Core(kelpie_core::Error::Internal(reason)))?;
@@ -443,6 +449,7 @@ impl Turns {
                     (external, self.embed_tool_texts(&agent.embedding, &answer.tool_calls).await?, file_ops)
                 }
             };
+            let archive_hits = self.search_archives(&agent, &allowed_calls, &embeddings).await?;
             let tool_execution_ns = clock.monotonic_ns().saturating_sub(tools_start_ns);
             let refused_ids: Vec<String> = refused.iter().map(|r| r.tool_call_id.clone()).collect();
             // Without tool rules the loop knows now whether the turn ends
@@ -469,6 +476,7 @@ impl Turns {
                 assistant_message_id,
                 external,
                 embeddings,
+                archive_hits,
                 hold_calls: hold,
                 timing: Some(StepTiming {
                     start_ms,
@@ -807,6 +815,40 @@ impl Turns {
         let answer =
             self.llm.chat_streaming(provider, request, &mut |delta| renderer.on_delta(delta)).await?;
         Ok((answer, Some(renderer)))
+    }
+
+    /// What the archives the agent has attached find for each
+    /// `archival_memory_search` among `calls` (whose queries `embeddings`
+    /// holds, embedded with the agent's embedding), for the actor to rank
+    /// with the agent's own passages.
+    async fn search_archives(
+        &self,
+        agent: &AgentRecord,
+        calls: &[ToolCall],
+        embeddings: &[TextEmbedding],
+    ) -> ServiceResult<Vec<ArchiveHits>> {
+        let searches: Vec<&ToolCall> =
+            calls.iter().filter(|call| call.name == ARCHIVAL_MEMORY_SEARCH).collect();
+        if searches.is_empty() || embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let archives = self.archives.of_agent(&agent.id).await?;
+        if archives.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut all = Vec::new();
+        for call in searches {
+            let Some(query) = archival_text(call) else { continue };
+            let Some((_, vector)) = embeddings.iter().find(|(text, _)| *text == query) else { continue };
+            let args: Value = serde_json::from_str(&call.arguments).unwrap_or_default();
+            let top_k = crate::actors::agent::builtin::archival_top_k(&args);
+            let known = Some((&agent.embedding, vector.as_slice()));
+            let hits =
+                self.archives.search(archives.clone(), (&query, known), top_k, &TagFilter::default()).await?;
+            let found = hits.into_iter().map(|hit| (hit.passage.text, hit.score)).collect();
+            all.push(ArchiveHits { query, found });
+        }
+        Ok(all)
     }
 
     /// Embeddings of the texts the archival tools among `calls` will store
