@@ -6,7 +6,7 @@
 
 mod common;
 
-use kelpie_agent::service::messages::{MESSAGE_SEARCH_AGENTS_COUNT_MAX, MESSAGE_SEARCH_RESULTS_COUNT_MAX};
+use kelpie_agent::service::messages::{MESSAGES_ACROSS_AGENTS_COUNT_MAX, MESSAGE_SEARCH_RESULTS_COUNT_MAX};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -146,12 +146,12 @@ async fn search_finds_messages_by_keyword_across_agents_and_in_one() {
 }
 
 #[tokio::test]
-async fn a_search_without_agent_id_past_the_agent_bound_asks_for_one() {
+async fn routes_across_agents_past_the_agent_bound_ask_for_one() {
     let dir = tempfile::tempdir().unwrap();
     let fake = common::fake_llm().await;
     let server = common::start(dir.path(), &fake).await;
     let mut last = String::new();
-    for index in 0..=MESSAGE_SEARCH_AGENTS_COUNT_MAX {
+    for index in 0..=MESSAGES_ACROSS_AGENTS_COUNT_MAX {
         let body = json!({"name": format!("a{index}"), "model": "openai-proxy/fake-gpt"});
         last = server.ok("POST", "/v1/agents/", Some(body)).await["id"].as_str().unwrap().to_string();
     }
@@ -159,14 +159,92 @@ async fn a_search_without_agent_id_past_the_agent_bound_asks_for_one() {
     assert_eq!(status, 422, "{answer}");
     let detail = answer["detail"].as_str().unwrap();
     assert!(
-        detail.contains("MESSAGE_SEARCH_AGENTS_COUNT_MAX = 1000") && detail.contains("give agent_id"),
+        detail.contains("MESSAGES_ACROSS_AGENTS_COUNT_MAX = 1000") && detail.contains("give agent_id"),
         "{detail}"
     );
+    let (status, answer) = server.call("GET", "/v1/messages/", None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("list one agent's messages"), "{answer}");
     server.say(&last, "still searchable").await;
     let body = json!({"query": "searchable", "agent_id": last});
     let found = server.ok("POST", "/v1/messages/search", Some(body)).await;
     let contents: Vec<&str> =
         found.as_array().unwrap().iter().map(|r| r["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["echo: still searchable", "still searchable"]);
+    server.shutdown().await;
+}
+
+/// Every page of `GET /v1/messages/` in `order`, `limit` at a time, through
+/// `after` cursors to the end.
+async fn walk(server: &common::Running, order: &str, limit: usize) -> Vec<Value> {
+    let mut walked = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = server.ok("GET", &format!("/v1/messages/?order={order}&limit={limit}{after}"), None).await;
+        let page = page.as_array().unwrap().clone();
+        let Some(last) = page.last() else { return walked };
+        after = format!("&after={}", last["id"].as_str().unwrap());
+        walked.extend(page);
+    }
+}
+
+#[tokio::test]
+async fn every_agents_messages_list_in_time_order_and_page_to_the_end_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agents = [
+        server.create_agent("a", &[]).await,
+        server.create_agent("b", &[]).await,
+        server.create_agent("c", &[]).await,
+    ];
+    let mut said = Vec::new();
+    for round in 0..8 {
+        for (index, agent) in agents.iter().enumerate() {
+            if (round + index) % 3 != 2 {
+                let text = format!("r{round} to {index}");
+                server.say(agent, &text).await;
+                said.push(text);
+            }
+        }
+    }
+    // Oldest first: every user message in the order it was sent, each
+    // followed by its echo.
+    let all = server.ok("GET", "/v1/messages/?order=asc&limit=1000", None).await;
+    let all = all.as_array().unwrap().clone();
+    let texts: Vec<String> = all.iter().map(|m| m["content"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> =
+        said.iter().flat_map(|text| [text.clone(), format!("echo: {text}")]).collect();
+    assert_eq!(texts, expected);
+    // Pages of any size walk the same list, in both orders.
+    for limit in [1, 3, 7] {
+        assert_eq!(walk(&server, "asc", limit).await, all, "asc, limit {limit}");
+        let mut newest_first = walk(&server, "desc", limit).await;
+        newest_first.reverse();
+        assert_eq!(newest_first, all, "desc, limit {limit}");
+    }
+    // The default is newest first, 100 at most.
+    let default = server.ok("GET", "/v1/messages/", None).await;
+    assert_eq!(default.as_array().unwrap().len(), all.len().min(100));
+    assert_eq!(default[0], all[all.len() - 1]);
+    // `before` a message, oldest first: the ones before it.
+    let middle = all[11]["id"].as_str().unwrap();
+    let before = server.ok("GET", &format!("/v1/messages/?order=asc&before={middle}&limit=1000"), None).await;
+    assert_eq!(before.as_array().unwrap(), &all[..11].to_vec());
+    // Only some types; an unknown cursor selects nothing.
+    let users = server
+        .ok("GET", "/v1/messages/?order=asc&limit=1000&include_return_message_types=user_message", None)
+        .await;
+    assert_eq!(users.as_array().unwrap().len(), said.len());
+    assert!(users.as_array().unwrap().iter().all(|m| m["message_type"] == "user_message"));
+    let unknown = "message-00000000-0000-4000-8000-000000000000";
+    assert_eq!(server.ok("GET", &format!("/v1/messages/?after={unknown}"), None).await, json!([]));
+    assert_eq!(server.ok("GET", "/v1/messages/?conversation_id=conv-1", None).await, json!([]));
+    let (status, answer) = server.call("GET", "/v1/messages/?order=sideways", None).await;
+    assert_eq!(status, 422, "{answer}");
+    // A restart keeps the order.
+    server.shutdown().await;
+    let server = common::start(dir.path(), &fake).await;
+    assert_eq!(walk(&server, "asc", 5).await, all);
     server.shutdown().await;
 }

@@ -4,6 +4,11 @@
 //! ([`crate::ids::new_message_id`]), so one is found by id through the
 //! directory without an index that every step would have to write.
 //!
+//! The list of every agent's messages (`GET /v1/messages/`) is in time
+//! order (creation time, then agent id, then the agent's own order): each
+//! agent answers its page past the cursor's place through a binary search
+//! of its messages by time, and the pages are merged.
+//!
 //! Search is keyword search through each agent's word index (the one
 //! `conversation_search` uses): the messages whose text holds the query,
 //! newest first. Letta answers these routes only on its cloud (Turbopuffer
@@ -23,14 +28,19 @@ use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{message_agent_prefix, parse_iso_ms, rfc3339_micros};
 use crate::letta::{internal_message_json, letta_messages};
 use crate::model::{MessageBody, StoredMessage};
+use crate::page::{Page, PAGE_LIMIT_COUNT_MAX};
 
-/// Most agents a search without `agent_id` looks through.
-pub const MESSAGE_SEARCH_AGENTS_COUNT_MAX: usize = 1_000;
+/// Most agents a search without `agent_id`, or the list of every agent's
+/// messages, looks through.
+pub const MESSAGES_ACROSS_AGENTS_COUNT_MAX: usize = 1_000;
 /// Most results of one search (Letta's default is 50).
 pub const MESSAGE_SEARCH_RESULTS_COUNT_MAX: usize = 100;
 /// Most messages read from one agent for a search with a role or date
 /// filter (the filter applies to them).
 pub const MESSAGE_SEARCH_AGENT_READ_COUNT_MAX: usize = 1_000;
+/// Fewest messages read from an agent at a time by the list of every
+/// agent's messages (a page of 1 still reads past hidden messages quickly).
+pub const MESSAGES_LIST_READ_COUNT_MIN: usize = 16;
 /// Reciprocal rank fusion's constant (`1 / (k + rank)`), as Letta uses.
 const RRF_K: f64 = 60.0;
 
@@ -104,6 +114,111 @@ impl Messages {
         Ok(letta_messages(&self.find(message_id).await?.message))
     }
 
+    /// The agents the routes across agents look through: every agent,
+    /// refused past [`MESSAGES_ACROSS_AGENTS_COUNT_MAX`] (`what` says which
+    /// route, `narrow` how to name fewer).
+    async fn every_agent(&self, what: &str, narrow: &str) -> ServiceResult<Vec<String>> {
+        let entries = self.directory.entries().await?;
+        if entries.len() > MESSAGES_ACROSS_AGENTS_COUNT_MAX {
+            return Err(ServiceError::Invalid(format!(
+                "{what} looks through at most MESSAGES_ACROSS_AGENTS_COUNT_MAX = \
+                 {MESSAGES_ACROSS_AGENTS_COUNT_MAX} agents and there are {}; {narrow}",
+                entries.len()
+            )));
+        }
+        Ok(entries.into_iter().map(|entry| entry.id).collect())
+    }
+
+    /// `GET /v1/messages/`: every agent's messages as Letta's messages, in
+    /// time order (`page.descending`: newest first), `before`/`after`
+    /// message ids; of `types` only when given. An unknown cursor selects
+    /// nothing. Costs O(agents × (limit + log n)).
+    pub async fn list(&self, page: &Page, types: Option<&[String]>) -> ServiceResult<Vec<Value>> {
+        let agent_ids =
+            self.every_agent("listing every agent's messages", "list one agent's messages").await?;
+        let mut cursors = Vec::new();
+        for cursor in [&page.after, &page.before] {
+            cursors.push(match cursor {
+                None => None,
+                Some(id) => match self.find(id).await {
+                    Ok(found) => Some(found),
+                    Err(ServiceError::MessageNotFound(_)) => return Ok(Vec::new()),
+                    Err(err) => return Err(err),
+                },
+            });
+        }
+        let (after, before) = (cursors.remove(0), cursors.remove(0));
+        // In time order, `after` is the older end unless newest first.
+        let (older, newer) = match page.descending {
+            false => (after, before),
+            true => (before, after),
+        };
+        // A k-way merge: each agent's next messages in the page's order,
+        // read a page at a time as the merge uses them up (messages Letta
+        // does not show, such as `send_message` returns, use none of the
+        // page's room).
+        let mut heads: Vec<AgentHead> = agent_ids
+            .iter()
+            .map(|agent_id| AgentHead {
+                agent_id: agent_id.clone(),
+                from: older.as_ref().map(|cursor| later_than(cursor, agent_id)),
+                to: newer.as_ref().map(|cursor| earlier_than(cursor, agent_id)),
+                buffer: std::collections::VecDeque::new(),
+                exhausted: false,
+            })
+            .collect();
+        let read_count = page.limit.clamp(MESSAGES_LIST_READ_COUNT_MIN, PAGE_LIMIT_COUNT_MAX);
+        let mut listed = Vec::new();
+        while listed.len() < page.limit {
+            for head in heads.iter_mut().filter(|head| head.buffer.is_empty() && !head.exhausted) {
+                self.refill(head, page.descending, read_count).await?;
+            }
+            let place = |head: &AgentHead| {
+                head.buffer.front().map(|message| (message.created_ms, head.agent_id.clone(), message.seq))
+            };
+            let next = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(index, head)| place(head).map(|place| (place, index)))
+                .reduce(|a, b| match (b.0 < a.0) != page.descending {
+                    true => b,
+                    false => a,
+                });
+            let Some((_, index)) = next else { break };
+            let message = heads[index].buffer.pop_front().expect("the chosen head has a message");
+            let mut parts = letta_messages(&message);
+            if page.descending {
+                parts.reverse();
+            }
+            parts.retain(|part| {
+                types.is_none_or(|types| types.iter().any(|kind| part["message_type"] == kind.as_str()))
+            });
+            listed.extend(parts);
+        }
+        Ok(listed)
+    }
+
+    /// Reads `head`'s next messages past what it read (in the page's order).
+    async fn refill(&self, head: &mut AgentHead, descending: bool, limit: usize) -> ServiceResult<()> {
+        let command = AgentCommand::MessagesBetween { from: head.from, to: head.to, descending, limit };
+        let messages = match self.actors.invoke(&head.agent_id, command).await {
+            Ok(AgentReply::Messages(messages)) => messages,
+            // Deleted since the directory answered.
+            Err(ServiceError::AgentNotFound(_)) => Vec::new(),
+            Ok(_) => return Err(unexpected("messages between")),
+            Err(err) => return Err(err),
+        };
+        head.exhausted = messages.len() < limit;
+        if let Some(last) = messages.last() {
+            match descending {
+                true => head.to = Some((last.created_ms, last.seq)),
+                false => head.from = Some((last.created_ms, last.seq.saturating_add(1))),
+            }
+        }
+        head.buffer.extend(messages);
+        Ok(())
+    }
+
     /// The messages a search selects, newest first, at most its limit.
     pub async fn search(&self, search: &MessageSearch) -> ServiceResult<Vec<Found>> {
         let limit = search.limit.unwrap_or(50);
@@ -138,18 +253,7 @@ impl Messages {
         }
         let agent_ids = match &search.agent_id {
             Some(agent_id) => vec![agent_id.clone()],
-            None => {
-                let entries = self.directory.entries().await?;
-                if entries.len() > MESSAGE_SEARCH_AGENTS_COUNT_MAX {
-                    return Err(ServiceError::Invalid(format!(
-                        "a message search without agent_id looks through at most \
-                         MESSAGE_SEARCH_AGENTS_COUNT_MAX = {MESSAGE_SEARCH_AGENTS_COUNT_MAX} agents and there \
-                         are {}; give agent_id",
-                        entries.len()
-                    )));
-                }
-                entries.into_iter().map(|entry| entry.id).collect()
-            }
+            None => self.every_agent("a message search without agent_id", "give agent_id").await?,
         };
         let filtered = !roles.is_empty() || start_ms.is_some() || end_ms.is_some();
         let read = if filtered { MESSAGE_SEARCH_AGENT_READ_COUNT_MAX } else { limit };
@@ -185,10 +289,45 @@ impl Messages {
             );
         }
         found.sort_by(|a, b| {
-            (b.message.created_ms, &b.message.id).cmp(&(a.message.created_ms, &a.message.id))
+            (b.message.created_ms, &b.agent_id, b.message.seq).cmp(&(
+                a.message.created_ms,
+                &a.agent_id,
+                a.message.seq,
+            ))
         });
         found.truncate(limit);
         Ok(found)
+    }
+}
+
+/// One agent's part of the merge of every agent's messages: the place range
+/// it has left to read, what it read and not yet merged, and whether it
+/// has nothing more.
+struct AgentHead {
+    agent_id: String,
+    from: Option<(u64, u64)>,
+    to: Option<(u64, u64)>,
+    buffer: std::collections::VecDeque<StoredMessage>,
+    exhausted: bool,
+}
+
+/// The first place in `agent_id`'s messages that comes after the cursor in
+/// time order (creation time, agent id, seq).
+fn later_than(cursor: &Found, agent_id: &str) -> (u64, u64) {
+    let (ms, seq) = (cursor.message.created_ms, cursor.message.seq);
+    match agent_id.cmp(cursor.agent_id.as_str()) {
+        std::cmp::Ordering::Less => (ms.saturating_add(1), 0),
+        std::cmp::Ordering::Greater => (ms, 0),
+        std::cmp::Ordering::Equal => (ms, seq.saturating_add(1)),
+    }
+}
+
+/// The first place in `agent_id`'s messages that is not before the cursor
+/// in time order (the cursor itself excluded).
+fn earlier_than(cursor: &Found, agent_id: &str) -> (u64, u64) {
+    match agent_id.cmp(cursor.agent_id.as_str()) {
+        std::cmp::Ordering::Equal => (cursor.message.created_ms, cursor.message.seq),
+        _ => later_than(cursor, agent_id),
     }
 }
 

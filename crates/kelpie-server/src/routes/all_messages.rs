@@ -1,23 +1,47 @@
 //! Messages across agents (see `kelpie_agent::service::messages`):
+//! `GET /v1/messages/` (every agent's, in time order),
 //! `GET /v1/messages/{message_id}`, `POST /v1/messages/search` and
 //! `POST /v1/agents/messages/search`.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kelpie_agent::service::messages::{list_results_json, search_results_json, MessageSearch};
 use serde_json::Value;
 
-use super::extract::ApiJson;
+use super::extract::{page_of, ApiJson, ApiQuery};
+use crate::api::{listed_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/messages", get(list))
+        .route("/v1/messages/", get(list))
         .route("/v1/messages/search", post(search_all))
         .route("/v1/messages/{message_id}", get(retrieve))
         .route("/v1/agents/messages/search", post(search))
+}
+
+/// Messages per page when the client does not say (Letta's).
+const MESSAGE_PAGE_COUNT_DEFAULT: usize = 100;
+
+/// `GET /v1/messages/`: `include_return_message_types` repeated or
+/// comma-separated; `conversation_id` selects none (Kelpie's messages
+/// belong to no conversation).
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(page_query): ApiQuery<PageQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let page = page_of(&page_query, MESSAGE_PAGE_COUNT_DEFAULT, true)?;
+    if !listed_param(raw.as_deref(), "conversation_id").is_empty() {
+        return Ok(Json(Vec::new()));
+    }
+    let types = listed_param(raw.as_deref(), "include_return_message_types");
+    let types = (!types.is_empty()).then_some(types);
+    Ok(Json(state.service.messages.list(&page, types.as_deref()).await?))
 }
 
 async fn retrieve(

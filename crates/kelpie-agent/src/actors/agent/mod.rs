@@ -279,6 +279,15 @@ pub enum AgentCommand {
         query: String,
         limit: usize,
     },
+    /// At most `limit` stored messages whose place in time
+    /// ([`store::time_place`]) is in `[from, to)`, from the older end or,
+    /// `descending`, the newer one.
+    MessagesBetween {
+        from: Option<(u64, u64)>,
+        to: Option<(u64, u64)>,
+        descending: bool,
+        limit: usize,
+    },
 }
 
 /// What an edit of a stored message changes: a user message's text, an
@@ -439,6 +448,9 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Messages(vec![store::edit_message(ctx, &id, |body| edit.apply(body)).await?]))
             }
             AgentCommand::GetMessage { id } => Ok(AgentReply::Messages(store::get_message(ctx, &id).await?)),
+            AgentCommand::MessagesBetween { from, to, descending, limit } => {
+                Ok(AgentReply::Messages(store::messages_between(ctx, (from, to), descending, limit).await?))
+            }
             AgentCommand::SearchMessages { query, limit } => {
                 Ok(AgentReply::Messages(store::search_messages(ctx, &query, limit, u64::MAX).await?))
             }

@@ -391,6 +391,73 @@ pub(crate) async fn message_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<V
     rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
 }
 
+/// A message's place in the order of every agent's messages by time: its
+/// creation time, then its seq (the agent's own order).
+pub type TimePlace = (u64, u64);
+
+pub fn time_place(created_ms: u64, seq: u64) -> TimePlace {
+    (created_ms, seq)
+}
+
+/// The first stored message at or after `seq`: (seq, creation time).
+async fn message_at_or_after(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option<(u64, u64)>> {
+    let mut range = KeyRange::prefix(format!("{space}m/"));
+    range.start = Bound::Included(seq_key(space, "m", seq));
+    let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, 1).await?;
+    match rows.first() {
+        Some((key, value)) => {
+            let message: StoredMessage = decode(value, "agent message")?;
+            Ok(Some((seq_of_key(key)?, message.created_ms)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The seq of the first stored message whose [`time_place`] is at least
+/// `place` (`u64::MAX` when none is): a binary search over seqs, O(log n)
+/// reads, as a message's time does not go back as its seq grows.
+async fn first_seq_at_place(ctx: &mut Ctx<'_>, space: &str, place: TimePlace) -> Result<u64> {
+    let (mut low, mut high) = (0_u64, u64::MAX);
+    let mut found = u64::MAX;
+    while low < high {
+        let mid = low + (high - low) / 2;
+        match message_at_or_after(ctx, space, mid).await? {
+            Some((seq, created_ms)) if seq < high => {
+                if time_place(created_ms, seq) < place {
+                    low = seq + 1;
+                } else {
+                    found = seq;
+                    high = mid;
+                }
+            }
+            _ => high = mid,
+        }
+    }
+    Ok(found)
+}
+
+/// At most `limit` of the agent's messages whose [`time_place`] is in
+/// `[from, to)` (either end open when `None`), from the older end or,
+/// `descending`, the newer one: O(limit + log n).
+pub(crate) async fn messages_between(
+    ctx: &mut Ctx<'_>,
+    (from, to): (Option<TimePlace>, Option<TimePlace>),
+    descending: bool,
+    limit: usize,
+) -> Result<Vec<StoredMessage>> {
+    agent(ctx)?;
+    let space = messages(ctx);
+    let mut range = KeyRange::prefix(format!("{space}m/"));
+    if let Some(from) = from {
+        range.start = Bound::Included(seq_key(&space, "m", first_seq_at_place(ctx, &space, from).await?));
+    }
+    if let Some(to) = to {
+        range.end = Bound::Excluded(seq_key(&space, "m", first_seq_at_place(ctx, &space, to).await?));
+    }
+    let rows = ctx.kv_scan_page(&range, order(descending), limit.clamp(1, STORE_PAGE_COUNT_MAX)).await?;
+    rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
+}
+
 /// The key range of the agent's current messages.
 pub(crate) fn message_range(ctx: &Ctx<'_>) -> KeyRange {
     KeyRange::prefix(format!("{}m/", messages(ctx)))
