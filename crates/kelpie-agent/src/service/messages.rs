@@ -88,16 +88,32 @@ impl Messages {
         Messages { actors, directory }
     }
 
-    /// The stored message `message_id` and its agent.
+    /// The stored message `message_id` and its agent: through the agent its
+    /// id names, else (a message stored before ids named their agent) by
+    /// asking every agent, when there are at most
+    /// [`MESSAGES_ACROSS_AGENTS_COUNT_MAX`].
     pub async fn find(&self, message_id: &str) -> ServiceResult<Found> {
         let not_found = || ServiceError::MessageNotFound(message_id.to_string());
         let prefix = message_agent_prefix(message_id).ok_or_else(not_found)?;
-        for agent_id in self.directory.find_prefix(&prefix).await? {
+        if let Some(found) = self.find_in(message_id, self.directory.find_prefix(&prefix).await?).await? {
+            return Ok(found);
+        }
+        let entries = self.directory.entries().await?;
+        if entries.len() > MESSAGES_ACROSS_AGENTS_COUNT_MAX {
+            return Err(not_found());
+        }
+        let agent_ids = entries.into_iter().map(|entry| entry.id).filter(|id| !id.starts_with(&prefix)).collect();
+        self.find_in(message_id, agent_ids).await?.ok_or_else(not_found)
+    }
+
+    /// Message `message_id` in the first of `agent_ids` that has it.
+    async fn find_in(&self, message_id: &str, agent_ids: Vec<String>) -> ServiceResult<Option<Found>> {
+        for agent_id in agent_ids {
             let command = AgentCommand::GetMessage { id: message_id.to_string() };
             match self.actors.invoke(&agent_id, command).await {
                 Ok(AgentReply::Messages(mut messages)) => {
                     if let Some(message) = messages.pop() {
-                        return Ok(Found { agent_id, message });
+                        return Ok(Some(Found { agent_id, message }));
                     }
                 }
                 // Deleted since the directory answered.
@@ -106,7 +122,7 @@ impl Messages {
                 Err(err) => return Err(err),
             }
         }
-        Err(not_found())
+        Ok(None)
     }
 
     /// `GET /v1/messages/{id}`: the message as Letta's messages.
