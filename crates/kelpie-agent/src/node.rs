@@ -234,6 +234,10 @@ pub fn agent_service(
                 Arc::new(runtimes.identities.clone()),
             )
             .with_namespace(
+                crate::actors::provider_store::PROVIDER_STORE_ACTOR.0,
+                Arc::new(runtimes.providers.clone()),
+            )
+            .with_namespace(
                 crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
                 Arc::new(runtimes.folder_store.clone()),
             )
@@ -272,6 +276,7 @@ pub fn agent_runtimes(
         sandbox_configs: parts.runtime(SandboxConfigActor)?,
         reclaim: parts.runtime(ReclaimActor)?,
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
+        providers: parts.runtime(crate::actors::provider_store::ProviderStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
         folders: parts.runtime(folders)?,
     })

@@ -9,6 +9,9 @@
 //! - [`mcp::McpServers`]: MCP servers, their tools and their clients;
 //! - [`sandbox_configs::SandboxConfigs`]: the sandbox configuration and the
 //!   environment every tool call gets;
+//! - [`providers::Providers`]: the LLM providers, configured and created
+//!   (`/v1/providers`), the model listing and the resolution of handles;
+//!   every model call goes through its [`providers::ProviderRouter`];
 //! - [`directory::AgentDirectory`]: the agent listing (shards, creation order);
 //! - [`agent_actors::AgentActors`]: the agent actors and what every operation
 //!   on one agent needs (its record, its rendering, its turn lock);
@@ -38,6 +41,7 @@ pub mod identities;
 mod locks;
 pub mod mcp;
 pub mod mcp_clients;
+pub mod providers;
 pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
@@ -90,6 +94,7 @@ pub struct AgentRuntimes {
     pub sandbox_configs: Runtime<SandboxConfigActor>,
     pub reclaim: Runtime<ReclaimActor>,
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
+    pub providers: Runtime<crate::actors::provider_store::ProviderStoreActor>,
     pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
     pub folders: Runtime<crate::actors::folder::FolderActor>,
     /// The defect a test planted in this service, if any (see [`crate::planted`]).
@@ -101,6 +106,7 @@ pub struct AgentService {
     pub mcp_servers: mcp::McpServers,
     pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
+    pub providers: Arc<providers::Providers>,
     pub agents: Agents,
     pub blocks: Arc<SharedBlocks>,
     pub identities: identities::Identities,
@@ -129,6 +135,8 @@ impl AgentService {
         let tools = Arc::new(ToolService::new(runtimes.tool_store, Arc::clone(&runner), env.clone()));
         let mcp_servers = mcp::McpServers::new(Arc::clone(&tools), env.clone());
         let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
+        let providers = Arc::new(providers::Providers::new(runtimes.providers, catalog.clone(), env.clone()));
+        let llm: Arc<dyn ChatModel> = Arc::new(providers::ProviderRouter::new(llm, Arc::clone(&providers)));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools)));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
@@ -139,7 +147,7 @@ impl AgentService {
             Arc::clone(&blocks),
             Arc::clone(&reclaimer),
             Arc::clone(&tools),
-            catalog.clone(),
+            Arc::clone(&providers),
             (env.clone(), runtimes.planted.clone()),
         );
         let identities = identities::Identities::new(
@@ -173,7 +181,7 @@ impl AgentService {
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
             Arc::clone(&llm),
-            catalog.clone(),
+            Arc::clone(&providers),
             env.clone(),
         ));
         let runs = Runs::new(
@@ -198,6 +206,7 @@ impl AgentService {
             mcp_servers,
             sandbox_configs,
             catalog,
+            providers,
             agents,
             blocks,
             identities,
@@ -330,6 +339,7 @@ impl AgentService {
         self.directory.shutdown().await;
         self.blocks.shutdown().await;
         self.identities.shutdown().await;
+        self.providers.shutdown().await;
         self.folders.shutdown().await;
         self.tools.shutdown().await;
         self.sandbox_configs.shutdown().await;

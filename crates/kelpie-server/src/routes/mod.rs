@@ -17,6 +17,7 @@ pub mod models;
 pub mod multipart;
 pub mod openapi;
 pub mod passages;
+pub mod providers;
 pub mod runs;
 pub mod sandbox_config;
 pub mod shared_blocks;
@@ -61,6 +62,7 @@ fn api_router(state: AppState) -> Router {
         .merge(archival::router())
         .merge(passages::router())
         .merge(models::router())
+        .merge(providers::router())
         .merge(tools::router())
         .merge(mcp::router())
         .merge(mcp_legacy::router())
