@@ -100,7 +100,9 @@ impl ServiceError {
     /// the key (401 or 403).
     pub fn key_refusal_status(&self) -> Option<u16> {
         match self {
-            ServiceError::ProviderCheck(LlmError::Status { status: status @ (401 | 403), .. }) => Some(*status),
+            ServiceError::ProviderCheck(LlmError::Status { status: status @ (401 | 403), .. }) => {
+                Some(*status)
+            }
             _ => None,
         }
     }

@@ -10,7 +10,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use axum::routing::get;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use kelpie_agent::actors::provider_store::PROVIDER_MODELS_COUNT_MAX;
 use kelpie_llm::fake::FakeLlm;
@@ -298,5 +301,62 @@ async fn refresh_stores_the_listing_and_refuses_one_past_the_limit() {
         server.call("POST", "/v1/agents/", Some(json!({"name": "n", "model": "big/not-listed"}))).await;
     assert_eq!(answer.0, 422, "{:?}", answer.1);
     assert!(answer.1["detail"].as_str().unwrap().contains("refresh"), "{:?}", answer.1);
+    server.shutdown().await;
+}
+
+/// An OpenAI-compatible provider listing a chat and an embedding model,
+/// serving embeddings (one fixed vector each) and recording the key of
+/// each embeddings request.
+async fn embedding_provider() -> (String, Arc<Mutex<Vec<String>>>) {
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&keys);
+    let models = json!({"data": [{"id": "chat-1"}, {"id": "text-embed-1"}]});
+    let embeddings = move |headers: HeaderMap, Json(body): Json<Value>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let key = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            seen.lock().unwrap().push(key.to_string());
+            let count = body["input"].as_array().map_or(1, Vec::len);
+            let data: Vec<Value> = (0..count).map(|i| json!({"index": i, "embedding": [0.6, 0.8]})).collect();
+            Json(json!({"data": data}))
+        }
+    };
+    let app = Router::new()
+        .route("/v1/models", get(move || async move { Json(models) }))
+        .route("/v1/embeddings", post(embeddings));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), keys)
+}
+
+#[tokio::test]
+async fn a_created_providers_embedding_model_serves_agents_and_folders_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let (base, keys) = embedding_provider().await;
+    let server = common::start_with(dir.path(), &fake, &[ALLOW_INTERNAL]).await;
+    let body = json!({"name": "emb", "provider_type": "openai", "api_key": GOOD_KEY, "base_url": base});
+    server.ok("POST", "/v1/providers/", Some(body)).await;
+    assert_eq!(handles(&server.ok("GET", "/v1/models/?provider_name=emb", None).await), ["emb/chat-1"]);
+    let embeddings = server.ok("GET", "/v1/models/embedding", None).await;
+    assert_eq!(handles(&embeddings), ["kelpie/local-hash-256", "emb/text-embed-1"]);
+    assert_eq!(embeddings[1]["embedding_endpoint"], base.as_str());
+
+    let body = json!({"name": "e", "model": "openai-proxy/fake-gpt", "embedding": "emb/text-embed-1"});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(agent["embedding_config"]["handle"], "emb/text-embed-1");
+    let path = format!("/v1/agents/{}/archival-memory", agent["id"].as_str().unwrap());
+    server.ok("POST", &path, Some(json!({"text": "the lighthouse keeper"}))).await;
+    assert_eq!(*keys.lock().unwrap(), [format!("Bearer {GOOD_KEY}")]);
+
+    let folder = server
+        .ok("POST", "/v1/folders/", Some(json!({"name": "docs", "embedding": "emb/text-embed-1"})))
+        .await;
+    assert_eq!(folder["embedding_config"]["handle"], "emb/text-embed-1");
+    let answer = server
+        .call("POST", "/v1/agents/", Some(json!({"name": "x", "embedding": "emb/missing-embed"})))
+        .await;
+    assert_eq!(answer.0, 422, "{:?}", answer.1);
     server.shutdown().await;
 }

@@ -160,7 +160,7 @@ impl AgentService {
         let folders = Arc::new(folders::Folders::new(
             runtimes.folder_store,
             runtimes.folders,
-            catalog.clone(),
+            Arc::clone(&providers),
             env.clone(),
         ));
         let agent_files = Arc::new(agent_files::AgentFiles::new(
