@@ -2,12 +2,12 @@
 //! survive reopening the file, names stay unique, a model listing past
 //! `PROVIDER_MODELS_COUNT_MAX` or an id past `PROVIDER_MODEL_ID_BYTES_MAX`
 //! is refused with the old listing kept, texts past their byte limits are
-//! refused, and the store holds at most `PROVIDERS_COUNT_MAX` providers.
+//! refused (name, keys, region), and the store holds at most `PROVIDERS_COUNT_MAX` providers.
 
 use kelpie_agent::actors::provider_store::{
     ProviderCommand, ProviderRecord, ProviderReply, ProviderStoreActor, PROVIDERS_COUNT_MAX,
     PROVIDER_MODELS_COUNT_MAX, PROVIDER_MODEL_ID_BYTES_MAX, PROVIDER_NAME_BYTES_MAX,
-    PROVIDER_SECRET_BYTES_MAX, PROVIDER_STORE_ACTOR,
+    PROVIDER_SECRET_BYTES_MAX, PROVIDER_STORE_ACTOR, PROVIDER_TEXT_BYTES_MAX,
 };
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_core::{ActorId, Env, Error, NodeId};
@@ -124,6 +124,10 @@ async fn listings_and_texts_past_their_limits_are_refused_and_the_old_listing_ke
     long_key.api_key = Some("k".repeat(PROVIDER_SECRET_BYTES_MAX + 1));
     let reason = refused_reason(send(&runtime, ProviderCommand::Create(Box::new(long_key))).await);
     assert!(reason.contains("PROVIDER_SECRET_BYTES_MAX") && !reason.contains("kkkk"), "{reason}");
+    let mut long_region = record(5, "long-region");
+    long_region.region = Some("r".repeat(PROVIDER_TEXT_BYTES_MAX + 1));
+    let reason = refused_reason(send(&runtime, ProviderCommand::Create(Box::new(long_region))).await);
+    assert!(reason.contains("region") && reason.contains("PROVIDER_TEXT_BYTES_MAX"), "{reason}");
     let slashed = refused_reason(send(&runtime, ProviderCommand::Create(Box::new(record(4, "a/b")))).await);
     assert!(slashed.contains("without '/'"), "{slashed}");
     runtime.shutdown().await;

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kelpie_agent::actors::provider_store::PROVIDER_MODELS_COUNT_MAX;
 use kelpie_llm::fake::FakeLlm;
+use kelpie_tools::mcp::url::MCP_URL_BYTES_MAX;
 use serde_json::{json, Value};
 
 const GOOD_KEY: &str = "sk-byok-good-0123456789";
@@ -139,6 +140,11 @@ async fn bad_input_is_refused_with_the_reason() {
         let check = json!({"provider_type": "openai", "api_key": "k", "base_url": url});
         assert_eq!(server.call("POST", "/v1/providers/check", Some(check)).await.0, 422);
     }
+    let long_url = format!("https://llm.example/{}", "p".repeat(MCP_URL_BYTES_MAX));
+    let answer =
+        create(json!({"name": "long", "provider_type": "openai", "api_key": "k", "base_url": long_url}))
+            .await;
+    assert!(answer.0 == 422 && detail(&answer).contains("MCP_URL_BYTES_MAX"), "{:?}", answer.1);
     let answer = create(json!({"name": "g", "provider_type": "google_ai", "api_key": "k"})).await;
     assert_eq!(answer.0, 422);
     assert!(
