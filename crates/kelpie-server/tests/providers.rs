@@ -175,6 +175,11 @@ async fn bad_input_is_refused_with_the_reason() {
     );
     let base_id = base["id"].as_str().unwrap();
     assert_eq!(&server.ok("GET", &format!("/v1/providers/{base_id}"), None).await, base);
+    let checked = server.ok("POST", &format!("/v1/providers/{base_id}/check"), None).await;
+    assert_eq!(
+        checked["message"], "Valid api key for provider_type=openai",
+        "checked with the configured key"
+    );
     for (method, path) in [
         ("PATCH", format!("/v1/providers/{base_id}")),
         ("DELETE", format!("/v1/providers/{base_id}")),

@@ -220,6 +220,19 @@ fn byok_json(record: &ProviderRecord) -> Value {
     provider_json((&record.id, &record.name, &record.provider_type), "byok", &record.base_url, Some(record))
 }
 
+/// The kind of a stored provider; a type this server no longer calls is
+/// logged and its models left out of the listings (one such provider does
+/// not fail them).
+fn listable_kind(record: &ProviderRecord) -> Option<&'static ProviderKind> {
+    match provider_kind(&record.provider_type) {
+        Ok(kind) => Some(kind),
+        Err(err) => {
+            tracing::warn!(provider = %record.name, %err, "a stored provider of a type not served; its models are not listed");
+            None
+        }
+    }
+}
+
 /// Why provider `name` cannot be called, as the turn reports it.
 fn unavailable(name: &str, reason: impl Into<String>) -> LlmError {
     LlmError::ProviderUnavailable { provider: name.to_string(), reason: reason.into() }
@@ -580,7 +593,7 @@ impl Providers {
     pub async fn llm_models(&self, filter: &ModelFilter) -> ServiceResult<Vec<Value>> {
         let mut models = self.catalog.llm_models().await;
         for record in self.all().await? {
-            let kind = provider_kind(&record.provider_type)?;
+            let Some(kind) = listable_kind(&record) else { continue };
             let endpoint = endpoint_of(kind, &record.base_url, None);
             let source = ModelSource {
                 provider_name: &record.name,
@@ -602,7 +615,7 @@ impl Providers {
     pub async fn embedding_models(&self) -> ServiceResult<Vec<Value>> {
         let mut models = self.catalog.embedding_models().await;
         for record in self.all().await? {
-            let kind = provider_kind(&record.provider_type)?;
+            let Some(kind) = listable_kind(&record) else { continue };
             if kind.family != ApiFamily::OpenAi {
                 continue;
             }
