@@ -50,6 +50,13 @@ pub enum ServiceError {
     /// A body over a named limit (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    #[error("Provider with ID {0} not found")]
+    ProviderNotFound(String),
+    #[error("a provider named {0} already exists")]
+    ProviderNameTaken(String),
+    /// A provider refused a check of its key or could not be reached.
+    #[error("provider check failed: {0}")]
+    ProviderCheck(LlmError),
     #[error("MCP server with ID {0} not found")]
     McpServerNotFound(String),
     #[error("an MCP server named {0:?} already exists")]
@@ -84,6 +91,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
             Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
             Error::NotFound { kind: "archive", id } => ServiceError::ArchiveNotFound(id),
+            Error::NotFound { kind: "provider", id } => ServiceError::ProviderNotFound(id),
             other => ServiceError::Core(other),
         }
     }
@@ -94,6 +102,23 @@ impl ServiceError {
     /// leaving): nothing was done, and trying again later may succeed.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, ServiceError::Core(Error::NodeUnavailable { .. } | Error::ShuttingDown { .. }))
+    }
+
+    /// The status a provider answered a key check with, when it refused
+    /// the key (401 or 403).
+    pub fn key_refusal_status(&self) -> Option<u16> {
+        match self {
+            ServiceError::ProviderCheck(LlmError::Status { status: status @ (401 | 403), .. }) => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// A created provider an agent's model needs is gone or its URL is no
+    /// longer allowed.
+    pub fn is_provider_unavailable(&self) -> bool {
+        matches!(self, ServiceError::Llm(LlmError::ProviderUnavailable { .. }))
     }
 }
 

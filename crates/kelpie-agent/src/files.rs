@@ -293,7 +293,12 @@ mod tests {
             description: Some("Manuals".into()),
             instructions: None,
             metadata: None,
-            embedding: kelpie_llm::EmbeddingSettings { handle: "h/m".into(), model: "m".into(), dim: 8 },
+            embedding: kelpie_llm::EmbeddingSettings {
+                handle: "h/m".into(),
+                model: "m".into(),
+                dim: 8,
+                byok_provider: None,
+            },
             created_ms: 0,
             updated_ms: 0,
             files_count: 60,

@@ -106,6 +106,13 @@ fn uuid_id(prefix: &str, high: u64, low: u64) -> String {
     )
 }
 
+/// An id of Letta's uuid4 shape that `name` always gets, for things that
+/// exist by configuration rather than by a create (base providers).
+pub fn name_id(prefix: &str, name: &str) -> String {
+    let bytes = name.as_bytes();
+    uuid_id(prefix, fnv1a(bytes, 0xcbf2_9ce4_8422_2325), fnv1a(bytes, 0x6c62_272e_07bb_0142))
+}
+
 /// FNV-1a over `bytes` from `offset`.
 fn fnv1a(bytes: &[u8], offset: u64) -> u64 {
     bytes.iter().fold(offset, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))

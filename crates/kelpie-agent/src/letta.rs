@@ -113,7 +113,8 @@ pub fn llm_config_json(agent: &AgentRecord) -> Value {
     let llm = &agent.llm;
     json!({
         "model": llm.model, "display_name": llm.model, "model_endpoint_type": llm.provider,
-        "model_endpoint": llm.endpoint, "provider_name": llm.handle.split_once('/').map_or(llm.provider.as_str(), |(provider, _)| provider), "provider_category": "base",
+        "model_endpoint": llm.endpoint, "provider_name": llm.handle.split_once('/').map_or(llm.provider.as_str(), |(provider, _)| provider),
+        "provider_category": if llm.byok_provider.is_some() { "byok" } else { "base" },
         "model_wrapper": null, "context_window": llm.context_window, "put_inner_thoughts_in_kwargs": false,
         "handle": llm.handle, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
         "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0,

@@ -519,9 +519,14 @@ mod tests {
             context_window: 1_000,
             max_tokens: 100,
             temperature: 0.7,
+            byok_provider: None,
         };
-        let embedding =
-            EmbeddingSettings { handle: "kelpie/local-hash-256".into(), model: "l".into(), dim: 256 };
+        let embedding = EmbeddingSettings {
+            handle: "kelpie/local-hash-256".into(),
+            model: "l".into(),
+            dim: 256,
+            byok_provider: None,
+        };
         let mut record = AgentRecord {
             id: "agent-1".into(),
             name: "a".into(),

@@ -246,6 +246,10 @@ pub fn agent_service(
                 Arc::new(runtimes.groups.clone()),
             )
             .with_namespace(
+                crate::actors::provider_store::PROVIDER_STORE_ACTOR.0,
+                Arc::new(runtimes.providers.clone()),
+            )
+            .with_namespace(
                 crate::actors::folder_store::FOLDER_STORE_ACTOR.0,
                 Arc::new(runtimes.folder_store.clone()),
             )
@@ -292,6 +296,7 @@ pub fn agent_runtimes(
         reclaim: parts.runtime(ReclaimActor)?,
         identities: parts.runtime(crate::actors::identity_store::IdentityStoreActor)?,
         groups: parts.runtime(crate::actors::group_store::GroupStoreActor)?,
+        providers: parts.runtime(crate::actors::provider_store::ProviderStoreActor)?,
         folder_store: parts.runtime(crate::actors::folder_store::FolderStoreActor)?,
         folders: parts.runtime(folders)?,
         batches: parts.runtime(crate::actors::batch::BatchActor)?,

@@ -29,6 +29,7 @@
 //! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
 //! | `llm.anthropic_api_key` | `ANTHROPIC_API_KEY` | none |
 //! | `llm.default_model` | `KELPIE_DEFAULT_MODEL` | none |
+//! | `llm.allow_internal_provider_urls` | `KELPIE_ALLOW_INTERNAL_PROVIDER_URLS` | `false`: base URLs of providers created through `/v1/providers` on loopback, private or link-local addresses are refused |
 //! | `sandbox.backend` | `KELPIE_SANDBOX` | `process` (`gvisor`; `none` only when asked for) |
 //! | `sandbox.dir` | `KELPIE_SANDBOX_DIR` | `<temp dir>/kelpie-sandbox-<hash of the data dir>` |
 //! | `sandbox.python` | `KELPIE_SANDBOX_PYTHON` | `/usr/bin/python3` |
@@ -76,6 +77,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
     ("llm.anthropic_api_key", "ANTHROPIC_API_KEY"),
     ("llm.default_model", "KELPIE_DEFAULT_MODEL"),
+    ("llm.allow_internal_provider_urls", "KELPIE_ALLOW_INTERNAL_PROVIDER_URLS"),
     ("sandbox.backend", "KELPIE_SANDBOX"),
     ("sandbox.dir", "KELPIE_SANDBOX_DIR"),
     ("sandbox.python", "KELPIE_SANDBOX_PYTHON"),
@@ -172,6 +174,9 @@ pub struct LlmConfig {
     pub anthropic_base_url: String,
     pub anthropic_api_key: Option<String>,
     pub default_model: Option<String>,
+    /// Whether a provider a user creates (`/v1/providers`) may have a base
+    /// URL on a loopback, private or link-local address.
+    pub allow_internal_provider_urls: bool,
 }
 
 impl fmt::Debug for LlmConfig {
@@ -183,6 +188,7 @@ impl fmt::Debug for LlmConfig {
             .field("anthropic_base_url", &self.anthropic_base_url)
             .field("anthropic_api_key", &self.anthropic_api_key.as_ref().map(|_| "<set>"))
             .field("default_model", &self.default_model)
+            .field("allow_internal_provider_urls", &self.allow_internal_provider_urls)
             .finish()
     }
 }
@@ -451,6 +457,7 @@ impl ConfigLayers {
             anthropic_base_url: url("llm.anthropic_base_url", "https://api.anthropic.com")?,
             anthropic_api_key: self.optional("llm.anthropic_api_key").filter(|k| !k.is_empty()),
             default_model: self.optional("llm.default_model").filter(|m| !m.is_empty()),
+            allow_internal_provider_urls: self.boolean("llm.allow_internal_provider_urls")?,
         })
     }
 
@@ -569,6 +576,7 @@ mod tests {
         assert_eq!(config.api_key, None);
         assert_eq!(config.llm.openai_base_url, "https://api.openai.com/v1");
         assert_eq!(config.llm.openai_api_key, None);
+        assert!(!config.llm.allow_internal_provider_urls);
         assert_eq!(
             config.sandbox,
             SandboxConfig {
@@ -586,6 +594,9 @@ mod tests {
         layers.add_env(env(&[("KELPIE_MCP_STDIO_NETWORK", "1")]));
         let sandbox = layers.resolve().unwrap().sandbox;
         assert_eq!((sandbox.mcp_allow_internal_urls, sandbox.mcp_stdio_network), (true, true));
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[("KELPIE_ALLOW_INTERNAL_PROVIDER_URLS", "true")]));
+        assert!(layers.resolve().unwrap().llm.allow_internal_provider_urls);
     }
 
     #[test]

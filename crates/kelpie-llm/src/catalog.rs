@@ -14,6 +14,7 @@ use kelpie_memory::LOCAL_EMBEDDING_DIMENSIONS_COUNT;
 use serde_json::{json, Value};
 
 use crate::clients::LlmClients;
+use crate::http::LlmError;
 use crate::openai::EMBEDDING_BATCH_TEXTS_COUNT_MAX;
 use crate::settings::{EmbeddingSettings, LlmSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};
 
@@ -37,7 +38,7 @@ const EMBEDDING_CHUNK_CHARS_COUNT: u64 = 300;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown model provider {provider:?} in handle {handle:?}; this server offers \"openai/...\", \"openai-proxy/...\" and, with ANTHROPIC_API_KEY set, \"anthropic/...\" (see GET /v1/models/)")]
+    #[error("unknown model provider {provider:?} in handle {handle:?}; this server offers \"openai/...\", \"openai-proxy/...\", with ANTHROPIC_API_KEY set \"anthropic/...\", and \"<name>/...\" of the providers created at /v1/providers/ (see GET /v1/models/)")]
     UnknownProvider { handle: String, provider: String },
     #[error(
         "model {handle:?} needs the anthropic provider, which is not configured (set ANTHROPIC_API_KEY)"
@@ -45,8 +46,32 @@ pub enum ModelError {
     AnthropicNotConfigured { handle: String },
     #[error("no model given and no default model configured (set KELPIE_DEFAULT_MODEL or pass model=\"provider/model\")")]
     NoModel,
-    #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?}, omit it, or \"openai/<model>\" with OPENAI_API_KEY or OPENAI_BASE_URL set (see GET /v1/models/embedding)")]
+    #[error("embedding {handle:?} is not offered; use {LOCAL_EMBEDDING_HANDLE:?}, omit it, \"openai/<model>\" with OPENAI_API_KEY or OPENAI_BASE_URL set, or an embedding model of a provider created at /v1/providers/ (see GET /v1/models/embedding)")]
     UnknownEmbedding { handle: String },
+}
+
+/// A provider the configuration sets up (Letta's "base" providers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseProvider {
+    /// The prefix of its models' handles.
+    pub name: String,
+    /// Letta's `ProviderType`.
+    pub provider_type: &'static str,
+    pub base_url: String,
+}
+
+/// Where a listed model comes from, as Letta's `Model` names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSource<'a> {
+    /// The handle's prefix.
+    pub provider_name: &'a str,
+    /// Letta's `ProviderType`.
+    pub provider_type: &'a str,
+    /// The protocol: `openai` or `anthropic`.
+    pub endpoint_type: &'a str,
+    pub endpoint: &'a str,
+    /// `base` (configured) or `byok` (created at `/v1/providers`).
+    pub category: &'a str,
 }
 
 #[derive(Clone)]
@@ -65,6 +90,50 @@ impl ModelCatalog {
             "openai"
         } else {
             "openai-proxy"
+        }
+    }
+
+    /// The handle agents get when they name none.
+    pub fn default_model(&self) -> Option<&str> {
+        self.config.default_model.as_deref()
+    }
+
+    /// Whether a provider a user creates may be on an internal address.
+    pub fn allow_internal_provider_urls(&self) -> bool {
+        self.config.allow_internal_provider_urls
+    }
+
+    /// The providers the configuration sets up: the OpenAI-compatible one
+    /// when it can be asked (a key, or a base URL other than OpenAI's), and
+    /// Anthropic when its key is set.
+    pub fn base_providers(&self) -> Vec<BaseProvider> {
+        let mut providers = Vec::new();
+        if self.openai_askable() {
+            providers.push(BaseProvider {
+                name: self.provider_name().to_string(),
+                provider_type: "openai",
+                base_url: self.config.openai_base_url.clone(),
+            });
+        }
+        if let Some(client) = &self.clients.anthropic {
+            providers.push(BaseProvider {
+                name: PROVIDER_ANTHROPIC.to_string(),
+                provider_type: PROVIDER_ANTHROPIC,
+                base_url: client.base_url().to_string(),
+            });
+        }
+        providers
+    }
+
+    /// Asks configured provider `name` for its models with the configured
+    /// key (what checking a base provider does).
+    pub async fn list_base_models(&self, name: &str, timeout: Duration) -> Result<Vec<String>, LlmError> {
+        match (name, &self.clients.anthropic) {
+            (PROVIDER_ANTHROPIC, Some(client)) => client.list_models(timeout).await,
+            _ if name == self.provider_name() && self.openai_askable() => {
+                self.clients.openai.list_models(timeout).await
+            }
+            _ => Err(LlmError::NotConfigured { provider: name.to_string() }),
         }
     }
 
@@ -89,6 +158,7 @@ impl ModelCatalog {
             context_window: CONTEXT_WINDOW_TOKENS_DEFAULT,
             max_tokens: COMPLETION_TOKENS_DEFAULT,
             temperature: 0.7,
+            byok_provider: None,
         })
     }
 
@@ -106,6 +176,7 @@ impl ModelCatalog {
             context_window: CONTEXT_WINDOW_TOKENS_DEFAULT,
             max_tokens: COMPLETION_TOKENS_DEFAULT,
             temperature: 0.7,
+            byok_provider: None,
         })
     }
 
@@ -115,6 +186,7 @@ impl ModelCatalog {
                 handle: LOCAL_EMBEDDING_HANDLE.to_string(),
                 model: LOCAL_EMBEDDING_MODEL.to_string(),
                 dim: LOCAL_EMBEDDING_DIMENSIONS_COUNT as u64,
+                byok_provider: None,
             }),
             Some(other) => {
                 let unknown = || ModelError::UnknownEmbedding { handle: other.to_string() };
@@ -127,6 +199,7 @@ impl ModelCatalog {
                     handle: format!("openai/{model}"),
                     model: model.to_string(),
                     dim: REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT,
+                    byok_provider: None,
                 })
             }
         }
@@ -166,13 +239,29 @@ impl ModelCatalog {
             .model_names()
             .await
             .into_iter()
-            .map(|model| model_json(provider, "openai", endpoint, &model))
+            .map(|model| {
+                let source = ModelSource {
+                    provider_name: provider,
+                    provider_type: "openai",
+                    endpoint_type: "openai",
+                    endpoint,
+                    category: "base",
+                };
+                model_json(&source, &model)
+            })
             .collect();
         if let Some(client) = &self.clients.anthropic {
             match client.list_models(Duration::from_millis(MODEL_LIST_TIMEOUT_MS)).await {
-                Ok(listed) => models.extend(listed.iter().map(|model| {
-                    model_json(PROVIDER_ANTHROPIC, PROVIDER_ANTHROPIC, client.base_url(), model)
-                })),
+                Ok(listed) => {
+                    let source = ModelSource {
+                        provider_name: PROVIDER_ANTHROPIC,
+                        provider_type: PROVIDER_ANTHROPIC,
+                        endpoint_type: PROVIDER_ANTHROPIC,
+                        endpoint: client.base_url(),
+                        category: "base",
+                    };
+                    models.extend(listed.iter().map(|model| model_json(&source, model)))
+                }
                 Err(err) => tracing::warn!(error = %err, "cannot list Anthropic's models"),
             }
         }
@@ -200,8 +289,8 @@ impl ModelCatalog {
             Ok(listed) => models.extend(
                 listed
                     .iter()
-                    .filter(|id| id.to_lowercase().contains(EMBEDDING_MODEL_ID_MARKER))
-                    .map(|model| remote_embedding_json(&self.config.openai_base_url, model)),
+                    .filter(|id| is_embedding_model(id))
+                    .map(|model| embedding_json("openai", "openai", &self.config.openai_base_url, model)),
             ),
             Err(err) => tracing::warn!(error = %err, "cannot list the provider's embedding models"),
         }
@@ -210,11 +299,18 @@ impl ModelCatalog {
     }
 }
 
-/// One Letta `EmbeddingModel` object for `openai/<model>`.
-fn remote_embedding_json(endpoint: &str, model: &str) -> Value {
+/// Whether a provider's model `id` is an embedding model (listed at
+/// `/v1/models/embedding` rather than `/v1/models/`).
+pub fn is_embedding_model(id: &str) -> bool {
+    id.to_lowercase().contains(EMBEDDING_MODEL_ID_MARKER)
+}
+
+/// One Letta `EmbeddingModel` object for `<provider_name>/<model>`, an
+/// OpenAI-compatible embedding at `endpoint`.
+pub fn embedding_json(provider_name: &str, provider_type: &str, endpoint: &str, model: &str) -> Value {
     json!({
-        "handle": format!("openai/{model}"), "name": model, "display_name": model,
-        "provider_type": "openai", "provider_name": "openai", "model_type": "embedding",
+        "handle": format!("{provider_name}/{model}"), "name": model, "display_name": model,
+        "provider_type": provider_type, "provider_name": provider_name, "model_type": "embedding",
         "embedding_endpoint_type": "openai", "embedding_endpoint": endpoint, "embedding_model": model,
         "embedding_dim": REMOTE_EMBEDDING_DIMENSIONS_COUNT_DEFAULT, "embedding_chunk_size": EMBEDDING_CHUNK_CHARS_COUNT,
         "batch_size": EMBEDDING_BATCH_TEXTS_COUNT_MAX, "azure_endpoint": null, "azure_version": null,
@@ -223,12 +319,12 @@ fn remote_embedding_json(endpoint: &str, model: &str) -> Value {
 }
 
 /// One Letta `Model` object.
-fn model_json(provider: &str, endpoint_type: &str, endpoint: &str, model: &str) -> Value {
+pub fn model_json(source: &ModelSource<'_>, model: &str) -> Value {
     json!({
-        "handle": format!("{provider}/{model}"), "name": model, "display_name": model,
-        "provider_type": endpoint_type, "provider_name": provider, "model_type": "llm", "model": model,
-        "model_endpoint_type": endpoint_type, "model_endpoint": endpoint,
-        "provider_category": "base", "model_wrapper": null,
+        "handle": format!("{}/{model}", source.provider_name), "name": model, "display_name": model,
+        "provider_type": source.provider_type, "provider_name": source.provider_name, "model_type": "llm",
+        "model": model, "model_endpoint_type": source.endpoint_type, "model_endpoint": source.endpoint,
+        "provider_category": source.category, "model_wrapper": null,
         "context_window": CONTEXT_WINDOW_TOKENS_DEFAULT, "max_context_window": CONTEXT_WINDOW_TOKENS_DEFAULT,
         "put_inner_thoughts_in_kwargs": false, "temperature": 0.7, "max_tokens": COMPLETION_TOKENS_DEFAULT,
         "enable_reasoner": false, "parallel_tool_calls": false, "strict": false,

@@ -9,9 +9,10 @@ use kelpie_core::config::LlmConfig;
 
 use crate::anthropic::AnthropicClient;
 use crate::chat::{ChatRequest, ChatResponse};
+use crate::endpoint::{ApiFamily, ProviderEndpoint};
 use crate::http::LlmError;
 use crate::openai::OpenAiClient;
-use crate::settings::{EmbeddingSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};
+use crate::settings::{EmbeddingSettings, LlmSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};
 use crate::stream::ChatDelta;
 
 /// A future borrowing its arguments.
@@ -21,13 +22,13 @@ pub type ModelFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LlmError>> +
 /// plain or streamed, and embeddings. [`LlmClients`] talks to real
 /// providers; a simulation supplies its own (kelpie-llm's `sim` feature).
 pub trait ChatModel: Send + Sync + 'static {
-    /// One chat turn with `provider` (an agent's `llm.provider`).
-    fn chat<'a>(&'a self, provider: &'a str, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse>;
+    /// One chat turn with the model `llm` names (an agent's settings).
+    fn chat<'a>(&'a self, llm: &'a LlmSettings, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse>;
 
     /// [`Self::chat`] with each delta handed to `on_delta` as it arrives.
     fn chat_streaming<'a>(
         &'a self,
-        provider: &'a str,
+        llm: &'a LlmSettings,
         request: &'a ChatRequest,
         on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
     ) -> ModelFuture<'a, ChatResponse>;
@@ -38,20 +39,24 @@ pub trait ChatModel: Send + Sync + 'static {
         settings: &'a EmbeddingSettings,
         texts: &'a [String],
     ) -> ModelFuture<'a, Vec<Vec<f32>>>;
+
+    /// The model that calls `endpoint`, a provider a user registered
+    /// (a simulation answers with itself).
+    fn with_endpoint(&self, endpoint: &ProviderEndpoint) -> Result<Box<dyn ChatModel>, LlmError>;
 }
 
 impl ChatModel for LlmClients {
-    fn chat<'a>(&'a self, provider: &'a str, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
-        Box::pin(LlmClients::chat(self, provider, request))
+    fn chat<'a>(&'a self, llm: &'a LlmSettings, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
+        Box::pin(LlmClients::chat(self, &llm.provider, request))
     }
 
     fn chat_streaming<'a>(
         &'a self,
-        provider: &'a str,
+        llm: &'a LlmSettings,
         request: &'a ChatRequest,
         on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
     ) -> ModelFuture<'a, ChatResponse> {
-        Box::pin(LlmClients::chat_streaming(self, provider, request, on_delta))
+        Box::pin(LlmClients::chat_streaming(self, &llm.provider, request, on_delta))
     }
 
     fn embed<'a>(
@@ -60,6 +65,10 @@ impl ChatModel for LlmClients {
         texts: &'a [String],
     ) -> ModelFuture<'a, Vec<Vec<f32>>> {
         Box::pin(LlmClients::embed(self, settings, texts))
+    }
+
+    fn with_endpoint(&self, endpoint: &ProviderEndpoint) -> Result<Box<dyn ChatModel>, LlmError> {
+        Ok(Box::new(EndpointModel::new(endpoint)?))
     }
 }
 
@@ -122,6 +131,71 @@ impl LlmClients {
             Some(client) => client.chat_stream(request, on_delta).await,
             None => Err(LlmError::NotConfigured { provider: provider.to_string() }),
         }
+    }
+}
+
+/// The client of one [`ProviderEndpoint`] (a provider a user registered),
+/// as a [`ChatModel`].
+pub enum EndpointModel {
+    OpenAi(OpenAiClient),
+    Anthropic(AnthropicClient),
+}
+
+impl EndpointModel {
+    pub fn new(endpoint: &ProviderEndpoint) -> Result<Self, LlmError> {
+        match endpoint.family {
+            ApiFamily::OpenAi => {
+                Ok(EndpointModel::OpenAi(OpenAiClient::new(&endpoint.base_url, endpoint.api_key.clone())?))
+            }
+            ApiFamily::Anthropic => Ok(EndpointModel::Anthropic(AnthropicClient::new(
+                &endpoint.base_url,
+                endpoint.anthropic_key()?,
+            )?)),
+        }
+    }
+}
+
+impl ChatModel for EndpointModel {
+    fn chat<'a>(&'a self, _llm: &'a LlmSettings, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
+        match self {
+            EndpointModel::OpenAi(client) => Box::pin(client.chat(request)),
+            EndpointModel::Anthropic(client) => Box::pin(client.chat(request)),
+        }
+    }
+
+    fn chat_streaming<'a>(
+        &'a self,
+        _llm: &'a LlmSettings,
+        request: &'a ChatRequest,
+        on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
+    ) -> ModelFuture<'a, ChatResponse> {
+        match self {
+            EndpointModel::OpenAi(client) => Box::pin(client.chat_stream(request, on_delta)),
+            EndpointModel::Anthropic(client) => Box::pin(client.chat_stream(request, on_delta)),
+        }
+    }
+
+    fn embed<'a>(
+        &'a self,
+        settings: &'a EmbeddingSettings,
+        texts: &'a [String],
+    ) -> ModelFuture<'a, Vec<Vec<f32>>> {
+        match self {
+            EndpointModel::OpenAi(client) => Box::pin(client.embed(&settings.model, texts)),
+            EndpointModel::Anthropic(client) => {
+                let provider = client.base_url().to_string();
+                Box::pin(async move {
+                    Err(LlmError::ProviderUnavailable {
+                        provider,
+                        reason: "Anthropic serves no embeddings".into(),
+                    })
+                })
+            }
+        }
+    }
+
+    fn with_endpoint(&self, endpoint: &ProviderEndpoint) -> Result<Box<dyn ChatModel>, LlmError> {
+        Ok(Box::new(EndpointModel::new(endpoint)?))
     }
 }
 

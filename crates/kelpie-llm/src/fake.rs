@@ -22,6 +22,13 @@
 //! in fragments of the same size, the finish reason, the usage (when
 //! `stream_options.include_usage` asks for it) and `[DONE]`.
 //!
+//! Started with API keys ([`FakeLlm::start_with_keys`], or
+//! `kelpie-fake-llm --api-key KEY`), it refuses every request whose
+//! `Authorization: Bearer` is none of them with OpenAI's 401
+//! `invalid_api_key` error, so a test proves which key a request carried;
+//! started without, it takes any key or none. The key of every chat
+//! request is recorded ([`FakeLlm::bearer_keys`]).
+//!
 //! Tests can also queue answers ([`FakeLlm::push_reply`]), HTTP error
 //! statuses ([`FakeLlm::push_status`]) or a stream that breaks off
 //! ([`FakeLlm::push_broken_stream`]); queued items are served first, in
@@ -34,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -64,6 +71,28 @@ struct Inner {
     queue: VecDeque<Scripted>,
     requests: Vec<Value>,
     embedding_requests: Vec<Value>,
+    /// The bearer key of each chat request, in order (`None`: no key).
+    bearer_keys: Vec<Option<String>>,
+    /// The keys accepted; empty accepts any.
+    accepted_keys: Vec<String>,
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+fn bearer_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_string)
+}
+
+/// OpenAI's answer to a wrong key, unless `headers` carry an accepted one.
+fn refused_key(inner: &Mutex<Inner>, headers: &HeaderMap) -> Option<Response> {
+    let inner = inner.lock().unwrap_or_else(|poison| poison.into_inner());
+    let key = bearer_key(headers);
+    if inner.accepted_keys.is_empty() || key.as_ref().is_some_and(|key| inner.accepted_keys.contains(key)) {
+        return None;
+    }
+    let error = json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                 "param": null, "code": "invalid_api_key"}});
+    Some((StatusCode::UNAUTHORIZED, Json(error)).into_response())
 }
 
 /// Handle to a running fake server.
@@ -76,9 +105,15 @@ pub struct FakeLlm {
 impl FakeLlm {
     /// Binds `addr` (port 0 for any) and serves in a background task.
     pub async fn start(addr: SocketAddr) -> std::io::Result<FakeLlm> {
+        FakeLlm::start_with_keys(addr, Vec::new()).await
+    }
+
+    /// [`FakeLlm::start`] accepting only requests with one of `keys`.
+    pub async fn start_with_keys(addr: SocketAddr, keys: Vec<String>) -> std::io::Result<FakeLlm> {
         assert!(addr.ip().is_loopback(), "the fake LLM only listens on loopback");
+        assert!(keys.iter().all(|key| !key.is_empty()), "an accepted key is not empty");
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner { accepted_keys: keys, ..Inner::default() }));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
@@ -124,6 +159,11 @@ impl FakeLlm {
     /// Every chat request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.lock().requests.clone()
+    }
+
+    /// The bearer key of every chat request so far (`None`: sent without).
+    pub fn bearer_keys(&self) -> Vec<Option<String>> {
+        self.lock().bearer_keys.clone()
     }
 
     /// Every `/embeddings` request body received so far.
@@ -191,12 +231,20 @@ fn default_answer(request: &Value) -> Value {
     completion(None, &[("send_message", json!({"message": format!("echo: {last_user}")}))])
 }
 
-async fn chat(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>) -> Response {
+async fn chat(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Response {
+    if let Some(refused) = refused_key(&inner, &headers) {
+        return refused;
+    }
     let prompt_tokens: u64 =
         request["messages"].as_array().map_or(0, |m| m.iter().map(|m| words(&message_text(m))).sum());
     let scripted = {
         let mut inner = inner.lock().unwrap_or_else(|poison| poison.into_inner());
         inner.requests.push(request.clone());
+        inner.bearer_keys.push(bearer_key(&headers));
         inner.queue.pop_front()
     };
     let mut cut_after = None;
@@ -291,7 +339,14 @@ fn fake_embedding(text: &str) -> Vec<f32> {
     (0..=FAKE_EMBEDDING_AXES.len()).map(|i| if i == axis { 1.0 } else { 0.0 }).collect()
 }
 
-async fn embeddings(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<Value>) -> Json<Value> {
+async fn embeddings(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Response {
+    if let Some(refused) = refused_key(&inner, &headers) {
+        return refused;
+    }
     inner.lock().unwrap_or_else(|poison| poison.into_inner()).embedding_requests.push(request.clone());
     let inputs: Vec<String> = match &request["input"] {
         Value::String(text) => vec![text.clone()],
@@ -308,12 +363,16 @@ async fn embeddings(State(inner): State<Arc<Mutex<Inner>>>, Json(request): Json<
     Json(
         json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": 0, "total_tokens": 0}}),
     )
+    .into_response()
 }
 
-async fn models() -> Json<Value> {
-    Json(
-        json!({"object": "list", "data": [{"id": FAKE_MODEL, "object": "model", "owned_by": "kelpie-fake"}]}),
-    )
+/// The one model.
+async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refused_key(&inner, &headers) {
+        return refused;
+    }
+    let model = json!({"id": FAKE_MODEL, "object": "model", "owned_by": "kelpie-fake"});
+    Json(json!({"object": "list", "data": [model]})).into_response()
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub enum LlmError {
     Stream { endpoint: String, error: StreamError },
     #[error("LLM provider {provider:?} is not configured on this server (set ANTHROPIC_API_KEY)")]
     NotConfigured { provider: String },
+    /// A provider a user registered cannot be called: deleted, or its URL
+    /// is no longer allowed.
+    #[error("LLM provider {provider:?} cannot be used: {reason}")]
+    ProviderUnavailable { provider: String, reason: String },
 }
 
 /// Phrases with which providers refuse a prompt longer than the model's
@@ -68,7 +72,9 @@ pub(crate) fn is_retriable(err: &LlmError) -> bool {
         LlmError::Transport { .. } => true,
         // Deltas may already have reached the client; a retry would repeat them.
         LlmError::Stream { .. } => false,
-        LlmError::InvalidResponse { .. } | LlmError::NotConfigured { .. } => false,
+        LlmError::InvalidResponse { .. }
+        | LlmError::NotConfigured { .. }
+        | LlmError::ProviderUnavailable { .. } => false,
     }
 }
 

@@ -6,7 +6,8 @@
 //! [`fake`] used by tests); [`anthropic::AnthropicClient`] speaks Anthropic
 //! Messages. Both share the timeout and retry rules of this module and take
 //! requests in OpenAI's message shape; [`LlmClients`] routes a request to the
-//! provider an agent was created with. [`stream`] holds the sans-IO decoders
+//! provider an agent was created with; [`endpoint`] reaches a provider a
+//! user registered at run time. [`stream`] holds the sans-IO decoders
 //! of both providers' streams, [`catalog`] the handles this server offers and
 //! their resolution into an agent's [`LlmSettings`] and [`EmbeddingSettings`].
 //!
@@ -17,6 +18,7 @@ pub mod anthropic;
 pub mod catalog;
 pub mod chat;
 pub mod clients;
+pub mod endpoint;
 pub mod fake;
 pub mod http;
 pub mod openai;
@@ -27,5 +29,6 @@ pub mod stream;
 
 pub use chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
 pub use clients::{ChatModel, LlmClients, ModelFuture};
+pub use endpoint::{ApiFamily, ProviderEndpoint};
 pub use http::LlmError;
 pub use settings::{EmbeddingSettings, LlmSettings, LOCAL_EMBEDDING_HANDLE, PROVIDER_ANTHROPIC};

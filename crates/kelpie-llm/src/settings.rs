@@ -19,6 +19,12 @@ pub struct LlmSettings {
     pub context_window: u64,
     pub max_tokens: u64,
     pub temperature: f64,
+    /// The provider a user registered (`/v1/providers`, Letta's BYOK) this
+    /// model is reached through, by its name (which never changes); `None`
+    /// for the server's configured providers. Records written before it
+    /// existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byok_provider: Option<String>,
 }
 
 /// The embedding of an agent's archival memory.
@@ -27,4 +33,7 @@ pub struct EmbeddingSettings {
     pub handle: String,
     pub model: String,
     pub dim: u64,
+    /// As [`LlmSettings::byok_provider`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byok_provider: Option<String>,
 }

@@ -9,20 +9,23 @@ use serde_json::Value;
 
 use crate::chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
 use crate::clients::{ChatModel, ModelFuture};
+use crate::endpoint::ProviderEndpoint;
 use crate::http::LlmError;
-use crate::settings::EmbeddingSettings;
+use crate::settings::{EmbeddingSettings, LlmSettings};
 use crate::stream::{ChatDelta, StreamError};
 
 /// The endpoint simulated errors name.
 pub const SIM_ENDPOINT: &str = "sim://llm";
 
+/// Clones share one simulated client.
+#[derive(Clone)]
 pub struct SimChatModel {
-    client: SimLlmClient,
+    client: std::sync::Arc<SimLlmClient>,
 }
 
 impl SimChatModel {
     pub fn new(client: SimLlmClient) -> Self {
-        SimChatModel { client }
+        SimChatModel { client: std::sync::Arc::new(client) }
     }
 }
 
@@ -81,19 +84,19 @@ fn failed(err: kelpie_dst::LlmError) -> LlmError {
 }
 
 impl ChatModel for SimChatModel {
-    fn chat<'a>(&'a self, _provider: &'a str, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
+    fn chat<'a>(&'a self, _llm: &'a LlmSettings, request: &'a ChatRequest) -> ModelFuture<'a, ChatResponse> {
         Box::pin(async move { self.client.complete(&sim_request(request)).await.map(answer).map_err(failed) })
     }
 
     /// The whole answer, then handed over as the deltas a stream of it would carry.
     fn chat_streaming<'a>(
         &'a self,
-        provider: &'a str,
+        llm: &'a LlmSettings,
         request: &'a ChatRequest,
         on_delta: &'a mut (dyn FnMut(ChatDelta) + Send),
     ) -> ModelFuture<'a, ChatResponse> {
         Box::pin(async move {
-            let response = self.chat(provider, request).await?;
+            let response = self.chat(llm, request).await?;
             // A cut stream delivers the first half of its text (or the
             // start of its first call) and fails, as a provider whose
             // connection drops mid-answer.
@@ -128,5 +131,10 @@ impl ChatModel for SimChatModel {
         texts: &'a [String],
     ) -> ModelFuture<'a, Vec<Vec<f32>>> {
         Box::pin(async move { Ok(texts.iter().map(|text| kelpie_memory::embed_local(text)).collect()) })
+    }
+
+    /// A registered provider is simulated like the configured ones.
+    fn with_endpoint(&self, _endpoint: &ProviderEndpoint) -> Result<Box<dyn ChatModel>, LlmError> {
+        Ok(Box::new(self.clone()))
     }
 }

@@ -65,10 +65,12 @@ impl From<ServiceError> for ApiError {
             | ServiceError::MessageNotFound(_)
             | ServiceError::FileNotFound(_)
             | ServiceError::ArchiveNotFound(_)
-            | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
+            | ServiceError::McpServerNotFound(_)
+            | ServiceError::ProviderNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_)
             | ServiceError::McpServerNameTaken(_)
-            | ServiceError::FolderNameTaken(_) => StatusCode::CONFLICT,
+            | ServiceError::FolderNameTaken(_)
+            | ServiceError::ProviderNameTaken(_) => StatusCode::CONFLICT,
             ServiceError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Mcp(mcp) if mcp.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
@@ -82,6 +84,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::Refused(_) => StatusCode::BAD_REQUEST,
             ServiceError::Memory(MemoryError::BlockNotFound { .. }) => StatusCode::NOT_FOUND,
             ServiceError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // A provider refusing the key is the client's to fix, as in Letta.
+            ServiceError::ProviderCheck(_) => match err.key_refusal_status() {
+                Some(403) => StatusCode::FORBIDDEN,
+                Some(_) => StatusCode::UNAUTHORIZED,
+                None => StatusCode::BAD_REQUEST,
+            },
+            // A created provider deleted, or its URL no longer allowed.
+            ServiceError::Llm(_) if err.is_provider_unavailable() => StatusCode::BAD_REQUEST,
             ServiceError::Llm(_) => StatusCode::BAD_GATEWAY,
             ServiceError::Core(core) => return ApiError::from(core.clone()),
         };

@@ -316,3 +316,37 @@ async fn anthropic_tokens_stream_as_partial_messages_and_an_error_event_persists
     assert_eq!(after, stored, "the failed turn stored nothing");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_created_anthropic_provider_serves_its_agent_with_its_own_key() {
+    const BYOK_KEY: &str = "sk-ant-byok-of-the-user";
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state) = fake_anthropic().await;
+    let fake = common::fake_llm().await;
+    let server = common::start_with(dir.path(), &fake, &[("llm.allow_internal_provider_urls", "true")]).await;
+    // Letta's Anthropic base URLs end in /v1; the client adds /v1/messages itself.
+    let body = json!({"name": "my-claude", "provider_type": "anthropic", "api_key": BYOK_KEY,
+                      "base_url": format!("{base}/v1")});
+    let provider = server.ok("POST", "/v1/providers/", Some(body)).await;
+    assert_eq!((&provider["provider_type"], &provider["api_key"]), (&json!("anthropic"), &Value::Null));
+    let listed = server.ok("GET", "/v1/models/?provider_type=anthropic", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["handle"], format!("my-claude/{FAKE_CLAUDE}"));
+    assert_eq!(listed[0]["model_endpoint_type"], "anthropic");
+    let embeddings = server.ok("GET", "/v1/models/embedding", None).await;
+    assert_eq!(embeddings.as_array().unwrap().len(), 1, "Anthropic serves no embeddings: {embeddings}");
+
+    let body = json!({"name": "c", "model": format!("my-claude/{FAKE_CLAUDE}")});
+    let agent = server.ok("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(agent["llm_config"]["model_endpoint_type"], "anthropic");
+    let reply = server.say(agent["id"].as_str().unwrap(), "hello").await;
+    assert_eq!(reply["messages"].as_array().unwrap().last().unwrap()["content"], "claude: hello");
+    let requests = state.lock().unwrap().requests.clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!((requests[0].0.as_str(), requests[0].1.as_str()), (BYOK_KEY, "2023-06-01"));
+    assert!(fake.requests().is_empty(), "nothing went to the configured provider");
+    let id = provider["id"].as_str().unwrap();
+    let checked = server.ok("POST", &format!("/v1/providers/{id}/check"), None).await;
+    assert_eq!(checked["message"], "Valid api key for provider_type=anthropic");
+    server.shutdown().await;
+}

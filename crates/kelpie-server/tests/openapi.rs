@@ -21,6 +21,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/models.rs"),
     include_str!("../src/routes/openapi.rs"),
     include_str!("../src/routes/passages.rs"),
+    include_str!("../src/routes/providers.rs"),
     include_str!("../src/routes/runs.rs"),
     include_str!("../src/routes/steps.rs"),
     include_str!("../src/routes/identities.rs"),

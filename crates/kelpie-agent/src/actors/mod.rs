@@ -8,6 +8,7 @@
 //! - [`sandbox_config_store`]: the sandbox configuration and its variables;
 //! - [`run_store`]: one per run (`runs/<run id>`), its record;
 //! - [`reclaim`]: the agents whose storage awaits reclaiming;
+//! - [`provider_store`]: every LLM provider a user registered, with its key;
 //! - [`folder_store`]: every folder's record and the agents it is attached to;
 //! - [`group_store`]: every multi-agent group, its members and its runs;
 //! - [`folder`]: one per folder (`folder/<folder id>`): its files, their
@@ -31,6 +32,7 @@ pub mod folder;
 pub mod folder_store;
 pub mod group_store;
 pub mod identity_store;
+pub mod provider_store;
 pub mod reclaim;
 pub mod run_store;
 pub mod sandbox_config_store;

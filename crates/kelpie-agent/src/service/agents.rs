@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use kelpie_core::Env;
-use kelpie_llm::catalog::ModelCatalog;
 use kelpie_memory::{Block, CoreMemory, WorkingMemory};
 use kelpie_tools::builtin_tools;
 use serde_json::Value;
@@ -52,7 +51,7 @@ pub struct Agents {
     blocks: Arc<SharedBlocks>,
     reclaimer: Arc<Reclaimer>,
     tools: Arc<ToolService>,
-    catalog: ModelCatalog,
+    providers: Arc<super::providers::Providers>,
     env: Env,
     planted: crate::planted::Planted,
 }
@@ -68,13 +67,13 @@ impl Agents {
         blocks: Arc<SharedBlocks>,
         reclaimer: Arc<Reclaimer>,
         tools: Arc<ToolService>,
-        catalog: ModelCatalog,
+        providers: Arc<super::providers::Providers>,
         (env, planted): (Env, crate::planted::Planted),
     ) -> Self {
-        Agents { actors, directory, blocks, reclaimer, tools, catalog, env, planted }
+        Agents { actors, directory, blocks, reclaimer, tools, providers, env, planted }
     }
 
-    fn build_record(
+    async fn build_record(
         &self,
         request: CreateAgent,
         custom: &[ToolRecord],
@@ -99,7 +98,11 @@ impl Agents {
         let handle = request
             .model
             .or_else(|| request.llm_config.as_ref().map(|c| c.handle.clone().unwrap_or(c.model.clone())));
-        let mut llm = self.catalog.resolve_llm(handle.as_deref())?;
+        let mut llm = self.providers.resolve_llm(handle.as_deref()).await?;
+        let embedding = {
+            let from_config = request.embedding_config.as_ref().and_then(|config| config.handle());
+            self.providers.resolve_embedding(request.embedding.as_deref().or(from_config.as_deref())).await?
+        };
         if let Some(window) =
             request.context_window_limit.or(request.llm_config.and_then(|c| c.context_window))
         {
@@ -133,10 +136,7 @@ impl Agents {
             memory: CoreMemory::new(blocks)?,
             working: WorkingMemory::default(),
             llm,
-            embedding: {
-                let from_config = request.embedding_config.as_ref().and_then(|config| config.handle());
-                self.catalog.resolve_embedding(request.embedding.as_deref().or(from_config.as_deref()))?
-            },
+            embedding,
             tool_ids,
             secrets,
             compaction: request.compaction_settings,
@@ -165,7 +165,7 @@ impl Agents {
             )));
         }
         let custom = self.tools.custom_tools().await?;
-        let record = self.build_record(request, &custom, idempotency_key)?;
+        let record = self.build_record(request, &custom, idempotency_key).await?;
         let entry = entry_of(&record);
         let agent_id = record.id.clone();
         if self.planted.has(crate::planted::PlantedBug::CreateAnswersBeforeCommit) {

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use kelpie_core::{ActorId, Env};
-use kelpie_llm::catalog::ModelCatalog;
 use kelpie_runtime::Runtime;
 use serde_json::{json, Value};
 
@@ -104,7 +103,7 @@ fn clean_file_name(name: &str) -> ServiceResult<String> {
 pub struct Folders {
     store: Runtime<FolderStoreActor>,
     folders: Runtime<FolderActor>,
-    catalog: ModelCatalog,
+    providers: Arc<super::providers::Providers>,
     env: Env,
     /// Woken when a file is ready to process (see [`super::documents`]).
     pub(crate) work: Arc<tokio::sync::Notify>,
@@ -190,10 +189,10 @@ impl Folders {
     pub(crate) fn new(
         store: Runtime<FolderStoreActor>,
         folders: Runtime<FolderActor>,
-        catalog: ModelCatalog,
+        providers: Arc<super::providers::Providers>,
         env: Env,
     ) -> Self {
-        Folders { store, folders, catalog, env, work: Arc::new(tokio::sync::Notify::new()) }
+        Folders { store, folders, providers, env, work: Arc::new(tokio::sync::Notify::new()) }
     }
 
     fn store_id() -> ActorId {
@@ -252,7 +251,7 @@ impl Folders {
         let name = input.name.clone().ok_or_else(|| ServiceError::Invalid("name is required".into()))?;
         let from_config = input.embedding_config.as_ref().and_then(|config| config.handle());
         let embedding =
-            self.catalog.resolve_embedding(input.embedding.as_deref().or(from_config.as_deref()))?;
+            self.providers.resolve_embedding(input.embedding.as_deref().or(from_config.as_deref())).await?;
         let now = self.env.clock.wall_ms();
         let record = FolderRecord {
             id: new_id("source", self.env.rng.as_ref()),

@@ -102,7 +102,8 @@ impl Messages {
         if entries.len() > MESSAGES_ACROSS_AGENTS_COUNT_MAX {
             return Err(not_found());
         }
-        let agent_ids = entries.into_iter().map(|entry| entry.id).filter(|id| !id.starts_with(&prefix)).collect();
+        let agent_ids =
+            entries.into_iter().map(|entry| entry.id).filter(|id| !id.starts_with(&prefix)).collect();
         self.find_in(message_id, agent_ids).await?.ok_or_else(not_found)
     }
 

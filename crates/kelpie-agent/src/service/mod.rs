@@ -9,6 +9,9 @@
 //! - [`mcp::McpServers`]: MCP servers, their tools and their clients;
 //! - [`sandbox_configs::SandboxConfigs`]: the sandbox configuration and the
 //!   environment every tool call gets;
+//! - [`providers::Providers`]: the LLM providers, configured and created
+//!   (`/v1/providers`), the model listing and the resolution of handles;
+//!   every model call goes through its [`providers::ProviderRouter`];
 //! - [`directory::AgentDirectory`]: the agent listing (shards, creation order);
 //! - [`agent_actors::AgentActors`]: the agent actors and what every operation
 //!   on one agent needs (its record, its rendering, its turn lock);
@@ -48,6 +51,7 @@ mod locks;
 pub mod mcp;
 pub mod mcp_clients;
 pub mod messages;
+pub mod providers;
 pub mod reclaim;
 pub mod runs;
 pub mod sandbox_configs;
@@ -101,6 +105,7 @@ pub struct AgentRuntimes {
     pub reclaim: Runtime<ReclaimActor>,
     pub identities: Runtime<crate::actors::identity_store::IdentityStoreActor>,
     pub groups: Runtime<crate::actors::group_store::GroupStoreActor>,
+    pub providers: Runtime<crate::actors::provider_store::ProviderStoreActor>,
     pub folder_store: Runtime<crate::actors::folder_store::FolderStoreActor>,
     pub folders: Runtime<crate::actors::folder::FolderActor>,
     pub batches: Runtime<crate::actors::batch::BatchActor>,
@@ -116,6 +121,7 @@ pub struct AgentService {
     pub mcp_servers: mcp::McpServers,
     pub sandbox_configs: Arc<SandboxConfigs>,
     pub catalog: ModelCatalog,
+    pub providers: Arc<providers::Providers>,
     pub agents: Arc<Agents>,
     pub blocks: Arc<SharedBlocks>,
     pub groups: Arc<groups::Groups>,
@@ -148,6 +154,8 @@ impl AgentService {
         let tools = Arc::new(ToolService::new(runtimes.tool_store, Arc::clone(&runner), env.clone()));
         let mcp_servers = mcp::McpServers::new(Arc::clone(&tools), env.clone());
         let sandbox_configs = Arc::new(SandboxConfigs::new(runtimes.sandbox_configs, runner, env.clone()));
+        let providers = Arc::new(providers::Providers::new(runtimes.providers, catalog.clone(), env.clone()));
+        let llm: Arc<dyn ChatModel> = Arc::new(providers::ProviderRouter::new(llm, Arc::clone(&providers)));
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools), runtimes.groups.clone()));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
@@ -158,7 +166,7 @@ impl AgentService {
             Arc::clone(&blocks),
             Arc::clone(&reclaimer),
             Arc::clone(&tools),
-            catalog.clone(),
+            Arc::clone(&providers),
             (env.clone(), runtimes.planted.clone()),
         ));
         let identities = identities::Identities::new(
@@ -178,7 +186,7 @@ impl AgentService {
         let folders = Arc::new(folders::Folders::new(
             runtimes.folder_store,
             runtimes.folders,
-            catalog.clone(),
+            Arc::clone(&providers),
             env.clone(),
         ));
         let agent_files = Arc::new(agent_files::AgentFiles::new(
@@ -199,7 +207,7 @@ impl AgentService {
             Arc::clone(&tools),
             Arc::clone(&sandbox_configs),
             Arc::clone(&llm),
-            catalog.clone(),
+            Arc::clone(&providers),
             env.clone(),
         ));
         let runs = Arc::new(Runs::new(
@@ -239,6 +247,7 @@ impl AgentService {
             mcp_servers,
             sandbox_configs,
             catalog,
+            providers,
             agents,
             blocks,
             groups,
@@ -383,6 +392,7 @@ impl AgentService {
         self.blocks.shutdown().await;
         self.identities.shutdown().await;
         self.groups.shutdown().await;
+        self.providers.shutdown().await;
         self.folders.shutdown().await;
         self.archives.shutdown().await;
         self.tools.shutdown().await;

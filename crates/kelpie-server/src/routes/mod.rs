@@ -21,6 +21,7 @@ pub mod models;
 pub mod multipart;
 pub mod openapi;
 pub mod passages;
+pub mod providers;
 pub mod runs;
 pub mod sandbox_config;
 pub mod shared_blocks;
@@ -69,6 +70,7 @@ fn api_router(state: AppState) -> Router {
         .merge(archives::router())
         .merge(passages::router())
         .merge(models::router())
+        .merge(providers::router())
         .merge(tools::router())
         .merge(mcp::router())
         .merge(mcp_legacy::router())

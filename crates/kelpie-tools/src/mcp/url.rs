@@ -1,16 +1,35 @@
-//! Where an MCP server URL may point. A URL a user gives is fetched by the
-//! server, so unless the configuration allows private addresses, one whose
-//! host resolves to a loopback, private, link-local or otherwise internal
-//! address is refused (SSRF): checked when the server is registered and
-//! again at every connection, so a name that later resolves elsewhere is
-//! caught too.
+//! Where a URL a user gives may point: an MCP server's, and (through
+//! [`check_outbound`]) any other the server fetches for a user, such as an
+//! LLM provider's base URL. Such a URL is fetched by the server, so unless
+//! the configuration allows private addresses, one whose host resolves to a
+//! loopback, private, link-local or otherwise internal address is refused
+//! (SSRF): checked when the URL is registered and again at every
+//! connection, so a name that later resolves elsewhere is caught too.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::mcp::types::McpError;
 
-/// Longest MCP server URL, in bytes.
+/// Longest URL a user may give (MCP server, LLM provider), in bytes.
 pub const MCP_URL_BYTES_MAX: usize = 2_048;
+
+/// Why a URL a user gave is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundUrlError {
+    /// Not an `http(s)` URL this server can fetch; the reason names the field.
+    Malformed(String),
+    /// Its host resolves to an internal address the configuration does not allow.
+    Internal { url: String, address: IpAddr },
+}
+
+impl From<OutboundUrlError> for McpError {
+    fn from(err: OutboundUrlError) -> Self {
+        match err {
+            OutboundUrlError::Malformed(reason) => McpError::BadConfig(reason),
+            OutboundUrlError::Internal { url, address } => McpError::InternalAddress { url, address },
+        }
+    }
+}
 
 /// Whether `address` is not on the public internet.
 pub fn is_internal(address: IpAddr) -> bool {
@@ -49,9 +68,14 @@ fn is_internal_v6(v6: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80
 }
 
-/// The scheme, host and port of an `http(s)` URL.
+/// The scheme, host and port of an MCP server's `http(s)` URL.
 pub fn parse(url: &str) -> Result<(String, String, u16), McpError> {
-    let bad = |reason: &str| McpError::BadConfig(format!("server_url {url:?} {reason}"));
+    parse_outbound("server_url", url).map_err(McpError::from)
+}
+
+/// The scheme, host and port of the `http(s)` URL a user gave as `field`.
+pub fn parse_outbound(field: &str, url: &str) -> Result<(String, String, u16), OutboundUrlError> {
+    let bad = |reason: &str| OutboundUrlError::Malformed(format!("{field} {url:?} {reason}"));
     if url.len() > MCP_URL_BYTES_MAX {
         return Err(bad(&format!("is over MCP_URL_BYTES_MAX = {MCP_URL_BYTES_MAX} bytes")));
     }
@@ -63,7 +87,7 @@ pub fn parse(url: &str) -> Result<(String, String, u16), McpError> {
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
-        return Err(bad("must not carry credentials; use auth_header and auth_token"));
+        return Err(bad("must not carry credentials in the URL"));
     }
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (host, after) = bracketed.split_once(']').ok_or_else(|| bad("has an unclosed [ in its host"))?;
@@ -85,10 +109,15 @@ pub fn parse(url: &str) -> Result<(String, String, u16), McpError> {
     Ok((scheme.to_ascii_lowercase(), host, port))
 }
 
-/// Checks `url` is http(s) and, unless `allow_internal`, that every address
-/// its host resolves to is public.
+/// Checks an MCP server's `url` (see [`check_outbound`]).
 pub async fn check(url: &str, allow_internal: bool) -> Result<(), McpError> {
-    let (_, host, port) = parse(url)?;
+    check_outbound("server_url", url, allow_internal).await.map_err(McpError::from)
+}
+
+/// Checks the URL a user gave as `field` is http(s) and, unless
+/// `allow_internal`, that every address its host resolves to is public.
+pub async fn check_outbound(field: &str, url: &str, allow_internal: bool) -> Result<(), OutboundUrlError> {
+    let (_, host, port) = parse_outbound(field, url)?;
     if allow_internal {
         return Ok(());
     }
@@ -96,12 +125,12 @@ pub async fn check(url: &str, allow_internal: bool) -> Result<(), McpError> {
         Ok(address) => vec![address],
         Err(_) => tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|e| McpError::BadConfig(format!("server_url {url:?}: cannot resolve {host}: {e}")))?
+            .map_err(|e| OutboundUrlError::Malformed(format!("{field} {url:?}: cannot resolve {host}: {e}")))?
             .map(|socket| socket.ip())
             .collect(),
     };
     match addresses.iter().find(|address| is_internal(**address)) {
-        Some(address) => Err(McpError::InternalAddress { url: url.to_string(), address: *address }),
+        Some(address) => Err(OutboundUrlError::Internal { url: url.to_string(), address: *address }),
         None => Ok(()),
     }
 }
@@ -158,5 +187,24 @@ mod tests {
         let by_name = check("http://localhost:9/mcp", false).await.unwrap_err();
         assert!(matches!(by_name, McpError::InternalAddress { .. }), "{by_name:?}");
         check("http://127.0.0.1:9/mcp", true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_urls_follow_the_same_rule_and_name_their_field() {
+        let refused = check_outbound("base_url", "http://10.1.2.3/v1", false).await.unwrap_err();
+        assert_eq!(
+            refused,
+            OutboundUrlError::Internal {
+                url: "http://10.1.2.3/v1".into(),
+                address: "10.1.2.3".parse().unwrap()
+            }
+        );
+        let OutboundUrlError::Malformed(reason) =
+            check_outbound("base_url", "ftp://h/", true).await.unwrap_err()
+        else {
+            panic!("malformed")
+        };
+        assert!(reason.starts_with("base_url \"ftp://h/\""), "{reason}");
+        check_outbound("base_url", "http://10.1.2.3/v1", true).await.unwrap();
     }
 }

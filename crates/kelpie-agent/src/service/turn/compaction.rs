@@ -2,7 +2,7 @@
 //! texts): the summarizer call and the commit that moves the context
 //! window's start past the summarized messages.
 
-use kelpie_llm::catalog::ModelCatalog;
+use crate::service::providers::Providers;
 use kelpie_llm::{ChatModel, ChatRequest, LlmSettings};
 use serde_json::json;
 
@@ -30,9 +30,13 @@ pub struct Compacted {
 
 /// The model that writes summaries: the settings' handle when this server
 /// serves it, else the agent's own (as Letta falls back).
-fn summarizer(catalog: &ModelCatalog, agent: &AgentRecord, settings: &CompactionSettings) -> LlmSettings {
+async fn summarizer(
+    providers: &Providers,
+    agent: &AgentRecord,
+    settings: &CompactionSettings,
+) -> LlmSettings {
     match settings.model.as_deref().filter(|handle| *handle != agent.llm.handle) {
-        Some(handle) => catalog.resolve_llm(Some(handle)).unwrap_or_else(|err| {
+        Some(handle) => providers.resolve_llm(Some(handle)).await.unwrap_or_else(|err| {
             tracing::warn!(%err, handle, "the compaction model is not served here; the agent's model summarizes");
             agent.llm.clone()
         }),
@@ -58,7 +62,7 @@ pub struct CompactionInput<'a> {
 /// summarize. The summary folds in the previous one.
 pub async fn compact(
     llm: &dyn ChatModel,
-    catalog: &ModelCatalog,
+    providers: &Providers,
     agent_ref: &ActorRef<AgentActor>,
     input: CompactionInput<'_>,
 ) -> ServiceResult<Option<Compacted>> {
@@ -68,7 +72,7 @@ pub async fn compact(
     };
     assert!(cut > 0 && cut <= history.len(), "a cut evicts something and stays inside the history");
     let (evicted, kept) = history.split_at(cut);
-    let model = summarizer(catalog, agent, settings);
+    let model = summarizer(providers, agent, settings).await;
     let transcript =
         context::transcript(previous_summary, evicted, context::transcript_chars_max(model.context_window));
     let mut messages = vec![json!({"role": "system", "content": context::prompt(settings)})];
@@ -83,7 +87,7 @@ pub async fn compact(
         max_tokens: model.max_tokens,
         temperature: model.temperature,
     };
-    let answer = llm.chat(&model.provider, &request).await?;
+    let answer = llm.chat(&model, &request).await?;
     let summary = answer.content.unwrap_or_default();
     if summary.trim().is_empty() {
         return Err(ServiceError::Invalid("the summarizer answered with no summary".into()));

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use futures::future::{BoxFuture, Shared};
 use kelpie_core::Env;
-use kelpie_llm::catalog::ModelCatalog;
-use kelpie_llm::{ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, TokenUsage, ToolCall};
+use kelpie_llm::{
+    ChatModel, ChatRequest, ChatResponse, EmbeddingSettings, LlmSettings, TokenUsage, ToolCall,
+};
 use kelpie_runtime::ActorRef;
 use kelpie_tools::builtin::{ARCHIVAL_MEMORY_INSERT, ARCHIVAL_MEMORY_SEARCH};
 use kelpie_tools::SEND_MESSAGE;
@@ -212,7 +213,7 @@ pub struct Turns {
     tools: Arc<ToolService>,
     sandbox_configs: Arc<SandboxConfigs>,
     llm: Arc<dyn ChatModel>,
-    catalog: ModelCatalog,
+    providers: Arc<crate::service::providers::Providers>,
     env: Env,
 }
 
@@ -223,10 +224,10 @@ impl Turns {
         tools: Arc<ToolService>,
         sandbox_configs: Arc<SandboxConfigs>,
         llm: Arc<dyn ChatModel>,
-        catalog: ModelCatalog,
+        providers: Arc<crate::service::providers::Providers>,
         env: Env,
     ) -> Self {
-        Turns { actors, agent_files, archives, tools, sandbox_configs, llm, catalog, env }
+        Turns { actors, agent_files, archives, tools, sandbox_configs, llm, providers, env }
     }
 
     /// The context window of agent `agent_ref` as stored.
@@ -259,7 +260,7 @@ impl Turns {
             settings,
             now_ms: self.env.clock.wall_ms(),
         };
-        let done = compaction::compact(self.llm.as_ref(), &self.catalog, agent_ref, input).await?;
+        let done = compaction::compact(self.llm.as_ref(), &self.providers, agent_ref, input).await?;
         if let Some(done) = &done {
             window.hidden += (window.history.len() - done.kept.len()) as u64;
             window.history = done.kept.clone();
@@ -647,7 +648,7 @@ impl Turns {
         }
         let agent = self.actors.record(agent_id).await?;
         let llm = match override_model {
-            Some(handle) => self.catalog.resolve_llm(Some(handle))?,
+            Some(handle) => self.providers.resolve_llm(Some(handle)).await?,
             None => agent.llm.clone(),
         };
         let mut messages = Vec::new();
@@ -662,7 +663,7 @@ impl Turns {
             max_tokens: llm.max_tokens,
             temperature: llm.temperature,
         };
-        let answer = self.llm.chat(&llm.provider, &request).await?;
+        let answer = self.llm.chat(&llm, &request).await?;
         let usage = &answer.usage;
         Ok(json!({
             "content": answer.content.unwrap_or_default(), "model": llm.handle,
@@ -785,7 +786,7 @@ impl Turns {
                 parts.request(sent)
             };
             let envelope = assistant_envelope(message_id, run_id, step_id, now_ms);
-            match self.call_llm(&agent.llm.provider, &request, events, envelope).await {
+            match self.call_llm(&agent.llm, &request, events, envelope).await {
                 Err(ServiceError::Llm(err))
                     if err.is_context_overflow() && overflows < OVERFLOW_RETRIES_COUNT_MAX =>
                 {
@@ -803,17 +804,16 @@ impl Turns {
     /// stream showed.
     async fn call_llm<'e>(
         &self,
-        provider: &str,
+        llm: &LlmSettings,
         request: &ChatRequest,
         events: Option<&'e TurnEvents>,
         envelope: StoredMessage,
     ) -> ServiceResult<(ChatResponse, Option<TokenRenderer<'e>>)> {
         let Some(events) = events.filter(|events| events.stream_tokens) else {
-            return Ok((self.llm.chat(provider, request).await?, None));
+            return Ok((self.llm.chat(llm, request).await?, None));
         };
         let mut renderer = TokenRenderer::new(&events.sender, envelope, !request.tools.is_empty());
-        let answer =
-            self.llm.chat_streaming(provider, request, &mut |delta| renderer.on_delta(delta)).await?;
+        let answer = self.llm.chat_streaming(llm, request, &mut |delta| renderer.on_delta(delta)).await?;
         Ok((answer, Some(renderer)))
     }
 
