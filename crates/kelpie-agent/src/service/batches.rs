@@ -21,6 +21,7 @@ use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use kelpie_core::{ActorId, Env};
 use kelpie_runtime::Runtime;
+use kelpie_tools::mcp::url::OutboundUrlError;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
@@ -178,9 +179,15 @@ impl Batches {
                 "callback_url must be 1..={BATCH_CALLBACK_URL_BYTES_MAX} bytes (BATCH_CALLBACK_URL_BYTES_MAX)"
             )));
         }
-        kelpie_tools::mcp::url::check(url, self.allow_internal_urls)
+        kelpie_tools::mcp::url::check_outbound("callback_url", url, self.allow_internal_urls)
             .await
-            .map_err(|err| ServiceError::Invalid(format!("callback_url refused: {err}")))
+            .map_err(|err| match err {
+                OutboundUrlError::Malformed(reason) => ServiceError::Invalid(reason),
+                OutboundUrlError::Internal { url, address } => ServiceError::Invalid(format!(
+                    "callback_url {url} resolves to {address}, an internal address; set mcp.allow_internal_urls \
+                     to allow it"
+                )),
+            })
     }
 
     async fn record(&self, batch_id: &str) -> ServiceResult<BatchRecord> {
