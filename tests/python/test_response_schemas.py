@@ -84,6 +84,7 @@ class Outcome:
     path: str
     status: int
     problems: list = field(default_factory=list)
+    empty: bool = False
 
 
 _PLAIN_ONE_OF = jsonschema.Draft202012Validator.VALIDATORS["oneOf"]
@@ -200,14 +201,6 @@ def _keep_passage(ids, body):
     ids["passage"] = body[0]["id"]
 
 
-def _keep_upload(ids, body):
-    ids["file"] = body["id"]
-
-
-def _keep_batch(ids, body):
-    ids["batch"] = body["id"]
-
-
 def _text(content):
     return {"messages": [{"role": "user", "content": content}]}
 
@@ -258,11 +251,17 @@ def _wait_batch(http, ids):
     _wait(http, f"/v1/messages/batches/{ids['batch']}", lambda b: b["status"] != "running", "the batch")
 
 
+def _group_turn(http, ids):
+    """A round robin turn (Kelpie's own route), so that the group has messages to list."""
+    response = http.post(f"/v1/groups/{ids['group']}/messages", json=_text("hello group"))
+    assert response.status_code == 200, response.text
+
+
 def _wait_runs(http, ids):
     _wait(http, f"/v1/runs/active?agent_id={ids['agent']}", lambda runs: runs == [], "the agent's runs")
 
 
-# The table: in order; a string entry names a wait between calls.
+# The table, in order; a plain function between calls waits for or prepares what the next needs.
 CALLS = [
     _get("/v1/health/", "/v1/health/"),
     _get("/v1/ready/", "/v1/ready/"),
@@ -359,8 +358,7 @@ CALLS = [
     _get("/v1/mcp-servers/{mcp_server_id}", _fmt("/v1/mcp-servers/{mcp}")),
     _do("PATCH", "/v1/mcp-servers/{mcp_server_id}", _fmt("/v1/mcp-servers/{mcp}"),
         body={"server_name": "py-2", "config": {"mcp_server_type": "streamable_http"}}),
-    _get("/v1/mcp-servers/{mcp_server_id}/tools", _fmt("/v1/mcp-servers/{mcp}/tools"),
-         ),
+    _get("/v1/mcp-servers/{mcp_server_id}/tools", _fmt("/v1/mcp-servers/{mcp}/tools")),
     Call("GET /v1/mcp-servers/{mcp_server_id}/tools/{tool_id}",
          lambda ids: (f"/v1/mcp-servers/{ids['mcp']}/tools/{ids['mcp_tool']}", {})),
     _do("POST", "/v1/mcp-servers/{mcp_server_id}/tools/{tool_id}/run", _fmt("/v1/mcp-servers/{mcp}/tools/{mcp_tool}/run"),
@@ -409,6 +407,7 @@ CALLS = [
     _get("/v1/groups/{group_id}", _fmt("/v1/groups/{group}")),
     _do("PATCH", "/v1/groups/{group_id}", _fmt("/v1/groups/{group}"), body={"description": "a pair"}),
     _get(A + "/groups", _a("/groups")),
+    _group_turn,
     _get("/v1/groups/{group_id}/messages", _fmt("/v1/groups/{group}/messages")),
     _do("PATCH", "/v1/groups/{group_id}/messages/{message_id}", _fmt("/v1/groups/{group}/messages/{assistant_message}"),
         body={"message_type": "assistant_message", "content": "edited in a group"}),
@@ -420,11 +419,11 @@ CALLS = [
     _do("POST", "/v1/sources/", "/v1/sources/", body={"name": "old-docs"}, keep=_set("source")),
     Call("POST /v1/folders/{folder_id}/upload", lambda ids: (
         f"/v1/folders/{ids['folder']}/upload", {"files": {"file": ("notes.txt", b"The lighthouse is red.\n", "text/plain")}}),
-        _keep_upload),
+        _set("file")),
     _wait_file,
     Call("POST /v1/sources/{source_id}/upload", lambda ids: (
         f"/v1/sources/{ids['source']}/upload", {"files": {"file": ("more.txt", b"A second file.\n", "text/plain")}}),
-        lambda ids, body: ids.__setitem__("source_file", body["id"])),
+        _set("source_file")),
     _get("/v1/folders/", "/v1/folders/"),
     _get("/v1/sources/", "/v1/sources/"),
     _get("/v1/folders/count", "/v1/folders/count"),
@@ -460,7 +459,7 @@ CALLS = [
     _do("DELETE", "/v1/sources/{source_id}", _fmt("/v1/sources/{source}")),
     _do("DELETE", "/v1/folders/{folder_id}", _fmt("/v1/folders/{folder}")),
     # Batches.
-    _do("POST", "/v1/messages/batches", "/v1/messages/batches", keep=_keep_batch, body=lambda ids: {
+    _do("POST", "/v1/messages/batches", "/v1/messages/batches", keep=_set("batch"), body=lambda ids: {
         "requests": [dict(_text("batched"), agent_id=ids["agent2"])]}),
     _get("/v1/messages/batches", "/v1/messages/batches"),
     _get("/v1/messages/batches/{batch_id}", _fmt("/v1/messages/batches/{batch}")),
@@ -547,6 +546,7 @@ def outcomes(served):
             method = call.op.split(" ", 1)[0]
             response = http.request(method, path, **kwargs)
             outcome = Outcome(call.op, path, response.status_code, _check(call.op, response.status_code, response))
+            outcome.empty = response.status_code < 300 and response.content.strip() in (b"[]", b"{}", b"null", b"")
             results.append(outcome)
             if call.keep and response.status_code < 300:
                 call.keep(ids, response.json())
@@ -556,6 +556,7 @@ def outcomes(served):
 def test_every_answer_validates_against_letta_response_schema(outcomes):
     failures = [f"{o.op} ({o.path}): {p}" for o in outcomes for p in o.problems]
     print(f"\n{len(outcomes)} calls, {len({o.op for o in outcomes})} operations, {len(failures)} problems")
+    print("empty answers:", sorted({o.op for o in outcomes if o.empty}))
     assert not failures, "\n".join(failures)
 
 
@@ -620,3 +621,22 @@ def test_letta_samples_fields_are_the_floor(served, outcomes):
                 ours[sample["made_id"]] = response.json()["id"]
     print(f"\n{len(FIXTURE['samples'])} Letta samples replayed, {len(failures)} problems")
     assert not failures, "\n".join(failures)
+
+
+def test_the_validator_refuses_what_letta_schemas_refuse():
+    """The check can fail: answers Kelpie once gave, that Letta's schemas refuse."""
+    agent = "GET /v1/agents/{agent_id}"
+    schema = FIXTURE["operations"][agent]["schema"]
+    [sample] = [s for s in FIXTURE["samples"] if s["operation"] == agent and s["status"] == 200]
+    assert "embedding_config.embedding_endpoint_type" in sample["fields"]
+    bad_embedding = {"embedding_config": {"embedding_endpoint_type": "kelpie", "embedding_model": "m", "embedding_dim": 8}}
+    assert any("embedding_endpoint_type" in e or "embedding_config" in e for e in _schema_errors(schema, bad_embedding))
+    assert any("name" in e for e in _schema_errors(schema, {"id": "agent-1"})), "required fields are checked"
+    messages = FIXTURE["operations"]["GET /v1/agents/{agent_id}/messages"]["schema"]
+    unknown = [{"id": "message-1", "date": "2026-01-01T00:00:00Z", "message_type": "kelpie_message"}]
+    assert _schema_errors(messages, unknown) == ["at 0: message_type='kelpie_message' is none of "
+                                                 + str(sorted(FIXTURE["components"]["schemas"]["LettaMessageUnion"]
+                                                              ["discriminator"]["mapping"]))]
+    # The discriminator picks the schema: an assistant message without content names the field.
+    no_content = [{"id": "message-1", "date": "2026-01-01T00:00:00Z", "message_type": "assistant_message"}]
+    assert _schema_errors(messages, no_content) == ["at 0: 'content' is a required property"]
