@@ -52,6 +52,13 @@ NOT_EXERCISED = {
 }
 
 
+# The kinds of message (and stream event) the table's turns make, so each is validated somewhere.
+# (Kelpie builds the system prompt at every step and stores no system message to list.)
+MESSAGE_TYPES_EXPECTED = {
+    "user_message", "reasoning_message", "assistant_message", "tool_call_message", "tool_return_message",
+    "approval_request_message", "approval_response_message", "ping", "stop_reason", "usage_statistics",
+}
+
 # Where Kelpie answers other than Letta's schema says on purpose (docs/server.md): the schema the
 # answer is validated against instead, with the reason.
 SCHEMA_OVERRIDES = {
@@ -85,6 +92,7 @@ class Outcome:
     status: int
     problems: list = field(default_factory=list)
     empty: bool = False
+    message_types: set = field(default_factory=set)
 
 
 _PLAIN_ONE_OF = jsonschema.Draft202012Validator.VALIDATORS["oneOf"]
@@ -176,6 +184,26 @@ def _check(op: str, status: int, response: httpx.Response) -> list:
     return _schema_errors(spec["schema"], response.json())
 
 
+def _message_types(response: httpx.Response) -> set:
+    """The `message_type`s an answer holds, at any depth (for the check that every kind was seen)."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        values = _events(response.text)
+    elif response.headers.get("content-type", "").startswith("application/json"):
+        values = [response.json()]
+    else:
+        return set()
+    found, todo = set(), values
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("message_type"), str):
+                found.add(value["message_type"])
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return found
+
+
 def _wait(http, path, done, what):
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -195,6 +223,12 @@ def _keep_reply(ids, body):
     ids["assistant_message"] = next(m["id"] for m in messages if m["message_type"] == "assistant_message")
     ids["step"] = messages[-1]["step_id"]
     ids["run"] = messages[-1]["run_id"]
+
+
+def _keep_approval(ids, body):
+    request = body["messages"][-1]
+    assert request["message_type"] == "approval_request_message", body
+    ids["approval_call"] = request["tool_call"]["tool_call_id"]
 
 
 def _keep_passage(ids, body):
@@ -349,7 +383,15 @@ CALLS = [
     _do("PATCH", A + "/tools/attach/{tool_id}", _fmt("/v1/agents/{agent}/tools/attach/{tool}")),
     _get(A + "/tools", _a("/tools")),
     _do("POST", A + "/tools/{tool_name}/run", _a("/tools/roll_die/run"), body={"args": {"sides": 4}}),
-    _do("PATCH", A + "/tools/approval/{tool_name}", _a("/tools/approval/roll_die"), body={"requires_approval": False}),
+    _do("PATCH", A + "/tools/approval/{tool_name}", _a("/tools/approval/roll_die"), body={"requires_approval": True}),
+    # Turns that make every kind of message: an approval asked and given, a tool call and its
+    # return, a stream of tokens; then the whole history listed.
+    _do("POST", A + "/messages", _a("/messages"), body=_text('/call roll_die {"sides": 3}'), keep=_keep_approval),
+    _do("POST", A + "/messages", _a("/messages"), body=lambda ids: {"messages": [{"type": "approval", "approvals": [
+        {"type": "approval", "approve": True, "tool_call_id": ids["approval_call"]}]}]}),
+    _do("POST", A + "/messages", _a("/messages"), body=_text('/call archival_memory_insert {"content": "tea at five"}')),
+    _do("POST", A + "/messages/stream", _a("/messages/stream"), body=dict(_text("tokens please"), stream_tokens=True)),
+    _get(A + "/messages", _a("/messages"), params={"limit": 100}),
     _do("PATCH", A + "/tools/detach/{tool_id}", _fmt("/v1/agents/{agent}/tools/detach/{tool}")),
     # MCP servers (the Python MCP SDK's server over streamable HTTP, on loopback).
     _do("POST", "/v1/mcp-servers/", "/v1/mcp-servers/", keep=_set("mcp"), body=lambda ids: {
@@ -546,6 +588,7 @@ def outcomes(served):
             method = call.op.split(" ", 1)[0]
             response = http.request(method, path, **kwargs)
             outcome = Outcome(call.op, path, response.status_code, _check(call.op, response.status_code, response))
+            outcome.message_types = _message_types(response)
             outcome.empty = response.status_code < 300 and response.content.strip() in (b"[]", b"{}", b"null", b"")
             results.append(outcome)
             if call.keep and response.status_code < 300:
@@ -557,6 +600,9 @@ def test_every_answer_validates_against_letta_response_schema(outcomes):
     failures = [f"{o.op} ({o.path}): {p}" for o in outcomes for p in o.problems]
     print(f"\n{len(outcomes)} calls, {len({o.op for o in outcomes})} operations, {len(failures)} problems")
     print("empty answers:", sorted({o.op for o in outcomes if o.empty}))
+    seen = set().union(*(o.message_types for o in outcomes))
+    print("message types validated:", sorted(seen))
+    assert MESSAGE_TYPES_EXPECTED <= seen, f"no answer held {sorted(MESSAGE_TYPES_EXPECTED - seen)}"
     assert not failures, "\n".join(failures)
 
 
