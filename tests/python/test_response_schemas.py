@@ -11,7 +11,8 @@ The recorded Letta exchanges (wire-samples.json, vendored as field lists) are re
 field of Letta's answer must be in Kelpie's answer to the same call.
 
 Coverage: every operation that the server's GET /openapi.json lists and the reference has must be
-called by CALLS with a success answer, or be in NOT_EXERCISED with the reason.
+called by CALLS with a success answer, or be in NOT_EXERCISED with the status it answers instead
+(checked too) and the reason.
 
 To add an operation: append a `Call` to CALLS, after the calls that make the ids it needs.
 """
@@ -42,13 +43,21 @@ REQUEST_TIMEOUT_S = 60
 WAIT_TIMEOUT_S = 30
 MODEL = "openai-proxy/fake-gpt"
 
-# Operations served but not called with a success answer here, each with its reason.
+# Operations served but not called with a success answer here: the status they answer instead
+# (checked, with a {"detail": ...} body) and why.
 NOT_EXERCISED = {
-    "GET /v1/jobs/{job_id}": "Kelpie creates no jobs of type job (as Letta 0.16.8), so every id is unknown: 404",
-    "DELETE /v1/jobs/{job_id}": "as GET /v1/jobs/{job_id}: no job exists to delete",
-    "PATCH /v1/jobs/{job_id}/cancel": "as GET /v1/jobs/{job_id}: no job exists to cancel",
-    "GET /v1/runs/{run_id}/trace": "501 by design: Kelpie keeps no OpenTelemetry traces (docs/server.md)",
-    "POST /v1/sandbox-config/e2b/default": "422 by design: Kelpie runs tool code in its own sandboxes, not e2b",
+    "GET /v1/jobs/{job_id}": (404, "Kelpie creates no jobs of type job (nor does Letta 0.16.8): every id is unknown"),
+    "DELETE /v1/jobs/{job_id}": (404, "as GET /v1/jobs/{job_id}: no job exists to delete"),
+    "PATCH /v1/jobs/{job_id}/cancel": (404, "as GET /v1/jobs/{job_id}: no job exists to cancel"),
+    "GET /v1/runs/{run_id}/trace": (501, "Kelpie keeps no OpenTelemetry traces (docs/runs.md), as Letta without ClickHouse"),
+    "POST /v1/sandbox-config/e2b/default": (422, "Kelpie runs tool code in its own sandboxes, never e2b's"),
+}
+_NOT_EXERCISED_PATHS = {
+    "GET /v1/jobs/{job_id}": "/v1/jobs/job-00000000-0000-4000-8000-000000000000",
+    "DELETE /v1/jobs/{job_id}": "/v1/jobs/job-00000000-0000-4000-8000-000000000000",
+    "PATCH /v1/jobs/{job_id}/cancel": "/v1/jobs/job-00000000-0000-4000-8000-000000000000/cancel",
+    "GET /v1/runs/{run_id}/trace": "/v1/runs/{run}/trace",
+    "POST /v1/sandbox-config/e2b/default": "/v1/sandbox-config/e2b/default",
 }
 
 
@@ -291,11 +300,26 @@ def _group_turn(http, ids):
     assert response.status_code == 200, response.text
 
 
+def _refusals(http, ids):
+    """The operations of NOT_EXERCISED answer the status their reason gives, with a detail."""
+    results = []
+    for op, (status, _reason) in NOT_EXERCISED.items():
+        path = _NOT_EXERCISED_PATHS[op].format(**ids)
+        response = http.request(op.split(" ", 1)[0], path)
+        body = response.json()
+        detail_ok = isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"] != ""
+        problems = [] if (response.status_code, detail_ok) == (status, True) else [
+            f"expected {status} with a detail, got {response.status_code}: {response.text[:200]}"]
+        results.append(Outcome(op, path, response.status_code, problems))
+    return results
+
+
 def _wait_runs(http, ids):
     _wait(http, f"/v1/runs/active?agent_id={ids['agent']}", lambda runs: runs == [], "the agent's runs")
 
 
-# The table, in order; a plain function between calls waits for or prepares what the next needs.
+# The table, in order; a plain function between calls waits for or prepares what the next needs,
+# and `_refusals` checks the operations of NOT_EXERCISED (while a run exists for the trace).
 CALLS = [
     _get("/v1/health/", "/v1/health/"),
     _get("/v1/ready/", "/v1/ready/"),
@@ -350,6 +374,7 @@ CALLS = [
     _get("/v1/runs/{run_id}/usage", _fmt("/v1/runs/{run}/usage")),
     _get("/v1/runs/{run_id}/steps", _fmt("/v1/runs/{run}/steps")),
     _get("/v1/runs/{run_id}/metrics", _fmt("/v1/runs/{run}/metrics")),
+    _refusals,
     _do("DELETE", "/v1/runs/{run_id}", _fmt("/v1/runs/{async_run}")),
     _do("POST", "/v1/runs/{run_id}/stream", _fmt("/v1/runs/{run}/stream"), body={}),
     _get("/v1/steps/", "/v1/steps/", params=lambda ids: {"agent_id": ids["agent"]}),
@@ -577,6 +602,9 @@ def outcomes(served):
     results = []
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as http:
         for call in CALLS:
+            if call is _refusals:
+                results += _refusals(http, ids)
+                continue
             if not isinstance(call, Call):
                 call(http, ids)
                 continue
@@ -613,6 +641,7 @@ def test_every_served_operation_is_exercised(outcomes, served):
     exercised = {o.op for o in outcomes if 200 <= o.status < 300}
     in_both = sorted(reference[op] for op in served_ops if op in reference)
     assert set(NOT_EXERCISED) <= set(in_both), f"exceptions not served: {set(NOT_EXERCISED) - set(in_both)}"
+    assert set(_NOT_EXERCISED_PATHS) == set(NOT_EXERCISED)
     missing = [op for op in in_both if op not in exercised and op not in NOT_EXERCISED]
     print(f"\nserved and in the reference: {len(in_both)}; validated: {len(exercised)}; "
           f"excepted: {len(NOT_EXERCISED)}")
