@@ -611,6 +611,7 @@ def outcomes(served):
             assert call.op in FIXTURE["operations"], f"{call.op} is not an operation of the reference"
             _prepare(http, ids, call)
             path, kwargs = call.request(ids)
+            kwargs = dict(kwargs)
             if callable(kwargs.get("params")):
                 kwargs["params"] = kwargs["params"](ids)
             method = call.op.split(" ", 1)[0]
