@@ -117,9 +117,29 @@ pub fn llm_config_json(agent: &AgentRecord) -> Value {
         "provider_category": if llm.byok_provider.is_some() { "byok" } else { "base" },
         "model_wrapper": null, "context_window": llm.context_window, "put_inner_thoughts_in_kwargs": false,
         "handle": llm.handle, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
-        "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0,
-        "frequency_penalty": null, "parallel_tool_calls": false, "response_format": null, "strict": false,
+        "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0, "effort": null,
+        "frequency_penalty": null, "compatibility_type": null, "verbosity": null, "tier": null,
+        "parallel_tool_calls": false, "response_format": null, "strict": false, "return_logprobs": false,
+        "top_logprobs": null, "return_token_ids": false, "tool_call_parser": null,
     })
+}
+
+/// Letta's `model_settings` of an agent: the settings of its LLM as the
+/// provider's settings object (Anthropic's or, for every OpenAI-compatible
+/// provider, OpenAI's). Kelpie asks for no reasoning or extended thinking,
+/// no structured output and one tool call at a time, and says so.
+pub fn model_settings_json(llm: &kelpie_llm::LlmSettings) -> Value {
+    let common = json!({
+        "max_output_tokens": llm.max_tokens, "parallel_tool_calls": false, "temperature": llm.temperature,
+        "response_format": null, "strict": false,
+    });
+    let specific = if llm.provider == kelpie_llm::PROVIDER_ANTHROPIC {
+        json!({"provider_type": "anthropic", "thinking": {"type": "disabled", "budget_tokens": 0},
+               "effort": null, "verbosity": null})
+    } else {
+        json!({"provider_type": "openai", "reasoning": {"reasoning_effort": "none"}})
+    };
+    with(common, specific)
 }
 
 /// Letta's `embedding_endpoint_type` of an embedding handle: the provider
@@ -174,7 +194,7 @@ pub fn agent_json(agent: &AgentRecord, tools: Vec<Value>) -> Value {
         "tool_rules": agent.tool_rules.iter().map(crate::tool_rules::ToolRule::to_json).collect::<Vec<_>>(),
         "message_ids": [],
         "llm_config": llm_config_json(agent), "embedding_config": embedding_config_json(agent),
-        "model": agent.llm.handle, "embedding": agent.embedding.handle,
+        "model_settings": model_settings_json(&agent.llm), "model": agent.llm.handle, "embedding": agent.embedding.handle,
         "memory": {"agent_type": "letta_v1_agent", "git_enabled": false, "blocks": blocks, "file_blocks": [], "prompt_template": ""},
         "blocks": blocks, "tools": tools,
         "sources": agent.folders.iter().map(agent_folder_json).collect::<Vec<_>>(),
@@ -424,4 +444,37 @@ pub fn search_result_json(passage: &Passage) -> Value {
         "id": passage.id, "content": passage.text, "tags": passage.tags,
         "timestamp": rfc3339_micros(passage.created_ms).replace('Z', "+00:00"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llm(provider: &str) -> kelpie_llm::LlmSettings {
+        kelpie_llm::LlmSettings {
+            handle: format!("{provider}/m"),
+            provider: provider.into(),
+            model: "m".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            context_window: 32_000,
+            max_tokens: 2_048,
+            temperature: 0.5,
+        }
+    }
+
+    #[test]
+    fn model_settings_are_the_providers_letta_settings_object() {
+        assert_eq!(
+            model_settings_json(&llm("openai")),
+            json!({"provider_type": "openai", "max_output_tokens": 2_048, "temperature": 0.5,
+                   "parallel_tool_calls": false, "response_format": null, "strict": false,
+                   "reasoning": {"reasoning_effort": "none"}})
+        );
+        assert_eq!(
+            model_settings_json(&llm(kelpie_llm::PROVIDER_ANTHROPIC)),
+            json!({"provider_type": "anthropic", "max_output_tokens": 2_048, "temperature": 0.5,
+                   "parallel_tool_calls": false, "response_format": null, "strict": false,
+                   "thinking": {"type": "disabled", "budget_tokens": 0}, "effort": null, "verbosity": null})
+        );
+    }
 }

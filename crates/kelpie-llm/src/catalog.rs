@@ -327,6 +327,9 @@ pub fn model_json(source: &ModelSource<'_>, model: &str) -> Value {
         "provider_category": source.category, "model_wrapper": null,
         "context_window": CONTEXT_WINDOW_TOKENS_DEFAULT, "max_context_window": CONTEXT_WINDOW_TOKENS_DEFAULT,
         "put_inner_thoughts_in_kwargs": false, "temperature": 0.7, "max_tokens": COMPLETION_TOKENS_DEFAULT,
-        "enable_reasoner": false, "parallel_tool_calls": false, "strict": false,
+        "enable_reasoner": false, "reasoning_effort": null, "max_reasoning_tokens": 0, "effort": null,
+        "frequency_penalty": null, "compatibility_type": null, "verbosity": null, "tier": null,
+        "parallel_tool_calls": false, "response_format": null, "strict": false, "return_logprobs": false,
+        "top_logprobs": null, "return_token_ids": false, "tool_call_parser": null,
     })
 }

@@ -17,6 +17,10 @@ async fn call_tool(server: &common::Running, agent_id: &str, name: &str, args: V
     messages.into_iter().find(|m| m["message_type"] == "tool_return_message").expect("a tool return")
 }
 
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_string()).collect()
+}
+
 #[tokio::test]
 async fn sandbox_config_routes_manage_the_local_config_and_its_variables() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +110,12 @@ async fn sandbox_config_routes_manage_the_local_config_and_its_variables() {
         assert_eq!(got, status, "{method} {url}: {answer}");
         assert!(text.contains(detail), "{method} {url}: {text}");
     }
-    server.ok("DELETE", &format!("/v1/sandbox-config/{id}"), None).await;
+    // Deleted with 204 and no body, as Letta answers.
+    let other = server.ok("POST", &path, Some(json!({"key": "OTHER", "value": "v"}))).await;
+    let env_path = format!("/v1/sandbox-config/environment-variable/{}", other["id"].as_str().unwrap());
+    assert_eq!(server.call("DELETE", &env_path, None).await, (204, json!("")));
+    assert_eq!(ids(&server.ok("GET", &path, None).await), vec![var_id.as_str()]);
+    assert_eq!(server.call("DELETE", &format!("/v1/sandbox-config/{id}"), None).await, (204, json!("")));
     assert_eq!(server.ok("GET", "/v1/sandbox-config/", None).await, json!([]));
     let (status, _) = server.call("GET", &path, None).await;
     assert_eq!(status, 404, "the variables went with their config");

@@ -209,9 +209,9 @@ impl SandboxConfigs {
             .await
     }
 
-    pub async fn delete(&self, id: &str) -> ServiceResult<Value> {
+    pub async fn delete(&self, id: &str) -> ServiceResult<()> {
         self.invoke(SandboxConfigCommand::Delete { id: id.to_string() }).await?;
-        Ok(json!({"message": format!("Sandbox config id={id} successfully deleted")}))
+        Ok(())
     }
 
     /// `POST /v1/sandbox-config/local/recreate-venv`: installs the local
@@ -274,9 +274,9 @@ impl SandboxConfigs {
         }
     }
 
-    pub async fn delete_env(&self, id: &str) -> ServiceResult<Value> {
+    pub async fn delete_env(&self, id: &str) -> ServiceResult<()> {
         self.invoke(SandboxConfigCommand::DeleteEnv { id: id.to_string() }).await?;
-        Ok(json!({"message": format!("Sandbox environment variable id={id} successfully deleted")}))
+        Ok(())
     }
 
     /// The environment and packages the sandbox configuration gives every

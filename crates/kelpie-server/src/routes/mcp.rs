@@ -3,6 +3,7 @@
 //! refresh their tool lists. Secrets come back masked.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -50,12 +51,13 @@ async fn modify(
     Ok(Json(state.service.mcp_servers.update(&server_id, request).await?))
 }
 
+/// 204 with no body, as Letta.
 async fn remove(
     State(state): State<AppState>,
     Path(server_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<StatusCode, ApiError> {
     state.service.mcp_servers.delete(&server_id).await?;
-    Ok(Json(Value::Null))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn tools(

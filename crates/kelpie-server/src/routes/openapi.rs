@@ -333,7 +333,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/v1/mcp-servers/", "List MCP servers (secrets masked)", None, "MCPServer[]"),
     route("get", "/v1/mcp-servers/{server_id}", "Retrieve an MCP server", None, "MCPServer"),
     route("patch", "/v1/mcp-servers/{server_id}", "Modify an MCP server", Some("UpdateMCPServerRequest"), "MCPServer"),
-    route("delete", "/v1/mcp-servers/{server_id}", "Delete an MCP server and its tools", None, "null"),
+    route("delete", "/v1/mcp-servers/{server_id}", "Delete an MCP server and its tools (204)", None, "null"),
     route("get", "/v1/mcp-servers/{server_id}/tools", "List an MCP server's tools", None, "Tool[]"),
     route("get", "/v1/mcp-servers/{server_id}/tools/{tool_id}", "Retrieve an MCP server's tool", None, "Tool"),
     route("post", "/v1/mcp-servers/{server_id}/tools/{tool_id}/run", "Run an MCP tool once", Some("ToolRunRequest"), "ToolExecutionResult"),
@@ -360,11 +360,11 @@ pub const ROUTES: &[RouteDoc] = &[
     route("post", "/v1/sandbox-config/local", "Create or replace the local sandbox configuration", Some("LocalSandboxConfig"), "SandboxConfig"),
     route("post", "/v1/sandbox-config/local/recreate-venv", "Install the local configuration's packages afresh", None, "SandboxConfig"),
     route("patch", "/v1/sandbox-config/{sandbox_config_id}", "Modify a sandbox configuration", Some("SandboxConfigUpdate"), "SandboxConfig"),
-    route("delete", "/v1/sandbox-config/{sandbox_config_id}", "Delete a sandbox configuration and its variables", None, "object"),
+    route("delete", "/v1/sandbox-config/{sandbox_config_id}", "Delete a sandbox configuration and its variables (204)", None, "null"),
     route("post", "/v1/sandbox-config/{sandbox_config_id}/environment-variable", "Add an environment variable every tool call gets (never echoed back)", Some("SandboxEnvironmentVariableCreate"), "SandboxEnvironmentVariable"),
     route("get", "/v1/sandbox-config/{sandbox_config_id}/environment-variable", "List a configuration's variables (values hidden)", None, "SandboxEnvironmentVariable[]"),
     route("patch", "/v1/sandbox-config/environment-variable/{env_var_id}", "Modify an environment variable", Some("SandboxEnvironmentVariableUpdate"), "SandboxEnvironmentVariable"),
-    route("delete", "/v1/sandbox-config/environment-variable/{env_var_id}", "Delete an environment variable", None, "object"),
+    route("delete", "/v1/sandbox-config/environment-variable/{env_var_id}", "Delete an environment variable (204)", None, "null"),
 ];
 
 /// Request bodies sent as a form (an upload), not as JSON.

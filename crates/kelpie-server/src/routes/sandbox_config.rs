@@ -3,6 +3,7 @@
 //! variables every tool call gets; `e2b` and `modal` are refused with 422).
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -98,11 +99,13 @@ async fn modify(
     Ok(Json(state.service.sandbox_configs.update(&config_id, &body.config).await?))
 }
 
+/// 204 with no body, as Letta.
 async fn remove(
     State(state): State<AppState>,
     Path(config_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.sandbox_configs.delete(&config_id).await?))
+) -> Result<StatusCode, ApiError> {
+    state.service.sandbox_configs.delete(&config_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_env(
@@ -131,9 +134,11 @@ async fn modify_env(
     Ok(Json(configs.update_env(&env_var_id, body.key, body.value, body.description).await?))
 }
 
+/// 204 with no body, as Letta.
 async fn remove_env(
     State(state): State<AppState>,
     Path(env_var_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.sandbox_configs.delete_env(&env_var_id).await?))
+) -> Result<StatusCode, ApiError> {
+    state.service.sandbox_configs.delete_env(&env_var_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
