@@ -525,6 +525,35 @@ CALLS = [
     _do("DELETE", "/v1/folders/{folder_id}/{file_id}", _fmt("/v1/folders/{folder}/{file}")),
     _do("DELETE", "/v1/sources/{source_id}", _fmt("/v1/sources/{source}")),
     _do("DELETE", "/v1/folders/{folder_id}", _fmt("/v1/folders/{folder}")),
+    # Archives (shared archival memory).
+    _do("POST", "/v1/archives/", "/v1/archives/", keep=_set("archive"),
+        body={"name": "shared", "description": "facts the agents share"}),
+    _get("/v1/archives/", "/v1/archives/"),
+    _get("/v1/archives/{archive_id}", _fmt("/v1/archives/{archive}")),
+    _do("PATCH", "/v1/archives/{archive_id}", _fmt("/v1/archives/{archive}"), body={"description": "more facts"}),
+    _do("POST", "/v1/archives/{archive_id}/passages", _fmt("/v1/archives/{archive}/passages"),
+        keep=_set("archive_passage"), body={"text": "The harbour closes at nine.", "tags": ["harbour"]}),
+    _do("POST", "/v1/archives/{archive_id}/passages/batch", _fmt("/v1/archives/{archive}/passages/batch"),
+        body={"passages": [{"text": "Ferries leave hourly."}, {"text": "The pier is wooden."}]}),
+    _do("PATCH", A + "/archives/attach/{archive_id}", _fmt("/v1/agents/{agent}/archives/attach/{archive}")),
+    _get("/v1/archives/{archive_id}/agents", _fmt("/v1/archives/{archive}/agents")),
+    _do("PATCH", A + "/archives/detach/{archive_id}", _fmt("/v1/agents/{agent}/archives/detach/{archive}")),
+    _do("DELETE", "/v1/archives/{archive_id}/passages/{passage_id}",
+        _fmt("/v1/archives/{archive}/passages/{archive_passage}")),
+    _do("DELETE", "/v1/archives/{archive_id}", _fmt("/v1/archives/{archive}")),
+    # Providers (bring your own key), on the fake LLM the server already uses.
+    _get("/v1/providers/", "/v1/providers/"),
+    _do("POST", "/v1/providers/check", "/v1/providers/check",
+        body=lambda ids: {"provider_type": "openai", "api_key": "sk-schemas", "base_url": ids["fake_url"]}),
+    _do("POST", "/v1/providers/", "/v1/providers/", keep=_set("provider"), body=lambda ids: {
+        "name": "schemas-byok", "provider_type": "openai", "api_key": "sk-schemas", "base_url": ids["fake_url"]}),
+    _get("/v1/providers/{provider_id}", _fmt("/v1/providers/{provider}")),
+    _do("PATCH", "/v1/providers/{provider_id}", _fmt("/v1/providers/{provider}"), body={"api_key": "sk-rotated"}),
+    _do("POST", "/v1/providers/{provider_id}/check", _fmt("/v1/providers/{provider}/check")),
+    _do("PATCH", "/v1/providers/{provider_id}/refresh", _fmt("/v1/providers/{provider}/refresh")),
+    _do("DELETE", "/v1/providers/{provider_id}", _fmt("/v1/providers/{provider}")),
+    # Every agent's messages.
+    _get("/v1/messages/", "/v1/messages/"),
     # Batches.
     _do("POST", "/v1/messages/batches", "/v1/messages/batches", keep=_set("batch"), body=lambda ids: {
         "requests": [dict(_text("batched"), agent_id=ids["agent2"])]}),
@@ -572,6 +601,9 @@ def _prepare(http, ids, call):
     if call.op == "GET /v1/mcp-servers/{mcp_server_id}/tools/{tool_id}" or call.op.endswith("/tools/{tool_id}/run"):
         tools = http.get(f"/v1/mcp-servers/{ids['mcp']}/tools").json()
         ids["mcp_tool"] = next(t["id"] for t in tools if t["name"] == "shout")
+    if call.op == "POST /v1/providers/check":
+        base = [p for p in http.get("/v1/providers/").json() if p["provider_category"] == "base"]
+        ids["fake_url"] = next(p["base_url"] for p in base if p["base_url"] and "127.0.0.1" in p["base_url"])
     if call.op == "POST /v1/agents/import":
         ids["export"] = http.get(f"/v1/agents/{ids['agent']}/export").content
     if call.op == "PATCH /v1/groups/{group_id}/reset-messages":
@@ -585,7 +617,7 @@ def served():
     from test_mcp_and_tools import _serve
 
     port, mcp = _serve([sys.executable, str(PY_MCP_SERVER), "streamable-http", "{port}"], {}, "the Python MCP server")
-    url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true"})
+    url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true", "KELPIE_ALLOW_INTERNAL_PROVIDER_URLS": "true"})
     try:
         yield url, f"http://127.0.0.1:{port}/mcp"
     finally:

@@ -54,13 +54,18 @@ pub const ARCHIVE_PASSAGE_TAGS_COUNT_MAX: usize = 64;
 /// Pause of the reclaim worker when it found nothing or failed, in milliseconds.
 pub const ARCHIVE_RECLAIM_IDLE_POLL_MS: u64 = 1_000;
 
+/// The organization every archive belongs to (Letta's default one: a
+/// Kelpie server has a single organization, and Letta's `Archive` requires
+/// one).
+pub const DEFAULT_ORGANIZATION_ID: &str = "org-00000000-0000-4000-8000-000000000000";
+
 /// Letta's `Archive`.
 pub fn archive_json(archive: &ArchiveRecord) -> Value {
     json!({
         "id": archive.id, "name": archive.name, "description": archive.description,
         "metadata": archive.metadata, "vector_db_provider": "native",
         "embedding_config": embedding_settings_json(&archive.embedding),
-        "organization_id": null, "created_by_id": null, "last_updated_by_id": null,
+        "organization_id": DEFAULT_ORGANIZATION_ID, "created_by_id": null, "last_updated_by_id": null,
         "created_at": rfc3339_micros(archive.created_ms), "updated_at": rfc3339_micros(archive.updated_ms),
     })
 }
