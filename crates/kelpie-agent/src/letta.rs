@@ -459,6 +459,7 @@ mod tests {
             context_window: 32_000,
             max_tokens: 2_048,
             temperature: 0.5,
+            byok_provider: None,
         }
     }
 

@@ -178,6 +178,7 @@ fn record(n: usize) -> ArchiveRecord {
             handle: "kelpie/local-hash-256".into(),
             model: "local".into(),
             dim: 256,
+            byok_provider: None,
         },
         agent_ids: Vec::new(),
         created_ms: 1_000,
