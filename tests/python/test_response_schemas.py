@@ -552,8 +552,10 @@ CALLS = [
     _do("POST", "/v1/providers/{provider_id}/check", _fmt("/v1/providers/{provider}/check")),
     _do("PATCH", "/v1/providers/{provider_id}/refresh", _fmt("/v1/providers/{provider}/refresh")),
     _do("DELETE", "/v1/providers/{provider_id}", _fmt("/v1/providers/{provider}")),
-    # Every agent's messages.
+    # Every agent's messages; an agent as an OpenAI chat model.
     _get("/v1/messages/", "/v1/messages/"),
+    _do("POST", "/v1/chat/completions", "/v1/chat/completions",
+        body=lambda ids: {"model": ids["agent"], "messages": [{"role": "user", "content": "hello"}]}),
     # Batches.
     _do("POST", "/v1/messages/batches", "/v1/messages/batches", keep=_set("batch"), body=lambda ids: {
         "requests": [dict(_text("batched"), agent_id=ids["agent2"])]}),

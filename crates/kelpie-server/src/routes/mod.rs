@@ -7,6 +7,7 @@ pub mod archival;
 pub mod archives;
 pub mod batches;
 pub mod blocks;
+pub mod chat_completions;
 pub mod cluster;
 pub mod extract;
 pub mod folders;
@@ -66,6 +67,7 @@ fn api_router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(batches::router())
         .merge(all_messages::router())
+        .merge(chat_completions::router())
         .merge(archival::router())
         .merge(archives::router())
         .merge(passages::router())

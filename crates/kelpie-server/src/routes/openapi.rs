@@ -130,6 +130,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route("patch", "/v1/agents/{agent_id}/files/{file_id}/open", "Open a whole file; the files closed to make room", None, "string[]"),
     route("patch", "/v1/agents/{agent_id}/files/{file_id}/close", "Close a file", None, "object"),
     route("patch", "/v1/agents/{agent_id}/messages/{message_id}", "Edit a user message, an assistant reply or its reasoning", Some("UpdateUserMessage"), "LettaMessageUnion"),
+    route("post", "/v1/chat/completions", "OpenAI's chat completions with an agent id as the model (stream or not)", Some("ChatCompletionRequest"), "ChatCompletion"),
     route("get", "/v1/messages/", "Every agent's messages in time order (before, after, limit, order, include_return_message_types)", None, "LettaMessageUnion[]"),
     route("get", "/v1/messages/{message_id}", "A message of any agent, by id (as Letta's messages)", None, "LettaMessageUnion[]"),
     route("post", "/v1/messages/search", "Keyword search of messages across agents (agent_id, dates; newest first)", Some("SearchAllMessagesRequest"), "LettaMessageSearchResult[]"),
