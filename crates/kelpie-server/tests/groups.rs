@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use kelpie_agent::actors::group_store::{GROUP_BLOCKS_COUNT_MAX, GROUP_TOKEN_BYTES_MAX};
 use serde_json::{json, Value};
 
 fn ids(items: &Value) -> Vec<String> {
@@ -194,6 +195,54 @@ async fn bad_group_input_is_refused_with_the_reason() {
         assert_eq!(status, expected, "{body}: {answer}");
         assert!(answer["detail"].as_str().unwrap().contains(&words), "{words}: {answer}");
     }
+    // A termination token one byte past GROUP_TOKEN_BYTES_MAX.
+    let dynamic = json!({"manager_type": "dynamic", "manager_agent_id": server.create_agent("dyn2", &[]).await,
+                         "termination_token": "t".repeat(GROUP_TOKEN_BYTES_MAX + 1)});
+    let (status, answer) = server
+        .call(
+            "POST",
+            "/v1/groups/",
+            Some(json!({"agent_ids": [ana], "description": "x", "manager_config": dynamic})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("GROUP_TOKEN_BYTES_MAX"), "{answer}");
+    // Shared blocks: one past GROUP_BLOCKS_COUNT_MAX refused at create and at attach.
+    let mut blocks = Vec::new();
+    for index in 0..=GROUP_BLOCKS_COUNT_MAX {
+        let block =
+            server.ok("POST", "/v1/blocks/", Some(json!({"label": format!("b{index}"), "value": "v"}))).await;
+        blocks.push(block["id"].as_str().unwrap().to_string());
+    }
+    let body = json!({"agent_ids": [ana], "description": "x", "shared_block_ids": blocks});
+    let (status, answer) = server.call("POST", "/v1/groups/", Some(body)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("GROUP_BLOCKS_COUNT_MAX"), "{answer}");
+    // A member with two blocks of its own has no room for 64 more: refused
+    // before anything is stored (no group, no block attached).
+    let member = server.create_agent("sharer", &[]).await;
+    let groups_before = server.ok("GET", "/v1/groups/count", None).await;
+    let body = json!({"agent_ids": [member], "description": "x", "shared_block_ids": blocks[..GROUP_BLOCKS_COUNT_MAX]});
+    let (status, answer) = server.call("POST", "/v1/groups/", Some(body)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("CORE_MEMORY_BLOCKS_COUNT_MAX"), "{answer}");
+    assert_eq!(server.ok("GET", "/v1/groups/count", None).await, groups_before);
+    let agent = server.ok("GET", &format!("/v1/agents/{member}"), None).await;
+    assert_eq!(agent["memory"]["blocks"].as_array().unwrap().len(), 2, "nothing attached");
+    // A member without blocks takes all 64.
+    let bare = server
+        .ok("POST", "/v1/agents/", Some(json!({"name": "bare", "model": "openai-proxy/fake-gpt"})))
+        .await;
+    let bare = bare["id"].as_str().unwrap();
+    let body = json!({"agent_ids": [bare], "description": "x", "shared_block_ids": blocks[..GROUP_BLOCKS_COUNT_MAX]});
+    let shared = server.ok("POST", "/v1/groups/", Some(body)).await;
+    assert_eq!(shared["shared_block_ids"].as_array().unwrap().len(), GROUP_BLOCKS_COUNT_MAX);
+    let group_id = shared["id"].as_str().unwrap();
+    let last = &blocks[GROUP_BLOCKS_COUNT_MAX];
+    let (status, answer) =
+        server.call("PATCH", &format!("/v1/groups/{group_id}/blocks/attach/{last}"), None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("GROUP_BLOCKS_COUNT_MAX"), "{answer}");
     // 64 members is the limit itself: accepted.
     let full = server
         .ok("POST", "/v1/groups/", Some(json!({"agent_ids": vec![ana.clone(); 64], "description": "full"})))

@@ -39,8 +39,8 @@ use super::shared_blocks::SharedBlocks;
 use super::turn::TurnOutcome;
 use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply};
 use crate::actors::group_store::{
-    GroupCommand, GroupRecord, GroupReply, GroupRun, GroupStoreActor, GROUP_STORE_ACTOR,
-    GROUP_TURNS_COUNT_MAX, MANAGER_TYPES,
+    GroupCommand, GroupRecord, GroupReply, GroupRun, GroupStoreActor, GROUP_BLOCKS_COUNT_MAX,
+    GROUP_STORE_ACTOR, GROUP_TURNS_COUNT_MAX, MANAGER_TYPES,
 };
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::new_id;
@@ -378,6 +378,40 @@ impl Groups {
         Ok(())
     }
 
+    /// Checks every one of `agent_ids` can take the shared `block_ids` it
+    /// does not hold yet (no label it already has, at most
+    /// `CORE_MEMORY_BLOCKS_COUNT_MAX` blocks), so a group is not stored with
+    /// blocks its members then refuse half way.
+    async fn check_room(&self, agent_ids: &[String], block_ids: &[String]) -> ServiceResult<()> {
+        let mut labels = Vec::with_capacity(block_ids.len());
+        for block_id in block_ids {
+            let block = self.blocks.get(block_id).await?;
+            labels.push((block_id, block["label"].as_str().unwrap_or_default().to_string()));
+        }
+        for agent_id in agent_ids {
+            let agent = self.actors.record(agent_id).await?;
+            let memory = &agent.memory;
+            let gained: Vec<&String> = labels
+                .iter()
+                .filter(|(id, _)| memory.label_of(id).is_none())
+                .map(|(_, label)| label)
+                .collect();
+            if let Some(label) = gained.iter().find(|label| memory.get(label).is_ok()) {
+                return Err(ServiceError::Invalid(format!(
+                    "agent {agent_id} already has a block labelled {label:?}; a shared block cannot join it"
+                )));
+            }
+            let count = memory.blocks().len() + gained.len();
+            if count > kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX {
+                return Err(ServiceError::Invalid(format!(
+                    "agent {agent_id} would hold {count} blocks, over CORE_MEMORY_BLOCKS_COUNT_MAX = {}",
+                    kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets (or clears) the group agent `agent_id` manages; a manager
     /// deleted since has nothing to clear.
     async fn set_manager(&self, agent_id: &str, group_id: Option<&str>) -> ServiceResult<()> {
@@ -399,6 +433,7 @@ impl Groups {
         let id = new_id("group", self.env.rng.as_ref());
         let record = record_of(create, id, self.env.clock.wall_ms())?;
         self.check_links(&record).await?;
+        self.check_room(&Self::everyone(&record), &record.shared_block_ids).await?;
         let group = self.group(GroupCommand::Create(Box::new(record))).await?;
         if let Some(manager) = &group.manager_agent_id {
             self.set_manager(manager, Some(&group.id)).await?;
@@ -485,8 +520,17 @@ impl Groups {
     /// `.../detach/...`: the group shares the block, and every member and
     /// the manager hold it (or no longer do).
     pub async fn set_block(&self, group_id: &str, block_id: &str, shared: bool) -> ServiceResult<()> {
-        self.record(group_id).await?;
+        let group = self.record(group_id).await?;
         self.blocks.get(block_id).await?;
+        if shared && !group.shared_block_ids.iter().any(|id| id == block_id) {
+            let count = group.shared_block_ids.len() + 1;
+            if count > GROUP_BLOCKS_COUNT_MAX {
+                return Err(ServiceError::Invalid(format!(
+                    "shared_block_ids holds {count}, over GROUP_BLOCKS_COUNT_MAX = {GROUP_BLOCKS_COUNT_MAX}"
+                )));
+            }
+            self.check_room(&Self::everyone(&group), &[block_id.to_string()]).await?;
+        }
         let command =
             GroupCommand::SetBlock { id: group_id.to_string(), block_id: block_id.to_string(), shared };
         let group = self.group(command).await?;
