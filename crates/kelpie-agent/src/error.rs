@@ -48,6 +48,11 @@ pub enum ServiceError {
     /// A body over a named limit (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    #[error("Conversation with ID {0} not found")]
+    ConversationNotFound(String),
+    /// A cancel found no run to stop (HTTP 409, as Letta).
+    #[error("{0}")]
+    NoActiveRuns(String),
     #[error("MCP server with ID {0} not found")]
     McpServerNotFound(String),
     #[error("an MCP server named {0:?} already exists")]
@@ -81,6 +86,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "message", id } => ServiceError::MessageNotFound(id),
             Error::NotFound { kind: "file", id } => ServiceError::FileNotFound(id),
             Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
+            Error::NotFound { kind: "conversation", id } => ServiceError::ConversationNotFound(id),
             other => ServiceError::Core(other),
         }
     }

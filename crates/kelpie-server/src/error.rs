@@ -64,10 +64,12 @@ impl From<ServiceError> for ApiError {
             | ServiceError::FolderNotFound(_)
             | ServiceError::MessageNotFound(_)
             | ServiceError::FileNotFound(_)
+            | ServiceError::ConversationNotFound(_)
             | ServiceError::McpServerNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_)
             | ServiceError::McpServerNameTaken(_)
-            | ServiceError::FolderNameTaken(_) => StatusCode::CONFLICT,
+            | ServiceError::FolderNameTaken(_)
+            | ServiceError::NoActiveRuns(_) => StatusCode::CONFLICT,
             ServiceError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Mcp(mcp) if mcp.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
