@@ -78,7 +78,9 @@ pub fn message_agent_prefix(message_id: &str) -> Option<String> {
 /// agent id that is not a uuid gets a wholly random conversation id.
 pub fn new_conversation_id(agent_id: &str, rng: &dyn RngSource) -> String {
     match parse_uuid(uuid_part(agent_id)) {
-        Some((agent_high, _)) if agent_id.starts_with("agent-") => uuid_id("conv", agent_high, rng.next_u64()),
+        Some((agent_high, _)) if agent_id.starts_with("agent-") => {
+            uuid_id("conv", agent_high, rng.next_u64())
+        }
         _ => new_id("conv", rng),
     }
 }

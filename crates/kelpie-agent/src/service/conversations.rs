@@ -23,7 +23,7 @@ use super::reclaim::Reclaimer;
 use super::runs::{RunQuery, Runs};
 use super::turn::Turns;
 use crate::actors::agent::{
-    AgentCommand, AgentReply, ConversationFilter, ConversationPatch, ConversationRecord, ContextState,
+    AgentCommand, AgentReply, ContextState, ConversationFilter, ConversationPatch, ConversationRecord,
 };
 use crate::actors::reclaim::PendingKind;
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -91,9 +91,9 @@ impl ConversationInput {
             }
         }
         if let Some(model) = &self.model {
-            let well_formed = model.split_once('/').is_some_and(|(provider, name)| {
-                !provider.is_empty() && !name.is_empty()
-            });
+            let well_formed = model
+                .split_once('/')
+                .is_some_and(|(provider, name)| !provider.is_empty() && !name.is_empty());
             if !well_formed {
                 return Err(ServiceError::Invalid(format!(
                     "model {model:?}: the model handle should be in the format provider/model-name"
@@ -239,7 +239,8 @@ impl Conversations {
         let not_found = || ServiceError::ConversationNotFound(id.to_string());
         let prefix = conversation_agent_prefix(id).ok_or_else(not_found)?;
         for agent_id in self.directory.find_prefix(&prefix).await? {
-            let command = AgentCommand::GetConversation { id: id.to_string(), count_max: PROMPT_MESSAGES_COUNT_MAX };
+            let command =
+                AgentCommand::GetConversation { id: id.to_string(), count_max: PROMPT_MESSAGES_COUNT_MAX };
             match self.actors.invoke(&agent_id, command).await {
                 Ok(AgentReply::Conversation { record, in_context }) => {
                     return Ok(Located { agent_id, record: *record, in_context })
@@ -280,7 +281,8 @@ impl Conversations {
             model_settings: input.model_settings,
             last_message_ms: input.last_message_ms,
         };
-        self.conversation_reply(&agent_id, AgentCommand::UpdateConversation { id: id.to_string(), patch }).await
+        self.conversation_reply(&agent_id, AgentCommand::UpdateConversation { id: id.to_string(), patch })
+            .await
     }
 
     /// `DELETE /v1/conversations/{id}`: gone at once; its messages are
@@ -361,8 +363,10 @@ impl Conversations {
     /// must be a background run.
     pub async fn active_run(&self, target: &Target) -> ServiceResult<RunRecord> {
         let (agent_id, conversation) = self.resolve(target).await?;
-        let mut filter = crate::actors::agent::RunFilter::default();
-        filter.conversation_id = conversation.clone();
+        let filter = crate::actors::agent::RunFilter {
+            conversation_id: conversation.clone(),
+            ..crate::actors::agent::RunFilter::default()
+        };
         let query = RunQuery {
             agent_ids: vec![agent_id],
             filter,
@@ -372,8 +376,7 @@ impl Conversations {
         let runs = self.runs.list_records(query).await?;
         let newest = runs
             .into_iter()
-            .filter(|run| run.conversation_id == conversation && run.status == RunStatus::Running)
-            .next()
+            .find(|run| run.conversation_id == conversation && run.status == RunStatus::Running)
             .ok_or_else(|| ServiceError::Refused("No active runs found for this conversation.".into()))?;
         if !newest.background {
             return Err(ServiceError::Refused(
@@ -393,7 +396,8 @@ impl Conversations {
         }
         let records = match (&query.agent_id, query.order_by) {
             (Some(agent_id), ConversationOrder::CreatedAt) => {
-                let filter = ConversationFilter { summary_search: query.summary_search.clone(), beyond: None };
+                let filter =
+                    ConversationFilter { summary_search: query.summary_search.clone(), beyond: None };
                 self.page(agent_id, query.after.clone(), filter, (limit, query.descending)).await?
             }
             (Some(agent_id), order) => self.by_activity(agent_id, &query, order).await?,

@@ -1031,7 +1031,8 @@ impl Runs {
     /// [`RUN_SHUTDOWN_ERROR`] unless its end is already committed; waits
     /// up to [`RUN_SHUTDOWN_WAIT_MS`] for them to record it.
     pub async fn stop_all(&self) {
-        let stopping = self.records.active.stop((None, None, None), RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
+        let stopping =
+            self.records.active.stop((None, None, None), RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
         let all_ended = futures::future::join_all(
             stopping
                 .into_iter()

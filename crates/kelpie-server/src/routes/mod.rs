@@ -7,6 +7,7 @@ pub mod archival;
 pub mod batches;
 pub mod blocks;
 pub mod cluster;
+pub mod conversations;
 pub mod extract;
 pub mod folders;
 pub mod groups;
@@ -58,6 +59,7 @@ fn api_router(state: AppState) -> Router {
         .merge(blocks::router())
         .merge(shared_blocks::router())
         .merge(identities::router())
+        .merge(conversations::router())
         .merge(groups::router())
         .merge(folders::router())
         .merge(jobs::router())

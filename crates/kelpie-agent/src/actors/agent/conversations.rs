@@ -16,34 +16,13 @@ use kelpie_core::{Error, Result};
 use kelpie_storage::KeyRange;
 use serde::{Deserialize, Serialize};
 
-use super::store::{self, decode, encode, ContextState, Ctx, History, MessageChanges, PageSpec};
+use super::store::{
+    self, conversation_id_key as id_key, conversation_record_key as record_key, decode, ContextState, Ctx,
+    History, MessageChanges, PageSpec,
+};
+pub(crate) use super::store::{load_conversation as load, save_conversation as save, ConversationRecord};
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::StoredMessage;
-
-/// One conversation of an agent, with what of it is in its context window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConversationRecord {
-    pub id: String,
-    pub agent_id: String,
-    /// Its place in creation order (0 until stored).
-    pub slot: u64,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-    /// Letta's `summary`: a description the client sets (not the
-    /// compaction summary, which is in `context`).
-    pub summary: Option<String>,
-    /// Letta's `model`: a model handle for this conversation's turns.
-    pub model: Option<String>,
-    /// Letta's `model_settings`, kept as given.
-    pub model_settings: Option<serde_json::Value>,
-    /// When a turn last stored a user message here.
-    pub last_message_ms: Option<u64>,
-    /// When a run of this conversation last ended.
-    pub last_run_completion_ms: Option<u64>,
-    pub context: ContextState,
-    /// Messages stored, counted as they are written.
-    pub messages: u64,
-}
 
 /// Changes to a conversation; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,42 +63,6 @@ impl ConversationFilter {
         };
         summary_ok && beyond_ok
     }
-}
-
-fn record_key(ctx: &Ctx<'_>, slot: u64) -> Vec<u8> {
-    store::seq_key(&store::conversations(ctx), "r", slot)
-}
-
-fn id_key(ctx: &Ctx<'_>, id: &str) -> Vec<u8> {
-    store::index_key(&store::conversations(ctx), "i", id)
-}
-
-fn not_found(id: &str) -> Error {
-    Error::NotFound { kind: "conversation", id: id.to_string() }
-}
-
-/// Conversation `id` of this agent; not found when it has none.
-pub(crate) async fn load(ctx: &mut Ctx<'_>, id: &str) -> Result<ConversationRecord> {
-    store::agent(ctx)?;
-    let space = store::conversations(ctx);
-    let Some(slot) = store::seq_of(ctx, &space, "i", id).await? else { return Err(not_found(id)) };
-    match ctx.kv_get(&record_key(ctx, slot)).await? {
-        Some(bytes) => {
-            let record: ConversationRecord = decode(&bytes, "conversation")?;
-            assert_eq!(record.slot, slot, "a conversation is stored under its slot");
-            Ok(record)
-        }
-        None => Err(Error::Corruption {
-            location: format!("conversation {id}"),
-            reason: format!("its index names slot {slot}, which holds no conversation"),
-        }),
-    }
-}
-
-pub(crate) fn save(ctx: &mut Ctx<'_>, record: &ConversationRecord) -> Result<()> {
-    assert_eq!(record.agent_id, ctx.actor_id.id(), "a conversation lives in its agent");
-    let key = record_key(ctx, record.slot);
-    ctx.kv_put(&key, encode(record)?)
 }
 
 /// Stores `record` as a new conversation under the next slot; refused past
@@ -174,7 +117,11 @@ pub(crate) async fn fork(
 }
 
 /// Applies `patch` to conversation `id`; the record after.
-pub(crate) async fn update(ctx: &mut Ctx<'_>, id: &str, patch: ConversationPatch) -> Result<ConversationRecord> {
+pub(crate) async fn update(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    patch: ConversationPatch,
+) -> Result<ConversationRecord> {
     let mut record = load(ctx, id).await?;
     if patch.summary.is_some() {
         record.summary = patch.summary;

@@ -20,11 +20,12 @@ use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
 pub use archive::TagFilter;
-pub use conversations::{ConversationFilter, ConversationPatch, ConversationRecord};
+pub use conversations::{ConversationFilter, ConversationPatch};
 pub use runs::{
     RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_LOST_ERROR, RUN_SCAN_ROWS_COUNT_MAX,
     RUN_STEPS_COUNT_MAX,
 };
+pub use store::ConversationRecord;
 use store::{agent, agent_mut, Ctx, History, PassageChanges};
 pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 

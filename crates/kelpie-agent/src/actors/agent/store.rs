@@ -206,12 +206,73 @@ pub(crate) fn conversation_space(ctx: &Ctx<'_>, slot: u64) -> String {
     format!("{}s/{slot:016x}/", conversations(ctx))
 }
 
+/// One conversation of an agent, with what of it is in its context window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub agent_id: String,
+    /// Its place in creation order (0 until stored).
+    pub slot: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Letta's `summary`: a description the client sets (not the
+    /// compaction summary, which is in `context`).
+    pub summary: Option<String>,
+    /// Letta's `model`: a model handle for this conversation's turns.
+    pub model: Option<String>,
+    /// Letta's `model_settings`, kept as given.
+    pub model_settings: Option<serde_json::Value>,
+    /// When a turn last stored a user message here.
+    pub last_message_ms: Option<u64>,
+    /// When a run of this conversation last ended.
+    pub last_run_completion_ms: Option<u64>,
+    pub context: ContextState,
+    /// Messages stored, counted as they are written.
+    pub messages: u64,
+}
+
+pub(crate) fn conversation_record_key(ctx: &Ctx<'_>, slot: u64) -> Vec<u8> {
+    seq_key(&conversations(ctx), "r", slot)
+}
+
+pub(crate) fn conversation_id_key(ctx: &Ctx<'_>, id: &str) -> Vec<u8> {
+    index_key(&conversations(ctx), "i", id)
+}
+
+fn conversation_not_found(id: &str) -> Error {
+    Error::NotFound { kind: "conversation", id: id.to_string() }
+}
+
+/// Conversation `id` of this agent; not found when it has none.
+pub(crate) async fn load_conversation(ctx: &mut Ctx<'_>, id: &str) -> Result<ConversationRecord> {
+    agent(ctx)?;
+    let space = conversations(ctx);
+    let Some(slot) = seq_of(ctx, &space, "i", id).await? else { return Err(conversation_not_found(id)) };
+    match ctx.kv_get(&conversation_record_key(ctx, slot)).await? {
+        Some(bytes) => {
+            let record: ConversationRecord = decode(&bytes, "conversation")?;
+            assert_eq!(record.slot, slot, "a conversation is stored under its slot");
+            Ok(record)
+        }
+        None => Err(Error::Corruption {
+            location: format!("conversation {id}"),
+            reason: format!("its index names slot {slot}, which holds no conversation"),
+        }),
+    }
+}
+
+pub(crate) fn save_conversation(ctx: &mut Ctx<'_>, record: &ConversationRecord) -> Result<()> {
+    assert_eq!(record.agent_id, ctx.actor_id.id(), "a conversation lives in its agent");
+    let key = conversation_record_key(ctx, record.slot);
+    ctx.kv_put(&key, encode(record)?)
+}
+
 /// Which message history of the agent a read or write is about: its own
 /// (the default history, which the agent routes use) or one of its
 /// conversations, whose record the caller saves after a change.
 pub(crate) enum History {
     Agent,
-    Conversation(Box<super::conversations::ConversationRecord>),
+    Conversation(Box<ConversationRecord>),
 }
 
 impl History {
@@ -260,7 +321,7 @@ impl History {
     pub(crate) async fn of(ctx: &mut Ctx<'_>, conversation: Option<&str>) -> Result<History> {
         match conversation {
             None => Ok(History::Agent),
-            Some(id) => Ok(History::Conversation(Box::new(super::conversations::load(ctx, id).await?))),
+            Some(id) => Ok(History::Conversation(Box::new(load_conversation(ctx, id).await?))),
         }
     }
 
@@ -269,7 +330,7 @@ impl History {
     pub(crate) fn save(&self, ctx: &mut Ctx<'_>) -> Result<()> {
         match self {
             History::Agent => Ok(()),
-            History::Conversation(record) => super::conversations::save(ctx, record),
+            History::Conversation(record) => save_conversation(ctx, record),
         }
     }
 }
