@@ -140,6 +140,28 @@ async fn two_conversations_keep_their_own_histories_and_share_the_agents_memory(
         .ok("GET", &format!("/v1/conversations/?agent_id={agent}&order_by=last_message_at&order=desc"), None)
         .await;
     assert_eq!(ids(&by_activity), vec![alpha.clone(), beta.clone()]);
+    // conversation_search looks in the conversation it runs in.
+    let tool_return = |answer: &Value| {
+        let messages = answer["messages"].as_array().unwrap();
+        let found = messages.iter().find(|m| m["message_type"] == "tool_return_message").unwrap();
+        found["tool_return"].as_str().unwrap().to_string()
+    };
+    let in_beta = send(&server, &beta, r#"/call conversation_search {"query":"hello"}"#).await;
+    assert_eq!(tool_return(&in_beta), "[]");
+    let in_alpha = send(&server, &alpha, r#"/call conversation_search {"query":"hello"}"#).await;
+    assert!(tool_return(&in_alpha).contains("hello from alpha"), "{in_alpha}");
+    // A conversation's model answers its turns; the agent keeps its own.
+    let gamma = create(&server, &agent, json!({"model": "openai-proxy/fake-gpt-mini"})).await;
+    send(&server, &gamma, "which model").await;
+    assert_eq!(fake.requests().last().unwrap()["model"], "fake-gpt-mini");
+    send(&server, &alpha, "and here").await;
+    assert_eq!(fake.requests().last().unwrap()["model"], "fake-gpt");
+    let unserved = create(&server, &agent, json!({"model": "nowhere/some-model"})).await;
+    let body = json!({"input": "hi", "streaming": false});
+    let (status, answer) =
+        server.call("POST", &format!("/v1/conversations/{unserved}/messages"), Some(body)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("nowhere"), "{answer}");
     server.shutdown().await;
 }
 

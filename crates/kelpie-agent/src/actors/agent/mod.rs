@@ -486,9 +486,9 @@ impl Actor for AgentActor {
                 Ok(AgentReply::Messages(vec![store::edit_message(ctx, &id, |body| edit.apply(body)).await?]))
             }
             AgentCommand::GetMessage { id } => Ok(AgentReply::Messages(store::get_message(ctx, &id).await?)),
-            AgentCommand::SearchMessages { query, limit } => {
-                Ok(AgentReply::Messages(store::search_messages(ctx, &query, limit, u64::MAX).await?))
-            }
+            AgentCommand::SearchMessages { query, limit } => Ok(AgentReply::Messages(
+                store::search_messages(ctx, &History::Agent, &query, limit, u64::MAX).await?,
+            )),
             AgentCommand::FileOps(ops) => {
                 let closed = file_ops(ctx, ops)?;
                 Ok(AgentReply::FilesClosed { agent: Box::new(agent(ctx)?), closed })
@@ -839,7 +839,8 @@ async fn run_calls(
                 Some(done) => (done.result.clone(), done.ok, done.stdout.clone(), done.stderr.clone()),
                 None => {
                     let (result, ok) =
-                        builtin::run_builtin(ctx, indexes, call, results.embeddings, first_seq).await?;
+                        builtin::run_builtin(ctx, indexes, call, results.embeddings, (first_seq, &*history))
+                            .await?;
                     (result, ok, None, None)
                 }
             };

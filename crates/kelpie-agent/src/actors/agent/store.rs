@@ -600,12 +600,13 @@ pub(crate) async fn compact(
     Ok(message)
 }
 
-/// Up to `limit` messages below seq `below_seq` whose text contains
+/// Up to `limit` messages of `history` below seq `below_seq` whose text contains
 /// `query` (case-insensitive), newest first. Candidates come from the search index (the messages
 /// holding the query's longest word), so the cost follows the matches, not
 /// the history: at most `CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX` are read.
 pub(crate) async fn search_messages(
     ctx: &mut Ctx<'_>,
+    history: &History,
     query: &str,
     limit: usize,
     below_seq: u64,
@@ -616,8 +617,12 @@ pub(crate) async fn search_messages(
     let Some(driver) = words(query).into_iter().max_by_key(|word| word.len()) else {
         return Ok(Vec::new());
     };
-    let space = messages(ctx);
-    let unindexed_below = ctx.state.unindexed_below_seq.unwrap_or(0).min(below_seq);
+    let space = history.space(ctx);
+    // Conversations came after the index: all their messages are in it.
+    let unindexed_below = match history {
+        History::Agent => ctx.state.unindexed_below_seq.unwrap_or(0).min(below_seq),
+        History::Conversation(_) => 0,
+    };
     let mut hits = Vec::new();
     let mut candidates_read = 0;
     let mut range = KeyRange::prefix(format!("{space}w/{driver}/"));

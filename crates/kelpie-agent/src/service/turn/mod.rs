@@ -248,6 +248,25 @@ impl Turns {
         Ok(Window { history: messages, summary, summary_content, hidden, conversation })
     }
 
+    /// The agent as a turn in `conversation` sees it: with the
+    /// conversation's model when it names one (Letta's conversation
+    /// `model`), keeping the agent's context window unless the model's is
+    /// smaller.
+    async fn history_agent(&self, agent_id: &str, conversation: Option<&str>) -> ServiceResult<AgentRecord> {
+        let mut agent = self.actors.record(agent_id).await?;
+        let Some(id) = conversation else { return Ok(agent) };
+        let command = AgentCommand::GetConversation { id: id.to_string(), count_max: 1 };
+        let AgentReply::Conversation { record, .. } = self.actors.invoke(agent_id, command).await? else {
+            return Err(unexpected("get conversation"));
+        };
+        if let Some(handle) = record.model.as_deref().filter(|handle| *handle != agent.llm.handle) {
+            let mut llm = self.catalog.resolve_llm(Some(handle))?;
+            llm.context_window = llm.context_window.min(agent.llm.context_window);
+            agent.llm = llm;
+        }
+        Ok(agent)
+    }
+
     /// The lock that serializes the turns of one history: an agent's
     /// conversations take turns at the same time, each one at a time.
     fn turn_lock(&self, agent_id: &str, conversation: Option<&str>) -> Arc<tokio::sync::Mutex<()>> {
@@ -307,7 +326,7 @@ impl Turns {
         let conversation = run.start.conversation_id.as_deref();
         let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let mut window = self.window(&agent_ref, conversation).await?;
         if held_calls(&window).is_some() {
             return Err(ServiceError::Refused(
@@ -341,7 +360,7 @@ impl Turns {
         let conversation = run.start.conversation_id.as_deref();
         let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let mut window = self.window(&agent_ref, conversation).await?;
         let held = held_calls(&window)
             .ok_or_else(|| ServiceError::Refused("No tool call is currently awaiting approval".into()))?;
@@ -609,7 +628,7 @@ impl Turns {
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let settings = match &request.compaction_settings {
             Some(changes) => {
                 context::merge_settings(agent.compaction.as_ref(), changes).map_err(ServiceError::Invalid)?
@@ -634,7 +653,7 @@ impl Turns {
     /// view (the newest `shown` of the window) and how many stay out.
     async fn next_prompt(&self, (agent_id, conversation): (&str, Option<&str>)) -> ServiceResult<NextPrompt> {
         let agent_ref = self.actors.agent_ref(agent_id)?;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let custom = self.tools.custom_tools().await?;
         let window = self.window(&agent_ref, conversation).await?;
         let now_ms = self.env.clock.wall_ms();
