@@ -31,9 +31,10 @@ pub const RUN_LOST_ERROR: &str =
 /// Most steps one run holds: the loop's step limit and the commit of an
 /// approval answer.
 pub const RUN_STEPS_COUNT_MAX: usize = AGENT_STEPS_COUNT_MAX as usize + 1;
-/// Most runs of one agent open at once. The turn lock lets one turn run
-/// at a time, so more is a bug or runs left by gone processes, which the
-/// next command ends.
+/// Most runs of one agent open at once. Each history's turn lock lets one
+/// turn of it run at a time, so this bounds how many of an agent's
+/// conversations take turns at once (one more is refused until one ends);
+/// runs left by gone processes are ended by the next command.
 pub const OPEN_RUNS_COUNT_MAX: usize = 64;
 /// Most run rows one list request reads while filtering.
 pub const RUN_SCAN_ROWS_COUNT_MAX: usize = 10_000;
