@@ -51,6 +51,9 @@ NOT_EXERCISED = {
     "PATCH /v1/jobs/{job_id}/cancel": (404, "as GET /v1/jobs/{job_id}: no job exists to cancel"),
     "GET /v1/runs/{run_id}/trace": (501, "Kelpie keeps no OpenTelemetry traces (docs/runs.md), as Letta without ClickHouse"),
     "POST /v1/sandbox-config/e2b/default": (422, "Kelpie runs tool code in its own sandboxes, never e2b's"),
+    "POST /v1/conversations/{conversation_id}/cancel": (
+        409, "nothing runs in the conversation here (Letta answers 409 too); crates/kelpie-server/tests/"
+             "conversations.rs cancels a running turn"),
 }
 _NOT_EXERCISED_PATHS = {
     "GET /v1/jobs/{job_id}": "/v1/jobs/job-00000000-0000-4000-8000-000000000000",
@@ -58,6 +61,7 @@ _NOT_EXERCISED_PATHS = {
     "PATCH /v1/jobs/{job_id}/cancel": "/v1/jobs/job-00000000-0000-4000-8000-000000000000/cancel",
     "GET /v1/runs/{run_id}/trace": "/v1/runs/{run}/trace",
     "POST /v1/sandbox-config/e2b/default": "/v1/sandbox-config/e2b/default",
+    "POST /v1/conversations/{conversation_id}/cancel": "/v1/conversations/{conversation}/cancel",
 }
 
 
@@ -75,6 +79,11 @@ SCHEMA_OVERRIDES = {
     # as Kelpie does (with its kelpie_* parts beside Letta's, which the schema allows).
     "GET /v1/agents/{agent_id}/export": {"$ref": "#/components/schemas/AgentFileSchema"},
     "POST /v1/agents/{agent_id}/export": {"$ref": "#/components/schemas/AgentFileSchema"},
+    # Letta's openapi.json names LettaResponse for a conversation's send, which streams by default
+    # (its `text/event-stream`): each event is one of a stream's, as for the agents' stream route.
+    "POST /v1/conversations/{conversation_id}/messages": {"$ref": "#/components/schemas/LettaStreamingResponse"},
+    # Letta names no schema for a resumed conversation stream; its events are a stream's.
+    "POST /v1/conversations/{conversation_id}/stream": {"$ref": "#/components/schemas/LettaStreamingResponse"},
 }
 # Fields Kelpie adds where Letta's schema forbids other fields, with the reason.
 EXTRA_FIELDS = {
@@ -314,6 +323,14 @@ def _refusals(http, ids):
     return results
 
 
+def _conversation_run(http, ids):
+    """The background run the conversation's last send started, once ended."""
+    runs = http.get("/v1/runs/", params={"conversation_id": ids["conversation"]}).json()
+    assert runs and runs[0]["background"], runs
+    ids["conversation_run"] = runs[0]["id"]
+    _wait(http, f"/v1/runs/{runs[0]['id']}", lambda run: run["status"] != "running", "the conversation's run")
+
+
 def _wait_runs(http, ids):
     _wait(http, f"/v1/runs/active?agent_id={ids['agent']}", lambda runs: runs == [], "the agent's runs")
 
@@ -374,6 +391,29 @@ CALLS = [
     _get("/v1/runs/{run_id}/usage", _fmt("/v1/runs/{run}/usage")),
     _get("/v1/runs/{run_id}/steps", _fmt("/v1/runs/{run}/steps")),
     _get("/v1/runs/{run_id}/metrics", _fmt("/v1/runs/{run}/metrics")),
+    # Conversations: histories of one agent that share its memory.
+    _do("POST", "/v1/conversations/", lambda ids: f"/v1/conversations/?agent_id={ids['agent']}",
+        keep=_set("conversation"), body={"summary": "a side thread"}),
+    _get("/v1/conversations/", lambda ids: f"/v1/conversations/?agent_id={ids['agent']}"),
+    _get("/v1/conversations/{conversation_id}", _fmt("/v1/conversations/{conversation}")),
+    _do("PATCH", "/v1/conversations/{conversation_id}", _fmt("/v1/conversations/{conversation}"),
+        body={"summary": "the side thread"}),
+    _do("POST", "/v1/conversations/{conversation_id}/messages", _fmt("/v1/conversations/{conversation}/messages"),
+        body=_text("hello thread")),
+    _do("POST", "/v1/conversations/{conversation_id}/messages", _fmt("/v1/conversations/{conversation}/messages"),
+        body=dict(_text("in the background"), background=True)),
+    _conversation_run,
+    _do("POST", "/v1/conversations/{conversation_id}/stream", _fmt("/v1/conversations/{conversation}/stream"),
+        body=lambda ids: {"run_id": ids["conversation_run"]}),
+    _get("/v1/conversations/{conversation_id}/messages", _fmt("/v1/conversations/{conversation}/messages")),
+    _do("POST", "/v1/conversations/{conversation_id}/messages/preview-raw-payload",
+        _fmt("/v1/conversations/{conversation}/messages/preview-raw-payload"), body=_text("preview")),
+    _do("POST", "/v1/conversations/{conversation_id}/recompile", _fmt("/v1/conversations/{conversation}/recompile")),
+    _do("POST", "/v1/conversations/{conversation_id}/fork", _fmt("/v1/conversations/{conversation}/fork"),
+        keep=_set("fork")),
+    _do("POST", "/v1/conversations/{conversation_id}/compact", _fmt("/v1/conversations/{conversation}/compact"),
+        body={}),
+    _do("DELETE", "/v1/conversations/{conversation_id}", _fmt("/v1/conversations/{fork}")),
     _refusals,
     _do("DELETE", "/v1/runs/{run_id}", _fmt("/v1/runs/{async_run}")),
     _do("POST", "/v1/runs/{run_id}/stream", _fmt("/v1/runs/{run}/stream"), body={}),

@@ -57,6 +57,11 @@ pub enum ServiceError {
     /// A provider refused a check of its key or could not be reached.
     #[error("provider check failed: {0}")]
     ProviderCheck(LlmError),
+    #[error("Conversation with ID {0} not found")]
+    ConversationNotFound(String),
+    /// A cancel found no run to stop (HTTP 409, as Letta).
+    #[error("{0}")]
+    NoActiveRuns(String),
     #[error("MCP server with ID {0} not found")]
     McpServerNotFound(String),
     #[error("an MCP server named {0:?} already exists")]
@@ -92,6 +97,7 @@ impl From<Error> for ServiceError {
             Error::NotFound { kind: "group", id } => ServiceError::GroupNotFound(id),
             Error::NotFound { kind: "archive", id } => ServiceError::ArchiveNotFound(id),
             Error::NotFound { kind: "provider", id } => ServiceError::ProviderNotFound(id),
+            Error::NotFound { kind: "conversation", id } => ServiceError::ConversationNotFound(id),
             other => ServiceError::Core(other),
         }
     }

@@ -72,6 +72,28 @@ pub fn message_agent_prefix(message_id: &str) -> Option<String> {
     Some(format!("agent-{}-", &uuid[..18]))
 }
 
+/// A new conversation id `conv-<uuid>` for a conversation of `agent_id`:
+/// the first 64 bits of the agent's uuid, then random bits, so
+/// [`conversation_agent_prefix`] finds the agent from the id alone. An
+/// agent id that is not a uuid gets a wholly random conversation id.
+pub fn new_conversation_id(agent_id: &str, rng: &dyn RngSource) -> String {
+    match parse_uuid(uuid_part(agent_id)) {
+        Some((agent_high, _)) if agent_id.starts_with("agent-") => {
+            uuid_id("conv", agent_high, rng.next_u64())
+        }
+        _ => new_id("conv", rng),
+    }
+}
+
+/// The start (`agent-<first 64 bits>-`) of every agent id whose
+/// conversations [`new_conversation_id`] could have named
+/// `conversation_id`; `None` for an id that is not `conv-<uuid>`.
+pub fn conversation_agent_prefix(conversation_id: &str) -> Option<String> {
+    let uuid = conversation_id.strip_prefix("conv-")?;
+    parse_uuid(uuid)?;
+    Some(format!("agent-{}-", &uuid[..18]))
+}
+
 /// The two halves of a canonical lowercase uuid, `None` for anything else.
 fn parse_uuid(uuid: &str) -> Option<(u64, u64)> {
     let bytes = uuid.as_bytes();

@@ -15,6 +15,9 @@ pub const PROMPT_MESSAGES_COUNT_MAX: usize = 500;
 /// page of a list, a batch of an export); lists longer than this are read
 /// page by page.
 pub const STORE_PAGE_COUNT_MAX: usize = 1_000;
+/// Most conversations one agent holds: a list reads at most this many
+/// records, and a list ordered by activity sorts them in memory.
+pub const AGENT_CONVERSATIONS_COUNT_MAX: usize = 1_000;
 /// Distinct words of one message kept in its search index (the first
 /// ones); a message's later words are found by reading, not the index.
 pub const MESSAGE_INDEXED_WORDS_COUNT_MAX: usize = 256;

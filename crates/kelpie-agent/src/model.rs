@@ -217,6 +217,9 @@ pub struct RunStart {
     /// its first message): a turn sent again with it runs once.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The conversation the turn runs in; `None`: the agent's own history.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
 }
 
 /// How a run ended.
@@ -333,6 +336,10 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The conversation the run's messages are in (`None`: the agent's own
+    /// history).
+    #[serde(default)]
+    pub conversation_id: Option<String>,
 }
 
 impl RunRecord {
@@ -352,6 +359,7 @@ impl RunRecord {
             owner,
             steps: Vec::new(),
             idempotency_key: start.idempotency_key.clone(),
+            conversation_id: start.conversation_id.clone(),
         }
     }
 

@@ -4,6 +4,8 @@
 //! agent, a store past `GROUPS_COUNT_MAX`, and everything read again
 //! after the store is opened anew.
 
+mod support;
+
 use kelpie_agent::actors::group_store::{
     GroupCommand, GroupRecord, GroupReply, GroupRun, GroupStoreActor, GROUPS_COUNT_MAX, GROUP_RUNS_COUNT_MAX,
     GROUP_STORE_ACTOR,
@@ -107,7 +109,7 @@ async fn counters_runs_and_links_are_kept_as_letta_keeps_them_and_survive_reopen
         group(&store, GroupCommand::Create(Box::new(record("group-r", "round_robin", None)))).await;
         store.shutdown().await;
     }
-    let storage = Storage::open_redb(&path).unwrap();
+    let storage = support::reopen_redb(&path).await;
     let store = groups(&storage);
     let kept = group(&store, GroupCommand::Get { id: "group-s".into() }).await;
     assert_eq!(

@@ -73,6 +73,7 @@ fn start(n: usize) -> RunStart {
         background: true,
         created_ms: 1_000 + n as u64,
         idempotency_key: None,
+        conversation_id: None,
     }
 }
 

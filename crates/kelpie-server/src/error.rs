@@ -65,12 +65,14 @@ impl From<ServiceError> for ApiError {
             | ServiceError::MessageNotFound(_)
             | ServiceError::FileNotFound(_)
             | ServiceError::ArchiveNotFound(_)
+            | ServiceError::ConversationNotFound(_)
             | ServiceError::McpServerNotFound(_)
             | ServiceError::ProviderNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::ToolNameTaken(_)
             | ServiceError::McpServerNameTaken(_)
             | ServiceError::FolderNameTaken(_)
-            | ServiceError::ProviderNameTaken(_) => StatusCode::CONFLICT,
+            | ServiceError::ProviderNameTaken(_)
+            | ServiceError::NoActiveRuns(_) => StatusCode::CONFLICT,
             ServiceError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Mcp(mcp) if mcp.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,

@@ -60,6 +60,7 @@ impl LegacyRunRecord {
             owner: RunOwner { node_id: String::new(), boot_id: String::new() },
             steps: Vec::new(),
             idempotency_key: None,
+            conversation_id: None,
         }
     }
 }
@@ -227,12 +228,16 @@ impl Actor for RunIndexActor {
 
 /// Letta's `Run`.
 pub fn run_json(run: &RunRecord) -> Value {
-    let run_type = if run.background { "send_message_async" } else { "send_message" };
+    let run_type = match (&run.conversation_id, run.background) {
+        (Some(_), _) => "send_conversation_message",
+        (None, true) => "send_message_async",
+        (None, false) => "send_message",
+    };
     let duration_ns = run.completed_ms.map(|done| done.saturating_sub(run.created_ms) * 1_000_000);
     json!({
         "id": run.id, "status": run.status.as_str(), "created_at": rfc3339_micros(run.created_ms),
         "completed_at": run.completed_ms.map(rfc3339_micros), "agent_id": run.agent_id,
-        "conversation_id": null, "base_template_id": null, "background": run.background,
+        "conversation_id": run.conversation_id, "base_template_id": null, "background": run.background,
         "metadata": {"run_type": run_type, "error": run.error},
         "request_config": {"use_assistant_message": true, "assistant_message_tool_name": "send_message",
                            "assistant_message_tool_kwarg": "message", "include_return_message_types": null},

@@ -419,6 +419,16 @@ impl Agents {
     /// sharing its id, so stored messages are read a page at a time until
     /// `limit` rendered ones are found or the list ends.
     pub async fn list_messages(&self, agent_id: &str, page: &Page) -> ServiceResult<Vec<Value>> {
+        self.list_history_messages((agent_id, None), page).await
+    }
+
+    /// One page of the messages of the agent's own history (`None`) or of
+    /// its conversation, as Letta's messages.
+    pub async fn list_history_messages(
+        &self,
+        (agent_id, conversation): (&str, Option<&str>),
+        page: &Page,
+    ) -> ServiceResult<Vec<Value>> {
         let mut spec = PageSpec {
             after: page.after.clone(),
             before: page.before.clone(),
@@ -427,7 +437,10 @@ impl Agents {
         };
         let mut rendered: Vec<Value> = Vec::new();
         loop {
-            let command = AgentCommand::MessagePage(spec.clone());
+            let command = match conversation {
+                None => AgentCommand::MessagePage(spec.clone()),
+                Some(id) => AgentCommand::ConversationMessages { id: id.to_string(), page: spec.clone() },
+            };
             let AgentReply::Messages(messages) = self.actors.invoke(agent_id, command).await? else {
                 return Err(unexpected("messages"));
             };

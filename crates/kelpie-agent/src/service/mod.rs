@@ -23,6 +23,8 @@
 //! - [`archival::Archival`]: archival memory (passages and their search);
 //! - [`turn::Turns`]: the agent loop;
 //! - [`runs::Runs`]: every turn as a durable run (sync, streaming, background);
+//! - [`conversations::Conversations`]: an agent's other message histories, each
+//!   with its own context window, sharing its memory;
 //! - [`steps::Steps`]: the steps of the runs, found by id;
 //! - [`batches::Batches`]: message batches, a background run per agent;
 //! - [`messages::Messages`]: messages across agents, by id and by search;
@@ -42,6 +44,7 @@ pub mod agents;
 pub mod archival;
 pub mod archives;
 pub mod batches;
+pub mod conversations;
 pub mod directory;
 pub mod documents;
 pub mod folders;
@@ -125,6 +128,7 @@ pub struct AgentService {
     pub agents: Arc<Agents>,
     pub blocks: Arc<SharedBlocks>,
     pub groups: Arc<groups::Groups>,
+    pub conversations: conversations::Conversations,
     pub identities: identities::Identities,
     pub archival: Archival,
     pub archives: Arc<archives::Archives>,
@@ -234,6 +238,12 @@ impl AgentService {
             env.clone(),
         );
         let messages = messages::Messages::new(Arc::clone(&actors), Arc::clone(&directory));
+        let conversations = conversations::Conversations::new(
+            (Arc::clone(&actors), Arc::clone(&directory), Arc::clone(&agents)),
+            (Arc::clone(&turns), Arc::clone(&runs)),
+            Arc::clone(&reclaimer),
+            env.clone(),
+        );
         let transfer = Transfer::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
@@ -251,6 +261,7 @@ impl AgentService {
             agents,
             blocks,
             groups,
+            conversations,
             identities,
             archival,
             archives,

@@ -330,6 +330,19 @@ impl Runs {
         events: Option<TurnEvents>,
         idempotency_key: Option<String>,
     ) -> ServiceResult<TurnOutcome> {
+        self.run_turn_in((agent_id, None), input, max_steps, events, idempotency_key).await
+    }
+
+    /// [`Runs::run_turn`] in the history `target` names: the agent's own
+    /// (`None`) or one of its conversations.
+    pub async fn run_turn_in(
+        &self,
+        (agent_id, conversation_id): (&str, Option<String>),
+        input: TurnInput,
+        max_steps: Option<u32>,
+        events: Option<TurnEvents>,
+        idempotency_key: Option<String>,
+    ) -> ServiceResult<TurnOutcome> {
         if let TurnInput::Texts(texts) = &input {
             check_turn_input(texts, max_steps)?;
         }
@@ -337,7 +350,7 @@ impl Runs {
         let forget_key = self.planted.has(crate::planted::PlantedBug::TurnIgnoresIdempotencyKey);
         let idempotency_key = idempotency_key.filter(|_| !forget_key);
         let keyed = idempotency_key.is_some();
-        let start = self.new_start(false, idempotency_key);
+        let start = self.new_start(false, idempotency_key, conversation_id);
         let live = LiveRun::new(&self.records.live, &start.run_id);
         if keyed {
             let run = self.records.begin(agent_id, &start).await?;
@@ -402,10 +415,22 @@ impl Runs {
         max_steps: Option<u32>,
         idempotency_key: Option<String>,
     ) -> ServiceResult<Value> {
+        Ok(run_json(&self.start_in((agent_id, None), inputs, max_steps, idempotency_key).await?))
+    }
+
+    /// [`Runs::start`] in the agent's own history (`None`) or in one of its
+    /// conversations; the run as stored.
+    pub async fn start_in(
+        &self,
+        (agent_id, conversation_id): (&str, Option<String>),
+        inputs: Vec<String>,
+        max_steps: Option<u32>,
+        idempotency_key: Option<String>,
+    ) -> ServiceResult<RunRecord> {
         check_turn_input(&inputs, max_steps)?;
         check_idempotency_key(idempotency_key.as_deref())?;
         self.actors.record(agent_id).await?;
-        let start = self.new_start(true, idempotency_key);
+        let start = self.new_start(true, idempotency_key, conversation_id);
         let live = LiveRun::new(&self.records.live, &start.run_id);
         let in_flight = InFlightRun {
             run_id: start.run_id.clone(),
@@ -421,7 +446,7 @@ impl Runs {
             Ok(earlier) => {
                 // An earlier send with this key started it.
                 self.records.unindex(&start.run_id).await;
-                return Ok(run_json(&earlier));
+                return Ok(earlier);
             }
             Err(err) => {
                 self.records.unindex(&start.run_id).await;
@@ -430,16 +455,22 @@ impl Runs {
         };
         // The caller does not wait: the run's end is read from the run.
         drop(self.spawn(agent_id, (start, live), TurnInput::Texts(inputs), max_steps, None, true));
-        Ok(run_json(&run))
+        Ok(run)
     }
 
-    fn new_start(&self, background: bool, idempotency_key: Option<String>) -> RunStart {
+    fn new_start(
+        &self,
+        background: bool,
+        idempotency_key: Option<String>,
+        conversation_id: Option<String>,
+    ) -> RunStart {
         let env = &self.records.env;
         RunStart {
             run_id: new_run_id(env.rng.as_ref()),
             background,
             created_ms: env.clock.wall_ms(),
             idempotency_key,
+            conversation_id,
         }
     }
 
@@ -579,8 +610,19 @@ impl Runs {
     /// `None`) and waits until each has recorded its end;
     /// `{run_id: "cancelled"}` for each run stopped.
     pub async fn cancel(&self, agent_id: &str, run_ids: Option<Vec<String>>) -> ServiceResult<Value> {
+        self.cancel_in((agent_id, None), run_ids).await
+    }
+
+    /// [`Runs::cancel`], of the runs of conversation `conversation_id` only
+    /// when given.
+    pub async fn cancel_in(
+        &self,
+        (agent_id, conversation_id): (&str, Option<&str>),
+        run_ids: Option<Vec<String>>,
+    ) -> ServiceResult<Value> {
         self.actors.record(agent_id).await?;
-        let stopping = self.records.active.stop(Some(agent_id), run_ids.as_deref(), RunEnd::cancelled());
+        let runs = (Some(agent_id), conversation_id, run_ids.as_deref());
+        let stopping = self.records.active.stop(runs, RunEnd::cancelled());
         let mut cancelled = serde_json::Map::new();
         for (run_id, mut ended) in stopping {
             let _ = ended.wait_for(|ended| *ended).await;
@@ -886,7 +928,7 @@ impl Runs {
     pub async fn delete(&self, run_id: &str) -> ServiceResult<()> {
         let run = self.record(run_id).await?;
         let stopping =
-            self.records.active.stop(None, Some(std::slice::from_ref(&run.id)), RunEnd::cancelled());
+            self.records.active.stop((None, None, Some(std::slice::from_ref(&run.id))), RunEnd::cancelled());
         for (_, mut ended) in stopping {
             let _ = ended.wait_for(|ended| *ended).await;
         }
@@ -924,6 +966,7 @@ impl Runs {
                         background: true,
                         created_ms: run.created_ms,
                         idempotency_key: run.idempotency_key.clone(),
+                        conversation_id: run.conversation_id.clone(),
                     };
                     self.records
                         .end(&run.agent_id, &start, RunEnd::failed(RUN_INTERRUPTED_ERROR.into()))
@@ -988,7 +1031,8 @@ impl Runs {
     /// [`RUN_SHUTDOWN_ERROR`] unless its end is already committed; waits
     /// up to [`RUN_SHUTDOWN_WAIT_MS`] for them to record it.
     pub async fn stop_all(&self) {
-        let stopping = self.records.active.stop(None, None, RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
+        let stopping =
+            self.records.active.stop((None, None, None), RunEnd::failed(RUN_SHUTDOWN_ERROR.into()));
         let all_ended = futures::future::join_all(
             stopping
                 .into_iter()
@@ -1076,14 +1120,17 @@ impl ActiveRuns {
     /// when each ended.
     fn stop(
         &self,
-        agent_id: Option<&str>,
-        run_ids: Option<&[String]>,
+        (agent_id, conversation_id, run_ids): (Option<&str>, Option<&str>, Option<&[String]>),
         end: RunEnd,
     ) -> Vec<(String, watch::Receiver<bool>)> {
         let table = self.lock();
         let mut stopping = Vec::new();
         for (run_id, run) in table.iter() {
-            if agent_id.is_none_or(|id| run.agent_id == id) && run_ids.is_none_or(|ids| ids.contains(run_id))
+            let in_conversation =
+                conversation_id.is_none_or(|id| run.unstored.conversation_id.as_deref() == Some(id));
+            if agent_id.is_none_or(|id| run.agent_id == id)
+                && in_conversation
+                && run_ids.is_none_or(|ids| ids.contains(run_id))
             {
                 run.stop.send_if_modified(|current| {
                     let first = current.is_none();

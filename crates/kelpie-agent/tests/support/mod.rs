@@ -1,7 +1,35 @@
-//! What the agent DSTs share: the custom tool they run in simulated sandboxes.
+//! What the agent tests share: the custom tool the DSTs run in simulated
+//! sandboxes, and reopening a redb file a test just closed.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
 
 use kelpie_agent::actors::tool_store::ToolRecord;
+use kelpie_storage::Storage;
 use serde_json::json;
+
+/// Longest a test waits for a redb file it closed to be free again.
+pub const REOPEN_WAIT_MS_MAX: u64 = 10_000;
+
+/// Opens the redb file at `path` again once the storage a test dropped has
+/// let it go: the runtime's last tasks may still hold the storage for a
+/// moment after its shutdown, and redb refuses a second open meanwhile.
+pub async fn reopen_redb(path: &Path) -> Storage {
+    let clock = kelpie_core::Env::production().clock;
+    let mut waited_ms = 0;
+    loop {
+        match Storage::open_redb(path) {
+            Ok(storage) => return storage,
+            Err(err) if err.to_string().contains("already open") && waited_ms < REOPEN_WAIT_MS_MAX => {
+                clock.sleep(Duration::from_millis(20)).await;
+                waited_ms += 20;
+            }
+            Err(err) => panic!("cannot reopen {}: {err}", path.display()),
+        }
+    }
+}
 
 /// The probe tool's id, the same on every boot.
 pub const PROBE_TOOL_ID: &str = "tool-00000000-0000-4000-8000-000000000001";

@@ -125,7 +125,7 @@ fn decision_of(item: ApprovalItem) -> Result<ApprovalDecision, ApiError> {
 
 /// The turn's idempotency key: the `Idempotency-Key` header, else the
 /// `otid` of its first message.
-fn turn_key(headers: &HeaderMap, request: &SendMessages) -> Result<Option<String>, ApiError> {
+pub(super) fn turn_key(headers: &HeaderMap, request: &SendMessages) -> Result<Option<String>, ApiError> {
     match idempotency_key(headers)? {
         Some(key) => Ok(Some(key)),
         None => {
@@ -134,7 +134,7 @@ fn turn_key(headers: &HeaderMap, request: &SendMessages) -> Result<Option<String
     }
 }
 
-fn turn_request(request: SendMessages) -> Result<TurnInput, ApiError> {
+pub(super) fn turn_request(request: SendMessages) -> Result<TurnInput, ApiError> {
     let messages = request.messages.unwrap_or_default();
     if messages.iter().any(|message| message.kind.as_deref() == Some("approval")) {
         let [message] = <[MessageCreate; 1]>::try_from(messages)
@@ -272,6 +272,17 @@ async fn stream(
     let turn = turn_request(request)?;
     // Unknown agents fail before the stream starts, with a plain 404.
     state.service.agents.get(&agent_id).await?;
+    Ok(stream_turn(state, (agent_id, None), turn, (max_steps, key, stream_tokens)))
+}
+
+/// Runs a turn in the agent's own history (`None`) or in one of its
+/// conversations, answering it as Server-Sent Events.
+pub(super) fn stream_turn(
+    state: AppState,
+    (agent_id, conversation): (String, Option<String>),
+    turn: TurnInput,
+    (max_steps, key, stream_tokens): (Option<u32>, Option<String>, bool),
+) -> Response {
     let (chunks, body) = mpsc::unbounded_channel::<String>();
     let _ = chunks.send(sse(&ping(&state)));
     tokio::spawn(async move {
@@ -283,7 +294,8 @@ async fn stream(
                 let _ = forward_chunks.send(sse(&event));
             }
         });
-        let outcome = state.service.runs.run_turn(&agent_id, turn, max_steps, Some(events), key).await;
+        let target = (agent_id.as_str(), conversation);
+        let outcome = state.service.runs.run_turn_in(target, turn, max_steps, Some(events), key).await;
         let _ = forward.await;
         match outcome {
             Ok(outcome) => {
@@ -298,7 +310,7 @@ async fn stream(
         }
         let _ = chunks.send("data: [DONE]\n\n".to_string());
     });
-    Ok(sse_response(body))
+    sse_response(body)
 }
 
 /// `PATCH /v1/agents/{id}/messages/{message_id}`: Letta's modify message.

@@ -9,6 +9,7 @@ pub mod batches;
 pub mod blocks;
 pub mod chat_completions;
 pub mod cluster;
+pub mod conversations;
 pub mod extract;
 pub mod folders;
 pub mod groups;
@@ -61,6 +62,7 @@ fn api_router(state: AppState) -> Router {
         .merge(blocks::router())
         .merge(shared_blocks::router())
         .merge(identities::router())
+        .merge(conversations::router())
         .merge(groups::router())
         .merge(folders::router())
         .merge(jobs::router())

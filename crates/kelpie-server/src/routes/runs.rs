@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use kelpie_agent::actors::agent::RunFilter;
 use kelpie_agent::model::RunStatus;
 use kelpie_agent::service::runs::RunQuery;
+use kelpie_agent::ServiceError;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -64,10 +65,6 @@ async fn list(
     if let Some(order_by) = query.order_by.as_deref().filter(|by| *by != "created_at") {
         return Err(unprocessable(format!("order_by {order_by:?} is not \"created_at\"")));
     }
-    // Kelpie has no conversations yet: no run belongs to one.
-    if query.conversation_id.is_some() {
-        return Ok(Json(Vec::new()));
-    }
     let mut statuses = Vec::new();
     for name in listed_param(raw.as_deref(), "statuses") {
         statuses.push(RunStatus::parse(&name).ok_or_else(|| {
@@ -79,10 +76,21 @@ async fn list(
     let mut agent_ids: Vec<String> = query.agent_id.into_iter().collect();
     agent_ids.extend(listed_param(raw.as_deref(), "agent_ids"));
     agent_ids.dedup();
+    // A conversation's runs are its agent's: only that agent is read.
+    if let Some(conversation_id) = &query.conversation_id {
+        match state.service.conversations.locate(conversation_id).await {
+            Ok(found) if agent_ids.is_empty() || agent_ids.contains(&found.agent_id) => {
+                agent_ids = vec![found.agent_id]
+            }
+            Ok(_) | Err(ServiceError::ConversationNotFound(_)) => return Ok(Json(Vec::new())),
+            Err(err) => return Err(err.into()),
+        }
+    }
     let filter = RunFilter {
         statuses: (!statuses.is_empty()).then_some(statuses),
         background: query.background,
         stop_reason: query.stop_reason,
+        conversation_id: query.conversation_id,
     };
     let query = RunQuery { agent_ids, filter, active: query.active, page };
     Ok(Json(state.service.runs.list(query).await?))
@@ -151,14 +159,23 @@ async fn steps(
 
 /// Letta's `RetrieveStreamRequest` (the body may be empty).
 #[derive(Debug, Default, Deserialize)]
-struct RetrieveStream {
+pub(super) struct RetrieveStream {
     #[serde(default)]
-    starting_after: u64,
+    pub starting_after: u64,
     #[serde(default)]
-    include_pings: Option<bool>,
+    pub include_pings: Option<bool>,
     /// Seconds between reads of a run still going (default 0.1).
     #[serde(default)]
-    poll_interval: Option<f64>,
+    pub poll_interval: Option<f64>,
+    /// `/v1/conversations/{id}/stream`: the run to follow, else the
+    /// newest active run of the conversation.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// `/v1/conversations/default/stream`: the agent.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub otid: Option<String>,
 }
 
 /// Follows a run's events from `starting_after`: what is stored at once,
@@ -178,8 +195,20 @@ async fn stream(
     }
     // An unknown run is a plain 404 before the stream starts.
     state.service.runs.get(&run_id).await?;
+    let poll_ms = (poll_seconds * 1_000.0) as u64;
+    let pings = request.include_pings.unwrap_or(true);
+    Ok(follow_run(state, run_id, (request.starting_after, poll_ms, pings)))
+}
+
+/// Run `run_id`'s events after `starting_after`, as Server-Sent Events,
+/// read again every `poll_ms` until the run ends.
+pub(super) fn follow_run(
+    state: AppState,
+    run_id: String,
+    (starting_after, poll_ms, pings): (u64, u64, bool),
+) -> Response {
     let (chunks, body) = tokio::sync::mpsc::unbounded_channel::<String>();
-    if request.include_pings.unwrap_or(true) {
+    if pings {
         let _ = chunks.send(super::messages::sse(&super::messages::ping(&state)));
     }
     tokio::spawn(async move {
@@ -192,8 +221,7 @@ async fn stream(
                 }
             }
         });
-        let poll_ms = (poll_seconds * 1_000.0) as u64;
-        let followed = state.service.runs.follow(&run_id, request.starting_after, poll_ms, &events).await;
+        let followed = state.service.runs.follow(&run_id, starting_after, poll_ms, &events).await;
         drop(events);
         let _ = forward.await;
         if let Err(err) = followed {
@@ -204,5 +232,5 @@ async fn stream(
         }
         let _ = chunks.send("data: [DONE]\n\n".to_string());
     });
-    Ok(super::messages::sse_response(body))
+    super::messages::sse_response(body)
 }

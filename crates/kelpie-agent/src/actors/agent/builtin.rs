@@ -18,7 +18,7 @@ use kelpie_tools::SEND_MESSAGE;
 use serde_json::Value;
 
 use super::archive::{ArchivalIndexes, TagFilter};
-use super::store::{agent_mut, insert_passage, search_messages, Ctx};
+use super::store::{agent_mut, insert_passage, search_messages, Ctx, History};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::model::{ArchiveHits, TextEmbedding};
 use kelpie_llm::ToolCall;
@@ -58,14 +58,14 @@ fn clip(text: String) -> String {
 }
 
 /// Runs built-in tool `call` of the step whose first message is
-/// `step_first_seq` (a search looks only before it: the step's own
-/// messages are in the prompt already); `(result, ok)`.
+/// `step_first_seq` in `history` (a search looks only there, before it:
+/// the step's own messages are in the prompt already); `(result, ok)`.
 pub(super) async fn run_builtin(
     ctx: &mut Ctx<'_>,
     indexes: &ArchivalIndexes,
     call: &ToolCall,
     (embeddings, archive_hits): (&[TextEmbedding], &[ArchiveHits]),
-    step_first_seq: u64,
+    (step_first_seq, history): (u64, &History),
 ) -> Result<(String, bool)> {
     let args: Value = match serde_json::from_str(&call.arguments) {
         Ok(args @ Value::Object(_)) => args,
@@ -82,7 +82,7 @@ pub(super) async fn run_builtin(
         WORKING_MEMORY_DELETE => working_memory_delete(ctx, &args),
         ARCHIVAL_MEMORY_INSERT => archival_insert(ctx, indexes, &args, embeddings).await?,
         ARCHIVAL_MEMORY_SEARCH => archival_search(ctx, indexes, &args, (embeddings, archive_hits)).await?,
-        CONVERSATION_SEARCH => conversation_search(ctx, &args, step_first_seq).await?,
+        CONVERSATION_SEARCH => conversation_search(ctx, &args, (history, step_first_seq)).await?,
         other => Err(format!("tool {other} is not available to this agent")),
     };
     Ok(match outcome {
@@ -229,13 +229,17 @@ pub(crate) fn archival_top_k(args: &Value) -> usize {
     count_arg(args, "top_k")
 }
 
-async fn conversation_search(ctx: &mut Ctx<'_>, args: &Value, below_seq: u64) -> Result<ToolResult> {
+async fn conversation_search(
+    ctx: &mut Ctx<'_>,
+    args: &Value,
+    (history, below_seq): (&History, u64),
+) -> Result<ToolResult> {
     let query = match arg(args, "query") {
         Ok(query) => query.to_lowercase(),
         Err(e) => return Ok(Err(e)),
     };
     let limit = count_arg(args, "limit");
-    let hits: Vec<String> = search_messages(ctx, &query, limit, below_seq)
+    let hits: Vec<String> = search_messages(ctx, history, &query, limit, below_seq)
         .await?
         .iter()
         .map(|message| message.searchable_text())

@@ -8,6 +8,7 @@
 
 mod archive;
 pub(crate) mod builtin;
+mod conversations;
 mod runs;
 pub(crate) mod store;
 mod window;
@@ -19,11 +20,13 @@ use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
 pub use archive::TagFilter;
+pub use conversations::{ConversationFilter, ConversationPatch};
 pub use runs::{
     RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_LOST_ERROR, RUN_SCAN_ROWS_COUNT_MAX,
     RUN_STEPS_COUNT_MAX,
 };
-use store::{agent, agent_mut, Ctx, PassageChanges};
+pub use store::ConversationRecord;
+use store::{agent, agent_mut, Ctx, History, PassageChanges};
 pub use store::{AgentActorState, ContextState, Counts, PageSpec};
 
 use crate::error::memory_error;
@@ -183,17 +186,60 @@ pub enum AgentCommand {
     MessagePage(PageSpec),
     /// Deletes every message; passages and memory stay.
     ResetMessages,
-    /// The context window: its newest `count_max` messages, the summary
-    /// before them, and how many messages the agent holds.
+    /// The context window of the agent's own history, or of conversation
+    /// `conversation`: its newest `count_max` messages, the summary before
+    /// them, and how many messages the agent (or the conversation) holds.
     InContext {
         count_max: usize,
+        #[serde(default)]
+        conversation: Option<String>,
     },
     /// Moves the window's start to `start_seq` and stores the summary of
-    /// what left it (`summary` as written, `content` as the agent reads it).
+    /// what left it (`summary` as written, `content` as the agent reads
+    /// it), in the agent's own history or in conversation `conversation`.
     Compact {
         start_seq: u64,
         summary: String,
         content: String,
+        #[serde(default)]
+        conversation: Option<String>,
+    },
+    /// Stores a new conversation ([`AgentReply::Conversation`]).
+    CreateConversation(Box<ConversationRecord>),
+    /// Stores a new conversation holding a copy of the newest `count_max`
+    /// in-context messages of `source` (the agent's own history when
+    /// `None`) and its compaction summary.
+    ForkConversation {
+        record: Box<ConversationRecord>,
+        source: Option<String>,
+        count_max: usize,
+    },
+    /// Conversation `id` with the ids of its newest `count_max` in-context
+    /// messages.
+    GetConversation {
+        id: String,
+        count_max: usize,
+    },
+    UpdateConversation {
+        id: String,
+        patch: ConversationPatch,
+    },
+    /// Deletes conversation `id`; its messages are left to
+    /// [`AgentCommand::Reclaim`].
+    DeleteConversation {
+        id: String,
+    },
+    /// One page of conversations ([`AgentReply::Conversations`]).
+    ConversationPage {
+        after: Option<String>,
+        filter: ConversationFilter,
+        limit: usize,
+        descending: bool,
+    },
+    /// One page of the messages of conversation `id`.
+    ConversationMessages {
+        id: String,
+        page: PageSpec,
     },
     CommitStep(Box<StepInput>),
     /// Stores the answer to the pending approval request and the held
@@ -374,6 +420,12 @@ pub enum AgentReply {
         messages: Vec<StoredMessage>,
     },
     Deleted(bool),
+    /// A conversation, with the ids of the messages in its context window.
+    Conversation {
+        record: Box<ConversationRecord>,
+        in_context: Vec<String>,
+    },
+    Conversations(Vec<ConversationRecord>),
     /// Names of the files an operation closed, and the agent after it.
     FilesClosed {
         agent: Box<AgentRecord>,
@@ -451,9 +503,9 @@ impl Actor for AgentActor {
             AgentCommand::MessagesBetween { from, to, descending, limit } => {
                 Ok(AgentReply::Messages(store::messages_between(ctx, (from, to), descending, limit).await?))
             }
-            AgentCommand::SearchMessages { query, limit } => {
-                Ok(AgentReply::Messages(store::search_messages(ctx, &query, limit, u64::MAX).await?))
-            }
+            AgentCommand::SearchMessages { query, limit } => Ok(AgentReply::Messages(
+                store::search_messages(ctx, &History::Agent, &query, limit, u64::MAX).await?,
+            )),
             AgentCommand::FileOps(ops) => {
                 let closed = file_ops(ctx, ops)?;
                 Ok(AgentReply::FilesClosed { agent: Box::new(agent(ctx)?), closed })
@@ -467,24 +519,25 @@ impl Actor for AgentActor {
             AgentCommand::DetachBlock { id } => edit_memory(ctx, |memory| memory.detach(&id).map(drop)),
             AgentCommand::SyncBlock(block) => edit_memory(ctx, |memory| memory.sync(*block).map(drop)),
             AgentCommand::MessagePage(page) => {
-                Ok(AgentReply::Messages(store::message_page(ctx, &page).await?))
+                Ok(AgentReply::Messages(store::message_page(ctx, &History::Agent, &page).await?))
             }
             AgentCommand::ResetMessages => reset_messages(ctx).await,
-            AgentCommand::InContext { count_max } => {
-                let messages = windows.recent(ctx, count_max).await?;
-                let counts = store::ensure_counted(ctx).await?;
-                let context = ctx.state.context.clone();
-                Ok(AgentReply::InContext {
-                    messages,
-                    summary: context.summary,
-                    summary_content: context.summary_content,
-                    counts,
-                })
+            AgentCommand::InContext { count_max, conversation } => {
+                in_context(ctx, windows, conversation.as_deref(), count_max).await
             }
-            AgentCommand::Compact { start_seq, summary, content } => {
-                let message = store::compact(ctx, windows, start_seq, summary, content).await?;
+            AgentCommand::Compact { start_seq, summary, content, conversation } => {
+                let mut history = History::of(ctx, conversation.as_deref()).await?;
+                let message =
+                    store::compact(ctx, (windows, &mut history), start_seq, summary, content).await?;
                 Ok(AgentReply::Messages(vec![message]))
             }
+            command @ (AgentCommand::CreateConversation(_)
+            | AgentCommand::ForkConversation { .. }
+            | AgentCommand::GetConversation { .. }
+            | AgentCommand::UpdateConversation { .. }
+            | AgentCommand::DeleteConversation { .. }
+            | AgentCommand::ConversationPage { .. }
+            | AgentCommand::ConversationMessages { .. }) => conversation_command(ctx, windows, command).await,
             AgentCommand::CommitStep(step) => commit_step(ctx, (indexes, windows), boot_id, *step).await,
             AgentCommand::CommitApproval(input) => {
                 commit_approval(ctx, (indexes, windows), boot_id, *input).await
@@ -573,7 +626,7 @@ async fn import_batch(
         return Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id())));
     }
     for message in messages {
-        store::put_message(ctx, windows, message).await?;
+        store::put_message(ctx, windows, &mut History::Agent, message).await?;
     }
     for passage in &passages {
         store::put_passage(ctx, indexes, passage).await?;
@@ -726,6 +779,7 @@ async fn delete(ctx: &mut Ctx<'_>, indexes: &archive::ArchivalIndexes) -> Result
     agent(ctx)?;
     store::end_message_generation(ctx).await?;
     store::end_passage_generation(ctx, indexes).await?;
+    store::end_conversation_generation(ctx);
     ctx.state.agent = None;
     Ok(AgentReply::Done)
 }
@@ -791,7 +845,7 @@ struct ToolResults<'a> {
 /// else the built-in tool's, run here.
 async fn run_calls(
     ctx: &mut Ctx<'_>,
-    (indexes, windows): (&archive::ArchivalIndexes, &window::RecentWindows),
+    (indexes, windows, history): (&archive::ArchivalIndexes, &window::RecentWindows, &mut History),
     ids: (&str, &str),
     results: ToolResults<'_>,
     first_seq: u64,
@@ -807,7 +861,7 @@ async fn run_calls(
                         indexes,
                         call,
                         (results.embeddings, results.archive_hits),
-                        first_seq,
+                        (first_seq, &*history),
                     )
                     .await?;
                     (result, ok, None, None)
@@ -815,7 +869,7 @@ async fn run_calls(
             };
         let (tool_call_id, name) = (call.id.clone(), call.name.clone());
         let body = MessageBody::Tool { tool_call_id, name, result, ok, stdout, stderr };
-        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
+        messages.push(store::append_message(ctx, (windows, &mut *history), ids, body, None).await?);
     }
     Ok(())
 }
@@ -829,18 +883,20 @@ async fn commit_approval(
     input: ApprovalInput,
 ) -> Result<AgentReply> {
     agent(ctx)?;
+    let mut history = History::of(ctx, input.run.conversation_id.as_deref()).await?;
     runs::begin(ctx, boot_id, &input.run).await?;
     let first_seq = ctx.state.next_seq;
     let ids = (input.run.run_id.as_str(), input.step_id.as_str());
     let body = MessageBody::ApprovalResponse { decisions: input.decisions.clone() };
-    let mut messages = vec![store::append_message(ctx, windows, ids, body, None).await?];
+    let mut messages = vec![store::append_message(ctx, (windows, &mut history), ids, body, None).await?];
     let results = ToolResults {
         calls: &input.calls,
         external: &input.external,
         embeddings: &input.embeddings,
         archive_hits: &input.archive_hits,
     };
-    run_calls(ctx, (indexes, windows), ids, results, first_seq, &mut messages).await?;
+    run_calls(ctx, (indexes, windows, &mut history), ids, results, first_seq, &mut messages).await?;
+    history.save(ctx)?;
     let step = StepRecord {
         id: input.step_id.clone(),
         created_ms: ctx.env.clock.wall_ms(),
@@ -867,6 +923,8 @@ async fn commit_step(
     step: StepInput,
 ) -> Result<AgentReply> {
     agent(ctx)?;
+    // A conversation deleted while its turn ran takes no more steps.
+    let mut history = History::of(ctx, step.run.conversation_id.as_deref()).await?;
     // Refused before anything is stored when the run already ended.
     runs::begin(ctx, boot_id, &step.run).await?;
     let first_seq = ctx.state.next_seq;
@@ -874,14 +932,19 @@ async fn commit_step(
     let mut messages = Vec::new();
     for content in &step.user_messages {
         let body = MessageBody::User { content: content.clone() };
-        messages.push(store::append_message(ctx, windows, ids, body, None).await?);
+        messages.push(store::append_message(ctx, (windows, &mut history), ids, body, None).await?);
+    }
+    if let History::Conversation(record) = &mut history {
+        if !step.user_messages.is_empty() {
+            record.last_message_ms = Some(ctx.env.clock.wall_ms());
+        }
     }
     let assistant_id = Some(step.assistant_message_id.clone());
     let mut assistant = step.assistant.clone();
     if let MessageBody::Assistant { awaiting_approval, .. } = &mut assistant {
         *awaiting_approval = step.hold_calls;
     }
-    messages.push(store::append_message(ctx, windows, ids, assistant, assistant_id).await?);
+    messages.push(store::append_message(ctx, (windows, &mut history), ids, assistant, assistant_id).await?);
     let MessageBody::Assistant { tool_calls, .. } = &step.assistant else {
         return Err(Error::Internal("a step's answer must be an assistant message".into()));
     };
@@ -892,8 +955,9 @@ async fn commit_step(
             embeddings: &step.embeddings,
             archive_hits: &step.archive_hits,
         };
-        run_calls(ctx, (indexes, windows), ids, calls, first_seq, &mut messages).await?;
+        run_calls(ctx, (indexes, windows, &mut history), ids, calls, first_seq, &mut messages).await?;
     }
+    history.save(ctx)?;
     let record = StepRecord {
         id: step.step_id.clone(),
         created_ms: ctx.env.clock.wall_ms(),
@@ -913,4 +977,73 @@ async fn commit_step(
     let now = ctx.env.clock.wall_ms();
     agent_mut(ctx)?.updated_ms = now;
     Ok(AgentReply::Step { agent: Box::new(agent(ctx)?), messages })
+}
+
+/// The context window of the agent's own history or of a conversation.
+async fn in_context(
+    ctx: &mut Ctx<'_>,
+    windows: &window::RecentWindows,
+    conversation: Option<&str>,
+    count_max: usize,
+) -> Result<AgentReply> {
+    let history = History::of(ctx, conversation).await?;
+    let messages = windows.recent(ctx, &history, count_max).await?;
+    let mut counts = store::ensure_counted(ctx).await?;
+    counts.messages = history.message_count(ctx);
+    let context = history.context(ctx).clone();
+    Ok(AgentReply::InContext {
+        messages,
+        summary: context.summary,
+        summary_content: context.summary_content,
+        counts,
+    })
+}
+
+/// The commands on the agent's conversations.
+async fn conversation_command(
+    ctx: &mut Ctx<'_>,
+    windows: &window::RecentWindows,
+    command: AgentCommand,
+) -> Result<AgentReply> {
+    let conversation = |record: ConversationRecord, in_context: Vec<String>| AgentReply::Conversation {
+        record: Box::new(record),
+        in_context,
+    };
+    match command {
+        AgentCommand::CreateConversation(record) => {
+            Ok(conversation(conversations::create(ctx, *record)?, Vec::new()))
+        }
+        AgentCommand::ForkConversation { record, source, count_max } => {
+            let source = History::of(ctx, source.as_deref()).await?;
+            let recent = windows.recent(ctx, &source, count_max).await?;
+            let source_context = source.context(ctx).clone();
+            let ids = recent.iter().map(|message| message.id.clone()).collect();
+            let record = conversations::fork(ctx, windows, recent, source_context, *record).await?;
+            Ok(conversation(record, ids))
+        }
+        AgentCommand::GetConversation { id, count_max } => {
+            let history = History::of(ctx, Some(&id)).await?;
+            let ids = windows.recent(ctx, &history, count_max).await?.into_iter().map(|m| m.id).collect();
+            match history {
+                History::Conversation(record) => Ok(conversation(*record, ids)),
+                History::Agent => Err(Error::Internal("a conversation's history".into())),
+            }
+        }
+        AgentCommand::UpdateConversation { id, patch } => {
+            Ok(conversation(conversations::update(ctx, &id, patch).await?, Vec::new()))
+        }
+        AgentCommand::DeleteConversation { id } => {
+            let record = conversations::delete(ctx, &id).await?;
+            windows.forget_conversation(ctx.actor_id, record.slot);
+            Ok(conversation(record, Vec::new()))
+        }
+        AgentCommand::ConversationPage { after, filter, limit, descending } => {
+            let found = conversations::page(ctx, after.as_deref(), &filter, (limit, descending)).await?;
+            Ok(AgentReply::Conversations(found))
+        }
+        AgentCommand::ConversationMessages { id, page } => {
+            Ok(AgentReply::Messages(conversations::message_page(ctx, &id, &page).await?))
+        }
+        _ => Err(Error::Internal("not a conversation command".into())),
+    }
 }

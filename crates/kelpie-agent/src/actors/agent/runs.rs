@@ -31,9 +31,10 @@ pub const RUN_LOST_ERROR: &str =
 /// Most steps one run holds: the loop's step limit and the commit of an
 /// approval answer.
 pub const RUN_STEPS_COUNT_MAX: usize = AGENT_STEPS_COUNT_MAX as usize + 1;
-/// Most runs of one agent open at once. The turn lock lets one turn run
-/// at a time, so more is a bug or runs left by gone processes, which the
-/// next command ends.
+/// Most runs of one agent open at once. Each history's turn lock lets one
+/// turn of it run at a time, so this bounds how many of an agent's
+/// conversations take turns at once (one more is refused until one ends);
+/// runs left by gone processes are ended by the next command.
 pub const OPEN_RUNS_COUNT_MAX: usize = 64;
 /// Most run rows one list request reads while filtering.
 pub const RUN_SCAN_ROWS_COUNT_MAX: usize = 10_000;
@@ -45,6 +46,9 @@ pub struct RunFilter {
     pub statuses: Option<Vec<RunStatus>>,
     pub background: Option<bool>,
     pub stop_reason: Option<String>,
+    /// Only runs of this conversation.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
 }
 
 impl RunFilter {
@@ -52,6 +56,7 @@ impl RunFilter {
         self.statuses.as_ref().is_none_or(|statuses| statuses.contains(&run.status))
             && self.background.is_none_or(|background| background == run.background)
             && self.stop_reason.as_ref().is_none_or(|reason| run.stop_reason.as_ref() == Some(reason))
+            && self.conversation_id.as_ref().is_none_or(|id| run.conversation_id.as_ref() == Some(id))
     }
 }
 
@@ -161,7 +166,10 @@ pub(crate) async fn record_step(
     }
     run.steps.push(step);
     match end {
-        Some(end) => finish(ctx, &mut run, end)?,
+        Some(end) => {
+            finish(ctx, &mut run, end)?;
+            note_conversation_end(ctx, &run).await?;
+        }
         None => save(ctx, &run)?,
     }
     Ok(run)
@@ -205,7 +213,16 @@ pub(crate) async fn end(
         return Err(duplicate(start, &run));
     }
     finish(ctx, &mut run, end)?;
+    note_conversation_end(ctx, &run).await?;
     Ok(run)
+}
+
+/// Records on the run's conversation, if any, when its last run ended.
+async fn note_conversation_end(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<()> {
+    match (&run.conversation_id, run.completed_ms) {
+        (Some(id), Some(ended_ms)) => super::conversations::note_run_end(ctx, id, ended_ms).await,
+        _ => Ok(()),
+    }
 }
 
 /// Ends failed every open run that no live task runs: one another process
@@ -276,12 +293,18 @@ pub(crate) async fn page(ctx: &mut Ctx<'_>, page: &PageSpec, filter: &RunFilter)
     Ok(found)
 }
 
-/// The messages run `run` stored, in order (those a reset since removed
-/// are gone).
+/// The messages run `run` stored, in order (those a reset, or the
+/// deletion of their conversation, since removed are gone).
 pub(crate) async fn messages(ctx: &mut Ctx<'_>, run: &RunRecord) -> Result<Vec<crate::model::StoredMessage>> {
+    let history = match store::History::of(ctx, run.conversation_id.as_deref()).await {
+        Ok(history) => history,
+        Err(Error::NotFound { kind: "conversation", .. }) => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let space = history.space(ctx);
     let mut messages = Vec::new();
     for seq in run.steps.iter().flat_map(|step| step.message_seqs.iter().copied()) {
-        if let Some(bytes) = ctx.kv_get(&store::message_key(ctx, seq)).await? {
+        if let Some(bytes) = ctx.kv_get(&store::message_key(&space, seq)).await? {
             messages.push(decode(&bytes, "agent message")?);
         }
     }

@@ -16,7 +16,13 @@
 //! | `<passages>p/<seq>` | a passage |
 //! | `<passages>pi/<id>` | the passage's seq |
 //! | `<passages>q/<seq>` | the passage's search code (`kelpie_memory::Code`; empty when its embedding has no direction) |
+//! | `<conversations>r/<slot>` | a conversation (`conversations`) |
+//! | `<conversations>i/<id>` | the conversation's slot |
+//! | `<conversations>s/<slot>/m/<seq>` … | the conversation's messages, with the `mi/` and `w/` keys above |
 //!
+//! A conversation is one more message history of the agent: its messages
+//! take seqs from the same counter as the agent's own, so its pages and
+//! window reads are the same bounded range reads, under its own space.
 //! `<seq>` is 16 hex digits, so key order is sequence order and every list
 //! is a bounded range read: O(limit + log n) whatever the history's size.
 //! Generation 0 has an empty prefix (the layout before generations); a
@@ -83,6 +89,16 @@ pub struct AgentActorState {
     /// was left by a process that is gone.
     #[serde(default)]
     pub open_runs: Vec<OpenRun>,
+    /// Generation of the conversation keys; deleting the agent starts a
+    /// new one (a reset of its own messages leaves them).
+    #[serde(default)]
+    pub conversation_generation: u64,
+    /// The slot the next conversation takes (slots are never reused).
+    #[serde(default)]
+    pub conversation_slot_next: u64,
+    /// Conversations held, at most `AGENT_CONVERSATIONS_COUNT_MAX`.
+    #[serde(default)]
+    pub conversations_count: u64,
 }
 
 /// The part of the conversation in the context window: the messages from
@@ -136,7 +152,7 @@ pub(crate) trait PassageChanges: Sync {
 pub(crate) trait MessageChanges: Sync {
     /// `message` (`bytes` long, encoded) was just stored, and the state's
     /// `message_token` is still the one from before it.
-    fn stored(&self, ctx: &mut Ctx<'_>, message: &StoredMessage, bytes: usize);
+    fn stored(&self, ctx: &mut Ctx<'_>, history: &History, message: &StoredMessage, bytes: usize);
 }
 
 fn not_found(ctx: &Ctx<'_>) -> Error {
@@ -177,6 +193,146 @@ fn legacy_prefixes(kind: char) -> &'static [&'static str] {
 
 pub(crate) fn messages(ctx: &Ctx<'_>) -> String {
     generation_prefix('m', ctx.state.message_generation)
+}
+
+/// The key prefix of the current generation of conversations (never empty:
+/// conversations came after generations).
+pub(crate) fn conversations(ctx: &Ctx<'_>) -> String {
+    format!("cg{:08x}/", ctx.state.conversation_generation)
+}
+
+/// The message space of conversation `slot`.
+pub(crate) fn conversation_space(ctx: &Ctx<'_>, slot: u64) -> String {
+    format!("{}s/{slot:016x}/", conversations(ctx))
+}
+
+/// One conversation of an agent, with what of it is in its context window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub agent_id: String,
+    /// Its place in creation order (0 until stored).
+    pub slot: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Letta's `summary`: a description the client sets (not the
+    /// compaction summary, which is in `context`).
+    pub summary: Option<String>,
+    /// Letta's `model`: a model handle for this conversation's turns.
+    pub model: Option<String>,
+    /// Letta's `model_settings`, kept as given.
+    pub model_settings: Option<serde_json::Value>,
+    /// When a turn last stored a user message here.
+    pub last_message_ms: Option<u64>,
+    /// When a run of this conversation last ended.
+    pub last_run_completion_ms: Option<u64>,
+    pub context: ContextState,
+    /// Messages stored, counted as they are written.
+    pub messages: u64,
+}
+
+pub(crate) fn conversation_record_key(ctx: &Ctx<'_>, slot: u64) -> Vec<u8> {
+    seq_key(&conversations(ctx), "r", slot)
+}
+
+pub(crate) fn conversation_id_key(ctx: &Ctx<'_>, id: &str) -> Vec<u8> {
+    index_key(&conversations(ctx), "i", id)
+}
+
+fn conversation_not_found(id: &str) -> Error {
+    Error::NotFound { kind: "conversation", id: id.to_string() }
+}
+
+/// Conversation `id` of this agent; not found when it has none.
+pub(crate) async fn load_conversation(ctx: &mut Ctx<'_>, id: &str) -> Result<ConversationRecord> {
+    agent(ctx)?;
+    let space = conversations(ctx);
+    let Some(slot) = seq_of(ctx, &space, "i", id).await? else { return Err(conversation_not_found(id)) };
+    match ctx.kv_get(&conversation_record_key(ctx, slot)).await? {
+        Some(bytes) => {
+            let record: ConversationRecord = decode(&bytes, "conversation")?;
+            assert_eq!(record.slot, slot, "a conversation is stored under its slot");
+            Ok(record)
+        }
+        None => Err(Error::Corruption {
+            location: format!("conversation {id}"),
+            reason: format!("its index names slot {slot}, which holds no conversation"),
+        }),
+    }
+}
+
+pub(crate) fn save_conversation(ctx: &mut Ctx<'_>, record: &ConversationRecord) -> Result<()> {
+    assert_eq!(record.agent_id, ctx.actor_id.id(), "a conversation lives in its agent");
+    let key = conversation_record_key(ctx, record.slot);
+    ctx.kv_put(&key, encode(record)?)
+}
+
+/// Which message history of the agent a read or write is about: its own
+/// (the default history, which the agent routes use) or one of its
+/// conversations, whose record the caller saves after a change.
+pub(crate) enum History {
+    Agent,
+    Conversation(Box<ConversationRecord>),
+}
+
+impl History {
+    /// The key prefix of the history's messages.
+    pub(crate) fn space(&self, ctx: &Ctx<'_>) -> String {
+        match self {
+            History::Agent => messages(ctx),
+            History::Conversation(record) => conversation_space(ctx, record.slot),
+        }
+    }
+
+    /// What of the history is in the context window.
+    pub(crate) fn context<'s>(&'s self, ctx: &'s Ctx<'_>) -> &'s ContextState {
+        match self {
+            History::Agent => &ctx.state.context,
+            History::Conversation(record) => &record.context,
+        }
+    }
+
+    /// The conversation's slot; `None` for the agent's own history.
+    pub(crate) fn slot(&self) -> Option<u64> {
+        match self {
+            History::Agent => None,
+            History::Conversation(record) => Some(record.slot),
+        }
+    }
+
+    /// The generation the history's keys belong to.
+    pub(crate) fn generation(&self, ctx: &Ctx<'_>) -> u64 {
+        match self {
+            History::Agent => ctx.state.message_generation,
+            History::Conversation(_) => ctx.state.conversation_generation,
+        }
+    }
+
+    /// Messages stored in the history.
+    pub(crate) fn message_count(&self, ctx: &Ctx<'_>) -> u64 {
+        match self {
+            History::Agent => ctx.state.counts.map_or(0, |counts| counts.messages),
+            History::Conversation(record) => record.messages,
+        }
+    }
+
+    /// The history `conversation` names (the agent's own when `None`); not
+    /// found when the agent has no such conversation.
+    pub(crate) async fn of(ctx: &mut Ctx<'_>, conversation: Option<&str>) -> Result<History> {
+        match conversation {
+            None => Ok(History::Agent),
+            Some(id) => Ok(History::Conversation(Box::new(load_conversation(ctx, id).await?))),
+        }
+    }
+
+    /// Stores the conversation's record after a change (nothing to do for
+    /// the agent's own history, which lives in the state).
+    pub(crate) fn save(&self, ctx: &mut Ctx<'_>) -> Result<()> {
+        match self {
+            History::Agent => Ok(()),
+            History::Conversation(record) => save_conversation(ctx, record),
+        }
+    }
 }
 
 fn passages(ctx: &Ctx<'_>) -> String {
@@ -293,12 +449,13 @@ pub(crate) fn words(text: &str) -> Vec<String> {
 pub(crate) async fn put_message(
     ctx: &mut Ctx<'_>,
     windows: &dyn MessageChanges,
+    history: &mut History,
     mut message: StoredMessage,
 ) -> Result<StoredMessage> {
     ensure_counted(ctx).await?;
     ensure_index_watermark(ctx);
     message.seq = next_seq(ctx);
-    let space = messages(ctx);
+    let space = history.space(ctx);
     let encoded = encode(&message)?;
     let bytes = encoded.len();
     ctx.kv_put(&seq_key(&space, "m", message.seq), encoded)?;
@@ -306,15 +463,18 @@ pub(crate) async fn put_message(
     for word in words(&message.searchable_text()).into_iter().take(MESSAGE_INDEXED_WORDS_COUNT_MAX) {
         ctx.kv_put(&word_key(&space, &word, message.seq), Vec::new())?;
     }
-    counts_mut(ctx).messages += 1;
-    windows.stored(ctx, &message, bytes);
+    match history {
+        History::Agent => counts_mut(ctx).messages += 1,
+        History::Conversation(record) => record.messages += 1,
+    }
+    windows.stored(ctx, history, &message, bytes);
     Ok(message)
 }
 
 /// A new message of a step, with `id` or a new one, stored now.
 pub(crate) async fn append_message(
     ctx: &mut Ctx<'_>,
-    windows: &dyn MessageChanges,
+    (windows, history): (&dyn MessageChanges, &mut History),
     (run_id, step_id): (&str, &str),
     body: MessageBody,
     id: Option<String>,
@@ -327,7 +487,7 @@ pub(crate) async fn append_message(
         step_id: Some(step_id.to_string()),
         body,
     };
-    put_message(ctx, windows, message).await
+    put_message(ctx, windows, history, message).await
 }
 
 /// Which slice of a list a page is: after and before the item with those
@@ -381,11 +541,15 @@ pub(crate) fn order(descending: bool) -> ScanOrder {
     }
 }
 
-/// One page of the agent's messages.
-pub(crate) async fn message_page(ctx: &mut Ctx<'_>, page: &PageSpec) -> Result<Vec<StoredMessage>> {
+/// One page of the messages of `history`.
+pub(crate) async fn message_page(
+    ctx: &mut Ctx<'_>,
+    history: &History,
+    page: &PageSpec,
+) -> Result<Vec<StoredMessage>> {
     agent(ctx)?;
     let limit = page.limit.clamp(1, STORE_PAGE_COUNT_MAX);
-    let space = messages(ctx);
+    let space = history.space(ctx);
     let Some(range) = page_range(ctx, (&space, "m", "mi"), page).await? else { return Ok(Vec::new()) };
     let rows = ctx.kv_scan_page(&range, order(page.descending), limit).await?;
     rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
@@ -458,33 +622,31 @@ pub(crate) async fn messages_between(
     rows.iter().map(|(_, value)| decode(value, "agent message")).collect()
 }
 
-/// The key range of the agent's current messages.
-pub(crate) fn message_range(ctx: &Ctx<'_>) -> KeyRange {
-    KeyRange::prefix(format!("{}m/", messages(ctx)))
+/// The key range of the current messages of the history in `space`.
+pub(crate) fn message_range(space: &str) -> KeyRange {
+    KeyRange::prefix(format!("{space}m/"))
 }
 
-/// The key of the agent's message `seq`.
-pub(crate) fn message_key(ctx: &Ctx<'_>, seq: u64) -> Vec<u8> {
-    seq_key(&messages(ctx), "m", seq)
+/// The key of message `seq` of the history in `space`.
+pub(crate) fn message_key(space: &str, seq: u64) -> Vec<u8> {
+    seq_key(space, "m", seq)
 }
 
 /// Moves the context window's start to `start_seq` (the messages before it
 /// leave the window) and stores the summary of what left, as a message.
 pub(crate) async fn compact(
     ctx: &mut Ctx<'_>,
-    windows: &dyn MessageChanges,
+    (windows, history): (&dyn MessageChanges, &mut History),
     start_seq: u64,
     summary: String,
     content: String,
 ) -> Result<StoredMessage> {
     agent(ctx)?;
-    if start_seq < ctx.state.context.start_seq || start_seq > ctx.state.next_seq {
+    let window_start = history.context(ctx).start_seq;
+    if start_seq < window_start || start_seq > ctx.state.next_seq {
         return Err(Error::validation(
             "compaction",
-            format!(
-                "the window may start at {}..={}, not {start_seq}",
-                ctx.state.context.start_seq, ctx.state.next_seq
-            ),
+            format!("the window may start at {window_start}..={}, not {start_seq}", ctx.state.next_seq),
         ));
     }
     let message = StoredMessage {
@@ -495,17 +657,23 @@ pub(crate) async fn compact(
         step_id: None,
         body: MessageBody::Summary { summary: summary.clone(), content: content.clone() },
     };
-    let message = put_message(ctx, windows, message).await?;
-    ctx.state.context = ContextState { start_seq, summary: Some(summary), summary_content: Some(content) };
+    let message = put_message(ctx, windows, history, message).await?;
+    let context = ContextState { start_seq, summary: Some(summary), summary_content: Some(content) };
+    match history {
+        History::Agent => ctx.state.context = context,
+        History::Conversation(record) => record.context = context,
+    }
+    history.save(ctx)?;
     Ok(message)
 }
 
-/// Up to `limit` messages below seq `below_seq` whose text contains
+/// Up to `limit` messages of `history` below seq `below_seq` whose text contains
 /// `query` (case-insensitive), newest first. Candidates come from the search index (the messages
 /// holding the query's longest word), so the cost follows the matches, not
 /// the history: at most `CONVERSATION_SEARCH_CANDIDATES_COUNT_MAX` are read.
 pub(crate) async fn search_messages(
     ctx: &mut Ctx<'_>,
+    history: &History,
     query: &str,
     limit: usize,
     below_seq: u64,
@@ -516,8 +684,12 @@ pub(crate) async fn search_messages(
     let Some(driver) = words(query).into_iter().max_by_key(|word| word.len()) else {
         return Ok(Vec::new());
     };
-    let space = messages(ctx);
-    let unindexed_below = ctx.state.unindexed_below_seq.unwrap_or(0).min(below_seq);
+    let space = history.space(ctx);
+    // Conversations came after the index: all their messages are in it.
+    let unindexed_below = match history {
+        History::Agent => ctx.state.unindexed_below_seq.unwrap_or(0).min(below_seq),
+        History::Conversation(_) => 0,
+    };
     let mut hits = Vec::new();
     let mut candidates_read = 0;
     let mut range = KeyRange::prefix(format!("{space}w/{driver}/"));
@@ -684,6 +856,15 @@ pub(crate) async fn end_message_generation(ctx: &mut Ctx<'_>) -> Result<()> {
     // The runs are kept with the messages they made, and go with them.
     ctx.state.open_runs.clear();
     Ok(())
+}
+
+/// Ends the current generation of conversations (the agent is deleted):
+/// they and their messages wait for [`reclaim_batch`].
+pub(crate) fn end_conversation_generation(ctx: &mut Ctx<'_>) {
+    let prefix = conversations(ctx);
+    ctx.state.reclaim.push(prefix);
+    ctx.state.conversation_generation += 1;
+    ctx.state.conversations_count = 0;
 }
 
 /// Ends the current passage generation, as [`end_message_generation`].

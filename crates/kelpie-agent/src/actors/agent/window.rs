@@ -12,6 +12,11 @@
 //! mismatch and reads the window from storage again. A compaction (new
 //! `start_seq`) or a reset (new generation) changes the key the cache is
 //! checked against, with the same effect.
+//!
+//! Each history of an agent (its own, and each conversation) has its own
+//! cached window; the token is the agent's, so a message stored in one
+//! history makes the others read their windows again (correct, if not
+//! the cheapest).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -20,7 +25,7 @@ use std::sync::Mutex;
 use kelpie_core::{ActorId, Result};
 use kelpie_storage::{KeyRange, ScanOrder};
 
-use super::store::{self, Ctx, MessageChanges};
+use super::store::{self, Ctx, History, MessageChanges};
 use crate::limits::{STORE_PAGE_COUNT_MAX, WINDOW_CACHED_MESSAGES_COUNT_MAX, WINDOW_CACHE_BYTES_MAX};
 use crate::model::{MessageBody, StoredMessage};
 
@@ -33,13 +38,21 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(ctx: &Ctx<'_>) -> Stamp {
+    fn of(ctx: &Ctx<'_>, history: &History) -> Stamp {
         Stamp {
-            generation: ctx.state.message_generation,
-            start_seq: ctx.state.context.start_seq,
+            generation: history.generation(ctx),
+            start_seq: history.context(ctx).start_seq,
             token: ctx.state.message_token,
         }
     }
+}
+
+/// A cached window: the agent's actor, and the conversation's slot
+/// (`None`: the agent's own history).
+type WindowKey = (ActorId, Option<u64>);
+
+fn key_of(ctx: &Ctx<'_>, history: &History) -> WindowKey {
+    (ctx.actor_id.clone(), history.slot())
 }
 
 /// One agent's newest window messages, oldest first (summaries included,
@@ -75,28 +88,28 @@ impl Cached {
 
 #[derive(Default)]
 struct Windows {
-    cached: BTreeMap<ActorId, Cached>,
+    cached: BTreeMap<WindowKey, Cached>,
     bytes: usize,
     tick: u64,
 }
 
 impl Windows {
-    fn remove(&mut self, actor_id: &ActorId) {
-        if let Some(entry) = self.cached.remove(actor_id) {
+    fn remove(&mut self, key: &WindowKey) {
+        if let Some(entry) = self.cached.remove(key) {
             self.bytes -= entry.bytes;
         }
     }
 
-    fn insert(&mut self, actor_id: ActorId, entry: Cached) {
-        self.remove(&actor_id);
+    fn insert(&mut self, key: WindowKey, entry: Cached) {
+        self.remove(&key);
         self.bytes += entry.bytes;
-        self.cached.insert(actor_id.clone(), entry);
-        self.evict_except(&actor_id);
+        self.cached.insert(key.clone(), entry);
+        self.evict_except(&key);
     }
 
     /// Bounded memory: drops the least recently used windows (never
     /// `keep`'s) until the cache is within `WINDOW_CACHE_BYTES_MAX`.
-    fn evict_except(&mut self, keep: &ActorId) {
+    fn evict_except(&mut self, keep: &WindowKey) {
         while self.bytes > WINDOW_CACHE_BYTES_MAX {
             let oldest = self
                 .cached
@@ -119,14 +132,15 @@ pub struct RecentWindows {
 }
 
 impl MessageChanges for RecentWindows {
-    fn stored(&self, ctx: &mut Ctx<'_>, message: &StoredMessage, bytes: usize) {
-        let before = Stamp::of(ctx);
+    fn stored(&self, ctx: &mut Ctx<'_>, history: &History, message: &StoredMessage, bytes: usize) {
+        let before = Stamp::of(ctx, history);
         ctx.state.message_token = ctx.env.rng.next_u64();
-        let after = Stamp::of(ctx);
+        let after = Stamp::of(ctx, history);
+        let key = key_of(ctx, history);
         let mut windows = self.windows.lock().expect("window cache lock");
-        let Some(entry) = windows.cached.get_mut(ctx.actor_id) else { return };
+        let Some(entry) = windows.cached.get_mut(&key) else { return };
         if entry.stamp != before {
-            windows.remove(ctx.actor_id);
+            windows.remove(&key);
             return;
         }
         assert!(message.seq >= after.start_seq, "a new message lies inside the window");
@@ -135,7 +149,7 @@ impl MessageChanges for RecentWindows {
         entry.stamp = after;
         let grown = entry.bytes;
         windows.bytes = windows.bytes - held + grown;
-        windows.evict_except(ctx.actor_id);
+        windows.evict_except(&key);
     }
 }
 
@@ -143,39 +157,55 @@ impl RecentWindows {
     /// The conversation messages among the newest `count_max` of the
     /// agent's context window, oldest first: from memory when the cached
     /// window is the stored one, else read (and cached).
-    pub(crate) async fn recent(&self, ctx: &mut Ctx<'_>, count_max: usize) -> Result<Vec<StoredMessage>> {
+    pub(crate) async fn recent(
+        &self,
+        ctx: &mut Ctx<'_>,
+        history: &History,
+        count_max: usize,
+    ) -> Result<Vec<StoredMessage>> {
         store::agent(ctx)?;
         let count_max = count_max.clamp(1, STORE_PAGE_COUNT_MAX);
         if count_max > WINDOW_CACHED_MESSAGES_COUNT_MAX {
-            let rows = read(ctx, count_max).await?;
-            let entry = cached_from(Stamp::of(ctx), rows);
+            let rows = read(ctx, history, count_max).await?;
+            let entry = cached_from(Stamp::of(ctx, history), rows);
             return Ok(entry.newest(count_max));
         }
-        let stamp = Stamp::of(ctx);
+        let stamp = Stamp::of(ctx, history);
+        let key = key_of(ctx, history);
         {
             let mut windows = self.windows.lock().expect("window cache lock");
             windows.tick += 1;
             let tick = windows.tick;
-            if let Some(entry) = windows.cached.get_mut(ctx.actor_id) {
+            if let Some(entry) = windows.cached.get_mut(&key) {
                 if entry.stamp == stamp {
                     entry.used_tick = tick;
                     return Ok(entry.newest(count_max));
                 }
             }
         }
-        let rows = read(ctx, WINDOW_CACHED_MESSAGES_COUNT_MAX).await?;
+        let rows = read(ctx, history, WINDOW_CACHED_MESSAGES_COUNT_MAX).await?;
         let mut entry = cached_from(stamp, rows);
         let newest = entry.newest(count_max);
         let mut windows = self.windows.lock().expect("window cache lock");
         entry.used_tick = windows.tick;
-        windows.insert(ctx.actor_id.clone(), entry);
+        windows.insert(key, entry);
         Ok(newest)
     }
 
-    /// Drops what is cached of agent `actor_id` (its activation ends, or it
-    /// is deleted).
+    /// Drops what is cached of agent `actor_id`, every history of it (its
+    /// activation ends, or it is deleted).
     pub(crate) fn forget(&self, actor_id: &ActorId) {
-        self.windows.lock().expect("window cache lock").remove(actor_id);
+        let mut windows = self.windows.lock().expect("window cache lock");
+        let keys: Vec<WindowKey> = windows.cached.keys().filter(|(id, _)| id == actor_id).cloned().collect();
+        for key in &keys {
+            windows.remove(key);
+        }
+    }
+
+    /// Drops the cached window of conversation `slot` of agent `actor_id`
+    /// (the conversation is deleted).
+    pub(crate) fn forget_conversation(&self, actor_id: &ActorId, slot: u64) {
+        self.windows.lock().expect("window cache lock").remove(&(actor_id.clone(), Some(slot)));
     }
 
     /// Bytes of messages held, for tests of the bound.
@@ -187,9 +217,10 @@ impl RecentWindows {
 
 /// The newest `count` messages of the window from storage, newest first,
 /// each with its stored size.
-async fn read(ctx: &mut Ctx<'_>, count: usize) -> Result<Vec<(StoredMessage, usize)>> {
-    let mut range: KeyRange = store::message_range(ctx);
-    range.start = Bound::Included(store::message_key(ctx, ctx.state.context.start_seq));
+async fn read(ctx: &mut Ctx<'_>, history: &History, count: usize) -> Result<Vec<(StoredMessage, usize)>> {
+    let space = history.space(ctx);
+    let mut range: KeyRange = store::message_range(&space);
+    range.start = Bound::Included(store::message_key(&space, history.context(ctx).start_seq));
     let rows = ctx.kv_scan_page(&range, ScanOrder::Descending, count).await?;
     rows.iter()
         .map(|(_, value)| Ok((store::decode::<StoredMessage>(value, "agent message")?, value.len())))
@@ -254,14 +285,15 @@ mod tests {
         let ids: Vec<ActorId> = (0..3).map(|i| ActorId::new("agents", format!("a{i}")).unwrap()).collect();
         {
             let mut windows = cache.windows.lock().unwrap();
-            windows.insert(ids[0].clone(), entry(1, per_message, 100));
-            windows.insert(ids[1].clone(), entry(2, per_message, 100));
+            let keys: Vec<WindowKey> = ids.iter().map(|id| (id.clone(), None)).collect();
+            windows.insert(keys[0].clone(), entry(1, per_message, 100));
+            windows.insert(keys[1].clone(), entry(2, per_message, 100));
             assert_eq!(windows.cached.len(), 2);
-            windows.cached.get_mut(&ids[0]).unwrap().used_tick = 3;
-            windows.insert(ids[2].clone(), entry(4, per_message, 100));
-            assert!(windows.cached.contains_key(&ids[0]), "recently used: kept");
-            assert!(!windows.cached.contains_key(&ids[1]), "least recently used: evicted");
-            assert!(windows.cached.contains_key(&ids[2]), "the new window: kept");
+            windows.cached.get_mut(&keys[0]).unwrap().used_tick = 3;
+            windows.insert(keys[2].clone(), entry(4, per_message, 100));
+            assert!(windows.cached.contains_key(&keys[0]), "recently used: kept");
+            assert!(!windows.cached.contains_key(&keys[1]), "least recently used: evicted");
+            assert!(windows.cached.contains_key(&keys[2]), "the new window: kept");
         }
         assert_eq!(cache.bytes(), 2 * 100 * per_message);
         assert!(cache.bytes() <= WINDOW_CACHE_BYTES_MAX);

@@ -55,6 +55,8 @@ pub struct CompactionInput<'a> {
     pub fixed_tokens: u64,
     pub settings: &'a CompactionSettings,
     pub now_ms: u64,
+    /// The conversation compacted; `None`: the agent's own history.
+    pub conversation: Option<&'a str>,
 }
 
 /// Summarizes the oldest in-context messages (all of them in mode `all`)
@@ -66,7 +68,8 @@ pub async fn compact(
     agent_ref: &ActorRef<AgentActor>,
     input: CompactionInput<'_>,
 ) -> ServiceResult<Option<Compacted>> {
-    let CompactionInput { agent, history, previous_summary, fixed_tokens, settings, now_ms } = input;
+    let CompactionInput { agent, history, previous_summary, fixed_tokens, settings, now_ms, conversation } =
+        input;
     let Some(cut) = context::cut(history, fixed_tokens, agent.llm.context_window, settings) else {
         return Ok(None);
     };
@@ -99,7 +102,8 @@ pub async fn compact(
         Some(first) => first.seq,
         None => history.last().map_or(0, |last| last.seq + 1),
     };
-    let command = AgentCommand::Compact { start_seq, summary: summary.clone(), content };
+    let conversation = conversation.map(str::to_string);
+    let command = AgentCommand::Compact { start_seq, summary: summary.clone(), content, conversation };
     let AgentReply::Messages(mut stored) = agent_ref.invoke_local(command).await? else {
         return Err(unexpected("compact"));
     };

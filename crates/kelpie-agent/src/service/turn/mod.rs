@@ -186,6 +186,8 @@ struct Window {
     summary_content: Option<String>,
     /// Messages stored outside the window.
     hidden: u64,
+    /// The conversation the window is of; `None`: the agent's own history.
+    conversation: Option<String>,
 }
 
 fn prompt_parts<'a>(
@@ -230,15 +232,53 @@ impl Turns {
         Turns { actors, agent_files, archives, tools, sandbox_configs, llm, providers, env }
     }
 
-    /// The context window of agent `agent_ref` as stored.
-    async fn window(&self, agent_ref: &ActorRef<AgentActor>) -> ServiceResult<Window> {
+    /// The context window of agent `agent_ref`'s own history, or of its
+    /// conversation `conversation`, as stored.
+    async fn window(
+        &self,
+        agent_ref: &ActorRef<AgentActor>,
+        conversation: Option<&str>,
+    ) -> ServiceResult<Window> {
+        let command = AgentCommand::InContext {
+            count_max: PROMPT_MESSAGES_COUNT_MAX,
+            conversation: conversation.map(str::to_string),
+        };
         let AgentReply::InContext { messages, summary, summary_content, counts } =
-            agent_ref.invoke_local(AgentCommand::InContext { count_max: PROMPT_MESSAGES_COUNT_MAX }).await?
+            agent_ref.invoke_local(command).await?
         else {
             return Err(unexpected("context window"));
         };
         let hidden = counts.messages.saturating_sub(messages.len() as u64);
-        Ok(Window { history: messages, summary, summary_content, hidden })
+        let conversation = conversation.map(str::to_string);
+        Ok(Window { history: messages, summary, summary_content, hidden, conversation })
+    }
+
+    /// The agent as a turn in `conversation` sees it: with the
+    /// conversation's model when it names one (Letta's conversation
+    /// `model`), keeping the agent's context window unless the model's is
+    /// smaller.
+    async fn history_agent(&self, agent_id: &str, conversation: Option<&str>) -> ServiceResult<AgentRecord> {
+        let mut agent = self.actors.record(agent_id).await?;
+        let Some(id) = conversation else { return Ok(agent) };
+        let command = AgentCommand::GetConversation { id: id.to_string(), count_max: 1 };
+        let AgentReply::Conversation { record, .. } = self.actors.invoke(agent_id, command).await? else {
+            return Err(unexpected("get conversation"));
+        };
+        if let Some(handle) = record.model.as_deref().filter(|handle| *handle != agent.llm.handle) {
+            let mut llm = self.providers.resolve_llm(Some(handle)).await?;
+            llm.context_window = llm.context_window.min(agent.llm.context_window);
+            agent.llm = llm;
+        }
+        Ok(agent)
+    }
+
+    /// The lock that serializes the turns of one history: an agent's
+    /// conversations take turns at the same time, each one at a time.
+    fn turn_lock(&self, agent_id: &str, conversation: Option<&str>) -> Arc<tokio::sync::Mutex<()>> {
+        match conversation {
+            None => self.actors.turn_lock(agent_id),
+            Some(id) => self.actors.turn_lock(&format!("{agent_id}/{id}")),
+        }
     }
 
     /// Compacts `window` with `settings` (for a prompt whose other parts
@@ -259,6 +299,7 @@ impl Turns {
             fixed_tokens,
             settings,
             now_ms: self.env.clock.wall_ms(),
+            conversation: window.conversation.as_deref(),
         };
         let done = compaction::compact(self.llm.as_ref(), &self.providers, agent_ref, input).await?;
         if let Some(done) = &done {
@@ -287,10 +328,11 @@ impl Turns {
     ) -> ServiceResult<TurnOutcome> {
         let max_steps = check_turn_input(&inputs, max_steps)?;
         let agent_ref = self.actors.agent_ref(agent_id)?;
-        let lock = self.actors.turn_lock(agent_id);
+        let conversation = run.start.conversation_id.as_deref();
+        let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
-        let mut window = self.window(&agent_ref).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
+        let mut window = self.window(&agent_ref, conversation).await?;
         if held_calls(&window).is_some() {
             return Err(ServiceError::Refused(
                 "a tool call is waiting for approval: Please approve or deny the pending request before continuing"
@@ -320,10 +362,11 @@ impl Turns {
     ) -> ServiceResult<TurnOutcome> {
         let max_steps = check_max_steps(max_steps)?;
         let agent_ref = self.actors.agent_ref(agent_id)?;
-        let lock = self.actors.turn_lock(agent_id);
+        let conversation = run.start.conversation_id.as_deref();
+        let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
-        let mut window = self.window(&agent_ref).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
+        let mut window = self.window(&agent_ref, conversation).await?;
         let held = held_calls(&window)
             .ok_or_else(|| ServiceError::Refused("No tool call is currently awaiting approval".into()))?;
         let decisions = answer.decisions_for(&held).map_err(ServiceError::Refused)?;
@@ -581,10 +624,20 @@ impl Turns {
     /// with the agent's settings and `request`'s changes over them (for this
     /// compaction only); `{summary, num_messages_before, num_messages_after}`.
     pub async fn summarize(&self, agent_id: &str, request: SummarizeRequest) -> ServiceResult<Value> {
+        self.summarize_in((agent_id, None), request).await
+    }
+
+    /// [`Turns::summarize`] of the agent's own history (`None`) or of one
+    /// of its conversations.
+    pub async fn summarize_in(
+        &self,
+        (agent_id, conversation): (&str, Option<&str>),
+        request: SummarizeRequest,
+    ) -> ServiceResult<Value> {
         let agent_ref = self.actors.agent_ref(agent_id)?;
-        let lock = self.actors.turn_lock(agent_id);
+        let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let settings = match &request.compaction_settings {
             Some(changes) => {
                 context::merge_settings(agent.compaction.as_ref(), changes).map_err(ServiceError::Invalid)?
@@ -592,7 +645,7 @@ impl Turns {
             None => agent.compaction.clone().unwrap_or_default(),
         };
         let custom = self.tools.custom_tools().await?;
-        let mut window = self.window(&agent_ref).await?;
+        let mut window = self.window(&agent_ref, conversation).await?;
         let fixed_tokens =
             prompt_parts(&agent, &custom, &window, &[], self.env.clock.wall_ms()).fixed_tokens();
         match self.compact(&agent_ref, &agent, &mut window, fixed_tokens, &settings).await? {
@@ -607,11 +660,11 @@ impl Turns {
 
     /// What the agent's next step would put in its prompt: the messages in
     /// view (the newest `shown` of the window) and how many stay out.
-    async fn next_prompt(&self, agent_id: &str) -> ServiceResult<NextPrompt> {
+    async fn next_prompt(&self, (agent_id, conversation): (&str, Option<&str>)) -> ServiceResult<NextPrompt> {
         let agent_ref = self.actors.agent_ref(agent_id)?;
-        let agent = self.actors.record(agent_id).await?;
+        let agent = self.history_agent(agent_id, conversation).await?;
         let custom = self.tools.custom_tools().await?;
-        let window = self.window(&agent_ref).await?;
+        let window = self.window(&agent_ref, conversation).await?;
         let now_ms = self.env.clock.wall_ms();
         let parts = prompt_parts(&agent, &custom, &window, &[], now_ms);
         let shown = match parts.tokens() > agent.llm.context_window {
@@ -626,8 +679,18 @@ impl Turns {
     /// agent's next step would send its provider with `texts` as the new
     /// user messages; nothing is sent or stored.
     pub async fn preview_payload(&self, agent_id: &str, texts: &[String]) -> ServiceResult<Value> {
+        self.preview_payload_in((agent_id, None), texts).await
+    }
+
+    /// [`Turns::preview_payload`] of a step in the agent's own history
+    /// (`None`) or in one of its conversations.
+    pub async fn preview_payload_in(
+        &self,
+        target: (&str, Option<&str>),
+        texts: &[String],
+    ) -> ServiceResult<Value> {
         check_turn_input(texts, None)?;
-        let next = self.next_prompt(agent_id).await?;
+        let next = self.next_prompt(target).await?;
         let parts = prompt_parts(&next.agent, &next.custom, &next.window, texts, next.now_ms);
         let history = &next.window.history[next.window.history.len() - next.shown..];
         let request = parts.request(history);
@@ -677,7 +740,13 @@ impl Turns {
     /// `POST /v1/agents/{id}/recompile`: the system prompt the agent's next
     /// step sends. Kelpie builds it at every step, so nothing is stored.
     pub async fn system_prompt(&self, agent_id: &str) -> ServiceResult<String> {
-        let next = self.next_prompt(agent_id).await?;
+        self.system_prompt_in((agent_id, None)).await
+    }
+
+    /// [`Turns::system_prompt`] of the agent's next step in its own history
+    /// (`None`) or in one of its conversations.
+    pub async fn system_prompt_in(&self, target: (&str, Option<&str>)) -> ServiceResult<String> {
+        let next = self.next_prompt(target).await?;
         Ok(context::system_text(&next.agent, next.shown, next.hidden, next.now_ms))
     }
 
@@ -688,7 +757,8 @@ impl Turns {
         let AgentReply::Counts(counts) = agent_ref.invoke_local(AgentCommand::Counts).await? else {
             return Err(unexpected("counts"));
         };
-        let NextPrompt { agent, custom, window, shown, hidden, now_ms } = self.next_prompt(agent_id).await?;
+        let NextPrompt { agent, custom, window, shown, hidden, now_ms } =
+            self.next_prompt((agent_id, None)).await?;
         let history = &window.history[window.history.len() - shown..];
         let core = format!("{}\n{}", context::core_memory_text(&agent), agent.working.render(now_ms));
         let metadata = context::metadata_text(&agent, history.len(), hidden, now_ms);
