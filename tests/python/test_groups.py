@@ -117,15 +117,29 @@ def test_a_round_robin_group_talks_and_its_messages_are_listed_edited_and_reset(
 
 
 def test_a_sleeptime_agent_runs_after_its_manager_and_edits_the_shared_block(client):
-    main = _agent(client, "py-main", enable_sleeptime=True)
-    sleeper = _agent(client, "py-main-sleeptime")
-    block = client.blocks.create(label="py_notes", value="Notes:")
-    config = {"manager_type": "sleeptime", "manager_agent_id": main.id}
-    group = _create_group(client, [sleeper.id], "", config)
-    client.patch(f"/v1/groups/{group.id}/blocks/attach/{block.id}", cast_to=object)
-    retrieved = client.agents.retrieve(main.id)
-    assert retrieved.managed_group.id == group.id and retrieved.enable_sleeptime is True
-    assert "py_notes" in [b.label for b in client.agents.blocks.list(sleeper.id)]
+    # As in Letta, enable_sleeptime on create makes the sleeptime agent and
+    # the group the main agent manages.
+    main = client.agents.create(
+        name="py-main",
+        model=FAKE_MODEL,
+        memory_blocks=[{"label": "py_notes", "value": "Notes:"}],
+        enable_sleeptime=True,
+    )
+    group = main.multi_agent_group
+    assert group is not None and main.managed_group.id == group.id and main.enable_sleeptime is True
+    assert (group.manager_type, group.manager_agent_id, group.sleeptime_agent_frequency) == ("sleeptime", main.id, 5)
+    (sleeper_id,) = group.agent_ids
+    sleeper = client.agents.retrieve(sleeper_id)
+    assert sleeper.name == "py-main-sleeptime" and sleeper.model == main.model
+    notes_id = next(b.id for b in main.memory.blocks if b.label == "py_notes")
+    # The sleeptime agent holds the main agent's block itself (one id), and its own persona.
+    assert {b.label: b.id for b in client.agents.blocks.list(sleeper.id)}["py_notes"] == notes_id
+    assert "memory_persona" in [b.label for b in client.agents.blocks.list(sleeper.id)]
+    assert sorted(a.id for a in client.blocks.agents.list(notes_id)) == sorted([main.id, sleeper.id])
+    # Turning it on again changes nothing: still one group, one sleeptime agent.
+    client.agents.update(main.id, enable_sleeptime=True)
+    assert client.agents.retrieve(main.id).managed_group.id == group.id
+    assert [a.id for a in client.agents.list(name="py-main-sleeptime")] == [sleeper.id]
     ask = '/sleeptime-call core_memory_append {"label": "py_notes", "content": "prefers green tea"}'
     response = client.agents.messages.create(main.id, messages=[{"role": "user", "content": ask}])
     assert response.messages[-1].content == f"echo: {ask}"
@@ -137,6 +151,6 @@ def test_a_sleeptime_agent_runs_after_its_manager_and_edits_the_shared_block(cli
     while "prefers green tea" not in client.agents.blocks.retrieve("py_notes", agent_id=main.id).value:
         assert time.monotonic() < deadline, "the sleeptime edit never reached the manager"
         time.sleep(0.05)
-    assert client.blocks.retrieve(block.id).value.startswith("Notes:")
+    assert client.blocks.retrieve(notes_id).value.startswith("Notes:")
     group_now = Group.model_validate(client.get(f"/v1/groups/{group.id}", cast_to=object))
     assert group_now.last_processed_message_id is not None

@@ -405,7 +405,6 @@ async fn sleeptime_members_run_after_their_manager_and_share_the_block_they_edit
     let server = common::start(dir.path(), &fake).await;
     let main = server.create_agent("main", &[]).await;
     let sleeper = server.create_agent("main-sleeptime", &[]).await;
-    server.ok("PATCH", &format!("/v1/agents/{main}"), Some(json!({"enable_sleeptime": true}))).await;
     let block = server.ok("POST", "/v1/blocks/", Some(json!({"label": "notes", "value": "Notes:"}))).await;
     let block_id = block["id"].as_str().unwrap().to_string();
     let config =
@@ -418,6 +417,9 @@ async fn sleeptime_members_run_after_their_manager_and_share_the_block_they_edit
         )
         .await;
     let group_id = group["id"].as_str().unwrap().to_string();
+    // The manager has its group already, so this makes no other.
+    server.ok("PATCH", &format!("/v1/agents/{main}"), Some(json!({"enable_sleeptime": true}))).await;
+    assert_eq!(server.ok("GET", "/v1/groups/count", None).await, json!(1));
     // Attaching a block to the group gives it to the manager and the member.
     server.ok("PATCH", &format!("/v1/groups/{group_id}/blocks/attach/{block_id}"), None).await;
     assert_eq!(
@@ -488,5 +490,116 @@ async fn sleeptime_members_run_after_their_manager_and_share_the_block_they_edit
     server.ok("PATCH", &format!("/v1/groups/{group_id}/blocks/detach/{block_id}"), None).await;
     let blocks = server.ok("GET", &format!("/v1/agents/{sleeper}/core-memory/blocks"), None).await;
     assert!(!blocks.as_array().unwrap().iter().any(|b| b["id"] == block_id.as_str()), "{blocks}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn enable_sleeptime_makes_a_sleeptime_agent_sharing_the_main_agents_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let body = json!({
+        "name": "diary", "model": "openai-proxy/fake-gpt", "enable_sleeptime": true,
+        "memory_blocks": [{"label": "human", "value": "Name: Ana."}, {"label": "persona", "value": "A tutor."}],
+    });
+    let main = server.ok("POST", "/v1/agents/", Some(body)).await;
+    let main_id = main["id"].as_str().unwrap().to_string();
+    let group = &main["multi_agent_group"];
+    assert_eq!(main["managed_group"], *group);
+    assert_eq!(
+        (&group["manager_type"], &group["manager_agent_id"], &group["sleeptime_agent_frequency"]),
+        (&json!("sleeptime"), &json!(main_id), &json!(5))
+    );
+    let sleeper_id = group["agent_ids"][0].as_str().unwrap().to_string();
+    assert_eq!(group["agent_ids"].as_array().unwrap().len(), 1, "{group}");
+    let sleeper = server.ok("GET", &format!("/v1/agents/{sleeper_id}"), None).await;
+    assert_eq!(
+        (sleeper["name"].as_str(), &sleeper["llm_config"]),
+        (Some("diary-sleeptime"), &main["llm_config"])
+    );
+    // The sleeptime agent holds the main agent's blocks (the same ids) and its own persona.
+    let ids_of = |agent: &Value| -> Vec<(String, String)> {
+        agent["memory"]["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["label"].as_str().unwrap().to_string(), b["id"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let main_blocks = ids_of(&main);
+    let sleeper_blocks = ids_of(&sleeper);
+    for block in &main_blocks {
+        assert!(sleeper_blocks.contains(block), "{block:?} not in {sleeper_blocks:?}");
+        let agents = server.ok("GET", &format!("/v1/blocks/{}/agents", block.1), None).await;
+        let mut holders: Vec<&str> =
+            agents.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+        holders.sort();
+        let mut expected = vec![main_id.as_str(), sleeper_id.as_str()];
+        expected.sort();
+        assert_eq!(holders, expected);
+    }
+    let labels: Vec<&str> = sleeper_blocks.iter().map(|(label, _)| label.as_str()).collect();
+    assert_eq!(labels, vec!["memory_persona", "human", "persona"]);
+    // Turning it on again, or on an agent that has it, makes nothing new.
+    server.ok("PATCH", &format!("/v1/agents/{main_id}"), Some(json!({"enable_sleeptime": true}))).await;
+    assert_eq!(server.ok("GET", "/v1/groups/count", None).await, json!(1));
+    assert_eq!(server.ok("GET", "/v1/agents/count", None).await, json!(2));
+    // The first turn runs the sleeptime agent (Letta's counter starts at -1);
+    // its edit of the shared block reaches the main agent.
+    let ask = r#"/sleeptime-call core_memory_append {"label": "human", "content": "Likes tea."}"#;
+    let answer = server.say(&main_id, ask).await;
+    let run_ids = answer["usage"]["run_ids"].as_array().unwrap().clone();
+    assert_eq!(run_ids.len(), 2, "{answer}");
+    let run = eventually(&server, &format!("/v1/runs/{}", run_ids[1].as_str().unwrap()), |run| {
+        run["status"] != "running"
+    })
+    .await;
+    assert_eq!(
+        (run["agent_id"].as_str(), run["status"].as_str()),
+        (Some(sleeper_id.as_str()), Some("completed"))
+    );
+    let path = format!("/v1/agents/{main_id}/core-memory/blocks/human");
+    let human = eventually(&server, &path, |b| b["value"].as_str().unwrap().contains("Likes tea.")).await;
+    assert!(human["value"].as_str().unwrap().starts_with("Name: Ana."), "{human}");
+    // Turning it on later, by modify, makes one too; a main agent with a
+    // memory_persona of its own shares that one.
+    let later = server
+        .ok(
+            "POST",
+            "/v1/agents/",
+            Some(json!({"name": "later", "model": "openai-proxy/fake-gpt",
+                        "memory_blocks": [{"label": "memory_persona", "value": "Mine."}]})),
+        )
+        .await;
+    let later_id = later["id"].as_str().unwrap().to_string();
+    assert_eq!(later["multi_agent_group"], Value::Null);
+    let patched =
+        server.ok("PATCH", &format!("/v1/agents/{later_id}"), Some(json!({"enable_sleeptime": true}))).await;
+    let later_sleeper = patched["multi_agent_group"]["agent_ids"][0].as_str().unwrap().to_string();
+    let later_sleeper = server.ok("GET", &format!("/v1/agents/{later_sleeper}"), None).await;
+    assert_eq!(ids_of(&later_sleeper), ids_of(&later));
+    assert_eq!(server.ok("GET", "/v1/groups/count", None).await, json!(2));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_whose_sleeptime_agent_cannot_be_made_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let member = server.create_agent("member", &[]).await;
+    for n in 0..kelpie_agent::actors::group_store::GROUPS_COUNT_MAX {
+        let body = json!({"agent_ids": [member], "description": format!("g{n}")});
+        server.ok("POST", "/v1/groups/", Some(body)).await;
+    }
+    // The store is full, so the sleeptime group is refused after both
+    // agents were made: neither is left.
+    let body = json!({"name": "full", "model": "openai-proxy/fake-gpt", "enable_sleeptime": true});
+    let (status, refused) = server.call("POST", "/v1/agents/", Some(body)).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("GROUPS_COUNT_MAX"), "{refused}");
+    let agents = server.ok("GET", "/v1/agents/?limit=100", None).await;
+    let names: Vec<&str> = agents.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["member"]);
     server.shutdown().await;
 }

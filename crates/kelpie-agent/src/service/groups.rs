@@ -47,13 +47,23 @@ use crate::ids::new_id;
 use crate::letta::{group_json, letta_messages};
 use crate::model::{MessageBody, RunStatus};
 use crate::page::{json_id, paginate, Page};
-use crate::requests::UpdateBlock;
+use crate::requests::{CreateAgent, CreateBlock, UpdateBlock};
 
 /// Most of the manager's messages one sleeptime run is given.
 pub const SLEEPTIME_TRANSCRIPT_MESSAGES_COUNT_MAX: usize = 200;
 /// Longest transcript one sleeptime run is given, in bytes (the newest
 /// part is kept).
 pub const SLEEPTIME_TRANSCRIPT_BYTES_MAX: usize = 32 * 1024;
+/// How often (in main-agent turns) the sleeptime agent that
+/// `enable_sleeptime` makes runs, as Letta makes it.
+pub const SLEEPTIME_AGENT_FREQUENCY_DEFAULT: i64 = 5;
+/// The label of a sleeptime agent's own block.
+const SLEEPTIME_PERSONA_LABEL: &str = "memory_persona";
+/// The `memory_persona` block of a sleeptime agent `enable_sleeptime` makes.
+const SLEEPTIME_PERSONA: &str = "I am a sleeptime agent. I run in the background after my main agent's \
+conversations, read what was said, and keep the memory blocks I share with it accurate and well \
+organised: I add what was learned, correct what changed and remove what is stale. I never talk to the \
+user; my work is the memory.";
 /// Letta's default `termination_token` of a dynamic group.
 const TERMINATION_TOKEN_DEFAULT: &str = "DONE!";
 
@@ -444,6 +454,75 @@ impl Groups {
             }
         }
         Ok(group_json(&group))
+    }
+
+    /// Letta's `enable_sleeptime` on an agent that manages no group yet:
+    /// a sleeptime agent named `<name>-sleeptime` with the main agent's
+    /// models, its own `memory_persona` block and every block of the main
+    /// agent (made shared blocks, so an edit either makes reaches both),
+    /// in a new sleeptime group the main agent manages, run every
+    /// [`SLEEPTIME_AGENT_FREQUENCY_DEFAULT`] turns. An agent that manages
+    /// a group already keeps it and gets nothing new. If a step fails, the
+    /// sleeptime agent made so far is deleted and the error answered (the
+    /// main agent's blocks stay shared, which changes nothing for it).
+    pub async fn add_sleeptime_agent(&self, main_id: &str) -> ServiceResult<()> {
+        let main = self.actors.record(main_id).await?;
+        if main.managed_group.is_some() {
+            return Ok(());
+        }
+        for block in main.memory.blocks() {
+            self.blocks.share_own(main_id, block).await?;
+        }
+        let persona = CreateBlock {
+            label: SLEEPTIME_PERSONA_LABEL.into(),
+            value: SLEEPTIME_PERSONA.into(),
+            limit: None,
+            description: None,
+            read_only: None,
+        };
+        // A main agent with a `memory_persona` of its own shares it instead.
+        let own_persona = main.memory.get(SLEEPTIME_PERSONA_LABEL).is_err().then_some(persona);
+        let request = CreateAgent {
+            name: Some(format!("{}-sleeptime", main.name)),
+            memory_blocks: Some(own_persona.into_iter().collect()),
+            model: Some(main.llm.handle.clone()),
+            embedding: Some(main.embedding.handle.clone()),
+            context_window_limit: Some(main.llm.context_window),
+            max_tokens: Some(main.llm.max_tokens),
+            ..CreateAgent::default()
+        };
+        let sleeper = self.agents.create(request, None).await?;
+        let sleeper_id = sleeper["id"].as_str().ok_or_else(|| unexpected("agent without id"))?.to_string();
+        let joined = async {
+            for block in main.memory.blocks() {
+                self.blocks.attach(&sleeper_id, &block.id).await?;
+            }
+            let config = ManagerConfig {
+                manager_type: "sleeptime".into(),
+                manager_agent_id: Some(main_id.to_string()),
+                termination_token: None,
+                max_turns: None,
+                sleeptime_agent_frequency: Some(SLEEPTIME_AGENT_FREQUENCY_DEFAULT),
+                max_message_buffer_length: None,
+                min_message_buffer_length: None,
+            };
+            let create = GroupCreate {
+                agent_ids: vec![sleeper_id.clone()],
+                description: String::new(),
+                manager_config: Some(config),
+                project_id: None,
+                shared_block_ids: Vec::new(),
+                hidden: None,
+            };
+            self.create(create).await
+        };
+        if let Err(err) = joined.await {
+            if let Err(cleanup) = self.agents.delete(&sleeper_id).await {
+                tracing::warn!(error = %cleanup, sleeper_id, "a half-made sleeptime agent was not deleted");
+            }
+            return Err(err);
+        }
+        Ok(())
     }
 
     pub async fn get(&self, group_id: &str) -> ServiceResult<Value> {

@@ -325,12 +325,41 @@ impl AgentService {
         for identity_id in &identity_ids {
             self.identities.get(identity_id).await?;
         }
+        let sleeptime = request.enable_sleeptime == Some(true);
         let mut agent = self.agents.create(request, idempotency_key).await?;
         let agent_id = agent["id"].as_str().unwrap_or_default().to_string();
         for identity_id in &identity_ids {
             agent = self.identities.link_agent(&agent_id, identity_id, true).await?;
         }
+        if sleeptime {
+            // All or nothing for the client: an agent whose sleeptime agent
+            // could not be made is deleted again and the reason answered.
+            if let Err(err) = self.groups.add_sleeptime_agent(&agent_id).await {
+                if let Err(cleanup) = self.delete_agent(&agent_id).await {
+                    tracing::warn!(error = %cleanup, agent_id, "an agent without its sleeptime agent was not deleted");
+                }
+                return Err(err);
+            }
+            agent = self.agents.get(&agent_id).await?;
+        }
         Ok(agent)
+    }
+
+    /// `PATCH /v1/agents/{id}`: [`Agents::update`]; turning
+    /// `enable_sleeptime` on for an agent that manages no group also makes
+    /// its sleeptime agent and group, as Letta does.
+    pub async fn update_agent(
+        &self,
+        agent_id: &str,
+        request: crate::requests::UpdateAgent,
+    ) -> ServiceResult<serde_json::Value> {
+        let sleeptime = request.enable_sleeptime == Some(true);
+        let agent = self.agents.update(agent_id, request).await?;
+        if !sleeptime {
+            return Ok(agent);
+        }
+        self.groups.add_sleeptime_agent(agent_id).await?;
+        self.agents.get(agent_id).await
     }
 
     /// `GET /v1/agents/`: [`Agents::list`], of the agents of identity

@@ -188,6 +188,21 @@ impl SharedBlocks {
         }
     }
 
+    /// Makes block `block` of agent `agent_id`'s own core memory a shared
+    /// block under its id, linked to that agent, so it can be attached to
+    /// others (a sleeptime agent shares its main agent's blocks this way).
+    /// A block that is shared already is left as it is.
+    pub(crate) async fn share_own(&self, agent_id: &str, block: &Block) -> ServiceResult<()> {
+        let lock = self.locks.lock_for(&block.id);
+        let _held = lock.lock().await;
+        if self.find_shared(&block.id).await?.is_none() {
+            self.shared_block(BlockCommand::Create(Box::new(block.clone()))).await?;
+        }
+        let link = BlockCommand::Link { id: block.id.clone(), agent_id: agent_id.to_string() };
+        self.shared_block(link).await?;
+        Ok(())
+    }
+
     /// Removes the block from the agent's core memory (a shared block or one
     /// of its own), then forgets the link in the store.
     pub async fn detach(&self, agent_id: &str, block_id: &str) -> ServiceResult<Value> {

@@ -133,7 +133,7 @@ async fn modify(
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<UpdateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.service.agents.update(&agent_id, request).await?))
+    Ok(Json(state.service.update_agent(&agent_id, request).await?))
 }
 
 async fn remove(
