@@ -525,3 +525,48 @@ async fn bad_conversation_input_is_refused_with_the_reason() {
     assert_eq!((changed["summary"].as_str(), changed["model"].clone()), (Some("renamed"), Value::Null));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_message_routes_across_agents_find_a_conversations_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let agent = server.create_agent("tutor", &[]).await;
+    let alpha = create(&server, &agent, json!({})).await;
+    send(&server, &alpha, "pelicans in alpha").await;
+    server.say(&agent, "herons at home").await;
+    let in_alpha = server.ok("GET", &format!("/v1/conversations/{alpha}/messages?order=asc"), None).await;
+    assert!(in_alpha.as_array().unwrap().iter().all(|m| m["conversation_id"] == json!(alpha)), "{in_alpha}");
+    let user = in_alpha.as_array().unwrap().iter().find(|m| m["message_type"] == "user_message").unwrap();
+    let user_id = user["id"].as_str().unwrap();
+    // By id: found in the conversation, and said so.
+    let found = server.ok("GET", &format!("/v1/messages/{user_id}"), None).await;
+    assert_eq!(
+        (&found[0]["content"], &found[0]["conversation_id"]),
+        (&json!("pelicans in alpha"), &json!(alpha))
+    );
+    // Listed by conversation: the conversation's messages only; by the
+    // agent's id: its own history only.
+    let listed = server.ok("GET", &format!("/v1/messages/?conversation_id={alpha}&order=asc"), None).await;
+    assert_eq!(texts(&listed), vec!["pelicans in alpha", "echo: pelicans in alpha"]);
+    let only_users =
+        format!("/v1/messages/?conversation_id={alpha}&include_return_message_types=user_message");
+    assert_eq!(texts(&server.ok("GET", &only_users, None).await), vec!["pelicans in alpha"]);
+    let own = server.ok("GET", &format!("/v1/messages/?conversation_id={agent}&order=asc"), None).await;
+    assert_eq!(texts(&own), vec!["herons at home", "echo: herons at home"]);
+    // Searched by conversation: its words are found there, not at home.
+    let search = |body: Value| server.ok("POST", "/v1/messages/search", Some(body));
+    let hits = search(json!({"query": "pelicans", "conversation_id": alpha})).await;
+    let hits = hits.as_array().unwrap();
+    assert!(!hits.is_empty() && hits.iter().all(|h| h["conversation_id"] == json!(alpha)), "{hits:?}");
+    assert!(hits.iter().any(|h| h["content"] == "pelicans in alpha"), "{hits:?}");
+    let home = search(json!({"query": "pelicans", "agent_id": agent})).await;
+    assert_eq!(home, json!([]));
+    let elsewhere = search(json!({"query": "herons", "conversation_id": alpha})).await;
+    assert_eq!(elsewhere, json!([]));
+    // A deleted conversation's messages are not found any more.
+    server.ok("DELETE", &format!("/v1/conversations/{alpha}"), None).await;
+    let (status, _) = server.call("GET", &format!("/v1/messages/{user_id}"), None).await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}

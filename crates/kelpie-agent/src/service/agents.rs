@@ -456,6 +456,11 @@ impl Agents {
                 _ => break,
             }
         }
+        if let Some(conversation_id) = conversation {
+            for part in &mut rendered {
+                part["conversation_id"] = Value::from(conversation_id);
+            }
+        }
         Ok(rendered)
     }
 

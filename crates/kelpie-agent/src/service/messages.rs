@@ -25,7 +25,7 @@ use super::agent_actors::AgentActors;
 use super::directory::AgentDirectory;
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::{message_agent_prefix, parse_iso_ms, rfc3339_micros};
+use crate::ids::{conversation_agent_prefix, message_agent_prefix, parse_iso_ms, rfc3339_micros};
 use crate::letta::{internal_message_json, letta_messages};
 use crate::model::{MessageBody, StoredMessage};
 use crate::page::{Page, PAGE_LIMIT_COUNT_MAX};
@@ -59,10 +59,11 @@ pub struct MessageSearch {
     pub end_date: Option<String>,
 }
 
-/// A message found, with its agent.
+/// A message found, with its agent (and conversation, when one holds it).
 pub struct Found {
     pub agent_id: String,
     pub message: StoredMessage,
+    pub conversation_id: Option<String>,
 }
 
 pub struct Messages {
@@ -112,11 +113,10 @@ impl Messages {
         for agent_id in agent_ids {
             let command = AgentCommand::GetMessage { id: message_id.to_string() };
             match self.actors.invoke(&agent_id, command).await {
-                Ok(AgentReply::Messages(mut messages)) => {
-                    if let Some(message) = messages.pop() {
-                        return Ok(Some(Found { agent_id, message }));
-                    }
+                Ok(AgentReply::Message(Some((message, conversation_id)))) => {
+                    return Ok(Some(Found { agent_id, message: *message, conversation_id }));
                 }
+                Ok(AgentReply::Message(None)) => {}
                 // Deleted since the directory answered.
                 Err(ServiceError::AgentNotFound(_)) => {}
                 Ok(_) => return Err(unexpected("get message")),
@@ -128,7 +128,14 @@ impl Messages {
 
     /// `GET /v1/messages/{id}`: the message as Letta's messages.
     pub async fn get(&self, message_id: &str) -> ServiceResult<Vec<Value>> {
-        Ok(letta_messages(&self.find(message_id).await?.message))
+        let found = self.find(message_id).await?;
+        let mut parts = letta_messages(&found.message);
+        if let Some(conversation_id) = &found.conversation_id {
+            for part in &mut parts {
+                part["conversation_id"] = Value::from(conversation_id.as_str());
+            }
+        }
+        Ok(parts)
     }
 
     /// The agents the routes across agents look through: every agent,
@@ -263,14 +270,22 @@ impl Messages {
         };
         let (start_ms, end_ms) =
             (date("start_date", &search.start_date)?, date("end_date", &search.end_date)?);
-        // Projects, templates and conversations are Letta cloud's; no
-        // Kelpie message belongs to one.
-        if search.project_id.is_some() || search.template_id.is_some() || search.conversation_id.is_some() {
+        // Projects and templates are Letta cloud's; no Kelpie message
+        // belongs to one.
+        if search.project_id.is_some() || search.template_id.is_some() {
             return Ok(Vec::new());
         }
-        let agent_ids = match &search.agent_id {
-            Some(agent_id) => vec![agent_id.clone()],
-            None => self.every_agent("a message search without agent_id", "give agent_id").await?,
+        let conversation = search.conversation_id.clone();
+        let agent_ids = match (&search.agent_id, &conversation) {
+            (Some(agent_id), _) => vec![agent_id.clone()],
+            // The agents whose id the conversation's begins with (one,
+            // but for a 64-bit collision); the others hold no such
+            // conversation.
+            (None, Some(id)) => match conversation_agent_prefix(id) {
+                Some(prefix) => self.directory.find_prefix(&prefix).await?,
+                None => return Ok(Vec::new()),
+            },
+            (None, None) => self.every_agent("a message search without agent_id", "give agent_id").await?,
         };
         let filtered = !roles.is_empty() || start_ms.is_some() || end_ms.is_some();
         let read = if filtered { MESSAGE_SEARCH_AGENT_READ_COUNT_MAX } else { limit };
@@ -283,27 +298,33 @@ impl Messages {
         let mut found = Vec::new();
         for agent_id in agent_ids {
             let command = match query.trim().is_empty() {
-                true => AgentCommand::MessagePage(PageSpec {
-                    after: None,
-                    before: None,
+                true => {
+                    let page = PageSpec { after: None, before: None, limit: read, descending: true };
+                    match &conversation {
+                        None => AgentCommand::MessagePage(page),
+                        Some(id) => AgentCommand::ConversationMessages { id: id.clone(), page },
+                    }
+                }
+                false => AgentCommand::SearchMessages {
+                    query: query.clone(),
                     limit: read,
-                    descending: true,
-                }),
-                false => AgentCommand::SearchMessages { query: query.clone(), limit: read },
+                    conversation: conversation.clone(),
+                },
             };
             let messages = match self.actors.invoke(&agent_id, command).await {
                 Ok(AgentReply::Messages(messages)) => messages,
                 // A named agent must exist; one listed may be deleted since.
                 Err(ServiceError::AgentNotFound(_)) if search.agent_id.is_none() => continue,
+                // The conversation is another agent's, or none at all.
+                Err(ServiceError::ConversationNotFound(_)) => continue,
                 Ok(_) => return Err(unexpected("search messages")),
                 Err(err) => return Err(err),
             };
-            found.extend(
-                messages
-                    .into_iter()
-                    .filter(|message| accepts(message))
-                    .map(|message| Found { agent_id: agent_id.clone(), message }),
-            );
+            found.extend(messages.into_iter().filter(|message| accepts(message)).map(|message| Found {
+                agent_id: agent_id.clone(),
+                message,
+                conversation_id: conversation.clone(),
+            }));
         }
         found.sort_by(|a, b| {
             (b.message.created_ms, &b.agent_id, b.message.seq).cmp(&(
@@ -381,7 +402,7 @@ pub fn list_results_json(found: &[Found]) -> Vec<Value> {
             };
             let mut result = json!({
                 "message_type": kind, "message_id": found.message.id, "agent_id": found.agent_id,
-                "conversation_id": null, "created_at": rfc3339_micros(found.message.created_ms),
+                "conversation_id": found.conversation_id, "created_at": rfc3339_micros(found.message.created_ms),
             });
             if let (Some(result), Value::Object(text)) = (result.as_object_mut(), text) {
                 result.extend(text);

@@ -313,17 +313,20 @@ pub enum AgentCommand {
         id: String,
         edit: MessageEdit,
     },
-    /// The stored message `id` ([`AgentReply::Messages`], empty when the
-    /// agent has none).
+    /// The stored message `id` in the agent's own history or one of its
+    /// conversations ([`AgentReply::Message`]).
     GetMessage {
         id: String,
     },
     /// At most `limit` stored messages whose text holds `query` (case
     /// aside), newest first, through the word index (as
-    /// `conversation_search`).
+    /// `conversation_search`), in the agent's own history or in
+    /// conversation `conversation`.
     SearchMessages {
         query: String,
         limit: usize,
+        #[serde(default)]
+        conversation: Option<String>,
     },
     /// At most `limit` stored messages whose place in time
     /// ([`store::time_place`]) is in `[from, to)`, from the older end or,
@@ -389,6 +392,9 @@ impl MessageEdit {
 pub enum AgentReply {
     Agent(Box<AgentRecord>),
     Messages(Vec<StoredMessage>),
+    /// A message looked up by id, with the conversation that holds it
+    /// (`None`: the agent's own history); `None` when there is none.
+    Message(Option<(Box<StoredMessage>, Option<String>)>),
     Step {
         agent: Box<AgentRecord>,
         messages: Vec<StoredMessage>,
@@ -499,13 +505,21 @@ impl Actor for AgentActor {
             AgentCommand::EditMessage { id, edit } => {
                 Ok(AgentReply::Messages(vec![store::edit_message(ctx, &id, |body| edit.apply(body)).await?]))
             }
-            AgentCommand::GetMessage { id } => Ok(AgentReply::Messages(store::get_message(ctx, &id).await?)),
+            AgentCommand::GetMessage { id } => {
+                let found = store::get_message(ctx, &id).await?;
+                Ok(AgentReply::Message(
+                    found.map(|(message, conversation_id)| (Box::new(message), conversation_id)),
+                ))
+            }
             AgentCommand::MessagesBetween { from, to, descending, limit } => {
                 Ok(AgentReply::Messages(store::messages_between(ctx, (from, to), descending, limit).await?))
             }
-            AgentCommand::SearchMessages { query, limit } => Ok(AgentReply::Messages(
-                store::search_messages(ctx, &History::Agent, &query, limit, u64::MAX).await?,
-            )),
+            AgentCommand::SearchMessages { query, limit, conversation } => {
+                let history = History::of(ctx, conversation.as_deref()).await?;
+                Ok(AgentReply::Messages(
+                    store::search_messages(ctx, &history, &query, limit, u64::MAX).await?,
+                ))
+            }
             AgentCommand::FileOps(ops) => {
                 let closed = file_ops(ctx, ops)?;
                 Ok(AgentReply::FilesClosed { agent: Box::new(agent(ctx)?), closed })

@@ -465,7 +465,12 @@ pub(crate) async fn put_message(
     }
     match history {
         History::Agent => counts_mut(ctx).messages += 1,
-        History::Conversation(record) => record.messages += 1,
+        History::Conversation(record) => {
+            // Where a message id of a conversation is found again.
+            let slot = record.slot.to_be_bytes().to_vec();
+            ctx.kv_put(&index_key(&conversations(ctx), "c", &message.id), slot)?;
+            record.messages += 1;
+        }
     }
     windows.stored(ctx, history, &message, bytes);
     Ok(message)
@@ -754,12 +759,25 @@ pub(crate) async fn edit_message(
     Ok(message)
 }
 
-/// The stored message `id`, if the agent has it (none or one).
-pub(crate) async fn get_message(ctx: &mut Ctx<'_>, id: &str) -> Result<Vec<StoredMessage>> {
+/// The stored message `id`, if the agent has it, in its own history or in
+/// one of its conversations (then with that conversation's id): through
+/// the id index of each, never a scan. A message of a conversation deleted
+/// since is not found.
+pub(crate) async fn get_message(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+) -> Result<Option<(StoredMessage, Option<String>)>> {
     agent(ctx)?;
     let space = messages(ctx);
-    let Some(seq) = seq_of(ctx, &space, "mi", id).await? else { return Ok(Vec::new()) };
-    Ok(read_message(ctx, &space, seq).await?.into_iter().collect())
+    if let Some(seq) = seq_of(ctx, &space, "mi", id).await? {
+        return Ok(read_message(ctx, &space, seq).await?.map(|message| (message, None)));
+    }
+    let Some(slot) = seq_of(ctx, &conversations(ctx), "c", id).await? else { return Ok(None) };
+    let Some(bytes) = ctx.kv_get(&conversation_record_key(ctx, slot)).await? else { return Ok(None) };
+    let record: ConversationRecord = decode(&bytes, "conversation")?;
+    let space = conversation_space(ctx, slot);
+    let Some(seq) = seq_of(ctx, &space, "mi", id).await? else { return Ok(None) };
+    Ok(read_message(ctx, &space, seq).await?.map(|message| (message, Some(record.id))))
 }
 
 async fn read_message(ctx: &mut Ctx<'_>, space: &str, seq: u64) -> Result<Option<StoredMessage>> {
