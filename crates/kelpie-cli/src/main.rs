@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kelpie_core::config::{ConfigError, ConfigLayers, KelpieConfig, Origin};
 
+mod people;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kelpie",
@@ -29,6 +31,12 @@ enum Command {
     /// list_agents, create_agent, send_message, read_memory), through the
     /// server at --url. Servers also answer MCP over HTTP at /mcp.
     Mcp(McpArgs),
+    /// List, create, show and delete agents on a server.
+    #[command(subcommand)]
+    Agents(people::AgentsCommand),
+    /// Chat with an agent: each line you type is a message, the answer
+    /// streams back as it is written.
+    Chat(people::ChatArgs),
 }
 
 #[derive(Debug, Args)]
@@ -70,8 +78,15 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8283].
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", conflicts_with_all = ["host", "port"])]
     bind: Option<String>,
+    /// Host to listen on, as Letta's server takes it (with --port; the
+    /// other part defaults to 127.0.0.1 or 8283).
+    #[arg(long, value_name = "IP")]
+    host: Option<String>,
+    /// Port to listen on, as Letta's server takes it.
+    #[arg(long)]
+    port: Option<u16>,
     /// This node's name [default: node-1].
     #[arg(long)]
     node_id: Option<String>,
@@ -106,9 +121,12 @@ impl ServeArgs {
             layers.add_file(path)?;
         }
         layers.add_env(std::env::vars());
+        let host_port = self.host_port();
+        let bind = self.bind.as_deref().or(host_port.as_deref());
+        let bind_flag = if self.bind.is_some() { "--bind" } else { "--host/--port" };
         let flags: [(&str, &str, Option<&str>); 10] = [
             ("data_dir", "--data-dir", self.data_dir.as_deref()),
-            ("bind", "--bind", self.bind.as_deref()),
+            ("bind", bind_flag, bind),
             ("node_id", "--node-id", self.node_id.as_deref()),
             ("storage.backend", "--storage", self.storage.as_deref()),
             ("storage.database_url", "--database-url", self.database_url.as_deref()),
@@ -129,7 +147,26 @@ impl ServeArgs {
         }
         layers.resolve()
     }
+
+    /// The listen address `--host` and `--port` name (either may be left
+    /// out), as `IP:PORT`; an IPv6 host is bracketed.
+    fn host_port(&self) -> Option<String> {
+        if self.host.is_none() && self.port.is_none() {
+            return None;
+        }
+        let host = self.host.as_deref().unwrap_or(DEFAULT_HOST);
+        let port = self.port.unwrap_or(DEFAULT_PORT);
+        Some(match host.contains(':') && !host.starts_with('[') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        })
+    }
 }
+
+/// The host `--port` alone listens on.
+const DEFAULT_HOST: &str = "127.0.0.1";
+/// The port `--host` alone listens on (Letta's).
+const DEFAULT_PORT: u16 = 8283;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -144,6 +181,20 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
         Command::Mcp(args) => mcp(args),
+        Command::Agents(command) => people_result(people::agents(command, &mut std::io::stdout())),
+        Command::Chat(args) => {
+            people_result(people::chat(args, std::io::stdin().lock(), &mut std::io::stdout()))
+        }
+    }
+}
+
+fn people_result(result: Result<(), people::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kelpie: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
