@@ -4,8 +4,9 @@
 //! node: conversations (create, a turn whole and streamed, `default` with
 //! the agent in the body), chat completions (whole, streamed, a body past
 //! the forwarding limit), group turns (round robin members, sleeptime
-//! members, reset) and message batches (their runs, cancel). Every message
-//! is stored once, read back through the owner.
+//! members, reset; with an API key both nodes require) and message batches
+//! (their runs, cancel). Every message is stored once, read back through
+//! the owner.
 
 mod common;
 
@@ -35,12 +36,24 @@ struct Cluster {
 
 impl Cluster {
     async fn start(database: &str) -> Option<Cluster> {
+        Cluster::start_with(database, None).await
+    }
+
+    /// With `api_key`, both nodes require it and the test's clients send it.
+    async fn start_with(database: &str, api_key: Option<&str>) -> Option<Cluster> {
         let postgres = PostgresServer::start_or_skip(database)?;
         let url = postgres.create_database(database).expect("create database");
         let fake = common::fake_llm().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = common::start_cluster_node(dir.path(), &fake, &url, "n1").await;
-        let b = common::start_cluster_node(dir.path(), &fake, &url, "n2").await;
+        let extra: Vec<(&str, &str)> = api_key.map(|key| ("api_key", key)).into_iter().collect();
+        let mut a = common::start_cluster_node_with(dir.path(), &fake, &url, "n1", &extra).await;
+        let mut b = common::start_cluster_node_with(dir.path(), &fake, &url, "n2", &extra).await;
+        if let Some(key) = api_key {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+            let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+            (a.http, b.http) = (client.clone(), client);
+        }
         // n1 sees n2 join while it owns no agent, so none of the agents the
         // test makes it own is moved to n2 by a rebalance: wait until it
         // sees n2, then for its rebalancing rounds to note it.
@@ -231,7 +244,15 @@ async fn chat_completions_through_another_node_run_on_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_turns_through_another_node_run_each_member_on_its_owner() {
-    let Some(cluster) = Cluster::start("turns_groups").await else { return };
+    // The member runs sent to n1 present the nodes' API key.
+    let Some(cluster) = Cluster::start_with("turns_groups", Some("a key both nodes require")).await else {
+        return;
+    };
+    let (status, _, listed) = call(&cluster.b, "GET", "/v1/groups/", Value::Null).await;
+    assert_eq!(status, 200, "{listed}");
+    let anonymous =
+        reqwest::Client::new().get(format!("{}/v1/groups/", cluster.b.base)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the key is required");
     let (a, b) = (&cluster.a, &cluster.b);
     let ana = cluster.agent_on_a("ana").await;
     let bo = cluster.agent_on_a("bo").await;
