@@ -2,13 +2,17 @@
 //! the one path a client's agent request takes between nodes (the whole
 //! story: docs/cluster.md, "Forwarding").
 //!
-//! Every request under `/v1/agents/{agent_id}` is sent whole, as HTTP, to the
-//! agent's live owner ([`forward_agent_requests`]), so an agent's turns,
-//! streams and turn-locked operations run where its activation and turn lock
-//! live. The owner serves it with its own router ([`HttpForwarder`]); a
-//! forwarded request carries [`FORWARDED_HEADER`] and is never forwarded
-//! again; every agent response names the node that served it in
-//! [`SERVED_BY_HEADER`].
+//! Every request that names one agent (under `/v1/agents/{agent_id}`, a
+//! conversation route naming a conversation or an agent, chat completions
+//! naming it as the `model`: see `naming_of`) is sent whole, as HTTP, to
+//! the agent's live owner ([`forward_agent_requests`]), so an agent's
+//! turns, streams and turn-locked operations run where its activation and
+//! turn lock live. The owner serves it with its own router
+//! ([`HttpForwarder`]); a forwarded request carries [`FORWARDED_HEADER`]
+//! and is never forwarded again; every response to such a request names
+//! the node that served it in [`SERVED_BY_HEADER`]. The service's own
+//! operations on several agents (groups, batches) reach each agent's owner
+//! the same way through [`OwnerRouter`], the server's `TurnRouter`.
 //!
 //! The encoding is ours: a 4-byte big-endian length, a JSON head (method,
 //! path, headers or status, headers), then the body bytes. A response
@@ -102,7 +106,7 @@ fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 /// Where a request names the agent it is about.
 #[derive(Debug, PartialEq, Eq)]
 enum Naming {
-    /// It is about no single agent (or names one only by what it holds).
+    /// It is about no single agent, or its agent cannot be told from it.
     Nothing,
     Agent(String),
     /// A conversation (`conv-...`), whose id carries its agent's prefix.
