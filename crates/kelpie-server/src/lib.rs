@@ -105,6 +105,12 @@ pub async fn bind(config: KelpieConfig) -> Result<BoundServer, ServerError> {
         shutdown: tokio_util::sync::CancellationToken::new(),
         drain: Arc::default(),
     };
+    if let Some(cluster) = &node.cluster {
+        // Groups and batches run their agents' turns on the agents' owners.
+        let api_key = state.config.api_key.clone();
+        let router = forward::OwnerRouter::new(Arc::clone(cluster), Arc::downgrade(&node.service), api_key);
+        node.service.set_turn_router(Arc::new(router));
+    }
     node.listen(Arc::new(forward::HttpForwarder::new(app(state.clone())))).await?;
     Ok(BoundServer { listener, state, node })
 }

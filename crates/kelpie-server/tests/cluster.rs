@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Running;
@@ -17,28 +16,6 @@ use serde_json::{json, Value};
 const AGENTS_COUNT: usize = 12;
 /// Generous bound on waiting for a rebalance to show; never a timing assertion.
 const REBALANCE_WAIT_MS_MAX: u64 = 30_000;
-
-fn free_addr() -> String {
-    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    addr.to_string()
-}
-
-async fn start_node(
-    dir: &std::path::Path,
-    fake: &kelpie_llm::fake::FakeLlm,
-    url: &str,
-    name: &str,
-) -> Running {
-    let advertise = free_addr();
-    let fields = [
-        ("node_id", name),
-        ("storage.database_url", url),
-        ("cluster.enabled", "true"),
-        ("cluster.advertise", advertise.as_str()),
-        ("cluster.secret", "a secret the two nodes share"),
-    ];
-    common::start_with(&dir.join(name), fake, &fields).await
-}
 
 /// Sends `text` to `agent` through `node`; returns the node that served it.
 async fn send(node: &Running, agent: &str, text: &str) -> String {
@@ -91,7 +68,7 @@ async fn agents_are_forwarded_rebalanced_on_join_and_drained_on_leave() {
     let fake = common::fake_llm().await;
     let dir = tempfile::tempdir().unwrap();
 
-    let n1 = start_node(dir.path(), &fake, &url, "n1").await;
+    let n1 = common::start_cluster_node(dir.path(), &fake, &url, "n1").await;
     let mut agents = Vec::new();
     for i in 0..AGENTS_COUNT {
         agents.push(n1.create_agent(&format!("a{i}"), &[]).await);
@@ -102,7 +79,7 @@ async fn agents_are_forwarded_rebalanced_on_join_and_drained_on_leave() {
 
     // n2 joins: a share of n1's agents moves to it, and requests through
     // either node reach whichever owns the agent.
-    let n2 = start_node(dir.path(), &fake, &url, "n2").await;
+    let n2 = common::start_cluster_node(dir.path(), &fake, &url, "n2").await;
     let nodes = n2.ok("GET", "/v1/cluster/nodes", None).await;
     let names: Vec<&str> =
         nodes["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();

@@ -141,7 +141,10 @@ impl Batches {
         let mut items = Vec::with_capacity(requests.len());
         for (position, request) in requests.into_iter().enumerate() {
             let key = format!("{id}/{position}");
-            let run = self.runs.start(&request.agent_id, request.texts, request.max_steps, Some(key)).await;
+            let run = self
+                .runs
+                .start_on_owner(&request.agent_id, request.texts, request.max_steps, Some(key))
+                .await;
             let run = match run {
                 Ok(run) => run,
                 Err(err) => {
@@ -356,7 +359,7 @@ impl Batches {
                 by_agent.entry(&item.agent_id).or_default().push(item.run_id.clone());
             }
             for (agent_id, run_ids) in by_agent {
-                match self.runs.cancel(agent_id, Some(run_ids)).await {
+                match self.runs.cancel_on_owner(agent_id, run_ids).await {
                     Ok(_) | Err(ServiceError::AgentNotFound(_)) => {}
                     Err(err) => return Err(err),
                 }

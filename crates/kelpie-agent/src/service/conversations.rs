@@ -254,6 +254,23 @@ impl Conversations {
         Err(not_found())
     }
 
+    /// The agent conversation `id` belongs to, as far as the directory
+    /// tells, without activating any agent when one agent's id has the
+    /// conversation's prefix; when several have it, the one holding it.
+    /// `None` when no agent holds it (or the id is malformed).
+    pub async fn agent_of(&self, id: &str) -> ServiceResult<Option<String>> {
+        let Some(prefix) = conversation_agent_prefix(id) else { return Ok(None) };
+        let mut candidates = self.directory.find_prefix(&prefix).await?;
+        if candidates.len() <= 1 {
+            return Ok(candidates.pop());
+        }
+        match self.locate(id).await {
+            Ok(found) => Ok(Some(found.agent_id)),
+            Err(ServiceError::ConversationNotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The agent and conversation (`None`: the agent's own history) that
     /// `target` names; an unknown agent or conversation is not found.
     pub async fn resolve(&self, target: &Target) -> ServiceResult<(String, Option<String>)> {

@@ -37,6 +37,7 @@ use super::locks::KeyedLocks;
 use super::runs::{AfterTurn, Runs};
 use super::shared_blocks::SharedBlocks;
 use super::turn::TurnOutcome;
+use super::turn_router::OwnerOp;
 use crate::actors::agent::{AgentCommand, AgentPatch, AgentReply};
 use crate::actors::group_store::{
     GroupCommand, GroupRecord, GroupReply, GroupRun, GroupStoreActor, GROUP_BLOCKS_COUNT_MAX,
@@ -687,7 +688,13 @@ impl Groups {
     pub async fn reset_messages(&self, group_id: &str) -> ServiceResult<()> {
         let group = self.record(group_id).await?;
         for agent_id in dedup(group.agent_ids.clone()) {
-            match self.agents.reset_messages(&agent_id).await {
+            // Under the member's turn lock, so on the node that owns it.
+            let reset = match self.runs.router().on_owner(&agent_id, &OwnerOp::ResetMessages).await {
+                Ok(Some(agent)) => Ok(agent),
+                Ok(None) => self.agents.reset_messages(&agent_id).await,
+                Err(err) => Err(err),
+            };
+            match reset {
                 Ok(_) | Err(ServiceError::AgentNotFound(_)) => {}
                 Err(err) => return Err(err),
             }
@@ -746,7 +753,7 @@ impl Groups {
         let prompt = sleeptime_prompt(&transcript);
         let mut run_ids = Vec::new();
         for member in dedup(group.agent_ids.clone()) {
-            let run = self.runs.start(&member, vec![prompt.clone()], None, None).await?;
+            let run = self.runs.start_on_owner(&member, vec![prompt.clone()], None, None).await?;
             let run_id = run["id"].as_str().ok_or_else(|| unexpected("run without id"))?.to_string();
             self.follow_sleeptime_run(member, run_id.clone());
             run_ids.push(run_id);
@@ -832,7 +839,7 @@ impl Groups {
                 // Nobody said anything since this member last spoke.
                 break;
             }
-            let run = self.runs.start(speaker, input, max_steps, None).await?;
+            let run = self.runs.start_on_owner(speaker, input, max_steps, None).await?;
             let run_id = run["id"].as_str().ok_or_else(|| unexpected("run without id"))?.to_string();
             let entry = GroupRun { agent_id: speaker.clone(), run_id: run_id.clone() };
             self.group(GroupCommand::AddRun { id: group.id.clone(), run: entry }).await?;

@@ -63,6 +63,7 @@ pub mod steps;
 pub mod tools;
 pub mod transfer;
 pub mod turn;
+pub mod turn_router;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -311,6 +312,13 @@ impl AgentService {
     /// it is served here without asking the directory who owns it).
     pub fn is_agent_active(&self, actor_id: &ActorId) -> bool {
         self.actors.is_active(actor_id)
+    }
+
+    /// Sets where the service's multi-agent operations (groups, batches)
+    /// run the turns of agents other nodes own (see [`turn_router`]); set
+    /// once, by the server of a cluster node.
+    pub fn set_turn_router(&self, router: Arc<dyn turn_router::TurnRouter>) {
+        self.runs.set_turn_router(router);
     }
 
     /// Creates an agent (see [`Agents::create`]) and links it to the

@@ -36,6 +36,7 @@ use super::agents::IDEMPOTENCY_KEY_BYTES_MAX;
 use super::directory::AgentDirectory;
 use super::turn::token_stream::TurnEvents;
 use super::turn::{check_turn_input, ApprovalAnswer, TurnOutcome, TurnRun, Turns};
+use super::turn_router::{OwnerOp, TurnRouter, TurnRouterSlot};
 use crate::actors::agent::{AgentCommand, AgentReply, PageSpec, RunFilter, RUN_INTERRUPTED_ERROR};
 use crate::actors::run_store::{
     run_json, run_pointer_shard, step_json, InFlightRun, RunActor, RunCommand, RunIndexActor,
@@ -100,6 +101,8 @@ pub struct Runs {
     turns: Arc<Turns>,
     records: Arc<RunRecords>,
     after_turn: AfterTurnHook,
+    /// Where runs of agents another node owns are started (groups, batches).
+    router: TurnRouterSlot,
     planted: crate::planted::Planted,
 }
 
@@ -299,7 +302,49 @@ impl Runs {
             active: ActiveRuns::default(),
             env,
         });
-        Runs { actors, directory, turns, records, after_turn: AfterTurnHook::default(), planted }
+        let (after_turn, router) = (AfterTurnHook::default(), TurnRouterSlot::default());
+        Runs { actors, directory, turns, records, after_turn, router, planted }
+    }
+
+    /// Sets the router that sends runs of agents other nodes own to their
+    /// owner ([`Runs::start_on_owner`]); only the first call counts.
+    pub fn set_turn_router(&self, router: Arc<dyn TurnRouter>) {
+        self.router.set(router);
+    }
+
+    /// The router runs of other nodes' agents go through.
+    pub fn router(&self) -> &TurnRouterSlot {
+        &self.router
+    }
+
+    /// [`Runs::start`] on the node that owns `agent_id` (here when this
+    /// node owns it or claims it): what the service's own multi-agent
+    /// operations (groups, batches) start member runs with.
+    pub async fn start_on_owner(
+        &self,
+        agent_id: &str,
+        texts: Vec<String>,
+        max_steps: Option<u32>,
+        idempotency_key: Option<String>,
+    ) -> ServiceResult<Value> {
+        check_turn_input(&texts, max_steps)?;
+        check_idempotency_key(idempotency_key.as_deref())?;
+        let op =
+            OwnerOp::StartRun { texts: texts.clone(), max_steps, idempotency_key: idempotency_key.clone() };
+        match self.router.on_owner(agent_id, &op).await? {
+            Some(run) => Ok(run),
+            None => self.start(agent_id, texts, max_steps, idempotency_key).await,
+        }
+    }
+
+    /// [`Runs::cancel`] of `run_ids` on the node that owns `agent_id`, where
+    /// its runs run.
+    pub async fn cancel_on_owner(&self, agent_id: &str, run_ids: Vec<String>) -> ServiceResult<Value> {
+        let op = OwnerOp::CancelRuns { run_ids: run_ids.clone() };
+        match self.router.on_owner(agent_id, &op).await? {
+            Some(cancelled) => Ok(cancelled),
+            None => self.cancel(agent_id, Some(run_ids)).await,
+        }
     }
 
     /// Sets what runs after the turns of sleeptime groups' managers; only

@@ -47,7 +47,7 @@ pub fn page_of(
 }
 
 /// The header of an idempotency key (agent creation, message turns).
-const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// The request's `Idempotency-Key`, if sent; a 422 when it is not visible ASCII.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {

@@ -54,6 +54,37 @@ pub async fn start_with_base_url(data_dir: &Path, base_url: &str, extra: &[(&str
     Running { base, http: reqwest::Client::new(), service, stop: Some(stop), task }
 }
 
+fn free_addr() -> String {
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    addr.to_string()
+}
+
+/// A node `name` of a cluster on the PostgreSQL at `url`, its data in
+/// `dir/name`.
+pub async fn start_cluster_node(dir: &Path, fake: &FakeLlm, url: &str, name: &str) -> Running {
+    start_cluster_node_with(dir, fake, url, name, &[]).await
+}
+
+/// [`start_cluster_node`] with extra config fields.
+pub async fn start_cluster_node_with(
+    dir: &Path,
+    fake: &FakeLlm,
+    url: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Running {
+    let advertise = free_addr();
+    let mut fields = vec![
+        ("node_id", name),
+        ("storage.database_url", url),
+        ("cluster.enabled", "true"),
+        ("cluster.advertise", advertise.as_str()),
+        ("cluster.secret", "a secret the two nodes share"),
+    ];
+    fields.extend_from_slice(extra);
+    start_with(&dir.join(name), fake, &fields).await
+}
+
 impl Running {
     pub async fn shutdown(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
