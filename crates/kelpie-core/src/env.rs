@@ -105,6 +105,7 @@ impl Default for TokioClock {
 }
 
 impl Clock for TokioClock {
+    #[allow(clippy::disallowed_methods)]
     fn monotonic_ns(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -132,6 +133,8 @@ impl ChaChaRngSource {
         ChaChaRngSource { rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
     }
 
+    // The production side of the boundary is the one place seeded by the OS.
+    #[allow(clippy::disallowed_methods)]
     pub fn from_os_entropy() -> Self {
         ChaChaRngSource { rng: Mutex::new(ChaCha8Rng::from_os_rng()) }
     }

@@ -25,6 +25,11 @@ fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+#[allow(clippy::disallowed_methods)]
+fn wall_since(started: std::time::Instant) -> Duration {
+    started.elapsed()
+}
+
 struct Repetition {
     events: u64,
     steps: u64,
@@ -45,7 +50,7 @@ fn repetition(first_seed: u64) -> Repetition {
             Err(failure) => panic!("reference scenario failed:\n{failure}"),
         }
     }
-    Repetition { events, steps, seeds: SEEDS_PER_REPETITION_COUNT, wall: started.elapsed() }
+    Repetition { events, steps, seeds: SEEDS_PER_REPETITION_COUNT, wall: wall_since(started) }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

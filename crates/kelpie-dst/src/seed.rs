@@ -40,6 +40,7 @@ pub fn seed_from_env() -> Result<u64, SeedError> {
     }
     // The one deliberate nondeterministic read of the crate: choosing which
     // execution to explore. It is printed, so the run stays replayable.
+    #[allow(clippy::disallowed_methods)]
     let seed = ChaCha8Rng::from_os_rng().next_u64();
     eprintln!("DST: random seed {seed}; replay with: {}", replay_command(seed));
     Ok(seed)

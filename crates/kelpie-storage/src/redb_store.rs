@@ -420,6 +420,7 @@ impl RedbBackend {
         // The committer is the I/O shell of this backend: it blocks in fsync,
         // so it gets its own OS thread rather than an async task. Protocol
         // code never sees it; it only talks to it through the channel.
+        #[allow(clippy::disallowed_methods)]
         let committer = std::thread::Builder::new()
             .name("kelpie-redb-committer".into())
             .spawn(move || run_committer(committer_db, receiver))
