@@ -257,17 +257,32 @@ async fn shutdown_finishes_in_flight_work_flushes_and_rejects_new_calls() {
         async move { runtime.invoke(&id("s"), Msg::Sleep(50)).await }
     });
     tokio::time::sleep(Duration::from_millis(10)).await;
+    // Queued in the mailbox behind the slow call when shutdown begins.
+    let queued = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.invoke(&id("s"), Msg::Add(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
     runtime.shutdown().await;
-    assert!(slow.await.unwrap().is_ok(), "in-flight invocation completed");
+    // Checked the moment shutdown returns, before either caller is awaited
+    // (awaiting them first would give work shutdown abandoned time to end
+    // on its own): the in-flight and the queued call ran, on_deactivate
+    // ran, and the state is in storage.
     assert_eq!(runtime.active_count(), 0);
-    let err = runtime.invoke(&id("s"), Msg::Get).await.unwrap_err();
-    assert_eq!(err, Error::ShuttingDown { component: "actor runtime" });
-
     let mut txn = storage.begin(id("s"));
     let saved: Counter = serde_json::from_slice(&txn.get(b"s").await.unwrap().unwrap()).unwrap();
-    assert_eq!((saved.total, saved.deactivations), (1, 1), "on_deactivate ran and was saved");
+    assert_eq!(
+        (saved.total, saved.log.clone(), saved.deactivations),
+        (6, vec![1, 5], 1),
+        "the queued call ran and on_deactivate was saved before shutdown returned"
+    );
     let placement = storage.get_placement(&id("s")).await.unwrap().unwrap();
     assert_eq!(placement.epoch, 1);
+    let err = runtime.invoke(&id("s"), Msg::Get).await.unwrap_err();
+    assert_eq!(err, Error::ShuttingDown { component: "actor runtime" });
+    assert!(matches!(slow.await.unwrap(), Ok(Reply::State(_))), "in-flight invocation answered");
+    let Ok(Reply::State(after_queued)) = queued.await.unwrap() else { panic!("the queued call failed") };
+    assert_eq!(after_queued.total, 6);
 }
 
 #[tokio::test]
