@@ -20,7 +20,7 @@ use std::time::Duration;
 use kelpie_core::{ActorId, NodeId};
 use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
-use kelpie_registry::{PlacementStore, Registry};
+use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
 use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
 use kelpie_storage::Storage;
 
@@ -55,11 +55,18 @@ struct World {
 }
 
 impl World {
-    fn new(node_ids: Vec<NodeId>) -> Self {
+    fn new(node_ids: Vec<NodeId>, planted: bool) -> Self {
         let observations = Arc::new(Mutex::new(Observations::default()));
         let database = SharedDatabase::new(Arc::clone(&observations));
         // Leases here are judged by each node's own (jumping) clock.
-        let directory = RecordingPlacementStore::on(&database, LEASE_MS, None);
+        let directory = RecordingPlacementStore::on_store(&database, LEASE_MS, None, |storage| {
+            let store = StoragePlacementStore::new(storage);
+            if planted {
+                store.plant_claim_without_compare()
+            } else {
+                store
+            }
+        });
         let runtimes = Arc::new(Mutex::new(vec![None; NODES_COUNT]));
         World {
             observations,
@@ -117,6 +124,11 @@ async fn chaos(handle: SimHandle, nodes: Vec<SimNode>) {
 }
 
 fn run_seed(seed: u64) -> Result<(SimReport, World), SimFailure> {
+    run_seed_with(seed, false)
+}
+
+/// One seed; `planted`: with the directory's claim not comparing before it sets.
+fn run_seed_with(seed: u64, planted: bool) -> Result<(SimReport, World), SimFailure> {
     let mut sim = Simulation::builder()
         .seed(seed)
         .nodes(NODES_COUNT)
@@ -126,7 +138,7 @@ fn run_seed(seed: u64) -> Result<(SimReport, World), SimFailure> {
         .restart_crashed_nodes_after(Duration::from_millis(RESTART_AFTER_MS))
         .build()
         .expect("seeded simulation");
-    let world = World::new(sim.nodes().iter().map(|n| n.id().clone()).collect());
+    let world = World::new(sim.nodes().iter().map(|n| n.id().clone()).collect(), planted);
     for index in 0..NODES_COUNT {
         let w = world.clone();
         sim.on_boot(index, move |node| boot(w.clone(), node));
@@ -170,6 +182,27 @@ fn single_activation_and_fencing_hold_under_crashes_clock_jumps_and_storage_faul
     if seeds.len() as u64 == SEEDS_COUNT {
         assert!(fenced > 0, "clock jumps made zombies, and fencing refused them");
     }
+}
+
+/// Seeds the planted defect gets, within CI's budget of [`SEEDS_COUNT`].
+const PLANTED_SEEDS_COUNT: u64 = 200;
+
+/// The simulator reaches the window between a claim's read and its write:
+/// with the directory's compare-and-set not comparing (a planted defect),
+/// some seed breaks single activation, and the failing seed is printed.
+#[test]
+fn a_claim_that_does_not_compare_before_it_sets_is_found() {
+    let found = (0..PLANTED_SEEDS_COUNT).find_map(|seed| match run_seed_with(seed, true) {
+        Ok(_) => None,
+        Err(failure) => Some((seed, failure)),
+    });
+    let Some((seed, failure)) = found else {
+        panic!("no seed of {PLANTED_SEEDS_COUNT} found the claim that does not compare")
+    };
+    println!("planted claim-without-compare found at seed {seed}:\n{failure}");
+    let text = failure.to_string();
+    assert!(text.contains(&format!("seed {seed}")), "the failure names its seed: {text}");
+    assert!(!text.contains("panicked"), "an invariant finds it, not an assertion on the way: {text}");
 }
 
 #[test]

@@ -167,11 +167,17 @@ impl Backend for NodeBackend {
     }
 
     fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
-        self.database.backend.get_placement(actor)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.database.backend.get_placement(actor).await
+        })
     }
 
     fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
-        self.database.backend.put_placement(placement)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.database.backend.put_placement(placement).await
+        })
     }
 
     fn claim_placement(
@@ -180,11 +186,18 @@ impl Backend for NodeBackend {
         node: NodeId,
         expected_epoch: u64,
     ) -> BoxFut<'_, Result<ClaimOutcome>> {
-        self.database.backend.claim_placement(actor, node, expected_epoch)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.database.backend.claim_placement(actor, node, expected_epoch).await
+        })
     }
 }
 
-/// The database's own view of itself (used by the directory).
+/// The database's own view of itself (used by the directory). It injects
+/// no faults, but every call is an await point where the simulator runs
+/// other tasks first, as a real database round trip is: without it a
+/// claim's read and write would always run in one poll, and no other
+/// node could ever act between them.
 pub struct DirectBackend(Arc<SharedDatabase>);
 
 impl Backend for DirectBackend {
@@ -193,23 +206,38 @@ impl Backend for DirectBackend {
     }
 
     fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
-        self.0.backend.get(actor, key)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.get(actor, key).await
+        })
     }
 
     fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
-        self.0.backend.scan(actor, page)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.scan(actor, page).await
+        })
     }
 
     fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
-        self.0.backend.commit(request)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.commit(request).await
+        })
     }
 
     fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
-        self.0.backend.get_placement(actor)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.get_placement(actor).await
+        })
     }
 
     fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
-        self.0.backend.put_placement(placement)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.put_placement(placement).await
+        })
     }
 
     fn claim_placement(
@@ -218,7 +246,10 @@ impl Backend for DirectBackend {
         node: NodeId,
         expected_epoch: u64,
     ) -> BoxFut<'_, Result<ClaimOutcome>> {
-        self.0.backend.claim_placement(actor, node, expected_epoch)
+        Box::pin(async move {
+            kelpie_dst::yield_now().await;
+            self.0.backend.claim_placement(actor, node, expected_epoch).await
+        })
     }
 }
 
@@ -250,8 +281,19 @@ impl RecordingPlacementStore {
     /// handle (it stands for the database's own table, the one fenced
     /// commits check), recording into the database's observations.
     pub fn on(database: &Arc<SharedDatabase>, lease_ms: u64, truth: Option<Arc<dyn Clock>>) -> Arc<Self> {
+        Self::on_store(database, lease_ms, truth, StoragePlacementStore::new)
+    }
+
+    /// As [`RecordingPlacementStore::on`], the store made by `store` (which
+    /// may plant a defect in it).
+    pub fn on_store(
+        database: &Arc<SharedDatabase>,
+        lease_ms: u64,
+        truth: Option<Arc<dyn Clock>>,
+        store: impl FnOnce(Storage) -> StoragePlacementStore,
+    ) -> Arc<Self> {
         let direct = Storage::from_backend(SharedDatabase::direct(database));
-        let inner: Arc<dyn PlacementStore> = Arc::new(StoragePlacementStore::new(direct));
+        let inner: Arc<dyn PlacementStore> = Arc::new(store(direct));
         let observations = Arc::clone(&database.observations);
         Arc::new(RecordingPlacementStore { inner, observations, lease_ms, truth })
     }
