@@ -13,6 +13,10 @@
 //! every later call fails and `on_fatal` is invoked, so the node restarts and
 //! rebuilds from what is durable. Reads and commits exclude each other, so no
 //! reader ever sees a change before it is durable.
+//!
+//! Every call first yields to the simulator, as a real backend's round trip
+//! to its disk or database does: other tasks run between a transaction's
+//! reads and its commit, so the conflict checks meet real interleavings.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +48,8 @@ pub struct SimDiskBackend {
     next_sequence: AtomicU64,
     failed: AtomicBool,
     on_fatal: Box<dyn Fn() + Send + Sync>,
+    /// A planted defect (see [`SimDiskBackend::plant_commit_without_read_check`]).
+    commit_without_read_check: bool,
 }
 
 impl SimDiskBackend {
@@ -67,7 +73,16 @@ impl SimDiskBackend {
             next_sequence: AtomicU64::new(count),
             failed: AtomicBool::new(false),
             on_fatal,
+            commit_without_read_check: false,
         })
+    }
+
+    /// Plants a defect for the DST to find: commits no longer check that
+    /// what the transaction read is unchanged, so two transactions that
+    /// read the same value both commit (a lost update). Only tests call it.
+    pub fn plant_commit_without_read_check(mut self) -> Self {
+        self.commit_without_read_check = true;
+        self
     }
 
     fn check_alive(&self) -> Result<()> {
@@ -120,6 +135,7 @@ impl Backend for SimDiskBackend {
 
     fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, Result<Option<Versioned>>> {
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _read = self.gate.read().await;
             self.check_alive()?;
             self.index.get(actor, key).await
@@ -128,14 +144,20 @@ impl Backend for SimDiskBackend {
 
     fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, Result<StoredRows>> {
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _read = self.gate.read().await;
             self.check_alive()?;
             self.index.scan(actor, page).await
         })
     }
 
-    fn commit(&self, request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+    fn commit(&self, mut request: CommitRequest) -> BoxFut<'_, Result<CommitInfo>> {
+        if self.commit_without_read_check {
+            request.reads.clear();
+            request.scans.clear();
+        }
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _write = self.gate.write().await;
             self.check_alive()?;
             let record =
@@ -151,6 +173,7 @@ impl Backend for SimDiskBackend {
 
     fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _read = self.gate.read().await;
             self.check_alive()?;
             self.index.get_placement(actor).await
@@ -159,6 +182,7 @@ impl Backend for SimDiskBackend {
 
     fn put_placement(&self, placement: Placement) -> BoxFut<'_, Result<()>> {
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _write = self.gate.write().await;
             self.check_alive()?;
             self.index.put_placement(placement.clone()).await?;
@@ -173,6 +197,7 @@ impl Backend for SimDiskBackend {
         expected_epoch: u64,
     ) -> BoxFut<'_, Result<ClaimOutcome>> {
         Box::pin(async move {
+            kelpie_dst::yield_now().await;
             let _write = self.gate.write().await;
             self.check_alive()?;
             let outcome = self.index.claim_placement(actor, node, expected_epoch).await?;
