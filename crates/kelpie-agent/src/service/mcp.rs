@@ -334,6 +334,48 @@ impl McpServers {
     }
 }
 
+/// `GET /v1/mcp-servers/connect/{id}`: a fresh connection to a registered
+/// server (not the shared client, so a broken server's backoff does not
+/// answer for it), reported as Letta's OAuth stream events: the attempt,
+/// then `success` with the server's tools or `error` with the reason. A
+/// server that answers 401 (OAuth-protected) gets an `error` event: the
+/// OAuth authorization-code flow is not implemented (docs/server.md).
+impl McpServers {
+    /// The first event (`connection_attempt`); the server must be registered.
+    pub async fn connect_attempt(&self, id: &str) -> ServiceResult<Value> {
+        let record = self.record(id).await?;
+        Ok(json!({"event": "connection_attempt", "server_name": record.server_name}))
+    }
+
+    /// The last event: the server's tools, or why they could not be listed.
+    pub async fn connect(&self, id: &str) -> Value {
+        let record = match self.record(id).await {
+            Ok(record) => record,
+            Err(error) => return json!({"event": "error", "message": error.to_string()}),
+        };
+        if let Err(error) = self.check_reachable(&record.config).await {
+            return json!({"event": "error", "message": error.to_string()});
+        }
+        let client = kelpie_tools::mcp::McpClient::new(
+            transport(&record.config),
+            self.tools.runner().settings().mcp,
+            Arc::clone(self.tools.runner()),
+        );
+        let listed = client.list_tools().await;
+        client.close().await;
+        match listed {
+            Ok(tools) => {
+                json!({"event": "success", "tools": tools.iter().map(mcp_tool_json).collect::<Vec<_>>()})
+            }
+            Err(error @ McpError::AuthRequired { .. }) => json!({
+                "event": "error",
+                "message": format!("{error}; OAuth-protected MCP servers are not supported yet (give a token in auth_token or custom_headers)"),
+            }),
+            Err(error) => json!({"event": "error", "message": format!("Connection failed: {error}")}),
+        }
+    }
+}
+
 /// Letta's older `/v1/tools/mcp/servers` routes, by server name. Registering
 /// here stores the server's tools too, as the newer routes do; "adding" one
 /// of its tools answers the stored tool.

@@ -1,9 +1,11 @@
 //! `/v1/mcp-servers/`: register MCP servers (stdio, SSE, streamable HTTP),
 //! list, retrieve, modify and delete them, list and run their tools, and
-//! refresh their tool lists. Secrets come back masked.
+//! refresh their tool lists. Secrets come back masked. `connect` tries a
+//! fresh connection and streams Letta's OAuth stream events (SSE).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -23,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/mcp-servers/{server_id}/tools/{tool_id}", get(tool))
         .route("/v1/mcp-servers/{server_id}/tools/{tool_id}/run", post(run))
         .route("/v1/mcp-servers/{server_id}/refresh", patch(refresh))
+        .route("/v1/mcp-servers/connect/{server_id}", get(connect))
 }
 
 async fn create(
@@ -102,4 +105,19 @@ async fn refresh(
     Path(server_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.mcp_servers.refresh(&server_id).await?))
+}
+
+/// Letta's connect stream: `connection_attempt`, then `success` with the
+/// server's tools or `error` with the reason. An unknown server is a plain
+/// 404 before the stream starts.
+async fn connect(State(state): State<AppState>, Path(server_id): Path<String>) -> Result<Response, ApiError> {
+    let attempt = state.service.mcp_servers.connect_attempt(&server_id).await?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    // The receiver is only dropped when the client leaves: nothing to tell.
+    let _ = sender.send(super::messages::sse(&attempt));
+    tokio::spawn(async move {
+        let outcome = state.service.mcp_servers.connect(&server_id).await;
+        let _ = sender.send(super::messages::sse(&outcome));
+    });
+    Ok(super::messages::sse_response(receiver))
 }

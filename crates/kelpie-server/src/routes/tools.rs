@@ -1,9 +1,11 @@
 //! `/v1/tools/`: list (filtered, paged), count, search, retrieve, create and
 //! upsert (custom Python tools from `source_code`), modify and delete; and
 //! `GET /v1/agents/{agent_id}/tools`. Built-in tools are listed first and
-//! cannot be changed.
+//! cannot be changed. `POST /v1/tools/generate-tool` has the model write a
+//! tool (not stored); the MCP OAuth callback answers 501.
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -13,7 +15,7 @@ use super::extract::{page_of, ApiJson, ApiQuery};
 use crate::api::{listed_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
-use kelpie_agent::requests::{CodeInput, CreateTool, RunToolFromSource, UpdateTool};
+use kelpie_agent::requests::{CodeInput, CreateTool, GenerateTool, RunToolFromSource, UpdateTool};
 use kelpie_agent::service::tools::ToolFilter;
 
 /// Tools per page when the client does not say.
@@ -30,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tools/search", post(search))
         .route("/v1/tools/run", post(run_from_source))
         .route("/v1/tools/generate-schema", post(generate_schema))
+        .route("/v1/tools/generate-tool", post(generate_tool))
+        .route("/v1/tools/mcp/oauth/callback", get(oauth_callback))
         .route("/v1/tools/add-base-tools", post(add_base_tools))
         .route("/v1/tools/{tool_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools", get(agent_tools))
@@ -113,6 +117,25 @@ async fn generate_schema(
     ApiJson(request): ApiJson<CodeInput>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.tools.generate_schema(request).await?))
+}
+
+/// A tool the configured model writes from a prompt: parsed, not stored.
+async fn generate_tool(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<GenerateTool>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.tool_generator.generate(request).await?))
+}
+
+/// Where an OAuth provider would send the browser back to: Kelpie does not
+/// run the OAuth flow for MCP servers (`GET /v1/mcp-servers/connect/{id}`
+/// reports such servers as an error), so no authorization is awaited.
+async fn oauth_callback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "OAuth-protected MCP servers are not supported yet: no OAuth authorization is awaited \
+         (give the server a token in auth_token or custom_headers instead)",
+    )
 }
 
 async fn add_base_tools(State(state): State<AppState>) -> Json<Vec<Value>> {

@@ -112,6 +112,9 @@ pub async fn connect(
     }
     let opened = async {
         let response = request.send().await.map_err(|e| connect_error(e.to_string()))?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(McpError::AuthRequired { url: url.to_string() });
+        }
         if !response.status().is_success() {
             return Err(connect_error(format!("answered {}", response.status())));
         }
