@@ -52,7 +52,8 @@ NOT_EXERCISED = {
     "GET /v1/runs/{run_id}/trace": (501, "Kelpie keeps no OpenTelemetry traces (docs/runs.md), as Letta without ClickHouse"),
     "POST /v1/sandbox-config/e2b/default": (422, "Kelpie runs tool code in its own sandboxes, never e2b's"),
     "GET /v1/tools/mcp/oauth/callback": (
-        501, "Kelpie does not run MCP servers' OAuth flow yet (docs/server.md): no authorization is awaited"),
+        400, "a success needs an authorization a connect stream awaits (test_server_operations.py runs the "
+             "whole OAuth flow); an unknown state is refused"),
     "POST /v1/conversations/{conversation_id}/cancel": (
         409, "nothing runs in the conversation here (Letta answers 409 too); crates/kelpie-server/tests/"
              "conversations.rs cancels a running turn"),

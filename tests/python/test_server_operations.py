@@ -1,4 +1,4 @@
-"""Letta's login, embeddings size, tool generation and MCP connect, through letta-client.
+"""Letta's login, embeddings size, tool generation and MCP connect (OAuth included), through letta-client.
 
 letta-client 1.12 has no method of its own for these four operations, so the test calls them as
 a user of the SDK would: with the client's generic `get`/`post` (its auth, base URL and errors).
@@ -15,6 +15,7 @@ from conftest import start_kelpie
 
 API_KEY = "kelpie-py-key-0123456789"
 PY_MCP_SERVER = os.path.join(os.path.dirname(__file__), "fixtures", "py_mcp_server.py")
+OAUTH_MCP_SERVER = os.path.join(os.path.dirname(__file__), "fixtures", "oauth_mcp_server.py")
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,56 @@ def test_connect_streams_the_attempt_then_the_mcp_servers_tools():
         stop()
         mcp.kill()
         mcp.wait()
+
+
+def test_connect_runs_the_oauth_flow_once_and_later_connections_use_the_token():
+    """A server behind OAuth (with its own authorization server): the stream hands out the
+    authorization URL; the user's browser approves and comes back through the callback (no bearer
+    token); the stream then lists the tools with the token, which is stored for later."""
+    import httpx
+
+    from test_mcp_and_tools import _serve
+
+    port, fixture = _serve([sys.executable, OAUTH_MCP_SERVER, "{port}"], {}, "the OAuth MCP server")
+    url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true", "KELPIE_API_KEY": API_KEY})
+    try:
+        client = Letta(base_url=url, api_key=API_KEY)
+        server = client.mcp_servers.create(server_name="guarded", config={
+            "mcp_server_type": "streamable_http", "server_url": f"http://127.0.0.1:{port}/mcp"})
+        assert client.mcp_servers.tools.list(server.id) == [], "nothing listed before authorization"
+        events, callback = [], None
+        bearer = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.stream("GET", f"{url}/v1/mcp-servers/connect/{server.id}", headers=bearer, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(json.loads(line[len("data: "):]))
+                if events[-1]["event"] == "waiting_for_auth":
+                    # The user's browser: the provider approves and sends it back to Kelpie.
+                    approved = httpx.get(events[-2]["url"], follow_redirects=False)
+                    assert approved.status_code == 302, approved.text
+                    assert approved.headers["location"].startswith(f"{url}/v1/tools/mcp/oauth/callback?")
+                    callback = httpx.get(approved.headers["location"])  # no bearer token
+        assert [e["event"] for e in events] == [
+            "connection_attempt", "oauth_required", "authorization_url", "waiting_for_auth", "success"], events
+        assert "code_challenge_method=S256" in events[2]["url"] and events[2]["session_id"]
+        assert callback.status_code == 200 and callback.json() == {
+            "status": "success", "message": "Authorization successful", "server_url": f"http://127.0.0.1:{port}/mcp"}
+        assert {"add", "shout", "fail"} <= {tool["name"] for tool in events[-1]["tools"]}
+        stored = client.mcp_servers.retrieve(server.id)
+        assert stored.auth_token.startswith("****") and stored.auth_header == "Authorization"
+
+        # Later connections use the stored token: no new authorization.
+        text = client.get(f"/v1/mcp-servers/connect/{server.id}", cast_to=str)
+        again = [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+        assert [e["event"] for e in again] == ["connection_attempt", "success"], again
+        assert httpx.get(f"http://127.0.0.1:{port}/issued").json() == {"tokens": 1}
+        client.mcp_servers.refresh(server.id)
+        assert {"add", "shout"} <= {tool.name for tool in client.mcp_servers.tools.list(server.id)}
+
+        stale = httpx.get(f"{url}/v1/tools/mcp/oauth/callback", params={"code": "c", "state": "unknown"})
+        assert stale.status_code == 400 and stale.json()["detail"] == "Invalid or expired state parameter"
+    finally:
+        stop()
+        fixture.kill()
+        fixture.wait()

@@ -1,6 +1,6 @@
 //! `POST /v1/auth`: the server's API key as password logs in as the admin
 //! without a bearer token; anything else is 401 and never echoes the key;
-//! only that exact path is open. A server without a key takes any password.
+//! only that exact path is open (and the MCP OAuth callback's). A server without a key takes any password.
 
 mod common;
 
@@ -42,6 +42,9 @@ async fn the_api_key_as_password_logs_in_as_admin_and_nothing_else_does() {
     }
     let listed = server.http.get(format!("{}/v1/agents/", server.base)).send().await.unwrap();
     assert_eq!(listed.status().as_u16(), 401, "the login opens nothing else");
+    // The MCP OAuth callback is open too (a provider's redirect carries no token).
+    let (status, body) = server.call("GET", "/v1/tools/mcp/oauth/callback?code=c&state=s", None).await;
+    assert_eq!((status, body["detail"].as_str()), (400, Some("Invalid or expired state parameter")));
     server.shutdown().await;
 }
 

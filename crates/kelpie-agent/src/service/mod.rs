@@ -57,6 +57,7 @@ pub mod identities;
 mod locks;
 pub mod mcp;
 pub mod mcp_clients;
+pub mod mcp_oauth;
 pub mod messages;
 pub mod providers;
 pub mod reclaim;

@@ -4,7 +4,7 @@
 //! fresh connection and streams Letta's OAuth stream events (SSE).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -108,16 +108,39 @@ async fn refresh(
 }
 
 /// Letta's connect stream: `connection_attempt`, then `success` with the
-/// server's tools or `error` with the reason. An unknown server is a plain
-/// 404 before the stream starts.
-async fn connect(State(state): State<AppState>, Path(server_id): Path<String>) -> Result<Response, ApiError> {
+/// server's tools or `error` with the reason, with the OAuth flow's events
+/// between for a server that asks for authorization. An unknown server is
+/// a plain 404 before the stream starts.
+async fn connect(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let attempt = state.service.mcp_servers.connect_attempt(&server_id).await?;
+    let redirect_uri = callback_url(&state, &headers);
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     // The receiver is only dropped when the client leaves: nothing to tell.
     let _ = sender.send(super::messages::sse(&attempt));
     tokio::spawn(async move {
-        let outcome = state.service.mcp_servers.connect(&server_id).await;
-        let _ = sender.send(super::messages::sse(&outcome));
+        let emit = move |event: Value| drop(sender.send(super::messages::sse(&event)));
+        state.service.mcp_servers.connect(&server_id, &redirect_uri, &emit).await;
     });
     Ok(super::messages::sse_response(receiver))
 }
+
+/// Where the OAuth provider sends the user back: this server as the
+/// client reached it (its `Host`, `https` behind a proxy that says so).
+fn callback_url(state: &AppState, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map_or_else(|| state.config.bind.to_string(), str::to_string);
+    let forwarded_https =
+        headers.get("x-forwarded-proto").and_then(|proto| proto.to_str().ok()) == Some("https");
+    let scheme = if forwarded_https { "https" } else { "http" };
+    format!("{scheme}://{host}{OAUTH_CALLBACK_PATH}")
+}
+
+/// The OAuth callback's path, answered without a bearer token (the
+/// provider's redirect carries none; only a pending state is accepted).
+pub const OAUTH_CALLBACK_PATH: &str = "/v1/tools/mcp/oauth/callback";

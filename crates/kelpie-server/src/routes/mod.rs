@@ -105,14 +105,14 @@ async fn unknown_route(request: Request) -> ApiError {
 }
 
 /// When `KELPIE_API_KEY` is set, every request but the health and
-/// readiness checks and the login (exactly their paths) needs
-/// `Authorization: Bearer <key>`.
+/// readiness checks, the login and the MCP OAuth callback (exactly their
+/// paths) needs `Authorization: Bearer <key>`.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if health::OPEN_PATHS.contains(&path) || path == auth::LOGIN_PATH {
+    if health::OPEN_PATHS.contains(&path) || path == auth::LOGIN_PATH || path == mcp::OAUTH_CALLBACK_PATH {
         return next.run(request).await;
     }
     let presented = request

@@ -2,10 +2,10 @@
 //! upsert (custom Python tools from `source_code`), modify and delete; and
 //! `GET /v1/agents/{agent_id}/tools`. Built-in tools are listed first and
 //! cannot be changed. `POST /v1/tools/generate-tool` has the model write a
-//! tool (not stored); the MCP OAuth callback answers 501.
+//! tool (not stored); the MCP OAuth callback hands a code to the connect
+//! stream awaiting it.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use crate::api::{listed_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
 use kelpie_agent::requests::{CodeInput, CreateTool, GenerateTool, RunToolFromSource, UpdateTool};
+use kelpie_agent::service::mcp::OAuthCallback;
 use kelpie_agent::service::tools::ToolFilter;
 
 /// Tools per page when the client does not say.
@@ -127,15 +128,13 @@ async fn generate_tool(
     Ok(Json(state.service.tool_generator.generate(request).await?))
 }
 
-/// Where an OAuth provider would send the browser back to: Kelpie does not
-/// run the OAuth flow for MCP servers (`GET /v1/mcp-servers/connect/{id}`
-/// reports such servers as an error), so no authorization is awaited.
-async fn oauth_callback() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "OAuth-protected MCP servers are not supported yet: no OAuth authorization is awaited \
-         (give the server a token in auth_token or custom_headers instead)",
-    )
+/// Where the OAuth provider sends the user back to: the code goes to the
+/// connect stream awaiting its state (`GET /v1/mcp-servers/connect/{id}`).
+async fn oauth_callback(
+    State(state): State<AppState>,
+    ApiQuery(callback): ApiQuery<OAuthCallback>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.oauth_callback(callback)?))
 }
 
 async fn add_base_tools(State(state): State<AppState>) -> Json<Vec<Value>> {
