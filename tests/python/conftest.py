@@ -43,9 +43,10 @@ def start_kelpie(extra_env=None):
     assert fake_url.startswith("http://127.0.0.1:"), fake_url
     port = _free_port()
     data_dir = tempfile.mkdtemp(prefix="kelpie-pytest-")
-    env = dict(os.environ, OPENAI_BASE_URL=fake_url, KELPIE_DEFAULT_MODEL="openai-proxy/fake-gpt",
+    env = dict(os.environ)
+    env.pop("KELPIE_API_KEY", None)  # only a test's extra_env gives the server a key
+    env.update(OPENAI_BASE_URL=fake_url, KELPIE_DEFAULT_MODEL="openai-proxy/fake-gpt",
                OPENAI_API_KEY="sk-server-secret", **(extra_env or {}))
-    env.pop("KELPIE_API_KEY", None)
     server = subprocess.Popen(
         [os.environ["KELPIE_BIN"], "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data_dir],
         env=env,

@@ -51,6 +51,9 @@ NOT_EXERCISED = {
     "PATCH /v1/jobs/{job_id}/cancel": (404, "as GET /v1/jobs/{job_id}: no job exists to cancel"),
     "GET /v1/runs/{run_id}/trace": (501, "Kelpie keeps no OpenTelemetry traces (docs/runs.md), as Letta without ClickHouse"),
     "POST /v1/sandbox-config/e2b/default": (422, "Kelpie runs tool code in its own sandboxes, never e2b's"),
+    "GET /v1/tools/mcp/oauth/callback": (
+        400, "a success needs an authorization a connect stream awaits (test_server_operations.py runs the "
+             "whole OAuth flow); an unknown state is refused"),
     "POST /v1/conversations/{conversation_id}/cancel": (
         409, "nothing runs in the conversation here (Letta answers 409 too); crates/kelpie-server/tests/"
              "conversations.rs cancels a running turn"),
@@ -62,6 +65,7 @@ _NOT_EXERCISED_PATHS = {
     "GET /v1/runs/{run_id}/trace": "/v1/runs/{run}/trace",
     "POST /v1/sandbox-config/e2b/default": "/v1/sandbox-config/e2b/default",
     "POST /v1/conversations/{conversation_id}/cancel": "/v1/conversations/{conversation}/cancel",
+    "GET /v1/tools/mcp/oauth/callback": "/v1/tools/mcp/oauth/callback?code=c&state=s",
 }
 
 
@@ -339,6 +343,7 @@ def _wait_runs(http, ids):
 # and `_refusals` checks the operations of NOT_EXERCISED (while a run exists for the trace).
 CALLS = [
     _get("/v1/health/", "/v1/health/"),
+    _do("POST", "/v1/auth", "/v1/auth", body={"password": "any: this server has no API key"}),
     _get("/v1/ready/", "/v1/ready/"),
     _get("/v1/models/", "/v1/models/"),
     _get("/v1/models/embedding", "/v1/models/embedding"),
@@ -430,6 +435,7 @@ CALLS = [
     _do("POST", A + "/archival-memory", _a("/archival-memory"), body={"text": "The lighthouse key is under the blue stone."},
         keep=_keep_passage),
     _get(A + "/archival-memory", _a("/archival-memory")),
+    _get("/v1/embeddings/total_storage_size", "/v1/embeddings/total_storage_size", headers={"storage-unit": "KB"}),
     _get(A + "/archival-memory/search", _a("/archival-memory/search"), params={"query": "lighthouse", "top_k": 1}),
     _do("POST", "/v1/passages/search", "/v1/passages/search",
         body=lambda ids: {"agent_id": ids["agent"], "query": "lighthouse"}),
@@ -444,6 +450,8 @@ CALLS = [
     _do("POST", "/v1/tools/search", "/v1/tools/search", body={"query": "roll a die"}),
     _do("POST", "/v1/tools/run", "/v1/tools/run", body={"source_code": TOOL_SOURCE, "args": {"sides": 6}}),
     _do("POST", "/v1/tools/generate-schema", "/v1/tools/generate-schema", body={"code": TOOL_SOURCE}),
+    _do("POST", "/v1/tools/generate-tool", "/v1/tools/generate-tool",
+        body={"tool_name": "shout", "prompt": "Shout the text.", "validation_errors": []}),
     _do("POST", "/v1/tools/add-base-tools", "/v1/tools/add-base-tools"),
     _do("PATCH", A + "/tools/attach/{tool_id}", _fmt("/v1/agents/{agent}/tools/attach/{tool}")),
     _get(A + "/tools", _a("/tools")),
@@ -471,6 +479,7 @@ CALLS = [
     _do("POST", "/v1/mcp-servers/{mcp_server_id}/tools/{tool_id}/run", _fmt("/v1/mcp-servers/{mcp}/tools/{mcp_tool}/run"),
         body={"args": {"text": "hi"}}),
     _do("PATCH", "/v1/mcp-servers/{mcp_server_id}/refresh", _fmt("/v1/mcp-servers/{mcp}/refresh")),
+    _get("/v1/mcp-servers/connect/{mcp_server_id}", _fmt("/v1/mcp-servers/connect/{mcp}")),
     _do("DELETE", "/v1/mcp-servers/{mcp_server_id}", _fmt("/v1/mcp-servers/{mcp}")),
     _do("PUT", "/v1/tools/mcp/servers", "/v1/tools/mcp/servers", body=lambda ids: {
         "server_name": "legacy", "type": "streamable_http", "server_url": ids["mcp_url"]}),

@@ -288,6 +288,20 @@ pub struct RunToolFromSource {
     pub pip_requirements: Option<Vec<PipRequirement>>,
 }
 
+/// `POST /v1/tools/generate-tool` (Letta's `GenerateToolInput`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GenerateTool {
+    pub tool_name: String,
+    pub prompt: String,
+    /// The model's handle; the server's default model when absent.
+    #[serde(default)]
+    pub handle: Option<String>,
+    #[serde(default)]
+    pub starter_code: Option<String>,
+    /// Required by Letta's schema (an empty list for none).
+    pub validation_errors: Vec<String>,
+}
+
 /// `POST /v1/tools/generate-schema`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CodeInput {

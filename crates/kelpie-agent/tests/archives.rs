@@ -2,7 +2,8 @@
 //! codes and found through the archive's index (nearest first, tag
 //! filtered), the index kept right across deletes and a restart, a batch
 //! past `ARCHIVE_INSERT_PASSAGES_COUNT_MAX`, a deleted archive refusing
-//! everything and reclaimed in batches to nothing; the store's attachments
+//! everything and reclaimed in batches to nothing, its passage count kept
+//! through all of it; the store's attachments
 //! past `AGENT_ARCHIVES_COUNT_MAX` and `ARCHIVE_AGENTS_COUNT_MAX`, and past
 //! `ARCHIVES_COUNT_MAX` archives.
 
@@ -52,6 +53,14 @@ fn passage(n: usize, tags: &[&str], embedding: Vec<f32>) -> ArchivePassage {
         metadata: json!({"n": n}),
         embedding,
         created_ms: 1_000 + n as u64,
+    }
+}
+
+/// The passages the archive counts (what the embeddings size estimate reads).
+async fn count(runtime: &Runtime<ArchiveActor>) -> u64 {
+    match send(runtime, ArchiveCommand::Count).await.unwrap() {
+        ArchiveReply::Count(count) => count,
+        other => panic!("a count, not {other:?}"),
     }
 }
 
@@ -127,10 +136,12 @@ async fn passages_are_found_by_the_index_across_deletes_and_a_restart_then_recla
             "{refused:?}"
         );
         assert_eq!(search(&runtime, vec![0.0, 0.0, 1.0], 50, &[]).await.len(), 9);
+        assert_eq!(count(&runtime).await, 9, "ten stored, one deleted, the refused batch not counted");
         runtime.shutdown().await;
     }
     // A new runtime (as after a restart): the index is rebuilt from the stored codes.
     let (_, runtime) = runtimes(&storage);
+    assert_eq!(count(&runtime).await, 9, "the count is stored with the passages");
     assert_eq!(search(&runtime, vec![1.0, 0.0, 0.0], 2, &[]).await, ["text 1", "text 2"]);
     let ArchiveReply::Passages(page) =
         send(&runtime, ArchiveCommand::Page { after: Some(passage(5, &[], vec![]).id), limit: 2 })
@@ -150,7 +161,11 @@ async fn passages_are_found_by_the_index_across_deletes_and_a_restart_then_recla
         send(&runtime, ArchiveCommand::Insert(batch)).await.unwrap();
     }
     assert!(stored_keys(&storage).await.len() > 2 * RECLAIM_BATCH_KEYS_COUNT);
+    let inserted = (RECLAIM_BATCH_KEYS_COUNT / ARCHIVE_INSERT_PASSAGES_COUNT_MAX + 1)
+        * ARCHIVE_INSERT_PASSAGES_COUNT_MAX;
+    assert_eq!(count(&runtime).await, 9 + inserted as u64);
     send(&runtime, ArchiveCommand::DeleteAll).await.unwrap();
+    assert_eq!(count(&runtime).await, 0, "a deleted archive counts nothing");
     let gone =
         send(&runtime, ArchiveCommand::Search { query: vec![1.0], top_k: 1, filter: TagFilter::default() })
             .await;

@@ -9,7 +9,13 @@
 //! - from the user with any other text, or from a tool: a `send_message`
 //!   call whose message is `echo: <the last user text>`;
 //! - a summarizer's (no tools, the last message a `<transcript>`): the text
-//!   `Summary of <n> lines: <the first line>`.
+//!   `Summary of <n> lines: <the first line>`;
+//! - a tool generator's (it offers `generate_tool`; the user text names the
+//!   function, `... function named <name>.`, and ends `Instructions: <text>`):
+//!   a `generate_tool` call whose source is a function `<name>(text: str)`
+//!   returning its argument, documented with the instructions; instructions
+//!   `/source <python>` give that source instead, and `/text` answers with
+//!   text only (no call).
 //!
 //! `POST /v1/embeddings` answers a 3-dimension one-hot vector per input:
 //! texts naming a cat (`cat`, `kitten`, `feline`) on axis 0, a car (`car`,
@@ -216,6 +222,14 @@ fn default_answer(request: &Value) -> Value {
         let first = lines.first().copied().unwrap_or_default();
         return completion(Some(&format!("Summary of {} lines: {first}", lines.len())), &[]);
     }
+    let generator = request["tools"].as_array().is_some_and(|tools| {
+        tools
+            .iter()
+            .any(|tool| tool["function"]["name"] == "generate_tool" || tool["name"] == "generate_tool")
+    });
+    if generator && last_is_user {
+        return generated_tool(&last_user);
+    }
     // A sleeptime agent's transcript calls what its user's last
     // `/sleeptime-call <tool> <json args>` line asks (the primary agent
     // only echoes that line).
@@ -229,6 +243,34 @@ fn default_answer(request: &Value) -> Value {
         return completion(Some(&format!("Calling {tool}.")), &[(tool, args)]);
     }
     completion(None, &[("send_message", json!({"message": format!("echo: {last_user}")}))])
+}
+
+/// The answer to a tool generator's request (see the module docs).
+fn generated_tool(prompt: &str) -> Value {
+    let name = prompt
+        .split_once("function named ")
+        .and_then(|(_, rest)| rest.split(['.', ' ', '\n']).next())
+        .filter(|name| !name.is_empty())
+        .unwrap_or("generated_tool");
+    let instructions = prompt.rsplit_once("Instructions: ").map_or("", |(_, text)| text).trim();
+    if instructions == "/text" {
+        return completion(Some("I would rather not write that tool."), &[]);
+    }
+    let source = match instructions.strip_prefix("/source ") {
+        Some(source) => source.to_string(),
+        None => {
+            let summary = instructions.lines().next().unwrap_or("A generated tool.").replace('"', "'");
+            format!(
+                "def {name}(text: str) -> str:\n    \"\"\"{summary}\n\n    Args:\n        text (str): The text to work on.\n\n    Returns:\n        str: The text.\n    \"\"\"\n    return text\n"
+            )
+        }
+    };
+    let args = json!({
+        "raw_source_code": source,
+        "sample_args_json": json!({"text": "hello"}).to_string(),
+        "pip_requirements_json": "{}",
+    });
+    completion(Some(&format!("Here is {name}.")), &[("generate_tool", args)])
 }
 
 async fn chat(
@@ -378,6 +420,29 @@ async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_generator_gets_a_generate_tool_call_of_the_named_function() {
+        let request = |instructions: &str| {
+            json!({
+                "tools": [{"type": "function", "function": {"name": "generate_tool"}}],
+                "messages": [{"role": "user", "content": format!("Write a Python function named shout.\nInstructions: {instructions}")}],
+            })
+        };
+        let answer = default_answer(&request("Shout the text."));
+        let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "generate_tool");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        let source = args["raw_source_code"].as_str().unwrap();
+        assert!(source.starts_with("def shout(text: str) -> str:\n    \"\"\"Shout the text.\n"), "{source}");
+        assert_eq!(args["sample_args_json"], "{\"text\":\"hello\"}");
+        let given = default_answer(&request("/source def shout(:"));
+        let call = &given["choices"][0]["message"]["tool_calls"][0]["function"];
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["raw_source_code"], "def shout(:");
+        let text = default_answer(&request("/text"));
+        assert!(text["choices"][0]["message"]["tool_calls"].as_array().is_none_or(Vec::is_empty), "{text}");
+    }
 
     #[test]
     fn echoes_the_last_user_text_as_send_message() {

@@ -185,3 +185,57 @@ async fn embedding_listing_has_only_the_local_model_when_the_provider_lists_none
     assert_eq!(handles, ["kelpie/local-hash-256"]);
     server.shutdown().await;
 }
+
+/// `GET /v1/embeddings/total_storage_size` counts the archival passages of
+/// agents and archives at the dimension of their embedding settings, 4
+/// bytes each, in the unit asked; a deleted passage no longer counts; an unknown unit is 400.
+#[tokio::test]
+async fn total_storage_size_counts_agent_and_archive_embeddings_in_the_unit_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let size = |unit: Option<&'static str>| {
+        let server = &server;
+        async move {
+            let mut request = server.http.get(format!("{}/v1/embeddings/total_storage_size", server.base));
+            if let Some(unit) = unit {
+                request = request.header("storage-unit", unit);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(size(Some("B")).await, (200, json!(0.0)), "nothing stored yet");
+
+    let agent = create_agent(&server, None).await;
+    let agent_dim = agent["embedding_config"]["embedding_dim"].as_u64().unwrap();
+    let id = agent["id"].as_str().unwrap();
+    let path = format!("/v1/agents/{id}/archival-memory");
+    let mut passages = Vec::new();
+    for text in ["one", "two", "three"] {
+        let inserted = server.ok("POST", &path, Some(json!({"text": text}))).await;
+        passages.push(inserted[0]["id"].as_str().unwrap().to_string());
+    }
+    let archive = server
+        .ok("POST", "/v1/archives/", Some(json!({"name": "shelf", "embedding": EMBEDDING_HANDLE})))
+        .await;
+    let archive_dim = archive["embedding_config"]["embedding_dim"].as_u64().unwrap();
+    assert!(agent_dim > 0 && archive_dim > 0, "{agent} {archive}");
+    let batch = json!({"passages": [{"text": "a cat"}, {"text": "a car"}]});
+    let archive_id = archive["id"].as_str().unwrap();
+    server.ok("POST", &format!("/v1/archives/{archive_id}/passages/batch"), Some(batch)).await;
+
+    let bytes = (3 * agent_dim + 2 * archive_dim) * 4;
+    assert_eq!(size(Some("B")).await, (200, json!(bytes as f64)));
+    assert_eq!(size(Some("KB")).await, (200, json!(bytes as f64 / 1024.0)));
+    assert_eq!(size(None).await, (200, json!(bytes as f64 / (1u64 << 30) as f64)), "GB by default");
+
+    server.ok("DELETE", &format!("{path}/{}", passages[0]), None).await;
+    assert_eq!(size(Some("B")).await, (200, json!(((2 * agent_dim + 2 * archive_dim) * 4) as f64)));
+
+    let (status, body) = size(Some("PB")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("\"PB\" is not one of B, KB, MB, GB, TB"), "{body}");
+    server.shutdown().await;
+}

@@ -12,6 +12,8 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/archival.rs"),
     include_str!("../src/routes/batches.rs"),
     include_str!("../src/routes/archives.rs"),
+    include_str!("../src/routes/auth.rs"),
+    include_str!("../src/routes/embeddings.rs"),
     include_str!("../src/routes/blocks.rs"),
     include_str!("../src/routes/chat_completions.rs"),
     include_str!("../src/routes/cluster.rs"),

@@ -208,3 +208,67 @@ async fn custom_tools_survive_a_restart() {
     assert_eq!(messages[2]["tool_return"], "3");
     server.shutdown().await;
 }
+
+/// `POST /v1/tools/generate-tool`: the model is offered `generate_tool`;
+/// its source comes back as a tool with the schema `POST /v1/tools/`
+/// derives, the sample arguments and the model's text, and nothing is
+/// stored. A source that does not parse is Letta's 400; a model that
+/// calls nothing or fails is 502; bad input is 422.
+#[tokio::test]
+async fn generate_tool_parses_the_models_source_without_storing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let ask = |name: &str, prompt: &str| json!({"tool_name": name, "prompt": prompt, "validation_errors": ["no docstring"]});
+
+    let generated = server.ok("POST", "/v1/tools/generate-tool", Some(ask("shout", "Shout the text."))).await;
+    let tool = &generated["tool"];
+    assert!(tool["id"].as_str().unwrap().starts_with("tool-"), "{tool}");
+    assert_eq!(
+        (&tool["name"], &tool["tool_type"], &tool["source_type"]),
+        (&json!("shout"), &json!("custom"), &json!("python"))
+    );
+    assert!(tool["source_code"].as_str().unwrap().starts_with("def shout(text: str) -> str:"), "{tool}");
+    assert_eq!(tool["json_schema"]["name"], "shout");
+    assert_eq!(tool["json_schema"]["description"], "Shout the text.");
+    assert_eq!(tool["json_schema"]["parameters"]["properties"]["text"]["type"], "string");
+    assert_eq!(generated["sample_args"], json!({"text": "hello"}));
+    assert_eq!(generated["response"], "Here is shout.");
+    let listed = server.ok("GET", "/v1/tools/?name=shout", None).await;
+    assert_eq!(listed, json!([]), "a generated tool is not stored");
+
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(sent["tools"][0]["function"]["name"], "generate_tool");
+    let required = &sent["tools"][0]["function"]["parameters"]["required"];
+    assert_eq!(required, &json!(["raw_source_code", "sample_args_json", "pip_requirements_json"]));
+    let roles: Vec<&str> =
+        sent["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "assistant", "user"]);
+    let user = sent["messages"][2]["content"].as_str().unwrap();
+    assert!(
+        user.starts_with("Write a Python function named shout.") && user.contains("no docstring"),
+        "{user}"
+    );
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            ask("shout", "/source def shout(:"),
+            400,
+            "Failed to generate JSON schema for tool 'shout': source_code is not valid Python",
+        ),
+        (ask("shout", "/text"), 502, "did not call generate_tool"),
+        (ask("shout-it", "x"), 422, "must be a Python identifier"),
+        (json!({"tool_name": "shout", "prompt": "x"}), 422, "validation_errors"),
+        (ask("shout", &"x".repeat(256 * 1024 + 1)), 413, "GENERATE_TOOL_INPUT_BYTES_MAX"),
+    ];
+    for (body, status, detail) in cases {
+        let (got, answer) = server.call("POST", "/v1/tools/generate-tool", Some(body)).await;
+        assert_eq!(got, status, "{answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(detail), "{answer} lacks {detail:?}");
+    }
+    fake.push_status(400);
+    let (status, answer) = server.call("POST", "/v1/tools/generate-tool", Some(ask("shout", "x"))).await;
+    assert_eq!(status, 502, "a model error: {answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("answered 400"), "{answer}");
+    server.shutdown().await;
+}

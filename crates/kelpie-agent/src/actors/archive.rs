@@ -103,6 +103,8 @@ pub enum ArchiveCommand {
         after: Option<String>,
         limit: usize,
     },
+    /// How many passages the archive holds (0 once deleted).
+    Count,
     /// Marks the archive deleted (nothing is served from now on).
     DeleteAll,
     /// Deletes up to `keys_max` keys of a deleted archive.
@@ -116,6 +118,7 @@ pub enum ArchiveReply {
     Passages(Vec<ArchivePassage>),
     Scored(Vec<(ArchivePassage, f32)>),
     Reclaimed { done: bool },
+    Count(u64),
     Done,
 }
 
@@ -380,6 +383,13 @@ impl Actor for ArchiveActor {
             }
             ArchiveCommand::Page { after, limit } => {
                 Ok(ArchiveReply::Passages(self.page(ctx, after, limit).await?))
+            }
+            ArchiveCommand::Count => {
+                assert!(
+                    !ctx.state.deleted || ctx.state.passages_count == 0,
+                    "a deleted archive counts nothing"
+                );
+                Ok(ArchiveReply::Count(ctx.state.passages_count))
             }
             ArchiveCommand::DeleteAll => {
                 ctx.state.deleted = true;

@@ -230,6 +230,23 @@ impl Archives {
         Ok(paginate(archives, json_id, page))
     }
 
+    /// Every archive with the number of passages it holds, in creation
+    /// order (at most `ARCHIVES_COUNT_MAX`, one small invocation each).
+    pub async fn passage_counts(&self) -> ServiceResult<Vec<(ArchiveRecord, u64)>> {
+        let archives = self.records(ArchiveStoreCommand::List).await?;
+        let mut counted = Vec::with_capacity(archives.len());
+        for archive in archives {
+            let count = match self.archive(&archive.id, ArchiveCommand::Count).await {
+                Ok(ArchiveReply::Count(count)) => count,
+                Ok(_) => return Err(unexpected("archive count")),
+                Err(ServiceError::ArchiveNotFound(_)) => continue,
+                Err(error) => return Err(error),
+            };
+            counted.push((archive, count));
+        }
+        Ok(counted)
+    }
+
     pub async fn get(&self, id: &str) -> ServiceResult<Value> {
         Ok(archive_json(&self.record(id).await?))
     }

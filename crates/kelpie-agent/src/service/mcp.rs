@@ -24,6 +24,7 @@ use crate::letta::{custom_tool_json, mcp_server_json, SECRET_MASK};
 use crate::limits::TOOL_RETURN_CHARS_MAX;
 use crate::requests::{CreateMcpServer, McpServerConfigIn, UpdateMcpServer};
 use crate::service::mcp_clients::{http_headers, transport};
+use crate::service::mcp_oauth;
 use crate::service::tools::ToolService;
 
 /// Longest server name, in characters.
@@ -171,12 +172,14 @@ pub fn execution_result(outcome: &Result<McpCallResult, McpError>) -> Value {
 /// The `/v1/mcp-servers` operations.
 pub struct McpServers {
     tools: Arc<ToolService>,
+    /// The OAuth authorizations connect streams await.
+    oauth: mcp_oauth::OAuthSessions,
     env: Env,
 }
 
 impl McpServers {
     pub(crate) fn new(tools: Arc<ToolService>, env: Env) -> Self {
-        McpServers { tools, env }
+        McpServers { tools, oauth: mcp_oauth::OAuthSessions::default(), env }
     }
 
     async fn all(&self) -> ServiceResult<Vec<McpServerRecord>> {
@@ -332,6 +335,153 @@ impl McpServers {
             default_requires_approval: false,
         }
     }
+}
+
+/// `GET /v1/mcp-servers/connect/{id}`: a fresh connection to a registered
+/// server (not the shared client, so a broken server's backoff does not
+/// answer for it), reported as Letta's OAuth stream events: the attempt,
+/// then `success` with the server's tools or `error` with the reason. A
+/// server over HTTP that refuses with a `WWW-Authenticate` challenge goes
+/// through the OAuth flow (`mcp_oauth`): `oauth_required`,
+/// `authorization_url`, `waiting_for_auth`, then, once the callback
+/// brought the code and it was exchanged, the token is stored as the
+/// server's bearer token and the tools are listed with it.
+impl McpServers {
+    /// The first event (`connection_attempt`); the server must be registered.
+    pub async fn connect_attempt(&self, id: &str) -> ServiceResult<Value> {
+        let record = self.record(id).await?;
+        Ok(json!({"event": "connection_attempt", "server_name": record.server_name}))
+    }
+
+    /// Every event after the first, handed to `emit` as it happens; the
+    /// OAuth callback is `redirect_uri`.
+    pub async fn connect(&self, id: &str, redirect_uri: &str, emit: &(dyn Fn(Value) + Send + Sync)) {
+        let record = match self.record(id).await {
+            Ok(record) => record,
+            Err(error) => return emit(error_event(error.to_string())),
+        };
+        match self.list_fresh(&record.config).await {
+            Ok(tools) => emit(success_event(&tools)),
+            Err(McpError::AuthRequired { challenge, .. }) => {
+                emit(self.authorize(record, &challenge, redirect_uri, emit).await)
+            }
+            Err(error) => emit(error_event(format!("Connection failed: {error}"))),
+        }
+    }
+
+    /// The tools of a server with `config`, over a connection of its own.
+    async fn list_fresh(&self, config: &McpServerConfig) -> Result<Vec<McpTool>, McpError> {
+        if let McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http) = config {
+            url::check(&http.server_url, self.tools.runner().settings().mcp.allow_internal_urls).await?;
+        }
+        let client = kelpie_tools::mcp::McpClient::new(
+            transport(config),
+            self.tools.runner().settings().mcp,
+            Arc::clone(self.tools.runner()),
+        );
+        let listed = client.list_tools().await;
+        client.close().await;
+        listed
+    }
+
+    /// Runs the OAuth flow for `record`; the last event.
+    async fn authorize(
+        &self,
+        record: McpServerRecord,
+        challenge: &str,
+        redirect_uri: &str,
+        emit: &(dyn Fn(Value) + Send + Sync),
+    ) -> Value {
+        let server_url = match &record.config {
+            McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http) => http.server_url.clone(),
+            McpServerConfig::Stdio { .. } => {
+                return error_event("OAuth is not supported for stdio servers".into())
+            }
+        };
+        emit(json!({"event": "oauth_required", "message": "OAuth authentication required"}));
+        let allow_internal = self.tools.runner().settings().mcp.allow_internal_urls;
+        let client = match mcp_oauth::OAuthClient::new(allow_internal) {
+            Ok(client) => client,
+            Err(reason) => return error_event(format!("Failed to start OAuth: {reason}")),
+        };
+        let started = match client
+            .start((&server_url, challenge), redirect_uri, &self.oauth, self.env.rng.as_ref())
+            .await
+        {
+            Ok(started) => started,
+            Err(reason) => return error_event(format!("Failed to start OAuth: {reason}")),
+        };
+        emit(
+            json!({"event": "authorization_url", "url": started.authorization_url, "session_id": started.session_id()}),
+        );
+        emit(json!({"event": "waiting_for_auth", "message": "Waiting for user authorization..."}));
+        let token = match client.finish(started, &self.oauth, self.env.clock.as_ref()).await {
+            Ok(token) => token,
+            Err(reason) => return error_event(format!("OAuth failed: {reason}")),
+        };
+        match self.store_token(&record.id, token).await {
+            Ok(stored) => match self.list_fresh(&stored.config).await {
+                Ok(tools) => success_event(&tools),
+                Err(error) => error_event(format!("Connection failed after authorization: {error}")),
+            },
+            Err(error) => error_event(format!("the token could not be stored: {error}")),
+        }
+    }
+
+    /// Makes `token` the bearer token of server `id` (a masked secret like
+    /// any `auth_token`), for every later connection.
+    async fn store_token(&self, id: &str, token: String) -> ServiceResult<McpServerRecord> {
+        let mut record = self.record(id).await?;
+        let (McpServerConfig::StreamableHttp(http) | McpServerConfig::Sse(http)) = &mut record.config else {
+            return Err(ServiceError::Invalid("only HTTP servers take a token".into()));
+        };
+        http.auth_header = Some("Authorization".into());
+        http.auth_token = Some(token);
+        record.updated_ms = self.env.clock.wall_ms();
+        self.stored(ToolCommand::McpReplace(Box::new(record))).await
+    }
+
+    /// `GET /v1/tools/mcp/oauth/callback`: hands the code (or the
+    /// provider's error) to the connect stream awaiting `state`. Letta's
+    /// answer on success; an unknown state or the provider's error is 400.
+    pub fn oauth_callback(&self, callback: OAuthCallback) -> ServiceResult<Value> {
+        let state = callback.state.ok_or_else(|| ServiceError::Refused("Missing state parameter".into()))?;
+        let outcome = match (callback.error, callback.code) {
+            (Some(error), _) => Err(match callback.error_description {
+                Some(description) => format!("OAuth error: {error} - {description}"),
+                None => format!("OAuth error: {error}"),
+            }),
+            (None, Some(code)) if !code.is_empty() => Ok(code),
+            (None, _) => Err("Missing authorization code".to_string()),
+        };
+        let server_url = self
+            .oauth
+            .complete(&state, outcome.clone())
+            .ok_or_else(|| ServiceError::Refused("Invalid or expired state parameter".into()))?;
+        match outcome {
+            Ok(_) => Ok(
+                json!({"status": "success", "message": "Authorization successful", "server_url": server_url}),
+            ),
+            Err(message) => Err(ServiceError::Refused(message)),
+        }
+    }
+}
+
+/// The query of the OAuth callback.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct OAuthCallback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+fn error_event(message: String) -> Value {
+    json!({"event": "error", "message": message})
+}
+
+fn success_event(tools: &[McpTool]) -> Value {
+    json!({"event": "success", "tools": tools.iter().map(mcp_tool_json).collect::<Vec<_>>()})
 }
 
 /// Letta's older `/v1/tools/mcp/servers` routes, by server name. Registering

@@ -36,7 +36,10 @@
 //! - [`documents::Documents`]: processing uploads into text and passages,
 //!   in the background, resumed after a crash;
 //! - [`groups::Groups`]: multi-agent groups, their sleeptime agents after
-//!   their manager's turns and their round robin turns.
+//!   their manager's turns and their round robin turns;
+//! - [`tool_generation::ToolGenerator`]: tools a model writes from a prompt;
+//! - [`embeddings::EmbeddingStorage`]: the estimated size of the stored
+//!   embeddings.
 
 pub mod agent_actors;
 pub mod agent_files;
@@ -47,12 +50,14 @@ pub mod batches;
 pub mod conversations;
 pub mod directory;
 pub mod documents;
+pub mod embeddings;
 pub mod folders;
 pub mod groups;
 pub mod identities;
 mod locks;
 pub mod mcp;
 pub mod mcp_clients;
+pub mod mcp_oauth;
 pub mod messages;
 pub mod providers;
 pub mod reclaim;
@@ -60,6 +65,7 @@ pub mod runs;
 pub mod sandbox_configs;
 pub mod shared_blocks;
 pub mod steps;
+pub mod tool_generation;
 pub mod tools;
 pub mod transfer;
 pub mod turn;
@@ -142,6 +148,8 @@ pub struct AgentService {
     pub folders: Arc<folders::Folders>,
     pub agent_files: Arc<agent_files::AgentFiles>,
     pub documents: Arc<documents::Documents>,
+    pub tool_generator: tool_generation::ToolGenerator,
+    pub embedding_storage: embeddings::EmbeddingStorage,
     directory: Arc<AgentDirectory>,
     actors: Arc<AgentActors>,
     env: Env,
@@ -245,6 +253,17 @@ impl AgentService {
             Arc::clone(&reclaimer),
             env.clone(),
         );
+        let tool_generator = tool_generation::ToolGenerator::new(
+            Arc::clone(&tools),
+            Arc::clone(&llm),
+            Arc::clone(&providers),
+            env.clone(),
+        );
+        let embedding_storage = embeddings::EmbeddingStorage::new(
+            Arc::clone(&directory),
+            Arc::clone(&actors),
+            Arc::clone(&archives),
+        );
         let transfer = Transfer::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
@@ -275,6 +294,8 @@ impl AgentService {
             folders,
             agent_files,
             documents,
+            tool_generator,
+            embedding_storage,
             directory,
             actors,
             env,

@@ -1,9 +1,11 @@
 //! `/v1/mcp-servers/`: register MCP servers (stdio, SSE, streamable HTTP),
 //! list, retrieve, modify and delete them, list and run their tools, and
-//! refresh their tool lists. Secrets come back masked.
+//! refresh their tool lists. Secrets come back masked. `connect` tries a
+//! fresh connection and streams Letta's OAuth stream events (SSE).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -23,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/mcp-servers/{server_id}/tools/{tool_id}", get(tool))
         .route("/v1/mcp-servers/{server_id}/tools/{tool_id}/run", post(run))
         .route("/v1/mcp-servers/{server_id}/refresh", patch(refresh))
+        .route("/v1/mcp-servers/connect/{server_id}", get(connect))
 }
 
 async fn create(
@@ -103,3 +106,41 @@ async fn refresh(
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.mcp_servers.refresh(&server_id).await?))
 }
+
+/// Letta's connect stream: `connection_attempt`, then `success` with the
+/// server's tools or `error` with the reason, with the OAuth flow's events
+/// between for a server that asks for authorization. An unknown server is
+/// a plain 404 before the stream starts.
+async fn connect(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let attempt = state.service.mcp_servers.connect_attempt(&server_id).await?;
+    let redirect_uri = callback_url(&state, &headers);
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    // The receiver is only dropped when the client leaves: nothing to tell.
+    let _ = sender.send(super::messages::sse(&attempt));
+    tokio::spawn(async move {
+        let emit = move |event: Value| drop(sender.send(super::messages::sse(&event)));
+        state.service.mcp_servers.connect(&server_id, &redirect_uri, &emit).await;
+    });
+    Ok(super::messages::sse_response(receiver))
+}
+
+/// Where the OAuth provider sends the user back: this server as the
+/// client reached it (its `Host`, `https` behind a proxy that says so).
+fn callback_url(state: &AppState, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map_or_else(|| state.config.bind.to_string(), str::to_string);
+    let forwarded_https =
+        headers.get("x-forwarded-proto").and_then(|proto| proto.to_str().ok()) == Some("https");
+    let scheme = if forwarded_https { "https" } else { "http" };
+    format!("{scheme}://{host}{OAUTH_CALLBACK_PATH}")
+}
+
+/// The OAuth callback's path, answered without a bearer token (the
+/// provider's redirect carries none; only a pending state is accepted).
+pub const OAUTH_CALLBACK_PATH: &str = "/v1/tools/mcp/oauth/callback";

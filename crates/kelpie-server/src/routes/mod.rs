@@ -5,11 +5,13 @@ pub mod agents;
 pub mod all_messages;
 pub mod archival;
 pub mod archives;
+pub mod auth;
 pub mod batches;
 pub mod blocks;
 pub mod chat_completions;
 pub mod cluster;
 pub mod conversations;
+pub mod embeddings;
 pub mod extract;
 pub mod folders;
 pub mod groups;
@@ -58,6 +60,8 @@ pub fn router(state: AppState) -> Router {
 fn api_router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(auth::router())
+        .merge(embeddings::router())
         .merge(agents::router())
         .merge(blocks::router())
         .merge(shared_blocks::router())
@@ -101,12 +105,14 @@ async fn unknown_route(request: Request) -> ApiError {
 }
 
 /// When `KELPIE_API_KEY` is set, every request but the health and
-/// readiness checks (exactly their paths) needs `Authorization: Bearer <key>`.
+/// readiness checks, the login and the MCP OAuth callback (exactly their
+/// paths) needs `Authorization: Bearer <key>`.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
-    if health::OPEN_PATHS.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if health::OPEN_PATHS.contains(&path) || path == auth::LOGIN_PATH || path == mcp::OAUTH_CALLBACK_PATH {
         return next.run(request).await;
     }
     let presented = request

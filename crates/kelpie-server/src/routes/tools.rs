@@ -1,7 +1,9 @@
 //! `/v1/tools/`: list (filtered, paged), count, search, retrieve, create and
 //! upsert (custom Python tools from `source_code`), modify and delete; and
 //! `GET /v1/agents/{agent_id}/tools`. Built-in tools are listed first and
-//! cannot be changed.
+//! cannot be changed. `POST /v1/tools/generate-tool` has the model write a
+//! tool (not stored); the MCP OAuth callback hands a code to the connect
+//! stream awaiting it.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
@@ -13,7 +15,8 @@ use super::extract::{page_of, ApiJson, ApiQuery};
 use crate::api::{listed_param, PageQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
-use kelpie_agent::requests::{CodeInput, CreateTool, RunToolFromSource, UpdateTool};
+use kelpie_agent::requests::{CodeInput, CreateTool, GenerateTool, RunToolFromSource, UpdateTool};
+use kelpie_agent::service::mcp::OAuthCallback;
 use kelpie_agent::service::tools::ToolFilter;
 
 /// Tools per page when the client does not say.
@@ -30,6 +33,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tools/search", post(search))
         .route("/v1/tools/run", post(run_from_source))
         .route("/v1/tools/generate-schema", post(generate_schema))
+        .route("/v1/tools/generate-tool", post(generate_tool))
+        .route("/v1/tools/mcp/oauth/callback", get(oauth_callback))
         .route("/v1/tools/add-base-tools", post(add_base_tools))
         .route("/v1/tools/{tool_id}", get(retrieve).patch(modify).delete(remove))
         .route("/v1/agents/{agent_id}/tools", get(agent_tools))
@@ -113,6 +118,23 @@ async fn generate_schema(
     ApiJson(request): ApiJson<CodeInput>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.service.tools.generate_schema(request).await?))
+}
+
+/// A tool the configured model writes from a prompt: parsed, not stored.
+async fn generate_tool(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<GenerateTool>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.tool_generator.generate(request).await?))
+}
+
+/// Where the OAuth provider sends the user back to: the code goes to the
+/// connect stream awaiting its state (`GET /v1/mcp-servers/connect/{id}`).
+async fn oauth_callback(
+    State(state): State<AppState>,
+    ApiQuery(callback): ApiQuery<OAuthCallback>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.service.mcp_servers.oauth_callback(callback)?))
 }
 
 async fn add_base_tools(State(state): State<AppState>) -> Json<Vec<Value>> {

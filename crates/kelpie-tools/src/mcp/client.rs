@@ -124,6 +124,10 @@ impl McpClient {
                 let served = tokio::time::timeout(timeout, ().serve(transport)).await;
                 match served {
                     Ok(Ok(service)) => Ok(Connection { service, session: None, started: Instant::now() }),
+                    Ok(Err(error)) if error.auth_challenge().is_some() => Err(McpError::AuthRequired {
+                        url: url.to_string(),
+                        challenge: error.auth_challenge().unwrap_or_default().to_string(),
+                    }),
                     Ok(Err(error)) => Err(McpError::Connect(format!("{url}: {error}"))),
                     Err(_) => Err(timed_out()),
                 }

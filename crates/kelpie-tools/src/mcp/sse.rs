@@ -112,6 +112,11 @@ pub async fn connect(
     }
     let opened = async {
         let response = request.send().await.map_err(|e| connect_error(e.to_string()))?;
+        let challenge = response.headers().get(reqwest::header::WWW_AUTHENTICATE);
+        if let (reqwest::StatusCode::UNAUTHORIZED, Some(challenge)) = (response.status(), challenge) {
+            let challenge = String::from_utf8_lossy(challenge.as_bytes()).into_owned();
+            return Err(McpError::AuthRequired { url: url.to_string(), challenge });
+        }
         if !response.status().is_success() {
             return Err(connect_error(format!("answered {}", response.status())));
         }

@@ -35,6 +35,11 @@ pub enum McpError {
     InternalAddress { url: String, address: std::net::IpAddr },
     #[error("cannot connect to the MCP server: {0}")]
     Connect(String),
+    /// The server refused with a `WWW-Authenticate` challenge (401, or 403
+    /// for a scope): it wants an authorization, as an OAuth-protected
+    /// server does, that the configuration does not carry.
+    #[error("the MCP server at {url} asks for an authorization the configuration does not carry (it answered with a WWW-Authenticate challenge)")]
+    AuthRequired { url: String, challenge: String },
     #[error("the MCP server did not finish {what} within {timeout_ms} ms")]
     Timeout { what: String, timeout_ms: u64 },
     /// Starting the server failed recently; it is tried again after a wait.
