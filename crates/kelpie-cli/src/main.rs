@@ -97,6 +97,9 @@ struct ServeArgs {
     /// Model handle used when an agent names none.
     #[arg(long, value_name = "HANDLE")]
     default_model: Option<String>,
+    /// Log lines as text or json (one object a line, with the request id) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -106,7 +109,7 @@ impl ServeArgs {
             layers.add_file(path)?;
         }
         layers.add_env(std::env::vars());
-        let flags: [(&str, &str, Option<&str>); 10] = [
+        let flags: [(&str, &str, Option<&str>); 11] = [
             ("data_dir", "--data-dir", self.data_dir.as_deref()),
             ("bind", "--bind", self.bind.as_deref()),
             ("node_id", "--node-id", self.node_id.as_deref()),
@@ -121,6 +124,7 @@ impl ServeArgs {
                 self.cluster_trusted_network.then_some("true"),
             ),
             ("llm.default_model", "--default-model", self.default_model.as_deref()),
+            ("log.format", "--log-format", self.log_format.as_deref()),
         ];
         for (field, flag, value) in flags {
             if let Some(value) = value {
@@ -131,15 +135,22 @@ impl ServeArgs {
     }
 }
 
+/// Logs to stderr in `format`, filtered by `KELPIE_LOG` (default `info`).
+fn init_logs(format: kelpie_core::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KELPIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = kelpie_server::telemetry::log_subscriber(format, filter, std::io::stderr);
+    if let Err(err) = tracing::subscriber::set_global_default(subscriber) {
+        eprintln!("kelpie: cannot set up logging: {err}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KELPIE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` sets up its logs once its configuration (log.format) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logs(kelpie_core::config::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
@@ -211,6 +222,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.observability.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
