@@ -1,5 +1,6 @@
 //! `GET /metrics` over a known workload: three agents created, two
-//! messages sent through the fake LLM, one unknown identity asked for. The
+//! messages sent through the fake LLM and a third it refuses, one unknown
+//! identity asked for. The
 //! counters move by exactly the amounts the workload implies.
 //!
 //! The registry is process-wide, so this file holds one test: nothing else
@@ -51,11 +52,21 @@ async fn a_known_workload_moves_the_counters_by_known_amounts() {
         prompt_tokens += usage["prompt_tokens"].as_f64().unwrap();
         completion_tokens += usage["completion_tokens"].as_f64().unwrap();
     }
+    // A third message the provider refuses (400: not retried): one more call, one error.
+    fake.push_error(400, "the model refuses");
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "refused"}]});
+    let (refused_status, refusal) =
+        server.call("POST", &format!("/v1/agents/{}/messages", agents[0]), Some(body)).await;
+    assert!(refused_status >= 400, "{refusal}");
     let unknown = "identity-00000000-0000-4000-8000-000000000000";
     let (status, _) = server.call("GET", &format!("/v1/identities/{unknown}"), None).await;
     assert_eq!(status, 404);
     let after = scrape(&server).await;
 
+    let refused_series = format!(
+        r#"kelpie_http_requests_total{{method="POST",route="/v1/agents/{{agent_id}}/messages",status="{refused_status}"}}"#
+    );
+    assert_eq!(delta(&before, &after, &refused_series), 1.0, "{refused_series}");
     let expected: [(&str, f64); 11] = [
         (r#"kelpie_http_requests_total{method="POST",route="/v1/agents/",status="200"}"#, 3.0),
         (
@@ -70,11 +81,11 @@ async fn a_known_workload_moves_the_counters_by_known_amounts() {
         (r#"kelpie_http_requests_total{method="GET",route="/metrics",status="200"}"#, 1.0),
         (r#"kelpie_http_request_duration_seconds_count{method="POST",route="/v1/agents/"}"#, 3.0),
         (r#"kelpie_http_request_duration_seconds_bucket{method="POST",route="/v1/agents/",le="+Inf"}"#, 3.0),
-        (r#"kelpie_llm_calls_total{provider="openai"}"#, steps),
-        (r#"kelpie_llm_call_duration_seconds_count{provider="openai"}"#, steps),
+        (r#"kelpie_llm_calls_total{provider="openai"}"#, steps + 1.0),
+        (r#"kelpie_llm_call_duration_seconds_count{provider="openai"}"#, steps + 1.0),
         (r#"kelpie_llm_prompt_tokens_total{provider="openai"}"#, prompt_tokens),
         (r#"kelpie_llm_completion_tokens_total{provider="openai"}"#, completion_tokens),
-        (r#"kelpie_llm_call_errors_total{provider="openai"}"#, 0.0),
+        (r#"kelpie_llm_call_errors_total{provider="openai"}"#, 1.0),
     ];
     for (series, moved) in expected {
         assert_eq!(delta(&before, &after, series), moved, "{series}");
