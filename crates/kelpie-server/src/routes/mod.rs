@@ -3,8 +3,8 @@
 //! first: its id, span and metrics (`crate::telemetry::request_context`,
 //! which also gives every error body its shape), the URI length limit
 //! ([`URI_BYTES_MAX`], 414), the body size limit
-//! ([`extract::REQUEST_BODY_BYTES_MAX`], 413), the drain at shutdown, the bearer token, forwarding to an agent's
-//! owner node.
+//! ([`extract::REQUEST_BODY_BYTES_MAX`], 413), the drain at shutdown, the
+//! bearer token, forwarding to an agent's owner node.
 
 pub mod agents;
 pub mod all_messages;
