@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Model handle used when an agent names none.
     #[arg(long, value_name = "HANDLE")]
     default_model: Option<String>,
+    /// Log lines as text or json (one object a line, with the request id) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -124,7 +127,7 @@ impl ServeArgs {
         let host_port = self.host_port();
         let bind = self.bind.as_deref().or(host_port.as_deref());
         let bind_flag = if self.bind.is_some() { "--bind" } else { "--host/--port" };
-        let flags: [(&str, &str, Option<&str>); 10] = [
+        let flags: [(&str, &str, Option<&str>); 11] = [
             ("data_dir", "--data-dir", self.data_dir.as_deref()),
             ("bind", bind_flag, bind),
             ("node_id", "--node-id", self.node_id.as_deref()),
@@ -139,6 +142,7 @@ impl ServeArgs {
                 self.cluster_trusted_network.then_some("true"),
             ),
             ("llm.default_model", "--default-model", self.default_model.as_deref()),
+            ("log.format", "--log-format", self.log_format.as_deref()),
         ];
         for (field, flag, value) in flags {
             if let Some(value) = value {
@@ -168,15 +172,22 @@ const DEFAULT_HOST: &str = "127.0.0.1";
 /// The port `--host` alone listens on (Letta's).
 const DEFAULT_PORT: u16 = 8283;
 
+/// Logs to stderr in `format`, filtered by `KELPIE_LOG` (default `info`).
+fn init_logs(format: kelpie_core::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KELPIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = kelpie_server::telemetry::log_subscriber(format, filter, std::io::stderr);
+    if let Err(err) = tracing::subscriber::set_global_default(subscriber) {
+        eprintln!("kelpie: cannot set up logging: {err}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KELPIE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` sets up its logs once its configuration (log.format) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logs(kelpie_core::config::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
@@ -262,6 +273,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.observability.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

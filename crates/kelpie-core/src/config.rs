@@ -37,6 +37,8 @@
 //! | `sandbox.warm_count` | `KELPIE_SANDBOX_WARM` | 2 |
 //! | `mcp.allow_internal_urls` | `KELPIE_MCP_ALLOW_INTERNAL_URLS` | `false`: MCP server URLs on loopback, private or link-local addresses are refused |
 //! | `mcp.stdio_network` | `KELPIE_MCP_STDIO_NETWORK` | `false`: stdio MCP servers run without network |
+//! | `log.format` | `KELPIE_LOG_FORMAT` | `text`; `json`: one JSON object a line |
+//! | `metrics.public` | `KELPIE_METRICS_PUBLIC` | `false`: `GET /metrics` needs the bearer token like the API |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,6 +87,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("sandbox.warm_count", "KELPIE_SANDBOX_WARM"),
     ("mcp.allow_internal_urls", "KELPIE_MCP_ALLOW_INTERNAL_URLS"),
     ("mcp.stdio_network", "KELPIE_MCP_STDIO_NETWORK"),
+    ("log.format", "KELPIE_LOG_FORMAT"),
+    ("metrics.public", "KELPIE_METRICS_PUBLIC"),
 ];
 
 /// Where a configuration value came from.
@@ -235,6 +239,24 @@ pub struct SandboxConfig {
     pub mcp_stdio_network: bool,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of the spans it was logged in.
+    Json,
+}
+
+/// Logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservabilityConfig {
+    pub log_format: LogFormat,
+    /// `GET /metrics` answers without the bearer token.
+    pub metrics_public: bool,
+}
+
 /// The validated configuration of one Kelpie server process.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KelpieConfig {
@@ -246,6 +268,7 @@ pub struct KelpieConfig {
     pub cluster: Option<ClusterConfig>,
     pub llm: LlmConfig,
     pub sandbox: SandboxConfig,
+    pub observability: ObservabilityConfig,
 }
 
 impl fmt::Debug for KelpieConfig {
@@ -259,6 +282,7 @@ impl fmt::Debug for KelpieConfig {
             .field("cluster", &self.cluster)
             .field("llm", &self.llm)
             .field("sandbox", &self.sandbox)
+            .field("observability", &self.observability)
             .finish()
     }
 }
@@ -346,7 +370,15 @@ impl ConfigLayers {
         let cluster = self.resolve_cluster(&storage)?;
         let llm = self.resolve_llm()?;
         let sandbox = self.resolve_sandbox(&data_dir)?;
-        Ok(KelpieConfig { data_dir, bind, node_id, api_key, storage, cluster, llm, sandbox })
+        let observability = ObservabilityConfig {
+            log_format: self.parse("log.format", "text", |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!("{other:?} is not one of \"text\", \"json\"")),
+            })?,
+            metrics_public: self.boolean("metrics.public")?,
+        };
+        Ok(KelpieConfig { data_dir, bind, node_id, api_key, storage, cluster, llm, sandbox, observability })
     }
 
     fn resolve_storage(&self, data_dir: &Path) -> Result<StorageConfig, ConfigError> {
@@ -566,6 +598,24 @@ mod tests {
     }
 
     #[test]
+    fn log_format_and_public_metrics_come_from_file_env_and_flags() {
+        let mut layers = ConfigLayers::new();
+        layers.add_toml("[log]\nformat = \"json\"\n[metrics]\npublic = true\n", Path::new("k.toml")).unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(
+            config.observability,
+            ObservabilityConfig { log_format: LogFormat::Json, metrics_public: true }
+        );
+        layers.add_env([("KELPIE_LOG_FORMAT".to_string(), "text".to_string())]);
+        assert_eq!(layers.resolve().unwrap().observability.log_format, LogFormat::Text);
+        layers.set("log.format", "yaml", Origin::Flag("--log-format".into())).unwrap();
+        assert_eq!(
+            layers.resolve().unwrap_err().to_string(),
+            "config field `log.format` (from flag --log-format): \"yaml\" is not one of \"text\", \"json\""
+        );
+    }
+
+    #[test]
     fn defaults_need_nothing() {
         let config = ConfigLayers::new().resolve().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("./kelpie-data"));
@@ -577,6 +627,10 @@ mod tests {
         assert_eq!(config.llm.openai_base_url, "https://api.openai.com/v1");
         assert_eq!(config.llm.openai_api_key, None);
         assert!(!config.llm.allow_internal_provider_urls);
+        assert_eq!(
+            config.observability,
+            ObservabilityConfig { log_format: LogFormat::Text, metrics_public: false }
+        );
         assert_eq!(
             config.sandbox,
             SandboxConfig {

@@ -16,6 +16,7 @@ pub mod env;
 pub mod error;
 pub mod id;
 pub mod limits;
+pub mod metrics;
 
 pub use env::{Clock, Env, RngSource, TaskSpawner};
 pub use error::{Error, Result, WireError};

@@ -51,13 +51,17 @@ impl AnthropicClient {
 
     /// One Messages call, retried on 429/5xx and transport errors.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = request_body(request);
-        let answer = with_retries(|| {
-            let call = self.authorized(self.http.post(format!("{}/v1/messages", self.base_url)).json(&body));
-            send_json(&self.base_url, call)
+        crate::metered::metered(crate::metered::PROVIDER_LABEL_ANTHROPIC, async {
+            let body = request_body(request);
+            let answer = with_retries(|| {
+                let call =
+                    self.authorized(self.http.post(format!("{}/v1/messages", self.base_url)).json(&body));
+                send_json(&self.base_url, call)
+            })
+            .await?;
+            parse_response(&self.base_url, &answer)
         })
-        .await?;
-        parse_response(&self.base_url, &answer)
+        .await
     }
 
     /// One Messages call with `stream: true`; see [`crate::http::stream_completion`].
@@ -66,17 +70,20 @@ impl AnthropicClient {
         request: &ChatRequest,
         on_delta: &mut (dyn FnMut(ChatDelta) + Send),
     ) -> Result<ChatResponse, LlmError> {
-        let mut body = request_body(request);
-        body["stream"] = json!(true);
-        let url = format!("{}/v1/messages", self.base_url);
-        let build = || self.authorized(self.http.post(&url).json(&body));
-        stream_completion(
-            &self.base_url,
-            self.stream_idle_timeout_ms,
-            build,
-            AnthropicStreamDecoder::default(),
-            on_delta,
-        )
+        crate::metered::metered(crate::metered::PROVIDER_LABEL_ANTHROPIC, async {
+            let mut body = request_body(request);
+            body["stream"] = json!(true);
+            let url = format!("{}/v1/messages", self.base_url);
+            let build = || self.authorized(self.http.post(&url).json(&body));
+            stream_completion(
+                &self.base_url,
+                self.stream_idle_timeout_ms,
+                build,
+                AnthropicStreamDecoder::default(),
+                on_delta,
+            )
+            .await
+        })
         .await
     }
 

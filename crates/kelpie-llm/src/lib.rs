@@ -21,6 +21,7 @@ pub mod clients;
 pub mod endpoint;
 pub mod fake;
 pub mod http;
+pub mod metered;
 pub mod openai;
 pub mod settings;
 #[cfg(feature = "sim")]

@@ -44,9 +44,12 @@ impl OpenAiClient {
 
     /// One chat completion, retried on 429/5xx and transport errors.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = request_body(request);
-        let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
-        parse_response(&self.base_url, &answer)
+        crate::metered::metered(crate::metered::PROVIDER_LABEL_OPENAI, async {
+            let body = request_body(request);
+            let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
+            parse_response(&self.base_url, &answer)
+        })
+        .await
     }
 
     /// One chat completion with `stream: true` (usage asked for with
@@ -56,18 +59,21 @@ impl OpenAiClient {
         request: &ChatRequest,
         on_delta: &mut (dyn FnMut(ChatDelta) + Send),
     ) -> Result<ChatResponse, LlmError> {
-        let mut body = request_body(request);
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        let url = format!("{}/chat/completions", self.base_url);
-        let build = || self.authorized(self.http.post(&url).json(&body));
-        stream_completion(
-            &self.base_url,
-            self.stream_idle_timeout_ms,
-            build,
-            OpenAiStreamDecoder::default(),
-            on_delta,
-        )
+        crate::metered::metered(crate::metered::PROVIDER_LABEL_OPENAI, async {
+            let mut body = request_body(request);
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let url = format!("{}/chat/completions", self.base_url);
+            let build = || self.authorized(self.http.post(&url).json(&body));
+            stream_completion(
+                &self.base_url,
+                self.stream_idle_timeout_ms,
+                build,
+                OpenAiStreamDecoder::default(),
+                on_delta,
+            )
+            .await
+        })
         .await
     }
 

@@ -1,9 +1,14 @@
 //! Mapping of domain errors to HTTP responses, in one place.
 //!
-//! Every error body is Letta's shape: `{"detail": "..."}` (a 422 also has
-//! Letta's `trace_id`).
+//! Every error body is `{"detail": "...", "trace_id": "<request id>"}`:
+//! handlers answer an [`ApiError`] (`{"detail"}`), and [`json_error_body`],
+//! run on every response by `crate::telemetry::request_context`, adds the
+//! request's id as `trace_id` (Letta's field) and gives the same shape to
+//! the errors axum and its extractors answer in plain text or with no body
+//! (a path that is not UTF-8, a method not allowed, a body too large).
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kelpie_core::Error;
@@ -102,15 +107,47 @@ impl From<ServiceError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    /// `{"detail"}`; a 422 also carries Letta's `trace_id` (empty: Kelpie
-    /// keeps no traces), as Letta's validation errors do.
+    /// `{"detail"}`; [`json_error_body`] adds the `trace_id`.
     fn into_response(self) -> Response {
-        let body = match self.status {
-            StatusCode::UNPROCESSABLE_ENTITY => serde_json::json!({ "trace_id": "", "detail": self.detail }),
-            _ => serde_json::json!({ "detail": self.detail }),
-        };
-        (self.status, Json(body)).into_response()
+        (self.status, Json(serde_json::json!({ "detail": self.detail }))).into_response()
     }
+}
+
+/// Largest error body read to give it its shape; a longer one (no error of
+/// ours is) is answered with a short detail instead.
+pub const ERROR_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// `response` with, when it is an error, the body `{"detail", "trace_id"}`:
+/// a JSON object with a `detail` gets `trace_id` set; any other body (text
+/// from axum, or none) becomes the `detail` (the status's reason when
+/// empty). Other JSON (an MCP JSON-RPC error) and HEAD answers are kept as
+/// they are.
+pub async fn json_error_body(response: Response, trace_id: &str, method: &Method) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || method == Method::HEAD {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, ERROR_BODY_BYTES_MAX).await;
+    let object = match bytes.as_deref().map(serde_json::from_slice::<serde_json::Value>) {
+        Ok(Ok(serde_json::Value::Object(object))) if object.contains_key("detail") => object,
+        Ok(Ok(_)) => return Response::from_parts(parts, Body::from(bytes.unwrap_or_default())),
+        Ok(Err(_)) | Err(_) => {
+            let text = bytes.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let detail = match text.trim() {
+                "" if bytes.is_err() => format!("error body over {ERROR_BODY_BYTES_MAX} bytes"),
+                "" => status.canonical_reason().unwrap_or("error").to_string(),
+                text => text.to_string(),
+            };
+            serde_json::Map::from_iter([("detail".to_string(), serde_json::Value::String(detail))])
+        }
+    };
+    let mut object = object;
+    object.insert("trace_id".to_string(), serde_json::Value::String(trace_id.to_string()));
+    let body = serde_json::to_vec(&object).expect("a JSON object always serializes");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
 }
 
 #[cfg(test)]
@@ -118,17 +155,42 @@ mod tests {
     use super::*;
     use kelpie_core::ActorId;
 
+    async fn shaped(response: Response, method: Method) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = json_error_body(response, "req-1", &method).await;
+        let content_type =
+            response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1_024).await.unwrap();
+        (status, content_type, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
     #[tokio::test]
-    async fn a_422_carries_letta_trace_id_and_others_only_detail() {
-        for (status, body) in [
-            (StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"trace_id": "", "detail": "bad"})),
-            (StatusCode::NOT_FOUND, serde_json::json!({"detail": "bad"})),
-        ] {
-            let response = ApiError::new(status, "bad").into_response();
-            assert_eq!(response.status(), status);
-            let bytes = axum::body::to_bytes(response.into_body(), 1_024).await.unwrap();
-            assert_eq!(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(), body);
-        }
+    async fn every_error_body_gets_detail_and_the_request_id_as_trace_id() {
+        let api = ApiError::new(StatusCode::NOT_FOUND, "bad").into_response();
+        let (status, content_type, body) = shaped(api, Method::GET).await;
+        assert_eq!((status, content_type.as_deref()), (StatusCode::NOT_FOUND, Some("application/json")));
+        assert_eq!(body, serde_json::json!({"detail": "bad", "trace_id": "req-1"}));
+
+        let text = (StatusCode::BAD_REQUEST, "Invalid URL: not UTF-8").into_response();
+        let (status, content_type, body) = shaped(text, Method::GET).await;
+        assert_eq!((status, content_type.as_deref()), (StatusCode::BAD_REQUEST, Some("application/json")));
+        assert_eq!(body, serde_json::json!({"detail": "Invalid URL: not UTF-8", "trace_id": "req-1"}));
+
+        let empty = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        let (_, _, body) = shaped(empty, Method::PUT).await;
+        assert_eq!(body, serde_json::json!({"detail": "Method Not Allowed", "trace_id": "req-1"}));
+    }
+
+    #[tokio::test]
+    async fn successes_other_json_and_head_answers_are_kept() {
+        let ok = (StatusCode::OK, "fine").into_response();
+        let kept = json_error_body(ok, "req-1", &Method::GET).await;
+        assert_eq!(axum::body::to_bytes(kept.into_body(), 64).await.unwrap(), "fine");
+        let rpc = (StatusCode::BAD_REQUEST, Json(serde_json::json!({"jsonrpc": "2.0"}))).into_response();
+        let (_, _, body) = shaped(rpc, Method::POST).await;
+        assert_eq!(body, serde_json::json!({"jsonrpc": "2.0"}));
+        let head = json_error_body(StatusCode::NOT_FOUND.into_response(), "req-1", &Method::HEAD).await;
+        assert_eq!(axum::body::to_bytes(head.into_body(), 64).await.unwrap(), "");
     }
 
     #[test]

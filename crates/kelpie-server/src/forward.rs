@@ -540,6 +540,26 @@ mod tests {
         assert_eq!(detail.detail, "why");
     }
 
+    #[tokio::test]
+    async fn the_owner_serves_a_forwarded_request_under_the_same_request_id() {
+        use crate::telemetry::{request_context, REQUEST_ID_HEADER};
+        let router = Router::new()
+            .route("/v1/agents/{agent_id}", axum::routing::get(|| async { "served" }))
+            .layer(axum::middleware::from_fn(request_context));
+        let head = RequestHead {
+            method: "GET".into(),
+            path_and_query: "/v1/agents/agent-1".into(),
+            headers: vec![(REQUEST_ID_HEADER.into(), "entry-node-id-1".into())],
+        };
+        let (sender, mut parts) = mpsc::channel(4);
+        HttpForwarder::new(router).handle(encode(&head, b""), sender).await.unwrap();
+        let (head, _): (ResponseHead, Vec<u8>) = decode(&parts.recv().await.unwrap()).unwrap();
+        let id =
+            head.headers.iter().find(|(name, _)| name == REQUEST_ID_HEADER).map(|(_, value)| value.as_str());
+        assert_eq!((head.status, id), (200, Some("entry-node-id-1")));
+        assert_eq!(parts.recv().await.unwrap(), b"served");
+    }
+
     #[test]
     fn heads_and_bodies_round_trip_and_garbage_is_refused() {
         let head =

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod mcp_server;
 pub mod routes;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

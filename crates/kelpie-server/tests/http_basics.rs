@@ -67,7 +67,7 @@ async fn api_key_is_required_when_configured() {
     let missing = client.get(&url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
     let body: Value = missing.json().await.unwrap();
-    assert_eq!(body["detail"], "missing or wrong bearer token");
+    assert_eq!(body["detail"], "missing bearer token: send Authorization: Bearer <key>");
 
     let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
     assert_eq!(wrong.status(), 401);

@@ -105,7 +105,11 @@ async fn the_mcp_endpoint_needs_the_bearer_token_when_one_is_set() {
     let server = common::start_with(dir.path(), &fake, &[("api_key", "mcp-secret-key")]).await;
     let anonymous = client(&server.base, dir.path(), Vec::new());
     let refused = anonymous.list_tools().await.unwrap_err();
-    assert!(matches!(refused, McpError::Connect(ref reason) if reason.contains("401")), "{refused:?}");
+    // The 401 carries `WWW-Authenticate: Bearer`, which the MCP client reports as "Auth required".
+    assert!(
+        matches!(refused, McpError::Connect(ref reason) if reason.contains("Auth required")),
+        "{refused:?}"
+    );
     let bearer = vec![("Authorization".to_string(), "Bearer mcp-secret-key".to_string())];
     let allowed = client(&server.base, dir.path(), bearer);
     let created = allowed.call_tool("create_agent", &json!({"name": "guarded"})).await.unwrap();

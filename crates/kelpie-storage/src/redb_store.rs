@@ -341,10 +341,22 @@ pub(crate) fn commit_batch(db: &Database, ops: Vec<Op>) -> Vec<Result<OpOutput>>
     match outcome {
         Ok(results) => {
             assert_eq!(results.len(), count);
+            record_flush(&results);
             results
         }
         Err(err) => vec![Err(err); count],
     }
+}
+
+/// Counts one durable flush (a committed write transaction) and the
+/// writes it made durable (`kelpie_core::metrics`); an op refused inside
+/// the batch (a fenced or conflicting commit) wrote nothing.
+fn record_flush(results: &[Result<OpOutput>]) {
+    use kelpie_core::metrics::{increment, observe, STORAGE_BATCH_SIZE, STORAGE_FSYNCS, STORAGE_WRITES};
+    let durable = results.iter().filter(|result| result.is_ok()).count();
+    increment(&STORAGE_FSYNCS, &["redb"], 1);
+    increment(&STORAGE_WRITES, &["redb"], durable as u64);
+    observe(&STORAGE_BATCH_SIZE, &["redb"], durable as f64);
 }
 
 fn read_last_version(txn: &redb::WriteTransaction) -> Result<u64> {

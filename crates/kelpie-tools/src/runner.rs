@@ -258,6 +258,17 @@ impl ToolRunner {
     /// `Ok` when the call ran to its end (returned or raised); `Err` when
     /// it could not run or the sandbox ended it.
     pub async fn run_tool(&self, call: ToolCall<'_>) -> Result<ToolRun, ToolError> {
+        let run = self.run_tool_unmetered(call).await;
+        let outcome = match &run {
+            Ok(ToolRun { ok: true, .. }) => "returned",
+            Ok(ToolRun { ok: false, .. }) => "raised",
+            Err(_) => "failed",
+        };
+        kelpie_core::metrics::increment(&kelpie_core::metrics::SANDBOX_TOOL_RUNS, &[outcome], 1);
+        run
+    }
+
+    async fn run_tool_unmetered(&self, call: ToolCall<'_>) -> Result<ToolRun, ToolError> {
         check_env(call.env)?;
         let mut spec = SandboxSpec { network: call.network, mounts: Vec::new() };
         let mut paths = Vec::new();

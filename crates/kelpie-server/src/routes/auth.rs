@@ -54,7 +54,7 @@ async fn login(
 
 /// Compares in time independent of where the texts differ (only their
 /// lengths show), so the answer's timing does not spell the key out.
-fn same_secret(given: &str, secret: &str) -> bool {
+pub(crate) fn same_secret(given: &str, secret: &str) -> bool {
     let (given, secret) = (given.as_bytes(), secret.as_bytes());
     if given.len() != secret.len() {
         return false;

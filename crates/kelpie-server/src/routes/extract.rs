@@ -1,5 +1,7 @@
 //! JSON body and query extractors whose rejections are Letta-shaped:
-//! `{"detail": ...}` with 422, as Letta answers a body of the wrong shape.
+//! `{"detail": ...}` with 422, as Letta answers a body of the wrong shape
+//! or broken JSON; a body over the server's limit is 413 and a body that
+//! does not say it is JSON (`Content-Type`) is 415, as HTTP means them.
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
@@ -9,6 +11,11 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// Largest request body a route reads (routes that stream their body, such
+/// as `/v1/agents/import`, set their own); a larger one answers 413. The
+/// router applies it to every route.
+pub const REQUEST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -17,8 +24,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.body_text())),
+            Err(rejection) => Err(json_rejection(&rejection)),
         }
+    }
+}
+
+/// The status and detail of a refused JSON body.
+fn json_rejection(rejection: &axum::extract::rejection::JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over REQUEST_BODY_BYTES_MAX ({} bytes)", REQUEST_BODY_BYTES_MAX),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be JSON, sent with Content-Type: application/json",
+        ),
+        _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.body_text()),
     }
 }
 

@@ -1,5 +1,10 @@
 //! One router per resource, composed here, behind the optional bearer-token
-//! check and a JSON 404 for unknown routes.
+//! check and a JSON 404 for unknown routes. Every request passes, outermost
+//! first: its id, span and metrics (`crate::telemetry::request_context`,
+//! which also gives every error body its shape), the URI length limit
+//! ([`URI_BYTES_MAX`], 414), the body size limit
+//! ([`extract::REQUEST_BODY_BYTES_MAX`], 413), the drain at shutdown, the
+//! bearer token, forwarding to an agent's owner node.
 
 pub mod agents;
 pub mod all_messages;
@@ -32,14 +37,19 @@ pub mod shared_blocks;
 pub mod steps;
 pub mod tools;
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Longest request target (path and query) served; a longer one answers 414
+/// with a JSON body. (One over hyper's own limit, 64 KiB, is refused by
+/// hyper with a bare 414 before it reaches the router.)
+pub const URI_BYTES_MAX: usize = 16 * 1024;
 
 /// The API with the MCP endpoint (`/mcp`, behind the same bearer token).
 pub fn router(state: AppState) -> Router {
@@ -54,6 +64,20 @@ pub fn router(state: AppState) -> Router {
     let endpoint =
         Router::new().nest_service("/mcp", mcp).layer(middleware::from_fn_with_state(state, require_api_key));
     api.merge(endpoint)
+        .layer(DefaultBodyLimit::max(extract::REQUEST_BODY_BYTES_MAX))
+        .layer(middleware::from_fn(limit_uri))
+        .layer(middleware::from_fn(crate::telemetry::request_context))
+}
+
+/// Refuses a request target over [`URI_BYTES_MAX`] with 414.
+async fn limit_uri(request: Request, next: Next) -> Response {
+    let length = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+    if length > URI_BYTES_MAX {
+        let detail =
+            format!("the request target is {length} bytes, over URI_BYTES_MAX ({URI_BYTES_MAX} bytes)");
+        return ApiError::new(StatusCode::URI_TOO_LONG, detail).into_response();
+    }
+    next.run(request).await
 }
 
 /// Every REST route, behind the bearer-token check and cluster forwarding.
@@ -87,6 +111,7 @@ fn api_router(state: AppState) -> Router {
         .merge(steps::router())
         .merge(sandbox_config::router())
         .merge(cluster::router())
+        .merge(crate::telemetry::router())
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), crate::forward::forward_agent_requests))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
@@ -106,23 +131,63 @@ async fn unknown_route(request: Request) -> ApiError {
 
 /// When `KELPIE_API_KEY` is set, every request but the health and
 /// readiness checks, the login and the MCP OAuth callback (exactly their
-/// paths) needs `Authorization: Bearer <key>`.
+/// paths) and, when `metrics.public` is set, `GET /metrics`, needs
+/// `Authorization: Bearer <key>` (the scheme in any case, as HTTP has it).
+/// A refusal is 401 with `WWW-Authenticate`.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if health::OPEN_PATHS.contains(&path) || path == auth::LOGIN_PATH || path == mcp::OAUTH_CALLBACK_PATH {
+    let open = health::OPEN_PATHS.contains(&path)
+        || path == auth::LOGIN_PATH
+        || path == mcp::OAUTH_CALLBACK_PATH
+        || (state.config.observability.metrics_public && path == crate::telemetry::METRICS_PATH);
+    if open {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if presented == Some(expected) {
-        next.run(request).await
-    } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
+    match bearer_token(request.headers().get(header::AUTHORIZATION)) {
+        Ok(presented) if auth::same_secret(presented, expected) => next.run(request).await,
+        Ok(_) => unauthorized("wrong bearer token"),
+        Err(reason) => unauthorized(reason),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme matched
+/// in any case), or why there is none.
+fn bearer_token(value: Option<&axum::http::HeaderValue>) -> Result<&str, &'static str> {
+    let value = value.ok_or("missing bearer token: send Authorization: Bearer <key>")?;
+    let value = value.to_str().map_err(|_| "the Authorization header is not visible ASCII")?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("the Authorization scheme must be Bearer");
+    }
+    match token.trim() {
+        "" => Err("missing bearer token: send Authorization: Bearer <key>"),
+        token => Ok(token),
+    }
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, detail).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_matched_in_any_case() {
+        let token =
+            |value: &str| bearer_token(Some(&HeaderValue::from_str(value).unwrap())).map(str::to_string);
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "  bEaReR   k1 "] {
+            assert_eq!(token(value), Ok("k1".to_string()), "{value:?}");
+        }
+        assert_eq!(token("Basic k1"), Err("the Authorization scheme must be Bearer"));
+        assert_eq!(token("Bearerk1"), Err("the Authorization scheme must be Bearer"));
+        assert_eq!(token("Bearer "), Err("missing bearer token: send Authorization: Bearer <key>"));
+        assert_eq!(bearer_token(None), Err("missing bearer token: send Authorization: Bearer <key>"));
     }
 }
