@@ -230,7 +230,18 @@ async fn oversized_state_is_rejected_and_rolled_back() {
 
 #[tokio::test]
 async fn zombie_activation_cannot_commit_after_another_claim() {
-    let storage = Storage::memory();
+    zombie_cannot_commit(Storage::memory()).await;
+}
+
+/// The same fencing on the embedded store the server runs on, not only on
+/// the memory backend the other tests use.
+#[tokio::test]
+async fn zombie_activation_cannot_commit_after_another_claim_on_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    zombie_cannot_commit(Storage::open_redb(dir.path().join("fence.redb")).unwrap()).await;
+}
+
+async fn zombie_cannot_commit(storage: Storage) {
     let runtime = runtime_with(storage.clone(), |_| {});
     runtime.invoke(&id("z"), Msg::Add(1)).await.unwrap();
     // Another node takes the actor over behind this runtime's back.
@@ -249,7 +260,16 @@ async fn zombie_activation_cannot_commit_after_another_claim() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_flushes_and_rejects_new_calls() {
-    let storage = Storage::memory();
+    shutdown_finishes_and_flushes(Storage::memory()).await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_work_flushes_and_rejects_new_calls_on_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    shutdown_finishes_and_flushes(Storage::open_redb(dir.path().join("shutdown.redb")).unwrap()).await;
+}
+
+async fn shutdown_finishes_and_flushes(storage: Storage) {
     let runtime = runtime_with(storage.clone(), |_| {});
     runtime.invoke(&id("s"), Msg::Add(1)).await.unwrap();
     let slow = tokio::spawn({

@@ -38,7 +38,7 @@ async fn the_api_key_as_password_logs_in_as_admin_and_nothing_else_does() {
     for (path, body) in [("/v1/auth/", json!({"password": KEY})), ("/v1/auth/x", json!({}))] {
         let (status, answer) = post(&server, path, body).await;
         assert_eq!(status, 401, "{path}: {answer}");
-        assert_eq!(answer["detail"], "missing or wrong bearer token");
+        assert_eq!(answer["detail"], "missing bearer token: send Authorization: Bearer <key>");
     }
     let listed = server.http.get(format!("{}/v1/agents/", server.base)).send().await.unwrap();
     assert_eq!(listed.status().as_u16(), 401, "the login opens nothing else");

@@ -105,9 +105,9 @@ async fn the_mcp_endpoint_needs_the_bearer_token_when_one_is_set() {
     let server = common::start_with(dir.path(), &fake, &[("api_key", "mcp-secret-key")]).await;
     let anonymous = client(&server.base, dir.path(), Vec::new());
     let refused = anonymous.list_tools().await.unwrap_err();
-    // The 401 carries `WWW-Authenticate: Bearer`, which the MCP client reports as "Auth required".
+    // The 401 carries `WWW-Authenticate: Bearer`: the MCP client reports the challenge.
     assert!(
-        matches!(refused, McpError::Connect(ref reason) if reason.contains("Auth required")),
+        matches!(refused, McpError::AuthRequired { ref challenge, .. } if challenge == "Bearer"),
         "{refused:?}"
     );
     let bearer = vec![("Authorization".to_string(), "Bearer mcp-secret-key".to_string())];
