@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kelpie_core::config::{ConfigError, ConfigLayers, KelpieConfig, Origin};
 
+mod dst;
 mod people;
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,17 @@ enum Command {
     /// Chat with an agent: each line you type is a message, the answer
     /// streams back as it is written.
     Chat(people::ChatArgs),
+    /// The deterministic simulator.
+    #[command(subcommand)]
+    Dst(DstCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DstCommand {
+    /// Run the reference scenario (3 nodes under every non-agent fault)
+    /// over a range of seeds, with a progress bar; a failing seed is
+    /// printed with the command that replays it.
+    Run(dst::DstRunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +207,16 @@ fn main() -> ExitCode {
         Command::Agents(command) => people_result(people::agents(command, &mut std::io::stdout())),
         Command::Chat(args) => {
             people_result(people::chat(args, std::io::stdin().lock(), &mut std::io::stdout()))
+        }
+        Command::Dst(DstCommand::Run(args)) => {
+            match dst::run(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("kelpie dst run: {err}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }
