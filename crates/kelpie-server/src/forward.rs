@@ -113,6 +113,11 @@ enum Naming {
     Conversation(String),
     /// A field of the JSON body (read, bounded, before routing).
     BodyField(&'static str),
+    /// A group turn or reset: served by the owner of the group's home
+    /// agent (its manager, else its first member), so that the group's
+    /// turn lock, which lives on the node serving the turn, is one lock
+    /// for the whole cluster.
+    Group(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,11 +129,24 @@ struct AgentQuery {
 /// `/v1/agents/{agent_id}/...`; `/v1/conversations/{conversation_id}/...`
 /// (a conversation id, an agent id, or `default` with `agent_id` in the
 /// query or the body); `/v1/conversations/?agent_id=` (create, list);
-/// `POST /v1/chat/completions` (the body's `model`).
+/// `POST /v1/chat/completions` (the body's `model`); `POST
+/// /v1/groups/{group_id}/messages` and `PATCH .../reset-messages` (the
+/// group's home agent).
 fn naming_of(method: &Method, uri: &axum::http::Uri) -> Naming {
     let path = uri.path();
     if let Some(agent_id) = agent_id_of(path) {
         return Naming::Agent(agent_id.to_string());
+    }
+    if let Some(rest) = path.strip_prefix("/v1/groups/") {
+        return match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [group_id, "messages"] if *method == Method::POST && group_id.starts_with("group-") => {
+                Naming::Group(group_id.to_string())
+            }
+            [group_id, "reset-messages"] if *method == Method::PATCH && group_id.starts_with("group-") => {
+                Naming::Group(group_id.to_string())
+            }
+            _ => Naming::Nothing,
+        };
     }
     if path == "/v1/chat/completions" {
         return match *method == Method::POST {
@@ -165,6 +183,14 @@ async fn named_agent(state: &AppState, request: Request) -> Result<(Option<Strin
         Naming::Conversation(id) => match state.service.conversations.agent_of(&id).await {
             Ok(agent_id) => Ok((agent_id, request)),
             Err(err) => Err(ApiError::from(err).into_response()),
+        },
+        // An unknown group is served here, which answers 404.
+        Naming::Group(id) => match state.service.groups.get(&id).await {
+            Ok(group) => {
+                let home = group["manager_agent_id"].as_str().or(group["agent_ids"][0].as_str());
+                Ok((home.filter(|id| id.starts_with("agent-")).map(str::to_string), request))
+            }
+            Err(_) => Ok((None, request)),
         },
         Naming::BodyField(field) => {
             let (parts, body) = request.into_parts();
@@ -513,7 +539,15 @@ mod tests {
         assert_eq!(naming(Method::GET, "/v1/conversations?agent_id=block-1"), Naming::Nothing);
         assert_eq!(naming(Method::GET, "/v1/conversations/nonsense"), Naming::Nothing);
         assert_eq!(naming(Method::GET, "/v1/conversationsx/conv-1"), Naming::Nothing);
-        assert_eq!(naming(Method::POST, "/v1/groups/group-1/messages"), Naming::Nothing);
+        // A group's turns and resets go to its home agent's owner; the rest is served where asked.
+        assert_eq!(naming(Method::POST, "/v1/groups/group-1/messages"), Naming::Group("group-1".into()));
+        assert_eq!(
+            naming(Method::PATCH, "/v1/groups/group-1/reset-messages"),
+            Naming::Group("group-1".into())
+        );
+        assert_eq!(naming(Method::GET, "/v1/groups/group-1/messages"), Naming::Nothing);
+        assert_eq!(naming(Method::GET, "/v1/groups/group-1"), Naming::Nothing);
+        assert_eq!(naming(Method::POST, "/v1/groups/nonsense/messages"), Naming::Nothing);
         assert_eq!(naming(Method::POST, "/v1/messages/batches"), Naming::Nothing);
     }
 

@@ -283,6 +283,24 @@ async fn group_turns_through_another_node_run_each_member_on_its_owner() {
     cluster.assert_owner(&ana, "n1").await;
     cluster.assert_owner(&bo, "n1").await;
 
+    // The group turn itself is served by n1, the owner of its first member,
+    // so the group's turn lock is one for the cluster: two turns asked of
+    // the two nodes at once run one after the other, never interleaved.
+    let send = |node: &Running, text: &str| {
+        let url = format!("{}/v1/groups/{group_id}/messages", node.base);
+        node.http.post(url).json(&json!({"messages": [user(text)]})).send()
+    };
+    let (first, second) = tokio::join!(send(a, "from a"), send(b, "from b"));
+    for response in [first.unwrap(), second.unwrap()] {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()[SERVED_BY_HEADER], "n1");
+    }
+    let seen = user_texts(a, &ana_path).await;
+    let turn = |text: &str| vec![text.to_string(), format!("bo: echo: ana: echo: {text}")];
+    let a_first = [turn("from a"), turn("from b")].concat();
+    let b_first = [turn("from b"), turn("from a")].concat();
+    assert!(seen[3..] == a_first[..] || seen[3..] == b_first[..], "interleaved group turns: {seen:?}");
+
     // A reset asked of n2 clears each member on its owner.
     b.ok("PATCH", &format!("/v1/groups/{group_id}/reset-messages"), None).await;
     assert_eq!(user_texts(a, &ana_path).await, Vec::<String>::new());
