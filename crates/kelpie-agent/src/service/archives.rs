@@ -19,11 +19,8 @@
 //! batches by a background worker, resumed after a restart from the
 //! store's list of deleted archives.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use futures::future::{AbortHandle, Abortable};
-use futures::FutureExt;
 use kelpie_core::{ActorId, Env};
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::{ChatModel, EmbeddingSettings};
@@ -32,6 +29,7 @@ use kelpie_runtime::Runtime;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::worker::{Worker, WorkerSpec};
 use crate::actors::agent::TagFilter;
 use crate::actors::archive::{
     ArchiveActor, ArchiveCommand, ArchivePassage, ArchiveReply, ARCHIVE_INSERT_PASSAGES_COUNT_MAX,
@@ -103,7 +101,7 @@ pub struct Archives {
     env: Env,
     /// Woken when an archive is deleted (its keys await the worker).
     work: Arc<tokio::sync::Notify>,
-    running: Mutex<Option<AbortHandle>>,
+    worker: Worker,
 }
 
 /// Checks one passage a client gives; the reason when it is refused.
@@ -147,7 +145,7 @@ impl Archives {
             catalog,
             env,
             work: Arc::new(tokio::sync::Notify::new()),
-            running: Mutex::new(None),
+            worker: Worker::default(),
         }
     }
 
@@ -488,36 +486,21 @@ impl Archives {
     /// Starts the reclaim worker: a pass whenever an archive is deleted and
     /// at least every `ARCHIVE_RECLAIM_IDLE_POLL_MS`.
     pub fn start(self: &Arc<Self>) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.is_some() {
-            return;
-        }
         let this = Arc::clone(self);
-        let (handle, registration) = AbortHandle::new_pair();
-        let task = async move {
-            loop {
-                let found = match this.reclaim_once().await {
-                    Ok(count) => count,
-                    Err(err) => {
-                        tracing::warn!(%err, "reclaiming deleted archives failed; retrying");
-                        0
-                    }
-                };
-                if found == 0 {
-                    let wake = this.work.clone();
-                    let idle = this.env.clock.sleep(Duration::from_millis(ARCHIVE_RECLAIM_IDLE_POLL_MS));
-                    futures::future::select(Box::pin(wake.notified()), idle).await;
-                }
-            }
+        let spec = WorkerSpec {
+            name: "archives",
+            failure: "reclaiming deleted archives failed",
+            idle_poll_ms: ARCHIVE_RECLAIM_IDLE_POLL_MS,
+            wake: Some(Arc::clone(&self.work)),
         };
-        self.env.spawner.spawn("archives", Box::pin(Abortable::new(task, registration).map(drop)));
-        *running = Some(handle);
+        self.worker.start(&self.env, spec, move || {
+            let this = Arc::clone(&this);
+            async move { this.reclaim_once().await }
+        });
     }
 
     pub async fn shutdown(&self) {
-        if let Some(handle) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            handle.abort();
-        }
+        self.worker.stop();
         self.archives.shutdown().await;
         self.store.shutdown().await;
     }

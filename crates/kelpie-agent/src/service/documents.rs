@@ -13,16 +13,14 @@
 //! folder store lists the folders with work left, so a restarted server
 //! resumes without reading every folder.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use futures::future::{AbortHandle, Abortable};
-use futures::FutureExt;
 use kelpie_core::Env;
 use kelpie_llm::ChatModel;
 
 use super::agent_files::AgentFiles;
 use super::folders::Folders;
+use super::worker::{Worker, WorkerSpec};
 use crate::actors::folder::{
     passage_id, FilePassage, FileRecord, FileStatus, FolderCommand, FolderReply, Progress, TextPage,
     TEXT_PAGE_CHARS_MAX,
@@ -158,7 +156,8 @@ pub struct Documents {
     env: Env,
     /// This worker's name in its claims.
     worker: String,
-    running: Mutex<Option<AbortHandle>>,
+    /// The background loop.
+    runner: Worker,
 }
 
 impl Documents {
@@ -169,7 +168,7 @@ impl Documents {
         env: Env,
     ) -> Self {
         let worker = crate::ids::new_id("worker", env.rng.as_ref());
-        Documents { folders, agent_files, llm, env, worker, running: Mutex::new(None) }
+        Documents { folders, agent_files, llm, env, worker, runner: Worker::default() }
     }
 
     async fn command(&self, folder_id: &str, command: FolderCommand) -> ServiceResult<FolderReply> {
@@ -421,36 +420,21 @@ impl Documents {
     /// Starts the background worker: a pass whenever woken (an upload, a
     /// delete) and at least every `DOCUMENTS_IDLE_POLL_MS`.
     pub fn start(self: &Arc<Self>) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.is_some() {
-            return;
-        }
         let this = Arc::clone(self);
-        let (handle, registration) = AbortHandle::new_pair();
-        let task = async move {
-            loop {
-                let found = match this.run_once().await {
-                    Ok(count) => count,
-                    Err(err) => {
-                        tracing::warn!(%err, "processing documents failed; retrying");
-                        0
-                    }
-                };
-                if found == 0 {
-                    let wake = this.folders.work.clone();
-                    let idle = this.env.clock.sleep(Duration::from_millis(DOCUMENTS_IDLE_POLL_MS));
-                    futures::future::select(Box::pin(wake.notified()), idle).await;
-                }
-            }
+        let spec = WorkerSpec {
+            name: "documents",
+            failure: "processing documents failed",
+            idle_poll_ms: DOCUMENTS_IDLE_POLL_MS,
+            wake: Some(Arc::clone(&self.folders.work)),
         };
-        self.env.spawner.spawn("documents", Box::pin(Abortable::new(task, registration).map(drop)));
-        *running = Some(handle);
+        self.runner.start(&self.env, spec, move || {
+            let this = Arc::clone(&this);
+            async move { this.run_once().await }
+        });
     }
 
     pub async fn shutdown(&self) {
-        if let Some(handle) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            handle.abort();
-        }
+        self.runner.stop();
     }
 }
 

@@ -70,6 +70,7 @@ pub mod tools;
 pub mod transfer;
 pub mod turn;
 pub mod turn_router;
+mod worker;
 
 use std::future::Future;
 use std::sync::Arc;

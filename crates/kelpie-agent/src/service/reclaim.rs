@@ -10,15 +10,13 @@
 //! is idempotent, so a crash anywhere is repaired by running the loop
 //! again; an entry whose agent has nothing to reclaim is simply removed.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use futures::future::{AbortHandle, Abortable};
-use futures::FutureExt;
 use kelpie_core::{ActorId, Env};
 use kelpie_runtime::Runtime;
 
 use super::agent_actors::AgentActors;
+use super::worker::{Worker, WorkerSpec};
 use crate::actors::agent::{AgentCommand, AgentReply};
 use crate::actors::reclaim::{
     PendingEntry, PendingKind, ReclaimActor, ReclaimCommand, ReclaimReply, RECLAIM_ACTOR,
@@ -37,12 +35,12 @@ pub struct Reclaimer {
     list: Runtime<ReclaimActor>,
     actors: Arc<AgentActors>,
     env: Env,
-    running: Mutex<Option<AbortHandle>>,
+    worker: Worker,
 }
 
 impl Reclaimer {
     pub(crate) fn new(list: Runtime<ReclaimActor>, actors: Arc<AgentActors>, env: Env) -> Self {
-        Reclaimer { list, actors, env, running: Mutex::new(None) }
+        Reclaimer { list, actors, env, worker: Worker::default() }
     }
 
     fn list_id() -> ActorId {
@@ -136,34 +134,21 @@ impl Reclaimer {
     /// Starts the background loop: a pass, then another after
     /// `RECLAIM_IDLE_POLL_MS` when the last one found nothing or failed.
     pub fn start(self: &Arc<Self>) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.is_some() {
-            return;
-        }
         let this = Arc::clone(self);
-        let (handle, registration) = AbortHandle::new_pair();
-        let task = async move {
-            loop {
-                let found = match this.run_once().await {
-                    Ok(count) => count,
-                    Err(err) => {
-                        tracing::warn!(%err, "reclaiming deleted agents' storage failed; retrying");
-                        0
-                    }
-                };
-                if found == 0 {
-                    this.env.clock.sleep(Duration::from_millis(RECLAIM_IDLE_POLL_MS)).await;
-                }
-            }
+        let spec = WorkerSpec {
+            name: "reclaimer",
+            failure: "reclaiming deleted agents' storage failed",
+            idle_poll_ms: RECLAIM_IDLE_POLL_MS,
+            wake: None,
         };
-        self.env.spawner.spawn("reclaimer", Box::pin(Abortable::new(task, registration).map(drop)));
-        *running = Some(handle);
+        self.worker.start(&self.env, spec, move || {
+            let this = Arc::clone(&this);
+            async move { this.run_once().await }
+        });
     }
 
     pub async fn shutdown(&self) {
-        if let Some(handle) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            handle.abort();
-        }
+        self.worker.stop();
         self.list.shutdown().await;
     }
 }
