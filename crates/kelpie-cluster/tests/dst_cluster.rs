@@ -62,6 +62,9 @@ const INVOCATION_TIMEOUT_MS: u64 = 400;
 const FORWARD_TIMEOUT_MS: u64 = 150;
 const JOIN_ATTEMPTS_COUNT_MAX: u32 = 20;
 const CLIENT_PAUSE_MS_MAX: u64 = 40;
+/// Every request whose number is a multiple of this makes the probe's
+/// handler panic after it changed the state (also when forwarded).
+const PROBE_PANIC_EVERY: u64 = 10;
 const CHAOS_PAUSE_MS_MAX: u64 = 120;
 /// A pause outlasts the lease (and the heartbeat timeout): others take over.
 const NODE_PAUSE_MS_MIN: u64 = LEASE_MS + HEARTBEAT_TIMEOUT_MS;
@@ -166,7 +169,11 @@ async fn boot(world: World, node: SimNode) {
     let mut config = RuntimeConfig::new(node.id().clone());
     config.idle_timeout_ms = IDLE_TIMEOUT_MS;
     config.invocation_timeout_ms = INVOCATION_TIMEOUT_MS;
-    let actor = ProbeActor { node_index: index, observations: Arc::clone(&world.checked.observations) };
+    let actor = ProbeActor {
+        node_index: index,
+        observations: Arc::clone(&world.checked.observations),
+        panic_every: Some(PROBE_PANIC_EVERY),
+    };
     let storage = Storage::from_backend(Arc::new(backend));
     let runtime =
         Runtime::clustered(actor, storage, directory, env, config, Arc::new(remote)).expect("valid config");
@@ -277,6 +284,7 @@ async fn chaos(world: World, handle: SimHandle, nodes: Vec<SimNode>, tally: Arc<
 }
 
 fn run_seed(seed: u64) -> Result<(SimReport, World, ChaosCounts), SimFailure> {
+    dst::probe::quiet_planned_panics();
     let mut sim = Simulation::builder()
         .seed(seed)
         .nodes(NODES_COUNT)
@@ -348,7 +356,9 @@ fn no_split_brain_and_no_lost_write_under_join_leave_crash_pause_partition_and_c
             ("database cuts", database_cuts),
             ("clock changes", clock_changes),
         ] {
-            assert!(count > seeds.len() as u64 / 4, "the chaos task made {what}: {count}");
+            // Joins only follow leaves, so they are the rarest (about one
+            // seed in four); each kind must reach a fifth of the seeds.
+            assert!(count > seeds.len() as u64 / 5, "the chaos task made {what}: {count}");
         }
     }
 }
@@ -359,6 +369,7 @@ type PauseOutcome = [kelpie_core::Result<Served>; 3];
 /// Node 0 activates an actor, is paused past its lease, node 1 takes the
 /// actor over, and a request to node 0 is queued just before it resumes.
 fn run_pause_script(seed: u64) -> Result<(World, PauseOutcome), SimFailure> {
+    dst::probe::quiet_planned_panics();
     let mut sim = Simulation::builder().seed(seed).nodes(NODES_COUNT).build().expect("seeded simulation");
     let world = World::new(&sim, 0);
     for index in 0..NODES_COUNT {

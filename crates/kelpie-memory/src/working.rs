@@ -91,13 +91,25 @@ fn entry_bytes(key: &str, value: &str) -> usize {
 pub struct WorkingMemory {
     limits: WorkingLimits,
     entries: BTreeMap<String, WorkingEntry>,
+    /// A planted defect (see [`WorkingMemory::plant_count_expired`]).
+    #[serde(skip)]
+    count_expired: bool,
 }
 
 impl WorkingMemory {
     pub fn new(limits: WorkingLimits) -> WorkingMemory {
         assert!(limits.entries_count_max > 0, "entries_count_max must be positive");
         assert!(limits.value_bytes_max > 0, "value_bytes_max must be positive");
-        WorkingMemory { limits, entries: BTreeMap::new() }
+        WorkingMemory { limits, entries: BTreeMap::new(), count_expired: false }
+    }
+
+    /// Plants a defect for the seeded test to find: `put` no longer drops
+    /// expired entries first, so they count toward `entries_count_max` and
+    /// `total_bytes_max` and refuse a put that live entries leave room for.
+    /// Only tests call it.
+    pub fn plant_count_expired(mut self) -> WorkingMemory {
+        self.count_expired = true;
+        self
     }
 
     pub fn limits(&self) -> WorkingLimits {
@@ -125,8 +137,10 @@ impl WorkingMemory {
                 limit_bytes: self.limits.value_bytes_max,
             });
         }
-        self.purge_expired(now_ms);
-        let replaced = self.entries.get(key);
+        if !self.count_expired {
+            self.purge_expired(now_ms);
+        }
+        let replaced = self.entries.get(key).filter(|entry| entry.is_live(now_ms));
         let replaced_bytes = replaced.map_or(0, |old| entry_bytes(key, &old.value));
         if replaced.is_none() && self.entries.len() >= self.limits.entries_count_max {
             let limit_count = self.limits.entries_count_max;

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actor::{Actor, ActorContext, STATE_KEY};
 use crate::lifecycle::{Lifecycle, LifecycleEvent};
-use crate::runtime::Shared;
+use crate::runtime::{PlantedDefect, Shared};
 
 /// Share of a lease (percent) after a granted claim or renewal was sent
 /// during which an activation answers; the rest is margin for clock rates.
@@ -84,6 +84,9 @@ pub(crate) async fn run<A: Actor>(
             transition(&mut lifecycle, LifecycleEvent::Deactivate);
             inbox.close();
             while let Ok(command) = inbox.try_recv() {
+                if shared.config.planted_defect == Some(PlantedDefect::DropQueuedOnDeactivate) {
+                    continue;
+                }
                 match command {
                     Command::Invoke { message, reply } => {
                         let _ = reply.send(invoke(&shared, &actor_id, &mut active, message).await);
@@ -302,7 +305,14 @@ async fn finish_invocation<A: Actor, R>(
     let result = match outcome {
         Ok(Ok(reply)) => save(actor_id, active, &mut txn).map(|bytes| (reply, bytes)),
         Ok(Err(err)) => Err(err),
-        Err(panic) => Err(Error::ActorFailed { actor_id: actor_id.clone(), reason: panic_message(&panic) }),
+        Err(panic) => {
+            let failed = Error::ActorFailed { actor_id: actor_id.clone(), reason: panic_message(&panic) };
+            if shared.config.planted_defect == Some(PlantedDefect::KeepStateAfterPanic) {
+                // Planted: returns before the state is put back below.
+                return Err(failed);
+            }
+            Err(failed)
+        }
     };
     let (reply, bytes) = match result {
         Ok(ok) => ok,

@@ -25,4 +25,4 @@ pub use activation::LEASE_SERVE_PERCENT;
 pub use actor::{Actor, ActorContext};
 pub use lifecycle::{ActivationState, Lifecycle, LifecycleEvent};
 pub use remote::{EncodedInvoker, Remote};
-pub use runtime::{ActorRef, Runtime, RuntimeConfig};
+pub use runtime::{ActorRef, PlantedDefect, Runtime, RuntimeConfig};

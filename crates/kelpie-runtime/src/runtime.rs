@@ -46,6 +46,23 @@ pub struct RuntimeConfig {
     pub active_actors_count_max: usize,
     pub invocation_timeout_ms: u64,
     pub mailbox_depth_max: usize,
+    /// A defect planted for the DST to find (FoundationDB's BUGGIFY);
+    /// `None` everywhere but in the tests that prove the DST finds it.
+    pub planted_defect: Option<PlantedDefect>,
+}
+
+/// Defects the runtime can be told to have, each one a bug this runtime once
+/// had or a design got wrong, so a test can show the simulator finds it
+/// (`kelpie-runtime/tests/dst_single_activation.rs`). `kelpie serve` never
+/// sets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedDefect {
+    /// A handler that panics keeps the state it half-changed, so the next
+    /// invocation's commit saves the failed one's changes.
+    KeepStateAfterPanic,
+    /// An activation that deactivates drops the invocations still queued
+    /// in its mailbox instead of answering them first.
+    DropQueuedOnDeactivate,
 }
 
 impl RuntimeConfig {
@@ -56,6 +73,7 @@ impl RuntimeConfig {
             active_actors_count_max: ACTIVE_ACTORS_COUNT_MAX_DEFAULT,
             invocation_timeout_ms: ACTOR_INVOCATION_TIMEOUT_MS_DEFAULT,
             mailbox_depth_max: MAILBOX_DEPTH_MAX,
+            planted_defect: None,
         }
     }
 

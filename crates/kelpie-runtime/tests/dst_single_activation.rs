@@ -21,8 +21,8 @@ use kelpie_core::{ActorId, NodeId};
 use kelpie_dst::properties;
 use kelpie_dst::{Fault, FaultRule, SimFailure, SimHandle, SimNode, SimReport, Simulation};
 use kelpie_registry::{PlacementStore, Registry, StoragePlacementStore};
-use kelpie_runtime::runtime::{Runtime, RuntimeConfig};
-use kelpie_storage::Storage;
+use kelpie_runtime::runtime::{PlantedDefect, Runtime, RuntimeConfig};
+use kelpie_storage::{MemoryBackend, Storage};
 
 use dst::checks::{register_properties, Checked};
 use dst::probe::{client, ProbeActor};
@@ -42,6 +42,20 @@ const CHAOS_PAUSE_MS_MAX: u64 = 200;
 /// Largest clock jump the chaos task applies: enough to outrun a lease.
 const CLOCK_JUMP_MS_MAX: u64 = 3 * LEASE_MS;
 const RESTART_AFTER_MS: u64 = 80;
+/// Every request whose number is a multiple of this makes the probe's
+/// handler panic after it changed the state.
+const PROBE_PANIC_EVERY: u64 = 10;
+
+/// A defect planted in the code under test for one run (none in the sweep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Planted {
+    /// The directory's compare-and-set does not compare before it sets.
+    ClaimWithoutCompare,
+    /// The database applies a commit's writes before it validates them.
+    ApplyBeforeValidation,
+    /// A defect of the runtime itself.
+    Runtime(PlantedDefect),
+}
 
 /// Everything the nodes share and the invariants read.
 #[derive(Clone)]
@@ -52,16 +66,24 @@ struct World {
     runtimes: Arc<Mutex<Vec<Option<Runtime<ProbeActor>>>>>,
     next_request: Arc<AtomicU64>,
     node_ids: Vec<NodeId>,
+    /// How many actors a node keeps active (1 on even seeds: every switch
+    /// of actor evicts the other, with invocations queued behind it).
+    active_actors_count_max: usize,
+    planted_defect: Option<PlantedDefect>,
 }
 
 impl World {
-    fn new(node_ids: Vec<NodeId>, planted: bool) -> Self {
+    fn new(node_ids: Vec<NodeId>, planted: Option<Planted>) -> Self {
         let observations = Arc::new(Mutex::new(Observations::default()));
-        let database = SharedDatabase::new(Arc::clone(&observations));
+        let backend = match planted {
+            Some(Planted::ApplyBeforeValidation) => MemoryBackend::new().plant_apply_before_validation(),
+            _ => MemoryBackend::new(),
+        };
+        let database = SharedDatabase::on_backend(Arc::clone(&observations), backend);
         // Leases here are judged by each node's own (jumping) clock.
         let directory = RecordingPlacementStore::on_store(&database, LEASE_MS, None, |storage| {
             let store = StoragePlacementStore::new(storage);
-            if planted {
+            if planted == Some(Planted::ClaimWithoutCompare) {
                 store.plant_claim_without_compare()
             } else {
                 store
@@ -75,6 +97,11 @@ impl World {
             runtimes,
             next_request: Arc::new(AtomicU64::new(1)),
             node_ids,
+            active_actors_count_max: ACTORS_COUNT as usize,
+            planted_defect: match planted {
+                Some(Planted::Runtime(defect)) => Some(defect),
+                _ => None,
+            },
         }
     }
 
@@ -95,7 +122,13 @@ async fn boot(world: World, node: SimNode) {
     let mut config = RuntimeConfig::new(node.id().clone());
     config.idle_timeout_ms = IDLE_TIMEOUT_MS;
     config.invocation_timeout_ms = INVOCATION_TIMEOUT_MS;
-    let actor = ProbeActor { node_index: node.index(), observations: Arc::clone(&world.observations) };
+    config.active_actors_count_max = world.active_actors_count_max;
+    config.planted_defect = world.planted_defect;
+    let actor = ProbeActor {
+        node_index: node.index(),
+        observations: Arc::clone(&world.observations),
+        panic_every: Some(PROBE_PANIC_EVERY),
+    };
     let runtime = Runtime::new(actor, storage, Arc::new(registry), env, config).expect("valid config");
     lock(&world.runtimes)[node.index()] = Some(runtime.clone());
     for _ in 0..CLIENTS_PER_NODE_COUNT {
@@ -124,11 +157,12 @@ async fn chaos(handle: SimHandle, nodes: Vec<SimNode>) {
 }
 
 fn run_seed(seed: u64) -> Result<(SimReport, World), SimFailure> {
-    run_seed_with(seed, false)
+    run_seed_with(seed, None)
 }
 
-/// One seed; `planted`: with the directory's claim not comparing before it sets.
-fn run_seed_with(seed: u64, planted: bool) -> Result<(SimReport, World), SimFailure> {
+/// One seed, with `planted` in the code under test.
+fn run_seed_with(seed: u64, planted: Option<Planted>) -> Result<(SimReport, World), SimFailure> {
+    dst::probe::quiet_planned_panics();
     let mut sim = Simulation::builder()
         .seed(seed)
         .nodes(NODES_COUNT)
@@ -138,7 +172,10 @@ fn run_seed_with(seed: u64, planted: bool) -> Result<(SimReport, World), SimFail
         .restart_crashed_nodes_after(Duration::from_millis(RESTART_AFTER_MS))
         .build()
         .expect("seeded simulation");
-    let world = World::new(sim.nodes().iter().map(|n| n.id().clone()).collect(), planted);
+    let mut world = World::new(sim.nodes().iter().map(|n| n.id().clone()).collect(), planted);
+    if seed.is_multiple_of(2) {
+        world.active_actors_count_max = 1;
+    }
     for index in 0..NODES_COUNT {
         let w = world.clone();
         sim.on_boot(index, move |node| boot(w.clone(), node));
@@ -184,25 +221,62 @@ fn single_activation_and_fencing_hold_under_crashes_clock_jumps_and_storage_faul
     }
 }
 
-/// Seeds the planted defect gets, within CI's budget of [`SEEDS_COUNT`].
+/// Seeds a planted defect gets, within CI's budget of [`SEEDS_COUNT`].
 const PLANTED_SEEDS_COUNT: u64 = 200;
 
-/// The simulator reaches the window between a claim's read and its write:
-/// with the directory's compare-and-set not comparing (a planted defect),
-/// some seed breaks single activation, and the failing seed is printed.
-#[test]
-fn a_claim_that_does_not_compare_before_it_sets_is_found() {
-    let found = (0..PLANTED_SEEDS_COUNT).find_map(|seed| match run_seed_with(seed, true) {
+/// Runs seeds with `planted` until one fails; asserts that one does, that
+/// one of the properties `expected` is what catches it (not an assertion on
+/// the way), and that the failure names its seed (the replay command).
+/// Returns the seed.
+fn find_planted(planted: Planted, expected: &[&str]) -> u64 {
+    let found = (0..PLANTED_SEEDS_COUNT).find_map(|seed| match run_seed_with(seed, Some(planted)) {
         Ok(_) => None,
         Err(failure) => Some((seed, failure)),
     });
     let Some((seed, failure)) = found else {
-        panic!("no seed of {PLANTED_SEEDS_COUNT} found the claim that does not compare")
+        panic!("no seed of {PLANTED_SEEDS_COUNT} found the planted {planted:?}")
     };
-    println!("planted claim-without-compare found at seed {seed}:\n{failure}");
+    println!("planted {planted:?} found at seed {seed}:\n{failure}");
     let text = failure.to_string();
     assert!(text.contains(&format!("seed {seed}")), "the failure names its seed: {text}");
-    assert!(!text.contains("panicked"), "an invariant finds it, not an assertion on the way: {text}");
+    let caught_by = |name: &&str| text.contains(&format!("invariant `{name}` violated"));
+    assert!(expected.iter().any(caught_by), "one of {expected:?} finds it: {text}");
+    seed
+}
+
+/// The simulator reaches the window between a claim's read and its write:
+/// with the directory's compare-and-set not comparing, two nodes win one
+/// claim, and the directory and the fencing record disagree.
+#[test]
+fn a_claim_that_does_not_compare_before_it_sets_is_found() {
+    let caught_by =
+        [properties::LEASE_UNIQUENESS, properties::PLACEMENT_CONSISTENCY, properties::SINGLE_ACTIVATION];
+    find_planted(Planted::ClaimWithoutCompare, &caught_by);
+}
+
+/// A database that applies a commit before validating it lets a zombie's
+/// refused commit land: its stale state overwrites acknowledged writes, and
+/// the write of a request answered `Fenced` is durable.
+#[test]
+fn a_commit_applied_before_validation_is_found() {
+    find_planted(Planted::ApplyBeforeValidation, &[properties::DURABILITY, properties::FAILURE_ATOMICITY]);
+}
+
+/// A runtime that keeps a panicking handler's half-changed state saves it
+/// with the next invocation: the panicked request's write becomes durable.
+#[test]
+fn a_panicking_handlers_state_kept_is_found() {
+    find_planted(Planted::Runtime(PlantedDefect::KeepStateAfterPanic), &[properties::FAILURE_ATOMICITY]);
+}
+
+/// A deactivation (here: eviction when a node keeps one actor active) that
+/// drops the invocations queued in its mailbox leaves them unanswered.
+#[test]
+fn a_deactivation_that_drops_queued_invocations_is_found() {
+    find_planted(
+        Planted::Runtime(PlantedDefect::DropQueuedOnDeactivate),
+        &[properties::GRACEFUL_DEACTIVATION],
+    );
 }
 
 #[test]

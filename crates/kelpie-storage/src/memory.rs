@@ -30,11 +30,22 @@ struct MemoryState {
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<MemoryState>,
+    /// A planted defect (see [`MemoryBackend::plant_apply_before_validation`]).
+    apply_before_validation: bool,
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Plants a defect for the DST to find: a commit applies its writes
+    /// first and validates (fence, read versions) after, so a refused
+    /// commit, a zombie's included, still leaves its writes behind. Only
+    /// tests call it.
+    pub fn plant_apply_before_validation(mut self) -> Self {
+        self.apply_before_validation = true;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
@@ -104,21 +115,37 @@ impl MemoryBackend {
     fn commit_locked(&self, request: CommitRequest) -> Result<CommitInfo> {
         let mut state = self.lock();
         let observation = observe(&request, &StateView { state: &state, actor: &request.actor_id })?;
+        if self.apply_before_validation && !request.is_read_only() {
+            state.last_version += 1;
+            let version = state.last_version;
+            apply_writes(&mut state, request.actor_id.clone(), request.writes.clone(), version);
+            check_commit(&request, &observation)?;
+            return Ok(CommitInfo { version });
+        }
         check_commit(&request, &observation)?;
         if request.is_read_only() {
             return Ok(CommitInfo { version: 0 });
         }
         state.last_version += 1;
         let version = state.last_version;
-        let rows = state.kv.entry(request.actor_id).or_default();
-        for (key, value) in request.writes {
-            match value {
-                Some(value) => rows.insert(key, Versioned { value, version }),
-                None => rows.remove(&key),
-            };
-        }
+        apply_writes(&mut state, request.actor_id, request.writes, version);
         assert!(version > 0);
         Ok(CommitInfo { version })
+    }
+}
+
+fn apply_writes(
+    state: &mut MemoryState,
+    actor: ActorId,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    version: u64,
+) {
+    let rows = state.kv.entry(actor).or_default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => rows.insert(key, Versioned { value, version }),
+            None => rows.remove(&key),
+        };
     }
 }
 

@@ -249,12 +249,24 @@ struct BatchTables<'t> {
 /// Applies one op inside the batch's write transaction. Validation errors
 /// (conflict, fence, epoch) end only this op, and occur before it writes;
 /// an I/O error after its first write poisons the transaction.
-fn apply_op(tables: &mut BatchTables<'_>, op: Op, last_version: &mut u64) -> Result<Applied> {
+fn apply_op(
+    tables: &mut BatchTables<'_>,
+    op: Op,
+    last_version: &mut u64,
+    planted: Option<RedbDefect>,
+) -> Result<Applied> {
     match op {
         Op::Commit(request) => {
             let view = WriteView { kv: &tables.kv, placements: &tables.placements, actor: &request.actor_id };
+            let unfenced;
+            let checked = if planted == Some(RedbDefect::CommitWithoutFence) {
+                unfenced = CommitRequest { fence: None, ..request.clone() };
+                &unfenced
+            } else {
+                &request
+            };
             if let Err(err) =
-                observe(&request, &view).and_then(|observation| check_commit(&request, &observation))
+                observe(checked, &view).and_then(|observation| check_commit(checked, &observation))
             {
                 return Ok(Applied::Done(Err(err)));
             }
@@ -309,6 +321,7 @@ fn apply_ops(
     txn: &redb::WriteTransaction,
     ops: Vec<Op>,
     last_version: &mut u64,
+    planted: Option<RedbDefect>,
 ) -> Result<Vec<Result<OpOutput>>> {
     let mut tables = BatchTables {
         kv: io!("open kv", txn.open_table(KV))?,
@@ -316,7 +329,7 @@ fn apply_ops(
     };
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
-        match apply_op(&mut tables, op, last_version)? {
+        match apply_op(&mut tables, op, last_version, planted)? {
             Applied::Done(result) => results.push(result),
             Applied::Fatal(err) => return Err(err),
         }
@@ -324,16 +337,41 @@ fn apply_ops(
     Ok(results)
 }
 
+/// Defects the commit path can be told to have, so the redb DST
+/// (`redb_dst_tests.rs`) shows that it finds each one. `RedbBackend` never
+/// plants one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedbDefect {
+    /// The batch commits without waiting for the disk (redb's
+    /// `Durability::None`), so its results are acknowledged before fsync.
+    AckBeforeFsync,
+    /// A commit is checked as if it carried no fence: a zombie's commit
+    /// under a stale epoch is accepted.
+    CommitWithoutFence,
+}
+
 /// Runs one batch in one durable redb write transaction and returns each
 /// op's result, in order. Nothing is durable (or acknowledged) before the
 /// single commit at the end.
 pub(crate) fn commit_batch(db: &Database, ops: Vec<Op>) -> Vec<Result<OpOutput>> {
+    commit_batch_planted(db, ops, None)
+}
+
+/// [`commit_batch`] with `planted` in it (tests only).
+pub(crate) fn commit_batch_planted(
+    db: &Database,
+    ops: Vec<Op>,
+    planted: Option<RedbDefect>,
+) -> Vec<Result<OpOutput>> {
     assert!(!ops.is_empty() && ops.len() <= GROUP_COMMIT_BATCH_COUNT_MAX, "batch of {} ops", ops.len());
     let count = ops.len();
     let outcome = (|| {
-        let txn = io!("begin write", db.begin_write())?;
+        let mut txn = io!("begin write", db.begin_write())?;
+        if planted == Some(RedbDefect::AckBeforeFsync) {
+            txn.set_durability(redb::Durability::None);
+        }
         let mut last_version = read_last_version(&txn)?;
-        let results = apply_ops(&txn, ops, &mut last_version)?;
+        let results = apply_ops(&txn, ops, &mut last_version, planted)?;
         write_last_version(&txn, last_version)?;
         io!("commit", txn.commit())?;
         Ok(results)
@@ -456,6 +494,13 @@ pub(crate) fn read_rows(db: &Database, actor: &ActorId, page: &ScanPage) -> Resu
     scan_table(&table, actor, page)
 }
 
+/// `actor`'s placement as the database holds it now.
+pub(crate) fn read_placement_of(db: &Database, actor: &ActorId) -> Result<Option<Placement>> {
+    let txn = io!("begin read", db.begin_read())?;
+    let table = io!("open placements", txn.open_table(PLACEMENTS))?;
+    read_placement(&table, actor)
+}
+
 pub(crate) fn create_tables(db: &Database) -> Result<()> {
     let txn = io!("begin write", db.begin_write())?;
     io!("create kv", txn.open_table(KV))?;
@@ -509,11 +554,7 @@ impl Backend for RedbBackend {
     }
 
     fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, Result<Option<Placement>>> {
-        let found = (|| {
-            let txn = io!("begin read", self.db.begin_read())?;
-            let table = io!("open placements", txn.open_table(PLACEMENTS))?;
-            read_placement(&table, actor)
-        })();
+        let found = read_placement_of(&self.db, actor);
         Box::pin(async move { found })
     }
 

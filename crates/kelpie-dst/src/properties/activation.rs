@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    violation, Ident, PropertyResult, CONSISTENT_HOLDER, FENCING_TOKEN_MONOTONIC, GRACEFUL_SHUTDOWN,
-    LEASE_UNIQUENESS, LIFECYCLE_ORDERING, MEMBERSHIP_INCARNATION, MIGRATION_OWNERSHIP_CONSISTENCY,
-    NO_SPLIT_BRAIN, PLACEMENT_CONSISTENCY, SINGLE_ACTIVATION,
+    violation, Ident, PropertyResult, CONSISTENT_HOLDER, FENCING_TOKEN_MONOTONIC, GRACEFUL_DEACTIVATION,
+    GRACEFUL_SHUTDOWN, LEASE_UNIQUENESS, LIFECYCLE_ORDERING, MEMBERSHIP_INCARNATION,
+    MIGRATION_OWNERSHIP_CONSISTENCY, NO_SPLIT_BRAIN, PLACEMENT_CONSISTENCY, SINGLE_ACTIVATION,
 };
 
 /// Where an activation is in its life (the runtime's lifecycle states).
@@ -275,6 +275,23 @@ pub fn graceful_shutdown(shutdown_complete: bool, requests: &[RequestFate]) -> P
     Ok(())
 }
 
+/// GracefulDeactivation: every request an activation accepted into its
+/// mailbox is answered by it before it finishes (`unanswered`: the requests
+/// whose activation finished without answering them). GracefulShutdown is
+/// this property for every activation at once.
+pub fn graceful_deactivation<K: Ident>(unanswered: &BTreeSet<K>) -> PropertyResult {
+    if let Some(first) = unanswered.first() {
+        return violation(
+            GRACEFUL_DEACTIVATION,
+            format!(
+                "{} request(s) accepted by an activation that finished without answering them, first {first:?}",
+                unanswered.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// One actor being moved from `source` to `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObservedMigration<N> {
@@ -421,6 +438,14 @@ mod tests {
         assert_eq!(graceful_shutdown(true, &[RequestFate::Answered, RequestFate::Refused]), Ok(()));
         let err = graceful_shutdown(true, &fates).unwrap_err();
         assert!(err.detail.contains("1 request(s)"), "{err}");
+    }
+
+    #[test]
+    fn graceful_deactivation_rejects_an_unanswered_request() {
+        assert_eq!(graceful_deactivation::<u8>(&BTreeSet::new()), Ok(()));
+        let err = graceful_deactivation(&BTreeSet::from([7u8, 9])).unwrap_err();
+        assert_eq!(err.property, GRACEFUL_DEACTIVATION);
+        assert!(err.detail.contains("2 request(s)") && err.detail.contains("first 7"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub const MIGRATION_OWNERSHIP_CONSISTENCY: &str = "MigrationOwnershipConsistency
 pub const LIFECYCLE_ORDERING: &str = "LifecycleOrdering";
 /// After shutdown completes, no accepted request is left unanswered.
 pub const GRACEFUL_SHUTDOWN: &str = "GracefulShutdown";
+/// An activation answers every request it accepted before it finishes.
+pub const GRACEFUL_DEACTIVATION: &str = "GracefulDeactivation";
+/// A request answered with a definite failure leaves nothing in durable state.
+pub const FAILURE_ATOMICITY: &str = "FailureAtomicity";
 /// A member declared failed or gone never comes back under the same incarnation.
 pub const MEMBERSHIP_INCARNATION: &str = "MembershipIncarnation";
 /// Concurrent creates with one request key make one agent.
@@ -75,6 +79,8 @@ pub const ALL_PROPERTIES: &[&str] = &[
     MIGRATION_OWNERSHIP_CONSISTENCY,
     LIFECYCLE_ORDERING,
     GRACEFUL_SHUTDOWN,
+    GRACEFUL_DEACTIVATION,
+    FAILURE_ATOMICITY,
     MEMBERSHIP_INCARNATION,
     NO_DUPLICATE_AGENTS,
     CREATED_AGENT_RETRIEVABLE,

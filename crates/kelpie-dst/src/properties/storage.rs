@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    violation, Ident, PropertyResult, ATOMIC_VISIBILITY, DURABILITY, READ_YOUR_WRITES, SERIALIZABLE_ISOLATION,
+    violation, Ident, PropertyResult, ATOMIC_VISIBILITY, DURABILITY, FAILURE_ATOMICITY, READ_YOUR_WRITES,
+    SERIALIZABLE_ISOLATION,
 };
 
 /// A value and the commit sequence number of its writer.
@@ -31,6 +32,24 @@ pub fn durability<K: Ident, V: PartialEq + std::fmt::Debug>(
             return violation(
                 DURABILITY,
                 format!("key {key:?} acknowledged as {acked:?} but durable {kept:?}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// FailureAtomicity: no key written by a request that was answered with a
+/// definite failure (its handler failed or panicked, or its commit was
+/// refused, so it committed nothing) is in durable state.
+pub fn failure_atomicity<K: Ident, V: std::fmt::Debug>(
+    failed: &BTreeSet<K>,
+    durable: &BTreeMap<K, V>,
+) -> PropertyResult {
+    for key in failed {
+        if let Some(kept) = durable.get(key) {
+            return violation(
+                FAILURE_ATOMICITY,
+                format!("{key:?} was answered with a failure, yet durable state holds its write {kept:?}"),
             );
         }
     }
@@ -133,6 +152,16 @@ mod tests {
         assert!(durability(&acked, &BTreeMap::from([('x', vv(1, "a"))])).is_err());
         let err = durability(&acked, &BTreeMap::new()).unwrap_err();
         assert_eq!(err.property, DURABILITY);
+    }
+
+    #[test]
+    fn failure_atomicity_rejects_a_failed_request_in_durable_state() {
+        let durable = BTreeMap::from([('x', vv(1, "a")), ('y', vv(2, "b"))]);
+        assert_eq!(failure_atomicity(&BTreeSet::from(['z']), &durable), Ok(()));
+        assert_eq!(failure_atomicity(&BTreeSet::new(), &durable), Ok(()));
+        let err = failure_atomicity(&BTreeSet::from(['z', 'y']), &durable).unwrap_err();
+        assert_eq!(err.property, FAILURE_ATOMICITY);
+        assert!(err.detail.contains("'y'"), "{err}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! (activations against the directory), PlacementConsistency (directory
 //! against the fencing record), LeaseUniqueness and FencingTokenMonotonic
 //! (the directory's lease events and the accepted commits), NoSplitBrain
-//! (commits per actor and epoch) and Durability (acknowledged invocations in
-//! the database).
+//! (commits per actor and epoch), Durability (acknowledged invocations in
+//! the database), FailureAtomicity (failed ones not in it) and
+//! GracefulDeactivation (no accepted invocation left unanswered).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -79,21 +80,39 @@ fn register_lease_invariants(sim: &mut Simulation, checked: &Checked) {
     });
 }
 
-/// Durability of acknowledged invocations, re-read only when a commit landed.
+/// Durability of acknowledged invocations and FailureAtomicity of failed
+/// ones, re-read only when a commit reached the database or a failure was
+/// answered; GracefulDeactivation over the invocations left unanswered.
 fn register_durability(sim: &mut Simulation, checked: &Checked) {
-    let c = checked.clone();
-    let checked_commits = Mutex::new(usize::MAX);
-    sim.invariant(properties::DURABILITY, move |_| {
-        let observed = lock(&c.observations);
-        let mut last = lock(&checked_commits);
-        if *last == observed.commits.len() {
-            return Ok(());
-        }
-        *last = observed.commits.len();
+    let durable_log = |c: &Checked| {
         let mut durable = BTreeMap::new();
         for actor in &c.actors {
             durable.extend(c.database.durable_log(actor));
         }
-        properties::durability(&observed.acknowledged, &durable).map_err(|v| v.to_string())
+        durable
+    };
+    let c = checked.clone();
+    let checked_at = Mutex::new(u64::MAX);
+    sim.invariant(properties::DURABILITY, move |_| {
+        let observed = lock(&c.observations);
+        let attempts = c.database.commit_attempts();
+        if std::mem::replace(&mut *lock(&checked_at), attempts) == attempts {
+            return Ok(());
+        }
+        properties::durability(&observed.acknowledged, &durable_log(&c)).map_err(|v| v.to_string())
+    });
+    let c = checked.clone();
+    let checked_at = Mutex::new((u64::MAX, usize::MAX));
+    sim.invariant(properties::FAILURE_ATOMICITY, move |_| {
+        let observed = lock(&c.observations);
+        let now = (c.database.commit_attempts(), observed.failed.len());
+        if std::mem::replace(&mut *lock(&checked_at), now) == now {
+            return Ok(());
+        }
+        properties::failure_atomicity(&observed.failed, &durable_log(&c)).map_err(|v| v.to_string())
+    });
+    let c = checked.clone();
+    sim.invariant(properties::GRACEFUL_DEACTIVATION, move |_| {
+        properties::graceful_deactivation(&lock(&c.observations).unanswered).map_err(|v| v.to_string())
     });
 }

@@ -31,6 +31,32 @@ pub struct Served {
 pub struct ProbeActor {
     pub node_index: usize,
     pub observations: Arc<Mutex<Observations>>,
+    /// Every request whose number is a multiple of this panics in the
+    /// handler after changing the state (`None`: none panics).
+    pub panic_every: Option<u64>,
+}
+
+/// What a planned panic of the probe says; the panic hook keeps it quiet.
+const PLANNED_PANIC: &str = "the probe panics on request";
+/// The start of the reason of an invocation whose handler panicked.
+const PANICKED_REASON_PREFIX: &str = "handler panicked";
+/// The reason of an invocation its activation finished without answering.
+const UNANSWERED_REASON: &str = "the activation stopped before replying";
+
+/// Silences the probe's planned panics (thousands per sweep) and lets
+/// every other panic print as usual.
+pub fn quiet_planned_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let planned =
+                info.payload().downcast_ref::<String>().is_some_and(|text| text.starts_with(PLANNED_PANIC));
+            if !planned {
+                default(info);
+            }
+        }));
+    });
 }
 
 impl ProbeActor {
@@ -54,6 +80,9 @@ impl Actor for ProbeActor {
         // Handling implies the activation loaded and claimed: it is Active.
         self.note(ctx, Phase::Active);
         ctx.state.entries.push((ctx.node_id.to_string(), ctx.epoch, request));
+        if self.panic_every.is_some_and(|every| request.is_multiple_of(every)) {
+            panic!("{PLANNED_PANIC} {request}");
+        }
         Ok(Served { node: ctx.node_id.to_string(), epoch: ctx.epoch })
     }
 
@@ -88,7 +117,17 @@ pub async fn client(
                 let value = VersionedValue { seq: 0, value: (served.node, served.epoch) };
                 observed.acknowledged.insert((actor, request), value);
             }
-            Err(Error::Fenced { .. }) => lock(&observations).fenced_count += 1,
+            Err(Error::Fenced { .. }) => {
+                let mut observed = lock(&observations);
+                observed.fenced_count += 1;
+                observed.failed.insert((actor, request));
+            }
+            Err(Error::ActorFailed { reason, .. }) if reason.starts_with(PANICKED_REASON_PREFIX) => {
+                lock(&observations).failed.insert((actor, request));
+            }
+            Err(Error::ActorFailed { reason, .. }) if reason == UNANSWERED_REASON => {
+                lock(&observations).unanswered.insert((actor, request));
+            }
             Err(_) => {}
         }
     }

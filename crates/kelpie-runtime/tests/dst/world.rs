@@ -5,7 +5,7 @@
 //! observations the invariants read.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
@@ -41,6 +41,12 @@ pub struct Observations {
     pub acknowledged: BTreeMap<(ActorId, u64), VersionedValue<(String, u64)>>,
     /// Invocations refused because their activation had been fenced off (zombies caught).
     pub fenced_count: u64,
+    /// `(actor, request)` answered with a definite failure: fenced off, or
+    /// its handler panicked. None of them may be in durable state.
+    pub failed: BTreeSet<(ActorId, u64)>,
+    /// `(actor, request)` accepted by an activation that finished without
+    /// answering it.
+    pub unanswered: BTreeSet<(ActorId, u64)>,
     /// Acknowledged invocations served on another node than the client's (forwarded).
     pub forwarded_count: u64,
 }
@@ -49,11 +55,23 @@ pub struct Observations {
 pub struct SharedDatabase {
     backend: MemoryBackend,
     observations: Arc<Mutex<Observations>>,
+    /// Commits that reached the database, accepted or refused.
+    commit_attempts: AtomicU64,
 }
 
 impl SharedDatabase {
     pub fn new(observations: Arc<Mutex<Observations>>) -> Arc<Self> {
-        Arc::new(SharedDatabase { backend: MemoryBackend::new(), observations })
+        Self::on_backend(observations, MemoryBackend::new())
+    }
+
+    /// The database on `backend` (one with a planted defect, say).
+    pub fn on_backend(observations: Arc<Mutex<Observations>>, backend: MemoryBackend) -> Arc<Self> {
+        Arc::new(SharedDatabase { backend, observations, commit_attempts: AtomicU64::new(0) })
+    }
+
+    /// How many commits reached the database so far, accepted or refused.
+    pub fn commit_attempts(&self) -> u64 {
+        self.commit_attempts.load(Ordering::SeqCst)
     }
 
     /// A backend on the database that no node's faults touch.
@@ -159,6 +177,7 @@ impl Backend for NodeBackend {
         Box::pin(async move {
             self.probe("commit").await?;
             let observed = request_shape(&request);
+            self.database.commit_attempts.fetch_add(1, Ordering::SeqCst);
             let info = self.database.backend.commit(request).await?;
             // Recorded in the same poll as the commit, so in commit order.
             self.database.record_commit(&observed, &info);
