@@ -601,3 +601,75 @@ pub fn letta_message(message: &StoredMessage) -> Option<Value> {
     object.insert("created_at".into(), created_at.into());
     Some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(file: Value) -> BTreeMap<String, Value> {
+        file.as_object().unwrap().iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+    }
+
+    fn agents(count: usize) -> Value {
+        (0..count).map(|n| serde_json::json!({"id": format!("agent-{n}"), "name": "a"})).collect()
+    }
+
+    fn groups(count: usize) -> Value {
+        (0..count)
+            .map(|n| serde_json::json!({"id": format!("group-{n}"), "agent_ids": ["agent-0"]}))
+            .collect()
+    }
+
+    #[test]
+    fn groups_past_their_max_and_broken_references_are_refused_with_the_reason() {
+        let at_max = serde_json::json!({"agents": agents(2), "groups": groups(AGENT_FILE_GROUPS_COUNT_MAX)});
+        assert_eq!(check_file(&fields(at_max)), Ok(()));
+        let past =
+            serde_json::json!({"agents": agents(2), "groups": groups(AGENT_FILE_GROUPS_COUNT_MAX + 1)});
+        let why = check_file(&fields(past)).unwrap_err();
+        assert!(why.contains("101 groups, over AGENT_FILE_GROUPS_COUNT_MAX = 100"), "{why}");
+        let crowded = serde_json::json!({"agents": agents(AGENT_FILE_AGENTS_COUNT_MAX + 1)});
+        let why = check_file(&fields(crowded)).unwrap_err();
+        assert!(why.contains("101 agents, over AGENT_FILE_AGENTS_COUNT_MAX = 100"), "{why}");
+        for (file, says) in [
+            (serde_json::json!({"agents": []}), "the file holds 0 agents".to_string()),
+            (
+                serde_json::json!({"agents": agents(1), "blocks": [{"id": "agent-0", "label": "x"}]}),
+                "id \"agent-0\" is in the file twice".to_string(),
+            ),
+            (
+                serde_json::json!({"agents": agents(1), "groups": [{"id": "group-0", "agent_ids": ["agent-0"],
+                    "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-5"}}]}),
+                "group group-0 names agent \"agent-5\", not in the file".to_string(),
+            ),
+            (
+                serde_json::json!({"agents": agents(1), "groups": [{"id": "group-0", "agent_ids": ["agent-0"],
+                    "shared_block_ids": ["block-9"]}]}),
+                "group group-0 shares block \"block-9\", not in the file".to_string(),
+            ),
+        ] {
+            assert_eq!(check_file(&fields(file)).unwrap_err(), says);
+        }
+    }
+
+    #[test]
+    fn a_group_without_manager_config_is_round_robin_and_keeps_its_file_ids() {
+        let raw = serde_json::json!({"id": "group-3", "agent_ids": ["agent-1", "agent-0"], "description": "d",
+            "shared_block_ids": ["block-2"], "hidden": true});
+        let group = group_of(&raw).unwrap();
+        assert_eq!(
+            group,
+            FileGroup {
+                id: "group-3".into(),
+                agent_ids: vec!["agent-1".into(), "agent-0".into()],
+                description: "d".into(),
+                manager_config: serde_json::json!({"manager_type": "round_robin"}),
+                project_id: None,
+                shared_block_ids: vec!["block-2".into()],
+                hidden: Some(true),
+            }
+        );
+        let bad = serde_json::json!({"id": "group-4", "agent_ids": [], "manager_config": "supervisor"});
+        assert_eq!(group_of(&bad).unwrap_err(), "group group-4: manager_config is not an object");
+    }
+}
