@@ -2,18 +2,20 @@
 //!
 //! ```text
 //! {"kelpie_agent_file_version":1,"kelpie_agent":{...},"kelpie_messages":[...],
-//!  "kelpie_passages":[...],"kelpie_custom_tools":[...]}
+//!  "kelpie_passages":[...],"kelpie_conversations":[...],
+//!  "kelpie_messages_of_conversations":[...],"kelpie_custom_tools":[...]}
 //! ```
 //!
 //! (files of earlier releases name these `agent`, `messages`, `passages`,
-//! `custom_tools`; both are read). Exports also carry Letta's agent file
-//! fields beside them (`agents`, `blocks`, `tools`, ...; see
-//! [`crate::letta_af`]), which an import of a Kelpie file skips.
+//! `custom_tools`; both are read; a file without conversations still
+//! is). Exports also carry Letta's agent file fields beside them
+//! (`agents`, `blocks`, `tools`, ...; see [`crate::letta_af`]), which an
+//! import of a Kelpie file skips.
 //!
 //! written and read a piece at a time, so an agent of any size is exported
 //! and imported in bounded memory. [`FileReader`] is the sans-IO reader:
 //! fed bytes in chunks of any size, it hands back each top-level field's
-//! value and, for the three lists, each element on its own, as raw JSON to
+//! value and, for the lists, each element on its own, as raw JSON to
 //! decode. Nothing here does I/O.
 
 use std::collections::VecDeque;
@@ -24,8 +26,18 @@ pub const AGENT_FILE_VERSION: u32 = 1;
 /// in bytes: a message or passage is far smaller.
 pub const AGENT_FILE_VALUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The top-level fields whose value is a list read element by element.
-pub const LIST_FIELDS: [&str; 6] =
-    ["messages", "passages", "custom_tools", "kelpie_messages", "kelpie_passages", "kelpie_custom_tools"];
+pub const LIST_FIELDS: [&str; 10] = [
+    "messages",
+    "passages",
+    "custom_tools",
+    "conversations",
+    "messages_of_conversations",
+    "kelpie_messages",
+    "kelpie_passages",
+    "kelpie_custom_tools",
+    "kelpie_conversations",
+    "kelpie_messages_of_conversations",
+];
 
 /// The file, whole (tests, small tools, and the conversion of Letta's
 /// agent files, [`crate::letta_af`], build it this way).
@@ -36,6 +48,22 @@ pub struct AgentFile {
     pub messages: Vec<crate::model::StoredMessage>,
     pub passages: Vec<kelpie_memory::Passage>,
     pub custom_tools: Vec<crate::actors::tool_store::ToolRecord>,
+    /// The agent's conversations as stored (their ids and windows are the
+    /// exporting server's; an import gives them new ones).
+    #[serde(default)]
+    pub conversations: Vec<crate::actors::agent::ConversationRecord>,
+    /// Named to sort after `conversations`: a file re-serialized with
+    /// sorted keys still has each conversation before its messages.
+    #[serde(default)]
+    pub messages_of_conversations: Vec<ConversationMessage>,
+}
+
+/// One message of a conversation of the file, its `seq` the exporting
+/// server's (compared with the conversation's window start on import).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConversationMessage {
+    pub conversation_id: String,
+    pub message: crate::model::StoredMessage,
 }
 
 /// What the reader found, in file order.

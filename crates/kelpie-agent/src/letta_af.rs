@@ -5,10 +5,17 @@
 //! and embedding a file names are resolved by the caller.
 //!
 //! What an import maps how:
-//! - the file's one agent (a file with several, or with groups, is
-//!   refused: import them one agent at a time);
+//! - every agent of the file, in file order (at most
+//!   `AGENT_FILE_AGENTS_COUNT_MAX`), ids and references checked first as
+//!   Letta's importer checks them;
 //! - its blocks (`block_ids` into the file's `blocks`, and inline
 //!   `memory_blocks`), with label, value, limit, description, read-only;
+//!   a block several agents name (or a group shares) stays one block,
+//!   shared by them;
+//! - groups (`groups`: round robin, supervisor, dynamic, sleeptime) with
+//!   their members, manager and shared blocks named by the file's ids,
+//!   which the import remaps; a sleeptime group's manager keeps
+//!   `enable_sleeptime`;
 //! - its tools (`tool_ids` into the file's `tools`): `custom` tools are
 //!   imported with their source and schema; Letta's own tools are matched
 //!   by name to Kelpie's built-ins, and one Kelpie does not have is left
@@ -37,10 +44,32 @@ pub const LETTA_FIELDS: [&str; 9] =
 /// Return limit of an imported tool that does not say.
 const TOOL_RETURN_CHARS_DEFAULT: usize = 50_000;
 
-/// What converting a file found besides the agent: what was left out.
+/// Most agents one agent file may hold.
+pub const AGENT_FILE_AGENTS_COUNT_MAX: usize = 100;
+/// Most groups one agent file may hold.
+pub const AGENT_FILE_GROUPS_COUNT_MAX: usize = 100;
+
+/// A group of the file, its agents and blocks named by the file's ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileGroup {
+    pub id: String,
+    pub agent_ids: Vec<String>,
+    pub description: String,
+    /// Letta's `ManagerConfig` as written (`manager_agent_id` a file id).
+    pub manager_config: Value,
+    pub project_id: Option<String>,
+    pub shared_block_ids: Vec<String>,
+    pub hidden: Option<bool>,
+}
+
+/// A converted file: each agent as Kelpie's file (ids still the file's),
+/// the groups, the blocks shared between agents or by a group, and what
+/// was left out.
 #[derive(Debug, Clone)]
 pub struct Converted {
-    pub file: AgentFile,
+    pub agents: Vec<AgentFile>,
+    pub groups: Vec<FileGroup>,
+    pub shared_blocks: Vec<Block>,
     pub warnings: Vec<String>,
 }
 
@@ -77,10 +106,12 @@ fn by_id<'a>(fields: &'a BTreeMap<String, Value>, name: &str) -> BTreeMap<&'a st
     items.iter().filter_map(|item| Some((item["id"].as_str()?, item))).collect()
 }
 
-fn block_of(raw: &Value, index: usize) -> Result<Block, String> {
-    let label = string(&raw["label"]).ok_or_else(|| format!("block {index} has no label"))?;
+/// Block `raw` of the file under id `id` (the file's: the import gives
+/// each id a new one, the same for every agent naming it).
+fn block_of(raw: &Value, id: &str) -> Result<Block, String> {
+    let label = string(&raw["label"]).ok_or_else(|| format!("block {id} has no label"))?;
     let value = string(&raw["value"]).unwrap_or_default();
-    let mut block = Block::new(format!("block-{index}"), label.clone(), value, raw["limit"].as_u64())
+    let mut block = Block::new(id.to_string(), label.clone(), value, raw["limit"].as_u64())
         .map_err(|e| format!("block {label:?}: {e}"))?;
     block.description = string(&raw["description"]);
     block.read_only = raw["read_only"].as_bool().unwrap_or(false);
@@ -190,16 +221,73 @@ fn messages_of(agent: &Value, now_ms: u64, warnings: &mut Vec<String>) -> Vec<St
     messages
 }
 
-/// Converts the fields of a Letta agent file (raw JSON by field name).
+/// Checks the file's ids and references as Letta's importer does before
+/// writing anything: at most [`AGENT_FILE_AGENTS_COUNT_MAX`] agents and
+/// [`AGENT_FILE_GROUPS_COUNT_MAX`] groups, no id twice, every agent a group
+/// names (members and manager) and every block it shares in the file.
+fn check_file(fields: &BTreeMap<String, Value>) -> Result<(), String> {
+    let list = |name: &str| fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let (agents, groups) = (list("agents"), list("groups"));
+    if agents.is_empty() {
+        return Err("the file holds 0 agents".into());
+    }
+    if agents.len() > AGENT_FILE_AGENTS_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} agents, over AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}",
+            agents.len()
+        ));
+    }
+    if groups.len() > AGENT_FILE_GROUPS_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} groups, over AGENT_FILE_GROUPS_COUNT_MAX = {AGENT_FILE_GROUPS_COUNT_MAX}",
+            groups.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in ["agents", "groups", "blocks", "tools"] {
+        for (index, item) in list(name).iter().enumerate() {
+            let id = item["id"].as_str().ok_or_else(|| format!("{name}[{index}] has no id"))?;
+            if !seen.insert(id) {
+                return Err(format!("id {id:?} is in the file twice"));
+            }
+        }
+    }
+    let agent_ids: Vec<&str> = agents.iter().filter_map(|agent| agent["id"].as_str()).collect();
+    let block_ids: Vec<&str> = list("blocks").iter().filter_map(|block| block["id"].as_str()).collect();
+    for group in groups {
+        let id = group["id"].as_str().unwrap_or_default();
+        let members = group["agent_ids"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let manager = group["manager_config"]["manager_agent_id"].as_str();
+        for agent_id in members.iter().map(|id| id.as_str().unwrap_or_default()).chain(manager) {
+            if !agent_ids.contains(&agent_id) {
+                return Err(format!("group {id} names agent {agent_id:?}, not in the file"));
+            }
+        }
+        for block_id in group["shared_block_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let block_id = block_id.as_str().unwrap_or_default();
+            if !block_ids.contains(&block_id) {
+                return Err(format!("group {id} shares block {block_id:?}, not in the file"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the conversion of every agent shares: the file's blocks and tools
+/// by id, and the custom tools already carried by an earlier agent.
+struct FileParts<'a> {
+    blocks: BTreeMap<&'a str, &'a Value>,
+    tools: BTreeMap<&'a str, &'a Value>,
+    carried_tools: std::collections::BTreeSet<String>,
+    /// The agents that manage a sleeptime group of the file.
+    sleeptime_managers: Vec<&'a str>,
+}
+
+/// Converts the fields of a Letta agent file (raw JSON by field name):
+/// every agent in file order, its groups, and the blocks the file shares.
 pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> Result<Converted, String> {
     let agents = fields.get("agents").and_then(Value::as_array).ok_or("an agent file without agents")?;
-    let [agent] = agents.as_slice() else {
-        return Err(format!("the file holds {} agents; Kelpie imports one agent per file", agents.len()));
-    };
-    let groups = fields.get("groups").and_then(Value::as_array).map_or(0, Vec::len);
-    if groups > 0 {
-        return Err(format!("the file holds {groups} groups; Kelpie does not import groups yet"));
-    }
+    check_file(fields)?;
     let mut warnings = Vec::new();
     for (field, what) in
         [("files", "files"), ("sources", "folders (sources)"), ("mcp_servers", "MCP servers")]
@@ -209,32 +297,106 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
             warnings.push(format!("{count} {what} were not imported: Kelpie does not import them yet"));
         }
     }
-    // Blocks: those the agent links, then those it declares inline.
-    let blocks_by_id = by_id(fields, "blocks");
-    let mut raw_blocks = Vec::new();
+    let raw_groups = fields.get("groups").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let groups = raw_groups.iter().map(group_of).collect::<Result<Vec<FileGroup>, String>>()?;
+    let mut parts = FileParts {
+        blocks: by_id(fields, "blocks"),
+        tools: by_id(fields, "tools"),
+        carried_tools: Default::default(),
+        sleeptime_managers: groups
+            .iter()
+            .filter(|group| group.manager_config["manager_type"] == "sleeptime")
+            .filter_map(|group| group.manager_config["manager_agent_id"].as_str())
+            .collect(),
+    };
+    let mut files = Vec::with_capacity(agents.len());
+    for (index, agent) in agents.iter().enumerate() {
+        let name = agent["name"].as_str().unwrap_or_default();
+        let file = agent_of(agent, &mut parts, resolvers, &mut warnings)
+            .map_err(|reason| format!("agent {index} ({name:?}): {reason}"))?;
+        files.push(file);
+    }
+    // A block two agents name, or a group shares, is one shared block.
+    let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+    for agent in agents {
+        for id in agent["block_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            *users.entry(id.as_str().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    for group in &groups {
+        for id in &group.shared_block_ids {
+            *users.entry(id.as_str()).or_default() += 2;
+        }
+    }
+    let mut shared_blocks = Vec::new();
+    for (id, _) in users.into_iter().filter(|(_, count)| *count > 1) {
+        let raw = parts.blocks.get(id).ok_or_else(|| format!("block {id:?} is not in the file"))?;
+        shared_blocks.push(block_of(raw, id)?);
+    }
+    assert_eq!(files.len(), agents.len(), "every agent of the file converts or the file is refused");
+    Ok(Converted { agents: files, groups, shared_blocks, warnings })
+}
+
+/// Group `raw` of the file as Letta's `GroupSchema` says it (ids are the
+/// file's).
+fn group_of(raw: &Value) -> Result<FileGroup, String> {
+    let id = string(&raw["id"]).unwrap_or_default();
+    let ids = |value: &Value| -> Vec<String> {
+        value.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(string).collect()
+    };
+    let manager_config = match &raw["manager_config"] {
+        Value::Null => serde_json::json!({"manager_type": "round_robin"}),
+        config @ Value::Object(_) => config.clone(),
+        _ => return Err(format!("group {id}: manager_config is not an object")),
+    };
+    Ok(FileGroup {
+        agent_ids: ids(&raw["agent_ids"]),
+        description: string(&raw["description"]).unwrap_or_default(),
+        manager_config,
+        project_id: string(&raw["project_id"]),
+        shared_block_ids: ids(&raw["shared_block_ids"]),
+        hidden: raw["hidden"].as_bool(),
+        id,
+    })
+}
+
+/// One agent of the file as Kelpie's file; a custom tool comes with the
+/// first agent that names it.
+fn agent_of(
+    agent: &Value,
+    parts: &mut FileParts<'_>,
+    resolvers: &Resolvers<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<AgentFile, String> {
+    let file_id = string(&agent["id"]).unwrap_or_else(|| "agent-0".into());
+    // Blocks: those the agent links (by the file's id, so one linked by
+    // several agents stays one), then those it declares inline.
+    let mut blocks = Vec::new();
     for id in agent["block_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let id = id.as_str().unwrap_or_default();
-        raw_blocks.push(
-            *blocks_by_id.get(id).ok_or_else(|| format!("the agent names block {id:?}, not in the file"))?,
-        );
+        let raw =
+            parts.blocks.get(id).ok_or_else(|| format!("the agent names block {id:?}, not in the file"))?;
+        blocks.push(block_of(raw, id)?);
     }
-    raw_blocks.extend(agent["memory_blocks"].as_array().map(Vec::as_slice).unwrap_or_default());
-    let blocks: Vec<Block> =
-        raw_blocks.iter().enumerate().map(|(index, raw)| block_of(raw, index)).collect::<Result<_, _>>()?;
+    let inline = agent["memory_blocks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (index, raw) in inline.iter().enumerate() {
+        blocks.push(block_of(raw, &format!("{file_id}/inline-{index}"))?);
+    }
     let memory = CoreMemory::new(blocks).map_err(|e| e.to_string())?;
     // Tools: custom ones come along; Letta's own map to Kelpie's by name.
-    let tools_by_id = by_id(fields, "tools");
     let (mut tool_ids, mut custom_tools, mut left_out) = (Vec::new(), Vec::new(), Vec::new());
     for id in agent["tool_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let id = id.as_str().unwrap_or_default();
         let raw =
-            tools_by_id.get(id).ok_or_else(|| format!("the agent names tool {id:?}, not in the file"))?;
+            parts.tools.get(id).ok_or_else(|| format!("the agent names tool {id:?}, not in the file"))?;
         let name = raw["name"].as_str().unwrap_or_default();
         match (raw["tool_type"].as_str(), resolvers.builtins.get(name)) {
             (Some("custom"), _) => {
                 let tool = tool_of(raw, resolvers.now_ms)?;
                 tool_ids.push(tool.id.clone());
-                custom_tools.push(tool);
+                if parts.carried_tools.insert(tool.id.clone()) {
+                    custom_tools.push(tool);
+                }
             }
             (_, Some(builtin)) => tool_ids.push(builtin.clone()),
             (_, None) => left_out.push(name.to_string()),
@@ -283,8 +445,13 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
             (None, None)
         }
     };
+    // A sleeptime group's manager runs its members after its turns.
+    let enable_sleeptime = parts
+        .sleeptime_managers
+        .contains(&file_id.as_str())
+        .then(|| agent["enable_sleeptime"].as_bool().unwrap_or(true));
     let record = AgentRecord {
-        id: string(&agent["id"]).unwrap_or_else(|| "agent-0".into()),
+        id: file_id,
         name: string(&agent["name"]).unwrap_or_else(|| "imported".into()),
         system: string(&agent["system"]).unwrap_or_default(),
         description: string(&agent["description"]),
@@ -306,20 +473,21 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         open_files: Vec::new(),
         max_files_open,
         file_window_chars,
-        enable_sleeptime: None,
+        enable_sleeptime,
         managed_group: None,
         created_ms: resolvers.now_ms,
         updated_ms: resolvers.now_ms,
     };
-    let messages = messages_of(agent, resolvers.now_ms, &mut warnings);
-    let file = AgentFile {
+    let messages = messages_of(agent, resolvers.now_ms, warnings);
+    Ok(AgentFile {
         kelpie_agent_file_version: AGENT_FILE_VERSION,
         agent: record,
         messages,
         passages: Vec::new(),
         custom_tools,
-    };
-    Ok(Converted { file, warnings })
+        conversations: Vec::new(),
+        messages_of_conversations: Vec::new(),
+    })
 }
 
 /// The parts of Letta's agent file an export writes around the agent's
@@ -432,4 +600,76 @@ pub fn letta_message(message: &StoredMessage) -> Option<Value> {
     object.insert("agent_id".into(), "agent-0".into());
     object.insert("created_at".into(), created_at.into());
     Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(file: Value) -> BTreeMap<String, Value> {
+        file.as_object().unwrap().iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+    }
+
+    fn agents(count: usize) -> Value {
+        (0..count).map(|n| serde_json::json!({"id": format!("agent-{n}"), "name": "a"})).collect()
+    }
+
+    fn groups(count: usize) -> Value {
+        (0..count)
+            .map(|n| serde_json::json!({"id": format!("group-{n}"), "agent_ids": ["agent-0"]}))
+            .collect()
+    }
+
+    #[test]
+    fn groups_past_their_max_and_broken_references_are_refused_with_the_reason() {
+        let at_max = serde_json::json!({"agents": agents(2), "groups": groups(AGENT_FILE_GROUPS_COUNT_MAX)});
+        assert_eq!(check_file(&fields(at_max)), Ok(()));
+        let past =
+            serde_json::json!({"agents": agents(2), "groups": groups(AGENT_FILE_GROUPS_COUNT_MAX + 1)});
+        let why = check_file(&fields(past)).unwrap_err();
+        assert!(why.contains("101 groups, over AGENT_FILE_GROUPS_COUNT_MAX = 100"), "{why}");
+        let crowded = serde_json::json!({"agents": agents(AGENT_FILE_AGENTS_COUNT_MAX + 1)});
+        let why = check_file(&fields(crowded)).unwrap_err();
+        assert!(why.contains("101 agents, over AGENT_FILE_AGENTS_COUNT_MAX = 100"), "{why}");
+        for (file, says) in [
+            (serde_json::json!({"agents": []}), "the file holds 0 agents".to_string()),
+            (
+                serde_json::json!({"agents": agents(1), "blocks": [{"id": "agent-0", "label": "x"}]}),
+                "id \"agent-0\" is in the file twice".to_string(),
+            ),
+            (
+                serde_json::json!({"agents": agents(1), "groups": [{"id": "group-0", "agent_ids": ["agent-0"],
+                    "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-5"}}]}),
+                "group group-0 names agent \"agent-5\", not in the file".to_string(),
+            ),
+            (
+                serde_json::json!({"agents": agents(1), "groups": [{"id": "group-0", "agent_ids": ["agent-0"],
+                    "shared_block_ids": ["block-9"]}]}),
+                "group group-0 shares block \"block-9\", not in the file".to_string(),
+            ),
+        ] {
+            assert_eq!(check_file(&fields(file)).unwrap_err(), says);
+        }
+    }
+
+    #[test]
+    fn a_group_without_manager_config_is_round_robin_and_keeps_its_file_ids() {
+        let raw = serde_json::json!({"id": "group-3", "agent_ids": ["agent-1", "agent-0"], "description": "d",
+            "shared_block_ids": ["block-2"], "hidden": true});
+        let group = group_of(&raw).unwrap();
+        assert_eq!(
+            group,
+            FileGroup {
+                id: "group-3".into(),
+                agent_ids: vec!["agent-1".into(), "agent-0".into()],
+                description: "d".into(),
+                manager_config: serde_json::json!({"manager_type": "round_robin"}),
+                project_id: None,
+                shared_block_ids: vec!["block-2".into()],
+                hidden: Some(true),
+            }
+        );
+        let bad = serde_json::json!({"id": "group-4", "agent_ids": [], "manager_config": "supervisor"});
+        assert_eq!(group_of(&bad).unwrap_err(), "group group-4: manager_config is not an object");
+    }
 }

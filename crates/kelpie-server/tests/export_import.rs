@@ -3,6 +3,7 @@
 
 mod common;
 
+use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
 use serde_json::{json, Value};
 
 const BOUNDARY: &str = "kelpie-test-boundary";
@@ -352,14 +353,27 @@ async fn letta_agent_files_kelpie_cannot_import_are_refused_with_the_reason() {
     let mut two = file.clone();
     two["agents"].as_array_mut().unwrap().push(file["agents"][0].clone());
     let mut grouped = file.clone();
-    grouped["groups"] = json!([{"id": "group-0", "agent_ids": ["agent-0"]}]);
+    grouped["groups"] = json!([{"id": "group-0", "agent_ids": ["agent-0", "agent-7"]}]);
+    let mut crowded = file.clone();
+    crowded["agents"] = (0..=AGENT_FILE_AGENTS_COUNT_MAX)
+        .map(|n| {
+            let mut agent = file["agents"][0].clone();
+            (agent["id"], agent["messages"]) = (json!(format!("agent-{n}")), json!([]));
+            agent
+        })
+        .collect();
     let mut dangling = file.clone();
     dangling["agents"][0]["block_ids"] = json!(["block-404"]);
     let mut no_agents = file.clone();
     no_agents["agents"] = json!([]);
     for (case, body, says) in [
-        ("two agents", two, "2 agents"),
-        ("groups", grouped, "groups"),
+        ("an id twice", two, "id \"agent-0\" is in the file twice"),
+        (
+            "a group of an agent not in the file",
+            grouped,
+            "group group-0 names agent \"agent-7\", not in the file",
+        ),
+        ("past the agent count max", crowded, "over AGENT_FILE_AGENTS_COUNT_MAX"),
         ("a dangling block", dangling, "block-404"),
         ("no agent", no_agents, "0 agents"),
     ] {
@@ -449,5 +463,143 @@ async fn an_export_is_a_letta_agent_file_that_imports_without_kelpie_parts() {
         strip_ids(&messages_of(copy).await, &message_fields),
         strip_ids(&messages_of(ana).await, &message_fields)
     );
+    server.shutdown().await;
+}
+
+/// A Letta file of three agents sharing their `human` block, in a round
+/// robin group of all three and a supervisor group the first manages.
+fn team_file() -> Value {
+    let agent = |n: usize, name: &str| {
+        json!({
+            "id": format!("agent-{n}"), "name": name, "system": format!("You are {name}."),
+            "block_ids": ["block-0", format!("block-{}", n + 1)], "tool_ids": [], "tool_rules": [],
+            "llm_config": {"handle": "openai-proxy/fake-gpt", "context_window": 16000},
+            "messages": [{"id": format!("message-{n}"), "role": "user",
+                          "content": [{"type": "text", "text": format!("hi {name}")}]}],
+        })
+    };
+    json!({
+        "agents": [agent(0, "lead"), agent(1, "left"), agent(2, "right")],
+        "groups": [
+            {"id": "group-0", "agent_ids": ["agent-0", "agent-1", "agent-2"], "description": "all",
+             "manager_config": {"manager_type": "round_robin"}},
+            {"id": "group-1", "agent_ids": ["agent-1", "agent-2"], "description": "led",
+             "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-0"}},
+        ],
+        "blocks": [
+            {"id": "block-0", "label": "human", "value": "Shared user.", "limit": 2000},
+            {"id": "block-1", "label": "persona", "value": "Lead.", "limit": 2000},
+            {"id": "block-2", "label": "persona", "value": "Left.", "limit": 2000},
+            {"id": "block-3", "label": "persona", "value": "Right.", "limit": 2000},
+        ],
+        "tools": [], "files": [], "sources": [], "mcp_servers": [],
+    })
+}
+
+#[tokio::test]
+async fn a_letta_file_of_several_agents_and_groups_imports_them_all_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let body =
+        form(&[("file", &serde_json::to_vec(&team_file()).unwrap()), ("append_copy_suffix", b"false")]);
+    let (status, answer) = import(&server, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<String> =
+        answer["agent_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_string()).collect();
+    let mut human_ids = Vec::new();
+    for (id, (name, persona)) in ids.iter().zip([("lead", "Lead."), ("left", "Left."), ("right", "Right.")]) {
+        let agent = server.ok("GET", &format!("/v1/agents/{id}"), None).await;
+        assert_eq!(
+            (agent["name"].as_str(), agent["system"].as_str()),
+            (Some(name), Some(&*format!("You are {name}.")))
+        );
+        let blocks = agent["blocks"].as_array().unwrap();
+        assert_eq!(
+            (blocks[0]["label"].as_str(), blocks[0]["value"].as_str()),
+            (Some("human"), Some("Shared user."))
+        );
+        assert_eq!(blocks[1]["value"], persona);
+        human_ids.push(blocks[0]["id"].clone());
+        let messages = server.ok("GET", &format!("/v1/agents/{id}/messages"), None).await;
+        let texts: Vec<&str> =
+            messages.as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+        assert_eq!(texts, vec![format!("hi {name}")]);
+    }
+    assert!(human_ids.iter().all(|id| *id == human_ids[0]), "one shared block: {human_ids:?}");
+    let block_agents =
+        server.ok("GET", &format!("/v1/blocks/{}/agents", human_ids[0].as_str().unwrap()), None).await;
+    assert_eq!(block_agents.as_array().unwrap().len(), 3);
+    let groups = server.ok("GET", "/v1/groups/", None).await;
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    let by_type = |kind: &str| groups.iter().find(|g| g["manager_type"] == kind).unwrap().clone();
+    assert_eq!(by_type("round_robin")["agent_ids"], json!(ids));
+    assert_eq!(by_type("supervisor")["agent_ids"], json!(ids[1..]));
+    assert_eq!(by_type("supervisor")["manager_agent_id"], json!(ids[0]));
+    // A file whose third agent cannot be made leaves nothing: not listed, not found.
+    let mut broken = team_file();
+    broken["agents"][2]["name"] = json!("");
+    let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&broken).unwrap())])).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("name"), "{answer}");
+    assert_eq!(server.ok("GET", "/v1/agents/", None).await.as_array().unwrap().len(), 3);
+    assert_eq!(server.ok("GET", "/v1/groups/", None).await.as_array().unwrap().len(), 2);
+    assert_eq!(server.ok("GET", "/v1/blocks/", None).await.as_array().unwrap().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_exported_agent_keeps_its_conversations_through_an_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let ana = server.create_agent("ana", &[]).await;
+    let mut originals = Vec::new();
+    for (summary, said) in [("chess", vec!["e4", "Nf3"]), ("tea", vec!["green"])] {
+        let made = server
+            .ok("POST", &format!("/v1/conversations/?agent_id={ana}"), Some(json!({"summary": summary})))
+            .await;
+        let id = made["id"].as_str().unwrap().to_string();
+        for text in said {
+            let body = json!({"messages": [{"role": "user", "content": text}], "streaming": false});
+            server.ok("POST", &format!("/v1/conversations/{id}/messages"), Some(body)).await;
+        }
+        originals.push(id);
+    }
+    let exported = server.ok("GET", &format!("/v1/agents/{ana}/export"), None).await;
+    let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&exported).unwrap())])).await;
+    assert_eq!(status, 200, "{answer}");
+    let copy = answer["agent_ids"][0].as_str().unwrap();
+    let listed = |agent: String| {
+        let server = &server;
+        async move { server.ok("GET", &format!("/v1/conversations/?agent_id={agent}"), None).await }
+    };
+    let (before, after) = (listed(ana.clone()).await, listed(copy.to_string()).await);
+    let summaries = |list: &Value| -> Vec<Value> {
+        list.as_array().unwrap().iter().map(|c| c["summary"].clone()).collect()
+    };
+    let mut sorted = summaries(&after);
+    sorted.sort_by_key(|summary| summary.to_string());
+    assert_eq!(sorted, vec![json!("chess"), json!("tea")]);
+    assert_eq!(summaries(&after), summaries(&before));
+    for (old, new) in before.as_array().unwrap().iter().zip(after.as_array().unwrap()) {
+        assert_ne!(old["id"], new["id"]);
+        assert_eq!(new["agent_id"], copy);
+        assert_eq!(
+            old["in_context_message_ids"].as_array().unwrap().len(),
+            new["in_context_message_ids"].as_array().unwrap().len()
+        );
+        let messages = |id: &Value| {
+            let server = &server;
+            let path = format!("/v1/conversations/{}/messages?limit=100", id.as_str().unwrap());
+            async move { server.ok("GET", &path, None).await }
+        };
+        let fields = ["message_type", "content"];
+        assert_eq!(
+            strip_ids(&messages(&new["id"]).await, &fields),
+            strip_ids(&messages(&old["id"]).await, &fields)
+        );
+    }
     server.shutdown().await;
 }

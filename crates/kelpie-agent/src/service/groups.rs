@@ -197,6 +197,12 @@ fn record_of(create: GroupCreate, id: String, created_ms: u64) -> ServiceResult<
     Ok(record)
 }
 
+/// Checks `create` as [`Groups::create`] checks it before looking at the
+/// agents and blocks it names (pattern, manager, limits).
+pub(crate) fn check_create(create: &GroupCreate) -> ServiceResult<()> {
+    record_of(create.clone(), "group-check".into(), 0).map(drop)
+}
+
 /// `before` with Letta's `GroupUpdate` applied: a field changes only when
 /// given non-empty (as Letta's modify does); the pattern never changes.
 fn updated(before: &GroupRecord, update: GroupUpdate) -> ServiceResult<GroupRecord> {

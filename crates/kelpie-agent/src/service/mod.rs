@@ -30,13 +30,14 @@
 //! - [`messages::Messages`]: messages across agents, by id and by search;
 //! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
 //!   resets and abandoned imports leave in storage;
-//! - [`transfer::Transfer`]: export and import of agents;
 //! - [`folders::Folders`]: folders and their files (upload, list, delete);
 //! - [`agent_files::AgentFiles`]: an agent's folders, open files and file tools;
 //! - [`documents::Documents`]: processing uploads into text and passages,
 //!   in the background, resumed after a crash;
 //! - [`groups::Groups`]: multi-agent groups, their sleeptime agents after
 //!   their manager's turns and their round robin turns;
+//! - [`transfer::Transfer`]: export and import of agents (with their
+//!   conversations, and a Letta file's groups and shared blocks);
 //! - [`tool_generation::ToolGenerator`]: tools a model writes from a prompt;
 //! - [`embeddings::EmbeddingStorage`]: the estimated size of the stored
 //!   embeddings.
@@ -265,11 +266,16 @@ impl AgentService {
             Arc::clone(&actors),
             Arc::clone(&archives),
         );
+        let makers = transfer::Makers {
+            agents: Arc::clone(&agents),
+            blocks: Arc::clone(&blocks),
+            groups: Arc::clone(&groups),
+        };
         let transfer = Transfer::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
-            Arc::clone(&tools),
-            Arc::clone(&reclaimer),
+            (Arc::clone(&tools), Arc::clone(&reclaimer)),
+            makers,
             (llm, catalog.clone()),
             env.clone(),
         );

@@ -203,6 +203,23 @@ impl SharedBlocks {
         Ok(())
     }
 
+    /// Makes `block` a shared block linked to `holders`, which already hold
+    /// their copy of it under its id (an import's agents); a block shared
+    /// already is left as it is.
+    pub(crate) async fn adopt(&self, block: Block, holders: &[String]) -> ServiceResult<()> {
+        let lock = self.locks.lock_for(&block.id);
+        let _held = lock.lock().await;
+        let id = block.id.clone();
+        if self.find_shared(&id).await?.is_none() {
+            self.shared_block(BlockCommand::Create(Box::new(block))).await?;
+        }
+        for agent_id in holders {
+            let link = BlockCommand::Link { id: id.clone(), agent_id: agent_id.clone() };
+            self.shared_block(link).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the block from the agent's core memory (a shared block or one
     /// of its own), then forgets the link in the store.
     pub async fn detach(&self, agent_id: &str, block_id: &str) -> ServiceResult<Value> {

@@ -2,11 +2,18 @@
 //! streamed: an agent of any size goes out page by page and comes in batch
 //! by batch, in bounded memory.
 //!
-//! Import creates a new agent (new ids for it, its blocks, messages and
-//! passages). Its history is written in bounded batches while the agent is
-//! invisible (not found, not listed); it appears only when the whole file
-//! was read. A failed or abandoned import is on the reclaim list from its
-//! start, so nothing of it stays (but the custom tools it upserted).
+//! Import creates new agents (new ids for them, their blocks, messages,
+//! passages and conversations; one agent from a Kelpie file, every agent
+//! and group of a Letta file). Each history is written in bounded batches
+//! while its agent is invisible (not found, not listed); the agents appear
+//! only when the whole file was read and every agent written, then the
+//! blocks they share and their groups are made. A failure before that
+//! point leaves nothing visible; one while they appear takes back what
+//! appeared (agents, shared blocks, groups are deleted again). Every agent
+//! is on the reclaim list from its start, so nothing of a failed or
+//! abandoned import stays (but the custom tools it upserted). A crash while
+//! the agents appear (after all were written) can leave those that
+//! appeared: the switch is one actor invocation per agent, not one commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,19 +27,24 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::agents::Agents;
 use super::directory::AgentDirectory;
+use super::groups::{GroupCreate, Groups, ManagerConfig};
 use super::reclaim::Reclaimer;
+use super::shared_blocks::SharedBlocks;
 use super::tools::ToolService;
 use crate::actors::agent::store::{self, PASSAGE_KEYS_COUNT};
-use crate::actors::agent::{AgentCommand, AgentReply, PageSpec};
+use crate::actors::agent::{
+    AgentCommand, AgentReply, ContextState, ConversationFilter, ConversationRecord, ImportedMessage, PageSpec,
+};
 use crate::actors::directory::DirectoryEntry;
 use crate::actors::reclaim::PendingKind;
 use crate::actors::tool_store::ToolRecord;
-use crate::agent_file::{FileEvent, FileReader, AGENT_FILE_VERSION};
+use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
-use crate::ids::{new_id, new_message_id};
-use crate::letta_af::{letta_message, letta_parts, LettaParts};
-use crate::limits::{MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
+use crate::ids::{new_conversation_id, new_id, new_message_id};
+use crate::letta_af::{letta_message, letta_parts, FileGroup, LettaParts};
+use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
 /// Suffix of an imported agent's name unless the client asks otherwise.
@@ -55,11 +67,20 @@ pub struct ImportOptions {
     pub embedding: Option<String>,
 }
 
+/// The services an import makes agents, shared blocks and groups with.
+#[derive(Clone)]
+pub(crate) struct Makers {
+    pub agents: Arc<Agents>,
+    pub blocks: Arc<SharedBlocks>,
+    pub groups: Arc<Groups>,
+}
+
 pub struct Transfer {
     actors: Arc<AgentActors>,
     directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
+    makers: Makers,
     llm: Arc<dyn ChatModel>,
     catalog: ModelCatalog,
     env: Env,
@@ -78,12 +99,12 @@ impl Transfer {
     pub(crate) fn new(
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
-        tools: Arc<ToolService>,
-        reclaimer: Arc<Reclaimer>,
+        (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
+        makers: Makers,
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
         env: Env,
     ) -> Self {
-        Transfer { actors, directory, tools, reclaimer, llm, catalog, env }
+        Transfer { actors, directory, tools, reclaimer, makers, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -103,6 +124,7 @@ impl Transfer {
             custom_tools,
             phase: ExportPhase::Head,
             letta: None,
+            conversation_ids: Vec::new(),
         })
     }
 
@@ -124,6 +146,7 @@ impl Transfer {
                 directory: Arc::clone(&self.directory),
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
+                makers: self.makers.clone(),
                 llm: Arc::clone(&self.llm),
                 catalog: self.catalog.clone(),
                 env: self.env.clone(),
@@ -134,9 +157,15 @@ impl Transfer {
             pending_agent: None,
             pending_tools: Vec::new(),
             begun: None,
+            written: Vec::new(),
+            made: Made::default(),
+            block_ids: BTreeMap::new(),
+            plan: None,
             tool_ids: BTreeMap::new(),
+            conversation_ids: BTreeMap::new(),
             messages: Vec::new(),
             passages: Vec::new(),
+            conversation_messages: Vec::new(),
             batch_ops: 0,
             batch_bytes: 0,
             messages_imported: false,
@@ -146,7 +175,7 @@ impl Transfer {
         }
     }
 
-    /// Imports a file held whole in memory; answers `{"agent_ids": [id]}`.
+    /// Imports a file held whole in memory; answers `{"agent_ids": [...]}`.
     pub async fn import_bytes(&self, file: &[u8], options: ImportOptions) -> ServiceResult<Value> {
         let mut import = self.import(options);
         import.feed(file).await?;
@@ -170,6 +199,15 @@ enum ExportPhase {
     Passages {
         after: Option<String>,
     },
+    Conversations {
+        after: Option<String>,
+    },
+    /// The messages of the `index`th conversation listed.
+    ConversationMessages {
+        index: usize,
+        after: Option<String>,
+        first: bool,
+    },
     Tail,
     Done,
 }
@@ -184,6 +222,8 @@ pub struct AgentExport {
     phase: ExportPhase,
     /// The Letta parts written around the Letta messages.
     letta: Option<LettaParts>,
+    /// The agent's conversations, as the export lists them.
+    conversation_ids: Vec<String>,
 }
 
 /// The items of a page, comma-separated, a comma first unless it is the
@@ -293,11 +333,15 @@ impl AgentExport {
                         self.phase = ExportPhase::Passages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],");
-                        self.phase = ExportPhase::Tail;
+                        bytes.extend_from_slice(b"],\"kelpie_conversations\":[");
+                        self.phase = ExportPhase::Conversations { after: None };
                     }
                 }
                 bytes
+            }
+            ExportPhase::Conversations { after } => self.conversations_chunk(after).await?,
+            ExportPhase::ConversationMessages { index, after, first } => {
+                self.conversation_messages_chunk(index, after, first).await?
             }
             ExportPhase::Tail => {
                 let mut bytes = b"\"kelpie_custom_tools\":".to_vec();
@@ -312,12 +356,80 @@ impl AgentExport {
     }
 }
 
+impl AgentExport {
+    /// A page of the agent's conversations, as stored.
+    async fn conversations_chunk(&mut self, after: Option<String>) -> ServiceResult<Vec<u8>> {
+        let command = AgentCommand::ConversationPage {
+            after: after.clone(),
+            filter: ConversationFilter::default(),
+            limit: STORE_PAGE_COUNT_MAX,
+            descending: false,
+        };
+        let AgentReply::Conversations(records) = self.actors.invoke(&self.agent_id, command).await? else {
+            return Err(unexpected("export conversations"));
+        };
+        let mut bytes = join_items(&records, after.is_none())?;
+        self.conversation_ids.extend(records.iter().map(|record| record.id.clone()));
+        assert!(
+            self.conversation_ids.len() <= AGENT_CONVERSATIONS_COUNT_MAX,
+            "an agent's conversations are bounded"
+        );
+        match records.last() {
+            Some(last) if records.len() == STORE_PAGE_COUNT_MAX => {
+                self.phase = ExportPhase::Conversations { after: Some(last.id.clone()) };
+            }
+            _ => {
+                bytes.extend_from_slice(b"],\"kelpie_messages_of_conversations\":[");
+                self.phase = ExportPhase::ConversationMessages { index: 0, after: None, first: true };
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// A page of the messages of the `index`th conversation, each with its
+    /// conversation's id.
+    async fn conversation_messages_chunk(
+        &mut self,
+        index: usize,
+        after: Option<String>,
+        first: bool,
+    ) -> ServiceResult<Vec<u8>> {
+        let Some(id) = self.conversation_ids.get(index).cloned() else {
+            self.phase = ExportPhase::Tail;
+            return Ok(b"],".to_vec());
+        };
+        let page = PageSpec { after: after.clone(), limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
+        let command = AgentCommand::ConversationMessages { id: id.clone(), page };
+        let messages = match self.actors.invoke(&self.agent_id, command).await {
+            Ok(AgentReply::Messages(messages)) => messages,
+            Ok(_) => return Err(unexpected("export conversation messages")),
+            // Deleted since it was listed: nothing of it to write.
+            Err(ServiceError::Core(kelpie_core::Error::NotFound { kind: "conversation", .. })) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let items: Vec<ConversationMessage> = messages
+            .iter()
+            .map(|message| ConversationMessage { conversation_id: id.clone(), message: message.clone() })
+            .collect();
+        let bytes = join_items(&items, first)?;
+        let first = first && items.is_empty();
+        self.phase = match messages.last() {
+            Some(last) if messages.len() == STORE_PAGE_COUNT_MAX => {
+                ExportPhase::ConversationMessages { index, after: Some(last.id.clone()), first }
+            }
+            _ => ExportPhase::ConversationMessages { index: index + 1, after: None, first },
+        };
+        Ok(bytes)
+    }
+}
+
 /// What an import uses of the service.
 struct ImportParts {
     actors: Arc<AgentActors>,
     directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
+    makers: Makers,
     llm: Arc<dyn ChatModel>,
     catalog: ModelCatalog,
     env: Env,
@@ -325,6 +437,8 @@ struct ImportParts {
 
 /// The agent an import has begun: its record and its reclaim entry.
 struct Begun {
+    /// The agent's id in the file (groups name it by this).
+    file_id: String,
     record: AgentRecord,
     pending: PendingKind,
     /// When the entry's lease was last renewed (wall clock).
@@ -344,10 +458,22 @@ pub struct AgentImport {
     /// Custom tools read before the version, raw.
     pending_tools: Vec<Vec<u8>>,
     begun: Option<Begun>,
+    /// Agents whose whole history is written, in file order, waiting to
+    /// appear together.
+    written: Vec<Begun>,
+    /// What appeared so far, taken back if the import fails.
+    made: Made,
+    /// Block id in the file → its new id (one for every agent naming it).
+    block_ids: BTreeMap<String, String>,
+    /// A Letta file's groups and shared blocks, made once the agents appear.
+    plan: Option<(Vec<FileGroup>, Vec<Block>)>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
+    /// Conversation id in the file → its new id and where its window began.
+    conversation_ids: BTreeMap<String, (String, u64)>,
     messages: Vec<StoredMessage>,
     passages: Vec<Passage>,
+    conversation_messages: Vec<ImportedMessage>,
     batch_ops: usize,
     batch_bytes: usize,
     messages_imported: bool,
@@ -357,6 +483,14 @@ pub struct AgentImport {
     letta: BTreeMap<String, Vec<u8>>,
     /// What a converted Letta file left out.
     warnings: Vec<String>,
+}
+
+/// What an import made visible so far (agents, shared blocks, groups).
+#[derive(Default)]
+struct Made {
+    agents: Vec<String>,
+    blocks: Vec<String>,
+    groups: Vec<String>,
 }
 
 impl AgentImport {
@@ -405,45 +539,158 @@ impl AgentImport {
                 "not a kelpie agent file: no kelpie_agent_file_version".into(),
             ));
         }
-        self.flush().await?;
-        let begun = self
-            .begun
-            .as_ref()
-            .ok_or_else(|| ServiceError::Invalid("not a kelpie agent file: no agent".into()))?;
-        let mut record = begun.record.clone();
-        record.name = match &self.options.override_name {
-            Some(name) => name.clone(),
-            None if self.options.append_copy_suffix => format!("{}{COPY_SUFFIX}", record.name),
-            None => record.name,
-        };
-        check_name_and_tags(&record.name, &record.tags)?;
-        // A custom tool not in the file cannot be attached on this server.
-        let builtins = kelpie_tools::builtin_tools();
-        let tool_ids: Vec<String> = record
-            .tool_ids
-            .iter()
-            .filter_map(|id| match builtins.iter().any(|tool| tool.id == id) {
-                true => Some(id.clone()),
-                false => self.tool_ids.get(id).cloned(),
-            })
-            .collect();
-        let entry =
-            DirectoryEntry { id: record.id.clone(), name: record.name.clone(), tags: record.tags.clone() };
-        // Listed before it is visible: the listing skips an agent it cannot
-        // read, and an abandoned import leaves only that stale entry.
-        self.parts.directory.register(entry).await?;
-        let finish = AgentCommand::ImportFinish {
-            name: record.name.clone(),
-            tool_ids,
-            drop_messages: self.options.strip_messages && self.messages_imported,
-        };
-        self.parts.actors.invoke(&record.id, finish).await?;
-        self.parts.reclaimer.forget(&record.id, begun.pending.clone()).await?;
+        self.seal().await?;
+        if self.written.is_empty() {
+            return Err(ServiceError::Invalid("not a kelpie agent file: no agent".into()));
+        }
+        let finishes = self.settle()?;
+        let groups = self.group_creates()?;
+        self.reveal(finishes).await?;
+        self.make_shared_blocks().await?;
+        for (_, create) in groups {
+            let group = self.parts.makers.groups.create(create).await?;
+            let id = group["id"].as_str().ok_or_else(|| unexpected("a group without id"))?;
+            self.made.groups.push(id.to_string());
+        }
+        // Done: nothing of it is reclaimed now.
+        for begun in std::mem::take(&mut self.written) {
+            self.parts.reclaimer.forget(&begun.record.id, begun.pending).await?;
+        }
+        let agent_ids = std::mem::take(&mut self.made.agents);
+        self.made = Made::default();
         Ok(match self.warnings.is_empty() {
-            true => json!({"agent_ids": [record.id]}),
+            true => json!({"agent_ids": agent_ids}),
             // What a Letta file held that this import left out.
-            false => json!({"agent_ids": [record.id], "warnings": self.warnings}),
+            false => json!({"agent_ids": agent_ids, "warnings": self.warnings}),
         })
+    }
+
+    /// The agent being written is complete: its last batch goes out and it
+    /// waits with the others to appear.
+    async fn seal(&mut self) -> ServiceResult<()> {
+        self.flush().await?;
+        if let Some(begun) = self.begun.take() {
+            self.written.push(begun);
+        }
+        Ok(())
+    }
+
+    /// Each written agent's final name and tools, checked before any appears.
+    fn settle(&self) -> ServiceResult<Vec<AgentCommand>> {
+        let builtins = kelpie_tools::builtin_tools();
+        let mut finishes = Vec::with_capacity(self.written.len());
+        for begun in &self.written {
+            let record = &begun.record;
+            let name = match &self.options.override_name {
+                Some(name) => name.clone(),
+                None if self.options.append_copy_suffix => format!("{}{COPY_SUFFIX}", record.name),
+                None => record.name.clone(),
+            };
+            check_name_and_tags(&name, &record.tags)?;
+            // A custom tool not in the file cannot be attached on this server.
+            let tool_ids: Vec<String> = record
+                .tool_ids
+                .iter()
+                .filter_map(|id| match builtins.iter().any(|tool| tool.id == id) {
+                    true => Some(id.clone()),
+                    false => self.tool_ids.get(id).cloned(),
+                })
+                .collect();
+            let drop_messages = self.options.strip_messages && self.messages_imported;
+            finishes.push(AgentCommand::ImportFinish { name, tool_ids, drop_messages });
+        }
+        Ok(finishes)
+    }
+
+    /// The file's agent id → its new id.
+    fn agent_id_of(&self, file_id: &str) -> ServiceResult<String> {
+        let begun = self.written.iter().find(|begun| begun.file_id == file_id);
+        begun
+            .map(|begun| begun.record.id.clone())
+            .ok_or_else(|| ServiceError::Invalid(format!("a group names agent {file_id:?}, not in the file")))
+    }
+
+    /// The new id of block `file_id` of the file (drawn on first use).
+    fn block_id_of(&mut self, file_id: &str) -> String {
+        let rng = self.parts.env.rng.as_ref();
+        self.block_ids.entry(file_id.to_string()).or_insert_with(|| new_id("block", rng)).clone()
+    }
+
+    /// The file's groups as creates on this server (every id remapped),
+    /// checked as a create checks them before any agent appears.
+    fn group_creates(&mut self) -> ServiceResult<Vec<(String, GroupCreate)>> {
+        let Some((groups, _)) = self.plan.clone() else { return Ok(Vec::new()) };
+        let mut creates = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let invalid = |e: serde_json::Error| {
+                ServiceError::Invalid(format!("group {}: manager_config: {e}", group.id))
+            };
+            let mut config: ManagerConfig =
+                serde_json::from_value(group.manager_config.clone()).map_err(invalid)?;
+            if let Some(manager) = &config.manager_agent_id {
+                config.manager_agent_id = Some(self.agent_id_of(manager)?);
+            }
+            let agent_ids =
+                group.agent_ids.iter().map(|id| self.agent_id_of(id)).collect::<ServiceResult<Vec<_>>>()?;
+            let shared_block_ids = group.shared_block_ids.iter().map(|id| self.block_id_of(id)).collect();
+            let create = GroupCreate {
+                agent_ids,
+                description: group.description.clone(),
+                manager_config: Some(config),
+                project_id: group.project_id.clone(),
+                shared_block_ids,
+                hidden: group.hidden,
+            };
+            super::groups::check_create(&create).map_err(|err| match err {
+                ServiceError::Invalid(why) => ServiceError::Invalid(format!("group {}: {why}", group.id)),
+                other => other,
+            })?;
+            creates.push((group.id.clone(), create));
+        }
+        Ok(creates)
+    }
+
+    /// Makes every written agent visible (listed, then found), in file order.
+    async fn reveal(&mut self, finishes: Vec<AgentCommand>) -> ServiceResult<()> {
+        assert_eq!(finishes.len(), self.written.len(), "one finish per written agent");
+        for (index, finish) in finishes.into_iter().enumerate() {
+            let record = &self.written[index].record;
+            let AgentCommand::ImportFinish { name, .. } = &finish else {
+                return Err(unexpected("an import finish"));
+            };
+            let entry =
+                DirectoryEntry { id: record.id.clone(), name: name.clone(), tags: record.tags.clone() };
+            // Listed before it is visible: the listing skips an agent it
+            // cannot read, and an abandoned import leaves only that stale entry.
+            self.parts.directory.register(entry).await?;
+            let id = record.id.clone();
+            self.parts.actors.invoke(&id, finish).await?;
+            self.made.agents.push(id);
+        }
+        Ok(())
+    }
+
+    /// The blocks the file's agents share (or its groups), one shared
+    /// block each, linked to every agent holding its copy.
+    async fn make_shared_blocks(&mut self) -> ServiceResult<()> {
+        let Some((_, blocks)) = self.plan.clone() else { return Ok(()) };
+        let mut shared = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let id = self.block_id_of(&block.id);
+            let holders: Vec<String> = self
+                .written
+                .iter()
+                .filter(|begun| begun.record.memory.label_of(&id).is_some())
+                .map(|begun| begun.record.id.clone())
+                .collect();
+            shared.push((Block { id, ..block }, holders));
+        }
+        for (block, holders) in shared {
+            let id = block.id.clone();
+            self.parts.makers.blocks.adopt(block, &holders).await?;
+            self.made.blocks.push(id);
+        }
+        Ok(())
     }
 
     /// Converts the Letta agent file read so far into Kelpie's and reads
@@ -508,11 +755,17 @@ impl AgentImport {
             })?
         };
         self.warnings = converted.warnings;
-        let bytes = encode(&converted.file)?;
-        self.reader = FileReader::new();
-        self.ended = false;
-        self.feed_inner(&bytes).await?;
-        self.reader.finish().map_err(ServiceError::Invalid)
+        self.plan = Some((converted.groups, converted.shared_blocks));
+        // Each agent is read as a Kelpie file of its own, one after another.
+        for file in &converted.agents {
+            let bytes = encode(file)?;
+            self.reader = FileReader::new();
+            (self.ended, self.version_seen) = (false, false);
+            self.feed_inner(&bytes).await?;
+            self.reader.finish().map_err(ServiceError::Invalid)?;
+            self.seal().await?;
+        }
+        Ok(())
     }
 
     /// Gives the import up (the upload broke): what was written is left to
@@ -521,17 +774,43 @@ impl AgentImport {
         self.abandon().await;
     }
 
+    /// Takes back everything: the groups and shared blocks made and the
+    /// agents that appeared are deleted; every agent still invisible is
+    /// left to the reclaimer.
     async fn abandon(&mut self) {
-        let Some(begun) = self.begun.take() else { return };
-        let id = begun.record.id;
-        let outcome = async {
-            self.parts.reclaimer.note(&id, PendingKind::Ended).await?;
-            self.parts.actors.invoke(&id, AgentCommand::AbandonImport).await?;
-            ServiceResult::Ok(())
+        let made = std::mem::take(&mut self.made);
+        let makers = &self.parts.makers;
+        for id in &made.groups {
+            if let Err(err) = makers.groups.delete(id).await {
+                tracing::warn!(%err, group_id = %id, "a group of a failed import was not deleted");
+            }
         }
-        .await;
-        if let Err(err) = outcome {
-            tracing::warn!(%err, agent_id = %id, "an abandoned import is left to its lease");
+        for id in &made.blocks {
+            if let Err(err) = makers.blocks.delete(id).await {
+                tracing::warn!(%err, block_id = %id, "a shared block of a failed import was not deleted");
+            }
+        }
+        for id in &made.agents {
+            let deleted = async {
+                makers.agents.delete(id).await?;
+                makers.groups.forget_agent(id).await
+            };
+            if let Err(err) = deleted.await {
+                tracing::warn!(%err, agent_id = %id, "an agent of a failed import was not deleted");
+            }
+        }
+        let unfinished = std::mem::take(&mut self.written).into_iter().chain(self.begun.take());
+        for begun in unfinished.filter(|begun| !made.agents.contains(&begun.record.id)) {
+            let id = begun.record.id;
+            let outcome = async {
+                self.parts.reclaimer.note(&id, PendingKind::Ended).await?;
+                self.parts.actors.invoke(&id, AgentCommand::AbandonImport).await?;
+                ServiceResult::Ok(())
+            }
+            .await;
+            if let Err(err) = outcome {
+                tracing::warn!(%err, agent_id = %id, "an abandoned import is left to its lease");
+            }
         }
     }
 
@@ -539,7 +818,14 @@ impl AgentImport {
         // Kelpie's parts under their `kelpie_` names (beside a Letta file's
         // parts, as exports write them) are read as the plain names.
         let unprefixed = |key: String| match key.strip_prefix("kelpie_") {
-            Some(name @ ("agent" | "messages" | "passages" | "custom_tools")) => name.to_string(),
+            Some(
+                name @ ("agent"
+                | "messages"
+                | "passages"
+                | "custom_tools"
+                | "conversations"
+                | "messages_of_conversations"),
+            ) => name.to_string(),
             _ => key,
         };
         let event = match event {
@@ -604,6 +890,16 @@ impl AgentImport {
                 self.passages.push(passage);
                 self.flush_if_full().await?;
             }
+            FileEvent::Item { key, value } if key == "conversations" => {
+                self.check_begun("conversations")?;
+                self.import_conversation(&value).await?;
+            }
+            FileEvent::Item { key, value } if key == "messages_of_conversations" => {
+                self.check_begun("conversation messages")?;
+                if !self.options.strip_messages {
+                    self.import_conversation_message(&value).await?;
+                }
+            }
             FileEvent::Item { key, value } if key == "custom_tools" => match self.version_seen {
                 true => self.upsert_tool(&value).await?,
                 false => self.pending_tools.push(value),
@@ -620,6 +916,56 @@ impl AgentImport {
         Ok(())
     }
 
+    /// Stores a conversation of the file in the agent, under a new id.
+    async fn import_conversation(&mut self, value: &[u8]) -> ServiceResult<()> {
+        let old: ConversationRecord = decode("a conversation", value)?;
+        if self.conversation_ids.len() >= AGENT_CONVERSATIONS_COUNT_MAX {
+            return Err(ServiceError::Invalid(format!(
+                "the file's agent holds more than AGENT_CONVERSATIONS_COUNT_MAX = {AGENT_CONVERSATIONS_COUNT_MAX} conversations"
+            )));
+        }
+        if self.conversation_ids.contains_key(&old.id) {
+            return Err(ServiceError::Invalid(format!("conversation {} is in the file twice", old.id)));
+        }
+        let agent_id = self.begun.as_ref().map(|begun| begun.record.id.clone()).unwrap_or_default();
+        let id = new_conversation_id(&agent_id, self.parts.env.rng.as_ref());
+        let record = ConversationRecord {
+            id: id.clone(),
+            agent_id: agent_id.clone(),
+            slot: 0,
+            messages: 0,
+            context: ContextState { start_seq: 0, ..old.context.clone() },
+            ..old.clone()
+        };
+        self.conversation_ids.insert(old.id, (id, old.context.start_seq));
+        self.parts.actors.invoke(&agent_id, AgentCommand::ImportConversation(Box::new(record))).await?;
+        Ok(())
+    }
+
+    /// Buffers a message of a conversation of the file, under a new id.
+    async fn import_conversation_message(&mut self, value: &[u8]) -> ServiceResult<()> {
+        let ConversationMessage { conversation_id, message } = decode("a conversation message", value)?;
+        let Some((new_conversation, window_start)) = self.conversation_ids.get(&conversation_id).cloned()
+        else {
+            return Err(ServiceError::Invalid(format!(
+                "not a kelpie agent file: a message of conversation {conversation_id}, not in the file before it"
+            )));
+        };
+        let agent_id = self.begun.as_ref().map(|begun| begun.record.id.as_str()).unwrap_or_default();
+        let compacted = message.seq < window_start;
+        let message = StoredMessage { id: new_message_id(agent_id, self.parts.env.rng.as_ref()), ..message };
+        let words = store::words(&message.searchable_text()).len();
+        // Its row, its id, its conversation index and its indexed words.
+        self.batch_ops += 3 + MESSAGE_INDEXED_WORDS_COUNT_MAX.min(words);
+        self.batch_bytes += value.len();
+        self.conversation_messages.push(ImportedMessage {
+            conversation_id: new_conversation,
+            message,
+            compacted,
+        });
+        self.flush_if_full().await
+    }
+
     async fn upsert_tool(&mut self, value: &[u8]) -> ServiceResult<()> {
         let tool: ToolRecord = decode("a custom tool", value)?;
         let old_id = tool.id.clone();
@@ -629,8 +975,10 @@ impl AgentImport {
     }
 
     async fn begin_from(&mut self, agent: &[u8]) -> ServiceResult<()> {
-        let record = self.fresh_record(decode("agent", agent)?)?;
-        self.begin(record).await
+        let record: AgentRecord = decode("agent", agent)?;
+        let file_id = record.id.clone();
+        let record = self.fresh_record(record)?;
+        self.begin(file_id, record).await
     }
 
     fn check_begun(&self, what: &str) -> ServiceResult<()> {
@@ -648,7 +996,7 @@ impl AgentImport {
     /// The file's agent with new ids for it and its blocks, checked as a
     /// create is (the name is settled at the end, when every option is known),
     /// linked to no folder, identity or group.
-    fn fresh_record(&self, mut record: AgentRecord) -> ServiceResult<AgentRecord> {
+    fn fresh_record(&mut self, mut record: AgentRecord) -> ServiceResult<AgentRecord> {
         let rng = self.parts.env.rng.as_ref();
         record.id = new_id("agent", rng);
         // A group's manager is an agent of this server, not of a file.
@@ -656,8 +1004,9 @@ impl AgentImport {
         check_name_and_tags(&record.name, &record.tags)?;
         let mut blocks = Vec::new();
         for old in record.memory.blocks() {
-            let mut block =
-                Block::new(new_id("block", rng), old.label.clone(), old.value.clone(), Some(old.limit))?;
+            // A block the file gives several agents keeps one new id.
+            let id = self.block_ids.entry(old.id.clone()).or_insert_with(|| new_id("block", rng)).clone();
+            let mut block = Block::new(id, old.label.clone(), old.value.clone(), Some(old.limit))?;
             block.description = old.description.clone();
             block.read_only = old.read_only;
             blocks.push(block);
@@ -672,11 +1021,13 @@ impl AgentImport {
     }
 
     /// Puts the agent on the reclaim list, then begins it, invisible.
-    async fn begin(&mut self, record: AgentRecord) -> ServiceResult<()> {
+    async fn begin(&mut self, file_id: String, record: AgentRecord) -> ServiceResult<()> {
+        assert!(self.begun.is_none(), "one agent is written at a time");
         let pending = self.parts.reclaimer.import_kind();
         self.parts.reclaimer.note(&record.id, pending.clone()).await?;
         let now = self.parts.env.clock.wall_ms();
-        self.begun = Some(Begun { record: record.clone(), pending, renewed_ms: now });
+        self.begun = Some(Begun { file_id, record: record.clone(), pending, renewed_ms: now });
+        self.conversation_ids.clear();
         let id = record.id.clone();
         self.parts.actors.invoke(&id, AgentCommand::ImportBegin(Box::new(record))).await?;
         Ok(())
@@ -694,7 +1045,7 @@ impl AgentImport {
     /// trusted), and renews the import's lease when half of it is gone.
     async fn flush(&mut self) -> ServiceResult<()> {
         let Some(begun) = &mut self.begun else { return Ok(()) };
-        if self.messages.is_empty() && self.passages.is_empty() {
+        if self.messages.is_empty() && self.passages.is_empty() && self.conversation_messages.is_empty() {
             return Ok(());
         }
         let mut passages = std::mem::take(&mut self.passages);
@@ -707,14 +1058,18 @@ impl AgentImport {
         }
         let messages = std::mem::take(&mut self.messages);
         self.messages_imported |= !messages.is_empty();
-        let batch = AgentCommand::ImportBatch { messages, passages };
+        let conversation_messages = std::mem::take(&mut self.conversation_messages);
+        let batch = AgentCommand::ImportBatch { messages, passages, conversation_messages };
         self.parts.actors.invoke(&begun.record.id, batch).await?;
         (self.batch_ops, self.batch_bytes) = (0, 0);
         let now = self.parts.env.clock.wall_ms();
         if now.saturating_sub(begun.renewed_ms) > super::reclaim::IMPORT_LEASE_MS / 2 {
-            let renewed = self.parts.reclaimer.import_kind();
-            self.parts.reclaimer.note(&begun.record.id, renewed.clone()).await?;
-            (begun.pending, begun.renewed_ms) = (renewed, now);
+            // The agents written before this one wait on the same lease.
+            for begun in self.written.iter_mut().chain(self.begun.iter_mut()) {
+                let renewed = self.parts.reclaimer.import_kind();
+                self.parts.reclaimer.note(&begun.record.id, renewed.clone()).await?;
+                (begun.pending, begun.renewed_ms) = (renewed, now);
+            }
         }
         Ok(())
     }

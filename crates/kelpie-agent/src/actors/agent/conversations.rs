@@ -65,10 +65,27 @@ impl ConversationFilter {
     }
 }
 
+/// One message of an imported conversation: `compacted` when it was out
+/// of the conversation's context window where it was exported (the window
+/// then starts after the last such message).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportedMessage {
+    pub conversation_id: String,
+    pub message: StoredMessage,
+    pub compacted: bool,
+}
+
 /// Stores `record` as a new conversation under the next slot; refused past
 /// `AGENT_CONVERSATIONS_COUNT_MAX`. The record as stored.
-pub(crate) fn create(ctx: &mut Ctx<'_>, mut record: ConversationRecord) -> Result<ConversationRecord> {
+pub(crate) fn create(ctx: &mut Ctx<'_>, record: ConversationRecord) -> Result<ConversationRecord> {
     store::agent(ctx)?;
+    insert(ctx, record)
+}
+
+/// [`create`] without asking whether the agent is visible (an import
+/// stores conversations before it is).
+pub(crate) fn insert(ctx: &mut Ctx<'_>, mut record: ConversationRecord) -> Result<ConversationRecord> {
+    assert!(ctx.state.agent.is_some(), "a conversation is stored in an agent");
     let held = ctx.state.conversations_count;
     if held >= AGENT_CONVERSATIONS_COUNT_MAX as u64 {
         return Err(Error::LimitExceeded {
@@ -114,6 +131,38 @@ pub(crate) async fn fork(
         }
         History::Agent => Err(Error::Internal("a fork writes into its own conversation".into())),
     }
+}
+
+/// Appends imported messages to their conversations, in order (each
+/// conversation read once per batch and saved after it).
+pub(crate) async fn import_messages(
+    ctx: &mut Ctx<'_>,
+    windows: &dyn MessageChanges,
+    imported: Vec<ImportedMessage>,
+) -> Result<()> {
+    let mut touched: Vec<History> = Vec::new();
+    for ImportedMessage { conversation_id, message, compacted } in imported {
+        let at = touched.iter().position(
+            |history| matches!(history, History::Conversation(record) if record.id == conversation_id),
+        );
+        let at = match at {
+            Some(at) => at,
+            None => {
+                let record = store::load_conversation_unchecked(ctx, &conversation_id).await?;
+                touched.push(History::Conversation(Box::new(record)));
+                touched.len() - 1
+            }
+        };
+        let stored =
+            store::put_message(ctx, windows, &mut touched[at], StoredMessage { seq: 0, ..message }).await?;
+        if let (true, History::Conversation(record)) = (compacted, &mut touched[at]) {
+            record.context.start_seq = stored.seq + 1;
+        }
+    }
+    for history in &touched {
+        history.save(ctx)?;
+    }
+    Ok(())
 }
 
 /// Applies `patch` to conversation `id`; the record after.

@@ -20,7 +20,7 @@ use kelpie_runtime::Actor;
 use serde::{Deserialize, Serialize};
 
 pub use archive::TagFilter;
-pub use conversations::{ConversationFilter, ConversationPatch};
+pub use conversations::{ConversationFilter, ConversationPatch, ImportedMessage};
 pub use runs::{
     RunFilter, OPEN_RUNS_COUNT_MAX, RUN_INTERRUPTED_ERROR, RUN_LOST_ERROR, RUN_SCAN_ROWS_COUNT_MAX,
     RUN_STEPS_COUNT_MAX,
@@ -153,7 +153,14 @@ pub enum AgentCommand {
     ImportBatch {
         messages: Vec<StoredMessage>,
         passages: Vec<Passage>,
+        /// Messages of the conversations [`AgentCommand::ImportConversation`]
+        /// stored, in order.
+        #[serde(default)]
+        conversation_messages: Vec<ImportedMessage>,
     },
+    /// Stores a conversation of an importing agent (new id, empty, its
+    /// window starting at the next message); its messages come in batches.
+    ImportConversation(Box<ConversationRecord>),
     /// Makes an imported agent visible under `name`, with `tool_ids`;
     /// `drop_messages` leaves the messages it was given to reclaim.
     ImportFinish {
@@ -488,8 +495,15 @@ impl Actor for AgentActor {
         match command {
             AgentCommand::Create(record) => create(ctx, *record),
             AgentCommand::ImportBegin(record) => import_begin(ctx, *record),
-            AgentCommand::ImportBatch { messages, passages } => {
-                import_batch(ctx, (indexes, windows), messages, passages).await
+            AgentCommand::ImportBatch { messages, passages, conversation_messages } => {
+                import_batch(ctx, (indexes, windows), messages, passages).await?;
+                conversations::import_messages(ctx, windows, conversation_messages).await?;
+                Ok(AgentReply::Done)
+            }
+            AgentCommand::ImportConversation(record) => {
+                check_importing(ctx)?;
+                conversations::insert(ctx, *record)?;
+                Ok(AgentReply::Done)
             }
             AgentCommand::ImportFinish { name, tool_ids, drop_messages } => {
                 import_finish(ctx, name, tool_ids, drop_messages).await
@@ -616,6 +630,13 @@ fn create(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {
     assert_eq!(record.id, ctx.actor_id.id(), "an agent record lives in its own actor");
     ctx.state.begin_agent(record.clone());
     Ok(AgentReply::Agent(Box::new(record)))
+}
+
+fn check_importing(ctx: &Ctx<'_>) -> Result<()> {
+    match ctx.state.importing && ctx.state.agent.is_some() {
+        true => Ok(()),
+        false => Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id()))),
+    }
 }
 
 fn import_begin(ctx: &mut Ctx<'_>, record: AgentRecord) -> Result<AgentReply> {

@@ -246,6 +246,11 @@ fn conversation_not_found(id: &str) -> Error {
 /// Conversation `id` of this agent; not found when it has none.
 pub(crate) async fn load_conversation(ctx: &mut Ctx<'_>, id: &str) -> Result<ConversationRecord> {
     agent(ctx)?;
+    load_conversation_unchecked(ctx, id).await
+}
+
+/// [`load_conversation`] of an agent visible or not (an import's).
+pub(crate) async fn load_conversation_unchecked(ctx: &mut Ctx<'_>, id: &str) -> Result<ConversationRecord> {
     let space = conversations(ctx);
     let Some(slot) = seq_of(ctx, &space, "i", id).await? else { return Err(conversation_not_found(id)) };
     match ctx.kv_get(&conversation_record_key(ctx, slot)).await? {

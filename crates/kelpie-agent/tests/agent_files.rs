@@ -1,0 +1,401 @@
+//! Agent files with several agents, groups and conversations, through the
+//! agent service over a real redb file: a Letta file of three agents
+//! sharing a block, in a round robin and a supervisor group, checked value
+//! by value after import; files that fail before or while their agents
+//! appear leave nothing visible; a file past `AGENT_FILE_AGENTS_COUNT_MAX`
+//! is refused; an export of an agent with two conversations imports with
+//! both, their summaries, messages and windows.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
+use kelpie_agent::node::{agent_runtimes, Placement};
+use kelpie_agent::page::Page;
+use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateBlock};
+use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery, Target};
+use kelpie_agent::service::groups::GroupFilter;
+use kelpie_agent::service::runs::TurnInput;
+use kelpie_agent::service::transfer::ImportOptions;
+use kelpie_agent::{AgentService, ServiceError};
+use kelpie_core::config::{ConfigLayers, Origin};
+use kelpie_core::{Env, NodeId};
+use kelpie_llm::catalog::ModelCatalog;
+use kelpie_llm::fake::FakeLlm;
+use kelpie_llm::LlmClients;
+use kelpie_runtime::RuntimeConfig;
+use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
+use kelpie_storage::Storage;
+use kelpie_tools::{RunnerSettings, ToolRunner};
+use serde_json::{json, Value};
+
+fn service(storage: &Storage, dir: &std::path::Path, llm_base_url: &str) -> AgentService {
+    let mut layers = ConfigLayers::new();
+    let flag = Origin::Flag("test".into());
+    layers.set("llm.openai_base_url", llm_base_url, flag.clone()).unwrap();
+    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
+    let llm_config = layers.resolve().unwrap().llm;
+    let llm = LlmClients::from_config(&llm_config).unwrap();
+    let catalog = ModelCatalog::new(llm_config, llm.clone());
+    let runner = ToolRunner::new(
+        std::sync::Arc::new(UnsandboxedBackend::open(dir.join("run"))),
+        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
+    );
+    let env = Env::production();
+    let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
+    let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
+    AgentService::new(runtimes, env, std::sync::Arc::new(llm), catalog, std::sync::Arc::new(runner))
+}
+
+const SHOUT: &str = "def shout(text: str) -> str:\n    \"\"\"Says text loudly.\n\n    Args:\n        text: what to say\n    \"\"\"\n    return text.upper()\n";
+
+fn text(content: &str) -> Value {
+    json!([{"type": "text", "text": content}])
+}
+
+/// Agent `n` of a Letta file: the shared `human` block, a persona of its
+/// own, the shared custom tool, and two messages of its own.
+fn letta_agent(n: usize, name: &str) -> Value {
+    json!({
+        "id": format!("agent-{n}"), "name": name, "system": format!("You are {name}."),
+        "agent_type": "letta_v1_agent", "block_ids": ["block-0", format!("block-{}", n + 1)],
+        "tool_ids": ["tool-0"], "tool_rules": [], "tags": [format!("team-{n}")],
+        "description": format!("member {n}"), "metadata": {"n": n},
+        "llm_config": {"model": "fake-gpt", "model_endpoint_type": "openai", "context_window": 32000,
+                       "handle": "openai-proxy/fake-gpt"},
+        "embedding_config": {"handle": "local/hash-embedding"},
+        "messages": [
+            {"id": format!("message-{}", 2 * n), "role": "user", "content": text(&format!("hello {name}")),
+             "created_at": "2025-01-01T00:00:00Z"},
+            {"id": format!("message-{}", 2 * n + 1), "role": "assistant",
+             "content": text(&format!("{name} here")), "created_at": "2025-01-01T00:00:01Z"},
+        ],
+        "in_context_message_ids": [format!("message-{}", 2 * n), format!("message-{}", 2 * n + 1)],
+    })
+}
+
+/// A Letta file: three agents sharing `block-0`, a round robin group of
+/// all three and a supervisor group agent-0 manages over the other two.
+fn three_agent_file() -> Value {
+    let names = ["ada", "bob", "cy"];
+    json!({
+        "agents": names.iter().enumerate().map(|(n, name)| letta_agent(n, name)).collect::<Vec<_>>(),
+        "groups": [
+            {"id": "group-0", "agent_ids": ["agent-0", "agent-1", "agent-2"], "description": "everyone",
+             "manager_config": {"manager_type": "round_robin", "max_turns": 3}, "shared_block_ids": []},
+            {"id": "group-1", "agent_ids": ["agent-1", "agent-2"], "description": "ada leads",
+             "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-0"},
+             "shared_block_ids": []},
+        ],
+        "blocks": [
+            {"id": "block-0", "label": "human", "value": "The team's user.", "limit": 5000},
+            {"id": "block-1", "label": "persona", "value": "I am ada.", "limit": 5000},
+            {"id": "block-2", "label": "persona", "value": "I am bob.", "limit": 5000},
+            {"id": "block-3", "label": "persona", "value": "I am cy.", "limit": 5000, "read_only": true},
+        ],
+        "tools": [{"id": "tool-0", "name": "shout", "tool_type": "custom", "source_type": "python",
+                   "source_code": SHOUT, "description": "Says text loudly.",
+                   "json_schema": {"name": "shout", "description": "Says text loudly.",
+                                   "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
+                                                  "required": ["text"]}}}],
+        "files": [], "sources": [], "mcp_servers": [], "metadata": {}, "created_at": "2025-01-01T00:00:00Z",
+    })
+}
+
+fn everything() -> Page {
+    Page { before: None, after: None, limit: 1000, descending: false }
+}
+
+fn no_suffix() -> ImportOptions {
+    ImportOptions { append_copy_suffix: false, ..ImportOptions::default() }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().unwrap().iter().map(|item| item.as_str().unwrap().to_string()).collect()
+}
+
+/// `(message_type, content)` of each message.
+fn said(messages: &[Value]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .map(|m| (m["message_type"].as_str().unwrap().into(), m["content"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_a_shared_block_and_two_groups_import_with_every_reference_remapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    let answer = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    let ids = strings(&answer["agent_ids"]);
+    assert_eq!(ids.len(), 3, "{answer}");
+    let mut agents = Vec::new();
+    for id in &ids {
+        assert!(id.starts_with("agent-") && id.len() > "agent-2".len(), "a new id: {id}");
+        agents.push(service.agents.get(id).await.unwrap());
+    }
+    // File order, every field the file gave.
+    for (n, (agent, name)) in agents.iter().zip(["ada", "bob", "cy"]).enumerate() {
+        assert_eq!(agent["name"], name);
+        assert_eq!(agent["system"], format!("You are {name}."));
+        assert_eq!(agent["description"], format!("member {n}"));
+        assert_eq!(agent["tags"], json!([format!("team-{n}")]));
+        let blocks = agent["blocks"].as_array().unwrap();
+        let labels: Vec<&str> = blocks.iter().map(|b| b["label"].as_str().unwrap()).collect();
+        assert_eq!(labels, vec!["human", "persona"]);
+        assert_eq!(blocks[0]["value"], "The team's user.");
+        assert_eq!(blocks[1]["value"], format!("I am {name}."));
+        assert_eq!(blocks[1]["read_only"], n == 2);
+        let tools: Vec<&str> =
+            agent["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(tools, vec!["shout"]);
+        let messages = service.agents.list_messages(&ids[n], &everything()).await.unwrap();
+        assert_eq!(
+            said(&messages),
+            vec![
+                ("user_message".to_string(), format!("hello {name}")),
+                ("assistant_message".to_string(), format!("{name} here")),
+            ]
+        );
+        for message in &messages {
+            let id = message["id"].as_str().unwrap();
+            assert!(
+                id.starts_with("message-") && id.len() > "message-10".len(),
+                "a new message id: {message}"
+            );
+        }
+    }
+    // One custom tool for the three, not one each.
+    let tool_ids: Vec<&Value> = agents.iter().map(|agent| &agent["tools"][0]["id"]).collect();
+    assert!(tool_ids.iter().all(|id| *id == tool_ids[0]), "{tool_ids:?}");
+    // The human block is one shared block: same id in the three, listed, linked to all.
+    let human: Vec<String> =
+        agents.iter().map(|a| a["blocks"][0]["id"].as_str().unwrap().to_string()).collect();
+    assert!(human.iter().all(|id| *id == human[0]) && human[0] != "block-0", "{human:?}");
+    let personas: Vec<&Value> = agents.iter().map(|a| &a["blocks"][1]["id"]).collect();
+    assert!(personas[0] != personas[1] && personas[1] != personas[2], "{personas:?}");
+    let shared = service.blocks.list(None, &everything()).await.unwrap();
+    assert_eq!(shared.len(), 1, "only the shared block is standalone: {shared:?}");
+    assert_eq!(
+        (shared[0]["id"].as_str(), shared[0]["value"].as_str()),
+        (Some(human[0].as_str()), Some("The team's user."))
+    );
+    let holders: Vec<String> = service
+        .blocks
+        .agents(&human[0], &everything())
+        .await
+        .unwrap()
+        .iter()
+        .map(|agent| agent["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(holders, ids);
+    // It stays shared: a change reaches every agent.
+    let update = UpdateBlock { value: Some("Likes tea.".into()), ..UpdateBlock::default() };
+    service.blocks.update(&human[0], update).await.unwrap();
+    for id in &ids {
+        assert_eq!(service.agents.get_block(id, "human").await.unwrap()["value"], "Likes tea.");
+    }
+    // The groups, their members and manager remapped to the new agents.
+    let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let round_robin = groups.iter().find(|g| g["manager_type"] == "round_robin").unwrap();
+    assert_eq!(strings(&round_robin["agent_ids"]), ids);
+    assert_eq!(
+        (round_robin["description"].as_str(), round_robin["max_turns"].as_u64()),
+        (Some("everyone"), Some(3))
+    );
+    assert_eq!(round_robin["manager_agent_id"], Value::Null);
+    let supervisor = groups.iter().find(|g| g["manager_type"] == "supervisor").unwrap();
+    assert_eq!(strings(&supervisor["agent_ids"]), ids[1..].to_vec());
+    assert_eq!(supervisor["manager_agent_id"].as_str(), Some(ids[0].as_str()));
+    assert_eq!(supervisor["description"], "ada leads");
+    let of_bob = service.groups.of_agent(&ids[1], &GroupFilter::default(), &everything()).await.unwrap();
+    assert_eq!(of_bob.len(), 2);
+    // Three agents listed, nothing else.
+    let listed = service.agents.list(None, &[], false, &everything()).await.unwrap();
+    let mut listed: Vec<String> = listed.iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let mut expected = ids.clone();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(service.reclaimer.pending().await.unwrap().is_empty(), "an import that finished leaves no entry");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_fails_before_or_while_its_agents_appear_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    // The third agent's name is blank: refused once the first two are written.
+    let mut invalid = three_agent_file();
+    invalid["agents"][2]["name"] = json!("   ");
+    let file = serde_json::to_vec(&invalid).unwrap();
+    match service.transfer.import_bytes(&file, no_suffix()).await {
+        Err(ServiceError::Invalid(why)) => assert!(why.contains("name"), "{why}"),
+        other => panic!("a blank name: {other:?}"),
+    }
+    // A group the agents cannot join (its shared block's label is one they
+    // hold already): refused after the agents appeared, which are taken back.
+    let mut clash = three_agent_file();
+    clash["blocks"].as_array_mut().unwrap().push(json!({"id": "block-4", "label": "human", "value": "x"}));
+    clash["groups"][0]["shared_block_ids"] = json!(["block-4"]);
+    let file = serde_json::to_vec(&clash).unwrap();
+    match service.transfer.import_bytes(&file, no_suffix()).await {
+        Err(ServiceError::Invalid(why)) => {
+            assert!(why.contains("already has a block labelled \"human\""), "{why}")
+        }
+        other => panic!("a clashing shared block: {other:?}"),
+    }
+    // Nothing of either is listed, found or left in the stores.
+    assert_eq!(service.agents.list(None, &[], false, &everything()).await.unwrap(), Vec::<Value>::new());
+    assert_eq!(
+        service.groups.list(&GroupFilter::default(), &everything()).await.unwrap(),
+        Vec::<Value>::new()
+    );
+    assert_eq!(service.blocks.list(None, &everything()).await.unwrap(), Vec::<Value>::new());
+    let pending = service.reclaimer.pending().await.unwrap();
+    assert_eq!(pending.len(), 2 + 3, "two written agents, three that appeared, all to reclaim: {pending:?}");
+    for entry in &pending {
+        match service.agents.get(&entry.agent_id).await {
+            Err(ServiceError::AgentNotFound(id)) => assert_eq!(id, entry.agent_id),
+            other => panic!("agent {} of a failed import: {other:?}", entry.agent_id),
+        }
+    }
+    service.reclaimer.run_once().await.unwrap();
+    assert!(service.reclaimer.pending().await.unwrap().is_empty());
+    // The same file, fixed, imports whole.
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    let answer = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    assert_eq!(strings(&answer["agent_ids"]).len(), 3);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_past_the_agent_count_max_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let mut file = three_agent_file();
+    file["groups"] = json!([]);
+    file["agents"] =
+        (0..=AGENT_FILE_AGENTS_COUNT_MAX).map(|n| letta_agent(n % 3, &format!("a{n}"))).collect();
+    for (n, agent) in file["agents"].as_array_mut().unwrap().iter_mut().enumerate() {
+        agent["id"] = json!(format!("agent-{n}"));
+        agent["messages"] = json!([]);
+    }
+    let bytes = serde_json::to_vec(&file).unwrap();
+    match service.transfer.import_bytes(&bytes, no_suffix()).await {
+        Err(ServiceError::Invalid(why)) => assert!(
+            why.contains(&format!(
+                "{} agents, over AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}",
+                AGENT_FILE_AGENTS_COUNT_MAX + 1
+            )),
+            "{why}"
+        ),
+        other => panic!("past the max: {other:?}"),
+    }
+    assert!(service.reclaimer.pending().await.unwrap().is_empty(), "nothing was begun");
+    // At the max it imports, every agent in file order.
+    file["agents"].as_array_mut().unwrap().pop();
+    let bytes = serde_json::to_vec(&file).unwrap();
+    let answer = service.transfer.import_bytes(&bytes, no_suffix()).await.unwrap();
+    let ids = strings(&answer["agent_ids"]);
+    assert_eq!(ids.len(), AGENT_FILE_AGENTS_COUNT_MAX);
+    for (n, id) in ids.iter().enumerate().step_by(33) {
+        assert_eq!(service.agents.get(id).await.unwrap()["name"], format!("a{n}"));
+    }
+    service.shutdown().await;
+}
+
+fn query(agent_id: &str) -> ConversationQuery {
+    ConversationQuery {
+        agent_id: Some(agent_id.to_string()),
+        after: None,
+        limit: 100,
+        summary_search: None,
+        descending: false,
+        order_by: ConversationOrder::CreatedAt,
+    }
+}
+
+/// What a conversation is, without its ids: summary, model, messages,
+/// in-context count, compaction summary.
+async fn conversation_view(service: &AgentService, agent_id: &str, id: &str) -> Value {
+    let located = service.conversations.locate(id).await.unwrap();
+    assert_eq!(located.agent_id, agent_id);
+    let messages = service.agents.list_history_messages((agent_id, Some(id)), &everything()).await.unwrap();
+    json!({
+        "summary": located.record.summary, "model": located.record.model,
+        "messages": said(&messages).iter().map(|(kind, content)| format!("{kind}: {content}")).collect::<Vec<_>>(),
+        "in_context": located.in_context.len(), "held": located.record.messages,
+        "compaction": located.record.context.summary,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_and_import_keeps_two_conversations_with_their_messages_and_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), &fake.base_url());
+    let request = CreateAgent { name: Some("tutor".into()), ..CreateAgent::default() };
+    let agent = service.agents.create(request, None).await.unwrap()["id"].as_str().unwrap().to_string();
+    let mut originals = Vec::new();
+    for (summary, turns) in [("algebra", 4), ("poetry", 2)] {
+        let input = ConversationInput { summary: Some(summary.into()), ..ConversationInput::default() };
+        let id =
+            service.conversations.create(&agent, input).await.unwrap()["id"].as_str().unwrap().to_string();
+        for i in 0..turns {
+            let turn = TurnInput::Texts(vec![format!("{summary} {i}")]);
+            service.runs.run_turn_in((&agent, Some(id.clone())), turn, None, None, None).await.unwrap();
+        }
+        originals.push(id);
+    }
+    // The first conversation's window is compacted: part of it is summarized.
+    service
+        .conversations
+        .compact(&Target::Conversation(originals[0].clone()), SummarizeRequest::default())
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    for id in &originals {
+        before.push(conversation_view(&service, &agent, id).await);
+    }
+    assert!(before[0]["compaction"].is_string(), "compacted: {}", before[0]);
+    assert!(
+        before[0]["in_context"].as_u64().unwrap() < before[0]["held"].as_u64().unwrap(),
+        "the window lost messages: {}",
+        before[0]
+    );
+    assert_eq!(before[1]["messages"].as_array().unwrap().len(), 4, "{}", before[1]);
+
+    let exported = service.transfer.export_value(&agent).await.unwrap();
+    assert_eq!(exported["kelpie_conversations"].as_array().unwrap().len(), 2);
+    let file = serde_json::to_vec(&exported).unwrap();
+    let answer = service.transfer.import_bytes(&file, ImportOptions::default()).await.unwrap();
+    let copy = answer["agent_ids"][0].as_str().unwrap().to_string();
+    assert_eq!(service.agents.get(&copy).await.unwrap()["name"], "tutor");
+    let listed = service.conversations.list(query(&copy)).await.unwrap();
+    let copies: Vec<String> = listed.iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(copies.len(), 2, "{listed:?}");
+    for (copy_id, original) in copies.iter().zip(&originals) {
+        assert!(copy_id.starts_with("conv-") && copy_id != original, "a new id: {copy_id}");
+    }
+    for (n, copy_id) in copies.iter().enumerate() {
+        assert_eq!(conversation_view(&service, &copy, copy_id).await, before[n], "conversation {n}");
+    }
+    // The originals are untouched, and a file without conversations imports with none.
+    assert_eq!(service.conversations.list(query(&agent)).await.unwrap().len(), 2);
+    let mut without = exported.clone();
+    without.as_object_mut().unwrap().retain(|key, _| !key.contains("conversations"));
+    let answer = service
+        .transfer
+        .import_bytes(&serde_json::to_vec(&without).unwrap(), ImportOptions::default())
+        .await
+        .unwrap();
+    let bare = answer["agent_ids"][0].as_str().unwrap();
+    assert_eq!(service.conversations.list(query(bare)).await.unwrap(), Vec::<Value>::new());
+    service.shutdown().await;
+}

@@ -1,0 +1,153 @@
+"""Letta agent files with several agents and groups, and conversations in
+Kelpie's export, through the official `letta-client` as a user writes it.
+
+letta-client 1.12.1 has no groups resource (Letta marks the routes
+deprecated): groups are read with the client's own raw list call and its
+auto-pager, parsed into the SDK's Group model; agents, blocks, messages
+and conversations go through the SDK's resources.
+"""
+
+import json
+
+import pytest
+from letta_client import APIStatusError
+from letta_client.pagination import SyncArrayPage
+from letta_client.types.agent_state import ManagedGroup as Group
+
+MEMBERS = ["py-af-lead", "py-af-left", "py-af-right", "py-af-extra"]
+# The server's AGENT_FILE_AGENTS_COUNT_MAX.
+AGENT_FILE_AGENTS_COUNT_MAX = 100
+
+
+def _agent(n, name):
+    return {
+        "id": f"agent-{n}",
+        "name": name,
+        "system": f"You are {name}.",
+        "agent_type": "letta_v1_agent",
+        "block_ids": ["block-0", f"block-{n + 1}"],
+        "tool_ids": [],
+        "tool_rules": [],
+        "tags": ["py-af"],
+        "llm_config": {"handle": "openai-proxy/fake-gpt", "model": "fake-gpt", "context_window": 16000},
+        "messages": [
+            {"id": f"message-{2 * n}", "role": "user", "content": [{"type": "text", "text": f"hi {name}"}]},
+            {"id": f"message-{2 * n + 1}", "role": "assistant", "content": [{"type": "text", "text": f"{name} here"}]},
+        ],
+    }
+
+
+def _team_file():
+    """Four agents sharing the `human` block; a round robin group of all of
+    them and a supervisor group the first manages over the next two."""
+    return {
+        "agents": [_agent(n, name) for n, name in enumerate(MEMBERS)],
+        "groups": [
+            {"id": "group-0", "agent_ids": [f"agent-{n}" for n in range(4)], "description": "py-af all",
+             "manager_config": {"manager_type": "round_robin", "max_turns": 4}, "shared_block_ids": []},
+            {"id": "group-1", "agent_ids": ["agent-1", "agent-2"], "description": "py-af led",
+             "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-0"},
+             "shared_block_ids": []},
+        ],
+        "blocks": [{"id": "block-0", "label": "human", "value": "A shared user.", "limit": 2000}]
+        + [{"id": f"block-{n + 1}", "label": "persona", "value": f"I am {name}.", "limit": 2000}
+           for n, name in enumerate(MEMBERS)],
+        "tools": [], "files": [], "sources": [], "mcp_servers": [], "metadata": {},
+    }
+
+
+def _groups(client, **params):
+    pager = client.get_api_list("/v1/groups/", model=Group, page=SyncArrayPage[Group], options={"params": params})
+    return list(pager)
+
+
+def _import(client, file, **options):
+    return client.agents.import_file(file=("team.af", json.dumps(file).encode(), "application/json"), **options)
+
+
+def test_a_file_of_several_agents_and_groups_imports_them_all(client):
+    imported = _import(client, _team_file(), append_copy_suffix=False)
+    ids = imported.agent_ids
+    assert len(ids) == len(MEMBERS) and len(set(ids)) == len(MEMBERS)
+    # File order; every agent holds its persona and the one shared human block.
+    human_ids = set()
+    for agent_id, name in zip(ids, MEMBERS):
+        agent = client.agents.retrieve(agent_id)
+        assert (agent.name, agent.system) == (name, f"You are {name}.")
+        blocks = {block.label: block for block in client.agents.blocks.list(agent_id)}
+        assert blocks["persona"].value == f"I am {name}."
+        assert blocks["human"].value == "A shared user."
+        human_ids.add(blocks["human"].id)
+        said = [(m.message_type, m.content) for m in client.agents.messages.list(agent_id, order="asc")]
+        assert said == [("user_message", f"hi {name}"), ("assistant_message", f"{name} here")]
+    assert len(human_ids) == 1, human_ids
+    [human_id] = human_ids
+    assert sorted(agent.id for agent in client.blocks.agents.list(human_id)) == sorted(ids)
+    # Pages of 2 through the auto-pager reach every imported agent.
+    listed = [agent.id for agent in client.agents.list(limit=2, tags=["py-af"]) if agent.id in ids]
+    assert sorted(listed) == sorted(ids)
+    # The groups, members and manager remapped to the new agents (pages of 1).
+    groups = {group.description: group for group in _groups(client, limit=1) if group.description.startswith("py-af")}
+    assert set(groups) == {"py-af all", "py-af led"}
+    everyone, led = groups["py-af all"], groups["py-af led"]
+    assert (everyone.manager_type, everyone.agent_ids, everyone.max_turns) == ("round_robin", ids, 4)
+    assert (led.manager_type, led.agent_ids, led.manager_agent_id) == ("supervisor", ids[1:3], ids[0])
+    # A shared block edit reaches every member.
+    client.blocks.update(human_id, value="Renamed user.")
+    assert {client.agents.blocks.retrieve("human", agent_id=agent_id).value for agent_id in ids} == {"Renamed user."}
+    for group in groups.values():
+        client.delete(f"/v1/groups/{group.id}", cast_to=object)
+    for agent_id in ids:
+        client.agents.delete(agent_id)
+
+
+def test_files_that_cannot_be_imported_whole_leave_nothing(client):
+    before = {agent.id for agent in client.agents.list(limit=50)}
+    groups_before = {group.id for group in _groups(client, limit=50)}
+    broken = _team_file()
+    broken["agents"][3]["name"] = ""
+    with pytest.raises(APIStatusError) as refused:
+        _import(client, broken)
+    assert refused.value.status_code == 422 and "name" in refused.value.body["detail"]
+    crowded = _team_file()
+    crowded["groups"] = []
+    crowded["agents"] = [dict(_agent(n % 4, f"py-crowd-{n}"), id=f"agent-{n}") for n in range(AGENT_FILE_AGENTS_COUNT_MAX + 1)]
+    with pytest.raises(APIStatusError) as refused:
+        _import(client, crowded)
+    assert refused.value.status_code == 422
+    assert "AGENT_FILE_AGENTS_COUNT_MAX" in refused.value.body["detail"], refused.value.body
+    stranger = _team_file()
+    stranger["groups"][1]["manager_config"]["manager_agent_id"] = "agent-9"
+    with pytest.raises(APIStatusError) as refused:
+        _import(client, stranger)
+    assert refused.value.status_code == 422 and "agent-9" in refused.value.body["detail"]
+    assert {agent.id for agent in client.agents.list(limit=50)} == before
+    assert {group.id for group in _groups(client, limit=50)} == groups_before
+
+
+def test_conversations_travel_in_kelpie_export(client):
+    agent = client.agents.create(name="py-af-convo", model="openai-proxy/fake-gpt",
+                                 memory_blocks=[{"label": "human", "value": "Name: Ana."}])
+    made = []
+    for summary, texts in [("openings", ["e4", "d4"]), ("endings", ["rook"])]:
+        conversation = client.conversations.create(agent_id=agent.id, summary=summary)
+        for text in texts:
+            # One turn, streamed (the SDK's only way), read to its end.
+            list(client.conversations.messages.create(conversation.id, messages=[{"role": "user", "content": text}]))
+        made.append(conversation)
+    exported = client.agents.export_file(agent.id)
+    imported = client.agents.import_file(file=("agent.af", exported.encode(), "application/json"))
+    [copy_id] = imported.agent_ids
+    copies = {c.summary: c for c in client.conversations.list(agent_id=copy_id)}
+    assert set(copies) == {"openings", "endings"}
+    for original in made:
+        copy = copies[original.summary]
+        assert copy.id != original.id and copy.agent_id == copy_id
+        def said(conversation_id):
+            messages = client.conversations.messages.list(conversation_id, order="asc")
+            return [(m.message_type, m.content) for m in messages
+                    if m.message_type in ("user_message", "assistant_message")]
+        assert said(copy.id) == said(original.id)
+        assert len(said(copy.id)) == 2 * (2 if original.summary == "openings" else 1)
+    client.agents.delete(copy_id)
+    client.agents.delete(agent.id)
