@@ -3,8 +3,11 @@
 //! database and one placement directory. Clients on every node invoke the
 //! same two actors concurrently while nodes crash and restart, clocks jump
 //! (a node whose wall clock leaps past a lease claims an actor another node
-//! still believes it holds, making that one a zombie), tasks starve and
-//! database calls fail or stall. After every step the shared properties of
+//! still believes it holds, making that one a zombie), tasks starve,
+//! database and directory calls fail or stall, and now and then the reply
+//! to a directory change the directory applied is lost. The probe's handler
+//! panics on some requests, and on even seeds a node keeps one actor
+//! active, so switching actors evicts the other. After every step the shared properties of
 //! `kelpie_dst::properties` are checked on what the scenario observes.
 //!
 //! Replay one seed: `DST_SEED=<seed> cargo test -p kelpie-runtime --test dst_single_activation`.
@@ -26,7 +29,9 @@ use kelpie_storage::{MemoryBackend, Storage};
 
 use dst::checks::{register_properties, Checked};
 use dst::probe::{client, ProbeActor};
-use dst::world::{lock, DatabaseLink, NodeBackend, Observations, RecordingPlacementStore, SharedDatabase};
+use dst::world::{
+    lock, DatabaseLink, NodeBackend, NodeDirectory, Observations, RecordingPlacementStore, SharedDatabase,
+};
 
 const NODES_COUNT: usize = 3;
 const ACTORS_COUNT: u64 = 2;
@@ -42,6 +47,9 @@ const CHAOS_PAUSE_MS_MAX: u64 = 200;
 /// Largest clock jump the chaos task applies: enough to outrun a lease.
 const CLOCK_JUMP_MS_MAX: u64 = 3 * LEASE_MS;
 const RESTART_AFTER_MS: u64 = 80;
+/// Share of directory changes whose reply the node loses after the
+/// directory applied them.
+const DIRECTORY_LOST_REPLY_PROBABILITY: f64 = 0.01;
 /// Every request whose number is a multiple of this makes the probe's
 /// handler panic after it changed the state.
 const PROBE_PANIC_EVERY: u64 = 10;
@@ -118,7 +126,12 @@ async fn boot(world: World, node: SimNode) {
     let link = DatabaseLink::default();
     let backend = NodeBackend { database: Arc::clone(&world.database), node: node.clone(), link };
     let storage = Storage::from_backend(Arc::new(backend));
-    let registry = Registry::with_lease(Arc::clone(&world.directory), env.clock.clone(), LEASE_MS);
+    let directory = NodeDirectory {
+        inner: Arc::clone(&world.directory),
+        node: node.clone(),
+        lost_reply_probability: DIRECTORY_LOST_REPLY_PROBABILITY,
+    };
+    let registry = Registry::with_lease(Arc::new(directory), env.clock.clone(), LEASE_MS);
     let mut config = RuntimeConfig::new(node.id().clone());
     config.idle_timeout_ms = IDLE_TIMEOUT_MS;
     config.invocation_timeout_ms = INVOCATION_TIMEOUT_MS;

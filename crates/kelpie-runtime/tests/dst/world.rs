@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
 use kelpie_core::env::BoxFuture;
-use kelpie_core::{ActorId, Clock, Error, NodeId, Result};
+use kelpie_core::{ActorId, Clock, Error, NodeId, Result, RngSource};
 use kelpie_dst::properties::{
     LeaseEvent, ObservedActivation, ObservedCommit, ObservedFence, ObservedPlacement, Phase, VersionedValue,
 };
@@ -340,6 +340,54 @@ impl PlacementStore for RecordingPlacementStore {
                 let mut observed = lock(&observations);
                 observed.lease_events.push(event);
                 observed.directory.insert(next.actor_id.clone(), next);
+            }
+            Ok(result)
+        })
+    }
+}
+
+/// One node's path to the shared directory: every call first passes the
+/// node's simulated disk, so its read failures, latency and crash reach the
+/// directory too; and now and then (`lost_reply_probability`) a change the
+/// directory applied is answered as a failure, as when the reply is lost
+/// after the database committed: the node then holds a lease it does not
+/// know of.
+pub struct NodeDirectory {
+    pub inner: Arc<dyn PlacementStore>,
+    pub node: SimNode,
+    pub lost_reply_probability: f64,
+}
+
+impl NodeDirectory {
+    async fn probe(node: &SimNode, operation: &'static str) -> Result<()> {
+        let outcome = node.storage().get(b"directory-link").await;
+        outcome.map(|_| ()).map_err(|e| Error::StorageIo { operation, reason: e.to_string() })
+    }
+}
+
+impl PlacementStore for NodeDirectory {
+    fn get(&self, actor_id: &ActorId) -> BoxFuture<Result<Option<PlacementRecord>>> {
+        let (inner, node, actor_id) = (Arc::clone(&self.inner), self.node.clone(), actor_id.clone());
+        Box::pin(async move {
+            Self::probe(&node, "directory get").await?;
+            inner.get(&actor_id).await
+        })
+    }
+
+    fn compare_and_set(
+        &self,
+        expected: Option<PlacementRecord>,
+        next: PlacementRecord,
+    ) -> BoxFuture<Result<CasResult>> {
+        let (inner, node, lost) = (Arc::clone(&self.inner), self.node.clone(), self.lost_reply_probability);
+        Box::pin(async move {
+            Self::probe(&node, "directory compare-and-set").await?;
+            let result = inner.compare_and_set(expected, next).await?;
+            if node.rng().gen_bool(lost) {
+                return Err(Error::StorageIo {
+                    operation: "directory compare-and-set",
+                    reason: format!("reply lost after the directory answered {result:?}"),
+                });
             }
             Ok(result)
         })
