@@ -5,6 +5,7 @@
 //! the cluster" by judging the table's rows with [`membership::liveness`].
 //! Every decision is the core's; this module only moves data.
 
+use kelpie_core::metrics::{self, MEMBERSHIP_EVENTS};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -167,16 +168,27 @@ impl Member {
             let Some(action) = queue.pop_front() else { break };
             match action {
                 MemberAction::WriteHeartbeat { status } => match self.write(status).await {
-                    Ok(sent_ms) => queue.extend(self.core().step(MemberInput::HeartbeatAcked { sent_ms })),
-                    Err(err) => first_error = first_error.or(Some(err)),
+                    Ok(sent_ms) => {
+                        metrics::increment(&MEMBERSHIP_EVENTS, &["heartbeat_committed"], 1);
+                        queue.extend(self.core().step(MemberInput::HeartbeatAcked { sent_ms }))
+                    }
+                    Err(err) => {
+                        metrics::increment(&MEMBERSHIP_EVENTS, &["heartbeat_failed"], 1);
+                        first_error = first_error.or(Some(err))
+                    }
                 },
                 MemberAction::Isolated => {
+                    metrics::increment(&MEMBERSHIP_EVENTS, &["isolated"], 1);
                     tracing::warn!(node = %self.inner.node_id, "no heartbeat committed for a timeout: isolated")
                 }
                 MemberAction::Reconnected => {
+                    metrics::increment(&MEMBERSHIP_EVENTS, &["reconnected"], 1);
                     tracing::info!(node = %self.inner.node_id, "heartbeats commit again")
                 }
-                MemberAction::Stop => self.halt(),
+                MemberAction::Stop => {
+                    metrics::increment(&MEMBERSHIP_EVENTS, &["stopped"], 1);
+                    self.halt()
+                }
             }
         }
         assert!(queue.is_empty(), "membership actions exceed MEMBER_ACTIONS_PER_ROUND_COUNT_MAX");

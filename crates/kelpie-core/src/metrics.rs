@@ -97,7 +97,7 @@ pub const STORAGE_WRITES: Family = Family {
 };
 pub const STORAGE_FSYNCS: Family = Family {
     name: "kelpie_storage_fsyncs_total",
-    help: "Durable flushes of the embedded store; one flush carries a whole group-commit batch.",
+    help: "Durable flushes: redb commits (one carries a whole group-commit batch) and PostgreSQL transactions that wrote.",
     kind: Kind::Counter,
     labels: &["backend"],
 };
@@ -114,6 +114,37 @@ pub const SANDBOX_TOOL_RUNS: Family = Family {
     labels: &["outcome"],
 };
 
+pub const ACTOR_ACTIVATIONS: Family = Family {
+    name: "kelpie_actor_activations_total",
+    help: "Actor activations started on this node, by outcome: activated (claimed and loaded) or failed.",
+    kind: Kind::Counter,
+    labels: &["outcome"],
+};
+pub const ACTOR_DEACTIVATIONS: Family = Family {
+    name: "kelpie_actor_deactivations_total",
+    help: "Actor activations ended on this node, by reason: idle, requested (eviction, shutdown, a move) or lease_lost.",
+    kind: Kind::Counter,
+    labels: &["reason"],
+};
+pub const LEASE_OPERATIONS: Family = Family {
+    name: "kelpie_lease_operations_total",
+    help: "Lease operations an activation asked of the placement directory, by operation (claim, renew, release) and outcome.",
+    kind: Kind::Counter,
+    labels: &["operation", "outcome"],
+};
+pub const MEMBERSHIP_EVENTS: Family = Family {
+    name: "kelpie_cluster_membership_events_total",
+    help: "This node's membership events: heartbeat_committed, heartbeat_failed, isolated, reconnected, stopped.",
+    kind: Kind::Counter,
+    labels: &["event"],
+};
+pub const MCP_REQUESTS: Family = Family {
+    name: "kelpie_mcp_requests_total",
+    help: "Requests to MCP servers, by operation (list_tools, call_tool) and outcome (ok, tool_error, failed, timeout).",
+    kind: Kind::Counter,
+    labels: &["operation", "outcome"],
+};
+
 /// Every family recorded through this module, in exposition order.
 pub const CATALOG: &[&Family] = &[
     &HTTP_REQUESTS,
@@ -127,6 +158,11 @@ pub const CATALOG: &[&Family] = &[
     &STORAGE_FSYNCS,
     &STORAGE_BATCH_SIZE,
     &SANDBOX_TOOL_RUNS,
+    &ACTOR_ACTIVATIONS,
+    &ACTOR_DEACTIVATIONS,
+    &LEASE_OPERATIONS,
+    &MEMBERSHIP_EVENTS,
+    &MCP_REQUESTS,
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +207,18 @@ pub fn increment(family: &'static Family, labels: &[&str], by: u64) {
             *total = total.saturating_add(by);
         }
     });
+}
+
+/// The total of counter `family` for `labels` so far (0 if never
+/// incremented): for tests that check a workload's effect.
+pub fn counter_total(family: &'static Family, labels: &[&str]) -> u64 {
+    assert_eq!(family.kind, Kind::Counter, "{} is a counter", family.name);
+    let key: Vec<String> = labels.iter().map(|label| label.to_string()).collect();
+    let registry = REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match registry.get(family.name).and_then(|series| series.get(&key)) {
+        Some(Series::Counter(total)) => *total,
+        _ => 0,
+    }
 }
 
 /// Records one `value` in histogram `family` for `labels`.

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use kelpie_core::limits::ACTOR_STATE_SIZE_BYTES_MAX;
+use kelpie_core::metrics::{self, ACTOR_ACTIVATIONS, ACTOR_DEACTIVATIONS, LEASE_OPERATIONS};
 use kelpie_core::{ActorId, Error, Result};
 use kelpie_registry::LeaseOutcome;
 use kelpie_storage::{FenceCondition, Transaction};
@@ -79,8 +80,10 @@ pub(crate) async fn run<A: Actor>(
     transition(&mut lifecycle, LifecycleEvent::Activate);
     match activate(&shared, &actor_id).await {
         Ok(mut active) => {
+            metrics::increment(&ACTOR_ACTIVATIONS, &["activated"], 1);
             transition(&mut lifecycle, LifecycleEvent::Loaded);
-            serve(&shared, &actor_id, &mut active, &mut inbox).await;
+            let ended = serve(&shared, &actor_id, &mut active, &mut inbox).await;
+            metrics::increment(&ACTOR_DEACTIVATIONS, &[ended.as_label()], 1);
             transition(&mut lifecycle, LifecycleEvent::Deactivate);
             inbox.close();
             while let Ok(command) = inbox.try_recv() {
@@ -105,6 +108,7 @@ pub(crate) async fn run<A: Actor>(
             transition(&mut lifecycle, LifecycleEvent::Flushed);
         }
         Err(err) => {
+            metrics::increment(&ACTOR_ACTIVATIONS, &["failed"], 1);
             transition(&mut lifecycle, LifecycleEvent::ActivationFailed);
             inbox.close();
             while let Ok(command) = inbox.try_recv() {
@@ -133,7 +137,15 @@ fn transition(lifecycle: &mut Lifecycle, event: LifecycleEvent) {
 async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Active<A::State>> {
     let node_id = &shared.config.node_id;
     let claim_sent_ms = shared.env.clock.monotonic_ms();
-    let epoch = match shared.directory.claim(actor_id, node_id).await? {
+    let claimed = shared.directory.claim(actor_id, node_id).await;
+    let outcome = match &claimed {
+        Ok(LeaseOutcome::Claimed(_)) => "granted",
+        Ok(LeaseOutcome::HeldByOther(_)) => "held_by_other",
+        Ok(_) => "refused",
+        Err(_) => "error",
+    };
+    metrics::increment(&LEASE_OPERATIONS, &["claim", outcome], 1);
+    let epoch = match claimed? {
         LeaseOutcome::Claimed(record) => record.epoch,
         LeaseOutcome::HeldByOther(record) => {
             let holder = record.holder.map(|h| h.node_id.to_string()).unwrap_or_default();
@@ -175,13 +187,34 @@ async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Ac
     Ok(active)
 }
 
+/// Why an activation stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// No message for the idle timeout.
+    Idle,
+    /// Asked to deactivate (eviction, shutdown, a move) or its mailbox closed.
+    Requested,
+    /// Ownership lost or unproven: it must not commit again.
+    LeaseLost,
+}
+
+impl Ended {
+    fn as_label(self) -> &'static str {
+        match self {
+            Ended::Idle => "idle",
+            Ended::Requested => "requested",
+            Ended::LeaseLost => "lease_lost",
+        }
+    }
+}
+
 /// Handles messages until asked to deactivate, idle too long, or ownership is lost.
 async fn serve<A: Actor>(
     shared: &Shared<A>,
     actor_id: &ActorId,
     active: &mut Active<A::State>,
     inbox: &mut mpsc::Receiver<Command<A>>,
-) {
+) -> Ended {
     let idle_ms = shared.config.idle_timeout_ms;
     let renew_ms = (shared.directory.lease_ms() / 3).max(1);
     while !active.lost {
@@ -190,13 +223,13 @@ async fn serve<A: Actor>(
         let renew_left_ms = renew_due_ms(active.last_renewal_ms, renew_ms).saturating_sub(now_ms);
         let proven_left_ms = (active.lease_proven_ms + serve_window_ms(shared)).saturating_sub(now_ms);
         if idle_left_ms == 0 {
-            return;
+            return Ended::Idle;
         }
         if proven_left_ms == 0 {
             // The registry has not confirmed the lease for most of a lease:
             // another node may own the actor by now. Stop, saving nothing.
             active.lost = true;
-            return;
+            return Ended::LeaseLost;
         }
         if renew_left_ms == 0 {
             renew(shared, actor_id, active).await;
@@ -217,7 +250,7 @@ async fn serve<A: Actor>(
                     if !active.lost && !lease_proven(shared, active) {
                         active.lost = true;
                         let _ = reply.send(Err(unproven(shared, actor_id, active)));
-                        return;
+                        return Ended::LeaseLost;
                     }
                     let _ = reply.send(invoke(shared, actor_id, active, message).await);
                     active.last_activity_ms = shared.env.clock.monotonic_ms();
@@ -225,11 +258,12 @@ async fn serve<A: Actor>(
                 Some(Command::Touch { reply }) => {
                     let _ = reply.send(Ok(()));
                 }
-                Some(Command::Deactivate) | None => return,
+                Some(Command::Deactivate) | None => return Ended::Requested,
             },
             () = wake => {}
         }
     }
+    Ended::LeaseLost
 }
 
 /// When the renewal after one at `last_ms` falls due: an interval later,
@@ -264,13 +298,20 @@ async fn renew<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &mut Ac
     let sent_ms = shared.env.clock.monotonic_ms();
     match shared.directory.renew(actor_id, node_id, active.epoch).await {
         Ok(LeaseOutcome::Renewed(_)) => {
+            metrics::increment(&LEASE_OPERATIONS, &["renew", "renewed"], 1);
             active.last_renewal_ms = shared.env.clock.monotonic_ms();
             active.lease_proven_ms = sent_ms;
         }
-        Ok(_) => active.lost = true,
+        Ok(_) => {
+            metrics::increment(&LEASE_OPERATIONS, &["renew", "lost"], 1);
+            active.lost = true;
+        }
         // A storage hiccup: try again at the next interval; the lease has
         // two more intervals before it runs out.
-        Err(_) => active.last_renewal_ms = shared.env.clock.monotonic_ms(),
+        Err(_) => {
+            metrics::increment(&LEASE_OPERATIONS, &["renew", "error"], 1);
+            active.last_renewal_ms = shared.env.clock.monotonic_ms();
+        }
     }
 }
 
@@ -385,7 +426,9 @@ async fn deactivate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId, active: &m
     // A failing hook loses only its own changes; the last saved state stands.
     let _ = finish_invocation(shared, actor_id, active, txn, before, hook).await;
     if !active.lost {
-        let _ = shared.directory.release(actor_id, &shared.config.node_id, active.epoch).await;
+        let released = shared.directory.release(actor_id, &shared.config.node_id, active.epoch).await;
+        let outcome = if released.is_ok() { "released" } else { "error" };
+        metrics::increment(&LEASE_OPERATIONS, &["release", outcome], 1);
     }
 }
 

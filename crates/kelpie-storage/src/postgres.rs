@@ -518,7 +518,11 @@ impl PostgresBackend {
                 assert_eq!(version, 0, "a read-only commit takes no version");
                 Ok(CommitInfo { version: 0 })
             }
-            "ok" => Ok(CommitInfo { version: to_u64(version, "kelpie_commit_version")? }),
+            "ok" => {
+                let info = CommitInfo { version: to_u64(version, "kelpie_commit_version")? };
+                record_durable(1);
+                Ok(info)
+            }
             "fenced" => {
                 let fence = request.fence.as_ref().expect("only a fenced commit is refused as fenced");
                 Err(Error::Fenced {
@@ -548,7 +552,9 @@ impl PostgresBackend {
         let current = placement_in(&txn, &placement.actor_id).await?;
         check_put(current.as_ref(), &placement)?;
         store_placement(&txn, &placement).await?;
-        txn.commit().await.map_err(pg_error("commit"))
+        txn.commit().await.map_err(pg_error("commit"))?;
+        record_durable(1);
+        Ok(())
     }
 
     async fn claim_inner(&self, actor: ActorId, node: NodeId, expected_epoch: u64) -> Result<ClaimOutcome> {
@@ -561,6 +567,9 @@ impl PostgresBackend {
             store_placement(&txn, placement).await?;
         }
         txn.commit().await.map_err(pg_error("commit"))?;
+        if matches!(outcome, ClaimOutcome::Claimed(_)) {
+            record_durable(1);
+        }
         Ok(outcome)
     }
 }
@@ -587,12 +596,16 @@ impl PostgresBackend {
         lock_actor(&txn, &actor.to_string()).await?;
         let (current, now_ms) = leased_placement_in(&txn, actor).await?;
         let (next, decided) = decide(current.as_ref(), now_ms);
+        let wrote = next.is_some();
         if let Some(next) = next {
             assert_eq!(&next.placement.actor_id, actor, "lease decision for another actor");
             check_put(current.as_ref().map(|c| &c.placement), &next.placement)?;
             store_leased_placement(&txn, &next).await?;
         }
         txn.commit().await.map_err(pg_error("commit"))?;
+        if wrote {
+            record_durable(1);
+        }
         Ok(decided)
     }
 }
@@ -674,8 +687,22 @@ impl PostgresBackend {
                 .map_err(pg_error("lease write"))?;
         }
         txn.commit().await.map_err(pg_error("commit"))?;
+        if !writes.is_empty() {
+            record_durable(writes.len() as u64);
+        }
         Ok(decided)
     }
+}
+
+/// Counts one committed write transaction (one WAL flush at commit) and
+/// the writes it made durable (`kelpie_core::metrics`); a transaction
+/// that wrote nothing flushes nothing and is not counted.
+fn record_durable(writes: u64) {
+    use kelpie_core::metrics::{increment, observe, STORAGE_BATCH_SIZE, STORAGE_FSYNCS, STORAGE_WRITES};
+    assert!(writes > 0, "only a transaction that wrote is counted");
+    increment(&STORAGE_FSYNCS, &["postgres"], 1);
+    increment(&STORAGE_WRITES, &["postgres"], writes);
+    observe(&STORAGE_BATCH_SIZE, &["postgres"], writes as f64);
 }
 
 impl Backend for PostgresBackend {

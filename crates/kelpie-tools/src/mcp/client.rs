@@ -1,6 +1,7 @@
 //! [`McpClient`]: one server's client — connects on first use, keeps the
 //! connection, restarts a broken one with backoff.
 
+use kelpie_core::metrics::{self, MCP_REQUESTS};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,6 +225,17 @@ impl McpClient {
 
     /// Every tool the server offers (at most [`MCP_TOOLS_COUNT_MAX`]).
     pub async fn list_tools(&self) -> Result<Vec<McpTool>, McpError> {
+        let listed = self.list_tools_unmetered().await;
+        let outcome = match &listed {
+            Ok(_) => "ok",
+            Err(McpError::Timeout { .. }) => "timeout",
+            Err(_) => "failed",
+        };
+        metrics::increment(&MCP_REQUESTS, &["list_tools", outcome], 1);
+        listed
+    }
+
+    async fn list_tools_unmetered(&self) -> Result<Vec<McpTool>, McpError> {
         let connection = self.connection().await?;
         let listed = tokio::time::timeout(
             Duration::from_millis(MCP_LIST_TIMEOUT_MS),
@@ -243,6 +255,18 @@ impl McpClient {
 
     /// Calls tool `name` with `args` (a JSON object).
     pub async fn call_tool(&self, name: &str, args: &Value) -> Result<McpCallResult, McpError> {
+        let called = self.call_tool_unmetered(name, args).await;
+        let outcome = match &called {
+            Ok(result) if result.is_error => "tool_error",
+            Ok(_) => "ok",
+            Err(McpError::Timeout { .. }) => "timeout",
+            Err(_) => "failed",
+        };
+        metrics::increment(&MCP_REQUESTS, &["call_tool", outcome], 1);
+        called
+    }
+
+    async fn call_tool_unmetered(&self, name: &str, args: &Value) -> Result<McpCallResult, McpError> {
         let arguments: Option<JsonObject> = match args {
             Value::Object(map) => Some(map.clone()),
             Value::Null => None,
