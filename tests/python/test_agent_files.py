@@ -125,6 +125,53 @@ def test_files_that_cannot_be_imported_whole_leave_nothing(client):
     assert {group.id for group in _groups(client, limit=50)} == groups_before
 
 
+def test_a_supervisors_export_carries_its_group_and_imports_as_a_new_group(client):
+    import pathlib
+
+    import jsonschema
+
+    schema_path = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "letta-agent-file-schema.json"
+    team = _team_file()
+    for n, agent in enumerate(team["agents"]):
+        agent["name"] = f"py-sup-{n}"
+    for group in team["groups"]:
+        group["description"] = group["description"].replace("py-af", "py-sup")
+    ids = _import(client, team, append_copy_suffix=False).agent_ids
+    # The lead manages the supervisor group over the next two: Letta's export
+    # of the lead writes the group and those members (not the round robin,
+    # which no agent manages).
+    exported = json.loads(client.agents.export_file(ids[0]))
+    jsonschema.validate(exported, json.loads(schema_path.read_text()))
+    assert not [key for key in exported if key.startswith("kelpie_")]
+    assert [agent["name"] for agent in exported["agents"]] == ["py-sup-0", "py-sup-1", "py-sup-2"]
+    [group] = exported["groups"]
+    assert (group["agent_ids"], group["manager_config"]) == (
+        ["agent-1", "agent-2"], {"manager_type": "supervisor", "manager_agent_id": "agent-0"})
+    # Imported back through the SDK: new agents, a new group over them.
+    copies = client.agents.import_file(
+        file=("lead.af", json.dumps(exported).encode(), "application/json")).agent_ids
+    assert len(copies) == 3 and not set(copies) & set(ids)
+    for copy_id, original_id in zip(copies, ids):
+        copy, original = client.agents.retrieve(copy_id), client.agents.retrieve(original_id)
+        assert copy.name == f"{original.name}_copy"
+        def blocks(agent_id):
+            return sorted((b.label, b.value) for b in client.agents.blocks.list(agent_id))
+        assert blocks(copy_id) == blocks(original_id)
+        def said(agent_id):
+            return [(m.message_type, m.content) for m in client.agents.messages.list(agent_id, order="asc")]
+        assert said(copy_id) == said(original_id) and len(said(copy_id)) == 2
+    groups = [g for g in _groups(client, limit=1) if g.description == "py-sup led"]
+    by_manager = {g.manager_agent_id: g for g in groups}
+    assert set(by_manager) == {ids[0], copies[0]}
+    assert by_manager[copies[0]].agent_ids == copies[1:]
+    assert by_manager[copies[0]].manager_type == "supervisor"
+    for g in _groups(client, limit=50):
+        if g.description.startswith("py-sup"):
+            client.delete(f"/v1/groups/{g.id}", cast_to=object)
+    for agent_id in ids + copies:
+        client.agents.delete(agent_id)
+
+
 def test_conversations_travel_in_kelpie_export(client):
     agent = client.agents.create(name="py-af-convo", model="openai-proxy/fake-gpt",
                                  memory_blocks=[{"label": "human", "value": "Name: Ana."}])

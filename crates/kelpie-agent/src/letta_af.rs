@@ -490,84 +490,172 @@ fn agent_of(
     })
 }
 
-/// The parts of Letta's agent file an export writes around the agent's
-/// messages (which it streams): the agent object without them, and the
-/// file's blocks and tools. Ids are the file's own (`block-<n>`,
-/// `tool-<n>`), as Letta's exports number them. Secrets are not written.
+/// The parts of Letta's agent file an export writes around the agents'
+/// messages (which it streams): each agent object without them (in file
+/// order: the exported agent, then the members of the group it manages),
+/// and the file's groups, blocks and tools. Ids are the file's own
+/// (`agent-<n>`, `block-<n>`, `tool-<n>`, `group-<n>`), numbered across the
+/// file as Letta's exports number them, so a block several agents hold is
+/// one block of the file. Secrets are not written.
 pub struct LettaParts {
-    pub agent: Value,
+    pub agents: Vec<Value>,
+    pub groups: Value,
     pub blocks: Value,
     pub tools: Value,
 }
 
-/// Letta's rendering of `record` (attached `custom` tools given whole).
-pub fn letta_parts(record: &AgentRecord, custom: &[ToolRecord]) -> LettaParts {
-    let blocks: Vec<Value> = record
-        .memory
-        .blocks()
-        .iter()
-        .enumerate()
-        .map(|(index, block)| {
-            serde_json::json!({
-                "id": format!("block-{index}"), "label": block.label, "value": block.value, "limit": block.limit,
+/// The file ids given so far: Kelpie id → file id, and the file's records.
+#[derive(Default)]
+struct FileIds {
+    blocks: BTreeMap<String, String>,
+    block_values: Vec<Value>,
+    tools: BTreeMap<String, String>,
+    tool_values: Vec<Value>,
+}
+
+impl FileIds {
+    /// The file ids of `record`'s blocks, each block written once.
+    fn blocks_of(&mut self, record: &AgentRecord) -> Vec<String> {
+        let mut ids = Vec::new();
+        for block in record.memory.blocks() {
+            if let Some(id) = self.blocks.get(&block.id) {
+                ids.push(id.clone());
+                continue;
+            }
+            let id = format!("block-{}", self.block_values.len());
+            self.block_values.push(serde_json::json!({
+                "id": id, "label": block.label, "value": block.value, "limit": block.limit,
                 "description": block.description, "read_only": block.read_only, "metadata": {},
                 "is_template": false, "preserve_on_migration": false,
+            }));
+            self.blocks.insert(block.id.clone(), id.clone());
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// The file ids of `record`'s tools (built-in, or `custom` given whole),
+    /// each tool written once; an MCP tool or one deleted since is left out.
+    fn tools_of(&mut self, record: &AgentRecord, custom: &[ToolRecord]) -> Vec<String> {
+        let builtins = kelpie_tools::builtin_tools();
+        let mut ids = Vec::new();
+        for id in &record.tool_ids {
+            if let Some(file_id) = self.tools.get(id) {
+                ids.push(file_id.clone());
+                continue;
+            }
+            let file_id = format!("tool-{}", self.tool_values.len());
+            let tool = match (
+                builtins.iter().find(|tool| tool.id == id),
+                custom.iter().find(|tool| tool.id == *id),
+            ) {
+                (Some(builtin), _) => serde_json::json!({
+                    "id": file_id, "name": builtin.name, "tool_type": builtin.tool_type, "description": builtin.description,
+                    "source_type": "python", "source_code": null, "json_schema": builtin.json_schema, "tags": [],
+                    "return_char_limit": TOOL_RETURN_CHARS_DEFAULT, "pip_requirements": null,
+                    "default_requires_approval": false,
+                }),
+                (None, Some(tool)) => serde_json::json!({
+                    "id": file_id, "name": tool.name, "tool_type": "custom", "description": tool.description,
+                    "source_type": "python", "source_code": tool.source_code, "json_schema": tool.json_schema,
+                    "tags": tool.tags, "return_char_limit": tool.return_char_limit,
+                    "pip_requirements": tool.pip_requirements.iter()
+                        .map(|r| serde_json::json!({"name": r.name, "version": r.version}))
+                        .collect::<Vec<_>>(),
+                    "default_requires_approval": tool.default_requires_approval,
+                    "metadata_": tool.metadata.clone().unwrap_or_else(|| serde_json::json!({})),
+                }),
+                (None, None) => continue,
+            };
+            self.tool_values.push(tool);
+            self.tools.insert(id.clone(), file_id.clone());
+            ids.push(file_id);
+        }
+        ids
+    }
+}
+
+/// The file id of the `index`th agent of an export.
+pub fn agent_file_id(index: usize) -> String {
+    format!("agent-{index}")
+}
+
+/// Letta's rendering of `records` (the exported agent first, then the
+/// members of `group`, the group it manages, if any) with the attached
+/// `custom` tools given whole.
+pub fn letta_parts(
+    records: &[AgentRecord],
+    custom: &[ToolRecord],
+    group: Option<&crate::actors::group_store::GroupRecord>,
+) -> LettaParts {
+    assert!(!records.is_empty(), "an export writes at least its agent");
+    let file_id_of =
+        |kelpie_id: &str| records.iter().position(|record| record.id == kelpie_id).map(agent_file_id);
+    let group_ids: Vec<&str> = group.map(|_| "group-0").into_iter().collect();
+    let mut ids = FileIds::default();
+    let mut agents = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let block_ids = ids.blocks_of(record);
+        let tool_ids = ids.tools_of(record, custom);
+        agents.push(serde_json::json!({
+            "id": agent_file_id(index), "name": record.name, "system": record.system,
+            "description": record.description, "metadata": record.metadata, "tags": record.tags,
+            "agent_type": "letta_v1_agent",
+            "llm_config": crate::letta::llm_config_json(record),
+            "embedding_config": crate::letta::embedding_config_json(record),
+            "model": record.llm.handle, "embedding": record.embedding.handle,
+            "block_ids": block_ids, "tool_ids": tool_ids,
+            "tool_rules": record.tool_rules.iter().map(|rule| rule.to_json()).collect::<Vec<_>>(),
+            "memory_blocks": [], "tools": [], "source_ids": [], "folder_ids": [], "identity_ids": [],
+            "include_base_tools": false, "include_multi_agent_tools": false, "include_base_tool_rules": false,
+            "message_buffer_autoclear": false, "enable_sleeptime": record.enable_sleeptime.unwrap_or(false),
+            "hidden": null, "in_context_message_ids": [], "files_agents": [], "group_ids": group_ids,
+        }));
+    }
+    let groups: Vec<Value> = group
+        .map(|group| {
+            let mut config = serde_json::json!({"manager_type": group.manager_type});
+            let fields = [
+                ("manager_agent_id", group.manager_agent_id.as_deref().and_then(file_id_of).map(Value::from)),
+                ("max_turns", group.max_turns.map(Value::from)),
+                ("termination_token", group.termination_token.clone().map(Value::from)),
+                ("sleeptime_agent_frequency", group.sleeptime_agent_frequency.map(Value::from)),
+                ("max_message_buffer_length", group.max_message_buffer_length.map(Value::from)),
+                ("min_message_buffer_length", group.min_message_buffer_length.map(Value::from)),
+            ];
+            for (name, value) in fields {
+                if let Some(value) = value {
+                    config[name] = value;
+                }
+            }
+            serde_json::json!({
+                "id": "group-0",
+                "agent_ids": group.agent_ids.iter().filter_map(|id| file_id_of(id)).collect::<Vec<_>>(),
+                "description": group.description, "manager_config": config, "project_id": group.project_id,
+                // Every member holds the group's blocks, so each is in the file.
+                "shared_block_ids": group.shared_block_ids.iter()
+                    .filter_map(|id| ids.blocks.get(id).cloned()).collect::<Vec<_>>(),
+                "hidden": group.hidden,
             })
         })
+        .into_iter()
         .collect();
-    let builtins = kelpie_tools::builtin_tools();
-    let mut tools = Vec::new();
-    for id in &record.tool_ids {
-        let file_id = format!("tool-{}", tools.len());
-        let tool = match (
-            builtins.iter().find(|tool| tool.id == id),
-            custom.iter().find(|tool| tool.id == *id),
-        ) {
-            (Some(builtin), _) => serde_json::json!({
-                "id": file_id, "name": builtin.name, "tool_type": builtin.tool_type, "description": builtin.description,
-                "source_type": "python", "source_code": null, "json_schema": builtin.json_schema, "tags": [],
-                "return_char_limit": TOOL_RETURN_CHARS_DEFAULT, "pip_requirements": null,
-                "default_requires_approval": false,
-            }),
-            (None, Some(tool)) => serde_json::json!({
-                "id": file_id, "name": tool.name, "tool_type": "custom", "description": tool.description,
-                "source_type": "python", "source_code": tool.source_code, "json_schema": tool.json_schema,
-                "tags": tool.tags, "return_char_limit": tool.return_char_limit,
-                "pip_requirements": tool.pip_requirements.iter()
-                    .map(|r| serde_json::json!({"name": r.name, "version": r.version}))
-                    .collect::<Vec<_>>(),
-                "default_requires_approval": tool.default_requires_approval,
-                "metadata_": tool.metadata.clone().unwrap_or_else(|| serde_json::json!({})),
-            }),
-            // An MCP tool or one deleted since: not in the file.
-            (None, None) => continue,
-        };
-        tools.push(tool);
+    LettaParts {
+        agents,
+        groups: Value::Array(groups),
+        blocks: Value::Array(ids.block_values),
+        tools: Value::Array(ids.tool_values),
     }
-    let agent = serde_json::json!({
-        "id": "agent-0", "name": record.name, "system": record.system, "description": record.description,
-        "metadata": record.metadata, "tags": record.tags, "agent_type": "letta_v1_agent",
-        "llm_config": crate::letta::llm_config_json(record),
-        "embedding_config": crate::letta::embedding_config_json(record),
-        "model": record.llm.handle, "embedding": record.embedding.handle,
-        "block_ids": (0..blocks.len()).map(|index| format!("block-{index}")).collect::<Vec<_>>(),
-        "tool_ids": tools.iter().map(|tool| tool["id"].clone()).collect::<Vec<_>>(),
-        "tool_rules": record.tool_rules.iter().map(|rule| rule.to_json()).collect::<Vec<_>>(),
-        "memory_blocks": [], "tools": [], "source_ids": [], "folder_ids": [], "identity_ids": [],
-        "include_base_tools": false, "include_multi_agent_tools": false, "include_base_tool_rules": false,
-        "message_buffer_autoclear": false, "enable_sleeptime": false, "hidden": null,
-        "in_context_message_ids": [], "files_agents": [], "group_ids": [],
-    });
-    LettaParts { agent, blocks: Value::Array(blocks), tools: Value::Array(tools) }
 }
 
 fn text_content(text: &str) -> Value {
     serde_json::json!([{"type": "text", "text": text}])
 }
 
-/// Letta's `MessageSchema` of a stored message; `None` for what Letta's
-/// file cannot say (an answer to an approval request).
-pub fn letta_message(message: &StoredMessage) -> Option<Value> {
+/// Letta's `MessageSchema` of a stored message of agent `agent_file_id`
+/// of the file; `None` for what Letta's file cannot say (an answer to an
+/// approval request).
+pub fn letta_message(message: &StoredMessage, agent_file_id: &str) -> Option<Value> {
     let created_at = crate::ids::rfc3339_micros(message.created_ms);
     let mut value = match &message.body {
         MessageBody::User { content } => {
@@ -597,7 +685,7 @@ pub fn letta_message(message: &StoredMessage) -> Option<Value> {
     let object = value.as_object_mut().expect("a message renders as an object");
     object.insert("type".into(), "message".into());
     object.insert("id".into(), message.id.clone().into());
-    object.insert("agent_id".into(), "agent-0".into());
+    object.insert("agent_id".into(), agent_file_id.into());
     object.insert("created_at".into(), created_at.into());
     Some(value)
 }

@@ -128,8 +128,8 @@ impl AgentNode {
     /// Starts answering: in a cluster, other nodes (actor invocations, and
     /// whole HTTP requests through `http`) and rebalancing agents onto
     /// nodes that join. Then moves agents of an unsharded directory into
-    /// its shards and starts reclaiming what deletes and abandoned imports
-    /// left.
+    /// its shards, finishes the imports a crash left past their decision and
+    /// starts reclaiming what deletes and abandoned imports left.
     ///
     /// Nodes may start at the same moment: the actors the start-up touches
     /// may be held by a node that is itself starting, so this node answers
@@ -146,6 +146,7 @@ impl AgentNode {
         if migrated > 0 {
             tracing::info!(migrated, "moved agents of the unsharded directory into its shards");
         }
+        self.service.decided_imports.start();
         self.service.reclaimer.start();
         self.service.documents.start();
         self.service.archives.start();

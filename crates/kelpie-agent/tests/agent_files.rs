@@ -6,8 +6,12 @@
 //! is refused; an export of an agent with two conversations imports with
 //! both, their summaries, messages and windows.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use kelpie_agent::actors::reclaim::PendingKind;
 use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
@@ -18,13 +22,17 @@ use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::transfer::ImportOptions;
 use kelpie_agent::{AgentService, ServiceError};
 use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_core::{Env, NodeId};
+use kelpie_core::{ActorId, Env, NodeId, Result as CoreResult};
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::fake::FakeLlm;
 use kelpie_llm::LlmClients;
 use kelpie_runtime::RuntimeConfig;
 use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
-use kelpie_storage::Storage;
+use kelpie_storage::types::{CommitRequest, StoredRows};
+use kelpie_storage::{
+    Backend, BoxFut, ClaimOutcome, CommitInfo, Placement as StoredPlacement, RedbBackend, ScanPage, Storage,
+    Versioned,
+};
 use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
@@ -237,7 +245,7 @@ async fn a_file_that_fails_before_or_while_its_agents_appear_leaves_nothing_visi
         other => panic!("a blank name: {other:?}"),
     }
     // A group the agents cannot join (its shared block's label is one they
-    // hold already): refused after the agents appeared, which are taken back.
+    // hold already): refused once all are written, before any appears.
     let mut clash = three_agent_file();
     clash["blocks"].as_array_mut().unwrap().push(json!({"id": "block-4", "label": "human", "value": "x"}));
     clash["groups"][0]["shared_block_ids"] = json!(["block-4"]);
@@ -256,7 +264,7 @@ async fn a_file_that_fails_before_or_while_its_agents_appear_leaves_nothing_visi
     );
     assert_eq!(service.blocks.list(None, &everything()).await.unwrap(), Vec::<Value>::new());
     let pending = service.reclaimer.pending().await.unwrap();
-    assert_eq!(pending.len(), 2 + 3, "two written agents, three that appeared, all to reclaim: {pending:?}");
+    assert_eq!(pending.len(), 2 + 3, "two written agents, then three, all to reclaim: {pending:?}");
     for entry in &pending {
         match service.agents.get(&entry.agent_id).await {
             Err(ServiceError::AgentNotFound(id)) => assert_eq!(id, entry.agent_id),
@@ -397,5 +405,320 @@ async fn an_export_and_import_keeps_two_conversations_with_their_messages_and_wi
         .unwrap();
     let bare = answer["agent_ids"][0].as_str().unwrap();
     assert_eq!(service.conversations.list(query(bare)).await.unwrap(), Vec::<Value>::new());
+    service.shutdown().await;
+}
+
+/// Where the process under [`DyingDisk`] dies, counted from the import's
+/// decision.
+#[derive(Debug, Clone, Copy)]
+enum DeathAt {
+    /// The decision's own commit fails: the import never decided.
+    Decision,
+    /// After the decision and `n` more commits of actors in `namespace`.
+    After { namespace: &'static str, commits: usize },
+}
+
+/// The redb file under a process killed at `death`: from then on every
+/// read and write fails, as for a process that is gone; what was
+/// committed before stays in the file for the next process.
+struct DyingDisk {
+    inner: Arc<RedbBackend>,
+    death: DeathAt,
+    decided: AtomicBool,
+    commits_left: AtomicUsize,
+    dead: AtomicBool,
+}
+
+impl DyingDisk {
+    fn new(inner: Arc<RedbBackend>, death: DeathAt) -> Self {
+        let commits = match death {
+            DeathAt::Decision => 0,
+            DeathAt::After { commits, .. } => commits,
+        };
+        DyingDisk {
+            inner,
+            death,
+            decided: AtomicBool::new(false),
+            commits_left: AtomicUsize::new(commits),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    fn alive(&self) -> CoreResult<()> {
+        match self.dead.load(Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err(kelpie_core::Error::StorageIo { operation: "dying disk", reason: "killed".into() }),
+        }
+    }
+
+    fn is_decision(request: &CommitRequest) -> bool {
+        request.actor_id.namespace() == "reclaim"
+            // The runtime keeps an actor's own keys under `u/`.
+            && request.writes.iter().any(|(key, value)| key.starts_with(b"u/d/") && value.is_some())
+    }
+
+    fn die(&self) -> CoreResult<CommitInfo> {
+        self.dead.store(true, Ordering::SeqCst);
+        self.alive().map(|()| unreachable!("a dead disk answers errors"))
+    }
+}
+
+impl Backend for DyingDisk {
+    fn name(&self) -> &'static str {
+        "dying-disk"
+    }
+
+    fn get<'a>(&'a self, actor: &'a ActorId, key: &'a [u8]) -> BoxFut<'a, CoreResult<Option<Versioned>>> {
+        Box::pin(async move {
+            self.alive()?;
+            self.inner.get(actor, key).await
+        })
+    }
+
+    fn scan<'a>(&'a self, actor: &'a ActorId, page: &'a ScanPage) -> BoxFut<'a, CoreResult<StoredRows>> {
+        Box::pin(async move {
+            self.alive()?;
+            self.inner.scan(actor, page).await
+        })
+    }
+
+    fn commit(&self, request: CommitRequest) -> BoxFut<'_, CoreResult<CommitInfo>> {
+        Box::pin(async move {
+            self.alive()?;
+            let decision = Self::is_decision(&request);
+            match self.death {
+                DeathAt::Decision if decision => return self.die(),
+                DeathAt::After { namespace, .. }
+                    if self.decided.load(Ordering::SeqCst)
+                        && request.actor_id.namespace() == namespace
+                        && !request.is_read_only() =>
+                {
+                    if self.commits_left.load(Ordering::SeqCst) == 0 {
+                        return self.die();
+                    }
+                    self.commits_left.fetch_sub(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+            let info = self.inner.commit(request).await?;
+            if decision {
+                self.decided.store(true, Ordering::SeqCst);
+                if matches!(self.death, DeathAt::After { namespace: "reclaim", commits: 0 }) {
+                    self.dead.store(true, Ordering::SeqCst);
+                }
+            }
+            Ok(info)
+        })
+    }
+
+    fn get_placement<'a>(&'a self, actor: &'a ActorId) -> BoxFut<'a, CoreResult<Option<StoredPlacement>>> {
+        Box::pin(async move {
+            self.alive()?;
+            self.inner.get_placement(actor).await
+        })
+    }
+
+    fn put_placement(&self, placement: StoredPlacement) -> BoxFut<'_, CoreResult<()>> {
+        Box::pin(async move {
+            self.alive()?;
+            self.inner.put_placement(placement).await
+        })
+    }
+
+    fn claim_placement(
+        &self,
+        actor: ActorId,
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> BoxFut<'_, CoreResult<ClaimOutcome>> {
+        Box::pin(async move {
+            self.alive()?;
+            self.inner.claim_placement(actor, node, expected_epoch).await
+        })
+    }
+}
+
+/// The agents listed, by name, each with its id.
+async fn listed_by_name(service: &AgentService) -> BTreeMap<String, Vec<String>> {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for agent in service.agents.list(None, &[], false, &everything()).await.unwrap() {
+        let name = agent["name"].as_str().unwrap().to_string();
+        by_name.entry(name).or_default().push(agent["id"].as_str().unwrap().to_string());
+    }
+    by_name
+}
+
+/// Checks the three agents of [`three_agent_file`] are there once each,
+/// sharing one `human` block, in one round robin and one supervisor group.
+async fn assert_three_agent_file_whole(service: &AgentService, death: DeathAt) {
+    let listed = listed_by_name(service).await;
+    let names: Vec<&str> = listed.keys().map(String::as_str).collect();
+    assert_eq!(names, vec!["ada", "bob", "cy"], "{death:?}: {listed:?}");
+    assert!(listed.values().all(|ids| ids.len() == 1), "{death:?}: each agent once: {listed:?}");
+    let ids: Vec<String> = ["ada", "bob", "cy"].iter().map(|name| listed[*name][0].clone()).collect();
+    let mut human = Vec::new();
+    for (id, name) in ids.iter().zip(["ada", "bob", "cy"]) {
+        let agent = service.agents.get(id).await.unwrap();
+        assert_eq!(agent["blocks"][0]["label"], "human", "{death:?}");
+        human.push(agent["blocks"][0]["id"].as_str().unwrap().to_string());
+        let messages = service.agents.list_messages(id, &everything()).await.unwrap();
+        assert_eq!(said(&messages).len(), 2, "{death:?}: {name}'s two messages");
+    }
+    assert!(human.iter().all(|id| *id == human[0]), "{death:?}: one shared block: {human:?}");
+    let shared = service.blocks.list(None, &everything()).await.unwrap();
+    assert_eq!(shared.len(), 1, "{death:?}: the shared block once: {shared:?}");
+    let holders = service.blocks.agents(&human[0], &everything()).await.unwrap();
+    let mut holders: Vec<&str> = holders.iter().map(|agent| agent["id"].as_str().unwrap()).collect();
+    holders.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(holders, expected, "{death:?}: the shared block is attached to each");
+    let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
+    assert_eq!(groups.len(), 2, "{death:?}: each group once: {groups:?}");
+    let round_robin = groups.iter().find(|g| g["manager_type"] == "round_robin").unwrap();
+    assert_eq!(strings(&round_robin["agent_ids"]), ids, "{death:?}");
+    let supervisor = groups.iter().find(|g| g["manager_type"] == "supervisor").unwrap();
+    assert_eq!(strings(&supervisor["agent_ids"]), ids[1..].to_vec(), "{death:?}");
+    assert_eq!(supervisor["manager_agent_id"].as_str(), Some(ids[0].as_str()), "{death:?}");
+    // The manager knows its group: its export carries it.
+    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
+    assert_eq!(exported["groups"][0]["manager_config"]["manager_type"], "supervisor", "{death:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_after_its_decision_appears_whole_and_once_after_the_restart() {
+    let deaths = [
+        DeathAt::After { namespace: "reclaim", commits: 0 },
+        DeathAt::After { namespace: "agents", commits: 1 },
+        DeathAt::After { namespace: "agents", commits: 2 },
+        DeathAt::After { namespace: "agent-directory", commits: 2 },
+        DeathAt::After { namespace: "block-store", commits: 0 },
+        DeathAt::After { namespace: "group-store", commits: 1 },
+    ];
+    for death in deaths {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+        let dying = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), death)));
+        let killed = service(&dying, dir.path(), "http://127.0.0.1:9/v1");
+        let file = serde_json::to_vec(&three_agent_file()).unwrap();
+        let outcome = killed.transfer.import_bytes(&file, no_suffix()).await;
+        assert!(outcome.is_err(), "{death:?}: the process died under the import: {outcome:?}");
+        killed.shutdown().await;
+        drop(killed);
+
+        let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+        let restarted = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+        assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 1, "{death:?}: one decided import");
+        assert_three_agent_file_whole(&restarted, death).await;
+        // Done once: another pass finds nothing, and nothing is left to reclaim.
+        assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 0, "{death:?}");
+        assert_three_agent_file_whole(&restarted, death).await;
+        assert_eq!(restarted.reclaimer.pending().await.unwrap(), Vec::new(), "{death:?}");
+        restarted.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_before_its_decision_shows_nothing_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let dying = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), DeathAt::Decision)));
+    let killed = service(&dying, dir.path(), "http://127.0.0.1:9/v1");
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    assert!(killed.transfer.import_bytes(&file, no_suffix()).await.is_err());
+    killed.shutdown().await;
+    drop(killed);
+
+    let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+    let restarted = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 0, "nothing was decided");
+    assert_eq!(listed_by_name(&restarted).await, BTreeMap::new());
+    assert_eq!(
+        restarted.groups.list(&GroupFilter::default(), &everything()).await.unwrap(),
+        Vec::<Value>::new()
+    );
+    assert_eq!(restarted.blocks.list(None, &everything()).await.unwrap(), Vec::<Value>::new());
+    // The three written agents wait on the reclaim list, invisible, as any
+    // import that never decided.
+    let pending = restarted.reclaimer.pending().await.unwrap();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    for entry in &pending {
+        assert!(matches!(entry.kind, PendingKind::Import { .. }), "{entry:?}");
+        match restarted.agents.get(&entry.agent_id).await {
+            Err(ServiceError::AgentNotFound(id)) => assert_eq!(id, entry.agent_id),
+            other => panic!("agent {} of an undecided import: {other:?}", entry.agent_id),
+        }
+    }
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    let ids = strings(&service.transfer.import_bytes(&file, no_suffix()).await.unwrap()["agent_ids"]);
+    // ada manages the supervisor group over bob and cy; all three are in a
+    // round robin, which no agent manages.
+    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
+    let keys: Vec<&String> = exported.as_object().unwrap().keys().collect();
+    assert!(keys.iter().all(|key| !key.starts_with("kelpie_")), "Letta's file alone: {keys:?}");
+    let agents = exported["agents"].as_array().unwrap();
+    let names: Vec<&str> = agents.iter().map(|agent| agent["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["ada", "bob", "cy"]);
+    let file_ids: Vec<&str> = agents.iter().map(|agent| agent["id"].as_str().unwrap()).collect();
+    assert_eq!(file_ids, vec!["agent-0", "agent-1", "agent-2"]);
+    assert_eq!(
+        exported["groups"],
+        json!([{"id": "group-0", "agent_ids": ["agent-1", "agent-2"], "description": "ada leads",
+                "manager_config": {"manager_type": "supervisor", "manager_agent_id": "agent-0"},
+                "project_id": null, "shared_block_ids": [], "hidden": null}])
+    );
+    // The shared human block is one block of the file, named by all three.
+    let blocks = exported["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 4, "human and three personas: {blocks:?}");
+    for agent in agents {
+        assert_eq!(agent["block_ids"][0], "block-0");
+        assert_eq!(agent["group_ids"], json!(["group-0"]));
+        let messages = agent["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2);
+        assert!(messages.iter().all(|message| message["agent_id"] == agent["id"]));
+    }
+    assert_eq!(exported["tools"].as_array().unwrap().len(), 1, "the shared custom tool once");
+    // A member's export is the member alone, as Letta's.
+    let bob = service.transfer.export_value(&ids[1]).await.unwrap();
+    assert_eq!((bob["agents"].as_array().unwrap().len(), &bob["groups"]), (1, &json!([])));
+
+    // Imported back: three new agents, a new supervisor group over the new members.
+    let bytes = serde_json::to_vec(&exported).unwrap();
+    let copies =
+        strings(&service.transfer.import_bytes(&bytes, ImportOptions::default()).await.unwrap()["agent_ids"]);
+    assert_eq!(copies.len(), 3);
+    assert!(copies.iter().all(|copy| !ids.contains(copy)), "new agents: {copies:?}");
+    for (copy, original) in copies.iter().zip(&ids) {
+        let copy_agent = service.agents.get(copy).await.unwrap();
+        let original_agent = service.agents.get(original).await.unwrap();
+        assert_eq!(copy_agent["name"], original_agent["name"]);
+        let values = |agent: &Value| -> Vec<(Value, Value)> {
+            let blocks = agent["blocks"].as_array().unwrap();
+            blocks.iter().map(|block| (block["label"].clone(), block["value"].clone())).collect()
+        };
+        assert_eq!(values(&copy_agent), values(&original_agent));
+        let messages_of = |id: &str| {
+            let id = id.to_string();
+            let service = &service;
+            async move { said(&service.agents.list_messages(&id, &everything()).await.unwrap()) }
+        };
+        assert_eq!(messages_of(copy).await, messages_of(original).await);
+    }
+    let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
+    let new_supervisor = groups
+        .iter()
+        .find(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str()))
+        .expect("a new supervisor group managed by ada's copy");
+    assert_eq!(new_supervisor["manager_type"], "supervisor");
+    assert_eq!(strings(&new_supervisor["agent_ids"]), copies[1..].to_vec());
+    assert_eq!(groups.len(), 3, "the two imported first and the copy's: {groups:?}");
     service.shutdown().await;
 }

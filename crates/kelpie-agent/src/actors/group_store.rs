@@ -158,7 +158,8 @@ pub struct GroupStoreState {
 
 #[derive(Serialize, Deserialize)]
 pub enum GroupCommand {
-    /// Refused when the manager agent already manages another group.
+    /// Refused when the manager agent already manages another group; a
+    /// group of that id stored already is answered unchanged.
     Create(Box<GroupRecord>),
     List,
     Get {
@@ -245,7 +246,13 @@ fn manager_free(state: &GroupStoreState, record: &GroupRecord) -> Result<()> {
     }
 }
 
+/// Stores a new group; a group of that id stored already is answered as
+/// stored (random ids never collide: only a decided import, made again
+/// after a crash, creates an id twice).
 fn create(ctx: &mut Ctx<'_>, record: GroupRecord) -> Result<GroupRecord> {
+    if let Some(stored) = ctx.state.groups.iter().find(|group| group.id == record.id) {
+        return Ok(stored.clone());
+    }
     checked(&record)?;
     manager_free(ctx.state, &record)?;
     if ctx.state.groups.len() >= GROUPS_COUNT_MAX {

@@ -4,6 +4,12 @@
 //! at any point leaves an entry behind and the work is resumed after a
 //! restart. The agent's own state says what is left; an entry only says
 //! "ask it". See `service::reclaim` for the loop that does the work.
+//!
+//! Beside the entries, the decided imports (`d/<import id>`): an import of
+//! several agents, once every one is written, records here in one commit
+//! what is to appear (agents, shared blocks, groups) and takes its agents
+//! off the list, so from that commit on the import only rolls forward
+//! (`service::decided_imports`), whatever stops the server.
 
 use std::ops::Bound;
 
@@ -16,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const RECLAIM_ACTOR: (&str, &str) = ("reclaim", "pending");
 /// Most entries one page of the list returns.
 pub const RECLAIM_PAGE_COUNT_MAX: usize = 256;
+/// Most decided imports one page returns (each lists up to
+/// `AGENT_FILE_AGENTS_COUNT_MAX` agents and as many groups).
+pub const DECISIONS_PAGE_COUNT_MAX: usize = 16;
 
 /// Why an agent is on the list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +43,39 @@ pub struct PendingEntry {
     pub kind: PendingKind,
 }
 
+/// An agent a decided import makes visible, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedAgent {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub tool_ids: Vec<String>,
+    pub drop_messages: bool,
+}
+
+/// A block the import's agents share: its id (each holder has its copy
+/// under it, which the shared block is made from) and its holders; the
+/// block itself only when no agent holds it (a group's block its members
+/// get when the group is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedBlock {
+    pub id: String,
+    pub holders: Vec<String>,
+    pub unheld: Option<kelpie_memory::Block>,
+}
+
+/// What a decided import makes appear, in order: its agents, then the
+/// blocks they share, then its groups (their ids drawn at the decision, so
+/// a group made again after a crash is found, not made twice).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportDecision {
+    /// `import-<uuid>`.
+    pub id: String,
+    pub agents: Vec<DecidedAgent>,
+    pub shared_blocks: Vec<DecidedBlock>,
+    pub groups: Vec<crate::actors::group_store::GroupRecord>,
+}
+
 #[derive(Serialize, Deserialize)]
 pub enum ReclaimCommand {
     /// Adds or replaces the entry of `entry.agent_id`.
@@ -43,12 +85,20 @@ pub enum ReclaimCommand {
     Remove { agent_id: String, kind: PendingKind },
     /// Up to `limit` entries after `after` (an agent id), in id order.
     Page { after: Option<String>, limit: usize },
+    /// Records `decision` and removes the entries `entries` (the import's
+    /// agents, each if still of its kind), in one commit.
+    Decide { decision: Box<ImportDecision>, entries: Vec<PendingEntry> },
+    /// Up to `limit` decided imports after `after` (an import id), in id order.
+    Decisions { after: Option<String>, limit: usize },
+    /// Forgets decided import `id` (everything it decided appeared).
+    Settle { id: String },
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum ReclaimReply {
     Done,
     Entries(Vec<PendingEntry>),
+    Decisions(Vec<ImportDecision>),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,6 +108,10 @@ pub struct ReclaimActor;
 
 fn entry_key(agent_id: &str) -> Vec<u8> {
     format!("a/{agent_id}").into_bytes()
+}
+
+fn decision_key(import_id: &str) -> Vec<u8> {
+    format!("d/{import_id}").into_bytes()
 }
 
 fn decode(bytes: &[u8]) -> Result<PendingEntry> {
@@ -98,6 +152,41 @@ impl Actor for ReclaimActor {
                 let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, limit).await?;
                 let entries = rows.iter().map(|(_, value)| decode(value)).collect::<Result<_>>()?;
                 Ok(ReclaimReply::Entries(entries))
+            }
+            ReclaimCommand::Decide { decision, entries } => {
+                assert!(decision.id.starts_with("import-"), "a decision is named by its import");
+                for entry in entries {
+                    if let Some(bytes) = ctx.kv_get(&entry_key(&entry.agent_id)).await? {
+                        if decode(&bytes)?.kind == entry.kind {
+                            ctx.kv_delete(&entry_key(&entry.agent_id))?;
+                        }
+                    }
+                }
+                let bytes = serde_json::to_vec(&decision).map_err(|e| Error::Internal(e.to_string()))?;
+                ctx.kv_put(&decision_key(&decision.id), bytes)?;
+                Ok(ReclaimReply::Done)
+            }
+            ReclaimCommand::Decisions { after, limit } => {
+                let mut range = KeyRange::prefix(b"d/".to_vec());
+                if let Some(after) = after {
+                    range.start = Bound::Excluded(decision_key(&after));
+                }
+                let limit = limit.clamp(1, DECISIONS_PAGE_COUNT_MAX);
+                let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, limit).await?;
+                let decisions = rows
+                    .iter()
+                    .map(|(_, value)| {
+                        serde_json::from_slice(value).map_err(|e| Error::Corruption {
+                            location: "decided import".into(),
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(ReclaimReply::Decisions(decisions))
+            }
+            ReclaimCommand::Settle { id } => {
+                ctx.kv_delete(&decision_key(&id))?;
+                Ok(ReclaimReply::Done)
             }
         }
     }

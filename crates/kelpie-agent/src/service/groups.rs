@@ -197,10 +197,12 @@ fn record_of(create: GroupCreate, id: String, created_ms: u64) -> ServiceResult<
     Ok(record)
 }
 
-/// Checks `create` as [`Groups::create`] checks it before looking at the
-/// agents and blocks it names (pattern, manager, limits).
-pub(crate) fn check_create(create: &GroupCreate) -> ServiceResult<()> {
-    record_of(create.clone(), "group-check".into(), 0).map(drop)
+/// The record of group `id` an import makes from `create`, checked as
+/// [`Groups::create`] checks it before looking at the agents and blocks it
+/// names (pattern, manager, limits).
+pub(crate) fn import_record(create: GroupCreate, id: String, created_ms: u64) -> ServiceResult<GroupRecord> {
+    assert!(id.starts_with("group-"), "a group id has Letta's prefix");
+    record_of(create, id, created_ms)
 }
 
 /// `before` with Letta's `GroupUpdate` applied: a field changes only when
@@ -452,15 +454,32 @@ impl Groups {
         self.check_links(&record).await?;
         self.check_room(&Self::everyone(&record), &record.shared_block_ids).await?;
         let group = self.group(GroupCommand::Create(Box::new(record))).await?;
+        self.link(&group).await?;
+        Ok(group_json(&group))
+    }
+
+    /// The manager of a stored group knows it, and its members and manager
+    /// hold its shared blocks (each step changes nothing when done already).
+    async fn link(&self, group: &GroupRecord) -> ServiceResult<()> {
         if let Some(manager) = &group.manager_agent_id {
             self.set_manager(manager, Some(&group.id)).await?;
         }
         for block_id in &group.shared_block_ids {
-            for agent_id in Self::everyone(&group) {
+            for agent_id in Self::everyone(group) {
                 self.blocks.attach(&agent_id, block_id).await?;
             }
         }
-        Ok(group_json(&group))
+        Ok(())
+    }
+
+    /// Makes group `record` of a decided import, its id drawn at the
+    /// decision: made again after a crash, the stored group is found and
+    /// linked, not made twice (the store's create is idempotent by id).
+    pub(crate) async fn make_decided(&self, record: GroupRecord) -> ServiceResult<()> {
+        self.check_links(&record).await?;
+        let group = self.group(GroupCommand::Create(Box::new(record.clone()))).await?;
+        assert_eq!(group.id, record.id, "the decided group is the one stored");
+        self.link(&group).await
     }
 
     /// Letta's `enable_sleeptime` on an agent that manages no group yet:
@@ -530,6 +549,15 @@ impl Groups {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Group `group_id` an agent manages, if it still exists.
+    pub(crate) async fn managed(&self, group_id: &str) -> ServiceResult<Option<GroupRecord>> {
+        match self.record(group_id).await {
+            Ok(group) => Ok(Some(group)),
+            Err(ServiceError::GroupNotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn get(&self, group_id: &str) -> ServiceResult<Value> {

@@ -36,6 +36,8 @@
 //!   in the background, resumed after a crash;
 //! - [`groups::Groups`]: multi-agent groups, their sleeptime agents after
 //!   their manager's turns and their round robin turns;
+//! - [`decided_imports::DecidedImports`]: imports past their decision,
+//!   rolled forward to the end (by the import, or after a crash);
 //! - [`transfer::Transfer`]: export and import of agents (with their
 //!   conversations, and a Letta file's groups and shared blocks);
 //! - [`tool_generation::ToolGenerator`]: tools a model writes from a prompt;
@@ -49,6 +51,7 @@ pub mod archival;
 pub mod archives;
 pub mod batches;
 pub mod conversations;
+pub mod decided_imports;
 pub mod directory;
 pub mod documents;
 pub mod embeddings;
@@ -146,6 +149,7 @@ pub struct AgentService {
     pub batches: Arc<batches::Batches>,
     pub messages: messages::Messages,
     pub transfer: Transfer,
+    pub decided_imports: Arc<decided_imports::DecidedImports>,
     pub reclaimer: Arc<Reclaimer>,
     pub folders: Arc<folders::Folders>,
     pub agent_files: Arc<agent_files::AgentFiles>,
@@ -266,16 +270,17 @@ impl AgentService {
             Arc::clone(&actors),
             Arc::clone(&archives),
         );
-        let makers = transfer::Makers {
-            agents: Arc::clone(&agents),
-            blocks: Arc::clone(&blocks),
-            groups: Arc::clone(&groups),
-        };
-        let transfer = Transfer::new(
+        let decided_imports = Arc::new(decided_imports::DecidedImports::new(
+            Arc::clone(&reclaimer),
             Arc::clone(&actors),
             Arc::clone(&directory),
+            (Arc::clone(&blocks), Arc::clone(&groups)),
+            env.clone(),
+        ));
+        let transfer = Transfer::new(
+            Arc::clone(&actors),
             (Arc::clone(&tools), Arc::clone(&reclaimer)),
-            makers,
+            (Arc::clone(&decided_imports), Arc::clone(&groups)),
             (llm, catalog.clone()),
             env.clone(),
         );
@@ -297,6 +302,7 @@ impl AgentService {
             batches,
             messages,
             transfer,
+            decided_imports,
             reclaimer,
             folders,
             agent_files,
@@ -458,6 +464,7 @@ impl AgentService {
         // the stop then cuts short of being recorded (and sent again).
         self.batches.shutdown().await;
         self.runs.stop_all().await;
+        self.decided_imports.shutdown();
         self.reclaimer.shutdown().await;
         self.documents.shutdown().await;
         if !self.planted.has(crate::planted::PlantedBug::ShutdownLeavesAgentsServing) {

@@ -19,8 +19,8 @@ use super::agent_actors::AgentActors;
 use super::worker::{Worker, WorkerSpec};
 use crate::actors::agent::{AgentCommand, AgentReply};
 use crate::actors::reclaim::{
-    PendingEntry, PendingKind, ReclaimActor, ReclaimCommand, ReclaimReply, RECLAIM_ACTOR,
-    RECLAIM_PAGE_COUNT_MAX,
+    ImportDecision, PendingEntry, PendingKind, ReclaimActor, ReclaimCommand, ReclaimReply,
+    DECISIONS_PAGE_COUNT_MAX, RECLAIM_ACTOR, RECLAIM_PAGE_COUNT_MAX,
 };
 use crate::error::{unexpected, ServiceResult};
 use crate::limits::RECLAIM_BATCH_KEYS_COUNT;
@@ -66,6 +66,34 @@ impl Reclaimer {
     /// Takes `agent_id` off the list if its entry is still `kind`.
     pub(crate) async fn forget(&self, agent_id: &str, kind: PendingKind) -> ServiceResult<()> {
         self.command(ReclaimCommand::Remove { agent_id: agent_id.to_string(), kind }).await?;
+        Ok(())
+    }
+
+    /// Records `decision` and takes its agents' import entries (`entries`)
+    /// off the list in one commit: from here the import rolls forward.
+    pub(crate) async fn decide(
+        &self,
+        decision: &ImportDecision,
+        entries: Vec<PendingEntry>,
+    ) -> ServiceResult<()> {
+        assert_eq!(decision.agents.len(), entries.len(), "one entry per decided agent");
+        let decide = ReclaimCommand::Decide { decision: Box::new(decision.clone()), entries };
+        self.command(decide).await?;
+        Ok(())
+    }
+
+    /// Up to `DECISIONS_PAGE_COUNT_MAX` decided imports after import `after`.
+    pub(crate) async fn decisions(&self, after: Option<String>) -> ServiceResult<Vec<ImportDecision>> {
+        let page = ReclaimCommand::Decisions { after, limit: DECISIONS_PAGE_COUNT_MAX };
+        match self.command(page).await? {
+            ReclaimReply::Decisions(decisions) => Ok(decisions),
+            _ => Err(unexpected("decided imports")),
+        }
+    }
+
+    /// Forgets decided import `import_id`: all it decided has appeared.
+    pub(crate) async fn settle(&self, import_id: &str) -> ServiceResult<()> {
+        self.command(ReclaimCommand::Settle { id: import_id.to_string() }).await?;
         Ok(())
     }
 

@@ -5,15 +5,15 @@
 //! Import creates new agents (new ids for them, their blocks, messages,
 //! passages and conversations; one agent from a Kelpie file, every agent
 //! and group of a Letta file). Each history is written in bounded batches
-//! while its agent is invisible (not found, not listed); the agents appear
-//! only when the whole file was read and every agent written, then the
-//! blocks they share and their groups are made. A failure before that
-//! point leaves nothing visible; one while they appear takes back what
-//! appeared (agents, shared blocks, groups are deleted again). Every agent
-//! is on the reclaim list from its start, so nothing of a failed or
-//! abandoned import stays (but the custom tools it upserted). A crash while
-//! the agents appear (after all were written) can leave those that
-//! appeared: the switch is one actor invocation per agent, not one commit.
+//! while its agent is invisible (not found, not listed). Once the whole
+//! file is read, every agent written and everything checked (names, tools,
+//! groups and the blocks they share), the import records its decision in
+//! one commit ([`super::decided_imports`]); from there it only rolls
+//! forward: the agents appear, then the blocks they share and their groups
+//! are made, by this request or, after a crash, by the background pass. A
+//! failure before the decision leaves nothing visible: every agent is on
+//! the reclaim list from its start, so nothing of a failed or abandoned
+//! import stays (but the custom tools it upserted).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,18 +27,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
-use super::agents::Agents;
-use super::directory::AgentDirectory;
+use super::decided_imports::DecidedImports;
 use super::groups::{GroupCreate, Groups, ManagerConfig};
 use super::reclaim::Reclaimer;
-use super::shared_blocks::SharedBlocks;
 use super::tools::ToolService;
 use crate::actors::agent::store::{self, PASSAGE_KEYS_COUNT};
 use crate::actors::agent::{
     AgentCommand, AgentReply, ContextState, ConversationFilter, ConversationRecord, ImportedMessage, PageSpec,
 };
-use crate::actors::directory::DirectoryEntry;
-use crate::actors::reclaim::PendingKind;
+use crate::actors::group_store::GroupRecord;
+use crate::actors::reclaim::{DecidedAgent, DecidedBlock, ImportDecision, PendingEntry, PendingKind};
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -54,6 +52,9 @@ const COPY_SUFFIX: &str = "_copy";
 const IMPORT_BATCH_OPS_COUNT_MAX: usize = 6_000;
 /// Bytes of messages and passages one import batch may carry.
 const IMPORT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of an import's recorded decision (its agents' names and tools,
+/// shared blocks no agent holds, groups): one stored value.
+const IMPORT_DECISION_BYTES_MAX: usize = kelpie_core::limits::STORAGE_VALUE_SIZE_BYTES_MAX / 2;
 
 /// The import form's options besides the file (Letta's names).
 #[derive(Debug, Clone, Default)]
@@ -67,20 +68,12 @@ pub struct ImportOptions {
     pub embedding: Option<String>,
 }
 
-/// The services an import makes agents, shared blocks and groups with.
-#[derive(Clone)]
-pub(crate) struct Makers {
-    pub agents: Arc<Agents>,
-    pub blocks: Arc<SharedBlocks>,
-    pub groups: Arc<Groups>,
-}
-
 pub struct Transfer {
     actors: Arc<AgentActors>,
-    directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
-    makers: Makers,
+    decided: Arc<DecidedImports>,
+    groups: Arc<Groups>,
     llm: Arc<dyn ChatModel>,
     catalog: ModelCatalog,
     env: Env,
@@ -98,32 +91,47 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> ServiceResult<T> {
 impl Transfer {
     pub(crate) fn new(
         actors: Arc<AgentActors>,
-        directory: Arc<AgentDirectory>,
         (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
-        makers: Makers,
+        (decided, groups): (Arc<DecidedImports>, Arc<Groups>),
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
         env: Env,
     ) -> Self {
-        Transfer { actors, directory, tools, reclaimer, makers, llm, catalog, env }
+        Transfer { actors, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
     pub async fn export(&self, agent_id: &str) -> ServiceResult<AgentExport> {
         let agent = self.actors.record(agent_id).await?;
+        // As Letta's export: an agent that manages a group comes with the
+        // group and its members.
+        let group = match &agent.managed_group {
+            Some(group_id) => self.groups.managed(group_id).await?,
+            None => None,
+        };
+        let mut agents = vec![agent];
+        for member in group.iter().flat_map(|group| &group.agent_ids) {
+            if !agents.iter().any(|agent| agent.id == *member) {
+                agents.push(self.actors.record(member).await?);
+            }
+        }
         let custom_tools: Vec<ToolRecord> = self
             .tools
             .custom_tools()
             .await?
             .into_iter()
-            .filter(|tool| agent.tool_ids.contains(&tool.id))
+            .filter(|tool| agents.iter().any(|agent| agent.tool_ids.contains(&tool.id)))
             .collect();
+        let letta = letta_parts(&agents, &custom_tools, group.as_ref());
+        assert_eq!(letta.agents.len(), agents.len(), "one Letta agent per agent of the file");
         Ok(AgentExport {
             actors: Arc::clone(&self.actors),
             agent_id: agent_id.to_string(),
-            agent: Some(agent),
+            with_group: group.is_some(),
+            agents,
+            index: 0,
             custom_tools,
             phase: ExportPhase::Head,
-            letta: None,
+            letta: Some(letta),
             conversation_ids: Vec::new(),
         })
     }
@@ -143,10 +151,9 @@ impl Transfer {
         AgentImport {
             parts: ImportParts {
                 actors: Arc::clone(&self.actors),
-                directory: Arc::clone(&self.directory),
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
-                makers: self.makers.clone(),
+                decided: Arc::clone(&self.decided),
                 llm: Arc::clone(&self.llm),
                 catalog: self.catalog.clone(),
                 env: self.env.clone(),
@@ -158,7 +165,6 @@ impl Transfer {
             pending_tools: Vec::new(),
             begun: None,
             written: Vec::new(),
-            made: Made::default(),
             block_ids: BTreeMap::new(),
             plan: None,
             tool_ids: BTreeMap::new(),
@@ -192,6 +198,8 @@ enum ExportPhase {
         after: Option<String>,
         written: bool,
     },
+    /// The agent's messages are out: the next agent's head.
+    NextAgent,
     LettaTail,
     Messages {
         after: Option<String>,
@@ -217,7 +225,14 @@ enum ExportPhase {
 pub struct AgentExport {
     actors: Arc<AgentActors>,
     agent_id: String,
-    agent: Option<AgentRecord>,
+    /// The agents of the file: the exported one, then its group's members.
+    agents: Vec<AgentRecord>,
+    /// Whether the file holds the group the agent manages: then it is
+    /// Letta's file alone (Kelpie's part holds one agent; an import of the
+    /// file reads Letta's, which recreates the group).
+    with_group: bool,
+    /// The agent whose Letta messages are being written.
+    index: usize,
     custom_tools: Vec<ToolRecord>,
     phase: ExportPhase,
     /// The Letta parts written around the Letta messages.
@@ -240,6 +255,15 @@ fn join_items(items: &[impl Serialize], first_page: bool) -> ServiceResult<Vec<u
 }
 
 impl AgentExport {
+    /// The Letta agent `index` of the file, open for its messages.
+    fn letta_head(&self, index: usize) -> ServiceResult<Vec<u8>> {
+        let parts = self.letta.as_ref().ok_or_else(|| unexpected("export head"))?;
+        let mut head = encode(&parts.agents[index])?;
+        assert_eq!(head.pop(), Some(b'}'), "an agent renders as an object");
+        head.extend_from_slice(b",\"messages\":[");
+        Ok(head)
+    }
+
     /// The next piece of the file; `None` once it is all out.
     pub async fn next_chunk(&mut self) -> ServiceResult<Option<Vec<u8>>> {
         let page = |after: &Option<String>| PageSpec {
@@ -252,25 +276,31 @@ impl AgentExport {
             // `kelpie_*` keys (the version first, so an import skips the
             // Letta part without holding it).
             ExportPhase::Head => {
-                let agent = self.agent.as_ref().ok_or_else(|| unexpected("export head"))?;
-                let parts = letta_parts(agent, &self.custom_tools);
-                let head = encode(&parts.agent)?;
-                let mut bytes =
-                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[").into_bytes();
-                bytes.extend_from_slice(&head[..head.len() - 1]);
-                bytes.extend_from_slice(b",\"messages\":[");
-                self.letta = Some(parts);
+                let mut bytes = match self.with_group {
+                    true => b"{\"agents\":[".to_vec(),
+                    false => format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[")
+                        .into_bytes(),
+                };
+                bytes.extend(self.letta_head(0)?);
+                self.phase = ExportPhase::LettaMessages { after: None, written: false };
+                bytes
+            }
+            ExportPhase::NextAgent => {
+                self.index += 1;
+                let mut bytes = b"]},".to_vec();
+                bytes.extend(self.letta_head(self.index)?);
                 self.phase = ExportPhase::LettaMessages { after: None, written: false };
                 bytes
             }
             ExportPhase::LettaMessages { after, mut written } => {
                 let command = AgentCommand::MessagePage(page(&after));
-                let AgentReply::Messages(messages) = self.actors.invoke(&self.agent_id, command).await?
-                else {
+                let agent_id = &self.agents[self.index].id;
+                let AgentReply::Messages(messages) = self.actors.invoke(agent_id, command).await? else {
                     return Err(unexpected("export messages"));
                 };
+                let file_id = crate::letta_af::agent_file_id(self.index);
                 let mut bytes = Vec::new();
-                for letta in messages.iter().filter_map(letta_message) {
+                for letta in messages.iter().filter_map(|message| letta_message(message, &file_id)) {
                     if written {
                         bytes.push(b',');
                     }
@@ -281,14 +311,16 @@ impl AgentExport {
                     Some(last) if messages.len() == STORE_PAGE_COUNT_MAX => {
                         ExportPhase::LettaMessages { after: Some(last.id.clone()), written }
                     }
+                    _ if self.index + 1 < self.agents.len() => ExportPhase::NextAgent,
                     _ => ExportPhase::LettaTail,
                 };
                 bytes
             }
             ExportPhase::LettaTail => {
                 let parts = self.letta.take().ok_or_else(|| unexpected("export letta tail"))?;
-                let agent = self.agent.take().ok_or_else(|| unexpected("export agent"))?;
-                let mut bytes = b"]}],\"groups\":[],\"blocks\":".to_vec();
+                let mut bytes = b"]}],\"groups\":".to_vec();
+                bytes.extend(encode(&parts.groups)?);
+                bytes.extend_from_slice(b",\"blocks\":");
                 bytes.extend(encode(&parts.blocks)?);
                 bytes.extend_from_slice(b",\"files\":[],\"sources\":[],\"tools\":");
                 bytes.extend(encode(&parts.tools)?);
@@ -296,8 +328,13 @@ impl AgentExport {
                 bytes.extend(encode(
                     &json!({"exported_by": format!("kelpie {}", env!("CARGO_PKG_VERSION"))}),
                 )?);
+                if self.with_group {
+                    bytes.push(b'}');
+                    self.phase = ExportPhase::Done;
+                    return Ok(Some(bytes));
+                }
                 bytes.extend_from_slice(b",\"kelpie_agent\":");
-                bytes.extend(encode(&agent)?);
+                bytes.extend(encode(&self.agents[0])?);
                 bytes.extend_from_slice(b",\"kelpie_messages\":[");
                 self.phase = ExportPhase::Messages { after: None };
                 bytes
@@ -426,10 +463,9 @@ impl AgentExport {
 /// What an import uses of the service.
 struct ImportParts {
     actors: Arc<AgentActors>,
-    directory: Arc<AgentDirectory>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
-    makers: Makers,
+    decided: Arc<DecidedImports>,
     llm: Arc<dyn ChatModel>,
     catalog: ModelCatalog,
     env: Env,
@@ -461,8 +497,6 @@ pub struct AgentImport {
     /// Agents whose whole history is written, in file order, waiting to
     /// appear together.
     written: Vec<Begun>,
-    /// What appeared so far, taken back if the import fails.
-    made: Made,
     /// Block id in the file → its new id (one for every agent naming it).
     block_ids: BTreeMap<String, String>,
     /// A Letta file's groups and shared blocks, made once the agents appear.
@@ -483,14 +517,6 @@ pub struct AgentImport {
     letta: BTreeMap<String, Vec<u8>>,
     /// What a converted Letta file left out.
     warnings: Vec<String>,
-}
-
-/// What an import made visible so far (agents, shared blocks, groups).
-#[derive(Default)]
-struct Made {
-    agents: Vec<String>,
-    blocks: Vec<String>,
-    groups: Vec<String>,
 }
 
 impl AgentImport {
@@ -543,21 +569,19 @@ impl AgentImport {
         if self.written.is_empty() {
             return Err(ServiceError::Invalid("not a kelpie agent file: no agent".into()));
         }
-        let finishes = self.settle()?;
-        let groups = self.group_creates()?;
-        self.reveal(finishes).await?;
-        self.make_shared_blocks().await?;
-        for (_, create) in groups {
-            let group = self.parts.makers.groups.create(create).await?;
-            let id = group["id"].as_str().ok_or_else(|| unexpected("a group without id"))?;
-            self.made.groups.push(id.to_string());
-        }
-        // Done: nothing of it is reclaimed now.
-        for begun in std::mem::take(&mut self.written) {
-            self.parts.reclaimer.forget(&begun.record.id, begun.pending).await?;
-        }
-        let agent_ids = std::mem::take(&mut self.made.agents);
-        self.made = Made::default();
+        let decision = self.decision()?;
+        let entries: Vec<PendingEntry> = self
+            .written
+            .iter()
+            .map(|begun| PendingEntry { agent_id: begun.record.id.clone(), kind: begun.pending.clone() })
+            .collect();
+        self.parts.decided.decide(&decision, entries).await?;
+        // Decided: from here on nothing is taken back, only finished.
+        self.written.clear();
+        self.plan = None;
+        let agent_ids = self.parts.decided.roll_forward_held(&decision).await.inspect_err(|err| {
+            tracing::warn!(%err, import = %decision.id, "a decided import is left to the background pass");
+        })?;
         Ok(match self.warnings.is_empty() {
             true => json!({"agent_ids": agent_ids}),
             // What a Letta file held that this import left out.
@@ -576,7 +600,7 @@ impl AgentImport {
     }
 
     /// Each written agent's final name and tools, checked before any appears.
-    fn settle(&self) -> ServiceResult<Vec<AgentCommand>> {
+    fn settle(&self) -> ServiceResult<Vec<DecidedAgent>> {
         let builtins = kelpie_tools::builtin_tools();
         let mut finishes = Vec::with_capacity(self.written.len());
         for begun in &self.written {
@@ -597,9 +621,29 @@ impl AgentImport {
                 })
                 .collect();
             let drop_messages = self.options.strip_messages && self.messages_imported;
-            finishes.push(AgentCommand::ImportFinish { name, tool_ids, drop_messages });
+            let id = record.id.clone();
+            finishes.push(DecidedAgent { id, name, tags: record.tags.clone(), tool_ids, drop_messages });
         }
         Ok(finishes)
+    }
+
+    /// What this import decides, checked whole before anything appears:
+    /// every written agent, the blocks they share, the groups (new ids).
+    fn decision(&mut self) -> ServiceResult<ImportDecision> {
+        let agents = self.settle()?;
+        let groups = self.group_records()?;
+        let shared_blocks = self.decided_blocks();
+        self.check_group_room(&groups, &shared_blocks)?;
+        let id = new_id("import", self.parts.env.rng.as_ref());
+        let decision = ImportDecision { id, agents, shared_blocks, groups };
+        let bytes = encode(&decision)?.len();
+        if bytes > IMPORT_DECISION_BYTES_MAX {
+            return Err(ServiceError::Invalid(format!(
+                "the file's agents, shared blocks and groups take {bytes} bytes to record, over IMPORT_DECISION_BYTES_MAX = {IMPORT_DECISION_BYTES_MAX}"
+            )));
+        }
+        assert_eq!(decision.agents.len(), self.written.len(), "every written agent is decided");
+        Ok(decision)
     }
 
     /// The file's agent id → its new id.
@@ -616,9 +660,9 @@ impl AgentImport {
         self.block_ids.entry(file_id.to_string()).or_insert_with(|| new_id("block", rng)).clone()
     }
 
-    /// The file's groups as creates on this server (every id remapped),
-    /// checked as a create checks them before any agent appears.
-    fn group_creates(&mut self) -> ServiceResult<Vec<(String, GroupCreate)>> {
+    /// The file's groups as records on this server (every id remapped, a
+    /// new id each), checked as a create checks them.
+    fn group_records(&mut self) -> ServiceResult<Vec<GroupRecord>> {
         let Some((groups, _)) = self.plan.clone() else { return Ok(Vec::new()) };
         let mut creates = Vec::with_capacity(groups.len());
         for group in &groups {
@@ -641,39 +685,24 @@ impl AgentImport {
                 shared_block_ids,
                 hidden: group.hidden,
             };
-            super::groups::check_create(&create).map_err(|err| match err {
-                ServiceError::Invalid(why) => ServiceError::Invalid(format!("group {}: {why}", group.id)),
-                other => other,
-            })?;
-            creates.push((group.id.clone(), create));
+            let rng = self.parts.env.rng.as_ref();
+            let record =
+                super::groups::import_record(create, new_id("group", rng), self.parts.env.clock.wall_ms())
+                    .map_err(|err| match err {
+                        ServiceError::Invalid(why) => {
+                            ServiceError::Invalid(format!("group {}: {why}", group.id))
+                        }
+                        other => other,
+                    })?;
+            creates.push(record);
         }
         Ok(creates)
     }
 
-    /// Makes every written agent visible (listed, then found), in file order.
-    async fn reveal(&mut self, finishes: Vec<AgentCommand>) -> ServiceResult<()> {
-        assert_eq!(finishes.len(), self.written.len(), "one finish per written agent");
-        for (index, finish) in finishes.into_iter().enumerate() {
-            let record = &self.written[index].record;
-            let AgentCommand::ImportFinish { name, .. } = &finish else {
-                return Err(unexpected("an import finish"));
-            };
-            let entry =
-                DirectoryEntry { id: record.id.clone(), name: name.clone(), tags: record.tags.clone() };
-            // Listed before it is visible: the listing skips an agent it
-            // cannot read, and an abandoned import leaves only that stale entry.
-            self.parts.directory.register(entry).await?;
-            let id = record.id.clone();
-            self.parts.actors.invoke(&id, finish).await?;
-            self.made.agents.push(id);
-        }
-        Ok(())
-    }
-
-    /// The blocks the file's agents share (or its groups), one shared
-    /// block each, linked to every agent holding its copy.
-    async fn make_shared_blocks(&mut self) -> ServiceResult<()> {
-        let Some((_, blocks)) = self.plan.clone() else { return Ok(()) };
+    /// The blocks the file's agents share (or its groups), each with the
+    /// written agents holding its copy.
+    fn decided_blocks(&mut self) -> Vec<DecidedBlock> {
+        let Some((_, blocks)) = self.plan.clone() else { return Vec::new() };
         let mut shared = Vec::with_capacity(blocks.len());
         for block in blocks {
             let id = self.block_id_of(&block.id);
@@ -683,13 +712,49 @@ impl AgentImport {
                 .filter(|begun| begun.record.memory.label_of(&id).is_some())
                 .map(|begun| begun.record.id.clone())
                 .collect();
-            shared.push((Block { id, ..block }, holders));
+            let unheld = holders.is_empty().then(|| Block { id: id.clone(), ..block });
+            shared.push(DecidedBlock { id, holders, unheld });
         }
-        for (block, holders) in shared {
-            let id = block.id.clone();
-            self.parts.makers.blocks.adopt(block, &holders).await?;
-            self.made.blocks.push(id);
+        shared
+    }
+
+    /// Every member and manager of `groups` can take the group's shared
+    /// blocks it does not hold yet (no label it has already, at most
+    /// `CORE_MEMORY_BLOCKS_COUNT_MAX` blocks), as a group create checks.
+    fn check_group_room(&self, groups: &[GroupRecord], blocks: &[DecidedBlock]) -> ServiceResult<()> {
+        let plan_blocks = self.plan.as_ref().map(|(_, blocks)| blocks.as_slice()).unwrap_or_default();
+        let label_of = |id: &str| -> Option<String> {
+            let file_id = self.block_ids.iter().find(|(_, new)| new.as_str() == id).map(|(file, _)| file)?;
+            plan_blocks.iter().find(|block| &block.id == file_id).map(|block| block.label.clone())
+        };
+        for group in groups {
+            let everyone = group.agent_ids.iter().chain(group.manager_agent_id.iter());
+            for agent_id in everyone {
+                let Some(begun) = self.written.iter().find(|begun| &begun.record.id == agent_id) else {
+                    return Err(unexpected("a group member not written"));
+                };
+                let memory = &begun.record.memory;
+                let gained: Vec<String> = group
+                    .shared_block_ids
+                    .iter()
+                    .filter(|id| memory.label_of(id).is_none())
+                    .filter_map(|id| label_of(id))
+                    .collect();
+                if let Some(label) = gained.iter().find(|label| memory.get(label).is_ok()) {
+                    return Err(ServiceError::Invalid(format!(
+                        "agent {agent_id} already has a block labelled {label:?}; a shared block cannot join it"
+                    )));
+                }
+                let count = memory.blocks().len() + gained.len();
+                if count > kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX {
+                    return Err(ServiceError::Invalid(format!(
+                        "agent {agent_id} would hold {count} blocks, over CORE_MEMORY_BLOCKS_COUNT_MAX = {}",
+                        kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX
+                    )));
+                }
+            }
         }
+        assert!(blocks.iter().all(|block| block.holders.len() <= self.written.len()));
         Ok(())
     }
 
@@ -774,33 +839,11 @@ impl AgentImport {
         self.abandon().await;
     }
 
-    /// Takes back everything: the groups and shared blocks made and the
-    /// agents that appeared are deleted; every agent still invisible is
-    /// left to the reclaimer.
+    /// Takes back everything written: every agent (all invisible: nothing
+    /// appears before the decision) is left to the reclaimer.
     async fn abandon(&mut self) {
-        let made = std::mem::take(&mut self.made);
-        let makers = &self.parts.makers;
-        for id in &made.groups {
-            if let Err(err) = makers.groups.delete(id).await {
-                tracing::warn!(%err, group_id = %id, "a group of a failed import was not deleted");
-            }
-        }
-        for id in &made.blocks {
-            if let Err(err) = makers.blocks.delete(id).await {
-                tracing::warn!(%err, block_id = %id, "a shared block of a failed import was not deleted");
-            }
-        }
-        for id in &made.agents {
-            let deleted = async {
-                makers.agents.delete(id).await?;
-                makers.groups.forget_agent(id).await
-            };
-            if let Err(err) = deleted.await {
-                tracing::warn!(%err, agent_id = %id, "an agent of a failed import was not deleted");
-            }
-        }
         let unfinished = std::mem::take(&mut self.written).into_iter().chain(self.begun.take());
-        for begun in unfinished.filter(|begun| !made.agents.contains(&begun.record.id)) {
+        for begun in unfinished {
             let id = begun.record.id;
             let outcome = async {
                 self.parts.reclaimer.note(&id, PendingKind::Ended).await?;

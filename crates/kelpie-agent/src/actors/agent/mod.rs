@@ -162,7 +162,8 @@ pub enum AgentCommand {
     /// window starting at the next message); its messages come in batches.
     ImportConversation(Box<ConversationRecord>),
     /// Makes an imported agent visible under `name`, with `tool_ids`;
-    /// `drop_messages` leaves the messages it was given to reclaim.
+    /// `drop_messages` leaves the messages it was given to reclaim. An
+    /// agent visible already is answered unchanged (roll-forward repeats).
     ImportFinish {
         name: String,
         tool_ids: Vec<String>,
@@ -675,8 +676,10 @@ async fn import_finish(
     tool_ids: Vec<String>,
     drop_messages: bool,
 ) -> Result<AgentReply> {
+    // Finished already (a decided import rolled forward again after a
+    // crash): the agent as it is; gone since (deleted): not found.
     if !ctx.state.importing {
-        return Err(Error::Internal(format!("agent {} is not being imported", ctx.actor_id.id())));
+        return Ok(AgentReply::Agent(Box::new(agent(ctx)?)));
     }
     if drop_messages {
         store::end_message_generation(ctx).await?;

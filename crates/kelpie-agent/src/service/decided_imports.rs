@@ -1,0 +1,191 @@
+//! Rolling decided imports forward. An import of one or several agents
+//! writes each invisibly; once all are written it records its decision
+//! (the agents with their final names, the blocks they share, its groups
+//! with ids drawn then) and takes its agents off the reclaim list, in one
+//! commit ([`crate::actors::reclaim`]). From that commit on the import only
+//! goes forward: every agent is listed and made visible, then the shared
+//! blocks and the groups are made, then the decision is forgotten.
+//!
+//! Every step changes nothing when done already (listing, finishing an
+//! import, adopting a block, making a group under its decided id), so the
+//! importing request and, after a crash or a failed step, the background
+//! pass here can take a decision to its end, and the user sees either
+//! nothing of the file or all of it. The pass leaves alone the decisions
+//! this process's own imports are rolling forward. An agent deleted
+//! between two attempts is left out, and so is a group naming it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use kelpie_core::Env;
+
+use super::agent_actors::AgentActors;
+use super::directory::AgentDirectory;
+use super::groups::Groups;
+use super::reclaim::Reclaimer;
+use super::shared_blocks::SharedBlocks;
+use super::worker::{Worker, WorkerSpec};
+use crate::actors::agent::AgentCommand;
+use crate::actors::directory::DirectoryEntry;
+use crate::actors::reclaim::{ImportDecision, PendingEntry, DECISIONS_PAGE_COUNT_MAX};
+use crate::error::{ServiceError, ServiceResult};
+
+/// Pause of the background pass when no decided import waits.
+pub const DECIDED_IMPORTS_IDLE_POLL_MS: u64 = 1_000;
+
+pub struct DecidedImports {
+    reclaimer: Arc<Reclaimer>,
+    actors: Arc<AgentActors>,
+    directory: Arc<AgentDirectory>,
+    blocks: Arc<SharedBlocks>,
+    groups: Arc<Groups>,
+    /// The decisions this process's imports are rolling forward themselves.
+    live: Mutex<BTreeSet<String>>,
+    worker: Worker,
+    env: Env,
+}
+
+impl DecidedImports {
+    pub(crate) fn new(
+        reclaimer: Arc<Reclaimer>,
+        actors: Arc<AgentActors>,
+        directory: Arc<AgentDirectory>,
+        (blocks, groups): (Arc<SharedBlocks>, Arc<Groups>),
+        env: Env,
+    ) -> Self {
+        DecidedImports {
+            reclaimer,
+            actors,
+            directory,
+            blocks,
+            groups,
+            live: Mutex::new(BTreeSet::new()),
+            worker: Worker::default(),
+            env,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `decision` (one commit, which also takes `entries`, its
+    /// agents' import entries, off the reclaim list), held by the caller,
+    /// who then calls [`Self::roll_forward_held`]. A decision whose record
+    /// failed stays held: its import takes its agents back, and the pass
+    /// of this process must not make them appear meanwhile.
+    pub(crate) async fn decide(
+        &self,
+        decision: &ImportDecision,
+        entries: Vec<PendingEntry>,
+    ) -> ServiceResult<()> {
+        assert!(!decision.agents.is_empty(), "an import decides at least one agent");
+        let inserted = self.live().insert(decision.id.clone());
+        assert!(inserted, "a decision is recorded once");
+        self.reclaimer.decide(decision, entries).await
+    }
+
+    /// Rolls forward a decision [`Self::decide`] recorded, then hands it
+    /// to the background pass (which finds nothing left, or finishes what
+    /// a failed step left); the agents that appeared, in decision order.
+    pub(crate) async fn roll_forward_held(&self, decision: &ImportDecision) -> ServiceResult<Vec<String>> {
+        let outcome = self.roll_forward(decision).await;
+        let released = self.live().remove(&decision.id);
+        assert!(released, "a held decision is released once");
+        outcome
+    }
+
+    /// Takes `decision` to its end: agents listed and visible, shared
+    /// blocks made, groups made, the decision forgotten.
+    async fn roll_forward(&self, decision: &ImportDecision) -> ServiceResult<Vec<String>> {
+        let mut visible = Vec::with_capacity(decision.agents.len());
+        for agent in &decision.agents {
+            // Listed before it is visible: the listing skips an agent it
+            // cannot read.
+            let entry =
+                DirectoryEntry { id: agent.id.clone(), name: agent.name.clone(), tags: agent.tags.clone() };
+            self.directory.register(entry).await?;
+            let finish = AgentCommand::ImportFinish {
+                name: agent.name.clone(),
+                tool_ids: agent.tool_ids.clone(),
+                drop_messages: agent.drop_messages,
+            };
+            match self.actors.invoke(&agent.id, finish).await {
+                Ok(_) => visible.push(agent.id.clone()),
+                // Deleted since it appeared, or taken back before: not listed.
+                Err(ServiceError::AgentNotFound(_)) => self.directory.unregister(&agent.id).await?,
+                Err(err) => return Err(err),
+            }
+        }
+        for block in &decision.shared_blocks {
+            let holders: Vec<String> =
+                block.holders.iter().filter(|holder| visible.contains(holder)).cloned().collect();
+            let copy = match (holders.first(), &block.unheld) {
+                (Some(holder), _) => {
+                    let record = self.actors.record(holder).await?;
+                    record.memory.blocks().iter().find(|held| held.id == block.id).cloned()
+                }
+                (None, unheld) => unheld.clone(),
+            };
+            match copy {
+                Some(copy) => self.blocks.adopt(copy, &holders).await?,
+                None => {
+                    tracing::warn!(block_id = %block.id, import = %decision.id, "a shared block of an import is held by no agent left; not made")
+                }
+            }
+        }
+        for group in &decision.groups {
+            match self.groups.make_decided(group.clone()).await {
+                Ok(()) => {}
+                Err(err @ (ServiceError::AgentNotFound(_) | ServiceError::BlockNotFound(_))) => {
+                    tracing::warn!(%err, group_id = %group.id, import = %decision.id, "a group of an import names what is gone; not made");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.reclaimer.settle(&decision.id).await?;
+        Ok(visible)
+    }
+
+    /// One pass: every decided import no import of this process holds,
+    /// rolled forward; how many.
+    pub async fn run_once(&self) -> ServiceResult<usize> {
+        let mut after: Option<String> = None;
+        let mut finished = 0;
+        loop {
+            let page = self.reclaimer.decisions(after.clone()).await?;
+            for decision in &page {
+                if self.live().contains(&decision.id) {
+                    continue;
+                }
+                let visible = self.roll_forward(decision).await?;
+                tracing::info!(import = %decision.id, agents = visible.len(), "a decided import was finished");
+                finished += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == DECISIONS_PAGE_COUNT_MAX => after = Some(last.id.clone()),
+                _ => return Ok(finished),
+            }
+        }
+    }
+
+    /// Starts the background pass: at once (the decisions a crash left),
+    /// then every `DECIDED_IMPORTS_IDLE_POLL_MS` while none waits.
+    pub fn start(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let spec = WorkerSpec {
+            name: "decided-imports",
+            failure: "finishing a decided import failed",
+            idle_poll_ms: DECIDED_IMPORTS_IDLE_POLL_MS,
+            wake: None,
+        };
+        self.worker.start(&self.env, spec, move || {
+            let this = Arc::clone(&this);
+            async move { this.run_once().await }
+        });
+    }
+
+    pub fn shutdown(&self) {
+        self.worker.stop();
+    }
+}
