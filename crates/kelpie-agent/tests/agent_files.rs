@@ -722,3 +722,86 @@ async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new
     assert_eq!(groups.len(), 3, "the two imported first and the copy's: {groups:?}");
     service.shutdown().await;
 }
+
+/// A file whose groups share `groups_count` blocks of a million characters
+/// that no agent of the file holds: each group has one member of its own,
+/// so every agent stays within its core-memory total (and, with a window of
+/// `context_window` tokens, within its context), and the decision carries
+/// every block whole.
+fn file_sharing_big_blocks(groups_count: usize, context_window: u64) -> Value {
+    let mut file = three_agent_file();
+    let agents: Vec<Value> = (0..groups_count)
+        .map(|n| {
+            let mut agent = letta_agent(n, &format!("keeper{n}"));
+            agent["block_ids"] = json!([format!("block-{}", n + 1)]);
+            agent["llm_config"]["context_window"] = json!(context_window);
+            agent
+        })
+        .collect();
+    file["agents"] = json!(agents);
+    let mut blocks: Vec<Value> = (0..groups_count)
+        .map(|n| json!({"id": format!("block-{}", n + 1), "label": "persona", "value": format!("I keep {n}."), "limit": 5000}))
+        .collect();
+    blocks.extend((0..groups_count).map(|n| {
+        json!({"id": format!("big-{n}"), "label": format!("notes{n}"), "value": "n".repeat(1_000_000), "limit": 1_000_000})
+    }));
+    file["blocks"] = json!(blocks);
+    file["groups"] = (0..groups_count)
+        .map(|n| {
+            json!({"id": format!("group-{n}"), "agent_ids": [format!("agent-{n}")], "description": format!("keeper {n}"),
+                   "manager_config": {"manager_type": "round_robin"}, "shared_block_ids": [format!("big-{n}")]})
+        })
+        .collect();
+    file
+}
+
+/// A window that holds a block of a million characters (about 250 000 tokens).
+const BIG_WINDOW_TOKENS: u64 = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_past_its_byte_max_is_refused_and_leaves_nothing_visible() {
+    use kelpie_agent::service::transfer::IMPORT_DECISION_BYTES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    // A shared block that would not fit its member's context window is
+    // refused before the decision, not by the attach after it.
+    let bytes = serde_json::to_vec(&file_sharing_big_blocks(1, 32_000)).unwrap();
+    match service.transfer.import_bytes(&bytes, no_suffix()).await {
+        Err(ServiceError::Invalid(why)) => {
+            assert!(why.contains("with its groups' shared blocks") && why.contains("context window"), "{why}")
+        }
+        other => panic!("a block past the window: {other:?}"),
+    }
+    // Six blocks of a million characters: about 6 MB to record, past 5 MiB.
+    const { assert!(6_000_000 > IMPORT_DECISION_BYTES_MAX && 5_000_000 + 100_000 < IMPORT_DECISION_BYTES_MAX) };
+    let bytes = serde_json::to_vec(&file_sharing_big_blocks(6, BIG_WINDOW_TOKENS)).unwrap();
+    match service.transfer.import_bytes(&bytes, no_suffix()).await {
+        Err(ServiceError::Invalid(why)) => {
+            assert!(why.contains("over IMPORT_DECISION_BYTES_MAX"), "{why}")
+        }
+        other => panic!("past the decision max: {other:?}"),
+    }
+    assert!(
+        service.agents.list(None, &[], false, &everything()).await.unwrap().is_empty(),
+        "no agent appeared"
+    );
+    assert!(
+        service.groups.list(&GroupFilter::default(), &everything()).await.unwrap().is_empty(),
+        "no group"
+    );
+    assert!(service.reclaimer.decisions(None).await.unwrap().is_empty(), "no decision was recorded");
+    // Five fit: every keeper appears holding its group's big block.
+    let bytes = serde_json::to_vec(&file_sharing_big_blocks(5, BIG_WINDOW_TOKENS)).unwrap();
+    let answer = service.transfer.import_bytes(&bytes, no_suffix()).await.unwrap();
+    let ids = strings(&answer["agent_ids"]);
+    assert_eq!(ids.len(), 5);
+    for (n, id) in ids.iter().enumerate() {
+        let agent = service.agents.get(id).await.unwrap();
+        let blocks = agent["memory"]["blocks"].as_array().unwrap();
+        let big = blocks.iter().find(|b| b["label"] == format!("notes{n}")).expect("the group's block");
+        assert_eq!(big["value"].as_str().unwrap().len(), 1_000_000);
+    }
+    assert_eq!(service.groups.list(&GroupFilter::default(), &everything()).await.unwrap().len(), 5);
+    service.shutdown().await;
+}

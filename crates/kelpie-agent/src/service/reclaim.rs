@@ -83,7 +83,7 @@ impl Reclaimer {
     }
 
     /// Up to `DECISIONS_PAGE_COUNT_MAX` decided imports after import `after`.
-    pub(crate) async fn decisions(&self, after: Option<String>) -> ServiceResult<Vec<ImportDecision>> {
+    pub async fn decisions(&self, after: Option<String>) -> ServiceResult<Vec<ImportDecision>> {
         let page = ReclaimCommand::Decisions { after, limit: DECISIONS_PAGE_COUNT_MAX };
         match self.command(page).await? {
             ReclaimReply::Decisions(decisions) => Ok(decisions),

@@ -54,7 +54,7 @@ const IMPORT_BATCH_OPS_COUNT_MAX: usize = 6_000;
 const IMPORT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of an import's recorded decision (its agents' names and tools,
 /// shared blocks no agent holds, groups): one stored value.
-const IMPORT_DECISION_BYTES_MAX: usize = kelpie_core::limits::STORAGE_VALUE_SIZE_BYTES_MAX / 2;
+pub const IMPORT_DECISION_BYTES_MAX: usize = kelpie_core::limits::STORAGE_VALUE_SIZE_BYTES_MAX / 2;
 
 /// The import form's options besides the file (Letta's names).
 #[derive(Debug, Clone, Default)]
@@ -723,35 +723,51 @@ impl AgentImport {
     /// `CORE_MEMORY_BLOCKS_COUNT_MAX` blocks), as a group create checks.
     fn check_group_room(&self, groups: &[GroupRecord], blocks: &[DecidedBlock]) -> ServiceResult<()> {
         let plan_blocks = self.plan.as_ref().map(|(_, blocks)| blocks.as_slice()).unwrap_or_default();
-        let label_of = |id: &str| -> Option<String> {
+        let block_of = |id: &str| -> Option<Block> {
             let file_id = self.block_ids.iter().find(|(_, new)| new.as_str() == id).map(|(file, _)| file)?;
-            plan_blocks.iter().find(|block| &block.id == file_id).map(|block| block.label.clone())
+            let block = plan_blocks.iter().find(|block| &block.id == file_id)?;
+            Some(Block { id: id.to_string(), ..block.clone() })
         };
+        // Each agent's memory as it will be once every group of the file
+        // has attached its shared blocks, checked as the attach will be.
+        let mut trials: BTreeMap<&str, CoreMemory> = BTreeMap::new();
         for group in groups {
             let everyone = group.agent_ids.iter().chain(group.manager_agent_id.iter());
             for agent_id in everyone {
                 let Some(begun) = self.written.iter().find(|begun| &begun.record.id == agent_id) else {
                     return Err(unexpected("a group member not written"));
                 };
-                let memory = &begun.record.memory;
-                let gained: Vec<String> = group
-                    .shared_block_ids
-                    .iter()
-                    .filter(|id| memory.label_of(id).is_none())
-                    .filter_map(|id| label_of(id))
-                    .collect();
-                if let Some(label) = gained.iter().find(|label| memory.get(label).is_ok()) {
-                    return Err(ServiceError::Invalid(format!(
-                        "agent {agent_id} already has a block labelled {label:?}; a shared block cannot join it"
-                    )));
+                let record = &begun.record;
+                let trial = trials.entry(agent_id.as_str()).or_insert_with(|| record.memory.clone());
+                for id in &group.shared_block_ids {
+                    let Some(block) = block_of(id).filter(|_| trial.label_of(id).is_none()) else { continue };
+                    if trial.get(&block.label).is_ok() {
+                        return Err(ServiceError::Invalid(format!(
+                            "agent {agent_id} already has a block labelled {:?}; a shared block cannot join it",
+                            block.label
+                        )));
+                    }
+                    let count = trial.blocks().len() + 1;
+                    if count > kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX {
+                        return Err(ServiceError::Invalid(format!(
+                            "agent {agent_id} would hold {count} blocks, over CORE_MEMORY_BLOCKS_COUNT_MAX = {}",
+                            kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX
+                        )));
+                    }
+                    let label = block.label.clone();
+                    trial.attach(block).map_err(|err| {
+                        ServiceError::Invalid(format!(
+                            "agent {agent_id} cannot take shared block {label:?}: {err}"
+                        ))
+                    })?;
                 }
-                let count = memory.blocks().len() + gained.len();
-                if count > kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX {
-                    return Err(ServiceError::Invalid(format!(
-                        "agent {agent_id} would hold {count} blocks, over CORE_MEMORY_BLOCKS_COUNT_MAX = {}",
-                        kelpie_memory::core::CORE_MEMORY_BLOCKS_COUNT_MAX
-                    )));
-                }
+                crate::context::check_fits(&record.system, trial, record.llm.context_window).map_err(
+                    |why| {
+                        ServiceError::Invalid(format!(
+                            "agent {agent_id} with its groups' shared blocks: {why}"
+                        ))
+                    },
+                )?;
             }
         }
         assert!(blocks.iter().all(|block| block.holders.len() <= self.written.len()));
