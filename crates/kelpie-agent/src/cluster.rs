@@ -29,8 +29,8 @@ use kelpie_cluster::forward::{encode_forwarded, encode_request};
 use kelpie_cluster::rebalance::{self, REBALANCE_INTERVAL_MS};
 use kelpie_cluster::transport::REQUEST_TIMEOUT_MS_DEFAULT;
 use kelpie_cluster::{
-    ClusterRemote, ClusterSecret, HttpForwardHandler, Liveness, Member, MemberView, MembershipConfig,
-    NodeHandler, NodeTable, RequestKind, TcpServer, TcpTransport, TransportConfig,
+    ClusterRemote, ClusterSecret, ClusterTls, HttpForwardHandler, Liveness, Member, MemberView,
+    MembershipConfig, NodeHandler, NodeTable, RequestKind, TcpServer, TcpTransport, TransportConfig,
 };
 use kelpie_core::limits::{HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS};
 use kelpie_core::{ActorId, Env, NodeId};
@@ -58,15 +58,16 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// Joins the cluster on `database_url` as `node_id`, reachable at
-    /// `advertise`; the transport will listen on `listen`, and every
-    /// connection either way proves `secret` (none: a trusted network).
+    /// `advertise`; the transport will listen on `listen`, every
+    /// connection either way proves `secret` (none: a trusted network) and
+    /// runs inside TLS when `tls` is given.
     pub async fn start(
         (database_url, backend): (&str, Arc<PostgresBackend>),
         node_id: NodeId,
-        (advertise, listen, secret): (SocketAddr, SocketAddr, Option<ClusterSecret>),
+        (advertise, listen, secret, tls): (SocketAddr, SocketAddr, Option<ClusterSecret>, Option<ClusterTls>),
         env: Env,
     ) -> Result<ClusterNode, NodeError> {
-        let transport_config = TransportConfig { secret, ..TransportConfig::default() };
+        let transport_config = TransportConfig { secret, tls, ..TransportConfig::default() };
         let directory: Arc<dyn PlacementDirectory> = Arc::new(PostgresRegistry::new(backend));
         let cluster_error = |e: kelpie_cluster::ClusterError| NodeError::Cluster(e.to_string());
         let table = NodeTable::connect(database_url).await.map_err(cluster_error)?;

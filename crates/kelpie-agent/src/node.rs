@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kelpie_cluster::{ClusterSecret, HttpForwardHandler, NodeHandler};
+use kelpie_cluster::{ClusterSecret, ClusterTls, HttpForwardHandler, NodeHandler};
 use kelpie_core::config::{KelpieConfig, SandboxBackend, SandboxConfig, StorageConfig};
 use kelpie_core::Env;
 use kelpie_llm::catalog::ModelCatalog;
@@ -106,10 +106,17 @@ impl AgentNode {
                 if secret.is_none() {
                     tracing::warn!("cluster.trusted_network is set: the cluster transport runs any peer's commands unauthenticated");
                 }
+                let tls = match &cluster.tls {
+                    Some(files) => Some(
+                        ClusterTls::from_pem_files(&files.cert, &files.key, &files.ca)
+                            .map_err(|err| NodeError::Cluster(err.to_string()))?,
+                    ),
+                    None => None,
+                };
                 let node = ClusterNode::start(
                     (database_url, Arc::clone(backend)),
                     config.node_id.clone(),
-                    (cluster.advertise, cluster.listen, secret),
+                    (cluster.advertise, cluster.listen, secret, tls),
                     Env::production(),
                 )
                 .await?;

@@ -29,6 +29,7 @@ pub mod node_store;
 pub mod node_table;
 pub mod rebalance;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 pub use auth::ClusterSecret;
@@ -39,4 +40,5 @@ pub use membership::{Liveness, MembershipConfig, NodeStatus};
 pub use node_store::{MemoryNodeStore, NodeStore};
 pub use node_table::NodeTable;
 pub use server::TcpServer;
+pub use tls::{ClusterTls, TlsConfigError, CLUSTER_TLS_SERVER_NAME};
 pub use transport::{RequestHandler, TcpTransport, Transport, TransportConfig};

@@ -11,15 +11,16 @@ use std::sync::Arc;
 
 use kelpie_core::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::auth::{self, ClusterSecret, ServerHandshake, HELLO_BYTES, PROOF_BYTES};
 use crate::error::{ClusterError, ClusterResult};
 use crate::frame::{self, Envelope, FrameKind};
+use crate::tls::BoxStream;
 use crate::transport::{
-    read_frame, within_handshake, ReadEnd, RequestHandler, TransportConfig, STREAM_CHUNKS_BUFFERED_COUNT_MAX,
+    read_frame, within_handshake, ReadEnd, RequestHandler, StreamWriter, TransportConfig,
+    STREAM_CHUNKS_BUFFERED_COUNT_MAX,
 };
 
 /// A listening server; stops accepting and closes its connections when
@@ -94,7 +95,22 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::warn!(%peer, "set_nodelay: {err}");
     }
-    let mut stream = stream;
+    let mut stream: BoxStream = match &shared.config.tls {
+        Some(tls) => {
+            let accepted = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => return,
+                accepted = within_handshake(&shared.env, tls.accept(stream)) => accepted,
+            };
+            match accepted {
+                Ok(stream) => stream,
+                // Not a frame is read from a peer that does not speak TLS
+                // with a certificate of the cluster's authority.
+                Err(reason) => return tracing::warn!(%peer, "transport connection refused: TLS: {reason}"),
+            }
+        }
+        None => Box::new(stream),
+    };
     if let Some(secret) = &shared.config.secret {
         let authenticated = tokio::select! {
             biased;
@@ -106,7 +122,7 @@ async fn serve_connection(
             return tracing::warn!(%peer, "transport connection refused: {reason}");
         }
     }
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = tokio::io::split(stream);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let slots = Arc::new(Semaphore::new(shared.config.in_flight_requests_max));
     loop {
@@ -137,7 +153,7 @@ async fn serve_connection(
 /// the cluster's secret.
 async fn authenticate_client(
     env: &Env,
-    stream: &mut TcpStream,
+    stream: &mut BoxStream,
     secret: &ClusterSecret,
 ) -> Result<(), String> {
     let mut hello = [0u8; HELLO_BYTES];
@@ -153,7 +169,7 @@ async fn authenticate_client(
 
 async fn answer(
     handler: Arc<dyn RequestHandler>,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<StreamWriter>>,
     request: Envelope,
     peer: SocketAddr,
 ) {
@@ -186,7 +202,7 @@ async fn answer(
 /// Writes one answer frame; an oversize one becomes an error answer.
 /// False when the connection failed.
 async fn write_envelope(
-    writer: &tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: &tokio::sync::Mutex<StreamWriter>,
     envelope: Envelope,
     peer: SocketAddr,
 ) -> bool {

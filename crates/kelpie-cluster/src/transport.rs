@@ -19,8 +19,14 @@ use kelpie_core::env::BoxFuture;
 use kelpie_core::limits::ACTOR_INVOCATION_TIMEOUT_MS_DEFAULT;
 use kelpie_core::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+use crate::tls::{BoxStream, ClusterTls};
+
+/// The halves of a connection's stream (plain TCP or TLS).
+pub(crate) type StreamReader = ReadHalf<BoxStream>;
+pub(crate) type StreamWriter = WriteHalf<BoxStream>;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{self, ClientHandshake, ClusterSecret, CHALLENGE_BYTES, HANDSHAKE_TIMEOUT_MS};
@@ -96,6 +102,9 @@ pub struct TransportConfig {
     /// [`crate::auth`] (client and server must agree); `None` speaks frames
     /// at once (a network the operator declared trusted).
     pub secret: Option<ClusterSecret>,
+    /// When set, every connection is TLS (client and server must agree),
+    /// the secret's handshake running inside it.
+    pub tls: Option<ClusterTls>,
 }
 
 impl Default for TransportConfig {
@@ -104,6 +113,7 @@ impl Default for TransportConfig {
             in_flight_requests_max: IN_FLIGHT_REQUESTS_COUNT_MAX,
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -124,7 +134,7 @@ pub(crate) async fn within_handshake<T>(
 /// The client's side of the handshake on a fresh connection.
 async fn authenticate_to_server(
     env: &Env,
-    stream: &mut TcpStream,
+    stream: &mut BoxStream,
     secret: &ClusterSecret,
 ) -> Result<(), String> {
     let (handshake, hello) = ClientHandshake::start(secret.clone(), auth::nonce(env.rng.as_ref()));
@@ -145,7 +155,7 @@ pub(crate) enum ReadEnd {
 }
 
 /// Reads one frame, refusing an oversize length before buffering anything.
-pub(crate) async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Envelope, ReadEnd> {
+pub(crate) async fn read_frame(reader: &mut StreamReader) -> Result<Envelope, ReadEnd> {
     let mut header = [0u8; FRAME_HEADER_SIZE_BYTES];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
@@ -165,7 +175,7 @@ type Waiter = mpsc::Sender<ClusterResult<Envelope>>;
 /// One live connection to a peer.
 struct Connection {
     generation: u64,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<StreamWriter>>,
     alive: Arc<AtomicBool>,
 }
 
@@ -306,7 +316,7 @@ impl TcpTransport {
     async fn connection(
         &self,
         link: &Link,
-    ) -> ClusterResult<(u64, Arc<tokio::sync::Mutex<OwnedWriteHalf>>, Arc<AtomicBool>)> {
+    ) -> ClusterResult<(u64, Arc<tokio::sync::Mutex<StreamWriter>>, Arc<AtomicBool>)> {
         let mut state = link.state.lock().await;
         if let Some(connection) = state.connection.as_ref().filter(|c| c.alive.load(Ordering::SeqCst)) {
             return Ok((connection.generation, connection.writer.clone(), connection.alive.clone()));
@@ -327,7 +337,7 @@ impl TcpTransport {
         state.backoff.connected();
         state.generations_count += 1;
         let generation = state.generations_count;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = tokio::io::split(stream);
         let connection = Connection {
             generation,
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
@@ -344,7 +354,7 @@ impl TcpTransport {
         Ok(found)
     }
 
-    async fn connect(&self, peer: SocketAddr) -> ClusterResult<TcpStream> {
+    async fn connect(&self, peer: SocketAddr) -> ClusterResult<BoxStream> {
         let timeout_ms = self.config.connect_timeout_ms;
         let timeout = self.env.clock.sleep(Duration::from_millis(timeout_ms));
         let stream = tokio::select! {
@@ -353,7 +363,12 @@ impl TcpTransport {
             () = timeout => return Err(ClusterError::Connect { peer, reason: format!("no connection in {timeout_ms} ms") }),
         };
         stream.set_nodelay(true).map_err(|err| ClusterError::Connect { peer, reason: err.to_string() })?;
-        let mut stream = stream;
+        let mut stream: BoxStream = match &self.config.tls {
+            Some(tls) => within_handshake(&self.env, tls.connect(stream))
+                .await
+                .map_err(|reason| ClusterError::Auth { peer, reason: format!("TLS: {reason}") })?,
+            None => Box::new(stream),
+        };
         if let Some(secret) = &self.config.secret {
             authenticate_to_server(&self.env, &mut stream, secret)
                 .await
@@ -365,7 +380,7 @@ impl TcpTransport {
 
 /// Delivers answers of one connection to their waiting requests; when the
 /// connection ends, marks it dead and fails the requests still waiting on it.
-async fn read_answers(link: Arc<Link>, mut reader: OwnedReadHalf, generation: u64, alive: Arc<AtomicBool>) {
+async fn read_answers(link: Arc<Link>, mut reader: StreamReader, generation: u64, alive: Arc<AtomicBool>) {
     let reason = loop {
         match read_frame(&mut reader).await {
             Ok(envelope) if envelope.kind == FrameKind::ResponseChunk => {

@@ -24,6 +24,9 @@
 //! | `cluster.listen` | `KELPIE_CLUSTER_LISTEN` | the advertise address |
 //! | `cluster.secret` | `KELPIE_CLUSTER_SECRET` | none: required in a cluster unless trusted_network |
 //! | `cluster.trusted_network` | `KELPIE_CLUSTER_TRUSTED_NETWORK` | `false` |
+//! | `cluster.tls_cert` | `KELPIE_CLUSTER_TLS_CERT` | none: the transport runs without TLS |
+//! | `cluster.tls_key` | `KELPIE_CLUSTER_TLS_KEY` | none |
+//! | `cluster.tls_ca` | `KELPIE_CLUSTER_TLS_CA` | none |
 //! | `llm.openai_base_url` | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
 //! | `llm.openai_api_key` | `OPENAI_API_KEY` | none |
 //! | `llm.anthropic_base_url` | `ANTHROPIC_BASE_URL` | `https://api.anthropic.com` |
@@ -74,6 +77,9 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("cluster.listen", "KELPIE_CLUSTER_LISTEN"),
     ("cluster.secret", "KELPIE_CLUSTER_SECRET"),
     ("cluster.trusted_network", "KELPIE_CLUSTER_TRUSTED_NETWORK"),
+    ("cluster.tls_cert", "KELPIE_CLUSTER_TLS_CERT"),
+    ("cluster.tls_key", "KELPIE_CLUSTER_TLS_KEY"),
+    ("cluster.tls_ca", "KELPIE_CLUSTER_TLS_CA"),
     ("llm.openai_base_url", "OPENAI_BASE_URL"),
     ("llm.openai_api_key", "OPENAI_API_KEY"),
     ("llm.anthropic_base_url", "ANTHROPIC_BASE_URL"),
@@ -156,6 +162,18 @@ pub struct ClusterConfig {
     /// on each transport connection; `None` only when the operator said the
     /// network is trusted (`cluster.trusted_network`).
     pub secret: Option<String>,
+    /// TLS of the transport: all three files or none.
+    pub tls: Option<ClusterTlsFiles>,
+}
+
+/// The PEM files of the cluster transport's TLS: this node's certificate
+/// chain (naming `kelpie-cluster`), its private key, and the authority
+/// that issued every node's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// Shortest cluster secret accepted, in bytes.
@@ -167,6 +185,7 @@ impl fmt::Debug for ClusterConfig {
             .field("advertise", &self.advertise)
             .field("listen", &self.listen)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -470,7 +489,21 @@ impl ConfigLayers {
                 ))
             }
         };
-        Ok(Some(ClusterConfig { advertise, listen, secret }))
+        let files =
+            ["cluster.tls_cert", "cluster.tls_key", "cluster.tls_ca"].map(|field| self.optional(field));
+        let tls = match files {
+            [Some(cert), Some(key), Some(ca)] => Some(ClusterTlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                ca: PathBuf::from(ca),
+            }),
+            [None, None, None] => None,
+            _ => return Err(self.invalid(
+                "cluster.tls_cert",
+                "cluster.tls_cert, cluster.tls_key and cluster.tls_ca go together: give all three or none",
+            )),
+        };
+        Ok(Some(ClusterConfig { advertise, listen, secret, tls }))
     }
 
     fn resolve_llm(&self) -> Result<LlmConfig, ConfigError> {
@@ -777,17 +810,40 @@ mod tests {
         let secret = Some(secret.to_string());
         assert_eq!(
             config.cluster,
-            Some(ClusterConfig { advertise, listen: advertise, secret: secret.clone() })
+            Some(ClusterConfig { advertise, listen: advertise, secret: secret.clone(), tls: None })
         );
         assert!(!format!("{config:?}").contains("a secret of"), "the secret is never printed");
 
         layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "0.0.0.0:7101")]));
         let config = layers.resolve().unwrap();
         let listen: SocketAddr = "0.0.0.0:7101".parse().unwrap();
-        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen, secret }));
+        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen, secret, tls: None }));
         layers.add_env(env(&[("KELPIE_CLUSTER_LISTEN", "nowhere")]));
         let err = layers.resolve().unwrap_err();
         assert!(err.to_string().starts_with("config field `cluster.listen`"), "{err}");
+    }
+
+    #[test]
+    fn cluster_tls_takes_its_three_files_together() {
+        let mut layers = ConfigLayers::new();
+        layers.add_env(env(&[
+            ("KELPIE_CLUSTER", "true"),
+            ("KELPIE_DATABASE_URL", "postgres://h/db"),
+            ("KELPIE_ADVERTISE", "127.0.0.1:7001"),
+            ("KELPIE_CLUSTER_TRUSTED_NETWORK", "true"),
+            ("KELPIE_CLUSTER_TLS_CERT", "/etc/kelpie/node.pem"),
+            ("KELPIE_CLUSTER_TLS_KEY", "/etc/kelpie/node.key"),
+        ]));
+        let err = layers.resolve().unwrap_err();
+        assert!(err.to_string().contains("give all three or none"), "{err}");
+        layers.add_env(env(&[("KELPIE_CLUSTER_TLS_CA", "/etc/kelpie/ca.pem")]));
+        let cluster = layers.resolve().unwrap().cluster.unwrap();
+        let files = ClusterTlsFiles {
+            cert: PathBuf::from("/etc/kelpie/node.pem"),
+            key: PathBuf::from("/etc/kelpie/node.key"),
+            ca: PathBuf::from("/etc/kelpie/ca.pem"),
+        };
+        assert_eq!(cluster.tls, Some(files));
     }
 
     #[test]
@@ -801,7 +857,10 @@ mod tests {
         ]));
         let advertise: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let config = layers.resolve().unwrap();
-        assert_eq!(config.cluster, Some(ClusterConfig { advertise, listen: advertise, secret: None }));
+        assert_eq!(
+            config.cluster,
+            Some(ClusterConfig { advertise, listen: advertise, secret: None, tls: None })
+        );
         layers.add_env(env(&[("KELPIE_CLUSTER_TRUSTED_NETWORK", "perhaps")]));
         let err = layers.resolve().unwrap_err();
         assert!(err.to_string().starts_with("config field `cluster.trusted_network`"), "{err}");

@@ -114,6 +114,8 @@ pub struct NodeProcess {
     /// Where the transport listens, when not on `advertise` (a proxy sits
     /// in between).
     pub listen: Option<SocketAddr>,
+    /// Extra environment of the process (cluster TLS files, say).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -125,6 +127,7 @@ impl NodeProcess {
             http: free_loopback_addr(),
             advertise: free_loopback_addr(),
             listen: None,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -159,6 +162,7 @@ impl NodeProcess {
             .env("KELPIE_DEFAULT_MODEL", "openai-proxy/fake-gpt")
             .env("KELPIE_LOG", "warn")
             .env("KELPIE_CLUSTER_SECRET", CLUSTER_SECRET)
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kelpie");
