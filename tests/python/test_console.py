@@ -25,6 +25,8 @@ XSS_NAME = '<img src=x onerror="window.__xss = 1">'
 # More agents than the console's page (AGENT_PAGE_COUNT = 20 in views.js), so "More" pages on.
 LISTED_AGENTS_COUNT = 23
 AGENT_PAGE_COUNT = 20
+# Pages one "More" reads at most while a search finds too few (SEARCH_PAGES_PER_LOAD_MAX in views.js).
+SEARCH_PAGES_PER_LOAD_MAX = 10
 # Waits for the page: generous for a loaded CI machine, never a sleep.
 UI_TIMEOUT_MS = 20_000
 SHOTS = Path(os.environ.get("KELPIE_CONSOLE_SCREENSHOTS",
@@ -219,3 +221,26 @@ def test_the_agent_list_pages_searches_and_shows_markup_as_text(server, page):
     assert page.locator("main img").count() == 0
     assert page.evaluate("window.__xss") is None
     shot(page, "10-markup-agent-page")
+
+
+def test_a_search_reads_at_most_ten_pages_per_click(server, page):
+    """A name found only past SEARCH_PAGES_PER_LOAD_MAX pages needs a second click on More."""
+    client = Letta(base_url=server, api_key=API_KEY)
+    before = len(list(client.agents.list()))
+    scanned = SEARCH_PAGES_PER_LOAD_MAX * AGENT_PAGE_COUNT
+    for number in range(scanned - before + 1):
+        client.agents.create(name=f"filler-{number:03}", model="openai-proxy/fake-gpt")
+    needle = client.agents.create(name="needle-past-the-limit", model="openai-proxy/fake-gpt")
+
+    page.goto(f"{server}/#/agents")
+    page.reload()  # a fresh list view, the token still in the tab's session
+    names = by_id(page, "agent-rows").get_by_test_id("agent-name")
+    by_id(page, "agent-search").fill("needle")
+    expect(by_id(page, "agents-status")).to_have_text("0 agents matching")
+    expect(by_id(page, "agents-more")).to_be_enabled()
+    expect(names).to_have_count(0)
+    by_id(page, "agents-more").click()
+    expect(by_id(page, "agents-status")).to_have_text("1 agent matching (all read)")
+    expect(names).to_have_text("needle-past-the-limit")
+    assert names.get_attribute("href").endswith(f"/{needle.id}/chat")
+    shot(page, "11-search-past-the-page-limit")

@@ -152,6 +152,20 @@ mod tests {
     }
 
     #[test]
+    fn an_asset_at_the_size_limit_is_taken() {
+        static LARGEST: [u8; ASSET_BYTES_MAX] = [b'x'; ASSET_BYTES_MAX];
+        let largest = asset("largest.js", "text/javascript", &LARGEST);
+        assert_eq!((largest.bytes.len(), largest.hash), (ASSET_BYTES_MAX, fnv1a64(&LARGEST)));
+    }
+
+    #[test]
+    #[should_panic(expected = "a console file is over ASSET_BYTES_MAX")]
+    fn an_asset_over_the_size_limit_is_refused() {
+        static TOO_BIG: [u8; ASSET_BYTES_MAX + 1] = [b'x'; ASSET_BYTES_MAX + 1];
+        asset("too-big.js", "text/javascript", &TOO_BIG);
+    }
+
+    #[test]
     fn asset_names_are_unique_and_the_page_is_not_among_them() {
         let mut names: Vec<&str> = ASSETS.iter().map(|asset| asset.name).collect();
         names.sort_unstable();
