@@ -17,6 +17,7 @@ const ROUTE_SOURCES: &[&str] = &[
     include_str!("../src/routes/blocks.rs"),
     include_str!("../src/routes/chat_completions.rs"),
     include_str!("../src/routes/cluster.rs"),
+    include_str!("../src/routes/console.rs"),
     include_str!("../src/routes/conversations.rs"),
     include_str!("../src/routes/health.rs"),
     include_str!("../src/routes/mcp.rs"),

@@ -15,6 +15,7 @@ pub mod batches;
 pub mod blocks;
 pub mod chat_completions;
 pub mod cluster;
+pub mod console;
 pub mod conversations;
 pub mod embeddings;
 pub mod extract;
@@ -51,7 +52,9 @@ use crate::state::AppState;
 /// hyper with a bare 414 before it reaches the router.)
 pub const URI_BYTES_MAX: usize = 16 * 1024;
 
-/// The API with the MCP endpoint (`/mcp`, behind the same bearer token).
+/// The API with the MCP endpoint (`/mcp`, behind the same bearer token)
+/// and the web console (`console`: its page and files only, outside the
+/// bearer-token check, since the page holds no data and asks for the token).
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     let gateway =
@@ -64,6 +67,7 @@ pub fn router(state: AppState) -> Router {
     let endpoint =
         Router::new().nest_service("/mcp", mcp).layer(middleware::from_fn_with_state(state, require_api_key));
     api.merge(endpoint)
+        .merge(console::router())
         .layer(DefaultBodyLimit::max(extract::REQUEST_BODY_BYTES_MAX))
         .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn(crate::telemetry::request_context))
@@ -133,7 +137,8 @@ async fn unknown_route(request: Request) -> ApiError {
 /// readiness checks, the login and the MCP OAuth callback (exactly their
 /// paths) and, when `metrics.public` is set, `GET /metrics`, needs
 /// `Authorization: Bearer <key>` (the scheme in any case, as HTTP has it).
-/// A refusal is 401 with `WWW-Authenticate`.
+/// A refusal is 401 with `WWW-Authenticate`. (The web console's page and
+/// files never pass here: `router` mounts them beside the API.)
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;

@@ -36,6 +36,8 @@ const fn route(
 /// Every operation served.
 pub const ROUTES: &[RouteDoc] = &[
     route("get", "/openapi.json", "This document", None, "OpenAPI"),
+    route("get", "/", "The web console's page (HTML; answered without a bearer token: the page holds no data)", None, "text/html"),
+    route("get", "/console/{asset}", "A file of the web console (CSS, JavaScript, SVG; no bearer token needed)", None, "text/css, text/javascript, image/svg+xml"),
     route("get", "/v1/health/", "Liveness and version", None, "Health"),
     route("get", "/v1/ready/", "Readiness: answers once the node has started", None, "Health"),
     route("post", "/v1/auth", "Log in with the server's API key as password: the user's uuid, is_admin (no bearer token needed)", Some("AuthRequest"), "AuthResponse"),
@@ -406,7 +408,7 @@ fn operation(doc: &RouteDoc) -> Value {
         "operationId": format!("{}_{}", doc.method, doc.path.trim_matches('/').replace(['/', '{', '}', '-', '.'], "_")),
         "parameters": path_parameters(doc.path),
         "responses": {
-            "200": {"description": format!("Success: {}", doc.response), "content": {"application/json": {"schema": {}}}},
+            "200": {"description": format!("Success: {}", doc.response), "content": success_content(doc.response)},
             "default": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}},
         },
     });
@@ -420,6 +422,16 @@ fn operation(doc: &RouteDoc) -> Value {
         });
     }
     op
+}
+
+/// A success's media types: those a response names (`text/html`, a list
+/// of them), else JSON.
+fn success_content(response: &str) -> Value {
+    if !response.contains('/') {
+        return json!({"application/json": {"schema": {}}});
+    }
+    let types = response.split(", ").map(|media_type| (media_type.to_string(), json!({"schema": {}})));
+    Value::Object(types.collect())
 }
 
 /// The OpenAPI document of [`ROUTES`].
