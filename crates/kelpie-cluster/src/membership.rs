@@ -306,6 +306,18 @@ mod tests {
     }
 
     #[test]
+    fn is_isolated_is_true_exactly_from_the_timeout_until_the_next_ack() {
+        let mut member = LocalMember::new(CONFIG, 0);
+        member.step(MemberInput::HeartbeatAcked { sent_ms: 0 });
+        member.step(MemberInput::Tick { now_ms: 499 });
+        assert!(!member.is_isolated(), "silent for less than a timeout");
+        member.step(MemberInput::Tick { now_ms: 500 });
+        assert!(member.is_isolated(), "silent for a whole timeout");
+        member.step(MemberInput::HeartbeatAcked { sent_ms: 550 });
+        assert!(!member.is_isolated(), "an acknowledged heartbeat reconnects");
+    }
+
+    #[test]
     fn an_old_ack_arriving_late_does_not_extend_the_self_judgement() {
         let mut member = LocalMember::new(CONFIG, 0);
         member.step(MemberInput::HeartbeatAcked { sent_ms: 300 });

@@ -16,8 +16,10 @@ pub const ACTOR_INVOCATION_TIMEOUT_MS_MAX: u64 = 30_000;
 /// Invocation timeout used when the caller does not choose one.
 pub const ACTOR_INVOCATION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
-/// Largest total of key and value bytes one transaction may write: 10 MiB.
-pub const TRANSACTION_SIZE_BYTES_MAX: usize = 10 * 1024 * 1024;
+/// Largest total of key and value bytes one transaction may write: room for
+/// one largest value under one longest key (10 MiB + 1 KiB), so a state of
+/// `ACTOR_STATE_SIZE_BYTES_MAX` bytes can be saved with its key.
+pub const TRANSACTION_SIZE_BYTES_MAX: usize = STORAGE_VALUE_SIZE_BYTES_MAX + STORAGE_KEY_SIZE_BYTES_MAX;
 
 /// Most put/delete operations one transaction may buffer.
 pub const TRANSACTION_OPS_COUNT_MAX: usize = 10_000;
@@ -63,7 +65,8 @@ const _: () = assert!(LEASE_RENEW_INTERVAL_MS < LEASE_DURATION_MS);
 const _: () = assert!(LEASE_RENEW_INTERVAL_MS >= HEARTBEAT_INTERVAL_MS);
 const _: () = assert!(ACTOR_INVOCATION_TIMEOUT_MS_DEFAULT <= ACTOR_INVOCATION_TIMEOUT_MS_MAX);
 const _: () = assert!(ACTOR_STATE_SIZE_BYTES_MAX <= TRANSACTION_SIZE_BYTES_MAX);
-const _: () = assert!(STORAGE_VALUE_SIZE_BYTES_MAX <= TRANSACTION_SIZE_BYTES_MAX);
+const _: () =
+    assert!(STORAGE_VALUE_SIZE_BYTES_MAX + STORAGE_KEY_SIZE_BYTES_MAX <= TRANSACTION_SIZE_BYTES_MAX);
 const _: () = assert!(STORAGE_KEY_SIZE_BYTES_MAX < STORAGE_VALUE_SIZE_BYTES_MAX);
 const _: () = assert!(ACTOR_ID_LENGTH_BYTES_MAX <= STORAGE_KEY_SIZE_BYTES_MAX);
 const _: () = assert!(MAILBOX_DEPTH_MAX > 0 && TRANSACTION_OPS_COUNT_MAX > 0);

@@ -218,6 +218,14 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_of_ten_default_leases_is_the_longest_accepted() {
+        let longest_ms = 10 * LEASE_DURATION_MS;
+        let command = LeaseCommand::Claim { node_id: node("n1"), now_ms: 0, lease_ms: longest_ms };
+        let record = claimed(step(&actor(), None, &command).1);
+        assert_eq!(record.holder.unwrap().lease_expires_at_ms, longest_ms);
+    }
+
+    #[test]
     #[should_panic(expected = "out of range")]
     fn oversized_lease_is_a_caller_bug() {
         let command =

@@ -15,6 +15,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kelpie_core::env::BoxFuture;
 use kelpie_core::{ActorId, Error, NodeId};
 use kelpie_registry::{
@@ -263,6 +264,33 @@ async fn concurrent_renewals_are_batched_and_each_decided(server: &PostgresServe
     assert!(batches * 4 <= renewals, "{renewals} renewals sent at once went in {batches} batches");
 }
 
+/// A renewal whose caller stops waiting while its batch is in flight (its
+/// future dropped, as when an activation is cancelled) abandons the batch:
+/// a renewal queued behind it is answered with an error instead of waiting
+/// forever, and the next renewal sends a batch of its own.
+async fn an_abandoned_renewal_batch_fails_its_waiters_and_the_next_renewal_is_sent(server: &PostgresServer) {
+    const ANSWER_WAIT_MS: u64 = 10_000;
+    let registry = PostgresRegistry::with_lease(connect(server, "abandoned").await, SCENARIO_LEASE_MS);
+    let (a, b, n1) = (actor("abandoned-a"), actor("abandoned-b"), node("n1"));
+    let epoch_a = claimed(registry.claim(&a, &n1).await.unwrap()).epoch;
+    let epoch_b = claimed(registry.claim(&b, &n1).await.unwrap()).epoch;
+    let mut sender = Box::pin(registry.renew(&a, &n1, epoch_a));
+    assert!((&mut sender).now_or_never().is_none(), "the batch waits for the database");
+    let mut waiter = Box::pin(registry.renew(&b, &n1, epoch_b));
+    assert!((&mut waiter).now_or_never().is_none(), "queued behind the batch in flight");
+    drop(sender);
+    let wait = Duration::from_millis(ANSWER_WAIT_MS);
+    let abandoned = tokio::time::timeout(wait, waiter).await.expect("the queued renewal is answered");
+    assert!(
+        matches!(abandoned, Err(Error::StorageIo { operation: "lease renew", .. })),
+        "the queued renewal was answered {abandoned:?}"
+    );
+    let renewed =
+        tokio::time::timeout(wait, registry.renew(&b, &n1, epoch_b)).await.expect("a new batch is sent");
+    assert!(matches!(renewed, Ok(LeaseOutcome::Renewed(ref r)) if r.epoch == epoch_b), "{renewed:?}");
+    assert_eq!(registry.renewal_batches_count(), 2, "the abandoned batch and the next one");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_registry_follows_lease_step_on_the_database_clock() {
     let Some(server) = PostgresServer::start_or_skip("postgres_registry_follows_lease_step") else { return };
@@ -272,4 +300,5 @@ async fn postgres_registry_follows_lease_step_on_the_database_clock() {
     concurrent_claims_have_exactly_one_winner(&server).await;
     zombie_commit_is_fenced_after_takeover(&server).await;
     concurrent_renewals_are_batched_and_each_decided(&server).await;
+    an_abandoned_renewal_batch_fails_its_waiters_and_the_next_renewal_is_sent(&server).await;
 }

@@ -114,6 +114,12 @@ mod tests {
     }
 
     #[test]
+    fn states_display_as_their_names() {
+        let names: Vec<String> = STATES.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["Deactivated", "Activating", "Active", "Deactivating"]);
+    }
+
+    #[test]
     fn failed_activation_returns_to_deactivated_without_counting() {
         let mut life = Lifecycle::default();
         life.apply(Activate).unwrap();

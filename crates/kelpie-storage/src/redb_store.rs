@@ -581,3 +581,31 @@ impl Backend for RedbBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        let actor_id = ActorId::new("agents", "a1").unwrap();
+        let placement = Placement { actor_id, node_id: NodeId::new("n1").unwrap(), epoch: 1 };
+        Job { op: Op::PutPlacement(placement), reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn gather_fills_a_batch_up_to_the_limit_and_leaves_the_rest_queued() {
+        const EXTRA_JOBS_COUNT: usize = 5;
+        let queued = GROUP_COMMIT_BATCH_COUNT_MAX + EXTRA_JOBS_COUNT;
+        let (sender, mut jobs) = mpsc::channel(queued);
+        for _ in 0..queued {
+            sender.try_send(job()).unwrap();
+        }
+        let mut batch = vec![jobs.try_recv().unwrap()];
+        gather(&mut jobs, &mut batch);
+        assert_eq!(batch.len(), GROUP_COMMIT_BATCH_COUNT_MAX, "one batch takes all it may");
+        let mut next = Vec::new();
+        gather(&mut jobs, &mut next);
+        assert_eq!(next.len(), EXTRA_JOBS_COUNT, "the rest waits for the next batch");
+        assert!(jobs.try_recv().is_err());
+    }
+}

@@ -332,6 +332,34 @@ async fn scans_past_the_row_limit_are_refused(fixture: &Fixture) {
     assert_eq!(txn.scan(KeyRange::prefix("row/1/")).await.unwrap().len(), SCAN_ROWS_COUNT_MAX / 2 + 1);
 }
 
+/// A scan of exactly `SCAN_ROWS_COUNT_MAX` rows is validated whole at
+/// commit: unchanged, the transaction commits; a row added after the last
+/// one it saw (the first row past the limit) is a phantom and conflicts.
+async fn a_scan_of_exactly_the_row_limit_validates_up_to_one_row_past_it(fixture: &Fixture) {
+    let storage = fixture.open().await;
+    let a = actor("full");
+    let mut fill = storage.begin(a.clone());
+    for i in 0..SCAN_ROWS_COUNT_MAX {
+        fill.put(format!("row/{i:05}"), "").unwrap();
+    }
+    fill.commit(None).await.unwrap();
+
+    let mut unchanged = storage.begin(a.clone());
+    assert_eq!(unchanged.scan(KeyRange::prefix("row/")).await.unwrap().len(), SCAN_ROWS_COUNT_MAX);
+    unchanged.put("summary", "all rows").unwrap();
+    assert!(unchanged.commit(None).await.unwrap().version > 0);
+
+    let mut stale = storage.begin(a.clone());
+    assert_eq!(stale.scan(KeyRange::prefix("row/")).await.unwrap().len(), SCAN_ROWS_COUNT_MAX);
+    let mut append = storage.begin(a.clone());
+    append.put("row/99999", "").unwrap();
+    append.commit(None).await.unwrap();
+    stale.put("summary", "missed one").unwrap();
+    let err = stale.commit(None).await.unwrap_err();
+    assert_eq!(err, Error::TransactionConflict { actor_id: a.clone(), key: "row/99999".into() });
+    assert_eq!(read(&storage, &a, "summary").await, Some(b"all rows".to_vec()));
+}
+
 fn keys(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
     rows.iter().map(|(key, _)| String::from_utf8(key.clone()).unwrap()).collect()
 }
@@ -530,6 +558,7 @@ conformance_suite!(
     placements_only_move_forward,
     limits_are_enforced_naming_the_limit,
     scans_past_the_row_limit_are_refused,
+    a_scan_of_exactly_the_row_limit_validates_up_to_one_row_past_it,
     paged_scans_walk_a_range_past_the_scan_limit_both_ways,
     paged_scans_merge_own_writes_and_validate_what_they_covered,
     committed_state_survives_reopening_the_store,

@@ -202,7 +202,8 @@ fn run_seed_with(seed: u64, planted: bool) -> Result<(SimReport, Arc<Mutex<Share
 fn storage_on_sim_disk_keeps_durability_and_atomic_visibility_under_faults() {
     let mut acked_total = 0;
     let mut crashes = 0;
-    for seed in seeds_to_run(0..SEEDS_COUNT).expect("DST_SEED parses") {
+    let seeds = seeds_to_run(0..SEEDS_COUNT).expect("DST_SEED parses");
+    for &seed in &seeds {
         let (report, shared) = run_seed(seed).unwrap_or_else(|failure| panic!("{failure}"));
         acked_total += shared.lock().unwrap().acked.iter().map(BTreeSet::len).sum::<usize>();
         crashes += report
@@ -213,7 +214,9 @@ fn storage_on_sim_disk_keeps_durability_and_atomic_visibility_under_faults() {
             .sum::<u64>();
     }
     println!("acknowledged transactions: {acked_total}, crashes injected: {crashes}");
-    assert!(acked_total > 1_000, "the workload made progress: {acked_total}");
+    // Two per seed on average: 1 000 over the full sweep, and a replay of
+    // one seed (DST_SEED) is held to its share rather than failing.
+    assert!(acked_total > 2 * seeds.len(), "the workload made progress: {acked_total}");
     if std::env::var(kelpie_dst::DST_SEED_ENV).is_err() {
         assert!(crashes > 100, "crashes were exercised: {crashes}");
     }
