@@ -137,16 +137,20 @@ def test_a_supervisors_export_carries_its_group_and_imports_as_a_new_group(clien
     for group in team["groups"]:
         group["description"] = group["description"].replace("py-af", "py-sup")
     ids = _import(client, team, append_copy_suffix=False).agent_ids
+    # Kelpie's state of the lead and its members: passages on two of them,
+    # a conversation with a turn on the third.
+    for agent_id, text in [(ids[0], "the lead's plan"), (ids[1], "left's note"), (ids[1], "left's other note")]:
+        client.agents.passages.create(agent_id, text=text)
+    errand = client.conversations.create(agent_id=ids[2], summary="right's errand")
+    list(client.conversations.messages.create(errand.id, messages=[{"role": "user", "content": "go"}]))
     # The lead manages the supervisor group over the next two: Letta's export
     # of the lead writes the group and those members (not the round robin,
-    # which no agent manages).
+    # which no agent manages); Kelpie's part beside it holds all three.
     exported = json.loads(client.agents.export_file(ids[0]))
     jsonschema.validate(exported, json.loads(schema_path.read_text()))
-    assert not [key for key in exported if key.startswith("kelpie_")]
-    assert [agent["name"] for agent in exported["agents"]] == ["py-sup-0", "py-sup-1", "py-sup-2"]
-    [group] = exported["groups"]
-    assert (group["agent_ids"], group["manager_config"]) == (
-        ["agent-1", "agent-2"], {"manager_type": "supervisor", "manager_agent_id": "agent-0"})
+    assert exported["kelpie_agent"]["id"] == ids[0]
+    assert [exported[f"kelpie_agent@agent-{n}"]["id"] for n in (1, 2)] == ids[1:3]
+    assert [g["agent_ids"] for g in exported["kelpie_groups"]] == [ids[1:3]]
     # Imported back through the SDK: new agents, a new group over them.
     copies = client.agents.import_file(
         file=("lead.af", json.dumps(exported).encode(), "application/json")).agent_ids
@@ -160,6 +164,23 @@ def test_a_supervisors_export_carries_its_group_and_imports_as_a_new_group(clien
         def said(agent_id):
             return [(m.message_type, m.content) for m in client.agents.messages.list(agent_id, order="asc")]
         assert said(copy_id) == said(original_id) and len(said(copy_id)) == 2
+        def passages(agent_id):
+            return [p.text for p in client.agents.passages.list(agent_id, ascending=True)]
+        assert passages(copy_id) == passages(original_id)
+        def conversations(agent_id):
+            found = []
+            for conversation in client.conversations.list(agent_id=agent_id):
+                messages = client.conversations.messages.list(conversation.id, order="asc")
+                found.append((conversation.summary, [(m.message_type, m.content) for m in messages
+                                                     if m.message_type in ("user_message", "assistant_message")]))
+            return found
+        assert conversations(copy_id) == conversations(original_id)
+    assert [p.text for p in client.agents.passages.list(copies[1], ascending=True)] == [
+        "left's note", "left's other note"]
+    [(summary, said_there)] = [c for c in [
+        (c.summary, [m.message_type for m in client.conversations.messages.list(c.id, order="asc")])
+        for c in client.conversations.list(agent_id=copies[2])]]
+    assert summary == "right's errand" and "user_message" in said_there and "assistant_message" in said_there
     groups = [g for g in _groups(client, limit=1) if g.description == "py-sup led"]
     by_manager = {g.manager_agent_id: g for g in groups}
     assert set(by_manager) == {ids[0], copies[0]}

@@ -339,7 +339,7 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
 
 /// Group `raw` of the file as Letta's `GroupSchema` says it (ids are the
 /// file's).
-fn group_of(raw: &Value) -> Result<FileGroup, String> {
+pub(crate) fn group_of(raw: &Value) -> Result<FileGroup, String> {
     let id = string(&raw["id"]).unwrap_or_default();
     let ids = |value: &Value| -> Vec<String> {
         value.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(string).collect()
@@ -612,40 +612,56 @@ pub fn letta_parts(
             "hidden": null, "in_context_message_ids": [], "files_agents": [], "group_ids": group_ids,
         }));
     }
-    let groups: Vec<Value> = group
-        .map(|group| {
-            let mut config = serde_json::json!({"manager_type": group.manager_type});
-            let fields = [
-                ("manager_agent_id", group.manager_agent_id.as_deref().and_then(file_id_of).map(Value::from)),
-                ("max_turns", group.max_turns.map(Value::from)),
-                ("termination_token", group.termination_token.clone().map(Value::from)),
-                ("sleeptime_agent_frequency", group.sleeptime_agent_frequency.map(Value::from)),
-                ("max_message_buffer_length", group.max_message_buffer_length.map(Value::from)),
-                ("min_message_buffer_length", group.min_message_buffer_length.map(Value::from)),
-            ];
-            for (name, value) in fields {
-                if let Some(value) = value {
-                    config[name] = value;
-                }
-            }
-            serde_json::json!({
-                "id": "group-0",
-                "agent_ids": group.agent_ids.iter().filter_map(|id| file_id_of(id)).collect::<Vec<_>>(),
-                "description": group.description, "manager_config": config, "project_id": group.project_id,
-                // Every member holds the group's blocks, so each is in the file.
-                "shared_block_ids": group.shared_block_ids.iter()
-                    .filter_map(|id| ids.blocks.get(id).cloned()).collect::<Vec<_>>(),
-                "hidden": group.hidden,
-            })
-        })
-        .into_iter()
-        .collect();
+    let block_of = |kelpie_id: &str| ids.blocks.get(kelpie_id).cloned();
+    let groups: Vec<Value> =
+        group.map(|group| group_value(group, "group-0", &file_id_of, &block_of)).into_iter().collect();
     LettaParts {
         agents,
         groups: Value::Array(groups),
         blocks: Value::Array(ids.block_values),
         tools: Value::Array(ids.tool_values),
     }
+}
+
+/// `group` in the shape of Letta's `GroupSchema`, under id `id`, its
+/// agents and blocks named by `agent_id` and `block_id` (one left out when
+/// they answer `None`).
+fn group_value(
+    group: &crate::actors::group_store::GroupRecord,
+    id: &str,
+    agent_id: &dyn Fn(&str) -> Option<String>,
+    block_id: &dyn Fn(&str) -> Option<String>,
+) -> Value {
+    let mut config = serde_json::json!({"manager_type": group.manager_type});
+    let fields = [
+        ("manager_agent_id", group.manager_agent_id.as_deref().and_then(agent_id).map(Value::from)),
+        ("max_turns", group.max_turns.map(Value::from)),
+        ("termination_token", group.termination_token.clone().map(Value::from)),
+        ("sleeptime_agent_frequency", group.sleeptime_agent_frequency.map(Value::from)),
+        ("max_message_buffer_length", group.max_message_buffer_length.map(Value::from)),
+        ("min_message_buffer_length", group.min_message_buffer_length.map(Value::from)),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            config[name] = value;
+        }
+    }
+    serde_json::json!({
+        "id": id,
+        "agent_ids": group.agent_ids.iter().filter_map(|id| agent_id(id)).collect::<Vec<_>>(),
+        "description": group.description, "manager_config": config, "project_id": group.project_id,
+        // Every member holds the group's blocks, so each is in the file.
+        "shared_block_ids": group.shared_block_ids.iter().filter_map(|id| block_id(id)).collect::<Vec<_>>(),
+        "hidden": group.hidden,
+    })
+}
+
+/// `group` as Kelpie's part of a group manager's export writes it: Letta's
+/// shape with this server's ids (of the agents' records and their blocks in
+/// the file), which the import remaps as it remaps theirs.
+pub fn kelpie_group(group: &crate::actors::group_store::GroupRecord) -> Value {
+    let same = |id: &str| Some(id.to_string());
+    group_value(group, &group.id, &same, &same)
 }
 
 fn text_content(text: &str) -> Value {

@@ -15,7 +15,7 @@ use kelpie_agent::actors::reclaim::PendingKind;
 use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
-use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateBlock};
+use kelpie_agent::requests::{CreateAgent, CreatePassage, SummarizeRequest, UpdateBlock};
 use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery, Target};
 use kelpie_agent::service::groups::GroupFilter;
 use kelpie_agent::service::runs::TurnInput;
@@ -652,18 +652,53 @@ async fn an_import_killed_before_its_decision_shows_nothing_after_the_restart() 
     restarted.shutdown().await;
 }
 
+/// What an agent holds besides its blocks: messages, passages (text and
+/// tags), and each conversation's summary and messages, without ids.
+async fn held(service: &AgentService, id: &str) -> Value {
+    let messages = said(&service.agents.list_messages(id, &everything()).await.unwrap());
+    let passages = service.archival.list(id, &everything()).await.unwrap();
+    let passages: Vec<Value> = passages.iter().map(|p| json!([p["text"], p["tags"]])).collect();
+    let mut conversations = Vec::new();
+    for conversation in service.conversations.list(query(id)).await.unwrap() {
+        let id_of = conversation["id"].as_str().unwrap();
+        let view = conversation_view(service, id, id_of).await;
+        conversations.push(json!([view["summary"], view["messages"], view["in_context"]]));
+    }
+    json!({"messages": messages, "passages": passages, "conversations": conversations})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new_group() {
     let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
     let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
-    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let service = service(&storage, dir.path(), &fake.base_url());
     let file = serde_json::to_vec(&three_agent_file()).unwrap();
     let ids = strings(&service.transfer.import_bytes(&file, no_suffix()).await.unwrap()["agent_ids"]);
+    // Kelpie's state of the manager and of each member: passages on ada
+    // and bob, a conversation with two turns on cy, one without on bob.
+    for (agent, text) in [(0, "ada keeps the plan"), (1, "bob knows the numbers"), (1, "bob's second note")] {
+        let passage = CreatePassage { text: text.into(), tags: Some(vec![format!("from-{agent}")]) };
+        service.archival.insert(&ids[agent], passage).await.unwrap();
+    }
+    for (agent, summary, turns) in [(2, "cy's errand", 2), (1, "bob idle", 0)] {
+        let input = ConversationInput { summary: Some(summary.into()), ..ConversationInput::default() };
+        let created = service.conversations.create(&ids[agent], input).await.unwrap();
+        let conversation = created["id"].as_str().unwrap().to_string();
+        for turn in 0..turns {
+            let input = TurnInput::Texts(vec![format!("{summary} {turn}")]);
+            let target = (ids[agent].as_str(), Some(conversation.clone()));
+            service.runs.run_turn_in(target, input, None, None, None).await.unwrap();
+        }
+    }
     // ada manages the supervisor group over bob and cy; all three are in a
     // round robin, which no agent manages.
-    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
-    let keys: Vec<&String> = exported.as_object().unwrap().keys().collect();
-    assert!(keys.iter().all(|key| !key.starts_with("kelpie_")), "Letta's file alone: {keys:?}");
+    let mut raw = Vec::new();
+    let mut export = service.transfer.export(&ids[0]).await.unwrap();
+    while let Some(chunk) = export.next_chunk().await.unwrap() {
+        raw.extend(chunk);
+    }
+    let exported: Value = serde_json::from_slice(&raw).unwrap();
     let agents = exported["agents"].as_array().unwrap();
     let names: Vec<&str> = agents.iter().map(|agent| agent["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["ada", "bob", "cy"]);
@@ -682,44 +717,144 @@ async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new
         assert_eq!(agent["block_ids"][0], "block-0");
         assert_eq!(agent["group_ids"], json!(["group-0"]));
         let messages = agent["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 2);
+        assert!(messages.len() >= 2, "{messages:?}");
         assert!(messages.iter().all(|message| message["agent_id"] == agent["id"]));
     }
     assert_eq!(exported["tools"].as_array().unwrap().len(), 1, "the shared custom tool once");
-    // A member's export is the member alone, as Letta's.
+    // Kelpie's part holds every agent: the manager under the plain keys,
+    // each member keyed by its id in the file, and the group by this
+    // server's ids.
+    assert_eq!(exported["kelpie_agent_file_version"], 1);
+    assert_eq!(exported["kelpie_agent"]["id"].as_str(), Some(ids[0].as_str()));
+    for n in 1..3 {
+        assert_eq!(exported[format!("kelpie_agent@agent-{n}")]["id"].as_str(), Some(ids[n].as_str()));
+    }
+    assert_eq!(exported["kelpie_passages"].as_array().unwrap().len(), 1);
+    assert_eq!(exported["kelpie_passages@agent-1"].as_array().unwrap().len(), 2);
+    assert_eq!(exported["kelpie_conversations@agent-1"].as_array().unwrap().len(), 1);
+    // Two turns: each a user message, the assistant's tool call and its result (the
+    // conversation view shows the user and assistant messages of each).
+    assert_eq!(exported["kelpie_messages_of_conversations@agent-2"].as_array().unwrap().len(), 6);
+    let kelpie_groups = exported["kelpie_groups"].as_array().unwrap();
+    assert_eq!(kelpie_groups.len(), 1);
+    assert_eq!(kelpie_groups[0]["agent_ids"], json!(ids[1..]));
+    assert_eq!(kelpie_groups[0]["manager_config"]["manager_agent_id"].as_str(), Some(ids[0].as_str()));
+    // A member's export is the member alone, as Letta's, with no group.
     let bob = service.transfer.export_value(&ids[1]).await.unwrap();
     assert_eq!((bob["agents"].as_array().unwrap().len(), &bob["groups"]), (1, &json!([])));
+    assert!(bob.get("kelpie_groups").is_none() && bob.get("kelpie_agent@agent-1").is_none());
 
-    // Imported back: three new agents, a new supervisor group over the new members.
-    let bytes = serde_json::to_vec(&exported).unwrap();
-    let copies =
-        strings(&service.transfer.import_bytes(&bytes, ImportOptions::default()).await.unwrap()["agent_ids"]);
-    assert_eq!(copies.len(), 3);
-    assert!(copies.iter().all(|copy| !ids.contains(copy)), "new agents: {copies:?}");
-    for (copy, original) in copies.iter().zip(&ids) {
-        let copy_agent = service.agents.get(copy).await.unwrap();
-        let original_agent = service.agents.get(original).await.unwrap();
-        assert_eq!(copy_agent["name"], original_agent["name"]);
-        let values = |agent: &Value| -> Vec<(Value, Value)> {
-            let blocks = agent["blocks"].as_array().unwrap();
-            blocks.iter().map(|block| (block["label"].clone(), block["value"].clone())).collect()
+    // cy's copy must keep a working-memory entry its record carries.
+    let mut with_working = exported.clone();
+    let cy_record = &mut with_working["kelpie_agent@agent-2"];
+    let mut working: kelpie_memory::WorkingMemory =
+        serde_json::from_value(cy_record["working"].clone()).unwrap();
+    let now = Env::production().clock.wall_ms();
+    working.put("errand", "buy stamps".into(), 3_600_000, now).unwrap();
+    cy_record["working"] = serde_json::to_value(&working).unwrap();
+
+    // Imported back, as written (the parts in export order) and
+    // re-serialized (keys sorted: every member's parts interleaved): three
+    // new agents each time, with every agent's state, and a new supervisor
+    // group over the new members.
+    let sorted = serde_json::to_vec(&with_working).unwrap();
+    let mut groups_before = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap().len();
+    for bytes in [raw.clone(), sorted] {
+        let answer = service.transfer.import_bytes(&bytes, ImportOptions::default()).await.unwrap();
+        assert!(answer.get("warnings").is_none(), "{answer}");
+        let copies = strings(&answer["agent_ids"]);
+        assert_eq!(copies.len(), 3);
+        assert!(copies.iter().all(|copy| !ids.contains(copy)), "new agents: {copies:?}");
+        for (copy, original) in copies.iter().zip(&ids) {
+            let copy_agent = service.agents.get(copy).await.unwrap();
+            let original_agent = service.agents.get(original).await.unwrap();
+            assert_eq!(copy_agent["name"], original_agent["name"]);
+            let values = |agent: &Value| -> Vec<(Value, Value)> {
+                let blocks = agent["blocks"].as_array().unwrap();
+                blocks.iter().map(|block| (block["label"].clone(), block["value"].clone())).collect()
+            };
+            assert_eq!(values(&copy_agent), values(&original_agent));
+            assert_eq!(held(&service, copy).await, held(&service, original).await, "{original_agent}");
+        }
+        assert_eq!(held(&service, &copies[1]).await["passages"].as_array().unwrap().len(), 2);
+        let errand = &held(&service, &copies[2]).await["conversations"][0];
+        assert_eq!((&errand[0], errand[1].as_array().unwrap().len()), (&json!("cy's errand"), 4), "{errand}");
+        // The human block the three hold is one block of the copies, shared.
+        let human_of = |agent: &Value| -> Value {
+            agent["blocks"].as_array().unwrap().iter().find(|b| b["label"] == "human").unwrap()["id"].clone()
         };
-        assert_eq!(values(&copy_agent), values(&original_agent));
-        let messages_of = |id: &str| {
-            let id = id.to_string();
-            let service = &service;
-            async move { said(&service.agents.list_messages(&id, &everything()).await.unwrap()) }
+        let humans: Vec<Value> = {
+            let mut humans = Vec::new();
+            for copy in &copies {
+                humans.push(human_of(&service.agents.get(copy).await.unwrap()));
+            }
+            humans
         };
-        assert_eq!(messages_of(copy).await, messages_of(original).await);
+        assert!(humans.iter().all(|human| human == &humans[0]), "{humans:?}");
+        let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
+        let new_supervisor = groups
+            .iter()
+            .find(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str()))
+            .expect("a new supervisor group managed by ada's copy");
+        assert_eq!(new_supervisor["manager_type"], "supervisor");
+        assert_eq!(new_supervisor["description"], "ada leads");
+        assert_eq!(strings(&new_supervisor["agent_ids"]), copies[1..].to_vec());
+        groups_before += 1;
+        assert_eq!(groups.len(), groups_before, "one group more: {groups:?}");
+        // The copy's export carries the working-memory entry (second file only).
+        let again = service.transfer.export_value(&copies[0]).await.unwrap();
+        let cy_working = again["kelpie_agent@agent-2"]["working"].clone();
+        let working: kelpie_memory::WorkingMemory = serde_json::from_value(cy_working).unwrap();
+        let expected = (groups_before == 4).then_some("buy stamps");
+        assert_eq!(working.get("errand", Env::production().clock.wall_ms()), expected);
     }
+    // A manager's file without Kelpie's part (as this server wrote them
+    // before, or as Letta writes them) still imports through Letta's.
+    let mut letta_only = exported.clone();
+    letta_only.as_object_mut().unwrap().retain(|key, _| !key.starts_with("kelpie_"));
+    let answer =
+        service.transfer.import_bytes(&serde_json::to_vec(&letta_only).unwrap(), no_suffix()).await.unwrap();
+    let copies = strings(&answer["agent_ids"]);
+    assert_eq!(copies.len(), 3);
+    assert_eq!(service.archival.list(&copies[1], &everything()).await.unwrap(), Vec::<Value>::new());
     let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
-    let new_supervisor = groups
-        .iter()
-        .find(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str()))
-        .expect("a new supervisor group managed by ada's copy");
-    assert_eq!(new_supervisor["manager_type"], "supervisor");
-    assert_eq!(strings(&new_supervisor["agent_ids"]), copies[1..].to_vec());
-    assert_eq!(groups.len(), 3, "the two imported first and the copy's: {groups:?}");
+    assert!(groups.iter().any(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str())));
+    service.shutdown().await;
+}
+
+/// A Kelpie file of several agents whose parts name an agent the file does
+/// not hold, or one twice, is refused with the reason and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managers_file_with_broken_member_parts_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    let ids = strings(&service.transfer.import_bytes(&file, no_suffix()).await.unwrap()["agent_ids"]);
+    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
+    let before = listed_by_name(&service).await;
+    let mut orphan = exported.clone();
+    orphan.as_object_mut().unwrap().remove("kelpie_agent@agent-2");
+    let mut bad_key = exported.clone();
+    let cy = bad_key.as_object_mut().unwrap().remove("kelpie_agent@agent-2").unwrap();
+    bad_key["kelpie_agent@cy"] = cy;
+    let mut twice = exported.clone();
+    twice["kelpie_agent@agent-3"] = exported["kelpie_agent@agent-1"].clone();
+    let mut far = exported.clone();
+    let cy = far.as_object_mut().unwrap().remove("kelpie_agent@agent-2").unwrap();
+    far[format!("kelpie_agent@agent-{AGENT_FILE_AGENTS_COUNT_MAX}")] = cy;
+    for (file, why) in [
+        (orphan, "of agent-2 before its agent".to_string()),
+        (bad_key, "agent key \"cy\" is not agent-<n>".to_string()),
+        (twice, format!("agent {} twice", ids[1])),
+        (far, format!("1 <= n < AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}")),
+    ] {
+        let bytes = serde_json::to_vec(&file).unwrap();
+        let outcome = service.transfer.import_bytes(&bytes, ImportOptions::default()).await;
+        let err = outcome.expect_err(&why);
+        assert!(matches!(&err, ServiceError::Invalid(reason) if reason.contains(&why)), "{why}: {err:?}");
+        assert_eq!(listed_by_name(&service).await, before, "{why}");
+    }
     service.shutdown().await;
 }
 

@@ -3,8 +3,9 @@
 //! by batch, in bounded memory.
 //!
 //! Import creates new agents (new ids for them, their blocks, messages,
-//! passages and conversations; one agent from a Kelpie file, every agent
-//! and group of a Letta file). Each history is written in bounded batches
+//! passages and conversations; one agent from a Kelpie file, or a group
+//! manager's agents and group from its export; every agent and group of a
+//! Letta file). Each history is written in bounded batches
 //! while its agent is invisible (not found, not listed). Once the whole
 //! file is read, every agent written and everything checked (names, tools,
 //! groups and the blocks they share), the import records its decision in
@@ -41,7 +42,7 @@ use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_conversation_id, new_id, new_message_id};
-use crate::letta_af::{letta_message, letta_parts, FileGroup, LettaParts};
+use crate::letta_af::{letta_message, letta_parts, FileGroup, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX};
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
@@ -125,8 +126,7 @@ impl Transfer {
         assert_eq!(letta.agents.len(), agents.len(), "one Letta agent per agent of the file");
         Ok(AgentExport {
             actors: Arc::clone(&self.actors),
-            agent_id: agent_id.to_string(),
-            with_group: group.is_some(),
+            group,
             agents,
             index: 0,
             custom_tools,
@@ -161,7 +161,10 @@ impl Transfer {
             options,
             reader: FileReader::new(),
             version_seen: false,
-            pending_agent: None,
+            pending_agents: Vec::new(),
+            members_seen: std::collections::BTreeSet::new(),
+            order_base: 0,
+            kelpie_groups: Vec::new(),
             pending_tools: Vec::new(),
             begun: None,
             written: Vec::new(),
@@ -224,14 +227,13 @@ enum ExportPhase {
 /// of messages or passages.
 pub struct AgentExport {
     actors: Arc<AgentActors>,
-    agent_id: String,
     /// The agents of the file: the exported one, then its group's members.
     agents: Vec<AgentRecord>,
-    /// Whether the file holds the group the agent manages: then it is
-    /// Letta's file alone (Kelpie's part holds one agent; an import of the
-    /// file reads Letta's, which recreates the group).
-    with_group: bool,
-    /// The agent whose Letta messages are being written.
+    /// The group the agent manages, if any: written in Letta's part and in
+    /// Kelpie's (`kelpie_groups`), which then holds every agent of the file.
+    group: Option<GroupRecord>,
+    /// The agent whose Letta messages (then whose Kelpie parts) are being
+    /// written.
     index: usize,
     custom_tools: Vec<ToolRecord>,
     phase: ExportPhase,
@@ -276,11 +278,8 @@ impl AgentExport {
             // `kelpie_*` keys (the version first, so an import skips the
             // Letta part without holding it).
             ExportPhase::Head => {
-                let mut bytes = match self.with_group {
-                    true => b"{\"agents\":[".to_vec(),
-                    false => format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[")
-                        .into_bytes(),
-                };
+                let mut bytes =
+                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[").into_bytes();
                 bytes.extend(self.letta_head(0)?);
                 self.phase = ExportPhase::LettaMessages { after: None, written: false };
                 bytes
@@ -328,20 +327,16 @@ impl AgentExport {
                 bytes.extend(encode(
                     &json!({"exported_by": format!("kelpie {}", env!("CARGO_PKG_VERSION"))}),
                 )?);
-                if self.with_group {
-                    bytes.push(b'}');
-                    self.phase = ExportPhase::Done;
-                    return Ok(Some(bytes));
-                }
-                bytes.extend_from_slice(b",\"kelpie_agent\":");
-                bytes.extend(encode(&self.agents[0])?);
-                bytes.extend_from_slice(b",\"kelpie_messages\":[");
+                // Kelpie's parts of every agent in turn, from the first.
+                self.index = 0;
+                bytes.push(b',');
+                bytes.extend(self.kelpie_head()?);
                 self.phase = ExportPhase::Messages { after: None };
                 bytes
             }
             ExportPhase::Messages { after } => {
                 let command = AgentCommand::MessagePage(page(&after));
-                let AgentReply::Messages(messages) = self.actors.invoke(&self.agent_id, command).await?
+                let AgentReply::Messages(messages) = self.actors.invoke(self.agent_id(), command).await?
                 else {
                     return Err(unexpected("export messages"));
                 };
@@ -351,7 +346,7 @@ impl AgentExport {
                         self.phase = ExportPhase::Messages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],\"kelpie_passages\":[");
+                        bytes.extend(format!("],\"{}\":[", self.key("passages")).into_bytes());
                         self.phase = ExportPhase::Passages { after: None };
                     }
                 }
@@ -360,7 +355,7 @@ impl AgentExport {
             ExportPhase::Passages { after } => {
                 let command = AgentCommand::PassagePage(page(&after));
                 let AgentReply::Passages { passages, .. } =
-                    self.actors.invoke(&self.agent_id, command).await?
+                    self.actors.invoke(self.agent_id(), command).await?
                 else {
                     return Err(unexpected("export passages"));
                 };
@@ -370,7 +365,7 @@ impl AgentExport {
                         self.phase = ExportPhase::Passages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],\"kelpie_conversations\":[");
+                        bytes.extend(format!("],\"{}\":[", self.key("conversations")).into_bytes());
                         self.phase = ExportPhase::Conversations { after: None };
                     }
                 }
@@ -380,9 +375,19 @@ impl AgentExport {
             ExportPhase::ConversationMessages { index, after, first } => {
                 self.conversation_messages_chunk(index, after, first).await?
             }
+            ExportPhase::Tail if self.index + 1 < self.agents.len() => {
+                self.index += 1;
+                self.conversation_ids.clear();
+                self.phase = ExportPhase::Messages { after: None };
+                self.kelpie_head()?
+            }
             ExportPhase::Tail => {
                 let mut bytes = b"\"kelpie_custom_tools\":".to_vec();
                 bytes.extend(encode(&self.custom_tools)?);
+                if let Some(group) = &self.group {
+                    bytes.extend_from_slice(b",\"kelpie_groups\":");
+                    bytes.extend(encode(&[crate::letta_af::kelpie_group(group)])?);
+                }
                 bytes.push(b'}');
                 self.phase = ExportPhase::Done;
                 bytes
@@ -394,6 +399,29 @@ impl AgentExport {
 }
 
 impl AgentExport {
+    /// The id of the agent whose Kelpie parts are being written.
+    fn agent_id(&self) -> &str {
+        &self.agents[self.index].id
+    }
+
+    /// Kelpie's part `part` of the agent being written: the first agent's
+    /// under the plain name (as a single agent's export writes it), every
+    /// other's keyed by its id in the file (`kelpie_messages@agent-1`).
+    fn key(&self, part: &str) -> String {
+        match self.index {
+            0 => format!("kelpie_{part}"),
+            n => format!("kelpie_{part}@{}", crate::letta_af::agent_file_id(n)),
+        }
+    }
+
+    /// The agent being written, then its messages' list opened.
+    fn kelpie_head(&self) -> ServiceResult<Vec<u8>> {
+        let mut bytes = format!("\"{}\":", self.key("agent")).into_bytes();
+        bytes.extend(encode(&self.agents[self.index])?);
+        bytes.extend(format!(",\"{}\":[", self.key("messages")).into_bytes());
+        Ok(bytes)
+    }
+
     /// A page of the agent's conversations, as stored.
     async fn conversations_chunk(&mut self, after: Option<String>) -> ServiceResult<Vec<u8>> {
         let command = AgentCommand::ConversationPage {
@@ -402,7 +430,7 @@ impl AgentExport {
             limit: STORE_PAGE_COUNT_MAX,
             descending: false,
         };
-        let AgentReply::Conversations(records) = self.actors.invoke(&self.agent_id, command).await? else {
+        let AgentReply::Conversations(records) = self.actors.invoke(self.agent_id(), command).await? else {
             return Err(unexpected("export conversations"));
         };
         let mut bytes = join_items(&records, after.is_none())?;
@@ -416,7 +444,7 @@ impl AgentExport {
                 self.phase = ExportPhase::Conversations { after: Some(last.id.clone()) };
             }
             _ => {
-                bytes.extend_from_slice(b"],\"kelpie_messages_of_conversations\":[");
+                bytes.extend(format!("],\"{}\":[", self.key("messages_of_conversations")).into_bytes());
                 self.phase = ExportPhase::ConversationMessages { index: 0, after: None, first: true };
             }
         }
@@ -437,7 +465,7 @@ impl AgentExport {
         };
         let page = PageSpec { after: after.clone(), limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
         let command = AgentCommand::ConversationMessages { id: id.clone(), page };
-        let messages = match self.actors.invoke(&self.agent_id, command).await {
+        let messages = match self.actors.invoke(self.agent_id(), command).await {
             Ok(AgentReply::Messages(messages)) => messages,
             Ok(_) => return Err(unexpected("export conversation messages")),
             // Deleted since it was listed: nothing of it to write.
@@ -475,6 +503,13 @@ struct ImportParts {
 struct Begun {
     /// The agent's id in the file (groups name it by this).
     file_id: String,
+    /// Which agent of a Kelpie file of several it is (`None`: the first,
+    /// under the plain keys; else the `agent-<n>` its keys carry).
+    member: Option<String>,
+    /// Its place in the file: the agents appear in this order.
+    order: usize,
+    /// Its conversations' ids while another agent is being written.
+    conversation_ids: BTreeMap<String, (String, u64)>,
     record: AgentRecord,
     pending: PendingKind,
     /// When the entry's lease was last renewed (wall clock).
@@ -489,8 +524,17 @@ pub struct AgentImport {
     options: ImportOptions,
     reader: FileReader,
     version_seen: bool,
-    /// The agent's raw value, read before the version.
-    pending_agent: Option<Vec<u8>>,
+    /// The agents' raw values read before the version, with their member
+    /// keys (see [`Begun::member`]).
+    pending_agents: Vec<(Option<String>, Vec<u8>)>,
+    /// The member keys of the agents begun so far in this Kelpie file.
+    members_seen: std::collections::BTreeSet<Option<String>>,
+    /// Where the agents of the Kelpie file being read start in the import's
+    /// order (a Letta file's agents are read as one Kelpie file each).
+    order_base: usize,
+    /// The groups of a group manager's Kelpie file (`kelpie_groups`), their
+    /// agents and blocks named by the exporting server's ids.
+    kelpie_groups: Vec<FileGroup>,
     /// Custom tools read before the version, raw.
     pending_tools: Vec<Vec<u8>>,
     begun: Option<Begun>,
@@ -569,6 +613,9 @@ impl AgentImport {
         if self.written.is_empty() {
             return Err(ServiceError::Invalid("not a kelpie agent file: no agent".into()));
         }
+        if self.plan.is_none() && (self.written.len() > 1 || !self.kelpie_groups.is_empty()) {
+            self.plan = Some(self.kelpie_plan()?);
+        }
         let decision = self.decision()?;
         let entries: Vec<PendingEntry> = self
             .written
@@ -593,10 +640,71 @@ impl AgentImport {
     /// waits with the others to appear.
     async fn seal(&mut self) -> ServiceResult<()> {
         self.flush().await?;
-        if let Some(begun) = self.begun.take() {
-            self.written.push(begun);
-        }
+        self.park();
         Ok(())
+    }
+
+    /// The agent being written waits with the others (flushed first),
+    /// in file order.
+    fn park(&mut self) {
+        if let Some(mut begun) = self.begun.take() {
+            assert!(self.messages.is_empty() && self.passages.is_empty(), "a parked agent is flushed");
+            begun.conversation_ids = std::mem::take(&mut self.conversation_ids);
+            self.written.push(begun);
+            self.written.sort_by_key(|begun| begun.order);
+        }
+    }
+
+    /// Makes the agent of member key `member` the one being written (the
+    /// parts of a Kelpie file of several agents may come in any order, as a
+    /// file re-serialized with sorted keys has them).
+    async fn switch_to(&mut self, member: &Option<String>, what: &str) -> ServiceResult<()> {
+        if self.begun.as_ref().is_some_and(|begun| &begun.member == member) {
+            return Ok(());
+        }
+        let Some(position) = self.written.iter().position(|begun| &begun.member == member) else {
+            let which = member.as_deref().unwrap_or("the first agent");
+            return Err(ServiceError::Invalid(format!(
+                "not a kelpie agent file: {what} of {which} before its agent"
+            )));
+        };
+        self.flush().await?;
+        self.park();
+        let position = self.written.iter().position(|begun| &begun.member == member).unwrap_or(position);
+        let mut next = self.written.remove(position);
+        self.conversation_ids = std::mem::take(&mut next.conversation_ids);
+        self.begun = Some(next);
+        Ok(())
+    }
+
+    /// The groups and shared blocks of a Kelpie file of several agents: a
+    /// block two of its agents hold, or a group shares, is one block.
+    fn kelpie_plan(&self) -> ServiceResult<(Vec<FileGroup>, Vec<Block>)> {
+        let mut blocks = Vec::new();
+        for (file_id, id) in &self.block_ids {
+            let held: Vec<&Block> = self
+                .written
+                .iter()
+                .filter_map(|begun| {
+                    let label = begun.record.memory.label_of(id)?;
+                    begun.record.memory.get(label).ok()
+                })
+                .collect();
+            let grouped = self.kelpie_groups.iter().any(|group| group.shared_block_ids.contains(file_id));
+            if let Some(block) = held.first().filter(|_| held.len() > 1 || grouped) {
+                blocks.push(Block { id: file_id.clone(), ..(*block).clone() });
+            }
+        }
+        for group in &self.kelpie_groups {
+            if let Some(missing) = group.shared_block_ids.iter().find(|id| !self.block_ids.contains_key(*id))
+            {
+                return Err(ServiceError::Invalid(format!(
+                    "group {} shares block {missing:?}, which no agent of the file holds",
+                    group.id
+                )));
+            }
+        }
+        Ok((self.kelpie_groups.clone(), blocks))
     }
 
     /// Each written agent's final name and tools, checked before any appears.
@@ -838,10 +946,11 @@ impl AgentImport {
         self.warnings = converted.warnings;
         self.plan = Some((converted.groups, converted.shared_blocks));
         // Each agent is read as a Kelpie file of its own, one after another.
-        for file in &converted.agents {
+        for (index, file) in converted.agents.iter().enumerate() {
             let bytes = encode(file)?;
             self.reader = FileReader::new();
             (self.ended, self.version_seen) = (false, false);
+            (self.order_base, self.members_seen) = (index, std::collections::BTreeSet::new());
             self.feed_inner(&bytes).await?;
             self.reader.finish().map_err(ServiceError::Invalid)?;
             self.seal().await?;
@@ -875,22 +984,33 @@ impl AgentImport {
 
     async fn handle(&mut self, event: FileEvent) -> ServiceResult<()> {
         // Kelpie's parts under their `kelpie_` names (beside a Letta file's
-        // parts, as exports write them) are read as the plain names.
-        let unprefixed = |key: String| match key.strip_prefix("kelpie_") {
-            Some(
-                name @ ("agent"
-                | "messages"
-                | "passages"
-                | "custom_tools"
-                | "conversations"
-                | "messages_of_conversations"),
-            ) => name.to_string(),
-            _ => key,
+        // parts, as exports write them) are read as the plain names; those
+        // of a group manager's further agents carry the agent's id in the
+        // file (`kelpie_messages@agent-1`).
+        let unprefixed = |key: String| -> (String, Option<String>) {
+            let Some(rest) = key.strip_prefix("kelpie_") else { return (key, None) };
+            let (name, member) = match rest.split_once('@') {
+                Some((name, member)) => (name, Some(member.to_string())),
+                None => (rest, None),
+            };
+            match name {
+                "agent" | "messages" | "passages" | "conversations" | "messages_of_conversations" => {
+                    (name.to_string(), member)
+                }
+                "custom_tools" if member.is_none() => (name.to_string(), None),
+                _ => (key, None),
+            }
         };
-        let event = match event {
-            FileEvent::Field { key, value } => FileEvent::Field { key: unprefixed(key), value },
-            FileEvent::Item { key, value } => FileEvent::Item { key: unprefixed(key), value },
-            FileEvent::End => FileEvent::End,
+        let (event, member) = match event {
+            FileEvent::Field { key, value } => {
+                let (key, member) = unprefixed(key);
+                (FileEvent::Field { key, value }, member)
+            }
+            FileEvent::Item { key, value } => {
+                let (key, member) = unprefixed(key);
+                (FileEvent::Item { key, value }, member)
+            }
+            FileEvent::End => (FileEvent::End, None),
         };
         match event {
             FileEvent::Field { key, value } if key == "kelpie_agent_file_version" => {
@@ -905,8 +1025,8 @@ impl AgentImport {
                 // are not read (nor held).
                 self.reader.skip_fields(&crate::letta_af::LETTA_FIELDS);
                 self.letta.clear();
-                if let Some(agent) = self.pending_agent.take() {
-                    self.begin_from(&agent).await?;
+                for (member, agent) in std::mem::take(&mut self.pending_agents) {
+                    self.begin_from(member, &agent).await?;
                 }
                 for tool in std::mem::take(&mut self.pending_tools) {
                     self.upsert_tool(&tool).await?;
@@ -916,16 +1036,20 @@ impl AgentImport {
             // order of the fields (a file re-serialized with sorted keys has
             // `agent` first): an agent before it waits for it.
             FileEvent::Field { key, value } if key == "agent" => {
-                if self.begun.is_some() || self.pending_agent.is_some() {
-                    return Err(ServiceError::Invalid("not a kelpie agent file: two agents".into()));
+                let pending = self.pending_agents.iter().any(|(seen, _)| seen == &member);
+                if pending || self.members_seen.contains(&member) {
+                    return Err(ServiceError::Invalid(match &member {
+                        None => "not a kelpie agent file: two agents".into(),
+                        Some(member) => format!("not a kelpie agent file: agent {member} twice"),
+                    }));
                 }
                 match self.version_seen {
-                    true => self.begin_from(&value).await?,
-                    false => self.pending_agent = Some(value),
+                    true => self.begin_from(member, &value).await?,
+                    false => self.pending_agents.push((member, value)),
                 }
             }
             FileEvent::Item { key, value } if key == "messages" => {
-                self.check_begun("messages")?;
+                self.check_begun("messages", &member).await?;
                 if self.options.strip_messages {
                     return Ok(());
                 }
@@ -941,7 +1065,7 @@ impl AgentImport {
                 self.flush_if_full().await?;
             }
             FileEvent::Item { key, value } if key == "passages" => {
-                self.check_begun("passages")?;
+                self.check_begun("passages", &member).await?;
                 let passage: Passage = decode("a passage", &value)?;
                 let passage = Passage { id: new_id("passage", self.parts.env.rng.as_ref()), ..passage };
                 self.batch_ops += PASSAGE_KEYS_COUNT;
@@ -950,11 +1074,11 @@ impl AgentImport {
                 self.flush_if_full().await?;
             }
             FileEvent::Item { key, value } if key == "conversations" => {
-                self.check_begun("conversations")?;
+                self.check_begun("conversations", &member).await?;
                 self.import_conversation(&value).await?;
             }
             FileEvent::Item { key, value } if key == "messages_of_conversations" => {
-                self.check_begun("conversation messages")?;
+                self.check_begun("conversation messages", &member).await?;
                 if !self.options.strip_messages {
                     self.import_conversation_message(&value).await?;
                 }
@@ -963,6 +1087,17 @@ impl AgentImport {
                 true => self.upsert_tool(&value).await?,
                 false => self.pending_tools.push(value),
             },
+            FileEvent::Item { key, value } if key == "kelpie_groups" => {
+                if self.kelpie_groups.len() >= crate::letta_af::AGENT_FILE_GROUPS_COUNT_MAX {
+                    return Err(ServiceError::Invalid(format!(
+                        "the file holds more than AGENT_FILE_GROUPS_COUNT_MAX = {} groups",
+                        crate::letta_af::AGENT_FILE_GROUPS_COUNT_MAX
+                    )));
+                }
+                let raw: Value = decode("a group", &value)?;
+                let group = crate::letta_af::group_of(&raw).map_err(ServiceError::Invalid)?;
+                self.kelpie_groups.push(group);
+            }
             FileEvent::Field { key, value }
                 if !self.version_seen && crate::letta_af::LETTA_FIELDS.contains(&key.as_str()) =>
             {
@@ -1033,22 +1168,42 @@ impl AgentImport {
         Ok(())
     }
 
-    async fn begin_from(&mut self, agent: &[u8]) -> ServiceResult<()> {
+    /// Begins the agent of member key `member` (see [`Begun::member`]) from
+    /// its record; the one written so far waits with the others.
+    async fn begin_from(&mut self, member: Option<String>, agent: &[u8]) -> ServiceResult<()> {
+        let index = match &member {
+            None => 0,
+            Some(key) => match key.strip_prefix("agent-").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if (1..AGENT_FILE_AGENTS_COUNT_MAX).contains(&n) => n,
+                _ => {
+                    return Err(ServiceError::Invalid(format!(
+                        "not a kelpie agent file: agent key {key:?} is not agent-<n> with 1 <= n < AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}"
+                    )))
+                }
+            },
+        };
         let record: AgentRecord = decode("agent", agent)?;
         let file_id = record.id.clone();
+        if self.written.iter().chain(self.begun.iter()).any(|begun| begun.file_id == file_id) {
+            return Err(ServiceError::Invalid(format!("not a kelpie agent file: agent {file_id} twice")));
+        }
         let record = self.fresh_record(record)?;
-        self.begin(file_id, record).await
+        self.flush().await?;
+        self.park();
+        self.members_seen.insert(member.clone());
+        self.begin((file_id, member, self.order_base + index), record).await
     }
 
-    fn check_begun(&self, what: &str) -> ServiceResult<()> {
-        if self.pending_agent.is_some() {
+    /// Makes the agent `member`'s parts belong to the one being written.
+    async fn check_begun(&mut self, what: &str, member: &Option<String>) -> ServiceResult<()> {
+        if !self.pending_agents.is_empty() {
             return Err(ServiceError::Invalid(format!(
                 "not a kelpie agent file: {what} before kelpie_agent_file_version"
             )));
         }
-        match self.begun {
-            Some(_) => Ok(()),
-            None => Err(ServiceError::Invalid(format!("not a kelpie agent file: {what} before the agent"))),
+        match self.begun.is_some() || !self.written.is_empty() {
+            true => self.switch_to(member, what).await,
+            false => Err(ServiceError::Invalid(format!("not a kelpie agent file: {what} before the agent"))),
         }
     }
 
@@ -1080,12 +1235,26 @@ impl AgentImport {
     }
 
     /// Puts the agent on the reclaim list, then begins it, invisible.
-    async fn begin(&mut self, file_id: String, record: AgentRecord) -> ServiceResult<()> {
+    async fn begin(
+        &mut self,
+        (file_id, member, order): (String, Option<String>, usize),
+        record: AgentRecord,
+    ) -> ServiceResult<()> {
         assert!(self.begun.is_none(), "one agent is written at a time");
         let pending = self.parts.reclaimer.import_kind();
         self.parts.reclaimer.note(&record.id, pending.clone()).await?;
         let now = self.parts.env.clock.wall_ms();
-        self.begun = Some(Begun { file_id, record: record.clone(), pending, renewed_ms: now });
+        let conversation_ids = BTreeMap::new();
+        let begun = Begun {
+            file_id,
+            member,
+            order,
+            conversation_ids,
+            record: record.clone(),
+            pending,
+            renewed_ms: now,
+        };
+        self.begun = Some(begun);
         self.conversation_ids.clear();
         let id = record.id.clone();
         self.parts.actors.invoke(&id, AgentCommand::ImportBegin(Box::new(record))).await?;
