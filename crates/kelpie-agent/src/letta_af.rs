@@ -24,7 +24,13 @@
 //! - messages in file order: user, assistant (text and tool calls) and
 //!   tool results; system messages (Kelpie renders the system prompt
 //!   itself) and other roles are left out, the latter with a warning;
-//! - files and folders (sources) are not imported yet, with a warning.
+//! - sources (Letta's folders) become folders with their files: each
+//!   file's text `content` is uploaded as a text file and processed by the
+//!   document pipeline; each folder is attached to the agents naming it
+//!   (`source_ids`, `folder_ids`, `files_agents`). A file without content
+//!   is left out with a warning; a file named as a PDF is uploaded as
+//!   markdown (`<name>.md`: its content is the text Letta extracted).
+//! - MCP servers are not imported yet, with a warning.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +54,26 @@ const TOOL_RETURN_CHARS_DEFAULT: usize = 50_000;
 pub const AGENT_FILE_AGENTS_COUNT_MAX: usize = 100;
 /// Most groups one agent file may hold.
 pub const AGENT_FILE_GROUPS_COUNT_MAX: usize = 100;
+/// Most sources (folders) one agent file may hold: as many as a server.
+pub const AGENT_FILE_SOURCES_COUNT_MAX: usize = crate::actors::folder_store::FOLDERS_COUNT_MAX;
+/// Most files one agent file may hold.
+pub const AGENT_FILE_FILES_COUNT_MAX: usize = 10_000;
+
+/// A source (Letta's folder) of the file with its files, ids the file's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFolder {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub instructions: Option<String>,
+    pub metadata: Option<Value>,
+    /// The embedding handle the source names, if any.
+    pub embedding: Option<String>,
+    /// Its files: name to upload under, and text content.
+    pub files: Vec<(String, String)>,
+    /// The agents it is attached to, by their ids in the file.
+    pub agent_ids: Vec<String>,
+}
 
 /// A group of the file, its agents and blocks named by the file's ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +96,7 @@ pub struct Converted {
     pub agents: Vec<AgentFile>,
     pub groups: Vec<FileGroup>,
     pub shared_blocks: Vec<Block>,
+    pub folders: Vec<FileFolder>,
     pub warnings: Vec<String>,
 }
 
@@ -244,7 +271,7 @@ fn check_file(fields: &BTreeMap<String, Value>) -> Result<(), String> {
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for name in ["agents", "groups", "blocks", "tools"] {
+    for name in ["agents", "groups", "blocks", "tools", "sources", "files"] {
         for (index, item) in list(name).iter().enumerate() {
             let id = item["id"].as_str().ok_or_else(|| format!("{name}[{index}] has no id"))?;
             if !seen.insert(id) {
@@ -289,13 +316,11 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
     let agents = fields.get("agents").and_then(Value::as_array).ok_or("an agent file without agents")?;
     check_file(fields)?;
     let mut warnings = Vec::new();
-    for (field, what) in
-        [("files", "files"), ("sources", "folders (sources)"), ("mcp_servers", "MCP servers")]
-    {
-        let count = fields.get(field).and_then(Value::as_array).map_or(0, Vec::len);
-        if count > 0 {
-            warnings.push(format!("{count} {what} were not imported: Kelpie does not import them yet"));
-        }
+    let folders = folders_of(fields, &mut warnings)?;
+    let mcp_servers = fields.get("mcp_servers").and_then(Value::as_array).map_or(0, Vec::len);
+    if mcp_servers > 0 {
+        warnings
+            .push(format!("{mcp_servers} MCP servers were not imported: Kelpie does not import them yet"));
     }
     let raw_groups = fields.get("groups").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let groups = raw_groups.iter().map(group_of).collect::<Result<Vec<FileGroup>, String>>()?;
@@ -334,7 +359,119 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         shared_blocks.push(block_of(raw, id)?);
     }
     assert_eq!(files.len(), agents.len(), "every agent of the file converts or the file is refused");
-    Ok(Converted { agents: files, groups, shared_blocks, warnings })
+    Ok(Converted { agents: files, groups, shared_blocks, folders, warnings })
+}
+
+/// The file's sources as folders with their files and the agents naming
+/// them, checked as the folder routes check a create and an upload: at
+/// most [`AGENT_FILE_SOURCES_COUNT_MAX`] sources and
+/// [`AGENT_FILE_FILES_COUNT_MAX`] files, names within
+/// `FOLDER_NAME_BYTES_MAX`, contents within `FILE_BYTES_MAX`, every
+/// reference in the file.
+fn folders_of(
+    fields: &BTreeMap<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<FileFolder>, String> {
+    use crate::actors::folder::FILE_BYTES_MAX;
+    use crate::actors::folder_store::FOLDER_NAME_BYTES_MAX;
+    let list = |name: &str| fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let (sources, files) = (list("sources"), list("files"));
+    if sources.len() > AGENT_FILE_SOURCES_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} sources, over AGENT_FILE_SOURCES_COUNT_MAX = {AGENT_FILE_SOURCES_COUNT_MAX}",
+            sources.len()
+        ));
+    }
+    if files.len() > AGENT_FILE_FILES_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} files, over AGENT_FILE_FILES_COUNT_MAX = {AGENT_FILE_FILES_COUNT_MAX}",
+            files.len()
+        ));
+    }
+    let mut folders = Vec::with_capacity(sources.len());
+    for raw in sources {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let name = string(&raw["name"]).filter(|name| !name.trim().is_empty());
+        let name = name.ok_or_else(|| format!("source {id} has no name"))?;
+        if name.len() > FOLDER_NAME_BYTES_MAX {
+            return Err(format!(
+                "source {id}'s name is {} bytes, over FOLDER_NAME_BYTES_MAX = {FOLDER_NAME_BYTES_MAX}",
+                name.len()
+            ));
+        }
+        let embedding = string(&raw["embedding"]).or_else(|| string(&raw["embedding_config"]["handle"]));
+        folders.push(FileFolder {
+            id,
+            name,
+            description: string(&raw["description"]),
+            instructions: string(&raw["instructions"]),
+            metadata: raw["metadata"].as_object().filter(|m| !m.is_empty()).map(|m| Value::Object(m.clone())),
+            embedding,
+            files: Vec::new(),
+            agent_ids: Vec::new(),
+        });
+    }
+    let mut without_content = 0;
+    for raw in files {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let source_id = string(&raw["source_id"]).unwrap_or_default();
+        let folder = folders
+            .iter_mut()
+            .find(|folder| folder.id == source_id)
+            .ok_or_else(|| format!("file {id} names source {source_id:?}, not in the file"))?;
+        let name =
+            string(&raw["file_name"]).or_else(|| string(&raw["original_file_name"])).unwrap_or_default();
+        let base = name.rsplit(['/', '\\']).next().unwrap_or_default().trim().to_string();
+        if base.is_empty() || base.starts_with('.') {
+            return Err(format!("file {id}'s name {name:?} is empty or starts with a dot"));
+        }
+        let Some(content) = string(&raw["content"]) else {
+            without_content += 1;
+            continue;
+        };
+        if content.len() as u64 > FILE_BYTES_MAX {
+            return Err(format!(
+                "file {id} holds {} bytes, over FILE_BYTES_MAX = {FILE_BYTES_MAX}",
+                content.len()
+            ));
+        }
+        // The content is text Letta extracted: a file whose name says PDF
+        // is uploaded as the markdown it is.
+        let kind = crate::documents::parse::detect(&base, Some("text/plain")).map_err(|e| e.to_string())?;
+        let base = match kind {
+            crate::documents::parse::FileKind::Pdf => format!("{base}.md"),
+            _ => base,
+        };
+        folder.files.push((base, content));
+    }
+    if without_content > 0 {
+        warnings.push(format!("{without_content} file(s) without content were not imported"));
+    }
+    for agent in list("agents") {
+        let agent_id = string(&agent["id"]).unwrap_or_default();
+        let attached = ["source_ids", "folder_ids"]
+            .iter()
+            .flat_map(|field| agent[*field].as_array().map(Vec::as_slice).unwrap_or_default())
+            .chain(
+                agent["files_agents"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|relation| &relation["source_id"]),
+            )
+            .filter_map(Value::as_str);
+        for source_id in attached {
+            let folder = folders
+                .iter_mut()
+                .find(|folder| folder.id == source_id)
+                .ok_or_else(|| format!("agent {agent_id} names source {source_id:?}, not in the file"))?;
+            if !folder.agent_ids.contains(&agent_id) {
+                folder.agent_ids.push(agent_id.clone());
+            }
+        }
+    }
+    Ok(folders)
 }
 
 /// Group `raw` of the file as Letta's `GroupSchema` says it (ids are the

@@ -11,12 +11,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use kelpie_agent::actors::folder_store::{FOLDERS_COUNT_MAX, FOLDER_NAME_BYTES_MAX};
 use kelpie_agent::actors::reclaim::PendingKind;
-use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
+use kelpie_agent::letta_af::{AGENT_FILE_AGENTS_COUNT_MAX, AGENT_FILE_SOURCES_COUNT_MAX};
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::{CreateAgent, CreatePassage, SummarizeRequest, UpdateBlock};
 use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery, Target};
+use kelpie_agent::service::folders::FolderInput;
 use kelpie_agent::service::groups::GroupFilter;
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::transfer::ImportOptions;
@@ -854,6 +856,139 @@ async fn a_managers_file_with_broken_member_parts_is_refused_and_leaves_nothing(
         let err = outcome.expect_err(&why);
         assert!(matches!(&err, ServiceError::Invalid(reason) if reason.contains(&why)), "{why}: {err:?}");
         assert_eq!(listed_by_name(&service).await, before, "{why}");
+    }
+    service.shutdown().await;
+}
+
+/// [`three_agent_file`] with a source of two files (one named as a PDF,
+/// its content the text Letta extracted) that ada names in `source_ids` and
+/// bob through `files_agents`, and an MCP server.
+fn file_with_a_source() -> Value {
+    let mut file = three_agent_file();
+    file["sources"] = json!([{"id": "source-0", "name": "handbook", "description": "the team's rules",
+        "instructions": "cite the rule", "metadata": {"team": "a"}, "embedding": "kelpie/local-hash-256"}]);
+    file["files"] = json!([
+        {"id": "file-0", "source_id": "source-0", "file_name": "rules.md",
+         "content": "# Rules\n\nAlways pack an umbrella when the sky is grey.\n"},
+        {"id": "file-1", "source_id": "source-0", "file_name": "report.pdf",
+         "content": "Quarterly revenue rose to 42 zorkmids.\n"},
+    ]);
+    file["agents"][0]["source_ids"] = json!(["source-0"]);
+    file["agents"][1]["files_agents"] = json!([{"agent_id": "agent-1", "file_id": "file-0",
+        "source_id": "source-0", "file_name": "rules.md", "is_open": true}]);
+    file["mcp_servers"] = json!([{"id": "mcp_server-0", "server_type": "streamable_http",
+        "server_name": "weather", "server_url": "http://127.0.0.1:9/mcp"}]);
+    file
+}
+
+/// The folders listed, by name, with their files' names, oldest first.
+async fn folders_by_name(service: &AgentService) -> BTreeMap<String, Vec<String>> {
+    let mut by_name = BTreeMap::new();
+    for folder in service.folders.list(None, &everything(), false).await.unwrap() {
+        let id = folder["id"].as_str().unwrap();
+        let files = service.folders.list_files(id, &everything(), false).await.unwrap();
+        let names = files.iter().map(|file| file["file_name"].as_str().unwrap().to_string()).collect();
+        by_name.insert(folder["name"].as_str().unwrap().to_string(), names);
+    }
+    by_name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letta_files_source_imports_as_a_folder_of_processed_files_attached_to_its_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    // A folder of the same name is here already: as Letta, the file's gets
+    // a suffix and the one here is left alone.
+    let input = FolderInput { name: Some("handbook".into()), ..FolderInput::default() };
+    let existing = service.folders.create(input, false).await.unwrap()["id"].as_str().unwrap().to_string();
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    let answer = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    let ids = strings(&answer["agent_ids"]);
+    // Left out: the MCP server (and the embedding the file names, not offered here).
+    let warnings = strings(&answer["warnings"]);
+    assert_eq!(warnings[0], "1 MCP servers were not imported: Kelpie does not import them yet");
+    assert!(warnings[1..].iter().all(|w| w.starts_with("embedding ")), "{warnings:?}");
+    let listed = folders_by_name(&service).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed["handbook"], Vec::<String>::new(), "the folder here is untouched");
+    let (name, files) = listed.iter().find(|(name, _)| name.as_str() != "handbook").unwrap();
+    assert!(name.starts_with("handbook_") && name.len() == "handbook_".len() + 8, "{name}");
+    assert_eq!(files, &vec!["rules.md".to_string(), "report.pdf.md".to_string()]);
+    let folder_id = service.folders.id_by_name(name).await.unwrap();
+    assert_ne!(folder_id, existing);
+    let folder = service.folders.get(&folder_id, false).await.unwrap();
+    assert_eq!(
+        (&folder["description"], &folder["instructions"], &folder["metadata"]),
+        (&json!("the team's rules"), &json!("cite the rule"), &json!({"team": "a"}))
+    );
+    // Attached to ada (source_ids) and bob (files_agents), not to cy.
+    let mut attached = service.folders.agents(&folder_id, &everything()).await.unwrap();
+    attached.sort_by_key(|id| id.to_string());
+    let mut expected = vec![json!(ids[0]), json!(ids[1])];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(attached, expected);
+    // Processed by the document pipeline, then found by an agent's file search.
+    for _ in 0..20 {
+        service.documents.run_once().await.unwrap();
+    }
+    let files = service.folders.list_files(&folder_id, &everything(), false).await.unwrap();
+    let statuses: Vec<&Value> = files.iter().map(|file| &file["processing_status"]).collect();
+    assert_eq!(statuses, vec!["completed", "completed"]);
+    let passages = service.folders.passages(&folder_id, &everything()).await.unwrap();
+    assert!(passages.iter().any(|p| p["text"].as_str().unwrap().contains("42 zorkmids")), "{passages:?}");
+    let found = service
+        .turns
+        .run_tool(&ids[1], "semantic_search_files", json!({"query": "quarterly revenue zorkmids"}))
+        .await
+        .unwrap();
+    assert!(found.to_string().contains("42 zorkmids"), "{found}");
+    let refused = service.turns.run_tool(&ids[2], "semantic_search_files", json!({"query": "revenue"})).await;
+    assert!(refused.is_err(), "cy has no folder, so no file tools: {refused:?}");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let source = |n: usize| json!({"id": format!("source-{n}"), "name": format!("s{n}")});
+    let mut too_many = file_with_a_source();
+    too_many["sources"] = json!((0..=AGENT_FILE_SOURCES_COUNT_MAX).map(source).collect::<Vec<_>>());
+    too_many["files"] = json!([]);
+    too_many["agents"][1]["files_agents"] = json!([]);
+    // Fits the file, not the server: one folder is here already.
+    let mut past_server = too_many.clone();
+    past_server["sources"] = json!((0..FOLDERS_COUNT_MAX).map(source).collect::<Vec<_>>());
+    let mut dangling = file_with_a_source();
+    dangling["files"][1]["source_id"] = json!("source-7");
+    let mut hidden_name = file_with_a_source();
+    hidden_name["files"][0]["file_name"] = json!(".env");
+    let mut long_name = file_with_a_source();
+    long_name["sources"][0]["name"] = json!("n".repeat(FOLDER_NAME_BYTES_MAX + 1));
+    // A failure after the folder would be made: an agent's name is refused
+    // when the import settles its agents.
+    let mut bad_agent = file_with_a_source();
+    bad_agent["agents"][2]["name"] = json!("");
+    let input = FolderInput { name: Some("here".into()), ..FolderInput::default() };
+    service.folders.create(input, false).await.unwrap();
+    let before = (listed_by_name(&service).await, folders_by_name(&service).await);
+    for (file, why) in [
+        (
+            too_many,
+            format!("1001 sources, over AGENT_FILE_SOURCES_COUNT_MAX = {AGENT_FILE_SOURCES_COUNT_MAX}"),
+        ),
+        (past_server, format!("would make 1001 folders, over FOLDERS_COUNT_MAX = {FOLDERS_COUNT_MAX}")),
+        (dangling, "file file-1 names source \"source-7\", not in the file".to_string()),
+        (hidden_name, "file file-0's name \".env\" is empty or starts with a dot".to_string()),
+        (long_name, format!("over FOLDER_NAME_BYTES_MAX = {FOLDER_NAME_BYTES_MAX}")),
+        (bad_agent, "name".to_string()),
+    ] {
+        let bytes = serde_json::to_vec(&file).unwrap();
+        let err = service.transfer.import_bytes(&bytes, no_suffix()).await.expect_err(&why);
+        assert!(matches!(&err, ServiceError::Invalid(reason) if reason.contains(&why)), "{why}: {err:?}");
+        assert_eq!((listed_by_name(&service).await, folders_by_name(&service).await), before, "{why}");
     }
     service.shutdown().await;
 }

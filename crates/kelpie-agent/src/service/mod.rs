@@ -282,6 +282,7 @@ impl AgentService {
             (Arc::clone(&tools), Arc::clone(&reclaimer)),
             (Arc::clone(&decided_imports), Arc::clone(&groups)),
             (llm, catalog.clone()),
+            (Arc::clone(&folders), Arc::clone(&agent_files)),
             env.clone(),
         );
         AgentService {

@@ -28,7 +28,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
+use super::agent_files::AgentFiles;
 use super::decided_imports::DecidedImports;
+use super::folders::{FolderInput, Folders, UploadStart};
 use super::groups::{GroupCreate, Groups, ManagerConfig};
 use super::reclaim::Reclaimer;
 use super::tools::ToolService;
@@ -42,7 +44,9 @@ use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_conversation_id, new_id, new_message_id};
-use crate::letta_af::{letta_message, letta_parts, FileGroup, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX};
+use crate::letta_af::{
+    letta_message, letta_parts, FileFolder, FileGroup, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX,
+};
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
@@ -71,6 +75,8 @@ pub struct ImportOptions {
 
 pub struct Transfer {
     actors: Arc<AgentActors>,
+    folders: Arc<Folders>,
+    agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -95,9 +101,10 @@ impl Transfer {
         (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
         (decided, groups): (Arc<DecidedImports>, Arc<Groups>),
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
+        (folders, agent_files): (Arc<Folders>, Arc<AgentFiles>),
         env: Env,
     ) -> Self {
-        Transfer { actors, tools, reclaimer, decided, groups, llm, catalog, env }
+        Transfer { actors, folders, agent_files, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -151,6 +158,8 @@ impl Transfer {
         AgentImport {
             parts: ImportParts {
                 actors: Arc::clone(&self.actors),
+                folders: Arc::clone(&self.folders),
+                agent_files: Arc::clone(&self.agent_files),
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
                 decided: Arc::clone(&self.decided),
@@ -170,6 +179,7 @@ impl Transfer {
             written: Vec::new(),
             block_ids: BTreeMap::new(),
             plan: None,
+            folders: Vec::new(),
             tool_ids: BTreeMap::new(),
             conversation_ids: BTreeMap::new(),
             messages: Vec::new(),
@@ -491,6 +501,8 @@ impl AgentExport {
 /// What an import uses of the service.
 struct ImportParts {
     actors: Arc<AgentActors>,
+    folders: Arc<Folders>,
+    agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -545,6 +557,10 @@ pub struct AgentImport {
     block_ids: BTreeMap<String, String>,
     /// A Letta file's groups and shared blocks, made once the agents appear.
     plan: Option<(Vec<FileGroup>, Vec<Block>)>,
+    /// A Letta file's sources with their files: made (and processed) just
+    /// before the decision, taken back if the import fails before it, and
+    /// attached to their agents once these appear.
+    folders: Vec<FileFolder>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
     /// Conversation id in the file → its new id and where its window began.
@@ -622,18 +638,132 @@ impl AgentImport {
             .iter()
             .map(|begun| PendingEntry { agent_id: begun.record.id.clone(), kind: begun.pending.clone() })
             .collect();
-        self.parts.decided.decide(&decision, entries).await?;
+        let made = self.make_folders().await?;
+        if let Err(err) = self.parts.decided.decide(&decision, entries).await {
+            self.drop_folders(&made).await;
+            return Err(err);
+        }
         // Decided: from here on nothing is taken back, only finished.
         self.written.clear();
         self.plan = None;
         let agent_ids = self.parts.decided.roll_forward_held(&decision).await.inspect_err(|err| {
             tracing::warn!(%err, import = %decision.id, "a decided import is left to the background pass");
         })?;
+        for (folder_id, agents) in &made {
+            for agent_id in agents {
+                self.parts.agent_files.attach(agent_id, folder_id).await?;
+            }
+        }
         Ok(match self.warnings.is_empty() {
             true => json!({"agent_ids": agent_ids}),
             // What a Letta file held that this import left out.
             false => json!({"agent_ids": agent_ids, "warnings": self.warnings}),
         })
+    }
+
+    /// Makes the file's folders (a name already taken here gets Letta's
+    /// `_<8 hex>` suffix) and uploads their files, which the document
+    /// pipeline processes; answers each folder's id with the new ids of
+    /// the agents it goes to. Refused (422) before any is made when they
+    /// would take the server past `FOLDERS_COUNT_MAX`; what was made is
+    /// taken back when a later one fails.
+    async fn make_folders(&mut self) -> ServiceResult<Vec<(String, Vec<String>)>> {
+        let folders = std::mem::take(&mut self.folders);
+        if folders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = crate::actors::folder_store::FOLDERS_COUNT_MAX;
+        let count = self.parts.folders.count().await? + folders.len();
+        if count > max {
+            return Err(ServiceError::Invalid(format!(
+                "the file's {} sources would make {count} folders, over FOLDERS_COUNT_MAX = {max}",
+                folders.len()
+            )));
+        }
+        let mut made = Vec::with_capacity(folders.len());
+        for folder in &folders {
+            match self.make_folder(folder).await {
+                Ok(id) => {
+                    let agents = folder
+                        .agent_ids
+                        .iter()
+                        .filter_map(|file_id| self.written.iter().find(|begun| &begun.file_id == file_id))
+                        .map(|begun| begun.record.id.clone())
+                        .collect();
+                    made.push((id, agents));
+                }
+                Err(err) => {
+                    self.drop_folders(&made).await;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// One folder of the file with its files; its id.
+    async fn make_folder(&self, folder: &FileFolder) -> ServiceResult<String> {
+        let folders = &self.parts.folders;
+        let name = match folders.id_by_name(&folder.name).await {
+            Err(ServiceError::FolderNotFound(_)) => folder.name.clone(),
+            Ok(_) => {
+                let suffix = new_id("x", self.parts.env.rng.as_ref()).replace('-', "");
+                format!("{}_{}", folder.name, &suffix[1..9])
+            }
+            Err(err) => return Err(err),
+        };
+        // The source's embedding when this server has it, else the default.
+        let embedding = self.options.embedding.clone().or_else(|| {
+            folder
+                .embedding
+                .clone()
+                .filter(|handle| self.parts.catalog.resolve_embedding(Some(handle)).is_ok())
+        });
+        let input = FolderInput {
+            name: Some(name),
+            description: folder.description.clone(),
+            instructions: folder.instructions.clone(),
+            metadata: folder.metadata.clone(),
+            embedding,
+            ..FolderInput::default()
+        };
+        let created = folders.create(input, false).await?;
+        let id = created["id"].as_str().ok_or_else(|| unexpected("folder create"))?.to_string();
+        let uploaded = async {
+            for (file_name, content) in &folder.files {
+                let start = folders
+                    .begin_upload(
+                        &id,
+                        (file_name, Some("text/plain")),
+                        crate::actors::folder::DuplicateHandling::Suffix,
+                    )
+                    .await?;
+                let UploadStart::Upload(mut upload) = start else { return Err(unexpected("import upload")) };
+                if let Err(err) = upload.feed(content.as_bytes()).await {
+                    upload.cancel().await;
+                    return Err(err);
+                }
+                upload.finish().await?;
+            }
+            ServiceResult::Ok(())
+        }
+        .await;
+        match uploaded {
+            Ok(()) => Ok(id),
+            Err(err) => {
+                self.drop_folders(&[(id, Vec::new())]).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Deletes folders this import made (it failed before its decision).
+    async fn drop_folders(&self, made: &[(String, Vec<String>)]) {
+        for (id, _) in made {
+            if let Err(err) = self.parts.folders.delete(id).await {
+                tracing::warn!(%err, folder_id = %id, "a failed import's folder is left behind");
+            }
+        }
     }
 
     /// The agent being written is complete: its last batch goes out and it
@@ -945,6 +1075,7 @@ impl AgentImport {
         };
         self.warnings = converted.warnings;
         self.plan = Some((converted.groups, converted.shared_blocks));
+        self.folders = converted.folders;
         // Each agent is read as a Kelpie file of its own, one after another.
         for (index, file) in converted.agents.iter().enumerate() {
             let bytes = encode(file)?;
