@@ -219,3 +219,63 @@ def test_conversations_travel_in_kelpie_export(client):
         assert len(said(copy.id)) == 2 * (2 if original.summary == "openings" else 1)
     client.agents.delete(copy_id)
     client.agents.delete(agent.id)
+
+
+def test_a_files_sources_become_folders_of_processed_files_attached_to_their_agents(client):
+    import time
+
+    team = _team_file()
+    for n, agent in enumerate(team["agents"]):
+        agent["name"] = f"py-src-{n}"
+    team["groups"] = []
+    # Three sources, so the SDK's pager (two a page) reads past one page.
+    team["sources"] = [{"id": f"source-{n}", "name": f"py-src-folder-{n}", "description": f"folder {n}"}
+                       for n in range(3)]
+    team["files"] = [
+        {"id": "file-0", "source_id": "source-0", "file_name": "rules.md",
+         "content": "# Rules\n\nAlways pack an umbrella when the sky is grey.\n"},
+        {"id": "file-1", "source_id": "source-0", "file_name": "report.pdf",
+         "content": "Quarterly revenue rose to 42 zorkmids.\n"},
+        {"id": "file-2", "source_id": "source-2", "file_name": "notes.txt", "content": "A note.\n"},
+    ]
+    team["agents"][0]["source_ids"] = ["source-0", "source-1"]
+    team["agents"][1]["files_agents"] = [{"agent_id": "agent-1", "file_id": "file-0", "source_id": "source-0",
+                                          "file_name": "rules.md", "is_open": True}]
+    imported = _import(client, team, append_copy_suffix=False)
+    ids = imported.agent_ids
+    assert len(ids) == 4
+    folders = {f.name: f for f in client.folders.list(limit=2) if f.name.startswith("py-src-folder-")}
+    assert sorted(folders) == ["py-src-folder-0", "py-src-folder-1", "py-src-folder-2"]
+    assert folders["py-src-folder-0"].description == "folder 0"
+    handbook = folders["py-src-folder-0"]
+    deadline = time.monotonic() + 30
+    while True:
+        files = list(client.folders.files.list(handbook.id, limit=1))
+        if all(f.processing_status == "completed" for f in files) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sorted((f.file_name, f.processing_status) for f in files) == [
+        ("report.pdf.md", "completed"), ("rules.md", "completed")]
+    assert [f.file_name for f in client.folders.files.list(folders["py-src-folder-2"].id)] == ["notes.txt"]
+    # ada holds the first two folders, bob the first (through files_agents), the others none.
+    attached = [sorted(f.name for f in client.agents.folders.list(agent_id)) for agent_id in ids]
+    assert attached == [["py-src-folder-0", "py-src-folder-1"], ["py-src-folder-0"], [], []]
+    assert any(f.file_name.endswith("rules.md") for f in client.agents.files.list(ids[1]))
+    # A second import of the same file: Letta's suffix on each folder name taken.
+    again = _import(client, team, append_copy_suffix=False).agent_ids
+    names = [f.name for f in client.folders.list() if f.name.startswith("py-src-folder-0")]
+    assert len(names) == 2 and any(len(name) == len("py-src-folder-0_") + 8 for name in names), names
+    # A source no file names and a file naming a missing source: 422 with the reason, nothing made.
+    broken = dict(team, files=team["files"] + [{"id": "file-9", "source_id": "source-9", "file_name": "x.txt",
+                                                 "content": "x"}])
+    before = sorted(f.id for f in client.folders.list())
+    with pytest.raises(APIStatusError) as refused:
+        _import(client, broken)
+    assert refused.value.status_code == 422
+    assert 'file file-9 names source "source-9", not in the file' in refused.value.response.json()["detail"]
+    assert sorted(f.id for f in client.folders.list()) == before
+    for agent_id in ids + again:
+        client.agents.delete(agent_id)
+    for folder in client.folders.list():
+        if folder.name.startswith("py-src-folder-"):
+            client.folders.delete(folder.id)

@@ -14,7 +14,10 @@
 //! are made, by this request or, after a crash, by the background pass. A
 //! failure before the decision leaves nothing visible: every agent is on
 //! the reclaim list from its start, so nothing of a failed or abandoned
-//! import stays (but the custom tools it upserted).
+//! import stays (but the custom tools it upserted). A Letta file's sources
+//! are the exception: its folders are made just before the decision (their
+//! files queued for processing), deleted if the import fails before it, and
+//! attached to their agents once these appear.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
