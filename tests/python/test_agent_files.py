@@ -279,3 +279,56 @@ def test_a_files_sources_become_folders_of_processed_files_attached_to_their_age
     for folder in client.folders.list():
         if folder.name.startswith("py-src-folder-"):
             client.folders.delete(folder.id)
+
+
+def test_a_files_mcp_servers_become_records_with_their_tools_attached(client):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _free_port, start_kelpie
+    from letta_client import Letta
+    from test_mcp_and_tools import PY_SERVER, _wait_listening
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, PY_SERVER, "streamable-http", str(port)],
+                            env=dict(os.environ, PORT=str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, proc, "the Python MCP server")
+        team = _team_file()
+        for n, agent in enumerate(team["agents"]):
+            agent["name"] = f"py-mcp-{n}"
+        team["groups"] = []
+        team["mcp_servers"] = [{"id": "mcp_server-0", "server_type": "streamable_http",
+                                "server_name": "py-af-mcp", "server_url": f"http://127.0.0.1:{port}/mcp"}]
+        team["tools"] = [{"id": f"tool-{n}", "name": name, "tool_type": "external_mcp",
+                          "metadata_": {"mcp": {"server_name": "py-af-mcp"}}} for n, name in enumerate(["add", "shout"])]
+        team["agents"][0]["tool_ids"] = ["tool-0", "tool-1"]
+        team["agents"][2]["tool_ids"] = ["tool-1"]
+        # This server refuses a loopback URL, as its MCP routes do: 422, nothing made.
+        agents_before = {a.id for a in client.agents.list()}
+        with pytest.raises(APIStatusError) as refused:
+            _import(client, team)
+        assert refused.value.status_code == 422
+        assert "127.0.0.1" in refused.value.response.json()["detail"]
+        assert [s.server_name for s in client.mcp_servers.list()
+                if getattr(s, "server_name", "") == "py-af-mcp"] == []
+        assert {a.id for a in client.agents.list()} == agents_before
+        # A server that allows internal URLs makes the record and attaches its tools.
+        url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true"})
+        try:
+            inside = Letta(base_url=url)
+            ids = _import(inside, team, append_copy_suffix=False).agent_ids
+            [server] = [s for s in inside.mcp_servers.list() if s.server_name == "py-af-mcp"]
+            assert server.server_url == f"http://127.0.0.1:{port}/mcp"
+            listed = sorted(t.name for t in inside.mcp_servers.tools.list(server.id))
+            assert listed == ["add", "fail", "shout"]
+            def tools(agent_id):
+                return sorted(t.name for t in inside.agents.tools.list(agent_id))
+            assert [tools(agent_id) for agent_id in ids] == [["add", "shout"], [], ["shout"], []]
+        finally:
+            stop()
+    finally:
+        proc.kill()
+        proc.wait()

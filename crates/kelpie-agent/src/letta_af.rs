@@ -30,7 +30,10 @@
 //!   (`source_ids`, `folder_ids`, `files_agents`). A file without content
 //!   is left out with a warning; a file named as a PDF is uploaded as
 //!   markdown (`<name>.md`: its content is the text Letta extracted).
-//! - MCP servers are not imported yet, with a warning.
+//! - MCP servers (`mcp_servers`: name, type, URL or stdio command and
+//!   arguments; Letta writes no secrets) become MCP server records, and an
+//!   agent's MCP tools (`external_mcp`, naming their server in
+//!   `metadata_.mcp`) are attached from the server's listed tools by name.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +61,19 @@ pub const AGENT_FILE_GROUPS_COUNT_MAX: usize = 100;
 pub const AGENT_FILE_SOURCES_COUNT_MAX: usize = crate::actors::folder_store::FOLDERS_COUNT_MAX;
 /// Most files one agent file may hold.
 pub const AGENT_FILE_FILES_COUNT_MAX: usize = 10_000;
+/// Most MCP servers one agent file may hold.
+pub const AGENT_FILE_MCP_SERVERS_COUNT_MAX: usize = 100;
+
+/// An MCP server of the file, and the tools its agents take from it.
+#[derive(Debug, Clone)]
+pub struct FileMcpServer {
+    pub id: String,
+    pub name: String,
+    pub config: crate::requests::McpServerConfigIn,
+    /// Each MCP tool an agent has from it: the agent's id in the file and
+    /// the tool's name.
+    pub tools: Vec<(String, String)>,
+}
 
 /// A source (Letta's folder) of the file with its files, ids the file's.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +113,7 @@ pub struct Converted {
     pub groups: Vec<FileGroup>,
     pub shared_blocks: Vec<Block>,
     pub folders: Vec<FileFolder>,
+    pub mcp_servers: Vec<FileMcpServer>,
     pub warnings: Vec<String>,
 }
 
@@ -271,7 +288,7 @@ fn check_file(fields: &BTreeMap<String, Value>) -> Result<(), String> {
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for name in ["agents", "groups", "blocks", "tools", "sources", "files"] {
+    for name in ["agents", "groups", "blocks", "tools", "sources", "files", "mcp_servers"] {
         for (index, item) in list(name).iter().enumerate() {
             let id = item["id"].as_str().ok_or_else(|| format!("{name}[{index}] has no id"))?;
             if !seen.insert(id) {
@@ -317,11 +334,7 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
     check_file(fields)?;
     let mut warnings = Vec::new();
     let folders = folders_of(fields, &mut warnings)?;
-    let mcp_servers = fields.get("mcp_servers").and_then(Value::as_array).map_or(0, Vec::len);
-    if mcp_servers > 0 {
-        warnings
-            .push(format!("{mcp_servers} MCP servers were not imported: Kelpie does not import them yet"));
-    }
+    let mcp_servers = mcp_servers_of(fields)?;
     let raw_groups = fields.get("groups").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let groups = raw_groups.iter().map(group_of).collect::<Result<Vec<FileGroup>, String>>()?;
     let mut parts = FileParts {
@@ -359,7 +372,7 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         shared_blocks.push(block_of(raw, id)?);
     }
     assert_eq!(files.len(), agents.len(), "every agent of the file converts or the file is refused");
-    Ok(Converted { agents: files, groups, shared_blocks, folders, warnings })
+    Ok(Converted { agents: files, groups, shared_blocks, folders, mcp_servers, warnings })
 }
 
 /// The file's sources as folders with their files and the agents naming
@@ -474,6 +487,59 @@ fn folders_of(
     Ok(folders)
 }
 
+/// The file's MCP servers as the MCP server routes take them (checked by
+/// them when made: name, URL, command), at most
+/// [`AGENT_FILE_MCP_SERVERS_COUNT_MAX`], each with the MCP tools the
+/// file's agents have from it (a tool naming a server not in the file is
+/// refused).
+fn mcp_servers_of(fields: &BTreeMap<String, Value>) -> Result<Vec<FileMcpServer>, String> {
+    let list = |name: &str| fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let raw_servers = list("mcp_servers");
+    if raw_servers.len() > AGENT_FILE_MCP_SERVERS_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} MCP servers, over AGENT_FILE_MCP_SERVERS_COUNT_MAX = {AGENT_FILE_MCP_SERVERS_COUNT_MAX}",
+            raw_servers.len()
+        ));
+    }
+    let mut servers = Vec::with_capacity(raw_servers.len());
+    for raw in raw_servers {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let name =
+            string(&raw["server_name"]).ok_or_else(|| format!("MCP server {id} has no server_name"))?;
+        let stdio = &raw["stdio_config"];
+        let args = stdio["args"].as_array().map(|args| args.iter().filter_map(string).collect());
+        let config = crate::requests::McpServerConfigIn {
+            mcp_server_type: string(&raw["server_type"]),
+            server_url: string(&raw["server_url"]),
+            command: string(&stdio["command"]),
+            args,
+            ..crate::requests::McpServerConfigIn::default()
+        };
+        servers.push(FileMcpServer { id, name, config, tools: Vec::new() });
+    }
+    let tools = by_id(fields, "tools");
+    for agent in list("agents") {
+        let agent_id = string(&agent["id"]).unwrap_or_default();
+        for tool_id in agent["tool_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(raw) = tool_id.as_str().and_then(|id| tools.get(id)) else { continue };
+            if raw["tool_type"].as_str() != Some("external_mcp") {
+                continue;
+            }
+            let name = string(&raw["name"]).unwrap_or_default();
+            let mcp = &raw["metadata_"]["mcp"];
+            let server = servers.iter_mut().find(|server| {
+                mcp["server_id"].as_str() == Some(server.id.as_str())
+                    || mcp["server_name"].as_str() == Some(server.name.as_str())
+            });
+            let Some(server) = server else {
+                return Err(format!("MCP tool {name:?} names a server not in the file's mcp_servers"));
+            };
+            server.tools.push((agent_id.clone(), name));
+        }
+    }
+    Ok(servers)
+}
+
 /// Group `raw` of the file as Letta's `GroupSchema` says it (ids are the
 /// file's).
 pub(crate) fn group_of(raw: &Value) -> Result<FileGroup, String> {
@@ -535,6 +601,8 @@ fn agent_of(
                     custom_tools.push(tool);
                 }
             }
+            // Attached from its MCP server once that is made (see `mcp_servers_of`).
+            (Some("external_mcp"), _) => {}
             (_, Some(builtin)) => tool_ids.push(builtin.clone()),
             (_, None) => left_out.push(name.to_string()),
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use kelpie_agent::actors::folder_store::{FOLDERS_COUNT_MAX, FOLDER_NAME_BYTES_MAX};
 use kelpie_agent::actors::reclaim::PendingKind;
+use kelpie_agent::actors::tool_store::McpServerRecord;
 use kelpie_agent::letta_af::{AGENT_FILE_AGENTS_COUNT_MAX, AGENT_FILE_SOURCES_COUNT_MAX};
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
@@ -20,6 +21,7 @@ use kelpie_agent::requests::{CreateAgent, CreatePassage, SummarizeRequest, Updat
 use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery, Target};
 use kelpie_agent::service::folders::FolderInput;
 use kelpie_agent::service::groups::GroupFilter;
+use kelpie_agent::service::mcp_clients::{McpConnector, McpFuture};
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::transfer::ImportOptions;
 use kelpie_agent::{AgentService, ServiceError};
@@ -35,6 +37,7 @@ use kelpie_storage::{
     Backend, BoxFut, ClaimOutcome, CommitInfo, Placement as StoredPlacement, RedbBackend, ScanPage, Storage,
     Versioned,
 };
+use kelpie_tools::mcp::{McpCallResult, McpError, McpTool};
 use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
@@ -876,9 +879,76 @@ fn file_with_a_source() -> Value {
     file["agents"][0]["source_ids"] = json!(["source-0"]);
     file["agents"][1]["files_agents"] = json!([{"agent_id": "agent-1", "file_id": "file-0",
         "source_id": "source-0", "file_name": "rules.md", "is_open": true}]);
-    file["mcp_servers"] = json!([{"id": "mcp_server-0", "server_type": "streamable_http",
-        "server_name": "weather", "server_url": "http://127.0.0.1:9/mcp"}]);
+    // ada and bob take `forecast` from the weather server; cy `radar`, which it does not list.
+    file["mcp_servers"] = json!([{"id": "mcp_server-0", "server_type": "stdio", "server_name": "weather",
+        "stdio_config": {"command": "/bin/cat", "args": ["--weather"], "env": {}}}]);
+    let mcp_tool = |id: &str, name: &str| {
+        json!({"id": id, "name": name, "tool_type": "external_mcp",
+               "metadata_": {"mcp": {"server_name": "weather", "server_id": "mcp_server-0"}}})
+    };
+    file["tools"]
+        .as_array_mut()
+        .unwrap()
+        .extend([mcp_tool("tool-1", "forecast"), mcp_tool("tool-2", "radar")]);
+    for (agent, tool) in [(0, "tool-1"), (1, "tool-1"), (2, "tool-2")] {
+        file["agents"][agent]["tool_ids"].as_array_mut().unwrap().push(json!(tool));
+    }
     file
+}
+
+/// An MCP server that lists `forecast` and `alerts` whatever it is asked.
+struct WeatherMcp;
+
+impl McpConnector for WeatherMcp {
+    fn list_tools<'a>(&'a self, _: &'a McpServerRecord) -> McpFuture<'a, Result<Vec<McpTool>, McpError>> {
+        Box::pin(async {
+            let tool = |name: &str| McpTool {
+                name: name.into(),
+                description: Some(format!("The {name}.")),
+                input_schema: json!({"type": "object", "properties": {}}),
+                annotations: None,
+            };
+            Ok(vec![tool("forecast"), tool("alerts")])
+        })
+    }
+
+    fn call_tool<'a>(
+        &'a self,
+        _: &'a McpServerRecord,
+        tool: &'a str,
+        _: &'a Value,
+    ) -> McpFuture<'a, Result<McpCallResult, McpError>> {
+        Box::pin(async move { Ok(McpCallResult { is_error: false, text: format!("{tool}: sunny") }) })
+    }
+
+    fn forget<'a>(&'a self, _: &'a str) -> McpFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn shutdown(&self) -> McpFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The names of agent `id`'s tools.
+async fn tool_names(service: &AgentService, id: &str) -> Vec<String> {
+    let agent = service.agents.get(id).await.unwrap();
+    let mut names: Vec<String> =
+        agent["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// The MCP servers listed: (name, id, command, args).
+async fn mcp_listed(service: &AgentService) -> Vec<(String, String, Value, Value)> {
+    let servers = service.mcp_servers.list().await.unwrap();
+    servers
+        .iter()
+        .map(|s| {
+            let name = s["server_name"].as_str().unwrap().to_string();
+            (name, s["id"].as_str().unwrap().to_string(), s["command"].clone(), s["args"].clone())
+        })
+        .collect()
 }
 
 /// The folders listed, by name, with their files' names, oldest first.
@@ -898,6 +968,7 @@ async fn a_letta_files_source_imports_as_a_folder_of_processed_files_attached_to
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
     let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
     // A folder of the same name is here already: as Letta, the file's gets
     // a suffix and the one here is left alone.
     let input = FolderInput { name: Some("handbook".into()), ..FolderInput::default() };
@@ -905,10 +976,27 @@ async fn a_letta_files_source_imports_as_a_folder_of_processed_files_attached_to
     let file = serde_json::to_vec(&file_with_a_source()).unwrap();
     let answer = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
     let ids = strings(&answer["agent_ids"]);
-    // Left out: the MCP server (and the embedding the file names, not offered here).
+    // Left out: cy's MCP tool its server does not list (and the embedding
+    // the file names, not offered here).
     let warnings = strings(&answer["warnings"]);
-    assert_eq!(warnings[0], "1 MCP servers were not imported: Kelpie does not import them yet");
-    assert!(warnings[1..].iter().all(|w| w.starts_with("embedding ")), "{warnings:?}");
+    let radar = "MCP tool \"radar\" was not attached: server \"weather\" does not list it (refresh the server, then attach it)";
+    assert_eq!(warnings.last().unwrap(), radar, "{warnings:?}");
+    assert!(warnings[..warnings.len() - 1].iter().all(|w| w.starts_with("embedding ")), "{warnings:?}");
+    // The MCP server is a record of this server, its tools listed and
+    // `forecast` attached to ada and bob.
+    let servers = mcp_listed(&service).await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (name, server_id, command, args) = &servers[0];
+    assert_eq!((name.as_str(), command, args), ("weather", &json!("/bin/cat"), &json!(["--weather"])));
+    let listed = service.mcp_servers.tools(server_id).await.unwrap();
+    let forecast = listed.iter().find(|t| t["name"] == "forecast").unwrap()["id"].clone();
+    // (and the file tools, with the folder)
+    let with_folder = vec!["forecast", "grep_files", "open_files", "semantic_search_files", "shout"];
+    assert_eq!(tool_names(&service, &ids[0]).await, with_folder);
+    assert_eq!(tool_names(&service, &ids[1]).await, with_folder);
+    assert_eq!(tool_names(&service, &ids[2]).await, vec!["shout"]);
+    let ada = service.agents.get(&ids[0]).await.unwrap();
+    assert!(ada["tools"].as_array().unwrap().iter().any(|t| t["id"] == forecast), "{forecast}");
     let listed = folders_by_name(&service).await;
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(listed["handbook"], Vec::<String>::new(), "the folder here is untouched");
@@ -945,6 +1033,15 @@ async fn a_letta_files_source_imports_as_a_folder_of_processed_files_attached_to
     assert!(found.to_string().contains("42 zorkmids"), "{found}");
     let refused = service.turns.run_tool(&ids[2], "semantic_search_files", json!({"query": "revenue"})).await;
     assert!(refused.is_err(), "cy has no folder, so no file tools: {refused:?}");
+    // Imported again: as Letta, the server of that name is the one used
+    // (no second record), and the new agents take its tool.
+    let again = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    let again = strings(&again["agent_ids"]);
+    assert_eq!(
+        mcp_listed(&service).await.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        vec![server_id.clone()]
+    );
+    assert_eq!(tool_names(&service, &again[0]).await, with_folder);
     service.shutdown().await;
 }
 
@@ -953,6 +1050,7 @@ async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
     let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
     let source = |n: usize| json!({"id": format!("source-{n}"), "name": format!("s{n}")});
     let mut too_many = file_with_a_source();
     too_many["sources"] = json!((0..=AGENT_FILE_SOURCES_COUNT_MAX).map(source).collect::<Vec<_>>());
@@ -971,6 +1069,14 @@ async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder
     // when the import settles its agents.
     let mut bad_agent = file_with_a_source();
     bad_agent["agents"][2]["name"] = json!("");
+    // An MCP server on a private address is refused (SSRF), as the routes
+    // refuse it, after an earlier server of the file was made: that one is
+    // taken back.
+    let mut private = file_with_a_source();
+    private["mcp_servers"].as_array_mut().unwrap().push(json!({"id": "mcp_server-1",
+        "server_type": "streamable_http", "server_name": "inside", "server_url": "http://127.0.0.1:9/mcp"}));
+    let mut no_server = file_with_a_source();
+    no_server["tools"][2]["metadata_"]["mcp"] = json!({"server_name": "elsewhere"});
     let input = FolderInput { name: Some("here".into()), ..FolderInput::default() };
     service.folders.create(input, false).await.unwrap();
     let before = (listed_by_name(&service).await, folders_by_name(&service).await);
@@ -984,11 +1090,14 @@ async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder
         (hidden_name, "file file-0's name \".env\" is empty or starts with a dot".to_string()),
         (long_name, format!("over FOLDER_NAME_BYTES_MAX = {FOLDER_NAME_BYTES_MAX}")),
         (bad_agent, "name".to_string()),
+        (private, "127.0.0.1".to_string()),
+        (no_server, "MCP tool \"radar\" names a server not in the file's mcp_servers".to_string()),
     ] {
         let bytes = serde_json::to_vec(&file).unwrap();
         let err = service.transfer.import_bytes(&bytes, no_suffix()).await.expect_err(&why);
-        assert!(matches!(&err, ServiceError::Invalid(reason) if reason.contains(&why)), "{why}: {err:?}");
+        assert!(err.to_string().contains(&why), "{why}: {err:?}");
         assert_eq!((listed_by_name(&service).await, folders_by_name(&service).await), before, "{why}");
+        assert_eq!(mcp_listed(&service).await, Vec::new(), "{why}");
     }
     service.shutdown().await;
 }

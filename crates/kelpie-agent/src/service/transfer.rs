@@ -35,6 +35,7 @@ use super::agent_files::AgentFiles;
 use super::decided_imports::DecidedImports;
 use super::folders::{FolderInput, Folders, UploadStart};
 use super::groups::{GroupCreate, Groups, ManagerConfig};
+use super::mcp::McpServers;
 use super::reclaim::Reclaimer;
 use super::tools::ToolService;
 use crate::actors::agent::store::{self, PASSAGE_KEYS_COUNT};
@@ -48,7 +49,7 @@ use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_V
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_conversation_id, new_id, new_message_id};
 use crate::letta_af::{
-    letta_message, letta_parts, FileFolder, FileGroup, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX,
+    letta_message, letta_parts, FileFolder, FileGroup, FileMcpServer, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX,
 };
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
@@ -78,6 +79,7 @@ pub struct ImportOptions {
 
 pub struct Transfer {
     actors: Arc<AgentActors>,
+    mcp: Arc<McpServers>,
     folders: Arc<Folders>,
     agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
@@ -107,7 +109,8 @@ impl Transfer {
         (folders, agent_files): (Arc<Folders>, Arc<AgentFiles>),
         env: Env,
     ) -> Self {
-        Transfer { actors, folders, agent_files, tools, reclaimer, decided, groups, llm, catalog, env }
+        let mcp = Arc::new(McpServers::new(Arc::clone(&tools), env.clone()));
+        Transfer { actors, mcp, folders, agent_files, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -161,6 +164,7 @@ impl Transfer {
         AgentImport {
             parts: ImportParts {
                 actors: Arc::clone(&self.actors),
+                mcp: Arc::clone(&self.mcp),
                 folders: Arc::clone(&self.folders),
                 agent_files: Arc::clone(&self.agent_files),
                 tools: Arc::clone(&self.tools),
@@ -183,6 +187,7 @@ impl Transfer {
             block_ids: BTreeMap::new(),
             plan: None,
             folders: Vec::new(),
+            mcp_servers: Vec::new(),
             tool_ids: BTreeMap::new(),
             conversation_ids: BTreeMap::new(),
             messages: Vec::new(),
@@ -504,6 +509,7 @@ impl AgentExport {
 /// What an import uses of the service.
 struct ImportParts {
     actors: Arc<AgentActors>,
+    mcp: Arc<McpServers>,
     folders: Arc<Folders>,
     agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
@@ -564,6 +570,10 @@ pub struct AgentImport {
     /// before the decision, taken back if the import fails before it, and
     /// attached to their agents once these appear.
     folders: Vec<FileFolder>,
+    /// A Letta file's MCP servers: made just before the decision (deleted
+    /// if the import fails before it); one of the same name here is used,
+    /// and updated with the file's config once the import is decided.
+    mcp_servers: Vec<FileMcpServer>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
     /// Conversation id in the file → its new id and where its window began.
@@ -635,16 +645,31 @@ impl AgentImport {
         if self.plan.is_none() && (self.written.len() > 1 || !self.kelpie_groups.is_empty()) {
             self.plan = Some(self.kelpie_plan()?);
         }
-        let decision = self.decision()?;
+        let mut decision = self.decision()?;
         let entries: Vec<PendingEntry> = self
             .written
             .iter()
             .map(|begun| PendingEntry { agent_id: begun.record.id.clone(), kind: begun.pending.clone() })
             .collect();
-        let made = self.make_folders().await?;
+        let (made_servers, updates) = self.make_mcp_servers(&mut decision).await?;
+        let made = match self.make_folders().await {
+            Ok(made) => made,
+            Err(err) => {
+                self.drop_mcp_servers(&made_servers).await;
+                return Err(err);
+            }
+        };
         if let Err(err) = self.parts.decided.decide(&decision, entries).await {
             self.drop_folders(&made).await;
+            self.drop_mcp_servers(&made_servers).await;
             return Err(err);
+        }
+        // As Letta: a server of the same name takes the file's config.
+        for (id, config) in updates {
+            let update = crate::requests::UpdateMcpServer { server_name: None, config: Some(config) };
+            if let Err(err) = self.parts.mcp.update(&id, update).await {
+                self.warnings.push(format!("MCP server {id} kept its config: {err}"));
+            }
         }
         // Decided: from here on nothing is taken back, only finished.
         self.written.clear();
@@ -756,6 +781,83 @@ impl AgentImport {
             Err(err) => {
                 self.drop_folders(&[(id, Vec::new())]).await;
                 Err(err)
+            }
+        }
+    }
+
+    /// Makes the file's MCP servers (checked as the routes check a create:
+    /// name, URL, private addresses, the stdio command) and adds each
+    /// agent's MCP tools, found by name among those its server lists, to
+    /// the decided agents. A server of the same name here is used as it is
+    /// (its config is updated once the import is decided). Answers the
+    /// servers made (deleted if the import fails before its decision) and
+    /// the updates to make.
+    async fn make_mcp_servers(
+        &mut self,
+        decision: &mut ImportDecision,
+    ) -> ServiceResult<(Vec<String>, Vec<(String, crate::requests::McpServerConfigIn)>)> {
+        let servers = std::mem::take(&mut self.mcp_servers);
+        let (mut made, mut updates) = (Vec::new(), Vec::new());
+        for server in &servers {
+            let existing = self.parts.mcp.list().await?;
+            let existing = existing.iter().find(|record| record["server_name"] == server.name.as_str());
+            let id = match existing.and_then(|record| record["id"].as_str()) {
+                Some(id) => {
+                    updates.push((id.to_string(), server.config.clone()));
+                    id.to_string()
+                }
+                None => {
+                    let create = crate::requests::CreateMcpServer {
+                        server_name: server.name.clone(),
+                        config: server.config.clone(),
+                    };
+                    match self.parts.mcp.create(create).await {
+                        Ok(created) => {
+                            let id = created["id"].as_str().ok_or_else(|| unexpected("MCP server create"))?;
+                            made.push(id.to_string());
+                            id.to_string()
+                        }
+                        Err(err) => {
+                            self.drop_mcp_servers(&made).await;
+                            return Err(err);
+                        }
+                    }
+                }
+            };
+            let listed = match self.parts.mcp.tools(&id).await {
+                Ok(listed) => listed,
+                Err(err) => {
+                    self.drop_mcp_servers(&made).await;
+                    return Err(err);
+                }
+            };
+            for (file_agent, tool_name) in &server.tools {
+                let tool = listed.iter().find(|tool| tool["name"] == tool_name.as_str());
+                let Some(tool_id) = tool.and_then(|tool| tool["id"].as_str()) else {
+                    self.warnings.push(format!(
+                        "MCP tool {tool_name:?} was not attached: server {:?} does not list it (refresh the server, then attach it)",
+                        server.name
+                    ));
+                    continue;
+                };
+                let Some(begun) = self.written.iter().find(|begun| &begun.file_id == file_agent) else {
+                    continue;
+                };
+                let agent = decision.agents.iter_mut().find(|agent| agent.id == begun.record.id);
+                let agent = agent.ok_or_else(|| unexpected("an MCP tool's agent not decided"))?;
+                if !agent.tool_ids.iter().any(|id| id == tool_id) {
+                    agent.tool_ids.push(tool_id.to_string());
+                }
+            }
+        }
+        Ok((made, updates))
+    }
+
+    /// Deletes MCP servers this import made (it failed before its decision).
+    async fn drop_mcp_servers(&self, made: &[String]) {
+        for id in made {
+            if let Err(err) = self.parts.mcp.delete(id).await {
+                tracing::warn!(%err, mcp_server_id = %id, "a failed import's MCP server is left behind");
             }
         }
     }
@@ -1079,6 +1181,7 @@ impl AgentImport {
         self.warnings = converted.warnings;
         self.plan = Some((converted.groups, converted.shared_blocks));
         self.folders = converted.folders;
+        self.mcp_servers = converted.mcp_servers;
         // Each agent is read as a Kelpie file of its own, one after another.
         for (index, file) in converted.agents.iter().enumerate() {
             let bytes = encode(file)?;
