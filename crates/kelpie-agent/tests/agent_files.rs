@@ -4,7 +4,12 @@
 //! by value after import; files that fail before or while their agents
 //! appear leave nothing visible; a file past `AGENT_FILE_AGENTS_COUNT_MAX`
 //! is refused; an export of an agent with two conversations imports with
-//! both, their summaries, messages and windows.
+//! both, their summaries, messages and windows; a group manager's export
+//! round-trips every agent's passages, working memory and conversations;
+//! a Letta file's source becomes a folder of processed, searchable files
+//! attached to its agents and its MCP server a record whose tools the
+//! agents get; a file that cannot be imported whole, or fails at its
+//! decision, leaves no folder or MCP server behind.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -419,6 +424,9 @@ async fn an_export_and_import_keeps_two_conversations_with_their_messages_and_wi
 enum DeathAt {
     /// The decision's own commit fails: the import never decided.
     Decision,
+    /// The decision's own commit fails once and the disk lives on: the
+    /// import fails before its decision with everything else working.
+    DecisionRefused,
     /// After the decision and `n` more commits of actors in `namespace`.
     After { namespace: &'static str, commits: usize },
 }
@@ -437,7 +445,7 @@ struct DyingDisk {
 impl DyingDisk {
     fn new(inner: Arc<RedbBackend>, death: DeathAt) -> Self {
         let commits = match death {
-            DeathAt::Decision => 0,
+            DeathAt::Decision | DeathAt::DecisionRefused => 0,
             DeathAt::After { commits, .. } => commits,
         };
         DyingDisk {
@@ -493,6 +501,10 @@ impl Backend for DyingDisk {
             let decision = Self::is_decision(&request);
             match self.death {
                 DeathAt::Decision if decision => return self.die(),
+                DeathAt::DecisionRefused if decision => {
+                    let reason = "the decision's commit refused".into();
+                    return Err(kelpie_core::Error::StorageIo { operation: "dying disk", reason });
+                }
                 DeathAt::After { namespace, .. }
                     if self.decided.load(Ordering::SeqCst)
                         && request.actor_id.namespace() == namespace
@@ -1099,6 +1111,27 @@ async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder
         assert_eq!((listed_by_name(&service).await, folders_by_name(&service).await), before, "{why}");
         assert_eq!(mcp_listed(&service).await, Vec::new(), "{why}");
     }
+    service.shutdown().await;
+}
+
+/// A file whose import fails at its decision, after its folder, files and
+/// MCP server were made, leaves none of them (nor an agent) behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_failing_at_its_decision_takes_back_its_folders_and_mcp_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let disk = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), DeathAt::DecisionRefused)));
+    let service = service(&disk, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    let err = service.transfer.import_bytes(&file, no_suffix()).await.unwrap_err();
+    assert!(err.to_string().contains("the decision's commit refused"), "{err:?}");
+    assert_eq!(listed_by_name(&service).await, BTreeMap::new());
+    assert_eq!(folders_by_name(&service).await, BTreeMap::new());
+    assert_eq!(mcp_listed(&service).await, Vec::new());
+    // The MCP server's tools went with it.
+    let custom = service.tools.custom_tools().await.unwrap();
+    assert!(custom.iter().all(|tool| tool.mcp.is_none()), "{custom:?}");
     service.shutdown().await;
 }
 
