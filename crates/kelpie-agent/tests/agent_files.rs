@@ -1135,6 +1135,38 @@ async fn an_import_failing_at_its_decision_takes_back_its_folders_and_mcp_server
     service.shutdown().await;
 }
 
+/// Killed right after its decision, an import with a source comes back
+/// whole: the background pass makes the agents appear and attaches the
+/// folder made before the decision to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_after_its_decision_attaches_its_folder_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let death = DeathAt::After { namespace: "reclaim", commits: 0 };
+    let dying = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), death)));
+    let killed = service(&dying, dir.path(), "http://127.0.0.1:9/v1");
+    killed.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    assert!(killed.transfer.import_bytes(&file, no_suffix()).await.is_err());
+    killed.shutdown().await;
+    drop(killed);
+
+    let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+    let restarted = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 1);
+    let agents = listed_by_name(&restarted).await;
+    assert_eq!(agents.keys().collect::<Vec<_>>(), vec!["ada", "bob", "cy"]);
+    let folder_id = restarted.folders.id_by_name("handbook").await.unwrap();
+    let mut attached = restarted.folders.agents(&folder_id, &everything()).await.unwrap();
+    attached.sort_by_key(|id| id.to_string());
+    let mut expected = vec![json!(agents["ada"][0]), json!(agents["bob"][0])];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(attached, expected);
+    // Once: a second pass finds nothing left to do.
+    assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 0);
+    restarted.shutdown().await;
+}
+
 /// A file whose groups share `groups_count` blocks of a million characters
 /// that no agent of the file holds: each group has one member of its own,
 /// so every agent stays within its core-memory total (and, with a window of

@@ -15,9 +15,10 @@
 //! failure before the decision leaves nothing visible: every agent is on
 //! the reclaim list from its start, so nothing of a failed or abandoned
 //! import stays (but the custom tools it upserted). A Letta file's sources
-//! are the exception: its folders are made just before the decision (their
-//! files queued for processing), deleted if the import fails before it, and
-//! attached to their agents once these appear.
+//! and MCP servers are the exception: they are made just before the
+//! decision (the files queued for processing), deleted if the import fails
+//! before it; the folders' attachments to the agents are part of the
+//! decision and roll forward with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +32,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
-use super::agent_files::AgentFiles;
 use super::decided_imports::DecidedImports;
 use super::folders::{FolderInput, Folders, UploadStart};
 use super::groups::{GroupCreate, Groups, ManagerConfig};
@@ -43,7 +43,9 @@ use crate::actors::agent::{
     AgentCommand, AgentReply, ContextState, ConversationFilter, ConversationRecord, ImportedMessage, PageSpec,
 };
 use crate::actors::group_store::GroupRecord;
-use crate::actors::reclaim::{DecidedAgent, DecidedBlock, ImportDecision, PendingEntry, PendingKind};
+use crate::actors::reclaim::{
+    DecidedAgent, DecidedBlock, DecidedFolder, ImportDecision, PendingEntry, PendingKind,
+};
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
@@ -81,7 +83,6 @@ pub struct Transfer {
     actors: Arc<AgentActors>,
     mcp: Arc<McpServers>,
     folders: Arc<Folders>,
-    agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -106,11 +107,11 @@ impl Transfer {
         (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
         (decided, groups): (Arc<DecidedImports>, Arc<Groups>),
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
-        (folders, agent_files): (Arc<Folders>, Arc<AgentFiles>),
+        folders: Arc<Folders>,
         env: Env,
     ) -> Self {
         let mcp = Arc::new(McpServers::new(Arc::clone(&tools), env.clone()));
-        Transfer { actors, mcp, folders, agent_files, tools, reclaimer, decided, groups, llm, catalog, env }
+        Transfer { actors, mcp, folders, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -166,7 +167,6 @@ impl Transfer {
                 actors: Arc::clone(&self.actors),
                 mcp: Arc::clone(&self.mcp),
                 folders: Arc::clone(&self.folders),
-                agent_files: Arc::clone(&self.agent_files),
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
                 decided: Arc::clone(&self.decided),
@@ -511,7 +511,6 @@ struct ImportParts {
     actors: Arc<AgentActors>,
     mcp: Arc<McpServers>,
     folders: Arc<Folders>,
-    agent_files: Arc<AgentFiles>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -568,7 +567,7 @@ pub struct AgentImport {
     plan: Option<(Vec<FileGroup>, Vec<Block>)>,
     /// A Letta file's sources with their files: made (and processed) just
     /// before the decision, taken back if the import fails before it, and
-    /// attached to their agents once these appear.
+    /// attached to their agents as the decision rolls forward.
     folders: Vec<FileFolder>,
     /// A Letta file's MCP servers: made just before the decision (deleted
     /// if the import fails before it); one of the same name here is used,
@@ -659,7 +658,19 @@ impl AgentImport {
                 return Err(err);
             }
         };
-        if let Err(err) = self.parts.decided.decide(&decision, entries).await {
+        // The attachments roll forward with the agents, crash or not.
+        decision.folders = made
+            .iter()
+            .map(|(id, agent_ids)| DecidedFolder { id: id.clone(), agent_ids: agent_ids.clone() })
+            .collect();
+        let bytes = encode(&decision)?.len();
+        let outcome = match bytes > IMPORT_DECISION_BYTES_MAX {
+            true => Err(ServiceError::Invalid(format!(
+                "the file's agents, shared blocks, groups and folders take {bytes} bytes to record, over IMPORT_DECISION_BYTES_MAX = {IMPORT_DECISION_BYTES_MAX}"
+            ))),
+            false => self.parts.decided.decide(&decision, entries).await,
+        };
+        if let Err(err) = outcome {
             self.drop_folders(&made).await;
             self.drop_mcp_servers(&made_servers).await;
             return Err(err);
@@ -677,11 +688,7 @@ impl AgentImport {
         let agent_ids = self.parts.decided.roll_forward_held(&decision).await.inspect_err(|err| {
             tracing::warn!(%err, import = %decision.id, "a decided import is left to the background pass");
         })?;
-        for (folder_id, agents) in &made {
-            for agent_id in agents {
-                self.parts.agent_files.attach(agent_id, folder_id).await?;
-            }
-        }
+
         Ok(match self.warnings.is_empty() {
             true => json!({"agent_ids": agent_ids}),
             // What a Letta file held that this import left out.
@@ -978,7 +985,7 @@ impl AgentImport {
         let shared_blocks = self.decided_blocks();
         self.check_group_room(&groups, &shared_blocks)?;
         let id = new_id("import", self.parts.env.rng.as_ref());
-        let decision = ImportDecision { id, agents, shared_blocks, groups };
+        let decision = ImportDecision { id, agents, shared_blocks, groups, folders: Vec::new() };
         let bytes = encode(&decision)?.len();
         if bytes > IMPORT_DECISION_BYTES_MAX {
             return Err(ServiceError::Invalid(format!(
