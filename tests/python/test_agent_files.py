@@ -137,16 +137,20 @@ def test_a_supervisors_export_carries_its_group_and_imports_as_a_new_group(clien
     for group in team["groups"]:
         group["description"] = group["description"].replace("py-af", "py-sup")
     ids = _import(client, team, append_copy_suffix=False).agent_ids
+    # Kelpie's state of the lead and its members: passages on two of them,
+    # a conversation with a turn on the third.
+    for agent_id, text in [(ids[0], "the lead's plan"), (ids[1], "left's note"), (ids[1], "left's other note")]:
+        client.agents.passages.create(agent_id, text=text)
+    errand = client.conversations.create(agent_id=ids[2], summary="right's errand")
+    list(client.conversations.messages.create(errand.id, messages=[{"role": "user", "content": "go"}]))
     # The lead manages the supervisor group over the next two: Letta's export
     # of the lead writes the group and those members (not the round robin,
-    # which no agent manages).
+    # which no agent manages); Kelpie's part beside it holds all three.
     exported = json.loads(client.agents.export_file(ids[0]))
     jsonschema.validate(exported, json.loads(schema_path.read_text()))
-    assert not [key for key in exported if key.startswith("kelpie_")]
-    assert [agent["name"] for agent in exported["agents"]] == ["py-sup-0", "py-sup-1", "py-sup-2"]
-    [group] = exported["groups"]
-    assert (group["agent_ids"], group["manager_config"]) == (
-        ["agent-1", "agent-2"], {"manager_type": "supervisor", "manager_agent_id": "agent-0"})
+    assert exported["kelpie_agent"]["id"] == ids[0]
+    assert [exported[f"kelpie_agent@agent-{n}"]["id"] for n in (1, 2)] == ids[1:3]
+    assert [g["agent_ids"] for g in exported["kelpie_groups"]] == [ids[1:3]]
     # Imported back through the SDK: new agents, a new group over them.
     copies = client.agents.import_file(
         file=("lead.af", json.dumps(exported).encode(), "application/json")).agent_ids
@@ -160,6 +164,23 @@ def test_a_supervisors_export_carries_its_group_and_imports_as_a_new_group(clien
         def said(agent_id):
             return [(m.message_type, m.content) for m in client.agents.messages.list(agent_id, order="asc")]
         assert said(copy_id) == said(original_id) and len(said(copy_id)) == 2
+        def passages(agent_id):
+            return [p.text for p in client.agents.passages.list(agent_id, ascending=True)]
+        assert passages(copy_id) == passages(original_id)
+        def conversations(agent_id):
+            found = []
+            for conversation in client.conversations.list(agent_id=agent_id):
+                messages = client.conversations.messages.list(conversation.id, order="asc")
+                found.append((conversation.summary, [(m.message_type, m.content) for m in messages
+                                                     if m.message_type in ("user_message", "assistant_message")]))
+            return found
+        assert conversations(copy_id) == conversations(original_id)
+    assert [p.text for p in client.agents.passages.list(copies[1], ascending=True)] == [
+        "left's note", "left's other note"]
+    [(summary, said_there)] = [c for c in [
+        (c.summary, [m.message_type for m in client.conversations.messages.list(c.id, order="asc")])
+        for c in client.conversations.list(agent_id=copies[2])]]
+    assert summary == "right's errand" and "user_message" in said_there and "assistant_message" in said_there
     groups = [g for g in _groups(client, limit=1) if g.description == "py-sup led"]
     by_manager = {g.manager_agent_id: g for g in groups}
     assert set(by_manager) == {ids[0], copies[0]}
@@ -198,3 +219,116 @@ def test_conversations_travel_in_kelpie_export(client):
         assert len(said(copy.id)) == 2 * (2 if original.summary == "openings" else 1)
     client.agents.delete(copy_id)
     client.agents.delete(agent.id)
+
+
+def test_a_files_sources_become_folders_of_processed_files_attached_to_their_agents(client):
+    import time
+
+    team = _team_file()
+    for n, agent in enumerate(team["agents"]):
+        agent["name"] = f"py-src-{n}"
+    team["groups"] = []
+    # Three sources, so the SDK's pager (two a page) reads past one page.
+    team["sources"] = [{"id": f"source-{n}", "name": f"py-src-folder-{n}", "description": f"folder {n}"}
+                       for n in range(3)]
+    team["files"] = [
+        {"id": "file-0", "source_id": "source-0", "file_name": "rules.md",
+         "content": "# Rules\n\nAlways pack an umbrella when the sky is grey.\n"},
+        {"id": "file-1", "source_id": "source-0", "file_name": "report.pdf",
+         "content": "Quarterly revenue rose to 42 zorkmids.\n"},
+        {"id": "file-2", "source_id": "source-2", "file_name": "notes.txt", "content": "A note.\n"},
+    ]
+    team["agents"][0]["source_ids"] = ["source-0", "source-1"]
+    team["agents"][1]["files_agents"] = [{"agent_id": "agent-1", "file_id": "file-0", "source_id": "source-0",
+                                          "file_name": "rules.md", "is_open": True}]
+    imported = _import(client, team, append_copy_suffix=False)
+    ids = imported.agent_ids
+    assert len(ids) == 4
+    folders = {f.name: f for f in client.folders.list(limit=2) if f.name.startswith("py-src-folder-")}
+    assert sorted(folders) == ["py-src-folder-0", "py-src-folder-1", "py-src-folder-2"]
+    assert folders["py-src-folder-0"].description == "folder 0"
+    handbook = folders["py-src-folder-0"]
+    deadline = time.monotonic() + 30
+    while True:
+        files = list(client.folders.files.list(handbook.id, limit=1))
+        if all(f.processing_status == "completed" for f in files) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sorted((f.file_name, f.processing_status) for f in files) == [
+        ("report.pdf.md", "completed"), ("rules.md", "completed")]
+    assert [f.file_name for f in client.folders.files.list(folders["py-src-folder-2"].id)] == ["notes.txt"]
+    # ada holds the first two folders, bob the first (through files_agents), the others none.
+    attached = [sorted(f.name for f in client.agents.folders.list(agent_id)) for agent_id in ids]
+    assert attached == [["py-src-folder-0", "py-src-folder-1"], ["py-src-folder-0"], [], []]
+    assert any(f.file_name.endswith("rules.md") for f in client.agents.files.list(ids[1]))
+    # A second import of the same file: Letta's suffix on each folder name taken.
+    again = _import(client, team, append_copy_suffix=False).agent_ids
+    names = [f.name for f in client.folders.list() if f.name.startswith("py-src-folder-0")]
+    assert len(names) == 2 and any(len(name) == len("py-src-folder-0_") + 8 for name in names), names
+    # A source no file names and a file naming a missing source: 422 with the reason, nothing made.
+    broken = dict(team, files=team["files"] + [{"id": "file-9", "source_id": "source-9", "file_name": "x.txt",
+                                                 "content": "x"}])
+    before = sorted(f.id for f in client.folders.list())
+    with pytest.raises(APIStatusError) as refused:
+        _import(client, broken)
+    assert refused.value.status_code == 422
+    assert 'file file-9 names source "source-9", not in the file' in refused.value.response.json()["detail"]
+    assert sorted(f.id for f in client.folders.list()) == before
+    for agent_id in ids + again:
+        client.agents.delete(agent_id)
+    for folder in client.folders.list():
+        if folder.name.startswith("py-src-folder-"):
+            client.folders.delete(folder.id)
+
+
+def test_a_files_mcp_servers_become_records_with_their_tools_attached(client):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _free_port, start_kelpie
+    from letta_client import Letta
+    from test_mcp_and_tools import PY_SERVER, _wait_listening
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, PY_SERVER, "streamable-http", str(port)],
+                            env=dict(os.environ, PORT=str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, proc, "the Python MCP server")
+        team = _team_file()
+        for n, agent in enumerate(team["agents"]):
+            agent["name"] = f"py-mcp-{n}"
+        team["groups"] = []
+        team["mcp_servers"] = [{"id": "mcp_server-0", "server_type": "streamable_http",
+                                "server_name": "py-af-mcp", "server_url": f"http://127.0.0.1:{port}/mcp"}]
+        team["tools"] = [{"id": f"tool-{n}", "name": name, "tool_type": "external_mcp",
+                          "metadata_": {"mcp": {"server_name": "py-af-mcp"}}} for n, name in enumerate(["add", "shout"])]
+        team["agents"][0]["tool_ids"] = ["tool-0", "tool-1"]
+        team["agents"][2]["tool_ids"] = ["tool-1"]
+        # This server refuses a loopback URL, as its MCP routes do: 422, nothing made.
+        agents_before = {a.id for a in client.agents.list()}
+        with pytest.raises(APIStatusError) as refused:
+            _import(client, team)
+        assert refused.value.status_code == 422
+        assert "127.0.0.1" in refused.value.response.json()["detail"]
+        assert [s.server_name for s in client.mcp_servers.list()
+                if getattr(s, "server_name", "") == "py-af-mcp"] == []
+        assert {a.id for a in client.agents.list()} == agents_before
+        # A server that allows internal URLs makes the record and attaches its tools.
+        url, stop = start_kelpie({"KELPIE_MCP_ALLOW_INTERNAL_URLS": "true"})
+        try:
+            inside = Letta(base_url=url)
+            ids = _import(inside, team, append_copy_suffix=False).agent_ids
+            [server] = [s for s in inside.mcp_servers.list() if s.server_name == "py-af-mcp"]
+            assert server.server_url == f"http://127.0.0.1:{port}/mcp"
+            listed = sorted(t.name for t in inside.mcp_servers.tools.list(server.id))
+            assert listed == ["add", "fail", "shout"]
+            def tools(agent_id):
+                return sorted(t.name for t in inside.agents.tools.list(agent_id))
+            assert [tools(agent_id) for agent_id in ids] == [["add", "shout"], [], ["shout"], []]
+        finally:
+            stop()
+    finally:
+        proc.kill()
+        proc.wait()

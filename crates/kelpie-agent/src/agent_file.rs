@@ -6,6 +6,12 @@
 //!  "kelpie_messages_of_conversations":[...],"kelpie_custom_tools":[...]}
 //! ```
 //!
+//! An export of a group's manager holds every agent of the group: the
+//! manager under the names above, each member under the same names keyed
+//! by its id in the file (`"kelpie_agent@agent-1":{...}`,
+//! `"kelpie_messages@agent-1":[...]`, ...), and the group in
+//! `kelpie_groups`; an import takes these parts in any order.
+//!
 //! (files of earlier releases name these `agent`, `messages`, `passages`,
 //! `custom_tools`; both are read; a file without conversations still
 //! is). Exports also carry Letta's agent file fields beside them
@@ -38,6 +44,16 @@ pub const LIST_FIELDS: [&str; 10] = [
     "kelpie_conversations",
     "kelpie_messages_of_conversations",
 ];
+
+/// Whether top-level field `key` is a list read element by element: one of
+/// [`LIST_FIELDS`], a group manager's `kelpie_groups`, or Kelpie's list of
+/// a further agent of the file (`kelpie_messages@agent-1`).
+pub fn is_list_field(key: &str) -> bool {
+    let base = key.split_once('@').map_or(key, |(base, _)| base);
+    let member_lists =
+        ["kelpie_messages", "kelpie_passages", "kelpie_conversations", "kelpie_messages_of_conversations"];
+    LIST_FIELDS.contains(&key) || key == "kelpie_groups" || (base != key && member_lists.contains(&base))
+}
 
 /// The file, whole (tests, small tools, and the conversion of Letta's
 /// agent files, [`crate::letta_af`], build it this way).
@@ -219,7 +235,7 @@ impl FileReader {
                 self.state = State::Value;
                 Ok(())
             }
-            State::Value if byte == b'[' && LIST_FIELDS.contains(&self.current_key.as_str()) => {
+            State::Value if byte == b'[' && is_list_field(&self.current_key) => {
                 self.state = State::List { first: true, after_item: false };
                 Ok(())
             }
@@ -328,6 +344,32 @@ impl FileReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_members_lists_and_the_groups_are_read_element_by_element() {
+        let mut reader = FileReader::new();
+        let file = br#"{"kelpie_agent@agent-1": {"a": [1]}, "kelpie_messages@agent-1": [1, 2],
+            "kelpie_groups": [{"id": "g"}], "kelpie_custom_tools@agent-1": [3], "messages@agent-1": [4]}"#;
+        reader.feed(file).unwrap();
+        reader.finish().unwrap();
+        let events: Vec<FileEvent> = std::iter::from_fn(|| reader.next_event()).collect();
+        let field =
+            |key: &str, value: &str| FileEvent::Field { key: key.into(), value: value.as_bytes().to_vec() };
+        let item =
+            |key: &str, value: &str| FileEvent::Item { key: key.into(), value: value.as_bytes().to_vec() };
+        assert_eq!(
+            events,
+            vec![
+                field("kelpie_agent@agent-1", r#"{"a": [1]}"#),
+                item("kelpie_messages@agent-1", "1"),
+                item("kelpie_messages@agent-1", "2"),
+                item("kelpie_groups", r#"{"id": "g"}"#),
+                field("kelpie_custom_tools@agent-1", "[3]"),
+                field("messages@agent-1", "[4]"),
+                FileEvent::End,
+            ]
+        );
+    }
 
     fn read_all(file: &[u8], chunk: usize) -> Result<Vec<FileEvent>, String> {
         let mut reader = FileReader::new();

@@ -24,7 +24,16 @@
 //! - messages in file order: user, assistant (text and tool calls) and
 //!   tool results; system messages (Kelpie renders the system prompt
 //!   itself) and other roles are left out, the latter with a warning;
-//! - files and folders (sources) are not imported yet, with a warning.
+//! - sources (Letta's folders) become folders with their files: each
+//!   file's text `content` is uploaded as a text file and processed by the
+//!   document pipeline; each folder is attached to the agents naming it
+//!   (`source_ids`, `folder_ids`, `files_agents`). A file without content
+//!   is left out with a warning; a file named as a PDF is uploaded as
+//!   markdown (`<name>.md`: its content is the text Letta extracted).
+//! - MCP servers (`mcp_servers`: name, type, URL or stdio command and
+//!   arguments; Letta writes no secrets) become MCP server records, and an
+//!   agent's MCP tools (`external_mcp`, naming their server in
+//!   `metadata_.mcp`) are attached from the server's listed tools by name.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +57,39 @@ const TOOL_RETURN_CHARS_DEFAULT: usize = 50_000;
 pub const AGENT_FILE_AGENTS_COUNT_MAX: usize = 100;
 /// Most groups one agent file may hold.
 pub const AGENT_FILE_GROUPS_COUNT_MAX: usize = 100;
+/// Most sources (folders) one agent file may hold: as many as a server.
+pub const AGENT_FILE_SOURCES_COUNT_MAX: usize = crate::actors::folder_store::FOLDERS_COUNT_MAX;
+/// Most files one agent file may hold.
+pub const AGENT_FILE_FILES_COUNT_MAX: usize = 10_000;
+/// Most MCP servers one agent file may hold.
+pub const AGENT_FILE_MCP_SERVERS_COUNT_MAX: usize = 100;
+
+/// An MCP server of the file, and the tools its agents take from it.
+#[derive(Debug, Clone)]
+pub struct FileMcpServer {
+    pub id: String,
+    pub name: String,
+    pub config: crate::requests::McpServerConfigIn,
+    /// Each MCP tool an agent has from it: the agent's id in the file and
+    /// the tool's name.
+    pub tools: Vec<(String, String)>,
+}
+
+/// A source (Letta's folder) of the file with its files, ids the file's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFolder {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub instructions: Option<String>,
+    pub metadata: Option<Value>,
+    /// The embedding handle the source names, if any.
+    pub embedding: Option<String>,
+    /// Its files: name to upload under, and text content.
+    pub files: Vec<(String, String)>,
+    /// The agents it is attached to, by their ids in the file.
+    pub agent_ids: Vec<String>,
+}
 
 /// A group of the file, its agents and blocks named by the file's ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +112,8 @@ pub struct Converted {
     pub agents: Vec<AgentFile>,
     pub groups: Vec<FileGroup>,
     pub shared_blocks: Vec<Block>,
+    pub folders: Vec<FileFolder>,
+    pub mcp_servers: Vec<FileMcpServer>,
     pub warnings: Vec<String>,
 }
 
@@ -244,7 +288,7 @@ fn check_file(fields: &BTreeMap<String, Value>) -> Result<(), String> {
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for name in ["agents", "groups", "blocks", "tools"] {
+    for name in ["agents", "groups", "blocks", "tools", "sources", "files", "mcp_servers"] {
         for (index, item) in list(name).iter().enumerate() {
             let id = item["id"].as_str().ok_or_else(|| format!("{name}[{index}] has no id"))?;
             if !seen.insert(id) {
@@ -289,14 +333,8 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
     let agents = fields.get("agents").and_then(Value::as_array).ok_or("an agent file without agents")?;
     check_file(fields)?;
     let mut warnings = Vec::new();
-    for (field, what) in
-        [("files", "files"), ("sources", "folders (sources)"), ("mcp_servers", "MCP servers")]
-    {
-        let count = fields.get(field).and_then(Value::as_array).map_or(0, Vec::len);
-        if count > 0 {
-            warnings.push(format!("{count} {what} were not imported: Kelpie does not import them yet"));
-        }
-    }
+    let folders = folders_of(fields, &mut warnings)?;
+    let mcp_servers = mcp_servers_of(fields)?;
     let raw_groups = fields.get("groups").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let groups = raw_groups.iter().map(group_of).collect::<Result<Vec<FileGroup>, String>>()?;
     let mut parts = FileParts {
@@ -334,12 +372,177 @@ pub fn convert(fields: &BTreeMap<String, Value>, resolvers: &Resolvers<'_>) -> R
         shared_blocks.push(block_of(raw, id)?);
     }
     assert_eq!(files.len(), agents.len(), "every agent of the file converts or the file is refused");
-    Ok(Converted { agents: files, groups, shared_blocks, warnings })
+    Ok(Converted { agents: files, groups, shared_blocks, folders, mcp_servers, warnings })
+}
+
+/// The file's sources as folders with their files and the agents naming
+/// them, checked as the folder routes check a create and an upload: at
+/// most [`AGENT_FILE_SOURCES_COUNT_MAX`] sources and
+/// [`AGENT_FILE_FILES_COUNT_MAX`] files, names within
+/// `FOLDER_NAME_BYTES_MAX`, contents within `FILE_BYTES_MAX`, every
+/// reference in the file.
+fn folders_of(
+    fields: &BTreeMap<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<FileFolder>, String> {
+    use crate::actors::folder::FILE_BYTES_MAX;
+    use crate::actors::folder_store::FOLDER_NAME_BYTES_MAX;
+    let list = |name: &str| fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let (sources, files) = (list("sources"), list("files"));
+    if sources.len() > AGENT_FILE_SOURCES_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} sources, over AGENT_FILE_SOURCES_COUNT_MAX = {AGENT_FILE_SOURCES_COUNT_MAX}",
+            sources.len()
+        ));
+    }
+    if files.len() > AGENT_FILE_FILES_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} files, over AGENT_FILE_FILES_COUNT_MAX = {AGENT_FILE_FILES_COUNT_MAX}",
+            files.len()
+        ));
+    }
+    let mut folders = Vec::with_capacity(sources.len());
+    for raw in sources {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let name = string(&raw["name"]).filter(|name| !name.trim().is_empty());
+        let name = name.ok_or_else(|| format!("source {id} has no name"))?;
+        if name.len() > FOLDER_NAME_BYTES_MAX {
+            return Err(format!(
+                "source {id}'s name is {} bytes, over FOLDER_NAME_BYTES_MAX = {FOLDER_NAME_BYTES_MAX}",
+                name.len()
+            ));
+        }
+        let embedding = string(&raw["embedding"]).or_else(|| string(&raw["embedding_config"]["handle"]));
+        folders.push(FileFolder {
+            id,
+            name,
+            description: string(&raw["description"]),
+            instructions: string(&raw["instructions"]),
+            metadata: raw["metadata"].as_object().filter(|m| !m.is_empty()).map(|m| Value::Object(m.clone())),
+            embedding,
+            files: Vec::new(),
+            agent_ids: Vec::new(),
+        });
+    }
+    let mut without_content = 0;
+    for raw in files {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let source_id = string(&raw["source_id"]).unwrap_or_default();
+        let folder = folders
+            .iter_mut()
+            .find(|folder| folder.id == source_id)
+            .ok_or_else(|| format!("file {id} names source {source_id:?}, not in the file"))?;
+        let name =
+            string(&raw["file_name"]).or_else(|| string(&raw["original_file_name"])).unwrap_or_default();
+        let base = name.rsplit(['/', '\\']).next().unwrap_or_default().trim().to_string();
+        if base.is_empty() || base.starts_with('.') {
+            return Err(format!("file {id}'s name {name:?} is empty or starts with a dot"));
+        }
+        let Some(content) = string(&raw["content"]) else {
+            without_content += 1;
+            continue;
+        };
+        if content.len() as u64 > FILE_BYTES_MAX {
+            return Err(format!(
+                "file {id} holds {} bytes, over FILE_BYTES_MAX = {FILE_BYTES_MAX}",
+                content.len()
+            ));
+        }
+        // The content is text Letta extracted: a file whose name says PDF
+        // is uploaded as the markdown it is.
+        let kind = crate::documents::parse::detect(&base, Some("text/plain")).map_err(|e| e.to_string())?;
+        let base = match kind {
+            crate::documents::parse::FileKind::Pdf => format!("{base}.md"),
+            _ => base,
+        };
+        folder.files.push((base, content));
+    }
+    if without_content > 0 {
+        warnings.push(format!("{without_content} file(s) without content were not imported"));
+    }
+    for agent in list("agents") {
+        let agent_id = string(&agent["id"]).unwrap_or_default();
+        let attached = ["source_ids", "folder_ids"]
+            .iter()
+            .flat_map(|field| agent[*field].as_array().map(Vec::as_slice).unwrap_or_default())
+            .chain(
+                agent["files_agents"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|relation| &relation["source_id"]),
+            )
+            .filter_map(Value::as_str);
+        for source_id in attached {
+            let folder = folders
+                .iter_mut()
+                .find(|folder| folder.id == source_id)
+                .ok_or_else(|| format!("agent {agent_id} names source {source_id:?}, not in the file"))?;
+            if !folder.agent_ids.contains(&agent_id) {
+                folder.agent_ids.push(agent_id.clone());
+            }
+        }
+    }
+    Ok(folders)
+}
+
+/// The file's MCP servers as the MCP server routes take them (checked by
+/// them when made: name, URL, command), at most
+/// [`AGENT_FILE_MCP_SERVERS_COUNT_MAX`], each with the MCP tools the
+/// file's agents have from it (a tool naming a server not in the file is
+/// refused).
+fn mcp_servers_of(fields: &BTreeMap<String, Value>) -> Result<Vec<FileMcpServer>, String> {
+    let list = |name: &str| fields.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let raw_servers = list("mcp_servers");
+    if raw_servers.len() > AGENT_FILE_MCP_SERVERS_COUNT_MAX {
+        return Err(format!(
+            "the file holds {} MCP servers, over AGENT_FILE_MCP_SERVERS_COUNT_MAX = {AGENT_FILE_MCP_SERVERS_COUNT_MAX}",
+            raw_servers.len()
+        ));
+    }
+    let mut servers = Vec::with_capacity(raw_servers.len());
+    for raw in raw_servers {
+        let id = string(&raw["id"]).unwrap_or_default();
+        let name =
+            string(&raw["server_name"]).ok_or_else(|| format!("MCP server {id} has no server_name"))?;
+        let stdio = &raw["stdio_config"];
+        let args = stdio["args"].as_array().map(|args| args.iter().filter_map(string).collect());
+        let config = crate::requests::McpServerConfigIn {
+            mcp_server_type: string(&raw["server_type"]),
+            server_url: string(&raw["server_url"]),
+            command: string(&stdio["command"]),
+            args,
+            ..crate::requests::McpServerConfigIn::default()
+        };
+        servers.push(FileMcpServer { id, name, config, tools: Vec::new() });
+    }
+    let tools = by_id(fields, "tools");
+    for agent in list("agents") {
+        let agent_id = string(&agent["id"]).unwrap_or_default();
+        for tool_id in agent["tool_ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(raw) = tool_id.as_str().and_then(|id| tools.get(id)) else { continue };
+            if raw["tool_type"].as_str() != Some("external_mcp") {
+                continue;
+            }
+            let name = string(&raw["name"]).unwrap_or_default();
+            let mcp = &raw["metadata_"]["mcp"];
+            let server = servers.iter_mut().find(|server| {
+                mcp["server_id"].as_str() == Some(server.id.as_str())
+                    || mcp["server_name"].as_str() == Some(server.name.as_str())
+            });
+            let Some(server) = server else {
+                return Err(format!("MCP tool {name:?} names a server not in the file's mcp_servers"));
+            };
+            server.tools.push((agent_id.clone(), name));
+        }
+    }
+    Ok(servers)
 }
 
 /// Group `raw` of the file as Letta's `GroupSchema` says it (ids are the
 /// file's).
-fn group_of(raw: &Value) -> Result<FileGroup, String> {
+pub(crate) fn group_of(raw: &Value) -> Result<FileGroup, String> {
     let id = string(&raw["id"]).unwrap_or_default();
     let ids = |value: &Value| -> Vec<String> {
         value.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(string).collect()
@@ -398,6 +601,8 @@ fn agent_of(
                     custom_tools.push(tool);
                 }
             }
+            // Attached from its MCP server once that is made (see `mcp_servers_of`).
+            (Some("external_mcp"), _) => {}
             (_, Some(builtin)) => tool_ids.push(builtin.clone()),
             (_, None) => left_out.push(name.to_string()),
         }
@@ -612,40 +817,56 @@ pub fn letta_parts(
             "hidden": null, "in_context_message_ids": [], "files_agents": [], "group_ids": group_ids,
         }));
     }
-    let groups: Vec<Value> = group
-        .map(|group| {
-            let mut config = serde_json::json!({"manager_type": group.manager_type});
-            let fields = [
-                ("manager_agent_id", group.manager_agent_id.as_deref().and_then(file_id_of).map(Value::from)),
-                ("max_turns", group.max_turns.map(Value::from)),
-                ("termination_token", group.termination_token.clone().map(Value::from)),
-                ("sleeptime_agent_frequency", group.sleeptime_agent_frequency.map(Value::from)),
-                ("max_message_buffer_length", group.max_message_buffer_length.map(Value::from)),
-                ("min_message_buffer_length", group.min_message_buffer_length.map(Value::from)),
-            ];
-            for (name, value) in fields {
-                if let Some(value) = value {
-                    config[name] = value;
-                }
-            }
-            serde_json::json!({
-                "id": "group-0",
-                "agent_ids": group.agent_ids.iter().filter_map(|id| file_id_of(id)).collect::<Vec<_>>(),
-                "description": group.description, "manager_config": config, "project_id": group.project_id,
-                // Every member holds the group's blocks, so each is in the file.
-                "shared_block_ids": group.shared_block_ids.iter()
-                    .filter_map(|id| ids.blocks.get(id).cloned()).collect::<Vec<_>>(),
-                "hidden": group.hidden,
-            })
-        })
-        .into_iter()
-        .collect();
+    let block_of = |kelpie_id: &str| ids.blocks.get(kelpie_id).cloned();
+    let groups: Vec<Value> =
+        group.map(|group| group_value(group, "group-0", &file_id_of, &block_of)).into_iter().collect();
     LettaParts {
         agents,
         groups: Value::Array(groups),
         blocks: Value::Array(ids.block_values),
         tools: Value::Array(ids.tool_values),
     }
+}
+
+/// `group` in the shape of Letta's `GroupSchema`, under id `id`, its
+/// agents and blocks named by `agent_id` and `block_id` (one left out when
+/// they answer `None`).
+fn group_value(
+    group: &crate::actors::group_store::GroupRecord,
+    id: &str,
+    agent_id: &dyn Fn(&str) -> Option<String>,
+    block_id: &dyn Fn(&str) -> Option<String>,
+) -> Value {
+    let mut config = serde_json::json!({"manager_type": group.manager_type});
+    let fields = [
+        ("manager_agent_id", group.manager_agent_id.as_deref().and_then(agent_id).map(Value::from)),
+        ("max_turns", group.max_turns.map(Value::from)),
+        ("termination_token", group.termination_token.clone().map(Value::from)),
+        ("sleeptime_agent_frequency", group.sleeptime_agent_frequency.map(Value::from)),
+        ("max_message_buffer_length", group.max_message_buffer_length.map(Value::from)),
+        ("min_message_buffer_length", group.min_message_buffer_length.map(Value::from)),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            config[name] = value;
+        }
+    }
+    serde_json::json!({
+        "id": id,
+        "agent_ids": group.agent_ids.iter().filter_map(|id| agent_id(id)).collect::<Vec<_>>(),
+        "description": group.description, "manager_config": config, "project_id": group.project_id,
+        // Every member holds the group's blocks, so each is in the file.
+        "shared_block_ids": group.shared_block_ids.iter().filter_map(|id| block_id(id)).collect::<Vec<_>>(),
+        "hidden": group.hidden,
+    })
+}
+
+/// `group` as Kelpie's part of a group manager's export writes it: Letta's
+/// shape with this server's ids (of the agents' records and their blocks in
+/// the file), which the import remaps as it remaps theirs.
+pub fn kelpie_group(group: &crate::actors::group_store::GroupRecord) -> Value {
+    let same = |id: &str| Some(id.to_string());
+    group_value(group, &group.id, &same, &same)
 }
 
 fn text_content(text: &str) -> Value {

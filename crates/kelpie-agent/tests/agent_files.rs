@@ -4,20 +4,29 @@
 //! by value after import; files that fail before or while their agents
 //! appear leave nothing visible; a file past `AGENT_FILE_AGENTS_COUNT_MAX`
 //! is refused; an export of an agent with two conversations imports with
-//! both, their summaries, messages and windows.
+//! both, their summaries, messages and windows; a group manager's export
+//! round-trips every agent's passages, working memory and conversations;
+//! a Letta file's source becomes a folder of processed, searchable files
+//! attached to its agents and its MCP server a record whose tools the
+//! agents get; a file that cannot be imported whole, or fails at its
+//! decision, leaves no folder or MCP server behind.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use kelpie_agent::actors::folder_store::{FOLDERS_COUNT_MAX, FOLDER_NAME_BYTES_MAX};
 use kelpie_agent::actors::reclaim::PendingKind;
-use kelpie_agent::letta_af::AGENT_FILE_AGENTS_COUNT_MAX;
+use kelpie_agent::actors::tool_store::McpServerRecord;
+use kelpie_agent::letta_af::{AGENT_FILE_AGENTS_COUNT_MAX, AGENT_FILE_SOURCES_COUNT_MAX};
 use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
-use kelpie_agent::requests::{CreateAgent, SummarizeRequest, UpdateBlock};
+use kelpie_agent::requests::{CreateAgent, CreatePassage, SummarizeRequest, UpdateBlock};
 use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery, Target};
+use kelpie_agent::service::folders::FolderInput;
 use kelpie_agent::service::groups::GroupFilter;
+use kelpie_agent::service::mcp_clients::{McpConnector, McpFuture};
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::transfer::ImportOptions;
 use kelpie_agent::{AgentService, ServiceError};
@@ -33,6 +42,7 @@ use kelpie_storage::{
     Backend, BoxFut, ClaimOutcome, CommitInfo, Placement as StoredPlacement, RedbBackend, ScanPage, Storage,
     Versioned,
 };
+use kelpie_tools::mcp::{McpCallResult, McpError, McpTool};
 use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
@@ -414,6 +424,9 @@ async fn an_export_and_import_keeps_two_conversations_with_their_messages_and_wi
 enum DeathAt {
     /// The decision's own commit fails: the import never decided.
     Decision,
+    /// The decision's own commit fails once and the disk lives on: the
+    /// import fails before its decision with everything else working.
+    DecisionRefused,
     /// After the decision and `n` more commits of actors in `namespace`.
     After { namespace: &'static str, commits: usize },
 }
@@ -432,7 +445,7 @@ struct DyingDisk {
 impl DyingDisk {
     fn new(inner: Arc<RedbBackend>, death: DeathAt) -> Self {
         let commits = match death {
-            DeathAt::Decision => 0,
+            DeathAt::Decision | DeathAt::DecisionRefused => 0,
             DeathAt::After { commits, .. } => commits,
         };
         DyingDisk {
@@ -488,6 +501,10 @@ impl Backend for DyingDisk {
             let decision = Self::is_decision(&request);
             match self.death {
                 DeathAt::Decision if decision => return self.die(),
+                DeathAt::DecisionRefused if decision => {
+                    let reason = "the decision's commit refused".into();
+                    return Err(kelpie_core::Error::StorageIo { operation: "dying disk", reason });
+                }
                 DeathAt::After { namespace, .. }
                     if self.decided.load(Ordering::SeqCst)
                         && request.actor_id.namespace() == namespace
@@ -652,18 +669,53 @@ async fn an_import_killed_before_its_decision_shows_nothing_after_the_restart() 
     restarted.shutdown().await;
 }
 
+/// What an agent holds besides its blocks: messages, passages (text and
+/// tags), and each conversation's summary and messages, without ids.
+async fn held(service: &AgentService, id: &str) -> Value {
+    let messages = said(&service.agents.list_messages(id, &everything()).await.unwrap());
+    let passages = service.archival.list(id, &everything()).await.unwrap();
+    let passages: Vec<Value> = passages.iter().map(|p| json!([p["text"], p["tags"]])).collect();
+    let mut conversations = Vec::new();
+    for conversation in service.conversations.list(query(id)).await.unwrap() {
+        let id_of = conversation["id"].as_str().unwrap();
+        let view = conversation_view(service, id, id_of).await;
+        conversations.push(json!([view["summary"], view["messages"], view["in_context"]]));
+    }
+    json!({"messages": messages, "passages": passages, "conversations": conversations})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new_group() {
     let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
     let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
-    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let service = service(&storage, dir.path(), &fake.base_url());
     let file = serde_json::to_vec(&three_agent_file()).unwrap();
     let ids = strings(&service.transfer.import_bytes(&file, no_suffix()).await.unwrap()["agent_ids"]);
+    // Kelpie's state of the manager and of each member: passages on ada
+    // and bob, a conversation with two turns on cy, one without on bob.
+    for (agent, text) in [(0, "ada keeps the plan"), (1, "bob knows the numbers"), (1, "bob's second note")] {
+        let passage = CreatePassage { text: text.into(), tags: Some(vec![format!("from-{agent}")]) };
+        service.archival.insert(&ids[agent], passage).await.unwrap();
+    }
+    for (agent, summary, turns) in [(2, "cy's errand", 2), (1, "bob idle", 0)] {
+        let input = ConversationInput { summary: Some(summary.into()), ..ConversationInput::default() };
+        let created = service.conversations.create(&ids[agent], input).await.unwrap();
+        let conversation = created["id"].as_str().unwrap().to_string();
+        for turn in 0..turns {
+            let input = TurnInput::Texts(vec![format!("{summary} {turn}")]);
+            let target = (ids[agent].as_str(), Some(conversation.clone()));
+            service.runs.run_turn_in(target, input, None, None, None).await.unwrap();
+        }
+    }
     // ada manages the supervisor group over bob and cy; all three are in a
     // round robin, which no agent manages.
-    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
-    let keys: Vec<&String> = exported.as_object().unwrap().keys().collect();
-    assert!(keys.iter().all(|key| !key.starts_with("kelpie_")), "Letta's file alone: {keys:?}");
+    let mut raw = Vec::new();
+    let mut export = service.transfer.export(&ids[0]).await.unwrap();
+    while let Some(chunk) = export.next_chunk().await.unwrap() {
+        raw.extend(chunk);
+    }
+    let exported: Value = serde_json::from_slice(&raw).unwrap();
     let agents = exported["agents"].as_array().unwrap();
     let names: Vec<&str> = agents.iter().map(|agent| agent["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["ada", "bob", "cy"]);
@@ -682,45 +734,437 @@ async fn a_supervisors_export_carries_its_group_and_members_and_imports_as_a_new
         assert_eq!(agent["block_ids"][0], "block-0");
         assert_eq!(agent["group_ids"], json!(["group-0"]));
         let messages = agent["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 2);
+        assert!(messages.len() >= 2, "{messages:?}");
         assert!(messages.iter().all(|message| message["agent_id"] == agent["id"]));
     }
     assert_eq!(exported["tools"].as_array().unwrap().len(), 1, "the shared custom tool once");
-    // A member's export is the member alone, as Letta's.
+    // Kelpie's part holds every agent: the manager under the plain keys,
+    // each member keyed by its id in the file, and the group by this
+    // server's ids.
+    assert_eq!(exported["kelpie_agent_file_version"], 1);
+    assert_eq!(exported["kelpie_agent"]["id"].as_str(), Some(ids[0].as_str()));
+    for n in 1..3 {
+        assert_eq!(exported[format!("kelpie_agent@agent-{n}")]["id"].as_str(), Some(ids[n].as_str()));
+    }
+    assert_eq!(exported["kelpie_passages"].as_array().unwrap().len(), 1);
+    assert_eq!(exported["kelpie_passages@agent-1"].as_array().unwrap().len(), 2);
+    assert_eq!(exported["kelpie_conversations@agent-1"].as_array().unwrap().len(), 1);
+    // Two turns: each a user message, the assistant's tool call and its result (the
+    // conversation view shows the user and assistant messages of each).
+    assert_eq!(exported["kelpie_messages_of_conversations@agent-2"].as_array().unwrap().len(), 6);
+    let kelpie_groups = exported["kelpie_groups"].as_array().unwrap();
+    assert_eq!(kelpie_groups.len(), 1);
+    assert_eq!(kelpie_groups[0]["agent_ids"], json!(ids[1..]));
+    assert_eq!(kelpie_groups[0]["manager_config"]["manager_agent_id"].as_str(), Some(ids[0].as_str()));
+    // A member's export is the member alone, as Letta's, with no group.
     let bob = service.transfer.export_value(&ids[1]).await.unwrap();
     assert_eq!((bob["agents"].as_array().unwrap().len(), &bob["groups"]), (1, &json!([])));
+    assert!(bob.get("kelpie_groups").is_none() && bob.get("kelpie_agent@agent-1").is_none());
 
-    // Imported back: three new agents, a new supervisor group over the new members.
-    let bytes = serde_json::to_vec(&exported).unwrap();
-    let copies =
-        strings(&service.transfer.import_bytes(&bytes, ImportOptions::default()).await.unwrap()["agent_ids"]);
-    assert_eq!(copies.len(), 3);
-    assert!(copies.iter().all(|copy| !ids.contains(copy)), "new agents: {copies:?}");
-    for (copy, original) in copies.iter().zip(&ids) {
-        let copy_agent = service.agents.get(copy).await.unwrap();
-        let original_agent = service.agents.get(original).await.unwrap();
-        assert_eq!(copy_agent["name"], original_agent["name"]);
-        let values = |agent: &Value| -> Vec<(Value, Value)> {
-            let blocks = agent["blocks"].as_array().unwrap();
-            blocks.iter().map(|block| (block["label"].clone(), block["value"].clone())).collect()
+    // cy's copy must keep a working-memory entry its record carries.
+    let mut with_working = exported.clone();
+    let cy_record = &mut with_working["kelpie_agent@agent-2"];
+    let mut working: kelpie_memory::WorkingMemory =
+        serde_json::from_value(cy_record["working"].clone()).unwrap();
+    let now = Env::production().clock.wall_ms();
+    working.put("errand", "buy stamps".into(), 3_600_000, now).unwrap();
+    cy_record["working"] = serde_json::to_value(&working).unwrap();
+
+    // Imported back, as written (the parts in export order) and
+    // re-serialized (keys sorted: every member's parts interleaved): three
+    // new agents each time, with every agent's state, and a new supervisor
+    // group over the new members.
+    let sorted = serde_json::to_vec(&with_working).unwrap();
+    let mut groups_before = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap().len();
+    for bytes in [raw.clone(), sorted] {
+        let answer = service.transfer.import_bytes(&bytes, ImportOptions::default()).await.unwrap();
+        assert!(answer.get("warnings").is_none(), "{answer}");
+        let copies = strings(&answer["agent_ids"]);
+        assert_eq!(copies.len(), 3);
+        assert!(copies.iter().all(|copy| !ids.contains(copy)), "new agents: {copies:?}");
+        for (copy, original) in copies.iter().zip(&ids) {
+            let copy_agent = service.agents.get(copy).await.unwrap();
+            let original_agent = service.agents.get(original).await.unwrap();
+            assert_eq!(copy_agent["name"], original_agent["name"]);
+            let values = |agent: &Value| -> Vec<(Value, Value)> {
+                let blocks = agent["blocks"].as_array().unwrap();
+                blocks.iter().map(|block| (block["label"].clone(), block["value"].clone())).collect()
+            };
+            assert_eq!(values(&copy_agent), values(&original_agent));
+            assert_eq!(held(&service, copy).await, held(&service, original).await, "{original_agent}");
+        }
+        assert_eq!(held(&service, &copies[1]).await["passages"].as_array().unwrap().len(), 2);
+        let errand = &held(&service, &copies[2]).await["conversations"][0];
+        assert_eq!((&errand[0], errand[1].as_array().unwrap().len()), (&json!("cy's errand"), 4), "{errand}");
+        // The human block the three hold is one block of the copies, shared.
+        let human_of = |agent: &Value| -> Value {
+            agent["blocks"].as_array().unwrap().iter().find(|b| b["label"] == "human").unwrap()["id"].clone()
         };
-        assert_eq!(values(&copy_agent), values(&original_agent));
-        let messages_of = |id: &str| {
-            let id = id.to_string();
-            let service = &service;
-            async move { said(&service.agents.list_messages(&id, &everything()).await.unwrap()) }
+        let humans: Vec<Value> = {
+            let mut humans = Vec::new();
+            for copy in &copies {
+                humans.push(human_of(&service.agents.get(copy).await.unwrap()));
+            }
+            humans
         };
-        assert_eq!(messages_of(copy).await, messages_of(original).await);
+        assert!(humans.iter().all(|human| human == &humans[0]), "{humans:?}");
+        let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
+        let new_supervisor = groups
+            .iter()
+            .find(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str()))
+            .expect("a new supervisor group managed by ada's copy");
+        assert_eq!(new_supervisor["manager_type"], "supervisor");
+        assert_eq!(new_supervisor["description"], "ada leads");
+        assert_eq!(strings(&new_supervisor["agent_ids"]), copies[1..].to_vec());
+        groups_before += 1;
+        assert_eq!(groups.len(), groups_before, "one group more: {groups:?}");
+        // The copy's export carries the working-memory entry (second file only).
+        let again = service.transfer.export_value(&copies[0]).await.unwrap();
+        let cy_working = again["kelpie_agent@agent-2"]["working"].clone();
+        let working: kelpie_memory::WorkingMemory = serde_json::from_value(cy_working).unwrap();
+        let expected = (groups_before == 4).then_some("buy stamps");
+        assert_eq!(working.get("errand", Env::production().clock.wall_ms()), expected);
     }
+    // A manager's file without Kelpie's part (as this server wrote them
+    // before, or as Letta writes them) still imports through Letta's.
+    let mut letta_only = exported.clone();
+    letta_only.as_object_mut().unwrap().retain(|key, _| !key.starts_with("kelpie_"));
+    let answer =
+        service.transfer.import_bytes(&serde_json::to_vec(&letta_only).unwrap(), no_suffix()).await.unwrap();
+    let copies = strings(&answer["agent_ids"]);
+    assert_eq!(copies.len(), 3);
+    assert_eq!(service.archival.list(&copies[1], &everything()).await.unwrap(), Vec::<Value>::new());
     let groups = service.groups.list(&GroupFilter::default(), &everything()).await.unwrap();
-    let new_supervisor = groups
-        .iter()
-        .find(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str()))
-        .expect("a new supervisor group managed by ada's copy");
-    assert_eq!(new_supervisor["manager_type"], "supervisor");
-    assert_eq!(strings(&new_supervisor["agent_ids"]), copies[1..].to_vec());
-    assert_eq!(groups.len(), 3, "the two imported first and the copy's: {groups:?}");
+    assert!(groups.iter().any(|group| group["manager_agent_id"].as_str() == Some(copies[0].as_str())));
     service.shutdown().await;
+}
+
+/// A Kelpie file of several agents whose parts name an agent the file does
+/// not hold, or one twice, is refused with the reason and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managers_file_with_broken_member_parts_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let file = serde_json::to_vec(&three_agent_file()).unwrap();
+    let ids = strings(&service.transfer.import_bytes(&file, no_suffix()).await.unwrap()["agent_ids"]);
+    let exported = service.transfer.export_value(&ids[0]).await.unwrap();
+    let before = listed_by_name(&service).await;
+    let mut orphan = exported.clone();
+    orphan.as_object_mut().unwrap().remove("kelpie_agent@agent-2");
+    let mut bad_key = exported.clone();
+    let cy = bad_key.as_object_mut().unwrap().remove("kelpie_agent@agent-2").unwrap();
+    bad_key["kelpie_agent@cy"] = cy;
+    let mut twice = exported.clone();
+    twice["kelpie_agent@agent-3"] = exported["kelpie_agent@agent-1"].clone();
+    let mut far = exported.clone();
+    let cy = far.as_object_mut().unwrap().remove("kelpie_agent@agent-2").unwrap();
+    far[format!("kelpie_agent@agent-{AGENT_FILE_AGENTS_COUNT_MAX}")] = cy;
+    for (file, why) in [
+        (orphan, "of agent-2 before its agent".to_string()),
+        (bad_key, "agent key \"cy\" is not agent-<n>".to_string()),
+        (twice, format!("agent {} twice", ids[1])),
+        (far, format!("1 <= n < AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}")),
+    ] {
+        let bytes = serde_json::to_vec(&file).unwrap();
+        let outcome = service.transfer.import_bytes(&bytes, ImportOptions::default()).await;
+        let err = outcome.expect_err(&why);
+        assert!(matches!(&err, ServiceError::Invalid(reason) if reason.contains(&why)), "{why}: {err:?}");
+        assert_eq!(listed_by_name(&service).await, before, "{why}");
+    }
+    service.shutdown().await;
+}
+
+/// [`three_agent_file`] with a source of two files (one named as a PDF,
+/// its content the text Letta extracted) that ada names in `source_ids` and
+/// bob through `files_agents`, and an MCP server.
+fn file_with_a_source() -> Value {
+    let mut file = three_agent_file();
+    file["sources"] = json!([{"id": "source-0", "name": "handbook", "description": "the team's rules",
+        "instructions": "cite the rule", "metadata": {"team": "a"}, "embedding": "kelpie/local-hash-256"}]);
+    file["files"] = json!([
+        {"id": "file-0", "source_id": "source-0", "file_name": "rules.md",
+         "content": "# Rules\n\nAlways pack an umbrella when the sky is grey.\n"},
+        {"id": "file-1", "source_id": "source-0", "file_name": "report.pdf",
+         "content": "Quarterly revenue rose to 42 zorkmids.\n"},
+    ]);
+    file["agents"][0]["source_ids"] = json!(["source-0"]);
+    file["agents"][1]["files_agents"] = json!([{"agent_id": "agent-1", "file_id": "file-0",
+        "source_id": "source-0", "file_name": "rules.md", "is_open": true}]);
+    // ada and bob take `forecast` from the weather server; cy `radar`, which it does not list.
+    file["mcp_servers"] = json!([{"id": "mcp_server-0", "server_type": "stdio", "server_name": "weather",
+        "stdio_config": {"command": "/bin/cat", "args": ["--weather"], "env": {}}}]);
+    let mcp_tool = |id: &str, name: &str| {
+        json!({"id": id, "name": name, "tool_type": "external_mcp",
+               "metadata_": {"mcp": {"server_name": "weather", "server_id": "mcp_server-0"}}})
+    };
+    file["tools"]
+        .as_array_mut()
+        .unwrap()
+        .extend([mcp_tool("tool-1", "forecast"), mcp_tool("tool-2", "radar")]);
+    for (agent, tool) in [(0, "tool-1"), (1, "tool-1"), (2, "tool-2")] {
+        file["agents"][agent]["tool_ids"].as_array_mut().unwrap().push(json!(tool));
+    }
+    file
+}
+
+/// An MCP server that lists `forecast` and `alerts` whatever it is asked.
+struct WeatherMcp;
+
+impl McpConnector for WeatherMcp {
+    fn list_tools<'a>(&'a self, _: &'a McpServerRecord) -> McpFuture<'a, Result<Vec<McpTool>, McpError>> {
+        Box::pin(async {
+            let tool = |name: &str| McpTool {
+                name: name.into(),
+                description: Some(format!("The {name}.")),
+                input_schema: json!({"type": "object", "properties": {}}),
+                annotations: None,
+            };
+            Ok(vec![tool("forecast"), tool("alerts")])
+        })
+    }
+
+    fn call_tool<'a>(
+        &'a self,
+        _: &'a McpServerRecord,
+        tool: &'a str,
+        _: &'a Value,
+    ) -> McpFuture<'a, Result<McpCallResult, McpError>> {
+        Box::pin(async move { Ok(McpCallResult { is_error: false, text: format!("{tool}: sunny") }) })
+    }
+
+    fn forget<'a>(&'a self, _: &'a str) -> McpFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn shutdown(&self) -> McpFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The names of agent `id`'s tools.
+async fn tool_names(service: &AgentService, id: &str) -> Vec<String> {
+    let agent = service.agents.get(id).await.unwrap();
+    let mut names: Vec<String> =
+        agent["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// The MCP servers listed: (name, id, command, args).
+async fn mcp_listed(service: &AgentService) -> Vec<(String, String, Value, Value)> {
+    let servers = service.mcp_servers.list().await.unwrap();
+    servers
+        .iter()
+        .map(|s| {
+            let name = s["server_name"].as_str().unwrap().to_string();
+            (name, s["id"].as_str().unwrap().to_string(), s["command"].clone(), s["args"].clone())
+        })
+        .collect()
+}
+
+/// The folders listed, by name, with their files' names, oldest first.
+async fn folders_by_name(service: &AgentService) -> BTreeMap<String, Vec<String>> {
+    let mut by_name = BTreeMap::new();
+    for folder in service.folders.list(None, &everything(), false).await.unwrap() {
+        let id = folder["id"].as_str().unwrap();
+        let files = service.folders.list_files(id, &everything(), false).await.unwrap();
+        let names = files.iter().map(|file| file["file_name"].as_str().unwrap().to_string()).collect();
+        by_name.insert(folder["name"].as_str().unwrap().to_string(), names);
+    }
+    by_name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letta_files_source_imports_as_a_folder_of_processed_files_attached_to_its_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    // A folder of the same name is here already: as Letta, the file's gets
+    // a suffix and the one here is left alone.
+    let input = FolderInput { name: Some("handbook".into()), ..FolderInput::default() };
+    let existing = service.folders.create(input, false).await.unwrap()["id"].as_str().unwrap().to_string();
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    let answer = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    let ids = strings(&answer["agent_ids"]);
+    // Left out: cy's MCP tool its server does not list (and the embedding
+    // the file names, not offered here).
+    let warnings = strings(&answer["warnings"]);
+    let radar = "MCP tool \"radar\" was not attached: server \"weather\" does not list it (refresh the server, then attach it)";
+    assert_eq!(warnings.last().unwrap(), radar, "{warnings:?}");
+    assert!(warnings[..warnings.len() - 1].iter().all(|w| w.starts_with("embedding ")), "{warnings:?}");
+    // The MCP server is a record of this server, its tools listed and
+    // `forecast` attached to ada and bob.
+    let servers = mcp_listed(&service).await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (name, server_id, command, args) = &servers[0];
+    assert_eq!((name.as_str(), command, args), ("weather", &json!("/bin/cat"), &json!(["--weather"])));
+    let listed = service.mcp_servers.tools(server_id).await.unwrap();
+    let forecast = listed.iter().find(|t| t["name"] == "forecast").unwrap()["id"].clone();
+    // (and the file tools, with the folder)
+    let with_folder = vec!["forecast", "grep_files", "open_files", "semantic_search_files", "shout"];
+    assert_eq!(tool_names(&service, &ids[0]).await, with_folder);
+    assert_eq!(tool_names(&service, &ids[1]).await, with_folder);
+    assert_eq!(tool_names(&service, &ids[2]).await, vec!["shout"]);
+    let ada = service.agents.get(&ids[0]).await.unwrap();
+    assert!(ada["tools"].as_array().unwrap().iter().any(|t| t["id"] == forecast), "{forecast}");
+    let listed = folders_by_name(&service).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed["handbook"], Vec::<String>::new(), "the folder here is untouched");
+    let (name, files) = listed.iter().find(|(name, _)| name.as_str() != "handbook").unwrap();
+    assert!(name.starts_with("handbook_") && name.len() == "handbook_".len() + 8, "{name}");
+    assert_eq!(files, &vec!["rules.md".to_string(), "report.pdf.md".to_string()]);
+    let folder_id = service.folders.id_by_name(name).await.unwrap();
+    assert_ne!(folder_id, existing);
+    let folder = service.folders.get(&folder_id, false).await.unwrap();
+    assert_eq!(
+        (&folder["description"], &folder["instructions"], &folder["metadata"]),
+        (&json!("the team's rules"), &json!("cite the rule"), &json!({"team": "a"}))
+    );
+    // Attached to ada (source_ids) and bob (files_agents), not to cy.
+    let mut attached = service.folders.agents(&folder_id, &everything()).await.unwrap();
+    attached.sort_by_key(|id| id.to_string());
+    let mut expected = vec![json!(ids[0]), json!(ids[1])];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(attached, expected);
+    // Processed by the document pipeline, then found by an agent's file search.
+    for _ in 0..20 {
+        service.documents.run_once().await.unwrap();
+    }
+    let files = service.folders.list_files(&folder_id, &everything(), false).await.unwrap();
+    let statuses: Vec<&Value> = files.iter().map(|file| &file["processing_status"]).collect();
+    assert_eq!(statuses, vec!["completed", "completed"]);
+    let passages = service.folders.passages(&folder_id, &everything()).await.unwrap();
+    assert!(passages.iter().any(|p| p["text"].as_str().unwrap().contains("42 zorkmids")), "{passages:?}");
+    let found = service
+        .turns
+        .run_tool(&ids[1], "semantic_search_files", json!({"query": "quarterly revenue zorkmids"}))
+        .await
+        .unwrap();
+    assert!(found.to_string().contains("42 zorkmids"), "{found}");
+    let refused = service.turns.run_tool(&ids[2], "semantic_search_files", json!({"query": "revenue"})).await;
+    assert!(refused.is_err(), "cy has no folder, so no file tools: {refused:?}");
+    // Imported again: as Letta, the server of that name is the one used
+    // (no second record), and the new agents take its tool.
+    let again = service.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    let again = strings(&again["agent_ids"]);
+    assert_eq!(
+        mcp_listed(&service).await.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        vec![server_id.clone()]
+    );
+    assert_eq!(tool_names(&service, &again[0]).await, with_folder);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_sources_cannot_all_be_made_is_refused_and_leaves_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_redb(dir.path().join("kelpie.redb")).unwrap();
+    let service = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let source = |n: usize| json!({"id": format!("source-{n}"), "name": format!("s{n}")});
+    let mut too_many = file_with_a_source();
+    too_many["sources"] = json!((0..=AGENT_FILE_SOURCES_COUNT_MAX).map(source).collect::<Vec<_>>());
+    too_many["files"] = json!([]);
+    too_many["agents"][1]["files_agents"] = json!([]);
+    // Fits the file, not the server: one folder is here already.
+    let mut past_server = too_many.clone();
+    past_server["sources"] = json!((0..FOLDERS_COUNT_MAX).map(source).collect::<Vec<_>>());
+    let mut dangling = file_with_a_source();
+    dangling["files"][1]["source_id"] = json!("source-7");
+    let mut hidden_name = file_with_a_source();
+    hidden_name["files"][0]["file_name"] = json!(".env");
+    let mut long_name = file_with_a_source();
+    long_name["sources"][0]["name"] = json!("n".repeat(FOLDER_NAME_BYTES_MAX + 1));
+    // A failure after the folder would be made: an agent's name is refused
+    // when the import settles its agents.
+    let mut bad_agent = file_with_a_source();
+    bad_agent["agents"][2]["name"] = json!("");
+    // An MCP server on a private address is refused (SSRF), as the routes
+    // refuse it, after an earlier server of the file was made: that one is
+    // taken back.
+    let mut private = file_with_a_source();
+    private["mcp_servers"].as_array_mut().unwrap().push(json!({"id": "mcp_server-1",
+        "server_type": "streamable_http", "server_name": "inside", "server_url": "http://127.0.0.1:9/mcp"}));
+    let mut no_server = file_with_a_source();
+    no_server["tools"][2]["metadata_"]["mcp"] = json!({"server_name": "elsewhere"});
+    let input = FolderInput { name: Some("here".into()), ..FolderInput::default() };
+    service.folders.create(input, false).await.unwrap();
+    let before = (listed_by_name(&service).await, folders_by_name(&service).await);
+    for (file, why) in [
+        (
+            too_many,
+            format!("1001 sources, over AGENT_FILE_SOURCES_COUNT_MAX = {AGENT_FILE_SOURCES_COUNT_MAX}"),
+        ),
+        (past_server, format!("would make 1001 folders, over FOLDERS_COUNT_MAX = {FOLDERS_COUNT_MAX}")),
+        (dangling, "file file-1 names source \"source-7\", not in the file".to_string()),
+        (hidden_name, "file file-0's name \".env\" is empty or starts with a dot".to_string()),
+        (long_name, format!("over FOLDER_NAME_BYTES_MAX = {FOLDER_NAME_BYTES_MAX}")),
+        (bad_agent, "name".to_string()),
+        (private, "127.0.0.1".to_string()),
+        (no_server, "MCP tool \"radar\" names a server not in the file's mcp_servers".to_string()),
+    ] {
+        let bytes = serde_json::to_vec(&file).unwrap();
+        let err = service.transfer.import_bytes(&bytes, no_suffix()).await.expect_err(&why);
+        assert!(err.to_string().contains(&why), "{why}: {err:?}");
+        assert_eq!((listed_by_name(&service).await, folders_by_name(&service).await), before, "{why}");
+        assert_eq!(mcp_listed(&service).await, Vec::new(), "{why}");
+    }
+    service.shutdown().await;
+}
+
+/// A file whose import fails at its decision, after its folder, files and
+/// MCP server were made, leaves none of them (nor an agent) behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_failing_at_its_decision_takes_back_its_folders_and_mcp_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let disk = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), DeathAt::DecisionRefused)));
+    let service = service(&disk, dir.path(), "http://127.0.0.1:9/v1");
+    service.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    let err = service.transfer.import_bytes(&file, no_suffix()).await.unwrap_err();
+    assert!(err.to_string().contains("the decision's commit refused"), "{err:?}");
+    assert_eq!(listed_by_name(&service).await, BTreeMap::new());
+    assert_eq!(folders_by_name(&service).await, BTreeMap::new());
+    assert_eq!(mcp_listed(&service).await, Vec::new());
+    // The MCP server's tools went with it.
+    let custom = service.tools.custom_tools().await.unwrap();
+    assert!(custom.iter().all(|tool| tool.mcp.is_none()), "{custom:?}");
+    service.shutdown().await;
+}
+
+/// Killed right after its decision, an import with a source comes back
+/// whole: the background pass makes the agents appear and attaches the
+/// folder made before the decision to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_after_its_decision_attaches_its_folder_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let death = DeathAt::After { namespace: "reclaim", commits: 0 };
+    let dying = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), death)));
+    let killed = service(&dying, dir.path(), "http://127.0.0.1:9/v1");
+    killed.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    assert!(killed.transfer.import_bytes(&file, no_suffix()).await.is_err());
+    killed.shutdown().await;
+    drop(killed);
+
+    let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+    let restarted = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 1);
+    let agents = listed_by_name(&restarted).await;
+    assert_eq!(agents.keys().collect::<Vec<_>>(), vec!["ada", "bob", "cy"]);
+    let folder_id = restarted.folders.id_by_name("handbook").await.unwrap();
+    let mut attached = restarted.folders.agents(&folder_id, &everything()).await.unwrap();
+    attached.sort_by_key(|id| id.to_string());
+    let mut expected = vec![json!(agents["ada"][0]), json!(agents["bob"][0])];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(attached, expected);
+    // Once: a second pass finds nothing left to do.
+    assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 0);
+    restarted.shutdown().await;
 }
 
 /// A file whose groups share `groups_count` blocks of a million characters

@@ -603,3 +603,55 @@ async fn an_exported_agent_keeps_its_conversations_through_an_import() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_letta_files_sources_import_as_folders_attached_to_their_agents_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = common::fake_llm().await;
+    let server = common::start(dir.path(), &fake).await;
+    let mut file = team_file();
+    file["groups"] = json!([]);
+    file["sources"] = json!([{"id": "source-0", "name": "manual", "instructions": "quote it"}]);
+    file["files"] = json!([
+        {"id": "file-0", "source_id": "source-0", "file_name": "a.txt", "content": "Alpha line.\n"},
+        {"id": "file-1", "source_id": "source-0", "file_name": "b.md", "content": "# Beta\n\nBeta line.\n"},
+    ]);
+    file["agents"][0]["source_ids"] = json!(["source-0"]);
+    file["agents"][2]["folder_ids"] = json!(["source-0"]);
+    // Past a limit, or naming what the file lacks: 422 and nothing made.
+    let mut past = file.clone();
+    past["files"][1]["file_name"] = json!("");
+    let mut dangling = file.clone();
+    dangling["agents"][1]["source_ids"] = json!(["source-4"]);
+    for (broken, why) in [
+        (past, "file file-1's name \"\" is empty or starts with a dot"),
+        (dangling, "agent agent-1 names source \"source-4\", not in the file"),
+    ] {
+        let (status, answer) =
+            import(&server, form(&[("file", &serde_json::to_vec(&broken).unwrap())])).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(why), "{why}: {answer}");
+        assert_eq!(server.ok("GET", "/v1/folders/", None).await, json!([]));
+        assert_eq!(server.ok("GET", "/v1/agents/", None).await, json!([]));
+    }
+    let (status, answer) = import(&server, form(&[("file", &serde_json::to_vec(&file).unwrap())])).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<&str> =
+        answer["agent_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+    let folders = server.ok("GET", "/v1/folders/", None).await;
+    assert_eq!(folders.as_array().unwrap().len(), 1, "{folders}");
+    assert_eq!((&folders[0]["name"], &folders[0]["instructions"]), (&json!("manual"), &json!("quote it")));
+    let folder_id = folders[0]["id"].as_str().unwrap();
+    assert!(folder_id.starts_with("source-") && folder_id != "source-0", "{folder_id}");
+    let files = server.ok("GET", &format!("/v1/folders/{folder_id}/files?order=asc"), None).await;
+    let names: Vec<&str> =
+        files.as_array().unwrap().iter().map(|f| f["file_name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["a.txt", "b.md"]);
+    for (id, expected) in ids.iter().zip([true, false, true]) {
+        let attached = server.ok("GET", &format!("/v1/agents/{id}/folders"), None).await;
+        let attached: Vec<&str> =
+            attached.as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+        assert_eq!(attached, if expected { vec![folder_id] } else { vec![] }, "{id}");
+    }
+    server.shutdown().await;
+}

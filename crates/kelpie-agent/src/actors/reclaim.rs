@@ -64,9 +64,18 @@ pub struct DecidedBlock {
     pub unheld: Option<kelpie_memory::Block>,
 }
 
+/// A folder an import made before its decision, and the agents it is
+/// attached to once they appear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedFolder {
+    pub id: String,
+    pub agent_ids: Vec<String>,
+}
+
 /// What a decided import makes appear, in order: its agents, then the
 /// blocks they share, then its groups (their ids drawn at the decision, so
-/// a group made again after a crash is found, not made twice).
+/// a group made again after a crash is found, not made twice), then its
+/// folders' attachments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportDecision {
     /// `import-<uuid>`.
@@ -74,6 +83,9 @@ pub struct ImportDecision {
     pub agents: Vec<DecidedAgent>,
     pub shared_blocks: Vec<DecidedBlock>,
     pub groups: Vec<crate::actors::group_store::GroupRecord>,
+    /// Absent from decisions recorded before folders were imported.
+    #[serde(default)]
+    pub folders: Vec<DecidedFolder>,
 }
 
 #[derive(Serialize, Deserialize)]

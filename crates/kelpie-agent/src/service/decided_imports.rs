@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use kelpie_core::Env;
 
 use super::agent_actors::AgentActors;
+use super::agent_files::AgentFiles;
 use super::directory::AgentDirectory;
 use super::groups::Groups;
 use super::reclaim::Reclaimer;
@@ -39,6 +40,7 @@ pub struct DecidedImports {
     directory: Arc<AgentDirectory>,
     blocks: Arc<SharedBlocks>,
     groups: Arc<Groups>,
+    agent_files: Arc<AgentFiles>,
     /// The decisions this process's imports are rolling forward themselves.
     live: Mutex<BTreeSet<String>>,
     worker: Worker,
@@ -50,7 +52,7 @@ impl DecidedImports {
         reclaimer: Arc<Reclaimer>,
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
-        (blocks, groups): (Arc<SharedBlocks>, Arc<Groups>),
+        (blocks, groups, agent_files): (Arc<SharedBlocks>, Arc<Groups>, Arc<AgentFiles>),
         env: Env,
     ) -> Self {
         DecidedImports {
@@ -59,6 +61,7 @@ impl DecidedImports {
             directory,
             blocks,
             groups,
+            agent_files,
             live: Mutex::new(BTreeSet::new()),
             worker: Worker::default(),
             env,
@@ -141,6 +144,18 @@ impl DecidedImports {
                     tracing::warn!(%err, group_id = %group.id, import = %decision.id, "a group of an import names what is gone; not made");
                 }
                 Err(err) => return Err(err),
+            }
+        }
+        // Attaching again after a crash finds the folder attached already.
+        for folder in &decision.folders {
+            for agent_id in folder.agent_ids.iter().filter(|id| visible.contains(id)) {
+                match self.agent_files.attach(agent_id, &folder.id).await {
+                    Ok(_) => {}
+                    Err(err @ (ServiceError::AgentNotFound(_) | ServiceError::FolderNotFound(_))) => {
+                        tracing::warn!(%err, folder_id = %folder.id, import = %decision.id, "a folder of an import is gone; not attached");
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         }
         self.reclaimer.settle(&decision.id).await?;

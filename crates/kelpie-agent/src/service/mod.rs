@@ -274,7 +274,7 @@ impl AgentService {
             Arc::clone(&reclaimer),
             Arc::clone(&actors),
             Arc::clone(&directory),
-            (Arc::clone(&blocks), Arc::clone(&groups)),
+            (Arc::clone(&blocks), Arc::clone(&groups), Arc::clone(&agent_files)),
             env.clone(),
         ));
         let transfer = Transfer::new(
@@ -282,6 +282,7 @@ impl AgentService {
             (Arc::clone(&tools), Arc::clone(&reclaimer)),
             (Arc::clone(&decided_imports), Arc::clone(&groups)),
             (llm, catalog.clone()),
+            Arc::clone(&folders),
             env.clone(),
         );
         AgentService {

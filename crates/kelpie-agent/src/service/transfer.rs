@@ -3,8 +3,9 @@
 //! by batch, in bounded memory.
 //!
 //! Import creates new agents (new ids for them, their blocks, messages,
-//! passages and conversations; one agent from a Kelpie file, every agent
-//! and group of a Letta file). Each history is written in bounded batches
+//! passages and conversations; one agent from a Kelpie file, or a group
+//! manager's agents and group from its export; every agent and group of a
+//! Letta file). Each history is written in bounded batches
 //! while its agent is invisible (not found, not listed). Once the whole
 //! file is read, every agent written and everything checked (names, tools,
 //! groups and the blocks they share), the import records its decision in
@@ -13,7 +14,11 @@
 //! are made, by this request or, after a crash, by the background pass. A
 //! failure before the decision leaves nothing visible: every agent is on
 //! the reclaim list from its start, so nothing of a failed or abandoned
-//! import stays (but the custom tools it upserted).
+//! import stays (but the custom tools it upserted). A Letta file's sources
+//! and MCP servers are the exception: they are made just before the
+//! decision (the files queued for processing), deleted if the import fails
+//! before it; the folders' attachments to the agents are part of the
+//! decision and roll forward with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +33,9 @@ use serde_json::{json, Value};
 
 use super::agent_actors::AgentActors;
 use super::decided_imports::DecidedImports;
+use super::folders::{FolderInput, Folders, UploadStart};
 use super::groups::{GroupCreate, Groups, ManagerConfig};
+use super::mcp::McpServers;
 use super::reclaim::Reclaimer;
 use super::tools::ToolService;
 use crate::actors::agent::store::{self, PASSAGE_KEYS_COUNT};
@@ -36,12 +43,16 @@ use crate::actors::agent::{
     AgentCommand, AgentReply, ContextState, ConversationFilter, ConversationRecord, ImportedMessage, PageSpec,
 };
 use crate::actors::group_store::GroupRecord;
-use crate::actors::reclaim::{DecidedAgent, DecidedBlock, ImportDecision, PendingEntry, PendingKind};
+use crate::actors::reclaim::{
+    DecidedAgent, DecidedBlock, DecidedFolder, ImportDecision, PendingEntry, PendingKind,
+};
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_conversation_id, new_id, new_message_id};
-use crate::letta_af::{letta_message, letta_parts, FileGroup, LettaParts};
+use crate::letta_af::{
+    letta_message, letta_parts, FileFolder, FileGroup, FileMcpServer, LettaParts, AGENT_FILE_AGENTS_COUNT_MAX,
+};
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, MESSAGE_INDEXED_WORDS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::{check_name_and_tags, AgentRecord, StoredMessage};
 
@@ -70,6 +81,8 @@ pub struct ImportOptions {
 
 pub struct Transfer {
     actors: Arc<AgentActors>,
+    mcp: Arc<McpServers>,
+    folders: Arc<Folders>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -94,9 +107,11 @@ impl Transfer {
         (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
         (decided, groups): (Arc<DecidedImports>, Arc<Groups>),
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
+        folders: Arc<Folders>,
         env: Env,
     ) -> Self {
-        Transfer { actors, tools, reclaimer, decided, groups, llm, catalog, env }
+        let mcp = Arc::new(McpServers::new(Arc::clone(&tools), env.clone()));
+        Transfer { actors, mcp, folders, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
     /// The export of `agent_id`, to read with [`AgentExport::next_chunk`].
@@ -125,8 +140,7 @@ impl Transfer {
         assert_eq!(letta.agents.len(), agents.len(), "one Letta agent per agent of the file");
         Ok(AgentExport {
             actors: Arc::clone(&self.actors),
-            agent_id: agent_id.to_string(),
-            with_group: group.is_some(),
+            group,
             agents,
             index: 0,
             custom_tools,
@@ -151,6 +165,8 @@ impl Transfer {
         AgentImport {
             parts: ImportParts {
                 actors: Arc::clone(&self.actors),
+                mcp: Arc::clone(&self.mcp),
+                folders: Arc::clone(&self.folders),
                 tools: Arc::clone(&self.tools),
                 reclaimer: Arc::clone(&self.reclaimer),
                 decided: Arc::clone(&self.decided),
@@ -161,12 +177,17 @@ impl Transfer {
             options,
             reader: FileReader::new(),
             version_seen: false,
-            pending_agent: None,
+            pending_agents: Vec::new(),
+            members_seen: std::collections::BTreeSet::new(),
+            order_base: 0,
+            kelpie_groups: Vec::new(),
             pending_tools: Vec::new(),
             begun: None,
             written: Vec::new(),
             block_ids: BTreeMap::new(),
             plan: None,
+            folders: Vec::new(),
+            mcp_servers: Vec::new(),
             tool_ids: BTreeMap::new(),
             conversation_ids: BTreeMap::new(),
             messages: Vec::new(),
@@ -224,14 +245,13 @@ enum ExportPhase {
 /// of messages or passages.
 pub struct AgentExport {
     actors: Arc<AgentActors>,
-    agent_id: String,
     /// The agents of the file: the exported one, then its group's members.
     agents: Vec<AgentRecord>,
-    /// Whether the file holds the group the agent manages: then it is
-    /// Letta's file alone (Kelpie's part holds one agent; an import of the
-    /// file reads Letta's, which recreates the group).
-    with_group: bool,
-    /// The agent whose Letta messages are being written.
+    /// The group the agent manages, if any: written in Letta's part and in
+    /// Kelpie's (`kelpie_groups`), which then holds every agent of the file.
+    group: Option<GroupRecord>,
+    /// The agent whose Letta messages (then whose Kelpie parts) are being
+    /// written.
     index: usize,
     custom_tools: Vec<ToolRecord>,
     phase: ExportPhase,
@@ -276,11 +296,8 @@ impl AgentExport {
             // `kelpie_*` keys (the version first, so an import skips the
             // Letta part without holding it).
             ExportPhase::Head => {
-                let mut bytes = match self.with_group {
-                    true => b"{\"agents\":[".to_vec(),
-                    false => format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[")
-                        .into_bytes(),
-                };
+                let mut bytes =
+                    format!("{{\"kelpie_agent_file_version\":{AGENT_FILE_VERSION},\"agents\":[").into_bytes();
                 bytes.extend(self.letta_head(0)?);
                 self.phase = ExportPhase::LettaMessages { after: None, written: false };
                 bytes
@@ -328,20 +345,16 @@ impl AgentExport {
                 bytes.extend(encode(
                     &json!({"exported_by": format!("kelpie {}", env!("CARGO_PKG_VERSION"))}),
                 )?);
-                if self.with_group {
-                    bytes.push(b'}');
-                    self.phase = ExportPhase::Done;
-                    return Ok(Some(bytes));
-                }
-                bytes.extend_from_slice(b",\"kelpie_agent\":");
-                bytes.extend(encode(&self.agents[0])?);
-                bytes.extend_from_slice(b",\"kelpie_messages\":[");
+                // Kelpie's parts of every agent in turn, from the first.
+                self.index = 0;
+                bytes.push(b',');
+                bytes.extend(self.kelpie_head()?);
                 self.phase = ExportPhase::Messages { after: None };
                 bytes
             }
             ExportPhase::Messages { after } => {
                 let command = AgentCommand::MessagePage(page(&after));
-                let AgentReply::Messages(messages) = self.actors.invoke(&self.agent_id, command).await?
+                let AgentReply::Messages(messages) = self.actors.invoke(self.agent_id(), command).await?
                 else {
                     return Err(unexpected("export messages"));
                 };
@@ -351,7 +364,7 @@ impl AgentExport {
                         self.phase = ExportPhase::Messages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],\"kelpie_passages\":[");
+                        bytes.extend(format!("],\"{}\":[", self.key("passages")).into_bytes());
                         self.phase = ExportPhase::Passages { after: None };
                     }
                 }
@@ -360,7 +373,7 @@ impl AgentExport {
             ExportPhase::Passages { after } => {
                 let command = AgentCommand::PassagePage(page(&after));
                 let AgentReply::Passages { passages, .. } =
-                    self.actors.invoke(&self.agent_id, command).await?
+                    self.actors.invoke(self.agent_id(), command).await?
                 else {
                     return Err(unexpected("export passages"));
                 };
@@ -370,7 +383,7 @@ impl AgentExport {
                         self.phase = ExportPhase::Passages { after: Some(last.id.clone()) };
                     }
                     _ => {
-                        bytes.extend_from_slice(b"],\"kelpie_conversations\":[");
+                        bytes.extend(format!("],\"{}\":[", self.key("conversations")).into_bytes());
                         self.phase = ExportPhase::Conversations { after: None };
                     }
                 }
@@ -380,9 +393,19 @@ impl AgentExport {
             ExportPhase::ConversationMessages { index, after, first } => {
                 self.conversation_messages_chunk(index, after, first).await?
             }
+            ExportPhase::Tail if self.index + 1 < self.agents.len() => {
+                self.index += 1;
+                self.conversation_ids.clear();
+                self.phase = ExportPhase::Messages { after: None };
+                self.kelpie_head()?
+            }
             ExportPhase::Tail => {
                 let mut bytes = b"\"kelpie_custom_tools\":".to_vec();
                 bytes.extend(encode(&self.custom_tools)?);
+                if let Some(group) = &self.group {
+                    bytes.extend_from_slice(b",\"kelpie_groups\":");
+                    bytes.extend(encode(&[crate::letta_af::kelpie_group(group)])?);
+                }
                 bytes.push(b'}');
                 self.phase = ExportPhase::Done;
                 bytes
@@ -394,6 +417,29 @@ impl AgentExport {
 }
 
 impl AgentExport {
+    /// The id of the agent whose Kelpie parts are being written.
+    fn agent_id(&self) -> &str {
+        &self.agents[self.index].id
+    }
+
+    /// Kelpie's part `part` of the agent being written: the first agent's
+    /// under the plain name (as a single agent's export writes it), every
+    /// other's keyed by its id in the file (`kelpie_messages@agent-1`).
+    fn key(&self, part: &str) -> String {
+        match self.index {
+            0 => format!("kelpie_{part}"),
+            n => format!("kelpie_{part}@{}", crate::letta_af::agent_file_id(n)),
+        }
+    }
+
+    /// The agent being written, then its messages' list opened.
+    fn kelpie_head(&self) -> ServiceResult<Vec<u8>> {
+        let mut bytes = format!("\"{}\":", self.key("agent")).into_bytes();
+        bytes.extend(encode(&self.agents[self.index])?);
+        bytes.extend(format!(",\"{}\":[", self.key("messages")).into_bytes());
+        Ok(bytes)
+    }
+
     /// A page of the agent's conversations, as stored.
     async fn conversations_chunk(&mut self, after: Option<String>) -> ServiceResult<Vec<u8>> {
         let command = AgentCommand::ConversationPage {
@@ -402,7 +448,7 @@ impl AgentExport {
             limit: STORE_PAGE_COUNT_MAX,
             descending: false,
         };
-        let AgentReply::Conversations(records) = self.actors.invoke(&self.agent_id, command).await? else {
+        let AgentReply::Conversations(records) = self.actors.invoke(self.agent_id(), command).await? else {
             return Err(unexpected("export conversations"));
         };
         let mut bytes = join_items(&records, after.is_none())?;
@@ -416,7 +462,7 @@ impl AgentExport {
                 self.phase = ExportPhase::Conversations { after: Some(last.id.clone()) };
             }
             _ => {
-                bytes.extend_from_slice(b"],\"kelpie_messages_of_conversations\":[");
+                bytes.extend(format!("],\"{}\":[", self.key("messages_of_conversations")).into_bytes());
                 self.phase = ExportPhase::ConversationMessages { index: 0, after: None, first: true };
             }
         }
@@ -437,7 +483,7 @@ impl AgentExport {
         };
         let page = PageSpec { after: after.clone(), limit: STORE_PAGE_COUNT_MAX, ..PageSpec::default() };
         let command = AgentCommand::ConversationMessages { id: id.clone(), page };
-        let messages = match self.actors.invoke(&self.agent_id, command).await {
+        let messages = match self.actors.invoke(self.agent_id(), command).await {
             Ok(AgentReply::Messages(messages)) => messages,
             Ok(_) => return Err(unexpected("export conversation messages")),
             // Deleted since it was listed: nothing of it to write.
@@ -463,6 +509,8 @@ impl AgentExport {
 /// What an import uses of the service.
 struct ImportParts {
     actors: Arc<AgentActors>,
+    mcp: Arc<McpServers>,
+    folders: Arc<Folders>,
     tools: Arc<ToolService>,
     reclaimer: Arc<Reclaimer>,
     decided: Arc<DecidedImports>,
@@ -475,6 +523,13 @@ struct ImportParts {
 struct Begun {
     /// The agent's id in the file (groups name it by this).
     file_id: String,
+    /// Which agent of a Kelpie file of several it is (`None`: the first,
+    /// under the plain keys; else the `agent-<n>` its keys carry).
+    member: Option<String>,
+    /// Its place in the file: the agents appear in this order.
+    order: usize,
+    /// Its conversations' ids while another agent is being written.
+    conversation_ids: BTreeMap<String, (String, u64)>,
     record: AgentRecord,
     pending: PendingKind,
     /// When the entry's lease was last renewed (wall clock).
@@ -489,8 +544,17 @@ pub struct AgentImport {
     options: ImportOptions,
     reader: FileReader,
     version_seen: bool,
-    /// The agent's raw value, read before the version.
-    pending_agent: Option<Vec<u8>>,
+    /// The agents' raw values read before the version, with their member
+    /// keys (see [`Begun::member`]).
+    pending_agents: Vec<(Option<String>, Vec<u8>)>,
+    /// The member keys of the agents begun so far in this Kelpie file.
+    members_seen: std::collections::BTreeSet<Option<String>>,
+    /// Where the agents of the Kelpie file being read start in the import's
+    /// order (a Letta file's agents are read as one Kelpie file each).
+    order_base: usize,
+    /// The groups of a group manager's Kelpie file (`kelpie_groups`), their
+    /// agents and blocks named by the exporting server's ids.
+    kelpie_groups: Vec<FileGroup>,
     /// Custom tools read before the version, raw.
     pending_tools: Vec<Vec<u8>>,
     begun: Option<Begun>,
@@ -501,6 +565,14 @@ pub struct AgentImport {
     block_ids: BTreeMap<String, String>,
     /// A Letta file's groups and shared blocks, made once the agents appear.
     plan: Option<(Vec<FileGroup>, Vec<Block>)>,
+    /// A Letta file's sources with their files: made (and processed) just
+    /// before the decision, taken back if the import fails before it, and
+    /// attached to their agents as the decision rolls forward.
+    folders: Vec<FileFolder>,
+    /// A Letta file's MCP servers: made just before the decision (deleted
+    /// if the import fails before it); one of the same name here is used,
+    /// and updated with the file's config once the import is decided.
+    mcp_servers: Vec<FileMcpServer>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
     /// Conversation id in the file → its new id and where its window began.
@@ -569,19 +641,54 @@ impl AgentImport {
         if self.written.is_empty() {
             return Err(ServiceError::Invalid("not a kelpie agent file: no agent".into()));
         }
-        let decision = self.decision()?;
+        if self.plan.is_none() && (self.written.len() > 1 || !self.kelpie_groups.is_empty()) {
+            self.plan = Some(self.kelpie_plan()?);
+        }
+        let mut decision = self.decision()?;
         let entries: Vec<PendingEntry> = self
             .written
             .iter()
             .map(|begun| PendingEntry { agent_id: begun.record.id.clone(), kind: begun.pending.clone() })
             .collect();
-        self.parts.decided.decide(&decision, entries).await?;
+        let (made_servers, updates) = self.make_mcp_servers(&mut decision).await?;
+        let made = match self.make_folders().await {
+            Ok(made) => made,
+            Err(err) => {
+                self.drop_mcp_servers(&made_servers).await;
+                return Err(err);
+            }
+        };
+        // The attachments roll forward with the agents, crash or not.
+        decision.folders = made
+            .iter()
+            .map(|(id, agent_ids)| DecidedFolder { id: id.clone(), agent_ids: agent_ids.clone() })
+            .collect();
+        let bytes = encode(&decision)?.len();
+        let outcome = match bytes > IMPORT_DECISION_BYTES_MAX {
+            true => Err(ServiceError::Invalid(format!(
+                "the file's agents, shared blocks, groups and folders take {bytes} bytes to record, over IMPORT_DECISION_BYTES_MAX = {IMPORT_DECISION_BYTES_MAX}"
+            ))),
+            false => self.parts.decided.decide(&decision, entries).await,
+        };
+        if let Err(err) = outcome {
+            self.drop_folders(&made).await;
+            self.drop_mcp_servers(&made_servers).await;
+            return Err(err);
+        }
+        // As Letta: a server of the same name takes the file's config.
+        for (id, config) in updates {
+            let update = crate::requests::UpdateMcpServer { server_name: None, config: Some(config) };
+            if let Err(err) = self.parts.mcp.update(&id, update).await {
+                self.warnings.push(format!("MCP server {id} kept its config: {err}"));
+            }
+        }
         // Decided: from here on nothing is taken back, only finished.
         self.written.clear();
         self.plan = None;
         let agent_ids = self.parts.decided.roll_forward_held(&decision).await.inspect_err(|err| {
             tracing::warn!(%err, import = %decision.id, "a decided import is left to the background pass");
         })?;
+
         Ok(match self.warnings.is_empty() {
             true => json!({"agent_ids": agent_ids}),
             // What a Letta file held that this import left out.
@@ -589,14 +696,257 @@ impl AgentImport {
         })
     }
 
+    /// Makes the file's folders (a name already taken here gets Letta's
+    /// `_<8 hex>` suffix) and uploads their files, which the document
+    /// pipeline processes; answers each folder's id with the new ids of
+    /// the agents it goes to. Refused (422) before any is made when they
+    /// would take the server past `FOLDERS_COUNT_MAX`; what was made is
+    /// taken back when a later one fails.
+    async fn make_folders(&mut self) -> ServiceResult<Vec<(String, Vec<String>)>> {
+        let folders = std::mem::take(&mut self.folders);
+        if folders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = crate::actors::folder_store::FOLDERS_COUNT_MAX;
+        let count = self.parts.folders.count().await? + folders.len();
+        if count > max {
+            return Err(ServiceError::Invalid(format!(
+                "the file's {} sources would make {count} folders, over FOLDERS_COUNT_MAX = {max}",
+                folders.len()
+            )));
+        }
+        let mut made = Vec::with_capacity(folders.len());
+        for folder in &folders {
+            match self.make_folder(folder).await {
+                Ok(id) => {
+                    let agents = folder
+                        .agent_ids
+                        .iter()
+                        .filter_map(|file_id| self.written.iter().find(|begun| &begun.file_id == file_id))
+                        .map(|begun| begun.record.id.clone())
+                        .collect();
+                    made.push((id, agents));
+                }
+                Err(err) => {
+                    self.drop_folders(&made).await;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// One folder of the file with its files; its id.
+    async fn make_folder(&self, folder: &FileFolder) -> ServiceResult<String> {
+        let folders = &self.parts.folders;
+        let name = match folders.id_by_name(&folder.name).await {
+            Err(ServiceError::FolderNotFound(_)) => folder.name.clone(),
+            Ok(_) => {
+                let suffix = new_id("x", self.parts.env.rng.as_ref()).replace('-', "");
+                format!("{}_{}", folder.name, &suffix[1..9])
+            }
+            Err(err) => return Err(err),
+        };
+        // The source's embedding when this server has it, else the default.
+        let embedding = self.options.embedding.clone().or_else(|| {
+            folder
+                .embedding
+                .clone()
+                .filter(|handle| self.parts.catalog.resolve_embedding(Some(handle)).is_ok())
+        });
+        let input = FolderInput {
+            name: Some(name),
+            description: folder.description.clone(),
+            instructions: folder.instructions.clone(),
+            metadata: folder.metadata.clone(),
+            embedding,
+            ..FolderInput::default()
+        };
+        let created = folders.create(input, false).await?;
+        let id = created["id"].as_str().ok_or_else(|| unexpected("folder create"))?.to_string();
+        let uploaded = async {
+            for (file_name, content) in &folder.files {
+                let start = folders
+                    .begin_upload(
+                        &id,
+                        (file_name, Some("text/plain")),
+                        crate::actors::folder::DuplicateHandling::Suffix,
+                    )
+                    .await?;
+                let UploadStart::Upload(mut upload) = start else { return Err(unexpected("import upload")) };
+                if let Err(err) = upload.feed(content.as_bytes()).await {
+                    upload.cancel().await;
+                    return Err(err);
+                }
+                upload.finish().await?;
+            }
+            ServiceResult::Ok(())
+        }
+        .await;
+        match uploaded {
+            Ok(()) => Ok(id),
+            Err(err) => {
+                self.drop_folders(&[(id, Vec::new())]).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes the file's MCP servers (checked as the routes check a create:
+    /// name, URL, private addresses, the stdio command) and adds each
+    /// agent's MCP tools, found by name among those its server lists, to
+    /// the decided agents. A server of the same name here is used as it is
+    /// (its config is updated once the import is decided). Answers the
+    /// servers made (deleted if the import fails before its decision) and
+    /// the updates to make.
+    async fn make_mcp_servers(
+        &mut self,
+        decision: &mut ImportDecision,
+    ) -> ServiceResult<(Vec<String>, Vec<(String, crate::requests::McpServerConfigIn)>)> {
+        let servers = std::mem::take(&mut self.mcp_servers);
+        let (mut made, mut updates) = (Vec::new(), Vec::new());
+        for server in &servers {
+            let existing = self.parts.mcp.list().await?;
+            let existing = existing.iter().find(|record| record["server_name"] == server.name.as_str());
+            let id = match existing.and_then(|record| record["id"].as_str()) {
+                Some(id) => {
+                    updates.push((id.to_string(), server.config.clone()));
+                    id.to_string()
+                }
+                None => {
+                    let create = crate::requests::CreateMcpServer {
+                        server_name: server.name.clone(),
+                        config: server.config.clone(),
+                    };
+                    match self.parts.mcp.create(create).await {
+                        Ok(created) => {
+                            let id = created["id"].as_str().ok_or_else(|| unexpected("MCP server create"))?;
+                            made.push(id.to_string());
+                            id.to_string()
+                        }
+                        Err(err) => {
+                            self.drop_mcp_servers(&made).await;
+                            return Err(err);
+                        }
+                    }
+                }
+            };
+            let listed = match self.parts.mcp.tools(&id).await {
+                Ok(listed) => listed,
+                Err(err) => {
+                    self.drop_mcp_servers(&made).await;
+                    return Err(err);
+                }
+            };
+            for (file_agent, tool_name) in &server.tools {
+                let tool = listed.iter().find(|tool| tool["name"] == tool_name.as_str());
+                let Some(tool_id) = tool.and_then(|tool| tool["id"].as_str()) else {
+                    self.warnings.push(format!(
+                        "MCP tool {tool_name:?} was not attached: server {:?} does not list it (refresh the server, then attach it)",
+                        server.name
+                    ));
+                    continue;
+                };
+                let Some(begun) = self.written.iter().find(|begun| &begun.file_id == file_agent) else {
+                    continue;
+                };
+                let agent = decision.agents.iter_mut().find(|agent| agent.id == begun.record.id);
+                let agent = agent.ok_or_else(|| unexpected("an MCP tool's agent not decided"))?;
+                if !agent.tool_ids.iter().any(|id| id == tool_id) {
+                    agent.tool_ids.push(tool_id.to_string());
+                }
+            }
+        }
+        Ok((made, updates))
+    }
+
+    /// Deletes MCP servers this import made (it failed before its decision).
+    async fn drop_mcp_servers(&self, made: &[String]) {
+        for id in made {
+            if let Err(err) = self.parts.mcp.delete(id).await {
+                tracing::warn!(%err, mcp_server_id = %id, "a failed import's MCP server is left behind");
+            }
+        }
+    }
+
+    /// Deletes folders this import made (it failed before its decision).
+    async fn drop_folders(&self, made: &[(String, Vec<String>)]) {
+        for (id, _) in made {
+            if let Err(err) = self.parts.folders.delete(id).await {
+                tracing::warn!(%err, folder_id = %id, "a failed import's folder is left behind");
+            }
+        }
+    }
+
     /// The agent being written is complete: its last batch goes out and it
     /// waits with the others to appear.
     async fn seal(&mut self) -> ServiceResult<()> {
         self.flush().await?;
-        if let Some(begun) = self.begun.take() {
-            self.written.push(begun);
-        }
+        self.park();
         Ok(())
+    }
+
+    /// The agent being written waits with the others (flushed first),
+    /// in file order.
+    fn park(&mut self) {
+        if let Some(mut begun) = self.begun.take() {
+            assert!(self.messages.is_empty() && self.passages.is_empty(), "a parked agent is flushed");
+            begun.conversation_ids = std::mem::take(&mut self.conversation_ids);
+            self.written.push(begun);
+            self.written.sort_by_key(|begun| begun.order);
+        }
+    }
+
+    /// Makes the agent of member key `member` the one being written (the
+    /// parts of a Kelpie file of several agents may come in any order, as a
+    /// file re-serialized with sorted keys has them).
+    async fn switch_to(&mut self, member: &Option<String>, what: &str) -> ServiceResult<()> {
+        if self.begun.as_ref().is_some_and(|begun| &begun.member == member) {
+            return Ok(());
+        }
+        let Some(position) = self.written.iter().position(|begun| &begun.member == member) else {
+            let which = member.as_deref().unwrap_or("the first agent");
+            return Err(ServiceError::Invalid(format!(
+                "not a kelpie agent file: {what} of {which} before its agent"
+            )));
+        };
+        self.flush().await?;
+        self.park();
+        let position = self.written.iter().position(|begun| &begun.member == member).unwrap_or(position);
+        let mut next = self.written.remove(position);
+        self.conversation_ids = std::mem::take(&mut next.conversation_ids);
+        self.begun = Some(next);
+        Ok(())
+    }
+
+    /// The groups and shared blocks of a Kelpie file of several agents: a
+    /// block two of its agents hold, or a group shares, is one block.
+    fn kelpie_plan(&self) -> ServiceResult<(Vec<FileGroup>, Vec<Block>)> {
+        let mut blocks = Vec::new();
+        for (file_id, id) in &self.block_ids {
+            let held: Vec<&Block> = self
+                .written
+                .iter()
+                .filter_map(|begun| {
+                    let label = begun.record.memory.label_of(id)?;
+                    begun.record.memory.get(label).ok()
+                })
+                .collect();
+            let grouped = self.kelpie_groups.iter().any(|group| group.shared_block_ids.contains(file_id));
+            if let Some(block) = held.first().filter(|_| held.len() > 1 || grouped) {
+                blocks.push(Block { id: file_id.clone(), ..(*block).clone() });
+            }
+        }
+        for group in &self.kelpie_groups {
+            if let Some(missing) = group.shared_block_ids.iter().find(|id| !self.block_ids.contains_key(*id))
+            {
+                return Err(ServiceError::Invalid(format!(
+                    "group {} shares block {missing:?}, which no agent of the file holds",
+                    group.id
+                )));
+            }
+        }
+        Ok((self.kelpie_groups.clone(), blocks))
     }
 
     /// Each written agent's final name and tools, checked before any appears.
@@ -635,7 +985,7 @@ impl AgentImport {
         let shared_blocks = self.decided_blocks();
         self.check_group_room(&groups, &shared_blocks)?;
         let id = new_id("import", self.parts.env.rng.as_ref());
-        let decision = ImportDecision { id, agents, shared_blocks, groups };
+        let decision = ImportDecision { id, agents, shared_blocks, groups, folders: Vec::new() };
         let bytes = encode(&decision)?.len();
         if bytes > IMPORT_DECISION_BYTES_MAX {
             return Err(ServiceError::Invalid(format!(
@@ -837,11 +1187,14 @@ impl AgentImport {
         };
         self.warnings = converted.warnings;
         self.plan = Some((converted.groups, converted.shared_blocks));
+        self.folders = converted.folders;
+        self.mcp_servers = converted.mcp_servers;
         // Each agent is read as a Kelpie file of its own, one after another.
-        for file in &converted.agents {
+        for (index, file) in converted.agents.iter().enumerate() {
             let bytes = encode(file)?;
             self.reader = FileReader::new();
             (self.ended, self.version_seen) = (false, false);
+            (self.order_base, self.members_seen) = (index, std::collections::BTreeSet::new());
             self.feed_inner(&bytes).await?;
             self.reader.finish().map_err(ServiceError::Invalid)?;
             self.seal().await?;
@@ -875,22 +1228,33 @@ impl AgentImport {
 
     async fn handle(&mut self, event: FileEvent) -> ServiceResult<()> {
         // Kelpie's parts under their `kelpie_` names (beside a Letta file's
-        // parts, as exports write them) are read as the plain names.
-        let unprefixed = |key: String| match key.strip_prefix("kelpie_") {
-            Some(
-                name @ ("agent"
-                | "messages"
-                | "passages"
-                | "custom_tools"
-                | "conversations"
-                | "messages_of_conversations"),
-            ) => name.to_string(),
-            _ => key,
+        // parts, as exports write them) are read as the plain names; those
+        // of a group manager's further agents carry the agent's id in the
+        // file (`kelpie_messages@agent-1`).
+        let unprefixed = |key: String| -> (String, Option<String>) {
+            let Some(rest) = key.strip_prefix("kelpie_") else { return (key, None) };
+            let (name, member) = match rest.split_once('@') {
+                Some((name, member)) => (name, Some(member.to_string())),
+                None => (rest, None),
+            };
+            match name {
+                "agent" | "messages" | "passages" | "conversations" | "messages_of_conversations" => {
+                    (name.to_string(), member)
+                }
+                "custom_tools" if member.is_none() => (name.to_string(), None),
+                _ => (key, None),
+            }
         };
-        let event = match event {
-            FileEvent::Field { key, value } => FileEvent::Field { key: unprefixed(key), value },
-            FileEvent::Item { key, value } => FileEvent::Item { key: unprefixed(key), value },
-            FileEvent::End => FileEvent::End,
+        let (event, member) = match event {
+            FileEvent::Field { key, value } => {
+                let (key, member) = unprefixed(key);
+                (FileEvent::Field { key, value }, member)
+            }
+            FileEvent::Item { key, value } => {
+                let (key, member) = unprefixed(key);
+                (FileEvent::Item { key, value }, member)
+            }
+            FileEvent::End => (FileEvent::End, None),
         };
         match event {
             FileEvent::Field { key, value } if key == "kelpie_agent_file_version" => {
@@ -905,8 +1269,8 @@ impl AgentImport {
                 // are not read (nor held).
                 self.reader.skip_fields(&crate::letta_af::LETTA_FIELDS);
                 self.letta.clear();
-                if let Some(agent) = self.pending_agent.take() {
-                    self.begin_from(&agent).await?;
+                for (member, agent) in std::mem::take(&mut self.pending_agents) {
+                    self.begin_from(member, &agent).await?;
                 }
                 for tool in std::mem::take(&mut self.pending_tools) {
                     self.upsert_tool(&tool).await?;
@@ -916,16 +1280,20 @@ impl AgentImport {
             // order of the fields (a file re-serialized with sorted keys has
             // `agent` first): an agent before it waits for it.
             FileEvent::Field { key, value } if key == "agent" => {
-                if self.begun.is_some() || self.pending_agent.is_some() {
-                    return Err(ServiceError::Invalid("not a kelpie agent file: two agents".into()));
+                let pending = self.pending_agents.iter().any(|(seen, _)| seen == &member);
+                if pending || self.members_seen.contains(&member) {
+                    return Err(ServiceError::Invalid(match &member {
+                        None => "not a kelpie agent file: two agents".into(),
+                        Some(member) => format!("not a kelpie agent file: agent {member} twice"),
+                    }));
                 }
                 match self.version_seen {
-                    true => self.begin_from(&value).await?,
-                    false => self.pending_agent = Some(value),
+                    true => self.begin_from(member, &value).await?,
+                    false => self.pending_agents.push((member, value)),
                 }
             }
             FileEvent::Item { key, value } if key == "messages" => {
-                self.check_begun("messages")?;
+                self.check_begun("messages", &member).await?;
                 if self.options.strip_messages {
                     return Ok(());
                 }
@@ -941,7 +1309,7 @@ impl AgentImport {
                 self.flush_if_full().await?;
             }
             FileEvent::Item { key, value } if key == "passages" => {
-                self.check_begun("passages")?;
+                self.check_begun("passages", &member).await?;
                 let passage: Passage = decode("a passage", &value)?;
                 let passage = Passage { id: new_id("passage", self.parts.env.rng.as_ref()), ..passage };
                 self.batch_ops += PASSAGE_KEYS_COUNT;
@@ -950,11 +1318,11 @@ impl AgentImport {
                 self.flush_if_full().await?;
             }
             FileEvent::Item { key, value } if key == "conversations" => {
-                self.check_begun("conversations")?;
+                self.check_begun("conversations", &member).await?;
                 self.import_conversation(&value).await?;
             }
             FileEvent::Item { key, value } if key == "messages_of_conversations" => {
-                self.check_begun("conversation messages")?;
+                self.check_begun("conversation messages", &member).await?;
                 if !self.options.strip_messages {
                     self.import_conversation_message(&value).await?;
                 }
@@ -963,6 +1331,17 @@ impl AgentImport {
                 true => self.upsert_tool(&value).await?,
                 false => self.pending_tools.push(value),
             },
+            FileEvent::Item { key, value } if key == "kelpie_groups" => {
+                if self.kelpie_groups.len() >= crate::letta_af::AGENT_FILE_GROUPS_COUNT_MAX {
+                    return Err(ServiceError::Invalid(format!(
+                        "the file holds more than AGENT_FILE_GROUPS_COUNT_MAX = {} groups",
+                        crate::letta_af::AGENT_FILE_GROUPS_COUNT_MAX
+                    )));
+                }
+                let raw: Value = decode("a group", &value)?;
+                let group = crate::letta_af::group_of(&raw).map_err(ServiceError::Invalid)?;
+                self.kelpie_groups.push(group);
+            }
             FileEvent::Field { key, value }
                 if !self.version_seen && crate::letta_af::LETTA_FIELDS.contains(&key.as_str()) =>
             {
@@ -1033,22 +1412,42 @@ impl AgentImport {
         Ok(())
     }
 
-    async fn begin_from(&mut self, agent: &[u8]) -> ServiceResult<()> {
+    /// Begins the agent of member key `member` (see [`Begun::member`]) from
+    /// its record; the one written so far waits with the others.
+    async fn begin_from(&mut self, member: Option<String>, agent: &[u8]) -> ServiceResult<()> {
+        let index = match &member {
+            None => 0,
+            Some(key) => match key.strip_prefix("agent-").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if (1..AGENT_FILE_AGENTS_COUNT_MAX).contains(&n) => n,
+                _ => {
+                    return Err(ServiceError::Invalid(format!(
+                        "not a kelpie agent file: agent key {key:?} is not agent-<n> with 1 <= n < AGENT_FILE_AGENTS_COUNT_MAX = {AGENT_FILE_AGENTS_COUNT_MAX}"
+                    )))
+                }
+            },
+        };
         let record: AgentRecord = decode("agent", agent)?;
         let file_id = record.id.clone();
+        if self.written.iter().chain(self.begun.iter()).any(|begun| begun.file_id == file_id) {
+            return Err(ServiceError::Invalid(format!("not a kelpie agent file: agent {file_id} twice")));
+        }
         let record = self.fresh_record(record)?;
-        self.begin(file_id, record).await
+        self.flush().await?;
+        self.park();
+        self.members_seen.insert(member.clone());
+        self.begin((file_id, member, self.order_base + index), record).await
     }
 
-    fn check_begun(&self, what: &str) -> ServiceResult<()> {
-        if self.pending_agent.is_some() {
+    /// Makes the agent `member`'s parts belong to the one being written.
+    async fn check_begun(&mut self, what: &str, member: &Option<String>) -> ServiceResult<()> {
+        if !self.pending_agents.is_empty() {
             return Err(ServiceError::Invalid(format!(
                 "not a kelpie agent file: {what} before kelpie_agent_file_version"
             )));
         }
-        match self.begun {
-            Some(_) => Ok(()),
-            None => Err(ServiceError::Invalid(format!("not a kelpie agent file: {what} before the agent"))),
+        match self.begun.is_some() || !self.written.is_empty() {
+            true => self.switch_to(member, what).await,
+            false => Err(ServiceError::Invalid(format!("not a kelpie agent file: {what} before the agent"))),
         }
     }
 
@@ -1080,12 +1479,26 @@ impl AgentImport {
     }
 
     /// Puts the agent on the reclaim list, then begins it, invisible.
-    async fn begin(&mut self, file_id: String, record: AgentRecord) -> ServiceResult<()> {
+    async fn begin(
+        &mut self,
+        (file_id, member, order): (String, Option<String>, usize),
+        record: AgentRecord,
+    ) -> ServiceResult<()> {
         assert!(self.begun.is_none(), "one agent is written at a time");
         let pending = self.parts.reclaimer.import_kind();
         self.parts.reclaimer.note(&record.id, pending.clone()).await?;
         let now = self.parts.env.clock.wall_ms();
-        self.begun = Some(Begun { file_id, record: record.clone(), pending, renewed_ms: now });
+        let conversation_ids = BTreeMap::new();
+        let begun = Begun {
+            file_id,
+            member,
+            order,
+            conversation_ids,
+            record: record.clone(),
+            pending,
+            renewed_ms: now,
+        };
+        self.begun = Some(begun);
         self.conversation_ids.clear();
         let id = record.id.clone();
         self.parts.actors.invoke(&id, AgentCommand::ImportBegin(Box::new(record))).await?;
