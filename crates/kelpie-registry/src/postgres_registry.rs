@@ -253,6 +253,37 @@ fn leased_of(next: PlacementRecord, current: Option<&LeasedPlacement>) -> Leased
 mod tests {
     use super::*;
 
+    fn pending(actor: &str) -> PendingRenewal {
+        let (reply, _) = oneshot::channel();
+        PendingRenewal {
+            actor_id: ActorId::new("agents", actor).unwrap(),
+            node_id: NodeId::new("n1").unwrap(),
+            epoch: 1,
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_each_actor_once_and_at_most_the_batch_max() {
+        let mut renewals = Renewals::default();
+        // A second renewal of `a0` and more actors than one batch holds.
+        renewals.queue.push(pending("a0"));
+        renewals.queue.push(pending("a0"));
+        renewals.queue.extend((1..=RENEWAL_BATCH_COUNT_MAX).map(|n| pending(&format!("a{n}"))));
+        let first = renewals.take_batch();
+        assert_eq!(first.len(), RENEWAL_BATCH_COUNT_MAX);
+        let ids: std::collections::BTreeSet<&ActorId> = first.iter().map(|p| &p.actor_id).collect();
+        assert_eq!(ids.len(), first.len(), "each actor once");
+        assert_eq!(first[0].actor_id.id(), "a0");
+        // Left for the next batch, oldest first: a0's second renewal and the
+        // last actor past the max.
+        let rest: Vec<&str> = renewals.queue.iter().map(|p| p.actor_id.id()).collect();
+        assert_eq!(rest, ["a0", &format!("a{RENEWAL_BATCH_COUNT_MAX}")[..]]);
+        let second = renewals.take_batch();
+        assert_eq!(second.len(), 2);
+        assert!(renewals.queue.is_empty());
+    }
+
     fn placement(epoch: u64) -> Placement {
         Placement {
             actor_id: ActorId::new("agents", "a1").unwrap(),
