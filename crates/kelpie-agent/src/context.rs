@@ -201,6 +201,10 @@ pub fn check_settings(settings: &CompactionSettings) -> Result<(), String> {
     if settings.prompt.as_ref().is_some_and(|p| p.trim().is_empty()) {
         return Err("prompt must not be empty".into());
     }
+    if let Some(model_settings) = settings.model_settings.as_ref().filter(|value| !value.is_null()) {
+        crate::model_settings::check(model_settings)
+            .map_err(|reason| format!("compaction_settings.{reason}"))?;
+    }
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! The agent domain: what an agent is, how it is stored and how it thinks.
 //!
 //! Layers, each using only the ones before it:
-//! - [`limits`], [`ids`], [`model`], [`page`], [`letta`], [`requests`],
-//!   [`error`], [`agent_file`], [`context`], [`files`], [`documents`]: the
-//!   agent domain's limits, ids and times, the persisted records, cursor
-//!   pages, Letta's wire shapes, the request bodies the service takes, the
+//! - [`limits`], [`ids`], [`model`], [`model_settings`], [`page`], [`letta`],
+//!   [`requests`], [`error`], [`agent_file`], [`context`], [`files`],
+//!   [`documents`]: the agent domain's limits, ids and times, the persisted
+//!   records, the shape of Letta's model settings, cursor pages, Letta's
+//!   wire shapes, the request bodies the service takes, the
 //!   errors, the export file format with its streaming reader, the context
 //!   window (token estimates, compaction's decisions and texts), an agent's
 //!   view of its folders' files, and the parsing and chunking of uploads;
@@ -34,6 +35,7 @@ pub mod letta;
 pub mod letta_af;
 pub mod limits;
 pub mod model;
+pub mod model_settings;
 pub mod node;
 pub mod page;
 pub mod planted;

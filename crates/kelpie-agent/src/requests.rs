@@ -6,10 +6,21 @@
 use std::collections::BTreeMap;
 
 use kelpie_tools::pip::PipRequirement;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::model::CompactionSettings;
+
+/// A `metadata` field: a JSON object of the user's keys, or null (read as
+/// absent). Anything else is refused, so a stored agent, block, tool or
+/// folder answers the object Letta's schemas promise.
+pub fn metadata_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(object @ Value::Object(_)) => Ok(Some(object)),
+        Some(_) => Err(serde::de::Error::custom("metadata must be a JSON object or null")),
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CreateBlock {
@@ -50,6 +61,7 @@ pub struct CreateAgent {
     pub name: Option<String>,
     pub system: Option<String>,
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "metadata_object")]
     pub metadata: Option<Value>,
     pub memory_blocks: Option<Vec<CreateBlock>>,
     pub tools: Option<Vec<String>>,
@@ -84,6 +96,7 @@ pub struct UpdateAgent {
     pub name: Option<String>,
     pub system: Option<String>,
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "metadata_object")]
     pub metadata: Option<Value>,
     pub tags: Option<Vec<String>>,
     pub tool_ids: Option<Vec<String>>,
@@ -128,12 +141,22 @@ impl ModifyMessage {
                 _ => Err(invalid("content is required: a string or a list of text parts")),
             }
         };
+        // A blank reply or reasoning is not rendered (a message shows no such part), so it
+        // could not be answered back or seen again: refused rather than stored.
+        let shown = |field: &str, text: String| -> crate::error::ServiceResult<String> {
+            match text.trim().is_empty() {
+                true => Err(invalid(&format!("{field} must not be blank: a blank one is not shown"))),
+                false => Ok(text),
+            }
+        };
         match self.message_type.as_deref() {
             Some("user_message") => Ok(("user_message", MessageEdit::User(text(self.content)?))),
-            Some("assistant_message") => Ok(("assistant_message", MessageEdit::Assistant(text(self.content)?))),
+            Some("assistant_message") => {
+                Ok(("assistant_message", MessageEdit::Assistant(shown("content", text(self.content)?)?)))
+            }
             Some("reasoning_message") | None if self.reasoning.is_some() => Ok((
                 "reasoning_message",
-                MessageEdit::Reasoning(self.reasoning.expect("checked")),
+                MessageEdit::Reasoning(shown("reasoning", self.reasoning.expect("checked"))?),
             )),
             Some("system_message") => Err(invalid(
                 "system messages are built from the agent's system prompt and memory at every step; \
@@ -173,6 +196,7 @@ pub struct CreateTool {
     pub pip_requirements: Option<Vec<PipRequirement>>,
     /// Not in Letta's create body, but in its update's; accepted here too.
     #[serde(rename = "metadata_")]
+    #[serde(default, deserialize_with = "metadata_object")]
     pub metadata: Option<Value>,
     /// Agents it is attached to ask the client's approval before calling it.
     pub default_requires_approval: Option<bool>,
@@ -188,6 +212,7 @@ pub struct UpdateTool {
     pub return_char_limit: Option<usize>,
     pub pip_requirements: Option<Vec<PipRequirement>>,
     #[serde(rename = "metadata_")]
+    #[serde(default, deserialize_with = "metadata_object")]
     pub metadata: Option<Value>,
     pub default_requires_approval: Option<bool>,
 }
@@ -350,6 +375,16 @@ mod tests {
             json!({"message": "ab"})
         );
 
+        // Blank text would render as no part at all (a 500 schemathesis found): refused.
+        for blank in
+            [json!({"reasoning": ""}), json!({"message_type": "reasoning_message", "reasoning": " \n"})]
+        {
+            let refused = edit_of(blank).map(|(kind, _)| kind).unwrap_err();
+            assert_eq!(refused.to_string(), "reasoning must not be blank: a blank one is not shown");
+        }
+        let refused =
+            edit_of(json!({"message_type": "assistant_message", "content": "  "})).map(|(kind, _)| kind);
+        assert_eq!(refused.unwrap_err().to_string(), "content must not be blank: a blank one is not shown");
         let (kind, edit) = edit_of(json!({"reasoning": "why"})).unwrap();
         assert_eq!(kind, "reasoning_message");
         edit.apply(&mut body).unwrap();

@@ -109,6 +109,40 @@ async fn bad_input_is_4xx_with_detail() {
     let (status, body) = server.call("POST", "/v1/agents/", Some(blocks)).await;
     assert_eq!(status, 422);
     assert!(body["detail"].as_str().unwrap().contains("over the block's limit of 2"), "{body}");
+    // metadata is an object or null, for every kind that has one (schemathesis stored a list once,
+    // and every later answer broke Letta's schema); the refused change leaves the agent as it was.
+    let agent = server.create_agent("meta", &[]).await;
+    let tool = server
+        .ok("POST", "/v1/tools/", Some(json!({"source_code": "def f(x: int) -> int:\n    return x\n"})))
+        .await;
+    let folder = server.ok("POST", "/v1/folders/", Some(json!({"name": "meta-folder"}))).await;
+    for (method, path, body) in [
+        ("PATCH", format!("/v1/agents/{agent}"), json!({"metadata": [null, null]})),
+        ("POST", "/v1/agents/".to_string(), json!({"name": "m", "metadata": "text"})),
+        ("PATCH", format!("/v1/tools/{}", tool["id"].as_str().unwrap()), json!({"metadata_": [1]})),
+        ("PATCH", format!("/v1/folders/{}", folder["id"].as_str().unwrap()), json!({"metadata": [null]})),
+    ] {
+        let (status, answer) = server.call(method, &path, Some(body)).await;
+        assert_eq!(status, 422, "{method} {path}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains("metadata must be a JSON object or null"),
+            "{answer}"
+        );
+    }
+    // A compaction's model_settings is Letta's union too (an empty object was stored once).
+    let compaction = json!({"compaction_settings": {"model_settings": {}}});
+    let (status, answer) = server.call("PATCH", &format!("/v1/agents/{agent}"), Some(compaction)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("compaction_settings.model_settings.provider_type None"),
+        "{answer}"
+    );
+    let kept = server.ok("GET", &format!("/v1/agents/{agent}"), None).await;
+    assert!(kept["metadata"].is_object() || kept["metadata"].is_null(), "{kept}");
+    assert_ne!(kept["compaction_settings"]["model_settings"], json!({}), "{kept}");
+    let set =
+        server.ok("PATCH", &format!("/v1/agents/{agent}"), Some(json!({"metadata": {"team": "a"}}))).await;
+    assert_eq!(set["metadata"], json!({"team": "a"}));
     for path in [
         "/v1/agents/agent-00000000-0000-4000-8000-000000000000",
         "/v1/agents/nope",

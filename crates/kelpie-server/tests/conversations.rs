@@ -415,8 +415,7 @@ async fn bad_conversation_input_is_refused_with_the_reason() {
     let long_summary = "s".repeat(kelpie_agent::service::conversations::CONVERSATION_SUMMARY_BYTES_MAX + 1);
     let long_model =
         format!("p/{}", "m".repeat(kelpie_agent::service::conversations::CONVERSATION_MODEL_BYTES_MAX));
-    let big_settings =
-        json!({"x": "y".repeat(kelpie_agent::service::conversations::CONVERSATION_MODEL_SETTINGS_BYTES_MAX)});
+    let big_settings = json!({"provider_type": "openai", "x": "y".repeat(kelpie_agent::service::conversations::CONVERSATION_MODEL_SETTINGS_BYTES_MAX)});
     let cases: Vec<(&str, String, Option<Value>, u16, &str)> = vec![
         ("POST", format!("/v1/conversations/?agent_id={unknown_agent}"), None, 404, "not found"),
         ("POST", "/v1/conversations/".into(), None, 422, "agent_id"),
@@ -447,6 +446,27 @@ async fn bad_conversation_input_is_refused_with_the_reason() {
             Some(json!({"model_settings": big_settings})),
             422,
             "CONVERSATION_MODEL_SETTINGS_BYTES_MAX",
+        ),
+        (
+            "PATCH",
+            format!("/v1/conversations/{conversation}"),
+            Some(json!({"model_settings": {}})),
+            422,
+            "model_settings.provider_type None must be one of",
+        ),
+        (
+            "POST",
+            format!("/v1/conversations/?agent_id={agent}"),
+            Some(json!({"model_settings": {"provider_type": "hal"}})),
+            422,
+            "model_settings.provider_type Some(\"hal\")",
+        ),
+        (
+            "POST",
+            format!("/v1/conversations/?agent_id={agent}"),
+            Some(json!({"model_settings": {"provider_type": "chatgpt_oauth", "temperature": {}}})),
+            422,
+            "model_settings.temperature must be a number",
         ),
         (
             "POST",

@@ -47,6 +47,12 @@ async fn schemas_are_derived_in_a_sandbox_and_bad_sources_refused_with_reasons()
     );
     let syntax = runner.tool_schema("def f(x:\n", None).await.unwrap_err();
     assert_eq!(syntax.to_string(), "source_code is not valid Python: line 1: '(' was never closed");
+    // Python refuses a NUL byte before parsing (found by schemathesis as a 500).
+    let nul = runner.tool_schema("def f(x: int):\n    return x\0\n", None).await.unwrap_err();
+    assert_eq!(
+        nul.to_string(),
+        "source_code is not valid Python: source code string cannot contain null bytes"
+    );
     let untyped = runner.tool_schema("def f(x):\n    return x\n", None).await.unwrap_err();
     assert!(untyped.to_string().contains("parameter `x` of f has no supported type"), "{untyped}");
     let none = runner.tool_schema("x = 1\n", None).await.unwrap_err();

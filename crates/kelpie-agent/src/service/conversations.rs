@@ -110,6 +110,7 @@ impl ConversationInput {
             if !settings.is_object() {
                 return Err(ServiceError::Invalid("model_settings must be an object".into()));
             }
+            crate::model_settings::check(settings).map_err(ServiceError::Invalid)?;
             let bytes = settings.to_string().len();
             if bytes > CONVERSATION_MODEL_SETTINGS_BYTES_MAX {
                 return Err(ServiceError::Invalid(format!(

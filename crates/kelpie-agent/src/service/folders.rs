@@ -39,6 +39,7 @@ pub struct FolderInput {
     pub name: Option<String>,
     pub description: Option<String>,
     pub instructions: Option<String>,
+    #[serde(default, deserialize_with = "crate::requests::metadata_object")]
     pub metadata: Option<Value>,
     pub embedding: Option<String>,
     pub embedding_config: Option<crate::requests::EmbeddingConfigIn>,

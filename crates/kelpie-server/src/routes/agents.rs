@@ -228,7 +228,15 @@ async fn context_window(
 /// The agent as one JSON file ([`kelpie_agent::agent_file`]), streamed a
 /// page of messages or passages at a time. An error after the first bytes
 /// cuts the body short (the file is then invalid, never silently partial).
-async fn export(State(state): State<AppState>, Path(agent_id): Path<String>) -> Result<Response, ApiError> {
+///
+/// Letta's POST variant takes a body (`spec`) that Kelpie does not use; it is
+/// read (`_body`) so that it is not left unread on the connection (see
+/// `read_ignored_body` in `routes/mod.rs`, which does so for GET).
+async fn export(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    _body: Bytes,
+) -> Result<Response, ApiError> {
     let export = state.service.transfer.export(&agent_id).await?;
     let chunks = futures::stream::unfold(Some(export), |export: Option<AgentExport>| async move {
         let mut export = export?;

@@ -39,7 +39,7 @@ pub mod steps;
 pub mod tools;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -69,8 +69,33 @@ pub fn router(state: AppState) -> Router {
     api.merge(endpoint)
         .merge(console::router())
         .layer(DefaultBodyLimit::max(extract::REQUEST_BODY_BYTES_MAX))
+        .layer(middleware::from_fn(read_ignored_body))
         .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn(crate::telemetry::request_context))
+}
+
+/// Reads the body of a GET, HEAD or DELETE request (at most
+/// [`extract::REQUEST_BODY_BYTES_MAX`], else 413) before its handler runs,
+/// and hands the handler the bytes. Those handlers read no body, and a body
+/// left unread makes the connection close with bytes still to read: a TCP
+/// reset, which can cut a streamed answer short (schemathesis saw an export
+/// sent with a JSON body cut so).
+async fn read_ignored_body(request: Request, next: Next) -> Response {
+    if !matches!(*request.method(), Method::GET | Method::HEAD | Method::DELETE) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, extract::REQUEST_BODY_BYTES_MAX).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over REQUEST_BODY_BYTES_MAX ({} bytes)",
+                extract::REQUEST_BODY_BYTES_MAX
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Refuses a request target over [`URI_BYTES_MAX`] with 414.

@@ -100,6 +100,9 @@ def main():
     except SyntaxError as err:
         print(json.dumps({"syntax_error": f"line {err.lineno}: {err.msg}"}))
         return
+    except ValueError as err:  # a NUL byte: Python 3.11 refuses it before parsing
+        print(json.dumps({"syntax_error": str(err)}))
+        return
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     out = {"functions": [f.name for f in functions], "schema": None, "schema_error": None}
     if not functions:
