@@ -14,6 +14,13 @@ need from the reference, so that they run on a fresh clone without it:
   the keys of a free-form object (metadata, a tool's JSON schema) are data and left out, as are
   the response values, but for the id of what a POST made (later samples' paths name it).
 
+It also writes crates/kelpie-server/openapi/letta-contract.json, the wire contract that
+`GET /openapi.json` serves (crates/kelpie-server/src/routes/openapi.rs): for every operation
+above, its path and query parameters (headers only where Kelpie reads them), its request body and
+its success response, and the schemas they reach. Only the shapes are kept: names, types,
+formats, enums, defaults, bounds, required lists; Letta's descriptions, titles and examples are
+left out.
+
 Usage: python3 scripts/vendor_letta_reference.py [REFERENCE_DIR]
 REFERENCE_DIR defaults to /work/shared/letta-v1-reference (openapi.json and wire-samples.json).
 """
@@ -23,7 +30,14 @@ import pathlib
 import re
 import sys
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "letta-v1-operations.json"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "fixtures" / "letta-v1-operations.json"
+CONTRACT_OUT = ROOT / "crates" / "kelpie-server" / "openapi" / "letta-contract.json"
+# Request headers Kelpie reads (routes/embeddings.rs); Letta's others (user_id, X-Project,
+# User-Agent...) are not part of Kelpie's contract.
+HEADERS_READ = ("storage-unit",)
+# Keywords of a schema that are prose, not shape.
+PROSE_KEYWORDS = ("description", "title", "examples", "example")
 # Paths left out of the count: Letta's internal, admin, voice and template routes.
 EXCLUDED_PATH = re.compile(r"/_internal|/admin/|/voice|templates")
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -98,35 +112,101 @@ def operation_of(method, path, operations):
     raise KeyError(f"{method} {path} is no operation of the reference")
 
 
-def main() -> None:
-    reference = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/letta-v1-reference")
-    openapi = json.loads((reference / "openapi.json").read_text())
-    samples = json.loads((reference / "wire-samples.json").read_text())
-    operations = {}
+def reference_operations(openapi):
+    """`("METHOD /path", operation)` for every operation outside EXCLUDED_PATH."""
     for path, ops in openapi["paths"].items():
         if EXCLUDED_PATH.search(path):
             continue
         for method in METHODS:
-            if method not in ops:
-                continue
-            [(status, success)] = [(c, r) for c, r in ops[method]["responses"].items() if c.startswith("2")]
-            content = success.get("content", {})
-            schema = content.get("application/json", {}).get("schema")
-            operations[f"{method.upper()} {path}"] = {
-                "operation_id": ops[method].get("operationId"),
-                "status": int(status),
-                "schema": schema,
-                "event_stream": "text/event-stream" in content,
-            }
-    schemas = openapi["components"]["schemas"]
-    needed, todo = set(), set(EXTRA_SCHEMAS)
-    refs([op["schema"] for op in operations.values()], todo)
+            if method in ops:
+                yield f"{method.upper()} {path}", ops[method]
+
+
+def reached_schemas(value, schemas, extra):
+    """The names of the schemas `value` and `extra` reach through `$ref`, at any depth."""
+    needed, todo = set(), set(extra)
+    refs(value, todo)
     while todo:
         name = todo.pop()
         if name in needed:
             continue
         needed.add(name)
         refs(schemas[name], todo)
+    return needed
+
+
+def shape(schema):
+    """`schema` without its prose keywords, at every depth. The keys of `properties` are field
+    names, kept whatever they are called."""
+    if isinstance(schema, list):
+        return [shape(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in PROSE_KEYWORDS:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: shape(field) for name, field in value.items()}
+        elif key in ("default", "enum", "const", "required"):
+            out[key] = value
+        else:
+            out[key] = shape(value)
+    return out
+
+
+def contract(openapi):
+    """The served contract: every operation's parameters, body and success response, shapes only."""
+    operations = {}
+    for key, op in reference_operations(openapi):
+        parameters = [
+            {field: (shape(value) if field == "schema" else value)
+             for field, value in parameter.items() if field in ("name", "in", "required", "schema")}
+            for parameter in op.get("parameters", [])
+            if parameter["in"] in ("path", "query") or parameter["name"] in HEADERS_READ
+        ]
+        [(status, success)] = [(c, r) for c, r in op["responses"].items() if c.startswith("2")]
+        entry = {
+            "operation_id": op.get("operationId"),
+            "tags": op.get("tags", []),
+            "parameters": parameters,
+            "status": status,
+            "content": {media: shape(body) for media, body in success.get("content", {}).items()},
+        }
+        if "requestBody" in op:
+            body = op["requestBody"]
+            entry["request_body"] = {
+                "required": body.get("required", False),
+                "content": {media: shape(value) for media, value in body["content"].items()},
+            }
+        operations[key] = entry
+    schemas = openapi["components"]["schemas"]
+    needed = reached_schemas(operations, schemas, set(EXTRA_SCHEMAS) | {"HTTPValidationError"})
+    return {
+        "$comment": "Generated by scripts/vendor_letta_reference.py from Letta 0.16.8's openapi.json "
+        "(shapes only); regenerate rather than edit.",
+        "operations": operations,
+        "schemas": {name: shape(schemas[name]) for name in sorted(needed)},
+    }
+
+
+def main() -> None:
+    reference = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/letta-v1-reference")
+    openapi = json.loads((reference / "openapi.json").read_text())
+    samples = json.loads((reference / "wire-samples.json").read_text())
+    operations = {}
+    for key, op in reference_operations(openapi):
+        [(status, success)] = [(c, r) for c, r in op["responses"].items() if c.startswith("2")]
+        content = success.get("content", {})
+        schema = content.get("application/json", {}).get("schema")
+        operations[key] = {
+            "operation_id": op.get("operationId"),
+            "status": int(status),
+            "schema": schema,
+            "event_stream": "text/event-stream" in content,
+        }
+    schemas = openapi["components"]["schemas"]
+    needed = reached_schemas([op["schema"] for op in operations.values()], schemas, EXTRA_SCHEMAS)
     vendored_samples = []
     for sample in samples:
         method, path = sample["request"]["method"], sample["request"]["path"]
@@ -161,6 +241,10 @@ def main() -> None:
         "samples": vendored_samples,
     }
     OUT.write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
+    served = contract(openapi)
+    CONTRACT_OUT.parent.mkdir(parents=True, exist_ok=True)
+    CONTRACT_OUT.write_text(json.dumps(served, indent=1, sort_keys=True) + "\n")
+    print(f"{CONTRACT_OUT}: {len(served['operations'])} operations, {len(served['schemas'])} schemas")
     print(f"{OUT}: {len(operations)} operations, {len(needed)} schemas, {len(vendored_samples)} samples")
 
 

@@ -244,3 +244,38 @@ def test_a_search_reads_at_most_ten_pages_per_click(server, page):
     expect(names).to_have_text("needle-past-the-limit")
     assert names.get_attribute("href").endswith(f"/{needle.id}/chat")
     shot(page, "11-search-past-the-page-limit")
+
+
+# The console's SSE_EVENT_CHARS_MAX (api.js): the most text of one streamed event it keeps while
+# waiting for the event's end.
+SSE_EVENT_CHARS_MAX = 4 * 1024 * 1024
+
+
+def test_a_streamed_event_past_the_consoles_limit_stops_the_chat_with_the_reason(server, page):
+    """A stream whose event never ends grows past SSE_EVENT_CHARS_MAX: the chat stops with the
+    reason instead of holding more text; the events before it are shown; the form works again.
+    (No server sends such an event, so the stream is answered by the test in the browser.)"""
+    client = Letta(base_url=server, api_key=API_KEY)
+    agent = client.agents.create(name="sse-limit", model="openai-proxy/fake-gpt")
+    first = ('data: {"message_type": "assistant_message", "id": "message-first", '
+             '"content": "before the long event"}\n\n')
+    endless = 'data: {"message_type": "assistant_message", "id": "message-long", "content": "' + \
+        "x" * (SSE_EVENT_CHARS_MAX + 1)
+
+    def answer(route):
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=first + endless)
+
+    page.route("**/messages/stream", answer)
+    try:
+        page.goto(f"{server}/#/agents/{agent.id}/chat")
+        page.reload()
+        by_id(page, "chat-input").fill("send me a long event")
+        by_id(page, "chat-input").press("Enter")
+        expect(by_id(page, "chat-status")).to_contain_text(
+            f"a streamed event is over {SSE_EVENT_CHARS_MAX} characters")
+        expect(page.locator('[data-testid=chat-log] [data-message-type="assistant_message"]')).to_have_text(
+            "before the long event")
+        expect(by_id(page, "chat-send")).to_be_enabled()
+        shot(page, "12-stream-event-past-the-limit")
+    finally:
+        page.unroute("**/messages/stream")

@@ -1,10 +1,19 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of every route this server
-//! serves, built by hand from [`ROUTES`]. A test checks that every route
-//! registered in `routes/*.rs` is in [`ROUTES`] and that every entry of
-//! [`ROUTES`] is served, so the document cannot drift from the router.
+//! serves. [`ROUTES`] is the list of operations (a test checks that every
+//! route registered in `routes/*.rs` is in it and every entry is served, so
+//! the document cannot drift from the router). Each operation Letta 0.16.8
+//! has takes its parameters, request body and success response, typed, from
+//! the wire contract in `openapi/letta-contract.json` (the shapes of Letta's
+//! reference, vendored by `scripts/vendor_letta_reference.py`), with the
+//! places Kelpie answers otherwise on purpose applied on top
+//! ([`RESPONSE_OVERRIDES`], [`EXTRA_FIELDS`]). Kelpie's own operations are
+//! described loosely. Errors are the exact `{"detail", "trace_id"}` body;
+//! the bearer scheme is declared, with the routes open without it marked.
 //!
-//! Bodies are described loosely (a JSON object) and point to Letta's
-//! schema of the same name; the error body is described exactly.
+//! That the server keeps to this document is checked by schemathesis
+//! against a running server (`tests/python/test_openapi_fuzz.py`).
+
+use std::sync::OnceLock;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -391,8 +400,77 @@ pub const ROUTES: &[RouteDoc] = &[
 /// Request bodies sent as a form (an upload), not as JSON.
 const MULTIPART_BODIES: &[&str] = &["Body_import_agent"];
 
+/// Letta 0.16.8's wire contract: `operations` keyed `"METHOD /path"` and
+/// the `schemas` they reach, shapes only (generated; see the module doc).
+const LETTA_CONTRACT_JSON: &str = include_str!("../../openapi/letta-contract.json");
+
+/// Operations whose success body Kelpie answers with another schema than
+/// Letta's document names, and why (the same list the response-schema
+/// test validates against: tests/python/test_response_schemas.py).
+pub const RESPONSE_OVERRIDES: &[(&str, &str, &str)] = &[
+    (
+        "GET /v1/agents/{agent_id}/export",
+        "AgentFileSchema",
+        "Letta documents a string and answers this object",
+    ),
+    (
+        "POST /v1/agents/{agent_id}/export",
+        "AgentFileSchema",
+        "Letta documents a string and answers this object",
+    ),
+    (
+        "POST /v1/conversations/{conversation_id}/messages",
+        "LettaStreamingResponse",
+        "it streams by default: each event is a stream's",
+    ),
+    ("POST /v1/conversations/{conversation_id}/stream", "LettaStreamingResponse", "each event is a stream's"),
+];
+
+/// Fields Kelpie answers beyond a Letta schema that allows no others:
+/// `(schema, field, its schema)`.
+const EXTRA_FIELDS: &[(&str, &str, &str)] = &[
+    // When the step was stored: what the steps list's start_date/end_date compare (docs/runs.md).
+    ("Step", "created_at", r#"{"type": "string", "format": "date-time"}"#),
+];
+
+/// Paths answered without a bearer token even when the server has a key
+/// (`routes/mod.rs`'s `require_api_key`, the console beside the API).
+const OPEN_PATHS: &[&str] =
+    &["/", "/console/{asset}", "/v1/health/", "/v1/ready/", "/v1/auth", "/v1/tools/mcp/oauth/callback"];
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+    Router::new().route("/openapi.json", get(|| async { Json(document().clone()) }))
+}
+
+fn contract() -> &'static Value {
+    static CONTRACT: OnceLock<Value> = OnceLock::new();
+    CONTRACT.get_or_init(|| {
+        let contract: Value =
+            serde_json::from_str(LETTA_CONTRACT_JSON).expect("openapi/letta-contract.json is JSON");
+        assert!(contract["operations"].is_object() && contract["schemas"].is_object());
+        contract
+    })
+}
+
+/// `path` with every `{parameter}` written `{}`: Kelpie and Letta name some
+/// path parameters differently (`{folder_id}` for `{source_id}`); the URL
+/// is the same.
+pub fn path_shape(path: &str) -> String {
+    path.split('/')
+        .map(|segment| if segment.starts_with('{') && segment.ends_with('}') { "{}" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Letta's operation served as `doc`, with its key (`"METHOD /path"` in
+/// Letta's spelling).
+fn letta_operation(doc: &RouteDoc) -> Option<(String, &'static Value)> {
+    let method = doc.method.to_uppercase();
+    let shape = path_shape(doc.path);
+    contract()["operations"].as_object()?.iter().find_map(|(key, op)| {
+        let (op_method, op_path) = key.split_once(' ')?;
+        (op_method == method && path_shape(op_path) == shape).then(|| (key.clone(), op))
+    })
 }
 
 fn path_parameters(path: &str) -> Vec<Value> {
@@ -402,14 +480,21 @@ fn path_parameters(path: &str) -> Vec<Value> {
         .collect()
 }
 
-fn operation(doc: &RouteDoc) -> Value {
+fn error_responses() -> Value {
+    json!({"description": "Error: the status says which; the body says why",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}})
+}
+
+/// An operation of Kelpie's own: path parameters, a loose body.
+fn kelpie_operation(doc: &RouteDoc) -> Value {
     let mut op = json!({
         "summary": doc.summary,
         "operationId": format!("{}_{}", doc.method, doc.path.trim_matches('/').replace(['/', '{', '}', '-', '.'], "_")),
+        "tags": ["kelpie"],
         "parameters": path_parameters(doc.path),
         "responses": {
             "200": {"description": format!("Success: {}", doc.response), "content": success_content(doc.response)},
-            "default": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}},
+            "default": error_responses(),
         },
     });
     if let Some(body) = doc.body {
@@ -424,6 +509,32 @@ fn operation(doc: &RouteDoc) -> Value {
     op
 }
 
+/// An operation Letta has: its contract, typed, with Kelpie's overrides.
+fn contract_operation(doc: &RouteDoc, key: &str, letta: &Value) -> Value {
+    let status = letta["status"].as_str().expect("contract status is a string");
+    let mut content = letta["content"].clone();
+    if let Some((_, schema, _)) = RESPONSE_OVERRIDES.iter().find(|(op, _, _)| *op == key) {
+        content = json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}});
+        if key.starts_with("POST /v1/conversations/") {
+            content["text/event-stream"] = json!({});
+        }
+    }
+    let mut op = json!({
+        "summary": doc.summary,
+        "operationId": letta["operation_id"],
+        "tags": letta["tags"],
+        "parameters": letta["parameters"],
+        "responses": {
+            status: {"description": format!("Success: {}", doc.response), "content": content},
+            "default": error_responses(),
+        },
+    });
+    if let Some(body) = letta.get("request_body") {
+        op["requestBody"] = body.clone();
+    }
+    op
+}
+
 /// A success's media types: those a response names (`text/html`, a list
 /// of them), else JSON.
 fn success_content(response: &str) -> Value {
@@ -434,20 +545,52 @@ fn success_content(response: &str) -> Value {
     Value::Object(types.collect())
 }
 
-/// The OpenAPI document of [`ROUTES`].
-pub fn document() -> Value {
+/// The OpenAPI document of [`ROUTES`], built once.
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(build_document)
+}
+
+fn build_document() -> Value {
     let mut paths = Map::new();
     for doc in ROUTES {
-        let entry = paths.entry(doc.path).or_insert_with(|| json!({}));
-        entry[doc.method] = operation(doc);
+        let (path, mut op) = match letta_operation(doc) {
+            Some((key, letta)) => {
+                let path = key.split_once(' ').map(|(_, path)| path.to_string()).expect("METHOD /path");
+                (path, contract_operation(doc, &key, letta))
+            }
+            None => (doc.path.to_string(), kelpie_operation(doc)),
+        };
+        if OPEN_PATHS.contains(&doc.path) {
+            op["security"] = json!([]);
+        }
+        let entry = paths.entry(path).or_insert_with(|| json!({}));
+        assert!(entry.get(doc.method).is_none(), "{} {} is in ROUTES twice", doc.method, doc.path);
+        entry[doc.method] = op;
     }
+    let mut schemas = contract()["schemas"].as_object().expect("contract schemas").clone();
+    for (schema, field, field_schema) in EXTRA_FIELDS {
+        let field_schema: Value = serde_json::from_str(field_schema).expect("EXTRA_FIELDS schema is JSON");
+        schemas[*schema]["properties"][*field] = field_schema;
+    }
+    schemas.insert(
+        "HTTPError".to_string(),
+        json!({
+            "type": "object", "required": ["detail", "trace_id"],
+            "properties": {"detail": {"type": "string"}, "trace_id": {"type": "string"}},
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Kelpie agent server (Letta-compatible)", "version": SERVER_VERSION},
         "paths": paths,
-        "components": {"schemas": {"HTTPError": {
-            "type": "object", "required": ["detail"],
-            "properties": {"detail": {"type": "string"}},
-        }}},
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "The server's API key (KELPIE_API_KEY), when it has one",
+            }},
+        },
     })
 }
