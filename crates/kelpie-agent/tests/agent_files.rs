@@ -9,7 +9,9 @@
 //! a Letta file's source becomes a folder of processed, searchable files
 //! attached to its agents and its MCP server a record whose tools the
 //! agents get; a file that cannot be imported whole, or fails at its
-//! decision, leaves no folder or MCP server behind.
+//! decision, leaves no folder or MCP server behind, and one killed before
+//! its decision leaves them to the reclaimer, which deletes them once
+//! their lease is out.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kelpie_agent::actors::folder_store::{FOLDERS_COUNT_MAX, FOLDER_NAME_BYTES_MAX};
-use kelpie_agent::actors::reclaim::PendingKind;
+use kelpie_agent::actors::reclaim::{MadeKind, PendingKind};
 use kelpie_agent::actors::tool_store::McpServerRecord;
 use kelpie_agent::letta_af::{AGENT_FILE_AGENTS_COUNT_MAX, AGENT_FILE_SOURCES_COUNT_MAX};
 use kelpie_agent::node::{agent_runtimes, Placement};
@@ -27,10 +29,12 @@ use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder,
 use kelpie_agent::service::folders::FolderInput;
 use kelpie_agent::service::groups::GroupFilter;
 use kelpie_agent::service::mcp_clients::{McpConnector, McpFuture};
+use kelpie_agent::service::reclaim::IMPORT_LEASE_MS;
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::service::transfer::ImportOptions;
 use kelpie_agent::{AgentService, ServiceError};
 use kelpie_core::config::{ConfigLayers, Origin};
+use kelpie_core::env::{BoxFuture, Clock, TokioClock};
 use kelpie_core::{ActorId, Env, NodeId, Result as CoreResult};
 use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::fake::FakeLlm;
@@ -47,6 +51,32 @@ use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
 fn service(storage: &Storage, dir: &std::path::Path, llm_base_url: &str) -> AgentService {
+    service_at(storage, dir, llm_base_url, 0)
+}
+
+/// The clock of a process started `ahead_ms` from now: past the leases of
+/// the imports of a process killed before it.
+struct AheadClock {
+    inner: TokioClock,
+    ahead_ms: u64,
+}
+
+impl Clock for AheadClock {
+    fn monotonic_ns(&self) -> u64 {
+        self.inner.monotonic_ns()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.inner.wall_ms() + self.ahead_ms
+    }
+
+    fn sleep(&self, duration: std::time::Duration) -> BoxFuture<()> {
+        self.inner.sleep(duration)
+    }
+}
+
+/// [`service`] in a process whose wall clock is `ahead_ms` ahead.
+fn service_at(storage: &Storage, dir: &std::path::Path, llm_base_url: &str, ahead_ms: u64) -> AgentService {
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("test".into());
     layers.set("llm.openai_base_url", llm_base_url, flag.clone()).unwrap();
@@ -58,7 +88,8 @@ fn service(storage: &Storage, dir: &std::path::Path, llm_base_url: &str) -> Agen
         std::sync::Arc::new(UnsandboxedBackend::open(dir.join("run"))),
         RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
     );
-    let env = Env::production();
+    let mut env = Env::production();
+    env.clock = Arc::new(AheadClock { inner: TokioClock::new(), ahead_ms });
     let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
     let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
     AgentService::new(runtimes, env, std::sync::Arc::new(llm), catalog, std::sync::Arc::new(runner))
@@ -1132,6 +1163,8 @@ async fn an_import_failing_at_its_decision_takes_back_its_folders_and_mcp_server
     // The MCP server's tools went with it.
     let custom = service.tools.custom_tools().await.unwrap();
     assert!(custom.iter().all(|tool| tool.mcp.is_none()), "{custom:?}");
+    // Taken back by the import itself: nothing is left to the reclaimer.
+    assert_eq!(service.reclaimer.made().await.unwrap(), Vec::new());
     service.shutdown().await;
 }
 
@@ -1165,6 +1198,99 @@ async fn an_import_killed_after_its_decision_attaches_its_folder_after_the_resta
     // Once: a second pass finds nothing left to do.
     assert_eq!(restarted.decided_imports.run_once().await.unwrap(), 0);
     restarted.shutdown().await;
+}
+
+/// What the reclaim list holds of what imports made: (id, kind), by id.
+async fn made(service: &AgentService) -> Vec<(String, MadeKind)> {
+    let made = service.reclaimer.made().await.unwrap();
+    made.into_iter().map(|entry| (entry.id, entry.kind)).collect()
+}
+
+/// Killed after its folder and MCP server were made, before its decision:
+/// they are visible, but on the reclaim list; a restart past their lease
+/// deletes them (not listed, their names free, a get not found), and the
+/// file imported again keeps its own, once, through any later pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_before_its_decision_leaves_its_folder_and_mcp_server_to_the_reclaimer() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let dying = Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), DeathAt::Decision)));
+    let killed = service(&dying, dir.path(), "http://127.0.0.1:9/v1");
+    killed.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+    assert!(killed.transfer.import_bytes(&file, no_suffix()).await.is_err());
+    killed.shutdown().await;
+    drop(killed);
+
+    // Restarted within the leases: both wait on the list, each once.
+    let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+    let restarted = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+    let folder_id = restarted.folders.id_by_name("handbook").await.unwrap();
+    let servers = mcp_listed(&restarted).await;
+    assert_eq!(servers.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), vec!["weather"]);
+    let server_id = servers[0].1.clone();
+    let mut expected = vec![(folder_id.clone(), MadeKind::Folder), (server_id.clone(), MadeKind::McpServer)];
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(made(&restarted).await, expected);
+    assert_eq!(restarted.reclaimer.run_once().await.unwrap(), 0, "within their leases");
+    assert_eq!(made(&restarted).await, expected);
+    restarted.shutdown().await;
+    drop(restarted);
+
+    // Restarted past them: no decision, so the pass deletes both (and the
+    // three agents' history).
+    let later = service_at(&storage, dir.path(), "http://127.0.0.1:9/v1", IMPORT_LEASE_MS + 60_000);
+    later.tools.set_mcp_connector(Arc::new(WeatherMcp));
+    assert_eq!(later.decided_imports.run_once().await.unwrap(), 0, "nothing was decided");
+    assert_eq!(later.reclaimer.run_once().await.unwrap(), 3 + 2);
+    assert_eq!(later.reclaimer.run_once().await.unwrap(), 0, "once");
+    assert_eq!(made(&later).await, Vec::new());
+    assert_eq!(later.reclaimer.pending().await.unwrap(), Vec::new());
+    assert_eq!(folders_by_name(&later).await, BTreeMap::new());
+    match later.folders.get(&folder_id, false).await {
+        Err(ServiceError::FolderNotFound(id)) => assert_eq!(id, folder_id),
+        other => panic!("the reclaimed folder: {other:?}"),
+    }
+    match later.folders.id_by_name("handbook").await {
+        Err(ServiceError::FolderNotFound(name)) => assert_eq!(name, "handbook"),
+        other => panic!("the reclaimed folder's name: {other:?}"),
+    }
+    assert_eq!(mcp_listed(&later).await, Vec::new());
+    match later.mcp_servers.get(&server_id).await {
+        Err(ServiceError::McpServerNotFound(id)) => assert_eq!(id, server_id),
+        other => panic!("the reclaimed MCP server: {other:?}"),
+    }
+    let custom = later.tools.custom_tools().await.unwrap();
+    assert_eq!(custom.iter().filter(|tool| tool.mcp.is_some()).count(), 0, "{custom:?}");
+    // Deleted as a user's delete does: its files go with it.
+    match later.folders.list_files(&folder_id, &everything(), false).await {
+        Err(ServiceError::FolderNotFound(id)) => assert_eq!(id, folder_id),
+        other => panic!("the reclaimed folder's files: {other:?}"),
+    }
+    assert_eq!(listed_by_name(&later).await, BTreeMap::new());
+
+    // The names are free: imported again, the file's folder and server
+    // take them as they are, and the decision keeps them.
+    let answer = later.transfer.import_bytes(&file, no_suffix()).await.unwrap();
+    assert_eq!(strings(&answer["agent_ids"]).len(), 3, "{answer}");
+    let files = vec!["rules.md".to_string(), "report.pdf.md".to_string()];
+    let kept_folders = BTreeMap::from([("handbook".to_string(), files)]);
+    assert_eq!(folders_by_name(&later).await, kept_folders);
+    let kept_servers = mcp_listed(&later).await;
+    assert_eq!(kept_servers.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), vec!["weather"]);
+    assert_ne!(kept_servers[0].1, server_id, "a new record");
+    assert_eq!(made(&later).await, Vec::new(), "the decision took them off the list");
+    later.shutdown().await;
+    drop(later);
+
+    // Kept through any later pass, once each.
+    let much_later = service_at(&storage, dir.path(), "http://127.0.0.1:9/v1", 3 * IMPORT_LEASE_MS);
+    assert_eq!(much_later.decided_imports.run_once().await.unwrap(), 0);
+    assert_eq!(much_later.reclaimer.run_once().await.unwrap(), 0);
+    assert_eq!(folders_by_name(&much_later).await, kept_folders);
+    assert_eq!(mcp_listed(&much_later).await, kept_servers);
+    assert_eq!(listed_by_name(&much_later).await.keys().collect::<Vec<_>>(), vec!["ada", "bob", "cy"]);
+    much_later.shutdown().await;
 }
 
 /// A file whose groups share `groups_count` blocks of a million characters

@@ -10,6 +10,11 @@
 //! what is to appear (agents, shared blocks, groups) and takes its agents
 //! off the list, so from that commit on the import only rolls forward
 //! (`service::decided_imports`), whatever stops the server.
+//!
+//! And the things an import makes visible before its decision (`m/<id>`:
+//! a Letta file's folders and MCP servers), each put here before it is
+//! made; the decision's commit takes them off with its agents, and one
+//! whose lease runs out with no decision is deleted by the reclaimer.
 
 use std::ops::Bound;
 
@@ -41,6 +46,25 @@ pub enum PendingKind {
 pub struct PendingEntry {
     pub agent_id: String,
     pub kind: PendingKind,
+}
+
+/// What an import makes, visible, before its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MadeKind {
+    /// A folder (a Letta file's source) with its files.
+    Folder,
+    /// An MCP server record with its tools.
+    McpServer,
+}
+
+/// A folder or MCP server an import is making (`id`, drawn before it is
+/// made). Until `lease_expires_ms` (wall clock) its import may still
+/// decide; past it, with no decision, it is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MadeEntry {
+    pub id: String,
+    pub kind: MadeKind,
+    pub lease_expires_ms: u64,
 }
 
 /// An agent a decided import makes visible, and how.
@@ -98,12 +122,24 @@ pub enum ReclaimCommand {
     /// Up to `limit` entries after `after` (an agent id), in id order.
     Page { after: Option<String>, limit: usize },
     /// Records `decision` and removes the entries `entries` (the import's
-    /// agents, each if still of its kind), in one commit.
-    Decide { decision: Box<ImportDecision>, entries: Vec<PendingEntry> },
+    /// agents, each if still of its kind) and the made entries `made` (its
+    /// folders and MCP servers, by id), in one commit.
+    Decide {
+        decision: Box<ImportDecision>,
+        entries: Vec<PendingEntry>,
+        #[serde(default)]
+        made: Vec<String>,
+    },
     /// Up to `limit` decided imports after `after` (an import id), in id order.
     Decisions { after: Option<String>, limit: usize },
     /// Forgets decided import `id` (everything it decided appeared).
     Settle { id: String },
+    /// Adds or replaces the made entry of `entry.id`.
+    PutMade(MadeEntry),
+    /// Removes the made entry of `id`, if any.
+    RemoveMade { id: String },
+    /// Up to `limit` made entries after `after` (an id), in id order.
+    MadePage { after: Option<String>, limit: usize },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +147,7 @@ pub enum ReclaimReply {
     Done,
     Entries(Vec<PendingEntry>),
     Decisions(Vec<ImportDecision>),
+    Made(Vec<MadeEntry>),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,9 +163,18 @@ fn decision_key(import_id: &str) -> Vec<u8> {
     format!("d/{import_id}").into_bytes()
 }
 
+fn made_key(id: &str) -> Vec<u8> {
+    format!("m/{id}").into_bytes()
+}
+
 fn decode(bytes: &[u8]) -> Result<PendingEntry> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::Corruption { location: "reclaim entry".into(), reason: e.to_string() })
+}
+
+fn decode_made(bytes: &[u8]) -> Result<MadeEntry> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Corruption { location: "made entry".into(), reason: e.to_string() })
 }
 
 impl Actor for ReclaimActor {
@@ -165,7 +211,7 @@ impl Actor for ReclaimActor {
                 let entries = rows.iter().map(|(_, value)| decode(value)).collect::<Result<_>>()?;
                 Ok(ReclaimReply::Entries(entries))
             }
-            ReclaimCommand::Decide { decision, entries } => {
+            ReclaimCommand::Decide { decision, entries, made } => {
                 assert!(decision.id.starts_with("import-"), "a decision is named by its import");
                 for entry in entries {
                     if let Some(bytes) = ctx.kv_get(&entry_key(&entry.agent_id)).await? {
@@ -173,6 +219,10 @@ impl Actor for ReclaimActor {
                             ctx.kv_delete(&entry_key(&entry.agent_id))?;
                         }
                     }
+                }
+                // Decided: what the import made stays.
+                for id in made {
+                    ctx.kv_delete(&made_key(&id))?;
                 }
                 let bytes = serde_json::to_vec(&decision).map_err(|e| Error::Internal(e.to_string()))?;
                 ctx.kv_put(&decision_key(&decision.id), bytes)?;
@@ -200,6 +250,62 @@ impl Actor for ReclaimActor {
                 ctx.kv_delete(&decision_key(&id))?;
                 Ok(ReclaimReply::Done)
             }
+            ReclaimCommand::PutMade(entry) => {
+                assert!(!entry.id.is_empty(), "a made entry names what was made");
+                let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Internal(e.to_string()))?;
+                ctx.kv_put(&made_key(&entry.id), bytes)?;
+                Ok(ReclaimReply::Done)
+            }
+            ReclaimCommand::RemoveMade { id } => {
+                ctx.kv_delete(&made_key(&id))?;
+                Ok(ReclaimReply::Done)
+            }
+            ReclaimCommand::MadePage { after, limit } => {
+                let mut range = KeyRange::prefix(b"m/".to_vec());
+                if let Some(after) = after {
+                    range.start = Bound::Excluded(made_key(&after));
+                }
+                let limit = limit.clamp(1, RECLAIM_PAGE_COUNT_MAX);
+                let rows = ctx.kv_scan_page(&range, ScanOrder::Ascending, limit).await?;
+                let entries = rows.iter().map(|(_, value)| decode_made(value)).collect::<Result<_>>()?;
+                Ok(ReclaimReply::Made(entries))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_recorded_before_folders_reads_with_none() {
+        let old = r#"{"id": "import-1", "agents": [{"id": "agent-1", "name": "ada", "tags": [],
+            "tool_ids": ["tool-1"], "drop_messages": false}], "shared_blocks": [], "groups": []}"#;
+        let decision: ImportDecision = serde_json::from_str(old).unwrap();
+        assert_eq!(decision.id, "import-1");
+        assert_eq!(decision.agents[0].tool_ids, vec!["tool-1".to_string()]);
+        assert_eq!(decision.folders, Vec::new());
+        let command = r#"{"Decide": {"decision": {"id": "import-1", "agents": [], "shared_blocks": [],
+            "groups": []}, "entries": []}}"#;
+        match serde_json::from_str(command).unwrap() {
+            ReclaimCommand::Decide { decision, entries, made } => {
+                assert_eq!(
+                    (decision.id.as_str(), entries, made),
+                    ("import-1", Vec::new(), Vec::<String>::new())
+                )
+            }
+            _ => panic!("a Decide command"),
+        }
+    }
+
+    #[test]
+    fn made_entries_are_keyed_apart_from_agents_and_decisions() {
+        assert_eq!(made_key("source-1"), b"m/source-1".to_vec());
+        assert_ne!(made_key("x")[..2], entry_key("x")[..2]);
+        assert_ne!(made_key("x")[..2], decision_key("x")[..2]);
+        let entry = MadeEntry { id: "mcp_server-1".into(), kind: MadeKind::McpServer, lease_expires_ms: 7 };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(decode_made(&bytes).unwrap(), entry);
     }
 }

@@ -2,12 +2,14 @@
 //! writes each invisibly; once all are written it records its decision
 //! (the agents with their final names, the blocks they share, its groups
 //! with ids drawn then) and takes its agents off the reclaim list, in one
-//! commit ([`crate::actors::reclaim`]). From that commit on the import only
-//! goes forward: every agent is listed and made visible, then the shared
-//! blocks and the groups are made, then the decision is forgotten.
+//! commit ([`crate::actors::reclaim`]), with the folders and MCP servers it
+//! made. From that commit on the import only goes forward: every agent is
+//! listed and made visible, then the shared blocks and the groups are made
+//! and the folders attached, then the decision is forgotten.
 //!
 //! Every step changes nothing when done already (listing, finishing an
-//! import, adopting a block, making a group under its decided id), so the
+//! import, adopting a block, making a group under its decided id,
+//! attaching a folder), so the
 //! importing request and, after a crash or a failed step, the background
 //! pass here can take a decision to its end, and the user sees either
 //! nothing of the file or all of it. The pass leaves alone the decisions
@@ -73,7 +75,8 @@ impl DecidedImports {
     }
 
     /// Records `decision` (one commit, which also takes `entries`, its
-    /// agents' import entries, off the reclaim list), held by the caller,
+    /// agents' import entries, and `made`, the ids of the folders and MCP
+    /// servers it made, off the reclaim list), held by the caller,
     /// who then calls [`Self::roll_forward_held`]. A decision whose record
     /// failed stays held: its import takes its agents back, and the pass
     /// of this process must not make them appear meanwhile.
@@ -81,11 +84,12 @@ impl DecidedImports {
         &self,
         decision: &ImportDecision,
         entries: Vec<PendingEntry>,
+        made: Vec<String>,
     ) -> ServiceResult<()> {
         assert!(!decision.agents.is_empty(), "an import decides at least one agent");
         let inserted = self.live().insert(decision.id.clone());
         assert!(inserted, "a decision is recorded once");
-        self.reclaimer.decide(decision, entries).await
+        self.reclaimer.decide(decision, entries, made).await
     }
 
     /// Rolls forward a decision [`Self::decide`] recorded, then hands it
@@ -99,7 +103,7 @@ impl DecidedImports {
     }
 
     /// Takes `decision` to its end: agents listed and visible, shared
-    /// blocks made, groups made, the decision forgotten.
+    /// blocks made, groups made, folders attached, the decision forgotten.
     async fn roll_forward(&self, decision: &ImportDecision) -> ServiceResult<Vec<String>> {
         let mut visible = Vec::with_capacity(decision.agents.len());
         for agent in &decision.agents {
@@ -146,7 +150,14 @@ impl DecidedImports {
                 Err(err) => return Err(err),
             }
         }
-        // Attaching again after a crash finds the folder attached already.
+        self.attach_folders(decision, &visible).await?;
+        self.reclaimer.settle(&decision.id).await?;
+        Ok(visible)
+    }
+
+    /// Attaches the import's folders to the agents of `visible` that name
+    /// them; attaching again after a crash finds them attached already.
+    async fn attach_folders(&self, decision: &ImportDecision, visible: &[String]) -> ServiceResult<()> {
         for folder in &decision.folders {
             for agent_id in folder.agent_ids.iter().filter(|id| visible.contains(id)) {
                 match self.agent_files.attach(agent_id, &folder.id).await {
@@ -158,8 +169,7 @@ impl DecidedImports {
                 }
             }
         }
-        self.reclaimer.settle(&decision.id).await?;
-        Ok(visible)
+        Ok(())
     }
 
     /// One pass: every decided import no import of this process holds,

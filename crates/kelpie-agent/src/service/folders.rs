@@ -249,13 +249,29 @@ impl Folders {
     }
 
     pub async fn create(&self, input: FolderInput, legacy: bool) -> ServiceResult<Value> {
+        self.create_as(self.new_folder_id(), input, legacy).await
+    }
+
+    /// A new folder's id, for [`Self::create_as`].
+    pub(crate) fn new_folder_id(&self) -> String {
+        new_id("source", self.env.rng.as_ref())
+    }
+
+    /// Creates the folder under `id` (drawn by [`Self::new_folder_id`]).
+    pub(crate) async fn create_as(
+        &self,
+        id: String,
+        input: FolderInput,
+        legacy: bool,
+    ) -> ServiceResult<Value> {
+        assert!(id.starts_with("source-"), "a folder's id: {id}");
         let name = input.name.clone().ok_or_else(|| ServiceError::Invalid("name is required".into()))?;
         let from_config = input.embedding_config.as_ref().and_then(|config| config.handle());
         let embedding =
             self.providers.resolve_embedding(input.embedding.as_deref().or(from_config.as_deref())).await?;
         let now = self.env.clock.wall_ms();
         let record = FolderRecord {
-            id: new_id("source", self.env.rng.as_ref()),
+            id,
             name,
             description: input.description,
             instructions: input.instructions,

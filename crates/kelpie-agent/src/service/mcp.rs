@@ -210,16 +210,34 @@ impl McpServers {
         Ok(())
     }
 
-    pub async fn create(&self, request: CreateMcpServer) -> ServiceResult<Value> {
-        check_name(&request.server_name)?;
-        let config = build_config(request.config, None)?;
-        self.check_reachable(&config).await?;
-        if let McpTransport::Stdio { command, .. } = transport(&config) {
+    /// What a create checks of a config beyond its shape: no URL on an
+    /// internal address, a stdio command that resolves.
+    async fn check_usable(&self, config: &McpServerConfig) -> ServiceResult<()> {
+        self.check_reachable(config).await?;
+        if let McpTransport::Stdio { command, .. } = transport(config) {
             kelpie_tools::runner::resolve_program(&command)?;
         }
+        Ok(())
+    }
+
+    pub async fn create(&self, request: CreateMcpServer) -> ServiceResult<Value> {
+        self.create_as(self.new_server_id(), request).await
+    }
+
+    /// A new server's id, for [`Self::create_as`].
+    pub(crate) fn new_server_id(&self) -> String {
+        new_id("mcp_server", self.env.rng.as_ref())
+    }
+
+    /// Creates the server under `id` (drawn by [`Self::new_server_id`]).
+    pub(crate) async fn create_as(&self, id: String, request: CreateMcpServer) -> ServiceResult<Value> {
+        assert!(id.starts_with("mcp_server-"), "an MCP server's id: {id}");
+        check_name(&request.server_name)?;
+        let config = build_config(request.config, None)?;
+        self.check_usable(&config).await?;
         let now = self.env.clock.wall_ms();
         let record = McpServerRecord {
-            id: new_id("mcp_server", self.env.rng.as_ref()),
+            id,
             server_name: request.server_name,
             config,
             created_ms: now,

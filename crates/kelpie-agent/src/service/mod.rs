@@ -29,7 +29,8 @@
 //! - [`batches::Batches`]: message batches, a background run per agent;
 //! - [`messages::Messages`]: messages across agents, by id and by search;
 //! - [`reclaim::Reclaimer`]: deleting, in the background, what deletes,
-//!   resets and abandoned imports leave in storage;
+//!   resets and abandoned imports leave in storage, and the folders and
+//!   MCP servers of imports that never decided;
 //! - [`folders::Folders`]: folders and their files (upload, list, delete);
 //! - [`agent_files::AgentFiles`]: an agent's folders, open files and file tools;
 //! - [`documents::Documents`]: processing uploads into text and passages,
@@ -178,7 +179,20 @@ impl AgentService {
         let directory = Arc::new(AgentDirectory::new(runtimes.directory, env.clone()));
         let actors = Arc::new(AgentActors::new(runtimes.agents, Arc::clone(&tools), runtimes.groups.clone()));
         let blocks = Arc::new(SharedBlocks::new(Arc::clone(&actors), runtimes.blocks, env.clone()));
-        let reclaimer = Arc::new(Reclaimer::new(runtimes.reclaim, Arc::clone(&actors), env.clone()));
+        let folders = Arc::new(folders::Folders::new(
+            runtimes.folder_store,
+            runtimes.folders,
+            Arc::clone(&providers),
+            env.clone(),
+        ));
+        // What imports make of MCP servers, and the reclaimer takes back.
+        let import_mcp = Arc::new(mcp::McpServers::new(Arc::clone(&tools), env.clone()));
+        let reclaimer = Arc::new(Reclaimer::new(
+            runtimes.reclaim,
+            Arc::clone(&actors),
+            (Arc::clone(&folders), Arc::clone(&import_mcp)),
+            env.clone(),
+        ));
         let agents = Arc::new(Agents::new(
             Arc::clone(&actors),
             Arc::clone(&directory),
@@ -202,12 +216,6 @@ impl AgentService {
             env.clone(),
         ));
         let archival = Archival::new(Arc::clone(&actors), Arc::clone(&archives), Arc::clone(&llm));
-        let folders = Arc::new(folders::Folders::new(
-            runtimes.folder_store,
-            runtimes.folders,
-            Arc::clone(&providers),
-            env.clone(),
-        ));
         let agent_files = Arc::new(agent_files::AgentFiles::new(
             Arc::clone(&folders),
             Arc::clone(&actors),
@@ -282,7 +290,7 @@ impl AgentService {
             (Arc::clone(&tools), Arc::clone(&reclaimer)),
             (Arc::clone(&decided_imports), Arc::clone(&groups)),
             (llm, catalog.clone()),
-            Arc::clone(&folders),
+            (Arc::clone(&folders), import_mcp),
             env.clone(),
         );
         AgentService {

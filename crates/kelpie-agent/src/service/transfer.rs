@@ -16,9 +16,11 @@
 //! the reclaim list from its start, so nothing of a failed or abandoned
 //! import stays (but the custom tools it upserted). A Letta file's sources
 //! and MCP servers are the exception: they are made just before the
-//! decision (the files queued for processing), deleted if the import fails
-//! before it; the folders' attachments to the agents are part of the
-//! decision and roll forward with it.
+//! decision (the files queued for processing), each put on the reclaim
+//! list before it is made; the decision's commit takes them off, a failure
+//! before it deletes them, and after a kill the reclaimer deletes them
+//! once their lease is out. The folders' attachments to the agents are
+//! part of the decision and roll forward with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +46,7 @@ use crate::actors::agent::{
 };
 use crate::actors::group_store::GroupRecord;
 use crate::actors::reclaim::{
-    DecidedAgent, DecidedBlock, DecidedFolder, ImportDecision, PendingEntry, PendingKind,
+    DecidedAgent, DecidedBlock, DecidedFolder, ImportDecision, MadeKind, PendingEntry, PendingKind,
 };
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
@@ -107,10 +109,9 @@ impl Transfer {
         (tools, reclaimer): (Arc<ToolService>, Arc<Reclaimer>),
         (decided, groups): (Arc<DecidedImports>, Arc<Groups>),
         (llm, catalog): (Arc<dyn ChatModel>, ModelCatalog),
-        folders: Arc<Folders>,
+        (folders, mcp): (Arc<Folders>, Arc<McpServers>),
         env: Env,
     ) -> Self {
-        let mcp = Arc::new(McpServers::new(Arc::clone(&tools), env.clone()));
         Transfer { actors, mcp, folders, tools, reclaimer, decided, groups, llm, catalog, env }
     }
 
@@ -570,8 +571,9 @@ pub struct AgentImport {
     /// attached to their agents as the decision rolls forward.
     folders: Vec<FileFolder>,
     /// A Letta file's MCP servers: made just before the decision (deleted
-    /// if the import fails before it); one of the same name here is used,
-    /// and updated with the file's config once the import is decided.
+    /// if the import fails before it, or by the reclaimer if it stops);
+    /// one of the same name here is used, and updated with the file's
+    /// config once the import is decided.
     mcp_servers: Vec<FileMcpServer>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
@@ -668,7 +670,10 @@ impl AgentImport {
             true => Err(ServiceError::Invalid(format!(
                 "the file's agents, shared blocks, groups and folders take {bytes} bytes to record, over IMPORT_DECISION_BYTES_MAX = {IMPORT_DECISION_BYTES_MAX}"
             ))),
-            false => self.parts.decided.decide(&decision, entries).await,
+            false => {
+                let ids = made.iter().map(|(id, _)| id).chain(&made_servers).cloned().collect();
+                self.parts.decided.decide(&decision, entries, ids).await
+            }
         };
         if let Err(err) = outcome {
             self.drop_folders(&made).await;
@@ -762,8 +767,14 @@ impl AgentImport {
             embedding,
             ..FolderInput::default()
         };
-        let created = folders.create(input, false).await?;
-        let id = created["id"].as_str().ok_or_else(|| unexpected("folder create"))?.to_string();
+        // On the reclaim list before it exists: a kill from here to the
+        // decision leaves it to the reclaimer.
+        let id = folders.new_folder_id();
+        self.parts.reclaimer.note_made(&id, MadeKind::Folder).await?;
+        if let Err(err) = folders.create_as(id.clone(), input, false).await {
+            self.forget_made(&id).await;
+            return Err(err);
+        }
         let uploaded = async {
             for (file_name, content) in &folder.files {
                 let start = folders
@@ -806,29 +817,18 @@ impl AgentImport {
         let servers = std::mem::take(&mut self.mcp_servers);
         let (mut made, mut updates) = (Vec::new(), Vec::new());
         for server in &servers {
-            let existing = self.parts.mcp.list().await?;
-            let existing = existing.iter().find(|record| record["server_name"] == server.name.as_str());
-            let id = match existing.and_then(|record| record["id"].as_str()) {
-                Some(id) => {
-                    updates.push((id.to_string(), server.config.clone()));
-                    id.to_string()
+            let id = match self.make_mcp_server(server).await {
+                Ok((id, true)) => {
+                    made.push(id.clone());
+                    id
                 }
-                None => {
-                    let create = crate::requests::CreateMcpServer {
-                        server_name: server.name.clone(),
-                        config: server.config.clone(),
-                    };
-                    match self.parts.mcp.create(create).await {
-                        Ok(created) => {
-                            let id = created["id"].as_str().ok_or_else(|| unexpected("MCP server create"))?;
-                            made.push(id.to_string());
-                            id.to_string()
-                        }
-                        Err(err) => {
-                            self.drop_mcp_servers(&made).await;
-                            return Err(err);
-                        }
-                    }
+                Ok((id, false)) => {
+                    updates.push((id.clone(), server.config.clone()));
+                    id
+                }
+                Err(err) => {
+                    self.drop_mcp_servers(&made).await;
+                    return Err(err);
                 }
             };
             let listed = match self.parts.mcp.tools(&id).await {
@@ -857,14 +857,50 @@ impl AgentImport {
                 }
             }
         }
+        assert_eq!(made.len() + updates.len(), servers.len(), "each server made or updated");
         Ok((made, updates))
+    }
+
+    /// Server `server` of the file: made (on the reclaim list first, a kill
+    /// before the decision leaving it to the reclaimer), or the one of its
+    /// name here. Its id, and whether it was made.
+    async fn make_mcp_server(&self, server: &FileMcpServer) -> ServiceResult<(String, bool)> {
+        let existing = self.parts.mcp.list().await?;
+        let existing = existing.iter().find(|record| record["server_name"] == server.name.as_str());
+        if let Some(id) = existing.and_then(|record| record["id"].as_str()) {
+            return Ok((id.to_string(), false));
+        }
+        let id = self.parts.mcp.new_server_id();
+        self.parts.reclaimer.note_made(&id, MadeKind::McpServer).await?;
+        let create = crate::requests::CreateMcpServer {
+            server_name: server.name.clone(),
+            config: server.config.clone(),
+        };
+        match self.parts.mcp.create_as(id.clone(), create).await {
+            Ok(_) => Ok((id, true)),
+            Err(err) => {
+                self.forget_made(&id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes `id`, which this import did not make after all, off the
+    /// reclaim list (left there, the reclaimer finds nothing to delete).
+    async fn forget_made(&self, id: &str) {
+        if let Err(err) = self.parts.reclaimer.forget_made(id).await {
+            tracing::warn!(%err, %id, "an import's made entry is left to the reclaimer");
+        }
     }
 
     /// Deletes MCP servers this import made (it failed before its decision).
     async fn drop_mcp_servers(&self, made: &[String]) {
         for id in made {
-            if let Err(err) = self.parts.mcp.delete(id).await {
-                tracing::warn!(%err, mcp_server_id = %id, "a failed import's MCP server is left behind");
+            match self.parts.mcp.delete(id).await {
+                Ok(()) => self.forget_made(id).await,
+                Err(err) => {
+                    tracing::warn!(%err, mcp_server_id = %id, "a failed import's MCP server is left to the reclaimer")
+                }
             }
         }
     }
@@ -872,8 +908,11 @@ impl AgentImport {
     /// Deletes folders this import made (it failed before its decision).
     async fn drop_folders(&self, made: &[(String, Vec<String>)]) {
         for (id, _) in made {
-            if let Err(err) = self.parts.folders.delete(id).await {
-                tracing::warn!(%err, folder_id = %id, "a failed import's folder is left behind");
+            match self.parts.folders.delete(id).await {
+                Ok(_) => self.forget_made(id).await,
+                Err(err) => {
+                    tracing::warn!(%err, folder_id = %id, "a failed import's folder is left to the reclaimer")
+                }
             }
         }
     }
