@@ -11,7 +11,8 @@
 //! agents get; a file that cannot be imported whole, or fails at its
 //! decision, leaves no folder or MCP server behind, and one killed before
 //! its decision leaves them to the reclaimer, which deletes them once
-//! their lease is out.
+//! their lease is out; an MCP server of the file's name here takes the
+//! file's config with the decision, kill or not.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -1291,6 +1292,70 @@ async fn an_import_killed_before_its_decision_leaves_its_folder_and_mcp_server_t
     assert_eq!(mcp_listed(&much_later).await, kept_servers);
     assert_eq!(listed_by_name(&much_later).await.keys().collect::<Vec<_>>(), vec!["ada", "bob", "cy"]);
     much_later.shutdown().await;
+}
+
+/// As Letta (`create_or_update_mcp_server`), an MCP server of the file's
+/// name here is the one used and takes the file's config: with the
+/// decision, so a kill before it leaves the old config (and the server:
+/// the import did not make it), and a kill right after it still sets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_of_the_files_name_takes_its_config_with_the_decision_kill_or_not() {
+    // (how the import ends, whether it decided)
+    let cases = [
+        (None, true),
+        (Some(DeathAt::Decision), false),
+        (Some(DeathAt::After { namespace: "reclaim", commits: 0 }), true),
+    ];
+    for (death, decided) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+        let storage = Storage::from_backend(Arc::clone(&redb) as Arc<dyn Backend>);
+        let before = service(&storage, dir.path(), "http://127.0.0.1:9/v1");
+        before.tools.set_mcp_connector(Arc::new(WeatherMcp));
+        let config = json!({"command": "/bin/cat", "args": ["--old"]});
+        let create = serde_json::from_value(json!({"server_name": "weather", "config": config})).unwrap();
+        let server_id = before.mcp_servers.create(create).await.unwrap()["id"].as_str().unwrap().to_string();
+        before.shutdown().await;
+        drop(before);
+
+        let disk = match death {
+            Some(death) => Storage::from_backend(Arc::new(DyingDisk::new(Arc::clone(&redb), death))),
+            None => storage.clone(),
+        };
+        let importing = service(&disk, dir.path(), "http://127.0.0.1:9/v1");
+        importing.tools.set_mcp_connector(Arc::new(WeatherMcp));
+        let file = serde_json::to_vec(&file_with_a_source()).unwrap();
+        let outcome = importing.transfer.import_bytes(&file, no_suffix()).await;
+        assert_eq!(outcome.is_ok(), death.is_none(), "{death:?}: {outcome:?}");
+        importing.shutdown().await;
+        drop(importing);
+
+        let later = service_at(&storage, dir.path(), "http://127.0.0.1:9/v1", IMPORT_LEASE_MS + 60_000);
+        later.tools.set_mcp_connector(Arc::new(WeatherMcp));
+        let rolled = usize::from(matches!(death, Some(DeathAt::After { .. })));
+        assert_eq!(later.decided_imports.run_once().await.unwrap(), rolled, "{death:?}");
+        later.reclaimer.run_once().await.unwrap();
+        let args = match decided {
+            true => json!(["--weather"]),
+            false => json!(["--old"]),
+        };
+        let expected = vec![("weather".to_string(), server_id.clone(), json!("/bin/cat"), args)];
+        assert_eq!(mcp_listed(&later).await, expected, "{death:?}");
+        assert_eq!(made(&later).await, Vec::new(), "{death:?}: the import made no server");
+        let agents = listed_by_name(&later).await;
+        match decided {
+            true => {
+                assert_eq!(agents.keys().collect::<Vec<_>>(), vec!["ada", "bob", "cy"], "{death:?}");
+                // ada took `forecast` from the server here.
+                let forecast = later.mcp_servers.tools(&server_id).await.unwrap();
+                let forecast = forecast.iter().find(|t| t["name"] == "forecast").unwrap()["id"].clone();
+                let ada = later.agents.get(&agents["ada"][0]).await.unwrap();
+                assert!(ada["tools"].as_array().unwrap().iter().any(|t| t["id"] == forecast), "{death:?}");
+            }
+            false => assert_eq!(agents, BTreeMap::new(), "{death:?}"),
+        }
+        later.shutdown().await;
+    }
 }
 
 /// A file whose groups share `groups_count` blocks of a million characters

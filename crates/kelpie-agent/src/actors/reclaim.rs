@@ -96,10 +96,19 @@ pub struct DecidedFolder {
     pub agent_ids: Vec<String>,
 }
 
-/// What a decided import makes appear, in order: its agents, then the
-/// blocks they share, then its groups (their ids drawn at the decision, so
-/// a group made again after a crash is found, not made twice), then its
-/// folders' attachments.
+/// An MCP server of this server that a decided import names by its name,
+/// and the config the file gives it (checked before the decision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedMcpConfig {
+    pub id: String,
+    pub config: crate::actors::tool_store::McpServerConfig,
+}
+
+/// What a decided import makes appear, in order: the file's config on the
+/// MCP servers of the same name here, its agents, then the blocks they
+/// share, then its groups (their ids drawn at the decision, so a group
+/// made again after a crash is found, not made twice), then its folders'
+/// attachments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportDecision {
     /// `import-<uuid>`.
@@ -110,6 +119,10 @@ pub struct ImportDecision {
     /// Absent from decisions recorded before folders were imported.
     #[serde(default)]
     pub folders: Vec<DecidedFolder>,
+    /// Absent from decisions recorded before MCP servers' configs rolled
+    /// forward with them.
+    #[serde(default)]
+    pub mcp_configs: Vec<DecidedMcpConfig>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -279,13 +292,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_decision_recorded_before_folders_reads_with_none() {
+    fn a_decision_recorded_before_folders_and_mcp_configs_reads_with_none() {
         let old = r#"{"id": "import-1", "agents": [{"id": "agent-1", "name": "ada", "tags": [],
             "tool_ids": ["tool-1"], "drop_messages": false}], "shared_blocks": [], "groups": []}"#;
         let decision: ImportDecision = serde_json::from_str(old).unwrap();
         assert_eq!(decision.id, "import-1");
         assert_eq!(decision.agents[0].tool_ids, vec!["tool-1".to_string()]);
-        assert_eq!(decision.folders, Vec::new());
+        assert_eq!((decision.folders, decision.mcp_configs), (Vec::new(), Vec::new()));
         let command = r#"{"Decide": {"decision": {"id": "import-1", "agents": [], "shared_blocks": [],
             "groups": []}, "entries": []}}"#;
         match serde_json::from_str(command).unwrap() {

@@ -3,13 +3,14 @@
 //! (the agents with their final names, the blocks they share, its groups
 //! with ids drawn then) and takes its agents off the reclaim list, in one
 //! commit ([`crate::actors::reclaim`]), with the folders and MCP servers it
-//! made. From that commit on the import only goes forward: every agent is
-//! listed and made visible, then the shared blocks and the groups are made
-//! and the folders attached, then the decision is forgotten.
+//! made. From that commit on the import only goes forward: the MCP servers
+//! of the file's names here take the file's config, every agent is listed
+//! and made visible, then the shared blocks and the groups are made and
+//! the folders attached, then the decision is forgotten.
 //!
-//! Every step changes nothing when done already (listing, finishing an
-//! import, adopting a block, making a group under its decided id,
-//! attaching a folder), so the
+//! Every step changes nothing when done already (setting a config, listing,
+//! finishing an import, adopting a block, making a group under its decided
+//! id, attaching a folder), so the
 //! importing request and, after a crash or a failed step, the background
 //! pass here can take a decision to its end, and the user sees either
 //! nothing of the file or all of it. The pass leaves alone the decisions
@@ -25,6 +26,7 @@ use super::agent_actors::AgentActors;
 use super::agent_files::AgentFiles;
 use super::directory::AgentDirectory;
 use super::groups::Groups;
+use super::mcp::McpServers;
 use super::reclaim::Reclaimer;
 use super::shared_blocks::SharedBlocks;
 use super::worker::{Worker, WorkerSpec};
@@ -43,6 +45,7 @@ pub struct DecidedImports {
     blocks: Arc<SharedBlocks>,
     groups: Arc<Groups>,
     agent_files: Arc<AgentFiles>,
+    mcp: Arc<McpServers>,
     /// The decisions this process's imports are rolling forward themselves.
     live: Mutex<BTreeSet<String>>,
     worker: Worker,
@@ -55,6 +58,7 @@ impl DecidedImports {
         actors: Arc<AgentActors>,
         directory: Arc<AgentDirectory>,
         (blocks, groups, agent_files): (Arc<SharedBlocks>, Arc<Groups>, Arc<AgentFiles>),
+        mcp: Arc<McpServers>,
         env: Env,
     ) -> Self {
         DecidedImports {
@@ -64,6 +68,7 @@ impl DecidedImports {
             blocks,
             groups,
             agent_files,
+            mcp,
             live: Mutex::new(BTreeSet::new()),
             worker: Worker::default(),
             env,
@@ -102,9 +107,11 @@ impl DecidedImports {
         outcome
     }
 
-    /// Takes `decision` to its end: agents listed and visible, shared
-    /// blocks made, groups made, folders attached, the decision forgotten.
+    /// Takes `decision` to its end: MCP servers configured, agents listed
+    /// and visible, shared blocks made, groups made, folders attached, the
+    /// decision forgotten.
     async fn roll_forward(&self, decision: &ImportDecision) -> ServiceResult<Vec<String>> {
+        self.set_mcp_configs(decision).await?;
         let mut visible = Vec::with_capacity(decision.agents.len());
         for agent in &decision.agents {
             // Listed before it is visible: the listing skips an agent it
@@ -153,6 +160,22 @@ impl DecidedImports {
         self.attach_folders(decision, &visible).await?;
         self.reclaimer.settle(&decision.id).await?;
         Ok(visible)
+    }
+
+    /// As Letta, a server of a name the file gives, here before the
+    /// import, takes the file's config: once the import is decided, crash
+    /// or not.
+    async fn set_mcp_configs(&self, decision: &ImportDecision) -> ServiceResult<()> {
+        for decided in &decision.mcp_configs {
+            match self.mcp.set_config(&decided.id, &decided.config).await {
+                Ok(()) => {}
+                Err(err @ ServiceError::McpServerNotFound(_)) => {
+                    tracing::warn!(%err, mcp_server_id = %decided.id, import = %decision.id, "an MCP server of an import is gone; its config not set");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the import's folders to the agents of `visible` that name

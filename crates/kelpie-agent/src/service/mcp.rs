@@ -276,6 +276,34 @@ impl McpServers {
         Ok(mcp_server_json(&record))
     }
 
+    /// Server `id`'s config as `input` would update it, checked as a
+    /// create checks it; nothing is stored (see [`Self::set_config`]).
+    pub(crate) async fn checked_config(
+        &self,
+        id: &str,
+        input: McpServerConfigIn,
+    ) -> ServiceResult<McpServerConfig> {
+        let record = self.record(id).await?;
+        let config = build_config(input, Some(&record.config))?;
+        self.check_usable(&config).await?;
+        Ok(config)
+    }
+
+    /// Gives server `id` `config` (from [`Self::checked_config`]) and lists
+    /// its tools again; setting it again changes nothing but the listing's
+    /// freshness (a crash between the two steps is repaired so).
+    pub(crate) async fn set_config(&self, id: &str, config: &McpServerConfig) -> ServiceResult<()> {
+        let mut record = self.record(id).await?;
+        record.config = config.clone();
+        record.updated_ms = self.env.clock.wall_ms();
+        let record = self.stored(ToolCommand::McpReplace(Box::new(record))).await?;
+        assert_eq!(record.config, *config, "the config stored is the one set");
+        if let Err(error) = self.sync(&record).await {
+            tracing::warn!(server = %record.server_name, %error, "MCP server updated; its tools could not be listed");
+        }
+        Ok(())
+    }
+
     /// Removes the server and its tools.
     pub async fn delete(&self, id: &str) -> ServiceResult<()> {
         self.tools.command(ToolCommand::McpDelete { id: id.to_string() }).await?;

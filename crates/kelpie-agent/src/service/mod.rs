@@ -283,6 +283,7 @@ impl AgentService {
             Arc::clone(&actors),
             Arc::clone(&directory),
             (Arc::clone(&blocks), Arc::clone(&groups), Arc::clone(&agent_files)),
+            Arc::clone(&import_mcp),
             env.clone(),
         ));
         let transfer = Transfer::new(

@@ -19,8 +19,9 @@
 //! decision (the files queued for processing), each put on the reclaim
 //! list before it is made; the decision's commit takes them off, a failure
 //! before it deletes them, and after a kill the reclaimer deletes them
-//! once their lease is out. The folders' attachments to the agents are
-//! part of the decision and roll forward with it.
+//! once their lease is out. The folders' attachments to the agents, and
+//! the file's config for an MCP server of the same name here, are part of
+//! the decision and roll forward with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,7 +47,8 @@ use crate::actors::agent::{
 };
 use crate::actors::group_store::GroupRecord;
 use crate::actors::reclaim::{
-    DecidedAgent, DecidedBlock, DecidedFolder, ImportDecision, MadeKind, PendingEntry, PendingKind,
+    DecidedAgent, DecidedBlock, DecidedFolder, DecidedMcpConfig, ImportDecision, MadeKind, PendingEntry,
+    PendingKind,
 };
 use crate::actors::tool_store::ToolRecord;
 use crate::agent_file::{ConversationMessage, FileEvent, FileReader, AGENT_FILE_VERSION};
@@ -572,8 +574,8 @@ pub struct AgentImport {
     folders: Vec<FileFolder>,
     /// A Letta file's MCP servers: made just before the decision (deleted
     /// if the import fails before it, or by the reclaimer if it stops);
-    /// one of the same name here is used, and updated with the file's
-    /// config once the import is decided.
+    /// one of the same name here is used, and takes the file's config with
+    /// the decision.
     mcp_servers: Vec<FileMcpServer>,
     /// Custom tool id in the file → its id on this server.
     tool_ids: BTreeMap<String, String>,
@@ -652,7 +654,7 @@ impl AgentImport {
             .iter()
             .map(|begun| PendingEntry { agent_id: begun.record.id.clone(), kind: begun.pending.clone() })
             .collect();
-        let (made_servers, updates) = self.make_mcp_servers(&mut decision).await?;
+        let made_servers = self.make_mcp_servers(&mut decision).await?;
         let made = match self.make_folders().await {
             Ok(made) => made,
             Err(err) => {
@@ -679,13 +681,6 @@ impl AgentImport {
             self.drop_folders(&made).await;
             self.drop_mcp_servers(&made_servers).await;
             return Err(err);
-        }
-        // As Letta: a server of the same name takes the file's config.
-        for (id, config) in updates {
-            let update = crate::requests::UpdateMcpServer { server_name: None, config: Some(config) };
-            if let Err(err) = self.parts.mcp.update(&id, update).await {
-                self.warnings.push(format!("MCP server {id} kept its config: {err}"));
-            }
         }
         // Decided: from here on nothing is taken back, only finished.
         self.written.clear();
@@ -806,26 +801,20 @@ impl AgentImport {
     /// Makes the file's MCP servers (checked as the routes check a create:
     /// name, URL, private addresses, the stdio command) and adds each
     /// agent's MCP tools, found by name among those its server lists, to
-    /// the decided agents. A server of the same name here is used as it is
-    /// (its config is updated once the import is decided). Answers the
-    /// servers made (deleted if the import fails before its decision) and
-    /// the updates to make.
-    async fn make_mcp_servers(
-        &mut self,
-        decision: &mut ImportDecision,
-    ) -> ServiceResult<(Vec<String>, Vec<(String, crate::requests::McpServerConfigIn)>)> {
+    /// the decided agents. A server of the same name here is used as it is;
+    /// the file's config for it, checked as a create's, goes into the
+    /// decision (as Letta, it takes it: once the import is decided). Answers
+    /// the servers made (deleted if the import fails before its decision).
+    async fn make_mcp_servers(&mut self, decision: &mut ImportDecision) -> ServiceResult<Vec<String>> {
         let servers = std::mem::take(&mut self.mcp_servers);
-        let (mut made, mut updates) = (Vec::new(), Vec::new());
+        let mut made = Vec::new();
         for server in &servers {
-            let id = match self.make_mcp_server(server).await {
+            let id = match self.make_mcp_server(server, decision).await {
                 Ok((id, true)) => {
                     made.push(id.clone());
                     id
                 }
-                Ok((id, false)) => {
-                    updates.push((id.clone(), server.config.clone()));
-                    id
-                }
+                Ok((id, false)) => id,
                 Err(err) => {
                     self.drop_mcp_servers(&made).await;
                     return Err(err);
@@ -857,17 +846,24 @@ impl AgentImport {
                 }
             }
         }
-        assert_eq!(made.len() + updates.len(), servers.len(), "each server made or updated");
-        Ok((made, updates))
+        assert_eq!(made.len() + decision.mcp_configs.len(), servers.len(), "each server made or configured");
+        Ok(made)
     }
 
     /// Server `server` of the file: made (on the reclaim list first, a kill
-    /// before the decision leaving it to the reclaimer), or the one of its
-    /// name here. Its id, and whether it was made.
-    async fn make_mcp_server(&self, server: &FileMcpServer) -> ServiceResult<(String, bool)> {
+    /// before the decision leaving it to the reclaimer); or, of a name here
+    /// already, its config checked and put in the decision. Its id, and
+    /// whether it was made.
+    async fn make_mcp_server(
+        &self,
+        server: &FileMcpServer,
+        decision: &mut ImportDecision,
+    ) -> ServiceResult<(String, bool)> {
         let existing = self.parts.mcp.list().await?;
         let existing = existing.iter().find(|record| record["server_name"] == server.name.as_str());
         if let Some(id) = existing.and_then(|record| record["id"].as_str()) {
+            let config = self.parts.mcp.checked_config(id, server.config.clone()).await?;
+            decision.mcp_configs.push(DecidedMcpConfig { id: id.to_string(), config });
             return Ok((id.to_string(), false));
         }
         let id = self.parts.mcp.new_server_id();
@@ -1024,7 +1020,14 @@ impl AgentImport {
         let shared_blocks = self.decided_blocks();
         self.check_group_room(&groups, &shared_blocks)?;
         let id = new_id("import", self.parts.env.rng.as_ref());
-        let decision = ImportDecision { id, agents, shared_blocks, groups, folders: Vec::new() };
+        let decision = ImportDecision {
+            id,
+            agents,
+            shared_blocks,
+            groups,
+            folders: Vec::new(),
+            mcp_configs: Vec::new(),
+        };
         let bytes = encode(&decision)?.len();
         if bytes > IMPORT_DECISION_BYTES_MAX {
             return Err(ServiceError::Invalid(format!(
