@@ -103,9 +103,97 @@ pub fn in_prompt(message: &StoredMessage) -> bool {
     !matches!(message.body, MessageBody::ApprovalResponse { .. })
 }
 
-/// Estimated tokens of a message in a prompt.
+/// Estimated tokens of a message in a prompt: the bytes of its
+/// [`chat_message`] JSON, counted as they are written (no value is built:
+/// a turn counts every message of its window).
 pub fn message_tokens(message: &StoredMessage) -> u64 {
-    tokens_of(&chat_message(message).to_string())
+    let mut counted = ByteCount(0);
+    serde_json::to_writer(&mut counted, &ChatView(message)).expect("a counting writer does not fail");
+    counted.0.div_ceil(BYTES_PER_TOKEN_COUNT)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`chat_message`] of a message, serialized from borrows: the same JSON
+/// but for the order of its keys, so the same byte count.
+struct ChatView<'a>(&'a StoredMessage);
+
+impl serde::Serialize for ChatView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let map = match &self.0.body {
+            MessageBody::User { content } | MessageBody::Summary { content, .. } => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("role", "user")?;
+                map.serialize_entry("content", content)?;
+                map
+            }
+            MessageBody::Assistant { content, tool_calls, .. } => {
+                let mut map = serializer.serialize_map(Some(3))?;
+                map.serialize_entry("role", "assistant")?;
+                map.serialize_entry("content", content)?;
+                if !tool_calls.is_empty() {
+                    map.serialize_entry("tool_calls", &CallsView(tool_calls))?;
+                }
+                map
+            }
+            MessageBody::Tool { tool_call_id, result, .. } => {
+                let mut map = serializer.serialize_map(Some(3))?;
+                map.serialize_entry("role", "tool")?;
+                map.serialize_entry("tool_call_id", tool_call_id)?;
+                map.serialize_entry("content", result)?;
+                map
+            }
+            MessageBody::ApprovalResponse { .. } => return serializer.serialize_unit(),
+        };
+        map.end()
+    }
+}
+
+struct CallsView<'a>(&'a [kelpie_llm::ToolCall]);
+
+impl serde::Serialize for CallsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(CallView))
+    }
+}
+
+struct CallView<'a>(&'a kelpie_llm::ToolCall);
+
+impl serde::Serialize for CallView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let call = self.0;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("id", &call.id)?;
+        map.serialize_entry("type", "function")?;
+        map.serialize_entry("function", &FunctionView(call))?;
+        map.end()
+    }
+}
+
+struct FunctionView<'a>(&'a kelpie_llm::ToolCall);
+
+impl serde::Serialize for FunctionView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("name", &self.0.name)?;
+        map.serialize_entry("arguments", &self.0.arguments)?;
+        map.end()
+    }
 }
 
 /// The system prompt and core memory: refused when they would take more
@@ -349,6 +437,46 @@ mod tests {
     fn history(turns: u64, tokens: usize) -> Vec<StoredMessage> {
         let text = "x".repeat(tokens * 4);
         (0..turns).flat_map(|t| [user(2 * t, &text), reply(2 * t + 1, &text)]).collect()
+    }
+
+    #[test]
+    fn a_message_is_counted_as_the_bytes_of_its_chat_json() {
+        let call = kelpie_llm::ToolCall {
+            id: "call_1".into(),
+            name: "send_message".into(),
+            arguments: "{\"message\":\"h\\u00e9llo \\\"quoted\\\"\\n\"}".into(),
+        };
+        let bodies = [
+            MessageBody::User { content: "plain \"quoted\" \u{1F600} \u{7} text".into() },
+            MessageBody::Summary { summary: "s".into(), content: "a summary".into() },
+            MessageBody::Assistant {
+                content: None,
+                tool_calls: vec![call.clone(), call],
+                awaiting_approval: false,
+            },
+            MessageBody::Assistant {
+                content: Some("thinking".into()),
+                tool_calls: Vec::new(),
+                awaiting_approval: true,
+            },
+            MessageBody::Tool {
+                tool_call_id: "call_1".into(),
+                name: "send_message".into(),
+                result: "{\"status\": \"OK\"}".into(),
+                ok: true,
+                stdout: Some("printed".into()),
+                stderr: None,
+            },
+            MessageBody::ApprovalResponse { decisions: Vec::new() },
+        ];
+        for (seq, body) in bodies.into_iter().enumerate() {
+            let message = message(seq as u64, body);
+            let built = chat_message(&message).to_string();
+            assert_eq!(message_tokens(&message), tokens_of(&built), "{built}");
+        }
+        // A count at the rounding edge: 9 bytes are 3 tokens, 8 are 2.
+        assert_eq!(tokens_of("123456789"), 3);
+        assert_eq!(tokens_of("12345678"), 2);
     }
 
     #[test]

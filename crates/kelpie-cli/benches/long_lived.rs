@@ -14,6 +14,7 @@
 //!
 //! Run: `cargo bench -p kelpie-cli --bench long_lived`. The server, the
 //! client and the fake LLM share this machine's cores.
+//! `KELPIE_BENCH_SERVER_BIN` runs another build of `kelpie` as the server.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -84,7 +85,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port =
             std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kelpie"))
+        // `KELPIE_BENCH_SERVER_BIN`: another build of the server to measure
+        // (before/after comparisons with the same client and fake LLM).
+        let bin =
+            std::env::var("KELPIE_BENCH_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kelpie").into());
+        let child = Command::new(bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path())
             .env("OPENAI_BASE_URL", llm_url)
@@ -109,12 +114,33 @@ impl Server {
         server
     }
 
+    /// CPU time the server process has used so far, in ms.
+    fn cpu_ms(&self) -> f64 {
+        process_cpu_ms(&self.child.id().to_string())
+    }
+
     fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
         let line = status.lines().find(|line| line.starts_with(field)).expect("field");
         let kib: f64 = line.split_whitespace().nth(1).expect("value").parse().expect("number");
         kib * 1024.0 / MIB_BYTES
     }
+}
+
+/// CPU time (user + system) process `pid` ("self" for this one) has used,
+/// in ms, from `/proc/<pid>/stat` in clock ticks of `getconf CLK_TCK`.
+fn process_cpu_ms(pid: &str) -> f64 {
+    static TICKS_PER_S: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks_per_s = *TICKS_PER_S.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("CLK_TCK")
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command (which may hold spaces): state is field 3,
+    // utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("command").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks * 1e3 / ticks_per_s
 }
 
 async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
@@ -143,18 +169,20 @@ async fn import(
     let template = create_agent(http, base, "template").await;
     let mut file: Value =
         send(http.get(format!("{base}/v1/agents/{template}/export"))).await.json().await.unwrap();
-    file["messages"] = json!([]);
-    file["passages"] = json!([]);
+    // Kelpie's own lists of the export (beside Letta's `agents[].messages`,
+    // which hold messages in Letta's form).
+    file["kelpie_messages"] = json!([]);
+    file["kelpie_passages"] = json!([]);
     let text = serde_json::to_string(&file).unwrap();
     // Splice the items into the empty arrays without holding them as values.
-    let (head, tail) = text.split_once("\"messages\":[]").expect("messages array");
-    let (middle, tail) = tail.split_once("\"passages\":[]").expect("passages array");
+    let (head, tail) = text.split_once("\"kelpie_messages\":[]").expect("messages array");
+    let (middle, tail) = tail.split_once("\"kelpie_passages\":[]").expect("passages array");
     let mut bytes = Vec::new();
     let boundary = "kelpie-bench-boundary";
     bytes.extend_from_slice(
         format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.af\"\r\n\
-             Content-Type: application/json\r\n\r\n{head}\"messages\":["
+             Content-Type: application/json\r\n\r\n{head}\"kelpie_messages\":["
         )
         .as_bytes(),
     );
@@ -164,7 +192,7 @@ async fn import(
         }
         serde_json::to_writer(&mut bytes, &message).unwrap();
     }
-    bytes.extend_from_slice(format!("]{middle}\"passages\":[").as_bytes());
+    bytes.extend_from_slice(format!("]{middle}\"kelpie_passages\":[").as_bytes());
     for (i, passage) in passages.enumerate() {
         if i > 0 {
             bytes.push(b',');
@@ -205,8 +233,12 @@ fn passage(i: usize) -> Value {
     json!({"id": format!("p-{i}"), "text": text, "tags": [], "created_ms": 5, "embedding": embedding})
 }
 
-/// p50 and p99 of `count` turns of `agent`, and the first turn alone.
-async fn turns(http: &reqwest::Client, base: &str, agent: &str, count: usize) -> (f64, f64, f64) {
+/// p50 and p99 of `count` turns of `agent`, and the first turn alone;
+/// prints the CPU per turn of the server and of this process (the client
+/// and the fake LLM), which the machine's other load does not move.
+async fn turns(server: &Server, http: &reqwest::Client, agent: &str, count: usize) -> (f64, f64, f64) {
+    let base = &server.base;
+    let (server_cpu_ms, own_cpu_ms) = (server.cpu_ms(), process_cpu_ms("self"));
     let mut samples = Vec::with_capacity(count);
     for i in 0..count {
         let body =
@@ -215,6 +247,11 @@ async fn turns(http: &reqwest::Client, base: &str, agent: &str, count: usize) ->
         send(http.post(format!("{base}/v1/agents/{agent}/messages")).json(&body)).await;
         samples.push(begun.elapsed());
     }
+    println!(
+        "  CPU per turn: server {:.2} ms, client and fake LLM {:.2} ms",
+        (server.cpu_ms() - server_cpu_ms) / count as f64,
+        (process_cpu_ms("self") - own_cpu_ms) / count as f64
+    );
     let first = samples[0].as_secs_f64() * 1e3;
     (percentile(&mut samples[1..], 0.50), percentile(&mut samples[1..], 0.99), first)
 }
@@ -226,6 +263,7 @@ async fn main() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("long-lived agents: {messages_count} messages, {passages_count} passages, {cores} cores shared");
     let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("fake llm");
+    fake.stop_recording();
     let http = reqwest::Client::new();
     let server = Server::start(&http, &fake.base_url()).await;
     let base = server.base.clone();
@@ -247,15 +285,15 @@ async fn main() {
     // Turns: a new agent (its window fills from empty), an agent with a
     // short imported history (its window as full as the big one's), the big one.
     let fresh = create_agent(&http, &base, "fresh").await;
-    let (new_p50, new_p99, new_first) = turns(&http, &base, &fresh, TURNS_COUNT).await;
+    let (new_p50, new_p99, new_first) = turns(&server, &http, &fresh, TURNS_COUNT).await;
     println!("turns, new agent: p50 {new_p50:.2} ms, p99 {new_p99:.2} ms (first {new_first:.2} ms)");
     let (short, _, _) = import(&http, &base, (0..SHORT_HISTORY_COUNT).map(message), std::iter::empty()).await;
-    let (short_p50, short_p99, short_first) = turns(&http, &base, &short, TURNS_COUNT).await;
+    let (short_p50, short_p99, short_first) = turns(&server, &http, &short, TURNS_COUNT).await;
     println!(
         "turns, agent with {SHORT_HISTORY_COUNT} messages: p50 {short_p50:.2} ms, p99 {short_p99:.2} ms \
          (first {short_first:.2} ms: compacts the imported window)"
     );
-    let (big_p50, big_p99, big_first) = turns(&http, &base, &big, TURNS_COUNT).await;
+    let (big_p50, big_p99, big_first) = turns(&server, &http, &big, TURNS_COUNT).await;
     println!(
         "turns, agent with {messages_count} messages: p50 {big_p50:.2} ms ({:+.0} % of the new agent's, \
          {:+.0} % of the short history's), p99 {big_p99:.2} ms (first {big_first:.2} ms)",

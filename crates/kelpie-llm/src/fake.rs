@@ -81,6 +81,8 @@ struct Inner {
     bearer_keys: Vec<Option<String>>,
     /// The keys accepted; empty accepts any.
     accepted_keys: Vec<String>,
+    /// Chat requests are not kept (see [`FakeLlm::stop_recording`]).
+    unrecorded: bool,
 }
 
 /// The key of an `Authorization: Bearer <key>` header.
@@ -162,6 +164,13 @@ impl FakeLlm {
         self.lock().queue.push_back(Scripted::BrokenStream { events_count });
     }
 
+    /// Keeps no more chat requests: [`FakeLlm::requests`] answers those
+    /// received before. For benchmarks, where keeping a copy of every
+    /// prompt would cost the fake time and memory that grow with the prompt.
+    pub fn stop_recording(&self) {
+        self.lock().unrecorded = true;
+    }
+
     /// Every chat request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.lock().requests.clone()
@@ -199,6 +208,14 @@ fn completion(content: Option<&str>, calls: &[(&str, Value)]) -> Value {
                      "message": {"role": "assistant", "content": content, "tool_calls": tool_calls}}],
         "usage": {"prompt_tokens": 0, "completion_tokens": completion_tokens.max(1), "total_tokens": 0},
     })
+}
+
+/// Words of a chat message's text (its parts' texts joined).
+fn message_words(message: &Value) -> u64 {
+    match &message["content"] {
+        Value::String(text) => words(text),
+        _ => words(&message_text(message)),
+    }
 }
 
 fn message_text(message: &Value) -> String {
@@ -281,11 +298,12 @@ async fn chat(
     if let Some(refused) = refused_key(&inner, &headers) {
         return refused;
     }
-    let prompt_tokens: u64 =
-        request["messages"].as_array().map_or(0, |m| m.iter().map(|m| words(&message_text(m))).sum());
+    let prompt_tokens: u64 = request["messages"].as_array().map_or(0, |m| m.iter().map(message_words).sum());
     let scripted = {
         let mut inner = inner.lock().unwrap_or_else(|poison| poison.into_inner());
-        inner.requests.push(request.clone());
+        if !inner.unrecorded {
+            inner.requests.push(request.clone());
+        }
         inner.bearer_keys.push(bearer_key(&headers));
         inner.queue.pop_front()
     };
@@ -420,6 +438,29 @@ async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_fake_that_stopped_recording_answers_and_keeps_only_earlier_requests() {
+        let fake = FakeLlm::start(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let client = crate::openai::OpenAiClient::new(&fake.base_url(), None).unwrap();
+        let request = |text: &str| crate::ChatRequest {
+            model: FAKE_MODEL.into(),
+            messages: vec![json!({"role": "user", "content": text})],
+            tools: Vec::new(),
+            max_tokens: 10,
+            temperature: 0.0,
+        };
+        let first = client.chat(&request("one two three")).await.unwrap();
+        assert_eq!(first.usage.prompt_tokens, 3);
+        fake.stop_recording();
+        let second = client.chat(&request("four five")).await.unwrap();
+        assert_eq!(second.usage.prompt_tokens, 2);
+        assert_eq!(second.tool_calls[0].name, "send_message");
+        assert_eq!(second.tool_calls[0].arguments, json!({"message": "echo: four five"}).to_string());
+        let kept = fake.requests();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["messages"][0]["content"], "one two three");
+    }
 
     #[test]
     fn a_tool_generator_gets_a_generate_tool_call_of_the_named_function() {

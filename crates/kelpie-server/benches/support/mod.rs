@@ -19,6 +19,7 @@ pub struct Bench {
 pub async fn start_server() -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = FakeLlm::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("fake llm");
+    fake.stop_recording();
     let mut layers = ConfigLayers::new();
     let flag = Origin::Flag("bench".into());
     layers.set("bind", "127.0.0.1:0", flag.clone()).expect("bind");

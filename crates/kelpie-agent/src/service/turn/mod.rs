@@ -823,13 +823,14 @@ impl Turns {
         let (mut compactions, mut overflows, mut force_all) = (0, 0, false);
         loop {
             let now_ms = self.env.clock.wall_ms();
-            let (full, fixed_tokens) = {
+            // Counted once per prompt: a full window is hundreds of messages.
+            let (fixed_tokens, prompt_tokens) = {
                 let parts = prompt_parts(agent, custom, window, pending, now_ms);
-                (
-                    window.history.len() >= PROMPT_MESSAGES_COUNT_MAX || parts.over_trigger(),
-                    parts.fixed_tokens(),
-                )
+                let fixed_tokens = parts.fixed_tokens();
+                (fixed_tokens, fixed_tokens + parts.history_tokens())
             };
+            let full = window.history.len() >= PROMPT_MESSAGES_COUNT_MAX
+                || context::over_trigger(prompt_tokens, agent.llm.context_window);
             if force_all || (full && compactions < STEP_COMPACTIONS_COUNT_MAX) {
                 let settings = match force_all {
                     true => CompactionSettings { mode: CompactionMode::All, ..stored.clone() },
@@ -849,7 +850,7 @@ impl Turns {
             }
             let request = {
                 let parts = prompt_parts(agent, custom, window, pending, now_ms);
-                let sent = match parts.tokens() > agent.llm.context_window {
+                let sent = match prompt_tokens > agent.llm.context_window {
                     true => parts.fitting_history(),
                     false => &window.history[..],
                 };

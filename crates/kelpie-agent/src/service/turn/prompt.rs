@@ -48,9 +48,14 @@ impl PromptParts<'_> {
         system + summary + pending + tools
     }
 
+    /// Estimated tokens of the history.
+    pub fn history_tokens(&self) -> u64 {
+        self.history.iter().map(message_tokens).sum()
+    }
+
     /// Estimated tokens of the whole prompt.
     pub fn tokens(&self) -> u64 {
-        self.fixed_tokens() + self.history.iter().map(message_tokens).sum::<u64>()
+        self.fixed_tokens() + self.history_tokens()
     }
 
     /// The newest messages of the history that fit the whole window beside
@@ -90,10 +95,5 @@ impl PromptParts<'_> {
             max_tokens: agent.llm.max_tokens,
             temperature: agent.llm.temperature,
         }
-    }
-
-    /// Whether the prompt must be compacted before it is sent.
-    pub fn over_trigger(&self) -> bool {
-        context::over_trigger(self.tokens(), self.agent.llm.context_window)
     }
 }
