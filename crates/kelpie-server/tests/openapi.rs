@@ -80,6 +80,11 @@ async fn every_served_route_is_documented_and_every_documented_route_is_served()
     let server = common::start(dir.path(), &fake).await;
     let document = server.ok("GET", "/openapi.json", None).await;
     assert_eq!(document["openapi"], "3.1.0");
+    // Printed once and served as the same bytes, typed as JSON.
+    let answer = reqwest::get(format!("{}/openapi.json", server.base)).await.unwrap();
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    let again: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(again, document);
     assert_eq!(document["components"]["schemas"]["HTTPError"]["required"], json!(["detail", "trace_id"]));
     // Letta's operations are typed from the vendored contract; Kelpie's own are loose.
     let create = &document["paths"]["/v1/agents/"]["post"];

@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde_json::{json, Map, Value};
 
 use crate::state::{AppState, SERVER_VERSION};
@@ -439,7 +439,7 @@ const OPEN_PATHS: &[&str] =
     &["/", "/console/{asset}", "/v1/health/", "/v1/ready/", "/v1/auth", "/v1/tools/mcp/oauth/callback"];
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(document().clone()) }))
+    Router::new().route("/openapi.json", get(|| async { document_bytes() }))
 }
 
 fn contract() -> &'static Value {
@@ -546,6 +546,15 @@ fn success_content(response: &str) -> Value {
 }
 
 /// The OpenAPI document of [`ROUTES`], built once.
+/// The document as served: printed once, each request answers the same
+/// bytes (it is about 350 KB; cloning and printing it per request cost more
+/// than the request).
+fn document_bytes() -> impl axum::response::IntoResponse {
+    static BYTES: OnceLock<axum::body::Bytes> = OnceLock::new();
+    let bytes = BYTES.get_or_init(|| serde_json::to_vec(document()).expect("a JSON value prints").into());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], bytes.clone())
+}
+
 pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(build_document)
