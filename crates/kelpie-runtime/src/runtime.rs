@@ -334,9 +334,10 @@ impl<A: Actor> Runtime<A> {
     /// actor screens it (`screened`, from [`Actor::screens_activation`]),
     /// is not active here, and its stored state does not admit it: one
     /// read of the state, no claim, no activation. An active actor costs a
-    /// table look.
+    /// table look. Once shutting down, nothing is read: the dispatch
+    /// answers that.
     async fn screen(&self, actor_id: &ActorId, screened: bool) -> Result<()> {
-        if !screened || self.is_active(actor_id) {
+        if !screened || self.is_active(actor_id) || self.is_shutting_down() {
             return Ok(());
         }
         let saved = self.shared.storage.begin(actor_id.clone()).get(STATE_KEY).await?.unwrap_or_default();
