@@ -158,14 +158,7 @@ async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Ac
     };
     let mut txn = shared.storage.begin(actor_id.clone());
     let saved = txn.get(STATE_KEY).await?.unwrap_or_default();
-    let mut state: A::State = if saved.is_empty() {
-        A::State::default()
-    } else {
-        serde_json::from_slice(&saved).map_err(|e| Error::Corruption {
-            location: format!("state of actor {actor_id}"),
-            reason: e.to_string(),
-        })?
-    };
+    let mut state: A::State = decode_state::<A>(actor_id, &saved)?.unwrap_or_default();
     let now_ms = shared.env.clock.monotonic_ms();
     let mut active = Active {
         epoch,
@@ -185,6 +178,18 @@ async fn activate<A: Actor>(shared: &Shared<A>, actor_id: &ActorId) -> Result<Ac
     active.state = state;
     finish_invocation(shared, actor_id, &mut active, txn, before, hook).await?;
     Ok(active)
+}
+
+/// The state saved as `saved`; `None` when nothing was (no bytes).
+pub(crate) fn decode_state<A: Actor>(actor_id: &ActorId, saved: &[u8]) -> Result<Option<A::State>> {
+    if saved.is_empty() {
+        return Ok(None);
+    }
+    let state = serde_json::from_slice(saved).map_err(|e| Error::Corruption {
+        location: format!("state of actor {actor_id}"),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(state))
 }
 
 /// Why an activation stopped serving.

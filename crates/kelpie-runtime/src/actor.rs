@@ -38,6 +38,24 @@ pub trait Actor: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Whether `message`, arriving while the actor is not active on this
+    /// node, must first pass [`Actor::admit_activation`]: for messages that
+    /// only make sense to an actor that already holds something, so that a
+    /// caller naming actors at random activates and claims nothing. The
+    /// default screens no message (and reads nothing more).
+    fn screens_activation(&self, _message: &Self::Message) -> bool {
+        false
+    }
+
+    /// Whether a screened message may activate an actor whose stored state
+    /// is `stored` (`None`: nothing was ever saved). Asked before anything
+    /// is claimed, from a read of the state outside any activation; an
+    /// error is the message's reply and leaves no activation and no
+    /// placement behind.
+    fn admit_activation(&self, _actor_id: &ActorId, _stored: Option<&Self::State>) -> Result<()> {
+        Ok(())
+    }
+
     /// Handles one message. Messages of one actor never run concurrently.
     fn handle(
         &self,

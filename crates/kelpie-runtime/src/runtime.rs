@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::activation::{self, Command};
-use crate::actor::Actor;
+use crate::actor::{Actor, STATE_KEY};
 use crate::remote::{self, Remote};
 
 /// Active actors kept in memory by default before the least recently used
@@ -269,6 +269,7 @@ impl<A: Actor> Runtime<A> {
                 }
                 Some(owner) => Some(owner.node_id),
                 None if remote.accepts_activations() && !self.is_shutting_down() => {
+                    self.screen(actor_id, self.shared.actor.screens_activation(&message)).await?;
                     // Claim it here first, without the message: another
                     // node may claim it in between (nodes starting
                     // together ask for the same actors), and then the
@@ -299,6 +300,7 @@ impl<A: Actor> Runtime<A> {
     /// here if needed; never forwards. Fails with `NodeUnavailable` while
     /// another node holds the actor's lease.
     pub async fn invoke_local(&self, actor_id: &ActorId, message: A::Message) -> Result<A::Reply> {
+        self.screen(actor_id, self.shared.actor.screens_activation(&message)).await?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut command = Command::Invoke { message, reply: reply_tx };
         for _ in 0..DISPATCH_ATTEMPTS_COUNT_MAX {
@@ -326,6 +328,21 @@ impl<A: Actor> Runtime<A> {
             node_id: self.shared.config.node_id.clone(),
             reason: format!("actor {actor_id} kept deactivating; try again"),
         })
+    }
+
+    /// Refuses a message before it can activate `actor_id` here when the
+    /// actor screens it (`screened`, from [`Actor::screens_activation`]),
+    /// is not active here, and its stored state does not admit it: one
+    /// read of the state, no claim, no activation. An active actor costs a
+    /// table look. Once shutting down, nothing is read: the dispatch
+    /// answers that.
+    async fn screen(&self, actor_id: &ActorId, screened: bool) -> Result<()> {
+        if !screened || self.is_active(actor_id) || self.is_shutting_down() {
+            return Ok(());
+        }
+        let saved = self.shared.storage.begin(actor_id.clone()).get(STATE_KEY).await?.unwrap_or_default();
+        let stored = activation::decode_state::<A>(actor_id, &saved)?;
+        self.shared.actor.admit_activation(actor_id, stored.as_ref())
     }
 
     /// Activates `actor_id` here (claiming it) without a message; returns

@@ -384,6 +384,8 @@ impl Agents {
         let agent_ref = self.actors.agent_ref(agent_id)?;
         let lock = self.actors.turn_lock(agent_id);
         let _turn = lock.lock().await;
+        // Nothing is noted for reclaim for an id that names no agent.
+        self.actors.record(agent_id).await?;
         self.reclaimer.note(agent_id, PendingKind::Ended).await?;
         let AgentReply::Agent(agent) = agent_ref.invoke(AgentCommand::ResetMessages).await? else {
             return Err(unexpected("reset messages"));

@@ -398,6 +398,8 @@ impl Runs {
         let start = self.new_start(false, idempotency_key, conversation_id);
         let live = LiveRun::new(&self.records.live, &start.run_id);
         if keyed {
+            // Nothing is recorded for an id that names no agent.
+            self.actors.record(agent_id).await?;
             let run = self.records.begin(agent_id, &start).await?;
             if run.id != start.run_id {
                 return self.replay(run, events.as_ref()).await;
@@ -538,37 +540,44 @@ impl Runs {
         let agent_id = agent_id.to_string();
         let owner = self.records.owner.clone();
         let (mut stop, ended) = self.records.active.add(&start, &agent_id, owner);
+        let (agent_read, agent_found) = oneshot::channel::<()>();
         let never_answer = self.planted.has(crate::planted::PlantedBug::StoppedTurnNeverAnswers);
         let task = async move {
             // Where a synchronous run is is stored while its first LLM call
-            // is made; the commit that first stores the run waits for it,
-            // so a stored run is always found by its id. Until then the run
-            // is read from the table of active runs.
+            // is made, once the turn has read its agent (an id that names
+            // no agent records nothing); the commit that first stores the
+            // run waits for it, so a stored run is always found by its id.
+            // Until then the run is read from the table of active runs.
             let begun = {
                 let (records, agent_id, start) = (Arc::clone(&records), agent_id.clone(), start.clone());
                 async move {
-                    match begun {
-                        true => Ok(()),
-                        false => records
-                            .point(&start.run_id, &agent_id)
-                            .await
-                            .map_err(|err| format!("cannot record where run {} is: {err}", start.run_id)),
+                    if begun {
+                        return Ok(());
                     }
+                    let run_id = &start.run_id;
+                    agent_found.await.map_err(|_| format!("run {run_id} ended before its agent was read"))?;
+                    records
+                        .point(run_id, &agent_id)
+                        .await
+                        .map_err(|err| format!("cannot record where run {run_id} is: {err}"))
                 }
                 .boxed()
                 .shared()
             };
-            let run = TurnRun { start: start.clone(), begun };
+            let agent_read = std::sync::Mutex::new(Some(agent_read));
+            let run = TurnRun { start: start.clone(), begun, agent_read };
             let turn = async {
                 let (_, outcome) = futures::join!(run.begun.clone(), async {
-                    match input {
+                    let outcome = match input {
                         TurnInput::Texts(texts) => {
                             turns.run_as(&run, &agent_id, texts, max_steps, events.as_ref()).await
                         }
                         TurnInput::Approval(answer) => {
                             turns.answer_approval(&run, &agent_id, answer, max_steps, events.as_ref()).await
                         }
-                    }
+                    };
+                    run.close();
+                    outcome
                 });
                 outcome
             };
@@ -584,6 +593,7 @@ impl Runs {
             };
             // A run is stored only where its id leads: when where it is
             // could not be recorded, nothing of it is stored, its end neither.
+            run.close();
             let pointed = run.begun.clone().await.is_ok();
             let end = |end: RunEnd| {
                 let (records, agent_id, start) = (&records, &agent_id, &start);

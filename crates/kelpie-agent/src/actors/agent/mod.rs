@@ -478,6 +478,34 @@ impl Actor for AgentActor {
     type Message = AgentCommand;
     type Reply = AgentReply;
 
+    /// Every command but those that create, import or reclaim needs an
+    /// agent the client may see (each answers not found without one), so
+    /// only those may activate an actor that holds none: asking for an id
+    /// no agent has, or had, claims no placement and starts no activation.
+    fn screens_activation(&self, command: &AgentCommand) -> bool {
+        !matches!(
+            command,
+            AgentCommand::Create(_)
+                | AgentCommand::ImportBegin(_)
+                | AgentCommand::ImportBatch { .. }
+                | AgentCommand::ImportConversation(_)
+                | AgentCommand::ImportFinish { .. }
+                | AgentCommand::AbandonImport
+                | AgentCommand::Reclaim { .. }
+        )
+    }
+
+    fn admit_activation(
+        &self,
+        actor_id: &kelpie_core::ActorId,
+        stored: Option<&AgentActorState>,
+    ) -> Result<()> {
+        match stored {
+            Some(state) if state.holds_visible_agent() => Ok(()),
+            _ => Err(Error::NotFound { kind: "agent", id: actor_id.id().to_string() }),
+        }
+    }
+
     async fn on_deactivate(&self, ctx: &mut Ctx<'_>) -> Result<()> {
         self.indexes.forget(ctx.actor_id);
         self.windows.forget(ctx.actor_id);

@@ -119,6 +119,14 @@ pub struct Counts {
 }
 
 impl AgentActorState {
+    /// Whether the state holds an agent a client may see: created and not
+    /// deleted, or imported and finished. Every command but those that
+    /// create, import or reclaim asks this first (through [`agent`]), and
+    /// the runtime asks it before activating the actor for one of them.
+    pub fn holds_visible_agent(&self) -> bool {
+        self.agent.is_some() && !self.importing
+    }
+
     /// The state of a new agent: counted and indexed from the start, in a
     /// generation after any the actor held before.
     pub(crate) fn begin_agent(&mut self, record: AgentRecord) {
@@ -162,14 +170,14 @@ fn not_found(ctx: &Ctx<'_>) -> Error {
 /// The agent, or not found when this actor holds none (or is importing it).
 pub(crate) fn agent(ctx: &Ctx<'_>) -> Result<AgentRecord> {
     match &ctx.state.agent {
-        Some(agent) if !ctx.state.importing => Ok(agent.clone()),
+        Some(agent) if ctx.state.holds_visible_agent() => Ok(agent.clone()),
         _ => Err(not_found(ctx)),
     }
 }
 
 pub(crate) fn agent_mut<'s>(ctx: &'s mut Ctx<'_>) -> Result<&'s mut AgentRecord> {
     let missing = not_found(ctx);
-    if ctx.state.importing {
+    if !ctx.state.holds_visible_agent() {
         return Err(missing);
     }
     ctx.state.agent.as_mut().ok_or(missing)

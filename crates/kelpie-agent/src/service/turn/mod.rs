@@ -54,6 +54,29 @@ pub struct TurnRun {
     /// Resolves once the run can be stored: `Err` with the reason when it
     /// cannot (then the turn stores nothing and fails).
     pub begun: Shared<BoxFuture<'static, Result<(), String>>>,
+    /// Told once the turn has read its agent (what a run not yet stored
+    /// waits for before it records where it is: a turn for an id that names
+    /// no agent records nothing); dropped untold when the turn ends first.
+    pub agent_read: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl TurnRun {
+    /// The turn read its agent: a run not yet stored may now be.
+    fn agent_was_read(&self) {
+        if let Some(read) = self.take_agent_read() {
+            let _ = read.send(());
+        }
+    }
+
+    /// The turn is over (or never read its agent): a run not yet stored
+    /// and not yet allowed to be stays unstored.
+    pub fn close(&self) {
+        drop(self.take_agent_read());
+    }
+
+    fn take_agent_read(&self) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.agent_read.lock().unwrap_or_else(|poison| poison.into_inner()).take()
+    }
 }
 
 /// The parts of an agent's next prompt ([`Turns::next_prompt`]).
@@ -332,6 +355,7 @@ impl Turns {
         let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
         let agent = self.history_agent(agent_id, conversation).await?;
+        run.agent_was_read();
         let mut window = self.window(&agent_ref, conversation).await?;
         if held_calls(&window).is_some() {
             return Err(ServiceError::Refused(
@@ -366,6 +390,7 @@ impl Turns {
         let lock = self.turn_lock(agent_id, conversation);
         let _turn = lock.lock().await;
         let agent = self.history_agent(agent_id, conversation).await?;
+        run.agent_was_read();
         let mut window = self.window(&agent_ref, conversation).await?;
         let held = held_calls(&window)
             .ok_or_else(|| ServiceError::Refused("No tool call is currently awaiting approval".into()))?;
