@@ -10,40 +10,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Bound;
 
 use kelpie_agent::limits::AGENT_CONVERSATIONS_COUNT_MAX;
-use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::CreateAgent;
 use kelpie_agent::service::conversations::{ConversationInput, ConversationOrder, ConversationQuery};
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::{AgentService, ServiceError};
-use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_core::{ActorId, Env, Error, NodeId};
-use kelpie_llm::catalog::ModelCatalog;
+use kelpie_core::{ActorId, Error};
 use kelpie_llm::fake::FakeLlm;
-use kelpie_llm::LlmClients;
-use kelpie_runtime::RuntimeConfig;
-use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
 use kelpie_storage::limits::SCAN_ROWS_COUNT_MAX;
 use kelpie_storage::{KeyRange, ScanOrder, Storage};
-use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::Value;
 
 fn service(storage: &Storage, dir: &std::path::Path, llm_base_url: &str) -> AgentService {
-    let mut layers = ConfigLayers::new();
-    let flag = Origin::Flag("test".into());
-    layers.set("llm.openai_base_url", llm_base_url, flag.clone()).unwrap();
-    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
-    let llm_config = layers.resolve().unwrap().llm;
-    let llm = LlmClients::from_config(&llm_config).unwrap();
-    let catalog = ModelCatalog::new(llm_config, llm.clone());
-    let runner = ToolRunner::new(
-        std::sync::Arc::new(UnsandboxedBackend::open(dir.join("run"))),
-        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
-    );
-    let env = Env::production();
-    let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
-    let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
-    AgentService::new(runtimes, env, std::sync::Arc::new(llm), catalog, std::sync::Arc::new(runner))
+    support::local_service(storage, dir, llm_base_url)
 }
 
 async fn create_agent(service: &AgentService, name: &str) -> String {

@@ -6,25 +6,20 @@
 //! against exact ranking. The real agent service over real storage (a redb
 //! file), no LLM call (the history comes in by import, embeddings are local).
 
+mod support;
+
 use std::ops::Bound;
 
 use kelpie_agent::actors::reclaim::PendingKind;
 use kelpie_agent::limits::{RECLAIM_BATCH_KEYS_COUNT, STORE_PAGE_COUNT_MAX};
-use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::CreateAgent;
 use kelpie_agent::service::transfer::ImportOptions;
 use kelpie_agent::{AgentService, ServiceError};
-use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_core::limits::TRANSACTION_OPS_COUNT_MAX;
-use kelpie_core::{ActorId, Env, NodeId};
-use kelpie_llm::catalog::ModelCatalog;
-use kelpie_llm::LlmClients;
-use kelpie_runtime::RuntimeConfig;
-use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
+use kelpie_core::ActorId;
 use kelpie_storage::limits::SCAN_ROWS_COUNT_MAX;
 use kelpie_storage::{KeyRange, ScanOrder, Storage};
-use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
 const MESSAGES_COUNT: usize = SCAN_ROWS_COUNT_MAX + 2_500;
@@ -34,22 +29,8 @@ const _: () =
     assert!(MESSAGES_COUNT * 3 > TRANSACTION_OPS_COUNT_MAX && MESSAGES_COUNT > RECLAIM_BATCH_KEYS_COUNT);
 
 fn service(storage: &Storage, dir: &std::path::Path) -> AgentService {
-    let mut layers = ConfigLayers::new();
-    let flag = Origin::Flag("test".into());
     // Never called: the history comes in by import, embeddings are local.
-    layers.set("llm.openai_base_url", "http://127.0.0.1:9/v1", flag.clone()).unwrap();
-    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
-    let llm_config = layers.resolve().unwrap().llm;
-    let llm = LlmClients::from_config(&llm_config).unwrap();
-    let catalog = ModelCatalog::new(llm_config, llm.clone());
-    let runner = ToolRunner::new(
-        std::sync::Arc::new(UnsandboxedBackend::open(dir.join("run"))),
-        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
-    );
-    let env = Env::production();
-    let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
-    let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
-    AgentService::new(runtimes, env, std::sync::Arc::new(llm), catalog, std::sync::Arc::new(runner))
+    support::local_service(storage, dir, "http://127.0.0.1:9/v1")
 }
 
 async fn create(service: &AgentService, name: &str) -> String {

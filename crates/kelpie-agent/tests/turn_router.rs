@@ -5,27 +5,22 @@
 //! router that answers "run here" lets each run here; a router's error
 //! fails the operation with that error, running nothing here for it.
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::CreateAgent;
 use kelpie_agent::service::batches::BatchRequest;
 use kelpie_agent::service::turn_router::{OwnerOp, TurnRouter};
 use kelpie_agent::{AgentService, ServiceError, ServiceResult};
-use kelpie_core::config::{ConfigLayers, Origin};
 use kelpie_core::{Env, Error, NodeId};
-use kelpie_llm::catalog::ModelCatalog;
 use kelpie_llm::fake::FakeLlm;
-use kelpie_llm::LlmClients;
-use kelpie_runtime::RuntimeConfig;
-use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
 use kelpie_storage::Storage;
-use kelpie_tools::{RunnerSettings, ToolRunner};
 use serde_json::{json, Value};
 
 /// Generous bound on waiting for a batch to end; never a timing assertion.
@@ -33,21 +28,7 @@ const WAIT_MS_MAX: u64 = 20_000;
 const POLL_MS: u64 = 20;
 
 fn service(storage: &Storage, dir: &std::path::Path, llm_base_url: &str) -> Arc<AgentService> {
-    let mut layers = ConfigLayers::new();
-    let flag = Origin::Flag("test".into());
-    layers.set("llm.openai_base_url", llm_base_url, flag.clone()).unwrap();
-    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
-    let llm_config = layers.resolve().unwrap().llm;
-    let llm = LlmClients::from_config(&llm_config).unwrap();
-    let catalog = ModelCatalog::new(llm_config, llm.clone());
-    let runner = ToolRunner::new(
-        Arc::new(UnsandboxedBackend::open(dir.join("run"))),
-        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
-    );
-    let env = Env::production();
-    let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
-    let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
-    Arc::new(AgentService::new(runtimes, env, Arc::new(llm), catalog, Arc::new(runner)))
+    Arc::new(support::local_service(storage, dir, llm_base_url))
 }
 
 /// Records every operation asked of it; answers "run here", except for

@@ -11,23 +11,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use kelpie_agent::node::{agent_runtimes, Placement};
 use kelpie_agent::page::Page;
 use kelpie_agent::requests::{CreateAgent, UpdateAgent, UpdateBlock};
 use kelpie_agent::service::runs::TurnInput;
 use kelpie_agent::{AgentService, ServiceError};
-use kelpie_core::config::{ConfigLayers, Origin};
-use kelpie_core::{ActorId, Env, NodeId, Result as CoreResult};
-use kelpie_llm::catalog::ModelCatalog;
-use kelpie_llm::LlmClients;
-use kelpie_runtime::RuntimeConfig;
-use kelpie_sandbox::unsandboxed::UnsandboxedBackend;
+use kelpie_core::{ActorId, Result as CoreResult};
 use kelpie_storage::types::{CommitRequest, StoredRows};
 use kelpie_storage::{
     Backend, BoxFut, ClaimOutcome, CommitInfo, Placement as StoredPlacement, RedbBackend, ScanPage, Storage,
     Versioned,
 };
-use kelpie_tools::{RunnerSettings, ToolRunner};
 
 /// Distinct unknown ids probed in the flood test.
 const PROBED_IDS_COUNT: usize = 1_000;
@@ -95,22 +88,7 @@ impl Backend for NotingDisk {
 /// A service over `redb` that notes what it writes in `written`.
 fn service(redb: &Arc<RedbBackend>, dir: &std::path::Path, written: &Arc<Mutex<Written>>) -> AgentService {
     let noting = NotingDisk { inner: Arc::clone(redb), written: Arc::clone(written) };
-    let storage = Storage::from_backend(Arc::new(noting));
-    let mut layers = ConfigLayers::new();
-    let flag = Origin::Flag("test".into());
-    layers.set("llm.openai_base_url", "http://127.0.0.1:9/v1", flag.clone()).unwrap();
-    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
-    let llm_config = layers.resolve().unwrap().llm;
-    let llm = LlmClients::from_config(&llm_config).unwrap();
-    let catalog = ModelCatalog::new(llm_config, llm.clone());
-    let runner = ToolRunner::new(
-        Arc::new(UnsandboxedBackend::open(dir.join("run"))),
-        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
-    );
-    let env = Env::production();
-    let config = RuntimeConfig::new(NodeId::new("node-1").unwrap());
-    let runtimes = agent_runtimes(&storage, &Placement::Local, &env, &config).unwrap();
-    AgentService::new(runtimes, env, Arc::new(llm), catalog, Arc::new(runner))
+    support::local_service(&Storage::from_backend(Arc::new(noting)), dir, "http://127.0.0.1:9/v1")
 }
 
 fn everything() -> Page {

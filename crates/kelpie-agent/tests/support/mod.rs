@@ -1,5 +1,6 @@
-//! What the agent tests share: the custom tool the DSTs run in simulated
-//! sandboxes, and reopening a redb file a test just closed.
+//! What the agent tests share: a service on one node over given storage,
+//! the custom tool the DSTs run in simulated sandboxes, and reopening a
+//! redb file a test just closed.
 
 #![allow(dead_code)]
 
@@ -9,6 +10,36 @@ use std::time::Duration;
 use kelpie_agent::actors::tool_store::ToolRecord;
 use kelpie_storage::Storage;
 use serde_json::json;
+
+/// An agent service on one node (`node-1`) over `storage`, its LLM at
+/// `llm_base_url` (the fake's, or an address never called), tools run
+/// unsandboxed under `dir`.
+pub fn local_service(storage: &Storage, dir: &Path, llm_base_url: &str) -> kelpie_agent::AgentService {
+    use kelpie_agent::node::{agent_runtimes, Placement};
+    use kelpie_core::config::{ConfigLayers, Origin};
+    use kelpie_tools::{RunnerSettings, ToolRunner};
+    let mut layers = ConfigLayers::new();
+    let flag = Origin::Flag("test".into());
+    layers.set("llm.openai_base_url", llm_base_url, flag.clone()).unwrap();
+    layers.set("llm.default_model", "openai-proxy/fake-gpt", flag).unwrap();
+    let llm_config = layers.resolve().unwrap().llm;
+    let llm = kelpie_llm::LlmClients::from_config(&llm_config).unwrap();
+    let catalog = kelpie_llm::catalog::ModelCatalog::new(llm_config, llm.clone());
+    let runner = ToolRunner::new(
+        std::sync::Arc::new(kelpie_sandbox::unsandboxed::UnsandboxedBackend::open(dir.join("run"))),
+        RunnerSettings::new("/usr/bin/python3", dir.join("pip")),
+    );
+    let env = kelpie_core::Env::production();
+    let config = kelpie_runtime::RuntimeConfig::new(kelpie_core::NodeId::new("node-1").unwrap());
+    let runtimes = agent_runtimes(storage, &Placement::Local, &env, &config).unwrap();
+    kelpie_agent::AgentService::new(
+        runtimes,
+        env,
+        std::sync::Arc::new(llm),
+        catalog,
+        std::sync::Arc::new(runner),
+    )
+}
 
 /// Longest a test waits for a redb file it closed to be free again.
 pub const REOPEN_WAIT_MS_MAX: u64 = 10_000;
