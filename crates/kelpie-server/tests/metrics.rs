@@ -10,23 +10,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-/// Every sample of a scrape, by series (`name{labels}`).
-fn parse(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
-
-async fn scrape(server: &common::Running) -> BTreeMap<String, f64> {
-    let response = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    parse(&response.text().await.unwrap())
-}
-
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, series: &str) -> f64 {
     after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
 }
@@ -36,7 +19,7 @@ async fn a_known_workload_moves_the_counters_by_known_amounts() {
     let dir = tempfile::tempdir().unwrap();
     let fake = common::fake_llm().await;
     let server = common::start(dir.path(), &fake).await;
-    let before = scrape(&server).await;
+    let before = server.metrics().await;
     assert_eq!(before["kelpie_agents_registered"], 0.0);
 
     let mut agents = Vec::new();
@@ -61,7 +44,7 @@ async fn a_known_workload_moves_the_counters_by_known_amounts() {
     let unknown = "identity-00000000-0000-4000-8000-000000000000";
     let (status, _) = server.call("GET", &format!("/v1/identities/{unknown}"), None).await;
     assert_eq!(status, 404);
-    let after = scrape(&server).await;
+    let after = server.metrics().await;
 
     let refused_series = format!(
         r#"kelpie_http_requests_total{{method="POST",route="/v1/agents/{{agent_id}}/messages",status="{refused_status}"}}"#

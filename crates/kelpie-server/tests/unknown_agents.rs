@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use kelpie_core::ActorId;
 use serde_json::{json, Value};
 
@@ -19,22 +17,9 @@ const PROBED_IDS_COUNT: usize = 1_000;
 const ACTIVATED: &str = r#"kelpie_actor_activations_total{outcome="activated"}"#;
 const CLAIMED: &str = r#"kelpie_lease_operations_total{operation="claim",outcome="granted"}"#;
 
-async fn scrape(server: &common::Running) -> BTreeMap<String, f64> {
-    let response = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
-
 /// The activations and granted claims counted so far.
 async fn activations_and_claims(server: &common::Running) -> (f64, f64) {
-    let sample = scrape(server).await;
+    let sample = server.metrics().await;
     (sample.get(ACTIVATED).copied().unwrap_or(0.0), sample.get(CLAIMED).copied().unwrap_or(0.0))
 }
 

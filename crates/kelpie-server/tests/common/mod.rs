@@ -86,6 +86,20 @@ pub async fn start_cluster_node_with(
 }
 
 impl Running {
+    /// Every sample of a `/metrics` scrape, by series (`name{labels}`).
+    pub async fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let response = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                (series.to_string(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
     pub async fn shutdown(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
         self.task.await.unwrap();
