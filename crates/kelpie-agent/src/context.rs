@@ -8,6 +8,9 @@
 //! The I/O (the summarizer call, the commit) is the turn's
 //! (`service::turn::compaction`); here are the decisions and the texts.
 
+use std::sync::{Arc, OnceLock};
+
+use kelpie_llm::ChatMessage;
 use kelpie_memory::CoreMemory;
 use kelpie_tools::SEND_MESSAGE;
 use serde_json::{json, Value};
@@ -74,27 +77,79 @@ pub fn metadata_text(agent: &AgentRecord, shown: usize, hidden: u64, now_ms: u64
     )
 }
 
-/// A stored message as an OpenAI chat message.
-pub fn chat_message(message: &StoredMessage) -> Value {
-    match &message.body {
-        MessageBody::User { content } | MessageBody::Summary { content, .. } => {
-            json!({"role": "user", "content": content})
+/// A stored message as an OpenAI chat message, printed from borrows (no
+/// value is built); `None` for what is not part of a prompt.
+pub fn chat_message(message: &StoredMessage) -> Option<ChatMessage> {
+    in_prompt(message).then(|| ChatMessage::new(&ChatView(message)))
+}
+
+/// A stored message of a context window, shared (not copied) between the
+/// agent actor's window cache and the turns that prompt with it, with its
+/// chat JSON and token count made at most once for all of them: a full
+/// window is hundreds of messages and every step sends all of them.
+///
+/// The message cannot change once shared (no `DerefMut`), so what was
+/// printed from it stays true; an edited message is stored, and shared,
+/// as a new value.
+#[derive(Debug, Clone)]
+pub struct SharedMessage(Arc<Printed>);
+
+#[derive(Debug)]
+struct Printed {
+    message: StoredMessage,
+    chat: OnceLock<Option<ChatMessage>>,
+}
+
+impl SharedMessage {
+    /// The message's [`chat_message`], printed on first use.
+    pub fn chat(&self) -> Option<&ChatMessage> {
+        self.0.chat.get_or_init(|| chat_message(&self.0.message)).as_ref()
+    }
+
+    /// The message's [`message_tokens`], from its printed chat JSON.
+    pub fn tokens(&self) -> u64 {
+        match self.chat() {
+            Some(chat) => tokens_of(chat.json()),
+            None => message_tokens(&self.0.message),
         }
-        MessageBody::Assistant { content, tool_calls, .. } => {
-            let mut out = json!({"role": "assistant", "content": content});
-            if !tool_calls.is_empty() {
-                out["tool_calls"] = tool_calls
-                    .iter()
-                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                    .collect();
-            }
-            out
-        }
-        MessageBody::Tool { tool_call_id, result, .. } => {
-            json!({"role": "tool", "tool_call_id": tool_call_id, "content": result})
-        }
-        // Not part of a prompt: the calls' results that follow say it all.
-        MessageBody::ApprovalResponse { .. } => Value::Null,
+    }
+}
+
+impl From<StoredMessage> for SharedMessage {
+    fn from(message: StoredMessage) -> SharedMessage {
+        SharedMessage(Arc::new(Printed { message, chat: OnceLock::new() }))
+    }
+}
+
+impl std::ops::Deref for SharedMessage {
+    type Target = StoredMessage;
+
+    fn deref(&self) -> &StoredMessage {
+        &self.0.message
+    }
+}
+
+impl std::borrow::Borrow<StoredMessage> for SharedMessage {
+    fn borrow(&self) -> &StoredMessage {
+        &self.0.message
+    }
+}
+
+impl PartialEq for SharedMessage {
+    fn eq(&self, other: &SharedMessage) -> bool {
+        self.0.message == other.0.message
+    }
+}
+
+impl serde::Serialize for SharedMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.message.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SharedMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SharedMessage, D::Error> {
+        StoredMessage::deserialize(deserializer).map(SharedMessage::from)
     }
 }
 
@@ -126,8 +181,8 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// [`chat_message`] of a message, serialized from borrows: the same JSON
-/// but for the order of its keys, so the same byte count.
+/// A message's chat JSON, serialized from borrows: what [`chat_message`]
+/// prints and [`message_tokens`] counts.
 struct ChatView<'a>(&'a StoredMessage);
 
 impl serde::Serialize for ChatView<'_> {
@@ -304,13 +359,14 @@ pub fn check_settings(settings: &CompactionSettings) -> Result<(), String> {
 /// window; the kept part starts at a user message, so no tool result is
 /// cut from its call. When no such cut exists, or in mode `all`, every
 /// message goes. `None` when there is nothing to summarize.
-pub fn cut(
-    history: &[StoredMessage],
+pub fn cut<M: std::borrow::Borrow<StoredMessage>>(
+    history: &[M],
     fixed_tokens: u64,
     window: u64,
     settings: &CompactionSettings,
 ) -> Option<usize> {
-    let evictable = history.iter().filter(|m| !matches!(m.body, MessageBody::Summary { .. })).count();
+    let evictable =
+        history.iter().filter(|m| !matches!(m.borrow().body, MessageBody::Summary { .. })).count();
     if evictable == 0 {
         return None;
     }
@@ -325,11 +381,12 @@ pub fn cut(
                 break;
             }
             let from = ((eviction * count as f64).round() as usize).max(1);
-            let Some(start) = (from..count).find(|&i| matches!(history[i].body, MessageBody::User { .. }))
+            let Some(start) =
+                (from..count).find(|&i| matches!(history[i].borrow().body, MessageBody::User { .. }))
             else {
                 continue;
             };
-            let kept: u64 = history[start..].iter().map(message_tokens).sum();
+            let kept: u64 = history[start..].iter().map(|m| message_tokens(m.borrow())).sum();
             if fixed_tokens + kept <= goal_tokens {
                 return Some(start);
             }
@@ -349,13 +406,17 @@ fn clip(text: &str, chars_max: usize) -> String {
 /// evicted message on its own line (`[role] text`, a call as
 /// `-> name(arguments)`), at most `chars_max` characters (the middle is
 /// dropped, with a note, when longer).
-pub fn transcript(previous_summary: Option<&str>, evicted: &[StoredMessage], chars_max: usize) -> String {
+pub fn transcript<M: std::borrow::Borrow<StoredMessage>>(
+    previous_summary: Option<&str>,
+    evicted: &[M],
+    chars_max: usize,
+) -> String {
     let mut lines = Vec::new();
     if let Some(summary) = previous_summary {
         lines.push(format!("[summary of what came before] {summary}"));
     }
     for message in evicted {
-        match &message.body {
+        match &message.borrow().body {
             MessageBody::User { content } => lines.push(format!("[user] {content}")),
             MessageBody::Assistant { content, tool_calls, .. } => {
                 let mut line = format!("[assistant] {}", content.as_deref().unwrap_or_default());
@@ -469,14 +530,46 @@ mod tests {
             },
             MessageBody::ApprovalResponse { decisions: Vec::new() },
         ];
-        for (seq, body) in bodies.into_iter().enumerate() {
+        let function =
+            json!({"name": "send_message", "arguments": "{\"message\":\"h\\u00e9llo \\\"quoted\\\"\\n\"}"});
+        let call = json!({"id": "call_1", "type": "function", "function": function});
+        let expected = [
+            Some(json!({"role": "user", "content": "plain \"quoted\" \u{1F600} \u{7} text"})),
+            Some(json!({"role": "user", "content": "a summary"})),
+            Some(json!({"role": "assistant", "content": null, "tool_calls": [call, call]})),
+            Some(json!({"role": "assistant", "content": "thinking"})),
+            Some(json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"status\": \"OK\"}"})),
+            None,
+        ];
+        for ((seq, body), expected) in bodies.into_iter().enumerate().zip(expected) {
             let message = message(seq as u64, body);
-            let built = chat_message(&message).to_string();
-            assert_eq!(message_tokens(&message), tokens_of(&built), "{built}");
+            let printed = chat_message(&message);
+            assert_eq!(printed.as_ref().map(ChatMessage::to_value), expected);
+            let counted = printed.as_ref().map_or(tokens_of("null"), |printed| tokens_of(printed.json()));
+            assert_eq!(message_tokens(&message), counted, "{printed:?}");
         }
         // A count at the rounding edge: 9 bytes are 3 tokens, 8 are 2.
         assert_eq!(tokens_of("123456789"), 3);
         assert_eq!(tokens_of("12345678"), 2);
+    }
+
+    #[test]
+    fn a_shared_message_is_printed_once_for_every_holder_and_counts_as_the_message() {
+        let stored = reply(7, "hello \"there\"");
+        let shared = SharedMessage::from(stored.clone());
+        let holder = shared.clone();
+        let printed = shared.chat().expect("a reply is part of a prompt");
+        assert_eq!(printed, &chat_message(&stored).unwrap());
+        assert!(std::ptr::eq(printed.json(), holder.chat().unwrap().json()), "printed once, shared");
+        assert_eq!(shared.tokens(), message_tokens(&stored));
+        assert_eq!(*holder, stored);
+        let wire = serde_json::to_string(&shared).unwrap();
+        assert_eq!(wire, serde_json::to_string(&stored).unwrap());
+        assert_eq!(serde_json::from_str::<SharedMessage>(&wire).unwrap(), shared);
+        let approval =
+            SharedMessage::from(message(8, MessageBody::ApprovalResponse { decisions: Vec::new() }));
+        assert_eq!(approval.chat(), None);
+        assert_eq!(approval.tokens(), message_tokens(&approval));
     }
 
     #[test]
@@ -493,7 +586,7 @@ mod tests {
         assert_eq!(super::cut(&history, 5_000, 2_000, &settings), Some(20));
         let all = CompactionSettings { mode: CompactionMode::All, ..CompactionSettings::default() };
         assert_eq!(super::cut(&history, 0, 1_000_000, &all), Some(20));
-        assert_eq!(super::cut(&[], 0, 2_000, &settings), None);
+        assert_eq!(super::cut::<StoredMessage>(&[], 0, 2_000, &settings), None);
     }
 
     #[test]

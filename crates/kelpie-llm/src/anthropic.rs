@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
+use crate::chat::{ChatMessage, ChatRequest, ChatResponse, TokenUsage, ToolCall};
 use crate::http::{
     http_client, listed_model_ids, send_json, stream_completion, with_retries, LlmError,
     LLM_STREAM_IDLE_TIMEOUT_MS,
@@ -157,7 +157,8 @@ fn translate_messages(messages: &[Value]) -> (String, Vec<Value>) {
 }
 
 pub(crate) fn request_body(request: &ChatRequest) -> Value {
-    let (system, messages) = translate_messages(&request.messages);
+    let messages: Vec<Value> = request.messages.iter().map(ChatMessage::to_value).collect();
+    let (system, messages) = translate_messages(&messages);
     let tools: Vec<Value> = request
         .tools
         .iter()
@@ -248,7 +249,7 @@ mod tests {
     fn tool_schemas_become_input_schemas() {
         let request = ChatRequest {
             model: "claude-x".into(),
-            messages: vec![json!({"role": "user", "content": "hi"})],
+            messages: vec![json!({"role": "user", "content": "hi"}).into()],
             tools: vec![
                 json!({"name": "send_message", "description": "reply", "parameters": {"type": "object"}}),
             ],

@@ -445,7 +445,7 @@ mod tests {
         let client = crate::openai::OpenAiClient::new(&fake.base_url(), None).unwrap();
         let request = |text: &str| crate::ChatRequest {
             model: FAKE_MODEL.into(),
-            messages: vec![json!({"role": "user", "content": text})],
+            messages: vec![json!({"role": "user", "content": text}).into()],
             tools: Vec::new(),
             max_tokens: 10,
             temperature: 0.0,

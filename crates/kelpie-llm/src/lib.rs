@@ -28,7 +28,7 @@ pub mod settings;
 pub mod sim;
 pub mod stream;
 
-pub use chat::{ChatRequest, ChatResponse, TokenUsage, ToolCall};
+pub use chat::{ChatMessage, ChatRequest, ChatResponse, TokenUsage, ToolCall};
 pub use clients::{ChatModel, LlmClients, ModelFuture};
 pub use endpoint::{ApiFamily, ProviderEndpoint};
 pub use http::LlmError;

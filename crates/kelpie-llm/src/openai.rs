@@ -45,8 +45,8 @@ impl OpenAiClient {
     /// One chat completion, retried on 429/5xx and transport errors.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         crate::metered::metered(crate::metered::PROVIDER_LABEL_OPENAI, async {
-            let body = request_body(request);
-            let answer = with_retries(|| self.post("/chat/completions", &body)).await?;
+            let body = request_bytes(request, false);
+            let answer = with_retries(|| self.post_bytes("/chat/completions", &body)).await?;
             parse_response(&self.base_url, &answer)
         })
         .await
@@ -60,11 +60,9 @@ impl OpenAiClient {
         on_delta: &mut (dyn FnMut(ChatDelta) + Send),
     ) -> Result<ChatResponse, LlmError> {
         crate::metered::metered(crate::metered::PROVIDER_LABEL_OPENAI, async {
-            let mut body = request_body(request);
-            body["stream"] = json!(true);
-            body["stream_options"] = json!({"include_usage": true});
+            let body = request_bytes(request, true);
             let url = format!("{}/chat/completions", self.base_url);
-            let build = || self.authorized(self.http.post(&url).json(&body));
+            let build = || self.authorized(json_post(self.http.post(&url), &body));
             stream_completion(
                 &self.base_url,
                 self.stream_idle_timeout_ms,
@@ -102,6 +100,12 @@ impl OpenAiClient {
         send_json(&self.base_url, call).await
     }
 
+    /// `POST {base}{path}` with the key and a body already printed as JSON.
+    async fn post_bytes(&self, path: &str, body: &[u8]) -> Result<Value, LlmError> {
+        let call = self.authorized(json_post(self.http.post(format!("{}{path}", self.base_url)), body));
+        send_json(&self.base_url, call).await
+    }
+
     fn authorized(&self, call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
             Some(key) => call.bearer_auth(key),
@@ -110,20 +114,60 @@ impl OpenAiClient {
     }
 }
 
+fn json_post(call: reqwest::RequestBuilder, body: &[u8]) -> reqwest::RequestBuilder {
+    call.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_vec())
+}
+
+/// The chat completions body of `request` (with `stream` and usage asked for
+/// when `stream`), as a value: for showing what a step would send.
 pub(crate) fn request_body(request: &ChatRequest) -> Value {
-    let tools: Vec<Value> =
-        request.tools.iter().map(|schema| json!({"type": "function", "function": schema})).collect();
-    let mut body = json!({
-        "model": request.model,
-        "messages": request.messages,
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-    });
-    if !tools.is_empty() {
-        body["tools"] = Value::Array(tools);
-        body["tool_choice"] = json!("auto");
+    serde_json::from_slice(&request_bytes(request, false)).expect("a printed request body parses")
+}
+
+/// The chat completions body of `request`, printed once: the messages are
+/// copied in as the JSON they were printed as when the prompt was built.
+pub(crate) fn request_bytes(request: &ChatRequest, stream: bool) -> Vec<u8> {
+    let messages_bytes: usize = request.messages.iter().map(|message| message.json().len() + 1).sum();
+    let mut out = Vec::with_capacity(messages_bytes + REQUEST_BODY_SLACK_BYTES);
+    out.extend_from_slice(b"{\"model\":");
+    print(&mut out, &request.model);
+    out.extend_from_slice(b",\"messages\":[");
+    for (index, message) in request.messages.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message.json().as_bytes());
     }
-    body
+    out.extend_from_slice(b"],\"max_tokens\":");
+    print(&mut out, &request.max_tokens);
+    out.extend_from_slice(b",\"temperature\":");
+    print(&mut out, &request.temperature);
+    if !request.tools.is_empty() {
+        out.extend_from_slice(b",\"tools\":[");
+        for (index, schema) in request.tools.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"type\":\"function\",\"function\":");
+            print(&mut out, schema);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"tool_choice\":\"auto\"");
+    }
+    if stream {
+        out.extend_from_slice(b",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    }
+    out.push(b'}');
+    out
+}
+
+/// Room in a request body beyond its messages (model, settings, the tools'
+/// schemas): the first allocation's guess, not a limit.
+const REQUEST_BODY_SLACK_BYTES: usize = 16 * 1024;
+
+/// `value` printed as JSON onto `out`.
+fn print(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(out, value).expect("a request field serializes");
 }
 
 /// The `data[].embedding` vectors of an `/embeddings` answer, by `index`.
@@ -212,6 +256,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_request_body_is_the_messages_as_printed_with_settings_and_tools() {
+        let message = json!({"role": "user", "content": "caf\u{e9} \"quoted\"\n"});
+        let tool = json!({"name": "send_message", "parameters": {"type": "object"}});
+        let mut request = ChatRequest {
+            model: "gpt-\"x\"".into(),
+            messages: vec![json!({"role": "system", "content": "s"}).into(), message.clone().into()],
+            tools: vec![tool.clone()],
+            max_tokens: 512,
+            temperature: 0.25,
+        };
+        let printed: Value = serde_json::from_slice(&request_bytes(&request, false)).unwrap();
+        let expected = json!({
+            "model": "gpt-\"x\"",
+            "messages": [{"role": "system", "content": "s"}, message],
+            "max_tokens": 512,
+            "temperature": 0.25,
+            "tools": [{"type": "function", "function": tool}],
+            "tool_choice": "auto",
+        });
+        assert_eq!(printed, expected);
+        assert_eq!(request_body(&request), expected);
+        let streamed: Value = serde_json::from_slice(&request_bytes(&request, true)).unwrap();
+        assert_eq!(streamed["stream"], true);
+        assert_eq!(streamed["stream_options"], json!({"include_usage": true}));
+        assert_eq!(streamed["messages"], expected["messages"]);
+        request.tools.clear();
+        request.messages.clear();
+        let bare: Value = serde_json::from_slice(&request_bytes(&request, false)).unwrap();
+        assert_eq!(
+            bare,
+            json!({"model": "gpt-\"x\"", "messages": [], "max_tokens": 512, "temperature": 0.25})
+        );
+    }
+
     #[tokio::test]
     async fn a_stream_that_stalls_fails_after_the_idle_timeout_without_a_retry() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,7 +314,7 @@ mod tests {
         let client = OpenAiClient::new(&base, None).unwrap().with_stream_idle_timeout_ms(IDLE_TIMEOUT_MS);
         let request = ChatRequest {
             model: "m".into(),
-            messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+            messages: vec![serde_json::json!({"role": "user", "content": "hi"}).into()],
             tools: Vec::new(),
             max_tokens: 10,
             temperature: 0.0,

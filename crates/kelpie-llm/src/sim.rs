@@ -45,9 +45,12 @@ pub fn sim_request(request: &ChatRequest) -> LlmRequest {
         messages: request
             .messages
             .iter()
-            .map(|message| LlmMessage {
-                role: message["role"].as_str().unwrap_or_default().to_string(),
-                content: text_of(message),
+            .map(|message| {
+                let message = message.to_value();
+                LlmMessage {
+                    role: message["role"].as_str().unwrap_or_default().to_string(),
+                    content: text_of(&message),
+                }
             })
             .collect(),
         tools: request

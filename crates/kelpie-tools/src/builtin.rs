@@ -80,8 +80,15 @@ fn tool(
     BuiltinTool { name, id, tool_type, description, json_schema, default_attached: true }
 }
 
-/// Every built-in tool, in a fixed order.
-pub fn builtin_tools() -> Vec<BuiltinTool> {
+/// Every built-in tool, in a fixed order. Built once per process: prompts
+/// list the tools several times per step, and building the schemas is
+/// measurable in a turn's CPU.
+pub fn builtin_tools() -> &'static [BuiltinTool] {
+    static TOOLS: std::sync::OnceLock<Vec<BuiltinTool>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(build_builtin_tools)
+}
+
+fn build_builtin_tools() -> Vec<BuiltinTool> {
     vec![
         tool(
             (SEND_MESSAGE, "tool-00000000-0000-4000-8000-6b656c700001", TOOL_TYPE_CORE),
@@ -244,8 +251,8 @@ pub fn builtin_tools() -> Vec<BuiltinTool> {
 }
 
 /// The built-in tool called `name`, if there is one.
-pub fn builtin_tool(name: &str) -> Option<BuiltinTool> {
-    builtin_tools().into_iter().find(|tool| tool.name == name)
+pub fn builtin_tool(name: &str) -> Option<&'static BuiltinTool> {
+    builtin_tools().iter().find(|tool| tool.name == name)
 }
 
 #[cfg(test)]

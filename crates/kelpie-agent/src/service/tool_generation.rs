@@ -172,9 +172,9 @@ impl ToolGenerator {
         let chat = ChatRequest {
             model: llm.model.clone(),
             messages: vec![
-                json!({"role": "system", "content": SYSTEM_PROMPT}),
-                json!({"role": "assistant", "content": ACKNOWLEDGEMENT}),
-                json!({"role": "user", "content": user_prompt(&request)}),
+                json!({"role": "system", "content": SYSTEM_PROMPT}).into(),
+                json!({"role": "assistant", "content": ACKNOWLEDGEMENT}).into(),
+                json!({"role": "user", "content": user_prompt(&request)}).into(),
             ],
             tools: vec![generate_tool_schema()],
             max_tokens: llm.max_tokens,

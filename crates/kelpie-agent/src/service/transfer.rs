@@ -1218,7 +1218,7 @@ impl AgentImport {
                 llm: &llm,
                 embedding: &embedding,
                 builtins: kelpie_tools::builtin_tools()
-                    .into_iter()
+                    .iter()
                     .map(|tool| (tool.name.to_string(), tool.id.to_string()))
                     .collect(),
                 now_ms: self.parts.env.clock.wall_ms(),

@@ -21,6 +21,7 @@ use super::store::{
     History, MessageChanges, PageSpec,
 };
 pub(crate) use super::store::{load_conversation as load, save_conversation as save, ConversationRecord};
+use crate::context::SharedMessage;
 use crate::limits::{AGENT_CONVERSATIONS_COUNT_MAX, STORE_PAGE_COUNT_MAX};
 use crate::model::StoredMessage;
 
@@ -113,7 +114,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, mut record: ConversationRecord) -> Resul
 pub(crate) async fn fork(
     ctx: &mut Ctx<'_>,
     windows: &dyn MessageChanges,
-    recent: Vec<StoredMessage>,
+    recent: Vec<SharedMessage>,
     source_context: ContextState,
     record: ConversationRecord,
 ) -> Result<ConversationRecord> {
@@ -121,7 +122,8 @@ pub(crate) async fn fork(
     let mut history = History::Conversation(Box::new(record));
     let first_seq = ctx.state.next_seq;
     for message in recent {
-        store::put_message(ctx, windows, &mut history, StoredMessage { seq: 0, ..message }).await?;
+        store::put_message(ctx, windows, &mut history, StoredMessage { seq: 0, ..(*message).clone() })
+            .await?;
     }
     match history {
         History::Conversation(mut record) => {

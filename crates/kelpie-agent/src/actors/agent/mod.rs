@@ -418,7 +418,7 @@ pub enum AgentReply {
     },
     Counts(Counts),
     InContext {
-        messages: Vec<StoredMessage>,
+        messages: Vec<crate::context::SharedMessage>,
         summary: Option<String>,
         summary_content: Option<String>,
         counts: Counts,
@@ -1089,7 +1089,7 @@ async fn conversation_command(
         }
         AgentCommand::GetConversation { id, count_max } => {
             let history = History::of(ctx, Some(&id)).await?;
-            let ids = windows.recent(ctx, &history, count_max).await?.into_iter().map(|m| m.id).collect();
+            let ids = windows.recent(ctx, &history, count_max).await?.iter().map(|m| m.id.clone()).collect();
             match history {
                 History::Conversation(record) => Ok(conversation(*record, ids)),
                 History::Agent => Err(Error::Internal("a conversation's history".into())),

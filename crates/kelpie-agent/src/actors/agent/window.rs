@@ -26,6 +26,7 @@ use kelpie_core::{ActorId, Result};
 use kelpie_storage::{KeyRange, ScanOrder};
 
 use super::store::{self, Ctx, History, MessageChanges};
+use crate::context::SharedMessage;
 use crate::limits::{STORE_PAGE_COUNT_MAX, WINDOW_CACHED_MESSAGES_COUNT_MAX, WINDOW_CACHE_BYTES_MAX};
 use crate::model::{MessageBody, StoredMessage};
 
@@ -59,14 +60,14 @@ fn key_of(ctx: &Ctx<'_>, history: &History) -> WindowKey {
 /// as storage holds them), each with its encoded size in bytes.
 struct Cached {
     stamp: Stamp,
-    messages: VecDeque<(StoredMessage, usize)>,
+    messages: VecDeque<(SharedMessage, usize)>,
     bytes: usize,
     used_tick: u64,
 }
 
 impl Cached {
     fn push(&mut self, message: StoredMessage, bytes: usize) {
-        self.messages.push_back((message, bytes));
+        self.messages.push_back((message.into(), bytes));
         self.bytes += bytes;
         while self.messages.len() > WINDOW_CACHED_MESSAGES_COUNT_MAX {
             let (_, dropped) = self.messages.pop_front().expect("longer than the cap");
@@ -75,7 +76,7 @@ impl Cached {
     }
 
     /// The conversation messages among the newest `count_max`, oldest first.
-    fn newest(&self, count_max: usize) -> Vec<StoredMessage> {
+    fn newest(&self, count_max: usize) -> Vec<SharedMessage> {
         let skip = self.messages.len().saturating_sub(count_max);
         self.messages
             .iter()
@@ -162,7 +163,7 @@ impl RecentWindows {
         ctx: &mut Ctx<'_>,
         history: &History,
         count_max: usize,
-    ) -> Result<Vec<StoredMessage>> {
+    ) -> Result<Vec<SharedMessage>> {
         store::agent(ctx)?;
         let count_max = count_max.clamp(1, STORE_PAGE_COUNT_MAX);
         if count_max > WINDOW_CACHED_MESSAGES_COUNT_MAX {
@@ -229,7 +230,7 @@ async fn read(ctx: &mut Ctx<'_>, history: &History, count: usize) -> Result<Vec<
 
 fn cached_from(stamp: Stamp, newest_first: Vec<(StoredMessage, usize)>) -> Cached {
     let bytes = newest_first.iter().map(|(_, bytes)| bytes).sum();
-    let messages = newest_first.into_iter().rev().collect();
+    let messages = newest_first.into_iter().rev().map(|(message, bytes)| (message.into(), bytes)).collect();
     Cached { stamp, messages, bytes, used_tick: 0 }
 }
 

@@ -3,13 +3,13 @@
 //! window's start past the summarized messages.
 
 use crate::service::providers::Providers;
-use kelpie_llm::{ChatModel, ChatRequest, LlmSettings};
+use kelpie_llm::{ChatMessage, ChatModel, ChatRequest, LlmSettings};
 use serde_json::json;
 
 use kelpie_runtime::ActorRef;
 
 use crate::actors::agent::{AgentActor, AgentCommand, AgentReply};
-use crate::context::{self, SUMMARY_ACKNOWLEDGEMENT};
+use crate::context::{self, SharedMessage, SUMMARY_ACKNOWLEDGEMENT};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::model::{AgentRecord, CompactionSettings, StoredMessage};
 
@@ -17,7 +17,7 @@ use crate::model::{AgentRecord, CompactionSettings, StoredMessage};
 #[derive(Debug, Clone)]
 pub struct Compacted {
     /// The messages still in the window, oldest first.
-    pub kept: Vec<StoredMessage>,
+    pub kept: Vec<SharedMessage>,
     /// The summary as the model wrote it (clipped to the settings).
     pub summary: String,
     /// The stored summary message.
@@ -48,7 +48,7 @@ async fn summarizer(
 pub struct CompactionInput<'a> {
     pub agent: &'a AgentRecord,
     /// The in-context messages, oldest first.
-    pub history: &'a [StoredMessage],
+    pub history: &'a [SharedMessage],
     pub previous_summary: Option<&'a str>,
     /// Tokens the prompt takes besides the history (system message, tool
     /// schemas, pending input).
@@ -85,7 +85,7 @@ pub async fn compact(
     messages.push(json!({"role": "user", "content": transcript}));
     let request = ChatRequest {
         model: model.model.clone(),
-        messages,
+        messages: messages.into_iter().map(ChatMessage::from).collect(),
         tools: Vec::new(),
         max_tokens: model.max_tokens,
         temperature: model.temperature,

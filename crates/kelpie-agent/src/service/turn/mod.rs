@@ -31,7 +31,7 @@ use crate::actors::agent::{
     AgentActor, AgentCommand, AgentReply, ApprovalInput, ExternalResult, StepInput, TagFilter,
 };
 use crate::actors::tool_store::ToolRecord;
-use crate::context;
+use crate::context::{self, SharedMessage};
 use crate::error::{unexpected, ServiceError, ServiceResult};
 use crate::ids::{new_id, new_message_id, step_id};
 use crate::letta::letta_messages;
@@ -202,8 +202,9 @@ const OVERFLOW_RETRIES_COUNT_MAX: u32 = 2;
 
 /// The context window as a turn holds it between steps.
 struct Window {
-    /// In-context messages, oldest first.
-    history: Vec<StoredMessage>,
+    /// In-context messages, oldest first, shared with the agent's cached
+    /// window (each printed for the prompt once).
+    history: Vec<SharedMessage>,
     /// The summary message of what left the window.
     summary: Option<String>,
     summary_content: Option<String>,
@@ -451,7 +452,7 @@ impl Turns {
         let mut outcome = TurnOutcome::new(&run.start.run_id);
         outcome.steps_begun = 1;
         emit_step(&mut outcome, &messages, events, None);
-        window.history.extend(messages);
+        window.history.extend(messages.into_iter().map(SharedMessage::from));
         let turn = TurnParts { run, agent_ref: &agent_ref, custom: &custom, sandbox: &sandbox, events };
         self.steps(&turn, *agent, &mut window, Vec::new(), max_steps, &mut outcome).await?;
         Ok(outcome)
@@ -569,7 +570,7 @@ impl Turns {
             outcome.run_ended = end.is_some();
             emit_step(outcome, &messages, events, streamed.as_ref());
             if hold {
-                window.history.extend(messages);
+                window.history.extend(messages.into_iter().map(SharedMessage::from));
                 outcome.stop_reason = "requires_approval";
                 break;
             }
@@ -588,7 +589,7 @@ impl Turns {
                     rules.after_step(&step_names, replied) == AfterStep::End
                 }
             };
-            window.history.extend(messages);
+            window.history.extend(messages.into_iter().map(SharedMessage::from));
             if ended {
                 outcome.stop_reason = "end_turn";
                 break;
@@ -746,7 +747,7 @@ impl Turns {
         messages.push(json!({"role": "user", "content": prompt}));
         let request = ChatRequest {
             model: llm.model.clone(),
-            messages,
+            messages: messages.into_iter().map(kelpie_llm::ChatMessage::from).collect(),
             tools: Vec::new(),
             max_tokens: llm.max_tokens,
             temperature: llm.temperature,
@@ -794,7 +795,7 @@ impl Turns {
             .map(|schema| json!({"type": "function", "function": schema}))
             .collect();
         let tokens = context::tokens_of;
-        let message_tokens: u64 = history.iter().map(context::message_tokens).sum();
+        let message_tokens: u64 = history.iter().map(SharedMessage::tokens).sum();
         let summary_tokens = window.summary_content.as_deref().map_or(0, tokens);
         let functions_tokens = tokens(&Value::Array(functions.clone()).to_string());
         let counted = [

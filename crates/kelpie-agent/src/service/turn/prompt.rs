@@ -4,20 +4,20 @@
 //! schemas of the agent's tools, in OpenAI's chat shape (the Anthropic
 //! client translates). Sizes are estimated with [`crate::context`].
 
-use kelpie_llm::ChatRequest;
+use kelpie_llm::{ChatMessage, ChatRequest};
 use kelpie_tools::builtin_tools;
 use serde_json::{json, Value};
 
 use crate::actors::tool_store::ToolRecord;
-use crate::context::{self, chat_message, message_tokens, system_text, tokens_of};
-use crate::model::{AgentRecord, MessageBody, StoredMessage};
+use crate::context::{system_text, tokens_of, SharedMessage};
+use crate::model::{AgentRecord, MessageBody};
 
 /// Everything a prompt is made of.
 pub(super) struct PromptParts<'a> {
     pub agent: &'a AgentRecord,
     pub custom: &'a [ToolRecord],
     /// The in-context messages, oldest first.
-    pub history: &'a [StoredMessage],
+    pub history: &'a [SharedMessage],
     /// The summary message of what left the window, as the agent reads it.
     pub summary: Option<&'a str>,
     /// Messages stored outside the window.
@@ -50,7 +50,7 @@ impl PromptParts<'_> {
 
     /// Estimated tokens of the history.
     pub fn history_tokens(&self) -> u64 {
-        self.history.iter().map(message_tokens).sum()
+        self.history.iter().map(SharedMessage::tokens).sum()
     }
 
     /// Estimated tokens of the whole prompt.
@@ -61,12 +61,12 @@ impl PromptParts<'_> {
     /// The newest messages of the history that fit the whole window beside
     /// the rest of the prompt, from a user message on: what is sent when
     /// even a compaction could not make room.
-    pub fn fitting_history(&self) -> &[StoredMessage] {
+    pub fn fitting_history(&self) -> &[SharedMessage] {
         let budget = self.agent.llm.context_window.saturating_sub(self.fixed_tokens());
         let mut used = 0;
         let mut start = self.history.len();
         for (index, message) in self.history.iter().enumerate().rev() {
-            used += message_tokens(message);
+            used += message.tokens();
             if used > budget {
                 break;
             }
@@ -78,16 +78,19 @@ impl PromptParts<'_> {
         &self.history[start..]
     }
 
-    pub fn request(&self, history: &[StoredMessage]) -> ChatRequest {
+    pub fn request(&self, history: &[SharedMessage]) -> ChatRequest {
         let agent = self.agent;
         let hidden = self.hidden + (self.history.len() - history.len()) as u64;
         let system = system_text(agent, history.len(), hidden, self.now_ms);
-        let mut messages = vec![json!({"role": "system", "content": system})];
+        let mut messages = Vec::with_capacity(history.len() + self.pending.len() + 2);
+        messages.push(ChatMessage::new(&json!({"role": "system", "content": system})));
         if let Some(summary) = self.summary {
-            messages.push(json!({"role": "user", "content": summary}));
+            messages.push(ChatMessage::new(&json!({"role": "user", "content": summary})));
         }
-        messages.extend(history.iter().filter(|m| context::in_prompt(m)).map(chat_message));
-        messages.extend(self.pending.iter().map(|text| json!({"role": "user", "content": text})));
+        messages.extend(history.iter().filter_map(|message| message.chat().cloned()));
+        messages.extend(
+            self.pending.iter().map(|text| ChatMessage::new(&json!({"role": "user", "content": text}))),
+        );
         ChatRequest {
             model: agent.llm.model.clone(),
             messages,
