@@ -1,7 +1,8 @@
 //! What sandboxing costs a tool call. One trivial Python tool called through
 //! the tool runner on each backend (`none`, `process`, `gvisor`), each with
-//! every call starting its sandbox (cold) and with warm sandboxes (the
-//! default): latency of sequential calls with a pause between them, as the
+//! every call starting its sandbox (cold), with warm sandboxes, and (process
+//! only) with fork servers serving many calls per sandbox (the default):
+//! latency of sequential calls with a pause between them, as the
 //! model's turn gives a real agent (p50, p99), throughput with 4 calls in
 //! flight back to back with the machine's CPU time per call, and the
 //! overhead of each over the unsandboxed call of the same shape. Then where the
@@ -108,12 +109,15 @@ async fn measure(runner: Arc<ToolRunner>) -> Figures {
     }
 }
 
-fn runner(backend: Arc<dyn Backend>, dir: &Path, warm_count: usize) -> Arc<ToolRunner> {
+fn runner(backend: Arc<dyn Backend>, dir: &Path, shape: Shape) -> Arc<ToolRunner> {
     if let Err(err) = backend.check_available() {
         panic!("the {} backend is unavailable: {err}", backend.kind().name());
     }
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.join("pip"));
-    settings.warm_sandboxes_count = warm_count;
+    settings.warm_sandboxes_count = shape.warm_count;
+    if !shape.fork_server {
+        settings.fork_server_calls_max = 0;
+    }
     Arc::new(ToolRunner::new(backend, settings))
 }
 
@@ -146,6 +150,20 @@ fn cgroup_ms(runs: usize) -> Option<f64> {
     Some(percentile(&times, 0.5))
 }
 
+/// How a configuration starts its sandboxes.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    warm_count: usize,
+    fork_server: bool,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape { name: "cold", warm_count: 0, fork_server: false },
+    Shape { name: "warm", warm_count: WARM_COUNT, fork_server: false },
+    Shape { name: "fork server", warm_count: WARM_COUNT, fork_server: true },
+];
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,18 +175,25 @@ async fn main() {
         ("gvisor", |dir| Arc::new(GvisorBackend::open(dir))),
     ];
     // The unsandboxed call's p50 and p99 for each shape, cold and warm:
-    // each sandboxed shape is compared with the same shape unsandboxed.
+    // each sandboxed shape is compared with the same shape unsandboxed (a
+    // fork server with the warm one: both find the interpreter started).
     let mut baselines: [Option<(f64, f64)>; 2] = [None, None];
     println!(
         "backend | sandboxes | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight) | CPU per call"
     );
     for (name, open) in backends {
-        for (baseline, (shape, warm_count)) in baselines.iter_mut().zip([("cold", 0), ("warm", WARM_COUNT)]) {
-            let dir = dir.path().join(format!("{name}-{shape}"));
-            let figures = measure(runner(open(dir.join("run")), &dir, warm_count)).await;
+        for shape in SHAPES {
+            // Only the process backend has fork servers.
+            if shape.fork_server && name != "process" {
+                continue;
+            }
+            let dir = dir.path().join(format!("{name}-{}", shape.name.replace(' ', "-")));
+            let figures = measure(runner(open(dir.join("run")), &dir, shape)).await;
+            let baseline = &mut baselines[usize::from(shape.warm_count > 0)];
             let (base50, base99) = *baseline.get_or_insert((figures.p50_ms, figures.p99_ms));
             println!(
-                "{name} | {shape} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0} | {:.1} ms",
+                "{name} | {} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0} | {:.1} ms",
+                shape.name,
                 figures.p50_ms,
                 figures.p99_ms,
                 figures.p50_ms - base50,
