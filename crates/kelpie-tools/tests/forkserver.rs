@@ -1,8 +1,9 @@
 //! Calls served one after another by the same fork server (process backend):
 //! what one call leaves or attempts — files, a changed environment, a
-//! daemon, System V IPC, a key in the user keyring, ptrace, /proc/<server>
+//! daemon, System V IPC, keys in the user and persistent keyrings, ptrace, /proc/<server>
 //! mem, fd and environ, signals, killing the server — never reaches the
-//! next call, which still returns its value. Each test checks which
+//! next call, which still returns its value. (The probes name x86-64's
+//! keyctl and add_key system calls.) Each test checks which
 //! sandbox served each call (the runner's sandboxes dir holds one per
 //! fork server). Run as root, as the server is. Needs bubblewrap; fails
 //! (never skips) without it.
@@ -81,7 +82,9 @@ def leave(marker: str) -> str:
     libc = ctypes.CDLL(None, use_errno=True)
     shm = libc.shmget(0x4B4C5045, 4096, 0o1666)
     key = libc.syscall(248, b"user", marker.encode(), b"secret", 6, -4)
-    return json.dumps({"shm": shm, "key": key, "given": os.environ.get("GIVEN")})
+    persistent = libc.syscall(250, 22, -1, -2)
+    kept = libc.syscall(248, b"user", marker.encode(), b"secret", 6, persistent)
+    return json.dumps({"shm": shm, "key": key, "kept": kept, "given": os.environ.get("GIVEN")})
 "#;
 
 const LOOK: &str = r#"
@@ -101,6 +104,7 @@ def look(marker: str) -> str:
         "daemon": any(marker in cmdline for cmdline in cmdlines),
         "shm": open("/proc/sysvipc/shm").read().splitlines()[1:],
         "key": libc.syscall(250, 10, -4, b"user", marker.encode(), 0),
+        "kept": libc.syscall(250, 10, libc.syscall(250, 22, -1, -2), b"user", marker.encode(), 0),
         "cwd": os.getcwd(),
     })
 "#;
@@ -153,6 +157,7 @@ async fn a_call_leaves_nothing_for_the_next_call_on_the_same_fork_server() {
     assert_eq!(left["given"], "given-value");
     assert!(left["shm"].as_i64().unwrap() >= 0, "the first call made a shared memory segment: {left}");
     assert!(left["key"].as_i64().unwrap() > 0, "the first call added a key: {left}");
+    assert!(left["kept"].as_i64().unwrap() > 0, "and a key to the persistent keyring: {left}");
     let served_a = world.sandboxes();
     assert_eq!(served_a.len(), 1, "one fork server: {served_a:?}");
 
@@ -165,6 +170,7 @@ async fn a_call_leaves_nothing_for_the_next_call_on_the_same_fork_server() {
             "daemon": false,
             "shm": [],
             "key": -1,
+            "kept": -1,
             "cwd": "/work",
         })
     );

@@ -15,8 +15,8 @@
 # After each call, nothing of it may reach the next one: every process of
 # the sandbox but bubblewrap's init and this server is killed (kill(-1)) and
 # reaped (this server is their subreaper), and checked gone; /work, /tmp and
-# /dev/shm are emptied; System V IPC objects are removed; the user keyrings
-# are cleared; and the sandbox's own writable trees (/ and /dev) must look as
+# /dev/shm are emptied; System V IPC objects are removed; the user, user
+# session and persistent keyrings are cleared; and the sandbox's own writable trees (/ and /dev) must look as
 # they did before the first call. Only then does the server answer "clean";
 # otherwise it answers "not clean" and exits, and the host destroys the
 # sandbox. The server is not dumpable (no ptrace, no /proc/<pid>/mem, fd or
@@ -51,6 +51,9 @@ IPC_RMID = 0
 KEYCTL_CLEAR = 7
 KEY_SPEC_USER_KEYRING = -4
 KEY_SPEC_USER_SESSION_KEYRING = -5
+KEY_SPEC_PROCESS_KEYRING = -2
+KEYCTL_GET_PERSISTENT = 22
+EOPNOTSUPP = 95
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -132,6 +135,13 @@ def wipe():
     keyctl = SYS_KEYCTL[os.uname().machine]
     for keyring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
         checked(libc.syscall(keyctl, KEYCTL_CLEAR, keyring), "keyctl clear")
+    # The user's persistent keyring outlives every process (days); linked
+    # into this server's process keyring, which no child inherits.
+    persistent = libc.syscall(keyctl, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+    if persistent >= 0:
+        checked(libc.syscall(keyctl, KEYCTL_CLEAR, persistent), "keyctl clear persistent")
+    elif ctypes.get_errno() != EOPNOTSUPP:
+        checked(-1, "keyctl get_persistent")
 
 
 def tidy(baseline):
