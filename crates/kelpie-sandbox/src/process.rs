@@ -13,6 +13,11 @@
 //! stays the namespace's init and is killed with its parent: when the
 //! program exits, or the call is killed, every process it started dies with
 //! the pid namespace, so nothing outlives the call.
+//!
+//! The root bwrap builds is remounted read-only: a program writes only
+//! `/work`, `/tmp` and `/dev`. An execution may also ask for a control
+//! channel ([`crate::served`]): a long-lived fork server in the sandbox
+//! then serves many calls, and kills and wipes what each left itself.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
