@@ -333,6 +333,7 @@ pub fn tool_runner(config: &SandboxConfig) -> ToolRunner {
     let mut settings = RunnerSettings::new(config.python.clone(), config.dir.join("pip"));
     settings.pip_index_url = config.pip_index_url.clone();
     settings.warm_sandboxes_count = config.warm_count;
+    settings.fork_server_calls_max = config.fork_server_calls;
     settings.mcp = kelpie_tools::mcp::McpSettings {
         allow_internal_urls: config.mcp_allow_internal_urls,
         stdio_network: config.mcp_stdio_network,

@@ -38,6 +38,7 @@
 //! | `sandbox.python` | `KELPIE_SANDBOX_PYTHON` | `/usr/bin/python3` |
 //! | `sandbox.pip_index_url` | `KELPIE_PIP_INDEX_URL` | none (pip's default index) |
 //! | `sandbox.warm_count` | `KELPIE_SANDBOX_WARM` | 2 |
+//! | `sandbox.fork_server_calls` | `KELPIE_SANDBOX_FORK_CALLS` | 1000: calls one fork server serves on `process` (0: a sandbox per call) |
 //! | `mcp.allow_internal_urls` | `KELPIE_MCP_ALLOW_INTERNAL_URLS` | `false`: MCP server URLs on loopback, private or link-local addresses are refused |
 //! | `mcp.stdio_network` | `KELPIE_MCP_STDIO_NETWORK` | `false`: stdio MCP servers run without network |
 //! | `log.format` | `KELPIE_LOG_FORMAT` | `text`; `json`: one JSON object a line |
@@ -62,6 +63,9 @@ const DATABASE_POOL_SIZE_COUNT_DEFAULT: u32 = 12;
 /// Most sandboxes kept started ahead of the tool calls that will use them.
 pub const SANDBOX_WARM_COUNT_MAX: usize = 64;
 const SANDBOX_WARM_COUNT_DEFAULT: usize = 2;
+/// Calls one fork server may serve (`sandbox.fork_server_calls`).
+pub const SANDBOX_FORK_SERVER_CALLS_MAX: u64 = 100_000;
+const SANDBOX_FORK_SERVER_CALLS_DEFAULT: u64 = 1_000;
 
 /// Every known field, with the environment variable that sets it.
 pub const FIELDS: &[(&str, &str)] = &[
@@ -91,6 +95,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("sandbox.python", "KELPIE_SANDBOX_PYTHON"),
     ("sandbox.pip_index_url", "KELPIE_PIP_INDEX_URL"),
     ("sandbox.warm_count", "KELPIE_SANDBOX_WARM"),
+    ("sandbox.fork_server_calls", "KELPIE_SANDBOX_FORK_CALLS"),
     ("mcp.allow_internal_urls", "KELPIE_MCP_ALLOW_INTERNAL_URLS"),
     ("mcp.stdio_network", "KELPIE_MCP_STDIO_NETWORK"),
     ("log.format", "KELPIE_LOG_FORMAT"),
@@ -252,6 +257,9 @@ pub struct SandboxConfig {
     pub pip_index_url: Option<String>,
     /// Sandboxes kept started ahead of tool calls (0: every call starts one).
     pub warm_count: usize,
+    /// Calls one fork server serves on the process backend (0: every
+    /// Python call gets a sandbox of its own).
+    pub fork_server_calls: u64,
     /// MCP server URLs may resolve to internal addresses (else refused).
     pub mcp_allow_internal_urls: bool,
     /// stdio MCP servers' sandboxes get the network.
@@ -557,12 +565,22 @@ impl ConfigLayers {
                 _ => Err(format!("{v:?} is not a whole number from 0 to {SANDBOX_WARM_COUNT_MAX}")),
             }
         })?;
+        let fork_server_calls =
+            self.parse("sandbox.fork_server_calls", &SANDBOX_FORK_SERVER_CALLS_DEFAULT.to_string(), |v| {
+                match v.parse::<u64>() {
+                    Ok(n) if n <= SANDBOX_FORK_SERVER_CALLS_MAX => Ok(n),
+                    _ => {
+                        Err(format!("{v:?} is not a whole number from 0 to {SANDBOX_FORK_SERVER_CALLS_MAX}"))
+                    }
+                }
+            })?;
         Ok(SandboxConfig {
             backend,
             dir,
             python,
             pip_index_url,
             warm_count,
+            fork_server_calls,
             mcp_allow_internal_urls: self.boolean("mcp.allow_internal_urls")?,
             mcp_stdio_network: self.boolean("mcp.stdio_network")?,
         })
@@ -672,6 +690,7 @@ mod tests {
                 python: "/usr/bin/python3".into(),
                 pip_index_url: None,
                 warm_count: 2,
+                fork_server_calls: 1_000,
                 mcp_allow_internal_urls: false,
                 mcp_stdio_network: false,
             }

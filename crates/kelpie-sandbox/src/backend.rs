@@ -72,9 +72,25 @@ pub struct ExecRequest {
     /// Opens the result channel: a Unix socket at the path in
     /// [`RESULT_SOCKET_ENV`] whose first connection is read as the result.
     pub result_channel: bool,
+    /// Opens a control channel for a program that serves calls (a fork
+    /// server, [`crate::served`]): a Unix socket at the path in
+    /// [`crate::served::CONTROL_SOCKET_ENV`] whose first connection is
+    /// handed to the channel's receiver. Only the `process` backend has it.
+    pub control: Option<crate::served::ControlChannel>,
 }
 
 impl ExecRequest {
+    /// Refuses a control channel on a backend without one.
+    pub fn check_no_control(&self, backend: BackendKind) -> Result<(), SandboxError> {
+        match self.control {
+            Some(_) => Err(SandboxError::InvalidRequest(format!(
+                "the {} backend cannot serve calls through a control channel; only process can",
+                backend.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(program: impl Into<String>, args: Vec<String>) -> Self {
         ExecRequest {
             program: program.into(),
@@ -83,6 +99,7 @@ impl ExecRequest {
             stdin: Input::Now(Vec::new()),
             limits: ExecLimits::default(),
             result_channel: false,
+            control: None,
         }
     }
 }

@@ -326,6 +326,7 @@ impl GvisorInstance {
 impl Instance for GvisorInstance {
     fn exec(&self, request: ExecRequest) -> InstanceFuture<'_, Result<ExecOutput, SandboxError>> {
         Box::pin(async move {
+            request.check_no_control(BackendKind::Gvisor)?;
             let _running = self.executions.begin()?;
             self.run(request).await
         })

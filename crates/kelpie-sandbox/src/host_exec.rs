@@ -121,7 +121,11 @@ pub(crate) trait Reaper: Send + Sync {
     fn hit_memory_limit(&self) -> bool;
 }
 
-async fn capture(stream: Option<impl AsyncRead + Unpin>, limit_bytes: u64, into: Arc<Mutex<Captured>>) {
+pub(crate) async fn capture(
+    stream: Option<impl AsyncRead + Unpin>,
+    limit_bytes: u64,
+    into: Arc<Mutex<Captured>>,
+) {
     let Some(mut stream) = stream else { return };
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {

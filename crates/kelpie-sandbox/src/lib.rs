@@ -10,6 +10,8 @@
 //!   chosen). They share the root a program sees ([`rootfs`]), the cgroups
 //!   ([`cgroup`]) and the host-process plumbing ([`host_exec`]). With the
 //!   `sim` feature, `sim` is a simulated backend over kelpie-dst.
+//! - [`served`]: calls served by a long-lived program in a sandbox (a
+//!   fork server), each with its own pipes and limits.
 //! - [`limits`]: every limit of an execution, with its unit.
 //!
 //! The threat model, per backend: `docs/sandbox.md`. Never depends on the
@@ -25,6 +27,7 @@ pub mod limits;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;
+pub mod served;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod unsandboxed;

@@ -13,6 +13,11 @@
 //! stays the namespace's init and is killed with its parent: when the
 //! program exits, or the call is killed, every process it started dies with
 //! the pid namespace, so nothing outlives the call.
+//!
+//! The root bwrap builds is remounted read-only: a program writes only
+//! `/work`, `/tmp` and `/dev`. An execution may also ask for a control
+//! channel ([`crate::served`]): a long-lived fork server in the sandbox
+//! then serves many calls, and kills and wipes what each left itself.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use crate::error::SandboxError;
 use crate::host_exec::{self, Executions, HostProcess, Reaper};
 use crate::limits::{ExecLimits, SANDBOX_TMP_SIZE_BYTES};
 use crate::rootfs::{self, RootEntry, SANDBOX_GID, SANDBOX_HOSTNAME, SANDBOX_PATH, SANDBOX_UID};
+use crate::served::{Control, ControlChannel, CONTROL_SOCKET_ENV, CONTROL_SOCKET_PATH};
 
 /// The host user and group sandboxes run as when the server is root.
 pub const SANDBOX_HOST_UID: u32 = 65_534;
@@ -306,16 +312,28 @@ impl SandboxDir {
         n: u64,
         user: Option<(u32, u32)>,
     ) -> Result<(PathBuf, UnixListener), SandboxError> {
+        let dir = self.ipc_dir(n, user)?;
+        let listener = listen(&dir, "result.sock", user)?;
+        Ok((dir, listener))
+    }
+
+    /// A fresh directory for execution `n`'s sockets.
+    pub(crate) fn ipc_dir(&self, n: u64, user: Option<(u32, u32)>) -> Result<PathBuf, SandboxError> {
         let dir = self.path.join("ipc").join(n.to_string());
         std::fs::create_dir(&dir).map_err(|e| SandboxError::Create(format!("{}: {e}", dir.display())))?;
         give_to(&dir, user)?;
-        let socket = dir.join("result.sock");
-        let listener = UnixListener::bind(&socket)
-            .map_err(|e| SandboxError::Create(format!("result socket {}: {e}", socket.display())))?;
-        give_to(&socket, user)?;
-        set_mode(&socket, 0o600)?;
-        Ok((dir, listener))
+        Ok(dir)
     }
+}
+
+/// A Unix socket `name` in `dir`, listening, reachable by `user` only.
+pub(crate) fn listen(dir: &Path, name: &str, user: Option<(u32, u32)>) -> Result<UnixListener, SandboxError> {
+    let socket = dir.join(name);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| SandboxError::Create(format!("socket {}: {e}", socket.display())))?;
+    give_to(&socket, user)?;
+    set_mode(&socket, 0o600)?;
+    Ok(listener)
 }
 
 struct ProcessInstance {
@@ -378,14 +396,14 @@ impl ProcessInstance {
         env
     }
 
-    fn command(&self, request: &ExecRequest, binds: &[Mount], with_result: bool) -> Vec<OsString> {
+    fn command(&self, request: &ExecRequest, binds: &[Mount]) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["-c".into(), LAUNCH_SCRIPT.into(), "kelpie-launch".into()];
         if let Some(setpriv) = &self.shared.setpriv {
             args.push(setpriv.into());
             args.extend(setpriv_args().into_iter().map(OsString::from));
         }
         args.push(self.shared.bwrap.clone().into());
-        args.extend(bwrap_args(binds, &self.spec, request, with_result));
+        args.extend(bwrap_args(binds, &self.spec, request));
         args
     }
 
@@ -393,18 +411,25 @@ impl ProcessInstance {
         let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
         let group = self.groups.start(n, &request.limits)?;
         let cgroup = group.as_ref().map(|group| group.cgroup.as_ref());
-        let (ipc, listener) = match request.result_channel {
-            true => {
-                let (dir, listener) = self.dir.result_socket(n, self.shared.user)?;
-                (Some(dir), Some(listener))
+        let wants_ipc = request.result_channel || request.control.is_some();
+        let ipc = if wants_ipc { Some(self.dir.ipc_dir(n, self.shared.user)?) } else { None };
+        let listener = match (&ipc, request.result_channel) {
+            (Some(dir), true) => Some(listen(dir, "result.sock", self.shared.user)?),
+            _ => None,
+        };
+        let control = match (&ipc, &request.control) {
+            (Some(dir), Some(channel)) => {
+                let listener = listen(dir, "control.sock", self.shared.user)?;
+                let cgroup = group.as_ref().map(|group| Arc::clone(&group.cgroup));
+                Some(hand_over_control(listener, channel.clone(), cgroup))
             }
-            false => (None, None),
+            _ => None,
         };
         let binds =
             sandbox_binds(&self.shared.dir.join(ETC_DIR), &self.dir.work(), ipc.as_deref(), &self.spec);
         let process = HostProcess {
             program: PathBuf::from("/bin/sh"),
-            args: self.command(&request, &binds, ipc.is_some()),
+            args: self.command(&request, &binds),
             env: self.launch_env(&request.limits, cgroup),
             cwd: self.dir.path.clone(),
             user: None,
@@ -413,6 +438,7 @@ impl ProcessInstance {
         let interrupts = self.executions.interrupts();
         let outcome =
             host_exec::run(process, request.stdin, &request.limits, listener, interrupts, &reaper).await;
+        drop(control);
         if let Some(cgroup) = &cgroup {
             cgroup.remove();
         }
@@ -425,12 +451,7 @@ impl ProcessInstance {
 
 /// The bubblewrap arguments of one execution: namespaces, the root, the
 /// limits on `/tmp`, the environment, then the program.
-fn bwrap_args(
-    binds: &[Mount],
-    spec: &SandboxSpec,
-    request: &ExecRequest,
-    with_result: bool,
-) -> Vec<OsString> {
+fn bwrap_args(binds: &[Mount], spec: &SandboxSpec, request: &ExecRequest) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
         args.extend(parts.iter().map(|part| part.as_ref().to_os_string()));
@@ -458,15 +479,20 @@ fn bwrap_args(
         let kind = if bind.writable { "--bind" } else { "--ro-bind" };
         push(&[&kind, &bind.host, &bind.sandbox]);
     }
-    push(&[&"--chdir", &SANDBOX_WORK_DIR]);
+    // The root itself (a tmpfs bwrap made) is read-only: a program may
+    // write only /work, /tmp and /dev, which a fork server wipes between calls.
+    push(&[&"--remount-ro", &"/", &"--chdir", &SANDBOX_WORK_DIR]);
     let mut env = vec![
         ("PATH", SANDBOX_PATH.to_string()),
         ("HOME", SANDBOX_WORK_DIR.to_string()),
         ("TMPDIR", "/tmp".to_string()),
         ("LANG", "C.UTF-8".to_string()),
     ];
-    if with_result {
+    if request.result_channel {
         env.push((RESULT_SOCKET_ENV, RESULT_SOCKET_PATH.to_string()));
+    }
+    if request.control.is_some() {
+        env.push((CONTROL_SOCKET_ENV, CONTROL_SOCKET_PATH.to_string()));
     }
     for (key, value) in env
         .iter()
@@ -478,6 +504,28 @@ fn bwrap_args(
     push(&[&"--", &request.program]);
     args.extend(request.args.iter().map(OsString::from));
     args
+}
+
+/// Accepts the first connection to `listener` and hands it to `channel`;
+/// the task ends (and the listener closes) when the returned guard drops.
+fn hand_over_control(
+    listener: UnixListener,
+    channel: ControlChannel,
+    cgroup: Option<Arc<Cgroup>>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        if let Ok((stream, _)) = listener.accept().await {
+            channel.deliver(Control::new(stream, cgroup));
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct ExecReaper<'a> {

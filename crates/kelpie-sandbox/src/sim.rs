@@ -95,6 +95,7 @@ fn ended(
 impl Instance for SimInstance {
     fn exec(&self, request: ExecRequest) -> InstanceFuture<'_, Result<ExecOutput, SandboxError>> {
         Box::pin(async move {
+            request.check_no_control(BackendKind::Simulated)?;
             let payload: Value = match &request.stdin {
                 Input::Now(bytes) => serde_json::from_slice(bytes).unwrap_or(Value::Null),
                 Input::Later(_) | Input::Session(_) => Value::Null,

@@ -90,6 +90,7 @@ impl Reaper for GroupReaper {
 impl Instance for HostInstance {
     fn exec(&self, request: ExecRequest) -> InstanceFuture<'_, Result<ExecOutput, SandboxError>> {
         Box::pin(async move {
+            request.check_no_control(BackendKind::Unsandboxed)?;
             let _running = self.executions.begin()?;
             let work = self.dir.work();
             let mut env = vec![

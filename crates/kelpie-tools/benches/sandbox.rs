@@ -1,14 +1,16 @@
 //! What sandboxing costs a tool call. One trivial Python tool called through
 //! the tool runner on each backend (`none`, `process`, `gvisor`), each with
-//! every call starting its sandbox (cold) and with warm sandboxes (the
-//! default): latency of sequential calls with a pause between them, as the
+//! every call starting its sandbox (cold), with warm sandboxes, and (process
+//! only) with fork servers serving many calls per sandbox (the default):
+//! latency of sequential calls with a pause between them, as the
 //! model's turn gives a real agent (p50, p99), throughput with 4 calls in
 //! flight back to back with the machine's CPU time per call, and the
 //! overhead of each over the unsandboxed call of the same shape. Then where the
 //! process backend's time goes: the bare interpreter start, bubblewrap
 //! starting a trivial program, and the cgroup made and removed per call.
 //!
-//! Run (as root, as the server runs): `cargo bench -p kelpie-tools --bench sandbox`.
+//! Run (as root, as the server runs): `cargo bench -p kelpie-tools --bench sandbox`;
+//! `KELPIE_BENCH_BACKENDS=none,process` measures only those backends.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -52,6 +54,58 @@ struct Figures {
     /// Machine-wide CPU time (all processes and the kernel) per call while
     /// calls run back to back: what bounds throughput on 2 cores.
     cpu_ms_per_call: f64,
+    /// CPU time of this process and of everything it started (sandboxes,
+    /// their launchers, the calls; runsc's daemons too): the same figure on
+    /// a machine shared with other work. `None` without cgroup v1 cpuacct.
+    tree_cpu_ms_per_call: Option<f64>,
+    /// The part of it spent in this process (the runner, tokio, the pipes).
+    own_cpu_ms_per_call: f64,
+}
+
+/// A cgroup v1 `cpuacct` group holding this process and so everything it
+/// starts: the sandboxes' cgroups are in other hierarchies (memory, pids,
+/// cpu, freezer), so sandboxed processes stay in it. Left when dropped.
+struct TreeCpu {
+    dir: std::path::PathBuf,
+}
+
+const CPUACCT_ROOT: &str = "/sys/fs/cgroup/cpuacct";
+
+impl TreeCpu {
+    fn join() -> Option<TreeCpu> {
+        let root = Path::new(CPUACCT_ROOT);
+        if !root.join("cpuacct.usage").is_file() {
+            return None;
+        }
+        let dir = root.join(format!("kelpie-bench-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let tree = TreeCpu { dir };
+        std::fs::write(tree.dir.join("cgroup.procs"), std::process::id().to_string()).ok()?;
+        Some(tree)
+    }
+
+    /// CPU time used in the group so far, in milliseconds.
+    fn ms(&self) -> f64 {
+        let text = std::fs::read_to_string(self.dir.join("cpuacct.usage")).expect("cpuacct.usage");
+        text.trim().parse::<f64>().expect("nanoseconds") / 1e6
+    }
+}
+
+impl Drop for TreeCpu {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Path::new(CPUACCT_ROOT).join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// CPU time of this process alone (`/proc/self/stat` utime + stime), in ms.
+fn own_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after_name = stat.rsplit_once(") ").expect("stat has a name").1;
+    // Fields from the third (state) on: utime is the 14th field, at 11 here;
+    // ticks of 10 ms (USER_HZ = 100).
+    let ticks: f64 = after_name.split_whitespace().skip(11).take(2).map(|v| v.parse::<f64>().unwrap()).sum();
+    ticks * 10.0
 }
 
 /// Busy CPU time of the whole machine so far (`/proc/stat`), in milliseconds.
@@ -70,7 +124,11 @@ fn machine_busy_ms() -> f64 {
     busy * 10.0
 }
 
-async fn measure(runner: Arc<ToolRunner>) -> Figures {
+/// Latency on one runner, then throughput on a fresh one (so that every
+/// sandbox it starts, and nothing earlier, is reaped by the end and counted
+/// in the tree's CPU, including starting its sandboxes or fork servers).
+async fn measure(make: impl Fn() -> Arc<ToolRunner>, tree: Option<&TreeCpu>) -> Figures {
+    let runner = make();
     for n in 0..WARMUP_CALLS_COUNT {
         call(&runner, n).await;
     }
@@ -82,8 +140,13 @@ async fn measure(runner: Arc<ToolRunner>) -> Figures {
         latencies.push(started.elapsed());
     }
     latencies.sort();
+    runner.shutdown().await;
+    drop(runner);
+    let runner = make();
     let started = Instant::now();
     let busy_before_ms = machine_busy_ms();
+    let own_before_ms = own_cpu_ms();
+    let tree_before_ms = tree.map(TreeCpu::ms);
     let workers: Vec<_> = (0..IN_FLIGHT_COUNT)
         .map(|worker| {
             let runner = Arc::clone(&runner);
@@ -100,20 +163,28 @@ async fn measure(runner: Arc<ToolRunner>) -> Figures {
     let calls_per_s = CONCURRENT_CALLS_COUNT as f64 / started.elapsed().as_secs_f64();
     let cpu_ms_per_call = (machine_busy_ms() - busy_before_ms) / CONCURRENT_CALLS_COUNT as f64;
     runner.shutdown().await;
+    let per_call = |ms: f64| ms / CONCURRENT_CALLS_COUNT as f64;
+    let own_cpu_ms_per_call = per_call(own_cpu_ms() - own_before_ms);
+    let tree_cpu_ms_per_call = tree.zip(tree_before_ms).map(|(tree, before)| per_call(tree.ms() - before));
     Figures {
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         calls_per_s,
         cpu_ms_per_call,
+        tree_cpu_ms_per_call,
+        own_cpu_ms_per_call,
     }
 }
 
-fn runner(backend: Arc<dyn Backend>, dir: &Path, warm_count: usize) -> Arc<ToolRunner> {
+fn runner(backend: Arc<dyn Backend>, dir: &Path, shape: Shape) -> Arc<ToolRunner> {
     if let Err(err) = backend.check_available() {
         panic!("the {} backend is unavailable: {err}", backend.kind().name());
     }
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.join("pip"));
-    settings.warm_sandboxes_count = warm_count;
+    settings.warm_sandboxes_count = shape.warm_count;
+    if !shape.fork_server {
+        settings.fork_server_calls_max = 0;
+    }
     Arc::new(ToolRunner::new(backend, settings))
 }
 
@@ -146,6 +217,20 @@ fn cgroup_ms(runs: usize) -> Option<f64> {
     Some(percentile(&times, 0.5))
 }
 
+/// How a configuration starts its sandboxes.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    warm_count: usize,
+    fork_server: bool,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape { name: "cold", warm_count: 0, fork_server: false },
+    Shape { name: "warm", warm_count: WARM_COUNT, fork_server: false },
+    Shape { name: "fork server", warm_count: WARM_COUNT, fork_server: true },
+];
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,24 +242,36 @@ async fn main() {
         ("gvisor", |dir| Arc::new(GvisorBackend::open(dir))),
     ];
     // The unsandboxed call's p50 and p99 for each shape, cold and warm:
-    // each sandboxed shape is compared with the same shape unsandboxed.
+    // each sandboxed shape is compared with the same shape unsandboxed (a
+    // fork server with the warm one: both find the interpreter started).
     let mut baselines: [Option<(f64, f64)>; 2] = [None, None];
+    let tree = TreeCpu::join();
     println!(
-        "backend | sandboxes | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight) | CPU per call"
+        "backend | sandboxes | p50 | p99 | overhead p50 | overhead p99 | calls/s ({IN_FLIGHT_COUNT} in flight) | CPU per call (machine) | CPU per call (this process and all it started)"
     );
-    for (name, open) in backends {
-        for (baseline, (shape, warm_count)) in baselines.iter_mut().zip([("cold", 0), ("warm", WARM_COUNT)]) {
-            let dir = dir.path().join(format!("{name}-{shape}"));
-            let figures = measure(runner(open(dir.join("run")), &dir, warm_count)).await;
+    let chosen = std::env::var("KELPIE_BENCH_BACKENDS").ok();
+    let chosen = |name: &str| chosen.as_deref().is_none_or(|list| list.split(',').any(|n| n == name));
+    for (name, open) in backends.into_iter().filter(|(name, _)| chosen(name)) {
+        for shape in SHAPES {
+            // Only the process backend has fork servers.
+            if shape.fork_server && name != "process" {
+                continue;
+            }
+            let dir = dir.path().join(format!("{name}-{}", shape.name.replace(' ', "-")));
+            let figures = measure(|| runner(open(dir.join("run")), &dir, shape), tree.as_ref()).await;
+            let baseline = &mut baselines[usize::from(shape.warm_count > 0)];
             let (base50, base99) = *baseline.get_or_insert((figures.p50_ms, figures.p99_ms));
             println!(
-                "{name} | {shape} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0} | {:.1} ms",
+                "{name} | {} | {:.1} ms | {:.1} ms | {:+.1} ms | {:+.1} ms | {:.0} | {:.1} ms | {} ({:.1} ms here)",
+                shape.name,
                 figures.p50_ms,
                 figures.p99_ms,
                 figures.p50_ms - base50,
                 figures.p99_ms - base99,
                 figures.calls_per_s,
-                figures.cpu_ms_per_call
+                figures.cpu_ms_per_call,
+                figures.tree_cpu_ms_per_call.map_or("—".to_string(), |ms| format!("{ms:.1} ms")),
+                figures.own_cpu_ms_per_call,
             );
         }
     }

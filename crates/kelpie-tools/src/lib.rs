@@ -10,7 +10,8 @@
 //! - [`pip`]: a tool's `pip_requirements`, checked and installed once.
 //! - [`runner`]: runs all of the above in sandboxes, the common calls in
 //!   sandboxes started ahead of them (`warm`), and long-lived programs
-//!   spoken to over stdio (sessions).
+//!   spoken to over stdio (sessions); on the process backend, Python calls
+//!   go to fork servers ([`forkserver`]) that serve many calls per sandbox.
 //! - [`mcp`]: the MCP client (stdio servers in sandboxes, streamable HTTP,
 //!   legacy SSE), with restarts and the URL check against internal addresses.
 //!
@@ -18,6 +19,7 @@
 
 pub mod builtin;
 pub mod error;
+pub mod forkserver;
 pub mod mcp;
 pub mod pip;
 pub mod python;

@@ -7,6 +7,8 @@
 //! - `run.py` runs one call (or, for the code interpreter, one piece of
 //!   code) and sends the outcome on the sandbox's result socket, which the
 //!   tool's own code cannot reach.
+//! - `forkserver.py`, appended to `run.py`, serves many calls from one
+//!   interpreter in one long-lived sandbox ([`crate::forkserver`]).
 
 use serde_json::Value;
 
@@ -19,6 +21,9 @@ pub const CODE_BYTES_MAX: usize = 256 * 1024;
 
 pub(crate) const INTROSPECT_SCRIPT: &str = include_str!("python/introspect.py");
 pub(crate) const RUN_SCRIPT: &str = include_str!("python/run.py");
+/// `run.py` with the fork server after it, started with the argument `serve`.
+pub(crate) const FORK_SERVER_SCRIPT: &str =
+    concat!(include_str!("python/run.py"), include_str!("python/forkserver.py"));
 
 /// What parsing a source found.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,6 +15,7 @@ use kelpie_sandbox::{
 use serde_json::{json, Value};
 
 use crate::error::ToolError;
+use crate::forkserver::{ForkServers, Shape, FORK_SERVER_CALLS_MAX_DEFAULT};
 use crate::pip::{self, PipCache, PipRequirement, PIP_INSTALL_WALL_MS_MAX, SITE_PACKAGES_SANDBOX_PATH};
 use crate::python::{self, SourceInfo, CODE_BYTES_MAX, INTROSPECT_SCRIPT, RUN_SCRIPT, TOOL_SOURCE_BYTES_MAX};
 use crate::warm::{run_once, WarmPool};
@@ -71,6 +72,10 @@ pub struct RunnerSettings {
     pub warm_sandboxes_count: usize,
     /// What MCP servers may reach.
     pub mcp: crate::mcp::types::McpSettings,
+    /// Calls one fork server serves ([`crate::forkserver`]); 0 serves every
+    /// Python call from a sandbox of its own. Only the `process` backend
+    /// has fork servers; other backends ignore it.
+    pub fork_server_calls_max: u64,
 }
 
 impl RunnerSettings {
@@ -87,6 +92,7 @@ impl RunnerSettings {
             pip_index_url: None,
             warm_sandboxes_count: WARM_SANDBOXES_COUNT_DEFAULT,
             mcp: crate::mcp::types::McpSettings::default(),
+            fork_server_calls_max: FORK_SERVER_CALLS_MAX_DEFAULT,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct ToolRunner {
     /// Serializes installs of one set, so concurrent creates install it once.
     installs: tokio::sync::Mutex<()>,
     warm: WarmPool,
+    /// Fork servers, on the process backend when enabled.
+    forks: Option<ForkServers>,
 }
 
 static RUNNERS_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -164,6 +172,15 @@ impl ToolRunner {
         let prefix = format!("k{}r{}", std::process::id(), RUNNERS_COUNT.fetch_add(1, Ordering::SeqCst));
         let warm =
             WarmPool::new(Arc::clone(&backend), python_request(&settings), settings.warm_sandboxes_count);
+        let forks =
+            (backend.kind() == BackendKind::Process && settings.fork_server_calls_max > 0).then(|| {
+                ForkServers::new(
+                    Arc::clone(&backend),
+                    settings.python.clone(),
+                    settings.limits,
+                    settings.fork_server_calls_max,
+                )
+            });
         ToolRunner {
             backend,
             settings,
@@ -172,6 +189,7 @@ impl ToolRunner {
             next: AtomicU64::new(0),
             installs: tokio::sync::Mutex::new(()),
             warm,
+            forks,
         }
     }
 
@@ -202,6 +220,9 @@ impl ToolRunner {
     /// nothing is installed).
     pub async fn shutdown(&self) {
         self.warm.drain().await;
+        if let Some(forks) = &self.forks {
+            forks.drain().await;
+        }
         self.backend.shutdown();
         let _ = std::fs::remove_dir(&self.settings.pip_dir);
     }
@@ -284,14 +305,31 @@ impl ToolRunner {
             call.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         let payload =
             json!({"source": call.source, "name": call.name, "args": call.args, "paths": paths, "env": env});
-        self.run_python(call.name, spec, payload).await
+        self.run_python(call.name, spec, call.env, payload).await
     }
 
-    /// Runs `run.py` with `payload` (whose `env` the tool gets).
-    async fn run_python(&self, name: &str, spec: SandboxSpec, payload: Value) -> Result<ToolRun, ToolError> {
-        let mut request = python_request(&self.settings);
-        request.stdin = Input::Now(payload.to_string().into_bytes());
-        let output = self.execute(spec, request).await?;
+    /// Runs `run.py` with `payload` (whose `env` the tool gets, and which
+    /// holds `env`): on a fork server of the same spec and environment
+    /// when there are fork servers, else in a sandbox of its own.
+    async fn run_python(
+        &self,
+        name: &str,
+        spec: SandboxSpec,
+        env: &[(String, String)],
+        payload: Value,
+    ) -> Result<ToolRun, ToolError> {
+        let stdin = payload.to_string().into_bytes();
+        let output = match &self.forks {
+            Some(forks) => {
+                let shape = Shape { spec, env: env.to_vec() };
+                forks.run(name, shape, stdin, || self.next_id()).await?
+            }
+            None => {
+                let mut request = python_request(&self.settings);
+                request.stdin = Input::Now(stdin);
+                self.execute(spec, request).await?
+            }
+        };
         check_killed(name, &output, &self.settings.limits)?;
         let (stdout, stderr) = (output.stdout.text(), output.stderr.text());
         match output.result.as_deref().and_then(python::outcome) {
@@ -348,9 +386,10 @@ impl ToolRunner {
         }
         match language {
             "python" => {
-                let env: serde_json::Map<String, Value> =
+                let env_map: serde_json::Map<String, Value> =
                     env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                self.run_python("run_code", SandboxSpec::default(), json!({"code": code, "env": env})).await
+                let payload = json!({"code": code, "env": env_map});
+                self.run_python("run_code", SandboxSpec::default(), env, payload).await
             }
             "js" | "javascript" => {
                 let node =

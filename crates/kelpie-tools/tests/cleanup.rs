@@ -1,6 +1,7 @@
-//! 1 000 consecutive tool calls on the process backend leave nothing behind
-//! but the warm sandboxes waiting for the next calls, and the runner's
-//! shutdown ends those: no process, no mount, no sandbox directory, no
+//! 1 000 consecutive tool calls on the process backend (served by fork
+//! servers, the default: each call leaves a `sleep` that the server's sweep
+//! must kill) leave nothing behind but the sandboxes waiting for the next
+//! calls, and the runner's shutdown ends those: no process, no mount, no sandbox directory, no
 //! cgroup. The only test in its binary, so no other sandbox runs meanwhile.
 //!
 //! Needs bubblewrap; fails (never skips) without it.

@@ -6,6 +6,11 @@
 //! The "server" is stood in for by a process of this test holding a secret
 //! in its environment, a data dir holding a secret file, and a listener on
 //! loopback. Needs bubblewrap and runsc; fails (never skips) without them.
+//!
+//! On the process backend the probes run as the server runs them, one after
+//! another on a fork server (each call a child of one long-lived sandbox,
+//! swept and wiped after it), and again with a sandbox per call
+//! (`fork_server_calls_max = 0`). `tests/forkserver.rs` aims at reuse itself.
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
@@ -32,6 +37,8 @@ struct World {
     secret: String,
     server: std::process::Child,
     listener: TcpListener,
+    /// Names this world's markers apart from a world running beside it.
+    label: String,
 }
 
 impl Drop for World {
@@ -42,6 +49,10 @@ impl Drop for World {
 }
 
 fn world(backend: fn(PathBuf) -> Arc<dyn Backend>) -> World {
+    world_with(backend, kelpie_tools::forkserver::FORK_SERVER_CALLS_MAX_DEFAULT)
+}
+
+fn world_with(backend: fn(PathBuf) -> Arc<dyn Backend>, fork_server_calls_max: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let backend = backend(dir.path().join("run"));
@@ -51,6 +62,7 @@ fn world(backend: fn(PathBuf) -> Arc<dyn Backend>) -> World {
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
     // Short enough for the fork bomb, which runs until its wall time, not to hold the suite.
     settings.limits = ExecLimits { memory_bytes: PROBE_MEMORY_BYTES, wall_ms: 5_000, ..settings.limits };
+    settings.fork_server_calls_max = fork_server_calls_max;
     let secret = format!("kelpie-secret-{}", std::process::id());
     let data_dir = dir.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
@@ -62,7 +74,8 @@ fn world(backend: fn(PathBuf) -> Arc<dyn Backend>) -> World {
         .expect("stand-in server");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    World { _dir: dir, runner: ToolRunner::new(backend, settings), data_dir, secret, server, listener }
+    let label = format!("{}-{fork_server_calls_max}", backend.kind().name());
+    World { _dir: dir, runner: ToolRunner::new(backend, settings), data_dir, secret, server, listener, label }
 }
 
 impl World {
@@ -260,7 +273,7 @@ async fn escape_suite(mut world: World, gvisor: bool) {
     assert_eq!(probes["uid"], 1000);
 
     // Writes land only in the sandbox's own directories, which the host never sees.
-    let marker = format!("kelpie-escape-{}-{gvisor}", std::process::id());
+    let marker = format!("kelpie-escape-{}-{}", std::process::id(), world.label);
     let writes = world
         .value(WRITE_OUTSIDE, "write_outside", json!({"data_dir": world.data_dir, "marker": marker}))
         .await;
@@ -277,7 +290,7 @@ async fn escape_suite(mut world: World, gvisor: bool) {
     assert!(world.server.try_wait().unwrap().is_none(), "the stand-in server was killed");
 
     // A daemon and a child holding stdout neither outlive the call nor hold it open.
-    let marker = format!("kelpie-daemon-{}-{gvisor}", std::process::id());
+    let marker = format!("kelpie-daemon-{}-{}", std::process::id(), world.label);
     let run = world.call(LEAVE_PROCESSES, "leave_processes", json!({"marker": marker})).await.unwrap();
     assert_eq!((run.ok, run.result.as_str()), (true, "returned"));
     wait_until_gone(&marker).await;
@@ -295,7 +308,7 @@ async fn escape_suite(mut world: World, gvisor: bool) {
     }
 
     // Processes are bounded, and the whole tree ends with the call.
-    let marker = format!("kelpie-many-{}-{gvisor}", std::process::id());
+    let marker = format!("kelpie-many-{}-{}", std::process::id(), world.label);
     let run = world.call(SPAWN_MANY, "spawn_many", json!({"marker": marker})).await.unwrap();
     assert!(run.ok && run.result.starts_with("stopped after"), "{run:?}");
     let started: u64 = run.result.split_whitespace().nth(2).unwrap().trim_end_matches(':').parse().unwrap();
@@ -333,6 +346,11 @@ async fn escape_suite(mut world: World, gvisor: bool) {
 #[tokio::test]
 async fn process_sandbox_contains_every_probe() {
     escape_suite(world(|dir| Arc::new(ProcessBackend::open(dir))), false).await;
+}
+
+#[tokio::test]
+async fn process_sandbox_without_fork_servers_contains_every_probe() {
+    escape_suite(world_with(|dir| Arc::new(ProcessBackend::open(dir)), 0), false).await;
 }
 
 #[tokio::test]

@@ -244,6 +244,8 @@ async fn warm_sandboxes_serve_one_call_each_and_cancelled_calls_end_theirs() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
     settings.warm_sandboxes_count = 1;
+    // Warm sandboxes serve the Python calls when fork servers are off.
+    settings.fork_server_calls_max = 0;
     // Shorter than the idle time below: a warm sandbox's clock starts with its call.
     settings.limits = ExecLimits { wall_ms: 2_000, ..settings.limits };
     let runner = ToolRunner::new(Arc::new(ProcessBackend::open(dir.path().join("run"))), settings);
@@ -272,6 +274,7 @@ async fn warm_sandboxes_serve_one_call_each_and_cancelled_calls_end_theirs() {
     // long before its wall time would.
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
     settings.warm_sandboxes_count = 1;
+    settings.fork_server_calls_max = 0;
     settings.limits = ExecLimits { wall_ms: 120_000, ..settings.limits };
     let runner = ToolRunner::new(Arc::new(ProcessBackend::open(dir.path().join("run"))), settings);
     let marker = "kelpie-warm-cancel-marker";

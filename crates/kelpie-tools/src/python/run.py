@@ -141,16 +141,15 @@ def describe(status):
     return f"exited with code {os.WEXITSTATUS(status)}"
 
 
-def main():
-    channel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    channel.connect(os.environ["KELPIE_RESULT_SOCKET"])
-    set_not_dumpable()
-    payload = decode(sys.stdin.buffer.read())
+def supervise(payload, send, private):
+    """Runs the call in a forked child, which first closes the descriptors
+    in `private` (the result channel), and sends its outcome with `send`."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     child = os.fork()
     if child == 0:
-        channel.close()
+        for fd in private:
+            os.close(fd)
         os.close(read_end)
         run = run_code if "code" in payload else call_tool
         outcome = encode_outcome(run(payload))
@@ -172,8 +171,18 @@ def main():
         outcome = None
     if not well_formed(outcome):
         outcome = {"ok": False, "error": f"the tool {describe(status)} without returning"}
-    channel.sendall(encode_outcome(outcome))
+    send(encode_outcome(outcome))
+
+
+def main():
+    channel = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    channel.connect(os.environ["KELPIE_RESULT_SOCKET"])
+    set_not_dumpable()
+    payload = decode(sys.stdin.buffer.read())
+    supervise(payload, channel.sendall, [channel.fileno()])
     channel.close()
 
 
-main()
+# `serve` starts the fork server (forkserver.py, appended to this script).
+if sys.argv[1:] != ["serve"]:
+    main()
