@@ -151,7 +151,7 @@ async fn exit_codes_signals_and_limits_are_reported() {
     assert!(matches!(sandbox.exec(bad).await, Err(SandboxError::InvalidLimit { name: "wall_ms", .. })));
     sandbox.destroy().await.unwrap();
     support::assert_nothing_left(dir.path(), "codes");
-    support::assert_no_zombies();
+    support::assert_no_zombies().await;
 }
 
 #[tokio::test]
@@ -170,7 +170,7 @@ async fn a_dropped_call_and_a_dropped_sandbox_leave_nothing_behind() {
     drop(sandbox);
     support::wait_until(|| !support::process_with(marker)).await;
     support::assert_nothing_left(dir.path(), "dropped");
-    support::assert_no_zombies();
+    support::assert_no_zombies().await;
 }
 
 #[tokio::test]
@@ -209,7 +209,7 @@ async fn a_program_waits_for_deferred_input_and_its_wall_time_starts_when_it_arr
     assert_eq!(out.killed, Some(KillReason::Interrupted));
     sandbox.destroy().await.unwrap();
     support::assert_nothing_left(dir.path(), "deferred");
-    support::assert_no_zombies();
+    support::assert_no_zombies().await;
 }
 
 #[tokio::test]
@@ -245,5 +245,5 @@ async fn a_session_talks_with_a_program_line_by_line_until_its_input_ends() {
     assert!(matches!(again, Err(SandboxError::InvalidRequest(reason)) if reason.contains("one execution")));
     sandbox.destroy().await.unwrap();
     support::assert_nothing_left(dir.path(), "session");
-    support::assert_no_zombies();
+    support::assert_no_zombies().await;
 }
