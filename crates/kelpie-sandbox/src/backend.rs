@@ -73,10 +73,10 @@ pub struct ExecRequest {
     /// [`RESULT_SOCKET_ENV`] whose first connection is read as the result.
     pub result_channel: bool,
     /// Opens a control channel for a program that serves calls (a fork
-    /// server, [`crate::served`]): a Unix socket at the path in
-    /// [`crate::served::CONTROL_SOCKET_ENV`] whose first connection is
+    /// server, see `served`): a Unix socket at the path in
+    /// `served::CONTROL_SOCKET_ENV` whose first connection is
     /// handed to the channel's receiver. Only the `process` backend has it.
-    pub control: Option<crate::served::ControlChannel>,
+    pub control: Option<crate::control::ControlChannel>,
 }
 
 impl ExecRequest {

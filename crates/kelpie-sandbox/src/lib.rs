@@ -11,7 +11,8 @@
 //!   ([`cgroup`]) and the host-process plumbing ([`host_exec`]). With the
 //!   `sim` feature, `sim` is a simulated backend over kelpie-dst.
 //! - [`served`]: calls served by a long-lived program in a sandbox (a
-//!   fork server), each with its own pipes and limits.
+//!   fork server), each with its own pipes and limits; [`control`] holds
+//!   its connection types, which the execution contract names.
 //! - [`limits`]: every limit of an execution, with its unit.
 //!
 //! The threat model, per backend: `docs/sandbox.md`. Never depends on the
@@ -19,6 +20,7 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod control;
 pub mod error;
 pub mod gvisor;
 pub mod host_exec;

@@ -27,10 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::UnixStream;
 
 use crate::backend::{Captured, ExecOutput, KillReason};
-use crate::cgroup::Cgroup;
+pub use crate::control::{Control, ControlChannel};
 use crate::error::SandboxError;
 use crate::host_exec::{capture, DRAIN_AFTER_EXIT_MS_MAX};
 use crate::limits::{ExecLimits, EXEC_RESULT_BYTES_MAX, EXEC_STDIN_BYTES_MAX};
@@ -47,49 +46,6 @@ pub const CALL_FDS_COUNT: usize = 4;
 /// The answer to a call: its exit code and signal (0 for none), each a
 /// big-endian i32, then 1 when the sandbox is clean again, else 0 (u32).
 pub const DONE_BYTES: usize = 12;
-
-/// The caller's end of an [`crate::backend::ExecRequest::control`]: the
-/// first connection to the control socket, handed over once.
-#[derive(Debug, Clone)]
-pub struct ControlChannel(Arc<Mutex<Option<tokio::sync::oneshot::Sender<Control>>>>);
-
-impl PartialEq for ControlChannel {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for ControlChannel {}
-
-impl ControlChannel {
-    /// The channel to put in a request, and where its connection arrives.
-    pub fn new() -> (ControlChannel, tokio::sync::oneshot::Receiver<Control>) {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        (ControlChannel(Arc::new(Mutex::new(Some(sender)))), receiver)
-    }
-
-    /// Hands `control` to the caller, the first time only.
-    pub(crate) fn deliver(&self, control: Control) {
-        let sender = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sender) = sender {
-            let _ = sender.send(control);
-        }
-    }
-}
-
-/// A connection to a program serving calls in a sandbox.
-pub struct Control {
-    stream: UnixStream,
-    /// The execution's cgroup, whose OOM kills tell a call that hit the
-    /// memory limit; `None` without cgroups.
-    cgroup: Option<Arc<Cgroup>>,
-}
-
-impl std::fmt::Debug for Control {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Control")
-    }
-}
 
 /// How a served call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +98,6 @@ fn parse_done(done: &[u8; DONE_BYTES]) -> (i32, Option<i32>, bool) {
 }
 
 impl Control {
-    pub(crate) fn new(stream: UnixStream, cgroup: Option<Arc<Cgroup>>) -> Self {
-        Control { stream, cgroup }
-    }
-
     async fn send_call(
         &self,
         limits: &ExecLimits,
