@@ -4,7 +4,7 @@
 //! without writing anything, not a placement, not a row; probing a thousand
 //! such ids leaves the active agents and the stored placements as they
 //! were. Created agents are still found, also after a restart (their actor
-//! inactive until asked).
+//! inactive until asked). Batch ids no batch has are refused the same way.
 
 mod support;
 
@@ -251,4 +251,40 @@ async fn after_a_restart_a_deleted_agent_is_not_found_unactivated_and_a_kept_one
     let names: Vec<&str> = listed.iter().map(|agent| agent["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["kept"]);
     restarted.shutdown().await;
+}
+
+/// Expects `outcome` to be "batch `batch_id` not found".
+fn assert_batch_not_found<T: std::fmt::Debug>(what: &str, batch_id: &str, outcome: Result<T, ServiceError>) {
+    match outcome {
+        Err(ServiceError::BatchNotFound(id)) => assert_eq!(id, batch_id, "{what}"),
+        other => panic!("{what} of {batch_id}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_batch_ids_are_not_found_and_claim_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Arc::new(RedbBackend::open(&dir.path().join("kelpie.redb")).unwrap());
+    let written = Arc::new(Mutex::new(Written::default()));
+    let service = service(&redb, dir.path(), &written);
+    std::mem::take(&mut *written.lock().unwrap());
+
+    let ids: Vec<String> =
+        (0..PROBED_IDS_COUNT).map(|n| format!("job-00000000-0000-4000-8000-{n:012}")).collect();
+    for id in &ids {
+        assert_batch_not_found("get", id, service.batches.get(id).await);
+        assert_batch_not_found("messages", id, service.batches.messages(id, None, &everything()).await);
+        assert_batch_not_found("cancel", id, service.batches.cancel(id).await);
+    }
+
+    let after = std::mem::take(&mut *written.lock().unwrap());
+    assert_eq!(
+        after.claimed.len(),
+        0,
+        "placements claimed: {:?}",
+        &after.claimed[..after.claimed.len().min(5)]
+    );
+    assert_eq!(after.committed.len(), 0, "commits: {:?}", &after.committed[..after.committed.len().min(5)]);
+    assert_eq!(service.batches.list(&everything()).await.unwrap(), Vec::<serde_json::Value>::new());
+    service.shutdown().await;
 }

@@ -111,6 +111,19 @@ impl Actor for BatchActor {
     type Message = BatchCommand;
     type Reply = BatchReply;
 
+    /// Only `Create` may activate a batch actor that holds no batch: asking
+    /// for an id no batch has claims no placement and starts no activation.
+    fn screens_activation(&self, command: &BatchCommand) -> bool {
+        !matches!(command, BatchCommand::Create(_))
+    }
+
+    fn admit_activation(&self, actor_id: &kelpie_core::ActorId, stored: Option<&BatchState>) -> Result<()> {
+        match stored {
+            Some(BatchState { record: Some(_) }) => Ok(()),
+            _ => Err(Error::NotFound { kind: "batch", id: actor_id.id().to_string() }),
+        }
+    }
+
     async fn handle(
         &self,
         ctx: &mut ActorContext<'_, BatchState>,
