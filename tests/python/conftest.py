@@ -36,8 +36,9 @@ def _wait_healthy(base_url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError("kelpie serve did not become healthy in time")
 
 
-def start_kelpie(extra_env=None):
-    """The fake LLM and a `kelpie serve` on it: (base_url, stop)."""
+def start_kelpie(extra_env=None, log_path=None):
+    """The fake LLM and a `kelpie serve` on it: (base_url, stop). With `log_path`, the server's
+    log (its standard error) goes to that file instead of the test's output."""
     fake = subprocess.Popen([os.environ["KELPIE_FAKE_LLM_BIN"]], stdout=subprocess.PIPE, text=True)
     fake_url = fake.stdout.readline().strip()
     assert fake_url.startswith("http://127.0.0.1:"), fake_url
@@ -47,9 +48,10 @@ def start_kelpie(extra_env=None):
     env.pop("KELPIE_API_KEY", None)  # only a test's extra_env gives the server a key
     env.update(OPENAI_BASE_URL=fake_url, KELPIE_DEFAULT_MODEL="openai-proxy/fake-gpt",
                OPENAI_API_KEY="sk-server-secret", **(extra_env or {}))
+    log = open(log_path, "wb") if log_path else None
     server = subprocess.Popen(
         [os.environ["KELPIE_BIN"], "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data_dir],
-        env=env,
+        env=env, stderr=log,
     )
     base_url = f"http://127.0.0.1:{port}"
 
@@ -58,6 +60,8 @@ def start_kelpie(extra_env=None):
         server.wait(timeout=30)
         fake.terminate()
         fake.wait(timeout=10)
+        if log:
+            log.close()
 
     try:
         _wait_healthy(base_url, server)

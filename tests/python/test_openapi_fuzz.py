@@ -160,8 +160,16 @@ def _config(parameters, operation_parameters):
     return "\n".join(lines) + "\n"
 
 
+def _server_trouble(log_path):
+    """The lines of the server's log that say something went wrong (warnings, errors, panics),
+    without terminal colours: what a failure report needs to name the cause on the server's side."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", pathlib.Path(log_path).read_text(errors="replace"))
+    return [line for line in text.splitlines() if re.search(r" WARN | ERROR |panicked", line)]
+
+
 def test_schemathesis_finds_no_failure(tmp_path):
-    base_url, stop = start_kelpie({"KELPIE_API_KEY": API_KEY})
+    server_log = tmp_path / "server.log"
+    base_url, stop = start_kelpie({"KELPIE_API_KEY": API_KEY}, log_path=server_log)
     try:
         parameters, operation_parameters = _seed_objects(base_url)
         config = tmp_path / "schemathesis.toml"
@@ -184,7 +192,8 @@ def test_schemathesis_finds_no_failure(tmp_path):
         stop()
     report = run.stdout + run.stderr
     pathlib.Path(os.environ.get("KELPIE_FUZZ_REPORT", tmp_path / "schemathesis.txt")).write_text(report)
-    assert run.returncode == 0, report[-20000:]
+    trouble = "\n".join(_server_trouble(server_log)[-50:])
+    assert run.returncode == 0, report[-20000:] + "\n\nThe server's warnings and errors:\n" + trouble
     assert re.search(r"Tested: 23\d", report), report[-4000:]
     # Every generated case passed every check (schemathesis's warnings, such as operations that
     # answered 404 to made-up ids, are not failures).
