@@ -12,9 +12,10 @@
 //! swept and wiped after it), and again with a sandbox per call
 //! (`fork_server_calls_max = 0`). `tests/forkserver.rs` aims at reuse itself.
 
+mod common;
+
 use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use kelpie_sandbox::gvisor::GvisorBackend;
 use kelpie_sandbox::process::ProcessBackend;
 use kelpie_sandbox::{Backend, ExecLimits};
-use kelpie_tools::{RunnerSettings, ToolCall, ToolError, ToolRun, ToolRunner};
+use kelpie_tools::{RunnerSettings, ToolError, ToolRun, ToolRunner};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
@@ -53,12 +54,7 @@ fn world(backend: fn(PathBuf) -> Arc<dyn Backend>) -> World {
 }
 
 fn world_with(backend: fn(PathBuf) -> Arc<dyn Backend>, fork_server_calls_max: u64) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let backend = backend(dir.path().join("run"));
-    if let Err(err) = backend.check_available() {
-        panic!("the escape suite needs the {} backend: {err}", backend.kind().name());
-    }
+    let (dir, backend) = common::sandbox_dir(backend);
     let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
     // Short enough for the fork bomb, which runs until its wall time, not to hold the suite.
     settings.limits = ExecLimits { memory_bytes: PROBE_MEMORY_BYTES, wall_ms: 5_000, ..settings.limits };
@@ -80,15 +76,11 @@ fn world_with(backend: fn(PathBuf) -> Arc<dyn Backend>, fork_server_calls_max: u
 
 impl World {
     async fn call(&self, source: &str, name: &str, args: Value) -> Result<ToolRun, ToolError> {
-        let env = [("GIVEN".to_string(), "given-value".to_string())];
-        let call = ToolCall { source, name, args: &args, env: &env, network: false, requirements: &[] };
-        self.runner.run_tool(call).await
+        common::call_given(&self.runner, source, name, args).await
     }
 
     async fn value(&self, source: &str, name: &str, args: Value) -> Value {
-        let run = self.call(source, name, args).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(run.ok, "{name} raised: {} / {}", run.result, run.stderr);
-        serde_json::from_str(&run.result).unwrap_or(Value::String(run.result))
+        common::value_given(&self.runner, source, name, args).await
     }
 }
 

@@ -8,12 +8,10 @@
 //! fork server). Run as root, as the server is. Needs bubblewrap; fails
 //! (never skips) without it.
 
-use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
+mod common;
 
-use kelpie_sandbox::process::ProcessBackend;
-use kelpie_sandbox::{Backend, ExecLimits};
-use kelpie_tools::{RunnerSettings, ToolCall, ToolError, ToolRun, ToolRunner};
+use kelpie_sandbox::ExecLimits;
+use kelpie_tools::{ToolError, ToolRun, ToolRunner};
 use serde_json::{json, Value};
 
 const WALL_MS: u64 = 3_000;
@@ -24,29 +22,20 @@ struct World {
 }
 
 fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(ProcessBackend::open(dir.path().join("run")));
-    if let Err(err) = backend.check_available() {
-        panic!("this test needs the process sandbox backend: {err}");
-    }
-    let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
-    settings.limits = ExecLimits { wall_ms: WALL_MS, ..settings.limits };
-    assert!(settings.fork_server_calls_max > 0, "fork servers are on by default");
-    World { runner: ToolRunner::new(backend, settings), dir }
+    let (dir, runner) = common::runner_with(|settings| {
+        settings.limits = ExecLimits { wall_ms: WALL_MS, ..settings.limits };
+        assert!(settings.fork_server_calls_max > 0, "fork servers are on by default");
+    });
+    World { runner, dir }
 }
 
 impl World {
     async fn call(&self, source: &str, name: &str, args: Value) -> Result<ToolRun, ToolError> {
-        let env = [("GIVEN".to_string(), "given-value".to_string())];
-        let call = ToolCall { source, name, args: &args, env: &env, network: false, requirements: &[] };
-        self.runner.run_tool(call).await
+        common::call_given(&self.runner, source, name, args).await
     }
 
     async fn value(&self, source: &str, name: &str, args: Value) -> Value {
-        let run = self.call(source, name, args).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(run.ok, "{name} raised: {} / {}", run.result, run.stderr);
-        serde_json::from_str(&run.result).unwrap_or(Value::String(run.result))
+        common::value_given(&self.runner, source, name, args).await
     }
 
     /// The sandboxes alive now (one per fork server).

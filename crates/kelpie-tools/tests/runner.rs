@@ -6,6 +6,8 @@
 //!
 //! Needs bubblewrap; fails (never skips) without it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use kelpie_sandbox::process::ProcessBackend;
-use kelpie_sandbox::{Backend, ExecLimits};
+use kelpie_sandbox::ExecLimits;
 use kelpie_tools::pip::PipRequirement;
 use kelpie_tools::{RunnerSettings, ToolCall, ToolError, ToolRun, ToolRunner};
 use serde_json::{json, Value};
@@ -21,15 +23,7 @@ use serde_json::{json, Value};
 const ROLL: &str = "def roll_die(sides: int, label: str = \"d\") -> str:\n    \"\"\"Roll a die.\n\n    Args:\n        sides (int): number of sides\n\n    Returns:\n        str: the result\n    \"\"\"\n    print(\"noise\")\n    return f\"{label}{min(sides, 4)}\"\n";
 
 fn runner(index_url: Option<String>) -> (tempfile::TempDir, ToolRunner) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(ProcessBackend::open(dir.path().join("run")));
-    if let Err(err) = backend.check_available() {
-        panic!("this test needs the process sandbox backend: {err}");
-    }
-    let mut settings = RunnerSettings::new("/usr/bin/python3", dir.path().join("pip"));
-    settings.pip_index_url = index_url;
-    (dir, ToolRunner::new(backend, settings))
+    common::runner_with(|settings| settings.pip_index_url = index_url)
 }
 
 async fn call(runner: &ToolRunner, source: &str, name: &str, args: Value) -> Result<ToolRun, ToolError> {
