@@ -10,6 +10,12 @@ use kelpie_core::config::{ConfigError, ConfigLayers, KelpieConfig, Origin};
 mod dst;
 mod people;
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees from
+/// many threads at once, where glibc's arenas spent a fifth of a loaded
+/// server's time (docs/benchmarks.md, the load generator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kelpie",
