@@ -85,6 +85,19 @@ impl Backend for NotingDisk {
     }
 }
 
+/// Fails the test if anything was claimed or committed since `written`
+/// was last taken (naming the first few), and clears it.
+fn assert_nothing_written(written: &Mutex<Written>) {
+    let after = std::mem::take(&mut *written.lock().unwrap());
+    assert_eq!(
+        after.claimed.len(),
+        0,
+        "placements claimed: {:?}",
+        &after.claimed[..after.claimed.len().min(5)]
+    );
+    assert_eq!(after.committed.len(), 0, "commits: {:?}", &after.committed[..after.committed.len().min(5)]);
+}
+
 /// A service over `redb` that notes what it writes in `written`.
 fn service(redb: &Arc<RedbBackend>, dir: &std::path::Path, written: &Arc<Mutex<Written>>) -> AgentService {
     let noting = NotingDisk { inner: Arc::clone(redb), written: Arc::clone(written) };
@@ -199,14 +212,7 @@ async fn a_thousand_unknown_ids_leave_no_activation_and_no_placement() {
     }
 
     assert_eq!(service.active_agents().len(), 0, "active agents");
-    let after = std::mem::take(&mut *written.lock().unwrap());
-    assert_eq!(
-        after.claimed.len(),
-        0,
-        "placements claimed: {:?}",
-        &after.claimed[..after.claimed.len().min(5)]
-    );
-    assert_eq!(after.committed.len(), 0, "commits: {:?}", &after.committed[..after.committed.len().min(5)]);
+    assert_nothing_written(&written);
     let stored = placements_of(&redb, &ids).await;
     assert_eq!(stored.values().filter(|epoch| epoch.is_some()).count(), 0, "stored placements");
     service.shutdown().await;
@@ -277,14 +283,7 @@ async fn unknown_batch_ids_are_not_found_and_claim_and_write_nothing() {
         assert_batch_not_found("cancel", id, service.batches.cancel(id).await);
     }
 
-    let after = std::mem::take(&mut *written.lock().unwrap());
-    assert_eq!(
-        after.claimed.len(),
-        0,
-        "placements claimed: {:?}",
-        &after.claimed[..after.claimed.len().min(5)]
-    );
-    assert_eq!(after.committed.len(), 0, "commits: {:?}", &after.committed[..after.committed.len().min(5)]);
+    assert_nothing_written(&written);
     assert_eq!(service.batches.list(&everything()).await.unwrap(), Vec::<serde_json::Value>::new());
     service.shutdown().await;
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use kelpie_llm::fake::FakeLlm;
 use serde_json::{json, Value};
-use server::{process_cpu_ms, Server};
+use server::{process_cpu_ms, send, Server};
 
 const CREATE_CLIENTS_COUNT_DEFAULT: usize = 4;
 const CREATES_COUNT_DEFAULT: usize = 4_000;
@@ -124,15 +124,6 @@ fn report(name: &str, ops: u64, histogram: &Histogram<u64>, before: Counters, af
         per_op(after.writes, before.writes),
         per_op(after.fsyncs, before.fsyncs),
     );
-}
-
-async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
-    let response = request.send().await.expect("request");
-    if !response.status().is_success() {
-        let status = response.status();
-        panic!("{status}: {}", response.text().await.unwrap_or_default());
-    }
-    response
 }
 
 /// POSTs `body` to `url`; the answer's bytes (checked for success, not parsed).

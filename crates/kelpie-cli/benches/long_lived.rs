@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use kelpie_llm::fake::FakeLlm;
 use serde_json::{json, Value};
-use server::{process_cpu_ms, Server};
+use server::{process_cpu_ms, send, Server};
 
 const MESSAGES_COUNT_DEFAULT: usize = 1_000_000;
 const PASSAGES_COUNT_DEFAULT: usize = 100_000;
@@ -65,15 +65,6 @@ fn count_from_env(name: &str, default: usize) -> usize {
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort();
     samples[((samples.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e3
-}
-
-async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
-    let response = request.send().await.expect("request");
-    if !response.status().is_success() {
-        let status = response.status();
-        panic!("{status}: {}", response.text().await.unwrap_or_default());
-    }
-    response
 }
 
 async fn create_agent(http: &reqwest::Client, base: &str, name: &str) -> String {

@@ -90,3 +90,13 @@ pub fn process_cpu_ms(pid: &str) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
     ticks * 1e3 / ticks_per_s
 }
+
+/// `request`'s answer, failing the bench (with the body) on an error status.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    let response = request.send().await.expect("request");
+    if !response.status().is_success() {
+        let status = response.status();
+        panic!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    response
+}
